@@ -1,0 +1,99 @@
+"""Settings: the only reader of the environment (``RINGFLOW_*``).
+
+Settings are built once, at start-up, and passed down as a value. Nothing else in ringflow reads
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+from ringflow.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/ringflow.db"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Deployment configuration. Every field maps to one ``RINGFLOW_<NAME>`` variable."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    public_url: str = "http://127.0.0.1:8080"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    carrier: str = "sandbox"
+    instance: str = ""
+    rate_limit_per_minute: int = 200
+    max_concurrent_calls: int = 20
+    queue_limit: int = 1000
+    allow_private_urls: bool = False
+    callback_timeout: float = 15.0
+    callback_max_attempts: int = 12
+    clock_scale: float = 1.0
+    time_zone: str = "Asia/Kolkata"
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``RINGFLOW_*`` variables; keyword overrides win (CLI flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(f"RINGFLOW_{field.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _convert(field, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject values that cannot work, with the variable's name in the message."""
+        if self.carrier not in {"sandbox"}:
+            raise ConfigError(f"RINGFLOW_CARRIER={self.carrier!r}: supported carriers: sandbox")
+        if not self.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ConfigError(
+                "RINGFLOW_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        if self.rate_limit_per_minute < 1:
+            raise ConfigError("RINGFLOW_RATE_LIMIT_PER_MINUTE must be at least 1")
+        if self.clock_scale <= 0:
+            raise ConfigError("RINGFLOW_CLOCK_SCALE must be positive")
+
+    @property
+    def instance_name(self) -> str:
+        """A stable name for this process, so a restart can reclaim its own orphaned calls."""
+        return self.instance or f"{socket.gethostname()}:{self.port}"
+
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file, when the database is SQLite."""
+        prefix = "sqlite+aiosqlite:///"
+        if self.database_url.startswith(prefix):
+            return Path(self.database_url[len(prefix):])
+        return None
+
+
+def _convert(field: dataclasses.Field, raw: str) -> object:
+    name = f"RINGFLOW_{field.name.upper()}"
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind}") from None
+    return raw

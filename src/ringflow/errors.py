@@ -1,0 +1,64 @@
+"""The ringflow error tree.
+
+::
+
+    RingflowError
+    ├── ConfigError             bad RINGFLOW_* setting or CLI flag
+    ├── NotFound                no such account, call, app, number (API: 404)
+    ├── Conflict                duplicate name, number already owned (API: 409)
+    ├── InvalidRequest          a request parameter is missing or wrong (API: 400)
+    │   └── AppInvalid          an app graph failed validation (names node and field)
+    ├── AuthError               credentials missing or wrong (API: 401)
+    ├── RateLimited             too many requests (API: 429)
+    ├── IllegalTransition       a call or leg status change the transition table forbids
+    └── CapacityExceeded        the account's queue of waiting calls is full (API: 429)
+
+Foreign exceptions (SQLAlchemy, httpx, redis) are translated once, at the boundary that calls
+them, with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+
+class RingflowError(Exception):
+    """Base of every error ringflow raises on purpose."""
+
+
+class ConfigError(RingflowError):
+    """A setting or command-line value that cannot work."""
+
+
+class NotFound(RingflowError):
+    """The named object does not exist (or belongs to another account)."""
+
+
+class Conflict(RingflowError):
+    """The object already exists."""
+
+
+class InvalidRequest(RingflowError):
+    """A request parameter is missing or invalid; the message names it."""
+
+
+class AppInvalid(InvalidRequest):
+    """An app graph failed validation."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class AuthError(RingflowError):
+    """Credentials missing or wrong."""
+
+
+class RateLimited(RingflowError):
+    """The account made too many requests."""
+
+
+class IllegalTransition(RingflowError):
+    """A status change that the transition table does not allow."""
+
+
+class CapacityExceeded(RingflowError):
+    """No room to hold another call."""

@@ -1,0 +1,236 @@
+"""Tables. Storage holds data only: no call logic, no HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UTC = dt.timezone.utc
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone, so store naive UTC)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+# BigInteger primary keys become INTEGER on SQLite so they autoincrement there too.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sid: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    time_zone: Mapped[str] = mapped_column(String(64), default="Asia/Kolkata")
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_concurrent_calls: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[dt.datetime]
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+    account: Mapped[Account] = relationship(lazy="joined")
+
+
+class PhoneNumber(Base):
+    """An ExoPhone: a company number an account may use as CallerId."""
+
+    __tablename__ = "phone_numbers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    number: Mapped[str] = mapped_column(String(64), unique=True)
+    friendly_name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime]
+
+
+class App(Base):
+    """An app (flow): a validated graph of applets. ``id`` is the public app id in ``Url``."""
+
+    __tablename__ = "apps"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    graph: Mapped[dict[str, Any]]
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class Call(Base):
+    __tablename__ = "calls"
+    __table_args__ = (
+        Index("ix_calls_account_created", "account_id", "created_at", "id"),
+        Index("ix_calls_status_owner", "status", "owner"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sid: Mapped[str] = mapped_column(String(32), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    shape: Mapped[str] = mapped_column(String(16))  # "flow" or "numbers"
+    from_number: Mapped[str] = mapped_column(String(128))
+    to_number: Mapped[str] = mapped_column(String(128))
+    caller_id: Mapped[str] = mapped_column(String(64))
+    app_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    direction: Mapped[str] = mapped_column(String(32), default="outbound-api")
+    time_limit: Mapped[int] = mapped_column(Integer)
+    time_out: Mapped[int] = mapped_column(Integer)
+    status_callback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    callback_events: Mapped[list[Any]] = mapped_column(default=list)
+    callback_json: Mapped[bool] = mapped_column(Boolean, default=False)
+    custom_field: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    record: Mapped[bool] = mapped_column(Boolean, default=False)
+    recording_channels: Mapped[str] = mapped_column(String(8), default="single")
+    recording_format: Mapped[str] = mapped_column(String(8), default="mp3")
+    wait_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    start_time: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    end_time: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    duration: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    conversation_duration: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    price: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    recording_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    legs: Mapped[list[Leg]] = relationship(
+        back_populates="call", order_by="Leg.leg_no", lazy="selectin", cascade="all"
+    )
+
+
+class Leg(Base):
+    __tablename__ = "legs"
+    __table_args__ = (UniqueConstraint("call_id", "leg_no"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    leg_no: Mapped[int] = mapped_column(Integer)
+    number: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="")
+    cause: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    answered_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    dialed_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    answered_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+    call: Mapped[Call] = relationship(back_populates="legs")
+
+
+class CallEvent(Base):
+    """One step of a call's timeline: a leg event, an applet entered, an HTTP request made."""
+
+    __tablename__ = "call_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime]
+    kind: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class OutboxMessage(Base):
+    """A webhook waiting to be delivered (or delivered). Written with the transition."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    call_id: Mapped[int | None] = mapped_column(
+        ForeignKey("calls.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
+    idempotency_key: Mapped[str] = mapped_column(String(80), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending/delivered/failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime]
+    lease_until: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime]
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+
+class OutboxAttempt(Base):
+    """One delivery attempt and what the receiver answered."""
+
+    __tablename__ = "outbox_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("outbox.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[dt.datetime]
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+
+
+class SandboxPhone(Base):
+    """A scripted virtual phone on the sandbox network.
+
+    ``scope`` is an account SID (the script applies to that account's calls) or "" (all accounts).
+    """
+
+    __tablename__ = "sandbox_phones"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    number: Mapped[str] = mapped_column(String(128), primary_key=True)
+    script: Mapped[dict[str, Any]]
+    updated_at: Mapped[dt.datetime]
+
+
+class Instance(Base):
+    """A running ringflow process; its heartbeat tells others whether its calls are orphaned."""
+
+    __tablename__ = "instances"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    started_at: Mapped[dt.datetime]
+    heartbeat_at: Mapped[dt.datetime]
