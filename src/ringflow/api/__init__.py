@@ -1,0 +1,1 @@
+"""The Exotel-compatible HTTP edge and the admin JSON API."""
