@@ -1,0 +1,1 @@
+"""Webhooks: the outbound HTTP client, the outbox and its deliverer."""

@@ -1,0 +1,372 @@
+"""The one outbound HTTP client for customer URLs (status callbacks, applet fetches).
+
+Errors::
+
+    RingflowError
+    ├── InvalidRequest      the URL is refused (scheme, host, private address): not retried
+    └── FetchError          the request was made but failed (connection, protocol): retryable
+        └── FetchTimeout    no complete answer within the timeout
+
+Addresses are checked twice: ``validate_url`` checks the text (and literal IPs) without DNS, so
+an API request with a bad URL is refused at once; then every connection the client opens
+resolves the host itself, refuses private addresses and connects to exactly the address it
+checked, so DNS rebinding between the check and the connect cannot reach an internal host, and
+redirects (when asked for) are checked hop by hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Self
+
+import httpcore
+import httpx
+
+from ringflow import __version__
+from ringflow.clock import Clock
+from ringflow.config import Settings
+from ringflow.errors import InvalidRequest, RingflowError
+
+MAX_BODY = 1 << 20
+USER_AGENT = f"ringflow/{__version__}"
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+class FetchError(RingflowError):
+    """A request to a customer URL failed after it was allowed (connection, protocol, status)."""
+
+
+class FetchTimeout(FetchError):
+    """The customer's server did not answer in time."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchResult:
+    """What a customer's server answered (body cut at ``max_body`` bytes)."""
+
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+    truncated: bool
+    url: str
+    elapsed_ms: int
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status_code < 300
+
+
+def validate_url(url: str, *, allow_private: bool, field: str = "StatusCallback") -> str:
+    """Check a customer URL without DNS; return it (trimmed) or raise ``InvalidRequest``."""
+    text = url.strip() if isinstance(url, str) else ""
+    # Backslashes and control characters are where URL parsers disagree about the host.
+    if not text or "\\" in text or any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
+        raise InvalidRequest(f"{field} must be an http or https URL")
+    try:
+        parsed = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise InvalidRequest(f"{field} is not a valid URL: {exc}") from exc
+    if parsed.scheme not in ("http", "https"):
+        raise InvalidRequest(f"{field} must be an http or https URL")
+    host = parsed.host
+    if not host:
+        raise InvalidRequest(f"{field} must name a host")
+    if not allow_private:
+        if _is_localhost_name(host):
+            raise _private(field, host)
+        literal = _literal_ip(host)
+        if literal is not None and not is_public_address(literal):
+            raise _private(field, _shown(literal))
+    return text
+
+
+def is_public_address(ip: IpAddress) -> bool:
+    """True when ``ip`` is a globally routable unicast address."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
+    return ip.is_global and not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def _shown(ip: IpAddress) -> str:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _private(field: str, where: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"{field} points to a private address ({where}); "
+        "set RINGFLOW_ALLOW_PRIVATE_URLS=1 to allow it"
+    )
+
+
+def _is_localhost_name(host: str) -> bool:
+    # RFC 6761: localhost and *.localhost always mean this machine, whatever DNS says.
+    host = host.rstrip(".").lower()
+    return host == "localhost" or host.endswith(".localhost")
+
+
+def _literal_ip(host: str) -> IpAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    # getaddrinfo accepts inet_aton forms too ("127.1", "2130706433", "0x7f.0.0.1").
+    if all(c in "0123456789abcdefxABCDEFX." for c in host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+async def _getaddrinfo(host: str, port: int) -> list[str]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class _PrivateAddress(Exception):
+    """Raised inside the transport; OutboundHttp turns it into InvalidRequest with the field."""
+
+    def __init__(self, address: str):
+        super().__init__(address)
+        self.address = address
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves each host itself and connects only to addresses it has checked."""
+
+    def __init__(self, resolver: Resolver, allow_private: bool):
+        self._inner = httpcore.AnyIOBackend()
+        self._resolve = resolver
+        self._allow_private = allow_private
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                addresses = await self._resolve(host, port)
+        except (OSError, TimeoutError) as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        if not addresses:
+            raise httpcore.ConnectError(f"cannot resolve {host}: no addresses")
+        if not self._allow_private:
+            for address in addresses:
+                # Every address must be public: an attacker may mix one public and one private.
+                ip = ipaddress.ip_address(address)
+                if not is_public_address(ip):
+                    raise _PrivateAddress(_shown(ip))
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    async def connect_unix_socket(
+        self, *args: object, **kwargs: object
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not allowed for customer URLs")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with its connection pool rebuilt on the guarded backend."""
+
+    def __init__(self, backend: _GuardedBackend, limits: httpx.Limits):
+        super().__init__(trust_env=False, limits=limits)
+        # httpx offers no public hook for the network backend; refuse to run unguarded if its
+        # internals ever change, rather than silently connecting without the address check.
+        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
+            raise RuntimeError(  # noqa: TRY004 (a broken assumption, not a caller's bad type)
+                "httpx transport internals changed; cannot guard addresses"
+            )
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=backend,
+        )
+
+
+class OutboundHttp:
+    """One ``httpx.AsyncClient`` for every request ringflow makes to a customer's server."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        *,
+        max_body: int = MAX_BODY,
+        user_agent: str = USER_AGENT,
+        resolver: Resolver | None = None,
+    ):
+        self.allow_private = settings.allow_private_urls
+        self.timeout = settings.callback_timeout
+        self.max_body = max_body
+        self._clock = clock
+        backend = _GuardedBackend(resolver or _getaddrinfo, self.allow_private)
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        # trust_env=False: an HTTP(S)_PROXY in the environment would bypass the address guard.
+        self._client = httpx.AsyncClient(
+            transport=_GuardedTransport(backend, limits),
+            timeout=httpx.Timeout(self.timeout),
+            follow_redirects=False,
+            max_redirects=5,
+            headers={"User-Agent": user_agent},
+            trust_env=False,
+        )
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        follow_redirects: bool = False,
+        field: str = "URL",
+    ) -> FetchResult:
+        """Send one request; raises InvalidRequest (refused), FetchError or FetchTimeout."""
+        url = validate_url(url, allow_private=self.allow_private, field=field)
+        limit = self.timeout if timeout is None else timeout
+        started = time.perf_counter()
+        with self._clock.busy():
+            try:
+                # httpx timeouts are per phase; this bounds the whole exchange, so a server
+                # dribbling bytes cannot hold a delivery slot forever.
+                async with asyncio.timeout(limit):
+                    return await self._send(
+                        method, url, content, headers, params, limit, follow_redirects, started
+                    )
+            except _PrivateAddress as exc:
+                raise _private(field, exc.address) from None
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                raise FetchTimeout(f"no answer within {limit:g}s") from exc
+            except httpx.HTTPError as exc:
+                detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                raise FetchError(detail) from exc
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        limit: float,
+        follow_redirects: bool,
+        started: float,
+    ) -> FetchResult:
+        async with self._client.stream(
+            method,
+            url,
+            content=content,
+            headers=headers,
+            params=params,
+            timeout=httpx.Timeout(limit),
+            follow_redirects=follow_redirects,
+        ) as response:
+            body, truncated = await _read_capped(response, self.max_body)
+        return FetchResult(
+            status_code=response.status_code,
+            headers=response.headers,
+            body=body,
+            truncated=truncated,
+            url=str(response.url),
+            elapsed_ms=round((time.perf_counter() - started) * 1000),
+        )
+
+    async def post(
+        self,
+        url: str,
+        *,
+        content: bytes,
+        headers: Mapping[str, str],
+        timeout: float | None = None,
+        follow_redirects: bool = False,
+        field: str = "URL",
+    ) -> FetchResult:
+        """POST ``content`` to ``url``."""
+        return await self.request(
+            "POST",
+            url,
+            content=content,
+            headers=headers,
+            timeout=timeout,
+            follow_redirects=follow_redirects,
+            field=field,
+        )
+
+    async def get(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        follow_redirects: bool = False,
+        field: str = "URL",
+    ) -> FetchResult:
+        """GET ``url``."""
+        return await self.request(
+            "GET",
+            url,
+            params=params,
+            headers=headers,
+            timeout=timeout,
+            follow_redirects=follow_redirects,
+            field=field,
+        )
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        if size + len(chunk) > limit:
+            chunks.append(chunk[: limit - size])
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), False
