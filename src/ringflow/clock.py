@@ -134,6 +134,9 @@ class ManualClock:
                 return
             if time.monotonic() > give_up:
                 raise TimeoutError(f"condition not met by clock t={self._now:.1f}s")
+            # The condition's own awaits let other tasks run: let them settle again, so time
+            # never jumps while a task is between two steps of its work.
+            await _settle()
             deadline = self.next_deadline()
             if self._busy or deadline is None:
                 await asyncio.sleep(0.005)

@@ -23,7 +23,7 @@ class Settings:
 
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
-    public_url: str = "http://127.0.0.1:8080"
+    public_url: str = ""
     host: str = "127.0.0.1"
     port: int = 8080
     carrier: str = "sandbox"
@@ -70,6 +70,11 @@ class Settings:
     def instance_name(self) -> str:
         """A stable name for this process, so a restart can reclaim its own orphaned calls."""
         return self.instance or f"{socket.gethostname()}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach this server: RINGFLOW_PUBLIC_URL, else http://host:port."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     def sqlite_path(self) -> Path | None:
         """The SQLite file, when the database is SQLite."""

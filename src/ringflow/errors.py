@@ -9,6 +9,7 @@
     ├── InvalidRequest          a request parameter is missing or wrong (API: 400)
     │   └── AppInvalid          an app graph failed validation (names node and field)
     ├── AuthError               credentials missing or wrong (API: 401)
+    ├── Forbidden               valid credentials, but not for this account (API: 403)
     ├── RateLimited             too many requests (API: 429)
     ├── IllegalTransition       a call or leg status change the transition table forbids
     └── CapacityExceeded        the account's queue of waiting calls is full (API: 429)
@@ -50,6 +51,10 @@ class AppInvalid(InvalidRequest):
 
 class AuthError(RingflowError):
     """Credentials missing or wrong."""
+
+
+class Forbidden(RingflowError):
+    """Valid credentials that do not open the account asked for."""
 
 
 class RateLimited(RingflowError):

@@ -11,14 +11,18 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from ringflow.clock import Clock
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class Database:
     """One engine and session factory per process."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, clock: Clock | None = None):
         self.url = url
+        # Database work is a wait on the outside world: a test clock must not jump over it.
+        self._busy = clock.busy if clock is not None else contextlib.nullcontext
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             _ensure_sqlite_dir(url)
@@ -33,8 +37,9 @@ class Database:
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
-        async with self.sessions() as session, session.begin():
-            yield session
+        with self._busy():
+            async with self.sessions() as session, session.begin():
+                yield session
 
     async def close(self) -> None:
         await self.engine.dispose()

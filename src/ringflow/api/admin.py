@@ -1,0 +1,143 @@
+"""The admin JSON API (``/admin/v1``): apps, sandbox phones and call timelines of one account.
+
+Authenticated like the Exotel edge (Basic, API key and token of the account in the path).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import delete, select
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ringflow.api.auth import CHALLENGE, authenticate
+from ringflow.errors import AuthError, Conflict, Forbidden, InvalidRequest, NotFound
+from ringflow.phone import normalize
+from ringflow.storage.models import Account, App, Call, CallEvent, SandboxPhone
+from ringflow.telephony.sandbox import PhoneScript
+
+MAX_BODY = 256 * 1024
+PREFIX = "/admin/v1/accounts/{sid}"
+
+
+def app_json(app: App) -> dict[str, Any]:
+    """An app as the admin API shows it."""
+    return {"id": app.id, "name": app.name, "version": app.version, "graph": app.graph}
+
+
+class AdminApi:
+    """Routes under /admin/v1."""
+
+    def __init__(self, services: Any):
+        self.s = services
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(PREFIX + "/apps", self._wrap(self.list_apps), methods=["GET"]),
+            Route(PREFIX + "/apps", self._wrap(self.create_app), methods=["POST"]),
+            Route(PREFIX + "/apps/{app_id:int}", self._wrap(self.get_app), methods=["GET"]),
+            Route(PREFIX + "/apps/{app_id:int}", self._wrap(self.update_app), methods=["PUT"]),
+            Route(PREFIX + "/sandbox/phones/{number}", self._wrap(self.get_phone), methods=["GET"]),
+            Route(PREFIX + "/sandbox/phones/{number}", self._wrap(self.put_phone), methods=["PUT"]),
+            Route(PREFIX + "/sandbox/phones/{number}", self._wrap(self.delete_phone), methods=["DELETE"]),
+            Route(PREFIX + "/calls/{call_sid}/events", self._wrap(self.call_events), methods=["GET"]),
+        ]
+
+    def _wrap(self, handler: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            try:
+                account = await authenticate(self.s.accounts, request, request.path_params["sid"])
+                return await handler(request, account)
+            except AuthError as exc:
+                return _error(401, str(exc), CHALLENGE)
+            except Forbidden as exc:
+                return _error(403, str(exc))
+            except NotFound as exc:
+                return _error(404, str(exc))
+            except Conflict as exc:
+                return _error(409, str(exc))
+            except InvalidRequest as exc:
+                return _error(400, str(exc))
+
+        return endpoint
+
+    async def list_apps(self, request: Request, account: Account) -> Response:
+        return JSONResponse({"apps": [app_json(a) for a in await self.s.accounts.apps(account.sid)]})
+
+    async def create_app(self, request: Request, account: Account) -> Response:
+        app = await self.s.accounts.save_app(account.sid, await _json_body(request))
+        return JSONResponse(app_json(app), status_code=201)
+
+    async def get_app(self, request: Request, account: Account) -> Response:
+        async with self.s.db.session() as session:
+            app = await self.s.accounts.app(session, account.id, request.path_params["app_id"])
+        return JSONResponse(app_json(app))
+
+    async def update_app(self, request: Request, account: Account) -> Response:
+        app = await self.s.accounts.save_app(
+            account.sid, await _json_body(request), app_id=request.path_params["app_id"]
+        )
+        return JSONResponse(app_json(app))
+
+    async def get_phone(self, request: Request, account: Account) -> Response:
+        number = normalize(request.path_params["number"], field="number")
+        async with self.s.db.session() as session:
+            row = await session.get(SandboxPhone, (account.sid, number))
+        if row is None:
+            raise NotFound(f"no script for {number} in this account")
+        return JSONResponse({"number": number, "script": row.script})
+
+    async def put_phone(self, request: Request, account: Account) -> Response:
+        number = normalize(request.path_params["number"], field="number")
+        script = PhoneScript.from_dict(await _json_body(request)).to_dict()
+        async with self.s.db.session() as session:
+            row = await session.get(SandboxPhone, (account.sid, number))
+            if row is None:
+                session.add(SandboxPhone(scope=account.sid, number=number, script=script, updated_at=self.s.clock.wall()))
+            else:
+                row.script, row.updated_at = script, self.s.clock.wall()
+        return JSONResponse({"number": number, "script": script})
+
+    async def delete_phone(self, request: Request, account: Account) -> Response:
+        number = normalize(request.path_params["number"], field="number")
+        async with self.s.db.session() as session:
+            await session.execute(
+                delete(SandboxPhone).where(SandboxPhone.scope == account.sid, SandboxPhone.number == number)
+            )
+        return Response(status_code=204)
+
+    async def call_events(self, request: Request, account: Account) -> Response:
+        async with self.s.db.session() as session:
+            call = (
+                await session.execute(
+                    select(Call).where(
+                        Call.sid == request.path_params["call_sid"].lower(), Call.account_id == account.id
+                    )
+                )
+            ).scalar_one_or_none()
+            if call is None:
+                raise NotFound(f"Call {request.path_params['call_sid']} not found")
+            rows = (
+                await session.execute(
+                    select(CallEvent).where(CallEvent.call_id == call.id).order_by(CallEvent.at, CallEvent.id)
+                )
+            ).scalars()
+            events = [{"at": e.at.isoformat(), "kind": e.kind, "data": e.data} for e in rows]
+        return JSONResponse({"call_sid": call.sid, "status": call.status, "reason": call.reason, "events": events})
+
+
+async def _json_body(request: Request) -> Any:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise InvalidRequest("request body too large")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status, headers=headers)

@@ -1,0 +1,116 @@
+"""Calls/connect parameters in Exotel's names, checked and translated into a CallRequest."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+
+from ringflow.api.params import Params
+from ringflow.calls.requests import DEFAULT_TIME_LIMIT, DEFAULT_TIME_OUT, MAX_TIME_OUT, CallRequest
+from ringflow.errors import InvalidRequest, NotFound
+from ringflow.phone import display, normalize
+from ringflow.storage.models import Account, PhoneNumber
+from ringflow.webhooks.http import validate_url
+
+# .../exoml/start_voice/{app_id} (current) and .../exoml/start/{app_id} (legacy), any host.
+_APP_URL = re.compile(r"/exoml/start(?:_voice)?/(\d+)/?$")
+EVENTS = ("terminal", "answered", "ringing")
+CONTENT_TYPES = {"multipart/form-data": False, "application/json": True}
+
+
+def app_id_from_url(url: str) -> int:
+    """The app id at the end of an Exotel flow URL."""
+    parts = urlsplit(url.strip())
+    match = _APP_URL.search(parts.path)
+    if parts.scheme.lower() not in ("http", "https") or match is None:
+        raise InvalidRequest(
+            "Url must look like http://my.exotel.com/{sid}/exoml/start_voice/{app_id}"
+        )
+    return int(match.group(1))
+
+
+async def parse_connect(params: Params, account: Account, services: Any) -> CallRequest:
+    """Check every Calls/connect parameter; InvalidRequest names the first one at fault."""
+    if params.get("StreamUrl"):
+        raise InvalidRequest("StreamUrl: streaming calls to a WebSocket are not supported yet")
+    from_number = normalize(params.require("From"), field="From")
+    caller_id = await _exophone(params.require("CallerId"), account, services)
+    url, to = params.get("Url"), params.get("To")
+    if not url and not to:
+        raise InvalidRequest("Url or To is a mandatory parameter")
+    app_id = await _app(url, account, services) if url else None
+    call_type = params.get("CallType")
+    if call_type is not None and call_type.lower() != "trans":
+        reason = "is no longer supported" if call_type.lower() == "promo" else "must be trans"
+        raise InvalidRequest(f"CallType {call_type} {reason}")
+    allow_private = services.settings.allow_private_urls
+    callback = params.get("StatusCallback")
+    if callback:
+        callback = validate_url(callback, allow_private=allow_private, field="StatusCallback")
+    events = params.events("StatusCallbackEvents")
+    unknown = [e for e in events if e not in EVENTS]
+    if unknown:
+        raise InvalidRequest(
+            f"StatusCallbackEvents: {', '.join(unknown)} is not one of {', '.join(EVENTS)}"
+        )
+    content_type = (params.get("StatusCallbackContentType") or "multipart/form-data").lower()
+    if content_type not in CONTENT_TYPES:
+        raise InvalidRequest("StatusCallbackContentType must be multipart/form-data or application/json")
+    custom = params.get("CustomField")
+    if custom is not None and len(custom) > 128:
+        raise InvalidRequest("CustomField must be at most 128 characters")
+    channels = (params.get("RecordingChannels") or "single").lower()
+    if channels not in ("single", "dual"):
+        raise InvalidRequest("RecordingChannels must be single or dual")
+    fmt = (params.get("RecordingFormat") or "mp3").lower()
+    if fmt not in ("mp3", "mp3-hq"):
+        raise InvalidRequest("RecordingFormat must be mp3 or mp3-hq")
+    wait_url = params.get("WaitUrl")
+    if wait_url:
+        wait_url = validate_url(wait_url, allow_private=allow_private, field="WaitUrl")
+    return CallRequest(
+        account_id=account.id,
+        shape="flow" if url else "numbers",
+        from_number=from_number,
+        caller_id=caller_id,
+        to_number=None if url else normalize(to or "", field="To"),
+        app_id=app_id,
+        time_limit=params.get_int("TimeLimit", min=1, max=14400) or DEFAULT_TIME_LIMIT,
+        time_out=params.get_int("TimeOut", min=1, max=MAX_TIME_OUT) or DEFAULT_TIME_OUT,
+        status_callback=callback,
+        callback_events=tuple(events),
+        callback_json=CONTENT_TYPES[content_type],
+        custom_field=custom,
+        record=bool(params.get_bool("Record")),
+        recording_channels=channels,
+        recording_format=fmt,
+        wait_url=wait_url,
+    )
+
+
+async def _exophone(raw: str, account: Account, services: Any) -> str:
+    number = normalize(raw, field="CallerId")
+    async with services.db.session() as session:
+        owned = (
+            await session.execute(
+                select(PhoneNumber.id).where(
+                    PhoneNumber.account_id == account.id, PhoneNumber.number == number
+                )
+            )
+        ).scalar_one_or_none()
+    if owned is None:
+        raise InvalidRequest(f"CallerId {display(number)} is not an ExoPhone of this account")
+    return number
+
+
+async def _app(url: str, account: Account, services: Any) -> int:
+    app_id = app_id_from_url(url)
+    try:
+        async with services.db.session() as session:
+            await services.accounts.app(session, account.id, app_id)
+    except NotFound:
+        raise InvalidRequest(f"Url: there is no app {app_id} in this account") from None
+    return app_id

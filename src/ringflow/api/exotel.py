@@ -1,0 +1,164 @@
+"""The Exotel v1 edge: routing, authentication, rate limits and the Calls endpoints.
+
+Paths are matched without regard to letter case (``/v1/accounts/x/calls/connect`` works), a
+``.json`` suffix selects JSON, and every error is a RestException in the endpoint's format.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Any
+
+from sqlalchemy import select
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ringflow.api import call_list
+from ringflow.api.auth import CHALLENGE, authenticate
+from ringflow.api.connect import parse_connect
+from ringflow.api.params import Params, read_params
+from ringflow.calls.callbacks import fmt_date
+from ringflow.api.render import call_details, call_fields, error, respond
+from ringflow.calls.status import Status
+from ringflow.errors import AuthError, CapacityExceeded, Forbidden, InvalidRequest, NotFound, RateLimited
+from ringflow.phone import display
+from ringflow.storage.models import Account, Call
+
+log = logging.getLogger(__name__)
+
+_ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("POST", re.compile(r"^accounts/(?P<sid>[^/]+)/calls/connect(?P<json>\.json)?/?$", re.I), "connect"),
+    ("GET", re.compile(r"^accounts/(?P<sid>[^/]+)/calls(?P<json>\.json)?/?$", re.I), "list_calls"),
+    (
+        "GET",
+        re.compile(r"^accounts/(?P<sid>[^/]+)/calls/(?P<call>[a-z0-9]+)(?P<json>\.json)?/?$", re.I),
+        "get_call",
+    ),
+    (
+        "GET",
+        re.compile(r"^accounts/(?P<sid>[^/]+)/incomingphonenumbers(?P<json>\.json)?/?$", re.I),
+        "numbers",
+    ),
+]
+
+
+class ExotelApi:
+    """The ``/v1`` endpoints; ``services`` is the wired application (see app.py)."""
+
+    def __init__(self, services: Any):
+        self.s = services
+
+    def routes(self) -> list[Route]:
+        return [Route("/v1/{path:path}", self.dispatch, methods=["GET", "POST", "HEAD"])]
+
+    async def dispatch(self, request: Request) -> Response:
+        path = request.path_params["path"]
+        as_json = path.lower().rstrip("/").endswith(".json")
+        method = "GET" if request.method == "HEAD" else request.method
+        for route_method, pattern, handler in _ROUTES:
+            match = pattern.match(path)
+            if match and route_method == method:
+                return await self._handle(request, match, handler, bool(match["json"]))
+        for route_method, pattern, _ in _ROUTES:
+            if pattern.match(path):
+                return error(405, f"{request.method} is not allowed on this resource", as_json=as_json)
+        return error(404, f"no such resource: {request.url.path}", as_json=as_json)
+
+    async def _handle(self, request: Request, match: re.Match[str], handler: str, as_json: bool) -> Response:
+        headers: dict[str, str] = {}
+        try:
+            account = await authenticate(self.s.accounts, request, match["sid"])
+            headers = await self._rate_limit(account)
+            params = await read_params(request)
+            response = await getattr(self, handler)(request, account, params, match, as_json)
+        except AuthError as exc:
+            return error(401, str(exc), as_json=as_json, headers=CHALLENGE)
+        except Forbidden as exc:
+            return error(403, str(exc), as_json=as_json)
+        except RateLimited as exc:
+            return error(429, str(exc), as_json=as_json, headers=exc.args[1])
+        except CapacityExceeded as exc:
+            return error(429, str(exc), as_json=as_json, headers=headers)
+        except NotFound as exc:
+            return error(404, str(exc), as_json=as_json, headers=headers)
+        except InvalidRequest as exc:
+            return error(400, str(exc), as_json=as_json, headers=headers)
+        response.headers.update(headers)
+        return response
+
+    async def _rate_limit(self, account: Account) -> dict[str, str]:
+        limit = account.rate_limit_per_minute or self.s.settings.rate_limit_per_minute
+        try:
+            decision = await self.s.rate_limiter.hit(f"api:{account.sid}", limit, 60.0)
+        except Exception as exc:  # the limiter's backend (Redis) is down: refuse, never allow
+            log.error("rate limiter unavailable: %s", exc)
+            raise CapacityExceeded("rate limiter unavailable; try again shortly") from exc
+        headers = {
+            "X-RateLimit-Limit": str(decision.limit),
+            "X-RateLimit-Remaining": str(decision.remaining),
+            "X-RateLimit-Reset": str(math.ceil(decision.reset_after)),
+        }
+        if not decision.allowed:
+            headers["Retry-After"] = str(decision.retry_after)
+            raise RateLimited(
+                f"Too many requests: the limit is {decision.limit} requests per minute", headers
+            )
+        return headers
+
+    async def connect(self, request: Request, account: Account, params: Params, match: Any, as_json: bool) -> Response:
+        """``POST Calls/connect``: place a call in the flow or the two-number shape."""
+        call_request = await parse_connect(params, account, self.s)
+        call, started = await self.s.dispatcher.submit(call_request)
+        # Clients expect "in-progress" the moment a call is accepted (spec section 1).
+        status = Status.IN_PROGRESS if started else Status.QUEUED
+        body = {"Call": call_fields(call, account.sid, account.time_zone, json_uri=as_json, status=status)}
+        log.info("call %s created (%s shape) for %s", call.sid, call.shape, account.sid)
+        return respond(body, as_json=as_json)
+
+    async def get_call(self, request: Request, account: Account, params: Params, match: Any, as_json: bool) -> Response:
+        """``GET Calls/{CallSid}``, with ``Details`` when ``details=true``."""
+        async with self.s.db.session() as session:
+            call = (
+                await session.execute(
+                    select(Call).where(Call.sid == match["call"].lower(), Call.account_id == account.id)
+                )
+            ).scalar_one_or_none()
+        if call is None:
+            raise NotFound(f"Call {match['call']} not found")
+        fields = call_fields(call, account.sid, account.time_zone, json_uri=as_json)
+        if params.get_bool("details"):
+            fields["Details"] = call_details(call)
+        return respond({"Call": fields}, as_json=as_json)
+
+    async def list_calls(self, request: Request, account: Account, params: Params, match: Any, as_json: bool) -> Response:
+        """``GET Calls``: the bulk list with filters, sorting and cursors."""
+        async with self.s.db.session() as session:
+            page = await call_list.list_calls(session, account, params, base_path=request.url.path)
+        calls = [call_fields(c, account.sid, account.time_zone, json_uri=as_json) for c in page.calls]
+        body = {
+            "Metadata": page.metadata,
+            "Calls": calls if as_json else [{"Call": c} for c in calls],
+        }
+        return respond(body, as_json=as_json)
+
+    async def numbers(self, request: Request, account: Account, params: Params, match: Any, as_json: bool) -> Response:
+        """``GET IncomingPhoneNumbers``: the account's ExoPhones."""
+        async with self.s.db.session() as session:
+            rows = await self.s.accounts.numbers(session, account.id)
+        items = [
+            {
+                "IncomingPhoneNumber": {
+                    "Sid": display(row.number),
+                    "AccountSid": account.sid,
+                    "PhoneNumber": display(row.number),
+                    "FriendlyName": row.friendly_name or display(row.number),
+                    "Capabilities": {"Voice": True, "Sms": False},
+                    "DateCreated": fmt_date(row.created_at, account.time_zone),
+                }
+            }
+            for row in rows
+        ]
+        return respond({"IncomingPhoneNumbers": items}, as_json=as_json)

@@ -1,0 +1,156 @@
+"""create_app(settings): builds every part of ringflow and wires them in the ASGI lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from ringflow import __version__
+from ringflow.accounts import Accounts
+from ringflow.api.admin import AdminApi
+from ringflow.api.exotel import ExotelApi
+from ringflow.calls.dispatcher import Dispatcher
+from ringflow.calls.runner import CallRunner
+from ringflow.clock import Clock, make_clock
+from ringflow.config import Settings
+from ringflow.errors import InvalidRequest
+from ringflow.flows.actions import HttpGet, HttpResult
+from ringflow.ratelimit import RateLimiter, make_rate_limiter
+from ringflow.storage.db import Database
+from ringflow.storage.models import SandboxPhone
+from ringflow.telephony.carrier import Carrier
+from ringflow.telephony.sandbox import PhoneScript, SandboxCarrier
+from ringflow.webhooks.deliverer import Deliverer
+from ringflow.webhooks.http import FetchError, OutboundHttp
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Services:
+    """Everything a request handler may need, built once per process."""
+
+    settings: Settings
+    clock: Clock
+    db: Database
+    accounts: Accounts
+    rate_limiter: RateLimiter
+    http: OutboundHttp
+    deliverer: Deliverer
+    carrier: Carrier
+    runner: CallRunner
+    dispatcher: Dispatcher
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock | None = None, carrier: Carrier | None = None) -> Services:
+        """Construct (but do not start) every part."""
+        clock = clock or make_clock(settings.clock_scale)
+        db = Database(settings.database_url, clock)
+        http = OutboundHttp(settings, clock)
+        deliverer = Deliverer(db, clock, http, settings)
+        carrier = carrier or SandboxCarrier(clock, _script_lookup(db))
+        runner = CallRunner(db, clock, carrier, _http_getter(http), deliverer.wake)
+        dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake)
+        return cls(
+            settings=settings,
+            clock=clock,
+            db=db,
+            accounts=Accounts(db, clock),
+            rate_limiter=make_rate_limiter(settings.redis_url, clock),
+            http=http,
+            deliverer=deliverer,
+            carrier=carrier,
+            runner=runner,
+            dispatcher=dispatcher,
+        )
+
+    async def start(self) -> None:
+        """Resume pending callbacks and reclaim calls a previous run left behind."""
+        self.deliverer.start()
+        await self.dispatcher.recover()
+
+    async def stop(self) -> None:
+        """End running calls, flush callbacks, close connections."""
+        await self.dispatcher.stop()
+        await self.deliverer.stop()
+        await self.http.aclose()
+        await self.rate_limiter.close()
+        await self.db.close()
+
+
+def _script_lookup(db: Database) -> Any:
+    async def lookup(account_sid: str, number: str) -> PhoneScript | None:
+        async with db.session() as session:
+            rows = (
+                await session.execute(
+                    select(SandboxPhone).where(
+                        SandboxPhone.number == number, SandboxPhone.scope.in_([account_sid, ""])
+                    )
+                )
+            ).scalars().all()
+        # An account's own script wins over one set for every account.
+        best = sorted(rows, key=lambda row: row.scope == "")
+        return PhoneScript.from_dict(best[0].script) if best else None
+
+    return lookup
+
+
+def _http_getter(http: OutboundHttp) -> Any:
+    async def get(action: HttpGet) -> HttpResult:
+        try:
+            result = await http.get(
+                action.url, params=action.params, headers=action.headers, timeout=action.timeout, field="url"
+            )
+        except (InvalidRequest, FetchError) as exc:
+            return HttpResult(status=None, error=str(exc))
+        return HttpResult(
+            status=result.status_code,
+            content_type=result.headers.get("content-type", ""),
+            text=result.body.decode("utf-8", "replace"),
+        )
+
+    return get
+
+
+async def health(request: Request) -> Response:
+    """Liveness: answers without touching the database (also the benchmark's baseline)."""
+    return PlainTextResponse(f"ringflow {__version__} ok\n")
+
+
+async def demo_passthru(request: Request) -> Response:
+    """The demo app's Passthru target: logs what it got and answers 200."""
+    log.info("demo passthru received: %s", dict(request.query_params))
+    return PlainTextResponse("ok")
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None, carrier: Carrier | None = None) -> Starlette:
+    """The ASGI application; ``clock`` and ``carrier`` are injectable for tests."""
+    services = Services.build(settings, clock, carrier)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await services.start()
+        log.info("ringflow %s serving (carrier %s, instance %s)", __version__, services.carrier.name, settings.instance_name)
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    routes = [
+        Route("/healthz", health),
+        Route("/demo/passthru", demo_passthru),
+        *ExotelApi(services).routes(),
+        *AdminApi(services).routes(),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.services = services
+    return app

@@ -1,0 +1,1 @@
+"""Calls and legs: the status table, the call service, the runner and admission."""

@@ -1,0 +1,208 @@
+"""Admission: a call starts now if its account has room, else it waits as ``queued``.
+
+The dispatcher owns the running calls of this process. It creates calls, starts their runners,
+starts queued calls in order when capacity frees, and at start-up reclaims what a previous run of
+this process left behind (calls it was carrying when it died are finished, queued calls resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ringflow.calls.requests import CallRequest
+from ringflow.calls.sids import new_call_sid
+from ringflow.calls.status import ACTIVE, Event, Status
+from ringflow.calls.transitions import STATUS_AFTER_CRASH, Change, apply
+from ringflow.clock import Clock
+from ringflow.config import Settings
+from ringflow.errors import CapacityExceeded
+from ringflow.storage.db import Database
+from ringflow.storage.models import Account, Call, Leg
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Creates, admits and tracks the calls of this process."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        settings: Settings,
+        run_call: Callable[[str], Any],
+        on_enqueued: Callable[[], None],
+    ):
+        self.db = db
+        self.clock = clock
+        self.settings = settings
+        self.run_call = run_call  # coroutine function: runs one call to its end
+        self.on_enqueued = on_enqueued
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._closing = False
+
+    async def submit(self, request: CallRequest) -> tuple[Call, bool]:
+        """Persist a new call; start it if the account has room. Returns (call, started)."""
+        async with self._locks[request.account_id], self.db.session() as session:
+            account = await session.get(Account, request.account_id)
+            assert account is not None
+            active, queued = await self._counts(session, account.id)
+            if queued >= self.settings.queue_limit:
+                raise CapacityExceeded(
+                    f"{queued} calls are already waiting for this account; try again later"
+                )
+            now = self.clock.wall()
+            call = _new_call(request, now)
+            session.add(call)
+            await session.flush()
+            started = active < self._limit(account)
+            if started:
+                await self._admit(session, call)
+            else:
+                log.info("call %s queued: %d of %d lines busy", call.sid, active, self._limit(account))
+        if started:
+            self._start(call.sid)
+        self.on_enqueued()
+        return call, started
+
+    def _limit(self, account: Account) -> int:
+        return account.max_concurrent_calls or self.settings.max_concurrent_calls
+
+    async def _counts(self, session: Any, account_id: int) -> tuple[int, int]:
+        rows = await session.execute(
+            select(Call.status, func.count())
+            .where(Call.account_id == account_id)
+            .where(Call.status.in_([*ACTIVE, Status.QUEUED]))
+            .group_by(Call.status)
+        )
+        counts = dict(rows.all())
+        active = sum(counts.get(s, 0) for s in ACTIVE)
+        return active, counts.get(Status.QUEUED, 0)
+
+    async def _admit(self, session: Any, call: Call) -> None:
+        call.owner = self.settings.instance_name
+        await apply(session, call, Change(call=Event.DIAL, legs=((1, Event.DIAL),)), self.clock.wall())
+
+    def _start(self, sid: str) -> None:
+        task = asyncio.ensure_future(self._run(sid))
+        self.tasks[sid] = task
+
+    async def _run(self, sid: str) -> None:
+        try:
+            await self.run_call(sid)
+        finally:
+            self.tasks.pop(sid, None)
+            account_id = await self._account_of(sid)
+            if not self._closing and account_id is not None:
+                await self.release(account_id)
+
+    async def _account_of(self, sid: str) -> int | None:
+        async with self.db.session() as session:
+            return (
+                await session.execute(select(Call.account_id).where(Call.sid == sid))
+            ).scalar_one_or_none()
+
+    async def release(self, account_id: int) -> None:
+        """Start the account's oldest queued calls, as many as it has room for."""
+        started: list[str] = []
+        async with self._locks[account_id], self.db.session() as session:
+            account = await session.get(Account, account_id)
+            if account is None:
+                return
+            active, _ = await self._counts(session, account_id)
+            room = self._limit(account) - active
+            if room <= 0:
+                return
+            waiting = (
+                await session.execute(
+                    select(Call)
+                    .where(Call.account_id == account_id, Call.status == Status.QUEUED)
+                    .order_by(Call.created_at, Call.id)
+                    .limit(room)
+                )
+            ).scalars()
+            for call in waiting:
+                await self._admit(session, call)
+                started.append(call.sid)
+        for sid in started:
+            log.info("call %s leaves the queue", sid)
+            self._start(sid)
+        if started:
+            self.on_enqueued()
+
+    async def recover(self) -> None:
+        """Finish the calls a previous run of this process was carrying; resume queued ones."""
+        name = self.settings.instance_name
+        async with self.db.session() as session:
+            orphans = (
+                await session.execute(
+                    select(Call).where(Call.owner == name, Call.status.in_(list(ACTIVE)))
+                )
+            ).scalars().all()
+            now = self.clock.wall()
+            for call in orphans:
+                event = STATUS_AFTER_CRASH[Status(call.status)]
+                legs = tuple(
+                    (leg.leg_no, Event.HANGUP if leg.status == Status.IN_PROGRESS else Event.FAIL)
+                    for leg in call.legs
+                    if leg.status in ACTIVE
+                )
+                reason = "ringflow restarted while the call was in progress"
+                await apply(session, call, Change(call=event, legs=legs, reason=reason), now)
+            accounts = (
+                await session.execute(
+                    select(Call.account_id).where(Call.status == Status.QUEUED).distinct()
+                )
+            ).scalars().all()
+        if orphans:
+            log.warning("finished %d calls interrupted by a restart", len(orphans))
+            self.on_enqueued()
+        for account_id in accounts:
+            await self.release(account_id)
+
+    async def stop(self) -> None:
+        """Cancel running calls (each runner finishes its call as it unwinds)."""
+        self._closing = True
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _new_call(request: CallRequest, now: Any) -> Call:
+    call = Call(
+        sid=new_call_sid(),
+        account_id=request.account_id,
+        shape=request.shape,
+        from_number=request.from_number,
+        to_number=request.to_number or "",
+        caller_id=request.caller_id,
+        app_id=request.app_id,
+        status=Status.QUEUED,
+        direction="outbound-api",
+        time_limit=request.time_limit,
+        time_out=request.time_out,
+        status_callback=request.status_callback,
+        callback_events=list(request.callback_events),
+        callback_json=request.callback_json,
+        custom_field=request.custom_field,
+        record=request.record,
+        recording_channels=request.recording_channels,
+        recording_format=request.recording_format,
+        wait_url=request.wait_url,
+        created_at=now,
+        updated_at=now,
+        start_time=now,
+    )
+    call.legs = [Leg(leg_no=1, number=request.from_number, status=Status.NONE)]
+    if request.shape == "numbers":
+        call.legs.append(Leg(leg_no=2, number=request.to_number or "", status=Status.NONE))
+    return call

@@ -1,0 +1,31 @@
+"""A call as asked for, in ringflow's own terms (the API translates Exotel's names into this)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+DEFAULT_TIME_LIMIT = 14400  # 4 hours, Exotel's maximum
+DEFAULT_TIME_OUT = 30
+MAX_TIME_OUT = 60  # ring time is capped at a minute in India
+
+
+@dataclasses.dataclass(frozen=True)
+class CallRequest:
+    """Everything needed to place a call; numbers are E.164 (or sip: URIs)."""
+
+    account_id: int
+    shape: str  # "flow" or "numbers"
+    from_number: str
+    caller_id: str
+    to_number: str | None = None  # numbers shape
+    app_id: int | None = None  # flow shape
+    time_limit: int = DEFAULT_TIME_LIMIT
+    time_out: int = DEFAULT_TIME_OUT
+    status_callback: str | None = None
+    callback_events: tuple[str, ...] = ()
+    callback_json: bool = False
+    custom_field: str | None = None
+    record: bool = False
+    recording_channels: str = "single"
+    recording_format: str = "mp3"
+    wait_url: str | None = None

@@ -1,0 +1,214 @@
+"""Carries one call from dialing to its final status.
+
+Flow calls: dial ``From``; when answered, run the app; hang up. Two-number calls: dial ``From``;
+when answered, dial ``To`` and bridge the two. ``TimeOut`` bounds each leg's ringing and
+``TimeLimit`` (counted from the first answer) ends the call. Every status change goes through
+``transitions.apply``; the runner itself holds no status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from ringflow.calls.status import Event, Status, is_terminal
+from ringflow.calls.transitions import Change, apply
+from ringflow.clock import Clock, wait_with_timeout
+from ringflow.flows.applets import REGISTRY
+from ringflow.flows.context import FlowContext
+from ringflow.flows.engine import FlowEngine, HttpGetter
+from ringflow.flows.model import parse_app
+from ringflow.phone import display
+from ringflow.storage.db import Database
+from ringflow.storage.models import Account, App, Call, CallEvent
+from ringflow.telephony.carrier import Answered, Carrier, Channel, DialRequest, Rejected, Ringing
+
+log = logging.getLogger(__name__)
+
+OUTCOME_EVENTS = {"busy": Event.BUSY, "no-answer": Event.NO_ANSWER, "failed": Event.FAIL}
+
+
+class CallRunner:
+    """Runs calls on a carrier; one ``run(sid)`` per call."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        carrier: Carrier,
+        http_get: HttpGetter,
+        on_enqueued: Callable[[], None],
+    ):
+        self.db = db
+        self.clock = clock
+        self.carrier = carrier
+        self.http_get = http_get
+        self.on_enqueued = on_enqueued
+
+    async def change(self, sid: str, change: Change) -> Call:
+        """Apply a status change and wake the callback deliverer if it queued any."""
+        async with self.db.session() as session:
+            call = (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
+            queued = await apply(session, call, change, self.clock.wall())
+        if queued:
+            self.on_enqueued()
+        return call
+
+    async def record(self, call_id: int, kind: str, data: dict[str, Any]) -> None:
+        """Add a step to the call's timeline."""
+        async with self.db.session() as session:
+            session.add(CallEvent(call_id=call_id, at=self.clock.wall(), kind=kind, data=data))
+
+    async def run(self, sid: str) -> None:
+        """Carry the call to a final status, whatever happens on the way."""
+        channels: list[Channel] = []
+        try:
+            await self._run(sid, channels)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._abandon(sid, channels, "ringflow is shutting down"))
+            raise
+        except Exception as exc:  # a bug must not leave a call hanging: finish it, keep the cause
+            log.exception("call %s failed inside ringflow", sid)
+            await self._abandon(sid, channels, f"internal error: {exc}")
+
+    async def _abandon(self, sid: str, channels: list[Channel], reason: str) -> None:
+        for channel in channels:
+            await channel.hangup(reason)
+        async with self.db.session() as session:
+            call = (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
+            if is_terminal(call.status):
+                return
+            event = Event.HANGUP if call.status == Status.IN_PROGRESS else Event.FAIL
+            if call.status == Status.QUEUED:
+                event = Event.FAIL
+            legs = tuple(
+                (leg.leg_no, Event.HANGUP if leg.status == Status.IN_PROGRESS else Event.CANCEL)
+                for leg in call.legs
+                if leg.status in (Status.RINGING, Status.IN_PROGRESS)
+            )
+            await apply(session, call, Change(call=event, legs=legs, reason=reason), self.clock.wall())
+        self.on_enqueued()
+
+    async def _run(self, sid: str, channels: list[Channel]) -> None:
+        async with self.db.session() as session:
+            call = (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
+            account = await session.get(Account, call.account_id)
+            assert account is not None
+        first = await self._dial(call, account, 1, call.from_number)
+        if not isinstance(first, Answered):
+            return
+        channels.append(first.channel)
+        watchdog = asyncio.ensure_future(self._time_limit(call, channels))
+        try:
+            if call.shape == "flow":
+                await self._run_flow(call, account, first.channel)
+                await first.channel.hangup("app ended")
+                await self.change(sid, Change(call=Event.HANGUP, legs=((1, Event.HANGUP),)))
+            else:
+                await self._connect(call, account, first.channel, channels)
+        finally:
+            watchdog.cancel()
+
+    async def _dial(self, call: Call, account: Account, leg_no: int, number: str) -> Any:
+        """Ring one leg (already marked ringing) until answer, rejection or ``TimeOut``."""
+        request = DialRequest(number, call.caller_id, account.sid, call.sid, leg_no)
+        attempt = self.carrier.dial(request)
+        deadline = self.clock.now() + call.time_out
+        while True:
+            remaining = deadline - self.clock.now()
+            try:
+                event = await wait_with_timeout(self.clock, attempt.next_event(), remaining)
+            except asyncio.CancelledError:
+                await asyncio.shield(attempt.cancel())
+                raise
+            if isinstance(event, Ringing):
+                continue
+            call_event = None if leg_no == 2 else Event.ANSWER
+            if isinstance(event, Answered):
+                await self.change(call.sid, Change(call=call_event, legs=((leg_no, Event.ANSWER),)))
+                return event
+            if event is None:
+                await attempt.cancel()
+                event = Rejected("no-answer", f"no answer within TimeOut {call.time_out}s")
+            if leg_no == 1:
+                outcome = OUTCOME_EVENTS[event.outcome]
+                change = Change(call=outcome, legs=((1, outcome),), cause=event.cause)
+                await self.change(call.sid, change)
+            return event
+
+    async def _time_limit(self, call: Call, channels: list[Channel]) -> None:
+        await self.clock.sleep(call.time_limit)
+        await self.record(call.id, "time-limit", {"seconds": call.time_limit})
+        for channel in list(channels):
+            await channel.hangup("time limit")
+
+    async def _run_flow(self, call: Call, account: Account, channel: Channel) -> None:
+        async with self.db.session() as session:
+            app = await session.get(App, call.app_id)
+        if app is None:
+            await self.record(call.id, "flow.aborted", {"reason": f"app {call.app_id} was deleted"})
+            return
+        graph = parse_app(app.graph, REGISTRY)
+        ctx = FlowContext(
+            call_sid=call.sid,
+            account_id=account.id,
+            app_id=app.id,
+            customer=display(call.from_number),
+            exophone=display(call.caller_id),
+            direction="outbound-dial",
+            created_at=call.created_at,
+            started_at=call.start_time or call.created_at,
+            time_zone=account.time_zone,
+            custom_field=call.custom_field,
+            now=self.clock.wall,
+        )
+
+        async def record(kind: str, data: dict[str, Any]) -> None:
+            await self.record(call.id, kind, data)
+
+        await record("flow.start", {"app": app.id, "version": app.version, "name": app.name})
+        engine = FlowEngine(graph, REGISTRY, ctx, channel, self.http_get, record)
+        reason = await engine.run()
+        await engine.drain()
+        await record("flow.end", {"reason": reason})
+
+    async def _connect(
+        self, call: Call, account: Account, first: Channel, channels: list[Channel]
+    ) -> None:
+        """Two-number shape: ring ``To`` while ``From`` waits, then bridge them."""
+        await self.change(call.sid, Change(legs=((2, Event.DIAL),)))
+        dialing = asyncio.ensure_future(self._dial(call, account, 2, call.to_number))
+        gone = asyncio.ensure_future(first.wait_closed())
+        done, _ = await asyncio.wait({dialing, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if dialing not in done:
+            # From hung up (or the time limit hit) while To was ringing: failed, leg 2 canceled.
+            dialing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dialing
+            change = Change(
+                call=Event.FAIL,
+                legs=((1, Event.HANGUP), (2, Event.CANCEL)),
+                reason="From hung up while To was ringing",
+            )
+            await self.change(call.sid, change)
+            return
+        gone.cancel()
+        second = dialing.result()
+        if not isinstance(second, Answered):
+            await first.hangup("second leg not answered")
+            outcome = OUTCOME_EVENTS[second.outcome]
+            change = Change(call=outcome, legs=((1, Event.HANGUP), (2, outcome)), cause=second.cause)
+            await self.change(call.sid, change)
+            return
+        channels.append(second.channel)
+        await first.bridge(second.channel)
+        await first.hangup("bridge ended")
+        await second.channel.hangup("bridge ended")
+        await self.change(
+            call.sid, Change(call=Event.HANGUP, legs=((1, Event.HANGUP), (2, Event.HANGUP)))
+        )

@@ -1,0 +1,24 @@
+"""Identifiers handed out on the wire."""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+_ALNUM = string.ascii_lowercase + string.digits
+_NON_HEX = "ghijklmnopqrstuvwxyz"
+
+
+def new_call_sid() -> str:
+    """32 lowercase alphanumerics ending in a non-hex letter, like Exotel's."""
+    return "".join(secrets.choice(_ALNUM) for _ in range(31)) + secrets.choice(_NON_HEX)
+
+
+def new_api_key() -> str:
+    """A public API key (the Basic-auth username)."""
+    return secrets.token_hex(24)
+
+
+def new_api_token() -> str:
+    """A secret API token (the Basic-auth password); shown once, stored hashed."""
+    return secrets.token_urlsafe(32)

@@ -1,0 +1,166 @@
+"""The one place a call or leg changes status.
+
+``apply`` moves the call and its legs through the status table, stamps times, computes the final
+durations, writes the timeline entry and the status callbacks the change causes, all in one
+transaction, so a status and its callback are never out of step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ringflow.calls import callbacks
+from ringflow.calls.status import Event, Status, call_next, is_terminal, leg_next
+from ringflow.storage.models import Account, Call, CallEvent, Leg
+from ringflow.webhooks.outbox import enqueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """What happened: an event for the call and/or events for its legs."""
+
+    call: Event | None = None
+    legs: tuple[tuple[int, Event], ...] = ()
+    cause: str | None = None  # carrier cause for the legs that changed
+    reason: str | None = None  # why the call ended, kept on the call
+
+
+def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> int:
+    if start is None or end is None:
+        return 0
+    return max(0, round((end - start).total_seconds()))
+
+
+def _apply_leg(leg: Leg, event: Event, now: dt.datetime, cause: str | None) -> None:
+    leg.status = leg_next(leg.status, event)
+    if event is Event.DIAL:
+        leg.dialed_at = now
+    elif event is Event.ANSWER:
+        leg.answered_at = now
+        leg.answered_by = "human"
+    if is_terminal(leg.status):
+        leg.ended_at = now
+    if cause:
+        leg.cause = cause
+
+
+def _finish(call: Call, now: dt.datetime) -> None:
+    call.end_time = now
+    call.duration = _seconds(call.start_time, now)
+    call.price = "0"
+    talk_leg = call.legs[-1] if call.shape == "numbers" else call.legs[0]
+    call.conversation_duration = callbacks.on_call_seconds(talk_leg) if len(call.legs) else 0
+    if call.shape == "numbers" and len(call.legs) < 2:
+        call.conversation_duration = 0
+
+
+async def apply(
+    session: AsyncSession, call: Call, change: Change, now: dt.datetime
+) -> list[str]:
+    """Apply ``change`` to ``call`` (loaded in ``session``); returns the callback events queued."""
+    before = call.status
+    legs = {leg.leg_no: leg for leg in call.legs}
+    for leg_no, event in change.legs:
+        _apply_leg(legs[leg_no], event, now, change.cause)
+    if change.call is not None:
+        call.status = call_next(call.status, change.call)
+        if change.call is Event.DIAL:
+            call.start_time = now
+    if change.reason and not call.reason:
+        call.reason = change.reason
+    call.updated_at = now
+    if is_terminal(call.status) and not is_terminal(before):
+        _finish(call, now)
+    session.add(
+        CallEvent(
+            call_id=call.id,
+            at=now,
+            kind="status",
+            data={
+                "call": call.status,
+                "legs": {str(n): legs[n].status for n, _ in change.legs},
+                "cause": change.cause,
+                "reason": change.reason,
+            },
+        )
+    )
+    log.info(
+        "call %s: %s -> %s %s%s",
+        call.sid,
+        before or "-",
+        call.status,
+        " ".join(f"leg{n}={legs[n].status}" for n, _ in change.legs),
+        f" ({change.reason or change.cause})" if (change.reason or change.cause) else "",
+    )
+    return await _queue_callbacks(session, call, change, before, now)
+
+
+async def _queue_callbacks(
+    session: AsyncSession, call: Call, change: Change, before: str, now: dt.datetime
+) -> list[str]:
+    if not call.status_callback:
+        return []
+    tz = await _time_zone(session, call.account_id)
+    events = set(call.callback_events or [])
+    queued: list[str] = []
+
+    async def add(event: str, key: str, payload: dict) -> None:
+        await enqueue(
+            session,
+            account_id=call.account_id,
+            call_id=call.id,
+            event=event,
+            url=call.status_callback or "",
+            content_type="application/json" if call.callback_json else "multipart/form-data",
+            payload=payload,
+            idempotency_key=f"{call.sid}:{key}",
+            now=now,
+        )
+        queued.append(key)
+
+    for leg_no, event in change.legs:
+        for kind, trigger in (("ringing", Event.DIAL), ("answered", Event.ANSWER)):
+            if event is trigger and kind in events:
+                payload = callbacks.event_payload(call, kind, tz, list(call.legs))
+                await add(kind, f"{kind}:{leg_no}", payload)
+    if is_terminal(call.status) and not is_terminal(before):
+        # Without StatusCallbackEvents: the four-field POST; with them, only what was asked for.
+        if not events:
+            await add("terminal", "terminal", callbacks.minimal_payload(call, tz))
+        elif "terminal" in events:
+            payload = callbacks.event_payload(call, "terminal", tz, list(call.legs))
+            await add("terminal", "terminal", payload)
+    return queued
+
+
+async def _time_zone(session: AsyncSession, account_id: int) -> str:
+    return (
+        await session.execute(select(Account.time_zone).where(Account.id == account_id))
+    ).scalar_one()
+
+
+async def transition(
+    session_factory: Callable,
+    call_sid: str,
+    change: Change,
+    now: dt.datetime,
+) -> Call:
+    """Load the call by SID, apply ``change`` and commit; the committed call is returned."""
+    async with session_factory() as session:
+        call = (
+            await session.execute(select(Call).where(Call.sid == call_sid).with_for_update())
+        ).scalar_one()
+        await apply(session, call, change, now)
+    return call
+
+
+# Statuses a call may be recovered into when its process died.
+STATUS_AFTER_CRASH = {Status.RINGING: Event.FAIL, Status.IN_PROGRESS: Event.HANGUP}

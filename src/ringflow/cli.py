@@ -1,0 +1,260 @@
+"""The ``ringflow`` command: serve, migrate, and the admin of accounts, keys, numbers and apps.
+
+Errors print one line, ``ringflow: error: ...``, and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import delete, select
+
+from ringflow.accounts import Accounts
+from ringflow.clock import make_clock
+from ringflow.config import Settings
+from ringflow.errors import RingflowError
+from ringflow.phone import normalize
+from ringflow.storage.db import Database, migrate
+from ringflow.storage.models import SandboxPhone
+from ringflow.telephony.sandbox import PhoneScript
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ringflow`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = Settings.from_env(
+            host=getattr(args, "host", None), port=getattr(args, "port", None)
+        )
+        return args.func(settings, args) or 0
+    except RingflowError as exc:
+        print(f"ringflow: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"ringflow: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ringflow", description="Self-hosted, Exotel-compatible voice API server")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the server")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("migrate", help="create or upgrade the database schema")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("demo", help="create the demo account once and print how to use it")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--credentials-file", type=Path, default=Path("data/demo-credentials.json"))
+    p.set_defaults(func=cmd_demo)
+
+    accounts = sub.add_parser("accounts", help="manage accounts").add_subparsers(metavar="ACTION")
+    p = accounts.add_parser("create", help="create an account and its first API key")
+    p.add_argument("name")
+    p.add_argument("--time-zone", default="Asia/Kolkata")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run(_accounts_create))
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(metavar="ACTION")
+    p = keys.add_parser("create", help="create an API key (the token is shown once)")
+    p.add_argument("account_sid")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run(_keys_create))
+    p = keys.add_parser("revoke", help="revoke an API key")
+    p.add_argument("account_sid")
+    p.add_argument("key")
+    p.set_defaults(func=_run(_keys_revoke))
+
+    numbers = sub.add_parser("numbers", help="manage ExoPhones").add_subparsers(metavar="ACTION")
+    p = numbers.add_parser("add", help="give an account an ExoPhone")
+    p.add_argument("account_sid")
+    p.add_argument("number")
+    p.add_argument("--name", default="")
+    p.set_defaults(func=_run(_numbers_add))
+
+    apps = sub.add_parser("apps", help="manage apps (flows)").add_subparsers(metavar="ACTION")
+    p = apps.add_parser("import", help="validate and store an app from a YAML or JSON file")
+    p.add_argument("account_sid")
+    p.add_argument("file", type=Path)
+    p.add_argument("--replace", type=int, metavar="APP_ID", help="replace this app (new version)")
+    p.set_defaults(func=_run(_apps_import))
+    p = apps.add_parser("export", help="print an app as YAML or JSON")
+    p.add_argument("account_sid")
+    p.add_argument("app_id", type=int)
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    p.set_defaults(func=_run(_apps_export))
+    p = apps.add_parser("list", help="list an account's apps")
+    p.add_argument("account_sid")
+    p.set_defaults(func=_run(_apps_list))
+
+    sandbox = sub.add_parser("sandbox", help="script virtual phones").add_subparsers(metavar="ACTION")
+    p = sandbox.add_parser("script", help="set how a virtual phone behaves")
+    p.add_argument("number")
+    p.add_argument("--account", default="", help="only for this account's calls (default: all)")
+    p.add_argument("--ring", type=float, default=1.0, help="seconds of ringing (default 1)")
+    p.add_argument("--outcome", default="answer", help="answer, busy, no-answer or failed")
+    p.add_argument("--keys", action="append", default=[], help="keys pressed at an input (repeatable)")
+    p.add_argument("--hangup-after", type=float, help="hang up this many seconds after answering")
+    p.set_defaults(func=_run(_sandbox_script))
+    p = sandbox.add_parser("clear", help="forget a virtual phone's script")
+    p.add_argument("number")
+    p.add_argument("--account", default="")
+    p.set_defaults(func=_run(_sandbox_clear))
+    return parser
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ringflow.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    migrate(settings.database_url)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    migrate(settings.database_url)
+    print("database is up to date")
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from ringflow.demo import banner, ensure_demo
+
+    async def go(accounts: Accounts) -> None:
+        saved = await ensure_demo(accounts, settings.base_url, args.credentials_file)
+        print(banner(saved, settings.base_url))
+
+    return _run(lambda accounts, _args: go(accounts))(settings, args)
+
+
+def _run(action: Callable[[Accounts, argparse.Namespace], Awaitable[Any]]) -> Callable[..., int]:
+    """Wrap an async admin action: migrate, open the database, run, close."""
+
+    def command(settings: Settings, args: argparse.Namespace) -> int:
+        migrate(settings.database_url)
+
+        async def go() -> None:
+            db = Database(settings.database_url)
+            try:
+                await action(Accounts(db, make_clock()), args)
+            finally:
+                await db.close()
+
+        asyncio.run(go())
+        return 0
+
+    return command
+
+
+def _print_credentials(creds: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"sid": creds.account_sid, "api_key": creds.api_key, "api_token": creds.api_token}))
+    else:
+        print(f"Account SID: {creds.account_sid}\nAPI key:     {creds.api_key}\nAPI token:   {creds.api_token}")
+        print("The token is shown only now; it is stored hashed.")
+
+
+async def _accounts_create(accounts: Accounts, args: argparse.Namespace) -> None:
+    _print_credentials(await accounts.create_account(args.name, args.time_zone), args.json)
+
+
+async def _keys_create(accounts: Accounts, args: argparse.Namespace) -> None:
+    _print_credentials(await accounts.create_key(args.account_sid), args.json)
+
+
+async def _keys_revoke(accounts: Accounts, args: argparse.Namespace) -> None:
+    await accounts.revoke_key(args.account_sid, args.key)
+    print(f"revoked {args.key}")
+
+
+async def _numbers_add(accounts: Accounts, args: argparse.Namespace) -> None:
+    print(await accounts.add_number(args.account_sid, args.number, args.name))
+
+
+def _load_app_file(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RingflowError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        raise RingflowError(f"{path} is not valid YAML or JSON: {exc}") from None
+
+
+async def _apps_import(accounts: Accounts, args: argparse.Namespace) -> None:
+    app = await accounts.save_app(args.account_sid, _load_app_file(args.file), args.replace)
+    print(f"app {app.id} ({app.name}) version {app.version}")
+
+
+async def _apps_export(accounts: Accounts, args: argparse.Namespace) -> None:
+    async with accounts.db.session() as session:
+        account = await accounts.get(session, args.account_sid)
+        app = await accounts.app(session, account.id, args.app_id)
+    if args.format == "json":
+        print(json.dumps(app.graph, indent=2))
+    else:
+        print(yaml.safe_dump(app.graph, sort_keys=False), end="")
+
+
+async def _apps_list(accounts: Accounts, args: argparse.Namespace) -> None:
+    for app in await accounts.apps(args.account_sid):
+        print(f"{app.id}\t{app.name}\tversion {app.version}")
+
+
+async def _sandbox_script(accounts: Accounts, args: argparse.Namespace) -> None:
+    number = normalize(args.number, field="number")
+    script = PhoneScript.from_dict(
+        {"ring": args.ring, "outcome": args.outcome, "keys": args.keys, "hangup_after": args.hangup_after}
+    ).to_dict()
+    scope = args.account.lower()
+    async with accounts.db.session() as session:
+        if scope:
+            await accounts.get(session, scope)
+        row = await session.get(SandboxPhone, (scope, number))
+        if row is None:
+            session.add(SandboxPhone(scope=scope, number=number, script=script, updated_at=accounts.clock.wall()))
+        else:
+            row.script, row.updated_at = script, accounts.clock.wall()
+    print(f"{number}: {json.dumps(script)}")
+
+
+async def _sandbox_clear(accounts: Accounts, args: argparse.Namespace) -> None:
+    number = normalize(args.number, field="number")
+    async with accounts.db.session() as session:
+        await session.execute(
+            delete(SandboxPhone).where(SandboxPhone.scope == args.account.lower(), SandboxPhone.number == number)
+        )
+    print(f"{number}: default behaviour")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

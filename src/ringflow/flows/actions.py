@@ -1,0 +1,47 @@
+"""What an applet may ask the engine to do. Applets yield these and receive the results."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Say:
+    """Speak text to the caller. Result: None."""
+
+    text: str
+    voice: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Play:
+    """Play an audio URL to the caller. Result: None."""
+
+    url: str
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpGet:
+    """GET a customer URL with query parameters. Result: HttpResult."""
+
+    url: str
+    params: dict[str, str]
+    timeout: float
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    wait: bool = True  # False: fire and forget (async Passthru); the result is None
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpResult:
+    """What a customer URL answered (status None when it never answered)."""
+
+    status: int | None
+    content_type: str = ""
+    text: str = ""
+    error: str | None = None
+
+
+Action = Say | Play | HttpGet
+
+# Applets return the name of the exit they leave by, or HANGUP to end the call.
+HANGUP = "__hangup__"

@@ -1,0 +1,12 @@
+"""The applet catalogue: one module per applet, each exporting its ``SPEC``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ringflow.flows.applets import greeting, hangup, passthru
+from ringflow.flows.model import AppletSpec
+
+REGISTRY: Mapping[str, AppletSpec] = {
+    spec.name: spec for spec in (greeting.SPEC, passthru.SPEC, hangup.SPEC)
+}

@@ -1,0 +1,118 @@
+"""Runs an app on an answered Channel: drives each applet's generator, executes what it asks.
+
+Applets never touch the Channel or the network themselves; they yield actions (flows/actions.py)
+and the engine carries them out, records each step on the call's timeline and feeds the result
+back. The run ends at a Hangup applet, at an exit that leads nowhere, when the line closes, or
+after ``max_steps`` nodes (a guard against loops that validation could not rule out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ringflow.flows.actions import HANGUP, HttpGet, HttpResult, Play, Say
+from ringflow.flows.context import FlowContext
+from ringflow.flows.model import AppGraph, AppletSpec
+from ringflow.telephony.carrier import Channel
+
+log = logging.getLogger(__name__)
+
+HttpGetter = Callable[[HttpGet], Awaitable[HttpResult]]
+EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class FlowEngine:
+    """One app run on one call."""
+
+    def __init__(
+        self,
+        graph: AppGraph,
+        registry: dict[str, AppletSpec] | Any,
+        ctx: FlowContext,
+        channel: Channel,
+        http_get: HttpGetter,
+        record: EventSink,
+        max_steps: int = 500,
+    ):
+        self.graph = graph
+        self.registry = registry
+        self.ctx = ctx
+        self.channel = channel
+        self.http_get = http_get
+        self.record = record
+        self.max_steps = max_steps
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def run(self) -> str:
+        """Run from the start node; returns why the run ended."""
+        current: str | None = self.graph.start
+        for _ in range(self.max_steps):
+            if current is None:
+                return "end of flow"
+            if self.channel.closed:
+                return "caller hung up"
+            node = self.graph.nodes[current]
+            await self.record("applet.enter", {"node": node.name, "applet": node.applet})
+            exit_name = await self._run_node(node)
+            if exit_name == HANGUP:
+                await self.record("applet.exit", {"node": node.name, "exit": "hangup"})
+                return "hangup applet"
+            current = node.exits.get(exit_name)
+            await self.record(
+                "applet.exit", {"node": node.name, "exit": exit_name, "next": current}
+            )
+        await self.record("flow.aborted", {"reason": f"more than {self.max_steps} steps"})
+        return "step limit"
+
+    async def _run_node(self, node: Any) -> str:
+        spec = self.registry[node.applet]
+        gen = spec.run(node, self.ctx)
+        result: Any = None
+        try:
+            while True:
+                action = gen.send(result)
+                result = await self._perform(action)
+        except StopIteration as stop:
+            return stop.value
+
+    async def _perform(self, action: Any) -> Any:
+        if isinstance(action, Say):
+            await self.record("say", {"text": action.text})
+            await self.channel.say(action.text, action.voice)
+            return None
+        if isinstance(action, Play):
+            await self.record("play", {"url": action.url})
+            await self.channel.play(action.url)
+            return None
+        if isinstance(action, HttpGet):
+            if not action.wait:
+                task = asyncio.ensure_future(self._fetch(action))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                return None
+            return await self._fetch(action)
+        raise TypeError(f"applet yielded an unknown action: {action!r}")
+
+    async def _fetch(self, action: HttpGet) -> HttpResult:
+        started = time.perf_counter()
+        result = await self.http_get(action)
+        await self.record(
+            "http",
+            {
+                "url": action.url,
+                "params": action.params,
+                "status": result.status,
+                "error": result.error,
+                "latency_ms": round((time.perf_counter() - started) * 1000),
+            },
+        )
+        return result
+
+    async def drain(self) -> None:
+        """Wait for fire-and-forget requests (async Passthru) to finish."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
