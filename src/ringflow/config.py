@@ -35,7 +35,6 @@ class Settings:
     callback_timeout: float = 15.0
     callback_max_attempts: int = 12
     clock_scale: float = 1.0
-    time_zone: str = "Asia/Kolkata"
     log_level: str = "info"
 
     @classmethod
