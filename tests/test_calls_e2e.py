@@ -202,3 +202,19 @@ async def test_first_party_hangs_up_while_second_rings(database_url):
         assert details["Status"] == "failed"
         assert details["Details"]["Leg1Status"] == "completed"
         assert details["Details"]["Leg2Status"] == "canceled"
+
+
+async def test_callback_receiver_failing_twice_gets_it_exactly_once(database_url):
+    async with running(database_url) as rig:
+        rig.customer.script = [500, 503]  # the callback receiver fails twice, then answers 200
+        r = await rig.connect(
+            From="09999900001", To="09812345679", StatusCallback=f"{rig.customer.url}/status"
+        )
+        sid = r.json()["Call"]["Sid"]
+        await rig.finish(sid)
+        attempts = rig.customer.to("/status")
+        assert [a.status for a in attempts] == [500, 503, 200]
+        assert {a.headers["idempotency-key"] for a in attempts} == {f"{sid}:terminal"}
+        assert all(a.fields()["Status"] == "busy" for a in attempts)
+        await rig.clock.advance(7 * 86400)  # a week later, nothing more was sent
+        assert len(rig.customer.to("/status")) == 3

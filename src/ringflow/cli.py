@@ -128,6 +128,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every request at INFO; ringflow logs the ones that matter with the call's SID.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     migrate(settings.database_url)
     uvicorn.run(
         create_app(settings),

@@ -68,6 +68,8 @@ def _xml_value(parent: ET.Element, name: str, value: Any) -> None:
         for item in value:
             for key, inner in item.items():
                 _xml_value(element, key, inner)
+    elif isinstance(value, bool):
+        element.text = "true" if value else "false"  # as in JSON, not Python's True
     elif value is not None:
         element.text = str(value)
 
@@ -78,7 +80,8 @@ def xml_document(body: dict[str, Any]) -> str:
     for key, value in body.items():
         _xml_value(root, key, value)
     ET.indent(root, space=" ")
-    return XML_DECLARATION + ET.tostring(root, encoding="unicode") + "\n"
+    # Exotel writes empty elements as <ParentCallSid/>, without ElementTree's space.
+    return XML_DECLARATION + ET.tostring(root, encoding="unicode").replace(" />", "/>") + "\n"
 
 
 def respond(body: dict[str, Any], *, as_json: bool, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -56,6 +56,7 @@ class FlowEngine:
             if self.channel.closed:
                 return "caller hung up"
             node = self.graph.nodes[current]
+            log.info("call %s: %s %r", self.ctx.call_sid, node.applet, node.name)
             await self.record("applet.enter", {"node": node.name, "applet": node.applet})
             exit_name = await self._run_node(node)
             if exit_name == HANGUP:
@@ -81,6 +82,7 @@ class FlowEngine:
 
     async def _perform(self, action: Any) -> Any:
         if isinstance(action, Say):
+            log.info("call %s: say %r", self.ctx.call_sid, action.text)
             await self.record("say", {"text": action.text})
             await self.channel.say(action.text, action.voice)
             return None
@@ -100,6 +102,14 @@ class FlowEngine:
     async def _fetch(self, action: HttpGet) -> HttpResult:
         started = time.perf_counter()
         result = await self.http_get(action)
+        latency = round((time.perf_counter() - started) * 1000)
+        log.info(
+            "call %s: GET %s -> %s (%d ms)",
+            self.ctx.call_sid,
+            action.url,
+            result.status or result.error,
+            latency,
+        )
         await self.record(
             "http",
             {
@@ -107,7 +117,7 @@ class FlowEngine:
                 "params": action.params,
                 "status": result.status,
                 "error": result.error,
-                "latency_ms": round((time.perf_counter() - started) * 1000),
+                "latency_ms": latency,
             },
         )
         return result
