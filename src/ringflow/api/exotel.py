@@ -34,7 +34,11 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"^accounts/(?P<sid>[^/]+)/calls(?P<json>\.json)?/?$", re.I), "list_calls"),
     (
         "GET",
-        re.compile(r"^accounts/(?P<sid>[^/]+)/calls/(?P<call>[a-z0-9]+)(?P<json>\.json)?/?$", re.I),
+        # "connect" is the POST endpoint, not a call SID: a GET on it is a 405, not a 404.
+        re.compile(
+            r"^accounts/(?P<sid>[^/]+)/calls/(?!connect(?:\.json)?/?$)(?P<call>[a-z0-9]+)(?P<json>\.json)?/?$",
+            re.I,
+        ),
         "get_call",
     ),
     (
@@ -52,7 +56,10 @@ class ExotelApi:
         self.s = services
 
     def routes(self) -> list[Route]:
-        return [Route("/v1/{path:path}", self.dispatch, methods=["GET", "POST", "HEAD"])]
+        # Every method reaches dispatch, so a wrong one is a RestException in the endpoint's
+        # format rather than Starlette's plain-text 405.
+        methods = ["GET", "POST", "HEAD", "PUT", "PATCH", "DELETE"]
+        return [Route("/v1/{path:path}", self.dispatch, methods=methods)]
 
     async def dispatch(self, request: Request) -> Response:
         path = request.path_params["path"]
@@ -62,9 +69,16 @@ class ExotelApi:
             match = pattern.match(path)
             if match and route_method == method:
                 return await self._handle(request, match, handler, bool(match["json"]))
-        for route_method, pattern, _ in _ROUTES:
-            if pattern.match(path):
-                return error(405, f"{request.method} is not allowed on this resource", as_json=as_json)
+        allowed = {route_method for route_method, pattern, _ in _ROUTES if pattern.match(path)}
+        if allowed:
+            if "GET" in allowed:
+                allowed.add("HEAD")
+            return error(
+                405,
+                f"{request.method} is not allowed on this resource",
+                as_json=as_json,
+                headers={"Allow": ", ".join(sorted(allowed))},
+            )
         return error(404, f"no such resource: {request.url.path}", as_json=as_json)
 
     async def _handle(self, request: Request, match: re.Match[str], handler: str, as_json: bool) -> Response:

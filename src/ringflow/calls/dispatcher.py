@@ -62,14 +62,20 @@ class Dispatcher:
             call = _new_call(request, now)
             session.add(call)
             await session.flush()
-            started = active < self._limit(account)
+            limit = self._limit(account)
+            # Never ahead of calls already waiting: room can exist while they wait (the limit
+            # was raised, or a call just ended and its release has not run yet).
+            started = active < limit and queued == 0
             if started:
                 await self._admit(session, call)
             else:
-                log.info("call %s queued: %d of %d lines busy", call.sid, active, self._limit(account))
+                log.info("call %s queued: %d of %d lines busy, %d waiting", call.sid, active, limit, queued)
+            room_behind_queue = not started and active < limit
         if started:
             self._start(call.sid)
         self.on_enqueued()
+        if room_behind_queue:
+            await self.release(request.account_id)
         return call, started
 
     def _limit(self, account: Account) -> int:

@@ -38,7 +38,10 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction: committed on success, rolled back on error."""
+        """A session inside one transaction: committed on success, rolled back on error.
+
+        Never open a session while holding another: on SQLite the pool has one connection.
+        """
         with self._busy():
             async with self.sessions() as session, session.begin():
                 yield session
