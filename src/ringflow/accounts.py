@@ -27,6 +27,9 @@ from ringflow.storage.db import Database
 from ringflow.storage.models import Account, ApiKey, App, PhoneNumber
 
 _DUMMY_HASH = hashlib.sha256(b"ringflow-no-such-key").hexdigest()
+# Ids are BIGINT: a larger number (from a Url or a path) names no app, and handing it to the
+# database driver would fail with an overflow (a 500) instead.
+_MAX_ID = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +184,8 @@ class Accounts:
 
     async def app(self, session: AsyncSession, account_id: int, app_id: int) -> App:
         """One of the account's apps, or NotFound (another account's app is not found either)."""
+        if not 0 < app_id <= _MAX_ID:
+            raise NotFound(f"no app {app_id} in this account")
         app = (
             await session.execute(select(App).where(App.id == app_id, App.account_id == account_id))
         ).scalar_one_or_none()

@@ -58,7 +58,7 @@ class ExotelApi:
     def routes(self) -> list[Route]:
         # Every method reaches dispatch, so a wrong one is a RestException in the endpoint's
         # format rather than Starlette's plain-text 405.
-        methods = ["GET", "POST", "HEAD", "PUT", "PATCH", "DELETE"]
+        methods = ["GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"]
         return [Route("/v1/{path:path}", self.dispatch, methods=methods)]
 
     async def dispatch(self, request: Request) -> Response:
@@ -100,6 +100,11 @@ class ExotelApi:
             return error(404, str(exc), as_json=as_json, headers=headers)
         except InvalidRequest as exc:
             return error(400, str(exc), as_json=as_json, headers=headers)
+        except Exception:
+            # A fault of ours (the database, a bug): clients parse every answer as a
+            # RestException in the endpoint's format, so a 500 must be one too (spec section 2).
+            log.exception("%s %s failed", request.method, request.url.path)
+            return error(500, "Internal server error", as_json=as_json, headers=headers)
         response.headers.update(headers)
         return response
 
