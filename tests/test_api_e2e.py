@@ -23,7 +23,7 @@ from ringflow.accounts import Credentials
 from ringflow.calls.status import is_terminal
 from ringflow.ratelimit.redis import PREFIX as REDIS_PREFIX
 from ringflow.storage.models import Account, Call
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, free_port
 from tests.e2e import EXOPHONE, Rig, demo_graph, running
 
 pytestmark = pytest.mark.e2e
@@ -644,3 +644,16 @@ async def test_server_fault_is_500_in_the_endpoint_format(database_url):
         assert json_error(r, 500) == "Internal server error"
         assert r.headers["x-ratelimit-limit"] == "200"
         xml_error(await rig.http.get(rig.url("IncomingPhoneNumbers"), auth=rig.auth), 500)
+
+
+async def test_redis_down_refuses_with_503_never_unlimited(tmp_path, sqlite_template):
+    import shutil
+
+    path = tmp_path / "r.db"
+    shutil.copy(sqlite_template, path)
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    async with running(f"sqlite+aiosqlite:///{path}", redis_url=dead) as rig:
+        r = await rig.http.get(rig.url("IncomingPhoneNumbers.json"), auth=rig.auth)
+        assert r.status_code == 503
+        assert r.json()["RestException"]["Message"] == "rate limiter unavailable; try again shortly"
+        assert r.headers["Retry-After"] == "5"

@@ -12,7 +12,8 @@
     ├── Forbidden               valid credentials, but not for this account (API: 403)
     ├── RateLimited             too many requests (API: 429)
     ├── IllegalTransition       a call or leg status change the transition table forbids
-    └── CapacityExceeded        the account's queue of waiting calls is full (API: 429)
+    ├── CapacityExceeded        the account's queue of waiting calls is full (API: 429)
+    └── Unavailable             a backing service (Redis) is down; retry shortly (API: 503)
 
 Foreign exceptions (SQLAlchemy, httpx, redis) are translated once, at the boundary that calls
 them, with ``raise ... from``.
@@ -67,3 +68,7 @@ class IllegalTransition(RingflowError):
 
 class CapacityExceeded(RingflowError):
     """No room to hold another call."""
+
+
+class Unavailable(RingflowError):
+    """A service ringflow depends on is down; the request may succeed if retried."""

@@ -23,7 +23,9 @@ from ringflow.api.params import Params, read_params
 from ringflow.calls.callbacks import fmt_date
 from ringflow.api.render import call_details, call_fields, error, respond
 from ringflow.calls.status import Status
-from ringflow.errors import AuthError, CapacityExceeded, Forbidden, InvalidRequest, NotFound, RateLimited
+from redis.exceptions import RedisError
+
+from ringflow.errors import AuthError, CapacityExceeded, Forbidden, Unavailable, InvalidRequest, NotFound, RateLimited
 from ringflow.phone import display
 from ringflow.storage.models import Account, Call
 
@@ -96,6 +98,8 @@ class ExotelApi:
             return error(429, str(exc), as_json=as_json, headers=exc.args[1])
         except CapacityExceeded as exc:
             return error(429, str(exc), as_json=as_json, headers=headers)
+        except Unavailable as exc:
+            return error(503, str(exc), as_json=as_json, headers={"Retry-After": "5"})
         except NotFound as exc:
             return error(404, str(exc), as_json=as_json, headers=headers)
         except InvalidRequest as exc:
@@ -112,9 +116,9 @@ class ExotelApi:
         limit = account.rate_limit_per_minute or self.s.settings.rate_limit_per_minute
         try:
             decision = await self.s.rate_limiter.hit(f"api:{account.sid}", limit, 60.0)
-        except Exception as exc:  # the limiter's backend (Redis) is down: refuse, never allow
+        except (OSError, RedisError) as exc:  # Redis is down: refuse, never allow unlimited
             log.error("rate limiter unavailable: %s", exc)
-            raise CapacityExceeded("rate limiter unavailable; try again shortly") from exc
+            raise Unavailable("rate limiter unavailable; try again shortly") from exc
         headers = {
             "X-RateLimit-Limit": str(decision.limit),
             "X-RateLimit-Remaining": str(decision.remaining),
