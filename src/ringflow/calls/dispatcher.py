@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from ringflow.calls.requests import CallRequest
 from ringflow.calls.sids import new_call_sid
 from ringflow.calls.status import ACTIVE, Event, Status
-from ringflow.calls.transitions import STATUS_AFTER_CRASH, Change, apply
+from ringflow.calls.transitions import Change, apply, interrupted
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import CapacityExceeded
@@ -69,7 +69,9 @@ class Dispatcher:
             if started:
                 await self._admit(session, call)
             else:
-                log.info("call %s queued: %d of %d lines busy, %d waiting", call.sid, active, limit, queued)
+                log.info(
+                    "call %s queued: %d of %d lines busy, %d waiting", call.sid, active, limit, queued
+                )
             room_behind_queue = not started and active < limit
         if started:
             self._start(call.sid)
@@ -154,14 +156,8 @@ class Dispatcher:
             ).scalars().all()
             now = self.clock.wall()
             for call in orphans:
-                event = STATUS_AFTER_CRASH[Status(call.status)]
-                legs = tuple(
-                    (leg.leg_no, Event.HANGUP if leg.status == Status.IN_PROGRESS else Event.FAIL)
-                    for leg in call.legs
-                    if leg.status in ACTIVE
-                )
                 reason = "ringflow restarted while the call was in progress"
-                await apply(session, call, Change(call=event, legs=legs, reason=reason), now)
+                await apply(session, call, interrupted(call, reason), now)
             accounts = (
                 await session.execute(
                     select(Call.account_id).where(Call.status == Status.QUEUED).distinct()

@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ringflow.calls.status import Event, Status, is_terminal
-from ringflow.calls.transitions import Change, apply
+from ringflow.calls.status import Event, is_terminal
+from ringflow.calls.transitions import Change, apply, interrupted
 from ringflow.clock import Clock, wait_with_timeout
 from ringflow.flows.applets import REGISTRY
 from ringflow.flows.context import FlowContext
@@ -83,15 +83,7 @@ class CallRunner:
             call = (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
             if is_terminal(call.status):
                 return
-            event = Event.HANGUP if call.status == Status.IN_PROGRESS else Event.FAIL
-            if call.status == Status.QUEUED:
-                event = Event.FAIL
-            legs = tuple(
-                (leg.leg_no, Event.HANGUP if leg.status == Status.IN_PROGRESS else Event.CANCEL)
-                for leg in call.legs
-                if leg.status in (Status.RINGING, Status.IN_PROGRESS)
-            )
-            await apply(session, call, Change(call=event, legs=legs, reason=reason), self.clock.wall())
+            await apply(session, call, interrupted(call, reason), self.clock.wall())
         self.on_enqueued()
 
     async def _run(self, sid: str, channels: list[Channel]) -> None:

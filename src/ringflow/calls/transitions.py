@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.calls import callbacks
-from ringflow.calls.status import Event, Status, call_next, is_terminal, leg_next
+from ringflow.calls.status import ACTIVE, Event, Status, call_next, is_terminal, leg_next
 from ringflow.storage.models import Account, Call, CallEvent, Leg
 from ringflow.webhooks.outbox import enqueue
 
@@ -162,5 +162,22 @@ async def transition(
     return call
 
 
-# Statuses a call may be recovered into when its process died.
-STATUS_AFTER_CRASH = {Status.RINGING: Event.FAIL, Status.IN_PROGRESS: Event.HANGUP}
+def interrupted(call: Call, reason: str) -> Change:
+    """The change that ends a call ringflow can no longer carry (shutdown, restart, a bug).
+
+    Answered legs hang up and ringing legs are canceled. The call is ``completed`` only if its
+    conversation had begun (flow calls: the first party answered; two-number calls: the second
+    did); otherwise it ``failed``, as when From hangs up while To rings (spec section 3).
+    """
+    talk_leg = 2 if call.shape == "numbers" else 1
+    talked = any(
+        leg.leg_no == talk_leg and leg.status in (Status.IN_PROGRESS, Status.COMPLETED)
+        for leg in call.legs
+    )
+    event = Event.HANGUP if call.status == Status.IN_PROGRESS and talked else Event.FAIL
+    legs = tuple(
+        (leg.leg_no, Event.HANGUP if leg.status == Status.IN_PROGRESS else Event.CANCEL)
+        for leg in call.legs
+        if leg.status in ACTIVE
+    )
+    return Change(call=event, legs=legs, reason=reason)

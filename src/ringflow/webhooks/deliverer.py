@@ -111,13 +111,15 @@ class Deliverer:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox")
 
     async def stop(self, grace: float | None = None) -> None:
-        """Finish the pass in progress (bounded by ``grace`` real seconds), then stop."""
+        """Finish the pass in progress, send one last batch of what is due now (the callbacks
+        of calls ended by the shutdown), then stop; all bounded by ``grace`` real seconds."""
         task, self._task = self._task, None
         if task is None:
             return
         self._stopping = True
         self._wake.set()
-        limit = grace if grace is not None else self._http.timeout + 5
+        # Room for two batches (the one in flight and the last one), each bounded by the timeout.
+        limit = grace if grace is not None else 2 * self._http.timeout + 5
         try:
             await asyncio.wait_for(asyncio.shield(task), limit)
         except TimeoutError:
@@ -143,15 +145,21 @@ class Deliverer:
                 return total
 
     async def _run(self) -> None:
-        while not self._stopping:
+        while True:
             self._wake.clear()
+            # A pass begun after stop() was asked for is the last: it sends what the shutdown
+            # itself enqueued (calls ended on the way down), which a pass already in flight
+            # may have claimed too early to see.
+            last = self._stopping
             try:
                 with self._clock.busy():
                     await self.deliver_due()
-                    delay = await self._idle_delay()
+                    delay = 0.0 if last else await self._idle_delay()
             except Exception:
                 log.exception("outbox: delivery pass failed; retrying in %gs", ERROR_PAUSE)
                 delay = ERROR_PAUSE
+            if last:
+                return
             if not self._stopping:
                 await self._wait(delay)
 
