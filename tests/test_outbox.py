@@ -438,6 +438,28 @@ async def test_restart_resumes_pending_and_abandoned_rows(db, clock, receiver) -
     assert (await load(db, abandoned)).delivered_at >= lease
 
 
+async def test_a_restart_under_the_same_name_takes_back_its_leases_at_once(
+    db, clock, receiver
+) -> None:
+    account = await make_account(db, clock)
+    mine = await add(db, clock, account, receiver.url, "mine")
+    theirs = await add(db, clock, account, receiver.url, "theirs")
+    lease = clock.wall() + dt.timedelta(seconds=90)
+    async with db.session() as s:  # both were being sent when their processes died
+        for mid, owner in ((mine, "node-a"), (theirs, "node-b")):
+            await s.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == mid)
+                .values(lease_until=lease, lease_owner=owner)
+            )
+    async with deliverer(db, clock, settings(instance="node-a")) as restarted:
+        restarted.start()
+        await clock.run_until(state_is(db, mine, "delivered"), limit=1)
+        assert (await load(db, theirs)).state == "pending"  # another node's lease is honoured
+        await clock.run_until(state_is(db, theirs, "delivered"))
+    assert (await load(db, mine)).delivered_at < lease <= (await load(db, theirs)).delivered_at
+
+
 async def test_two_deliverers_never_deliver_one_message_twice(db, clock, receiver) -> None:
     account = await make_account(db, clock)
     n = 40

@@ -127,19 +127,21 @@ class ManualClock:
         give_up = time.monotonic() + real_timeout
         while True:
             await _settle()
-            result = condition()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
+            if await _holds(condition):
                 return
             if time.monotonic() > give_up:
                 raise TimeoutError(f"condition not met by clock t={self._now:.1f}s")
-            # The condition's own awaits let other tasks run: let them settle again, so time
-            # never jumps while a task is between two steps of its work.
+            # The condition's own awaits let other tasks run, and it may have read state that
+            # changed meanwhile: jump only once everything is idle and it still does not hold.
             await _settle()
             deadline = self.next_deadline()
             if self._busy or deadline is None:
                 await asyncio.sleep(0.005)
+                continue
+            if await _holds(condition):
+                return
+            await _settle()
+            if self._busy or self.next_deadline() != deadline:
                 continue
             if deadline - start > limit:
                 raise TimeoutError(f"condition not met within {limit}s of clock time")
@@ -155,6 +157,13 @@ class ManualClock:
     def _drop_cancelled(self) -> None:
         while self._sleepers and self._sleepers[0][2].done():
             heapq.heappop(self._sleepers)
+
+
+async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = condition()
+    if not isinstance(result, bool):
+        result = await result
+    return bool(result)
 
 
 async def _settle(rounds: int = 20) -> None:

@@ -93,6 +93,8 @@ class Deliverer:
         self._max_attempts = max(1, settings.callback_max_attempts)
         # Clock seconds a claim stays ours: longer than any send can take (sends are bounded by
         # the callback timeout in real time, and a scaled clock runs faster than real time).
+        # Leases carry the instance name: a restart under the same name takes its rows back.
+        self._owner = settings.instance_name
         self._lease = dt.timedelta(
             seconds=(2 * settings.callback_timeout + 60) * max(1.0, settings.clock_scale)
         )
@@ -144,7 +146,22 @@ class Deliverer:
             if self._stopping:  # leave the backlog to the next start rather than outrun stop()
                 return total
 
+    async def _release_own_leases(self) -> None:
+        """Free rows this instance had claimed when it last stopped (a crash mid-delivery)."""
+        stmt = (
+            update(M)
+            .where(M.state == "pending", M.lease_owner == self._owner)
+            .values(lease_until=None, lease_owner=None)
+            .execution_options(synchronize_session=False)
+        )
+        async with self._db.session() as session:
+            await session.execute(stmt)
+
     async def _run(self) -> None:
+        try:
+            await self._release_own_leases()
+        except Exception:
+            log.exception("outbox: could not release this instance's old leases")
         while True:
             self._wake.clear()
             # A pass begun after stop() was asked for is the last: it sends what the shutdown
@@ -186,7 +203,7 @@ class Deliverer:
         stmt = (
             update(M)
             .where(M.id.in_(due.scalar_subquery()))
-            .values(lease_until=lease_until)
+            .values(lease_until=lease_until, lease_owner=self._owner)
             .returning(
                 M.id, M.event, M.url, M.content_type, M.payload, M.idempotency_key, M.attempts
             )
@@ -246,7 +263,7 @@ class Deliverer:
         now = self._clock.wall()
         attempts = message.attempts + 1
         where = [M.id == message.id, M.state == "pending"]
-        values: dict[str, Any] = {"attempts": M.attempts + 1, "lease_until": None}
+        values: dict[str, Any] = {"attempts": M.attempts + 1, "lease_until": None, "lease_owner": None}
         if outcome.ok:
             values.update(state="delivered", delivered_at=now, last_error=None)
         else:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 14:35:00.467976
+Create Date: 2026-11-26 15:18:53.666191
 """
 from alembic import op
 import sqlalchemy as sa
@@ -152,6 +152,7 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', ringflow.storage.models.UTCDateTime(), nullable=False),
     sa.Column('lease_until', ringflow.storage.models.UTCDateTime(), nullable=True),
+    sa.Column('lease_owner', sa.String(length=200), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('created_at', ringflow.storage.models.UTCDateTime(), nullable=False),
     sa.Column('delivered_at', ringflow.storage.models.UTCDateTime(), nullable=True),
