@@ -19,6 +19,7 @@ from ringflow.accounts import Accounts
 from ringflow.api.admin import AdminApi
 from ringflow.api.exotel import ExotelApi
 from ringflow.calls.dispatcher import Dispatcher
+from ringflow.calls.housekeeping import Housekeeper
 from ringflow.calls.runner import CallRunner
 from ringflow.clock import Clock, make_clock
 from ringflow.config import Settings
@@ -49,6 +50,7 @@ class Services:
     carrier: Carrier
     runner: CallRunner
     dispatcher: Dispatcher
+    housekeeper: Housekeeper
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, carrier: Carrier | None = None) -> Services:
@@ -71,15 +73,18 @@ class Services:
             carrier=carrier,
             runner=runner,
             dispatcher=dispatcher,
+            housekeeper=Housekeeper(db, clock, settings, dispatcher.release, deliverer.wake),
         )
 
     async def start(self) -> None:
         """Resume pending callbacks and reclaim calls a previous run left behind."""
         self.deliverer.start()
         await self.dispatcher.recover()
+        self.housekeeper.start()
 
     async def stop(self) -> None:
         """End running calls, flush callbacks, close connections."""
+        await self.housekeeper.stop()
         await self.dispatcher.stop()
         await self.deliverer.stop()
         await self.http.aclose()

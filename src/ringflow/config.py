@@ -31,6 +31,7 @@ class Settings:
     rate_limit_per_minute: int = 200
     max_concurrent_calls: int = 20
     queue_limit: int = 1000
+    queue_max_age: float = 600.0
     allow_private_urls: bool = False
     callback_timeout: float = 15.0
     callback_max_attempts: int = 12
@@ -62,6 +63,8 @@ class Settings:
             )
         if self.rate_limit_per_minute < 1:
             raise ConfigError("RINGFLOW_RATE_LIMIT_PER_MINUTE must be at least 1")
+        if self.queue_max_age <= 0:
+            raise ConfigError("RINGFLOW_QUEUE_MAX_AGE must be a positive number of seconds")
         if self.clock_scale <= 0:
             raise ConfigError("RINGFLOW_CLOCK_SCALE must be positive")
 

@@ -81,7 +81,9 @@ class Dispatcher:
         return call, started
 
     def _limit(self, account: Account) -> int:
-        return account.max_concurrent_calls or self.settings.max_concurrent_calls
+        if account.max_concurrent_calls is not None:
+            return account.max_concurrent_calls
+        return self.settings.max_concurrent_calls
 
     async def _counts(self, session: Any, account_id: int) -> tuple[int, int]:
         rows = await session.execute(

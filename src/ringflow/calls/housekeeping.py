@@ -1,0 +1,132 @@
+"""Periodic care of the call tables, shared by every ringflow process on one database.
+
+Each round: this process's heartbeat; calls carried by a process that stopped beating are
+finished (so they never hold an account's lines forever); calls queued longer than
+``RINGFLOW_QUEUE_MAX_AGE`` fail with a clear reason; accounts with queued calls get their free
+lines filled (a line freed by another process is noticed here at the latest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import delete, select
+
+from ringflow.calls.status import ACTIVE, Event, Status
+from ringflow.calls.transitions import Change, apply, interrupted
+from ringflow.clock import Clock
+from ringflow.config import Settings
+from ringflow.storage.db import Database
+from ringflow.storage.models import Call, Instance
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = 10.0
+# A process silent this long is gone: its calls are finished by whoever notices first.
+INSTANCE_TTL = 60.0
+
+
+class Housekeeper:
+    """Runs ``tend`` every HEARTBEAT_EVERY seconds of the clock."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        settings: Settings,
+        release: Callable[[int], Awaitable[None]],
+        on_enqueued: Callable[[], None],
+    ):
+        self.db = db
+        self.clock = clock
+        self.settings = settings
+        self.release = release
+        self.on_enqueued = on_enqueued
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        """Stop the rounds and remove this process's heartbeat."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        async with self.db.session() as session:
+            await session.execute(delete(Instance).where(Instance.name == self.settings.instance_name))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tend()
+            except Exception:  # one bad round must not stop the heartbeat for good
+                log.exception("housekeeping round failed")
+            await self.clock.sleep(HEARTBEAT_EVERY)
+
+    async def tend(self) -> None:
+        """One round: beat, reclaim silent processes' calls, expire old queued calls, fill lines."""
+        now = self.clock.wall()
+        async with self.db.session() as session:
+            await self._beat(session, now)
+            finished = await self._reclaim(session, now)
+            finished += await self._expire(session, now)
+            accounts = (
+                await session.execute(
+                    select(Call.account_id).where(Call.status == Status.QUEUED).distinct()
+                )
+            ).scalars().all()
+        if finished:
+            self.on_enqueued()
+        for account_id in accounts:
+            await self.release(account_id)
+
+    async def _beat(self, session, now: dt.datetime) -> None:  # type: ignore[no-untyped-def]
+        me = await session.get(Instance, self.settings.instance_name)
+        if me is None:
+            session.add(Instance(name=self.settings.instance_name, started_at=now, heartbeat_at=now))
+        else:
+            me.heartbeat_at = now
+
+    async def _reclaim(self, session, now: dt.datetime) -> int:  # type: ignore[no-untyped-def]
+        cutoff = now - dt.timedelta(seconds=INSTANCE_TTL)
+        silent = (
+            await session.execute(
+                select(Instance).where(
+                    Instance.heartbeat_at < cutoff, Instance.name != self.settings.instance_name
+                )
+            )
+        ).scalars().all()
+        count = 0
+        for instance in silent:
+            orphans = (
+                await session.execute(
+                    select(Call)
+                    .where(Call.owner == instance.name, Call.status.in_(list(ACTIVE)))
+                    .with_for_update(skip_locked=True)
+                )
+            ).scalars().all()
+            reason = f"ringflow instance {instance.name} stopped while carrying the call"
+            for call in orphans:
+                await apply(session, call, interrupted(call, reason), now)
+            log.warning("instance %s is silent: finished %d of its calls", instance.name, len(orphans))
+            await session.delete(instance)
+            count += len(orphans)
+        return count
+
+    async def _expire(self, session, now: dt.datetime) -> int:  # type: ignore[no-untyped-def]
+        max_age = self.settings.queue_max_age
+        cutoff = now - dt.timedelta(seconds=max_age)
+        stale = (
+            await session.execute(
+                select(Call)
+                .where(Call.status == Status.QUEUED, Call.created_at < cutoff)
+                .with_for_update(skip_locked=True)
+            )
+        ).scalars().all()
+        reason = f"waited more than {max_age:g}s in the queue for a free line"
+        for call in stale:
+            await apply(session, call, Change(call=Event.FAIL, reason=reason), now)
+        return len(stale)

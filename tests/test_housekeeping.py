@@ -1,0 +1,109 @@
+"""Housekeeping on every backend: heartbeats, calls of silent processes, stale queued calls."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from sqlalchemy import select, update
+
+from ringflow.accounts import Accounts
+from ringflow.calls.dispatcher import Dispatcher
+from ringflow.calls.housekeeping import INSTANCE_TTL, Housekeeper
+from ringflow.calls.requests import CallRequest
+from ringflow.config import Settings
+from ringflow.storage.models import Account, Call, Instance, OutboxMessage
+
+
+async def setup(db, clock, **settings_kw):
+    settings = Settings(instance="me", **settings_kw)
+    accounts = Accounts(db, clock)
+    creds = await accounts.create_account("acme")
+    await accounts.add_number(creds.account_sid, "08039591234")
+    async with db.session() as s:
+        account = (await s.execute(select(Account))).scalar_one()
+    forever = asyncio.Event()
+
+    async def carry(sid: str) -> None:  # a call this process is carrying, indefinitely
+        await forever.wait()
+
+    dispatcher = Dispatcher(db, clock, settings, carry, lambda: None)
+    released: list[int] = []
+
+    async def release(account_id: int) -> None:
+        released.append(account_id)
+        await dispatcher.release(account_id)
+
+    keeper = Housekeeper(db, clock, settings, release, lambda: None)
+    return account, dispatcher, keeper, released
+
+
+def request(account: Account, **kw) -> CallRequest:
+    return CallRequest(
+        account_id=account.id,
+        shape="numbers",
+        from_number="+919812345678",
+        to_number="+919812345679",
+        caller_id="+918039591234",
+        status_callback="http://hooks.example/status",
+        **kw,
+    )
+
+
+async def test_calls_of_a_silent_instance_are_finished(db, clock):
+    account, dispatcher, keeper, _ = await setup(db, clock)
+    dead, _ = await dispatcher.submit(request(account))
+    alive, _ = await dispatcher.submit(request(account))
+    old = clock.wall() - dt.timedelta(seconds=INSTANCE_TTL + 1)
+    async with db.session() as s:
+        s.add(Instance(name="dead", started_at=old, heartbeat_at=old))
+        s.add(Instance(name="alive", started_at=old, heartbeat_at=clock.wall()))
+        await s.execute(update(Call).where(Call.sid == dead.sid).values(owner="dead"))
+        await s.execute(update(Call).where(Call.sid == alive.sid).values(owner="alive"))
+
+    await keeper.tend()
+
+    async with db.session() as s:
+        calls = {c.sid: c for c in (await s.execute(select(Call))).scalars()}
+        names = set((await s.execute(select(Instance.name))).scalars())
+        callbacks = (await s.execute(select(OutboxMessage.idempotency_key))).scalars().all()
+    assert calls[dead.sid].status == "failed"  # it was ringing: nobody talked
+    assert calls[dead.sid].legs[0].status == "canceled"
+    assert calls[dead.sid].reason == "ringflow instance dead stopped while carrying the call"
+    assert calls[alive.sid].status == "ringing"
+    assert names == {"me", "alive"}
+    assert callbacks == [f"{dead.sid}:terminal"]
+    await dispatcher.stop()
+
+
+async def test_calls_queued_too_long_fail_with_a_reason(db, clock):
+    account, dispatcher, keeper, released = await setup(db, clock, queue_max_age=300)
+    async with db.session() as s:
+        await s.execute(update(Account).values(max_concurrent_calls=0))  # no free line at all
+    first, started = await dispatcher.submit(request(account))
+    assert not started
+    await clock.advance(200)
+    second, _ = await dispatcher.submit(request(account))
+    await clock.advance(150)
+
+    await keeper.tend()
+
+    async with db.session() as s:
+        calls = {c.sid: c for c in (await s.execute(select(Call))).scalars()}
+    assert calls[first.sid].status == "failed"
+    assert calls[first.sid].reason == "waited more than 300s in the queue for a free line"
+    assert calls[second.sid].status == "queued"
+    assert released == [account.id]  # accounts still waiting get their lines looked at
+    await dispatcher.stop()
+
+
+async def test_heartbeat_is_written_and_removed_on_stop(db, clock):
+    _, dispatcher, keeper, _ = await setup(db, clock)
+    await keeper.tend()
+    async with db.session() as s:
+        me = await s.get(Instance, "me")
+    assert me is not None and me.heartbeat_at == clock.wall()
+    await keeper.stop()
+    async with db.session() as s:
+        assert await s.get(Instance, "me") is None
+    await dispatcher.stop()
