@@ -74,7 +74,7 @@ class Dispatcher:
                 )
             room_behind_queue = not started and active < limit
         if started:
-            self._start(call.sid)
+            self._start(call.sid, request.account_id)
         self.on_enqueued()
         if room_behind_queue:
             await self.release(request.account_id)
@@ -100,24 +100,17 @@ class Dispatcher:
         call.owner = self.settings.instance_name
         await apply(session, call, Change(call=Event.DIAL, legs=((1, Event.DIAL),)), self.clock.wall())
 
-    def _start(self, sid: str) -> None:
-        task = asyncio.ensure_future(self._run(sid))
+    def _start(self, sid: str, account_id: int) -> None:
+        task = asyncio.ensure_future(self._run(sid, account_id))
         self.tasks[sid] = task
 
-    async def _run(self, sid: str) -> None:
+    async def _run(self, sid: str, account_id: int) -> None:
         try:
             await self.run_call(sid)
         finally:
             self.tasks.pop(sid, None)
-            account_id = await self._account_of(sid)
-            if not self._closing and account_id is not None:
+            if not self._closing:
                 await self.release(account_id)
-
-    async def _account_of(self, sid: str) -> int | None:
-        async with self.db.session() as session:
-            return (
-                await session.execute(select(Call.account_id).where(Call.sid == sid))
-            ).scalar_one_or_none()
 
     async def release(self, account_id: int) -> None:
         """Start the account's oldest queued calls, as many as it has room for."""
@@ -143,7 +136,7 @@ class Dispatcher:
                 started.append(call.sid)
         for sid in started:
             log.info("call %s leaves the queue", sid)
-            self._start(sid)
+            self._start(sid, account_id)
         if started:
             self.on_enqueued()
 

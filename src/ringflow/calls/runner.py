@@ -30,6 +30,7 @@ from ringflow.telephony.carrier import Answered, Carrier, Channel, DialRequest, 
 
 log = logging.getLogger(__name__)
 
+STEPS_PER_WRITE = 20
 OUTCOME_EVENTS = {"busy": Event.BUSY, "no-answer": Event.NO_ANSWER, "failed": Event.FAIL}
 
 
@@ -49,20 +50,35 @@ class CallRunner:
         self.carrier = carrier
         self.http_get = http_get
         self.on_enqueued = on_enqueued
+        self._steps: dict[str, list[CallEvent]] = {}  # by call SID, not yet written
 
     async def change(self, sid: str, change: Change) -> Call:
-        """Apply a status change and wake the callback deliverer if it queued any."""
+        """Apply a status change (with the timeline steps kept since the last one)."""
         async with self.db.session() as session:
             call = (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
+            session.add_all(self._steps.pop(sid, []))
             queued = await apply(session, call, change, self.clock.wall())
         if queued:
             self.on_enqueued()
         return call
 
-    async def record(self, call_id: int, kind: str, data: dict[str, Any]) -> None:
-        """Add a step to the call's timeline."""
-        async with self.db.session() as session:
-            session.add(CallEvent(call_id=call_id, at=self.clock.wall(), kind=kind, data=data))
+    async def record(self, call: Call, kind: str, data: dict[str, Any]) -> None:
+        """Add a step to the call's timeline.
+
+        Steps are kept in memory and written with the call's next status change, or once a
+        few have gathered, so a flow does not cost a transaction per applet.
+        """
+        steps = self._steps.setdefault(call.sid, [])
+        steps.append(CallEvent(call_id=call.id, at=self.clock.wall(), kind=kind, data=data))
+        if len(steps) >= STEPS_PER_WRITE:
+            await self.flush(call.sid)
+
+    async def flush(self, sid: str) -> None:
+        """Write the timeline steps still held for a call."""
+        steps = self._steps.pop(sid, [])
+        if steps:
+            async with self.db.session() as session:
+                session.add_all(steps)
 
     async def run(self, sid: str) -> None:
         """Carry the call to a final status, whatever happens on the way."""
@@ -75,6 +91,8 @@ class CallRunner:
         except Exception as exc:  # a bug must not leave a call hanging: finish it, keep the cause
             log.exception("call %s failed inside ringflow", sid)
             await self._abandon(sid, channels, f"internal error: {exc}")
+        finally:
+            await asyncio.shield(self.flush(sid))
 
     async def _abandon(self, sid: str, channels: list[Channel], reason: str) -> None:
         for channel in channels:
@@ -135,7 +153,7 @@ class CallRunner:
 
     async def _time_limit(self, call: Call, channels: list[Channel]) -> None:
         await self.clock.sleep(call.time_limit)
-        await self.record(call.id, "time-limit", {"seconds": call.time_limit})
+        await self.record(call, "time-limit", {"seconds": call.time_limit})
         for channel in list(channels):
             await channel.hangup("time limit")
 
@@ -143,7 +161,7 @@ class CallRunner:
         async with self.db.session() as session:
             app = await session.get(App, call.app_id)
         if app is None:
-            await self.record(call.id, "flow.aborted", {"reason": f"app {call.app_id} was deleted"})
+            await self.record(call, "flow.aborted", {"reason": f"app {call.app_id} was deleted"})
             return
         graph = parse_app(app.graph, REGISTRY)
         ctx = FlowContext(
@@ -161,7 +179,7 @@ class CallRunner:
         )
 
         async def record(kind: str, data: dict[str, Any]) -> None:
-            await self.record(call.id, kind, data)
+            await self.record(call, kind, data)
 
         await record("flow.start", {"app": app.id, "version": app.version, "name": app.name})
         engine = FlowEngine(graph, REGISTRY, ctx, channel, self.http_get, record)
