@@ -94,7 +94,7 @@ async def bench(base: str, creds: dict[str, str], seconds: float, concurrency: i
             "url": f"/v1/Accounts/{creds['sid']}/Calls/connect",
             "auth": auth,
             "data": {
-                "From": "09812345678",
+                "From": os.environ.get("BENCH_FROM", "09812345678"),
                 "CallerId": "08039591234",
                 "Url": f"http://my.exotel.com/{creds['sid']}/exoml/start_voice/{creds['app_id']}",
                 "CallType": "trans",

@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.api.params import Params
 from ringflow.calls.requests import DEFAULT_TIME_LIMIT, DEFAULT_TIME_OUT, MAX_TIME_OUT, CallRequest
@@ -37,11 +38,13 @@ async def parse_connect(params: Params, account: Account, services: Any) -> Call
     if params.get("StreamUrl"):
         raise InvalidRequest("StreamUrl: streaming calls to a WebSocket are not supported yet")
     from_number = normalize(params.require("From"), field="From")
-    caller_id = await _exophone(params.require("CallerId"), account, services)
+    caller_raw = params.require("CallerId")
     url, to = params.get("Url"), params.get("To")
     if not url and not to:
         raise InvalidRequest("Url or To is a mandatory parameter")
-    app_id = await _app(url, account, services) if url else None
+    async with services.db.session() as session:
+        caller_id = await _exophone(session, caller_raw, account)
+        app_id = await _app(session, url, account, services) if url else None
     call_type = params.get("CallType")
     if call_type is not None and call_type.lower() != "trans":
         reason = "is no longer supported" if call_type.lower() == "promo" else "must be trans"
@@ -91,26 +94,24 @@ async def parse_connect(params: Params, account: Account, services: Any) -> Call
     )
 
 
-async def _exophone(raw: str, account: Account, services: Any) -> str:
+async def _exophone(session: AsyncSession, raw: str, account: Account) -> str:
     number = normalize(raw, field="CallerId")
-    async with services.db.session() as session:
-        owned = (
-            await session.execute(
-                select(PhoneNumber.id).where(
-                    PhoneNumber.account_id == account.id, PhoneNumber.number == number
-                )
+    owned = (
+        await session.execute(
+            select(PhoneNumber.id).where(
+                PhoneNumber.account_id == account.id, PhoneNumber.number == number
             )
-        ).scalar_one_or_none()
+        )
+    ).scalar_one_or_none()
     if owned is None:
         raise InvalidRequest(f"CallerId {display(number)} is not an ExoPhone of this account")
     return number
 
 
-async def _app(url: str, account: Account, services: Any) -> int:
+async def _app(session: AsyncSession, url: str, account: Account, services: Any) -> int:
     app_id = app_id_from_url(url)
     try:
-        async with services.db.session() as session:
-            await services.accounts.app(session, account.id, app_id)
+        await services.accounts.app(session, account.id, app_id)
     except NotFound:
         raise InvalidRequest(f"Url: there is no app {app_id} in this account") from None
     return app_id

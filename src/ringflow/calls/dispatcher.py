@@ -66,8 +66,9 @@ class Dispatcher:
             # Never ahead of calls already waiting: room can exist while they wait (the limit
             # was raised, or a call just ended and its release has not run yet).
             started = active < limit and queued == 0
+            woke = False
             if started:
-                await self._admit(session, call)
+                woke = await self._admit(session, call)
             else:
                 log.info(
                     "call %s queued: %d of %d lines busy, %d waiting", call.sid, active, limit, queued
@@ -75,7 +76,8 @@ class Dispatcher:
             room_behind_queue = not started and active < limit
         if started:
             self._start(call.sid, request.account_id)
-        self.on_enqueued()
+        if woke:
+            self.on_enqueued()
         if room_behind_queue:
             await self.release(request.account_id)
         return call, started
@@ -96,9 +98,11 @@ class Dispatcher:
         active = sum(counts.get(s, 0) for s in ACTIVE)
         return active, counts.get(Status.QUEUED, 0)
 
-    async def _admit(self, session: Any, call: Call) -> None:
+    async def _admit(self, session: Any, call: Call) -> bool:
+        """Start dialing; True if that queued a callback (a ``ringing`` event)."""
         call.owner = self.settings.instance_name
-        await apply(session, call, Change(call=Event.DIAL, legs=((1, Event.DIAL),)), self.clock.wall())
+        change = Change(call=Event.DIAL, legs=((1, Event.DIAL),))
+        return bool(await apply(session, call, change, self.clock.wall()))
 
     def _start(self, sid: str, account_id: int) -> None:
         task = asyncio.ensure_future(self._run(sid, account_id))
@@ -131,13 +135,14 @@ class Dispatcher:
                     .limit(room)
                 )
             ).scalars()
+            woke = False
             for call in waiting:
-                await self._admit(session, call)
+                woke = await self._admit(session, call) or woke
                 started.append(call.sid)
         for sid in started:
             log.info("call %s leaves the queue", sid)
             self._start(sid, account_id)
-        if started:
+        if woke:
             self.on_enqueued()
 
     async def recover(self) -> None:
