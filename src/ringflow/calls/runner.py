@@ -22,7 +22,7 @@ from ringflow.clock import Clock, wait_with_timeout
 from ringflow.flows.applets import REGISTRY
 from ringflow.flows.context import FlowContext
 from ringflow.flows.engine import FlowEngine, HttpGetter
-from ringflow.flows.model import parse_app
+from ringflow.flows.model import AppGraph, parse_app
 from ringflow.phone import display
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, App, Call, CallEvent
@@ -182,7 +182,16 @@ class CallRunner:
             await self.record(call, kind, data)
 
         await record("flow.start", {"app": app.id, "version": app.version, "name": app.name})
-        engine = FlowEngine(graph, REGISTRY, ctx, channel, self.http_get, record)
+        async def load_app(app_id: int) -> AppGraph | None:
+            async with self.db.session() as session:
+                target = await session.get(App, app_id)
+            if target is None or target.account_id != account.id:
+                return None
+            return parse_app(target.graph, REGISTRY)
+
+        engine = FlowEngine(
+            graph, REGISTRY, ctx, channel, self.http_get, record, load_app=load_app
+        )
         reason = await engine.run()
         await engine.drain()
         await record("flow.end", {"reason": reason})

@@ -41,7 +41,23 @@ class HttpResult:
     error: str | None = None
 
 
-Action = Say | Play | HttpGet
+@dataclasses.dataclass(frozen=True)
+class CollectDigits:
+    """Wait for keys from the caller. Result: the digits (str, "" when none came)."""
 
-# Applets return the name of the exit they leave by, or HANGUP to end the call.
+    max_digits: int
+    timeout: float  # seconds to wait for the first key, and between keys
+    finish_on: str = "#"  # keys that end the input early (not included in the result)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferTo:
+    """Returned by an applet (not yielded): continue in another app of the account."""
+
+    app_id: int
+
+
+Action = Say | Play | HttpGet | CollectDigits
+
+# Applets return the name of the exit they leave by, HANGUP to end the call, or a TransferTo.
 HANGUP = "__hangup__"

@@ -14,7 +14,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ringflow.flows.actions import HANGUP, HttpGet, HttpResult, Play, Say
+from ringflow.flows.actions import (
+    HANGUP,
+    CollectDigits,
+    HttpGet,
+    HttpResult,
+    Play,
+    Say,
+    TransferTo,
+)
 from ringflow.flows.context import FlowContext
 from ringflow.flows.model import AppGraph, AppletSpec
 from ringflow.telephony.carrier import Channel
@@ -23,6 +31,9 @@ log = logging.getLogger(__name__)
 
 HttpGetter = Callable[[HttpGet], Awaitable[HttpResult]]
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+AppLoader = Callable[[int], Awaitable[AppGraph | None]]
+
+MAX_TRANSFERS = 10
 
 
 class FlowEngine:
@@ -37,6 +48,7 @@ class FlowEngine:
         http_get: HttpGetter,
         record: EventSink,
         max_steps: int = 500,
+        load_app: AppLoader | None = None,
     ):
         self.graph = graph
         self.registry = registry
@@ -45,23 +57,32 @@ class FlowEngine:
         self.http_get = http_get
         self.record = record
         self.max_steps = max_steps
+        self.load_app = load_app
+        self.transfers = 0
         self._background: set[asyncio.Task[Any]] = set()
 
     async def run(self) -> str:
         """Run from the start node; returns why the run ended."""
-        current: str | None = self.graph.start
+        graph = self.graph
+        current: str | None = graph.start
         for _ in range(self.max_steps):
             if current is None:
                 return "end of flow"
             if self.channel.closed:
                 return "caller hung up"
-            node = self.graph.nodes[current]
+            node = graph.nodes[current]
             log.info("call %s: %s %r", self.ctx.call_sid, node.applet, node.name)
             await self.record("applet.enter", {"node": node.name, "applet": node.applet})
             exit_name = await self._run_node(node)
             if exit_name == HANGUP:
                 await self.record("applet.exit", {"node": node.name, "exit": "hangup"})
                 return "hangup applet"
+            if isinstance(exit_name, TransferTo):
+                target = await self._transfer(node.name, exit_name.app_id)
+                if target is None:
+                    return "transfer failed"
+                graph, current = target, target.start
+                continue
             current = node.exits.get(exit_name)
             await self.record(
                 "applet.exit", {"node": node.name, "exit": exit_name, "next": current}
@@ -69,7 +90,22 @@ class FlowEngine:
         await self.record("flow.aborted", {"reason": f"more than {self.max_steps} steps"})
         return "step limit"
 
-    async def _run_node(self, node: Any) -> str:
+    async def _transfer(self, node: str, app_id: int) -> AppGraph | None:
+        """The app a Transfer leads to, or None (recorded) when it cannot be followed."""
+        self.transfers += 1
+        target = None
+        if self.transfers > MAX_TRANSFERS:
+            reason = f"more than {MAX_TRANSFERS} transfers"
+        elif self.load_app is None or (target := await self.load_app(app_id)) is None:
+            reason = f"app {app_id} does not exist in this account"
+        else:
+            await self.record("applet.exit", {"node": node, "exit": "transfer", "app": app_id})
+            self.ctx.app_id = app_id
+            return target
+        await self.record("flow.aborted", {"node": node, "reason": reason})
+        return None
+
+    async def _run_node(self, node: Any) -> str | TransferTo:
         spec = self.registry[node.applet]
         gen = spec.run(node, self.ctx)
         result: Any = None
@@ -90,6 +126,13 @@ class FlowEngine:
             await self.record("play", {"url": action.url})
             await self.channel.play(action.url)
             return None
+        if isinstance(action, CollectDigits):
+            digits = await self.channel.collect_digits(
+                action.max_digits, action.timeout, action.finish_on
+            )
+            log.info("call %s: digits %r", self.ctx.call_sid, digits)
+            await self.record("digits", {"digits": digits})
+            return digits
         if isinstance(action, HttpGet):
             if not action.wait:
                 task = asyncio.ensure_future(self._fetch(action))
