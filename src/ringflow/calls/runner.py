@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ringflow.calls.status import Event, is_terminal
+from ringflow.calls.dialing import FlowDialer
+from ringflow.calls.status import Event, Status, is_terminal
 from ringflow.calls.transitions import Change, apply, interrupted
 from ringflow.clock import Clock, wait_with_timeout
 from ringflow.flows.applets import REGISTRY
@@ -116,7 +117,7 @@ class CallRunner:
         watchdog = asyncio.ensure_future(self._time_limit(call, channels))
         try:
             if call.shape == "flow":
-                await self._run_flow(call, account, first.channel)
+                await self._run_flow(call, account, first.channel, channels)
                 await first.channel.hangup("app ended")
                 await self.change(sid, Change(call=Event.HANGUP, legs=((1, Event.HANGUP),)))
             else:
@@ -125,31 +126,56 @@ class CallRunner:
             watchdog.cancel()
 
     async def _dial(self, call: Call, account: Account, leg_no: int, number: str) -> Any:
-        """Ring one leg (already marked ringing) until answer, rejection or ``TimeOut``."""
-        request = DialRequest(number, call.caller_id, account.sid, call.sid, leg_no)
+        """Ring one leg of the call's own shape (already marked ringing), within ``TimeOut``."""
+        event = await self.ring(call, account, leg_no, number, call.time_out, None)
+        if isinstance(event, Answered):
+            call_event = Event.ANSWER if leg_no == 1 else None
+            await self.change(call.sid, Change(call=call_event, legs=((leg_no, Event.ANSWER),)))
+        elif leg_no == 1:
+            outcome = OUTCOME_EVENTS[event.outcome]
+            await self.change(call.sid, Change(call=outcome, legs=((1, outcome),), cause=event.cause))
+        return event
+
+    async def ring(
+        self,
+        call: Call,
+        account: Account,
+        leg_no: int,
+        number: str,
+        ring_timeout: float,
+        caller_id: str | None,
+    ) -> Answered | Rejected:
+        """Place one leg and wait until it answers, is rejected, or rings ``ring_timeout`` out.
+
+        An answered leg 2+ is marked answered here; other outcomes are the caller's to apply.
+        """
+        request = DialRequest(number, caller_id or call.caller_id, account.sid, call.sid, leg_no)
         attempt = self.carrier.dial(request)
-        deadline = self.clock.now() + call.time_out
+        deadline = self.clock.now() + ring_timeout
         while True:
             remaining = deadline - self.clock.now()
             try:
                 event = await wait_with_timeout(self.clock, attempt.next_event(), remaining)
             except asyncio.CancelledError:
                 await asyncio.shield(attempt.cancel())
+                await asyncio.shield(self._cancel_leg(call.sid, leg_no))
                 raise
             if isinstance(event, Ringing):
                 continue
-            call_event = None if leg_no == 2 else Event.ANSWER
-            if isinstance(event, Answered):
-                await self.change(call.sid, Change(call=call_event, legs=((leg_no, Event.ANSWER),)))
-                return event
             if event is None:
                 await attempt.cancel()
-                event = Rejected("no-answer", f"no answer within TimeOut {call.time_out}s")
-            if leg_no == 1:
-                outcome = OUTCOME_EVENTS[event.outcome]
-                change = Change(call=outcome, legs=((1, outcome),), cause=event.cause)
-                await self.change(call.sid, change)
+                return Rejected("no-answer", f"no answer within {ring_timeout:g}s")
+            if isinstance(event, Answered) and leg_no > 1 and call.shape == "flow":
+                await self.change(call.sid, Change(legs=((leg_no, Event.ANSWER),)))
             return event
+
+    async def _cancel_leg(self, sid: str, leg_no: int) -> None:
+        """A leg that was ringing when its dial was abandoned ends canceled."""
+        async with self.db.session() as session:
+            call = (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
+            leg = next(leg for leg in call.legs if leg.leg_no == leg_no)
+            if leg.status == Status.RINGING and call.shape == "flow":
+                await apply(session, call, Change(legs=((leg_no, Event.CANCEL),)), self.clock.wall())
 
     async def _time_limit(self, call: Call, channels: list[Channel]) -> None:
         await self.clock.sleep(call.time_limit)
@@ -157,7 +183,9 @@ class CallRunner:
         for channel in list(channels):
             await channel.hangup("time limit")
 
-    async def _run_flow(self, call: Call, account: Account, channel: Channel) -> None:
+    async def _run_flow(
+        self, call: Call, account: Account, channel: Channel, channels: list[Channel]
+    ) -> None:
         async with self.db.session() as session:
             app = await session.get(App, call.app_id)
         if app is None:
@@ -190,7 +218,14 @@ class CallRunner:
             return parse_app(target.graph, REGISTRY)
 
         engine = FlowEngine(
-            graph, REGISTRY, ctx, channel, self.http_get, record, load_app=load_app
+            graph,
+            REGISTRY,
+            ctx,
+            channel,
+            self.http_get,
+            record,
+            load_app=load_app,
+            dial=FlowDialer(self, call, account, channel, channels),
         )
         reason = await engine.run()
         await engine.drain()

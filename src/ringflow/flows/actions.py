@@ -51,13 +51,34 @@ class CollectDigits:
 
 
 @dataclasses.dataclass(frozen=True)
+class Dial:
+    """Connect the caller to the first of ``numbers`` to answer. Result: DialResult."""
+
+    numbers: tuple[str, ...]  # E.164 or sip: URIs, tried in order unless ``simultaneous``
+    ring_timeout: float
+    simultaneous: bool = False
+    caller_id: str | None = None  # E.164; None: the call's ExoPhone
+    max_conversation: float | None = None
+    announce: str | None = None  # spoken to the callee before the parties are connected
+
+
+@dataclasses.dataclass(frozen=True)
+class DialResult:
+    """How a Dial ended. ``status``: completed, busy, no-answer or failed."""
+
+    status: str
+    number: str | None = None  # who answered (or the last number tried)
+    duration: int = 0  # seconds the two parties talked
+
+
+@dataclasses.dataclass(frozen=True)
 class TransferTo:
     """Returned by an applet (not yielded): continue in another app of the account."""
 
     app_id: int
 
 
-Action = Say | Play | HttpGet | CollectDigits
+Action = Say | Play | HttpGet | CollectDigits | Dial
 
 # Applets return the name of the exit they leave by, HANGUP to end the call, or a TransferTo.
 HANGUP = "__hangup__"

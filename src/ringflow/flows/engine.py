@@ -17,6 +17,8 @@ from typing import Any
 from ringflow.flows.actions import (
     HANGUP,
     CollectDigits,
+    Dial,
+    DialResult,
     HttpGet,
     HttpResult,
     Play,
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 HttpGetter = Callable[[HttpGet], Awaitable[HttpResult]]
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 AppLoader = Callable[[int], Awaitable[AppGraph | None]]
+Dialer = Callable[[Dial], Awaitable[DialResult]]
 
 MAX_TRANSFERS = 10
 
@@ -49,6 +52,7 @@ class FlowEngine:
         record: EventSink,
         max_steps: int = 500,
         load_app: AppLoader | None = None,
+        dial: Dialer | None = None,
     ):
         self.graph = graph
         self.registry = registry
@@ -58,6 +62,7 @@ class FlowEngine:
         self.record = record
         self.max_steps = max_steps
         self.load_app = load_app
+        self.dial = dial
         self.transfers = 0
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -133,6 +138,16 @@ class FlowEngine:
             log.info("call %s: digits %r", self.ctx.call_sid, digits)
             await self.record("digits", {"digits": digits})
             return digits
+        if isinstance(action, Dial):
+            if self.dial is None:
+                return DialResult("failed")
+            await self.record("dial", {"numbers": list(action.numbers), "simultaneous": action.simultaneous})
+            result = await self.dial(action)
+            log.info("call %s: dial -> %s %s", self.ctx.call_sid, result.status, result.number or "")
+            await self.record(
+                "dial.end", {"status": result.status, "number": result.number, "duration": result.duration}
+            )
+            return result
         if isinstance(action, HttpGet):
             if not action.wait:
                 task = asyncio.ensure_future(self._fetch(action))

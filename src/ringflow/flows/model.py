@@ -34,6 +34,8 @@ class AppletSpec:
     optional: Mapping[str, FieldCheck]
     run: Callable[..., Generator[Any, Any, str]]
     waits: bool  # spends time on the caller's line, so a loop through it cannot spin
+    # A check across fields (e.g. "numbers or url"); returns a problem or None.
+    check: Callable[[Mapping[str, Any]], str | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +122,9 @@ def _parse_node(
     for key in spec.required:
         if key not in raw:
             problems.append(f"{where}: field {key!r}: required by {applet}")
+    problem = spec.check(config) if spec.check is not None else None
+    if problem:
+        problems.append(f"{where}: {problem}")
     return Node(name=name, applet=applet, config=config, exits=exits)
 
 

@@ -1,0 +1,145 @@
+"""Connect inside a flow: ring one or more numbers for the caller and bridge the one who answers.
+
+Each number tried becomes a leg of the call (2, 3, ...) with its own status, moved through the
+same transition table as every other leg. Sequential mode tries the numbers in order; simultaneous
+mode rings them all and cancels the rest when one answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from ringflow.calls.status import Event
+from ringflow.calls.transitions import Change, apply
+from ringflow.clock import wait_with_timeout
+from ringflow.flows.actions import Dial, DialResult
+from ringflow.storage.models import Account, Call, Leg
+from ringflow.telephony.carrier import Answered, Channel, Rejected
+
+if TYPE_CHECKING:
+    from ringflow.calls.runner import CallRunner
+
+OUTCOMES = {"busy": Event.BUSY, "no-answer": Event.NO_ANSWER, "failed": Event.FAIL}
+# When every number failed, the result reports the most telling outcome.
+PRECEDENCE = ("no-answer", "busy", "failed")
+
+
+class FlowDialer:
+    """Carries out the Dial actions of one flow run."""
+
+    def __init__(
+        self, runner: CallRunner, call: Call, account: Account, caller: Channel, channels: list[Channel]
+    ):
+        self.runner = runner
+        self.call = call
+        self.account = account
+        self.caller = caller
+        self.channels = channels  # the runner's live channels (the time limit hangs them up)
+
+    async def __call__(self, action: Dial) -> DialResult:
+        if action.simultaneous:
+            answered, outcomes = await self._ring_all(action)
+        else:
+            answered, outcomes = await self._ring_in_turn(action)
+        if answered is None:
+            status = next((o for o in PRECEDENCE if o in outcomes), "failed")
+            return DialResult(status, action.numbers[-1] if action.numbers else None)
+        leg_no, number, channel = answered
+        return await self._talk(leg_no, number, channel, action)
+
+    async def _new_leg(self, number: str) -> int:
+        async with self.runner.db.session() as session:
+            call = (await session.execute(select(Call).where(Call.sid == self.call.sid))).scalar_one()
+            leg_no = max(leg.leg_no for leg in call.legs) + 1
+            call.legs.append(Leg(leg_no=leg_no, number=number, status=""))
+            await session.flush()
+            await apply(session, call, Change(legs=((leg_no, Event.DIAL),)), self.runner.clock.wall())
+        return leg_no
+
+    async def _ring(self, number: str, action: Dial) -> tuple[int, Answered | Rejected]:
+        leg_no = await self._new_leg(number)
+        event = await self.runner.ring(
+            self.call, self.account, leg_no, number, action.ring_timeout, action.caller_id
+        )
+        if isinstance(event, Rejected):
+            change = Change(legs=((leg_no, OUTCOMES[event.outcome]),), cause=event.cause)
+            await self.runner.change(self.call.sid, change)
+        return leg_no, event
+
+    async def _ring_in_turn(self, action: Dial):  # type: ignore[no-untyped-def]
+        outcomes: list[str] = []
+        for number in action.numbers:
+            if self.caller.closed:
+                break
+            ringing = asyncio.ensure_future(self._ring(number, action))
+            if not await self._while_caller_waits(ringing):
+                break
+            leg_no, event = ringing.result()
+            if isinstance(event, Answered):
+                return (leg_no, number, event.channel), outcomes
+            outcomes.append(event.outcome)
+        return None, outcomes
+
+    async def _ring_all(self, action: Dial):  # type: ignore[no-untyped-def]
+        tasks = {asyncio.ensure_future(self._ring(n, action)): n for n in action.numbers}
+        outcomes: list[str] = []
+        winner = None
+        pending = set(tasks)
+        gone = asyncio.ensure_future(self.caller.wait_closed())
+        try:
+            while pending and winner is None:
+                done, pending = await asyncio.wait(
+                    pending | {gone}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if gone in done:
+                    break
+                pending.discard(gone)
+                for task in done:
+                    leg_no, event = task.result()
+                    if isinstance(event, Answered) and winner is None:
+                        winner = (leg_no, tasks[task], event.channel)
+                    elif isinstance(event, Answered):
+                        await event.channel.hangup("another number answered first")
+                    else:
+                        outcomes.append(event.outcome)
+        finally:
+            gone.cancel()
+            for task in pending - {gone}:
+                task.cancel()
+            await asyncio.gather(*(pending - {gone}), return_exceptions=True)
+        return winner, outcomes
+
+    async def _while_caller_waits(self, ringing: asyncio.Future) -> bool:  # type: ignore[type-arg]
+        """Wait for ``ringing``; False (and it is canceled) if the caller hangs up first."""
+        gone = asyncio.ensure_future(self.caller.wait_closed())
+        done, _ = await asyncio.wait({ringing, gone}, return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if ringing in done:
+            return True
+        ringing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ringing
+        return False
+
+    async def _talk(self, leg_no: int, number: str, callee: Channel, action: Dial) -> DialResult:
+        clock = self.runner.clock
+        self.channels.append(callee)
+        try:
+            if action.announce:
+                await callee.say(action.announce)
+            started = clock.now()
+            bridge = self.caller.bridge(callee)
+            if action.max_conversation:
+                await wait_with_timeout(clock, bridge, action.max_conversation)
+            else:
+                await bridge
+            talked = round(clock.now() - started)
+        finally:
+            await callee.hangup("conversation ended")
+            self.channels.remove(callee)
+        await self.runner.change(self.call.sid, Change(legs=((leg_no, Event.HANGUP),)))
+        return DialResult("completed", number, talked)
