@@ -20,10 +20,10 @@ from sqlalchemy import delete, select
 from ringflow.accounts import Accounts
 from ringflow.clock import make_clock
 from ringflow.config import Settings
-from ringflow.errors import RingflowError
+from ringflow.errors import NotFound, RingflowError
 from ringflow.phone import normalize
 from ringflow.storage.db import Database, migrate
-from ringflow.storage.models import SandboxPhone
+from ringflow.storage.models import Account, Call, CallEvent, SandboxPhone
 from ringflow.telephony.sandbox import PhoneScript
 
 
@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     p = apps.add_parser("list", help="list an account's apps")
     p.add_argument("account_sid")
     p.set_defaults(func=_run(_apps_list))
+
+    calls = sub.add_parser("calls", help="inspect calls").add_subparsers(metavar="ACTION")
+    p = calls.add_parser("show", help="a call's status, legs and timeline")
+    p.add_argument("call_sid")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run(_calls_show))
 
     sandbox = sub.add_parser("sandbox", help="script virtual phones").add_subparsers(metavar="ACTION")
     p = sandbox.add_parser("script", help="set how a virtual phone behaves")
@@ -230,6 +236,54 @@ async def _apps_export(accounts: Accounts, args: argparse.Namespace) -> None:
 async def _apps_list(accounts: Accounts, args: argparse.Namespace) -> None:
     for app in await accounts.apps(args.account_sid):
         print(f"{app.id}\t{app.name}\tversion {app.version}")
+
+
+async def _calls_show(accounts: Accounts, args: argparse.Namespace) -> None:
+    async with accounts.db.session() as session:
+        call = (
+            await session.execute(select(Call).where(Call.sid == args.call_sid.lower()))
+        ).scalar_one_or_none()
+        if call is None:
+            raise NotFound(f"no call {args.call_sid}")
+        account = await session.get(Account, call.account_id)
+        events = (
+            await session.execute(
+                select(CallEvent).where(CallEvent.call_id == call.id).order_by(CallEvent.at, CallEvent.id)
+            )
+        ).scalars().all()
+    assert account is not None
+    if args.json:
+        print(json.dumps({
+            "sid": call.sid,
+            "account": account.sid,
+            "status": call.status,
+            "reason": call.reason,
+            "legs": [{"leg": leg.leg_no, "number": leg.number, "status": leg.status, "cause": leg.cause} for leg in call.legs],
+            "events": [{"at": e.at.isoformat(), "kind": e.kind, "data": e.data} for e in events],
+        }, indent=2))
+        return
+    print(f"call {call.sid} ({account.sid}, {call.shape}): {call.status}" + (f" - {call.reason}" if call.reason else ""))
+    for leg in call.legs:
+        cause = f" ({leg.cause})" if leg.cause else ""
+        print(f"  leg {leg.leg_no} {leg.number}: {leg.status or 'never attempted'}{cause}")
+    start = events[0].at if events else call.created_at
+    for e in events:
+        offset = (e.at - start).total_seconds()
+        print(f"  +{offset:7.1f}s  {e.kind:<14} {_describe(e.kind, e.data)}")
+
+
+def _describe(kind: str, data: dict[str, Any]) -> str:
+    """One line for a timeline step."""
+    if kind == "status":
+        legs = " ".join(f"leg{n}={s}" for n, s in data.get("legs", {}).items())
+        extra = data.get("reason") or data.get("cause") or ""
+        return " ".join(part for part in (f"call={data.get('call')}", legs, extra) if part)
+    if kind == "http":
+        return f"GET {data.get('url')} -> {data.get('status') or data.get('error')} ({data.get('latency_ms')} ms)"
+    if kind in ("applet.enter", "applet.exit"):
+        rest = {k: v for k, v in data.items() if k != "node"}
+        return f"{data.get('node')} " + " ".join(f"{k}={v}" for k, v in rest.items())
+    return " ".join(f"{k}={v!r}" for k, v in data.items())
 
 
 async def _sandbox_script(accounts: Accounts, args: argparse.Namespace) -> None:
