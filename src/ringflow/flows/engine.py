@@ -89,9 +89,11 @@ class FlowEngine:
                 graph, current = target, target.start
                 continue
             current = node.exits.get(exit_name)
-            await self.record(
-                "applet.exit", {"node": node.name, "exit": exit_name, "next": current}
-            )
+            data = {"node": node.name, "exit": exit_name, "next": current}
+            # An applet explains an error exit in ctx.vars["<applet>_error"].
+            if error := self.ctx.vars.get(f"{node.applet}_error"):
+                data["error"] = error
+            await self.record("applet.exit", data)
         await self.record("flow.aborted", {"reason": f"more than {self.max_steps} steps"})
         return "step limit"
 
