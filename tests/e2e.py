@@ -4,6 +4,8 @@ server recording what it receives, and an account ready to place calls."""
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +22,8 @@ from ringflow.storage.models import Call, OutboxMessage
 from tests.support import Recorder, recorder, serve
 
 EXOPHONE = "08039591234"
+# Rendered prompts are content-addressed, so every test may share one cache outside the tree.
+TEST_DATA_DIR = os.path.join(tempfile.gettempdir(), "ringflow-test-data")
 
 
 def demo_graph(hook: str) -> dict[str, Any]:
@@ -108,6 +112,7 @@ async def running(database_url: str, **overrides: Any) -> AsyncIterator[Rig]:
         "allow_private_urls": True,
         "instance": f"test-{uuid.uuid4().hex[:6]}",
         "callback_timeout": 5.0,
+        "data_dir": TEST_DATA_DIR,
     }
     values.update(overrides)
     settings = Settings(**values)

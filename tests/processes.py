@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import free_port
+from tests.e2e import TEST_DATA_DIR
 
 CALLBACK_TIMEOUT = "2"
 
@@ -24,6 +25,7 @@ def server_env(database_url: str, instance: str, **extra: str) -> dict[str, str]
         RINGFLOW_DATABASE_URL=database_url,
         RINGFLOW_INSTANCE=instance,
         RINGFLOW_ALLOW_PRIVATE_URLS="1",
+        RINGFLOW_DATA_DIR=TEST_DATA_DIR,
         RINGFLOW_CALLBACK_TIMEOUT=CALLBACK_TIMEOUT,
         RINGFLOW_LOG_LEVEL="info",
         PYTHONUNBUFFERED="1",

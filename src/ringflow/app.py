@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from pathlib import Path
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,8 @@ from ringflow.clock import Clock, make_clock
 from ringflow.config import Settings
 from ringflow.errors import InvalidRequest
 from ringflow.flows.actions import HttpGet, HttpResult
+from ringflow.media.cache import PromptCache
+from ringflow.media.tts import TextToSpeech, TtsError
 from ringflow.ratelimit import RateLimiter, make_rate_limiter
 from ringflow.storage.db import Database
 from ringflow.storage.models import SandboxPhone
@@ -50,6 +53,7 @@ class Services:
     carrier: Carrier
     runner: CallRunner
     dispatcher: Dispatcher
+    tts: TextToSpeech
     housekeeper: Housekeeper
 
     @classmethod
@@ -59,7 +63,8 @@ class Services:
         db = Database(settings.database_url, clock)
         http = OutboundHttp(settings, clock)
         deliverer = Deliverer(db, clock, http, settings)
-        carrier = carrier or SandboxCarrier(clock, _script_lookup(db))
+        tts = TextToSpeech(PromptCache(Path(settings.data_dir) / "media"))
+        carrier = carrier or SandboxCarrier(clock, _script_lookup(db), _speech_timer(tts))
         runner = CallRunner(db, clock, carrier, _http_getter(http), deliverer.wake)
         dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake)
         return cls(
@@ -73,11 +78,14 @@ class Services:
             carrier=carrier,
             runner=runner,
             dispatcher=dispatcher,
+            tts=tts,
             housekeeper=Housekeeper(db, clock, settings, dispatcher.release, deliverer.wake),
         )
 
     async def start(self) -> None:
         """Resume pending callbacks and reclaim calls a previous run left behind."""
+        if not await self.tts.ready():
+            log.warning("text to speech is unavailable: prompts get estimated durations")
         self.deliverer.start()
         await self.dispatcher.recover()
         self.housekeeper.start()
@@ -89,6 +97,7 @@ class Services:
         await self.deliverer.stop()
         await self.http.aclose()
         await self.rate_limiter.close()
+        self.tts.close()
         await self.db.close()
 
 
@@ -107,6 +116,19 @@ def _script_lookup(db: Database) -> Any:
         return PhoneScript.from_dict(best[0].script) if best else None
 
     return lookup
+
+
+def _speech_timer(tts: TextToSpeech) -> Any:
+    async def seconds(text: str, voice: str | None) -> float | None:
+        if not tts.available():
+            return None
+        try:
+            return (await tts.speak(text, voice)).duration
+        except (TtsError, InvalidRequest) as exc:
+            log.warning("cannot speak %r: %s", text[:40], exc)
+            return None
+
+    return seconds
 
 
 def _http_getter(http: OutboundHttp) -> Any:

@@ -23,6 +23,7 @@ class Settings:
 
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
+    data_dir: str = "data"
     public_url: str = ""
     host: str = "127.0.0.1"
     port: int = 8080

@@ -53,7 +53,9 @@ class FlowDialer:
 
     async def _new_leg(self, number: str) -> int:
         async with self.runner.db.session() as session:
-            call = (await session.execute(select(Call).where(Call.sid == self.call.sid))).scalar_one()
+            # Locked: simultaneous dials add legs at once and must not pick the same number.
+            query = select(Call).where(Call.sid == self.call.sid).with_for_update()
+            call = (await session.execute(query)).scalar_one()
             leg_no = max(leg.leg_no for leg in call.legs) + 1
             call.legs.append(Leg(leg_no=leg_no, number=number, status=""))
             await session.flush()

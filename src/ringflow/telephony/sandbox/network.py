@@ -25,6 +25,8 @@ from ringflow.telephony.sandbox.phones import DEFAULT_SCRIPT, MAGIC_NUMBERS, Pho
 log = logging.getLogger(__name__)
 
 ScriptLookup = Callable[[str, str], Awaitable[PhoneScript | None]]
+# Renders text and returns how long speaking it takes (the TTS engine), or None if it cannot.
+SpeechTimer = Callable[[str, str | None], Awaitable[float | None]]
 
 # Speech rate used to give a spoken prompt its duration on the sandbox (espeak-ng's default
 # speed is 175 words a minute).
@@ -34,7 +36,7 @@ KEY_INTERVAL = 0.3
 
 
 def speech_seconds(text: str) -> float:
-    """How long speaking ``text`` takes, at espeak-ng's default rate."""
+    """An estimate of how long speaking ``text`` takes, at espeak-ng's default rate."""
     return max(0.5, len(text.split()) / WORDS_PER_SECOND)
 
 
@@ -43,9 +45,12 @@ class SandboxCarrier:
 
     name = "sandbox"
 
-    def __init__(self, clock: Clock, lookup: ScriptLookup | None = None):
+    def __init__(
+        self, clock: Clock, lookup: ScriptLookup | None = None, speech: SpeechTimer | None = None
+    ):
         self.clock = clock
         self.lookup = lookup
+        self.speech = speech
 
     def dial(self, request: DialRequest) -> SandboxAttempt:
         """Start ringing a virtual phone."""
@@ -84,7 +89,8 @@ class SandboxAttempt:
         await self._events.put(Ringing())
         await clock.sleep(script.ring)
         if script.outcome == "answer":
-            await self._events.put(Answered(SandboxChannel(clock, self.request.number, script)))
+            channel = SandboxChannel(clock, self.request.number, script, self.carrier.speech)
+            await self._events.put(Answered(channel))
         elif script.outcome == "no-answer":
             await asyncio.Event().wait()  # rings until the caller cancels
         else:
@@ -104,8 +110,11 @@ class SandboxAttempt:
 class SandboxChannel:
     """An answered virtual phone."""
 
-    def __init__(self, clock: Clock, number: str, script: PhoneScript):
+    def __init__(
+        self, clock: Clock, number: str, script: PhoneScript, speech: SpeechTimer | None = None
+    ):
         self.clock = clock
+        self.speech = speech
         self.number = number
         self.script = script
         self.heard: list[str] = []  # what was said or played to this phone, for tests
@@ -141,9 +150,14 @@ class SandboxChannel:
         return not self.closed
 
     async def say(self, text: str, voice: str | None = None) -> None:
-        if not self.closed:
-            self.heard.append(text)
-        await self._hold(speech_seconds(text))
+        if self.closed:
+            return
+        self.heard.append(text)
+        seconds = None
+        if self.speech is not None:
+            with self.clock.busy():  # rendering takes real time; the test clock must wait for it
+                seconds = await self.speech(text, voice)
+        await self._hold(seconds if seconds is not None else speech_seconds(text))
 
     async def play(self, url: str) -> None:
         if not self.closed:
