@@ -36,6 +36,9 @@ class AppletSpec:
     waits: bool  # spends time on the caller's line, so a loop through it cannot spin
     # A check across fields (e.g. "numbers or url"); returns a problem or None.
     check: Callable[[Mapping[str, Any]], str | None] | None = None
+    # Exits written inside the config rather than as fields of their own (Switch Case's
+    # ``cases``): config -> {exit name: target node or None}; checked and followed like the rest.
+    config_exits: Callable[[Mapping[str, Any]], Mapping[str, str | None]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +128,8 @@ def _parse_node(
     problem = spec.check(config) if spec.check is not None else None
     if problem:
         problems.append(f"{where}: {problem}")
+    if spec.config_exits is not None:
+        exits.update(spec.config_exits(config))
     return Node(name=name, applet=applet, config=config, exits=exits)
 
 

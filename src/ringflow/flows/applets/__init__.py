@@ -4,9 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ringflow.flows.applets import connect, greeting, hangup, passthru
+from ringflow.flows.applets import (
+    connect,
+    exoml,
+    gather,
+    greeting,
+    hangup,
+    ivr_menu,
+    passthru,
+    switch_case,
+    timing,
+    transfer,
+)
 from ringflow.flows.model import AppletSpec
 
-REGISTRY: Mapping[str, AppletSpec] = {
-    spec.name: spec for spec in (greeting.SPEC, passthru.SPEC, hangup.SPEC, connect.SPEC)
-}
+_SPECS = [
+    greeting.SPEC,
+    passthru.SPEC,
+    hangup.SPEC,
+    connect.SPEC,
+    ivr_menu.SPEC,
+    gather.SPEC,
+    timing.SPEC,
+    transfer.SPEC,
+    exoml.SPEC,
+    switch_case.SPEC,
+]
+
+REGISTRY: Mapping[str, AppletSpec] = {spec.name: spec for spec in _SPECS}

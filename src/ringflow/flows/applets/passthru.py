@@ -72,6 +72,8 @@ def query_params(ctx: FlowContext) -> dict[str, str]:
 
 def run(node: Node, ctx: FlowContext) -> Generator[Any, Any, str]:
     """GET the URL; branch on the answer in sync mode, continue at once in async mode."""
+    # A select from an earlier Passthru must not drive a Switch Case after this one.
+    ctx.vars.pop("select", None)
     sync = node.config.get("mode", "sync") == "sync"
     request = HttpGet(
         url=node.config["url"],
