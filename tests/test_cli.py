@@ -97,3 +97,13 @@ def test_a_bad_setting_is_one_line(ringflow, monkeypatch):
     monkeypatch.setenv("RINGFLOW_PORT", "eighty")
     code, _, err = ringflow("migrate")
     assert code == 1 and err == "ringflow: error: RINGFLOW_PORT='eighty' is not a valid int\n"
+
+
+def test_validate_checks_a_file_without_a_database(ringflow, tmp_path: Path):
+    good = tmp_path / "good.yaml"
+    good.write_text(APP)
+    assert ringflow("apps", "validate", str(good)) == (0, f"{good}: valid, 2 nodes, starts at 'hi'\n", "")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nstart: a\nnodes:\n  a: {applet: ivr_menu, text: Hi, on_1: gone}\n")
+    code, _, err = ringflow("apps", "validate", str(bad))
+    assert code == 1 and "node 'a': exit 'on_1': unknown node 'gone'" in err

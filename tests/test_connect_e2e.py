@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import Rig, running
+from tests.test_apps_e2e import example
 
 
 def connect_app(hook: str, **connect: Any) -> dict[str, Any]:
@@ -133,3 +134,31 @@ async def test_caller_hangs_up_while_the_callee_rings(database_url):
         assert details["Status"] == "completed"
         assert [leg.status for leg in (await rig.call(sid)).legs] == ["completed", "canceled"]
         assert rig.customer.to("/report") == []  # the flow ended with the caller
+
+
+async def test_the_connect_example(database_url):
+    async with running(database_url) as rig:
+        await script(rig, "09812345679", hangup_after=8)
+        sid, details = await place(rig, example("connect.yaml", rig.customer.url))
+        assert details["Status"] == "completed"
+        assert [(leg.number, leg.status) for leg in (await rig.call(sid)).legs[1:]] == [
+            ("+919999900001", "busy"),
+            ("+919812345679", "completed"),
+        ]
+        [report] = rig.customer.to("/ivr/dial-result")
+        assert report.query["DialCallStatus"] == "completed"
+        # The agent hung up 8 s after answering; the announcement took the first of them.
+        assert 4 <= int(report.query["DialCallDuration"]) < 8
+
+
+async def test_the_greeting_passthru_example(database_url):
+    async with running(database_url) as rig:
+        rig.customer.script = [302]
+        sid, details = await place(rig, example("greeting_passthru.yaml", rig.customer.url))
+        assert details["Status"] == "completed"
+        assert said(await rig.timeline(sid)) == [
+            "Hello, this is Acme. We are checking your order.",
+            "We could not confirm your order. Goodbye.",
+        ]
+        [check] = rig.customer.to("/ivr/check")
+        assert check.query["Direction"] == "outbound-dial" and check.query["CallSid"] == sid

@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("app_id", type=int)
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.set_defaults(func=_run(_apps_export))
+    p = apps.add_parser("validate", help="check an app file without saving it")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_apps_validate)
     p = apps.add_parser("list", help="list an account's apps")
     p.add_argument("account_sid")
     p.set_defaults(func=_run(_apps_list))
@@ -150,6 +153,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     migrate(settings.database_url)
     print("database is up to date")
+    return 0
+
+
+def cmd_apps_validate(settings: Settings, args: argparse.Namespace) -> int:
+    from ringflow.flows.applets import REGISTRY
+    from ringflow.flows.model import parse_app
+
+    graph = parse_app(_load_app_file(args.file), REGISTRY)
+    print(f"{args.file}: valid, {len(graph.nodes)} nodes, starts at {graph.start!r}")
     return 0
 
 
