@@ -19,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.calls.sids import new_api_key, new_api_token
 from ringflow.clock import Clock
-from ringflow.errors import Conflict, InvalidRequest, NotFound
+from ringflow.errors import AppInvalid, Conflict, InvalidRequest, NotFound
 from ringflow.flows.applets import REGISTRY
-from ringflow.flows.model import parse_app
+from ringflow.flows.model import AppGraph, parse_app
+from ringflow.media.tts import TextToSpeech, TtsUnavailable
 from ringflow.phone import normalize
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, ApiKey, App, PhoneNumber
@@ -53,9 +54,10 @@ def _slug(name: str) -> str:
 class Accounts:
     """Admin operations on accounts and what they own."""
 
-    def __init__(self, db: Database, clock: Clock):
+    def __init__(self, db: Database, clock: Clock, tts: TextToSpeech | None = None):
         self.db = db
         self.clock = clock
+        self.tts = tts  # when set, saving an app checks that its texts can be spoken
 
     async def create_account(self, name: str, time_zone: str = "Asia/Kolkata") -> Credentials:
         """A new account with its first API key; its SID is derived from the name."""
@@ -170,6 +172,7 @@ class Accounts:
     async def save_app(self, account_sid: str, data: Any, app_id: int | None = None) -> App:
         """Validate and store an app; with ``app_id``, replace that app as a new version."""
         graph = parse_app(data, REGISTRY)
+        await self._check_speech(graph)
         async with self.db.session() as session:
             account = await self.get(session, account_sid)
             now = self.clock.wall()
@@ -181,6 +184,24 @@ class Accounts:
                 app.graph, app.name, app.version, app.updated_at = data, graph.name, app.version + 1, now
             await session.flush()
             return app
+
+    async def _check_speech(self, graph: AppGraph) -> None:
+        """Every text the app speaks must be speakable now (engine installed, voice known)."""
+        if self.tts is None:
+            return
+        await self.tts.ready()
+        problems = []
+        for node in graph.nodes.values():
+            for field in REGISTRY[node.applet].spoken:
+                text = node.config.get(field)
+                if not text:
+                    continue
+                try:
+                    self.tts.check(text, node.config.get("voice"))
+                except (TtsUnavailable, InvalidRequest) as exc:
+                    problems.append(f"node {node.name!r}: field {field!r}: {exc}")
+        if problems:
+            raise AppInvalid(problems)
 
     async def app(self, session: AsyncSession, account_id: int, app_id: int) -> App:
         """One of the account's apps, or NotFound (another account's app is not found either)."""

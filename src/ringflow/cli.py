@@ -21,6 +21,7 @@ from ringflow.accounts import Accounts
 from ringflow.clock import make_clock
 from ringflow.config import Settings
 from ringflow.errors import NotFound, RingflowError
+from ringflow.media.tts import TextToSpeech
 from ringflow.phone import normalize
 from ringflow.storage.db import Database, migrate
 from ringflow.storage.models import Account, Call, CallEvent, SandboxPhone
@@ -183,9 +184,11 @@ def _run(action: Callable[[Accounts, argparse.Namespace], Awaitable[Any]]) -> Ca
 
         async def go() -> None:
             db = Database(settings.database_url)
+            tts = TextToSpeech(Path(settings.data_dir) / "media")
             try:
-                await action(Accounts(db, make_clock()), args)
+                await action(Accounts(db, make_clock(), tts), args)
             finally:
+                tts.close()
                 await db.close()
 
         asyncio.run(go())

@@ -39,6 +39,8 @@ class AppletSpec:
     # Exits written inside the config rather than as fields of their own (Switch Case's
     # ``cases``): config -> {exit name: target node or None}; checked and followed like the rest.
     config_exits: Callable[[Mapping[str, Any]], Mapping[str, str | None]] | None = None
+    # Fields holding text that is spoken by TTS (in the node's ``voice``), checked at save time.
+    spoken: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

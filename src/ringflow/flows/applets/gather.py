@@ -245,4 +245,5 @@ SPEC = AppletSpec(
     run=run,
     waits=True,
     check=check,
+    spoken=("text", "repeat_text"),
 )

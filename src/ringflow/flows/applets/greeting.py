@@ -35,4 +35,5 @@ SPEC = AppletSpec(
     optional={"voice": _voice},
     run=run,
     waits=True,
+    spoken=("text",),
 )

@@ -78,4 +78,5 @@ SPEC = AppletSpec(
     run=run,
     waits=True,
     check=check,
+    spoken=("text",),
 )
