@@ -23,6 +23,7 @@ nodes:
 def ringflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     """Run ``ringflow ARGS`` in-process against a fresh SQLite file; returns (code, out, err)."""
     monkeypatch.setenv("RINGFLOW_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/cli.db")
+    monkeypatch.setenv("RINGFLOW_DATA_DIR", str(tmp_path / "data"))
 
     def run(*args: str) -> tuple[int, str, str]:
         code = main(list(args))
