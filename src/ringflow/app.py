@@ -26,9 +26,11 @@ from ringflow.clock import Clock, make_clock
 from ringflow.config import Settings
 from ringflow.errors import InvalidRequest
 from ringflow.flows.actions import HttpGet, HttpResult
+from ringflow.media.audio import Prompt
 from ringflow.media.cache import PromptCache
 from ringflow.media.tts import TextToSpeech, TtsError
 from ringflow.ratelimit import RateLimiter, make_rate_limiter
+from ringflow.recordings import RecordingStore
 from ringflow.storage.db import Database
 from ringflow.storage.models import SandboxPhone
 from ringflow.telephony.carrier import Carrier
@@ -55,6 +57,7 @@ class Services:
     dispatcher: Dispatcher
     tts: TextToSpeech
     housekeeper: Housekeeper
+    recordings: RecordingStore
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, carrier: Carrier | None = None) -> Services:
@@ -64,14 +67,15 @@ class Services:
         http = OutboundHttp(settings, clock)
         deliverer = Deliverer(db, clock, http, settings)
         tts = TextToSpeech(PromptCache(Path(settings.data_dir) / "media"))
-        carrier = carrier or SandboxCarrier(clock, _script_lookup(db), _speech_timer(tts))
-        runner = CallRunner(db, clock, carrier, _http_getter(http), deliverer.wake)
+        carrier = carrier or SandboxCarrier(clock, _script_lookup(db), _speech(tts))
+        recordings = RecordingStore(settings, db, clock)
+        runner = CallRunner(db, clock, carrier, _http_getter(http), deliverer.wake, recordings)
         dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake)
         return cls(
             settings=settings,
             clock=clock,
             db=db,
-            accounts=Accounts(db, clock),
+            accounts=Accounts(db, clock, tts),
             rate_limiter=make_rate_limiter(settings.redis_url, clock),
             http=http,
             deliverer=deliverer,
@@ -80,6 +84,7 @@ class Services:
             dispatcher=dispatcher,
             tts=tts,
             housekeeper=Housekeeper(db, clock, settings, dispatcher.release, deliverer.wake),
+            recordings=recordings,
         )
 
     async def start(self) -> None:
@@ -118,17 +123,17 @@ def _script_lookup(db: Database) -> Any:
     return lookup
 
 
-def _speech_timer(tts: TextToSpeech) -> Any:
-    async def seconds(text: str, voice: str | None) -> float | None:
+def _speech(tts: TextToSpeech) -> Any:
+    async def speak(text: str, voice: str | None) -> Prompt | None:
         if not tts.available():
             return None
         try:
-            return (await tts.speak(text, voice)).duration
+            return await tts.speak(text, voice)
         except (TtsError, InvalidRequest) as exc:
             log.warning("cannot speak %r: %s", text[:40], exc)
             return None
 
-    return seconds
+    return speak
 
 
 def _http_getter(http: OutboundHttp) -> Any:

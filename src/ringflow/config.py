@@ -15,6 +15,7 @@ from pathlib import Path
 from ringflow.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/ringflow.db"
+MIN_SECRET = 32  # characters of RINGFLOW_SECRET_KEY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Settings:
     callback_max_attempts: int = 12
     clock_scale: float = 1.0
     log_level: str = "info"
+    # Signs expiring recording links; unset: generated once into data_dir/secret_key.
+    secret_key: str | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -68,6 +71,11 @@ class Settings:
             raise ConfigError("RINGFLOW_QUEUE_MAX_AGE must be a positive number of seconds")
         if self.clock_scale <= 0:
             raise ConfigError("RINGFLOW_CLOCK_SCALE must be positive")
+        if self.secret_key is not None and len(self.secret_key) < MIN_SECRET:
+            raise ConfigError(
+                f"RINGFLOW_SECRET_KEY must be at least {MIN_SECRET} characters "
+                "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+            )
 
     @property
     def instance_name(self) -> str:

@@ -1,10 +1,12 @@
-"""The admin JSON API (``/admin/v1``): apps, sandbox phones and call timelines of one account.
+"""The admin JSON API (``/admin/v1``): apps, sandbox phones, call timelines and signed links to
+recordings, of one account.
 
 Authenticated like the Exotel edge (Basic, API key and token of the account in the path).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -20,6 +22,7 @@ from ringflow.storage.models import Account, App, Call, CallEvent, SandboxPhone
 from ringflow.telephony.sandbox import PhoneScript
 
 MAX_BODY = 256 * 1024
+DEFAULT_LINK_TTL = 3600
 PREFIX = "/admin/v1/accounts/{sid}"
 
 
@@ -44,6 +47,11 @@ class AdminApi:
             Route(PREFIX + "/sandbox/phones/{number}", self._wrap(self.put_phone), methods=["PUT"]),
             Route(PREFIX + "/sandbox/phones/{number}", self._wrap(self.delete_phone), methods=["DELETE"]),
             Route(PREFIX + "/calls/{call_sid}/events", self._wrap(self.call_events), methods=["GET"]),
+            Route(
+                PREFIX + "/recordings/{recording_sid}/link",
+                self._wrap(self.recording_link),
+                methods=["GET"],
+            ),
         ]
 
     def _wrap(self, handler: Any) -> Any:
@@ -127,6 +135,22 @@ class AdminApi:
             ).scalars()
             events = [{"at": e.at.isoformat(), "kind": e.kind, "data": e.data} for e in rows]
         return JSONResponse({"call_sid": call.sid, "status": call.status, "reason": call.reason, "events": events})
+
+
+    async def recording_link(self, request: Request, account: Account) -> Response:
+        """A signed URL that opens the recording without credentials for ``ttl`` seconds."""
+        raw = request.query_params.get("ttl", str(DEFAULT_LINK_TTL))
+        try:
+            ttl = int(raw)
+        except ValueError:
+            raise InvalidRequest(f"ttl must be a whole number of seconds, not {raw!r}") from None
+        sid = request.path_params["recording_sid"]
+        row = await self.s.recordings.find(account.id, sid)
+        if row is None:
+            raise NotFound(f"Recording {sid} not found")
+        url, expires = self.s.recordings.signed_url(account.sid, row, ttl)
+        expires_at = dt.datetime.fromtimestamp(expires, dt.UTC).isoformat()
+        return JSONResponse({"url": url, "expires": expires, "expires_at": expires_at})
 
 
 async def _json_body(request: Request) -> Any:

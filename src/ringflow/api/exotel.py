@@ -1,7 +1,11 @@
-"""The Exotel v1 edge: routing, authentication, rate limits and the Calls endpoints.
+"""The Exotel v1 edge: routing, authentication, rate limits, the Calls endpoints and recordings.
 
 Paths are matched without regard to letter case (``/v1/accounts/x/calls/connect`` works), a
 ``.json`` suffix selects JSON, and every error is a RestException in the endpoint's format.
+
+A recording (``Recordings/{sid}.mp3`` or ``.wav``) is served to the account's Basic credentials
+or to a signed, unexpired link (``?Expires=...&Signature=...``, see recordings.py), never
+without one of the two.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from ringflow.api import call_list
@@ -27,6 +31,7 @@ from redis.exceptions import RedisError
 
 from ringflow.errors import AuthError, CapacityExceeded, Forbidden, Unavailable, InvalidRequest, NotFound, RateLimited
 from ringflow.phone import display
+from ringflow.recordings import CONTENT_TYPES, extension
 from ringflow.storage.models import Account, Call
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,11 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
+_RECORDING = re.compile(
+    r"^accounts/(?P<sid>[^/]+)/recordings/(?P<rec>[a-z0-9]+)\.(?P<ext>mp3|wav)$", re.IGNORECASE
+)
+
+
 class ExotelApi:
     """The ``/v1`` endpoints; ``services`` is the wired application (see app.py)."""
 
@@ -67,6 +77,16 @@ class ExotelApi:
         path = request.path_params["path"]
         as_json = path.lower().rstrip("/").endswith(".json")
         method = "GET" if request.method == "HEAD" else request.method
+        recording = _RECORDING.match(path)
+        if recording:
+            if method != "GET":
+                return error(
+                    405,
+                    f"{request.method} is not allowed on this resource",
+                    as_json=False,
+                    headers={"Allow": "GET, HEAD"},
+                )
+            return await self.recording(request, recording)
         for route_method, pattern, handler in _ROUTES:
             match = pattern.match(path)
             if match and route_method == method:
@@ -111,6 +131,43 @@ class ExotelApi:
             return error(500, "Internal server error", as_json=as_json, headers=headers)
         response.headers.update(headers)
         return response
+
+    async def recording(self, request: Request, match: re.Match[str]) -> Response:
+        """``GET Recordings/{sid}.mp3``: the file, to credentials or a signed link."""
+        query = {k.lower(): v for k, v in request.query_params.items()}
+        signed = "signature" in query or "expires" in query
+        headers: dict[str, str] = {}
+        try:
+            if signed and "authorization" not in request.headers:
+                self.s.recordings.check_link(
+                    match["sid"], match["rec"], query.get("expires", ""), query.get("signature", "")
+                )
+                async with self.s.db.session() as session:
+                    account = await self.s.accounts.get(session, match["sid"])
+            else:
+                account = await authenticate(self.s.accounts, request, match["sid"])
+                headers = await self._rate_limit(account)
+            row = await self.s.recordings.find(account.id, match["rec"])
+            if row is None or extension(row.format) != match["ext"].lower():
+                raise NotFound(f"Recording {match['rec']}.{match['ext']} not found")
+            path = self.s.recordings.file(row)
+            if not path.is_file():
+                log.error("recording %s: file %s is missing", row.sid, path)
+                raise NotFound(f"Recording {match['rec']}.{match['ext']} not found")
+        except AuthError as exc:
+            return error(401, str(exc), as_json=False, headers=CHALLENGE)
+        except Forbidden as exc:
+            return error(403, str(exc), as_json=False)
+        except RateLimited as exc:
+            return error(429, str(exc), as_json=False, headers=exc.args[1])
+        except Unavailable as exc:
+            return error(503, str(exc), as_json=False, headers={"Retry-After": "5"})
+        except NotFound as exc:
+            return error(404, str(exc), as_json=False, headers=headers)
+        ext = extension(row.format)
+        headers["Cache-Control"] = "private, no-store"
+        headers["Content-Disposition"] = f'inline; filename="{row.sid}.{ext}"'
+        return FileResponse(path, media_type=CONTENT_TYPES[ext], headers=headers)
 
     async def _rate_limit(self, account: Account) -> dict[str, str]:
         limit = account.rate_limit_per_minute or self.s.settings.rate_limit_per_minute

@@ -2,7 +2,8 @@
 
 Each number tried becomes a leg of the call (2, 3, ...) with its own status, moved through the
 same transition table as every other leg. Sequential mode tries the numbers in order; simultaneous
-mode rings them all and cancels the rest when one answers.
+mode rings them all and cancels the rest when one answers. The conversation is recorded when the
+Connect asks for it or the call was placed with ``Record=true``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ringflow.calls.transitions import Change, apply
 from ringflow.clock import wait_with_timeout
 from ringflow.flows.actions import Dial, DialResult
 from ringflow.storage.models import Account, Call, Leg
-from ringflow.telephony.carrier import Answered, Channel, Rejected
+from ringflow.telephony.carrier import Answered, Channel, ConversationTap, Rejected
 
 if TYPE_CHECKING:
     from ringflow.calls.runner import CallRunner
@@ -130,11 +131,12 @@ class FlowDialer:
     async def _talk(self, leg_no: int, number: str, callee: Channel, action: Dial) -> DialResult:
         clock = self.runner.clock
         self.channels.append(callee)
+        tap = ConversationTap() if action.record or self.call.record else None
         try:
             if action.announce:
                 await callee.say(action.announce)
             started = clock.now()
-            bridge = self.caller.bridge(callee)
+            bridge = self.caller.bridge(callee, tap)
             if action.max_conversation:
                 await wait_with_timeout(clock, bridge, action.max_conversation)
             else:
@@ -143,5 +145,10 @@ class FlowDialer:
         finally:
             await callee.hangup("conversation ended")
             self.channels.remove(callee)
+        url = None
+        if tap is not None:
+            url = await self.runner.keep_conversation(
+                self.call, self.account, tap, action.recording_channels
+            )
         await self.runner.change(self.call.sid, Change(legs=((leg_no, Event.HANGUP),)))
-        return DialResult("completed", number, talked)
+        return DialResult("completed", number, talked, url)

@@ -1,9 +1,9 @@
 """Carries one call from dialing to its final status.
 
 Flow calls: dial ``From``; when answered, run the app; hang up. Two-number calls: dial ``From``;
-when answered, dial ``To`` and bridge the two. ``TimeOut`` bounds each leg's ringing and
-``TimeLimit`` (counted from the first answer) ends the call. Every status change goes through
-``transitions.apply``; the runner itself holds no status.
+when answered, dial ``To`` and bridge the two (recording the conversation when ``Record=true``).
+``TimeOut`` bounds each leg's ringing and ``TimeLimit`` (counted from the first answer) ends the
+call. Every status change goes through ``transitions.apply``; the runner itself holds no status.
 """
 
 from __future__ import annotations
@@ -25,9 +25,19 @@ from ringflow.flows.context import FlowContext
 from ringflow.flows.engine import FlowEngine, HttpGetter
 from ringflow.flows.model import AppGraph, parse_app
 from ringflow.phone import display
+from ringflow.recordings import RecordingStore
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, App, Call, CallEvent
-from ringflow.telephony.carrier import Answered, Carrier, Channel, DialRequest, Rejected, Ringing
+from ringflow.telephony.carrier import (
+    Answered,
+    Carrier,
+    Channel,
+    ConversationTap,
+    DialRequest,
+    Recording,
+    Rejected,
+    Ringing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +55,14 @@ class CallRunner:
         carrier: Carrier,
         http_get: HttpGetter,
         on_enqueued: Callable[[], None],
+        recordings: RecordingStore | None = None,
     ):
         self.db = db
         self.clock = clock
         self.carrier = carrier
         self.http_get = http_get
         self.on_enqueued = on_enqueued
+        self.recordings = recordings
         self._steps: dict[str, list[CallEvent]] = {}  # by call SID, not yet written
 
     async def change(self, sid: str, change: Change) -> Call:
@@ -80,6 +92,22 @@ class CallRunner:
         if steps:
             async with self.db.session() as session:
                 session.add_all(steps)
+
+    async def keep_conversation(
+        self, call: Call, account: Account, tap: ConversationTap, channels: str | None = None
+    ) -> str | None:
+        """Store a recorded conversation (in the call's format); returns its URL."""
+        if self.recordings is None or not tap.near:
+            return None
+        stored = await self.recordings.save(
+            account, call, [bytes(tap.near), bytes(tap.far)], channels=channels
+        )
+        await self.record(
+            call,
+            "recording",
+            {"sid": stored.sid, "url": stored.url, "duration": round(stored.duration, 2), "conversation": True},
+        )
+        return stored.url
 
     async def run(self, sid: str) -> None:
         """Carry the call to a final status, whatever happens on the way."""
@@ -209,6 +237,11 @@ class CallRunner:
         async def record(kind: str, data: dict[str, Any]) -> None:
             await self.record(call, kind, data)
 
+        async def save_recording(heard: Recording) -> tuple[str, str]:
+            assert self.recordings is not None
+            stored = await self.recordings.save(account, call, [heard.pcm], channels="single")
+            return stored.sid, stored.url
+
         await record("flow.start", {"app": app.id, "version": app.version, "name": app.name})
         async def load_app(app_id: int) -> AppGraph | None:
             async with self.db.session() as session:
@@ -226,6 +259,7 @@ class CallRunner:
             record,
             load_app=load_app,
             dial=FlowDialer(self, call, account, channel, channels),
+            save_recording=save_recording if self.recordings is not None else None,
         )
         reason = await engine.run()
         await engine.drain()
@@ -260,9 +294,13 @@ class CallRunner:
             await self.change(call.sid, change)
             return
         channels.append(second.channel)
-        await first.bridge(second.channel)
+        tap = ConversationTap() if call.record else None
+        await first.bridge(second.channel, tap)
         await first.hangup("bridge ended")
         await second.channel.hangup("bridge ended")
+        if tap is not None:
+            # Kept before the final status, so the terminal callback carries its RecordingUrl.
+            await self.keep_conversation(call, account, tap)
         await self.change(
             call.sid, Change(call=Event.HANGUP, legs=((1, Event.HANGUP), (2, Event.HANGUP)))
         )

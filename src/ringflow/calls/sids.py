@@ -22,3 +22,8 @@ def new_api_key() -> str:
 def new_api_token() -> str:
     """A secret API token (the Basic-auth password); shown once, stored hashed."""
     return secrets.token_urlsafe(32)
+
+
+def new_recording_sid() -> str:
+    """A recording's id in its URL: 32 lowercase alphanumerics, unguessable."""
+    return "".join(secrets.choice(_ALNUM) for _ in range(32))

@@ -60,6 +60,8 @@ class Dial:
     caller_id: str | None = None  # E.164; None: the call's ExoPhone
     max_conversation: float | None = None
     announce: str | None = None  # spoken to the callee before the parties are connected
+    record: bool = False  # record the conversation
+    recording_channels: str | None = None  # "single" or "dual"; None: the call's own setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,28 @@ class DialResult:
     status: str
     number: str | None = None  # who answered (or the last number tried)
     duration: int = 0  # seconds the two parties talked
+    recording_url: str | None = None  # the conversation's recording, when it was recorded
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """Record what the caller says (a voicemail). Result: RecordResult."""
+
+    max_length: float  # seconds
+    finish_on: str = "#"  # keys that end the recording (not part of it)
+    beep: bool = True  # play a beep first, so the caller knows when to speak
+    silence_timeout: float = 5.0  # seconds of silence that end the recording
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordResult:
+    """How a Record ended. ``url`` is None when nothing but silence was heard (no file kept)."""
+
+    url: str | None
+    duration: float = 0.0  # seconds of audio in the file
+    digits: str = ""  # the finish key that ended it, if one did
+    ended_by: str = ""  # key, silence, max-length or hangup
+    sid: str | None = None  # the recording's id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +102,7 @@ class TransferTo:
     app_id: int
 
 
-Action = Say | Play | HttpGet | CollectDigits | Dial
+Action = Say | Play | HttpGet | CollectDigits | Dial | Record
 
 # Applets return the name of the exit they leave by, HANGUP to end the call, or a TransferTo.
 HANGUP = "__hangup__"

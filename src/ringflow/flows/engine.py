@@ -22,12 +22,15 @@ from ringflow.flows.actions import (
     HttpGet,
     HttpResult,
     Play,
+    Record,
+    RecordResult,
     Say,
     TransferTo,
 )
 from ringflow.flows.context import FlowContext
 from ringflow.flows.model import AppGraph, AppletSpec
-from ringflow.telephony.carrier import Channel
+from ringflow.media.audio import is_silence
+from ringflow.telephony.carrier import Channel, Recording
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ HttpGetter = Callable[[HttpGet], Awaitable[HttpResult]]
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 AppLoader = Callable[[int], Awaitable[AppGraph | None]]
 Dialer = Callable[[Dial], Awaitable[DialResult]]
+# Keeps a recording (a file and its row); returns its (sid, url).
+RecordingSaver = Callable[[Recording], Awaitable[tuple[str, str]]]
 
 MAX_TRANSFERS = 10
 
@@ -53,6 +58,7 @@ class FlowEngine:
         max_steps: int = 500,
         load_app: AppLoader | None = None,
         dial: Dialer | None = None,
+        save_recording: RecordingSaver | None = None,
     ):
         self.graph = graph
         self.registry = registry
@@ -63,6 +69,7 @@ class FlowEngine:
         self.max_steps = max_steps
         self.load_app = load_app
         self.dial = dial
+        self.save_recording = save_recording
         self.transfers = 0
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -146,10 +153,13 @@ class FlowEngine:
             await self.record("dial", {"numbers": list(action.numbers), "simultaneous": action.simultaneous})
             result = await self.dial(action)
             log.info("call %s: dial -> %s %s", self.ctx.call_sid, result.status, result.number or "")
-            await self.record(
-                "dial.end", {"status": result.status, "number": result.number, "duration": result.duration}
-            )
+            end = {"status": result.status, "number": result.number, "duration": result.duration}
+            if result.recording_url:
+                end["recording_url"] = result.recording_url
+            await self.record("dial.end", end)
             return result
+        if isinstance(action, Record):
+            return await self._record(action)
         if isinstance(action, HttpGet):
             if not action.wait:
                 task = asyncio.ensure_future(self._fetch(action))
@@ -158,6 +168,25 @@ class FlowEngine:
                 return None
             return await self._fetch(action)
         raise TypeError(f"applet yielded an unknown action: {action!r}")
+
+    async def _record(self, action: Record) -> RecordResult:
+        """Record the caller; keep the audio only if someone spoke (silence is no message)."""
+        heard = await self.channel.record(
+            action.max_length, action.finish_on, action.beep, action.silence_timeout
+        )
+        step: dict[str, Any] = {
+            "duration": round(heard.duration, 2),
+            "ended_by": heard.ended_by,
+            "digits": heard.digits,
+        }
+        if is_silence(heard.pcm) or self.save_recording is None:
+            log.info("call %s: recorded no message (%s)", self.ctx.call_sid, heard.ended_by)
+            await self.record("recording", {**step, "message": False})
+            return RecordResult(None, 0.0, heard.digits, heard.ended_by)
+        sid, url = await self.save_recording(heard)
+        log.info("call %s: recording %s, %.1f s", self.ctx.call_sid, sid, heard.duration)
+        await self.record("recording", {**step, "message": True, "sid": sid, "url": url})
+        return RecordResult(url, heard.duration, heard.digits, heard.ended_by, sid)
 
     async def _fetch(self, action: HttpGet) -> HttpResult:
         started = time.perf_counter()

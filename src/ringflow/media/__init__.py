@@ -7,6 +7,7 @@ The public surface other packages use::
     tts = TextToSpeech(cache)                 # or TextToSpeech(data_dir / "media")
     prompt = await tts.speak(text, "hi")      # rendered once per (engine, voice, text)
     prompt.duration                           # seconds
+    is_silence(pcm), voiced_seconds(pcm)      # did a recording catch anyone speaking
     tts.voices(), tts.available(), tts.require()   # the last raises TtsUnavailable with a hint
 
 Nothing here imports the API, storage, flows or telephony.
@@ -17,9 +18,12 @@ from ringflow.media.audio import (
     RATE,
     Prompt,
     encode_mp3,
+    frame_rms,
     from_pcm,
+    is_silence,
     load_audio,
     read_wav,
+    voiced_seconds,
     wav_bytes,
     write_wav,
 )
@@ -46,9 +50,12 @@ __all__ = [
     "TtsUnavailable",
     "available",
     "encode_mp3",
+    "frame_rms",
     "from_pcm",
+    "is_silence",
     "load_audio",
     "read_wav",
+    "voiced_seconds",
     "voices",
     "wav_bytes",
     "write_wav",

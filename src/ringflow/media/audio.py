@@ -183,6 +183,32 @@ def read_wav(path: str | os.PathLike[str]) -> Prompt:
         raise InvalidRequest(f"{path}: not a readable WAV file: {exc}") from exc
 
 
+# Sound louder than this RMS (about -44 dBFS) in a 20 ms frame counts as someone speaking: above
+# line hiss and comfort noise, well below any voice. A recording with less than MIN_VOICED
+# seconds of such frames holds no message.
+SILENCE_RMS = 200.0
+FRAME_SAMPLES = RATE // 50
+MIN_VOICED = 0.1
+
+
+def frame_rms(pcm: bytes) -> np.ndarray:
+    """The RMS level of each whole 20 ms frame of 8 kHz 16-bit PCM."""
+    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % SAMPLE_WIDTH], dtype="<i2")
+    whole = len(samples) - len(samples) % FRAME_SAMPLES
+    frames = samples[:whole].astype(np.float32).reshape(-1, FRAME_SAMPLES)
+    return np.sqrt(np.mean(frames * frames, axis=1)) if whole else np.zeros(0, np.float32)
+
+
+def voiced_seconds(pcm: bytes, threshold: float = SILENCE_RMS) -> float:
+    """Seconds of ``pcm`` (8 kHz 16-bit) louder than ``threshold``: how much was said."""
+    return float(np.count_nonzero(frame_rms(pcm) > threshold)) * FRAME_SAMPLES / RATE
+
+
+def is_silence(pcm: bytes) -> bool:
+    """True when ``pcm`` holds no speech (nothing, or too little sound to be a message)."""
+    return voiced_seconds(pcm) < MIN_VOICED
+
+
 def encode_mp3(pcm: bytes, rate: int = RATE, channels: int = 1, bitrate: int = 32) -> bytes:
     """Encode interleaved 16-bit PCM as MP3 (``bitrate`` in kbit/s), e.g. for recordings."""
     if channels not in (1, 2):

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -170,6 +171,27 @@ class CallEvent(Base):
     at: Mapped[dt.datetime]
     kind: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Recording(Base):
+    """An audio file of a call: a voicemail, or a conversation Connect recorded.
+
+    ``path`` is relative to the data directory's ``recordings/`` folder, so the directory can
+    move. ``format`` is mp3, mp3-hq or wav; ``channels`` single or dual.
+    """
+
+    __tablename__ = "recordings"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sid: Mapped[str] = mapped_column(String(32), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(8))
+    channels: Mapped[str] = mapped_column(String(8), default="single")
+    duration: Mapped[float] = mapped_column(Float)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime]
 
 
 class OutboxMessage(Base):

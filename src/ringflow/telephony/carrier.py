@@ -3,6 +3,10 @@
 A ``Carrier.dial`` returns an ``Attempt`` whose events are read one by one: ``Ringing``,
 ``Answered`` (carrying the ``Channel``) or ``Rejected``. The call engine enforces the ring
 timeout itself and calls ``Attempt.cancel`` when it expires, so carriers need no timers for it.
+
+Audio crossing this seam is what a phone line carries: 8 kHz mono 16-bit little-endian PCM.
+``Channel.record`` returns what one party said as a ``Recording``; ``Channel.bridge`` given a
+``ConversationTap`` writes both parties' audio into it, time-aligned, as the conversation goes.
 """
 
 from __future__ import annotations
@@ -55,6 +59,53 @@ class Attempt(Protocol):
         """Stop ringing (ring timeout, or the other party left)."""
 
 
+SAMPLE_RATE = 8000
+SAMPLE_BYTES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Recording:
+    """What ``Channel.record`` heard from the party: 8 kHz mono 16-bit PCM.
+
+    ``ended_by``: ``key`` (one of the finish keys, given in ``digits``), ``silence`` (the
+    silence timeout ran out), ``max-length`` or ``hangup``.
+    """
+
+    pcm: bytes
+    ended_by: str
+    digits: str = ""
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return len(self.pcm) / (SAMPLE_RATE * SAMPLE_BYTES)
+
+
+class ConversationTap:
+    """Both sides of a bridged conversation, as two time-aligned 8 kHz mono 16-bit tracks.
+
+    ``near`` is the party whose ``bridge`` was called (the caller), ``far`` the other one. A
+    carrier appends audio as it flows; a write whose sides differ in length is padded with
+    silence, so the tracks always stay aligned.
+    """
+
+    def __init__(self) -> None:
+        self.near = bytearray()
+        self.far = bytearray()
+
+    def write(self, near: bytes, far: bytes) -> None:
+        """Append the next stretch of audio heard from each party."""
+        length = max(len(near), len(far))
+        length += length % SAMPLE_BYTES
+        self.near += near.ljust(length, b"\0")
+        self.far += far.ljust(length, b"\0")
+
+    @property
+    def duration(self) -> float:
+        """Seconds of conversation written so far."""
+        return len(self.near) / (SAMPLE_RATE * SAMPLE_BYTES)
+
+
 class Channel(Protocol):
     """One answered leg. Every method returns promptly once the leg has hung up."""
 
@@ -76,8 +127,15 @@ class Channel(Protocol):
     async def collect_digits(self, max_digits: int, timeout: float, finish_on: str) -> str:
         """Collect up to ``max_digits`` keys, ending early on ``finish_on`` or ``timeout``."""
 
-    async def bridge(self, other: Channel) -> None:
-        """Connect this party with ``other``; returns when either hangs up."""
+    async def record(
+        self, max_length: float, finish_on: str, beep: bool, silence_timeout: float
+    ) -> Recording:
+        """Record the party (after a beep if asked) until a key of ``finish_on``, ``silence_timeout``
+        seconds of silence, ``max_length`` seconds in all, or a hangup."""
+
+    async def bridge(self, other: Channel, tap: ConversationTap | None = None) -> None:
+        """Connect this party with ``other``; returns when either hangs up. With ``tap``, the
+        conversation's audio is written into it (also when the bridge is cancelled)."""
 
     async def hangup(self, cause: str = "normal") -> None:
         """Hang up from our side."""

@@ -15,6 +15,7 @@ from ringflow.flows.applets import (
     switch_case,
     timing,
     transfer,
+    voicemail,
 )
 from ringflow.flows.model import AppletSpec
 
@@ -28,6 +29,7 @@ _SPECS = [
     timing.SPEC,
     transfer.SPEC,
     exoml.SPEC,
+    voicemail.SPEC,
     switch_case.SPEC,
 ]
 

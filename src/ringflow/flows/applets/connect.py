@@ -4,16 +4,21 @@ Fields:
   numbers           list of numbers to dial (static), or
   url               a URL whose answer names them: ``text/plain`` "0981..., 0982..." or the
                     programmable JSON (``destination.numbers``, ``outgoing_phone_number``,
-                    ``max_ringing_duration``, ``max_conversation_duration``,
-                    ``start_call_playback`` with ``type: text``)
+                    ``max_ringing_duration``, ``max_conversation_duration``, ``record``,
+                    ``recording_channels``, ``start_call_playback`` with ``type: text``)
   mode              ``sequential`` (default: in order) or ``simultaneous`` (all at once)
   ring_timeout      seconds each number rings (default 30, at most 60)
   max_conversation  seconds the parties may talk (default: until the call's TimeLimit)
   announce          text spoken to the callee before the caller is put through
+  record            record the conversation (default false; a call placed with Record=true
+                    records every conversation of its flow)
+  recording_channels  ``single`` (both parties mixed) or ``dual`` (one channel each); default:
+                    the call's RecordingChannels
 
 Exits: ``after_conversation`` (someone answered and the conversation ended with the caller still
 on the line), ``on_no_answer`` (nobody answered), ``on_nobody`` (there was nobody to dial).
-Later applets see ``DialCallStatus``, ``DialCallDuration`` and ``DialWhomNumber``.
+Later applets see ``DialCallStatus``, ``DialCallDuration`` and ``DialWhomNumber``, and
+``RecordingUrl`` when the conversation was recorded.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from ringflow.phone import display, normalize
 DEFAULT_RING = 30
 MAX_RING = 60
 FETCH_TIMEOUT = 10.0
+CHANNELS = ("single", "dual")
 
 
 def _numbers(value: Any) -> str | None:
@@ -59,6 +65,14 @@ def _seconds(high: float) -> Any:
 
 def _text(value: Any) -> str | None:
     return None if isinstance(value, str) and value.strip() else "must be a non-empty text"
+
+
+def _flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _channels(value: Any) -> str | None:
+    return None if value in CHANNELS else "must be single or dual"
 
 
 def _valid_numbers(raw: list[Any]) -> list[str]:
@@ -91,6 +105,10 @@ def parse_answer(result: HttpResult, settings: dict[str, Any]) -> list[str]:
             value = body.get(src)
             if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
                 settings[dst] = value
+        if isinstance(body.get("record"), bool):
+            settings["record"] = body["record"]
+        if body.get("recording_channels") in CHANNELS:
+            settings["recording_channels"] = body["recording_channels"]
         if isinstance(body.get("outgoing_phone_number"), str):
             settings["caller_id"] = body["outgoing_phone_number"]
         playback = body.get("start_call_playback") or {}
@@ -108,6 +126,8 @@ def run(node: Node, ctx: FlowContext) -> Generator[Any, Any, str]:
         "max_conversation": cfg.get("max_conversation"),
         "announce": cfg.get("announce"),
         "caller_id": None,
+        "record": cfg.get("record", False),
+        "recording_channels": cfg.get("recording_channels"),
     }
     if "url" in cfg:
         answer = yield HttpGet(cfg["url"], params=query_params(ctx), timeout=FETCH_TIMEOUT)
@@ -129,10 +149,14 @@ def run(node: Node, ctx: FlowContext) -> Generator[Any, Any, str]:
         caller_id=caller_id,
         max_conversation=settings["max_conversation"],
         announce=settings["announce"],
+        record=settings["record"],
+        recording_channels=settings["recording_channels"],
     )
     ctx.vars["DialCallStatus"] = result.status
     ctx.vars["DialCallDuration"] = str(result.duration)
     ctx.vars["DialWhomNumber"] = display(result.number) if result.number else ""
+    if result.recording_url:
+        ctx.vars["RecordingUrl"] = result.recording_url
     return "after_conversation" if result.status == "completed" else "on_no_answer"
 
 
@@ -153,6 +177,8 @@ SPEC = AppletSpec(
         "ring_timeout": _seconds(MAX_RING),
         "max_conversation": _seconds(14400),
         "announce": _text,
+        "record": _flag,
+        "recording_channels": _channels,
     },
     run=run,
     waits=True,

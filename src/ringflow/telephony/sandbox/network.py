@@ -2,6 +2,10 @@
 
 Nothing here touches the network. Every wait reads the injected clock, so under a ManualClock a
 ten-minute call runs in milliseconds, and prompts take their real (estimated) duration.
+
+A phone whose script ``says`` something speaks it through text to speech when it is recorded
+(a voicemail) or into a recorded conversation, so recordings hold real speech. Without a TTS
+engine a voice-like murmur of the estimated length stands in.
 """
 
 from __future__ import annotations
@@ -11,28 +15,41 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+import numpy as np
+
 from ringflow.clock import Clock, wait_with_timeout
+from ringflow.media.audio import RATE, SAMPLE_WIDTH, Prompt
 from ringflow.telephony.carrier import (
     Answered,
     AttemptEvent,
     Channel,
+    ConversationTap,
     DialRequest,
+    Recording,
     Rejected,
     Ringing,
 )
-from ringflow.telephony.sandbox.phones import DEFAULT_SCRIPT, MAGIC_NUMBERS, PhoneScript
+from ringflow.telephony.sandbox.phones import (
+    DEFAULT_SCRIPT,
+    MAGIC_NUMBERS,
+    PhoneScript,
+    Utterance,
+)
 
 log = logging.getLogger(__name__)
 
 ScriptLookup = Callable[[str, str], Awaitable[PhoneScript | None]]
-# Renders text and returns how long speaking it takes (the TTS engine), or None if it cannot.
-SpeechTimer = Callable[[str, str | None], Awaitable[float | None]]
+# Renders text as speech (the TTS engine), or None if it cannot.
+Speech = Callable[[str, str | None], Awaitable[Prompt | None]]
 
 # Speech rate used to give a spoken prompt its duration on the sandbox (espeak-ng's default
 # speed is 175 words a minute).
 WORDS_PER_SECOND = 175 / 60
 AUDIO_PROMPT_SECONDS = 3.0
 KEY_INTERVAL = 0.3
+BEEP = "(beep)"  # what ``heard`` shows for the beep before a recording
+BEEP_SECONDS = 0.5
+TURN_GAP = 0.5  # seconds between the callee's and the caller's turns in a conversation
 
 
 def speech_seconds(text: str) -> float:
@@ -46,7 +63,7 @@ class SandboxCarrier:
     name = "sandbox"
 
     def __init__(
-        self, clock: Clock, lookup: ScriptLookup | None = None, speech: SpeechTimer | None = None
+        self, clock: Clock, lookup: ScriptLookup | None = None, speech: Speech | None = None
     ):
         self.clock = clock
         self.lookup = lookup
@@ -111,7 +128,7 @@ class SandboxChannel:
     """An answered virtual phone."""
 
     def __init__(
-        self, clock: Clock, number: str, script: PhoneScript, speech: SpeechTimer | None = None
+        self, clock: Clock, number: str, script: PhoneScript, speech: Speech | None = None
     ):
         self.clock = clock
         self.speech = speech
@@ -119,11 +136,18 @@ class SandboxChannel:
         self.script = script
         self.heard: list[str] = []  # what was said or played to this phone, for tests
         self._keys = list(script.keys)
+        self._says = list(script.says)
         self._closed = asyncio.Event()
         self._closed_by = ""
-        self._hangup_task: asyncio.Task[None] | None = None
+        self._hangups: set[asyncio.Task[None]] = set()
         if script.hangup_after is not None:
-            self._hangup_task = asyncio.ensure_future(self._hang_up_later(script.hangup_after))
+            self._hang_up_in(script.hangup_after)
+
+    def _hang_up_in(self, seconds: float) -> None:
+        """Hang up (as the far end) ``seconds`` from now."""
+        task = asyncio.ensure_future(self._hang_up_later(seconds))
+        self._hangups.add(task)
+        task.add_done_callback(self._hangups.discard)
 
     async def _hang_up_later(self, seconds: float) -> None:
         await self.clock.sleep(seconds)
@@ -153,11 +177,11 @@ class SandboxChannel:
         if self.closed:
             return
         self.heard.append(text)
-        seconds = None
+        prompt = None
         if self.speech is not None:
             with self.clock.busy():  # rendering takes real time; the test clock must wait for it
-                seconds = await self.speech(text, voice)
-        await self._hold(seconds if seconds is not None else speech_seconds(text))
+                prompt = await self.speech(text, voice)
+        await self._hold(prompt.duration if prompt is not None else speech_seconds(text))
 
     async def play(self, url: str) -> None:
         if not self.closed:
@@ -178,18 +202,113 @@ class SandboxChannel:
         await self._hold(timeout)
         return digits
 
-    async def bridge(self, other: Channel) -> None:
+    def next_utterance(self) -> Utterance:
+        """What the phone says the next time it is recorded (nothing once its script runs out)."""
+        return self._says.pop(0) if self._says else Utterance("")
+
+    async def voice(self, text: str) -> bytes:
+        """``text`` as this phone speaks it: 8 kHz PCM (empty for no text)."""
+        if not text.strip():
+            return b""
+        prompt = None
+        if self.speech is not None:
+            with self.clock.busy():
+                prompt = await self.speech(text, None)
+        if prompt is None:
+            prompt = murmur(speech_seconds(text))
+        return prompt.pcm
+
+    async def record(
+        self, max_length: float, finish_on: str, beep: bool, silence_timeout: float
+    ) -> Recording:
+        """The phone's next ``says`` entry, then silence until its scripted key or hangup, the
+        silence timeout or the maximum length."""
+        if self.closed:
+            return Recording(b"", "hangup")
+        if beep:
+            self.heard.append(BEEP)
+            if not await self._hold(BEEP_SECONDS):
+                return Recording(b"", "hangup")
+        utterance = self.next_utterance()
+        speech = await self.voice(utterance.text)
+        start = self.clock.now()
+        ended, digits = await self._speak_into_recorder(
+            utterance, len(speech) / (RATE * SAMPLE_WIDTH), max_length, finish_on, silence_timeout
+        )
+        samples = round((self.clock.now() - start) * RATE)
+        pcm = speech[: samples * SAMPLE_WIDTH].ljust(samples * SAMPLE_WIDTH, b"\0")
+        return Recording(pcm, ended, digits)
+
+    async def _speak_into_recorder(
+        self,
+        utterance: Utterance,
+        speaking: float,
+        max_length: float,
+        finish_on: str,
+        silence_timeout: float,
+    ) -> tuple[str, str]:
+        """Let the recording run its course on the clock; returns (ended_by, digits)."""
+        if not await self._hold(min(speaking, max_length)):
+            return "hangup", ""
+        remaining = max_length - speaking
+        if remaining <= 0:
+            return "max-length", ""
+        pause = self.script.silence_after
+        if utterance.then == "hangup":
+            self._hang_up_in(pause)
+        presses = utterance.then not in ("", "hangup") and utterance.then in finish_on
+        if presses and pause < silence_timeout:
+            if not await self._hold(min(pause, remaining)):
+                return "hangup", ""
+            return ("key", utterance.then) if pause <= remaining else ("max-length", "")
+        if not await self._hold(min(silence_timeout, remaining)):
+            return "hangup", ""
+        return ("silence", "") if silence_timeout <= remaining else ("max-length", "")
+
+    async def bridge(self, other: Channel, tap: ConversationTap | None = None) -> None:
+        near = far = b""
+        if tap is not None:
+            near, far = await self._conversation(other)
+        started = self.clock.now()
         waits = [asyncio.ensure_future(self.wait_closed()), asyncio.ensure_future(other.wait_closed())]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()
+            if tap is not None:
+                # Written when the bridge ends, also by cancellation (a conversation limit).
+                size = round((self.clock.now() - started) * RATE) * SAMPLE_WIDTH
+                tap.write(near[:size].ljust(size, b"\0"), far[:size].ljust(size, b"\0"))
+
+    async def _conversation(self, other: Channel) -> tuple[bytes, bytes]:
+        """The two sides of a recorded conversation: the callee speaks first, the caller
+        answers, then both are silent; a ``then: hangup`` ends it after that party's turn."""
+        mine = self.next_utterance()
+        theirs = other.next_utterance() if isinstance(other, SandboxChannel) else Utterance("")
+        far = await other.voice(theirs.text) if isinstance(other, SandboxChannel) else b""
+        gap = round(TURN_GAP * RATE) * SAMPLE_WIDTH if far else 0
+        near_speech = await self.voice(mine.text)
+        near = bytes(len(far) + gap) + near_speech
+        bytes_per_second = RATE * SAMPLE_WIDTH
+        if theirs.then == "hangup" and isinstance(other, SandboxChannel):
+            other._hang_up_in(len(far) / bytes_per_second + other.script.silence_after)
+        if mine.then == "hangup":
+            self._hang_up_in(len(near) / bytes_per_second + self.script.silence_after)
+        return near, far
 
     async def hangup(self, cause: str = "normal") -> None:
         self._close("local")
-        if self._hangup_task is not None:
-            self._hangup_task.cancel()
+        for task in list(self._hangups):
+            task.cancel()
+
+
+def murmur(seconds: float) -> Prompt:
+    """A voice-like sound (a low buzz at syllable rate) standing in for speech without TTS."""
+    t = np.arange(round(seconds * RATE)) / RATE
+    tone = np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 280 * t) + 0.25 * np.sin(2 * np.pi * 420 * t)
+    syllables = 0.5 * (1 - np.cos(2 * np.pi * 4 * t))
+    return Prompt((tone * syllables * 5000).astype("<i2").tobytes())
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -8,6 +8,40 @@ from typing import Any
 from ringflow.errors import InvalidRequest
 
 OUTCOMES = ("answer", "busy", "no-answer", "failed")
+KEYS = set("0123456789*#")
+MAX_SAYS = 2000  # characters in one utterance
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+    """What the phone says into one recording or conversation, and what it does afterwards.
+
+    ``then``: "" (falls silent), one key (pressed ``silence_after`` seconds after speaking) or
+    "hangup" (hangs up ``silence_after`` seconds after speaking).
+    """
+
+    text: str
+    then: str = ""
+
+    @classmethod
+    def from_json(cls, value: Any) -> Utterance:
+        """A text, or ``{"text": ..., "then": "#" | "hangup"}``."""
+        if isinstance(value, str):
+            value = {"text": value}
+        if not isinstance(value, dict) or set(value) - {"text", "then"}:
+            raise InvalidRequest(
+                'says entries must be texts or objects {"text": "...", "then": "#" or "hangup"}'
+            )
+        text, then = value.get("text", ""), value.get("then") or ""
+        if not isinstance(text, str) or len(text) > MAX_SAYS:
+            raise InvalidRequest(f"says: text must be a string of at most {MAX_SAYS} characters")
+        if then != "hangup" and not (isinstance(then, str) and len(then) <= 1 and set(then) <= KEYS):
+            raise InvalidRequest("says: then must be one key (0-9, * or #) or \"hangup\"")
+        return cls(text=text, then=then)
+
+    def to_json(self) -> str | dict[str, str]:
+        """A plain text when nothing follows it, else the object form."""
+        return {"text": self.text, "then": self.then} if self.then else self.text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,12 +52,17 @@ class PhoneScript:
     ``no-answer`` (rings until the caller gives up) or ``failed`` (unreachable).
     ``keys``: one entry per time the app waits for input, pressed one key at a time.
     ``hangup_after``: seconds after answering that the phone hangs up (None: stays on).
+    ``says``: one entry per time the app records this phone (a voicemail, or a conversation
+    Connect records), spoken through text to speech so the recording holds real speech; then
+    the phone is silent, or presses a key or hangs up ``silence_after`` seconds later.
     """
 
     ring: float = 1.0
     outcome: str = "answer"
     keys: tuple[str, ...] = ()
     hangup_after: float | None = None
+    says: tuple[Utterance, ...] = ()
+    silence_after: float = 1.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PhoneScript:
@@ -43,22 +82,39 @@ class PhoneScript:
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise InvalidRequest("keys must be a list of strings such as [\"2\", \"1234#\"]")
         for entry in keys:
-            bad = set(entry) - set("0123456789*#")
+            bad = set(entry) - KEYS
             if bad:
                 raise InvalidRequest(f"keys may hold only 0-9, * and #, not {''.join(sorted(bad))!r}")
         hangup_after = data.get("hangup_after")
         if hangup_after is not None:
             hangup_after = _number(hangup_after, "hangup_after", 0, 86400)
-        return cls(ring=ring, outcome=outcome, keys=tuple(keys), hangup_after=hangup_after)
+        says = data.get("says", [])
+        if isinstance(says, str | dict):
+            says = [says]
+        if not isinstance(says, list):
+            raise InvalidRequest('says must be a list of texts, such as ["Hello, call me back."]')
+        silence_after = _number(data.get("silence_after", 1.0), "silence_after", 0, 3600)
+        return cls(
+            ring=ring,
+            outcome=outcome,
+            keys=tuple(keys),
+            hangup_after=hangup_after,
+            says=tuple(Utterance.from_json(entry) for entry in says),
+            silence_after=silence_after,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form, as stored."""
-        return {
+        """The JSON form, as stored (speech fields only for a phone that speaks)."""
+        data: dict[str, Any] = {
             "ring": self.ring,
             "outcome": self.outcome,
             "keys": list(self.keys),
             "hangup_after": self.hangup_after,
         }
+        if self.says:
+            data["says"] = [u.to_json() for u in self.says]
+            data["silence_after"] = self.silence_after
+        return data
 
 
 def _number(value: Any, name: str, low: float, high: float) -> float:

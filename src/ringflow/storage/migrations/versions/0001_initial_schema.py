@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 15:18:53.666191
+Create Date: 2026-11-26 15:55:45.629870
 """
 from alembic import op
 import sqlalchemy as sa
@@ -165,6 +165,25 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_outbox_call_id'), ['call_id'], unique=False)
         batch_op.create_index('ix_outbox_due', ['state', 'next_attempt_at'], unique=False)
 
+    op.create_table('recordings',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('sid', sa.String(length=32), nullable=False),
+    sa.Column('account_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('call_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('path', sa.Text(), nullable=False),
+    sa.Column('format', sa.String(length=8), nullable=False),
+    sa.Column('channels', sa.String(length=8), nullable=False),
+    sa.Column('duration', sa.Float(), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
+    sa.Column('created_at', ringflow.storage.models.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['call_id'], ['calls.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('sid')
+    )
+    with op.batch_alter_table('recordings', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_recordings_call_id'), ['call_id'], unique=False)
+
     op.create_table('outbox_attempts',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('message_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -187,6 +206,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_outbox_attempts_message_id'))
 
     op.drop_table('outbox_attempts')
+    with op.batch_alter_table('recordings', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_recordings_call_id'))
+
+    op.drop_table('recordings')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_due')
         batch_op.drop_index(batch_op.f('ix_outbox_call_id'))
