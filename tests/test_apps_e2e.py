@@ -45,19 +45,22 @@ async def save_example(rig: Rig, name: str, **node_changes: dict[str, Any]) -> i
     return (await rig.services.accounts.save_app(rig.sid, data)).id
 
 
-async def press(rig: Rig, keys: list[str]) -> None:
-    """Script the customer's phone: one entry of keys per time the app waits for input."""
+async def press(rig: Rig, keys: list[str], says: list[Any] | None = None) -> None:
+    """Script the customer's phone: one entry of keys per time the app waits for input, and
+    what it says each time the app records."""
     r = await rig.http.put(
         f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{CUSTOMER}",
-        json={"keys": keys},
+        json={"keys": keys, "says": says or []},
         auth=rig.auth,
     )
     assert r.status_code == 200, r.text
 
 
-async def call_app(rig: Rig, app_id: int, keys: list[str], **params: Any) -> str:
+async def call_app(
+    rig: Rig, app_id: int, keys: list[str], says: list[Any] | None = None, **params: Any
+) -> str:
     """Place a call from the customer that runs ``app_id``; wait until it is over."""
-    await press(rig, keys)
+    await press(rig, keys, says)
     r = await rig.connect(
         From=CUSTOMER,
         Url=rig.flow_url(app_id),
@@ -454,7 +457,8 @@ async def test_ivr_scenario(database_url):
     async with running(database_url) as rig:
         app_id = await save_example(rig, "ivr_scenario.yaml")
         rig.customer.script = [302]
-        sid = await call_app(rig, app_id, ["2", "1234#"])
+        message = {"text": "My parcel arrived damaged, please call me back.", "then": "#"}
+        sid = await call_app(rig, app_id, ["2", "1234#"], says=[message])
         steps = await timeline(rig, sid)
 
         assert steps.entered == [
@@ -479,10 +483,11 @@ async def test_ivr_scenario(database_url):
             "Welcome to Acme.",
             "For the status of an order, press 1. To tell us about an order, press 2.",
             "Please enter your order number, then press hash.",
-            "Please leave a message about your order after the beep.",
+            "Please leave a message about your order after the beep. Press hash when done.",
             "Goodbye.",
         ]
         assert steps.digits == ["2", "1234"]
+        [recording] = steps.of("recording")
 
         [lookup] = rig.customer.to("/ivr/order")
         assert lookup.status == 302
@@ -498,3 +503,7 @@ async def test_ivr_scenario(database_url):
         details = await rig.details(sid)
         assert details["Status"] == "completed"
         assert details["Details"]["Leg1Status"] == "completed"
+        # The voicemail's recording is the call's: in the details and the final callback.
+        assert details["RecordingUrl"] and details["RecordingUrl"] == recording["url"]
+        [callback] = rig.customer.to("/status")
+        assert callback.fields()["RecordingUrl"] == details["RecordingUrl"]

@@ -203,3 +203,16 @@ def test_async_passthru_does_not_wait():
 
 def test_hangup_ends_the_call():
     assert drive({"applet": "hangup"}, ctx(), []) == ([], HANGUP)
+
+
+@pytest.mark.parametrize(
+    ("vars", "expected"),
+    [
+        ({}, "call-attempt"),
+        ({"RecordingUrl": "http://x/r.mp3"}, "voicemail"),
+        ({"DialCallStatus": "completed", "RecordingUrl": "http://x/r.mp3"}, "completed"),
+        ({"DialCallStatus": "no-answer"}, "call-attempt"),
+    ],
+)
+def test_passthru_call_type(vars, expected):
+    assert query_params(ctx(**vars))["CallType"] == expected

@@ -42,6 +42,15 @@ def _timeout(value: Any) -> str | None:
     return None if ok else "must be a number of seconds from 1 to 30"
 
 
+def call_type(ctx: FlowContext) -> str:
+    """Exotel's CallType so far: a conversation happened, a message was left, or neither."""
+    if ctx.vars.get("DialCallStatus") == "completed":
+        return "completed"
+    if ctx.vars.get("RecordingUrl"):
+        return "voicemail"
+    return "call-attempt"
+
+
 def query_params(ctx: FlowContext) -> dict[str, str]:
     """The query parameters Exotel sends to a Passthru URL at this point of the call."""
     now = ctx.now()
@@ -56,7 +65,7 @@ def query_params(ctx: FlowContext) -> dict[str, str]:
         "StartTime": ctx.fmt(ctx.started_at),
         "EndTime": CONSTANT_END_TIME,
         "CurrentTime": ctx.fmt(now),
-        "CallType": "completed" if ctx.vars.get("DialCallStatus") == "completed" else "call-attempt",
+        "CallType": call_type(ctx),
         "flow_id": str(ctx.app_id),
         "tenant_id": str(ctx.account_id),
     }
