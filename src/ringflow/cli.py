@@ -122,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--outcome", default="answer", help="answer, busy, no-answer or failed")
     p.add_argument("--keys", action="append", default=[], help="keys pressed at an input (repeatable)")
     p.add_argument("--hangup-after", type=float, help="hang up this many seconds after answering")
+    p.add_argument("--says", action="append", default=[], help="what it says when recorded (repeatable)")
     p.set_defaults(func=_run(_sandbox_script))
     p = sandbox.add_parser("clear", help="forget a virtual phone's script")
     p.add_argument("number")
@@ -304,7 +305,13 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
 async def _sandbox_script(accounts: Accounts, args: argparse.Namespace) -> None:
     number = normalize(args.number, field="number")
     script = PhoneScript.from_dict(
-        {"ring": args.ring, "outcome": args.outcome, "keys": args.keys, "hangup_after": args.hangup_after}
+        {
+            "ring": args.ring,
+            "outcome": args.outcome,
+            "keys": args.keys,
+            "hangup_after": args.hangup_after,
+            "says": args.says,
+        }
     ).to_dict()
     scope = args.account.lower()
     async with accounts.db.session() as session:
