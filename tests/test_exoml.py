@@ -17,7 +17,18 @@ from hypothesis import strategies as st
 
 from ringflow.errors import AppInvalid, InvalidRequest
 from ringflow.flows import exoml
-from ringflow.flows.actions import HANGUP, CollectDigits, HttpGet, HttpResult, Play, Say
+from ringflow.flows.actions import (
+    HANGUP,
+    CollectDigits,
+    Dial,
+    DialResult,
+    HttpGet,
+    HttpResult,
+    Play,
+    Record,
+    RecordResult,
+    Say,
+)
 from ringflow.flows.applets import REGISTRY
 from ringflow.flows.applets import exoml as applet
 from ringflow.flows.context import FlowContext
@@ -420,17 +431,30 @@ def xml(body: str, status: int = 200) -> HttpResult:
 
 
 class Customer:
-    """Answers each HttpGet from a list of results, and each CollectDigits from a list of keys."""
+    """Answers each HttpGet from a list of results, each CollectDigits from a list of keys,
+    each Dial and Record from lists of their results."""
 
-    def __init__(self, *documents: HttpResult, keys: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        *documents: HttpResult,
+        keys: tuple[str, ...] = (),
+        dials: tuple[DialResult, ...] = (),
+        records: tuple[RecordResult, ...] = (),
+    ):
         self.documents = list(documents)
         self.keys = list(keys)
+        self.dials = list(dials)
+        self.records = list(records)
 
     def __call__(self, action: Any) -> Any:
         if isinstance(action, HttpGet):
             return self.documents.pop(0) if self.documents else xml(response())
         if isinstance(action, CollectDigits):
             return self.keys.pop(0) if self.keys else ""
+        if isinstance(action, Dial):
+            return self.dials.pop(0)
+        if isinstance(action, Record):
+            return self.records.pop(0)
         return None
 
 
@@ -552,11 +576,6 @@ def test_a_gather_loop_counts_against_the_bound_too():
             xml("<Response>\n<Say>ok</Say>\n<Gather numDigits='x'/></Response>"),
             f"{BASE}: invalid ExoML: line 3 <Gather> attribute 'numDigits': 'x' is not a whole number from 1 to 32",
         ),
-        (
-            xml("<Response>\n<Say>hi</Say>\n<Dial>09812345678</Dial></Response>"),
-            f"{BASE} line 3: <Dial> is not supported yet",
-        ),
-        (xml("<Response><Record/></Response>"), f"{BASE} line 1: <Record> is not supported yet"),
     ],
 )
 def test_errors_leave_by_on_error_with_the_reason(result, reason):
@@ -585,6 +604,120 @@ def test_a_successful_visit_clears_an_old_error():
     context = ctx(exoml_error="old")
     _, taken = drive(context, Customer(xml(response("<Say>hi</Say>"))))
     assert taken == "next" and "exoml_error" not in context.vars
+
+
+REC = "https://ringflow.example/v1/Accounts/acme/Recordings/re1.mp3"
+
+
+def test_dial_rings_the_numbers_in_turn_and_goes_on_with_the_next_verb_without_action():
+    context = ctx()
+    doc = response(
+        '<Dial callerId="08039591234" timeout="20" timeLimit="600" record="true">'
+        "<Number>09812345679</Number><Number>sip:agent@pbx.example</Number></Dial>",
+        "<Say>After the call</Say>",
+    )
+    answered = DialResult("completed", "+919812345679", 42, recording_url=REC)
+    actions, taken = drive(context, Customer(xml(doc), dials=(answered,)))
+    assert taken == "next"
+    assert actions[1:] == [
+        Dial(
+            numbers=("+919812345679", "sip:agent@pbx.example"),
+            ring_timeout=20.0,
+            simultaneous=False,
+            caller_id="+918039591234",
+            max_conversation=600.0,
+            record=True,
+        ),
+        Say("After the call", None),
+    ]
+    assert context.vars["DialCallStatus"] == "completed"
+    assert context.vars["DialCallDuration"] == "42"
+    assert context.vars["DialWhomNumber"] == "09812345679"
+    assert context.vars["RecordingUrl"] == REC
+
+
+def test_dial_defaults():
+    doc = xml(response("<Dial>09812345679</Dial>"))
+    actions, _ = drive(ctx(), Customer(doc, dials=(DialResult("busy"),)))
+    assert actions[1] == Dial(
+        numbers=("+919812345679",), ring_timeout=30.0, max_conversation=14400.0, record=False
+    )
+
+
+def test_dial_with_action_sends_the_outcome_and_runs_the_answer():
+    context = ctx()
+    doc = response('<Dial action="/dialed">09812345679</Dial>', "<Say>never reached</Say>")
+    after = response("<Say>Nobody answered</Say>", "<Hangup/>")
+    actions, taken = drive(
+        context, Customer(xml(doc), xml(after), dials=(DialResult("no-answer", "+919812345679"),))
+    )
+    assert taken == HANGUP
+    start, dialed = gets(actions)
+    assert dialed.url == "https://cust.example/dialed"
+    assert "DialCallStatus" not in start.params
+    assert dialed.params["DialCallStatus"] == "no-answer"
+    assert dialed.params["DialCallDuration"] == "0"
+    assert dialed.params["DialWhomNumber"] == "09812345679"
+    assert dialed.params["CallSid"] == "abc" and "RecordingUrl" not in dialed.params
+    assert [a.text for a in actions if isinstance(a, Say)] == ["Nobody answered"]
+
+
+def test_record_with_action_sends_the_url_and_the_key_and_runs_the_answer():
+    context = ctx(digits="12")  # an earlier Gather's keys: replaced by the key that ended it
+    doc = response(
+        "<Say>Leave a message</Say>",
+        '<Record action="/vm" maxLength="60" timeout="3" finishOnKey="#*" playBeep="false"/>',
+        "<Say>never reached</Say>",
+    )
+    after = response("<Say>Thanks</Say>")
+    heard = RecordResult(REC, 7.5, digits="#", ended_by="key", sid="re1")
+    actions, taken = drive(context, Customer(xml(doc), xml(after), records=(heard,)))
+    assert taken == "next"
+    assert [a for a in actions if not isinstance(a, HttpGet)] == [
+        Say("Leave a message", None),
+        Record(max_length=60.0, finish_on="#*", beep=False, silence_timeout=3.0),
+        Say("Thanks", None),
+    ]
+    _, vm = gets(actions)
+    assert vm.url == "https://cust.example/vm"
+    assert vm.params["RecordingUrl"] == REC and vm.params["digits"] == '"#"'
+    assert vm.params["CallType"] == "voicemail"
+    assert context.vars["RecordingUrl"] == REC
+
+
+def test_record_without_action_posts_back_to_the_document_and_defaults_follow_exotel():
+    heard = RecordResult(REC, 4.0, digits="", ended_by="silence")
+    loop = xml(response("<Record/>"))
+    actions, taken = drive(ctx(), Customer(loop, xml(response()), records=(heard,)))
+    assert taken == "next"
+    assert actions[1] == Record(
+        max_length=3600.0, finish_on="1234567890*#", beep=True, silence_timeout=5.0
+    )
+    start, again = gets(actions)
+    assert again.url == start.url == BASE
+    assert again.params["RecordingUrl"] == REC and again.params["digits"] == '""'
+
+
+def test_a_silent_record_goes_on_with_the_next_verb_without_asking_the_action():
+    context = ctx()
+    doc = response('<Record action="/vm"/>', "<Say>We did not hear you</Say>")
+    silence = RecordResult(None, ended_by="silence")
+    actions, taken = drive(context, Customer(xml(doc), records=(silence,)))
+    assert taken == "next"
+    assert len(gets(actions)) == 1 and "RecordingUrl" not in context.vars
+    assert actions[-1] == Say("We did not hear you", None)
+
+
+def test_a_caller_who_hangs_up_while_recording_is_told_to_the_action_whose_answer_is_not_run():
+    doc = response('<Record action="/vm"/>', "<Say>never reached</Say>")
+    heard = RecordResult(REC, 3.0, ended_by="hangup")
+    actions, taken = drive(
+        ctx(), Customer(xml(doc), xml(response("<Say>not run</Say>")), records=(heard,))
+    )
+    assert taken == "next"
+    _, vm = gets(actions)
+    assert vm.url == "https://cust.example/vm" and vm.params["RecordingUrl"] == REC
+    assert not any(isinstance(a, Say) for a in actions)
 
 
 # --- the applet's fields, checked with the app ---------------------------------------------

@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 import pathlib
 from typing import Any
+from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 import yaml
 
+from ringflow.media import frame_rms, load_audio, voiced_seconds
 from tests.e2e import EXOPHONE, Rig, running
 
 EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "exoml.yaml"
 CUSTOMER = "09812345678"
+CALLEE = "09812345679"
 SORRY = "Sorry, something went wrong. Please call again later."
 
 WELCOME = """<?xml version="1.0" encoding="UTF-8"?>
@@ -42,19 +46,25 @@ def xml(body: str) -> tuple[int, str, str]:
     return (200, "application/xml", body)
 
 
-async def start(rig: Rig, keys: list[str], timeout: int | None = None) -> str:
+async def script(rig: Rig, number: str, **behaviour: Any) -> None:
+    r = await rig.http.put(
+        f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
+        json=behaviour,
+        auth=rig.auth,
+    )
+    assert r.status_code == 200, r.text
+
+
+async def start(
+    rig: Rig, keys: list[str] | None = None, timeout: int | None = None, **behaviour: Any
+) -> str:
     """Save the example app pointing at the customer's server, script the phone, place a call."""
     app = yaml.safe_load(EXAMPLE.read_text())
     app["nodes"]["ivr"]["url"] = f"{rig.customer.url}/exoml/start"
     if timeout is not None:
         app["nodes"]["ivr"]["timeout"] = timeout
     saved = await rig.services.accounts.save_app(rig.sid, app)
-    r = await rig.http.put(
-        f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{CUSTOMER}",
-        json={"keys": keys},
-        auth=rig.auth,
-    )
-    assert r.status_code == 200, r.text
+    await script(rig, CUSTOMER, **({"keys": keys} if keys is not None else {}), **behaviour)
     r = await rig.connect(
         From=CUSTOMER,
         Url=rig.flow_url(saved.id),
@@ -170,3 +180,96 @@ async def test_the_reason_for_a_bad_document_is_on_the_timeline(database_url):
         events = await rig.timeline(sid)
         reason = "line 3 <Gather> attribute 'numDigits': 'four' is not a whole number from 1 to 32"
         assert any(reason in json.dumps(e["data"]) for e in events), events
+
+
+DIAL = """<Response>
+  <Say>Connecting you to an agent.</Say>
+  <Dial action="/exoml/dialed" method="GET" timeout="20" timeLimit="600">
+    <Number>09999900001</Number>
+    <Number>09812345679</Number>
+  </Dial>
+  <Say>never heard</Say>
+</Response>
+"""
+AFTER_DIAL = """<Response>
+  <Say>Thanks for calling Acme.</Say>
+  <Hangup/>
+</Response>
+"""
+
+
+async def test_dial_rings_in_turn_and_the_action_hears_how_the_conversation_went(database_url):
+    async with running(database_url) as rig:
+        await script(rig, CALLEE, ring=2, hangup_after=10)
+        rig.customer.script = [xml(DIAL), xml(AFTER_DIAL)]
+        sid = await start(rig)
+        assert (await rig.finish(sid)).status == "completed"
+
+        legs = [(leg.leg_no, leg.number, leg.status) for leg in (await rig.call(sid)).legs]
+        assert legs == [
+            (1, "+919812345678", "completed"),
+            (2, "+919999900001", "busy"),
+            (3, "+919812345679", "completed"),
+        ]
+        [start_request] = rig.customer.to("/exoml/start")
+        assert "DialCallStatus" not in start_request.query
+        [dialed] = rig.customer.to("/exoml/dialed")
+        q = dialed.query
+        assert q["DialCallStatus"] == "completed" and q["DialCallDuration"] == "10"
+        assert q["DialWhomNumber"] == CALLEE and q["CallType"] == "completed"
+        assert q["CallSid"] == sid and q["CustomField"] == "order-42"
+
+        events = await rig.timeline(sid)
+        assert said(events) == ["Connecting you to an agent.", "Thanks for calling Acme."]
+        [dial] = [e["data"] for e in events if e["kind"] == "dial"]
+        assert dial == {"numbers": ["+919999900001", "+919812345679"], "simultaneous": False}
+        assert exits(events) == [("ivr", "hangup", None)]
+
+
+MESSAGE = "Hello, this is Asha from Pune. My order has not arrived yet, please call me back."
+RECORD = """<Response>
+  <Say>Please leave a message after the beep.</Say>
+  <Record action="/exoml/vm" method="GET" maxLength="60" timeout="3" finishOnKey="#"/>
+  <Say>never heard</Say>
+</Response>
+"""
+AFTER_RECORD = """<Response>
+  <Say>Thank you. We will call you back.</Say>
+</Response>
+"""
+
+
+async def test_record_sends_a_recording_url_that_serves_the_message_to_the_account(
+    database_url, tmp_path
+):
+    async with running(database_url, data_dir=str(tmp_path)) as rig:
+        rig.customer.script = [xml(RECORD), xml(AFTER_RECORD)]
+        sid = await start(rig, says=[MESSAGE])
+        assert (await rig.finish(sid)).status == "completed"
+
+        [vm] = rig.customer.to("/exoml/vm")
+        url = vm.query["RecordingUrl"]
+        assert url.startswith(f"{rig.services.settings.base_url}/v1/Accounts/{rig.sid}/Recordings/")
+        assert url.endswith(".mp3")
+        assert vm.query["digits"] == '""'  # silence ended it, not a key
+        assert vm.query["CallType"] == "voicemail" and vm.query["CallSid"] == sid
+
+        events = await rig.timeline(sid)
+        assert said(events) == [
+            "Please leave a message after the beep.",
+            "Thank you. We will call you back.",
+        ]
+        [step] = [e["data"] for e in events if e["kind"] == "recording"]
+        assert step["message"] is True and step["url"] == url and step["ended_by"] == "silence"
+        assert exits(events) == [("ivr", "next", "goodbye"), ("goodbye", "hangup", None)]
+
+        parts = urlsplit(url)
+        where = rig.base + parts.path
+        assert (await rig.http.get(where)).status_code == 401
+        fetched = await rig.http.get(where, auth=rig.auth)
+        assert fetched.status_code == 200 and fetched.headers["content-type"] == "audio/mpeg"
+        audio = load_audio(fetched.content)
+        talk = (await rig.services.tts.speak(MESSAGE)).duration
+        speech = audio.pcm[: int(talk * 16000) // 2 * 2]
+        assert float(np.sqrt(np.mean(frame_rms(speech) ** 2))) > 500  # speech, not hiss
+        assert voiced_seconds(speech) > talk / 2

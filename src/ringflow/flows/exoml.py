@@ -88,7 +88,10 @@ class Gather:
 
 @dataclasses.dataclass(frozen=True)
 class Dial:
-    """Connect the caller to the first of ``numbers`` (E.164 or sip: URIs) to answer."""
+    """Connect the caller to the first of ``numbers`` (E.164 or sip: URIs) to answer.
+
+    The numbers ring one after another, in document order, as in Exotel's Connect applet
+    (TwiML rings them all at once)."""
 
     numbers: tuple[str, ...]
     action: str | None = None

@@ -7,9 +7,24 @@ plays its prompts and collects keys, and keys send the call to its ``action`` UR
 fetches the next document; Hangup ends the call. A document that runs to its end leaves by
 ``next``.
 
+Dial rings its numbers one after another, in document order (as Exotel's Connect applet does
+by default; TwiML rings them all at once), each for ``timeout`` seconds, and puts the caller
+through to the first that answers, for at most ``timeLimit`` seconds. Afterwards later applets
+see ``DialCallStatus``, ``DialCallDuration`` and ``DialWhomNumber`` (and ``RecordingUrl`` when
+``record="true"``), as after Connect. With an ``action`` the call goes on with the document
+that URL answers (the request carries those variables among the Passthru parameters);
+without one, with the verb after the Dial.
+
+Record records the caller (a beep first unless ``playBeep="false"``) until ``finishOnKey``,
+``timeout`` seconds of silence or ``maxLength``. The recording's URL becomes ``RecordingUrl``
+and goes, with ``digits`` (the key that ended it, ``""`` if none did), to ``action`` (default:
+the document's own URL), whose answer runs next. When only silence was heard nothing is kept
+and the call goes on with the next verb without asking ``action``, as TwiML does. When the
+caller hung up while recording, ``action`` is still told, but its answer is not run.
+
 Anything that stops the document (no answer, a non-2xx status, an invalid document, more
-than ``max_documents`` documents in one visit, a Dial or Record, which ringflow cannot carry
-out yet) leaves by ``on_error`` with the reason in ``ctx.vars["exoml_error"]``.
+than ``max_documents`` documents in one visit) leaves by ``on_error`` with the reason in
+``ctx.vars["exoml_error"]``.
 
 Every request is a GET: a ``method="POST"`` in the document is accepted but not honoured yet,
 since applets can only ask the engine for GETs.
@@ -22,10 +37,22 @@ from collections.abc import Generator
 from typing import Any
 
 from ringflow.flows import exoml
-from ringflow.flows.actions import HANGUP, CollectDigits, HttpGet, HttpResult, Play, Say
+from ringflow.flows.actions import (
+    HANGUP,
+    CollectDigits,
+    Dial,
+    DialResult,
+    HttpGet,
+    HttpResult,
+    Play,
+    Record,
+    RecordResult,
+    Say,
+)
 from ringflow.flows.applets.passthru import DEFAULT_TIMEOUT, check_url, query_params
 from ringflow.flows.context import FlowContext
 from ringflow.flows.model import AppletSpec, Node
+from ringflow.phone import display
 
 DEFAULT_MAX_DOCUMENTS = 10
 ERROR_VAR = "exoml_error"
@@ -46,6 +73,7 @@ class _Fetch:
     """Where the document that runs next comes from."""
 
     url: str
+    run: bool = True  # False: only tell the URL (the caller is gone), then leave by next
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +102,9 @@ def run(node: Node, ctx: FlowContext) -> Generator[Any, Any, str]:
         if isinstance(outcome, _Stop):
             return _fail(ctx, outcome.reason)
         url = outcome.url
+        if not outcome.run:
+            yield HttpGet(url=url, params=query_params(ctx), timeout=timeout)
+            return "next"
     return _fail(
         ctx, f"more than {limit} ExoML documents in one visit (a Redirect or Gather loop?)"
     )
@@ -116,14 +147,43 @@ def _execute(
             if digits:
                 ctx.vars["digits"] = digits
                 return _Fetch(verb.action)
+        elif isinstance(verb, exoml.Dial):
+            yield from _dial(verb, ctx)
+            if verb.action is not None:
+                return _Fetch(verb.action)
+        elif isinstance(verb, exoml.Record):
+            recorded: RecordResult = yield Record(
+                max_length=float(verb.max_length),
+                finish_on=verb.finish_on_key,
+                beep=verb.play_beep,
+                silence_timeout=float(verb.timeout),
+            )
+            if recorded.url is not None:
+                ctx.vars["RecordingUrl"] = recorded.url
+                ctx.vars["digits"] = recorded.digits
+                return _Fetch(verb.action, run=recorded.ended_by != "hangup")
         elif isinstance(verb, exoml.Redirect):
             return _Fetch(verb.url)
         elif isinstance(verb, exoml.Hangup):
             return HANGUP
-        else:
-            name = type(verb).__name__
-            return _Stop(f"{document.url} line {verb.line}: <{name}> is not supported yet")
     return None
+
+
+def _dial(verb: exoml.Dial, ctx: FlowContext) -> Generator[Any, Any, None]:
+    """Ring the numbers in turn; leave the outcome in ctx.vars, as Connect does."""
+    result: DialResult = yield Dial(
+        numbers=verb.numbers,
+        ring_timeout=float(verb.timeout),
+        simultaneous=False,
+        caller_id=verb.caller_id,
+        max_conversation=float(verb.time_limit),
+        record=verb.record,
+    )
+    ctx.vars["DialCallStatus"] = result.status
+    ctx.vars["DialCallDuration"] = str(result.duration)
+    ctx.vars["DialWhomNumber"] = display(result.number) if result.number else ""
+    if result.recording_url:
+        ctx.vars["RecordingUrl"] = result.recording_url
 
 
 def _prompt(verb: exoml.Say | exoml.Play) -> Generator[Any, Any, None]:
