@@ -19,13 +19,13 @@ from ringflow import __version__
 from ringflow.accounts import Accounts
 from ringflow.api.admin import AdminApi
 from ringflow.api.exotel import ExotelApi
+from ringflow.audio_files import MAX_AUDIO_BYTES, AudioStore, FlowHttp
 from ringflow.calls.dispatcher import Dispatcher
 from ringflow.calls.housekeeping import Housekeeper
 from ringflow.calls.runner import CallRunner
 from ringflow.clock import Clock, make_clock
 from ringflow.config import Settings
 from ringflow.errors import InvalidRequest
-from ringflow.flows.actions import HttpGet, HttpResult
 from ringflow.media.audio import Prompt
 from ringflow.media.cache import PromptCache
 from ringflow.media.tts import TextToSpeech, TtsError
@@ -36,7 +36,7 @@ from ringflow.storage.models import SandboxPhone
 from ringflow.telephony.carrier import Carrier
 from ringflow.telephony.sandbox import PhoneScript, SandboxCarrier
 from ringflow.webhooks.deliverer import Deliverer
-from ringflow.webhooks.http import FetchError, OutboundHttp
+from ringflow.webhooks.http import OutboundHttp
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Services:
     tts: TextToSpeech
     housekeeper: Housekeeper
     recordings: RecordingStore
+    audio: AudioStore
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, carrier: Carrier | None = None) -> Services:
@@ -66,10 +67,14 @@ class Services:
         db = Database(settings.database_url, clock)
         http = OutboundHttp(settings, clock)
         deliverer = Deliverer(db, clock, http, settings)
-        tts = TextToSpeech(PromptCache(Path(settings.data_dir) / "media"))
+        prompts = PromptCache(Path(settings.data_dir) / "media")
+        tts = TextToSpeech(prompts)
+        # Audio files are larger than the answers applets read, so they get their own size cap.
+        audio_http = OutboundHttp(settings, clock, max_body=MAX_AUDIO_BYTES)
+        audio = AudioStore(settings, db, prompts, audio_http, clock)
         carrier = carrier or SandboxCarrier(clock, _script_lookup(db), _speech(tts))
         recordings = RecordingStore(settings, db, clock)
-        runner = CallRunner(db, clock, carrier, _http_getter(http), deliverer.wake, recordings)
+        runner = CallRunner(db, clock, carrier, FlowHttp(http, audio), deliverer.wake, recordings)
         dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake)
         return cls(
             settings=settings,
@@ -85,6 +90,7 @@ class Services:
             tts=tts,
             housekeeper=Housekeeper(db, clock, settings, dispatcher.release, deliverer.wake),
             recordings=recordings,
+            audio=audio,
         )
 
     async def start(self) -> None:
@@ -101,6 +107,7 @@ class Services:
         await self.dispatcher.stop()
         await self.deliverer.stop()
         await self.http.aclose()
+        await self.audio.http.aclose()
         await self.rate_limiter.close()
         self.tts.close()
         await self.db.close()
@@ -134,23 +141,6 @@ def _speech(tts: TextToSpeech) -> Any:
             return None
 
     return speak
-
-
-def _http_getter(http: OutboundHttp) -> Any:
-    async def get(action: HttpGet) -> HttpResult:
-        try:
-            result = await http.get(
-                action.url, params=action.params, headers=action.headers, timeout=action.timeout, field="url"
-            )
-        except (InvalidRequest, FetchError) as exc:
-            return HttpResult(status=None, error=str(exc))
-        return HttpResult(
-            status=result.status_code,
-            content_type=result.headers.get("content-type", ""),
-            text=result.body.decode("utf-8", "replace"),
-        )
-
-    return get
 
 
 async def health(request: Request) -> Response:

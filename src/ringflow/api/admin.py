@@ -1,5 +1,5 @@
-"""The admin JSON API (``/admin/v1``): apps, sandbox phones, call timelines and signed links to
-recordings, of one account.
+"""The admin JSON API (``/admin/v1``): apps, uploaded audio, sandbox phones, call timelines and
+signed links to recordings, of one account.
 
 Authenticated like the Exotel edge (Basic, API key and token of the account in the path).
 """
@@ -16,7 +16,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ringflow.api.auth import CHALLENGE, authenticate
+from ringflow.audio_files import MAX_AUDIO_BYTES, AudioUnavailable
 from ringflow.errors import AuthError, Conflict, Forbidden, InvalidRequest, NotFound
+from ringflow.media.audio import wav_bytes
 from ringflow.phone import normalize
 from ringflow.storage.models import Account, App, Call, CallEvent, SandboxPhone
 from ringflow.telephony.sandbox import PhoneScript
@@ -47,6 +49,8 @@ class AdminApi:
             Route(PREFIX + "/sandbox/phones/{number}", self._wrap(self.put_phone), methods=["PUT"]),
             Route(PREFIX + "/sandbox/phones/{number}", self._wrap(self.delete_phone), methods=["DELETE"]),
             Route(PREFIX + "/calls/{call_sid}/events", self._wrap(self.call_events), methods=["GET"]),
+            Route(PREFIX + "/audio", self._wrap(self.upload_audio), methods=["POST"]),
+            Route(PREFIX + "/audio/{audio_id}", self._wrap(self.get_audio), methods=["GET"]),
             Route(
                 PREFIX + "/recordings/{recording_sid}/link",
                 self._wrap(self.recording_link),
@@ -137,6 +141,27 @@ class AdminApi:
         return JSONResponse({"call_sid": call.sid, "status": call.status, "reason": call.reason, "events": events})
 
 
+    async def upload_audio(self, request: Request, account: Account) -> Response:
+        """Store a WAV or MP3 (any rate, any channels) as 8 kHz mono, for greetings' ``audio``."""
+        data = await _capped_body(request, MAX_AUDIO_BYTES)
+        audio_id, prompt = await self.s.audio.save(account.sid, data)
+        return JSONResponse(
+            {"id": audio_id, "duration": round(prompt.duration, 3), "url": self._audio_url(account, audio_id)},
+            status_code=201,
+        )
+
+    async def get_audio(self, request: Request, account: Account) -> Response:
+        """An uploaded audio as stored: an 8 kHz mono 16-bit WAV."""
+        audio_id = request.path_params["audio_id"]
+        try:
+            prompt = await self.s.audio.stored(account.sid, audio_id)
+        except AudioUnavailable as exc:
+            raise NotFound(str(exc)) from None
+        return Response(wav_bytes(prompt), media_type="audio/wav")
+
+    def _audio_url(self, account: Account, audio_id: str) -> str:
+        return f"{self.s.settings.base_url}/admin/v1/accounts/{account.sid}/audio/{audio_id}"
+
     async def recording_link(self, request: Request, account: Account) -> Response:
         """A signed URL that opens the recording without credentials for ``ttl`` seconds."""
         raw = request.query_params.get("ttl", str(DEFAULT_LINK_TTL))
@@ -151,6 +176,20 @@ class AdminApi:
         url, expires = self.s.recordings.signed_url(account.sid, row, ttl)
         expires_at = dt.datetime.fromtimestamp(expires, dt.UTC).isoformat()
         return JSONResponse({"url": url, "expires": expires, "expires_at": expires_at})
+
+
+async def _capped_body(request: Request, limit: int) -> bytes:
+    """The request body, refused once it grows past ``limit`` bytes (before reading it all)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise InvalidRequest(f"request body too large: at most {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidRequest(f"request body too large: at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _json_body(request: Request) -> Any:

@@ -15,7 +15,7 @@ class Say:
 
 @dataclasses.dataclass(frozen=True)
 class Play:
-    """Play an audio URL to the caller. Result: None."""
+    """Play an audio URL to the caller. Result: None, or why it could not be played."""
 
     url: str
 
@@ -29,6 +29,7 @@ class HttpGet:
     timeout: float
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     wait: bool = True  # False: fire and forget (async Passthru); the result is None
+    method: str = "GET"  # or "HEAD" (a dynamic greeting asks HEAD first)
 
 
 @dataclasses.dataclass(frozen=True)

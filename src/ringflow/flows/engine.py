@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ringflow.errors import RingflowError
 from ringflow.flows.actions import (
     HANGUP,
     CollectDigits,
@@ -137,9 +138,7 @@ class FlowEngine:
             await self.channel.say(action.text, action.voice)
             return None
         if isinstance(action, Play):
-            await self.record("play", {"url": action.url})
-            await self.channel.play(action.url)
-            return None
+            return await self._play(action)
         if isinstance(action, CollectDigits):
             digits = await self.channel.collect_digits(
                 action.max_digits, action.timeout, action.finish_on
@@ -169,6 +168,25 @@ class FlowEngine:
             return await self._fetch(action)
         raise TypeError(f"applet yielded an unknown action: {action!r}")
 
+    async def _play(self, action: Play) -> str | None:
+        """Fetch and convert the audio, then play it for its real length; returns the reason
+        it could not be played (recorded on the timeline, the prompt skipped), else None."""
+        await self.record("play", {"url": action.url})
+        # The getter may also load audio (services wire one that does); without it the channel
+        # plays the URL as it can.
+        load = getattr(self.http_get, "audio", None)
+        if load is None:
+            await self.channel.play(action.url)
+            return None
+        try:
+            prompt = await load(action.url, self.ctx.account_id)
+        except RingflowError as exc:
+            log.info("call %s: cannot play %s: %s", self.ctx.call_sid, action.url, exc)
+            await self.record("play.failed", {"url": action.url, "error": str(exc)})
+            return str(exc)
+        await self.channel.play(action.url, prompt.pcm)
+        return None
+
     async def _record(self, action: Record) -> RecordResult:
         """Record the caller; keep the audio only if someone spoke (silence is no message)."""
         heard = await self.channel.record(
@@ -193,8 +211,9 @@ class FlowEngine:
         result = await self.http_get(action)
         latency = round((time.perf_counter() - started) * 1000)
         log.info(
-            "call %s: GET %s -> %s (%d ms)",
+            "call %s: %s %s -> %s (%d ms)",
             self.ctx.call_sid,
+            action.method,
             action.url,
             result.status or result.error,
             latency,
@@ -202,6 +221,7 @@ class FlowEngine:
         await self.record(
             "http",
             {
+                "method": action.method,
                 "url": action.url,
                 "params": action.params,
                 "status": result.status,

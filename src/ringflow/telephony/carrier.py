@@ -121,8 +121,9 @@ class Channel(Protocol):
     async def say(self, text: str, voice: str | None = None) -> None:
         """Speak ``text`` to the party."""
 
-    async def play(self, url: str) -> None:
-        """Play an audio file to the party."""
+    async def play(self, url: str, audio: bytes | None = None) -> None:
+        """Play the audio of ``url`` to the party: ``audio`` when the caller fetched it
+        (8 kHz mono 16-bit PCM, played for exactly its length)."""
 
     async def collect_digits(self, max_digits: int, timeout: float, finish_on: str) -> str:
         """Collect up to ``max_digits`` keys, ending early on ``finish_on`` or ``timeout``."""

@@ -183,10 +183,12 @@ class SandboxChannel:
                 prompt = await self.speech(text, voice)
         await self._hold(prompt.duration if prompt is not None else speech_seconds(text))
 
-    async def play(self, url: str) -> None:
+    async def play(self, url: str, audio: bytes | None = None) -> None:
         if not self.closed:
             self.heard.append(url)
-        await self._hold(AUDIO_PROMPT_SECONDS)
+        # Without the audio (a caller that did not fetch it) a typical prompt length stands in.
+        seconds = len(audio) / (RATE * SAMPLE_WIDTH) if audio is not None else AUDIO_PROMPT_SECONDS
+        await self._hold(seconds)
 
     async def collect_digits(self, max_digits: int, timeout: float, finish_on: str) -> str:
         digits = ""
