@@ -507,3 +507,26 @@ async def test_ivr_scenario(database_url):
         assert details["RecordingUrl"] and details["RecordingUrl"] == recording["url"]
         [callback] = rig.customer.to("/status")
         assert callback.fields()["RecordingUrl"] == details["RecordingUrl"]
+
+
+# Voicemail: examples/voicemail.yaml
+
+
+async def test_voicemail_example(database_url):
+    async with running(database_url) as rig:
+        app_id = await save_example(rig, "voicemail.yaml")
+        message = {"text": "This is Asha, please call me on nine eight one two.", "then": "#"}
+        sid = await call_app(rig, app_id, [], says=[message])
+        steps = await timeline(rig, sid)
+        assert steps.entered == ["message", "notify", "thanks", "bye"]
+        [recording] = steps.of("recording")
+        [notify] = rig.customer.to("/ivr/voicemail")
+        assert notify.query["RecordingUrl"] == recording["url"]
+        assert notify.query["CallType"] == "voicemail"
+        details = await rig.details(sid)
+        assert details["RecordingUrl"] == recording["url"]
+        [callback] = rig.customer.to("/status")
+        assert callback.fields()["RecordingUrl"] == recording["url"]
+        path = recording["url"].removeprefix(rig.services.settings.base_url)
+        audio = await rig.http.get(rig.base + path, auth=rig.auth)
+        assert audio.status_code == 200 and audio.headers["content-type"] == "audio/mpeg"
