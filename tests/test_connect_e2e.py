@@ -162,3 +162,42 @@ async def test_the_greeting_passthru_example(database_url):
         ]
         [check] = rig.customer.to("/ivr/check")
         assert check.query["Direction"] == "outbound-dial" and check.query["CallSid"] == sid
+
+
+def tone_wav(seconds: float = 1.0) -> bytes:
+    """A 440 Hz tone as an 8 kHz mono WAV."""
+    import io
+    import math
+    import struct
+    import wave
+
+    frames = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * n / 8000)))
+        for n in range(int(8000 * seconds))
+    )
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(frames)
+    return out.getvalue()
+
+
+async def test_music_while_the_numbers_ring(database_url):
+    async with running(database_url) as rig:
+        await script(rig, "09812345679", ring=5, hangup_after=2)
+        rig.customer.script = [(200, "audio/wav", tone_wav())]
+        app = connect_app(
+            f"{rig.customer.url}/report",
+            numbers=["09812345679"],
+            music_on_hold=f"{rig.customer.url}/music.wav",
+        )
+        sid, _ = await place(rig, app)
+        events = await rig.timeline(sid)
+        [music] = [e for e in events if e["kind"] == "music"]
+        answered = next(e for e in events if e["kind"] == "status" and e["data"]["legs"].get("2") == "in-progress")
+        assert music["data"]["url"] == f"{rig.customer.url}/music.wav"
+        assert music["at"] < answered["at"]
+        assert len(rig.customer.to("/music.wav")) == 1  # fetched once, looped while ringing
+        assert rig.customer.to("/report")[0].query["DialCallStatus"] == "completed"

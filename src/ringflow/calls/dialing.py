@@ -17,6 +17,7 @@ from sqlalchemy import select
 from ringflow.calls.status import Event
 from ringflow.calls.transitions import Change, apply
 from ringflow.clock import wait_with_timeout
+from ringflow.errors import RingflowError
 from ringflow.flows.actions import Dial, DialResult
 from ringflow.storage.models import Account, Call, Leg
 from ringflow.telephony.carrier import Answered, Channel, ConversationTap, Rejected
@@ -42,15 +43,32 @@ class FlowDialer:
         self.channels = channels  # the runner's live channels (the time limit hangs them up)
 
     async def __call__(self, action: Dial) -> DialResult:
-        if action.simultaneous:
-            answered, outcomes = await self._ring_all(action)
-        else:
-            answered, outcomes = await self._ring_in_turn(action)
+        music = asyncio.ensure_future(self._music(action.music)) if action.music else None
+        try:
+            if action.simultaneous:
+                answered, outcomes = await self._ring_all(action)
+            else:
+                answered, outcomes = await self._ring_in_turn(action)
+        finally:
+            if music is not None:
+                music.cancel()
+                await asyncio.gather(music, return_exceptions=True)
         if answered is None:
             status = next((o for o in PRECEDENCE if o in outcomes), "failed")
             return DialResult(status, action.numbers[-1] if action.numbers else None)
         leg_no, number, channel = answered
         return await self._talk(leg_no, number, channel, action)
+
+    async def _music(self, url: str) -> None:
+        """Loop ``url`` to the caller until the ringing is over (the task is canceled)."""
+        try:
+            prompt = await self.runner.http_get.audio(url, self.account.id)
+        except RingflowError as exc:
+            await self.runner.record(self.call, "play.failed", {"url": url, "error": str(exc)})
+            return
+        await self.runner.record(self.call, "music", {"url": url})
+        while not self.caller.closed:
+            await self.caller.play(url, prompt.pcm)
 
     async def _new_leg(self, number: str) -> int:
         async with self.runner.db.session() as session:

@@ -63,6 +63,7 @@ class Dial:
     announce: str | None = None  # spoken to the callee before the parties are connected
     record: bool = False  # record the conversation
     recording_channels: str | None = None  # "single" or "dual"; None: the call's own setting
+    music: str | None = None  # a Play URL looped to the caller while the numbers ring
 
 
 @dataclasses.dataclass(frozen=True)

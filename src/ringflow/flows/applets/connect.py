@@ -10,6 +10,8 @@ Fields:
   ring_timeout      seconds each number rings (default 30, at most 60)
   max_conversation  seconds the parties may talk (default: until the call's TimeLimit)
   announce          text spoken to the callee before the caller is put through
+  music_on_hold     audio the caller hears while the numbers ring: an http(s) WAV/MP3 URL
+                    (the programmable JSON's ``music_on_hold: {"type": "audio_url", "value"}``)
   record            record the conversation (default false; a call placed with Record=true
                     records every conversation of its flow)
   recording_channels  ``single`` (both parties mixed) or ``dual`` (one channel each); default:
@@ -114,6 +116,9 @@ def parse_answer(result: HttpResult, settings: dict[str, Any]) -> list[str]:
         playback = body.get("start_call_playback") or {}
         if isinstance(playback, dict) and playback.get("type") == "text" and playback.get("value"):
             settings["announce"] = str(playback["value"])
+        hold = body.get("music_on_hold") or {}
+        if isinstance(hold, dict) and hold.get("type") == "audio_url" and check_url(hold.get("value")) is None:
+            settings["music"] = hold["value"]
         return _valid_numbers(numbers if isinstance(numbers, list) else [])
     return _valid_numbers([part.strip() for part in result.text.split(",") if part.strip()])
 
@@ -125,6 +130,7 @@ def run(node: Node, ctx: FlowContext) -> Generator[Any, Any, str]:
         "ring_timeout": cfg.get("ring_timeout", DEFAULT_RING),
         "max_conversation": cfg.get("max_conversation"),
         "announce": cfg.get("announce"),
+        "music": cfg.get("music_on_hold"),
         "caller_id": None,
         "record": cfg.get("record", False),
         "recording_channels": cfg.get("recording_channels"),
@@ -149,6 +155,7 @@ def run(node: Node, ctx: FlowContext) -> Generator[Any, Any, str]:
         caller_id=caller_id,
         max_conversation=settings["max_conversation"],
         announce=settings["announce"],
+        music=settings["music"],
         record=settings["record"],
         recording_channels=settings["recording_channels"],
     )
@@ -177,6 +184,7 @@ SPEC = AppletSpec(
         "ring_timeout": _seconds(MAX_RING),
         "max_conversation": _seconds(14400),
         "announce": _text,
+        "music_on_hold": check_url,
         "record": _flag,
         "recording_channels": _channels,
     },
