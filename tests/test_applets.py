@@ -16,6 +16,7 @@ from ringflow.flows.applets import REGISTRY, switch_case
 from ringflow.flows.applets.passthru import query_params
 from ringflow.flows.context import FlowContext
 from ringflow.flows.model import Node, parse_app
+from tests.flowkit import run_node
 
 UTC = dt.UTC
 # Thursday 26 November 2026, 15:30 in Asia/Kolkata.
@@ -66,21 +67,6 @@ def drive(node_cfg: dict, context: FlowContext, results: list):
     """Run one applet (validated as an app) feeding ``results``; return (actions, exit)."""
     node = parse_app(app(n=node_cfg), REGISTRY).nodes["n"]
     return run_node(node, context, results)
-
-
-SPECS = {**REGISTRY, "switch_case": switch_case.SPEC}  # runnable even while unregistered
-
-
-def run_node(node: Node, context: FlowContext, results: list):
-    gen = SPECS[node.applet].run(node, context)
-    actions, result = [], None
-    results = list(results)
-    try:
-        while True:
-            actions.append(gen.send(result))
-            result = results.pop(0) if results else None
-    except StopIteration as stop:
-        return actions, stop.value
 
 
 # IVR Menu

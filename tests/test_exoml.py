@@ -33,6 +33,7 @@ from ringflow.flows.applets import REGISTRY
 from ringflow.flows.applets import exoml as applet
 from ringflow.flows.context import FlowContext
 from ringflow.flows.model import Node, parse_app
+from tests.flowkit import ctx
 
 BASE = "https://cust.example/ivr/start"
 UTC = dt.UTC
@@ -406,24 +407,6 @@ def test_valid_trees_always_parse(verbs):
 
 
 # --- the applet, as a generator -------------------------------------------------------------
-
-
-def ctx(**vars: str) -> FlowContext:
-    created = dt.datetime(2022, 2, 23, 7, 1, 59, tzinfo=UTC)
-    return FlowContext(
-        call_sid="abc",
-        account_id=7,
-        app_id=42,
-        customer="09812345678",
-        exophone="08039591234",
-        direction="outbound-dial",
-        created_at=created,
-        started_at=created,
-        time_zone="Asia/Kolkata",
-        custom_field="cf",
-        now=lambda: created + dt.timedelta(seconds=10),
-        vars=dict(vars),
-    )
 
 
 def xml(body: str, status: int = 200) -> HttpResult:

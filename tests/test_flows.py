@@ -12,8 +12,8 @@ from ringflow.errors import AppInvalid
 from ringflow.flows.actions import HANGUP, HttpGet, HttpResult, Say
 from ringflow.flows.applets import REGISTRY
 from ringflow.flows.applets.passthru import query_params
-from ringflow.flows.context import FlowContext
 from ringflow.flows.model import parse_app
+from tests.flowkit import ctx, drive
 
 UTC = dt.timezone.utc
 
@@ -126,24 +126,6 @@ def test_random_graphs_either_parse_fully_or_explain(graph_nodes, start):
             assert target is None or target in graph.nodes
 
 
-def ctx(**vars) -> FlowContext:
-    created = dt.datetime(2022, 2, 23, 7, 1, 59, tzinfo=UTC)
-    return FlowContext(
-        call_sid="abc",
-        account_id=7,
-        app_id=42,
-        customer="09812345678",
-        exophone="08039591234",
-        direction="outbound-dial",
-        created_at=created,
-        started_at=created,
-        time_zone="Asia/Kolkata",
-        custom_field="cf",
-        now=lambda: created + dt.timedelta(seconds=10),
-        vars=dict(vars),
-    )
-
-
 def test_passthru_query_parameters_have_exotels_quirks():
     q = query_params(ctx(digits="89"))
     assert q["digits"] == '"89"'
@@ -153,20 +135,6 @@ def test_passthru_query_parameters_have_exotels_quirks():
     assert q["EndTime"] == "1970-01-01 05:30:00"
     assert q["Direction"] == "outbound-dial"
     assert (q["flow_id"], q["tenant_id"], q["CustomField"]) == ("42", "7", "cf")
-
-
-def drive(node_cfg: dict, context: FlowContext, results: list):
-    """Run one applet generator, feeding ``results``; return (actions, exit)."""
-    graph = parse_app(app(n=node_cfg), REGISTRY)
-    node = graph.nodes["n"]
-    gen = REGISTRY[node.applet].run(node, context)
-    actions, result = [], None
-    try:
-        while True:
-            actions.append(gen.send(result))
-            result = results.pop(0) if results else None
-    except StopIteration as stop:
-        return actions, stop.value
 
 
 def test_greeting_says_its_text():

@@ -20,7 +20,6 @@ from ringflow.config import Settings
 from ringflow.errors import AppInvalid, ConfigError, Forbidden, InvalidRequest
 from ringflow.flows.actions import Dial, DialResult, HttpResult, Record, RecordResult, Say
 from ringflow.flows.applets import REGISTRY
-from ringflow.flows.context import FlowContext
 from ringflow.flows.engine import FlowEngine
 from ringflow.flows.model import parse_app
 from ringflow.media import PromptCache, TextToSpeech, is_silence, load_audio, voiced_seconds
@@ -30,6 +29,7 @@ from ringflow.telephony.carrier import ConversationTap, Recording
 from ringflow.telephony.sandbox import PhoneScript
 from ringflow.telephony.sandbox.network import BEEP, BEEP_SECONDS, TURN_GAP, SandboxChannel
 from tests.e2e import TEST_DATA_DIR
+from tests.flowkit import ctx, drive
 
 UTC = dt.UTC
 SENTENCE = "Hello, this is Asha. Please call me back about my order."
@@ -194,37 +194,6 @@ def test_silence_and_a_click_are_no_message_but_a_tone_is():
 
 
 # The voicemail applet
-
-
-def ctx(**vars) -> FlowContext:
-    created = dt.datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
-    return FlowContext(
-        call_sid="abc",
-        account_id=7,
-        app_id=42,
-        customer="09812345678",
-        exophone="08039591234",
-        direction="outbound-dial",
-        created_at=created,
-        started_at=created,
-        time_zone="Asia/Kolkata",
-        custom_field=None,
-        now=lambda: created,
-        vars=dict(vars),
-    )
-
-
-def drive(node_cfg: dict, context: FlowContext, results: list):
-    graph = parse_app({"name": "t", "start": "n", "nodes": {"n": node_cfg}}, REGISTRY)
-    node = graph.nodes["n"]
-    gen = REGISTRY[node.applet].run(node, context)
-    actions, result = [], None
-    try:
-        while True:
-            actions.append(gen.send(result))
-            result = results.pop(0) if results else None
-    except StopIteration as stop:
-        return actions, stop.value
 
 
 def test_voicemail_prompts_records_and_hands_the_url_on():
