@@ -184,3 +184,12 @@ def test_hangup_ends_the_call():
 )
 def test_passthru_call_type(vars, expected):
     assert query_params(ctx(**vars))["CallType"] == expected
+
+
+def test_a_loop_through_an_error_exit_taken_without_waiting_is_refused():
+    spin = app(
+        ask={"applet": "gather", "url": "http://x.example/g", "on_error": "ask", "on_input": None},
+    )
+    assert problems(spin) == ["nodes 'ask': form a loop with no input or wait, which would spin"]
+    # The same node looping on input is fine: the caller was asked and answered.
+    parse_app(app(ask={"applet": "gather", "url": "http://x.example/g", "on_input": "ask"}), REGISTRY)

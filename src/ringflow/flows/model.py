@@ -41,6 +41,8 @@ class AppletSpec:
     config_exits: Callable[[Mapping[str, Any]], Mapping[str, str | None]] | None = None
     # Fields holding text that is spoken by TTS (in the node's ``voice``), checked at save time.
     spoken: tuple[str, ...] = ()
+    # Exits an applet that otherwise waits can take without waiting (an error before playing).
+    quick_exits: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,9 +163,19 @@ def _check_reachable(start: str, nodes: dict[str, Node], problems: list[str]) ->
 def _check_spinning_cycles(
     nodes: dict[str, Node], registry: Mapping[str, AppletSpec], problems: list[str]
 ) -> None:
-    """A loop made only of applets that never wait on the caller would spin forever."""
-    quick = {n for n, node in nodes.items() if not registry[node.applet].waits}
-    graph = {n: [t for t in _successors(nodes[n]) if t in quick] for n in quick}
+    """A loop made only of steps that never wait on the caller would spin forever.
+
+    A step is quick when its applet never waits, or when it leaves by one of the applet's
+    ``quick_exits`` (e.g. a dynamic Gather's ``on_error``, taken before anything is played).
+    """
+    graph: dict[str, list[str]] = {}
+    for name, node in nodes.items():
+        spec = registry[node.applet]
+        graph[name] = [
+            target
+            for exit_name, target in node.exits.items()
+            if target and (not spec.waits or exit_name in spec.quick_exits)
+        ]
     for component in _strongly_connected(graph):
         looped = len(component) > 1 or component[0] in graph[component[0]]
         if looped:

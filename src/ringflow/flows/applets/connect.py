@@ -191,4 +191,5 @@ SPEC = AppletSpec(
     run=run,
     waits=True,
     check=_numbers_or_url,
+    quick_exits=("on_nobody",),
 )

@@ -246,4 +246,5 @@ SPEC = AppletSpec(
     waits=True,
     check=check,
     spoken=("text", "repeat_text"),
+    quick_exits=("on_error",),
 )
