@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from ringflow.flows.context import CREATED_FORMAT, EXOTEL_DATE
-from ringflow.storage.models import Account
+from ringflow.storage.models import Account, App
 from tests.e2e import EXOPHONE, Rig, running
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -437,20 +437,24 @@ async def test_transfer_example_continues_in_the_other_app(database_url):
 @sqlite_only
 async def test_transfer_to_a_missing_app_ends_the_call_with_the_reason(database_url):
     async with running(database_url) as rig:
-        main_id = await save_example(rig, "transfer.yaml", to_menu={"app_id": 999999})
+        gone = await rig.services.accounts.save_app(
+            rig.sid, {"name": "gone", "start": "h", "nodes": {"h": {"applet": "hangup"}}}
+        )
+        main_id = await save_example(rig, "transfer.yaml", to_menu={"app_id": gone.id})
+        async with rig.services.db.session() as session:  # the target is deleted after saving
+            await session.execute(delete(App).where(App.id == gone.id))
         sid = await call_app(rig, main_id, [])
         steps = await timeline(rig, sid)
         assert steps.entered == ["welcome", "to_menu"]
         assert steps.of("flow.aborted") == [
-            {"node": "to_menu", "reason": "app 999999 does not exist in this account"}
+            {"node": "to_menu", "reason": f"app {gone.id} does not exist in this account"}
         ]
         assert steps.of("flow.end") == [{"reason": "transfer failed"}]
         await check_final_callback(rig, sid, steps)
 
 
 # The IVR scenario of issue 3: greeting, menu, key 2, gather 4 digits ending in #, passthru with
-# those digits answering 302, the message branch (a greeting stands in for the voicemail),
-# hangup. Every backend.
+# those digits answering 302, a voicemail, hangup. Every backend.
 
 
 async def test_ivr_scenario(database_url):

@@ -175,6 +175,7 @@ class Accounts:
         await self._check_speech(graph)
         async with self.db.session() as session:
             account = await self.get(session, account_sid)
+            await self._check_transfers(session, account.id, graph, app_id)
             now = self.clock.wall()
             if app_id is None:
                 app = App(account_id=account.id, name=graph.name, graph=data, version=1, created_at=now, updated_at=now)
@@ -184,6 +185,32 @@ class Accounts:
                 app.graph, app.name, app.version, app.updated_at = data, graph.name, app.version + 1, now
             await session.flush()
             return app
+
+    async def _check_transfers(
+        self, session: AsyncSession, account_id: int, graph: AppGraph, own_id: int | None
+    ) -> None:
+        """A Transfer must lead to an app of the same account (or the app itself)."""
+        wanted = {
+            node.name: node.config["app_id"]
+            for node in graph.nodes.values()
+            if node.applet == "transfer"
+        }
+        if not wanted:
+            return
+        found = set(
+            (
+                await session.execute(
+                    select(App.id).where(App.account_id == account_id, App.id.in_(set(wanted.values())))
+                )
+            ).scalars()
+        )
+        problems = [
+            f"node {name!r}: field 'app_id': there is no app {target} in this account"
+            for name, target in wanted.items()
+            if target not in found and target != own_id
+        ]
+        if problems:
+            raise AppInvalid(problems)
 
     async def _check_speech(self, graph: AppGraph) -> None:
         """Every text the app speaks must be speakable now (engine installed, voice known)."""
