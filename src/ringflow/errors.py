@@ -13,7 +13,11 @@
     ├── RateLimited             too many requests (API: 429)
     ├── IllegalTransition       a call or leg status change the transition table forbids
     ├── CapacityExceeded        the account's queue of waiting calls is full (API: 429)
-    └── Unavailable             a backing service (Redis) is down; retry shortly (API: 503)
+    ├── Unavailable             a backing service (Redis) is down; retry shortly (API: 503)
+    └── SipError                (ringflow.sip.errors) the SIP core
+        ├── SipParseError       a malformed SIP message (SdpParseError: a malformed SDP)
+        ├── SipStateError       an operation the dialog or transaction state forbids
+        └── NegotiationError    no common codec in an offer/answer
 
 Foreign exceptions (SQLAlchemy, httpx, redis) are translated once, at the boundary that calls
 them, with ``raise ... from``.

@@ -1,0 +1,185 @@
+"""The user agent: routes datagrams to calls and transactions, answers what belongs to no call.
+
+``UserAgent`` is what a transport adapter drives, with no I/O of its own::
+
+    out = ua.receive(data, source, now)   # a datagram arrived
+    out = ua.timer(now)                   # at ua.next_timer
+    call, out = ua.dial(..., now=now)     # place a call
+    out = ua.cancel(call_id, now) / ua.hangup(call_id, now)
+
+Each returns ``Datagram``s to send and call events. It never raises on a peer's bytes:
+malformed or stray datagrams become ``Discarded`` events. Requests that match no dialog get
+481, OPTIONS gets 200, an INVITE for a new call gets 480 (ringflow only places calls so far).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+
+from ringflow.sip.call import OutgoingCall, Output
+from ringflow.sip.dialog import ACCEPT, ALLOW, Endpoint
+from ringflow.sip.digest import Authenticator
+from ringflow.sip.errors import SipParseError
+from ringflow.sip.events import Discarded
+from ringflow.sip.headers import NameAddr, Via, split_outside
+from ringflow.sip.ids import IdSource
+from ringflow.sip.message import Request, Response, make_response, parse_message
+from ringflow.sip.outcome import Ending
+from ringflow.sip.sdp import SessionDescription
+from ringflow.sip.transaction import DEFAULT_TIMING, Address, ServerTransaction, Timing
+from ringflow.sip.uri import SipUri
+
+AgentOutput = Output | Discarded
+
+
+class UserAgent:
+    """Every call and transaction of one SIP endpoint, driven by datagrams and ``now``."""
+
+    def __init__(self, endpoint: Endpoint, *, timing: Timing = DEFAULT_TIMING,
+                 ids: IdSource | None = None):
+        self.endpoint = endpoint
+        self.timing = timing
+        self.ids = ids or IdSource()
+        self.calls: dict[str, OutgoingCall] = {}
+        self._server: dict[tuple[str, str], ServerTransaction] = {}
+        # (deadline, seq, owner): a lazy heap, so a timer tick touches only what is due.
+        self._heap: list[tuple[float, int, str | tuple[str, str]]] = []
+        self._seq = itertools.count()
+
+    def dial(self, target: SipUri, from_: NameAddr, offer: SessionDescription, now: float, *,
+             to: NameAddr | None = None, authenticator: Authenticator | None = None,
+             routes: tuple[NameAddr, ...] = (), outbound: Address | None = None,
+             headers: tuple[tuple[str, str], ...] = ()) -> tuple[OutgoingCall, list[AgentOutput]]:
+        """Place a call to ``target``; returns the call and the INVITE to send."""
+        call = OutgoingCall(endpoint=self.endpoint, target=target, from_=from_,
+                            to=to or NameAddr(target), offer=offer, ids=self.ids,
+                            timing=self.timing, authenticator=authenticator, routes=routes,
+                            outbound=outbound, headers=headers)
+        self.calls[call.call_id] = call
+        out = list(call.start(now))
+        self._after(call.call_id)
+        return call, out
+
+    def cancel(self, call_id: str, now: float, reason: Ending = Ending.CANCELED
+               ) -> list[AgentOutput]:
+        """Cancel a call that is not answered yet."""
+        call = self.calls.get(call_id)
+        return self._after(call_id, call.cancel(now, reason)) if call else []
+
+    def hangup(self, call_id: str, now: float) -> list[AgentOutput]:
+        """Hang up an answered call."""
+        call = self.calls.get(call_id)
+        return self._after(call_id, call.hangup(now)) if call else []
+
+    def receive(self, data: bytes, source: Address, now: float) -> list[AgentOutput]:
+        """A datagram from ``source``."""
+        try:
+            message = parse_message(data)
+        except SipParseError as exc:
+            return [Discarded(f"malformed: {exc}", source)]
+        if isinstance(message, Response):
+            return self._on_response(message, source, now)
+        return self._on_request(message, source, now)
+
+    def timer(self, now: float) -> list[AgentOutput]:
+        """Run every timer due at ``now``."""
+        out: list[AgentOutput] = []
+        while self._heap and self._heap[0][0] <= now:
+            _, _, key = heapq.heappop(self._heap)
+            owner = self._owner(key)
+            due = owner.next_timer if owner is not None else None
+            if owner is not None and due is not None and due <= now:
+                out += self._after(key, owner.timer(now))
+        return out
+
+    @property
+    def next_timer(self) -> float | None:
+        """When ``timer`` must next be called."""
+        while self._heap:
+            deadline, _, key = self._heap[0]
+            owner = self._owner(key)
+            due = owner.next_timer if owner is not None else None
+            if due is not None and due <= deadline:
+                return due
+            heapq.heappop(self._heap)  # stale: the owner is gone or rescheduled later
+        return None
+
+    def _owner(self, key: str | tuple[str, str]) -> OutgoingCall | ServerTransaction | None:
+        return self.calls.get(key) if isinstance(key, str) else self._server.get(key)
+
+    def _after(self, key: str | tuple[str, str], out: list | None = None) -> list[AgentOutput]:
+        """Forget a finished call or transaction, or note when it next needs ``timer``."""
+        owner = self._owner(key)
+        if isinstance(owner, OutgoingCall) and owner.finished:
+            del self.calls[owner.call_id]
+        elif isinstance(owner, ServerTransaction) and owner.terminated:
+            del self._server[owner.key]
+        elif owner is not None and (due := owner.next_timer) is not None:
+            heapq.heappush(self._heap, (due, next(self._seq), key))
+        return out or []
+
+    def _on_response(self, response: Response, source: Address, now: float) -> list[AgentOutput]:
+        via = response.via
+        if (via.host.lower(), via.port or 5060) != (self.endpoint.host.lower(), self.endpoint.port):
+            return [Discarded("response whose top Via is not ours", source)]
+        call = self.calls.get(response.call_id)
+        if call is None:
+            return [Discarded(f"stray {response.status} for no call", source)]
+        return self._after(call.call_id, call.receive_response(response, now))
+
+    def _on_request(self, request: Request, source: Address, now: float) -> list[AgentOutput]:
+        request = _stamp_via(request, source)
+        reply_to = reply_address(request.via, source)
+        call = self.calls.get(request.call_id)
+        if call is not None and request.to.tag == call.from_.tag and (
+                call.dialog is None or request.from_.tag == call.dialog.remote_tag):
+            return self._after(call.call_id, call.receive_request(request, reply_to, now))
+        method = "INVITE" if request.method == "ACK" else request.method
+        tx = self._server.get((request.via.branch or "", method))
+        if tx is not None:
+            return self._after(tx.key, tx.receive(request, now))
+        if request.method == "ACK":
+            return [Discarded("ACK matching no transaction", source)]
+        tx = ServerTransaction(request, reply_to, self.timing)
+        self._server[tx.key] = tx
+        return self._after(tx.key, tx.respond(self._out_of_dialog(request), now))
+
+    def _out_of_dialog(self, request: Request) -> Response:
+        tag = self.ids.tag()
+        if request.to.tag is not None or request.method in ("BYE", "CANCEL"):
+            return make_response(request, 481, to_tag=tag)
+        if request.method == "OPTIONS":
+            return make_response(request, 200, to_tag=tag,
+                                 headers=(("Allow", ALLOW), ("Accept", ACCEPT)))
+        if request.method == "INVITE":
+            return make_response(request, 480, to_tag=tag)
+        return make_response(request, 405, to_tag=tag, headers=(("Allow", ALLOW),))
+
+
+def reply_address(via: Via, source: Address) -> Address:
+    """Where responses go (RFC 3261 18.2.2, RFC 3581): the source IP; its port if rport."""
+    if any(n.lower() == "rport" for n, _ in via.params):
+        return source
+    return source[0], via.port or 5060
+
+
+def _stamp_via(request: Request, source: Address) -> Request:
+    """Add ``received`` and fill ``rport`` in the top Via, as a server transport must."""
+    via = request.via
+    stamped = via
+    if any(n.lower() == "rport" for n, _ in via.params):
+        stamped = stamped.with_param("rport", str(source[1]))
+    if stamped.host != source[0] or stamped is not via:
+        stamped = stamped.with_param("received", source[0])
+    if stamped is via:
+        return request
+    headers, done = [], False
+    for name, value in request.headers:
+        if not done and name.lower() in ("via", "v"):
+            rest = split_outside(value, ",")[1:]
+            value = ",".join([str(stamped), *rest])
+            done = True
+        headers.append((name, value))
+    request.headers = type(request.headers)(headers)
+    return request
