@@ -31,6 +31,7 @@ from typing import Any
 
 from ringflow.errors import InvalidRequest
 from ringflow.flows.actions import Dial, DialResult, HttpGet, HttpResult
+from ringflow.flows.applets.fields import check_text, seconds
 from ringflow.flows.applets.passthru import check_url, query_params
 from ringflow.flows.context import FlowContext
 from ringflow.flows.model import AppletSpec, Node
@@ -55,18 +56,6 @@ def _numbers(value: Any) -> str | None:
 
 def _mode(value: Any) -> str | None:
     return None if value in ("sequential", "simultaneous") else "must be sequential or simultaneous"
-
-
-def _seconds(high: float) -> Any:
-    def check(value: Any) -> str | None:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and 1 <= value <= high
-        return None if ok else f"must be a number of seconds from 1 to {high:g}"
-
-    return check
-
-
-def _text(value: Any) -> str | None:
-    return None if isinstance(value, str) and value.strip() else "must be a non-empty text"
 
 
 def _flag(value: Any) -> str | None:
@@ -181,9 +170,9 @@ SPEC = AppletSpec(
         "numbers": _numbers,
         "url": check_url,
         "mode": _mode,
-        "ring_timeout": _seconds(MAX_RING),
-        "max_conversation": _seconds(14400),
-        "announce": _text,
+        "ring_timeout": seconds(1, MAX_RING),
+        "max_conversation": seconds(1, 14400),
+        "announce": check_text,
         "music_on_hold": check_url,
         "record": _flag,
         "recording_channels": _channels,
