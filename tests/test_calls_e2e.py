@@ -176,6 +176,9 @@ async def test_two_numbers_second_leg_unanswered(database_url, to, status, leg2)
             leg2,
         )
         assert details["Details"]["ConversationDuration"] == 0
+        # The carrier's cause is kept on the leg it explains, not on the one we hung up.
+        first, second = (await rig.call(sid)).legs
+        assert first.cause is None and second.cause
 
 
 async def test_two_numbers_first_unanswered_leaves_second_empty(database_url):

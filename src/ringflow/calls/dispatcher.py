@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from ringflow.calls.requests import CallRequest
 from ringflow.calls.sids import new_call_sid
 from ringflow.calls.status import ACTIVE, Event, Status
-from ringflow.calls.transitions import Change, apply, interrupted
+from ringflow.calls.transitions import Change, apply, finish_calls_of
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import CapacityExceeded
@@ -146,28 +146,18 @@ class Dispatcher:
             self.on_enqueued()
 
     async def recover(self) -> None:
-        """Finish the calls a previous run of this process was carrying; resume queued ones."""
-        name = self.settings.instance_name
+        """Finish the calls a previous run of this process was carrying.
+
+        Queued calls resume in the housekeeper's first round, which runs at start-up.
+        """
+        reason = "ringflow restarted while the call was in progress"
         async with self.db.session() as session:
-            orphans = (
-                await session.execute(
-                    select(Call).where(Call.owner == name, Call.status.in_(list(ACTIVE)))
-                )
-            ).scalars().all()
-            now = self.clock.wall()
-            for call in orphans:
-                reason = "ringflow restarted while the call was in progress"
-                await apply(session, call, interrupted(call, reason), now)
-            accounts = (
-                await session.execute(
-                    select(Call.account_id).where(Call.status == Status.QUEUED).distinct()
-                )
-            ).scalars().all()
-        if orphans:
-            log.warning("finished %d calls interrupted by a restart", len(orphans))
+            count = await finish_calls_of(
+                session, self.settings.instance_name, reason, self.clock.wall()
+            )
+        if count:
+            log.warning("finished %d calls interrupted by a restart", count)
             self.on_enqueued()
-        for account_id in accounts:
-            await self.release(account_id)
 
     async def stop(self) -> None:
         """Cancel running calls (each runner finishes its call as it unwinds)."""

@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy import delete, select
 
-from ringflow.calls.status import ACTIVE, Event, Status
-from ringflow.calls.transitions import Change, apply, interrupted
+from ringflow.calls.status import Event, Status
+from ringflow.calls.transitions import Change, apply, finish_calls_of
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.storage.db import Database
@@ -101,19 +101,11 @@ class Housekeeper:
         ).scalars().all()
         count = 0
         for instance in silent:
-            orphans = (
-                await session.execute(
-                    select(Call)
-                    .where(Call.owner == instance.name, Call.status.in_(list(ACTIVE)))
-                    .with_for_update(skip_locked=True)
-                )
-            ).scalars().all()
             reason = f"ringflow instance {instance.name} stopped while carrying the call"
-            for call in orphans:
-                await apply(session, call, interrupted(call, reason), now)
-            log.warning("instance %s is silent: finished %d of its calls", instance.name, len(orphans))
+            finished = await finish_calls_of(session, instance.name, reason, now)
+            log.warning("instance %s is silent: finished %d of its calls", instance.name, finished)
             await session.delete(instance)
-            count += len(orphans)
+            count += finished
         return count
 
     async def _expire(self, session, now: dt.datetime) -> int:  # type: ignore[no-untyped-def]

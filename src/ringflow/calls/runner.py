@@ -68,7 +68,9 @@ class CallRunner:
     async def change(self, sid: str, change: Change) -> Call:
         """Apply a status change (with the timeline steps kept since the last one)."""
         async with self.db.session() as session:
-            call = (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
+            # Locked: a call's legs can change from several tasks at once (simultaneous dials).
+            query = select(Call).where(Call.sid == sid).with_for_update()
+            call = (await session.execute(query)).scalar_one()
             session.add_all(self._steps.pop(sid, []))
             queued = await apply(session, call, change, self.clock.wall())
         if queued:

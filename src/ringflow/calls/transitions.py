@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -48,7 +47,8 @@ def _apply_leg(leg: Leg, event: Event, now: dt.datetime, cause: str | None) -> N
         leg.answered_by = "human"
     if is_terminal(leg.status):
         leg.ended_at = now
-    if cause:
+    # The carrier's cause explains a leg that failed to connect, not the others in the change.
+    if cause and event not in (Event.ANSWER, Event.HANGUP):
         leg.cause = cause
 
 
@@ -147,21 +147,6 @@ async def _time_zone(session: AsyncSession, account_id: int) -> str:
     ).scalar_one()
 
 
-async def transition(
-    session_factory: Callable,
-    call_sid: str,
-    change: Change,
-    now: dt.datetime,
-) -> Call:
-    """Load the call by SID, apply ``change`` and commit; the committed call is returned."""
-    async with session_factory() as session:
-        call = (
-            await session.execute(select(Call).where(Call.sid == call_sid).with_for_update())
-        ).scalar_one()
-        await apply(session, call, change, now)
-    return call
-
-
 def interrupted(call: Call, reason: str) -> Change:
     """The change that ends a call ringflow can no longer carry (shutdown, restart, a bug).
 
@@ -181,3 +166,17 @@ def interrupted(call: Call, reason: str) -> Change:
         if leg.status in ACTIVE
     )
     return Change(call=event, legs=legs, reason=reason)
+
+
+async def finish_calls_of(session: AsyncSession, owner: str, reason: str, now: dt.datetime) -> int:
+    """End every live call ``owner`` was carrying (a process that died); how many there were."""
+    orphans = (
+        await session.execute(
+            select(Call)
+            .where(Call.owner == owner, Call.status.in_(list(ACTIVE)))
+            .with_for_update(skip_locked=True)
+        )
+    ).scalars().all()
+    for call in orphans:
+        await apply(session, call, interrupted(call, reason), now)
+    return len(orphans)
