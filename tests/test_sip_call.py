@@ -6,7 +6,8 @@ from ringflow.sip.digest import Authenticator, Authorization
 from ringflow.sip.events import Answered, Ended, Ringing
 from ringflow.sip.headers import NameAddr
 from ringflow.sip.message import Response, make_response
-from ringflow.sip.outcome import Status
+from ringflow.sip.outcome import Outcome, Status
+from ringflow.sip.transaction import Datagram
 from ringflow.sip.sdp import PCMU
 from tests.test_sip_dialog import BARESIP_SDP, SIPP_SDP, Callee, new_ua, of, sent
 
@@ -47,25 +48,53 @@ def test_a_200_without_a_to_tag_cannot_make_a_dialog() -> None:
     assert ended.outcome.status is Status.FAILED and "no tag" in ended.outcome.cause
 
 
-def test_an_answer_after_we_gave_up_is_acked_and_hung_up() -> None:
+def test_an_answer_crossing_the_timer_c_cancel_is_acked_and_hung_up() -> None:
     ua = new_ua()
     callee = Callee(ua)
     callee.send(callee.response(180), 1.0)
-    [ended] = of(ua.timer(181.0), Ended)  # timer C: we stop waiting and CANCEL
+    assert not of(ua.timer(181.0), Ended)  # timer C: we CANCEL and wait for the outcome
     out = callee.send(callee.response(200, body=SIPP_SDP), 181.05)  # picked up just then
     assert [m.method for m in sent(out)] == ["ACK", "BYE"]  # type: ignore[union-attr]
-    assert not of(out, Ended) and not of(out, Answered)
-    assert ended.outcome.status is Status.NO_ANSWER
+    assert not of(out, Answered)
+    [ended] = of(out, Ended)
+    assert ended.outcome.status is Status.NO_ANSWER and not ended.by_remote
+    assert ended.outcome.cause == "200 OK (crossed our CANCEL)"
 
 
-def test_ringing_for_minutes_is_canceled_by_timer_c() -> None:
+def test_ringing_for_minutes_is_canceled_by_timer_c_and_the_487_is_acked() -> None:
     ua = new_ua()
     callee = Callee(ua)
     callee.send(callee.response(180), 1.0)
     out = ua.timer(181.0)
-    assert [m.method for m in sent(out)] == ["CANCEL"]  # type: ignore[union-attr]
+    [cancel] = sent(out)
+    assert cancel.method == "CANCEL"
+    assert cancel.via.branch == callee.invite.via.branch  # type: ignore[union-attr]
+    assert not of(out, Ended)  # the INVITE transaction waits for the callee's 487
+    assert ua.next_timer == 181.0 + 0.5  # the CANCEL's own retransmission (timer E)
+    assert not sent(callee.send(callee.response(200, to=cancel), 181.1))  # type: ignore[arg-type]
+    out = callee.send(callee.response(487), 181.2)
+    [ack] = sent(out)
+    assert ack.method == "ACK" and ack.via.branch == callee.invite.via.branch  # type: ignore
+    assert ack.to.tag == callee.tag
     [ended] = of(out, Ended)
-    assert ended.outcome.status is Status.NO_ANSWER
+    assert ended.outcome == Outcome(Status.NO_ANSWER, "487 Request Terminated", 487)
+    assert ended.by_remote is False  # we ended it
+    again = callee.send(callee.response(487), 181.7)  # a retransmitted 487: the same ACK
+    assert [d.data for d in again] == [o.data for o in out if isinstance(o, Datagram)]
+    drain(ua, 181.7)
+    assert not ua.calls and ua.next_timer is None
+
+
+def test_timer_c_then_silence_ends_no_answer_after_64_t1() -> None:
+    ua = new_ua()
+    callee = Callee(ua)
+    callee.send(callee.response(180), 1.0)
+    ua.timer(181.0)
+    late = [o for o in drain(ua, 181.0) if isinstance(o, Ended)]
+    [ended] = late
+    assert ended.outcome == Outcome(Status.NO_ANSWER, "ring timeout; no final response")
+    assert ended.by_remote is False
+    assert not ua.calls
 
 
 def test_preloaded_route_and_cancel_follow_it() -> None:

@@ -13,6 +13,7 @@ from ringflow.sip.transaction import (
     LIVE_TIMERS,
     TRANSITIONS,
     AckReceived,
+    CancelDue,
     ClientTransaction,
     Datagram,
     ResponseReceived,
@@ -75,6 +76,41 @@ def test_a_provisional_stops_retransmission_and_starts_timer_c() -> None:
     tx.receive(reply(tx.request, 180), 62.0)  # more ringing does not extend that
     assert tx.next_timer == pytest.approx(93.0)
     assert [type(o) for o in tx.timer(93.0)] == [Timeout] and tx.terminated
+
+
+def test_timer_c_asks_for_a_cancel_and_keeps_the_transaction_for_the_487() -> None:
+    tx = ClientTransaction(request("INVITE"), DEST, Timing(c=10.0))
+    tx.send(0.0)
+    tx.receive(reply(tx.request, 180), 0.2)
+    assert tx.timer(10.2) == [CancelDue()]
+    assert tx.state is State.CANCELING and not tx.terminated
+    assert tx.next_timer == pytest.approx(42.2)  # a fresh 64*T1 guard, not another C
+    assert tx.cancel_sent(10.21) == [] and tx.next_timer == pytest.approx(42.2)
+    assert [type(o) for o in tx.receive(reply(tx.request, 180), 11.0)] == [ResponseReceived]
+    assert tx.next_timer == pytest.approx(42.2)  # ringing does not restart timer C now
+    out = tx.receive(reply(tx.request, 487), 11.5)
+    assert [type(o) for o in out] == [Datagram, ResponseReceived]
+    ack = Request.parse(out[0].data)
+    assert ack.method == "ACK" and ack.via.branch == "z9hG4bKtx1" and ack.to.tag == "t9"
+    assert tx.state is State.COMPLETED and tx.next_timer == pytest.approx(43.5)  # timer D
+
+
+def test_timer_c_guard_ends_the_transaction_when_no_final_response_comes() -> None:
+    tx = ClientTransaction(request("INVITE"), DEST, Timing(c=10.0))
+    tx.send(0.0)
+    tx.receive(reply(tx.request, 183), 0.2)
+    seen = run_until(tx, 100.0)
+    assert [(t, type(o)) for t, o in seen] == [(10.2, CancelDue), (pytest.approx(42.2), Timeout)]
+    assert tx.terminated
+
+
+def test_a_2xx_after_timer_c_still_reaches_the_owner() -> None:
+    tx = ClientTransaction(request("INVITE"), DEST, Timing(c=10.0))
+    tx.send(0.0)
+    tx.receive(reply(tx.request, 180), 0.2)
+    tx.timer(10.2)
+    assert [type(o) for o in tx.receive(reply(tx.request, 200), 10.3)] == [ResponseReceived]
+    assert tx.state is State.ACCEPTED
 
 
 def test_ack_for_a_non_2xx_reuses_the_branch_and_takes_the_to_tag() -> None:
@@ -225,6 +261,7 @@ def test_cancel_waits_for_a_provisional_response() -> None:
     [ended] = of(out, Ended)
     assert ended.outcome.status is Status.CANCELED
     assert ended.outcome.cause == "487 Request Terminated"
+    assert ended.by_remote is False  # the 487 answers our CANCEL: we ended the call
 
 
 def test_ring_timeout_cancel_is_no_answer() -> None:
@@ -234,6 +271,7 @@ def test_ring_timeout_cancel_is_no_answer() -> None:
     ua.cancel(callee.call.call_id, 30.0, Ending.RING_TIMEOUT)
     [ended] = of(callee.send(callee.response(487), 30.1), Ended)
     assert ended.outcome.status is Status.NO_ANSWER and ended.outcome.code == 487
+    assert ended.by_remote is False
 
 
 def test_a_200_crossing_our_cancel_gets_ack_then_bye() -> None:

@@ -6,10 +6,14 @@
     out = ua.timer(now)                   # at ua.next_timer
     call, out = ua.dial(..., now=now)     # place a call
     out = ua.cancel(call_id, now) / ua.hangup(call_id, now)
+    reg, out = ua.register(aor, registrar, authenticator, expires, now)  # keep a binding
+    out = ua.unregister(reg.call_id, now)
 
-Each returns ``Datagram``s to send and call events. It never raises on a peer's bytes:
-malformed or stray datagrams become ``Discarded`` events. Requests that match no dialog get
-481, OPTIONS gets 200, an INVITE for a new call gets 480 (ringflow only places calls so far).
+Each returns ``Datagram``s to send, call events and ``RegistrationChanged``. Calls and
+registrations are keyed by Call-ID, which routes responses to them and names them in the one
+timer heap. It never raises on a peer's bytes: malformed or stray datagrams become
+``Discarded`` events. Requests that match no dialog get 481, OPTIONS gets 200, an INVITE for a
+new call gets 480 (ringflow only places calls so far).
 """
 
 from __future__ import annotations
@@ -21,16 +25,18 @@ from ringflow.sip.call import OutgoingCall, Output
 from ringflow.sip.dialog import ACCEPT, ALLOW, Endpoint
 from ringflow.sip.digest import Authenticator
 from ringflow.sip.errors import SipParseError
-from ringflow.sip.events import Discarded
+from ringflow.sip.events import Discarded, RegistrationChanged
 from ringflow.sip.headers import NameAddr, Via, split_outside
 from ringflow.sip.ids import IdSource
 from ringflow.sip.message import Request, Response, make_response, parse_message
 from ringflow.sip.outcome import Ending
+from ringflow.sip.registration import Registration
 from ringflow.sip.sdp import SessionDescription
 from ringflow.sip.transaction import DEFAULT_TIMING, Address, ServerTransaction, Timing
 from ringflow.sip.uri import SipUri
 
-AgentOutput = Output | Discarded
+AgentOutput = Output | Discarded | RegistrationChanged
+Owner = OutgoingCall | Registration | ServerTransaction
 
 
 class UserAgent:
@@ -42,6 +48,7 @@ class UserAgent:
         self.timing = timing
         self.ids = ids or IdSource()
         self.calls: dict[str, OutgoingCall] = {}
+        self.registrations: dict[str, Registration] = {}
         self._server: dict[tuple[str, str], ServerTransaction] = {}
         # (deadline, seq, owner): a lazy heap, so a timer tick touches only what is due.
         self._heap: list[tuple[float, int, str | tuple[str, str]]] = []
@@ -71,6 +78,23 @@ class UserAgent:
         """Hang up an answered call."""
         call = self.calls.get(call_id)
         return self._after(call_id, call.hangup(now)) if call else []
+
+    def register(self, aor: SipUri, registrar: SipUri | None, authenticator: Authenticator | None,
+                 expires: int, now: float, *, outbound: Address | None = None,
+                 retry_base: float = 30.0, retry_max: float = 300.0
+                 ) -> tuple[Registration, list[AgentOutput]]:
+        """Bind our Contact to ``aor`` at ``registrar`` (default: the AOR's domain) and keep it."""
+        registrar = registrar or SipUri(aor.host, port=aor.port, params=aor.params)
+        reg = Registration(endpoint=self.endpoint, aor=aor, registrar=registrar, ids=self.ids,
+                           expires=expires, authenticator=authenticator, timing=self.timing,
+                           outbound=outbound, retry_base=retry_base, retry_max=retry_max)
+        self.registrations[reg.call_id] = reg
+        return reg, self._after(reg.call_id, reg.start(now))
+
+    def unregister(self, call_id: str, now: float) -> list[AgentOutput]:
+        """Remove a registration's binding (Expires: 0) and stop refreshing it."""
+        reg = self.registrations.get(call_id)
+        return self._after(call_id, reg.stop(now)) if reg else []
 
     def receive(self, data: bytes, source: Address, now: float) -> list[AgentOutput]:
         """A datagram from ``source``."""
@@ -105,14 +129,18 @@ class UserAgent:
             heapq.heappop(self._heap)  # stale: the owner is gone or rescheduled later
         return None
 
-    def _owner(self, key: str | tuple[str, str]) -> OutgoingCall | ServerTransaction | None:
-        return self.calls.get(key) if isinstance(key, str) else self._server.get(key)
+    def _owner(self, key: str | tuple[str, str]) -> Owner | None:
+        if isinstance(key, str):
+            return self.calls.get(key) or self.registrations.get(key)
+        return self._server.get(key)
 
     def _after(self, key: str | tuple[str, str], out: list | None = None) -> list[AgentOutput]:
         """Forget a finished call or transaction, or note when it next needs ``timer``."""
         owner = self._owner(key)
         if isinstance(owner, OutgoingCall) and owner.finished:
             del self.calls[owner.call_id]
+        elif isinstance(owner, Registration) and owner.finished:
+            del self.registrations[owner.call_id]
         elif isinstance(owner, ServerTransaction) and owner.terminated:
             del self._server[owner.key]
         elif owner is not None and (due := owner.next_timer) is not None:
@@ -123,10 +151,10 @@ class UserAgent:
         via = response.via
         if (via.host.lower(), via.port or 5060) != (self.endpoint.host.lower(), self.endpoint.port):
             return [Discarded("response whose top Via is not ours", source)]
-        call = self.calls.get(response.call_id)
-        if call is None:
+        owner = self.calls.get(response.call_id) or self.registrations.get(response.call_id)
+        if owner is None:
             return [Discarded(f"stray {response.status} for no call", source)]
-        return self._after(call.call_id, call.receive_response(response, now))
+        return self._after(response.call_id, owner.receive_response(response, now))
 
     def _on_request(self, request: Request, source: Address, now: float) -> list[AgentOutput]:
         request = _stamp_via(request, source)
@@ -157,9 +185,16 @@ class UserAgent:
         return make_response(request, 405, to_tag=tag, headers=(("Allow", ALLOW),))
 
 
+RELIABLE = {"TCP", "TLS", "SCTP", "WS", "WSS"}
+
+
 def reply_address(via: Via, source: Address) -> Address:
-    """Where responses go (RFC 3261 18.2.2, RFC 3581): the source IP; its port if rport."""
-    if any(n.lower() == "rport" for n, _ in via.params):
+    """Where responses go (RFC 3261 18.2.2, RFC 3581): the source IP; its port if rport.
+
+    On a connection-oriented transport the response goes back on the connection the request
+    came in on, which the adapter knows by the peer's address: ``source`` itself.
+    """
+    if via.transport.upper() in RELIABLE or any(n.lower() == "rport" for n, _ in via.params):
         return source
     return source[0], via.port or 5060
 

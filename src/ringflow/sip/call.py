@@ -8,7 +8,8 @@ The rules that PyPI user agents got wrong, each kept here: CANCEL only after a p
 response (a cancel asked for earlier waits for one); CANCEL reuses the INVITE's branch; a 200
 that crosses our CANCEL is ACKed and then ended with BYE; the ACK for a 2xx is built once and
 re-sent for every retransmitted 2xx; a 2xx from a second fork is ACKed and sent BYE; digest
-challenges (401 and 407) retry the INVITE with a new branch and CSeq.
+challenges (401 and 407) retry the INVITE with a new branch and CSeq; timer C (rang too long)
+cancels like the API does, so the 487 is ACKed and after our own cancel ``by_remote`` is False.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ringflow.sip.transaction import (
     DEFAULT_TIMING,
     AckReceived,
     Address,
+    CancelDue,
     ClientTransaction,
     Datagram,
     ResponseReceived,
@@ -244,8 +246,10 @@ class OutgoingCall:
                 out.append(item)
             elif role == "invite" and isinstance(item, ResponseReceived):
                 out += self._on_invite_response(item.response, now)
+            elif role == "invite" and isinstance(item, CancelDue) and self.phase is P.EARLY:
+                out += self.cancel(now, Ending.RING_TIMEOUT)  # timer C: it rang for minutes
             elif role == "invite" and isinstance(item, Timeout):
-                out += self._on_invite_timeout(now)
+                out += self._on_invite_timeout()
             elif role == "bye" and isinstance(item, ResponseReceived | Timeout):
                 out += self._on_bye_result(tx, item, now)
             elif role == "server" and isinstance(item, AckReceived):
@@ -273,8 +277,9 @@ class OutgoingCall:
                 return self._retry_with(lines, now)
         if (self.phase, St.REJECT) not in PHASES:
             return []
+        by_remote = self.phase not in _CANCELED  # a 487 to our CANCEL: we ended it
         self._move(St.REJECT)
-        return [self._end(True, outcome_of(response, self.cancel_reason))]
+        return [self._end(by_remote, outcome_of(response, self.cancel_reason))]
 
     def _retry_with(self, lines: list[tuple[str, str]], now: float) -> list[Output]:
         names = {n.lower() for n, _ in lines}
@@ -284,18 +289,15 @@ class OutgoingCall:
         self._invite_tx = ClientTransaction(self.invite, self._first_hop(), self.timing)
         return self.start(now)
 
-    def _on_invite_timeout(self, now: float) -> list[Output]:
+    def _on_invite_timeout(self) -> list[Output]:
+        """Timer B, or the guard after our CANCEL: no final response will come."""
         if (self.phase, St.TIMEOUT) not in PHASES:
             return []
-        out: list[Output] = []
-        if self.phase is P.EARLY:  # timer C: it rang for minutes; stop it ringing
-            self.cancel_reason = Ending.RING_TIMEOUT
-            out = self._send_cancel(now, tell_invite=False)
         self._move(St.TIMEOUT)
         outcome = outcome_of(None, self.cancel_reason or Ending.TIMEOUT)
         if self.cancel_reason:
             outcome = Outcome(outcome.status, f"{self.cancel_reason}; {Ending.TIMEOUT}")
-        return out + [self._end(False, outcome)]
+        return [self._end(False, outcome)]
 
     def _on_2xx(self, response: Response, now: float) -> list[Output]:
         tag = response.to.tag
@@ -355,13 +357,11 @@ class OutgoingCall:
         self._txs.append((bye, "fork-bye"))
         return [Datagram(bytes(ack), hop), *bye.send(now)]
 
-    def _send_cancel(self, now: float, tell_invite: bool = True) -> list[Output]:
+    def _send_cancel(self, now: float) -> list[Output]:
         tx = ClientTransaction(cancel_for(self.invite), self._invite_tx.addr, self.timing)
         self._txs.append((tx, "cancel"))
-        out: list[Output] = list(tx.send(now))
-        if tell_invite:
-            out += self._handle(self._invite_tx, "invite", self._invite_tx.cancel_sent(now), now)
-        return out
+        told = self._invite_tx.cancel_sent(now)  # it now waits 64*T1 for the 487
+        return list(tx.send(now)) + self._handle(self._invite_tx, "invite", told, now)
 
     def _send_bye(self, now: float, auth: list[tuple[str, str]] | None = None) -> list[Output]:
         assert self.dialog is not None

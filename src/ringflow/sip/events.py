@@ -58,6 +58,23 @@ class Ended:
 
 
 @dataclasses.dataclass(frozen=True)
+class RegistrationChanged:
+    """A registration's state after a final response or timeout (a refresh reports too).
+
+    ``state`` is a ``RegState`` value; ``status``/``cause`` the last final response (None and
+    ``"no response"`` after a timeout); ``expires_at`` is on the ``now`` clock, None unless
+    registered; ``retry_at`` is when a failed registration is tried again.
+    """
+
+    call_id: str
+    state: str
+    status: int | None
+    cause: str
+    expires_at: float | None = None
+    retry_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Discarded:
     """A datagram the user agent dropped (malformed, not ours, stray); for logs and metrics."""
 

@@ -5,15 +5,18 @@ send and events for its owner (``ResponseReceived``, ``AckReceived``, ``Timeout`
 reads a clock or touches a socket: the owner calls ``timer(now)`` at ``next_timer``.
 
 Every state change of all four kinds is in ``TRANSITIONS``; ``LIVE_TIMERS`` says which timers run
-in each state (entering a state starts its timers and stops the others). Two additions to the
-RFC 3261 machines, both with reasons:
+in each state (entering a state starts its timers and stops the others). Additions to the RFC
+3261 machines, with reasons:
 
 * INVITE client and server have RFC 6026's Accepted state, so retransmitted 2xx still reach the
   owner (to re-send the same ACK) and retransmitted INVITEs are absorbed.
-* The INVITE client runs timer C in Proceeding (RFC 3261 16.6 gives it to proxies): a callee
-  that rings forever, or never answers our CANCEL, cannot pin a transaction. Sending a CANCEL
-  shortens it to 64*T1 (RFC 3261 9.1). The INVITE server retransmits its 2xx with timer G in
-  Accepted until the ACK arrives (the UAS core's duty in RFC 3261 13.3.1.4, kept here).
+* The INVITE client runs timer C in Proceeding (RFC 3261 16.6 gives it to proxies), so a callee
+  that rings forever cannot pin a transaction. It does not end the transaction: it reports
+  ``CancelDue`` and moves to Canceling, because the 487 that answers our CANCEL must still be
+  matched and ACKed here. Any CANCEL of ours enters Canceling, where timer C is a fresh 64*T1
+  guard (RFC 3261 9.1) that ends the transaction with ``Timeout`` if no final response comes.
+* The INVITE server retransmits its 2xx with timer G in Accepted until the ACK arrives (the UAS
+  core's duty in RFC 3261 13.3.1.4, kept here).
 """
 
 from __future__ import annotations
@@ -55,7 +58,12 @@ class Timeout:
     """No response (client) or no ACK (INVITE server) in time."""
 
 
-Output = Datagram | ResponseReceived | AckReceived | Timeout
+@dataclasses.dataclass(frozen=True)
+class CancelDue:
+    """Timer C fired after a provisional response: the owner must send CANCEL (16.6 step 11)."""
+
+
+Output = Datagram | ResponseReceived | AckReceived | Timeout | CancelDue
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +104,7 @@ class State(enum.StrEnum):
     CALLING = "Calling"
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
+    CANCELING = "Canceling"  # INVITE client: Proceeding after our CANCEL, awaiting the 487
     COMPLETED = "Completed"
     ACCEPTED = "Accepted"
     CONFIRMED = "Confirmed"
@@ -123,7 +132,8 @@ class Act(enum.StrEnum):
     SEND = "send response"
     RESEND = "resend last response"
     RESTART_C = "restart timer C"
-    SHORTEN_C = "shorten timer C"
+    GUARD_C = "timer C becomes the 64*T1 guard"
+    CANCEL_DUE = "tell the owner to CANCEL"
 
 
 IC, NIC, IS, NIS = Kind
@@ -140,8 +150,12 @@ TRANSITIONS: dict[tuple[Kind, State, str], tuple[State, tuple[Act, ...]]] = {
     (IC, S.PROCEEDING, I.PROVISIONAL): (S.PROCEEDING, (Act.PASS_UP, Act.RESTART_C)),
     (IC, S.PROCEEDING, I.SUCCESS): (S.ACCEPTED, (Act.PASS_UP,)),
     (IC, S.PROCEEDING, I.FAILURE): (S.COMPLETED, (Act.SEND_ACK, Act.PASS_UP)),
-    (IC, S.PROCEEDING, I.CANCEL_SENT): (S.PROCEEDING, (Act.SHORTEN_C,)),
-    (IC, S.PROCEEDING, "C"): (S.TERMINATED, (Act.TIMEOUT,)),
+    (IC, S.PROCEEDING, I.CANCEL_SENT): (S.CANCELING, (Act.GUARD_C,)),
+    (IC, S.PROCEEDING, "C"): (S.CANCELING, (Act.GUARD_C, Act.CANCEL_DUE)),
+    (IC, S.CANCELING, I.PROVISIONAL): (S.CANCELING, (Act.PASS_UP,)),  # ringing: no new C
+    (IC, S.CANCELING, I.SUCCESS): (S.ACCEPTED, (Act.PASS_UP,)),  # crossed our CANCEL
+    (IC, S.CANCELING, I.FAILURE): (S.COMPLETED, (Act.SEND_ACK, Act.PASS_UP)),  # the 487
+    (IC, S.CANCELING, "C"): (S.TERMINATED, (Act.TIMEOUT,)),
     (IC, S.COMPLETED, I.FAILURE): (S.COMPLETED, (Act.SEND_ACK,)),
     (IC, S.COMPLETED, "D"): (S.TERMINATED, ()),
     (IC, S.ACCEPTED, I.SUCCESS): (S.ACCEPTED, (Act.PASS_UP,)),
@@ -181,7 +195,8 @@ TRANSITIONS: dict[tuple[Kind, State, str], tuple[State, tuple[Act, ...]]] = {
 }
 
 LIVE_TIMERS: dict[tuple[Kind, State], str] = {
-    (IC, S.CALLING): "AB", (IC, S.PROCEEDING): "C", (IC, S.COMPLETED): "D",
+    (IC, S.CALLING): "AB", (IC, S.PROCEEDING): "C", (IC, S.CANCELING): "C",
+    (IC, S.COMPLETED): "D",
     (IC, S.ACCEPTED): "M", (NIC, S.TRYING): "EF", (NIC, S.PROCEEDING): "EF",
     (NIC, S.COMPLETED): "K", (IS, S.COMPLETED): "GH", (IS, S.ACCEPTED): "GL",
     (IS, S.CONFIRMED): "I", (NIS, S.COMPLETED): "J",
@@ -209,7 +224,6 @@ class Transaction:
         self._intervals: dict[str, float] = {}
         self._response: bytes | None = None
         self._request_bytes = b""  # what RETRANSMIT sends (client transactions)
-        self._c_limit = float("inf")  # timer C may not run past this once we sent CANCEL
 
     @property
     def key(self) -> tuple[str, str]:
@@ -280,11 +294,12 @@ class Transaction:
         if act is Act.SEND and isinstance(message, Response):
             self._response = bytes(message)
             return [Datagram(self._response, self.addr)]
+        if act is Act.CANCEL_DUE:
+            return [CancelDue()]
         if act is Act.RESTART_C:
-            self._deadlines["C"] = min(now + self.timing.c, self._c_limit)
-        elif act is Act.SHORTEN_C:
-            self._c_limit = min(self._c_limit, now + 64 * self.timing.t1)
-            self._deadlines["C"] = min(self._deadlines.get("C", self._c_limit), self._c_limit)
+            self._deadlines["C"] = now + self.timing.c
+        elif act is Act.GUARD_C:
+            self._deadlines["C"] = now + 64 * self.timing.t1
         return self._extra(act, now, message)
 
     def _extra(self, act: Act, now: float, message: Request | Response | None) -> list[Output]:
@@ -316,7 +331,7 @@ class ClientTransaction(Transaction):
         return self._step(classify(response.status), now, response)
 
     def cancel_sent(self, now: float) -> list[Output]:
-        """Our CANCEL for this INVITE went out: give up 64*T1 from now at the latest."""
+        """Our CANCEL for this INVITE went out: wait 64*T1 for the final response, then give up."""
         return self._step(I.CANCEL_SENT, now)
 
     @property

@@ -1,28 +1,36 @@
-"""An asyncio UDP adapter that drives the sans-IO ``UserAgent``: sockets, clock and timers.
+"""The asyncio adapter that drives the sans-IO ``UserAgent``: sockets, clock and timers.
 
-One ``SipTransport`` owns one UDP socket and one ``UserAgent``. Every call into the agent is
-followed by the same step: send its datagrams, hand call events to their calls, and re-arm the
-single ``loop.call_at`` timer to ``ua.next_timer``. Calls are ``OutgoingCallHandle``s whose
-``next_event()`` yields ``Ringing``/``Answered``/``Dtmf``/``MediaChanged`` and finally ``Ended``.
+One ``SipTransport`` owns one link (a UDP socket, or a TCP listener with its connections from
+``ringflow.sip.tcp``) and one ``UserAgent``. Every call into the agent is followed by the same
+step: send its datagrams, hand events to their calls and registrations, and re-arm the single
+``loop.call_at`` timer to ``ua.next_timer``. Calls are ``OutgoingCallHandle``s whose
+``next_event()`` yields ``Ringing``/``Answered``/``Dtmf``/``MediaChanged`` and finally
+``Ended``; registrations are ``RegistrationHandle``s whose state a dashboard can read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from collections.abc import Callable
 
 from ringflow.sip.agent import AgentOutput, UserAgent
 from ringflow.sip.dialog import Endpoint
-from ringflow.sip.events import Discarded, Ended
+from ringflow.sip.digest import Authenticator
+from ringflow.sip.events import Discarded, Ended, RegistrationChanged
 from ringflow.sip.headers import NameAddr
 from ringflow.sip.ids import IdSource
 from ringflow.sip.outcome import Ending
+from ringflow.sip.registration import RegState, Registration
 from ringflow.sip.sdp import SessionDescription
-from ringflow.sip.transaction import DEFAULT_TIMING, Datagram, Timing
+from ringflow.sip.tcp import TcpLink
+from ringflow.sip.transaction import DEFAULT_TIMING, Address, Datagram, Timing
 from ringflow.sip.uri import SipUri
 
 log = logging.getLogger(__name__)
+TRANSPORTS = ("udp", "tcp")
 
 
 class OutgoingCallHandle:
@@ -47,48 +55,162 @@ class OutgoingCallHandle:
         self.transport._run(lambda now: self.transport.ua.hangup(self.call_id, now))
 
 
-class SipTransport(asyncio.DatagramProtocol):
-    """A ``UserAgent`` on a UDP socket, with its timers on the event loop."""
+class RegistrationHandle:
+    """One kept registration: its state for a dashboard, and ways to wait for it or end it."""
+
+    def __init__(self, transport: SipTransport, registration: Registration):
+        self.transport = transport
+        self.registration = registration
+        self.call_id = registration.call_id
+        self.changes: list[RegistrationChanged] = []  # every report, oldest first
+        self._waiters: list[asyncio.Future] = []
+
+    @property
+    def state(self) -> RegState:
+        """``registering``, ``registered``, ``failed``, ``unregistering`` or ``unregistered``."""
+        return self.registration.state
+
+    @property
+    def registered(self) -> bool:
+        """Whether the registrar holds our binding now."""
+        return self.registration.state is RegState.REGISTERED
+
+    @property
+    def status(self) -> int | None:
+        """The last final response's status code (None: none yet, or a timeout)."""
+        return self.registration.status
+
+    @property
+    def cause(self) -> str:
+        """The last final response as people quote it (``403 Forbidden``), or why none came."""
+        return self.registration.cause
+
+    @property
+    def expires_at(self) -> float | None:
+        """When the binding lapses, in wall-clock seconds (``time.time()``), if registered."""
+        return self.transport._wall(self.registration.expires_at)
+
+    @property
+    def retry_at(self) -> float | None:
+        """When a failed registration is tried again, in wall-clock seconds."""
+        return self.transport._wall(self.registration.retry_at)
+
+    async def wait(self, *states: str) -> RegState:
+        """Wait until the state is one of ``states``; with none given, for the next report."""
+        while not states or self.state not in states:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append(future)
+            await future
+            if not states:
+                break
+        return self.state
+
+    async def unregister(self) -> RegState:
+        """Remove the binding (``Expires: 0``) and wait until done (a silent registrar: 64*T1)."""
+        self.transport._run(lambda now: self.transport.ua.unregister(self.call_id, now))
+        if self.state is not RegState.UNREGISTERED and not self.transport.closed:
+            await self.wait(RegState.UNREGISTERED)
+        return self.state
+
+    def _report(self, change: RegistrationChanged) -> None:
+        self.changes.append(change)
+        waiters, self._waiters = self._waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(change)
+
+
+class _UdpLink(asyncio.DatagramProtocol):
+    """A UDP socket: each datagram is one message."""
+
+    def __init__(self, deliver: Callable[[bytes, Address], None]):
+        self._deliver = deliver
+        self._transport: asyncio.DatagramTransport | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int, deliver: Callable[[bytes, Address], None]
+                   ) -> _UdpLink:
+        """Bind ``host:port`` (0 picks a free port)."""
+        loop = asyncio.get_running_loop()
+        _, self = await loop.create_datagram_endpoint(lambda: cls(deliver),
+                                                      local_addr=(host, port))
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Socket bound."""
+        self._transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Hand the datagram to the agent."""
+        self._deliver(data, addr[:2])
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors (port unreachable) are left to SIP retransmission and timeouts."""
+        log.debug("sip socket error: %s", exc)
+
+    @property
+    def local(self) -> Address:
+        """The bound address."""
+        assert self._transport is not None
+        return self._transport.get_extra_info("sockname")[:2]
+
+    @property
+    def closing(self) -> bool:
+        """Whether the socket is closed or closing."""
+        return self._transport is None or self._transport.is_closing()
+
+    def send(self, data: bytes, addr: Address) -> None:
+        """Send one datagram."""
+        assert self._transport is not None
+        self._transport.sendto(data, addr)
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self._transport is not None:
+            self._transport.close()
+
+
+class SipTransport:
+    """A ``UserAgent`` on a UDP socket or TCP connections, with its timers on the event loop."""
 
     def __init__(self, endpoint_user: str = "ringflow", *, timing: Timing = DEFAULT_TIMING,
-                 ids: IdSource | None = None):
+                 ids: IdSource | None = None, transport: str = "udp"):
+        if transport.lower() not in TRANSPORTS:
+            raise ValueError(f"SIP transport must be one of {TRANSPORTS}, not {transport!r}")
+        self.protocol = transport.lower()
         self._user = endpoint_user
-        self._timing = timing
+        # No retransmissions on a reliable transport (17.1.1.2): timers A, E and G stay off.
+        self._timing = dataclasses.replace(timing, reliable=self.protocol != "udp")
         self._ids = ids
         self.ua: UserAgent | None = None  # built once the bound port is known
         self.handles: dict[str, OutgoingCallHandle] = {}
-        self._transport: asyncio.DatagramTransport | None = None
+        self.registrations: dict[str, RegistrationHandle] = {}
+        self._link: _UdpLink | TcpLink | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
     @classmethod
     async def open(cls, host: str = "127.0.0.1", port: int = 0, **kwargs: object) -> SipTransport:
-        """Bind a UDP socket at ``host:port`` (0 picks a free port) and start serving."""
-        loop = asyncio.get_running_loop()
-        _, self = await loop.create_datagram_endpoint(lambda: cls(**kwargs),  # type: ignore
-                                                      local_addr=(host, port))
+        """Listen at ``host:port`` (0 picks a free port); ``transport="tcp"`` for TCP."""
+        self = cls(**kwargs)  # type: ignore[arg-type]
+        link_type = TcpLink if self.protocol == "tcp" else _UdpLink
+        self._link = await link_type.open(host, port, self._deliver)
+        bound_host, bound_port = self._link.local
+        endpoint = Endpoint(bound_host, bound_port, transport=self.protocol.upper(),
+                            user=self._user)
+        self.ua = UserAgent(endpoint, timing=self._timing, ids=self._ids)
         return self
 
     @property
     def local(self) -> tuple[str, int]:
         """The bound address, as the agent advertises it in Via and Contact."""
-        assert self._transport is not None
-        return self._transport.get_extra_info("sockname")[:2]
+        assert self._link is not None
+        return self._link.local
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Socket bound: now the Endpoint can name the real port."""
-        self._transport = transport  # type: ignore[assignment]
-        host, port = self.local
-        self.ua = UserAgent(Endpoint(host, port, user=self._user), timing=self._timing,
-                            ids=self._ids)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Feed the agent every datagram; it never raises on a peer's bytes."""
-        self._run(lambda now: self.ua.receive(data, addr[:2], now))  # type: ignore[union-attr]
-
-    def error_received(self, exc: Exception) -> None:
-        """ICMP errors (port unreachable) are left to SIP retransmission and timeouts."""
-        log.debug("sip socket error: %s", exc)
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called (nothing more is sent or received)."""
+        return self._link is None or self._link.closing
 
     async def dial(self, target_uri: str, from_uri: str, offer: SessionDescription,
                    **dial: object) -> OutgoingCallHandle:
@@ -107,23 +229,58 @@ class SipTransport(asyncio.DatagramProtocol):
         assert handle is not None
         return handle
 
+    async def register(self, aor: str, registrar: str | None = None, *,
+                       authenticator: Authenticator | None = None, expires: int = 3600,
+                       outbound: Address | None = None, retry_base: float = 30.0,
+                       retry_max: float = 300.0) -> RegistrationHandle:
+        """Start keeping ``aor`` registered at ``registrar`` (default: the AOR's domain)."""
+        handle: RegistrationHandle | None = None
+
+        def start(now: float) -> list[AgentOutput]:
+            nonlocal handle
+            reg, out = self.ua.register(  # type: ignore[union-attr]
+                SipUri.parse(aor), SipUri.parse(registrar) if registrar else None,
+                authenticator, expires, now, outbound=outbound, retry_base=retry_base,
+                retry_max=retry_max)
+            handle = self.registrations[reg.call_id] = RegistrationHandle(self, reg)
+            return out
+
+        self._run(start)
+        assert handle is not None
+        return handle
+
     def close(self) -> None:
-        """Stop the timer and close the socket; calls still up are simply dropped."""
+        """Stop the timer and close the link; calls and registrations still up are dropped."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._transport is not None:
-            self._transport.close()
+        if self._link is not None:
+            self._link.close()
+
+    def _deliver(self, data: bytes, source: Address) -> None:
+        """Feed the agent every message; it never raises on a peer's bytes."""
+        self._run(lambda now: self.ua.receive(data, source, now))  # type: ignore[union-attr]
+
+    def _wall(self, at: float | None) -> float | None:
+        """A loop-clock instant as wall-clock seconds."""
+        if at is None:
+            return None
+        return time.time() + (at - asyncio.get_running_loop().time())
 
     def _run(self, step: Callable[[float], list[AgentOutput]]) -> None:
         """Call into the agent at loop time, then send, dispatch and re-arm."""
-        if self._transport is None or self._transport.is_closing():
+        if self.closed:
             return
         for item in step(asyncio.get_running_loop().time()):
             if isinstance(item, Datagram):
-                self._transport.sendto(item.data, item.addr)
+                self._link.send(item.data, item.addr)
             elif isinstance(item, Discarded):
                 log.debug("sip discarded from %s: %s", item.source, item.reason)
+            elif isinstance(item, RegistrationChanged):
+                if (reg := self.registrations.get(item.call_id)) is not None:
+                    reg._report(item)
+                    if item.state == RegState.UNREGISTERED:
+                        del self.registrations[item.call_id]
             elif (handle := self.handles.get(item.call_id)) is not None:
                 handle.events.put_nowait(item)
                 if isinstance(item, Ended):
