@@ -14,10 +14,13 @@
     ├── IllegalTransition       a call or leg status change the transition table forbids
     ├── CapacityExceeded        the account's queue of waiting calls is full (API: 429)
     ├── Unavailable             a backing service (Redis) is down; retry shortly (API: 503)
-    └── SipError                (ringflow.sip.errors) the SIP core
-        ├── SipParseError       a malformed SIP message (SdpParseError: a malformed SDP)
-        ├── SipStateError       an operation the dialog or transaction state forbids
-        └── NegotiationError    no common codec in an offer/answer
+    ├── SipError                (ringflow.sip.errors) the SIP core
+    │   ├── SipParseError       a malformed SIP message (SdpParseError: a malformed SDP)
+    │   ├── SipStateError       an operation the dialog or transaction state forbids
+    │   └── NegotiationError    no common codec in an offer/answer
+    └── MediaError              (ringflow.media) RTP media
+        ├── RtpParseError       a malformed RTP packet or telephone-event payload
+        └── SessionClosed       the RTP session was closed (a hang-up) while waiting on it
 
 Foreign exceptions (SQLAlchemy, httpx, redis) are translated once, at the boundary that calls
 them, with ``raise ... from``.
@@ -76,3 +79,7 @@ class CapacityExceeded(RingflowError):
 
 class Unavailable(RingflowError):
     """A service ringflow depends on is down; the request may succeed if retried."""
+
+
+class MediaError(RingflowError):
+    """The RTP media engine failed or refused (no free port, a codec it cannot carry)."""

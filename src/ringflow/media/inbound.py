@@ -1,0 +1,120 @@
+"""What arrives on a session's socket: which datagrams are the party's stream, and the jitter
+buffer that turns their arrivals into one 20 ms frame per tick.
+
+``InboundStream`` decides per packet (RFC 3550 A.1 in spirit): the first valid packet after
+``reset()`` fixes the source address (the caller may latch its sends to it); other sources are
+foreign, except the address the SDP announced, which always wins: after a re-INVITE moves the
+media, the old party may go on sending for a moment and be latched to first. A second SSRC from
+the source is foreign too unless the current one has been silent for 200 ms (an SBC switched
+streams). Sequence numbers give loss, duplicates and restarts.
+
+``JitterBuffer`` holds decoded PCM. It starts playing out once 40 ms is queued, so packets a
+little late or early against our tick still land in time; when it runs dry it pads with silence
+and refills; past 200 ms queued it drops the oldest audio, because a listener wants the party
+now, not a growing delay. Lost packets are replaced by silence so later audio stays on time.
+"""
+
+from __future__ import annotations
+
+from ringflow.media.g711 import FRAME_BYTES, SILENCE_PCM
+from ringflow.media.stats import SessionStats
+
+PREFILL = 2 * FRAME_BYTES
+MAX_BUFFER = 10 * FRAME_BYTES
+MAX_DROPOUT, MAX_MISORDER = 3000, 100  # RFC 3550 A.1: a jump beyond either is a restart
+MAX_FILL_LOSS = 5  # lost packets replaced by silence (a longer gap is a pause, not loss)
+SSRC_SILENT_FRAMES = 10  # a new SSRC is taken once the current one is quiet this long
+DUPLICATE = -1
+
+
+class InboundStream:
+    """Which received packets belong to the party's stream, and what was lost before them."""
+
+    __slots__ = ("_frame", "_seq", "_stats", "announced", "source", "ssrc")
+
+    def __init__(self, stats: SessionStats) -> None:
+        self._stats = stats
+        self.source: tuple[str, int] | None = None
+        self.announced: tuple[str, int] | None = None
+        self.ssrc: int | None = None
+        self._seq: int | None = None
+        self._frame = 0
+
+    def reset(self, announced: tuple[str, int] | None = None) -> None:
+        """Forget the source and stream: the next valid packet starts a new one. Packets from
+        ``announced`` (the SDP's address) are taken over any other source."""
+        self.source = self.ssrc = self._seq = None
+        self.announced = announced
+
+    def accept(self, addr: tuple[str, int], ssrc: int, seq: int, frame: int) -> int | None:
+        """Packets lost just before this one (0 usually); DUPLICATE for a packet repeated or
+        overtaken (stale audio, though a telephone event in it still counts); None to drop it."""
+        if addr != self.source:
+            if self.source is not None and addr[:2] != self.announced:
+                self._stats.foreign += 1
+                return None
+            self.source, self.ssrc = addr, None
+        if ssrc != self.ssrc:
+            if self.ssrc is not None and frame - self._frame < SSRC_SILENT_FRAMES:
+                self._stats.foreign += 1
+                return None
+            self.ssrc, self._seq = ssrc, None
+        gap = 0
+        if self._seq is not None:
+            delta = (seq - self._seq - 1) & 0xFFFF
+            if 0 < delta < MAX_DROPOUT:
+                gap = delta
+                self._stats.lost += delta
+            elif delta >= 0x10000 - MAX_MISORDER:
+                self._stats.duplicates += 1
+                return DUPLICATE
+            # else: a jump of thousands of packets is a restarted sender, not loss
+        self._seq, self._frame = seq, frame
+        self._stats.received += 1
+        return gap
+
+
+class JitterBuffer:
+    """Decoded audio from arrival to play-out, one frame per tick."""
+
+    __slots__ = ("_pcm", "_primed", "_stats")
+
+    def __init__(self, stats: SessionStats) -> None:
+        self._stats = stats
+        self._pcm = bytearray()
+        self._primed = False
+
+    def __len__(self) -> int:
+        return len(self._pcm)
+
+    def put(self, pcm: bytes, lost: int = 0) -> None:
+        """Queue one packet's audio, after silence for ``lost`` packets missing before it."""
+        buf = self._pcm
+        if 0 < lost <= MAX_FILL_LOSS:
+            buf += bytes(lost * len(pcm))
+        buf += pcm
+        if len(buf) > MAX_BUFFER:
+            del buf[:len(buf) - PREFILL]
+            self._stats.overflows += 1
+
+    def take(self) -> bytes:
+        """The next 20 ms frame to play out (silence while filling)."""
+        buf = self._pcm
+        if not self._primed:
+            if len(buf) < PREFILL:
+                return SILENCE_PCM
+            self._primed = True
+        if len(buf) >= FRAME_BYTES:
+            frame = bytes(buf[:FRAME_BYTES])
+            del buf[:FRAME_BYTES]
+            return frame
+        frame = bytes(buf).ljust(FRAME_BYTES, b"\0")
+        buf.clear()
+        self._primed = False
+        self._stats.underruns += 1
+        return frame
+
+    def clear(self) -> None:
+        """Drop everything queued (nobody listens any more)."""
+        self._pcm.clear()
+        self._primed = False

@@ -1,0 +1,394 @@
+"""One leg's RTP: a UDP socket, what we send each 20 ms, and what we hear from the party.
+
+Sending: the engine's pacer calls ``tick`` once per 20 ms frame. The packet carries, in order
+of precedence, a DTMF event being sent, the bridged party's audio, the current ``play()``, or
+silence: RTP never stops while the session runs (NATs and symmetric-RTP peers rely on it). A
+play is encoded once, when ``play()`` is called, into ready payloads; a tick only picks the
+next one and packs a 12-byte header. The RTP timestamp is derived from the frame number, so
+it follows the wall clock even across skipped ticks.
+
+Receiving (``inbound.py``): only the party's stream is used. The first valid packet after
+``start()`` fixes its source address, and with ``latch`` (the engine's default) we send there
+too: a peer behind NAT announces an address it cannot be reached at, then sends from the one it
+can. Packets from the address the SDP announced always win over a source latched first. Audio
+is decoded on arrival into a jitter buffer that ``tick`` drains one frame at a time for
+``listen`` sinks and bridges.
+
+Keys (``dtmf.py``) come from RFC 4733 events, from ``push_digit`` (SIP INFO) and from tones in
+the received audio. Tones are looked for (``inband``) until the party's first RFC 4733 event:
+after that, tones would only repeat its events (gateways often send both). The engine batches
+the tone analysis of all its sessions once per tick.
+
+Bridged audio always goes through PCM (decode from one party's law, encode in the other's):
+the tap needs PCM anyway, G.711 re-encoding in the same law is lossless, and it costs well
+under a microsecond a frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import logging
+import random
+import struct
+import typing
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ringflow.errors import MediaError
+from ringflow.media import g711
+from ringflow.media.bridge import Bridge
+from ringflow.media.dtmf import EventReceiver, KeyStream, ToneDetector, event_packets, tone
+from ringflow.media.g711 import FRAME_SAMPLES, SILENCE_PCM
+from ringflow.media.inbound import DUPLICATE, InboundStream, JitterBuffer
+from ringflow.media.rtp import HEADER, RtpPacket, RtpParseError, TelephoneEvent, event_of
+from ringflow.media.stats import SessionStats
+from ringflow.sip.sdp import Direction, MediaPlan
+
+if TYPE_CHECKING:
+    from ringflow.media.engine import MediaEngine
+
+log = logging.getLogger("ringflow.media")
+
+_SEQ_TS_SSRC = struct.Struct("!HII")
+_COMFORT_NOISE = 13
+
+
+class SessionClosed(MediaError):
+    """The session was closed while waiting on it (the leg hung up)."""
+
+
+class _Play:
+    """A queued ``play()``: its payloads in the current law and how far it got."""
+
+    __slots__ = ("chunks", "done", "index", "law", "pcm")
+
+    def __init__(self, pcm: bytes, law: g711.G711 | None, done: asyncio.Future[None]):
+        self.pcm, self.law, self.index, self.done = pcm, law, 0, done
+        self.chunks = g711.payloads(law, pcm) if law else ()
+
+
+class _DigitSend:
+    """A queued ``send_digit()``: its event payloads and the timestamp of the key press."""
+
+    __slots__ = ("done", "events", "index", "timestamp")
+
+    def __init__(self, events: list[TelephoneEvent], done: asyncio.Future[None]):
+        self.events, self.index, self.timestamp, self.done = events, 0, 0, done
+
+
+def _resolve(future: asyncio.Future[Any], value: Any = None) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+class RtpSession(asyncio.DatagramProtocol):
+    """One leg's RTP stream; created by ``MediaEngine.open_session``."""
+
+    def __init__(self, engine: MediaEngine, local: tuple[str, int]) -> None:
+        self.local = local
+        self.closed = False
+        self.stats = SessionStats()
+        # In-band tones: True always detected, False never; None (auto) until the first RFC 4733
+        # event shows the party signals keys out of band (then tones would only repeat them).
+        self.inband: bool | None = None
+        self._engine = engine
+        self._transport: asyncio.DatagramTransport | None = None
+        self._plan: MediaPlan | None = None
+        self._law, self._pt = g711.PCMU, g711.PCMU.payload_type
+        self._send_to: tuple[str, int] = ("", 0)
+        self._sending = False
+        self._ssrc = random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts_base = random.getrandbits(32)
+        self._marker = True
+        self._frame = 0
+        self._plays: collections.deque[_Play] = collections.deque()
+        self._digit_sends: collections.deque[_DigitSend] = collections.deque()
+        self._sinks: dict[object, Callable[[bytes], None]] = {}
+        self._rx = JitterBuffer(self.stats)
+        self._inbound = InboundStream(self.stats)
+        self._bridge: Bridge | None = None
+        self.bridge_in: collections.deque[bytes] | None = None  # PCM frames from the other party
+        self._keys = KeyStream()
+        self._events = EventReceiver()
+        self._tones: ToneDetector | None = None
+
+    # -- control ---------------------------------------------------------------------------
+
+    def start(self, plan: MediaPlan) -> None:
+        """Send to ``plan.remote`` with ``plan.codec``; again after a re-INVITE changes the plan."""
+        if self.closed:
+            return
+        law = g711.law(plan.codec.name)
+        host = plan.remote[0]
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            # A host name here would make every send a blocking DNS lookup on the media loop.
+            raise MediaError(f"RTP remote must be an IP address, got {host!r}") from None
+        previous, self._plan = self._plan, plan
+        self._law, self._pt = law, plan.codec.payload_type
+        if previous is None or previous.remote != plan.remote:
+            self._send_to = plan.remote
+            self._inbound.reset(plan.remote)
+        self._sending = plan.direction in (Direction.SENDRECV, Direction.SENDONLY)
+        if plan.dtmf_pt is None:  # the new plan has no telephone-event to finish them with
+            for item in self._digit_sends:
+                _resolve(item.done)
+            self._digit_sends.clear()
+        if self.inband is False:
+            self._tones = None
+        elif self._tones is None and (self.inband or not self._events.seen):
+            self._tones = ToneDetector()
+        if previous is None:
+            self._engine.pacer.add(self)
+
+    def close(self) -> None:
+        """Stop sending, release the port, wake everything waiting on this session."""
+        if self.closed:
+            return
+        self.closed = True
+        self._engine.forget(self)
+        if self._bridge is not None:
+            self._bridge.undo()
+        if self._transport is not None:
+            self._transport.close()
+        for item in (*self._plays, *self._digit_sends):
+            _resolve(item.done)
+        self._plays.clear()
+        self._digit_sends.clear()
+        self._keys.close(SessionClosed("the RTP session closed"))
+        self._sinks.clear()
+
+    # -- what we send ----------------------------------------------------------------------
+
+    async def play(self, pcm: bytes) -> None:
+        """Play 8 kHz mono s16le audio after anything already queued; returns once it was sent."""
+        if len(pcm) % 2:
+            raise ValueError("PCM must be whole 16-bit samples")
+        if self.closed or not pcm:
+            return
+        item = _Play(pcm, self._law if self._plan else None,
+                     asyncio.get_running_loop().create_future())
+        self._plays.append(item)
+        try:
+            await item.done
+        finally:
+            if item.done.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._plays.remove(item)
+
+    async def send_digit(self, digit: str, duration_ms: int = 160) -> None:
+        """Send one key: RFC 4733 events if the plan has telephone-event, else in-band tones."""
+        event_of(digit)  # ValueError now rather than a surprise on the wire
+        if self.closed:
+            return
+        if self._plan is None:
+            raise MediaError("send_digit before start(): no remote to send to")
+        if self._plan.dtmf_pt is None:
+            await self.play(tone(digit, duration_ms / 1000) + SILENCE_PCM * 3)
+            return
+        item = _DigitSend(event_packets(digit, duration_ms, g711.FRAME_MS),
+                          asyncio.get_running_loop().create_future())
+        self._digit_sends.append(item)
+        try:
+            await item.done
+        finally:
+            if item.done.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._digit_sends.remove(item)
+
+    def bridge(self, other: RtpSession,
+               tap: Callable[[bytes, bytes], None] | None = None) -> Callable[[], None]:
+        """Carry audio both ways between this party and ``other``; returns the undo function."""
+        for session in (self, other):
+            if session._bridge is not None:
+                session._bridge.undo()
+        bridge = Bridge(self, other, tap)
+        self._bridge = other._bridge = bridge
+        return bridge.undo
+
+    def unbridged(self, bridge: Bridge) -> None:
+        """Called by ``bridge`` when it is undone."""
+        if self._bridge is bridge:
+            self._bridge, self.bridge_in = None, None
+
+    # -- what we hear ----------------------------------------------------------------------
+
+    def listen(self, sink: Callable[[bytes], None]) -> Callable[[], None]:
+        """Give ``sink`` the party's audio, one 20 ms frame per tick; returns the unsubscribe."""
+        token = object()
+        self._sinks[token] = sink
+
+        def unsubscribe() -> None:
+            self._sinks.pop(token, None)
+            if not self._sinks:
+                self._rx.clear()
+
+        return unsubscribe
+
+    def push_digit(self, digit: str) -> None:
+        """A key that arrived another way (SIP INFO) joins the stream of keys."""
+        event_of(digit)
+        self._key(digit.upper(), "info")
+
+    async def next_digit(self) -> str:
+        """The next key the party pressed; SessionClosed if the session closes first."""
+        return await self._keys.next()
+
+    def clear_digits(self) -> None:
+        """Forget keys pressed but not yet read."""
+        self._keys.clear()
+
+    def _tone(self, key: str) -> None:
+        if not self.closed:
+            self._key(key, "tone")
+
+    def _key(self, key: str, source: str) -> None:
+        if self._keys.put(key, source, self._frame):
+            self.stats.digits += 1
+
+    # -- the socket's side -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The socket is ready (asyncio calls this)."""
+        self._transport = typing.cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket closed (asyncio calls this)."""
+        if not self.closed:
+            self.close()
+
+    def error_received(self, exc: Exception) -> None:
+        """A send failed (ICMP unreachable, an address of the wrong family): count it."""
+        self.stats.send_errors += 1
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """One datagram: used if it is our party's RTP, else counted and dropped. Never raises."""
+        if self.closed or self._plan is None:
+            return
+        try:
+            self._receive(data, addr)
+        except RtpParseError:
+            self.stats.malformed += 1
+
+    def _receive(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) > 12 and data[0] == 0x80:  # the usual packet: no padding, extension, CSRC
+            pt = data[1] & 0x7F
+            seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+            payload = data[12:]
+        else:
+            packet = RtpPacket.parse(data)
+            pt, seq, timestamp = packet.payload_type, packet.sequence, packet.timestamp
+            ssrc, payload = packet.ssrc, packet.payload
+        assert self._plan is not None
+        law = self._law if pt == self._pt else g711.BY_STATIC_PT.get(pt)
+        event = law is None and pt in self._plan.dtmf_receive
+        if law is None and not event and pt != _COMFORT_NOISE:
+            self.stats.foreign += 1
+            return
+        gap = self._accept(addr, ssrc, seq)
+        if gap is None:
+            return
+        if event:
+            # Events are deduplicated by press, not by sequence number: a replayed or reordered
+            # event packet is harmless, and its press may be one not seen yet.
+            key = self._events.feed(ssrc, timestamp, TelephoneEvent.parse(payload))
+            if self.inband is None:
+                self._tones = None
+            if key is not None:
+                self._key(key, "rtp")
+        elif law is not None and gap != DUPLICATE and (self._sinks or self._tones):
+            self._audio(law.decode(payload), gap)
+
+    def _accept(self, addr: tuple[str, int], ssrc: int, seq: int) -> int | None:
+        source = self._inbound.source
+        gap = self._inbound.accept(addr, ssrc, seq, self._frame)
+        if gap is not None and addr != source and self._engine.latch and addr != self._send_to:
+            log.debug("RTP %s: latching to %s (SDP said %s)", self.local, addr,
+                      self._inbound.announced)
+            self._send_to = addr
+        return gap
+
+    def _audio(self, pcm: bytes, gap: int) -> None:
+        if self._tones is not None:
+            self._engine.tones.submit(self._tones, pcm, self._tone)
+        if self._sinks:
+            self._rx.put(pcm, gap)
+
+    # -- the pacer's side ------------------------------------------------------------------
+
+    def tick(self, frame: int) -> None:
+        """Send this frame's packet and hand the party's frame to sinks (called by the pacer)."""
+        self._frame = frame
+        if self._sinks:
+            self._hear()
+        law, pt = self._law, self._pt
+        timestamp = (self._ts_base + frame * FRAME_SAMPLES) & 0xFFFFFFFF
+        marker = self._marker
+        if self._digit_sends:
+            payload, pt, timestamp, marker = self._event_packet(timestamp)
+        elif self.bridge_in is not None:
+            payload = law.encode(self.bridge_in.popleft()) if self.bridge_in else law.silence
+        elif self._plays:
+            payload = self._play_frame()
+        else:
+            payload = law.silence
+        if not self._sending:
+            return
+        assert self._transport is not None
+        self._transport.sendto(
+            HEADER.pack(0x80, marker << 7 | pt, self._seq, timestamp, self._ssrc) + payload,
+            self._send_to)
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._marker = False
+        self.stats.sent += 1
+
+    def note_late(self) -> None:
+        """Count a packet that left late (called by the pacer)."""
+        self.stats.late += 1
+
+    def fail(self) -> None:
+        """Close after a bug in a tick (called by the pacer)."""
+        self.close()
+
+    def _play_frame(self) -> bytes:
+        plays = self._plays
+        while plays and plays[0].done.done():  # cancelled while queued
+            plays.popleft()
+        if not plays:
+            return self._law.silence
+        item = plays[0]
+        if item.law is not self._law:  # the codec changed (a re-INVITE) since it was queued
+            item.law, item.chunks = self._law, g711.payloads(self._law, item.pcm)
+        payload = item.chunks[item.index]
+        item.index += 1
+        if item.index >= len(item.chunks):
+            plays.popleft()
+            item.done.set_result(None)
+        return payload
+
+    def _event_packet(self, timestamp: int) -> tuple[bytes, int, int, bool]:
+        item = self._digit_sends[0]
+        first = item.index == 0
+        if first:
+            item.timestamp = timestamp  # every packet of one press carries its start time
+        payload = bytes(item.events[item.index])
+        item.index += 1
+        if item.index >= len(item.events):
+            self._digit_sends.popleft()
+            _resolve(item.done)
+        assert self._plan is not None and self._plan.dtmf_pt is not None
+        return payload, self._plan.dtmf_pt, item.timestamp, first
+
+    def _hear(self) -> None:
+        frame = self._rx.take()
+        for token, sink in tuple(self._sinks.items()):
+            try:
+                sink(frame)
+            except Exception:
+                log.exception("an RTP listener failed; unsubscribing it")
+                self._sinks.pop(token, None)
