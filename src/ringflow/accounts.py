@@ -13,7 +13,7 @@ import hmac
 import re
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,7 +25,8 @@ from ringflow.flows.model import AppGraph, parse_app
 from ringflow.media.tts import TextToSpeech, TtsUnavailable
 from ringflow.phone import normalize
 from ringflow.storage.db import Database
-from ringflow.storage.models import Account, ApiKey, App, PhoneNumber
+from ringflow.storage.models import Account, ApiKey, App, PhoneNumber, SandboxPhone
+from ringflow.telephony.sandbox import PhoneScript
 
 _DUMMY_HASH = hashlib.sha256(b"ringflow-no-such-key").hexdigest()
 # Ids are BIGINT: a larger number (from a Url or a path) names no app, and handing it to the
@@ -168,6 +169,33 @@ class Accounts:
                 )
             ).scalars()
         )
+
+    async def script_phone(self, account_sid: str, number: str, script: Any) -> tuple[str, dict[str, Any]]:
+        """Set how a virtual phone answers this account's calls; returns (E.164, stored script)."""
+        number = normalize(number, field="number")
+        stored = PhoneScript.from_dict(script).to_dict()
+        async with self.db.session() as session:
+            account = await self.get(session, account_sid)
+            row = await session.get(SandboxPhone, (account.sid, number))
+            if row is None:
+                session.add(SandboxPhone(scope=account.sid, number=number, script=stored, updated_at=self.clock.wall()))
+            else:
+                row.script, row.updated_at = stored, self.clock.wall()
+        return number, stored
+
+    async def clear_phone(self, account_sid: str, number: str) -> str:
+        """Forget this account's script for a virtual phone; returns the number in E.164."""
+        number = normalize(number, field="number")
+        async with self.db.session() as session:
+            await session.execute(
+                delete(SandboxPhone).where(SandboxPhone.scope == account_sid.lower(), SandboxPhone.number == number)
+            )
+        return number
+
+    async def phones(self, session: AsyncSession, account_sid: str) -> list[SandboxPhone]:
+        """Scripts that apply to the account's calls: its own and those set for every account."""
+        query = select(SandboxPhone).where(or_(SandboxPhone.scope == account_sid.lower(), SandboxPhone.scope == ""))
+        return list((await session.execute(query.order_by(SandboxPhone.number, SandboxPhone.scope))).scalars())
 
     async def save_app(self, account_sid: str, data: Any, app_id: int | None = None) -> App:
         """Validate and store an app; with ``app_id``, replace that app as a new version."""

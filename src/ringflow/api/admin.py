@@ -10,7 +10,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -21,7 +21,6 @@ from ringflow.errors import AuthError, Conflict, Forbidden, InvalidRequest, NotF
 from ringflow.media.audio import wav_bytes
 from ringflow.phone import normalize
 from ringflow.storage.models import Account, App, Call, CallEvent, SandboxPhone
-from ringflow.telephony.sandbox import PhoneScript
 
 MAX_BODY = 256 * 1024
 DEFAULT_LINK_TTL = 3600
@@ -103,22 +102,13 @@ class AdminApi:
         return JSONResponse({"number": number, "script": row.script})
 
     async def put_phone(self, request: Request, account: Account) -> Response:
-        number = normalize(request.path_params["number"], field="number")
-        script = PhoneScript.from_dict(await _json_body(request)).to_dict()
-        async with self.s.db.session() as session:
-            row = await session.get(SandboxPhone, (account.sid, number))
-            if row is None:
-                session.add(SandboxPhone(scope=account.sid, number=number, script=script, updated_at=self.s.clock.wall()))
-            else:
-                row.script, row.updated_at = script, self.s.clock.wall()
+        number, script = await self.s.accounts.script_phone(
+            account.sid, request.path_params["number"], await _json_body(request)
+        )
         return JSONResponse({"number": number, "script": script})
 
     async def delete_phone(self, request: Request, account: Account) -> Response:
-        number = normalize(request.path_params["number"], field="number")
-        async with self.s.db.session() as session:
-            await session.execute(
-                delete(SandboxPhone).where(SandboxPhone.scope == account.sid, SandboxPhone.number == number)
-            )
+        await self.s.accounts.clear_phone(account.sid, request.path_params["number"])
         return Response(status_code=204)
 
     async def call_events(self, request: Request, account: Account) -> Response:

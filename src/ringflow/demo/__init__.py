@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 from ringflow.accounts import Accounts
+from ringflow.dashboard.logins import account_hash, set_account_password
 from ringflow.errors import NotFound
 
 DEMO_NAME = "Demo"
@@ -47,9 +49,14 @@ async def ensure_demo(accounts: Accounts, base_url: str, credentials_file: Path)
         try:
             async with accounts.db.session() as session:
                 await accounts.get(session, saved["sid"])
-            return saved
         except NotFound:
             pass  # the database was reset: make a new demo account
+        else:
+            # Demo accounts made before the dashboard existed get their sign-in now.
+            if not saved.get("dashboard_password") or await account_hash(accounts, saved["sid"]) is None:
+                saved["dashboard_password"] = await _dashboard_password(accounts, saved["sid"])
+                _write(credentials_file, saved)
+            return saved
     creds = await accounts.create_account(DEMO_NAME)
     await accounts.add_number(creds.account_sid, DEMO_EXOPHONE, "Demo ExoPhone")
     app = await accounts.save_app(creds.account_sid, demo_app(base_url))
@@ -59,12 +66,25 @@ async def ensure_demo(accounts: Accounts, base_url: str, credentials_file: Path)
         "api_token": creds.api_token,
         "exophone": DEMO_EXOPHONE,
         "app_id": app.id,
+        "dashboard_password": await _dashboard_password(accounts, creds.account_sid),
     }
+    _write(credentials_file, saved)
+    return saved
+
+
+async def _dashboard_password(accounts: Accounts, sid: str) -> str:
+    """A random dashboard password for the demo account (kept, like its token, in the file)."""
+    password = secrets.token_urlsafe(12)
+    await set_account_password(accounts, sid, password)
+    return password
+
+
+def _write(credentials_file: Path, saved: dict[str, Any]) -> None:
     credentials_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(saved, out, indent=2)
-    return saved
+    os.chmod(credentials_file, 0o600)
 
 
 def banner(saved: dict[str, Any], base_url: str) -> str:
@@ -87,6 +107,10 @@ def banner(saved: dict[str, Any], base_url: str) -> str:
             "",
             "Then read it back with details:",
             f"  curl -u {key}:{token} '{base_url}/v1/Accounts/{sid}/Calls/<Sid>.json?details=true'",
+            "",
+            "Or watch it in the dashboard:",
+            f"  Dashboard   : {base_url}/",
+            f"  Sign in     : account SID {sid}, password {saved['dashboard_password']}",
             "",
         ]
     )

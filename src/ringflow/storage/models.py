@@ -59,6 +59,19 @@ class Account(Base):
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_concurrent_calls: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[dt.datetime]
+    # The dashboard sign-in of the account (scrypt, see dashboard/auth.py); None: no sign-in.
+    dashboard_password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class Operator(Base):
+    """A dashboard sign-in for the instance's operator, who sees every account."""
+
+    __tablename__ = "operators"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
 
 
 class ApiKey(Base):
