@@ -29,7 +29,7 @@ serve: $(STAMP)
 	  exec $(BIN)/ringflow serve --host $(RINGFLOW_HOST) --port $(RINGFLOW_PORT)
 
 services:
-	@scripts/ensure-services sip-tester
+	@scripts/ensure-services sip-tester baresip-core chromium
 
 test: $(STAMP) services
 	$(BIN)/python -m pytest -q

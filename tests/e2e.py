@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from ringflow.app import Services, create_app
 from ringflow.calls.status import is_terminal
-from ringflow.clock import ManualClock
+from ringflow.clock import Clock, ManualClock
 from ringflow.config import Settings
 from ringflow.storage.models import Call, OutboxMessage
 from tests.support import Recorder, recorder, serve
@@ -46,7 +46,7 @@ class Rig:
     """A running server and everything a test needs to drive it."""
 
     base: str
-    clock: ManualClock
+    clock: Clock  # a ManualClock unless the test chose a real one (SIP media runs in real time)
     services: Services
     customer: Recorder
     http: httpx.AsyncClient
@@ -105,8 +105,10 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def running(database_url: str, **overrides: Any) -> AsyncIterator[Rig]:
-    """Start ringflow (ManualClock, sandbox) and a customer's server; make an account."""
+async def running(database_url: str, clock: Clock | None = None, **overrides: Any
+                  ) -> AsyncIterator[Rig]:
+    """Start ringflow (a ManualClock unless ``clock`` is given; settings as overridden) and a
+    customer's server; make an account."""
     values: dict[str, Any] = {
         "database_url": database_url,
         "allow_private_urls": True,
@@ -116,7 +118,7 @@ async def running(database_url: str, **overrides: Any) -> AsyncIterator[Rig]:
     }
     values.update(overrides)
     settings = Settings(**values)
-    clock = ManualClock()
+    clock = clock or ManualClock()
     app = create_app(settings, clock=clock)
     services: Services = app.state.services
     async with recorder() as customer, serve(app) as base:

@@ -25,6 +25,7 @@ from ringflow.calls.housekeeping import Housekeeper
 from ringflow.calls.runner import CallRunner
 from ringflow.clock import Clock, make_clock
 from ringflow.config import Settings
+from ringflow.dashboard.site import Dashboard
 from ringflow.errors import InvalidRequest
 from ringflow.media.audio import Prompt
 from ringflow.media.cache import PromptCache
@@ -34,6 +35,7 @@ from ringflow.recordings import RecordingStore
 from ringflow.storage.db import Database
 from ringflow.storage.models import SandboxPhone
 from ringflow.telephony.carrier import Carrier
+from ringflow.telephony.routing import RoutingCarrier
 from ringflow.telephony.sandbox import PhoneScript, SandboxCarrier
 from ringflow.webhooks.deliverer import Deliverer
 from ringflow.webhooks.http import OutboundHttp
@@ -72,7 +74,7 @@ class Services:
         # Audio files are larger than the answers applets read, so they get their own size cap.
         audio_http = OutboundHttp(settings, clock, max_body=MAX_AUDIO_BYTES)
         audio = AudioStore(settings, db, prompts, audio_http, clock)
-        carrier = carrier or SandboxCarrier(clock, _script_lookup(db), _speech(tts))
+        carrier = carrier or _carrier(settings, clock, db, tts)
         recordings = RecordingStore(settings, db, clock)
         runner = CallRunner(db, clock, carrier, FlowHttp(http, audio), deliverer.wake, recordings)
         dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake)
@@ -97,6 +99,8 @@ class Services:
         """Resume pending callbacks and reclaim calls a previous run left behind."""
         if not await self.tts.ready():
             log.warning("text to speech is unavailable: prompts get estimated durations")
+        if (start := getattr(self.carrier, "start", None)) is not None:
+            await start()  # a carrier with sockets binds them before any call is placed
         self.deliverer.start()
         await self.dispatcher.recover()
         self.housekeeper.start()
@@ -105,12 +109,29 @@ class Services:
         """End running calls, flush callbacks, close connections."""
         await self.housekeeper.stop()
         await self.dispatcher.stop()
+        if (close := getattr(self.carrier, "close", None)) is not None:
+            await close()
         await self.deliverer.stop()
         await self.http.aclose()
         await self.audio.http.aclose()
         await self.rate_limiter.close()
         self.tts.close()
         await self.db.close()
+
+
+def _carrier(settings: Settings, clock: Clock, db: Database, tts: TextToSpeech) -> Carrier:
+    """The sandbox, SIP, or the sandbox with SIP for the accounts a trunk names."""
+    sandbox = SandboxCarrier(clock, _script_lookup(db), _speech(tts))
+    if not settings.sip_trunks:
+        return sandbox
+    from ringflow.telephony.sip.carrier import SipCarrier  # loads the media engine: only on use
+    from ringflow.telephony.sip.trunks import load_trunks
+
+    sip = SipCarrier(clock, load_trunks(settings.sip_trunks), sip_host=settings.sip_host,
+                     sip_port=settings.sip_port,
+                     rtp_ports=(settings.rtp_port_min, settings.rtp_port_max),
+                     speech=_speech(tts))
+    return sip if settings.carrier == "sip" else RoutingCarrier(sandbox, sip)
 
 
 def _script_lookup(db: Database) -> Any:
@@ -172,6 +193,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, carrier: Carri
         Route("/demo/passthru", demo_passthru),
         *ExotelApi(services).routes(),
         *AdminApi(services).routes(),
+        *Dashboard(services).routes(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.services = services

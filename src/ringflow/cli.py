@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="create or upgrade the database schema")
     p.set_defaults(func=cmd_migrate)
 
+    p = sub.add_parser("dial", help="place a test call through the configured carrier and follow it")
+    p.add_argument("account_sid")
+    p.add_argument("number", help="E.164 number or sip: URI to call")
+    p.add_argument("--app", type=int, required=True, help="the app the call runs once answered")
+    p.add_argument("--caller-id", help="ExoPhone to show (default: the account's first)")
+    p.add_argument("--timeout", type=int, default=30, help="seconds to let it ring")
+    p.set_defaults(func=cmd_dial)
+
     p = sub.add_parser("demo", help="create the demo account once and print how to use it")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
@@ -72,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-zone", default="Asia/Kolkata")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run(_accounts_create))
+    p = accounts.add_parser("password", help="set the account's dashboard password")
+    p.add_argument("account_sid")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.set_defaults(func=_run(_accounts_password))
+
+    operator = sub.add_parser("operator", help="dashboard sign-ins that see every account").add_subparsers(metavar="ACTION")
+    p = operator.add_parser("password", help="create an operator or set its password")
+    p.add_argument("name", nargs="?", default="admin")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.set_defaults(func=_run(_operator_password))
+    p = operator.add_parser("remove", help="remove an operator sign-in")
+    p.add_argument("name")
+    p.set_defaults(func=_run(_operator_remove))
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(metavar="ACTION")
     p = keys.add_parser("create", help="create an API key (the token is shown once)")
@@ -152,6 +173,16 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dial(settings: Settings, args: argparse.Namespace) -> int:
+    from ringflow.dialer import dial
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    migrate(settings.database_url)
+    call = asyncio.run(dial(settings, args.account_sid, args.number, args.app,
+                            caller_id=args.caller_id, time_out=args.timeout))
+    return 0 if call.status == "completed" else 1
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     migrate(settings.database_url)
     print("database is up to date")
@@ -208,6 +239,39 @@ def _print_credentials(creds: Any, as_json: bool) -> None:
 
 async def _accounts_create(accounts: Accounts, args: argparse.Namespace) -> None:
     _print_credentials(await accounts.create_account(args.name, args.time_zone), args.json)
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """The new password: one line of stdin with --password-stdin, else typed twice."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    first = getpass.getpass("New dashboard password: ")
+    if getpass.getpass("Again: ") != first:
+        raise RingflowError("the two passwords differ")
+    return first
+
+
+async def _accounts_password(accounts: Accounts, args: argparse.Namespace) -> None:
+    from ringflow.dashboard.logins import set_account_password
+
+    sid = await set_account_password(accounts, args.account_sid, _read_password(args))
+    print(f"dashboard password set for {sid}; sign in at /login with the account SID")
+
+
+async def _operator_password(accounts: Accounts, args: argparse.Namespace) -> None:
+    from ringflow.dashboard.logins import set_operator_password
+
+    name = await set_operator_password(accounts, args.name, _read_password(args))
+    print(f"operator {name} can sign in at /operator/login")
+
+
+async def _operator_remove(accounts: Accounts, args: argparse.Namespace) -> None:
+    from ringflow.dashboard.logins import remove_operator
+
+    await remove_operator(accounts, args.name)
+    print(f"removed operator {args.name}")
 
 
 async def _keys_create(accounts: Accounts, args: argparse.Namespace) -> None:

@@ -29,6 +29,11 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     carrier: str = "sandbox"
+    sip_trunks: str = ""  # YAML file of trunks (see telephony/sip/trunks.py)
+    sip_host: str = "127.0.0.1"  # address the SIP and RTP sockets bind to and advertise
+    sip_port: int = 5060
+    rtp_port_min: int = 16384
+    rtp_port_max: int = 32766
     instance: str = ""
     rate_limit_per_minute: int = 200
     max_concurrent_calls: int = 20
@@ -59,8 +64,15 @@ class Settings:
 
     def validate(self) -> None:
         """Reject values that cannot work, with the variable's name in the message."""
-        if self.carrier not in {"sandbox"}:
-            raise ConfigError(f"RINGFLOW_CARRIER={self.carrier!r}: supported carriers: sandbox")
+        if self.carrier not in {"sandbox", "sip"}:
+            raise ConfigError(f"RINGFLOW_CARRIER={self.carrier!r}: supported carriers: sandbox, sip")
+        if self.carrier == "sip" and not self.sip_trunks:
+            raise ConfigError("RINGFLOW_CARRIER=sip needs RINGFLOW_SIP_TRUNKS (a YAML file of trunks)")
+        if not 0 <= self.sip_port < 65536:
+            raise ConfigError("RINGFLOW_SIP_PORT must be a UDP port number (0 picks a free one)")
+        if not 1024 <= self.rtp_port_min < self.rtp_port_max < 65536:
+            raise ConfigError("RINGFLOW_RTP_PORT_MIN and RINGFLOW_RTP_PORT_MAX must be a range of "
+                              "ports above 1023, the minimum first")
         if not self.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ConfigError(
                 "RINGFLOW_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"

@@ -1,0 +1,436 @@
+#!/usr/bin/env python3
+"""SIP calls through ``SipCarrier`` against SIPp on loopback: calls per second, and concurrent calls.
+
+Two measurements, each step with a fresh SIPp (a UAS answering every INVITE and echoing the RTP
+it gets back to its sender, ``-rtp_echo``) and a fresh ``SipCarrier`` whose trunk's ``max_cps``
+and ``max_channels`` are set far above the load, so the trunk gate never holds a call back:
+
+1. ``--cps``: for each rate, calls are placed at that rate for ``--seconds``; each is answered
+   by SIPp (180 then 200 with SDP), held ``--hold`` seconds (RTP flowing both ways), and hung
+   up by us (BYE). A call fails if it is rejected, not answered within ``--answer-timeout``,
+   hung up by SIPp, or counted as failed by SIPp itself (its statistics file: an unexpected or
+   missing message, e.g. no ACK or no BYE). Printed per rate: calls placed, the rate achieved,
+   failures, SIPp's retransmissions (a sign we answered slowly), setup latency p50/p99 (from
+   ``carrier.dial()`` to ``Answered``: RTP port bind, INVITE, 180, 200, ACK), and the cores
+   used by ringflow's process and by SIPp. The figure: the highest rate with zero failures.
+
+2. ``--calls``: for each level N, N calls are placed (at ``--ramp-cps``) and, once answered,
+   each speaks a TTS prompt in a loop with ``channel.say`` while ``channel.record`` records
+   what comes back (the echo of that prompt). When all N are up and 2 s have passed, the media
+   engine's counters are reset and the process's CPU time measured over ``--hold-concurrent``
+   seconds. Printed per level: the engine's RTP send lateness p50/p99, packets lost (gaps in the
+   received sequence) and missing (sent but not echoed back), ringflow's cores and CPU per call
+   as % of a core, SIPp's cores, and seconds of audio per second the recordings got. The figure:
+   the highest level with lateness p99 under 5 ms and nothing lost.
+
+SIPp runs on the same machine, so its CPU (SIP parsing, and one thread echoing every RTP
+packet) competes with ringflow's for the same cores: both are printed.
+
+    .venv/bin/python bench/sip_calls.py [--cps 20 50 100 200 300] [--seconds 10] [--hold 1]
+        [--calls 100 200 400 700 1000] [--hold-concurrent 10] [--loop asyncio|uvloop]
+        [--only cps|concurrent] [--profile cps|concurrent]
+
+``--profile`` runs that phase under cProfile and prints the top functions by own time (the
+figures of a profiled run are slower than the real ones; use it to find the cost, not to measure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import csv
+import io
+import logging
+import os
+import pstats
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from ringflow.clock import RealClock
+from ringflow.media.cache import PromptCache
+from ringflow.media.tts import TextToSpeech
+from ringflow.telephony.carrier import Answered, DialRequest, Rejected
+from ringflow.telephony.sip.carrier import SipCarrier
+from ringflow.telephony.sip.trunks import Trunk
+
+SCENARIOS = ROOT / "tests" / "fixtures" / "sipp"
+PROMPT = ("Thank you for calling. Your call is important to us. Please hold while we connect "
+          "you to the next available agent.")
+
+
+# -- SIPp ------------------------------------------------------------------------------------
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_media_port() -> int:
+    """An even free UDP port with the next one free too (SIPp binds both)."""
+    for _ in range(50):
+        port = free_udp_port()
+        if port % 2 == 0 and port < 65000:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free pair of UDP ports")
+
+
+class Sipp:
+    """One SIPp UAS on loopback, answering every call, with its statistics file."""
+
+    def __init__(self, scenario: str, workdir: Path):
+        self.port, self.media = free_udp_port(), free_media_port()
+        self.workdir = workdir
+        self.stat_file = workdir / f"stat-{self.port}.csv"
+        scenario_args = (["-sf", str(SCENARIOS / scenario)] if scenario.endswith(".xml")
+                         else ["-sn", scenario])
+        self.proc = subprocess.Popen(
+            ["sipp", *scenario_args, "-rtp_echo", "-i", "127.0.0.1", "-p", str(self.port),
+             "-mi", "127.0.0.1", "-mp", str(self.media), "-m", "100000000", "-nostdin",
+             "-trace_stat", "-stf", str(self.stat_file), "-fd", "1", "-trace_err",
+             "-error_file", str(workdir / f"errors-{self.port}.log")],
+            cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"sipp exited at once: {self.proc.stderr.read().decode()}")
+
+    @property
+    def uri(self) -> str:
+        return f"sip:callee@127.0.0.1:{self.port}"
+
+    def cpu(self) -> float:
+        return process_cpu(self.proc.pid)
+
+    def stats(self) -> dict[str, str]:
+        """The last line of SIPp's statistics file, by column name (empty before the first)."""
+        try:
+            rows = list(csv.reader(io.StringIO(self.stat_file.read_text()), delimiter=";"))
+        except FileNotFoundError:
+            return {}
+        if len(rows) < 2:
+            return {}
+        return dict(zip(rows[0], rows[-1]))
+
+    async def settle(self, calls: int, wait: float = 15.0) -> dict[str, int]:
+        """Wait until SIPp has finished ``calls`` calls (or ``wait`` runs out); its counters."""
+        deadline = time.monotonic() + wait
+        while True:
+            stats = self.stats()
+            done = int(stats.get("SuccessfulCall(C)", 0)) + int(stats.get("FailedCall(C)", 0))
+            if (done >= calls and int(stats.get("CurrentCall", 1)) == 0) \
+                    or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        keys = ("IncomingCall(C)", "SuccessfulCall(C)", "FailedCall(C)", "Retransmissions(C)",
+                "CurrentCall", "FailedUnexpectedMessage(C)", "FailedMaxUDPRetrans(C)",
+                "FailedCallRejected(C)", "FailedCmdNotSent(C)", "FailedRegexpDoesntMatch(C)",
+                "FailedOutboundCongestion(C)", "FailedTimeoutOnRecv(C)")
+        return {k: int(stats.get(k, 0) or 0) for k in keys}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds another process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def carrier_for(sipp: Sipp, speech=None, rtp_base: int = 20000) -> SipCarrier:
+    """A carrier whose one trunk is SIPp, with limits the load never reaches."""
+    trunk = Trunk(name="sipp", host="127.0.0.1", port=sipp.port, max_channels=100_000,
+                  max_cps=1_000_000.0)
+    return SipCarrier(RealClock(), (trunk,), sip_host="127.0.0.1", sip_port=0,
+                      rtp_ports=(rtp_base, rtp_base + 19_998), speech=speech)
+
+
+async def paced(rate: float, count: int, start) -> list[asyncio.Task]:
+    """Call ``start(i)`` ``count`` times, ``1/rate`` apart on absolute deadlines (a late loop
+    catches up rather than drifting); returns the tasks."""
+    loop = asyncio.get_running_loop()
+    t0, tasks = loop.time(), []
+    for i in range(count):
+        delay = t0 + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(start(i)))
+    return tasks
+
+
+async def answered(carrier: SipCarrier, sipp: Sipp, i: int, timeout: float):
+    """Place call ``i``; the channel once answered, else the reason it failed."""
+    attempt = carrier.dial(DialRequest(sipp.uri, "+918041234567", "AC1", f"CA{i}", 1))
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await attempt.next_event()
+                if isinstance(event, Answered):
+                    return event.channel
+                if isinstance(event, Rejected):
+                    return f"rejected {event.outcome}: {event.cause}"
+    except TimeoutError:
+        await attempt.cancel()
+        return "no answer in time"
+
+
+# -- 1. calls per second ---------------------------------------------------------------------
+
+
+@dataclass
+class CpsResult:
+    calls: int = 0
+    setup: list[float] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, reason: str) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+
+
+async def cps_step(rate: float, seconds: float, hold: float, scenario: str, workdir: Path,
+                   answer_timeout: float) -> str:
+    sipp = Sipp(scenario, workdir)
+    carrier = carrier_for(sipp)
+    await carrier.start()
+    result = CpsResult()
+
+    async def one(i: int) -> None:
+        t0 = time.perf_counter()  # uvloop's loop.time() only has whole milliseconds
+        channel = await answered(carrier, sipp, i, answer_timeout)
+        if isinstance(channel, str):
+            result.fail(channel)
+            return
+        result.setup.append(time.perf_counter() - t0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.wait_closed(), hold)
+        if channel.closed:
+            result.fail("hung up by SIPp")
+            return
+        await channel.hangup()
+
+    count = round(rate * seconds)
+    try:
+        cpu0, sipp0, wall0 = own_cpu(), sipp.cpu(), time.monotonic()
+        tasks = await paced(rate, count, one)
+        placed_in = time.monotonic() - wall0
+        await asyncio.gather(*tasks)
+        cpu, sipp_cpu = own_cpu() - cpu0, sipp.cpu() - sipp0
+        wall = time.monotonic() - wall0
+        result.calls = count
+        counters = await sipp.settle(count)
+    finally:
+        await carrier.close()
+        sipp.stop()
+    failed = sum(result.failures.values()) + counters["FailedCall(C)"]
+    missing = count - counters["SuccessfulCall(C)"] - counters["FailedCall(C)"]
+    failed += max(0, missing)
+    detail = dict(result.failures)
+    for key, value in counters.items():
+        if key.startswith("Failed") and value:
+            detail[f"sipp {key[:-3]}"] = value
+    if missing > 0:
+        detail["sipp never finished"] = missing
+    return (f"{rate:6g} cps  calls {count:5d}  achieved {count / (placed_in + 1 / rate):6.1f} cps  "
+            f"failed {failed}{' ' + str(detail) if detail else ''}  "
+            f"sipp retrans {counters['Retransmissions(C)']}  "
+            f"setup p50 {percentile(result.setup, 0.5) * 1e3:6.1f} ms  "
+            f"p99 {percentile(result.setup, 0.99) * 1e3:6.1f} ms  "
+            f"ringflow cores {cpu / wall:.2f}  sipp cores {sipp_cpu / wall:.2f}"), failed
+
+
+# -- 2. concurrent calls with prompts and recording ------------------------------------------
+
+
+async def concurrent_step(calls: int, hold: float, ramp_cps: float, scenario: str,
+                          workdir: Path, tts: TextToSpeech, answer_timeout: float) -> tuple[str, bool]:
+    sipp = Sipp(scenario, workdir)
+    carrier = carrier_for(sipp, speech=lambda words, voice: tts.speak(words, voice))
+    await carrier.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    up = 0
+    all_up = asyncio.Event()
+    failures: dict[str, int] = {}
+    heard: list[float] = []  # seconds recorded / seconds the recording ran, per call
+
+    async def speak_forever(channel) -> None:
+        while not channel.closed:
+            await channel.say(PROMPT)
+
+    async def one(i: int) -> None:
+        nonlocal up
+        channel = await answered(carrier, sipp, i, answer_timeout)
+        if isinstance(channel, str):
+            failures[channel] = failures.get(channel, 0) + 1
+            return
+        up += 1
+        if up == calls:
+            all_up.set()
+        speaker = asyncio.ensure_future(speak_forever(channel))
+        started = loop.time()
+        recorder = asyncio.ensure_future(channel.record(3600.0, "", False, 0.0))
+        await stop.wait()
+        ran = loop.time() - started
+        await channel.hangup()
+        recording = await recorder
+        await speaker
+        heard.append(recording.duration / ran)
+
+    try:
+        tasks = await paced(ramp_cps, calls, one)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_up.wait(), answer_timeout + 5)
+        await asyncio.sleep(2.0)  # warm-up: every leg playing, recording, jitter buffers primed
+        assert carrier.media is not None
+        carrier.media.reset_stats()
+        cpu0, sipp0, wall0 = own_cpu(), sipp.cpu(), time.monotonic()
+        await asyncio.sleep(hold)
+        cpu, sipp_cpu = own_cpu() - cpu0, sipp.cpu() - sipp0
+        wall = time.monotonic() - wall0
+        stats = carrier.media.stats
+        stop.set()
+        await asyncio.gather(*tasks)
+        await sipp.settle(calls, wait=10.0)
+    finally:
+        await carrier.close()
+        sipp.stop()
+    missing = 1 - stats.received / max(1, stats.sent)
+    ok = not failures and stats.lateness_p99 < 0.005 and stats.lost == 0
+    per_call = cpu / wall / max(1, up)
+    return (f"{calls:5d} calls  up {up:5d}{' failed ' + str(failures) if failures else ''}  "
+            f"lateness p50 {stats.lateness_p50 * 1e3:5.1f} ms  p99 {stats.lateness_p99 * 1e3:5.1f} ms  "
+            f"lost {stats.lost}  missing {missing:.2%}  late>10ms {stats.totals.late}  "
+            f"stalls {stats.stalls}  ringflow cores {cpu / wall:.2f}  "
+            f"cpu/call {per_call * 100:.3f}% of a core  sipp cores {sipp_cpu / wall:.2f}  "
+            f"audio {sum(heard) / max(1, len(heard)):.2f} s/s"), ok
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> None:
+    profiler = cProfile.Profile() if args.profile else None
+    if args.only in (None, "cps"):
+        print("calls per second: hold", args.hold, "s, dialing", args.seconds, "s per rate",
+              flush=True)
+        best = None
+        if profiler and args.profile == "cps":
+            profiler.enable()
+        for rate in args.cps:
+            line, failed = await cps_step(rate, args.seconds, args.hold, args.scenario, workdir,
+                                          args.answer_timeout)
+            print(line, flush=True)
+            if failed == 0:
+                best = rate
+            elif args.stop_on_fail:
+                break
+            await asyncio.sleep(2)
+        if profiler and args.profile == "cps":
+            profiler.disable()
+        print(f"highest rate with zero failures: {best} cps", flush=True)
+    if args.only in (None, "concurrent"):
+        tts = TextToSpeech(PromptCache(workdir / "media"))
+        prompt = await tts.speak(PROMPT)  # rendered once, before anything is measured
+        print(f"concurrent calls: prompt {prompt.duration:.1f} s spoken in a loop and recorded, "
+              f"held {args.hold_concurrent} s per level, ramp {args.ramp_cps} cps", flush=True)
+        best = None
+        if profiler and args.profile == "concurrent":
+            profiler.enable()
+        for calls in args.calls:
+            line, ok = await concurrent_step(calls, args.hold_concurrent, args.ramp_cps,
+                                             args.scenario, workdir, tts, args.answer_timeout)
+            print(line, flush=True)
+            if ok:
+                best = calls
+            elif args.stop_on_fail:
+                break
+            await asyncio.sleep(2)
+        if profiler and args.profile == "concurrent":
+            profiler.disable()
+        tts.close()
+        print(f"highest level with lateness p99 < 5 ms and nothing lost: {best} calls", flush=True)
+    if profiler:
+        if args.workdir is not None:
+            profiler.dump_stats(args.workdir / f"{args.profile}.pstats")
+        for order in ("tottime", "cumulative"):
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(25)
+            print(out.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cps", type=float, nargs="+", default=[20, 50, 100, 200, 300])
+    parser.add_argument("--seconds", type=float, default=10.0, help="dialing time per rate")
+    parser.add_argument("--hold", type=float, default=1.0, help="seconds each call is held")
+    parser.add_argument("--calls", type=int, nargs="+", default=[100, 200, 400, 700, 1000])
+    parser.add_argument("--hold-concurrent", type=float, default=10.0)
+    parser.add_argument("--ramp-cps", type=float, default=100.0)
+    parser.add_argument("--answer-timeout", type=float, default=10.0)
+    parser.add_argument("--scenario", default="callee_answer.xml",
+                        help="a file of tests/fixtures/sipp, or a SIPp built-in (uas)")
+    parser.add_argument("--only", choices=["cps", "concurrent"])
+    parser.add_argument("--stop-on-fail", action="store_true")
+    parser.add_argument("--profile", choices=["cps", "concurrent"])
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"])
+    parser.add_argument("--workdir", type=Path, help="keep SIPp's statistics and error logs here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    factory, loop_name = None, "asyncio"
+    if args.loop != "asyncio":
+        try:
+            import uvloop
+
+            factory, loop_name = uvloop.new_event_loop, f"uvloop {uvloop.__version__}"
+        except ImportError:
+            if args.loop == "uvloop":
+                raise
+    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+    print(f"loop {loop_name}, Python {sys.version.split()[0]}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}, SIPp scenario {args.scenario}", flush=True)
+    with contextlib.ExitStack() as stack:
+        if args.workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sip-calls-")))
+        else:
+            workdir = args.workdir
+            workdir.mkdir(parents=True, exist_ok=True)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run(args, workdir))
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    main()

@@ -1,0 +1,46 @@
+"""Which carrier places an account's legs: the deployment's default, or SIP for chosen accounts.
+
+``RINGFLOW_CARRIER=sip`` sends every account's calls through its SIP trunk. With the sandbox as
+the default and a trunks file, only the accounts a trunk names (``accounts: [...]``) go over
+SIP; every other account keeps its virtual phones.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ringflow.telephony.carrier import Attempt, Carrier, DialRequest
+
+if TYPE_CHECKING:
+    from ringflow.telephony.sip.carrier import SipCarrier, TrunkStatus
+
+
+class RoutingCarrier:
+    """The sandbox for most accounts, SIP for the accounts a trunk lists."""
+
+    def __init__(self, default: Carrier, sip: SipCarrier):
+        self.default = default
+        self.sip = sip
+        self.name = f"{default.name}+sip"
+
+    def over_sip(self, account_sid: str) -> bool:
+        """Whether a trunk names this account."""
+        return any(trunk.serves(account_sid) for trunk in self.sip.trunks)
+
+    def dial(self, request: DialRequest) -> Attempt:
+        """Route by the account's trunk."""
+        if self.over_sip(request.account_sid):
+            return self.sip.dial(request)
+        return self.default.dial(request)
+
+    def trunk_status(self, account_sid: str) -> TrunkStatus | None:
+        """The account's trunk, if its calls go over SIP."""
+        return self.sip.trunk_status(account_sid) if self.over_sip(account_sid) else None
+
+    async def start(self) -> None:
+        """Bind the SIP side."""
+        await self.sip.start()
+
+    async def close(self) -> None:
+        """End the SIP side's calls and close its sockets."""
+        await self.sip.close()

@@ -1,0 +1,229 @@
+"""The ``sip`` carrier: legs placed as SIP calls through a trunk, with RTP from the media engine.
+
+Each attempt opens an RTP session first (its port goes into the SDP offer), waits for room on
+its trunk (channels and calls per second), and sends the INVITE. One pump task per attempt reads
+the SIP events: before the answer they become ``Ringing``/``Answered``/``Rejected``; after it,
+INFO digits, re-INVITEs and the final BYE go to the ``SipChannel``. The trunk's slot and the
+RTP port are released when the SIP call ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+
+from ringflow.clock import Clock
+from ringflow.errors import MediaError
+from ringflow.media.engine import MediaEngine, RtpSession
+from ringflow.sip import events as sip_events
+from ringflow.sip.digest import Authenticator
+from ringflow.sip.outcome import Ending, Status
+from ringflow.sip.sdp import PCMA, PCMU, build_sdp
+from ringflow.sip.transport import OutgoingCallHandle, RegistrationHandle, SipTransport
+from ringflow.telephony.carrier import Answered, AttemptEvent, DialRequest, Rejected, Ringing
+from ringflow.telephony.sip.capacity import TrunkGate
+from ringflow.telephony.sip.channel import SipChannel, Speech
+from ringflow.telephony.sip.trunks import Trunk, choose_trunk
+
+log = logging.getLogger(__name__)
+
+# Outcomes the call engine knows for a leg that never answered.
+_REJECTED = {Status.BUSY: "busy", Status.NO_ANSWER: "no-answer"}
+
+
+class SipCarrier:
+    """Places legs over SIP. ``start()`` binds the SIP socket; ``close()`` ends everything."""
+
+    name = "sip"
+
+    def __init__(self, clock: Clock, trunks: tuple[Trunk, ...], *, sip_host: str = "127.0.0.1",
+                 sip_port: int = 5060, rtp_ports: tuple[int, int] = (16384, 32766),
+                 speech: Speech | None = None):
+        self.clock = clock
+        self.trunks = trunks
+        self.sip_host, self.sip_port = sip_host, sip_port
+        self.rtp_ports = rtp_ports
+        self.speech = speech
+        self.gates = {trunk.name: TrunkGate(trunk, clock) for trunk in trunks}
+        # One SIP transport per protocol the trunks use (UDP and TCP share the port number).
+        self.transports: dict[str, SipTransport] = {}
+        self.registrations: dict[str, RegistrationHandle] = {}
+        self.media: MediaEngine | None = None
+        self.attempts: set[SipAttempt] = set()
+
+    @property
+    def transport(self) -> SipTransport | None:
+        """The UDP transport (or the only one there is)."""
+        return self.transports.get("udp") or next(iter(self.transports.values()), None)
+
+    async def start(self) -> None:
+        """Bind the SIP sockets, start the media engine and register where trunks ask to."""
+        for protocol in sorted({t.transport for t in self.trunks}):
+            port = self.sip_port
+            if port == 0 and self.transports:  # tests: the same free port for both protocols
+                port = next(iter(self.transports.values())).local[1]
+            self.transports[protocol] = await SipTransport.open(self.sip_host, port,
+                                                                transport=protocol)
+        self.media = MediaEngine(self.sip_host, *self.rtp_ports)
+        for trunk in self.trunks:
+            if trunk.register:
+                self.registrations[trunk.name] = await self.transports[trunk.transport].register(
+                    trunk.aor, trunk.registrar, authenticator=_authenticator(trunk),
+                    expires=trunk.register_expires, outbound=trunk.outbound_proxy)
+        for protocol, transport in self.transports.items():
+            log.info("sip carrier on %s:%d/%s", *transport.local, protocol)
+        log.info("trunks: %s", ", ".join(t.name for t in self.trunks))
+
+    async def close(self) -> None:
+        """Hang up what is still up, unregister, then close the sockets."""
+        for attempt in list(self.attempts):
+            await attempt.abandon()
+        for name, registration in self.registrations.items():
+            try:
+                await asyncio.wait_for(registration.unregister(), 5.0)
+            except TimeoutError:
+                log.warning("trunk %s: no answer to the unregister; closing anyway", name)
+        if self.media is not None:
+            await self.media.close()
+        for transport in self.transports.values():
+            transport.close()
+
+    def trunk_status(self, account_sid: str) -> TrunkStatus | None:
+        """The load and registration of the trunk that carries ``account_sid``'s calls."""
+        trunk = choose_trunk(self.trunks, account_sid)
+        if trunk is None:
+            return None
+        registration = self.registrations.get(trunk.name)
+        return TrunkStatus(
+            trunk=trunk, active=self.gates[trunk.name].in_use,
+            registration=str(registration.state) if registration else None,
+            registration_cause=registration.cause if registration else "",
+            registered_until=registration.expires_at if registration else None,
+            retry_at=registration.retry_at if registration else None)
+
+    def dial(self, request: DialRequest) -> SipAttempt:
+        """Start placing a leg through the account's trunk."""
+        return SipAttempt(self, request)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrunkStatus:
+    """A trunk as the dashboard shows it: calls up now and its registration, if it registers."""
+
+    trunk: Trunk
+    active: int
+    registration: str | None  # None: the trunk does not register
+    registration_cause: str
+    registered_until: float | None  # wall-clock seconds
+    retry_at: float | None
+
+
+def _authenticator(trunk: Trunk) -> Authenticator | None:
+    return Authenticator(trunk.username, trunk.password or "") if trunk.username else None
+
+
+class SipAttempt:
+    """One leg being placed over SIP, and the pump that follows it until the call ends."""
+
+    def __init__(self, carrier: SipCarrier, request: DialRequest):
+        self.carrier = carrier
+        self.request = request
+        self.events: asyncio.Queue[AttemptEvent] = asyncio.Queue()
+        self.handle: OutgoingCallHandle | None = None
+        self.session: RtpSession | None = None
+        self.channel: SipChannel | None = None
+        self._canceled = False
+        self._task = asyncio.ensure_future(self._run())
+        carrier.attempts.add(self)
+
+    async def next_event(self) -> AttemptEvent:
+        """Wait for the next progress event."""
+        return await self.events.get()
+
+    async def cancel(self) -> None:
+        """Stop ringing: CANCEL once the callee has sent a provisional response."""
+        self._canceled = True
+        if self.handle is not None and self.channel is None:
+            self.handle.cancel(Ending.CANCELED)
+        elif self.handle is None:
+            self._task.cancel()  # still waiting for room on the trunk
+
+    async def abandon(self) -> None:
+        """Shutting down: end the leg whichever state it is in, and wait for the pump."""
+        if self.channel is not None:
+            await self.channel.hangup("shutting down")
+        else:
+            await self.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._task), 5.0)
+
+    async def _run(self) -> None:
+        trunk = choose_trunk(self.carrier.trunks, self.request.account_sid)
+        if trunk is None:
+            self._finish()
+            await self.events.put(Rejected("failed", "sip: no trunk serves this account"))
+            return
+        gate = self.carrier.gates[trunk.name]
+        try:
+            async with gate.slot():
+                await self._place(trunk)
+        except asyncio.CancelledError:
+            if not self._canceled:
+                raise
+        except (OSError, MediaError) as exc:  # no RTP port, or the SIP socket refused to send
+            log.warning("sip leg to %s failed: %s", self.request.number, exc)
+            await self.events.put(Rejected("failed", f"sip: {exc}"))
+        finally:
+            if self.session is not None:
+                self.session.close()
+            self._finish()
+
+    def _finish(self) -> None:
+        self.carrier.attempts.discard(self)
+
+    async def _place(self, trunk: Trunk) -> None:
+        carrier = self.carrier
+        assert carrier.media is not None
+        self.session = await carrier.media.open_session()
+        offer = build_sdp(self.session.local[0], self.session.local[1],
+                          session_id=secrets.randbelow(2**62), version=1, codecs=(PCMU, PCMA))
+        headers = (("X-Ringflow-Call", self.request.call_sid),)
+        self.handle = await carrier.transports[trunk.transport].dial(
+            trunk.request_uri(self.request.number), trunk.from_header(self.request.caller_id),
+            offer, authenticator=_authenticator(trunk), outbound=trunk.outbound_proxy, headers=headers)
+        if self._canceled:
+            self.handle.cancel(Ending.CANCELED)
+        await self._pump(self.handle)
+
+    async def _pump(self, handle: OutgoingCallHandle) -> None:
+        """Follow the SIP call until it ends."""
+        rang = False
+        while True:
+            event = await handle.next_event()
+            if isinstance(event, sip_events.Ringing) and not rang and self.channel is None:
+                rang = True
+                await self.events.put(Ringing())
+            elif isinstance(event, sip_events.Answered) and self.channel is None:
+                assert self.session is not None
+                self.session.start(event.plan)
+                self.channel = SipChannel(self.request.number, handle, self.session,
+                                          self.carrier.speech)
+                await self.events.put(Answered(self.channel))
+            elif isinstance(event, sip_events.Dtmf) and self.channel is not None:
+                self.channel.on_digit(event.digit)
+            elif isinstance(event, sip_events.MediaChanged) and self.channel is not None:
+                self.channel.on_media(event.plan)
+            elif isinstance(event, sip_events.Ended):
+                self._ended(event)
+                return
+
+    def _ended(self, event: sip_events.Ended) -> None:
+        outcome = event.outcome
+        if self.channel is not None:
+            self.channel.on_ended(event.by_remote)
+            return
+        cause = f"sip: {outcome.cause}" if outcome.cause else "sip: call ended"
+        self.events.put_nowait(Rejected(_REJECTED.get(outcome.status, "failed"), cause))
