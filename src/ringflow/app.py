@@ -130,7 +130,7 @@ def _carrier(settings: Settings, clock: Clock, db: Database, tts: TextToSpeech) 
     sip = SipCarrier(clock, load_trunks(settings.sip_trunks), sip_host=settings.sip_host,
                      sip_port=settings.sip_port,
                      rtp_ports=(settings.rtp_port_min, settings.rtp_port_max),
-                     speech=_speech(tts))
+                     speech=_speech(tts), redis_url=settings.redis_url)
     return sip if settings.carrier == "sip" else RoutingCarrier(sandbox, sip)
 
 

@@ -14,6 +14,7 @@
     ├── IllegalTransition       a call or leg status change the transition table forbids
     ├── CapacityExceeded        the account's queue of waiting calls is full (API: 429)
     ├── Unavailable             a backing service (Redis) is down; retry shortly (API: 503)
+    │   └── TrunkUnavailable    (telephony.sip.capacity) a trunk's shared limits are unreadable
     ├── SipError                (ringflow.sip.errors) the SIP core
     │   ├── SipParseError       a malformed SIP message (SdpParseError: a malformed SDP)
     │   ├── SipStateError       an operation the dialog or transaction state forbids

@@ -33,9 +33,9 @@ class RoutingCarrier:
             return self.sip.dial(request)
         return self.default.dial(request)
 
-    def trunk_status(self, account_sid: str) -> TrunkStatus | None:
+    async def trunk_status(self, account_sid: str) -> TrunkStatus | None:
         """The account's trunk, if its calls go over SIP."""
-        return self.sip.trunk_status(account_sid) if self.over_sip(account_sid) else None
+        return await self.sip.trunk_status(account_sid) if self.over_sip(account_sid) else None
 
     async def start(self) -> None:
         """Bind the SIP side."""

@@ -15,6 +15,8 @@ import dataclasses
 import logging
 import secrets
 
+import redis.asyncio
+
 from ringflow.clock import Clock
 from ringflow.errors import MediaError
 from ringflow.media.engine import MediaEngine, RtpSession
@@ -24,7 +26,7 @@ from ringflow.sip.outcome import Ending, Status
 from ringflow.sip.sdp import PCMA, PCMU, build_sdp
 from ringflow.sip.transport import OutgoingCallHandle, RegistrationHandle, SipTransport
 from ringflow.telephony.carrier import Answered, AttemptEvent, DialRequest, Rejected, Ringing
-from ringflow.telephony.sip.capacity import TrunkGate
+from ringflow.telephony.sip.capacity import SharedTrunkGate, TrunkGate, TrunkUnavailable
 from ringflow.telephony.sip.channel import SipChannel, Speech
 from ringflow.telephony.sip.trunks import Trunk, choose_trunk
 
@@ -41,13 +43,18 @@ class SipCarrier:
 
     def __init__(self, clock: Clock, trunks: tuple[Trunk, ...], *, sip_host: str = "127.0.0.1",
                  sip_port: int = 5060, rtp_ports: tuple[int, int] = (16384, 32766),
-                 speech: Speech | None = None):
+                 speech: Speech | None = None, redis_url: str | None = None):
         self.clock = clock
         self.trunks = trunks
         self.sip_host, self.sip_port = sip_host, sip_port
         self.rtp_ports = rtp_ports
         self.speech = speech
-        self.gates = {trunk.name: TrunkGate(trunk, clock) for trunk in trunks}
+        # With Redis, every process dialling through a trunk shares its channels and pace.
+        self._redis = redis.asyncio.Redis.from_url(
+            redis_url, socket_timeout=2.0, socket_connect_timeout=2.0) if redis_url else None
+        self.gates: dict[str, TrunkGate | SharedTrunkGate] = {
+            trunk.name: SharedTrunkGate(trunk, clock, self._redis) if self._redis
+            else TrunkGate(trunk, clock) for trunk in trunks}
         # One SIP transport per protocol the trunks use (UDP and TCP share the port number).
         self.transports: dict[str, SipTransport] = {}
         self.registrations: dict[str, RegistrationHandle] = {}
@@ -90,15 +97,17 @@ class SipCarrier:
             await self.media.close()
         for transport in self.transports.values():
             transport.close()
+        if self._redis is not None:
+            await self._redis.aclose()
 
-    def trunk_status(self, account_sid: str) -> TrunkStatus | None:
+    async def trunk_status(self, account_sid: str) -> TrunkStatus | None:
         """The load and registration of the trunk that carries ``account_sid``'s calls."""
         trunk = choose_trunk(self.trunks, account_sid)
         if trunk is None:
             return None
         registration = self.registrations.get(trunk.name)
         return TrunkStatus(
-            trunk=trunk, active=self.gates[trunk.name].in_use,
+            trunk=trunk, active=await self.gates[trunk.name].active(),
             registration=str(registration.state) if registration else None,
             registration_cause=registration.cause if registration else "",
             registered_until=registration.expires_at if registration else None,
@@ -173,7 +182,8 @@ class SipAttempt:
         except asyncio.CancelledError:
             if not self._canceled:
                 raise
-        except (OSError, MediaError) as exc:  # no RTP port, or the SIP socket refused to send
+        except (OSError, MediaError, TrunkUnavailable) as exc:
+            # No RTP port, the SIP socket refused to send, or the shared limits are unreadable.
             log.warning("sip leg to %s failed: %s", self.request.number, exc)
             await self.events.put(Rejected("failed", f"sip: {exc}"))
         finally:

@@ -1,0 +1,132 @@
+"""A trunk's channels and pace shared through Redis by several ringflow processes.
+
+Each "process" here is its own SharedTrunkGate with its own Redis connection (and, where it
+matters, its own clock), pointed at the same real Redis and trunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio
+
+from ringflow.clock import ManualClock
+from ringflow.telephony.sip.capacity import SharedTrunkGate, TrunkUnavailable
+from ringflow.telephony.sip.trunks import Trunk
+from tests.conftest import REDIS_URL
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    """A key prefix for this test; its keys are deleted afterwards."""
+    prefix = f"ringflow:trunk:test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    async for key in client.scan_iter(match=prefix + "*"):
+        await client.delete(key)
+    await client.aclose()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[redis.asyncio.Redis]]:
+    """One Redis connection per simulated process."""
+    made = [redis.asyncio.Redis.from_url(REDIS_URL) for _ in range(2)]
+    yield made
+    for client in made:
+        await client.aclose()
+
+
+class Caller:
+    """Places 'calls' through a gate: each holds its slot until released."""
+
+    def __init__(self, gate: SharedTrunkGate):
+        self.gate = gate
+        self.started: list[float] = []
+        self.release = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def call(self) -> None:
+        async def one() -> None:
+            async with self.gate.slot():
+                self.started.append(self.gate.clock.now())
+                await self.release.wait()
+        self.tasks.append(asyncio.ensure_future(one()))
+
+    async def hang_up_all(self) -> None:
+        self.release.set()
+        await asyncio.gather(*self.tasks)
+
+
+async def test_two_processes_share_the_trunk_channels(prefix, clients) -> None:
+    clock = ManualClock()
+    trunk = Trunk("pbx", "h", max_channels=2, max_cps=100.0)
+    a = Caller(SharedTrunkGate(trunk, clock, clients[0], prefix=prefix))
+    b = Caller(SharedTrunkGate(trunk, clock, clients[1], prefix=prefix))
+    a.call()
+    a.call()
+    await clock.run_until(lambda: len(a.started) == 2, limit=5)
+    b.call()
+    await clock.advance(10)  # polls and lease renewals happen; the trunk stays full
+    assert b.started == []
+    await a.hang_up_all()
+    await clock.run_until(lambda: len(b.started) == 1, limit=5)
+    await b.hang_up_all()
+
+
+async def test_a_dead_process_frees_its_channels_when_their_leases_lapse(prefix, clients) -> None:
+    trunk = Trunk("pbx", "h", max_channels=1, max_cps=100.0)
+    frozen, alive = ManualClock(), ManualClock()  # the first process stops: its time stands still
+    dead = Caller(SharedTrunkGate(trunk, frozen, clients[0], prefix=prefix, lease=30))
+    dead.call()
+    await frozen.run_until(lambda: len(dead.started) == 1, limit=1)
+    survivor = Caller(SharedTrunkGate(trunk, alive, clients[1], prefix=prefix, lease=30))
+    survivor.call()
+    await alive.advance(29)
+    assert survivor.started == []  # the lease still holds
+    await alive.run_until(lambda: len(survivor.started) == 1, limit=5)
+    assert 30 <= alive.now() < 31
+    await survivor.hang_up_all()
+    for task in dead.tasks:
+        task.cancel()
+
+
+async def test_two_processes_share_the_pace(prefix, clients) -> None:
+    clock = ManualClock()
+    trunk = Trunk("pbx", "h", max_channels=10, max_cps=4.0)
+    a = Caller(SharedTrunkGate(trunk, clock, clients[0], prefix=prefix))
+    b = Caller(SharedTrunkGate(trunk, clock, clients[1], prefix=prefix))
+    for _ in range(3):
+        a.call()
+        b.call()
+    await clock.run_until(lambda: len(a.started) + len(b.started) == 6, limit=10)
+    starts = sorted(a.started + b.started)
+    assert [round(s - starts[0], 3) for s in starts] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
+    await a.hang_up_all()
+    await b.hang_up_all()
+
+
+async def test_a_cancelled_waiter_takes_no_channel(prefix, clients) -> None:
+    clock = ManualClock()
+    trunk = Trunk("pbx", "h", max_channels=1, max_cps=100.0)
+    gate = SharedTrunkGate(trunk, clock, clients[0], prefix=prefix)
+    holder, waiter = Caller(gate), Caller(gate)
+    holder.call()
+    await clock.run_until(lambda: len(holder.started) == 1, limit=1)
+    waiter.call()
+    await clock.advance(1)
+    waiter.tasks[0].cancel()
+    await asyncio.gather(*waiter.tasks, return_exceptions=True)
+    await holder.hang_up_all()
+    assert await clients[1].zcard(f"{prefix}pbx:channels") == 0
+
+
+async def test_an_unreachable_redis_refuses_the_call() -> None:
+    client = redis.asyncio.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.5)
+    gate = SharedTrunkGate(Trunk("pbx", "h"), ManualClock(), client)
+    with pytest.raises(TrunkUnavailable, match="trunk pbx: shared limits unavailable"):
+        async with gate.slot():
+            pass
+    await client.aclose()
