@@ -67,7 +67,11 @@ class Forbidden(RingflowError):
 
 
 class RateLimited(RingflowError):
-    """The account made too many requests."""
+    """The account made too many requests; ``headers`` tell it when to come back."""
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.headers = headers or {}
 
 
 class IllegalTransition(RingflowError):

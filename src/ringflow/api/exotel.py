@@ -115,7 +115,7 @@ class ExotelApi:
         except Forbidden as exc:
             return error(403, str(exc), as_json=as_json)
         except RateLimited as exc:
-            return error(429, str(exc), as_json=as_json, headers=exc.args[1])
+            return error(429, str(exc), as_json=as_json, headers=exc.headers)
         except CapacityExceeded as exc:
             return error(429, str(exc), as_json=as_json, headers=headers)
         except Unavailable as exc:
@@ -159,7 +159,7 @@ class ExotelApi:
         except Forbidden as exc:
             return error(403, str(exc), as_json=False)
         except RateLimited as exc:
-            return error(429, str(exc), as_json=False, headers=exc.args[1])
+            return error(429, str(exc), as_json=False, headers=exc.headers)
         except Unavailable as exc:
             return error(503, str(exc), as_json=False, headers={"Retry-After": "5"})
         except NotFound as exc:
