@@ -48,8 +48,9 @@ async def cli(env: dict[str, str], *args: str) -> str:
 class Server:
     """``ringflow serve`` in a subprocess; its output goes to a log file shown on failure."""
 
-    def __init__(self, env: dict[str, str], log: Path):
+    def __init__(self, env: dict[str, str], log: Path, *args: str):
         self.env = env
+        self.args = args  # more ``serve`` options, such as ``--workers 2``
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -63,7 +64,7 @@ class Server:
             out.flush()
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ringflow.cli", "serve",
-                "--host", "127.0.0.1", "--port", str(self.port),
+                "--host", "127.0.0.1", "--port", str(self.port), *self.args,
                 env=self.env, stdout=out, stderr=out,
             )  # fmt: skip
         async with httpx.AsyncClient(timeout=2) as http:

@@ -54,8 +54,8 @@ LONG_FLOW = {
 
 
 @contextlib.asynccontextmanager
-async def server(env: dict[str, str], log: Path) -> AsyncIterator[Server]:
-    proc = Server(env, log)
+async def server(env: dict[str, str], log: Path, *args: str) -> AsyncIterator[Server]:
+    proc = Server(env, log, *args)
     try:
         yield proc
     finally:

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -55,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the server")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port (needs PostgreSQL and Redis above 1)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # run by --workers
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema")
@@ -162,15 +166,35 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     # httpx logs every request at INFO; ringflow logs the ones that matter with the call's SID.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    migrate(settings.database_url)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    if args.workers != 1:
+        from ringflow.workers import check, supervise
+
+        check(settings, args.workers)
+        migrate(settings.database_url)
+        return supervise(settings, args.workers)
+    if not args.worker:  # the supervisor migrated before starting its workers
+        migrate(settings.database_url)
+    config = uvicorn.Config(create_app(settings), log_level=settings.log_level,
+                            timeout_graceful_shutdown=10)
+    # Workers share the port: each binds it with SO_REUSEPORT and the kernel spreads connections.
+    uvicorn.Server(config).run(sockets=[_listen(settings.host, settings.port,
+                                                reuse_port=args.worker)])
     return 0
+
+
+def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """The HTTP listening socket (uvicorn starts listening on it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def cmd_dial(settings: Settings, args: argparse.Namespace) -> int:

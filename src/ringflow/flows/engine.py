@@ -133,7 +133,8 @@ class FlowEngine:
 
     async def _perform(self, action: Any) -> Any:
         if isinstance(action, Say):
-            log.info("call %s: say %r", self.ctx.call_sid, action.text)
+            text = action.text if len(action.text) <= 80 else action.text[:77] + "..."
+            log.info("call %s: say %r", self.ctx.call_sid, text)  # the timeline has all of it
             await self.record("say", {"text": action.text})
             await self.channel.say(action.text, action.voice)
             return None

@@ -1,0 +1,107 @@
+"""``ringflow serve --workers 2``: two processes on one port share the calls, and a worker that
+dies is restarted under its own name and finishes the calls it was carrying."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import os
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from ringflow.storage.db import Database
+from ringflow.storage.models import Call
+from tests.conftest import REDIS_URL, _truncate
+from tests.processes import cli, server_env
+from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, RESTARTED, Client, eventually, server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+CALLS = 16
+
+
+async def calls(db: Database, sids: list[str]) -> dict[str, Call]:
+    async with db.session() as session:
+        rows = (await session.execute(select(Call).where(Call.sid.in_(sids)))).scalars().all()
+    return {row.sid: row for row in rows}
+
+
+async def statuses(db: Database, sids: list[str]) -> set[str]:
+    return {call.status for call in (await calls(db, sids)).values()}
+
+
+def worker_pid(log: str, index: int) -> int:
+    """The pid of worker ``index``'s latest start, from the supervisor's log."""
+    return int(re.findall(rf"worker {index} started \(pid (\d+)\)", log)[-1])
+
+
+@pytest.fixture
+def empty_pg(pg_url: str) -> str:
+    """The session's PostgreSQL database, emptied."""
+    _truncate(pg_url)
+    return pg_url
+
+
+async def test_two_workers_share_the_calls_and_a_dead_one_is_restarted(
+        empty_pg: str, tmp_path: Path) -> None:
+    pg_url = empty_pg
+    instance = f"workers-{uuid.uuid4().hex[:8]}"
+    env = server_env(pg_url, instance, RINGFLOW_REDIS_URL=REDIS_URL)
+    creds = json.loads(await cli(env, "accounts", "create", "Workers Test", "--json"))
+    await cli(env, "numbers", "add", creds["sid"], EXOPHONE)
+    app_file = tmp_path / "long.json"
+    app_file.write_text(json.dumps(LONG_FLOW))
+    app_id = int((await cli(env, "apps", "import", creds["sid"], str(app_file))).split()[1])
+    db = Database(pg_url)
+    try:
+        async with server(env, tmp_path / "server.log", "--workers", "2") as srv:
+            await srv.start()
+            sids = []
+            for n in range(CALLS):  # a connection each: the kernel picks a worker per connection
+                async with httpx.AsyncClient(timeout=10) as http:
+                    call = await Client(http, srv, creds).connect(
+                        From=f"0981234{n:04d}", Url=f"http://my.exotel.com/exoml/start/{app_id}")
+                sids.append(call["Sid"])
+            async def all_talking() -> bool:
+                return await statuses(db, sids) == {"in-progress"}
+
+            await eventually(all_talking, "every call to be answered", srv)
+            placed = {sid: call.owner for sid, call in (await calls(db, sids)).items()}
+            assert set(placed.values()) == {f"{instance}/w1", f"{instance}/w2"}, placed
+
+            os.kill(worker_pid(srv.log.read_text(), 1), signal.SIGKILL)
+            on_w1 = [sid for sid, owner in placed.items() if owner == f"{instance}/w1"]
+
+
+            async def finished() -> bool:
+                return await statuses(db, on_w1) == {"completed"}
+
+            await eventually(finished, "the restarted worker to finish its calls", srv, 30)
+            async with httpx.AsyncClient(timeout=10) as http:
+                api = Client(http, srv, creds)
+                for sid in on_w1:
+                    assert await api.reason(sid) == RESTARTED
+            others = [s for s in sids if s not in on_w1]
+            assert await statuses(db, others) == {"in-progress"}
+            assert len(re.findall(r"worker 1 started", srv.log.read_text())) == 2
+            await srv.terminate()
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"RINGFLOW_DATABASE_URL": "sqlite+aiosqlite:///x.db"}, "needs PostgreSQL"),
+    ({"RINGFLOW_DATABASE_URL": "postgresql+asyncpg://h/db"}, "needs RINGFLOW_REDIS_URL"),
+])
+async def test_workers_need_shared_storage(tmp_path: Path, env: dict[str, str],
+                                           message: str) -> None:
+    from tests.processes import Server
+
+    proc = Server({**server_env("unused", "x"), **env}, tmp_path / "log", "--workers", "2")
+    with pytest.raises(AssertionError, match=message):
+        await proc.start()
