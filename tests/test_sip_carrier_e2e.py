@@ -164,6 +164,30 @@ async def test_digest_challenge(tmp_path: Path, password: str, status: str) -> N
 
 
 @pytest.mark.usefixtures("sqlite_db")
+async def test_a_full_trunk_holds_the_next_call_and_its_ring_timeout_starts_when_dialled(
+        tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    long_greeting = {"hello": {"applet": "greeting", "text": "Hello from ringflow. " * 3,
+                               "next": "bye"}, "bye": {"applet": "hangup"}}
+    async with sipp(tmp_path / "a", "callee_answer.xml") as first, \
+            sipp(tmp_path / "b", "callee_answer.xml") as second, \
+            sip_server(tmp_path, first, {"max_channels": 1}) as rig:
+        app_id = await app(rig, long_greeting, "hello")
+        holding = await place(rig, first, app_id)
+        waiting = await place(rig, second, app_id, TimeOut="2")
+        assert (await call_to_end(rig, waiting)).status == "completed"
+        assert (await call_to_end(rig, holding)).status == "completed"
+        steps = {e["kind"]: e for e in await rig.timeline(waiting)}
+        assert "all 1 channels of trunk sipp are busy" in str(steps["trunk.wait"])
+        assert "trunk.placed" in steps
+        # It was dialled only once the first call had hung up (its greeting lasts over 2 s).
+        first_over = {e["kind"]: e for e in await rig.timeline(holding)}["flow.end"]["at"]
+        assert steps["trunk.placed"]["at"] >= first_over
+        assert await first.exit_code() == 0 and await second.exit_code() == 0
+
+
+@pytest.mark.usefixtures("sqlite_db")
 async def test_a_tcp_trunk_carries_the_call(tmp_path: Path) -> None:
     async with sipp(tmp_path, "callee_answer.xml", transport="t1") as phone, \
             sip_server(tmp_path, phone, {"transport": "tcp"}) as rig:

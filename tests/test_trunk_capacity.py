@@ -130,3 +130,30 @@ async def test_an_unreachable_redis_refuses_the_call() -> None:
         async with gate.slot():
             pass
     await client.aclose()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_call_that_must_wait_is_told_once_and_one_that_need_not_is_not(
+        prefix, clients, shared: bool) -> None:
+    from ringflow.telephony.sip.capacity import TrunkGate
+
+    clock = ManualClock()
+    trunk = Trunk("pbx", "h", max_channels=1, max_cps=0.5)
+    gate = (SharedTrunkGate(trunk, clock, clients[0], prefix=prefix) if shared
+            else TrunkGate(trunk, clock))
+    told: list[list[str]] = [[], []]
+    release = asyncio.Event()
+
+    async def call(n: int) -> None:
+        async with gate.slot(on_wait=told[n].append):
+            await release.wait()
+
+    first = asyncio.ensure_future(call(0))
+    await clock.advance(0.1)
+    second = asyncio.ensure_future(call(1))
+    await clock.advance(5)  # many polls for a channel: still one report
+    assert told == [[], ["all 1 channels of trunk pbx are busy"]]
+    release.set()
+    await clock.run_until(lambda: second.done(), limit=10)
+    await first
+    assert told[1] == ["all 1 channels of trunk pbx are busy"]

@@ -34,9 +34,11 @@ from ringflow.telephony.carrier import (
     Channel,
     ConversationTap,
     DialRequest,
+    Placed,
     Recording,
     Rejected,
     Ringing,
+    Waiting,
 )
 
 log = logging.getLogger(__name__)
@@ -181,15 +183,27 @@ class CallRunner:
         """
         request = DialRequest(number, caller_id or call.caller_id, account.sid, call.sid, leg_no)
         attempt = self.carrier.dial(request)
-        deadline = self.clock.now() + ring_timeout
+        deadline: float | None = self.clock.now() + ring_timeout
         while True:
-            remaining = deadline - self.clock.now()
+            next_event = attempt.next_event()
             try:
-                event = await wait_with_timeout(self.clock, attempt.next_event(), remaining)
+                if deadline is None:  # waiting for the trunk: no ring timeout yet
+                    event = await next_event
+                else:
+                    remaining = deadline - self.clock.now()
+                    event = await wait_with_timeout(self.clock, next_event, remaining)
             except asyncio.CancelledError:
                 await asyncio.shield(attempt.cancel())
                 await asyncio.shield(self._cancel_leg(call.sid, leg_no))
                 raise
+            if isinstance(event, Waiting):
+                deadline = None
+                await self.record(call, "trunk.wait", {"leg": leg_no, "reason": event.reason})
+                continue
+            if isinstance(event, Placed):
+                deadline = self.clock.now() + ring_timeout
+                await self.record(call, "trunk.placed", {"leg": leg_no})
+                continue
             if isinstance(event, Ringing):
                 continue
             if event is None:

@@ -3,6 +3,8 @@
 A ``Carrier.dial`` returns an ``Attempt`` whose events are read one by one: ``Ringing``,
 ``Answered`` (carrying the ``Channel``) or ``Rejected``. The call engine enforces the ring
 timeout itself and calls ``Attempt.cancel`` when it expires, so carriers need no timers for it.
+A carrier whose trunk is full says ``Waiting`` first and ``Placed`` once the leg is really
+dialled: the ring timeout runs from then, not while the leg waits for room.
 
 Audio crossing this seam is what a phone line carries: 8 kHz mono 16-bit little-endian PCM.
 ``Channel.record`` returns what one party said as a ``Recording``; ``Channel.bridge`` given a
@@ -27,6 +29,18 @@ class DialRequest:
 
 
 @dataclasses.dataclass(frozen=True)
+class Waiting:
+    """The leg waits for room on its trunk (channels or calls per second); not dialled yet."""
+
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Placed:
+    """A leg that was ``Waiting`` is dialled now."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Ringing:
     """The far end is alerting."""
 
@@ -46,7 +60,7 @@ class Rejected:
     cause: str
 
 
-AttemptEvent = Ringing | Answered | Rejected
+AttemptEvent = Waiting | Placed | Ringing | Answered | Rejected
 
 
 class Attempt(Protocol):

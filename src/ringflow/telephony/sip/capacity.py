@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio
 from redis.exceptions import RedisError
@@ -26,6 +26,9 @@ from ringflow.errors import Unavailable
 from ringflow.telephony.sip.trunks import Trunk
 
 PREFIX = "ringflow:trunk:"
+NOTABLE_PACE_WAIT = 1.0  # seconds: a shorter wait for the pace is not reported to ``on_wait``
+
+OnWait = Callable[[str], None]
 
 
 class TrunkUnavailable(Unavailable):
@@ -48,23 +51,32 @@ class TrunkGate:
         return self.in_use
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the trunk's channels for the life of a call."""
+    async def slot(self, on_wait: OnWait | None = None) -> AsyncIterator[None]:
+        """Hold one of the trunk's channels for the life of a call.
+
+        ``on_wait(reason)`` is called once if the call has to wait: for a channel, or for its
+        turn at the trunk's pace when that is a second or more away.
+        """
+        tell = _once(on_wait)
+        if self._channels.locked():
+            tell(f"all {self.trunk.max_channels} channels of trunk {self.trunk.name} are busy")
         async with self._channels:
             self.in_use += 1
             try:
-                await self._paced()
+                await self._paced(tell)
                 yield
             finally:
                 self.in_use -= 1
 
-    async def _paced(self) -> None:
+    async def _paced(self, tell: OnWait) -> None:
         async with self._pace:
             now = self.clock.now()
-            wait = self._next_start - now
-            if wait > 0:
-                await self.clock.sleep(wait)
-            self._next_start = max(now, self._next_start) + 1.0 / self.trunk.max_cps
+            start = max(now, self._next_start)
+            self._next_start = start + 1.0 / self.trunk.max_cps
+        if start - now >= NOTABLE_PACE_WAIT:
+            tell(_pace_reason(self.trunk, start - now))
+        if start > now:
+            await self.clock.sleep(start - now)
 
 
 # KEYS[1]: the trunk's leases (member: one call, score: when its lease lapses, ms).
@@ -114,25 +126,39 @@ class SharedTrunkGate:
         self._pace = client.register_script(_PACE)
         self._renew = client.register_script(_RENEW)
         self._line = asyncio.Lock()  # this process's waiters queue in order; the head asks Redis
+        self._in_line: list[OnWait] = []  # those behind the head, told when the trunk is full
         self.in_use = 0
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, on_wait: OnWait | None = None) -> AsyncIterator[None]:
         """Hold one of the trunk's channels (across processes) for the life of a call."""
+        tell = _once(on_wait)
         member = uuid.uuid4().hex
-        async with self._line:
-            limit = self.trunk.max_channels
-            while not await self._redis(self._take, self._leases, self._lease_ms, limit, member):
-                await self.clock.sleep(self.poll)
-            try:
-                wait_ms = await self._redis(self._pace, self._next,
-                                            max(1, round(1000 / self.trunk.max_cps)))
-            except BaseException:
-                await self._release(member)
-                raise
+        self._in_line.append(tell)
+        try:
+            async with self._line:
+                self._in_line.remove(tell)
+                limit = self.trunk.max_channels
+                while not await self._redis(self._take, self._leases, self._lease_ms, limit,
+                                            member):
+                    # The trunk is full: this call waits, and so does everyone behind it.
+                    for waiter in (tell, *self._in_line):
+                        waiter(f"all {limit} channels of trunk {self.trunk.name} are busy")
+                    await self.clock.sleep(self.poll)
+                try:
+                    wait_ms = await self._redis(self._pace, self._next,
+                                                max(1, round(1000 / self.trunk.max_cps)))
+                except BaseException:
+                    await self._release(member)
+                    raise
+        finally:
+            if tell in self._in_line:  # cancelled while in line
+                self._in_line.remove(tell)
         self.in_use += 1
         renewing = asyncio.ensure_future(self._keep(member))
         try:
+            if wait_ms >= NOTABLE_PACE_WAIT * 1000:
+                tell(_pace_reason(self.trunk, wait_ms / 1000))
             if wait_ms > 0:
                 await self.clock.sleep(wait_ms / 1000)
             yield
@@ -176,3 +202,19 @@ class SharedTrunkGate:
     async def _release(self, member: str) -> None:
         with contextlib.suppress(RedisError), self.clock.busy():
             await asyncio.shield(self._client.zrem(self._leases, member))
+
+
+def _once(on_wait: OnWait | None) -> OnWait:
+    """``on_wait``, called at most once (and a no-op when None)."""
+    told = False
+
+    def tell(reason: str) -> None:
+        nonlocal told
+        if on_wait is not None and not told:
+            told = True
+            on_wait(reason)
+    return tell
+
+
+def _pace_reason(trunk: Trunk, wait: float) -> str:
+    return f"trunk {trunk.name} starts {trunk.max_cps:g} calls per second: {wait:.1f} s to wait"

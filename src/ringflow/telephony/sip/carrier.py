@@ -25,7 +25,15 @@ from ringflow.sip.digest import Authenticator
 from ringflow.sip.outcome import Ending, Status
 from ringflow.sip.sdp import PCMA, PCMU, build_sdp
 from ringflow.sip.transport import OutgoingCallHandle, RegistrationHandle, SipTransport
-from ringflow.telephony.carrier import Answered, AttemptEvent, DialRequest, Rejected, Ringing
+from ringflow.telephony.carrier import (
+    Answered,
+    AttemptEvent,
+    DialRequest,
+    Placed,
+    Rejected,
+    Ringing,
+    Waiting,
+)
 from ringflow.telephony.sip.capacity import SharedTrunkGate, TrunkGate, TrunkUnavailable
 from ringflow.telephony.sip.channel import SipChannel, Speech
 from ringflow.telephony.sip.trunks import Trunk, choose_trunk
@@ -176,8 +184,17 @@ class SipAttempt:
             await self.events.put(Rejected("failed", "sip: no trunk serves this account"))
             return
         gate = self.carrier.gates[trunk.name]
+        waited = False
+
+        def waiting(reason: str) -> None:
+            nonlocal waited
+            waited = True
+            self.events.put_nowait(Waiting(reason))
+
         try:
-            async with gate.slot():
+            async with gate.slot(on_wait=waiting):
+                if waited:
+                    await self.events.put(Placed())
                 await self._place(trunk)
         except asyncio.CancelledError:
             if not self._canceled:
