@@ -105,3 +105,27 @@ async def test_workers_need_shared_storage(tmp_path: Path, env: dict[str, str],
     proc = Server({**server_env("unused", "x"), **env}, tmp_path / "log", "--workers", "2")
     with pytest.raises(AssertionError, match=message):
         await proc.start()
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie waiting to be reaped counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+async def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
+        empty_pg: str, tmp_path: Path) -> None:
+    env = server_env(empty_pg, f"orphans-{uuid.uuid4().hex[:8]}", RINGFLOW_REDIS_URL=REDIS_URL)
+    async with server(env, tmp_path / "server.log", "--workers", "2") as srv:
+        await srv.start()
+        pids = [worker_pid(srv.log.read_text(), i) for i in (1, 2)]
+        await srv.kill()  # SIGKILL: the supervisor cannot pass anything on
+
+        async def orphans_gone() -> bool:
+            return all(gone(pid) for pid in pids)
+
+        await eventually(orphans_gone, "the orphaned workers to stop", srv, 20)
+        assert srv.log.read_text().count("the supervisor (pid") == 2

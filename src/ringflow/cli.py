@@ -176,9 +176,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         migrate(settings.database_url)
     config = uvicorn.Config(create_app(settings), log_level=settings.log_level,
                             timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    if args.worker:
+        from ringflow.workers import stop_when_orphaned
+
+        stop_when_orphaned(server)
     # Workers share the port: each binds it with SO_REUSEPORT and the kernel spreads connections.
-    uvicorn.Server(config).run(sockets=[_listen(settings.host, settings.port,
-                                                reuse_port=args.worker)])
+    server.run(sockets=[_listen(settings.host, settings.port, reuse_port=args.worker)])
     return 0
 
 

@@ -13,7 +13,8 @@ worker skips the ones another holds.
 The supervisor restarts a worker that dies, under the same instance name, so the restarted
 worker finishes the calls its predecessor was carrying at once (their callbacks go out). A
 worker that keeps dying is restarted with a growing pause, up to 30 s. SIGTERM or SIGINT stops
-every worker gracefully (running calls are ended and their callbacks flushed).
+every worker gracefully (running calls are ended and their callbacks flushed). A worker whose
+supervisor is gone (killed with SIGKILL) stops gracefully by itself within a second.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from typing import Any
 
 from ringflow.config import Settings
 from ringflow.errors import ConfigError
@@ -79,6 +82,21 @@ def worker_env(settings: Settings, index: int, base: dict[str, str]) -> dict[str
     if settings.sip_port:
         env["RINGFLOW_SIP_PORT"] = str(settings.sip_port + index - 1)
     return env
+
+
+def stop_when_orphaned(server: Any, every: float = 1.0) -> threading.Thread:
+    """Ask the worker's uvicorn ``server`` to stop once its supervisor process is gone."""
+    supervisor = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(every)
+        log.warning("the supervisor (pid %d) is gone; stopping", supervisor)
+        server.should_exit = True
+
+    thread = threading.Thread(target=watch, name="supervisor-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def supervise(settings: Settings, workers: int) -> int:
