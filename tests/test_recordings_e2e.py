@@ -376,3 +376,24 @@ async def test_two_numbers_without_record_keep_nothing(database_url, tmp_path):
         await rig.finish(sid)
         assert await recordings_of(rig, sid) == []
         assert (await rig.details(sid))["RecordingUrl"] is None
+
+
+async def test_record_true_on_a_flow_tapes_the_whole_call(database_url, tmp_path):
+    async with running(database_url, data_dir=str(tmp_path)) as rig:
+        await script(rig, CUSTOMER, says=[MESSAGE])
+        sid = await place(rig, voicemail_app(f"{rig.customer.url}/report"), Record="true",
+                          RecordingChannels="dual")
+        message, whole = await recordings_of(rig, sid)
+        assert (whole.channels, message.channels) == ("dual", "single")
+        details = await rig.details(sid)
+        assert details["RecordingUrl"].endswith(f"/Recordings/{whole.sid}.mp3")
+        frames = stereo((tmp_path / "recordings" / whole.path).read_bytes())
+        said, heard = frames[:, 0], frames[:, 1]
+        # First the customer hears the greeting and the voicemail prompt, then speaks.
+        prompts = await spoken(rig, "Thanks for calling Acme.") + await spoken(
+            rig, "Please leave a message after the beep.")
+        cut = int(prompts * 8000)
+        assert not is_silence(heard[:cut].tobytes()) and is_silence(said[:cut].tobytes())
+        # ... and what they said is all there, as in the voicemail's own recording.
+        voicemail = load_audio((tmp_path / "recordings" / message.path).read_bytes()).pcm
+        assert voiced_seconds(said[cut:].tobytes()) >= 0.8 * voiced_seconds(voicemail) > 1

@@ -313,6 +313,28 @@ async def test_two_numbers_bridge_two_sipp_callees_and_record_each(tmp_path: Pat
         assert abs(dominant_hz(caller) - 600) < 20 and abs(dominant_hz(callee) - 1400) < 20
 
 
+@pytest.mark.usefixtures("sqlite_db")
+async def test_record_true_tapes_the_prompt_and_the_callee(tmp_path: Path) -> None:
+    (tmp_path / "voice.ulaw").write_bytes(tone_ulaw(1400, 3.0))  # the callee talks at once
+    text = "Hello from ringflow. This call is recorded."
+    greeting = {"hello": {"applet": "greeting", "text": text, "next": "bye"},
+                "bye": {"applet": "hangup"}}
+    async with sipp(tmp_path, "callee_inband.xml") as phone, \
+            sip_server(tmp_path, phone, data_dir=str(tmp_path)) as rig:
+        sid = await place(rig, phone, await app(rig, greeting, "hello"), Record="true",
+                          RecordingChannels="dual")
+        call = await call_to_end(rig, sid)
+        assert call.status == "completed", call.reason
+        assert await phone.exit_code() == 0
+        [row] = await recordings(rig, call)
+        prompt = await rig.services.tts.speak(text)
+        assert (await rig.details(sid))["RecordingUrl"].endswith(f"/Recordings/{row.sid}.mp3")
+    frames = stereo((tmp_path / "recordings" / row.path).read_bytes())
+    callee, heard = frames[:, 0], frames[:, 1]
+    assert abs(dominant_hz(callee) - 1400) < 20  # what the callee said
+    assert correlation(heard.tobytes(), prompt.pcm) > 0.6  # what it heard: our greeting
+
+
 async def recordings(rig: Rig, call: Call) -> list[Recording]:
     """The call's recording rows."""
     async with rig.services.db.session() as session:

@@ -149,7 +149,9 @@ class FlowDialer:
     async def _talk(self, leg_no: int, number: str, callee: Channel, action: Dial) -> DialResult:
         clock = self.runner.clock
         self.channels.append(callee)
-        tap = ConversationTap() if action.record or self.call.record else None
+        # Record=true on the call tapes all of it already (runner): only the applet's own
+        # ``record`` keeps this conversation apart.
+        tap = ConversationTap() if action.record else None
         try:
             if action.announce:
                 await callee.say(action.announce)

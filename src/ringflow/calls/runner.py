@@ -149,8 +149,16 @@ class CallRunner:
         watchdog = asyncio.ensure_future(self._time_limit(call, channels))
         try:
             if call.shape == "flow":
+                # Record=true tapes the whole call: the customer, and the prompts and any
+                # connected party they heard.
+                tap = ConversationTap() if call.record else None
+                stop_tape = first.channel.record_call(tap) if tap is not None else None
                 await self._run_flow(call, account, first.channel, channels)
                 await first.channel.hangup("app ended")
+                if stop_tape is not None and tap is not None:
+                    stop_tape()
+                    # Kept before the final status, so the terminal callback carries its URL.
+                    await self.keep_conversation(call, account, tap)
                 await self.change(sid, Change(call=Event.HANGUP, legs=((1, Event.HANGUP),)))
             else:
                 await self._connect(call, account, first.channel, channels)

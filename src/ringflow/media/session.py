@@ -115,6 +115,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self._keys = KeyStream()
         self._events = EventReceiver()
         self._tones: ToneDetector | None = None
+        self._call_tap: Callable[[bytes, bytes], None] | None = None
+        self._heard = b""  # the party's frame of this tick, for the call tap
 
     # -- control ---------------------------------------------------------------------------
 
@@ -215,6 +217,22 @@ class RtpSession(asyncio.DatagramProtocol):
         """Called by ``bridge`` when it is undone."""
         if self._bridge is bridge:
             self._bridge, self.bridge_in = None, None
+
+    def tap(self, write: Callable[[bytes, bytes], None]) -> Callable[[], None]:
+        """Give ``write(heard, sent)`` every 20 ms: the party's audio and what we sent it
+        (prompts, a bridged party, silence), as PCM; returns the undo function."""
+        def keep(frame: bytes) -> None:
+            self._heard = frame
+
+        stop_listening = self.listen(keep)
+        self._call_tap = write
+
+        def undo() -> None:
+            stop_listening()
+            if self._call_tap is write:
+                self._call_tap = None
+
+        return undo
 
     # -- what we hear ----------------------------------------------------------------------
 
@@ -337,6 +355,9 @@ class RtpSession(asyncio.DatagramProtocol):
             payload = self._play_frame()
         else:
             payload = law.silence
+        if self._call_tap is not None:
+            self._call_tap(self._heard, law.decode(payload if pt == law.payload_type
+                                                   else law.silence))
         if not self._sending:
             return
         assert self._transport is not None

@@ -14,6 +14,7 @@ Audio crossing this seam is what a phone line carries: 8 kHz mono 16-bit little-
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -131,6 +132,11 @@ class Channel(Protocol):
 
     async def wait_closed(self) -> str:
         """Wait until the leg hangs up; returns who hung up: "remote" or "local"."""
+
+    def record_call(self, tap: ConversationTap) -> Callable[[], None]:
+        """Record the call from now into ``tap``: ``near`` what the party says, ``far`` what it
+        hears (prompts, a bridged party). Returns the function that stops it (after which every
+        byte is in ``tap``)."""
 
     async def say(self, text: str, voice: str | None = None) -> None:
         """Speak ``text`` to the party."""

@@ -140,6 +140,7 @@ class SandboxChannel:
         self._closed = asyncio.Event()
         self._closed_by = ""
         self._hangups: set[asyncio.Task[None]] = set()
+        self._tape: _Tape | None = None  # the whole call, while ``record_call`` runs
         if script.hangup_after is not None:
             self._hang_up_in(script.hangup_after)
 
@@ -181,6 +182,9 @@ class SandboxChannel:
         if self.speech is not None:
             with self.clock.busy():  # rendering takes real time; the test clock must wait for it
                 prompt = await self.speech(text, voice)
+        if self._tape is not None:
+            spoken = prompt if prompt is not None else murmur(speech_seconds(text))
+            self._tape.sent(self.clock.now(), spoken.pcm)
         await self._hold(prompt.duration if prompt is not None else speech_seconds(text))
 
     async def play(self, url: str, audio: bytes | None = None) -> None:
@@ -239,6 +243,8 @@ class SandboxChannel:
         )
         samples = round((self.clock.now() - start) * RATE)
         pcm = speech[: samples * SAMPLE_WIDTH].ljust(samples * SAMPLE_WIDTH, b"\0")
+        if self._tape is not None:
+            self._tape.heard(start, pcm)
         return Recording(pcm, ended, digits)
 
     async def _speak_into_recorder(
@@ -278,10 +284,15 @@ class SandboxChannel:
         finally:
             for w in waits:
                 w.cancel()
-            if tap is not None:
+            if tap is not None or self._tape is not None:
                 # Written when the bridge ends, also by cancellation (a conversation limit).
                 size = round((self.clock.now() - started) * RATE) * SAMPLE_WIDTH
-                tap.write(near[:size].ljust(size, b"\0"), far[:size].ljust(size, b"\0"))
+                near, far = near[:size].ljust(size, b"\0"), far[:size].ljust(size, b"\0")
+                if tap is not None:
+                    tap.write(near, far)
+                if self._tape is not None:
+                    self._tape.heard(started, near)
+                    self._tape.sent(started, far)
 
     async def _conversation(self, other: Channel) -> tuple[bytes, bytes]:
         """The two sides of a recorded conversation: the callee speaks first, the caller
@@ -299,10 +310,49 @@ class SandboxChannel:
             self._hang_up_in(len(near) / bytes_per_second + self.script.silence_after)
         return near, far
 
+    def record_call(self, tap: ConversationTap) -> Callable[[], None]:
+        """Tape the call from now: what the phone says (near) and what it hears (far), written
+        into ``tap`` when the returned function is called."""
+        tape = self._tape = _Tape(self.clock.now())
+
+        def stop() -> None:
+            if self._tape is tape:
+                self._tape = None
+            tape.write(tap, self.clock.now())
+
+        return stop
+
     async def hangup(self, cause: str = "normal") -> None:
         self._close("local")
         for task in list(self._hangups):
             task.cancel()
+
+
+class _Tape:
+    """A sandbox call's audio by time: pieces placed where they happened on the clock."""
+
+    def __init__(self, start: float):
+        self.start = start
+        self._heard: list[tuple[float, bytes]] = []
+        self._sent: list[tuple[float, bytes]] = []
+
+    def heard(self, at: float, pcm: bytes) -> None:
+        self._heard.append((at, pcm))
+
+    def sent(self, at: float, pcm: bytes) -> None:
+        self._sent.append((at, pcm))
+
+    def write(self, tap: ConversationTap, end: float) -> None:
+        size = round((end - self.start) * RATE) * SAMPLE_WIDTH
+        tap.write(self._track(self._heard, size), self._track(self._sent, size))
+
+    def _track(self, pieces: list[tuple[float, bytes]], size: int) -> bytes:
+        track = bytearray(size)
+        for at, pcm in pieces:
+            offset = round((at - self.start) * RATE) * SAMPLE_WIDTH
+            piece = pcm[: max(0, size - offset)]
+            track[offset:offset + len(piece)] = piece
+        return bytes(track)
 
 
 def murmur(seconds: float) -> Prompt:

@@ -135,6 +135,10 @@ class SipChannel:
         self.session.clear_digits()  # keys pressed during the prompt do not end the message
         return await _Recorder(self, max_length, finish_on, silence_timeout).run()
 
+    def record_call(self, tap: ConversationTap) -> Callable[[], None]:
+        """Tape the call from now: the party's audio and everything sent to it, 20 ms at a time."""
+        return self.session.tap(tap.write)
+
     async def bridge(self, other: Channel, tap: ConversationTap | None = None) -> None:
         if not isinstance(other, SipChannel):
             raise TypeError("a SIP leg can only be bridged with another SIP leg")
