@@ -377,6 +377,29 @@ async def test_sipp_hears_the_greeting(tmp_path: Path) -> None:
     assert correlation(bytes(heard), prompt.pcm) > 0.8
 
 
+async def test_an_answer_that_crosses_our_giving_up_is_hung_up(tmp_path: Path) -> None:
+    """The ring timeout fires just as the 200 arrives: the caller never takes the answer, so
+    cancelling the attempt must end the answered call with BYE and free its trunk slot."""
+    async with sipp(tmp_path, "callee_answer.xml") as phone:
+        carrier = SipCarrier(RealClock(), (Trunk("sipp", "127.0.0.1", phone.port),), sip_port=0)
+        await carrier.start()
+        try:
+            attempt = carrier.dial(DialRequest(phone.uri, "+918041234567", "AC1", "c1", 1))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while attempt.channel is None:  # answered; the Answered event sits unread
+                assert loop.time() < deadline, "SIPp did not answer"
+                await asyncio.sleep(0.01)
+            await attempt.cancel()
+            assert await phone.exit_code() == 0  # it got our BYE
+            while carrier.attempts:
+                assert loop.time() < deadline, "the attempt was never finished"
+                await asyncio.sleep(0.01)
+            assert carrier.gates["sipp"].in_use == 0
+        finally:
+            await carrier.close()
+
+
 def correlation(heard: bytes, sent: bytes) -> float:
     """Peak normalised cross-correlation of ``sent`` within ``heard`` (1.0: a perfect copy).
 

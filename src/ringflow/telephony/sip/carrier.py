@@ -94,8 +94,7 @@ class SipCarrier:
 
     async def close(self) -> None:
         """Hang up what is still up, unregister, then close the sockets."""
-        for attempt in list(self.attempts):
-            await attempt.abandon()
+        await asyncio.gather(*(attempt.abandon() for attempt in list(self.attempts)))
         for name, registration in self.registrations.items():
             try:
                 await asyncio.wait_for(registration.unregister(), 5.0)
@@ -161,11 +160,13 @@ class SipAttempt:
         return await self.events.get()
 
     async def cancel(self) -> None:
-        """Stop ringing: CANCEL once the callee has sent a provisional response."""
+        """Give the leg up: CANCEL while it rings, BYE if its answer crossed our giving up."""
         self._canceled = True
-        if self.handle is not None and self.channel is None:
+        if self.channel is not None:  # answered, though the caller never took the answer
+            await self.channel.hangup("canceled")
+        elif self.handle is not None:
             self.handle.cancel(Ending.CANCELED)
-        elif self.handle is None:
+        else:
             self._task.cancel()  # still waiting for room on the trunk
 
     async def abandon(self) -> None:
