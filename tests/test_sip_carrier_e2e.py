@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from ringflow.calls.status import is_terminal
 from ringflow.clock import RealClock
-from ringflow.media.audio import RATE
+from ringflow.media.audio import RATE, load_audio, voiced_seconds
 from ringflow.media.cache import PromptCache
 from ringflow.media.tts import TextToSpeech
 from ringflow.storage.models import Call, Recording
@@ -333,6 +333,33 @@ async def test_record_true_tapes_the_prompt_and_the_callee(tmp_path: Path) -> No
     callee, heard = frames[:, 0], frames[:, 1]
     assert abs(dominant_hz(callee) - 1400) < 20  # what the callee said
     assert correlation(heard.tobytes(), prompt.pcm) > 0.6  # what it heard: our greeting
+
+
+@pytest.mark.usefixtures("sqlite_db")
+async def test_a_voicemail_over_sip_keeps_what_the_callee_said_and_ends_on_silence(
+        tmp_path: Path) -> None:
+    import audioop
+
+    # The callee is silent through the prompt and the beep, then speaks (a tone) for 1.5 s.
+    quiet = audioop.lin2ulaw(bytes(RATE * 2 * 5 // 2), 2)
+    (tmp_path / "voice.ulaw").write_bytes(quiet + tone_ulaw(900, 1.5))
+    voicemail = {
+        "vm": {"applet": "voicemail", "prompt": "Leave a message.", "max_length": 30,
+               "silence_timeout": 2, "next": "bye", "on_no_message": "bye"},
+        "bye": {"applet": "hangup"},
+    }
+    async with sipp(tmp_path, "callee_inband.xml") as phone, \
+            sip_server(tmp_path, phone, data_dir=str(tmp_path)) as rig:
+        sid = await place(rig, phone, await app(rig, voicemail, "vm"))
+        call = await call_to_end(rig, sid)
+        assert call.status == "completed", call.reason
+        assert await phone.exit_code() == 0
+        [step] = [e["data"] for e in await rig.timeline(sid) if e["kind"] == "recording"]
+        [row] = await recordings(rig, call)
+    assert step["ended_by"] == "silence" and step["message"] is True
+    pcm = load_audio((tmp_path / "recordings" / row.path).read_bytes()).pcm
+    assert 1.2 <= voiced_seconds(pcm) <= 1.8  # the tone, and not the silence around it
+    assert abs(dominant_hz(np.frombuffer(pcm, "<i2")) - 900) < 20
 
 
 async def recordings(rig: Rig, call: Call) -> list[Recording]:

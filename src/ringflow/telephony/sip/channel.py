@@ -8,7 +8,6 @@ leg has hung up. Audio is real time: a prompt takes as long to play as it lasts.
 from __future__ import annotations
 
 import asyncio
-import audioop
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,7 +15,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ringflow.media.audio import RATE, SAMPLE_WIDTH, Prompt
+from ringflow.media.audio import RATE, SAMPLE_WIDTH, Prompt, frame_rms
 from ringflow.media.engine import RtpSession
 from ringflow.sip.sdp import MediaPlan
 from ringflow.sip.transport import OutgoingCallHandle
@@ -187,7 +186,7 @@ class _Recorder:
         if self.done.done():
             return
         self.pcm += frame
-        if audioop.rms(frame, SAMPLE_WIDTH) < SILENCE_RMS:
+        if frame_rms(frame).max(initial=0) < SILENCE_RMS:
             self.quiet += len(frame)
         else:
             self.quiet, self.heard_voice = 0, True
