@@ -3,6 +3,8 @@ dies is restarted under its own name and finishes the calls it was carrying."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -116,16 +118,30 @@ def gone(pid: int) -> bool:
     return "\nState:\tZ" in status
 
 
+@pytest.mark.parametrize("when", ["serving", "starting"])
 async def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
-        empty_pg: str, tmp_path: Path) -> None:
+        empty_pg: str, tmp_path: Path, when: str) -> None:
     env = server_env(empty_pg, f"orphans-{uuid.uuid4().hex[:8]}", RINGFLOW_REDIS_URL=REDIS_URL)
     async with server(env, tmp_path / "server.log", "--workers", "2") as srv:
-        await srv.start()
+        starting = None
+        if when == "serving":
+            await srv.start()
+        else:  # killed while the workers are still loading, before they could look at it
+            starting = asyncio.ensure_future(srv.start())
+
+            async def launched() -> bool:
+                return len(re.findall(r"worker \d started", srv.output())) == 2
+
+            await eventually(launched, "the workers to be launched", srv, 20)
         pids = [worker_pid(srv.log.read_text(), i) for i in (1, 2)]
-        await srv.kill()  # SIGKILL: the supervisor cannot pass anything on
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGKILL)  # the supervisor cannot pass anything on
 
         async def orphans_gone() -> bool:
             return all(gone(pid) for pid in pids)
 
-        await eventually(orphans_gone, "the orphaned workers to stop", srv, 20)
+        await eventually(orphans_gone, "the orphaned workers to stop", srv, 30)
         assert srv.log.read_text().count("the supervisor (pid") == 2
+        if starting is not None:
+            with contextlib.suppress(AssertionError):
+                await starting  # it saw the supervisor exit at start-up

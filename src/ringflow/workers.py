@@ -79,14 +79,22 @@ def worker_env(settings: Settings, index: int, base: dict[str, str]) -> dict[str
     """The environment of worker ``index``: its instance name and SIP port."""
     env = dict(base)
     env["RINGFLOW_INSTANCE"] = f"{settings.instance_name}/w{index}"
+    env[SUPERVISOR_ENV] = str(os.getpid())
     if settings.sip_port:
         env["RINGFLOW_SIP_PORT"] = str(settings.sip_port + index - 1)
     return env
 
 
+SUPERVISOR_ENV = "RINGFLOW_SUPERVISOR_PID"
+
+
 def stop_when_orphaned(server: Any, every: float = 1.0) -> threading.Thread:
-    """Ask the worker's uvicorn ``server`` to stop once its supervisor process is gone."""
-    supervisor = os.getppid()
+    """Ask the worker's uvicorn ``server`` to stop once its supervisor process is gone.
+
+    The supervisor's pid comes from the environment, so a supervisor that died while this
+    worker was still starting is noticed too.
+    """
+    supervisor = int(os.environ.get(SUPERVISOR_ENV) or os.getppid())
 
     def watch() -> None:
         while os.getppid() == supervisor:
