@@ -11,6 +11,7 @@ Content-Length), so reading them later cannot fail; anything malformed raises
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from ringflow.sip.errors import SipParseError
 from ringflow.sip.headers import TOKEN, CSeq, Headers, NameAddr, Via
@@ -28,6 +29,13 @@ REASONS = {
     500: "Server Internal Error", 501: "Not Implemented", 503: "Service Unavailable",
     600: "Busy Everywhere", 603: "Decline",
 }
+
+
+# The typed views are read several times for every message (transaction matching, dialog
+# lookup, responses built from requests) and parsed values are immutable: parse each text once.
+_via = functools.lru_cache(maxsize=4096)(Via.parse)
+_name_addr = functools.lru_cache(maxsize=4096)(NameAddr.parse)
+_cseq = functools.lru_cache(maxsize=4096)(CSeq.parse)
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -59,22 +67,22 @@ class Message:
     @property
     def vias(self) -> list[Via]:
         """Every Via element, top first."""
-        return [Via.parse(v) for v in self.headers.values("Via")]
+        return [_via(v) for v in self.headers.values("Via")]
 
     @property
     def via(self) -> Via:
         """The top Via."""
-        return Via.parse(self.headers.values("Via")[0])
+        return _via(self.headers.values("Via")[0])
 
     @property
     def from_(self) -> NameAddr:
         """The From header."""
-        return NameAddr.parse(self._one("From"), "From")
+        return _name_addr(self._one("From"), "From")
 
     @property
     def to(self) -> NameAddr:
         """The To header."""
-        return NameAddr.parse(self._one("To"), "To")
+        return _name_addr(self._one("To"), "To")
 
     @property
     def call_id(self) -> str:
@@ -84,7 +92,7 @@ class Message:
     @property
     def cseq(self) -> CSeq:
         """The CSeq."""
-        return CSeq.parse(self._one("CSeq"))
+        return _cseq(self._one("CSeq"))
 
     @property
     def contacts(self) -> list[NameAddr]:
