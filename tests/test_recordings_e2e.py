@@ -397,3 +397,30 @@ async def test_record_true_on_a_flow_tapes_the_whole_call(database_url, tmp_path
         # ... and what they said is all there, as in the voicemail's own recording.
         voicemail = load_audio((tmp_path / "recordings" / message.path).read_bytes()).pcm
         assert voiced_seconds(said[cut:].tobytes()) >= 0.8 * voiced_seconds(voicemail) > 1
+
+
+async def test_recording_format_wav_keeps_pcm_and_other_formats_are_refused(database_url, tmp_path):
+    import io
+    import wave
+
+    async with running(database_url, data_dir=str(tmp_path)) as rig:
+        await script(rig, CUSTOMER, says=[CALLER_SAYS])
+        await script(rig, CALLEE, says=[{"text": CALLEE_SAYS, "then": "hangup"}])
+        r = await rig.connect(From=CUSTOMER, To=CALLEE, Record="true", RecordingFormat="wav",
+                              RecordingChannels="dual")
+        assert r.status_code == 200, r.text
+        sid = r.json()["Call"]["Sid"]
+        await rig.finish(sid)
+        url = (await rig.details(sid))["RecordingUrl"]
+        assert url.endswith(".wav")
+        fetched = await rig.http.get(local(rig, url), auth=rig.auth)
+        assert fetched.status_code == 200 and fetched.headers["content-type"] == "audio/wav"
+        with wave.open(io.BytesIO(fetched.content)) as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (8000, 2, 2)
+            callee = np.frombuffer(w.readframes(w.getnframes()), "<i2")[1::2]
+        assert not is_silence(callee.tobytes())
+
+        refused = await rig.connect(From=CUSTOMER, To=CALLEE, Record="true",
+                                    RecordingFormat="ogg")
+        assert refused.status_code == 400
+        assert "RecordingFormat must be mp3, mp3-hq or wav" in refused.text

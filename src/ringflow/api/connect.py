@@ -69,8 +69,8 @@ async def parse_connect(params: Params, account: Account, services: Any) -> Call
     if channels not in ("single", "dual"):
         raise InvalidRequest("RecordingChannels must be single or dual")
     fmt = (params.get("RecordingFormat") or "mp3").lower()
-    if fmt not in ("mp3", "mp3-hq"):
-        raise InvalidRequest("RecordingFormat must be mp3 or mp3-hq")
+    if fmt not in ("mp3", "mp3-hq", "wav"):  # wav: ringflow's own, 8 kHz 16-bit PCM
+        raise InvalidRequest("RecordingFormat must be mp3, mp3-hq or wav")
     wait_url = params.get("WaitUrl")
     if wait_url:
         wait_url = validate_url(wait_url, allow_private=allow_private, field="WaitUrl")
