@@ -20,6 +20,7 @@ from ringflow.storage.db import Database
 from ringflow.storage.models import Call
 from tests.conftest import REDIS_URL, _truncate
 from tests.processes import cli, server_env
+from tests.sipp import SCENARIOS, free_media_port, free_udp_port, needs_sipp
 from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, RESTARTED, Client, eventually, server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -27,14 +28,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 CALLS = 16
 
 
-async def calls(db: Database, sids: list[str]) -> dict[str, Call]:
+async def calls_of(db: Database, sids: list[str]) -> dict[str, Call]:
     async with db.session() as session:
         rows = (await session.execute(select(Call).where(Call.sid.in_(sids)))).scalars().all()
     return {row.sid: row for row in rows}
 
 
 async def statuses(db: Database, sids: list[str]) -> set[str]:
-    return {call.status for call in (await calls(db, sids)).values()}
+    return {call.status for call in (await calls_of(db, sids)).values()}
 
 
 def worker_pid(log: str, index: int) -> int:
@@ -73,7 +74,7 @@ async def test_two_workers_share_the_calls_and_a_dead_one_is_restarted(
                 return await statuses(db, sids) == {"in-progress"}
 
             await eventually(all_talking, "every call to be answered", srv)
-            placed = {sid: call.owner for sid, call in (await calls(db, sids)).items()}
+            placed = {sid: call.owner for sid, call in (await calls_of(db, sids)).items()}
             assert set(placed.values()) == {f"{instance}/w1", f"{instance}/w2"}, placed
 
             os.kill(worker_pid(srv.log.read_text(), 1), signal.SIGKILL)
@@ -145,3 +146,56 @@ async def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
         if starting is not None:
             with contextlib.suppress(AssertionError):
                 await starting  # it saw the supervisor exit at start-up
+
+
+@needs_sipp
+async def test_two_workers_place_sip_calls_each_from_its_own_socket(
+        empty_pg: str, tmp_path: Path) -> None:
+    calls = 16  # a connection each: both workers get some but once in 30000 runs
+    port, media = free_udp_port(), free_media_port()
+    phone = await asyncio.create_subprocess_exec(
+        "sipp", "-sf", str(SCENARIOS / "callee_answer.xml"), "-i", "127.0.0.1", "-p", str(port),
+        "-mi", "127.0.0.1", "-mp", str(media), "-m", str(calls), "-d", "1000", "-timeout", "60",
+        "-timeout_error", "-nostdin", "-trace_msg", cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    trunks = tmp_path / "trunks.yaml"
+    trunks.write_text(f"trunks:\n  - name: sipp\n    host: 127.0.0.1\n    port: {port}\n")
+    instance = f"sip-workers-{uuid.uuid4().hex[:8]}"
+    env = server_env(empty_pg, instance, RINGFLOW_REDIS_URL=REDIS_URL, RINGFLOW_CARRIER="sip",
+                     RINGFLOW_SIP_TRUNKS=str(trunks), RINGFLOW_SIP_PORT="0")
+    creds = json.loads(await cli(env, "accounts", "create", "Sip Workers", "--json"))
+    await cli(env, "numbers", "add", creds["sid"], EXOPHONE)
+    app_file = tmp_path / "hello.json"
+    app_file.write_text(json.dumps({"name": "hello", "start": "hi", "nodes": {
+        "hi": {"applet": "greeting", "text": "Hello", "next": "bye"},
+        "bye": {"applet": "hangup"}}}))
+    app_id = int((await cli(env, "apps", "import", creds["sid"], str(app_file))).split()[1])
+    db = Database(empty_pg)
+    try:
+        async with server(env, tmp_path / "server.log", "--workers", "2") as srv:
+            await srv.start()
+            sids = []
+            for _ in range(calls):
+                async with httpx.AsyncClient(timeout=10) as http:
+                    call = await Client(http, srv, creds).connect(
+                        From=f"sip:callee@127.0.0.1:{port}",
+                        Url=f"http://my.exotel.com/exoml/start/{app_id}")
+                sids.append(call["Sid"])
+
+            async def all_done() -> bool:
+                return await statuses(db, sids) == {"completed"}
+
+            await eventually(all_done, "every SIP call to complete", srv, 60)
+            owners = {call.owner for call in (await calls_of(db, sids)).values()}
+            assert owners == {f"{instance}/w1", f"{instance}/w2"}
+            _, err = await asyncio.wait_for(phone.communicate(), 30)
+            assert phone.returncode == 0, err.decode()
+            # The INVITEs came from two SIP sockets, one per worker.
+            log = next(tmp_path.glob("*_messages.log")).read_text()
+            sources = set(re.findall(r"Via: SIP/2.0/UDP 127.0.0.1:(\d+)", log))
+            assert len(sources) == 2, sources
+            await srv.terminate()
+    finally:
+        if phone.returncode is None:
+            phone.kill()
+        await db.close()
