@@ -527,3 +527,32 @@ async def test_the_demo_prints_a_dashboard_sign_in_that_works(tmp_path: Path):
             assert "Demo: greeting and passthru" in apps.text
     finally:
         await server.close()
+
+
+async def test_the_trunks_page_shows_the_sandbox_or_the_accounts_own_trunk(database_url, tmp_path):
+    trunks = tmp_path / "trunks.yaml"
+    trunks.write_text("trunks:\n  - name: office-pbx\n    host: 127.0.0.1\n    port: 5099\n"
+                      "    max_channels: 7\n    password: s3cret\n    username: acme\n"
+                      "    accounts: [otherco]\n")
+    async with running(database_url, sip_trunks=str(trunks), sip_port=0) as rig:
+        other = await rig.services.accounts.create_account("Other Co")
+        assert other.account_sid == "otherco"
+        await set_account_password(rig.services.accounts, rig.sid, PASSWORD)
+        await set_account_password(rig.services.accounts, "otherco", PASSWORD)
+        async with browser_like(rig) as ours, browser_like(rig) as theirs:
+            await sign_in(ours, rig.sid)
+            await sign_in(theirs, "otherco")
+            page = (await ours.get(f"/a/{rig.sid}/trunks")).text
+            assert "<strong>sandbox</strong>" in page and "office-pbx" not in page
+            sandbox = (await ours.get(f"/a/{rig.sid}/sandbox")).text
+            assert "data-no-sandbox" not in sandbox
+
+            page = (await theirs.get("/a/otherco/trunks")).text
+            assert "<strong>office-pbx</strong>" in page and "0 of 7 channels" in page
+            assert 'data-registration="none"' in page and "s3cret" not in page
+            sandbox = (await theirs.get("/a/otherco/sandbox")).text
+            assert "data-no-sandbox" in sandbox
+            app = await rig.services.accounts.save_app("otherco", voicemail_app())
+            refused = await form_post(theirs, "/a/otherco/sandbox", "/a/otherco/sandbox/call",
+                                      number=CUSTOMER, app_id=str(app.id))
+            assert "test calls from the dashboard need the sandbox carrier" in refused.text

@@ -111,6 +111,6 @@ def _editor(
         else "",
         "test_number": DEFAULT_TEST_NUMBER,
         "notice": NOTICES.get(page.request.query_params.get("done", "")),
-        "sandbox": site.s.carrier.name == "sandbox",
+        "sandbox": site.on_sandbox(page.account.sid),
     }
     return site.page_response(page, "app.html", status_code=400 if problems else 200, **context)

@@ -86,6 +86,7 @@ async def trunks(site: Dashboard, page: Page) -> Response:
     now = time.time()  # registration times are wall-clock seconds
     return site.page_response(
         page, "trunks.html", carrier=site.s.carrier.name, status=status,
+        on_sandbox=site.on_sandbox(page.account.sid),
         registered_for=_seconds_until(status.registered_until, now) if status else None,
         retry_in=_seconds_until(status.retry_at, now) if status else None)
 

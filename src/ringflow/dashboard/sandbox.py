@@ -25,7 +25,7 @@ NOTICES = {
 
 async def place_test_call(site: Dashboard, page: Page, number: str, app_id: int) -> str:
     """Call ``number`` on the sandbox with the app, from the account's first ExoPhone."""
-    if site.s.carrier.name != "sandbox":
+    if not site.on_sandbox(page.account.sid):
         raise InvalidRequest("test calls from the dashboard need the sandbox carrier")
     async with site.s.db.session() as db:
         exophones = await site.s.accounts.numbers(db, page.account.id)
@@ -62,7 +62,7 @@ async def phones(
         test_number=DEFAULT_TEST_NUMBER,
         form=page.form or {},
         notice=NOTICES.get(page.request.query_params.get("done", "")),
-        sandbox=site.s.carrier.name == "sandbox",
+        sandbox=site.on_sandbox(page.account.sid),
     )
 
 
