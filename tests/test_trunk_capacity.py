@@ -142,15 +142,17 @@ async def test_a_call_that_must_wait_is_told_once_and_one_that_need_not_is_not(
     gate = (SharedTrunkGate(trunk, clock, clients[0], prefix=prefix) if shared
             else TrunkGate(trunk, clock))
     told: list[list[str]] = [[], []]
-    release = asyncio.Event()
+    first_in, release = asyncio.Event(), asyncio.Event()
 
     async def call(n: int) -> None:
         async with gate.slot(on_wait=told[n].append):
+            first_in.set()
             await release.wait()
 
     first = asyncio.ensure_future(call(0))
-    await clock.advance(0.1)
+    await clock.run_until(first_in.is_set, limit=5)
     second = asyncio.ensure_future(call(1))
+    await clock.run_until(lambda: bool(told[1]), limit=5)
     await clock.advance(5)  # many polls for a channel: still one report
     assert told == [[], ["all 1 channels of trunk pbx are busy"]]
     release.set()
