@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,7 +38,7 @@ pytestmark = [pytest.mark.e2e, needs_sipp]
 CALL_WAIT = 30.0  # seconds a whole test call may take (prompts play in real time)
 
 
-def trunks_file(workdir: Path, phone: Sipp, **trunk: Any) -> Path:
+def trunks_file(workdir: Path, phone: Sipp | DeadTrunk, **trunk: Any) -> Path:
     """A trunks file whose default trunk is the SIPp ``phone``."""
     path = workdir / "trunks.yaml"
     entry = {"name": "sipp", "host": "127.0.0.1", "port": phone.port, **trunk}
@@ -46,7 +47,7 @@ def trunks_file(workdir: Path, phone: Sipp, **trunk: Any) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def sip_server(tmp_path: Path, phone: Sipp, trunk: dict[str, Any] | None = None,
+async def sip_server(tmp_path: Path, phone: Sipp | DeadTrunk, trunk: dict[str, Any] | None = None,
                      **settings: Any) -> AsyncIterator[Rig]:
     """ringflow with RINGFLOW_CARRIER=sip and its trunk at ``phone``."""
     async with running(f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}", clock=RealClock(),
@@ -80,7 +81,7 @@ async def call_to_end(rig: Rig, sid: str, wait: float = CALL_WAIT) -> Call:
     return await rig.call(sid)
 
 
-async def place(rig: Rig, phone: Sipp, app_id: int | None = None, **params: Any) -> str:
+async def place(rig: Rig, phone: Sipp | DeadTrunk, app_id: int | None = None, **params: Any) -> str:
     """Calls/connect to the SIPp phone running ``app_id``; returns the call's SID."""
     if app_id is not None:
         params["Url"] = rig.flow_url(app_id)
@@ -138,6 +139,44 @@ async def test_refusals_map_to_call_statuses(tmp_path: Path, scenario: str, stat
         assert call.status == status
         assert cause in (call.legs[0].cause or "")  # the SIP words stay on the leg
         assert await phone.exit_code() == 0  # it got our ACK
+
+
+@dataclasses.dataclass
+class DeadTrunk:
+    """Where the black hole listens, as ``sip_server`` and ``place`` want a phone."""
+
+    port: int
+
+    @property
+    def uri(self) -> str:
+        return f"sip:callee@127.0.0.1:{self.port}"
+
+
+class BlackHole(asyncio.DatagramProtocol):
+    """A trunk that is down: it takes every datagram and never answers."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.append(data)
+
+
+@pytest.mark.usefixtures("sqlite_db")
+async def test_a_trunk_that_never_rings_fails_the_leg_at_time_out(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    sink, hole = await loop.create_datagram_endpoint(BlackHole, local_addr=("127.0.0.1", 0))
+    try:
+        dead = DeadTrunk(sink.get_extra_info("sockname")[1])
+        async with sip_server(tmp_path, dead) as rig:
+            sid = await place(rig, dead, await app(rig, GREETING_THEN_HANGUP, "hello"),
+                              TimeOut="2")
+            call = await call_to_end(rig, sid)
+        assert call.status == "failed"
+        assert call.legs[0].cause == "sip: trunk sipp never rang the callee"
+        assert hole.received and hole.received[0].startswith(b"INVITE ")
+    finally:
+        sink.close()
 
 
 @pytest.mark.usefixtures("sqlite_db")

@@ -215,8 +215,8 @@ class CallRunner:
             if isinstance(event, Ringing):
                 continue
             if event is None:
-                await attempt.cancel()
-                return Rejected("no-answer", f"no answer within {ring_timeout:g}s")
+                known = await attempt.cancel()  # the carrier may know better than "no answer"
+                return known or Rejected("no-answer", f"no answer within {ring_timeout:g}s")
             if isinstance(event, Answered) and leg_no > 1 and call.shape == "flow":
                 await self.change(call.sid, Change(legs=((leg_no, Event.ANSWER),)))
             return event

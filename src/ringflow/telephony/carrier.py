@@ -70,8 +70,12 @@ class Attempt(Protocol):
     async def next_event(self) -> AttemptEvent:
         """Wait for the next progress event."""
 
-    async def cancel(self) -> None:
-        """Stop ringing (ring timeout, or the other party left)."""
+    async def cancel(self) -> Rejected | None:
+        """Stop ringing (ring timeout, or the other party left).
+
+        Returns a ``Rejected`` when the carrier knows better than "no answer" why the leg never
+        answered (a trunk that never responded at all), else None.
+        """
 
 
 SAMPLE_RATE = 8000

@@ -151,6 +151,8 @@ class SipAttempt:
         self.handle: OutgoingCallHandle | None = None
         self.session: RtpSession | None = None
         self.channel: SipChannel | None = None
+        self.responded = False  # the far end rang (180/183) or answered
+        self.trunk_name = ""
         self._canceled = False
         self._task = asyncio.ensure_future(self._run())
         carrier.attempts.add(self)
@@ -159,15 +161,22 @@ class SipAttempt:
         """Wait for the next progress event."""
         return await self.events.get()
 
-    async def cancel(self) -> None:
-        """Give the leg up: CANCEL while it rings, BYE if its answer crossed our giving up."""
+    async def cancel(self) -> Rejected | None:
+        """Give the leg up: CANCEL while it rings, BYE if its answer crossed our giving up.
+
+        A leg that never rang (no 180 or 183: a trunk that is down, or one that could not reach
+        the callee) is not a callee who did not answer: that leg failed.
+        """
         self._canceled = True
         if self.channel is not None:  # answered, though the caller never took the answer
             await self.channel.hangup("canceled")
         elif self.handle is not None:
             self.handle.cancel(Ending.CANCELED)
+            if not self.responded:
+                return Rejected("failed", f"sip: trunk {self.trunk_name} never rang the callee")
         else:
             self._task.cancel()  # still waiting for room on the trunk
+        return None
 
     async def abandon(self) -> None:
         """Shutting down: end the leg whichever state it is in, and wait for the pump."""
@@ -184,6 +193,7 @@ class SipAttempt:
             self._finish()
             await self.events.put(Rejected("failed", "sip: no trunk serves this account"))
             return
+        self.trunk_name = trunk.name
         gate = self.carrier.gates[trunk.name]
         waited = False
 
@@ -231,6 +241,8 @@ class SipAttempt:
         rang = False
         while True:
             event = await handle.next_event()
+            if isinstance(event, (sip_events.Ringing, sip_events.Answered)):
+                self.responded = True
             if isinstance(event, sip_events.Ringing) and not rang and self.channel is None:
                 rang = True
                 await self.events.put(Ringing())
