@@ -42,6 +42,11 @@ class G711:
         object.__setattr__(self, "silence", bytes([self.silence_byte]) * FRAME_SAMPLES)
 
 
+def level(pcm: bytes) -> int:
+    """The RMS level of 16-bit PCM (a frame at a time: C, well under a microsecond)."""
+    return audioop.rms(pcm, 2)
+
+
 def _ulaw_encode(pcm: bytes) -> bytes:
     return audioop.lin2ulaw(pcm, 2)
 

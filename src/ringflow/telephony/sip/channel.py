@@ -15,7 +15,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from ringflow.media.audio import RATE, SAMPLE_WIDTH, Prompt, frame_rms
+from ringflow.media import g711
+from ringflow.media.audio import RATE, SAMPLE_WIDTH, Prompt
 from ringflow.media.engine import RtpSession
 from ringflow.sip.sdp import MediaPlan
 from ringflow.sip.transport import OutgoingCallHandle
@@ -186,7 +187,7 @@ class _Recorder:
         if self.done.done():
             return
         self.pcm += frame
-        if frame_rms(frame).max(initial=0) < SILENCE_RMS:
+        if g711.level(frame) < SILENCE_RMS:
             self.quiet += len(frame)
         else:
             self.quiet, self.heard_voice = 0, True
