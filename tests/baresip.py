@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import free_port
 from tests.sipp import free_udp_port
 
 needs_baresip = pytest.mark.skipif(shutil.which("baresip") is None,
@@ -86,41 +87,53 @@ async def baresip(home: Path, mic: np.ndarray) -> AsyncIterator[Baresip]:
     with wave.open(str(home / "mic.wav"), "wb") as wav:
         wav.setnchannels(1), wav.setsampwidth(2), wav.setframerate(8000)
         wav.writeframes(mic.astype("<i2").tobytes())
-    sip_port, ctrl_port = free_udp_port(), free_udp_port()
-    rtp_low = 40000 + (sip_port % 2000) * 10
-    (home / "config").write_text(CONFIG.format(
-        sip_port=sip_port, ctrl_port=ctrl_port, mic=home / "mic.wav", snd=home / "snd",
-        rtp_low=rtp_low, rtp_high=rtp_low + 9))
-    (home / "accounts").write_text(ACCOUNT)
-    log = (home / "baresip.log").open("wb")
-    proc = await asyncio.create_subprocess_exec("baresip", "-f", str(home), stdout=log,
-                                                stderr=asyncio.subprocess.STDOUT,
-                                                stdin=asyncio.subprocess.DEVNULL)
+    for _ in range(3):  # a port taken between choosing it and baresip binding it: try again
+        sip_port, ctrl_port = free_udp_port(), free_port()  # SIP on UDP, control on TCP
+        rtp_low = 40000 + (sip_port % 2000) * 10
+        (home / "config").write_text(CONFIG.format(
+            sip_port=sip_port, ctrl_port=ctrl_port, mic=home / "mic.wav", snd=home / "snd",
+            rtp_low=rtp_low, rtp_high=rtp_low + 9))
+        (home / "accounts").write_text(ACCOUNT)
+        log = (home / "baresip.log").open("wb")
+        proc = await asyncio.create_subprocess_exec("baresip", "-f", str(home), stdout=log,
+                                                    stderr=asyncio.subprocess.STDOUT,
+                                                    stdin=asyncio.subprocess.DEVNULL)
+        if await _until_listening(ctrl_port, proc):
+            break
+        await _stop(proc)
+        log.close()
+    else:
+        raise AssertionError("baresip did not start:\n"
+                             + (home / "baresip.log").read_text(errors="replace")[-3000:])
     phone = Baresip(home, sip_port, ctrl_port, proc)
     try:
-        await _until_listening(ctrl_port)
         yield phone
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await _stop(proc)
         log.close()
 
 
-async def _until_listening(port: int, wait: float = 10.0) -> None:
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _until_listening(port: int, proc: asyncio.subprocess.Process,
+                           wait: float = 10.0) -> bool:
+    """Whether baresip's control socket came up (False: it exited, or not in time)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    while True:
+    while proc.returncode is None and loop.time() < deadline:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
-            if loop.time() > deadline:
-                raise
             await asyncio.sleep(0.05)
             continue
         writer.close()
-        return
+        return True
+    return False
