@@ -424,3 +424,19 @@ async def test_recording_format_wav_keeps_pcm_and_other_formats_are_refused(data
                                     RecordingFormat="ogg")
         assert refused.status_code == 400
         assert "RecordingFormat must be mp3, mp3-hq or wav" in refused.text
+
+
+async def test_record_true_on_a_flow_tapes_a_connected_agent_too(database_url, tmp_path):
+    async with running(database_url, data_dir=str(tmp_path)) as rig:
+        await script(rig, CUSTOMER, says=[CALLER_SAYS])
+        await script(rig, CALLEE, says=[{"text": CALLEE_SAYS, "then": "hangup"}], silence_after=8)
+        sid = await place(rig, connect_app(f"{rig.customer.url}/report"), Record="true",
+                          RecordingChannels="dual")
+        [whole] = await recordings_of(rig, sid)  # the call's tape; the Connect keeps none
+        frames = stereo((tmp_path / "recordings" / whole.path).read_bytes())
+        said, heard = frames[:, 0], frames[:, 1]
+        far, near = await spoken(rig, CALLEE_SAYS), await spoken(rig, CALLER_SAYS)
+        # The customer heard the agent speak first, then answered.
+        assert voiced_seconds(heard.tobytes()) > far / 2
+        assert voiced_seconds(said.tobytes()) > near / 2
+        assert is_silence(heard[-int(1.5 * 8000):].tobytes())

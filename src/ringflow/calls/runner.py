@@ -47,6 +47,10 @@ STEPS_PER_WRITE = 20
 OUTCOME_EVENTS = {"busy": Event.BUSY, "no-answer": Event.NO_ANSWER, "failed": Event.FAIL}
 
 
+def _nothing() -> None:
+    """Stops a tape that was never started."""
+
+
 class CallRunner:
     """Runs calls on a carrier; one ``run(sid)`` per call."""
 
@@ -152,11 +156,11 @@ class CallRunner:
                 # Record=true tapes the whole call: the customer, and the prompts and any
                 # connected party they heard.
                 tap = ConversationTap() if call.record else None
-                stop_tape = first.channel.record_call(tap) if tap is not None else None
+                stop_tape = first.channel.record_call(tap) if tap is not None else _nothing
                 await self._run_flow(call, account, first.channel, channels)
                 await first.channel.hangup("app ended")
-                if stop_tape is not None and tap is not None:
-                    stop_tape()
+                stop_tape()
+                if tap is not None:
                     # Kept before the final status, so the terminal callback carries its URL.
                     await self.keep_conversation(call, account, tap)
                 await self.change(sid, Change(call=Event.HANGUP, legs=((1, Event.HANGUP),)))

@@ -275,7 +275,8 @@ class SandboxChannel:
 
     async def bridge(self, other: Channel, tap: ConversationTap | None = None) -> None:
         near = far = b""
-        if tap is not None:
+        taped = tap is not None or self._tape is not None
+        if taped:
             near, far = await self._conversation(other)
         started = self.clock.now()
         waits = [asyncio.ensure_future(self.wait_closed()), asyncio.ensure_future(other.wait_closed())]
@@ -284,7 +285,7 @@ class SandboxChannel:
         finally:
             for w in waits:
                 w.cancel()
-            if tap is not None or self._tape is not None:
+            if taped:
                 # Written when the bridge ends, also by cancellation (a conversation limit).
                 size = round((self.clock.now() - started) * RATE) * SAMPLE_WIDTH
                 near, far = near[:size].ljust(size, b"\0"), far[:size].ljust(size, b"\0")

@@ -69,11 +69,6 @@ class SipCarrier:
         self.media: MediaEngine | None = None
         self.attempts: set[SipAttempt] = set()
 
-    @property
-    def transport(self) -> SipTransport | None:
-        """The UDP transport (or the only one there is)."""
-        return self.transports.get("udp") or next(iter(self.transports.values()), None)
-
     async def start(self) -> None:
         """Bind the SIP sockets, start the media engine and register where trunks ask to."""
         for protocol in sorted({t.transport for t in self.trunks}):
@@ -151,8 +146,8 @@ class SipAttempt:
         self.handle: OutgoingCallHandle | None = None
         self.session: RtpSession | None = None
         self.channel: SipChannel | None = None
-        self.responded = False  # the far end rang (180/183) or answered
-        self.trunk_name = ""
+        self.trunk: Trunk | None = None
+        self.rang = False  # a 180 or 183 came
         self._canceled = False
         self._task = asyncio.ensure_future(self._run())
         carrier.attempts.add(self)
@@ -172,18 +167,15 @@ class SipAttempt:
             await self.channel.hangup("canceled")
         elif self.handle is not None:
             self.handle.cancel(Ending.CANCELED)
-            if not self.responded:
-                return Rejected("failed", f"sip: trunk {self.trunk_name} never rang the callee")
+            if not self.rang and self.trunk is not None:
+                return Rejected("failed", f"sip: trunk {self.trunk.name} never rang the callee")
         else:
             self._task.cancel()  # still waiting for room on the trunk
         return None
 
     async def abandon(self) -> None:
         """Shutting down: end the leg whichever state it is in, and wait for the pump."""
-        if self.channel is not None:
-            await self.channel.hangup("shutting down")
-        else:
-            await self.cancel()
+        await self.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._task), 5.0)
 
@@ -193,7 +185,7 @@ class SipAttempt:
             self._finish()
             await self.events.put(Rejected("failed", "sip: no trunk serves this account"))
             return
-        self.trunk_name = trunk.name
+        self.trunk = trunk
         gate = self.carrier.gates[trunk.name]
         waited = False
 
@@ -238,19 +230,16 @@ class SipAttempt:
 
     async def _pump(self, handle: OutgoingCallHandle) -> None:
         """Follow the SIP call until it ends."""
-        rang = False
         while True:
             event = await handle.next_event()
-            if isinstance(event, (sip_events.Ringing, sip_events.Answered)):
-                self.responded = True
-            if isinstance(event, sip_events.Ringing) and not rang and self.channel is None:
-                rang = True
+            if isinstance(event, sip_events.Ringing) and not self.rang and self.channel is None:
+                self.rang = True
                 await self.events.put(Ringing())
             elif isinstance(event, sip_events.Answered) and self.channel is None:
                 assert self.session is not None
                 self.session.start(event.plan)
-                self.channel = SipChannel(self.request.number, handle, self.session,
-                                          self.carrier.speech)
+                self.channel = SipChannel(self.carrier.clock, self.request.number, handle,
+                                          self.session, self.carrier.speech)
                 await self.events.put(Answered(self.channel))
             elif isinstance(event, sip_events.Dtmf) and self.channel is not None:
                 self.channel.on_digit(event.digit)

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from ringflow.clock import Clock, wait_with_timeout
 from ringflow.media import g711
 from ringflow.media.audio import RATE, SAMPLE_WIDTH, Prompt
 from ringflow.media.engine import RtpSession
@@ -43,8 +44,10 @@ def beep_tone() -> bytes:
 class SipChannel:
     """One answered SIP leg."""
 
-    def __init__(self, number: str, handle: OutgoingCallHandle, session: RtpSession,
-                 speech: Speech | None, on_close: Callable[[], None] = lambda: None):
+    def __init__(self, clock: Clock, number: str, handle: OutgoingCallHandle,
+                 session: RtpSession, speech: Speech | None,
+                 on_close: Callable[[], None] = lambda: None):
+        self.clock = clock
         self.number = number
         self.handle = handle
         self.session = session
@@ -120,7 +123,8 @@ class SipChannel:
         last key."""
         digits = ""
         while len(digits) < max_digits and not self.closed:
-            key = await self._until_closed(_with_timeout(self.session.next_digit(), timeout))
+            key = await self._until_closed(
+                wait_with_timeout(self.clock, self.session.next_digit(), timeout))
             if key is None or key in finish_on:
                 break
             digits += key
@@ -160,13 +164,6 @@ class SipChannel:
         log.debug("hanging up %s: %s", self.number, cause)
         self.handle.hangup()
         self._close("local")
-
-
-async def _with_timeout(work: Awaitable[T], seconds: float) -> T | None:
-    try:
-        return await asyncio.wait_for(work, seconds)
-    except TimeoutError:
-        return None
 
 
 class _Recorder:
