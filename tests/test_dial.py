@@ -60,7 +60,7 @@ async def test_dial_places_the_call_and_prints_its_progress(tmp_path: Path, acco
     lines = out.splitlines()
     assert code == 0, out
     assert lines[0].startswith("call ") and lines[0].endswith("+919812345678 via sip")
-    assert any("call=in-progress legs=1:in-progress" in line for line in lines), out
+    assert any("call in-progress · leg 1: in-progress" in line for line in lines), out
     assert any("applet=greeting" in line for line in lines)
     assert lines[-1].endswith(": completed")
 

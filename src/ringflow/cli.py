@@ -19,6 +19,7 @@ import yaml
 from sqlalchemy import delete, select
 
 from ringflow.accounts import Accounts
+from ringflow.calls.steps import describe
 from ringflow.clock import make_clock
 from ringflow.config import Settings
 from ringflow.errors import NotFound, RingflowError
@@ -377,21 +378,7 @@ async def _calls_show(accounts: Accounts, args: argparse.Namespace) -> None:
     start = events[0].at if events else call.created_at
     for e in events:
         offset = (e.at - start).total_seconds()
-        print(f"  +{offset:7.1f}s  {e.kind:<14} {_describe(e.kind, e.data)}")
-
-
-def _describe(kind: str, data: dict[str, Any]) -> str:
-    """One line for a timeline step."""
-    if kind == "status":
-        legs = " ".join(f"leg{n}={s}" for n, s in data.get("legs", {}).items())
-        extra = data.get("reason") or data.get("cause") or ""
-        return " ".join(part for part in (f"call={data.get('call')}", legs, extra) if part)
-    if kind == "http":
-        return f"GET {data.get('url')} -> {data.get('status') or data.get('error')} ({data.get('latency_ms')} ms)"
-    if kind in ("applet.enter", "applet.exit"):
-        rest = {k: v for k, v in data.items() if k != "node"}
-        return f"{data.get('node')} " + " ".join(f"{k}={v}" for k, v in rest.items())
-    return " ".join(f"{k}={v!r}" for k, v in data.items())
+        print(f"  +{offset:7.1f}s  {e.kind:<14} {describe(e.kind, e.data)}")
 
 
 async def _sandbox_script(accounts: Accounts, args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from ringflow.calls.requests import CallRequest
 from ringflow.calls.status import is_terminal
+from ringflow.calls.steps import describe
 from ringflow.config import Settings
 from ringflow.errors import InvalidRequest, NotFound
 from ringflow.phone import normalize
@@ -80,16 +81,9 @@ async def _follow(services: object, call_id: int, out: Callable[[str], None]) ->
         assert call is not None
         for event in events:
             seen = event.id
-            out(f"  {event.at:%H:%M:%S}  {event.kind:<14} {_brief(event.data)}")
+            out(f"  {event.at:%H:%M:%S}  {event.kind:<14} {describe(event.kind, event.data)}")
         if is_terminal(call.status):
             cause = "; ".join(f"leg {leg.leg_no}: {leg.cause}" for leg in call.legs if leg.cause)
             out(f"call {call.sid}: {call.status}" + (f" ({cause})" if cause else ""))
             return call
         await asyncio.sleep(POLL_SECONDS)
-
-
-def _brief(data: dict) -> str:
-    """An event's data on one line: ``call=ringing legs=1:ringing``; empty values left out."""
-    def value(v: object) -> str:
-        return ",".join(f"{k}:{x}" for k, x in v.items()) if isinstance(v, dict) else str(v)
-    return " ".join(f"{key}={value(v)}" for key, v in data.items() if v is not None)

@@ -4,12 +4,12 @@ durations, and one line per timeline step."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment
 
 from ringflow.calls.callbacks import call_to, on_call_seconds
+from ringflow.calls.steps import describe
 from ringflow.errors import InvalidRequest
 from ringflow.phone import display
 from ringflow.recordings import extension
@@ -68,23 +68,6 @@ def offset(at: dt.datetime, start: dt.datetime) -> str:
     return f"+{(at - start).total_seconds():.1f}s"
 
 
-def step(kind: str, data: dict[str, Any]) -> str:
-    """One line describing a timeline step."""
-    if kind == "status":
-        legs = " ".join(f"leg {n}: {s or '-'}" for n, s in (data.get("legs") or {}).items())
-        extra = data.get("reason") or data.get("cause") or ""
-        return " · ".join(p for p in (f"call {data.get('call')}", legs, extra) if p)
-    if kind == "http":
-        result = data.get("status") or data.get("error")
-        return f"{data.get('method', 'GET')} {data.get('url')} → {result} ({data.get('latency_ms')} ms)"
-    if kind in ("applet.enter", "applet.exit"):
-        rest = ", ".join(f"{k}={v}" for k, v in data.items() if k != "node")
-        return f"{data.get('node')}" + (f" ({rest})" if rest else "")
-    if kind == "say":
-        return f"“{data.get('text', '')}”"
-    return ", ".join(f"{k}={v}" for k, v in data.items())
-
-
 def install(env: Environment) -> None:
     """Register the filters on a Jinja environment."""
     env.filters.update(
@@ -93,7 +76,7 @@ def install(env: Environment) -> None:
         seconds=seconds,
         tone=tone,
         offset=offset,
-        step=step,
+        step=describe,
         call_to=call_to,
         on_call=on_call_seconds,
         ext=extension,
