@@ -71,8 +71,8 @@ async def test_the_printed_curl_line_places_a_call_that_runs_the_demo_app(tmp_pa
         shown = await cli(env, "calls", "show", sid)
         assert shown.startswith(f"call {sid} (demo, flow): completed")
         assert "leg 1 +919812345678: completed" in shown
-        assert "applet.enter   welcome applet=greeting" in shown
-        assert "/demo/passthru -> 200" in shown
+        assert "applet.enter   welcome (applet=greeting)" in shown
+        assert "/demo/passthru → 200" in shown
         log = server.output()
         assert f"call {sid}: say 'Hello from ringflow. This is the demo app.'" in log
         assert "demo passthru received" in log and f"call {sid}: GET " in log
