@@ -87,10 +87,39 @@ def validate_url(url: str, *, allow_private: bool, field: str = "StatusCallback"
     return text
 
 
+# NAT64 prefixes (RFC 6052, RFC 8215): a translator turns the low 32 bits into an IPv4 peer.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # its IPv4 may sit anywhere: refused whole
+_V4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated IPv4-compatible (RFC 4291 2.5.5.1)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through: mapped, compatible, 6to4, NAT64, Teredo.
+
+    A packet to such an address ends up at (or comes from) the IPv4 address inside it, so the
+    address guard must judge that IPv4 address, not the IPv6 wrapper, which Python's
+    ``is_global`` calls public for 6to4 (``2002:7f00:1::`` is 127.0.0.1) and NAT64.
+    """
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)  # (server, client): the client is where packets go
+    if ip in _NAT64 or (ip in _V4_COMPATIBLE and int(ip) > 1):  # :: and ::1 are IPv6's own
+        return [low32]
+    return []
+
+
 def is_public_address(ip: IpAddress) -> bool:
-    """True when ``ip`` is a globally routable unicast address."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
+    """True when ``ip`` is a globally routable unicast address, and so is any IPv4 inside it."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return False
+        inner = embedded_ipv4(ip)
+        if inner:
+            return all(is_public_address(v4) for v4 in inner)
     return ip.is_global and not (
         ip.is_private
         or ip.is_loopback
@@ -104,6 +133,8 @@ def is_public_address(ip: IpAddress) -> bool:
 def _shown(ip: IpAddress) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address) and (inner := embedded_ipv4(ip)):
+        return f"{ip}, which reaches {inner[-1]}"
     return str(ip)
 
 
