@@ -37,6 +37,7 @@ from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import ConfigError, Forbidden, InvalidRequest
 from ringflow.media.audio import RATE, SAMPLE_WIDTH, encode_mp3
+from ringflow.numeric import whole_number
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, Call, Recording
 
@@ -49,6 +50,7 @@ BITRATES = {("mp3", 1): 32, ("mp3", 2): 48, ("mp3-hq", 1): 64, ("mp3-hq", 2): 64
 CONTENT_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
 SECRET_FILE = "secret_key"
 MAX_LINK_TTL = 7 * 86400  # a signed link lives a week at most
+MAX_EXPIRES = 10**12 - 1  # unix seconds: far beyond any link we sign
 LINK_PURPOSE = b"ringflow recording links v1"
 
 
@@ -130,13 +132,13 @@ class LinkSigner:
         self, account_sid: str, recording_sid: str, expires: str, signature: str, now: float
     ) -> None:
         """Forbidden unless the link is signed by us for this recording and not expired."""
-        if not expires.isdigit() or len(expires) > 12:
-            raise Forbidden("link is malformed: Expires must be a unix time in seconds")
-        expected = self.signature(account_sid, recording_sid, int(expires))
+        when = whole_number(expires, "Expires (a unix time in seconds)", low=0,
+                            high=MAX_EXPIRES, error=Forbidden)
+        expected = self.signature(account_sid, recording_sid, when)
         given = signature.lower().encode("utf-8", "replace")
         if not hmac.compare_digest(expected.encode(), given):
             raise Forbidden("link signature does not match")
-        if int(expires) <= now:
+        if when <= now:
             raise Forbidden("link has expired")
 
 

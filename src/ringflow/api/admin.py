@@ -19,7 +19,9 @@ from ringflow.api.auth import CHALLENGE, authenticate
 from ringflow.audio_files import MAX_AUDIO_BYTES, AudioUnavailable
 from ringflow.errors import AuthError, Conflict, Forbidden, InvalidRequest, NotFound
 from ringflow.media.audio import wav_bytes
+from ringflow.numeric import whole_number
 from ringflow.phone import normalize
+from ringflow.recordings import MAX_LINK_TTL
 from ringflow.storage.models import Account, App, Call, CallEvent, SandboxPhone
 
 MAX_BODY = 256 * 1024
@@ -154,11 +156,8 @@ class AdminApi:
 
     async def recording_link(self, request: Request, account: Account) -> Response:
         """A signed URL that opens the recording without credentials for ``ttl`` seconds."""
-        raw = request.query_params.get("ttl", str(DEFAULT_LINK_TTL))
-        try:
-            ttl = int(raw)
-        except ValueError:
-            raise InvalidRequest(f"ttl must be a whole number of seconds, not {raw!r}") from None
+        ttl = whole_number(request.query_params.get("ttl", str(DEFAULT_LINK_TTL)), "ttl",
+                           low=1, high=MAX_LINK_TTL)
         sid = request.path_params["recording_sid"]
         row = await self.s.recordings.find(account.id, sid)
         if row is None:

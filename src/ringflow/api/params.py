@@ -23,6 +23,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from ringflow.errors import InvalidRequest
+from ringflow.numeric import whole_number
 
 MAX_BODY = 64 * 1024
 MAX_FIELDS = 1000
@@ -30,7 +31,6 @@ MAX_FIELDS = 1000
 # Charsets a declared Content-Type may choose; anything else (or a non-text codec such as
 # rot13, which codecs.lookup accepts) falls back to UTF-8.
 _CHARSETS = {"utf-8", "ascii", "iso8859-1", "cp1252"}
-_INT = re.compile(r"[+-]?[0-9]{1,18}")
 _INDEX_SUFFIX = re.compile(r"\[[^\[\]]*\]$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TRUE = {"true", "1", "yes"}
@@ -68,14 +68,7 @@ class Params:
     def get_int(self, name: str, *, min: int, max: int) -> int | None:
         """``name`` as a whole number within ``min``..``max``, or None if absent."""
         value = self.get(name)
-        if value is None:
-            return None
-        text = value.strip()
-        if not _INT.fullmatch(text) or not min <= int(text) <= max:
-            raise InvalidRequest(
-                f"{name} must be a whole number from {min} to {max}, got {_show(value)}"
-            )
-        return int(text)
+        return None if value is None else whole_number(value, name, low=min, high=max)
 
     def get_bool(self, name: str) -> bool | None:
         """``name`` as true/false (also 1/0, yes/no, any case), or None if absent."""
@@ -116,8 +109,8 @@ async def read_params(request: Request) -> Params:
 
 async def _read_body(request: Request) -> bytes:
     too_large = InvalidRequest(f"request body too large (the limit is {MAX_BODY} bytes)")
-    declared = request.headers.get("content-length", "").strip()
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
+    declared = request.headers.get("content-length")
+    if declared and whole_number(declared, "Content-Length", low=0, high=2**53) > MAX_BODY:
         raise too_large
     body = bytearray()
     # Read in chunks rather than request.body() so a chunked upload cannot outgrow the cap.

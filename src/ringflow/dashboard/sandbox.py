@@ -10,6 +10,7 @@ from starlette.responses import Response
 from ringflow.api.connect import parse_connect
 from ringflow.api.params import Params
 from ringflow.errors import InvalidRequest
+from ringflow.numeric import decimal, whole_number
 from ringflow.phone import display
 from ringflow.telephony.sandbox.phones import MAGIC_NUMBERS, OUTCOMES
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from ringflow.dashboard.site import Dashboard, Page
 
 DEFAULT_TEST_NUMBER = "09812345678"
+MAX_SCRIPT_SECONDS = 86400.0  # the phone script checks its own, narrower ranges
 NOTICES = {
     "scripted": "Saved: the virtual phone behaves this way for this account's calls.",
     "cleared": "Cleared: the virtual phone is back to its default behaviour.",
@@ -72,10 +74,7 @@ def script_from_form(page: Page) -> dict[str, Any]:
     for name in ("ring", "hangup_after"):
         raw = page.field(name)
         if raw:
-            try:
-                script[name] = float(raw)
-            except ValueError:
-                raise InvalidRequest(f"{name} must be a number of seconds, not {raw!r}") from None
+            script[name] = decimal(raw, f"{name} (seconds)", low=0, high=MAX_SCRIPT_SECONDS)
     keys = [k.strip() for k in page.field("keys").split(",") if k.strip()]
     if keys:
         script["keys"] = keys
@@ -102,14 +101,15 @@ async def clear_phone(site: Dashboard, page: Page) -> Response:
 
 async def test_call(site: Dashboard, page: Page) -> Response:
     """Place a test call with the chosen app, then show it live."""
-    raw = page.field("app_id")
-    if not raw.isdigit():
+    try:
+        app_id = whole_number(page.field("app_id"), "app_id", low=1, high=2**62)
+    except InvalidRequest:
         return await phones(site, page, "choose an app for the test call", 400)
     async with site.s.db.session() as db:
-        await site.s.accounts.app(db, page.account.id, int(raw))  # NotFound for another's app
+        await site.s.accounts.app(db, page.account.id, app_id)  # NotFound for another's app
     try:
         sid = await place_test_call(
-            site, page, page.field("number") or DEFAULT_TEST_NUMBER, int(raw)
+            site, page, page.field("number") or DEFAULT_TEST_NUMBER, app_id
         )
     except InvalidRequest as exc:
         return await phones(site, page, str(exc), 400)
