@@ -9,17 +9,27 @@
     reg, out = ua.register(aor, registrar, authenticator, expires, now)  # keep a binding
     out = ua.unregister(reg.call_id, now)
 
-Each returns ``Datagram``s to send, call events and ``RegistrationChanged``. Calls and
-registrations are keyed by Call-ID, which routes responses to them and names them in the one
-timer heap. It never raises on a peer's bytes: malformed or stray datagrams become
-``Discarded`` events. Requests that match no dialog get 481, OPTIONS gets 200, an INVITE for a
-new call gets 480 (ringflow only places calls so far).
+Each returns ``Datagram``s to send, call events and ``RegistrationChanged``, and nothing
+else: the transactions it answers on its own (outside any call) keep their timeouts to
+themselves. Calls and registrations are keyed by Call-ID, which routes responses to them and
+names them in the one timer heap. It never raises on a peer's bytes: malformed or stray
+datagrams become ``Discarded`` events. Requests that match no dialog get 481, OPTIONS gets 200,
+an INVITE for a new call gets 480 (ringflow only places calls so far).
+
+Who may talk to it: with ``sources`` set (the carrier always sets its trunks' addresses), a
+request outside a dialog is answered only if it comes from ``sources``; anything else gets no
+answer at all, not even a 403, so a spoofed UDP source can never make us send (let alone
+retransmit) a response, and a scanner learns nothing. A request inside a dialog, and a response
+to a call or registration, must come from ``sources`` or from a host that call or registration
+talks with (its first hop, the dialog's Contact and Record-Route). Without ``sources`` (a bare
+agent, as in the core's own tests) everyone may talk.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 
 from ringflow.sip.call import OutgoingCall, Output
 from ringflow.sip.dialog import ACCEPT, ALLOW, Endpoint
@@ -32,8 +42,11 @@ from ringflow.sip.message import Request, Response, make_response, parse_message
 from ringflow.sip.outcome import Ending
 from ringflow.sip.registration import Registration
 from ringflow.sip.sdp import SessionDescription
-from ringflow.sip.transaction import DEFAULT_TIMING, Address, ServerTransaction, Timing
+from ringflow.sip.sources import Sources, names
+from ringflow.sip.transaction import DEFAULT_TIMING, Address, Datagram, ServerTransaction, Timing
 from ringflow.sip.uri import SipUri
+
+log = logging.getLogger(__name__)
 
 AgentOutput = Output | Discarded | RegistrationChanged
 Owner = OutgoingCall | Registration | ServerTransaction
@@ -43,10 +56,11 @@ class UserAgent:
     """Every call and transaction of one SIP endpoint, driven by datagrams and ``now``."""
 
     def __init__(self, endpoint: Endpoint, *, timing: Timing = DEFAULT_TIMING,
-                 ids: IdSource | None = None):
+                 ids: IdSource | None = None, sources: Sources | None = None):
         self.endpoint = endpoint
         self.timing = timing
         self.ids = ids or IdSource()
+        self.sources = sources  # None: anyone may talk; the adapter replaces it on re-resolve
         self.calls: dict[str, OutgoingCall] = {}
         self.registrations: dict[str, Registration] = {}
         self._server: dict[tuple[str, str], ServerTransaction] = {}
@@ -114,7 +128,12 @@ class UserAgent:
             owner = self._owner(key)
             due = owner.next_timer if owner is not None else None
             if owner is not None and due is not None and due <= now:
-                out += self._after(key, owner.timer(now))
+                try:
+                    out += self._after(key, owner.timer(now))
+                except Exception:
+                    # One owner's bug must not starve every other call's timers.
+                    log.exception("sip: the timers of %s failed", owner)
+                    self._reschedule(key, now)
         return out
 
     @property
@@ -137,6 +156,10 @@ class UserAgent:
     def _after(self, key: str | tuple[str, str], out: list | None = None) -> list[AgentOutput]:
         """Forget a finished call or transaction, or note when it next needs ``timer``."""
         owner = self._owner(key)
+        if isinstance(owner, ServerTransaction):
+            # Answered by the agent itself: its Timeout (no ACK for our 480) and AckReceived
+            # concern nobody above; only what it sends leaves.
+            out = [item for item in out or () if isinstance(item, Datagram)]
         if isinstance(owner, OutgoingCall) and owner.finished:
             del self.calls[owner.call_id]
         elif isinstance(owner, Registration) and owner.finished:
@@ -147,6 +170,20 @@ class UserAgent:
             heapq.heappush(self._heap, (due, next(self._seq), key))
         return out or []
 
+    def _reschedule(self, key: str | tuple[str, str], now: float) -> None:
+        """After a failed ``timer``: keep later timers, but never one that would fail at once."""
+        try:
+            due = (owner := self._owner(key)) and owner.next_timer
+        except Exception:
+            due = None
+        if due is not None and due > now:
+            heapq.heappush(self._heap, (due, next(self._seq), key))
+
+    def _talks_with(self, source: Address, owner: OutgoingCall | Registration) -> bool:
+        """A request in a dialog or a response: from the trunks, or from the owner's peers."""
+        return self.sources is None or self.sources.allows(source[0]) \
+            or names(source[0], owner.peer_hosts)
+
     def _on_response(self, response: Response, source: Address, now: float) -> list[AgentOutput]:
         via = response.via
         if (via.host.lower(), via.port or 5060) != (self.endpoint.host.lower(), self.endpoint.port):
@@ -154,6 +191,9 @@ class UserAgent:
         owner = self.calls.get(response.call_id) or self.registrations.get(response.call_id)
         if owner is None:
             return [Discarded(f"stray {response.status} for no call", source)]
+        if not self._talks_with(source, owner):
+            return [Discarded(f"{response.status} from a host this call does not talk with",
+                              source)]
         return self._after(response.call_id, owner.receive_response(response, now))
 
     def _on_request(self, request: Request, source: Address, now: float) -> list[AgentOutput]:
@@ -162,7 +202,12 @@ class UserAgent:
         call = self.calls.get(request.call_id)
         if call is not None and request.to.tag == call.from_.tag and (
                 call.dialog is None or request.from_.tag == call.dialog.remote_tag):
+            if not self._talks_with(source, call):
+                return [Discarded(f"{request.method} in a dialog from a host that is not its "
+                                  "peer", source)]
             return self._after(call.call_id, call.receive_request(request, reply_to, now))
+        if self.sources is not None and not self.sources.allows(source[0]):
+            return [Discarded(f"{request.method} from a source that is not a trunk", source)]
         method = "INVITE" if request.method == "ACK" else request.method
         tx = self._server.get((request.via.branch or "", method))
         if tx is not None:

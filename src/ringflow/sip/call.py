@@ -205,6 +205,15 @@ class OutgoingCall:
         return [tx for tx, _ in self._txs]
 
     @property
+    def peer_hosts(self) -> tuple[str, ...]:
+        """Hosts this call talks with: its first hop, the dialog's remote target and routes."""
+        hosts = [self._first_hop()[0]]
+        if self.dialog is not None:
+            hosts.append(self.dialog.remote_target.address[0])
+            hosts += [route.uri.address[0] for route in self.dialog.route_set]
+        return tuple(hosts)
+
+    @property
     def finished(self) -> bool:
         """Over, with nothing left to retransmit or absorb: the owner may forget the call."""
         return self.phase is P.ENDED and not self.transactions

@@ -143,6 +143,11 @@ class Registration:
         return min((t for t in times if t is not None), default=None)
 
     @property
+    def peer_hosts(self) -> tuple[str, ...]:
+        """Hosts this registration talks with: the registrar, or the outbound proxy."""
+        return (self._first_hop()[0],)
+
+    @property
     def finished(self) -> bool:
         """Unregistered with nothing left to absorb: the owner may forget it."""
         return self.state is R.UNREGISTERED and (self._tx is None or self._tx.terminated)

@@ -6,6 +6,11 @@ step: send its datagrams, hand events to their calls and registrations, and re-a
 ``loop.call_at`` timer to ``ua.next_timer``. Calls are ``OutgoingCallHandle``s whose
 ``next_event()`` yields ``Ringing``/``Answered``/``Dtmf``/``MediaChanged`` and finally
 ``Ended``; registrations are ``RegistrationHandle``s whose state a dashboard can read.
+
+The receive path and the timer serve every call of the process, so neither may die of one bad
+datagram or one bug: a step that raises is logged with its traceback and dropped, each output is
+dispatched on its own, and the loop timer is re-armed whatever happened (``try``/``finally``).
+Calls made through the API (dial, cancel, hang up, register) still raise to their caller.
 """
 
 from __future__ import annotations
@@ -19,18 +24,29 @@ from collections.abc import Callable
 from ringflow.sip.agent import AgentOutput, UserAgent
 from ringflow.sip.dialog import Endpoint
 from ringflow.sip.digest import Authenticator
-from ringflow.sip.events import Discarded, Ended, RegistrationChanged
+from ringflow.sip.events import (
+    Answered,
+    Discarded,
+    Dtmf,
+    Ended,
+    MediaChanged,
+    RegistrationChanged,
+    Ringing,
+)
 from ringflow.sip.headers import NameAddr
 from ringflow.sip.ids import IdSource
 from ringflow.sip.outcome import Ending
 from ringflow.sip.registration import RegState, Registration
 from ringflow.sip.sdp import SessionDescription
+from ringflow.sip.sources import Sources
 from ringflow.sip.tcp import TcpLink
 from ringflow.sip.transaction import DEFAULT_TIMING, Address, Datagram, Timing
 from ringflow.sip.uri import SipUri
 
 log = logging.getLogger(__name__)
 TRANSPORTS = ("udp", "tcp")
+CALL_EVENTS = (Ringing, Answered, Dtmf, MediaChanged, Ended)
+REARM_AFTER_FAILURE = 1.0  # seconds: when the agent cannot say its next timer, look again then
 
 
 class OutgoingCallHandle:
@@ -174,7 +190,8 @@ class SipTransport:
     """A ``UserAgent`` on a UDP socket or TCP connections, with its timers on the event loop."""
 
     def __init__(self, endpoint_user: str = "ringflow", *, timing: Timing = DEFAULT_TIMING,
-                 ids: IdSource | None = None, transport: str = "udp"):
+                 ids: IdSource | None = None, transport: str = "udp",
+                 sources: Sources | None = None):
         if transport.lower() not in TRANSPORTS:
             raise ValueError(f"SIP transport must be one of {TRANSPORTS}, not {transport!r}")
         self.protocol = transport.lower()
@@ -182,6 +199,7 @@ class SipTransport:
         # No retransmissions on a reliable transport (17.1.1.2): timers A, E and G stay off.
         self._timing = dataclasses.replace(timing, reliable=self.protocol != "udp")
         self._ids = ids
+        self._sources = sources
         self.ua: UserAgent | None = None  # built once the bound port is known
         self.handles: dict[str, OutgoingCallHandle] = {}
         self.registrations: dict[str, RegistrationHandle] = {}
@@ -198,8 +216,14 @@ class SipTransport:
         bound_host, bound_port = self._link.local
         endpoint = Endpoint(bound_host, bound_port, transport=self.protocol.upper(),
                             user=self._user)
-        self.ua = UserAgent(endpoint, timing=self._timing, ids=self._ids)
+        self.ua = UserAgent(endpoint, timing=self._timing, ids=self._ids, sources=self._sources)
         return self
+
+    def trust(self, sources: Sources | None) -> None:
+        """Answer requests only from ``sources`` (None: from anyone); see ``UserAgent``."""
+        self._sources = sources
+        if self.ua is not None:
+            self.ua.sources = sources
 
     @property
     def local(self) -> tuple[str, int]:
@@ -258,8 +282,9 @@ class SipTransport:
             self._link.close()
 
     def _deliver(self, data: bytes, source: Address) -> None:
-        """Feed the agent every message; it never raises on a peer's bytes."""
-        self._run(lambda now: self.ua.receive(data, source, now))  # type: ignore[union-attr]
+        """Feed the agent every message; a failure is logged and the next datagram goes on."""
+        self._run(lambda now: self.ua.receive(data, source, now),  # type: ignore[union-attr]
+                  contained=True)
 
     def _wall(self, at: float | None) -> float | None:
         """A loop-clock instant as wall-clock seconds."""
@@ -267,30 +292,61 @@ class SipTransport:
             return None
         return time.time() + (at - asyncio.get_running_loop().time())
 
-    def _run(self, step: Callable[[float], list[AgentOutput]]) -> None:
-        """Call into the agent at loop time, then send, dispatch and re-arm."""
+    def _run(self, step: Callable[[float], list[AgentOutput]], *, contained: bool = False
+             ) -> None:
+        """Call into the agent at loop time, then send, dispatch and re-arm.
+
+        ``contained``: the receive path and the timer, where a failing step is logged and
+        dropped; an API call gets its exception. Either way the timer is re-armed.
+        """
         if self.closed:
             return
-        for item in step(asyncio.get_running_loop().time()):
-            if isinstance(item, Datagram):
-                self._link.send(item.data, item.addr)
-            elif isinstance(item, Discarded):
-                log.debug("sip discarded from %s: %s", item.source, item.reason)
-            elif isinstance(item, RegistrationChanged):
-                if (reg := self.registrations.get(item.call_id)) is not None:
-                    reg._report(item)
-                    if item.state == RegState.UNREGISTERED:
-                        del self.registrations[item.call_id]
-            elif (handle := self.handles.get(item.call_id)) is not None:
+        try:
+            try:
+                outputs = step(asyncio.get_running_loop().time())
+            except Exception:
+                if not contained:
+                    raise
+                log.exception("sip: a step of the user agent failed; going on")
+                return
+            for item in outputs:
+                try:
+                    self._dispatch(item)
+                except Exception:
+                    log.exception("sip: could not dispatch %r; going on", type(item).__name__)
+        finally:
+            self._rearm()
+
+    def _dispatch(self, item: object) -> None:
+        """One output of the agent: send it, or hand it to its call or registration."""
+        if isinstance(item, Datagram):
+            if not self.closed:
+                self._link.send(item.data, item.addr)  # type: ignore[union-attr]
+        elif isinstance(item, Discarded):
+            log.debug("sip discarded from %s: %s", item.source, item.reason)
+        elif isinstance(item, RegistrationChanged):
+            if (reg := self.registrations.get(item.call_id)) is not None:
+                reg._report(item)
+                if item.state == RegState.UNREGISTERED:
+                    del self.registrations[item.call_id]
+        elif isinstance(item, CALL_EVENTS):
+            if (handle := self.handles.get(item.call_id)) is not None:
                 handle.events.put_nowait(item)
                 if isinstance(item, Ended):
                     handle.ended = item
                     del self.handles[item.call_id]  # the agent may linger; the handle is done
-        self._rearm()
+        else:
+            log.warning("sip: the user agent gave an output nobody handles: %r", item)
 
     def _rearm(self) -> None:
-        """Keep exactly one loop timer, at ``ua.next_timer``."""
-        due = self.ua.next_timer if self.ua is not None else None
+        """Keep exactly one loop timer, at ``ua.next_timer`` (in a second if it cannot say)."""
+        if self.closed:
+            return
+        try:
+            due = self.ua.next_timer if self.ua is not None else None
+        except Exception:
+            log.exception("sip: the user agent cannot say when its next timer is due")
+            due = asyncio.get_running_loop().time() + REARM_AFTER_FAILURE
         if due == self._timer_at and self._timer is not None:
             return  # already armed for that instant
         if self._timer is not None:
@@ -303,4 +359,5 @@ class SipTransport:
         """The loop timer: run what is due (the handle is spent, so forget it first)."""
         due, self._timer, self._timer_at = self._timer_at or 0.0, None, None
         # asyncio may fire up to one clock resolution early: never pass a ``now`` before ``due``.
-        self._run(lambda now: self.ua.timer(max(now, due)))  # type: ignore[union-attr]
+        self._run(lambda now: self.ua.timer(max(now, due)),  # type: ignore[union-attr]
+                  contained=True)
