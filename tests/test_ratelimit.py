@@ -114,6 +114,21 @@ async def test_refused_hits_do_not_extend_the_block(limiter: RateLimiter, clock:
     assert (d.allowed, d.remaining) == (True, 1)  # both t=0 requests left together
 
 
+async def test_peek_decides_like_hit_without_counting(limiter: RateLimiter, clock: ManualClock):
+    fresh = await limiter.peek("acct", 3)
+    assert (fresh.allowed, fresh.remaining, fresh.retry_after) == (True, 3, 0)
+    for _ in range(10):
+        assert (await limiter.peek("acct", 3)).allowed
+    for _ in range(3):
+        assert (await limiter.hit("acct", 3)).allowed  # the peeks took no room
+    await clock.advance(10)
+    peeked = await limiter.peek("acct", 3)
+    assert (peeked.allowed, peeked.retry_after) == (False, 50)
+    assert (await limiter.hit("acct", 3)) == peeked  # the same answer as a hit
+    await clock.advance(50)
+    assert (await limiter.peek("acct", 3)).allowed
+
+
 async def test_limit_is_per_call(limiter: RateLimiter, clock: ManualClock):
     for _ in range(5):
         assert (await limiter.hit("acct", 5)).allowed

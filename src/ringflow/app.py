@@ -18,6 +18,7 @@ from starlette.routing import Route
 from ringflow import __version__
 from ringflow.accounts import Accounts
 from ringflow.api.admin import AdminApi
+from ringflow.api.auth import FailedLogins
 from ringflow.api.exotel import ExotelApi
 from ringflow.audio_files import MAX_AUDIO_BYTES, AudioStore, FlowHttp
 from ringflow.calls.dispatcher import Dispatcher
@@ -52,6 +53,7 @@ class Services:
     db: Database
     accounts: Accounts
     rate_limiter: RateLimiter
+    failed_logins: FailedLogins
     http: OutboundHttp
     deliverer: Deliverer
     carrier: Carrier
@@ -78,12 +80,16 @@ class Services:
         recordings = RecordingStore(settings, db, clock)
         runner = CallRunner(db, clock, carrier, FlowHttp(http, audio), deliverer.wake, recordings)
         dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake)
+        rate_limiter = make_rate_limiter(settings.redis_url, clock)
         return cls(
             settings=settings,
             clock=clock,
             db=db,
             accounts=Accounts(db, clock, tts),
-            rate_limiter=make_rate_limiter(settings.redis_url, clock),
+            rate_limiter=rate_limiter,
+            failed_logins=FailedLogins(
+                rate_limiter, settings.auth_failures_per_client, settings.auth_failures_per_key
+            ),
             http=http,
             deliverer=deliverer,
             carrier=carrier,

@@ -36,6 +36,10 @@ class Settings:
     rtp_port_max: int = 32766
     instance: str = ""
     rate_limit_per_minute: int = 200
+    # Failed API logins allowed per minute from one client address, and for one key id, before
+    # further attempts get 429 without their credentials being checked.
+    auth_failures_per_client: int = 20
+    auth_failures_per_key: int = 100
     max_concurrent_calls: int = 20
     queue_limit: int = 1000
     queue_max_age: float = 600.0
@@ -79,6 +83,9 @@ class Settings:
             )
         if self.rate_limit_per_minute < 1:
             raise ConfigError("RINGFLOW_RATE_LIMIT_PER_MINUTE must be at least 1")
+        if self.auth_failures_per_client < 1 or self.auth_failures_per_key < 1:
+            raise ConfigError("RINGFLOW_AUTH_FAILURES_PER_CLIENT and RINGFLOW_AUTH_FAILURES_PER_KEY "
+                              "must be at least 1")
         if self.queue_max_age <= 0:
             raise ConfigError("RINGFLOW_QUEUE_MAX_AGE must be a positive number of seconds")
         if self.clock_scale <= 0:

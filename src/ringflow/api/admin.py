@@ -17,7 +17,15 @@ from starlette.routing import Route
 
 from ringflow.api.auth import CHALLENGE, authenticate
 from ringflow.audio_files import MAX_AUDIO_BYTES, AudioUnavailable
-from ringflow.errors import AuthError, Conflict, Forbidden, InvalidRequest, NotFound
+from ringflow.errors import (
+    AuthError,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
 from ringflow.media.audio import wav_bytes
 from ringflow.numeric import whole_number
 from ringflow.phone import normalize
@@ -62,12 +70,18 @@ class AdminApi:
     def _wrap(self, handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:
             try:
-                account = await authenticate(self.s.accounts, request, request.path_params["sid"])
+                account = await authenticate(
+                    self.s.accounts, self.s.failed_logins, request, request.path_params["sid"]
+                )
                 return await handler(request, account)
             except AuthError as exc:
                 return _error(401, str(exc), CHALLENGE)
             except Forbidden as exc:
                 return _error(403, str(exc))
+            except RateLimited as exc:
+                return _error(429, str(exc), exc.headers)
+            except Unavailable as exc:
+                return _error(503, str(exc), {"Retry-After": "5"})
             except NotFound as exc:
                 return _error(404, str(exc))
             except Conflict as exc:

@@ -1,17 +1,70 @@
-"""HTTP Basic authentication shared by the Exotel edge and the admin API."""
+"""HTTP Basic authentication shared by the Exotel edge and the admin API.
+
+Failed logins are throttled per client address and per key id (``FailedLogins``), in memory or
+through Redis like the request rate limit: once either has too many failures in a minute, further
+attempts get 429 with Retry-After before their credentials are looked up, so a flood of wrong
+tokens costs no database work. Successful logins are never counted.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
+from collections.abc import Awaitable, Callable
 
+from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from ringflow.accounts import Accounts
-from ringflow.errors import AuthError, Forbidden
+from ringflow.errors import AuthError, Forbidden, RateLimited, Unavailable
+from ringflow.ratelimit import Decision, RateLimiter
 from ringflow.storage.models import Account
 
+log = logging.getLogger(__name__)
+
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="ringflow"'}
+FAILURE_WINDOW = 60.0  # seconds over which failed logins are counted
+MAX_KEY_ID = 64  # characters of a presented key id kept as a throttle key
+
+
+class FailedLogins:
+    """Counts failed logins per client address and per key id; refuses those over the limit."""
+
+    def __init__(self, limiter: RateLimiter, per_client: int, per_key: int):
+        self.limiter = limiter
+        self.per_client = per_client
+        self.per_key = per_key
+
+    def _buckets(self, request: Request, key_id: str) -> list[tuple[str, int, str]]:
+        client = request.client.host if request.client else "unknown"
+        return [
+            (f"api-login-fail:client:{client}", self.per_client, "from this address"),
+            (f"api-login-fail:key:{key_id.lower()[:MAX_KEY_ID]}", self.per_key, "for this key"),
+        ]
+
+    async def check(self, request: Request, key_id: str) -> None:
+        """RateLimited if the client or the key id has failed too often lately."""
+        for bucket, limit, whose in self._buckets(request, key_id):
+            decision = await self._ask(self.limiter.peek, bucket, limit)
+            if not decision.allowed:
+                raise RateLimited(
+                    f"Too many failed logins {whose}: try again in {decision.retry_after} s",
+                    {"Retry-After": str(decision.retry_after)},
+                )
+
+    async def failed(self, request: Request, key_id: str) -> None:
+        """Count one failed login for the client and the key id."""
+        for bucket, limit, _ in self._buckets(request, key_id):
+            await self._ask(self.limiter.hit, bucket, limit)
+
+    async def _ask(self, op: Callable[[str, int, float], Awaitable[Decision]], bucket: str,
+                   limit: int) -> Decision:
+        try:
+            return await op(bucket, limit, FAILURE_WINDOW)
+        except (OSError, RedisError) as exc:  # Redis is down: refuse, never allow unlimited
+            log.error("rate limiter unavailable: %s", exc)
+            raise Unavailable("rate limiter unavailable; try again shortly") from exc
 
 
 def basic_credentials(request: Request) -> tuple[str, str]:
@@ -30,11 +83,14 @@ def basic_credentials(request: Request) -> tuple[str, str]:
     return username, password
 
 
-async def authenticate(accounts: Accounts, request: Request, path_sid: str) -> Account:
+async def authenticate(accounts: Accounts, failures: FailedLogins, request: Request,
+                       path_sid: str) -> Account:
     """The account the credentials open, which must be the one the path names."""
     username, password = basic_credentials(request)
+    await failures.check(request, username)
     account = await accounts.authenticate(username, password)
     if account is None:
+        await failures.failed(request, username)
         raise AuthError("Authentication failed: wrong API key or token")
     if account.sid != path_sid.lower():
         raise Forbidden(f"these credentials do not belong to account {path_sid}")

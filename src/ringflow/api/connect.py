@@ -17,7 +17,7 @@ from ringflow.storage.models import Account, PhoneNumber
 from ringflow.webhooks.http import validate_url
 
 # .../exoml/start_voice/{app_id} (current) and .../exoml/start/{app_id} (legacy), any host.
-_APP_URL = re.compile(r"/exoml/start(?:_voice)?/([0-9]{1,18})/?$")
+_APP_URL = re.compile(r"/exoml/start(?:_voice)?/([0-9]{1,100})/?$")
 EVENTS = ("terminal", "answered", "ringing")
 CONTENT_TYPES = {"multipart/form-data": False, "application/json": True}
 

@@ -106,7 +106,7 @@ class ExotelApi:
     async def _handle(self, request: Request, match: re.Match[str], handler: str, as_json: bool) -> Response:
         headers: dict[str, str] = {}
         try:
-            account = await authenticate(self.s.accounts, request, match["sid"])
+            account = await authenticate(self.s.accounts, self.s.failed_logins, request, match["sid"])
             headers = await self._rate_limit(account)
             params = await read_params(request)
             response = await getattr(self, handler)(request, account, params, match, as_json)
@@ -145,7 +145,7 @@ class ExotelApi:
                 async with self.s.db.session() as session:
                     account = await self.s.accounts.get(session, match["sid"])
             else:
-                account = await authenticate(self.s.accounts, request, match["sid"])
+                account = await authenticate(self.s.accounts, self.s.failed_logins, request, match["sid"])
                 headers = await self._rate_limit(account)
             row = await self.s.recordings.find(account.id, match["rec"])
             if row is None or extension(row.format) != match["ext"].lower():

@@ -37,6 +37,9 @@ class RateLimiter(Protocol):
     async def hit(self, key: str, limit: int, window: float = 60.0) -> Decision:
         """Count one request for ``key`` if under ``limit`` in the last ``window`` seconds."""
 
+    async def peek(self, key: str, limit: int, window: float = 60.0) -> Decision:
+        """What ``hit`` would decide now, without counting anything."""
+
     async def close(self) -> None:
         """Release connections and state."""
 

@@ -39,20 +39,31 @@ class MemoryRateLimiter:
 
     async def hit(self, key: str, limit: int, window: float = 60.0) -> Decision:
         """Count one request for ``key`` if under ``limit`` in the last ``window`` seconds."""
-        # No await below: on one event loop the whole check-and-add is atomic.
+        return self._decide(key, limit, window, record=True)
+
+    async def peek(self, key: str, limit: int, window: float = 60.0) -> Decision:
+        """What ``hit`` would decide now, without counting anything."""
+        return self._decide(key, limit, window, record=False)
+
+    def _decide(self, key: str, limit: int, window: float, *, record: bool) -> Decision:
+        # No await here: on one event loop the whole check-and-add is atomic.
         window_us = check_args(limit, window)
         now = to_micros(self._clock.wall().timestamp())
         log = self._logs.get(key)
         if log is None:
+            if not record:
+                return decide(True, limit, 0, 0, 0)
             log = self._logs[key] = _Log()
         log.window_us = window_us
         times = log.times
         _prune(times, now - window_us)
         count = len(times)
         allowed = count < limit
-        if allowed:
+        if allowed and record:
             _insert(times, now)
             count += 1
+        if not times:  # a peek at an empty log: nothing to wait for
+            return decide(True, limit, 0, 0, 0)
         # When refused, the entry whose departure frees one slot (more than one must leave if
         # the limit was lowered since the log filled).
         pivot = 0 if allowed else count - limit

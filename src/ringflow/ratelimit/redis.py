@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 PREFIX = "ringflow:rl:"
 
-# KEYS[1]: the log. ARGV: now, cutoff, limit, member, ttl in ms.
+# KEYS[1]: the log. ARGV: now, cutoff, limit, member, ttl in ms, record ("1": add the hit if
+# allowed; "0": only decide, for a peek).
 # Times are integer microseconds passed as strings: Lua 5.1 prints numbers with 14 significant
 # digits, so a time computed in Lua and handed back to Redis would lose precision.
 _HIT = """
@@ -34,9 +35,14 @@ redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
 local count = redis.call('ZCARD', key)
 local allowed = 0
 if count < limit then
-  redis.call('ZADD', key, ARGV[1], ARGV[4])
-  count = count + 1
   allowed = 1
+  if ARGV[6] == '1' then
+    redis.call('ZADD', key, ARGV[1], ARGV[4])
+    count = count + 1
+  end
+end
+if count == 0 then
+  return {1, 0, 0, 0}
 end
 local pivot = 0
 if allowed == 0 then
@@ -71,6 +77,13 @@ class RedisRateLimiter:
 
     async def hit(self, key: str, limit: int, window: float = 60.0) -> Decision:
         """Count one request for ``key`` if under ``limit`` in the last ``window`` seconds."""
+        return await self._decide(key, limit, window, record=True)
+
+    async def peek(self, key: str, limit: int, window: float = 60.0) -> Decision:
+        """What ``hit`` would decide now, without counting anything."""
+        return await self._decide(key, limit, window, record=False)
+
+    async def _decide(self, key: str, limit: int, window: float, *, record: bool) -> Decision:
         window_us = check_args(limit, window)
         now = to_micros(self._clock.wall().timestamp())
         # The TTL only collects idle keys; the scores decide, so rounding it up is harmless.
@@ -78,8 +91,10 @@ class RedisRateLimiter:
         member = f"{now}:{uuid.uuid4().hex}"  # unique, so same-microsecond hits all count
         allowed, count, oldest_age, blocker_age = await self._script(
             keys=[self._prefix + key],
-            args=[now, now - window_us, limit, member, ttl_ms],
+            args=[now, now - window_us, limit, member, ttl_ms, "1" if record else "0"],
         )
+        if count == 0:  # a peek at an empty log: nothing to wait for
+            return decide(True, limit, 0, 0, 0)
         return decide(bool(allowed), limit, count, oldest_age + window_us, blocker_age + window_us)
 
     async def close(self) -> None:

@@ -1,0 +1,98 @@
+"""Failed API logins are throttled per client address and per key id, in memory or in Redis.
+
+Over real HTTP from several loopback source addresses (all of 127/8 is this machine): after too
+many wrong tokens, an address (or a key id, from any address) gets 429 with Retry-After, even
+with the right token, until the window has passed; other addresses and keys are untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import redis.asyncio
+from conftest import REDIS_URL
+
+from ringflow.ratelimit.redis import PREFIX
+from tests.e2e import Rig, running
+
+pytestmark = [pytest.mark.timeout(60),
+              pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
+
+PER_CLIENT = 5
+PER_KEY = 8
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter_backend(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """No Redis (the in-process limiter), or Redis with this test's throttle keys cleared."""
+    if request.param == "memory":
+        yield None
+        return
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+
+    async def clear() -> None:
+        async for key in client.scan_iter(match=PREFIX + "api-login-fail:*"):
+            await client.delete(key)
+
+    await clear()
+    try:
+        yield REDIS_URL
+    finally:
+        await clear()
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def client_from(address: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client whose connections come from ``address``."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    async with httpx.AsyncClient(transport=transport, timeout=10) as client:
+        yield client
+
+
+async def calls(client: httpx.AsyncClient, rig: Rig, token: str, key: str | None = None
+                ) -> httpx.Response:
+    return await client.get(rig.url("Calls.json"), auth=(key or rig.key, token))
+
+
+async def test_an_address_with_too_many_failures_waits_even_with_the_right_token(
+        database_url, limiter_backend):
+    async with running(database_url, redis_url=limiter_backend,
+                       auth_failures_per_client=PER_CLIENT, auth_failures_per_key=100) as rig:
+        async with client_from("127.0.0.3") as attacker, client_from("127.0.0.4") as other:
+            for _ in range(PER_CLIENT):
+                assert (await calls(attacker, rig, "wrong")).status_code == 401
+            refused = await calls(attacker, rig, "wrong")
+            assert refused.status_code == 429
+            assert refused.headers["Retry-After"] == "60"
+            assert "Too many failed logins from this address" in refused.text
+            # Refused before the credentials are looked at: the right token waits too.
+            assert (await calls(attacker, rig, rig.token)).status_code == 429
+            admin = f"{rig.base}/admin/v1/accounts/{rig.sid}/apps"
+            assert (await attacker.get(admin, auth=rig.auth)).status_code == 429
+            # Another address is not affected.
+            assert (await calls(other, rig, rig.token)).status_code == 200
+
+            await rig.clock.advance(59)
+            assert (await calls(attacker, rig, rig.token)).status_code == 429
+            await rig.clock.advance(1)
+            assert (await calls(attacker, rig, rig.token)).status_code == 200
+
+
+async def test_a_key_id_with_too_many_failures_from_many_addresses_waits(database_url, limiter_backend):
+    async with running(database_url, redis_url=limiter_backend,
+                       auth_failures_per_client=100, auth_failures_per_key=PER_KEY) as rig:
+        for i in range(PER_KEY):
+            async with client_from(f"127.0.1.{i + 1}") as client:
+                assert (await calls(client, rig, "wrong")).status_code == 401
+        async with client_from("127.0.2.1") as fresh:
+            refused = await calls(fresh, rig, rig.token)
+            assert refused.status_code == 429 and "for this key" in refused.text
+            # Another key id is not affected; a successful login is never counted.
+            creds = await rig.services.accounts.create_key(rig.sid)
+            for _ in range(PER_KEY + 2):
+                ok = await calls(fresh, rig, creds.api_token, key=creds.api_key)
+                assert ok.status_code == 200
