@@ -48,6 +48,17 @@ def test_the_announced_address_wins_over_a_source_latched_first():
     assert stats.foreign == 1
 
 
+def test_only_the_announced_address_is_heard_without_latching():
+    stats = SessionStats()
+    stream = InboundStream(stats)
+    stream.reset(announced=PEER, only_announced=True)
+    assert stream.accept(OTHER, 5, 100, 0) is None  # first, but not the party the SDP named
+    assert stream.source is None
+    assert stream.accept(PEER, 6, 7000, 1) == 0
+    assert stream.accept(OTHER, 5, 101, 2) is None
+    assert stats.foreign == 2 and stats.received == 1
+
+
 def test_a_second_ssrc_is_taken_only_once_the_first_fell_silent():
     stats = SessionStats()
     stream = InboundStream(stats)

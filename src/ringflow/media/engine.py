@@ -14,7 +14,9 @@
 Each session binds its own plain (unconnected) UDP socket on an even port, as RFC 3550 asks of
 RTP; we send no RTCP, so the odd port above is left alone. Unconnected, because a connected
 socket would make the kernel drop a NAT'd peer's packets from an address other than its SDP's,
-which is exactly what latching is for, and a re-INVITE may move the remote. Ports are handed out
+which is exactly what latching is for (a session opened with ``latch``, for a trunk with
+symmetric RTP), and a re-INVITE may move the remote. Without latching a session hears only the
+address its SDP answer announced (see ``session.py``). Ports are handed out
 round-robin through the range so a port just closed is not reused at once, where late packets
 of the old call would land in a new one.
 
@@ -42,7 +44,7 @@ class MediaEngine:
     """One per process: the shared paced sender and the RTP port allocation."""
 
     def __init__(self, host: str = "127.0.0.1", port_min: int = 16384, port_max: int = 32766,
-                 *, latch: bool = True) -> None:
+                 *, latch: bool = False) -> None:
         if not 0 < port_min <= port_max < 65536:
             raise MediaError(f"bad RTP port range {port_min}-{port_max}")
         self.host = host
@@ -50,7 +52,7 @@ class MediaEngine:
         self.port_max = port_max
         if self.port_min > self.port_max:
             raise MediaError(f"RTP port range {port_min}-{port_max} holds no even port")
-        self.latch = latch  # send to where the party's RTP comes from, not only to its SDP
+        self.latch = latch  # sessions' default: hear and answer the first source, not the SDP's
         self.tones = ToneBatch()  # in-band DTMF of every session, classified once per tick
         self.pacer = Pacer(every_tick=self.tones.flush)
         self._sessions: set[RtpSession] = set()
@@ -58,10 +60,11 @@ class MediaEngine:
         self._next = self.port_min
         self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-    async def open_session(self) -> RtpSession:
-        """A new session bound to a free even port of the range on ``host``."""
+    async def open_session(self, *, latch: bool | None = None) -> RtpSession:
+        """A new session bound to a free even port of the range on ``host``; ``latch`` for a
+        party behind NAT (symmetric RTP), else the engine's default."""
         sock, port = self._bind()
-        session = RtpSession(self, (self.host, port))
+        session = RtpSession(self, (self.host, port), latch=self.latch if latch is None else latch)
         try:
             await asyncio.get_running_loop().create_datagram_endpoint(lambda: session, sock=sock)
         except BaseException:

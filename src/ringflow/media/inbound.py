@@ -1,10 +1,13 @@
 """What arrives on a session's socket: which datagrams are the party's stream, and the jitter
 buffer that turns their arrivals into one 20 ms frame per tick.
 
-``InboundStream`` decides per packet (RFC 3550 A.1 in spirit): the first valid packet after
-``reset()`` fixes the source address (the caller may latch its sends to it); other sources are
-foreign, except the address the SDP announced, which always wins: after a re-INVITE moves the
-media, the old party may go on sending for a moment and be latched to first. A second SSRC from
+``InboundStream`` decides per packet (RFC 3550 A.1 in spirit). Usually only the address the
+SDP announced is heard (``only_announced``): anyone else who learns or guesses the port must not
+be played, recorded or taken for key presses. For a party behind NAT (a trunk with symmetric
+RTP) the first valid packet after ``reset()`` fixes the source address instead (the caller may
+latch its sends to it); other sources are foreign, except the address the SDP announced, which
+always wins: after a re-INVITE moves the media, the old party may go on sending for a moment
+and be latched to first. A second SSRC from
 the source is foreign too unless the current one has been silent for 200 ms (an SBC switched
 streams). Sequence numbers give loss, duplicates and restarts.
 
@@ -30,26 +33,33 @@ DUPLICATE = -1
 class InboundStream:
     """Which received packets belong to the party's stream, and what was lost before them."""
 
-    __slots__ = ("_frame", "_seq", "_stats", "announced", "source", "ssrc")
+    __slots__ = ("_frame", "_seq", "_stats", "announced", "only_announced", "source", "ssrc")
 
     def __init__(self, stats: SessionStats) -> None:
         self._stats = stats
         self.source: tuple[str, int] | None = None
         self.announced: tuple[str, int] | None = None
+        self.only_announced = False
         self.ssrc: int | None = None
         self._seq: int | None = None
         self._frame = 0
 
-    def reset(self, announced: tuple[str, int] | None = None) -> None:
+    def reset(self, announced: tuple[str, int] | None = None, *,
+              only_announced: bool = False) -> None:
         """Forget the source and stream: the next valid packet starts a new one. Packets from
-        ``announced`` (the SDP's address) are taken over any other source."""
+        ``announced`` (the SDP's address) are taken over any other source; with
+        ``only_announced``, they are the only ones taken."""
         self.source = self.ssrc = self._seq = None
         self.announced = announced
+        self.only_announced = only_announced and announced is not None
 
     def accept(self, addr: tuple[str, int], ssrc: int, seq: int, frame: int) -> int | None:
         """Packets lost just before this one (0 usually); DUPLICATE for a packet repeated or
         overtaken (stale audio, though a telephone event in it still counts); None to drop it."""
         if addr != self.source:
+            if self.only_announced and addr[:2] != self.announced:
+                self._stats.foreign += 1
+                return None
             if self.source is not None and addr[:2] != self.announced:
                 self._stats.foreign += 1
                 return None

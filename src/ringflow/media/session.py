@@ -7,11 +7,13 @@ play is encoded once, when ``play()`` is called, into ready payloads; a tick onl
 next one and packs a 12-byte header. The RTP timestamp is derived from the frame number, so
 it follows the wall clock even across skipped ticks.
 
-Receiving (``inbound.py``): only the party's stream is used. The first valid packet after
-``start()`` fixes its source address, and with ``latch`` (the engine's default) we send there
-too: a peer behind NAT announces an address it cannot be reached at, then sends from the one it
-can. Packets from the address the SDP announced always win over a source latched first. Audio
-is decoded on arrival into a jitter buffer that ``tick`` drains one frame at a time for
+Receiving (``inbound.py``): only the party's stream is used. Without ``latch`` (the default)
+that is RTP from the address the SDP announced, and nothing else: a stranger who finds the port
+is neither heard, recorded nor taken for key presses. With ``latch`` (a trunk configured for
+symmetric RTP) the first valid packet after ``start()`` fixes the source address and we send
+there too: a peer behind NAT announces an address it cannot be reached at, then sends from the
+one it can. Packets from the address the SDP announced always win over a source latched first.
+Audio is decoded on arrival into a jitter buffer that ``tick`` drains one frame at a time for
 ``listen`` sinks and bridges.
 
 Keys (``dtmf.py``) come from RFC 4733 events, from ``push_digit`` (SIP INFO) and from tones in
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import random
@@ -87,8 +90,10 @@ def _resolve(future: asyncio.Future[Any], value: Any = None) -> None:
 class RtpSession(asyncio.DatagramProtocol):
     """One leg's RTP stream; created by ``MediaEngine.open_session``."""
 
-    def __init__(self, engine: MediaEngine, local: tuple[str, int]) -> None:
+    def __init__(self, engine: MediaEngine, local: tuple[str, int], *, latch: bool = False
+                 ) -> None:
         self.local = local
+        self.latch = latch  # symmetric RTP: hear the first source and send back to it
         self.closed = False
         self.stats = SessionStats()
         # In-band tones: True always detected, False never; None (auto) until the first RFC 4733
@@ -127,15 +132,18 @@ class RtpSession(asyncio.DatagramProtocol):
         law = g711.law(plan.codec.name)
         host = plan.remote[0]
         try:
-            ipaddress.ip_address(host)
+            # Written as the socket reports sources, so the announced address compares equal.
+            remote = (str(ipaddress.ip_address(host)), plan.remote[1])
         except ValueError:
             # A host name here would make every send a blocking DNS lookup on the media loop.
             raise MediaError(f"RTP remote must be an IP address, got {host!r}") from None
+        if remote != plan.remote:
+            plan = dataclasses.replace(plan, remote=remote)
         previous, self._plan = self._plan, plan
         self._law, self._pt = law, plan.codec.payload_type
         if previous is None or previous.remote != plan.remote:
             self._send_to = plan.remote
-            self._inbound.reset(plan.remote)
+            self._inbound.reset(plan.remote, only_announced=not self.latch)
         self._sending = plan.direction in (Direction.SENDRECV, Direction.SENDONLY)
         if plan.dtmf_pt is None:  # the new plan has no telephone-event to finish them with
             for item in self._digit_sends:
@@ -325,7 +333,7 @@ class RtpSession(asyncio.DatagramProtocol):
     def _accept(self, addr: tuple[str, int], ssrc: int, seq: int) -> int | None:
         source = self._inbound.source
         gap = self._inbound.accept(addr, ssrc, seq, self._frame)
-        if gap is not None and addr != source and self._engine.latch and addr != self._send_to:
+        if gap is not None and addr != source and self.latch and addr != self._send_to:
             log.debug("RTP %s: latching to %s (SDP said %s)", self.local, addr,
                       self._inbound.announced)
             self._send_to = addr
