@@ -46,6 +46,10 @@ class Settings:
     allow_private_urls: bool = False
     callback_timeout: float = 15.0
     callback_max_attempts: int = 12
+    callback_concurrency: int = 64  # callback requests in flight at once, per process
+    callback_destination_concurrency: int = 4  # of those, to any one scheme://host:port
+    callback_circuit_failures: int = 5  # consecutive timeouts/connection failures: back off
+    callback_circuit_cooldown: float = 10.0  # first back-off in seconds; doubles per failed probe
     clock_scale: float = 1.0
     log_level: str = "info"
     # Signs expiring recording links; unset: generated once into data_dir/secret_key.
@@ -88,6 +92,19 @@ class Settings:
                               "must be at least 1")
         if self.queue_max_age <= 0:
             raise ConfigError("RINGFLOW_QUEUE_MAX_AGE must be a positive number of seconds")
+        if self.callback_concurrency < 1:
+            raise ConfigError("RINGFLOW_CALLBACK_CONCURRENCY must be at least 1")
+        if not 1 <= self.callback_destination_concurrency <= self.callback_concurrency:
+            raise ConfigError(
+                "RINGFLOW_CALLBACK_DESTINATION_CONCURRENCY must be at least 1 and at most "
+                "RINGFLOW_CALLBACK_CONCURRENCY"
+            )
+        if self.callback_circuit_failures < 1:
+            raise ConfigError("RINGFLOW_CALLBACK_CIRCUIT_FAILURES must be at least 1")
+        if self.callback_circuit_cooldown <= 0:
+            raise ConfigError(
+                "RINGFLOW_CALLBACK_CIRCUIT_COOLDOWN must be a positive number of seconds"
+            )
         if self.clock_scale <= 0:
             raise ConfigError("RINGFLOW_CLOCK_SCALE must be positive")
         if self.secret_key is not None and len(self.secret_key) < MIN_SECRET:

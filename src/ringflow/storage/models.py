@@ -211,7 +211,10 @@ class OutboxMessage(Base):
     """A webhook waiting to be delivered (or delivered). Written with the transition."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_due", "state", "next_attempt_at"),
+        Index("ix_outbox_destination", "destination", "state"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
@@ -220,6 +223,8 @@ class OutboxMessage(Base):
     )
     event: Mapped[str] = mapped_column(String(32))
     url: Mapped[str] = mapped_column(Text)
+    # scheme://host:port of url: delivery limits and backs off each receiving server on its own
+    destination: Mapped[str] = mapped_column(String(300), default="", server_default="")
     content_type: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]]
     idempotency_key: Mapped[str] = mapped_column(String(80), unique=True)

@@ -1,14 +1,23 @@
 """The deliverer: sends due outbox rows, records each attempt, retries with backoff.
 
-Retries on: timeouts, connection and protocol errors, and any non-2xx answer. Not retried: a
-URL refused by ``validate_url`` or the address guard (marked ``failed`` at once). After a 2xx the
-row is ``delivered`` and never sent again. Delivery is at-least-once: a process that dies between
-the receiver's 2xx and recording it leaves a lease that expires and the row is sent again, which
-is what the ``Idempotency-Key`` header is for.
+Retries on: timeouts, connection and protocol errors, and any non-2xx answer, after 5, 10, 20
+... seconds (doubling, at most 600, plus up to 10% jitter). Not retried: a URL refused by
+``validate_url`` or the address guard (marked ``failed`` at once). After
+``RINGFLOW_CALLBACK_MAX_ATTEMPTS`` attempts a row is ``failed`` and never sent again.
 
-Rows are claimed with a lease (``lease_until``) in a short transaction of its own, one UPDATE
-statement, so several deliverers (several processes) share one table: PostgreSQL skips rows
-another deliverer has locked (``FOR UPDATE SKIP LOCKED``); SQLite has a single writer.
+Each row is delivered by a task of its own as soon as it is claimed; the loop goes on claiming
+while others are in flight, up to ``RINGFLOW_CALLBACK_CONCURRENCY`` requests at once and
+``RINGFLOW_CALLBACK_DESTINATION_CONCURRENCY`` to any one receiving server (see
+``destinations``), so a receiver that never answers holds a few slots of its own and delays no
+one else's callbacks. A receiver that keeps timing out is backed off by its circuit.
+
+Delivery is at least once. A 2xx is recorded as soon as it arrives, in a short transaction of its
+own, and the row is never sent again. A process that dies leaves the rows it was sending leased:
+only those (sent, answer not yet recorded) are sent again, at once by a restart under the same
+``RINGFLOW_INSTANCE``, otherwise by any deliverer when the lease runs out. That is what the
+``Idempotency-Key`` header is for.
+
+Claims use leases (``lease_until``, ``lease_owner``); the statements are in ``outbox``.
 """
 
 from __future__ import annotations
@@ -19,26 +28,24 @@ import datetime as dt
 import logging
 import random
 import time
-from typing import Any
-
-from sqlalchemy import case, func, or_, select, update
 
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import InvalidRequest
 from ringflow.storage.db import Database
-from ringflow.storage.models import OutboxAttempt, OutboxMessage
+from ringflow.webhooks import outbox
+from ringflow.webhooks.destinations import Change, Destinations
 from ringflow.webhooks.http import FetchError, OutboundHttp
-from ringflow.webhooks.outbox import encode
+from ringflow.webhooks.outbox import Claimed, encode
 
 log = logging.getLogger(__name__)
 
-M = OutboxMessage
 BACKOFF_BASE = 5.0
 BACKOFF_CAP = 600.0
 POLL_INTERVAL = 30.0  # picks up rows other processes enqueued (their wake() does not reach us)
 ERROR_PAUSE = 5.0  # after a pass failed (database away), before trying again
 MIN_IDLE = 0.05
+RECORD_GRACE = 10.0  # real seconds a stop waits to record answers that already arrived
 
 
 def retry_delay(attempts: int) -> float:
@@ -47,34 +54,30 @@ def retry_delay(attempts: int) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Claimed:
-    id: int
-    event: str
-    url: str
-    content_type: str
-    payload: dict[str, Any]
-    idempotency_key: str
-    attempts: int
-    lease_until: dt.datetime
-
-
-@dataclasses.dataclass(frozen=True)
 class _Outcome:
     status_code: int | None = None
     error: str | None = None
     latency_ms: int = 0
     permanent: bool = False  # the URL was refused: retrying cannot help
+    transport: bool = False  # no answer: timeout, connection refused or broken
 
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+    @property
+    def reached(self) -> bool | None:
+        """Whether the receiving server answered; None when the attempt says nothing of it."""
+        if self.status_code is not None:
+            return True
+        return False if self.transport else None
 
     def describe(self) -> str:
         return self.error or f"HTTP {self.status_code}"
 
 
 class Deliverer:
-    """Sends pending outbox rows in the background; ``deliver_due`` runs one pass."""
+    """Sends pending outbox rows in the background; ``deliver_due`` sends what is due now."""
 
     def __init__(
         self,
@@ -84,7 +87,7 @@ class Deliverer:
         settings: Settings,
         *,
         jitter: float = 0.1,
-        batch_size: int = 20,
+        batch_size: int | None = None,
         poll_interval: float = POLL_INTERVAL,
     ):
         self._db = db
@@ -98,13 +101,27 @@ class Deliverer:
         self._lease = dt.timedelta(
             seconds=(2 * settings.callback_timeout + 60) * max(1.0, settings.clock_scale)
         )
+        self._concurrency = max(1, settings.callback_concurrency)
+        self._claim_limit = max(1, batch_size or self._concurrency)  # rows per claim statement
+        self._destinations = Destinations(
+            per_destination=settings.callback_destination_concurrency,
+            failures=settings.callback_circuit_failures,
+            cooldown=settings.callback_circuit_cooldown,
+            cooldown_cap=BACKOFF_CAP,
+        )
         self._jitter = jitter
-        self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._random = random.Random()
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        self._recording: set[asyncio.Task[None]] = set()
+
+    @property
+    def destinations(self) -> Destinations:
+        """In-flight counts and circuits per receiving server (read-only use)."""
+        return self._destinations
 
     def start(self) -> None:
         """Run in the background, starting with everything already pending (restart resume)."""
@@ -113,14 +130,14 @@ class Deliverer:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox")
 
     async def stop(self, grace: float | None = None) -> None:
-        """Finish the pass in progress, send one last batch of what is due now (the callbacks
-        of calls ended by the shutdown), then stop; all bounded by ``grace`` real seconds."""
+        """Send what is due now (the callbacks of calls ended by the shutdown) and wait for the
+        requests in flight, then stop; bounded by ``grace`` real seconds, after which requests
+        still waiting for an answer are abandoned (answers already in are still recorded)."""
         task, self._task = self._task, None
         if task is None:
             return
         self._stopping = True
         self._wake.set()
-        # Room for two batches (the one in flight and the last one), each bounded by the timeout.
         limit = grace if grace is not None else 2 * self._http.timeout + 5
         try:
             await asyncio.wait_for(asyncio.shield(task), limit)
@@ -134,51 +151,62 @@ class Deliverer:
         self._wake.set()
 
     async def deliver_due(self) -> int:
-        """Send every row due now, batch by batch; return how many were attempted."""
+        """Send every row due now, claiming more as sends finish; return how many were sent."""
         total = 0
         while True:
-            with self._clock.busy():
-                batch = await self._claim()
-                if not batch:
-                    return total
-                await asyncio.gather(*(self._deliver(message) for message in batch))
-            total += len(batch)
-            if self._stopping:  # leave the backlog to the next start rather than outrun stop()
+            total += await self._fill()
+            if not self._sending:
+                await self._settle_records()
                 return total
-
-    async def _release_own_leases(self) -> None:
-        """Free rows this instance had claimed when it last stopped (a crash mid-delivery)."""
-        stmt = (
-            update(M)
-            .where(M.state == "pending", M.lease_owner == self._owner)
-            .values(lease_until=None, lease_owner=None)
-            .execution_options(synchronize_session=False)
-        )
-        async with self._db.session() as session:
-            await session.execute(stmt)
+            await asyncio.wait(set(self._sending), return_when=asyncio.FIRST_COMPLETED)
 
     async def _run(self) -> None:
         try:
             await self._release_own_leases()
+            while not self._stopping:
+                self._wake.clear()
+                try:
+                    if await self._fill():
+                        continue  # room may remain and more may be due: claim again first
+                    delay = await self._idle_delay()
+                except Exception:
+                    log.exception("outbox: delivery pass failed; retrying in %gs", ERROR_PAUSE)
+                    delay = ERROR_PAUSE
+                if not self._stopping:
+                    await self._wait(delay)
+            # The last claim: what the shutdown itself enqueued (calls ended on the way down).
+            # The backlog beyond it is left to the next start rather than outrun stop().
+            try:
+                await self._fill()
+            except Exception:
+                log.exception("outbox: the last delivery pass failed")
+            while self._sending:
+                await asyncio.wait(set(self._sending))
+        finally:
+            await self._abandon()
+
+    async def _release_own_leases(self) -> None:
+        """Free rows this instance had claimed when it last stopped (a crash mid-delivery)."""
+        try:
+            with self._clock.busy():
+                async with self._db.session() as session:
+                    await outbox.release_leases(session, self._owner)
         except Exception:
             log.exception("outbox: could not release this instance's old leases")
-        while True:
-            self._wake.clear()
-            # A pass begun after stop() was asked for is the last: it sends what the shutdown
-            # itself enqueued (calls ended on the way down), which a pass already in flight
-            # may have claimed too early to see.
-            last = self._stopping
-            try:
-                with self._clock.busy():
-                    await self.deliver_due()
-                    delay = 0.0 if last else await self._idle_delay()
-            except Exception:
-                log.exception("outbox: delivery pass failed; retrying in %gs", ERROR_PAUSE)
-                delay = ERROR_PAUSE
-            if last:
-                return
-            if not self._stopping:
-                await self._wait(delay)
+
+    async def _abandon(self) -> None:
+        """Cut the requests still waiting for an answer, but record the answers already in."""
+        for task in self._sending:
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
+        if self._recording:
+            _, late = await asyncio.wait(set(self._recording), timeout=RECORD_GRACE)
+            if late:
+                log.warning("outbox: %d answers could not be recorded before stopping", len(late))
+
+    async def _settle_records(self) -> None:
+        if self._recording:
+            await asyncio.wait(set(self._recording))
 
     async def _wait(self, delay: float) -> None:
         sleeper = asyncio.ensure_future(self._clock.sleep(delay))
@@ -189,59 +217,79 @@ class Deliverer:
             sleeper.cancel()
             waker.cancel()
 
-    async def _claim(self) -> list[_Claimed]:
-        now = self._clock.wall()
-        lease_until = now + self._lease
-        due = (
-            select(M.id)
-            .where(M.state == "pending", M.next_attempt_at <= now, _lease_free(now))
-            .order_by(M.next_attempt_at, M.id)
-            .limit(self._batch_size)
-            # PostgreSQL: skip rows another deliverer is claiming; SQLite renders no clause.
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            update(M)
-            .where(M.id.in_(due.scalar_subquery()))
-            .values(lease_until=lease_until, lease_owner=self._owner)
-            .returning(
-                M.id, M.event, M.url, M.content_type, M.payload, M.idempotency_key, M.attempts
+    async def _fill(self) -> int:
+        """Claim as many due rows as there is room for and start sending each; how many."""
+        room = self._concurrency - len(self._sending)
+        if room <= 0:
+            return 0
+        with self._clock.busy():
+            now = self._clock.wall()
+            async with self._db.session() as session:
+                claimed = await outbox.claim(
+                    session,
+                    owner=self._owner,
+                    now=now,
+                    lease_until=now + self._lease,
+                    limit=min(room, self._claim_limit),
+                    per_destination=self._destinations.per_destination,
+                    rooms=self._destinations.limited(now),
+                )
+        for message in claimed:
+            self._destinations.started(message.destination, now)
+            task = asyncio.get_running_loop().create_task(
+                self._deliver(message), name=f"outbox-{message.id}"
             )
-            .execution_options(synchronize_session=False)
-        )
-        async with self._db.session() as session:
-            rows = (await session.execute(stmt)).all()
-        return [_Claimed(*row, lease_until=lease_until) for row in rows]
+            self._sending.add(task)
+            task.add_done_callback(self._sent)
+        return len(claimed)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._wake.set()  # a slot is free: claim again
 
     async def _idle_delay(self) -> float:
-        now = self._clock.wall()
-        # A leased row is due again when its lease runs out (if its holder never reports back).
-        due_at = case((_lease_free(now), M.next_attempt_at), else_=M.lease_until)
-        async with self._db.session() as session:
-            earliest = await session.scalar(select(func.min(due_at)).where(M.state == "pending"))
+        if len(self._sending) >= self._concurrency:
+            return self._poll_interval  # a finished send wakes the loop
+        with self._clock.busy():
+            now = self._clock.wall()
+            # A destination with no room is woken by its own sends finishing, or by its probe.
+            blocked = sorted(d for d, room in self._destinations.limited(now).items() if room <= 0)
+            async with self._db.session() as session:
+                earliest = await outbox.next_due(session, now, blocked)
+        probe = self._destinations.next_probe(now)
+        if probe is not None and (earliest is None or probe < earliest):
+            earliest = probe
         if earliest is None:
             return self._poll_interval
         wait = (earliest - now).total_seconds()
         return min(self._poll_interval, max(MIN_IDLE, wait))
 
-    async def _deliver(self, message: _Claimed) -> None:
-        try:
-            outcome = await self._send(message)
-        except Exception as exc:
-            # A bug (say, a payload that no longer encodes): count it as a failed attempt so
-            # the row ends as failed after max attempts instead of being retried forever.
-            log.exception("outbox message %s: unexpected error while sending", message.id)
-            outcome = _Outcome(error=f"internal error: {exc!r}")
-        try:
-            await self._record(message, outcome)
-        except Exception:
-            log.exception(
-                "outbox message %s: could not record the attempt; it is retried when its "
-                "lease expires",
-                message.id,
+    async def _deliver(self, message: Claimed) -> None:
+        with self._clock.busy():
+            try:
+                outcome = await self._send(message)
+            except asyncio.CancelledError:
+                now = self._clock.wall()
+                self._destinations.finished(message.destination, reached=None, now=now)
+                raise
+            except Exception as exc:
+                # A bug (say, a payload that no longer encodes): count it as a failed attempt so
+                # the row ends as failed after max attempts instead of being retried forever.
+                log.exception("outbox message %s: unexpected error while sending", message.id)
+                outcome = _Outcome(error=f"internal error: {exc!r}")
+            change = self._destinations.finished(
+                message.destination, reached=outcome.reached, now=self._clock.wall()
             )
+            # The answer is in: record it even if this task is cancelled now (a stop running
+            # out of grace), so a restart never sends an acknowledged callback again.
+            recording = asyncio.get_running_loop().create_task(
+                self._record(message, outcome, change)
+            )
+            self._recording.add(recording)
+            recording.add_done_callback(self._recording.discard)
+            await asyncio.shield(recording)
 
-    async def _send(self, message: _Claimed) -> _Outcome:
+    async def _send(self, message: Claimed) -> _Outcome:
         body, content_type = encode(message.payload, message.content_type)
         headers = {
             "Content-Type": content_type,
@@ -256,40 +304,49 @@ class Deliverer:
         except InvalidRequest as exc:
             return _Outcome(error=str(exc), permanent=True)
         except FetchError as exc:
-            return _Outcome(error=str(exc), latency_ms=_elapsed_ms(started))
+            return _Outcome(error=str(exc), latency_ms=_elapsed_ms(started), transport=True)
         return _Outcome(status_code=result.status_code, latency_ms=_elapsed_ms(started))
 
-    async def _record(self, message: _Claimed, outcome: _Outcome) -> None:
+    async def _record(
+        self, message: Claimed, outcome: _Outcome, change: tuple[Change, dt.datetime] | None
+    ) -> None:
+        with self._clock.busy():
+            try:
+                await self._record_attempt(message, outcome)
+            except Exception:
+                log.exception(
+                    "outbox message %s: could not record the attempt; it is retried when its "
+                    "lease expires",
+                    message.id,
+                )
+            if change is not None:
+                await self._apply(message.destination, change)
+
+    async def _record_attempt(self, message: Claimed, outcome: _Outcome) -> None:
         now = self._clock.wall()
         attempts = message.attempts + 1
-        where = [M.id == message.id, M.state == "pending"]
-        values: dict[str, Any] = {"attempts": M.attempts + 1, "lease_until": None, "lease_owner": None}
+        next_attempt_at = None
         if outcome.ok:
-            values.update(state="delivered", delivered_at=now, last_error=None)
+            state = "delivered"
+        elif outcome.permanent or attempts >= self._max_attempts:
+            state = "failed"
         else:
-            # Only the lease holder may reschedule or fail a row; a success counts whoever
-            # reports it, since the receiver has it either way.
-            where.append(M.lease_until == message.lease_until)
-            values["last_error"] = outcome.describe()
-            if outcome.permanent or attempts >= self._max_attempts:
-                values["state"] = "failed"
-            else:
-                values["next_attempt_at"] = now + dt.timedelta(seconds=self._delay(attempts))
+            state = "pending"
+            next_attempt_at = now + dt.timedelta(seconds=self._delay(attempts))
+            # A backed-off destination's rows wait for its probe whatever their own backoff.
+            reopen_at = self._destinations.reopen_at(message.destination)
+            if reopen_at is not None and reopen_at > next_attempt_at:
+                next_attempt_at = reopen_at
         async with self._db.session() as session:
-            await session.execute(
-                update(M)
-                .where(*where)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-            session.add(
-                OutboxAttempt(
-                    message_id=message.id,
-                    at=now,
-                    status_code=outcome.status_code,
-                    error=outcome.error,
-                    latency_ms=outcome.latency_ms,
-                )
+            await outbox.record_attempt(
+                session,
+                message,
+                now=now,
+                status_code=outcome.status_code,
+                error=outcome.error,
+                latency_ms=outcome.latency_ms,
+                state=state,
+                next_attempt_at=next_attempt_at,
             )
         if not outcome.ok:
             log.warning(
@@ -300,13 +357,31 @@ class Deliverer:
                 outcome.describe(),
             )
 
+    async def _apply(self, destination: str, change: tuple[Change, dt.datetime]) -> None:
+        """Defer a destination's rows when its circuit opens, make them due when it closes."""
+        kind, until = change
+        now = self._clock.wall()
+        try:
+            async with self._db.session() as session:
+                if kind is Change.OPENED:
+                    moved = await outbox.defer(session, destination, until, now)
+                else:
+                    moved = await outbox.resume(session, destination, until, now)
+        except Exception:
+            log.exception("outbox: could not update the rows of %s", destination)
+            return
+        if kind is Change.OPENED:
+            log.warning(
+                "outbox: %s keeps failing; %d callbacks deferred for %gs",
+                destination, moved, (until - now).total_seconds(),
+            )  # fmt: skip
+        else:
+            log.info("outbox: %s answers again; %d deferred callbacks are due", destination, moved)
+            self._wake.set()
+
     def _delay(self, attempts: int) -> float:
         delay = retry_delay(attempts)
         return delay * (1 + self._jitter * self._random.random()) if self._jitter else delay
-
-
-def _lease_free(now: dt.datetime) -> Any:
-    return or_(M.lease_until.is_(None), M.lease_until <= now)
 
 
 def _elapsed_ms(started: float) -> int:

@@ -1,15 +1,25 @@
-"""The outbox: a webhook is a row (written with the transition) before it is a request."""
+"""The outbox: a webhook is a row (written with the transition) before it is a request.
+
+Besides ``enqueue``, this module holds every statement the deliverer runs on the rows: claiming
+due rows under a lease, recording an attempt, deferring and resuming a destination's rows.
+Claims are one UPDATE each, in a short transaction of its own, so several deliverers (several
+processes) share one table: PostgreSQL skips rows another deliverer is claiming
+(``FOR UPDATE SKIP LOCKED``); SQLite has a single writer.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
 
 import httpx
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ringflow.storage.models import OutboxMessage
+from ringflow.storage.models import OutboxAttempt, OutboxMessage
+from ringflow.webhooks.destinations import destination_of
 
 FORM = "multipart/form-data"
 JSON = "application/json"
@@ -39,6 +49,7 @@ async def enqueue(
         call_id=call_id,
         event=event,
         url=url,
+        destination=destination_of(url),
         content_type=content_type,
         payload=payload,
         idempotency_key=idempotency_key,
@@ -95,3 +106,178 @@ def _multipart(fields: list[tuple[str, str]]) -> tuple[bytes, str]:
         "POST", "http://outbox.invalid/", files=[(name, (None, value)) for name, value in fields]
     )
     return request.read(), request.headers["Content-Type"]
+
+
+M = OutboxMessage
+
+
+@dataclasses.dataclass(frozen=True)
+class Claimed:
+    """A row this deliverer holds the lease of, with what it needs to send it."""
+
+    id: int
+    event: str
+    url: str
+    destination: str
+    content_type: str
+    payload: dict[str, Any]
+    idempotency_key: str
+    attempts: int
+    lease_until: dt.datetime
+
+
+async def claim(
+    session: AsyncSession,
+    *,
+    owner: str,
+    now: dt.datetime,
+    lease_until: dt.datetime,
+    limit: int,
+    per_destination: int,
+    rooms: dict[str, int],
+) -> list[Claimed]:
+    """Lease up to ``limit`` due rows, oldest first, at most ``rooms.get(d, per_destination)``
+    of each destination ``d``."""
+    due = and_(M.state == "pending", M.next_attempt_at <= now, _lease_free(now))
+    blocked = sorted(d for d, room in rooms.items() if room <= 0)
+    if blocked:
+        due = and_(due, M.destination.not_in(blocked))
+    # Rank each destination's due rows, so one receiver's backlog cannot fill the claim.
+    rank = func.row_number().over(partition_by=M.destination, order_by=(M.next_attempt_at, M.id))
+    ranked = (
+        select(M.id, M.next_attempt_at, M.destination, rank.label("rank")).where(due).subquery()
+    )
+    partial = {d: room for d, room in rooms.items() if room > 0}
+    allowed: Any = (
+        case(partial, value=ranked.c.destination, else_=per_destination)
+        if partial
+        else per_destination
+    )
+    chosen = (
+        select(ranked.c.id)
+        .where(ranked.c.rank <= allowed)
+        .order_by(ranked.c.next_attempt_at, ranked.c.id)
+        .limit(limit)
+    )
+    locked = (
+        select(M.id)
+        .where(M.id.in_(chosen), M.state == "pending", _lease_free(now))
+        # PostgreSQL: skip rows another deliverer is claiming; SQLite renders no clause.
+        .with_for_update(skip_locked=True)
+    )
+    stmt = (
+        update(M)
+        .where(M.id.in_(locked.scalar_subquery()))
+        .values(lease_until=lease_until, lease_owner=owner)
+        .returning(
+            M.id, M.event, M.url, M.destination, M.content_type, M.payload, M.idempotency_key,
+            M.attempts,
+        )  # fmt: skip
+        .execution_options(synchronize_session=False)
+    )
+    rows = (await session.execute(stmt)).all()
+    claimed = [Claimed(*row, lease_until=lease_until) for row in rows]
+    return sorted(claimed, key=lambda c: c.id)
+
+
+async def record_attempt(
+    session: AsyncSession,
+    message: Claimed,
+    *,
+    now: dt.datetime,
+    status_code: int | None,
+    error: str | None,
+    latency_ms: int,
+    state: str,
+    next_attempt_at: dt.datetime | None = None,
+) -> None:
+    """Write one attempt's outcome: ``delivered``, ``failed``, or ``pending`` again at
+    ``next_attempt_at``; the lease is given up either way."""
+    where = [M.id == message.id, M.state == "pending"]
+    values: dict[str, Any] = {"attempts": M.attempts + 1, "lease_until": None, "lease_owner": None}
+    if state == "delivered":
+        values.update(state="delivered", delivered_at=now, last_error=None)
+    else:
+        # Only the lease holder may reschedule or fail a row; a success counts whoever
+        # reports it, since the receiver has it either way.
+        where.append(M.lease_until == message.lease_until)
+        values["last_error"] = error or f"HTTP {status_code}"
+        if state == "failed":
+            values["state"] = "failed"
+        else:
+            values["next_attempt_at"] = next_attempt_at
+    await session.execute(
+        update(M).where(*where).values(**values).execution_options(synchronize_session=False)
+    )
+    session.add(
+        OutboxAttempt(
+            message_id=message.id,
+            at=now,
+            status_code=status_code,
+            error=error,
+            latency_ms=latency_ms,
+        )
+    )
+
+
+async def defer(
+    session: AsyncSession, destination: str, until: dt.datetime, now: dt.datetime
+) -> int:
+    """Push the due time of ``destination``'s unleased pending rows out to ``until``."""
+    stmt = (
+        update(M)
+        .where(
+            M.destination == destination,
+            M.state == "pending",
+            M.next_attempt_at < until,
+            _lease_free(now),
+        )
+        .values(next_attempt_at=until)
+        .execution_options(synchronize_session=False)
+    )
+    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+async def resume(
+    session: AsyncSession, destination: str, deferred_until: dt.datetime, now: dt.datetime
+) -> int:
+    """Make ``destination``'s rows deferred until ``deferred_until`` due now."""
+    stmt = (
+        update(M)
+        .where(
+            M.destination == destination,
+            M.state == "pending",
+            M.next_attempt_at > now,
+            M.next_attempt_at <= deferred_until,
+            _lease_free(now),
+        )
+        .values(next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+async def release_leases(session: AsyncSession, owner: str) -> None:
+    """Free the pending rows ``owner`` holds (left behind when it died mid-delivery)."""
+    await session.execute(
+        update(M)
+        .where(M.state == "pending", M.lease_owner == owner)
+        .values(lease_until=None, lease_owner=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def next_due(
+    session: AsyncSession, now: dt.datetime, blocked: list[str]
+) -> dt.datetime | None:
+    """When the earliest pending row outside ``blocked`` destinations is due (or its lease
+    runs out, if another deliverer holds it and never reports back)."""
+    due_at = case((_lease_free(now), M.next_attempt_at), else_=M.lease_until)
+    stmt = select(func.min(due_at)).where(M.state == "pending")
+    if blocked:
+        stmt = stmt.where(M.destination.not_in(blocked))
+    return await session.scalar(stmt)  # type: ignore[no-any-return]
+
+
+def _lease_free(now: dt.datetime) -> Any:
+    return or_(M.lease_until.is_(None), M.lease_until <= now)

@@ -1,0 +1,259 @@
+"""One receiver's slowness delays no one else's callbacks, and a dead receiver is backed off.
+
+Real sockets on loopback: a tarpit (accepts TCP, reads the request, never answers) for one
+account, a normal receiver for another, on SQLite and PostgreSQL. The bookkeeping of
+destinations and circuits is tested on its own first, with time passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import free_port
+from sqlalchemy import select
+
+from ringflow.clock import ManualClock
+from ringflow.config import Settings
+from ringflow.storage.db import Database
+from ringflow.storage.models import Account, OutboxMessage
+from ringflow.webhooks.deliverer import Deliverer
+from ringflow.webhooks.destinations import Change, Destinations, destination_of
+from ringflow.webhooks.http import OutboundHttp
+from ringflow.webhooks.outbox import JSON, enqueue
+from tests.support import recorder
+
+pytestmark = pytest.mark.timeout(90)
+
+T0 = dt.datetime(2026, 11, 26, 10, 0, tzinfo=dt.timezone.utc)
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+# Destinations and circuits (pure)
+
+
+@pytest.mark.parametrize(
+    ("url", "destination"),
+    [
+        ("http://Hooks.Example.com/a?x=1", "http://hooks.example.com:80"),
+        ("https://hooks.example.com/a", "https://hooks.example.com:443"),
+        ("https://user:pw@hooks.example.com:8443/a", "https://hooks.example.com:8443"),
+        ("http://[2606:4700::1111]:81/cb", "http://[2606:4700::1111]:81"),
+        ("not a url", ""),
+    ],
+)
+def test_a_destination_is_scheme_host_and_port(url: str, destination: str) -> None:
+    assert destination_of(url) == destination
+
+
+def test_each_destination_has_its_own_room() -> None:
+    d = Destinations(per_destination=2, failures=3, cooldown=10, cooldown_cap=600)
+    d.started("a", at(0))
+    assert d.limited(at(0)) == {"a": 1}
+    d.started("a", at(0))
+    assert (d.room("a", at(0)), d.room("b", at(0))) == (0, 2)
+    assert d.finished("a", reached=True, now=at(1)) is None
+    assert d.limited(at(1)) == {"a": 1} and d.total_in_flight == 1
+
+
+def test_failures_open_the_circuit_and_a_probe_decides() -> None:
+    d = Destinations(per_destination=4, failures=3, cooldown=10, cooldown_cap=25)
+    for _ in range(4):
+        d.started("tarpit", at(0))
+    assert d.finished("tarpit", reached=False, now=at(5)) is None
+    assert d.finished("tarpit", reached=False, now=at(5)) is None
+    assert d.finished("tarpit", reached=False, now=at(5)) == (Change.OPENED, at(15))
+    # The request still out fails too: the circuit stays as it is.
+    assert d.finished("tarpit", reached=False, now=at(5)) is None
+    assert d.room("tarpit", at(14)) == 0 and d.next_probe(at(14)) == at(15)
+    assert d.room("tarpit", at(15)) == 1  # one probe
+    d.started("tarpit", at(15))
+    assert d.room("tarpit", at(15)) == 0 and d.next_probe(at(15)) is None
+    # A failed probe doubles the cooldown, up to the cap.
+    assert d.finished("tarpit", reached=False, now=at(20)) == (Change.OPENED, at(40))
+    d.started("tarpit", at(40))
+    assert d.finished("tarpit", reached=False, now=at(41)) == (Change.OPENED, at(66))
+    # Any answer closes it, and the deferred rows are due again.
+    d.started("tarpit", at(66))
+    assert d.finished("tarpit", reached=True, now=at(67)) == (Change.CLOSED, at(66))
+    assert d.room("tarpit", at(67)) == 4 and d.circuits == {}
+
+
+def test_an_answer_resets_the_count_of_failures() -> None:
+    d = Destinations(per_destination=4, failures=2, cooldown=10, cooldown_cap=600)
+    for reached in (False, True, False):
+        d.started("a", at(0))
+        assert d.finished("a", reached=reached, now=at(1)) is None
+    assert d.room("a", at(1)) == 4
+
+
+# Over real sockets
+
+
+@dataclasses.dataclass
+class Tarpit:
+    """An HTTP receiver that reads each request and answers only once ``answering`` is set."""
+
+    keys: list[str] = dataclasses.field(default_factory=list)
+    answering: bool = False
+    open_now: int = 0
+    most_open: int = 0
+    url: str = ""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            headers = dict(
+                line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:] if line
+            )
+            headers = {k.lower(): v for k, v in headers.items()}
+            await reader.readexactly(int(headers.get("content-length", "0")))
+            self.keys.append(headers["idempotency-key"])
+            if not self.answering:
+                await reader.read()  # hold the connection until the client gives up
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.open_now -= 1
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def tarpit() -> AsyncIterator[Tarpit]:
+    pit = Tarpit()
+    port = free_port()
+    server = await asyncio.start_server(pit.handle, "127.0.0.1", port)
+    pit.url = f"http://127.0.0.1:{port}/status"
+    try:
+        yield pit
+    finally:
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 5)
+
+
+@contextlib.asynccontextmanager
+async def running(db: Database, clock: ManualClock, cfg: Settings) -> AsyncIterator[Deliverer]:
+    http = OutboundHttp(cfg, clock)
+    d = Deliverer(db, clock, http, cfg, jitter=0)
+    d.start()
+    try:
+        yield d
+    finally:
+        await d.stop(grace=2)
+        await http.aclose()
+
+
+async def account(db: Database, clock: ManualClock, sid: str) -> int:
+    async with db.session() as s:
+        row = Account(sid=sid, name=sid, created_at=clock.wall())
+        s.add(row)
+        await s.flush()
+        return row.id
+
+
+async def add(db: Database, clock: ManualClock, account_id: int, url: str, key: str) -> None:
+    async with db.session() as s:
+        await enqueue(
+            s,
+            account_id=account_id,
+            call_id=None,
+            event="terminal",
+            url=url,
+            content_type=JSON,
+            payload={"CallSid": key, "Status": "completed"},
+            idempotency_key=key,
+            now=clock.wall(),
+        )
+
+
+async def rows(db: Database) -> dict[str, OutboxMessage]:
+    async with db.session() as s:
+        found = (await s.execute(select(OutboxMessage))).scalars().all()
+    return {row.idempotency_key: row for row in found}
+
+
+async def until(check: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_tarpit_does_not_delay_another_accounts_callback(db, clock) -> None:
+    timeout = 4.0
+    cfg = Settings(allow_private_urls=True, callback_timeout=timeout)
+    a = await account(db, clock, "tenant-a")
+    b = await account(db, clock, "tenant-b")
+    async with tarpit() as pit, recorder() as rec:
+        for i in range(60):
+            await add(db, clock, a, pit.url, f"a-{i}")
+        async with running(db, clock, cfg) as d:
+            await until(lambda: len(pit.keys) >= 4, 5)
+            enqueued = time.monotonic()
+            await add(db, clock, b, f"{rec.url}/status", "b-0")
+            d.wake()
+            # Bounded well past the timeout, so a delayed callback is measured, not hung on.
+            with contextlib.suppress(AssertionError):
+                await until(lambda: rec.to("/status"), 4 * timeout)
+            delay = time.monotonic() - enqueued
+            assert rec.to("/status"), "B's callback never arrived"
+            assert delay < 2.0, f"B's callback waited {delay:.1f}s behind the tarpit"
+            assert pit.most_open <= 4, "more than four requests in flight to one destination"
+        assert (await rows(db))["b-0"].state == "delivered"
+
+
+async def test_a_destination_that_keeps_timing_out_is_backed_off_then_recovers(
+    db, clock
+) -> None:
+    cfg = Settings(
+        allow_private_urls=True,
+        callback_timeout=0.5,
+        callback_circuit_failures=3,
+        callback_circuit_cooldown=10,
+    )
+    a = await account(db, clock, "tenant-a")
+    async with tarpit() as pit:
+        for i in range(20):
+            await add(db, clock, a, pit.url, f"a-{i}")
+        async with running(db, clock, cfg) as d:
+            # Five minutes of clock time with the receiver silent. Each row on its own would be
+            # retried after 5, 10, 20, 40, 80 and 160 s: over a hundred requests. The circuit
+            # opens after the first four time out and lets one probe through per cooldown
+            # (10, 20, 40, 80, 160 s).
+            await clock.run_until(lambda: clock.now() >= 300, real_timeout=60)
+            sent = len(pit.keys)
+            assert sent <= 4 + 5, f"{sent} requests to a receiver that never answers"
+            assert d.destinations.circuits, "the circuit is not open"
+            by_key = await rows(db)
+            assert sum(row.attempts for row in by_key.values()) == sent
+            # Deferred rows keep their attempts: at most the first wave and the probes spent any.
+            assert sum(1 for row in by_key.values() if row.attempts == 0) >= 20 - sent
+            assert {row.state for row in by_key.values()} == {"pending"}
+
+            pit.answering = True
+            back = clock.now()
+
+            async def all_delivered() -> bool:
+                return {row.state for row in (await rows(db)).values()} == {"delivered"}
+
+            await clock.run_until(all_delivered, real_timeout=30)
+            # Everything went with the next probe, not each row's own backoff.
+            assert clock.now() - back <= 320
+            assert d.destinations.circuits == {}
+            delivered = {row.delivered_at for row in (await rows(db)).values()}
+            assert max(delivered) - min(delivered) <= dt.timedelta(seconds=1)
