@@ -23,8 +23,10 @@ from ringflow.calls.steps import describe
 from ringflow.clock import make_clock
 from ringflow.config import Settings
 from ringflow.errors import NotFound, RingflowError
+from ringflow.logs import redact_logs
 from ringflow.media.tts import TextToSpeech
 from ringflow.phone import normalize
+from ringflow.private_files import owner_only, tighten
 from ringflow.storage.db import Database, migrate
 from ringflow.storage.models import Account, Call, CallEvent, SandboxPhone
 from ringflow.telephony.sandbox import PhoneScript
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    owner_only()  # the database, recordings and keys ringflow writes are for its user alone
     try:
         settings = Settings.from_env(
             host=getattr(args, "host", None), port=getattr(args, "port", None)
@@ -167,6 +170,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     # httpx logs every request at INFO; ringflow logs the ones that matter with the call's SID.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    redact_logs()
     if args.workers != 1:
         from ringflow.workers import check, supervise
 
@@ -177,6 +181,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         migrate(settings.database_url)
     config = uvicorn.Config(create_app(settings), log_level=settings.log_level,
                             timeout_graceful_shutdown=10)
+    redact_logs("uvicorn", "uvicorn.access", "uvicorn.error")  # handlers uvicorn just made
+    tighten(settings)
     server = uvicorn.Server(config)
     if args.worker:
         from ringflow.workers import stop_when_orphaned
