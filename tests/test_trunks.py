@@ -21,12 +21,15 @@ def test_a_full_trunk_entry_parses() -> None:
         "number_format": "national", "caller_id_format": "e164-digits",
         "outbound_proxy": "10.0.0.6:5060", "register": True, "register_expires": 600,
         "max_channels": 30, "max_cps": 2.5, "accounts": ["AC1"],
+        "sources": ["10.0.0.7", "192.0.2.0/28", "::ffff:10.0.0.9"], "symmetric_rtp": True,
     }]})
     assert trunk.transport == "tcp" and trunk.port == 5070
     assert trunk.outbound_proxy == ("10.0.0.6", 5060) and trunk.next_hop == ("10.0.0.6", 5060)
     assert trunk.request_uri("+919876543210") == "sip:09876543210@10.0.0.5:5070;transport=tcp"
     assert trunk.from_header("+918041234567") == "<sip:918041234567@pbx.example>"
     assert trunk.accounts == frozenset({"AC1"}) and trunk.max_cps == 2.5
+    assert trunk.sources == ("10.0.0.7/32", "192.0.2.0/28", "10.0.0.9/32")
+    assert trunk.symmetric_rtp and trunk.hosts == ("10.0.0.5", "10.0.0.6")
     assert "p" not in repr(trunk).split("password")[-1][:5]  # the password stays out of logs
 
 
@@ -42,6 +45,9 @@ def test_a_full_trunk_entry_parses() -> None:
     ({"name": "t", "host": "h", "outbound_proxy": "nohost"}, "outbound_proxy: host:port"),
     ({"name": "t", "host": "h", "accounts": "AC1"}, "accounts: a list of account SIDs"),
     ({"name": "t", "host": "h", "colour": "red"}, "unknown field 'colour'"),
+    ({"name": "t", "host": "h", "sources": "10.0.0.1"}, "(t).sources: a list of IP addresses"),
+    ({"name": "t", "host": "h", "sources": ["pbx.example"]}, "(t).sources: 'pbx.example' does"),
+    ({"name": "t", "host": "h", "symmetric_rtp": "yes"}, "(t).symmetric_rtp: true or false"),
 ])
 def test_mistakes_name_the_trunk_and_field(entry: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=None) as caught:

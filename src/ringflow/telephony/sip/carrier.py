@@ -5,6 +5,10 @@ its trunk (channels and calls per second), and sends the INVITE. One pump task p
 the SIP events: before the answer they become ``Ringing``/``Answered``/``Rejected``; after it,
 INFO digits, re-INVITEs and the final BYE go to the ``SipChannel``. The trunk's slot and the
 RTP port are released when the SIP call ends, however it ends.
+
+The SIP sockets answer only the trunks (``peers.TrunkPeers`` resolves their names into the
+agent's allow-list), and each leg's RTP hears only the callee's SDP address unless its trunk
+asks for symmetric RTP.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ringflow.sip import events as sip_events
 from ringflow.sip.digest import Authenticator
 from ringflow.sip.outcome import Ending, Status
 from ringflow.sip.sdp import PCMA, PCMU, build_sdp
+from ringflow.sip.sources import Sources
 from ringflow.sip.transport import OutgoingCallHandle, RegistrationHandle, SipTransport
 from ringflow.telephony.carrier import (
     Answered,
@@ -36,6 +41,7 @@ from ringflow.telephony.carrier import (
 )
 from ringflow.telephony.sip.capacity import SharedTrunkGate, TrunkGate, TrunkUnavailable
 from ringflow.telephony.sip.channel import SipChannel, Speech
+from ringflow.telephony.sip.peers import TrunkPeers
 from ringflow.telephony.sip.trunks import Trunk, choose_trunk
 
 log = logging.getLogger(__name__)
@@ -68,15 +74,19 @@ class SipCarrier:
         self.registrations: dict[str, RegistrationHandle] = {}
         self.media: MediaEngine | None = None
         self.attempts: set[SipAttempt] = set()
+        self.peers = TrunkPeers(trunks, clock, self._trust)
 
     async def start(self) -> None:
         """Bind the SIP sockets, start the media engine and register where trunks ask to."""
+        # Resolved before the sockets open, so there is no moment when anyone may talk.
+        sources = await self.peers.start()
         for protocol in sorted({t.transport for t in self.trunks}):
             port = self.sip_port
             if port == 0 and self.transports:  # tests: the same free port for both protocols
                 port = next(iter(self.transports.values())).local[1]
             self.transports[protocol] = await SipTransport.open(self.sip_host, port,
-                                                                transport=protocol)
+                                                                transport=protocol,
+                                                                sources=sources)
         self.media = MediaEngine(self.sip_host, *self.rtp_ports)
         for trunk in self.trunks:
             if trunk.register:
@@ -90,6 +100,7 @@ class SipCarrier:
     async def close(self) -> None:
         """Hang up what is still up, unregister, then close the sockets."""
         await asyncio.gather(*(attempt.abandon() for attempt in list(self.attempts)))
+        await self.peers.close()
         for name, registration in self.registrations.items():
             try:
                 await asyncio.wait_for(registration.unregister(), 5.0)
@@ -118,6 +129,11 @@ class SipCarrier:
     def dial(self, request: DialRequest) -> SipAttempt:
         """Start placing a leg through the account's trunk."""
         return SipAttempt(self, request)
+
+    def _trust(self, sources: Sources) -> None:
+        """The trunks' addresses changed (a re-resolve): every SIP socket answers the new ones."""
+        for transport in self.transports.values():
+            transport.trust(sources)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +233,7 @@ class SipAttempt:
     async def _place(self, trunk: Trunk) -> None:
         carrier = self.carrier
         assert carrier.media is not None
-        self.session = await carrier.media.open_session()
+        self.session = await carrier.media.open_session(latch=trunk.symmetric_rtp)
         offer = build_sdp(self.session.local[0], self.session.local[1],
                           session_id=secrets.randbelow(2**62), version=1, codecs=(PCMU, PCMA))
         headers = (("X-Ringflow-Call", self.request.call_sid),)

@@ -18,8 +18,16 @@ Trunks are read once at start-up from the YAML file named by ``RINGFLOW_SIP_TRUN
         max_channels: 30          # concurrent calls on this trunk
         max_cps: 5                # new calls per second
         accounts: [AC123]         # only these accounts use it; omit for the default trunk
+        sources: [10.0.0.7, 192.0.2.0/28]   # more addresses its requests may come from
+        symmetric_rtp: false      # true: the trunk is behind NAT, latch RTP to where it comes from
 
 An account uses the first trunk that lists it, else the first trunk without ``accounts``.
+
+Only trunks may talk to ringflow's SIP port: a request is answered only if it comes from a
+trunk's ``host`` or ``outbound_proxy`` (host names resolved at start and every few minutes) or
+from its ``sources``; inside a call, also from the address the call's Contact or Record-Route
+names. Anything else gets no answer at all. RTP is heard only from the address the callee's SDP
+announced, unless the trunk says ``symmetric_rtp: true``.
 Every mistake is reported with the trunk's position and field, at start-up, never mid-call.
 """
 
@@ -35,6 +43,7 @@ import phonenumbers
 import yaml
 
 from ringflow.errors import ConfigError
+from ringflow.sip.sources import network_of
 
 DEFAULT_REGION = "IN"
 
@@ -81,6 +90,14 @@ class Trunk:
     max_channels: int = 100
     max_cps: float = 10.0
     accounts: frozenset[str] | None = None
+    sources: tuple[str, ...] = ()  # addresses and networks, beyond host and outbound_proxy
+    symmetric_rtp: bool = False
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The hosts (names or addresses) this trunk's signalling comes from, to be resolved."""
+        proxy = (self.outbound_proxy[0],) if self.outbound_proxy else ()
+        return (self.host, *proxy)
 
     def request_uri(self, number: str) -> str:
         """The Request-URI that rings ``number`` on this trunk (a sip: URI passes through)."""
@@ -191,8 +208,11 @@ def _trunk(entry: Any, where: str) -> Trunk:
         values["outbound_proxy"] = _address(values["outbound_proxy"], f"{where}.outbound_proxy")
     if ("username" in values) != ("password" in values):
         raise ConfigError(f"{where}: username and password go together")
-    if not isinstance(values.get("register", False), bool):
-        raise ConfigError(f"{where}.register: true or false")
+    for flag in ("register", "symmetric_rtp"):
+        if not isinstance(values.get(flag, False), bool):
+            raise ConfigError(f"{where}.{flag}: true or false")
+    if "sources" in values:
+        values["sources"] = _sources(values["sources"], f"{where}.sources")
     if values.get("register") and "username" not in values:
         raise ConfigError(f"{where}.register: registering needs username and password")
     if "accounts" in values:
@@ -211,6 +231,15 @@ def _int(values: Mapping[str, Any], name: str, where: str, low: int, high: int, 
     if isinstance(raw, bool) or not isinstance(raw, int) or not low <= raw <= high:
         raise ConfigError(f"{where}.{name}: a whole number from {low} to {high}, not {raw!r}")
     return raw
+
+
+def _sources(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+        raise ConfigError(f"{where}: a list of IP addresses or networks (10.0.0.0/24)")
+    try:
+        return tuple(str(network_of(s)) for s in raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _address(raw: Any, where: str) -> tuple[str, int]:
