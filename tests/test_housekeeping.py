@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import pytest
 from sqlalchemy import select, update
 
 from ringflow.accounts import Accounts
@@ -107,3 +108,41 @@ async def test_heartbeat_is_written_and_removed_on_stop(db, clock):
     async with db.session() as s:
         assert await s.get(Instance, "me") is None
     await dispatcher.stop()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_the_running_server_prunes_its_prompt_cache_on_a_schedule(database_url, tmp_path):
+    """Prompts unused past the age go, then the least recently used beyond the size cap."""
+    import os
+    import time
+
+    from ringflow.calls.housekeeping import PRUNE_EVERY
+    from ringflow.media.audio import Prompt
+    from ringflow.media.cache import PromptCache
+    from tests.e2e import running
+
+    async with running(database_url, data_dir=str(tmp_path), prompt_cache_max_age=3600,
+                       prompt_cache_max_mb=1) as rig:
+        cache = rig.services.tts.cache
+        other = PromptCache(cache.directory)  # another process rendered these: not in memory
+        now = time.time()
+        files = {}
+        for name, age, seconds in [("stale", 7200, 0.1), ("older", 600, 40.0),
+                                   ("newer", 60, 40.0), ("hot", 9000, 0.1)]:
+            key = name.encode().hex().ljust(64, "0")
+            # "hot" is in this server's memory: a prompt live flows keep playing.
+            await asyncio.to_thread((cache if name == "hot" else other).put, key,
+                                    Prompt.silence(seconds))
+            os.utime(cache.path(key), (now - age, now - age))
+            files[name] = cache.path(key)
+        other.close()
+
+        await rig.clock.advance(PRUNE_EVERY)
+        for _ in range(500):  # the pass runs on a thread
+            if not files["stale"].exists() and not files["older"].exists():
+                break
+            await asyncio.sleep(0.01)
+        assert not files["stale"].exists()  # unused for two hours, past the one-hour age
+        assert not files["older"].exists()  # two 40 s prompts (1.3 MB) exceed 1 MB: oldest goes
+        assert files["newer"].exists()
+        assert files["hot"].exists()  # old on disk, but in use from memory

@@ -96,7 +96,8 @@ class Services:
             runner=runner,
             dispatcher=dispatcher,
             tts=tts,
-            housekeeper=Housekeeper(db, clock, settings, dispatcher.release, deliverer.wake),
+            housekeeper=Housekeeper(db, clock, settings, dispatcher.release, deliverer.wake,
+                                    prompts),
             recordings=recordings,
             audio=audio,
         )

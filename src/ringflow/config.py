@@ -51,6 +51,8 @@ class Settings:
     callback_circuit_failures: int = 5  # consecutive timeouts/connection failures: back off
     callback_circuit_cooldown: float = 10.0  # first back-off in seconds; doubles per failed probe
     clock_scale: float = 1.0
+    prompt_cache_max_age: float = 7 * 86400.0  # seconds a rendered prompt is kept unused
+    prompt_cache_max_mb: int = 2048  # disk for rendered prompts; least recently used go first
     log_level: str = "info"
     # Signs expiring recording links; unset: generated once into data_dir/secret_key.
     secret_key: str | None = dataclasses.field(default=None, repr=False)
@@ -107,6 +109,9 @@ class Settings:
             )
         if self.clock_scale <= 0:
             raise ConfigError("RINGFLOW_CLOCK_SCALE must be positive")
+        if self.prompt_cache_max_age <= 0 or self.prompt_cache_max_mb < 1:
+            raise ConfigError("RINGFLOW_PROMPT_CACHE_MAX_AGE (seconds) and "
+                              "RINGFLOW_PROMPT_CACHE_MAX_MB must be positive")
         if self.secret_key is not None and len(self.secret_key) < MIN_SECRET:
             raise ConfigError(
                 f"RINGFLOW_SECRET_KEY must be at least {MIN_SECRET} characters "

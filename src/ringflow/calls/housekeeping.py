@@ -4,6 +4,11 @@ Each round: this process's heartbeat; calls carried by a process that stopped be
 finished (so they never hold an account's lines forever); calls queued longer than
 ``RINGFLOW_QUEUE_MAX_AGE`` fail with a clear reason; accounts with queued calls get their free
 lines filled (a line freed by another process is noticed here at the latest).
+
+Every PRUNE_EVERY seconds, on a thread, the prompt cache drops rendered prompts unused for
+``RINGFLOW_PROMPT_CACHE_MAX_AGE`` and then the least recently used beyond
+``RINGFLOW_PROMPT_CACHE_MAX_MB``, so speech of unique texts (one-time codes, names) cannot fill
+the disk.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from ringflow.calls.status import Event, Status
 from ringflow.calls.transitions import Change, apply, finish_calls_of
 from ringflow.clock import Clock
 from ringflow.config import Settings
+from ringflow.media.cache import PromptCache
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call, Instance
 
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY = 10.0
 # A process silent this long is gone: its calls are finished by whoever notices first.
 INSTANCE_TTL = 60.0
+PRUNE_EVERY = 600.0
 
 
 class Housekeeper:
@@ -39,22 +46,27 @@ class Housekeeper:
         settings: Settings,
         release: Callable[[int], Awaitable[None]],
         on_enqueued: Callable[[], None],
+        prompts: PromptCache | None = None,
     ):
         self.db = db
         self.clock = clock
         self.settings = settings
         self.release = release
         self.on_enqueued = on_enqueued
-        self._task: asyncio.Task[None] | None = None
+        self.prompts = prompts
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
+        """Start the rounds (and the prompt cache's pruning, if there is a cache)."""
+        self._tasks.append(asyncio.ensure_future(self._run()))
+        if self.prompts is not None:
+            self._tasks.append(asyncio.ensure_future(self._prune_prompts(self.prompts)))
 
     async def stop(self) -> None:
         """Stop the rounds and remove this process's heartbeat."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         async with self.db.session() as session:
             await session.execute(delete(Instance).where(Instance.name == self.settings.instance_name))
 
@@ -65,6 +77,18 @@ class Housekeeper:
             except Exception:  # one bad round must not stop the heartbeat for good
                 log.exception("housekeeping round failed")
             await self.clock.sleep(HEARTBEAT_EVERY)
+
+    async def _prune_prompts(self, prompts: PromptCache) -> None:
+        max_age = self.settings.prompt_cache_max_age
+        max_bytes = self.settings.prompt_cache_max_mb * 1024 * 1024
+        while True:
+            try:
+                removed = await asyncio.to_thread(prompts.prune, max_age, max_bytes)
+                if removed:
+                    log.info("prompt cache: removed %d unused prompts", removed)
+            except OSError:  # a full or read-only disk: try again next round
+                log.exception("pruning the prompt cache failed")
+            await self.clock.sleep(PRUNE_EVERY)
 
     async def tend(self) -> None:
         """One round: beat, reclaim silent processes' calls, expire old queued calls, fill lines."""

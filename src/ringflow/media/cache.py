@@ -134,19 +134,40 @@ class PromptCache:
             raise InvalidRequest(too_long(prompt.duration, max_seconds))
         return prompt
 
-    def prune(self, max_age: float, now: float | None = None) -> int:
-        """Delete files not used for ``max_age`` seconds; returns how many. Blocking: run it off
-        the event loop, e.g. from housekeeping (unique texts, such as one-time codes, would
-        otherwise fill the disk)."""
+    def prune(self, max_age: float, max_bytes: int | None = None, now: float | None = None
+              ) -> int:
+        """Delete files unused for ``max_age`` seconds, then the least recently used until the
+        rest fit in ``max_bytes``; returns how many. Blocking: housekeeping runs it on a thread
+        (unique texts, such as one-time codes, would otherwise fill the disk).
+
+        Prompts held in memory are in use even if their file was not read lately: they stay.
+        """
         cutoff = (time.time() if now is None else now) - max_age
+        with self._lock:
+            in_use = {f"{key}.wav" for key in self._memory}
+        kept: list[tuple[float, int, Path]] = []
         removed = 0
         for path in self.directory.glob("??/*.wav"):
             try:
-                if path.stat().st_mtime < cutoff:
+                info = path.stat()
+                if path.name in in_use:
+                    continue
+                if info.st_mtime < cutoff:
                     path.unlink()
                     removed += 1
+                else:
+                    kept.append((info.st_mtime, info.st_size, path))
             except FileNotFoundError:
                 pass  # pruned by another process at the same time
+        if max_bytes is not None:
+            total = sum(size for _, size, _ in kept)
+            for _, size, path in sorted(kept):  # least recently used first
+                if total <= max_bytes:
+                    break
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+                total -= size
         return removed
 
     def close(self) -> None:
