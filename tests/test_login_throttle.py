@@ -82,17 +82,23 @@ async def test_an_address_with_too_many_failures_waits_even_with_the_right_token
             assert (await calls(attacker, rig, rig.token)).status_code == 200
 
 
-async def test_a_key_id_with_too_many_failures_from_many_addresses_waits(database_url, limiter_backend):
+async def test_a_key_id_guessed_from_many_addresses_waits_but_its_owner_does_not(
+        database_url, limiter_backend):
     async with running(database_url, redis_url=limiter_backend,
                        auth_failures_per_client=100, auth_failures_per_key=PER_KEY) as rig:
         for i in range(PER_KEY):
             async with client_from(f"127.0.1.{i + 1}") as client:
                 assert (await calls(client, rig, "wrong")).status_code == 401
-        async with client_from("127.0.2.1") as fresh:
-            refused = await calls(fresh, rig, rig.token)
+        # A guessing address that failed waits for this key, even with the right token.
+        async with client_from("127.0.1.1") as guesser:
+            refused = await calls(guesser, rig, rig.token)
             assert refused.status_code == 429 and "for this key" in refused.text
-            # Another key id is not affected; a successful login is never counted.
-            creds = await rig.services.accounts.create_key(rig.sid)
+        # A new guessing address gets one try, then waits.
+        async with client_from("127.0.2.2") as newcomer:
+            assert (await calls(newcomer, rig, "wrong")).status_code == 401
+            assert (await calls(newcomer, rig, "wrong")).status_code == 429
+        # The key's owner, from an address that has not failed, is not locked out, and
+        # successful logins are never counted.
+        async with client_from("127.0.2.1") as owner:
             for _ in range(PER_KEY + 2):
-                ok = await calls(fresh, rig, creds.api_token, key=creds.api_key)
-                assert ok.status_code == 200
+                assert (await calls(owner, rig, rig.token)).status_code == 200

@@ -1,9 +1,15 @@
 """HTTP Basic authentication shared by the Exotel edge and the admin API.
 
 Failed logins are throttled per client address and per key id (``FailedLogins``), in memory or
-through Redis like the request rate limit: once either has too many failures in a minute, further
-attempts get 429 with Retry-After before their credentials are looked up, so a flood of wrong
-tokens costs no database work. Successful logins are never counted.
+through Redis like the request rate limit, and refused with 429 and Retry-After before their
+credentials are looked up, so a flood of wrong tokens costs no database work:
+
+- a client address with too many failures in a minute waits, whatever key it tries;
+- a key id with too many failures in a minute (a guess spread over many addresses) waits only for
+  addresses that have themselves failed lately: each guessing address gets one try, and the
+  key's owner, whose address has not failed, is not locked out by strangers.
+
+Successful logins are never counted.
 """
 
 from __future__ import annotations
@@ -36,27 +42,27 @@ class FailedLogins:
         self.per_client = per_client
         self.per_key = per_key
 
-    def _buckets(self, request: Request, key_id: str) -> list[tuple[str, int, str]]:
+    def _buckets(self, request: Request, key_id: str) -> tuple[str, str]:
         client = request.client.host if request.client else "unknown"
-        return [
-            (f"api-login-fail:client:{client}", self.per_client, "from this address"),
-            (f"api-login-fail:key:{key_id.lower()[:MAX_KEY_ID]}", self.per_key, "for this key"),
-        ]
+        return (f"api-login-fail:client:{client}",
+                f"api-login-fail:key:{key_id.lower()[:MAX_KEY_ID]}")
 
     async def check(self, request: Request, key_id: str) -> None:
-        """RateLimited if the client or the key id has failed too often lately."""
-        for bucket, limit, whose in self._buckets(request, key_id):
-            decision = await self._ask(self.limiter.peek, bucket, limit)
-            if not decision.allowed:
-                raise RateLimited(
-                    f"Too many failed logins {whose}: try again in {decision.retry_after} s",
-                    {"Retry-After": str(decision.retry_after)},
-                )
+        """RateLimited if the client, or the key id for a client that failed too, is over."""
+        client_bucket, key_bucket = self._buckets(request, key_id)
+        client = await self._ask(self.limiter.peek, client_bucket, self.per_client)
+        if not client.allowed:
+            raise _refused("from this address", client)
+        if client.remaining < self.per_client:  # this address has failed lately
+            key = await self._ask(self.limiter.peek, key_bucket, self.per_key)
+            if not key.allowed:
+                raise _refused("for this key", key)
 
     async def failed(self, request: Request, key_id: str) -> None:
         """Count one failed login for the client and the key id."""
-        for bucket, limit, _ in self._buckets(request, key_id):
-            await self._ask(self.limiter.hit, bucket, limit)
+        client_bucket, key_bucket = self._buckets(request, key_id)
+        await self._ask(self.limiter.hit, client_bucket, self.per_client)
+        await self._ask(self.limiter.hit, key_bucket, self.per_key)
 
     async def _ask(self, op: Callable[[str, int, float], Awaitable[Decision]], bucket: str,
                    limit: int) -> Decision:
@@ -81,6 +87,11 @@ def basic_credentials(request: Request) -> tuple[str, str]:
     if not sep:
         raise AuthError("Authentication failed: malformed Basic credentials")
     return username, password
+
+
+def _refused(whose: str, decision: Decision) -> RateLimited:
+    return RateLimited(f"Too many failed logins {whose}: try again in {decision.retry_after} s",
+                       {"Retry-After": str(decision.retry_after)})
 
 
 async def authenticate(accounts: Accounts, failures: FailedLogins, request: Request,
