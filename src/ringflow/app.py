@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -21,6 +22,7 @@ from ringflow.api.admin import AdminApi
 from ringflow.api.auth import FailedLogins
 from ringflow.api.exotel import ExotelApi
 from ringflow.audio_files import MAX_AUDIO_BYTES, AudioStore, FlowHttp
+from ringflow.body_limits import BodyLimits
 from ringflow.calls.dispatcher import Dispatcher
 from ringflow.calls.housekeeping import Housekeeper
 from ringflow.calls.runner import CallRunner
@@ -202,6 +204,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, carrier: Carri
         *AdminApi(services).routes(),
         *Dashboard(services).routes(),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    # Bodies are capped as they stream, before any route reads or parses them.
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(BodyLimits)])
     app.state.services = services
     return app

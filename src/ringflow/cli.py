@@ -164,6 +164,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from ringflow.app import create_app
+    from ringflow.http_connections import (ConnectionLimits, check_file_limit, protocol_class,
+                                           raise_file_limit)
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -179,8 +181,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return supervise(settings, args.workers)
     if not args.worker:  # the supervisor migrated before starting its workers
         migrate(settings.database_url)
+    limits = ConnectionLimits(settings.max_connections, settings.http_head_timeout,
+                              settings.http_body_timeout)
+    check_file_limit(limits, raise_file_limit())
+    # uvicorn with ringflow's protocol: head and body deadlines and a connection cap on top of
+    # uvicorn's keep-alive timeout (http_connections.py says why this server).
     config = uvicorn.Config(create_app(settings), log_level=settings.log_level,
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=10, http=protocol_class(limits),
+                            timeout_keep_alive=settings.http_keep_alive)
     redact_logs("uvicorn", "uvicorn.access", "uvicorn.error")  # handlers uvicorn just made
     tighten(settings)
     server = uvicorn.Server(config)

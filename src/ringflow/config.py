@@ -53,6 +53,11 @@ class Settings:
     clock_scale: float = 1.0
     prompt_cache_max_age: float = 7 * 86400.0  # seconds a rendered prompt is kept unused
     prompt_cache_max_mb: int = 2048  # disk for rendered prompts; least recently used go first
+    # HTTP connections (per process): see http_connections.py.
+    max_connections: int = 1000
+    http_head_timeout: float = 10.0  # seconds to receive a request's line and headers
+    http_body_timeout: float = 30.0  # seconds to receive a request's body
+    http_keep_alive: int = 5  # whole seconds an idle keep-alive connection stays open
     log_level: str = "info"
     # Signs expiring recording links; unset: generated once into data_dir/secret_key.
     secret_key: str | None = dataclasses.field(default=None, repr=False)
@@ -107,6 +112,14 @@ class Settings:
             raise ConfigError(
                 "RINGFLOW_CALLBACK_CIRCUIT_COOLDOWN must be a positive number of seconds"
             )
+        if self.max_connections < 1:
+            raise ConfigError("RINGFLOW_MAX_CONNECTIONS must be at least 1")
+        for name in ("http_head_timeout", "http_body_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"RINGFLOW_{name.upper()} must be a positive number of seconds")
+        if self.http_keep_alive < 1:
+            raise ConfigError("RINGFLOW_HTTP_KEEP_ALIVE must be a whole number of seconds, "
+                              "at least 1")
         if self.clock_scale <= 0:
             raise ConfigError("RINGFLOW_CLOCK_SCALE must be positive")
         if self.prompt_cache_max_age <= 0 or self.prompt_cache_max_mb < 1:

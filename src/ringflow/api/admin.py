@@ -6,6 +6,7 @@ Authenticated like the Exotel edge (Basic, API key and token of the account in t
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from typing import Any
@@ -33,6 +34,9 @@ from ringflow.recordings import MAX_LINK_TTL
 from ringflow.storage.models import Account, App, Call, CallEvent, SandboxPhone
 
 MAX_BODY = 256 * 1024
+MAX_JSON_DEPTH = 32  # an app nests about six levels deep
+TOO_DEEP = f"body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
+UPLOADS_AT_ONCE = 4  # audio uploads read and decoded at once: each holds up to MAX_AUDIO_BYTES
 DEFAULT_LINK_TTL = 3600
 PREFIX = "/admin/v1/accounts/{sid}"
 
@@ -47,6 +51,8 @@ class AdminApi:
 
     def __init__(self, services: Any):
         self.s = services
+        # Waiting uploads hold only what flow control buffers, not their whole body.
+        self._uploads = asyncio.Semaphore(UPLOADS_AT_ONCE)
 
     def routes(self) -> list[Route]:
         return [
@@ -149,8 +155,9 @@ class AdminApi:
 
     async def upload_audio(self, request: Request, account: Account) -> Response:
         """Store a WAV or MP3 (any rate, any channels) as 8 kHz mono, for greetings' ``audio``."""
-        data = await _capped_body(request, MAX_AUDIO_BYTES)
-        audio_id, prompt = await self.s.audio.save(account.sid, data)
+        async with self._uploads:
+            data = await _capped_body(request, MAX_AUDIO_BYTES)
+            audio_id, prompt = await self.s.audio.save(account.sid, data)
         return JSONResponse(
             {"id": audio_id, "duration": round(prompt.duration, 3), "url": self._audio_url(account, audio_id)},
             status_code=201,
@@ -196,13 +203,28 @@ async def _capped_body(request: Request, limit: int) -> bytes:
 
 
 async def _json_body(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise InvalidRequest("request body too large")
+    body = await _capped_body(request, MAX_BODY)
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except ValueError as exc:
         raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # the C scanner takes one stack frame per [ or {
+        raise InvalidRequest(TOO_DEEP) from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise InvalidRequest(TOO_DEEP)
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (walked without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_JSON_DEPTH:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -239,7 +239,8 @@ class Dashboard:
 
     async def _checked_form(self, request: Request, session: Session) -> FormData | None:
         """The POSTed form if its CSRF token is this session's; None otherwise."""
-        form = await request.form(max_fields=200, max_part_size=512 * 1024)
+        # The body is already capped (body_limits); no form of ours carries a file.
+        form = await request.form(max_fields=200, max_files=0, max_part_size=512 * 1024)
         return form if csrf_ok(session, form.get("csrf")) else None
 
     def page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -369,8 +370,7 @@ class Dashboard:
 
     async def logout(self, request: Request) -> Response:
         session, _ = self._session(request)
-        form = await request.form()
-        if not csrf_ok(session, form.get("csrf")):
+        if await self._checked_form(request, session) is None:
             return self.error(403, "This form has expired: reload the page and try again.", session)
         response = self.redirect("/login")
         self._set_cookie(response, self.codec.new(self._now()))
