@@ -172,10 +172,8 @@ class UserAgent:
 
     def _reschedule(self, key: str | tuple[str, str], now: float) -> None:
         """After a failed ``timer``: keep later timers, but never one that would fail at once."""
-        try:
-            due = (owner := self._owner(key)) and owner.next_timer
-        except Exception:
-            due = None
+        owner = self._owner(key)
+        due = owner.next_timer if owner is not None else None
         if due is not None and due > now:
             heapq.heappush(self._heap, (due, next(self._seq), key))
 

@@ -36,7 +36,7 @@ from ringflow.sip.events import (
 from ringflow.sip.headers import NameAddr
 from ringflow.sip.ids import IdSource
 from ringflow.sip.outcome import Ending
-from ringflow.sip.registration import RegState, Registration
+from ringflow.sip.registration import Registration, RegState
 from ringflow.sip.sdp import SessionDescription
 from ringflow.sip.sources import Sources
 from ringflow.sip.tcp import TcpLink
