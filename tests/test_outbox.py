@@ -514,3 +514,17 @@ async def test_two_running_deliverers_share_the_work(db, clock, receiver) -> Non
     )
     assert len(successes) == n and set(successes.values()) == {1}
     assert len(receiver.requests) == n + 10
+
+
+async def test_stop_sends_what_is_due_beyond_one_destinations_room(db, clock, receiver) -> None:
+    """Callbacks of calls ended by a shutdown go out before it, a few at a time per receiver."""
+    account = await make_account(db, clock)
+    cfg = settings(callback_destination_concurrency=2, callback_timeout=5.0)
+    async with deliverer(db, clock, cfg) as d:
+        d.start()
+        await asyncio.sleep(0.05)
+        for i in range(10):  # enqueued on the way down: no wake
+            await add(db, clock, account, receiver.url, f"k{i}")
+        await d.stop()
+    assert await count(db, "delivered") == 10
+    assert set(receiver.keys().values()) == {1}

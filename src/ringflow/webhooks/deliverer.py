@@ -174,16 +174,25 @@ class Deliverer:
                     delay = ERROR_PAUSE
                 if not self._stopping:
                     await self._wait(delay)
-            # The last claim: what the shutdown itself enqueued (calls ended on the way down).
-            # The backlog beyond it is left to the next start rather than outrun stop().
-            try:
-                await self._fill()
-            except Exception:
-                log.exception("outbox: the last delivery pass failed")
-            while self._sending:
-                await asyncio.wait(set(self._sending))
+            await self._last_sends()
         finally:
             await self._abandon()
+
+    async def _last_sends(self) -> None:
+        """Send what the shutdown itself enqueued (calls ended on the way down), claiming as
+        slots free up for one callback timeout; then wait for the sends in flight. The backlog
+        beyond that is left to the next start rather than outrun stop()."""
+        claim_until = time.monotonic() + self._http.timeout
+        while True:
+            if time.monotonic() < claim_until:
+                try:
+                    await self._fill()
+                except Exception:
+                    log.exception("outbox: the last delivery pass failed")
+                    claim_until = 0.0
+            if not self._sending:
+                return
+            await asyncio.wait(set(self._sending), return_when=asyncio.FIRST_COMPLETED)
 
     async def _release_own_leases(self) -> None:
         """Free rows this instance had claimed when it last stopped (a crash mid-delivery)."""
