@@ -23,6 +23,7 @@ MB = 1024 * 1024
 CAP = 50  # RINGFLOW_MAX_CONNECTIONS of the test server
 HEAD_TIMEOUT = 1.0
 KEEP_ALIVE = 1
+BODY_TIMEOUT = 1.5
 RSS_SLACK_KB = 12 * 1024  # a refused upload may cost the server a few MB, never the upload
 
 
@@ -192,6 +193,35 @@ async def test_a_slow_head_and_an_idle_connection_are_cut_off(tmp_path: Path) ->
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
         assert time.monotonic() - start < KEEP_ALIVE + 1
         writer.close()
+
+
+async def test_a_slow_body_is_cut_off_at_the_body_deadline(tmp_path: Path) -> None:
+    async with ringflow(tmp_path, RINGFLOW_HTTP_BODY_TIMEOUT=str(BODY_TIMEOUT)) as server:
+        # A small form whose bytes come one every 0.2 s.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        start = time.monotonic()
+        writer.write(post_head("/login", "application/x-www-form-urlencoded", 100))
+        answer = asyncio.create_task(reader.read())
+        while not answer.done() and time.monotonic() - start < 5:
+            with contextlib.suppress(ConnectionError):
+                writer.write(b"a")
+                await writer.drain()
+            await asyncio.wait([answer], timeout=0.2)
+        assert answer.done(), "a slow body was still being read after 5 s"
+        assert answer.result().startswith(b"HTTP/1.1 408"), answer.result()
+        assert BODY_TIMEOUT - 0.1 < time.monotonic() - start < BODY_TIMEOUT + 1
+        writer.close()
+
+
+async def test_an_endless_header_line_is_refused_not_buffered(tmp_path: Path) -> None:
+    async with ringflow(tmp_path) as server:
+        await warm_up(server)
+        before = rss_kb(server)
+        line = (b"X-Long: " + b"y" * MB for _ in range(200))
+        status, elapsed = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n", line)
+        grown = rss_kb(server) - before
+        assert (status, elapsed < 2, grown < RSS_SLACK_KB) == (431, True, True), (
+            status, elapsed, grown)
 
 
 async def slow_client(port: int, closed: list[float], start: float) -> None:
