@@ -86,6 +86,29 @@ def test_a_response_from_a_stranger_is_not_taken() -> None:
     assert of(ua.receive(ok, ("127.0.0.1", 5080), 0.2), Answered)
 
 
+def test_a_strangers_datagram_is_dropped_before_it_is_parsed() -> None:
+    ua = new_ua()
+    ua.sources = Sources(["127.0.0.1"])
+    [dropped] = ua.receive(b"\x00garbage", STRANGER, 0.0)
+    [malformed] = ua.receive(b"\x00garbage", ("127.0.0.1", 5080), 0.0)
+    assert "neither a trunk" in dropped.reason and "malformed" in malformed.reason
+
+
+def test_a_call_placed_past_the_trunks_hears_its_own_callee() -> None:
+    ua = new_ua()
+    ua.sources = Sources(["203.0.113.5"])  # the trunk; this call dials a sip: URI elsewhere
+    callee = Callee(ua)  # it dials 127.0.0.1:5080
+    ok = bytes(callee.response(200, body=SIPP_SDP))
+    assert of(ua.receive(ok, ("127.0.0.1", 5080), 0.1), Answered)
+    assert of(ua.receive(bytes(callee.request("BYE")), ("127.0.0.1", 5080), 1.0), Ended)
+    for _ in range(100):  # once the call is gone, so is its callee's licence to talk
+        if ua.next_timer is None:
+            break
+        ua.timer(ua.next_timer)
+    assert not ua.calls
+    assert "neither a trunk" in ua.receive(ok, ("127.0.0.1", 5080), 99.0)[0].reason
+
+
 def stray_request(method: str, host: str = "127.0.0.2", port: int = 5080) -> Request:
     h = Headers([("Via", f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKstray-{method};rport"),
                  ("From", f"<sip:scanner@{host}>;tag=s1"), ("To", "<sip:100@127.0.0.1>"),

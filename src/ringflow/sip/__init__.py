@@ -14,6 +14,7 @@ Modules, from the wire up:
 - ``registration``: REGISTER with a registrar, refreshed until stopped, in one table of states.
 - ``framing``: splitting a TCP byte stream into messages by Content-Length.
 - ``outcome``: the one table from SIP endings to call outcomes.
+- ``sources``: the allow-list of addresses that may talk to the agent (the trunks).
 - ``agent``: ``UserAgent``, routing datagrams to calls and transactions.
 - ``events``, ``errors``, ``ids``: what the core reports, raises and mints.
 

@@ -21,12 +21,14 @@ request outside a dialog is answered only if it comes from ``sources``; anything
 answer at all, not even a 403, so a spoofed UDP source can never make us send (let alone
 retransmit) a response, and a scanner learns nothing. A request inside a dialog, and a response
 to a call or registration, must come from ``sources`` or from a host that call or registration
-talks with (its first hop, the dialog's Contact and Record-Route). Without ``sources`` (a bare
-agent, as in the core's own tests) everyone may talk.
+talks with (its first hop, the dialog's Contact and Record-Route). A datagram from a host that
+is none of these is dropped before it is parsed, so a flood of them costs one lookup each.
+Without ``sources`` (a bare agent, as in the core's own tests) everyone may talk.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
@@ -42,7 +44,7 @@ from ringflow.sip.message import Request, Response, make_response, parse_message
 from ringflow.sip.outcome import Ending
 from ringflow.sip.registration import Registration
 from ringflow.sip.sdp import SessionDescription
-from ringflow.sip.sources import Sources, names
+from ringflow.sip.sources import IpAddress, Sources, host_key, names
 from ringflow.sip.transaction import DEFAULT_TIMING, Address, Datagram, ServerTransaction, Timing
 from ringflow.sip.uri import SipUri
 
@@ -67,6 +69,9 @@ class UserAgent:
         # (deadline, seq, owner): a lazy heap, so a timer tick touches only what is due.
         self._heap: list[tuple[float, int, str | tuple[str, str]]] = []
         self._seq = itertools.count()
+        # The hosts live calls and registrations talk with, counted, for the check before parsing.
+        self._peers: dict[str, frozenset[IpAddress | str]] = {}
+        self._peer_count: collections.Counter[IpAddress | str] = collections.Counter()
 
     def dial(self, target: SipUri, from_: NameAddr, offer: SessionDescription, now: float, *,
              to: NameAddr | None = None, authenticator: Authenticator | None = None,
@@ -112,6 +117,9 @@ class UserAgent:
 
     def receive(self, data: bytes, source: Address, now: float) -> list[AgentOutput]:
         """A datagram from ``source``."""
+        if self.sources is not None and not self.sources.allows(source[0]) \
+                and host_key(source[0]) not in self._peer_count:
+            return [Discarded("from neither a trunk nor a host a call talks with", source)]
         try:
             message = parse_message(data)
         except SipParseError as exc:
@@ -160,6 +168,8 @@ class UserAgent:
             # Answered by the agent itself: its Timeout (no ACK for our 480) and AckReceived
             # concern nobody above; only what it sends leaves.
             out = [item for item in out or () if isinstance(item, Datagram)]
+        if isinstance(owner, OutgoingCall | Registration):
+            self._note_peers(owner.call_id, () if owner.finished else owner.peer_hosts)
         if isinstance(owner, OutgoingCall) and owner.finished:
             del self.calls[owner.call_id]
         elif isinstance(owner, Registration) and owner.finished:
@@ -169,6 +179,23 @@ class UserAgent:
         elif owner is not None and (due := owner.next_timer) is not None:
             heapq.heappush(self._heap, (due, next(self._seq), key))
         return out or []
+
+    def _note_peers(self, call_id: str, hosts: tuple[str, ...]) -> None:
+        """Keep ``_peer_count`` in step with the hosts one call or registration talks with."""
+        new = frozenset(host_key(h) for h in hosts)
+        old = self._peers.get(call_id, frozenset())
+        if new == old:
+            return
+        for key in old - new:
+            self._peer_count[key] -= 1
+            if self._peer_count[key] <= 0:
+                del self._peer_count[key]
+        for key in new - old:
+            self._peer_count[key] += 1
+        if new:
+            self._peers[call_id] = new
+        else:
+            self._peers.pop(call_id, None)
 
     def _reschedule(self, key: str | tuple[str, str], now: float) -> None:
         """After a failed ``timer``: keep later timers, but never one that would fail at once."""

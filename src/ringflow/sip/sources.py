@@ -82,7 +82,12 @@ class Sources:
         return f"Sources({entries!r})"
 
 
+def host_key(host: str) -> IpAddress | str:
+    """What two spellings of one host share: its IP address, or its name in lower case."""
+    return ip_of(host) or host.lower()
+
+
 def names(host: str, hosts: Iterable[str]) -> bool:
-    """Whether ``host`` (a source IP) is one of ``hosts`` (IP literals; names never match)."""
-    address = ip_of(host)
-    return address is not None and any(ip_of(h) == address for h in hosts)
+    """Whether ``host`` (a source address) is one of ``hosts``."""
+    key = host_key(host)
+    return any(host_key(h) == key for h in hosts)
