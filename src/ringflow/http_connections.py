@@ -186,10 +186,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._refuse(_TIMEOUT_408)
 
     def _refuse(self, response: bytes) -> None:
+        """Answer ``response`` and end the connection, lingering: a client still sending (an
+        endless header line) would otherwise get a reset instead of the answer."""
         self._disarm()
-        self.waiting_since = None
         self.transport.write(response)
-        self.transport.close()
+        self._linger()
 
 
 class _CycleTransport(asyncio.Transport):

@@ -132,7 +132,7 @@ class LinkSigner:
         self, account_sid: str, recording_sid: str, expires: str, signature: str, now: float
     ) -> None:
         """Forbidden unless the link is signed by us for this recording and not expired."""
-        when = whole_number(expires, "Expires (a unix time in seconds)", low=0,
+        when = whole_number(expires, "link is malformed: Expires (unix seconds)", low=0,
                             high=MAX_EXPIRES, error=Forbidden)
         expected = self.signature(account_sid, recording_sid, when)
         given = signature.lower().encode("utf-8", "replace")
