@@ -328,3 +328,37 @@ async def test_greeting_audio_example(database_url):
         welcome = (at(steps, "applet.exit", "welcome") - at(steps, "applet.enter", "welcome"))
         assert welcome.total_seconds() == pytest.approx(uploaded["duration"], abs=1e-3)
         assert all("error" not in d for d in steps.of("applet.exit"))
+
+
+@sqlite_only
+async def test_an_upload_is_spooled_to_disk_as_it_arrives_and_the_spool_is_removed(
+        database_url, tmp_path):
+    """The body goes to a file under data_dir/uploads while it streams (chunked, no length),
+    converts to the same audio as the bytes sent whole, and leaves no spool file behind."""
+    import asyncio
+
+    spool_dir = tmp_path / "uploads"
+    data = wav_file(2.0)
+    seen_on_disk: list[int] = []
+
+    async def chunks():  # chunked transfer coding: no Content-Length
+        half = len(data) // 2
+        yield data[:half]
+        for _ in range(200):  # the first half reaches the spool file before the rest is sent
+            sizes = [p.stat().st_size for p in spool_dir.glob("upload-*")] if spool_dir.exists() else []
+            if sizes and max(sizes) >= half:
+                seen_on_disk.append(max(sizes))
+                break
+            await asyncio.sleep(0.01)
+        yield data[half:]
+
+    async with running(database_url, data_dir=str(tmp_path)) as rig:
+        url = f"{rig.base}/admin/v1/accounts/{rig.sid}/audio"
+        r = await rig.http.post(url, content=chunks(), auth=rig.auth,
+                                headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 201, r.text
+        assert seen_on_disk, "the upload was not written to disk while it arrived"
+        whole = await upload(rig, data)
+        assert whole.status_code == 201 and whole.json()["id"] == r.json()["id"]
+        assert (await upload(rig, b"not a sound at all")).status_code == 400
+        assert list(spool_dir.iterdir()) == []

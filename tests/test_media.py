@@ -587,3 +587,14 @@ async def test_debians_library_works_too(tmp_path: Path) -> None:
         assert_speech(await speaker.speak(HINDI, "hi"), 1.5, 6.0)
     finally:
         speaker.close()
+
+
+def test_a_file_has_the_key_of_its_bytes(tmp_path: Path) -> None:
+    """An upload spooled to disk and the same bytes in memory share one conversion."""
+    from ringflow.media.cache import key_for
+
+    data = bytes(range(256)) * 5000  # more than one hashing block
+    path = tmp_path / "upload"
+    path.write_bytes(data)
+    assert key_for("audio-1", path) == key_for("audio-1", data)
+    assert key_for("audio-1", path) != key_for("audio-1", data[:-1])

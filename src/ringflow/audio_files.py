@@ -1,6 +1,7 @@
 """Audio an app plays: files an account uploaded, and audio URLs fetched while a call runs.
 
-An upload (WAV or MP3, any rate and channel count) is converted once to 8 kHz mono and stored as
+An upload (WAV or MP3, any rate and channel count) is spooled to ``data_dir/uploads/`` as it
+arrives (never held whole in memory), converted once to 8 kHz mono and stored as
 ``data_dir/audio/{account_sid}/{audio_id}.wav``; its id is a hash of the uploaded bytes, so the
 same file uploaded twice is one audio. Apps name it as a greeting's ``audio``; the engine plays
 it as the URL ``audio:{audio_id}`` and reads the file straight from disk (no HTTP), only from the
@@ -19,7 +20,11 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import select
 
@@ -49,6 +54,7 @@ class AudioStore:
         self, settings: Settings, db: Database, cache: PromptCache, http: OutboundHttp, clock: Clock
     ):
         self.root = Path(settings.data_dir) / "audio"
+        self.spool_dir = Path(settings.data_dir) / "uploads"
         self.db = db
         self.cache = cache
         self.http = http
@@ -58,10 +64,18 @@ class AudioStore:
         """Where an account's uploaded audio is stored."""
         return self.root / account_sid / f"{audio_id}.wav"
 
-    async def save(self, account_sid: str, data: bytes) -> tuple[str, Prompt]:
-        """Convert and store an upload; returns its id and the prompt (InvalidRequest: not audio)."""
+    @contextlib.contextmanager
+    def spool(self) -> Iterator[BinaryIO]:
+        """A temporary file for an upload as it arrives (owner-only, removed afterwards)."""
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.spool_dir, prefix="upload-") as file:
+            yield file  # type: ignore[misc]
+
+    async def save(self, account_sid: str, data: bytes | Path) -> tuple[str, Prompt]:
+        """Convert and store an upload (its bytes, or the file it was spooled to); returns its id
+        and the prompt (InvalidRequest: not audio)."""
         prompt = await self.cache.audio(data)
-        audio_id = key_for("upload", data)[:24]
+        audio_id = (await asyncio.to_thread(key_for, "upload", data))[:24]
         path = self.path(account_sid, audio_id)
         if not path.exists():
             await asyncio.to_thread(write_wav, prompt, path)

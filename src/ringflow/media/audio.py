@@ -69,23 +69,36 @@ class Prompt:
         return f"Prompt({self.duration:.3f}s)"
 
 
-def load_audio(data: bytes, max_seconds: float = MAX_SECONDS) -> Prompt:
-    """Decode a WAV or MP3 file (any rate, any channels) into an 8 kHz mono Prompt."""
-    if not data:
+# miniaudio's readers: (header info, decode to 16-bit) for a file in memory and one on disk.
+_DECODERS = {
+    ("WAV", False): (miniaudio.wav_get_info, miniaudio.wav_read_s16),
+    ("MP3", False): (miniaudio.mp3_get_info, miniaudio.mp3_read_s16),
+    ("WAV", True): (miniaudio.wav_get_file_info, miniaudio.wav_read_file_s16),
+    ("MP3", True): (miniaudio.mp3_get_file_info, miniaudio.mp3_read_file_s16),
+}
+
+
+def load_audio(source: bytes | Path, max_seconds: float = MAX_SECONDS) -> Prompt:
+    """Decode a WAV or MP3 file (any rate, any channels), in memory or on disk, into an 8 kHz
+    mono Prompt."""
+    on_disk = isinstance(source, Path)
+    if on_disk:
+        with source.open("rb") as f:
+            head, size = f.read(16), os.fstat(f.fileno()).st_size
+    else:
+        head, size = source[:16], len(source)
+    if not head:
         raise InvalidRequest("audio file is empty")
-    kind = _sniff(data)
-    info_fn, read_fn = (
-        (miniaudio.wav_get_info, miniaudio.wav_read_s16)
-        if kind == "WAV"
-        else (miniaudio.mp3_get_info, miniaudio.mp3_read_s16)
-    )
+    kind = _sniff(head, size)
+    info_fn, read_fn = _DECODERS[kind, on_disk]
+    arg = str(source) if on_disk else source
     try:
         # The header (or dr_mp3's frame scan) gives the length before anything is decoded, so an
         # hour-long upload is refused without holding its decoded samples in memory.
-        info = info_fn(data)
+        info = info_fn(arg)
         if info.duration > max_seconds:
             raise InvalidRequest(too_long(info.duration, max_seconds))
-        decoded = read_fn(data)
+        decoded = read_fn(arg)
     except miniaudio.MiniaudioError as exc:
         raise InvalidRequest(f"audio file looks like {kind} but cannot be decoded") from exc
     if decoded.num_frames == 0 or decoded.nchannels < 1 or decoded.sample_rate <= 0:
@@ -99,8 +112,8 @@ def load_audio(data: bytes, max_seconds: float = MAX_SECONDS) -> Prompt:
     return prompt
 
 
-def _sniff(data: bytes) -> str:
-    """'WAV' or 'MP3' from the first bytes; anything else is refused with what it looked like."""
+def _sniff(data: bytes, size: int) -> str:
+    """'WAV' or 'MP3' from the first 16 bytes of a ``size``-byte file; anything else is refused with what it looked like."""
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         return "WAV"
     # An MP3 starts with an ID3v2 tag or straight with a frame: 11 sync bits, then an MPEG
@@ -114,7 +127,7 @@ def _sniff(data: bytes) -> str:
     head = data[:16]
     looks = "text" if _is_text(head) else "binary data"
     raise InvalidRequest(
-        f"audio file must be WAV or MP3; got {len(data)} bytes of {looks} starting {head!r}"
+        f"audio file must be WAV or MP3; got {size} bytes of {looks} starting {head!r}"
     )
 
 

@@ -41,12 +41,20 @@ PIPELINE = "audio-1"
 MEMORY_BYTES = 32 * 1024 * 1024  # about 35 minutes of 8 kHz prompts
 WORKERS = 2  # conversions and renders at once; each is CPU-bound for a few to a few hundred ms
 HASH_IN_THREAD = 1024 * 1024  # hashing a larger upload would stall the event loop
+HASH_BLOCK = 1024 * 1024  # bytes of a file hashed at a time
 
 
-def key_for(*parts: str | bytes) -> str:
-    """A cache key (hex SHA-256) for the given parts, unambiguous however they are split."""
+def key_for(*parts: str | bytes | Path) -> str:
+    """A cache key (hex SHA-256) for the given parts, unambiguous however they are split; a
+    ``Path`` part stands for the file's bytes (the same key as those bytes in memory)."""
     digest = hashlib.sha256()
     for part in parts:
+        if isinstance(part, Path):
+            with part.open("rb") as f:
+                digest.update(os.fstat(f.fileno()).st_size.to_bytes(8, "big"))
+                while block := f.read(HASH_BLOCK):
+                    digest.update(block)
+            continue
         raw = part.encode("utf-8") if isinstance(part, str) else part
         digest.update(len(raw).to_bytes(8, "big"))
         digest.update(raw)
@@ -122,9 +130,10 @@ class PromptCache:
         # to the cache, instead of cancelling it for everyone.
         return await asyncio.shield(future)
 
-    async def audio(self, data: bytes, max_seconds: float = MAX_SECONDS) -> Prompt:
-        """An uploaded WAV or MP3 as a Prompt, converted once (InvalidRequest if not audio)."""
-        if len(data) > HASH_IN_THREAD:
+    async def audio(self, data: bytes | Path, max_seconds: float = MAX_SECONDS) -> Prompt:
+        """An uploaded WAV or MP3 (its bytes, or a file) as a Prompt, converted once
+        (InvalidRequest if not audio)."""
+        if isinstance(data, Path) or len(data) > HASH_IN_THREAD:
             loop = asyncio.get_running_loop()
             key = await loop.run_in_executor(self._executor, key_for, PIPELINE, data)
         else:
