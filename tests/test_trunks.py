@@ -43,6 +43,8 @@ def test_a_full_trunk_entry_parses() -> None:
     ({"name": "t", "host": "h", "number_format": "weird"}, "number_format: one of e164"),
     ({"name": "t", "host": "h", "max_cps": 0}, "max_cps: a number above 0"),
     ({"name": "t", "host": "h", "outbound_proxy": "nohost"}, "outbound_proxy: host:port"),
+    ({"name": "t", "host": "h", "outbound_proxy": "p:5²60"}, "the port of 'p:5²60' must be"),
+    ({"name": "t", "host": "h", "outbound_proxy": "p:0"}, "from 1 to 65535, got '0'"),
     ({"name": "t", "host": "h", "accounts": "AC1"}, "accounts: a list of account SIDs"),
     ({"name": "t", "host": "h", "colour": "red"}, "unknown field 'colour'"),
     ({"name": "t", "host": "h", "sources": "10.0.0.1"}, "(t).sources: a list of IP addresses"),

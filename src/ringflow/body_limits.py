@@ -25,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ringflow.api import admin, params
 from ringflow.audio_files import MAX_AUDIO_BYTES
+from ringflow.errors import InvalidRequest
+from ringflow.numeric import whole_number
 
 DASHBOARD_MAX_BODY = 512 * 1024  # the app editor's form carries a whole app as YAML or JSON
 
@@ -78,9 +80,9 @@ class BodyLimits:
             await _refuse(send, rule, 415,
                           f"multipart bodies are not accepted here: send {rule.accepts}")
             return
-        declared = headers.get("content-length", "")
+        declared = headers.get("content-length")
         # uvicorn has already refused a malformed Content-Length; a huge one is refused unread.
-        if declared.isascii() and declared.isdigit() and int(declared) > rule.max_bytes:
+        if declared and _length(declared) > rule.max_bytes:
             await _refuse(send, rule, 413, _too_large(rule))
             return
         guard = _StreamGuard(rule, receive, send)
@@ -122,6 +124,14 @@ class _StreamGuard:
         if message["type"] == "http.response.start":
             self.started = True
         await self._send(message)
+
+
+def _length(declared: str) -> int:
+    """A Content-Length header's value; one that is not a sane length counts as too large."""
+    try:
+        return whole_number(declared, "Content-Length", low=0, high=2**62)
+    except InvalidRequest:
+        return 2**62 + 1
 
 
 def _too_large(rule: BodyRule) -> str:

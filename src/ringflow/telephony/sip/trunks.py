@@ -43,6 +43,7 @@ import phonenumbers
 import yaml
 
 from ringflow.errors import ConfigError
+from ringflow.numeric import whole_number
 from ringflow.sip.sources import network_of
 
 DEFAULT_REGION = "IN"
@@ -244,6 +245,7 @@ def _sources(raw: Any, where: str) -> tuple[str, ...]:
 
 def _address(raw: Any, where: str) -> tuple[str, int]:
     host, _, port = str(raw).rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host:
         raise ConfigError(f"{where}: host:port, not {raw!r}")
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), whole_number(port, f"{where}: the port of {raw!r}", low=1,
+                                          high=65535, error=ConfigError)
