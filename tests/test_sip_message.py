@@ -259,3 +259,17 @@ def test_non_utf8_header_bytes_survive_a_round_trip() -> None:
     assert msg.from_.display_name == "s\udce9pp"  # undecodable bytes kept as surrogates
     with pytest.raises(SipParseError):  # but an unquoted display name must be tokens
         parse_message(golden("options_sipp.sip").replace(b"From: sipp", b"From: s\xe9pp"))
+
+
+@pytest.mark.parametrize("header", [
+    b"Max-Forwards: " + b"9" * 5000,
+    b"Content-Length: " + b"9" * 5000,
+    b"Max-Forwards: \xc2\xb2",  # '²': str.isdigit() says yes, int() says no
+])
+def test_numbers_too_long_for_int_are_a_parse_error(header: bytes) -> None:
+    """int() refuses strings of over 4300 digits with ValueError: a parser must not pass it on."""
+    data = (b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5;branch=z9hG4bKx\r\n"
+            b"From: <sip:b@c>;tag=1\r\nTo: <sip:a@d>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n"
+            + header + b"\r\n\r\n")
+    with pytest.raises(SipParseError):
+        parse_message(data).max_forwards  # noqa: B018 (Max-Forwards is checked on first use)

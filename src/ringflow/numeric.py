@@ -6,7 +6,8 @@ other Unicode digits, and ``float`` accepts ``'nan'``, ``'inf'`` and ``'1e999'``
 from the network (query string, form field, header) is therefore matched against an ASCII
 pattern of bounded length first, then converted, then range-checked, and every failure is one
 error of the caller's choosing (``InvalidRequest`` for the API, ``Forbidden`` for a signed link)
-whose message names the parameter.
+whose message names the parameter. Protocol parsers with errors of their own (the SIP core)
+use ``as_whole``, which answers None instead of raising.
 """
 
 from __future__ import annotations
@@ -17,17 +18,29 @@ from ringflow.errors import InvalidRequest, RingflowError
 
 # [0-9], not \d: \d matches every Unicode decimal digit. Lengths are bounded so int() of a
 # huge digit string (slow, or refused outright above 4300 digits) never runs.
-_WHOLE = re.compile(r"[+-]?[0-9]{1,18}")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]{1,15}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})")
+
+
+def as_whole(text: str | None, low: int, high: int) -> int | None:
+    """``text``, ASCII digits only, as a number from ``low`` to ``high``; None if it is not."""
+    if text is None or not _DIGITS.fullmatch(text):
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
 
 
 def whole_number(text: str | None, name: str, *, low: int, high: int,
                  error: type[RingflowError] = InvalidRequest) -> int:
-    """``text`` as a whole number from ``low`` to ``high``; ``error`` naming ``name`` if not."""
+    """``text`` (a sign allowed) as a whole number from ``low`` to ``high``; ``error`` naming
+    ``name`` if not."""
     stripped = (text or "").strip(" \t")
-    if not _WHOLE.fullmatch(stripped) or not low <= (value := int(stripped)) <= high:
+    sign = -1 if stripped[:1] == "-" else 1
+    magnitude = as_whole(stripped[1:] if stripped[:1] in "+-" and stripped else stripped,
+                         0, 10**18)
+    if magnitude is None or not low <= sign * magnitude <= high:
         raise error(f"{name} must be a whole number from {low} to {high}, got {_show(text)}")
-    return value
+    return sign * magnitude
 
 
 def decimal(text: str | None, name: str, *, low: float, high: float,

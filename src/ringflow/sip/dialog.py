@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ringflow.numeric import as_whole
 from ringflow.sip.errors import NegotiationError, SipParseError
 from ringflow.sip.events import Dtmf, MediaChanged
 from ringflow.sip.headers import Headers, NameAddr, Via, quote
@@ -220,8 +221,8 @@ def parse_dtmf(content_type: str | None, body: bytes) -> tuple[str, int | None]:
 
 
 def _digit(text: str) -> str:
-    if text.isascii() and text.isdigit() and int(text) < len(DTMF_EVENTS):
-        return DTMF_EVENTS[int(text)]  # RFC 4733 event codes: 10 is *, 11 is #
+    if (code := as_whole(text, 0, len(DTMF_EVENTS) - 1)) is not None:
+        return DTMF_EVENTS[code]  # RFC 4733 event codes: 10 is *, 11 is #
     if len(text) == 1 and text.upper() in DTMF_EVENTS:
         return text.upper()
     raise SipParseError("INFO", f"bad DTMF signal {text[:10]!r}")

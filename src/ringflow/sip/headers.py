@@ -13,6 +13,7 @@ import functools
 import re
 from collections.abc import Iterable, Iterator
 
+from ringflow.numeric import as_whole
 from ringflow.sip.errors import SipParseError
 from ringflow.sip.uri import Param, SipUri, find_param, format_params, replace_param, split_hostport
 
@@ -260,7 +261,7 @@ class Via:
     def rport(self) -> int | None:
         """The source port the next hop filled in (RFC 3581); None if absent or empty."""
         value = find_param(self.params, "rport")[1]
-        return int(value) if value and value.isascii() and value.isdigit() else None
+        return as_whole(value, 0, 65535)
 
     @property
     def sent_by(self) -> tuple[str, int]:

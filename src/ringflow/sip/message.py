@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from ringflow.numeric import as_whole
 from ringflow.sip.errors import SipParseError
 from ringflow.sip.headers import TOKEN, CSeq, Headers, NameAddr, Via
 from ringflow.sip.uri import SipUri
@@ -115,9 +116,10 @@ class Message:
         value = self.headers.get("Max-Forwards")
         if value is None:
             return None
-        if not value.isascii() or not value.isdigit() or int(value) > 255:
+        hops = as_whole(value, 0, 255)
+        if hops is None:
             raise SipParseError("Max-Forwards", f"expected 0-255, got {value[:20]!r}")
-        return int(value)
+        return hops
 
     @property
     def content_type(self) -> str | None:
@@ -260,9 +262,9 @@ def _body(headers: Headers, rest: bytes) -> bytes:
     values = headers.get_all("Content-Length")
     if not values:
         return rest  # optional over UDP: the body runs to the end of the datagram
-    if len(set(values)) != 1 or not values[0].isascii() or not values[0].isdigit():
+    length = as_whole(values[0], 0, 10**9) if len(set(values)) == 1 else None
+    if length is None:
         raise SipParseError("Content-Length", f"bad value {values[0][:20]!r}")
-    length = int(values[0])
     if length > len(rest):
         raise SipParseError("Content-Length", f"{length} exceeds the {len(rest)} body bytes")
     return rest[:length]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 
+from ringflow.numeric import as_whole
 from ringflow.sip.dialog import ALLOW, Endpoint
 from ringflow.sip.digest import Authenticator
 from ringflow.sip.errors import SipStateError
@@ -38,6 +39,7 @@ from ringflow.sip.uri import SipUri
 
 Output = Datagram | RegistrationChanged
 MAX_RETRIES = 4  # challenges and 423s answered within one attempt before it counts as failed
+MAX_EXPIRES = 2**32 - 1  # RFC 3261 20.19: expires values are 32-bit
 
 
 class RegState(enum.StrEnum):
@@ -216,9 +218,9 @@ class Registration:
         if response.status in (401, 407) and self.authenticator is not None:
             lines = self.authenticator.respond(self._tx.request, response)
             return (self._purpose, lines) if lines else None
-        minimum = response.headers.get("Min-Expires") or ""
-        if response.status == 423 and minimum.isdigit() and int(minimum) > self._purpose:
-            self.expires = int(minimum)  # later refreshes ask for it too
+        minimum = as_whole(response.headers.get("Min-Expires"), 0, MAX_EXPIRES)
+        if response.status == 423 and minimum is not None and minimum > self._purpose:
+            self.expires = minimum  # later refreshes ask for it too
             return self.expires, []
         return None
 
@@ -244,11 +246,12 @@ class Registration:
         mine = [c for c in response.contacts if (c.uri.user, c.uri.host.lower(), c.uri.port)
                 == (ours.user, ours.host.lower(), ours.port)]
         for contact in mine or (response.contacts if len(response.contacts) == 1 else []):
-            value = dict((n.lower(), v) for n, v in contact.params).get("expires")
-            if value is not None and value.isascii() and value.isdigit():
-                return int(value)
-        value = response.headers.get("Expires") or ""
-        return int(value) if value.isascii() and value.isdigit() else self._purpose
+            value = as_whole(dict((n.lower(), v) for n, v in contact.params).get("expires"),
+                             0, MAX_EXPIRES)
+            if value is not None:
+                return value
+        value = as_whole(response.headers.get("Expires"), 0, MAX_EXPIRES)
+        return self._purpose if value is None else value
 
     def _on_failure(self, status: int | None, cause: str, retry_after: str | None, now: float
                     ) -> list[Output]:
@@ -259,8 +262,8 @@ class Registration:
         self.failures += 1
         self.expires_at = self.granted = self.refresh_at = None
         delay = min(self.retry_max, self.retry_base * 2 ** min(self.failures - 1, 16))
-        seconds = (retry_after or "").split(";")[0].split("(")[0].strip()
-        if seconds.isascii() and seconds.isdigit():
+        seconds = as_whole((retry_after or "").split(";")[0].split("(")[0].strip(), 0, 2**31)
+        if seconds is not None:
             delay = min(self.retry_max, float(seconds))  # the server says when it can serve
         self.retry_at = now + delay
         return [self._changed()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from ringflow.numeric import as_whole
 from ringflow.sip.errors import NegotiationError, SdpParseError
 
 Attribute = tuple[str, "str | None"]
@@ -19,15 +20,11 @@ SESSION_TYPES, MEDIA_TYPES = set("iuepcbtrzka"), set("icbka")
 STATIC = {0: "PCMU", 8: "PCMA"}
 
 
-def _number(text: str) -> bool:
-    """Whether ``text`` is ASCII digits (``str.isdigit`` also accepts '²', which int() refuses)."""
-    return text.isascii() and text.isdigit()
-
-
-def _int(text: str, what: str, limit: int = 2**64) -> int:
-    if not _number(text) or int(text) >= limit:
+def _int(text: str, what: str, limit: int = 2**59) -> int:
+    value = as_whole(text, 0, limit - 1)
+    if value is None:
         raise SdpParseError(what, f"expected a number, got {text[:20]!r}")
-    return int(text)
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,15 +125,16 @@ class Media:
             if name == "rtpmap" and value:
                 pt, _, enc = value.partition(" ")
                 codec, _, rate = enc.partition("/")
-                if _number(pt) and codec and _number(rate.split("/")[0]):
-                    out[int(pt)] = (codec, int(rate.split("/")[0]))
+                number, clock = as_whole(pt, 0, 127), as_whole(rate.split("/")[0], 1, 10**6)
+                if number is not None and codec and clock is not None:
+                    out[number] = (codec, clock)
         return out
 
     @property
     def ptime(self) -> int | None:
         """a=ptime in milliseconds."""
         value = _attr_value(self.attributes, "ptime")
-        return int(value) if value and _number(value) and 0 < int(value) <= 1000 else None
+        return as_whole(value, 1, 1000)
 
 
 @dataclasses.dataclass
@@ -332,8 +330,8 @@ def _plan(remote: SessionDescription, names: set[str], prefer: Codec | None) -> 
     rtpmap = media.rtpmap()
     choices = []
     for fmt in media.formats:
-        if _number(fmt) and int(fmt) in rtpmap:
-            name, rate = rtpmap[int(fmt)]
+        if (number := as_whole(fmt, 0, 127)) is not None and number in rtpmap:
+            name, rate = rtpmap[number]
             if name.upper() in names and rate == 8000:
                 choices.append(Codec(name.upper(), int(fmt)))
     if not choices:
