@@ -47,6 +47,14 @@ def test_redact_removes_secrets_and_keeps_the_rest(line: str, logged: str) -> No
     assert redact(line) == logged
 
 
+def test_the_filter_keeps_a_format_string_and_its_arguments_apart() -> None:
+    """A format string is code: 'token=%s' keeps its placeholder, the argument is redacted."""
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "sent token=%s to %s",
+                               (TOKEN, f"https://h.example/cb?token={TOKEN}"), None)
+    assert RedactingFilter().filter(record)
+    assert record.getMessage() == "sent token=[redacted] to https://h.example/cb?token=[redacted]"
+
+
 def test_the_filter_redacts_arguments_and_tracebacks() -> None:
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "delivery to %s failed",
                                (f"https://h.example/cb?token={TOKEN}",), None)
@@ -100,7 +108,11 @@ async def test_the_server_logs_no_secret_and_keeps_its_files_owner_only(tmp_path
         os.umask(old_umask)
 
     log = srv.output()
-    assert "Signature=[redacted]" in log, log  # the access log line is there, redacted
+    # The access log line is there, whole and redacted (a filter that broke uvicorn's access
+    # formatter would leave only logging's own error report).
+    assert "Logging error" not in log, log
+    assert (f'"GET /v1/Accounts/{creds["sid"]}/Recordings/{"0" * 32}.mp3?Expires=4102444800&'
+            'Signature=[redacted] HTTP/1.1" 403') in log, log
     assert SIGNATURE not in log and TOKEN not in log and creds["api_token"] not in log
 
     def mode(path: Path) -> int:

@@ -37,19 +37,40 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Rewrites each record's message (arguments merged in) through ``redact``."""
+    """Rewrites each record's format string and string arguments through ``redact``.
+
+    The arguments keep their shape: formatters such as uvicorn's access log unpack
+    ``record.args`` themselves (client, method, path, version, status).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Always keep the record; only its text changes."""
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        if not record.args:
+            if isinstance(record.msg, str):
+                record.msg = redact(record.msg)
+        else:  # the format string is code, not data: only the arguments can carry a secret
+            if isinstance(record.args, tuple):
+                record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+            elif isinstance(record.args, dict):
+                record.args = {k: redact(v) if isinstance(v, str) else v
+                               for k, v in record.args.items()}
+            if not _clean(record):
+                # An argument that is not a string (a URL object, an exception) rendered a
+                # secret: keep the whole message, redacted, instead of its parts.
+                record.msg, record.args = redact(record.getMessage()), ()
         if record.exc_info and not record.exc_text:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         elif record.exc_text:
             record.exc_text = redact(record.exc_text)
         return True
+
+
+def _clean(record: logging.LogRecord) -> bool:
+    try:
+        message = record.getMessage()
+    except (TypeError, ValueError):  # a format its own formatter applies (uvicorn's access log)
+        return True
+    return redact(message) == message
 
 
 def redact_logs(*names: str) -> None:
