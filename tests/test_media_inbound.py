@@ -59,6 +59,30 @@ def test_only_the_announced_address_is_heard_without_latching():
     assert stats.foreign == 2 and stats.received == 1
 
 
+def test_the_announced_host_is_heard_from_any_of_its_ports_without_latching():
+    stats = SessionStats()
+    stream = InboundStream(stats)
+    stream.reset(announced=PEER, only_announced=True)
+    # Asymmetric RTP: the gateway sends from another port than the one its SDP names.
+    assert stream.accept(("192.0.2.1", 4002), 6, 7000, 0) == 0
+    assert stream.accept(("192.0.2.1", 4002), 6, 7001, 1) == 0
+    assert stream.accept(PEER, 6, 7002, 2) == 0  # the same stream, moved to the other port
+    assert stream.accept(("192.0.2.1", 4004), 9, 1, 3) is None  # a second stream, not silent
+    assert stream.accept(("192.0.2.66", 4002), 6, 7003, 4) is None  # another host, any port
+    assert stats.received == 3 and stats.foreign == 2 and stats.lost == 0
+
+
+def test_hosts_compare_as_addresses_ipv4_mapped_too():
+    stats = SessionStats()
+    stream = InboundStream(stats)
+    stream.reset(announced=PEER, only_announced=True)
+    assert stream.accept(("::ffff:192.0.2.1", 4000), 6, 1, 0) == 0  # a dual-stack socket's view
+    assert stream.accept(("::ffff:192.0.2.66", 4000), 6, 2, 1) is None
+    stream.reset(announced=("2001:db8::1", 4000), only_announced=True)
+    assert stream.accept(("2001:db8:0::1", 4010), 7, 1, 2) == 0
+    assert stats.received == 2 and stats.foreign == 1
+
+
 def test_a_second_ssrc_is_taken_only_once_the_first_fell_silent():
     stats = SessionStats()
     stream = InboundStream(stats)

@@ -4,7 +4,8 @@ Without latching (the default), only the address the SDP announced is heard: a s
 finds the port, here sending from 127.0.0.2 (all of 127/8 is loopback on Linux), is neither
 heard, recorded nor taken for key presses, and gets none of our media. With latching (a trunk
 with ``symmetric_rtp: true``) a party behind NAT that sends from somewhere other than its SDP
-is heard, and our RTP follows it there.
+is heard, and our RTP follows it there. Only hosts are compared, not ports: a carrier gateway
+that sends from another port than its SDP names (asymmetric RTP) is heard without latching.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ringflow.media.rtp import RtpPacket, TelephoneEvent
 from tests.test_media_engine import chirp, plan, recorder, rms
 
 STRANGER = "127.0.0.2"
+BEHIND_NAT = "127.0.0.3"  # the public side of the party's NAT: another host
 
 
 def udp(host: str = "127.0.0.1") -> socket.socket:
@@ -102,7 +104,7 @@ async def test_rtp_from_a_stranger_is_not_heard_recorded_or_taken_for_keys(engin
 async def test_symmetric_rtp_latches_to_where_the_party_sends_from(engine, latch: bool) -> None:
     session = await engine.open_session(latch=latch)
     assert session.latch is latch
-    with udp() as announced, udp() as behind_nat:
+    with udp() as announced, udp(BEHIND_NAT) as behind_nat:
         # Behind NAT: the SDP names an address the party cannot be reached at.
         session.start(plan(announced.getsockname()))
         heard = recorder(session)
@@ -111,3 +113,18 @@ async def test_symmetric_rtp_latches_to_where_the_party_sends_from(engine, latch
         assert (rms(heard) > 1000) is latch
         # Our RTP follows the party to where it really is, only when latching.
         assert (drain(behind_nat) > 0) is latch
+
+
+async def test_asymmetric_rtp_from_the_announced_host_is_heard_without_latching(engine) -> None:
+    session = await engine.open_session()
+    with udp() as announced, udp() as sender, udp(STRANGER) as stranger:
+        # The SDP names one port; the gateway sends from another port of the same host.
+        session.start(plan(announced.getsockname()))
+        heard = recorder(session)
+        await asyncio.gather(paced(sender, audio_packets(chirp(0.4), ssrc=5), session.local),
+                             paced(stranger, audio_packets(chirp(0.4), ssrc=6), session.local))
+        await asyncio.sleep(0.1)
+        assert rms(heard) > 1000 and session.stats.received >= 15
+        assert session.stats.foreign >= 15  # the other host's copy, every packet of it
+        assert drain(sender) == 0 and drain(stranger) == 0  # ours still go where the SDP said
+        assert drain(announced) > 0

@@ -1,15 +1,20 @@
 """What arrives on a session's socket: which datagrams are the party's stream, and the jitter
 buffer that turns their arrivals into one 20 ms frame per tick.
 
-``InboundStream`` decides per packet (RFC 3550 A.1 in spirit). Usually only the address the
+``InboundStream`` decides per packet (RFC 3550 A.1 in spirit). Usually only the host the
 SDP announced is heard (``only_announced``): anyone else who learns or guesses the port must not
-be played, recorded or taken for key presses. For a party behind NAT (a trunk with symmetric
-RTP) the first valid packet after ``reset()`` fixes the source address instead (the caller may
-latch its sends to it); other sources are foreign, except the address the SDP announced, which
-always wins: after a re-INVITE moves the media, the old party may go on sending for a moment
-and be latched to first. A second SSRC from
-the source is foreign too unless the current one has been silent for 200 ms (an SBC switched
-streams). Sequence numbers give loss, duplicates and restarts.
+be played, recorded or taken for key presses. Only the host is compared, not the port: carrier
+media gateways often send from a port other than the one their SDP names (asymmetric RTP), and
+whoever can forge the peer's IP address can forge its port as well, so the port would only make
+honest calls deaf. For a party behind NAT (a trunk with symmetric RTP) the first valid packet
+after ``reset()`` fixes the source address instead (the caller may latch its sends to it); other
+sources are foreign, except the host the SDP announced, which always wins: after a re-INVITE
+moves the media, the old party may go on sending for a moment and be latched to first. Hosts
+are compared as IP addresses, an IPv4-mapped ``::ffff:a.b.c.d`` (a dual-stack socket's view of
+an IPv4 peer) as the IPv4 address it carries. A second SSRC from the party is foreign too
+unless the current one has been silent for 200 ms (an SBC switched streams); the party moving
+to another port of its host is not a new stream. Sequence numbers give loss, duplicates and
+restarts.
 
 ``JitterBuffer`` holds decoded PCM. It starts playing out once 40 ms is queued, so packets a
 little late or early against our tick still land in time; when it runs dry it pads with silence
@@ -18,6 +23,9 @@ now, not a growing delay. Lost packets are replaced by silence so later audio st
 """
 
 from __future__ import annotations
+
+import functools
+import ipaddress
 
 from ringflow.media.g711 import FRAME_BYTES, SILENCE_PCM
 from ringflow.media.stats import SessionStats
@@ -29,16 +37,32 @@ MAX_FILL_LOSS = 5  # lost packets replaced by silence (a longer gap is a pause, 
 SSRC_SILENT_FRAMES = 10  # a new SSRC is taken once the current one is quiet this long
 DUPLICATE = -1
 
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=4096)
+def host_of(host: str) -> IpAddress | str:
+    """``host`` as an IP address (IPv4 mapping and zone undone), or as given if it is none."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
 
 class InboundStream:
     """Which received packets belong to the party's stream, and what was lost before them."""
 
-    __slots__ = ("_frame", "_seq", "_stats", "announced", "only_announced", "source", "ssrc")
+    __slots__ = ("_announced_host", "_frame", "_seq", "_stats", "announced", "only_announced",
+                 "source", "ssrc")
 
     def __init__(self, stats: SessionStats) -> None:
         self._stats = stats
         self.source: tuple[str, int] | None = None
         self.announced: tuple[str, int] | None = None
+        self._announced_host: IpAddress | str | None = None
         self.only_announced = False
         self.ssrc: int | None = None
         self._seq: int | None = None
@@ -47,23 +71,25 @@ class InboundStream:
     def reset(self, announced: tuple[str, int] | None = None, *,
               only_announced: bool = False) -> None:
         """Forget the source and stream: the next valid packet starts a new one. Packets from
-        ``announced`` (the SDP's address) are taken over any other source; with
+        ``announced``'s host (the SDP's address, any port) are taken over any other source; with
         ``only_announced``, they are the only ones taken."""
         self.source = self.ssrc = self._seq = None
         self.announced = announced
+        self._announced_host = host_of(announced[0]) if announced is not None else None
         self.only_announced = only_announced and announced is not None
 
     def accept(self, addr: tuple[str, int], ssrc: int, seq: int, frame: int) -> int | None:
         """Packets lost just before this one (0 usually); DUPLICATE for a packet repeated or
         overtaken (stale audio, though a telephone event in it still counts); None to drop it."""
         if addr != self.source:
-            if self.only_announced and addr[:2] != self.announced:
+            # Rare (a new source, or the party's other port): the steady state skips all this.
+            host = host_of(addr[0])
+            if host != self._announced_host and (self.only_announced or self.source is not None):
                 self._stats.foreign += 1
                 return None
-            if self.source is not None and addr[:2] != self.announced:
-                self._stats.foreign += 1
-                return None
-            self.source, self.ssrc = addr, None
+            if self.source is None or host_of(self.source[0]) != host:
+                self.ssrc = None  # another party: its stream starts afresh
+            self.source = addr
         if ssrc != self.ssrc:
             if self.ssrc is not None and frame - self._frame < SSRC_SILENT_FRAMES:
                 self._stats.foreign += 1

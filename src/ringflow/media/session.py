@@ -8,11 +8,13 @@ next one and packs a 12-byte header. The RTP timestamp is derived from the frame
 it follows the wall clock even across skipped ticks.
 
 Receiving (``inbound.py``): only the party's stream is used. Without ``latch`` (the default)
-that is RTP from the address the SDP announced, and nothing else: a stranger who finds the port
-is neither heard, recorded nor taken for key presses. With ``latch`` (a trunk configured for
-symmetric RTP) the first valid packet after ``start()`` fixes the source address and we send
-there too: a peer behind NAT announces an address it cannot be reached at, then sends from the
-one it can. Packets from the address the SDP announced always win over a source latched first.
+that is RTP from the host the SDP announced, from any of its ports (carrier gateways often send
+from another port than the one they announce), and nothing else: a stranger on another host who
+finds the port is neither heard, recorded nor taken for key presses. We keep sending to the
+announced address. With ``latch`` (a trunk configured for symmetric RTP) the first valid packet
+after ``start()`` fixes the source address and we send there too: a peer behind NAT announces an
+address it cannot be reached at, then sends from the one it can. Packets from the host the SDP
+announced always win over a source latched first.
 Audio is decoded on arrival into a jitter buffer that ``tick`` drains one frame at a time for
 ``listen`` sinks and bridges.
 
@@ -132,7 +134,7 @@ class RtpSession(asyncio.DatagramProtocol):
         law = g711.law(plan.codec.name)
         host = plan.remote[0]
         try:
-            # Written as the socket reports sources, so the announced address compares equal.
+            # Written as the socket reports sources, so a source equal to it compares equal.
             remote = (str(ipaddress.ip_address(host)), plan.remote[1])
         except ValueError:
             # A host name here would make every send a blocking DNS lookup on the media loop.
