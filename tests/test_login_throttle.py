@@ -18,8 +18,8 @@ from conftest import REDIS_URL
 from ringflow.ratelimit.redis import PREFIX
 from tests.e2e import Rig, running
 
-pytestmark = [pytest.mark.timeout(60),
-              pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
+pytestmark = pytest.mark.timeout(60)
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 PER_CLIENT = 5
 PER_KEY = 8
@@ -58,6 +58,7 @@ async def calls(client: httpx.AsyncClient, rig: Rig, token: str, key: str | None
     return await client.get(rig.url("Calls.json"), auth=(key or rig.key, token))
 
 
+@sqlite_only
 async def test_an_address_with_too_many_failures_waits_even_with_the_right_token(
         database_url, limiter_backend):
     async with running(database_url, redis_url=limiter_backend,
@@ -82,6 +83,7 @@ async def test_an_address_with_too_many_failures_waits_even_with_the_right_token
             assert (await calls(attacker, rig, rig.token)).status_code == 200
 
 
+@sqlite_only
 async def test_a_key_id_guessed_from_many_addresses_waits_but_its_owner_does_not(
         database_url, limiter_backend):
     async with running(database_url, redis_url=limiter_backend,
@@ -102,3 +104,38 @@ async def test_a_key_id_guessed_from_many_addresses_waits_but_its_owner_does_not
         async with client_from("127.0.2.1") as owner:
             for _ in range(PER_KEY + 2):
                 assert (await calls(owner, rig, rig.token)).status_code == 200
+
+
+@sqlite_only
+async def test_a_burst_of_concurrent_wrong_tokens_is_bounded_before_any_is_counted(
+        database_url, limiter_backend):
+    """Failures are counted after the lookup: a burst must not all reach the database first."""
+    import asyncio
+
+    from ringflow.api.auth import MAX_CHECKS_AT_ONCE
+
+    async with running(database_url, redis_url=limiter_backend,
+                       auth_failures_per_client=PER_CLIENT, auth_failures_per_key=1000) as rig:
+        limits = httpx.Limits(max_connections=200)
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.6", limits=limits)
+        async with httpx.AsyncClient(transport=transport, timeout=30) as burst:
+            answers = await asyncio.gather(*(calls(burst, rig, f"wrong{i}") for i in range(150)))
+        codes = [a.status_code for a in answers]
+        assert set(codes) <= {401, 429}
+        checked = codes.count(401)  # each 401 is one credential lookup
+        assert checked <= MAX_CHECKS_AT_ONCE + PER_CLIENT, codes
+
+
+def test_an_ipv6_client_is_counted_by_its_64() -> None:
+    from starlette.requests import Request
+
+    from ringflow.api.auth import client_of
+
+    def request_from(host: str) -> Request:
+        return Request({"type": "http", "client": (host, 1234), "headers": []})
+
+    assert client_of(request_from("2001:db8:1:2::5")) == client_of(request_from("2001:db8:1:2:ffff::9"))
+    assert client_of(request_from("2001:db8:1:2::5")) == "2001:db8:1:2::/64"
+    assert client_of(request_from("2001:db8:1:3::5")) != client_of(request_from("2001:db8:1:2::5"))
+    assert client_of(request_from("::ffff:192.0.2.7")) == "192.0.2.7"
+    assert client_of(request_from("192.0.2.7")) == "192.0.2.7"

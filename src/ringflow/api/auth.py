@@ -9,15 +9,21 @@ credentials are looked up, so a flood of wrong tokens costs no database work:
   addresses that have themselves failed lately: each guessing address gets one try, and the
   key's owner, whose address has not failed, is not locked out by strangers.
 
-Successful logins are never counted.
+Successful logins are never counted. A client address is an IPv4 address or an IPv6 /64 (one
+subscriber's network: rotating through it must not buy fresh attempts). Failures are counted
+after the lookup, so to bound what one burst of concurrent guesses costs before the first of
+them is counted, an address has at most ``MAX_CHECKS_AT_ONCE`` credential checks in flight in
+this process, and one while it has failures in the window.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
@@ -32,6 +38,7 @@ log = logging.getLogger(__name__)
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="ringflow"'}
 FAILURE_WINDOW = 60.0  # seconds over which failed logins are counted
 MAX_KEY_ID = 64  # characters of a presented key id kept as a throttle key
+MAX_CHECKS_AT_ONCE = 32  # credential checks in flight per client address (1 once it failed)
 
 
 class FailedLogins:
@@ -41,22 +48,43 @@ class FailedLogins:
         self.limiter = limiter
         self.per_client = per_client
         self.per_key = per_key
+        self._checking: dict[str, int] = {}  # client -> credential checks in flight
 
     def _buckets(self, request: Request, key_id: str) -> tuple[str, str]:
-        client = request.client.host if request.client else "unknown"
-        return (f"api-login-fail:client:{client}",
+        return (f"api-login-fail:client:{client_of(request)}",
                 f"api-login-fail:key:{key_id.lower()[:MAX_KEY_ID]}")
 
-    async def check(self, request: Request, key_id: str) -> None:
-        """RateLimited if the client, or the key id for a client that failed too, is over."""
+    @contextlib.asynccontextmanager
+    async def attempt(self, request: Request, key_id: str) -> AsyncIterator[None]:
+        """Admit one credential check (RateLimited if the client or key is over its limit)."""
+        failed_lately = await self.check(request, key_id)
+        client = client_of(request)
+        at_once = self._checking.get(client, 0)
+        if at_once >= (1 if failed_lately else MAX_CHECKS_AT_ONCE):
+            raise RateLimited("Too many logins at once from this address: try again in 1 s",
+                              {"Retry-After": "1"})
+        self._checking[client] = at_once + 1
+        try:
+            yield
+        finally:
+            if (left := self._checking[client] - 1) > 0:
+                self._checking[client] = left
+            else:
+                del self._checking[client]
+
+    async def check(self, request: Request, key_id: str) -> bool:
+        """RateLimited if the client, or the key id for a client that failed too, is over;
+        else whether the client has failed lately."""
         client_bucket, key_bucket = self._buckets(request, key_id)
         client = await self._ask(self.limiter.peek, client_bucket, self.per_client)
         if not client.allowed:
             raise _refused("from this address", client)
-        if client.remaining < self.per_client:  # this address has failed lately
-            key = await self._ask(self.limiter.peek, key_bucket, self.per_key)
-            if not key.allowed:
-                raise _refused("for this key", key)
+        if client.remaining == self.per_client:
+            return False
+        key = await self._ask(self.limiter.peek, key_bucket, self.per_key)
+        if not key.allowed:
+            raise _refused("for this key", key)
+        return True
 
     async def failed(self, request: Request, key_id: str) -> None:
         """Count one failed login for the client and the key id."""
@@ -71,6 +99,20 @@ class FailedLogins:
         except (OSError, RedisError) as exc:  # Redis is down: refuse, never allow unlimited
             log.error("rate limiter unavailable: %s", exc)
             raise Unavailable("rate limiter unavailable; try again shortly") from exc
+
+
+def client_of(request: Request) -> str:
+    """The address failures are counted under: the IPv4 address, or the IPv6 /64."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def basic_credentials(request: Request) -> tuple[str, str]:
@@ -98,11 +140,11 @@ async def authenticate(accounts: Accounts, failures: FailedLogins, request: Requ
                        path_sid: str) -> Account:
     """The account the credentials open, which must be the one the path names."""
     username, password = basic_credentials(request)
-    await failures.check(request, username)
-    account = await accounts.authenticate(username, password)
-    if account is None:
-        await failures.failed(request, username)
-        raise AuthError("Authentication failed: wrong API key or token")
+    async with failures.attempt(request, username):
+        account = await accounts.authenticate(username, password)
+        if account is None:
+            await failures.failed(request, username)
+            raise AuthError("Authentication failed: wrong API key or token")
     if account.sid != path_sid.lower():
         raise Forbidden(f"these credentials do not belong to account {path_sid}")
     return account

@@ -86,7 +86,7 @@ class Housekeeper:
                 removed = await asyncio.to_thread(prompts.prune, max_age, max_bytes)
                 if removed:
                     log.info("prompt cache: removed %d unused prompts", removed)
-            except OSError:  # a full or read-only disk: try again next round
+            except Exception:  # a full or read-only disk, or a bug: this loop must not die
                 log.exception("pruning the prompt cache failed")
             await self.clock.sleep(PRUNE_EVERY)
 

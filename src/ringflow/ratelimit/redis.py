@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ringflow.clock import Clock
 
 PREFIX = "ringflow:rl:"
+POOL_SIZE = 32  # Redis connections per process; commands take well under a millisecond
 
 # KEYS[1]: the log. ARGV: now, cutoff, limit, member, ttl in ms, record ("1": add the hit if
 # allowed; "0": only decide, for a peek).
@@ -55,6 +56,20 @@ return {allowed, count, tonumber(oldest[2]) - now, tonumber(blocker[2]) - now}
 """
 
 
+def connect(url: str, timeout: float = 2.0) -> redis.asyncio.Redis:
+    """A client for ``url`` whose pool waits for a free connection instead of failing.
+
+    redis-py's default pool refuses the 101st concurrent command with "Too many connections":
+    a burst of API requests would get 503s from the rate limiter. Here a command waits up to
+    ``timeout`` for one of ``POOL_SIZE`` connections; every wait is bounded, so a hung Redis fails
+    the request instead of hanging every API call.
+    """
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=timeout, socket_timeout=timeout,
+        socket_connect_timeout=timeout)
+    return redis.asyncio.Redis.from_pool(pool)
+
+
 class RedisRateLimiter:
     """Sliding-window log rate limiter shared through Redis."""
 
@@ -69,11 +84,7 @@ class RedisRateLimiter:
         cls, url: str, clock: Clock, *, prefix: str = PREFIX, timeout: float = 2.0
     ) -> RedisRateLimiter:
         """A limiter with its own connection pool to ``url``."""
-        # Bounded timeouts: a hung Redis must fail the request, not hang every API call.
-        client = redis.asyncio.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        return cls(client, clock, prefix=prefix)
+        return cls(connect(url, timeout), clock, prefix=prefix)
 
     async def hit(self, key: str, limit: int, window: float = 60.0) -> Decision:
         """Count one request for ``key`` if under ``limit`` in the last ``window`` seconds."""
