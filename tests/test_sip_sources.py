@@ -23,7 +23,7 @@ from ringflow.sip.sources import Sources
 from ringflow.sip.transaction import Datagram
 from ringflow.sip.transport import OutgoingCallHandle, SipTransport
 from ringflow.sip.uri import SipUri
-from ringflow.telephony.sip.peers import TrunkPeers
+from ringflow.telephony.sip.peers import RESOLVE_EVERY, TrunkPeers
 from ringflow.telephony.sip.trunks import Trunk
 from tests.test_sip_dialog import SIPP_SDP, Callee, new_ua, of, our_offer, sent
 from tests.test_sip_transport import FAST, TIMER_H, collect, stray_invite
@@ -128,6 +128,36 @@ async def test_trunk_peers_resolve_names_and_add_configured_sources() -> None:
         assert all(sources.allows(a) for a in ("192.0.2.9", "198.51.100.1", "203.0.113.77"))
         assert not sources.allows("127.0.0.2") and seen == [sources]
         assert await peers.refresh() == sources and len(seen) == 1  # unchanged: nobody told
+    finally:
+        await peers.close()
+
+
+async def test_a_failing_refresh_does_not_stop_the_later_ones(caplog) -> None:
+    clock = ManualClock()
+    told: list[Sources] = []
+
+    def on_change(sources: Sources) -> None:
+        told.append(sources)
+        if len(told) == 2:
+            raise RuntimeError("the transport could not take the new addresses")
+
+    peers = TrunkPeers((Trunk("a", "192.0.2.1"),), clock, on_change)
+    await peers.start()
+
+    async def told_times(count: int) -> None:
+        """Run the clock through at most one more round of lookups until ``told`` has ``count``."""
+        await clock.run_until(lambda: len(told) >= count, limit=1.5 * RESOLVE_EVERY,
+                              real_timeout=5)
+
+    try:
+        peers.trunks = (Trunk("a", "192.0.2.2"),)  # the provider moved its SBC
+        await told_times(2)
+        assert "refreshing the trunks' addresses failed" in caplog.text
+        await told_times(3)  # the lookups go on, and the news that failed is told again
+        assert told[2].allows("192.0.2.2") and peers.sources == told[2]
+        peers.trunks = (Trunk("a", "192.0.2.3"),)
+        await told_times(4)
+        assert told[3].allows("192.0.2.3") and clock.now() == 3 * RESOLVE_EVERY
     finally:
         await peers.close()
 

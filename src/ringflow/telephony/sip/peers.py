@@ -7,7 +7,9 @@ a name up itself. ``TrunkPeers`` does that for it, off the SIP loop's hot path: 
 
 A lookup that fails keeps the addresses that name had: a DNS hiccup must not lock a trunk out
 of calls that are up. A name that never resolved is logged at start; its trunk is then heard
-only from its ``sources``.
+only from its ``sources`` (and, for a call or registration, from the address each of its
+requests was sent to: the SIP adapter resolves names itself and trusts what it sent to). A
+round that fails in any other way is logged, and the next one runs on time.
 """
 
 from __future__ import annotations
@@ -78,9 +80,9 @@ class TrunkPeers:
                 self._resolved[host] = result
         sources = self._sources()
         if sources != self.sources:
-            self.sources = sources
             log.info("sip: requests accepted from %s", sources)
             self.on_change(sources)
+            self.sources = sources  # only once told: a failed ``on_change`` is retried next time
         return sources
 
     def _sources(self) -> Sources:
@@ -91,5 +93,10 @@ class TrunkPeers:
     async def _keep_fresh(self) -> None:
         while True:
             await self.clock.sleep(RESOLVE_EVERY)
-            with self.clock.busy():
-                await self.refresh()
+            try:
+                with self.clock.busy():
+                    await self.refresh()
+            except Exception:
+                # A failing refresh (or ``on_change``) must not end the lookups for good: the
+                # next round may succeed, and until then the last addresses stay in force.
+                log.exception("sip: refreshing the trunks' addresses failed; trying again later")
