@@ -1,8 +1,10 @@
 """One receiver's slowness delays no one else's callbacks, and a dead receiver is backed off.
 
 Real sockets on loopback: a tarpit (accepts TCP, reads the request, never answers) for one
-account, a normal receiver for another, on SQLite and PostgreSQL. The bookkeeping of
-destinations and circuits is tested on its own first, with time passed in.
+account, on one port or many, a normal receiver for another, on SQLite and PostgreSQL. The
+bookkeeping of destinations, accounts and circuits is tested on its own first, with time passed
+in. Bounds on a callback's delay sit at half the callback timeout: far above what a fair
+deliverer needs on a loaded machine, far below what waiting behind the tarpit costs.
 """
 
 from __future__ import annotations
@@ -65,6 +67,20 @@ def test_each_destination_has_its_own_room() -> None:
     assert d.limited(at(1)) == {"a": 1} and d.total_in_flight == 1
 
 
+def test_each_account_has_its_own_room_across_destinations() -> None:
+    d = Destinations(per_destination=4, failures=3, cooldown=10, cooldown_cap=600, per_account=3)
+    for port in (1, 2, 3):
+        d.started(f"http://pit:{port}", at(0), account=7)
+    d.started("http://ok:80", at(0), account=8)
+    assert d.limited_accounts() == {7: 0, 8: 2}
+    assert d.room("http://pit:4", at(0)) == 4  # a destination's room is its own
+    d.finished("http://pit:2", reached=False, now=at(1), account=7)
+    d.finished("http://ok:80", reached=True, now=at(1), account=8)
+    assert d.limited_accounts() == {7: 1}
+    assert Destinations(per_destination=4, failures=3, cooldown=10, cooldown_cap=600)\
+        .limited_accounts() == {}
+
+
 def test_failures_open_the_circuit_and_a_probe_decides() -> None:
     d = Destinations(per_destination=4, failures=3, cooldown=10, cooldown_cap=25)
     for _ in range(4):
@@ -107,7 +123,11 @@ class Tarpit:
     answering: bool = False
     open_now: int = 0
     most_open: int = 0
-    url: str = ""
+    urls: list[str] = dataclasses.field(default_factory=list)  # one per port, all this pit
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open_now += 1
@@ -133,17 +153,21 @@ class Tarpit:
 
 
 @contextlib.asynccontextmanager
-async def tarpit() -> AsyncIterator[Tarpit]:
+async def tarpit(ports: int = 1) -> AsyncIterator[Tarpit]:
     pit = Tarpit()
-    port = free_port()
-    server = await asyncio.start_server(pit.handle, "127.0.0.1", port)
-    pit.url = f"http://127.0.0.1:{port}/status"
+    servers = []
     try:
+        for _ in range(ports):
+            port = free_port()
+            servers.append(await asyncio.start_server(pit.handle, "127.0.0.1", port))
+            pit.urls.append(f"http://127.0.0.1:{port}/status")
         yield pit
     finally:
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 5)
+        for server in servers:
+            server.close()
+        for server in servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 5)
 
 
 @contextlib.asynccontextmanager
@@ -194,27 +218,48 @@ async def until(check: Any, timeout: float) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_tarpit_does_not_delay_another_accounts_callback(db, clock) -> None:
-    timeout = 4.0
+async def b_waits_behind(
+    db: Database, clock: ManualClock, pit: Tarpit, rec: Any, a_busy: int, timeout: float
+) -> float:
+    """Seconds account B's callback takes to arrive once A's callbacks hold ``a_busy`` slots."""
     cfg = Settings(allow_private_urls=True, callback_timeout=timeout)
-    a = await account(db, clock, "tenant-a")
     b = await account(db, clock, "tenant-b")
+    async with running(db, clock, cfg) as d:
+        await until(lambda: len(pit.keys) >= a_busy, 10)
+        enqueued = time.monotonic()
+        await add(db, clock, b, f"{rec.url}/status", "b-0")
+        d.wake()
+        # Bounded past the timeout, so a delayed callback is measured, not hung on.
+        with contextlib.suppress(AssertionError):
+            await until(lambda: rec.to("/status"), 2 * timeout)
+        delay = time.monotonic() - enqueued
+    assert rec.to("/status"), "B's callback never arrived"
+    assert (await rows(db))["b-0"].state == "delivered"
+    return delay
+
+
+async def test_a_tarpit_does_not_delay_another_accounts_callback(db, clock) -> None:
+    timeout = 8.0
+    a = await account(db, clock, "tenant-a")
     async with tarpit() as pit, recorder() as rec:
         for i in range(60):
             await add(db, clock, a, pit.url, f"a-{i}")
-        async with running(db, clock, cfg) as d:
-            await until(lambda: len(pit.keys) >= 4, 5)
-            enqueued = time.monotonic()
-            await add(db, clock, b, f"{rec.url}/status", "b-0")
-            d.wake()
-            # Bounded well past the timeout, so a delayed callback is measured, not hung on.
-            with contextlib.suppress(AssertionError):
-                await until(lambda: rec.to("/status"), 4 * timeout)
-            delay = time.monotonic() - enqueued
-            assert rec.to("/status"), "B's callback never arrived"
-            assert delay < 2.0, f"B's callback waited {delay:.1f}s behind the tarpit"
-            assert pit.most_open <= 4, "more than four requests in flight to one destination"
-        assert (await rows(db))["b-0"].state == "delivered"
+        delay = await b_waits_behind(db, clock, pit, rec, 4, timeout)
+        assert delay < timeout / 2, f"B's callback waited {delay:.1f}s behind the tarpit"
+        assert pit.most_open <= 4, "more than four requests in flight to one destination"
+
+
+async def test_a_tarpit_on_many_ports_holds_only_its_accounts_slots(db, clock) -> None:
+    """Each port is a destination of its own: only the cap per account keeps one tenant's
+    16 x 4 requests from taking all 64 slots."""
+    timeout = 8.0
+    a = await account(db, clock, "tenant-a")
+    async with tarpit(ports=16) as pit, recorder() as rec:
+        for i in range(96):
+            await add(db, clock, a, pit.urls[i % 16], f"a-{i}")
+        delay = await b_waits_behind(db, clock, pit, rec, 16, timeout)
+        assert delay < timeout / 2, f"B's callback waited {delay:.1f}s behind A's tarpits"
+        assert pit.most_open <= 16, f"{pit.most_open} requests in flight for one account"
 
 
 async def test_a_destination_that_keeps_timing_out_is_backed_off_then_recovers(

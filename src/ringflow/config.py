@@ -48,6 +48,7 @@ class Settings:
     callback_max_attempts: int = 12
     callback_concurrency: int = 64  # callback requests in flight at once, per process
     callback_destination_concurrency: int = 4  # of those, to any one scheme://host:port
+    callback_account_concurrency: int = 16  # of those, for any one account (any servers)
     callback_circuit_failures: int = 5  # consecutive timeouts/connection failures: back off
     callback_circuit_cooldown: float = 10.0  # first back-off in seconds; doubles per failed probe
     clock_scale: float = 1.0
@@ -104,6 +105,11 @@ class Settings:
         if not 1 <= self.callback_destination_concurrency <= self.callback_concurrency:
             raise ConfigError(
                 "RINGFLOW_CALLBACK_DESTINATION_CONCURRENCY must be at least 1 and at most "
+                "RINGFLOW_CALLBACK_CONCURRENCY"
+            )
+        if not 1 <= self.callback_account_concurrency <= self.callback_concurrency:
+            raise ConfigError(
+                "RINGFLOW_CALLBACK_ACCOUNT_CONCURRENCY must be at least 1 and at most "
                 "RINGFLOW_CALLBACK_CONCURRENCY"
             )
         if self.callback_circuit_failures < 1:

@@ -6,10 +6,13 @@ Retries on: timeouts, connection and protocol errors, and any non-2xx answer, af
 ``RINGFLOW_CALLBACK_MAX_ATTEMPTS`` attempts a row is ``failed`` and never sent again.
 
 Each row is delivered by a task of its own as soon as it is claimed; the loop goes on claiming
-while others are in flight, up to ``RINGFLOW_CALLBACK_CONCURRENCY`` requests at once and
-``RINGFLOW_CALLBACK_DESTINATION_CONCURRENCY`` to any one receiving server (see
-``destinations``), so a receiver that never answers holds a few slots of its own and delays no
-one else's callbacks. A receiver that keeps timing out is backed off by its circuit.
+while others are in flight, up to ``RINGFLOW_CALLBACK_CONCURRENCY`` requests at once,
+``RINGFLOW_CALLBACK_DESTINATION_CONCURRENCY`` to any one receiving server and
+``RINGFLOW_CALLBACK_ACCOUNT_CONCURRENCY`` for any one account (see ``destinations``), so a
+receiver that never answers, or an account with many of them, holds a few slots of its own and
+delays no one else's callbacks. A receiver that keeps timing out is backed off by its circuit.
+Slots freed by finished sends are gathered for ``CLAIM_COALESCE`` before the next claim, so a
+busy deliverer claims several rows per statement rather than one per finished send.
 
 Delivery is at least once. A 2xx is recorded as soon as it arrives, in a short transaction of its
 own, and the row is never sent again. A process that dies leaves the rows it was sending leased:
@@ -45,6 +48,10 @@ BACKOFF_CAP = 600.0
 POLL_INTERVAL = 30.0  # picks up rows other processes enqueued (their wake() does not reach us)
 ERROR_PAUSE = 5.0  # after a pass failed (database away), before trying again
 MIN_IDLE = 0.05
+# Real seconds the loop waits for more sends to finish after one did, before claiming again;
+# and the most it waits in all.
+CLAIM_COALESCE = 0.02
+CLAIM_COALESCE_MAX = 0.1
 RECORD_GRACE = 10.0  # real seconds a stop waits to record answers that already arrived
 
 
@@ -108,11 +115,13 @@ class Deliverer:
             failures=settings.callback_circuit_failures,
             cooldown=settings.callback_circuit_cooldown,
             cooldown_cap=BACKOFF_CAP,
+            per_account=settings.callback_account_concurrency,
         )
         self._jitter = jitter
         self._poll_interval = poll_interval
         self._random = random.Random()
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # new rows, a closed circuit, a stop: claim at once
+        self._freed = asyncio.Event()  # a send finished: claim soon, with whatever else frees
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -154,7 +163,7 @@ class Deliverer:
         """Send every row due now, claiming more as sends finish; return how many were sent."""
         total = 0
         while True:
-            total += await self._fill()
+            total += (await self._fill())[0]
             if not self._sending:
                 await self._settle_records()
                 return total
@@ -165,8 +174,10 @@ class Deliverer:
             await self._release_own_leases()
             while not self._stopping:
                 self._wake.clear()
+                self._freed.clear()
                 try:
-                    if await self._fill():
+                    _, more = await self._fill()
+                    if more:
                         continue  # room may remain and more may be due: claim again first
                     delay = await self._idle_delay()
                 except Exception:
@@ -174,6 +185,7 @@ class Deliverer:
                     delay = ERROR_PAUSE
                 if not self._stopping:
                     await self._wait(delay)
+                    await self._coalesce()
             await self._last_sends()
         finally:
             await self._abandon()
@@ -220,41 +232,81 @@ class Deliverer:
     async def _wait(self, delay: float) -> None:
         sleeper = asyncio.ensure_future(self._clock.sleep(delay))
         waker = asyncio.ensure_future(self._wake.wait())
+        freed = asyncio.ensure_future(self._freed.wait())
         try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({sleeper, waker, freed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             sleeper.cancel()
             waker.cancel()
+            freed.cancel()
 
-    async def _fill(self) -> int:
-        """Claim as many due rows as there is room for and start sending each; how many."""
+    async def _coalesce(self) -> None:
+        """After a send finished, let the sends finishing right behind it free their slots too,
+        so one claim fills them all (each claim is a write on SQLite's single writer): wait
+        while more keep finishing, up to ``CLAIM_COALESCE_MAX``, unless nothing is left in
+        flight or new rows wake the loop."""
+        give_up = time.monotonic() + CLAIM_COALESCE_MAX
+        # Busy: a manual clock must not jump to the next timer during this real-time pause.
+        with self._clock.busy():
+            while (
+                self._freed.is_set()
+                and not self._wake.is_set()
+                and self._sending
+                and time.monotonic() < give_up
+            ):
+                self._freed.clear()
+                try:
+                    await asyncio.wait_for(self._any_wake(), CLAIM_COALESCE)
+                except TimeoutError:
+                    return  # quiet: no send finished for a while
+
+    async def _any_wake(self) -> None:
+        waiters = {
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._freed.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _fill(self) -> tuple[int, bool]:
+        """Claim as many due rows as there is room for and start sending each: how many, and
+        whether another claim may find more (this one took all it asked for)."""
         room = self._concurrency - len(self._sending)
         if room <= 0:
-            return 0
+            return 0, False
+        limit = min(room, self._claim_limit)
         with self._clock.busy():
             now = self._clock.wall()
+            rooms = outbox.Rooms(
+                per_destination=self._destinations.per_destination,
+                destinations=self._destinations.limited(now),
+                per_account=self._destinations.per_account,
+                accounts=self._destinations.limited_accounts(),
+            )
             async with self._db.session() as session:
                 claimed = await outbox.claim(
                     session,
                     owner=self._owner,
                     now=now,
                     lease_until=now + self._lease,
-                    limit=min(room, self._claim_limit),
-                    per_destination=self._destinations.per_destination,
-                    rooms=self._destinations.limited(now),
+                    limit=limit,
+                    rooms=rooms,
                 )
         for message in claimed:
-            self._destinations.started(message.destination, now)
+            self._destinations.started(message.destination, now, account=message.account_id)
             task = asyncio.get_running_loop().create_task(
                 self._deliver(message), name=f"outbox-{message.id}"
             )
             self._sending.add(task)
             task.add_done_callback(self._sent)
-        return len(claimed)
+        return len(claimed), len(claimed) == limit
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
-        self._wake.set()  # a slot is free: claim again
+        self._freed.set()  # a slot is free: claim again soon
 
     async def _idle_delay(self) -> float:
         if len(self._sending) >= self._concurrency:
@@ -263,8 +315,9 @@ class Deliverer:
             now = self._clock.wall()
             # A destination with no room is woken by its own sends finishing, or by its probe.
             blocked = sorted(d for d, room in self._destinations.limited(now).items() if room <= 0)
+            full = sorted(a for a, room in self._destinations.limited_accounts().items() if not room)
             async with self._db.session() as session:
-                earliest = await outbox.next_due(session, now, blocked)
+                earliest = await outbox.next_due(session, now, blocked, full)
         probe = self._destinations.next_probe(now)
         if probe is not None and (earliest is None or probe < earliest):
             earliest = probe
@@ -279,7 +332,9 @@ class Deliverer:
                 outcome = await self._send(message)
             except asyncio.CancelledError:
                 now = self._clock.wall()
-                self._destinations.finished(message.destination, reached=None, now=now)
+                self._destinations.finished(
+                    message.destination, reached=None, now=now, account=message.account_id
+                )
                 raise
             except Exception as exc:
                 # A bug (say, a payload that no longer encodes): count it as a failed attempt so
@@ -287,7 +342,10 @@ class Deliverer:
                 log.exception("outbox message %s: unexpected error while sending", message.id)
                 outcome = _Outcome(error=f"internal error: {exc!r}")
             change = self._destinations.finished(
-                message.destination, reached=outcome.reached, now=self._clock.wall()
+                message.destination,
+                reached=outcome.reached,
+                now=self._clock.wall(),
+                account=message.account_id,
             )
             # The answer is in: record it even if this task is cancelled now (a stop running
             # out of grace), so a restart never sends an acknowledged callback again.

@@ -2,7 +2,10 @@
 
 A destination is one receiving server: the scheme, host and port of a callback URL. The
 deliverer keeps at most ``per_destination`` requests in flight to each one, so a receiver that
-accepts connections and never answers holds a few delivery slots, never the others'.
+accepts connections and never answers holds a few delivery slots, never the others'. Since one
+account can name any number of destinations (one tarpit on many ports or host names), requests
+are also capped at ``per_account`` for each account, whatever servers they go to: an account's
+slow receivers hold that account's slots, never all of them.
 
 Each destination has a circuit. ``failures`` consecutive transport failures (timeouts, refused or
 broken connections) open it: its rows are deferred until ``reopen_at`` and its in-flight requests
@@ -19,8 +22,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+from typing import TypeVar
 
 import httpx
+
+K = TypeVar("K")
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -72,12 +78,15 @@ class Destinations:
         failures: int,
         cooldown: float,
         cooldown_cap: float,
+        per_account: int | None = None,
     ):
         self.per_destination = max(1, per_destination)
+        self.per_account = max(1, per_account) if per_account is not None else None
         self._failures = max(1, failures)
         self._cooldown = max(0.001, cooldown)
         self._cooldown_cap = max(self._cooldown, cooldown_cap)
         self.in_flight: dict[str, int] = {}
+        self.account_in_flight: dict[int, int] = {}
         self.circuits: dict[str, Circuit] = {}
 
     @property
@@ -101,6 +110,13 @@ class Destinations:
         names = set(self.in_flight) | {d for d, c in self.circuits.items() if c.is_open}
         return {d: self.room(d, now) for d in names if self.room(d, now) < self.per_destination}
 
+    def limited_accounts(self) -> dict[int, int]:
+        """The room of every account with requests in flight (none without ``per_account``)."""
+        if self.per_account is None:
+            return {}
+        cap = self.per_account
+        return {a: max(0, cap - busy) for a, busy in self.account_in_flight.items()}
+
     def next_probe(self, now: dt.datetime) -> dt.datetime | None:
         """When the earliest open circuit may send its probe (None: no circuit waits)."""
         waiting = [
@@ -115,24 +131,29 @@ class Destinations:
         circuit = self.circuits.get(destination)
         return circuit.reopen_at if circuit is not None else None
 
-    def started(self, destination: str, now: dt.datetime) -> None:
-        """A request to ``destination`` is going out."""
+    def started(self, destination: str, now: dt.datetime, *, account: int | None = None) -> None:
+        """A request to ``destination`` (for ``account``, if given) is going out."""
         self.in_flight[destination] = self.in_flight.get(destination, 0) + 1
+        if account is not None:
+            self.account_in_flight[account] = self.account_in_flight.get(account, 0) + 1
         circuit = self.circuits.get(destination)
         if circuit is not None and circuit.reopen_at is not None and now >= circuit.reopen_at:
             circuit.probing = True
 
     def finished(
-        self, destination: str, *, reached: bool | None, now: dt.datetime
+        self,
+        destination: str,
+        *,
+        reached: bool | None,
+        now: dt.datetime,
+        account: int | None = None,
     ) -> tuple[Change, dt.datetime] | None:
         """A request ended: ``reached`` if the server answered at all, False on a transport
         failure, None if it says nothing of the server (refused URL, cancelled). The circuit's
         change, if any, with the time rows were (or are to be) deferred until."""
-        left = self.in_flight.get(destination, 0) - 1
-        if left > 0:
-            self.in_flight[destination] = left
-        else:
-            self.in_flight.pop(destination, None)
+        _release(self.in_flight, destination)
+        if account is not None:
+            _release(self.account_in_flight, account)
         if reached is None:
             circuit = self.circuits.get(destination)
             if circuit is not None and circuit.probing:
@@ -163,3 +184,12 @@ class Destinations:
         if deferred_until is None:
             return None
         return Change.CLOSED, deferred_until
+
+
+def _release(counts: dict[K, int], key: K) -> None:
+    # Idle keys are dropped, so the tables only hold what is busy now.
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)

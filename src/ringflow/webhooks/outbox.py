@@ -111,11 +111,18 @@ def _multipart(fields: list[tuple[str, str]]) -> tuple[bytes, str]:
 M = OutboxMessage
 
 
+# A claim ranks only this many times ``limit`` of the oldest due rows: enough to find rows of
+# other destinations and accounts behind a busy one's, without sorting a backlog of thousands
+# (blocked destinations and accounts are filtered out before, so each claim makes progress).
+CANDIDATES_PER_SLOT = 4
+
+
 @dataclasses.dataclass(frozen=True)
 class Claimed:
     """A row this deliverer holds the lease of, with what it needs to send it."""
 
     id: int
+    account_id: int
     event: str
     url: str
     destination: str
@@ -126,6 +133,16 @@ class Claimed:
     lease_until: dt.datetime
 
 
+@dataclasses.dataclass(frozen=True)
+class Rooms:
+    """How many more rows a claim may take per destination and per account."""
+
+    per_destination: int
+    destinations: dict[str, int] = dataclasses.field(default_factory=dict)  # the limited ones
+    per_account: int | None = None  # None: no cap per account
+    accounts: dict[int, int] = dataclasses.field(default_factory=dict)  # the limited ones
+
+
 async def claim(
     session: AsyncSession,
     *,
@@ -133,51 +150,81 @@ async def claim(
     now: dt.datetime,
     lease_until: dt.datetime,
     limit: int,
-    per_destination: int,
-    rooms: dict[str, int],
+    rooms: Rooms,
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due rows, oldest first, at most ``rooms.get(d, per_destination)``
-    of each destination ``d``."""
+    """Lease up to ``limit`` due rows, oldest first, within each destination's and account's
+    room."""
+    stmt = claim_statement(owner=owner, now=now, lease_until=lease_until, limit=limit, rooms=rooms)
+    rows = (await session.execute(stmt)).all()
+    claimed = [Claimed(*row, lease_until=lease_until) for row in rows]
+    return sorted(claimed, key=lambda c: c.id)
+
+
+def claim_statement(
+    *, owner: str, now: dt.datetime, lease_until: dt.datetime, limit: int, rooms: Rooms
+) -> Any:
+    """The UPDATE ... RETURNING that ``claim`` runs."""
     due = and_(M.state == "pending", M.next_attempt_at <= now, _lease_free(now))
-    blocked = sorted(d for d, room in rooms.items() if room <= 0)
+    blocked = sorted(d for d, room in rooms.destinations.items() if room <= 0)
     if blocked:
         due = and_(due, M.destination.not_in(blocked))
-    # Rank each destination's due rows, so one receiver's backlog cannot fill the claim.
-    rank = func.row_number().over(partition_by=M.destination, order_by=(M.next_attempt_at, M.id))
-    ranked = (
-        select(M.id, M.next_attempt_at, M.destination, rank.label("rank")).where(due).subquery()
+    full = sorted(a for a, room in rooms.accounts.items() if room <= 0)
+    if full:
+        due = and_(due, M.account_id.not_in(full))
+    oldest = (
+        select(M.id, M.next_attempt_at, M.destination, M.account_id)
+        .where(due)
+        .order_by(M.next_attempt_at, M.id)
+        .limit(CANDIDATES_PER_SLOT * limit)
+        .subquery()
     )
-    partial = {d: room for d, room in rooms.items() if room > 0}
-    allowed: Any = (
-        case(partial, value=ranked.c.destination, else_=per_destination)
-        if partial
-        else per_destination
+    # Rank by destination, then what fits by account, so one receiver's or one account's
+    # backlog cannot fill the claim.
+    by_destination = _ranked(oldest, oldest.c.destination)
+    fits = (
+        select(by_destination.c.id, by_destination.c.next_attempt_at, by_destination.c.account_id)
+        .where(
+            by_destination.c.rank
+            <= _room(by_destination.c.destination, rooms.destinations, rooms.per_destination)
+        )
+        .subquery()
     )
-    chosen = (
-        select(ranked.c.id)
-        .where(ranked.c.rank <= allowed)
-        .order_by(ranked.c.next_attempt_at, ranked.c.id)
-        .limit(limit)
-    )
+    chosen = select(fits.c.id)
+    if rooms.per_account is not None:
+        by_account = _ranked(fits, fits.c.account_id)
+        chosen = select(by_account.c.id).where(
+            by_account.c.rank <= _room(by_account.c.account_id, rooms.accounts, rooms.per_account)
+        )
+        fits = by_account
+    chosen = chosen.order_by(fits.c.next_attempt_at, fits.c.id).limit(limit)
     locked = (
         select(M.id)
         .where(M.id.in_(chosen), M.state == "pending", _lease_free(now))
         # PostgreSQL: skip rows another deliverer is claiming; SQLite renders no clause.
         .with_for_update(skip_locked=True)
     )
-    stmt = (
+    return (
         update(M)
         .where(M.id.in_(locked.scalar_subquery()))
         .values(lease_until=lease_until, lease_owner=owner)
         .returning(
-            M.id, M.event, M.url, M.destination, M.content_type, M.payload, M.idempotency_key,
-            M.attempts,
+            M.id, M.account_id, M.event, M.url, M.destination, M.content_type, M.payload,
+            M.idempotency_key, M.attempts,
         )  # fmt: skip
         .execution_options(synchronize_session=False)
     )
-    rows = (await session.execute(stmt)).all()
-    claimed = [Claimed(*row, lease_until=lease_until) for row in rows]
-    return sorted(claimed, key=lambda c: c.id)
+
+
+def _ranked(rows: Any, partition: Any) -> Any:
+    rank = func.row_number().over(
+        partition_by=partition, order_by=(rows.c.next_attempt_at, rows.c.id)
+    )
+    return select(*rows.c, rank.label("rank")).subquery()
+
+
+def _room(key: Any, limited: dict[Any, int], default: int) -> Any:
+    partial = {k: room for k, room in limited.items() if room > 0}
+    return case(partial, value=key, else_=default) if partial else default
 
 
 async def record_attempt(
@@ -268,14 +315,16 @@ async def release_leases(session: AsyncSession, owner: str) -> None:
 
 
 async def next_due(
-    session: AsyncSession, now: dt.datetime, blocked: list[str]
+    session: AsyncSession, now: dt.datetime, blocked: list[str], full: list[int] | None = None
 ) -> dt.datetime | None:
-    """When the earliest pending row outside ``blocked`` destinations is due (or its lease
-    runs out, if another deliverer holds it and never reports back)."""
+    """When the earliest pending row outside ``blocked`` destinations and ``full`` accounts is
+    due (or its lease runs out, if another deliverer holds it and never reports back)."""
     due_at = case((_lease_free(now), M.next_attempt_at), else_=M.lease_until)
     stmt = select(func.min(due_at)).where(M.state == "pending")
     if blocked:
         stmt = stmt.where(M.destination.not_in(blocked))
+    if full:
+        stmt = stmt.where(M.account_id.not_in(full))
     return await session.scalar(stmt)  # type: ignore[no-any-return]
 
 
