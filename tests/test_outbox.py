@@ -8,13 +8,14 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import uvicorn
 from conftest import free_port
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, insert, select, update
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,7 +28,18 @@ from ringflow.storage.db import Database
 from ringflow.storage.models import Account, OutboxAttempt, OutboxMessage
 from ringflow.webhooks.deliverer import Deliverer, retry_delay
 from ringflow.webhooks.http import OutboundHttp, validate_url
-from ringflow.webhooks.outbox import FORM, JSON, encode, enqueue, form_fields
+from ringflow.webhooks.destinations import destination_of
+from ringflow.webhooks.outbox import (
+    FORM,
+    JSON,
+    Claimed,
+    Rooms,
+    claim,
+    claim_statement,
+    encode,
+    enqueue,
+    form_fields,
+)
 
 TIMEOUT = 0.5  # real seconds the receiver has to answer; "hang" outlasts it
 
@@ -71,8 +83,10 @@ class Receiver:
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
-        self.script: list[int | str] = []  # status codes or "hang"; then 200 forever
+        # Status codes, "hang" (until ``release``) or "hold" (200 once ``held`` is set); then 200.
+        self.script: list[int | str] = []
         self.release = asyncio.Event()
+        self.held: list[asyncio.Event] = []
         self.url = ""
         self.app = Starlette(routes=[Route("/{path:path}", self.handle, methods=["POST"])])
 
@@ -87,6 +101,12 @@ class Receiver:
         if answer == "hang":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.release.wait(), 30)
+            return Response(status_code=200)
+        if answer == "hold":
+            held = asyncio.Event()
+            self.held.append(held)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(held.wait(), 30)
             return Response(status_code=200)
         return Response(status_code=int(answer))
 
@@ -528,3 +548,155 @@ async def test_stop_sends_what_is_due_beyond_one_destinations_room(db, clock, re
         await d.stop()
     assert await count(db, "delivered") == 10
     assert set(receiver.keys().values()) == {1}
+
+
+# Claims: fair per destination and account, and bounded in work however long the backlog
+
+
+async def add_many(db: Database, clock: ManualClock, rows: list[tuple[int, str]]) -> None:
+    """Enqueue one due row per (account, url), in one transaction."""
+    now = clock.wall()
+    async with db.session() as s:
+        await s.execute(
+            insert(OutboxMessage),
+            [
+                {
+                    "account_id": account_id,
+                    "event": "terminal",
+                    "url": url,
+                    "destination": destination_of(url),
+                    "content_type": JSON,
+                    "payload": {"CallSid": f"c{i}"},
+                    "idempotency_key": f"bulk-{uuid.uuid4().hex}",
+                    "state": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for i, (account_id, url) in enumerate(rows)
+            ],
+        )
+
+
+async def make_accounts(db: Database, clock: ManualClock, n: int) -> list[int]:
+    async with db.session() as s:
+        accounts = [Account(sid=f"ac{i}", name=f"ac{i}", created_at=clock.wall()) for i in range(n)]
+        s.add_all(accounts)
+        await s.flush()
+        return [a.id for a in accounts]
+
+
+async def claim_now(db: Database, clock: ManualClock, limit: int, rooms: Rooms) -> list[Claimed]:
+    now = clock.wall()
+    async with db.session() as s:
+        return await claim(
+            s, owner="w", now=now, lease_until=now + dt.timedelta(seconds=60), limit=limit,
+            rooms=rooms,
+        )  # fmt: skip
+
+
+async def test_a_claim_takes_each_account_only_up_to_its_room(db, clock) -> None:
+    a, b = await make_accounts(db, clock, 2)
+    # A's backlog, oldest first, spread over eight receivers; then one row of B's.
+    await add_many(db, clock, [(a, f"http://pit.test:{8000 + i % 8}/cb") for i in range(40)])
+    await add_many(db, clock, [(b, "http://b.test/cb")])
+    rooms = Rooms(per_destination=4, per_account=5, accounts={a: 3})
+    taken = await claim_now(db, clock, 20, rooms)
+    assert sorted(c.account_id for c in taken) == [a, a, a, b]
+    assert len({c.destination for c in taken if c.account_id == a}) == 3
+    # An account with no room is skipped, whatever its backlog.
+    taken = await claim_now(db, clock, 20, Rooms(per_destination=4, per_account=5, accounts={a: 0}))
+    assert taken == []
+    taken = await claim_now(db, clock, 20, Rooms(per_destination=4, per_account=5))
+    assert [c.account_id for c in taken] == [a] * 5
+
+
+async def claim_work(db: Database, clock: ManualClock) -> int:
+    """Work of one claim of 8 rows: rows passed between the nodes of PostgreSQL's plan, or
+    SQLite's VM steps / 100."""
+    now = clock.wall()
+    stmt = claim_statement(
+        owner="w", now=now, lease_until=now + dt.timedelta(seconds=60), limit=8,
+        rooms=Rooms(per_destination=4, per_account=16),
+    )  # fmt: skip
+    async with db.engine.connect() as conn:
+        await conn.begin()
+        if db.is_sqlite:
+            steps = 0
+
+            def tick() -> int:
+                nonlocal steps
+                steps += 1
+                return 0  # go on
+
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.set_progress_handler(tick, 100)
+            await conn.execute(stmt)
+            await driver.set_progress_handler(None, 100)
+            await conn.rollback()
+            return steps
+        seen: list[tuple[str, Any]] = []
+        event.listen(
+            conn.sync_connection,
+            "before_cursor_execute",
+            lambda _c, _cur, statement, params, _ctx, _many: seen.append((statement, params)),
+        )
+        await conn.execute(stmt)
+        statement, params = seen[-1]
+        plan = (await conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", params))
+        found = plan.scalar_one()
+        found = json.loads(found) if isinstance(found, str) else found
+        nodes = list(_plan_nodes(found[0]["Plan"]))
+        await conn.rollback()
+        return sum(n["Actual Rows"] * n["Actual Loops"] for n in nodes)
+
+
+def _plan_nodes(node: dict[str, Any]) -> Any:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+async def test_a_claim_ranks_only_the_oldest_due_rows_however_long_the_backlog(db, clock) -> None:
+    """A claim runs whenever slots free up; with thousands of rows due it must not sort them
+    all (SQLite has one writer, and every claim holds it)."""
+    [a] = await make_accounts(db, clock, 1)
+    await add_many(db, clock, [(a, f"http://r.test:{9000 + i % 50}/cb") for i in range(100)])
+    small = await claim_work(db, clock)
+    await add_many(db, clock, [(a, f"http://r.test:{9000 + i % 50}/cb") for i in range(4000)])
+    large = await claim_work(db, clock)
+    assert large <= 3 * max(small, 1), f"a claim's work grew from {small} to {large}"
+
+
+async def test_slots_freed_together_are_claimed_together(db, clock, receiver) -> None:
+    """Sends that finish a few milliseconds apart share a claim, not one claim each."""
+    account = await make_account(db, clock)
+    receiver.script = ["hold"] * 8
+    for i in range(8):
+        await add(db, clock, account, receiver.url, f"k{i}")
+    claims = 0
+
+    def tally(_c, _cur, statement: str, *_: Any) -> None:  # type: ignore[no-untyped-def]
+        nonlocal claims
+        claims += "row_number()" in statement
+
+    cfg = settings(callback_timeout=10.0, callback_concurrency=8,
+                   callback_destination_concurrency=8, callback_account_concurrency=8)
+    event.listen(db.engine.sync_engine, "before_cursor_execute", tally)
+    try:
+        async with deliverer(db, clock, cfg) as d:
+            d.start()
+            await clock.run_until(lambda: len(receiver.held) == 8, real_timeout=10)
+            claims = 0
+            for held in receiver.held:  # the answers go out a few milliseconds apart
+                held.set()
+                await asyncio.sleep(0.008)
+
+            async def all_delivered() -> bool:
+                return await count(db, "delivered") == 8
+
+            await clock.run_until(all_delivered, real_timeout=20)
+            await asyncio.sleep(0.2)  # the claims the last sends lead to
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", tally)
+    assert claims <= 4, f"{claims} claims for 8 finished sends"

@@ -50,8 +50,8 @@ ERROR_PAUSE = 5.0  # after a pass failed (database away), before trying again
 MIN_IDLE = 0.05
 # Real seconds the loop waits for more sends to finish after one did, before claiming again;
 # and the most it waits in all.
-CLAIM_COALESCE = 0.02
-CLAIM_COALESCE_MAX = 0.1
+CLAIM_COALESCE = 0.03
+CLAIM_COALESCE_MAX = 0.15
 RECORD_GRACE = 10.0  # real seconds a stop waits to record answers that already arrived
 
 

@@ -171,10 +171,12 @@ def claim_statement(
     full = sorted(a for a, room in rooms.accounts.items() if room <= 0)
     if full:
         due = and_(due, M.account_id.not_in(full))
+    # By due time alone, the order of ix_outbox_due, so the database reads just these rows;
+    # a tie-break on id would make PostgreSQL read and sort every due row first.
     oldest = (
         select(M.id, M.next_attempt_at, M.destination, M.account_id)
         .where(due)
-        .order_by(M.next_attempt_at, M.id)
+        .order_by(M.next_attempt_at)
         .limit(CANDIDATES_PER_SLOT * limit)
         .subquery()
     )
@@ -197,9 +199,14 @@ def claim_statement(
         )
         fits = by_account
     chosen = chosen.order_by(fits.c.next_attempt_at, fits.c.id).limit(limit)
+    # Checked again on the rows themselves: PostgreSQL re-reads a row that another deliverer
+    # leased or recorded meanwhile. The state is compared through coalesce so that the rows are
+    # found by id: on a plain ``state = 'pending'`` SQLite reads every pending row through
+    # ix_outbox_due to test its id, which is the backlog-sized work the candidates above avoid.
+    still_pending = func.coalesce(M.state, "") == "pending"
     locked = (
         select(M.id)
-        .where(M.id.in_(chosen), M.state == "pending", _lease_free(now))
+        .where(M.id.in_(chosen), still_pending, _lease_free(now))
         # PostgreSQL: skip rows another deliverer is claiming; SQLite renders no clause.
         .with_for_update(skip_locked=True)
     )
