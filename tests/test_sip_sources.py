@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ringflow.clock import ManualClock
-from ringflow.sip.events import Answered, Discarded, Dtmf, Ended, MediaChanged
-from ringflow.sip.headers import Headers
+from ringflow.sip.events import Answered, Discarded, Dtmf, Ended, MediaChanged, Ringing
+from ringflow.sip.headers import Headers, NameAddr
 from ringflow.sip.message import Request, Response, make_response, parse_message
 from ringflow.sip.sdp import PCMU, build_sdp
 from ringflow.sip.sources import Sources
@@ -109,6 +109,46 @@ def test_a_call_placed_past_the_trunks_hears_its_own_callee() -> None:
     assert "neither a trunk" in ua.receive(ok, ("127.0.0.1", 5080), 99.0)[0].reason
 
 
+def in_dialog(method: str, invite: Request, tag: str, via: str) -> bytes:
+    """A request of the callee's in the dialog ``invite`` set up, sent by ``via``."""
+    h = Headers([("Via", f"SIP/2.0/UDP {via};branch=z9hG4bK-{method}"),
+                 ("From", f"{invite.headers.get('To')};tag={tag}"),
+                 ("To", invite.headers.get("From") or ""), ("Call-ID", invite.call_id),
+                 ("CSeq", f"9 {method}"), ("Max-Forwards", "70")])
+    return bytes(Request(headers=h, body=b"", method=method, uri=invite.contacts[0].uri))
+
+
+def test_a_peer_named_by_a_host_name_speaks_from_the_addresses_it_was_resolved_to() -> None:
+    ua = new_ua()
+    ua.sources = Sources(["203.0.113.5"])  # the trunk's own lookup at start found another one
+    _, out = ua.dial(SipUri.parse("sip:100@PBX.example:5080"),
+                     NameAddr.parse("<sip:ringflow@127.0.0.1>"), our_offer(), 0.0)
+    invite = Request.parse(out[0].data)
+    assert out[0].addr == ("PBX.example", 5080) and ua.unresolved == {"pbx.example"}
+    ringing = bytes(make_response(invite, 180, to_tag="t1"))
+    assert "neither a trunk" in ua.receive(ringing, ("192.0.2.7", 5080), 0.1)[0].reason
+    ua.resolved("pbx.example", ["192.0.2.7"])  # where the adapter sent the INVITE
+    assert of(ua.receive(ringing, ("192.0.2.7", 5080), 0.2), Ringing) and not ua.unresolved
+    assert not ua.admits("192.0.2.8")  # only what it resolved to
+    # The 200's Contact names another host: the ACK and BYE go there, and its BYE is heard.
+    ok = make_response(invite, 200, to_tag="t1", body=SIPP_SDP, headers=(
+        ("Contact", "<sip:callee@gw.example:5090>"), ("Content-Type", "application/sdp")))
+    out = ua.receive(bytes(ok), ("192.0.2.7", 5080), 0.3)
+    assert of(out, Answered) and [d.addr for d in of(out, Datagram)] == [("gw.example", 5090)]
+    assert ua.unresolved == {"gw.example"}
+    bye = in_dialog("BYE", invite, "t1", "198.51.100.9:5090")
+    assert of(ua.receive(bye, ("198.51.100.9", 5090), 1.0), Discarded)
+    ua.resolved("gw.example", ["198.51.100.9", "2001:db8::9"])
+    assert of(ua.receive(bye, ("198.51.100.9", 5090), 1.1), Ended)
+    for _ in range(100):  # once the call is gone, so are the addresses learnt for its names
+        if ua.next_timer is None:
+            break
+        ua.timer(ua.next_timer)
+    assert not ua.calls and not ua.admits("198.51.100.9") and not ua.admits("192.0.2.7")
+    ua.resolved("gw.example", ["198.51.100.9"])  # a late lookup for a name nobody uses
+    assert not ua.admits("198.51.100.9")
+
+
 def stray_request(method: str, host: str = "127.0.0.2", port: int = 5080) -> Request:
     h = Headers([("Via", f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKstray-{method};rport"),
                  ("From", f"<sip:scanner@{host}>;tag=s1"), ("To", "<sip:100@127.0.0.1>"),
@@ -168,6 +208,7 @@ class ScriptedCallee(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
+        self.contact_host = "127.0.0.1"  # what its Contact names
         self.invite: Request | None = None
         self.received: list[Request | Response] = []
         self.cseq = 1
@@ -188,7 +229,7 @@ class ScriptedCallee(asyncio.DatagramProtocol):
             self.invite = message
             sdp = build_sdp("127.0.0.1", 40000, session_id=1, version=1, codecs=(PCMU,))
             ok = make_response(message, 200, to_tag="callee", body=bytes(sdp), headers=(
-                ("Contact", f"<sip:callee@127.0.0.1:{self.address[1]}>"),
+                ("Contact", f"<sip:callee@{self.contact_host}:{self.address[1]}>"),
                 ("Content-Type", "application/sdp")))
             self.transport.sendto(bytes(ok), addr)
         elif isinstance(message, Request) and message.method == "BYE":
@@ -280,3 +321,41 @@ async def test_a_stray_invite_from_a_stranger_gets_no_answer_at_all(
         assert len(answers) > 2 and all(parse_message(a).status == 480 for a in answers)
     else:
         assert answers == []
+
+
+async def test_a_trunk_and_a_contact_named_localhost_are_heard_from_where_we_sent(
+        callee: ScriptedCallee) -> None:
+    # The trunks' own lookup found nothing for the callee's host (a failed lookup at start, or
+    # another round-robin answer): the address each request went to is heard all the same.
+    sip = await SipTransport.open("127.0.0.1", 0, timing=FAST, sources=Sources(["127.0.0.9"]))
+    try:
+        callee.contact_host = "localhost"
+        handle = await sip.dial(f"sip:100@localhost:{callee.address[1]}",
+                                "<sip:ringflow@127.0.0.1>", our_offer())
+        event = await asyncio.wait_for(handle.next_event(), 5)
+        assert isinstance(event, Answered), event
+        async with asyncio.timeout(5):  # our ACK went to the Contact's localhost
+            while not any(isinstance(m, Request) and m.method == "ACK" for m in callee.received):
+                await asyncio.sleep(0.01)
+        with stranger_socket() as stranger:  # still nobody else
+            stranger.sendto(callee.request("BYE", stranger.getsockname()), sip.local)
+            assert await collect(stranger, 0.3) == []
+        assert handle.events.empty()
+        assert callee.transport is not None
+        callee.transport.sendto(callee.request("BYE", callee.address), sip.local)
+        ended = await asyncio.wait_for(handle.next_event(), 5)
+        assert isinstance(ended, Ended) and ended.by_remote
+    finally:
+        sip.close()
+
+
+async def test_a_call_to_a_name_that_cannot_be_looked_up_fails_at_once_with_503() -> None:
+    sip = await SipTransport.open("127.0.0.1", 0, timing=FAST, sources=Sources(["127.0.0.1"]))
+    try:
+        handle = await sip.dial("sip:100@no-such-host.invalid:5060", "<sip:ringflow@127.0.0.1>",
+                                our_offer())
+        ended = await asyncio.wait_for(handle.next_event(), 15)  # a lookup gives up within 5 s
+        assert isinstance(ended, Ended) and ended.outcome.code == 503
+        assert "cannot look up no-such-host.invalid" in ended.outcome.cause
+    finally:
+        sip.close()

@@ -20,6 +20,7 @@ from ringflow.sip.ids import IdSource
 from ringflow.sip.message import make_response, parse_message
 from ringflow.sip.outcome import Status
 from ringflow.sip.sdp import PCMU, build_sdp
+from ringflow.sip.sources import Sources
 from ringflow.sip.transaction import Datagram, Timing
 from ringflow.sip.transport import SipTransport
 from ringflow.sip.uri import SipUri
@@ -184,6 +185,83 @@ async def test_a_trunk_refusing_tcp_fails_the_call_at_once_with_503() -> None:
         ended = await asyncio.wait_for(handle.next_event(), 5.0)  # not after timer B's 32 s
         assert isinstance(ended, Ended) and ended.outcome.status is Status.FAILED
         assert ended.outcome.code == 503 and "no TCP connection" in ended.outcome.cause
+    finally:
+        sip.close()
+
+
+async def closed_by_us(reader: asyncio.StreamReader, within: float = 5.0) -> bool:
+    """Whether the other end closes the connection within ``within`` seconds, answering nothing."""
+    try:
+        return await asyncio.wait_for(reader.read(4096), within) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def options_answered(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           call_id: str) -> bool:
+    """Send an OPTIONS on the connection; whether its 200 comes back on it."""
+    writer.write(OPTIONS.replace(b"opt1", call_id.encode()))
+    framer, got = StreamFramer(), []
+    async with asyncio.timeout(5):
+        while not got:
+            data = await reader.read(4096)
+            if not data:
+                return False
+            got += framer.feed(data)
+    return parse_message(got[0]).status == 200
+
+
+async def test_a_strangers_tcp_connection_is_closed_at_once_and_the_trunks_works() -> None:
+    sip = await SipTransport.open("127.0.0.1", 0, transport="tcp",
+                                  sources=Sources(["127.0.0.1"]))
+    try:
+        reader, writer = await asyncio.open_connection(*sip.local, local_addr=("127.0.0.2", 0))
+        writer.write(OPTIONS)
+        assert await closed_by_us(reader)  # no 200, no framing: gone before its first byte
+        writer.close()
+        reader, writer = await asyncio.open_connection(*sip.local)  # the trunk, from 127.0.0.1
+        assert await options_answered(reader, writer, "trunk1")
+        assert sip._link.inbound == 1  # type: ignore[union-attr]
+        writer.close()
+    finally:
+        sip.close()
+
+
+async def test_an_idle_inbound_tcp_connection_is_closed() -> None:
+    sip = await SipTransport.open("127.0.0.1", 0, transport="tcp",
+                                  sources=Sources(["127.0.0.1"]), tcp={"idle_timeout": 0.3})
+    try:
+        reader, writer = await asyncio.open_connection(*sip.local)
+        assert await options_answered(reader, writer, "busy")
+        started = asyncio.get_running_loop().time()
+        assert await closed_by_us(reader, within=10.0)
+        assert asyncio.get_running_loop().time() - started >= 0.25  # idle, not refused
+        writer.close()
+        await asyncio.sleep(0.05)
+        assert sip._link.inbound == 0  # type: ignore[union-attr]
+    finally:
+        sip.close()
+
+
+async def test_inbound_tcp_connections_are_capped() -> None:
+    sip = await SipTransport.open("127.0.0.1", 0, transport="tcp",
+                                  sources=Sources(["127.0.0.1"]), tcp={"max_inbound": 2})
+    try:
+        first, second = [await asyncio.open_connection(*sip.local) for _ in range(2)]
+        assert await options_answered(*first, "c1") and await options_answered(*second, "c2")
+        reader, writer = await asyncio.open_connection(*sip.local)
+        assert await closed_by_us(reader)  # a third, while two are open
+        writer.close()
+        first[1].close()
+        async with asyncio.timeout(5):
+            while sip._link.inbound > 1:  # type: ignore[union-attr]
+                await asyncio.sleep(0.01)
+        again = await asyncio.open_connection(*sip.local)
+        assert await options_answered(*again, "c3")  # room again once one closed
+        for _, w in (second, again):
+            w.close()
     finally:
         sip.close()
 

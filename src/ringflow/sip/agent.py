@@ -24,6 +24,13 @@ to a call or registration, must come from ``sources`` or from a host that call o
 talks with (its first hop, the dialog's Contact and Record-Route). A datagram from a host that
 is none of these is dropped before it is parsed, so a flood of them costs one lookup each.
 Without ``sources`` (a bare agent, as in the core's own tests) everyone may talk.
+
+Those hosts may be names (a trunk's ``pbx.example``, a Contact naming ``localhost``), while a
+datagram's source is always an IP address. The agent never looks a name up: the adapter that
+sends resolves each name itself, sends to one of its addresses and tells the agent which
+(``resolved``), so a name speaks from exactly the addresses we resolved it to and sent to, even
+when its DNS answers round-robin or the trunks' own lookup at start failed. What is learnt for a
+name is forgotten once no call or registration talks with it.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import collections
 import heapq
 import itertools
 import logging
+from collections.abc import Iterable
 
 from ringflow.sip.call import OutgoingCall, Output
 from ringflow.sip.dialog import ACCEPT, ALLOW, Endpoint
@@ -44,7 +52,7 @@ from ringflow.sip.message import Request, Response, make_response, parse_message
 from ringflow.sip.outcome import Ending
 from ringflow.sip.registration import Registration
 from ringflow.sip.sdp import SessionDescription
-from ringflow.sip.sources import IpAddress, Sources, host_key, names
+from ringflow.sip.sources import IpAddress, Sources, host_key, ip_of
 from ringflow.sip.transaction import DEFAULT_TIMING, Address, Datagram, ServerTransaction, Timing
 from ringflow.sip.uri import SipUri
 
@@ -72,6 +80,10 @@ class UserAgent:
         # The hosts live calls and registrations talk with, counted, for the check before parsing.
         self._peers: dict[str, frozenset[IpAddress | str]] = {}
         self._peer_count: collections.Counter[IpAddress | str] = collections.Counter()
+        # Peer host names -> the addresses the adapter resolved them to (and sent to).
+        self._learned: dict[str, frozenset[IpAddress]] = {}
+        self._learned_ips: frozenset[IpAddress] = frozenset()
+        self._unresolved: set[str] = set()  # peer names not in _learned: kept, not searched for
 
     def dial(self, target: SipUri, from_: NameAddr, offer: SessionDescription, now: float, *,
              to: NameAddr | None = None, authenticator: Authenticator | None = None,
@@ -115,10 +127,33 @@ class UserAgent:
         reg = self.registrations.get(call_id)
         return self._after(call_id, reg.stop(now)) if reg else []
 
+    def admits(self, host: str) -> bool:
+        """Whether ``host`` may talk at all: a trunk, or a host a call or registration talks with."""
+        if self.sources is None or self.sources.allows(host):
+            return True
+        key = host_key(host)
+        return key in self._peer_count or key in self._learned_ips
+
+    @property
+    def unresolved(self) -> frozenset[str]:
+        """Peer host names with no address learnt yet, for the adapter to look up."""
+        return frozenset(self._unresolved)
+
+    def resolved(self, name: str, addresses: Iterable[str]) -> None:
+        """``name`` resolved to ``addresses`` (the adapter sends there): they may speak for it."""
+        key = host_key(name)
+        if not isinstance(key, str) or key not in self._peer_count:
+            return  # an address, or a name no call talks with any more
+        ips = frozenset(ip for ip in map(ip_of, addresses) if ip is not None)
+        known = self._learned.get(key, frozenset())
+        if ips and not ips <= known:
+            self._learned[key] = known | ips
+            self._unresolved.discard(key)
+            self._learned_ips = frozenset().union(*self._learned.values())
+
     def receive(self, data: bytes, source: Address, now: float) -> list[AgentOutput]:
         """A datagram from ``source``."""
-        if self.sources is not None and not self.sources.allows(source[0]) \
-                and host_key(source[0]) not in self._peer_count:
+        if not self.admits(source[0]):
             return [Discarded("from neither a trunk nor a host a call talks with", source)]
         try:
             message = parse_message(data)
@@ -190,8 +225,14 @@ class UserAgent:
             self._peer_count[key] -= 1
             if self._peer_count[key] <= 0:
                 del self._peer_count[key]
+                if isinstance(key, str):
+                    self._unresolved.discard(key)
+                    if self._learned.pop(key, None) is not None:
+                        self._learned_ips = frozenset().union(*self._learned.values())
         for key in new - old:
             self._peer_count[key] += 1
+            if isinstance(key, str) and key not in self._learned:
+                self._unresolved.add(key)
         if new:
             self._peers[call_id] = new
         else:
@@ -206,8 +247,14 @@ class UserAgent:
 
     def _talks_with(self, source: Address, owner: OutgoingCall | Registration) -> bool:
         """A request in a dialog or a response: from the trunks, or from the owner's peers."""
-        return self.sources is None or self.sources.allows(source[0]) \
-            or names(source[0], owner.peer_hosts)
+        if self.sources is None or self.sources.allows(source[0]):
+            return True
+        key = host_key(source[0])
+        for host in owner.peer_hosts:
+            peer = host_key(host)
+            if peer == key or (isinstance(peer, str) and key in self._learned.get(peer, ())):
+                return True
+        return False
 
     def _on_response(self, response: Response, source: Address, now: float) -> list[AgentOutput]:
         via = response.via

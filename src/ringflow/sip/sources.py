@@ -85,9 +85,3 @@ class Sources:
 def host_key(host: str) -> IpAddress | str:
     """What two spellings of one host share: its IP address, or its name in lower case."""
     return ip_of(host) or host.lower()
-
-
-def names(host: str, hosts: Iterable[str]) -> bool:
-    """Whether ``host`` (a source address) is one of ``hosts``."""
-    key = host_key(host)
-    return any(host_key(h) == key for h in hosts)

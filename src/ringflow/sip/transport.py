@@ -11,6 +11,13 @@ The receive path and the timer serve every call of the process, so neither may d
 datagram or one bug: a step that raises is logged with its traceback and dropped, each output is
 dispatched on its own, and the loop timer is re-armed whatever happened (``try``/``finally``).
 Calls made through the API (dial, cancel, hang up, register) still raise to their caller.
+
+Host names are looked up here, never in the agent and never by ``sendto`` (a blocking lookup on
+the loop): a datagram for a name waits for its lookup (``NameCache``), goes to one of the
+addresses found, and the agent is told (``UserAgent.resolved``) so that answers from there are
+heard. Names the agent's calls talk with but we have sent nothing to yet (a Contact, a
+Record-Route) are looked up after each step too. A request for a name that cannot be looked up
+gets a local 503, as for a TCP connection that cannot be made.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import time
 from collections.abc import Callable
 
@@ -37,9 +45,10 @@ from ringflow.sip.headers import NameAddr
 from ringflow.sip.ids import IdSource
 from ringflow.sip.outcome import Ending
 from ringflow.sip.registration import Registration, RegState
+from ringflow.sip.resolver import NameCache
 from ringflow.sip.sdp import SessionDescription
-from ringflow.sip.sources import Sources
-from ringflow.sip.tcp import TcpLink
+from ringflow.sip.sources import Sources, ip_of
+from ringflow.sip.tcp import TcpLink, transport_error
 from ringflow.sip.transaction import DEFAULT_TIMING, Address, Datagram, Timing
 from ringflow.sip.uri import SipUri
 
@@ -47,6 +56,7 @@ log = logging.getLogger(__name__)
 TRANSPORTS = ("udp", "tcp")
 CALL_EVENTS = (Ringing, Answered, Dtmf, MediaChanged, Ended)
 REARM_AFTER_FAILURE = 1.0  # seconds: when the agent cannot say its next timer, look again then
+RETRY_LOOKUP_AFTER = 30.0  # seconds before a peer name that could not be looked up is tried again
 
 
 class OutgoingCallHandle:
@@ -191,7 +201,7 @@ class SipTransport:
 
     def __init__(self, endpoint_user: str = "ringflow", *, timing: Timing = DEFAULT_TIMING,
                  ids: IdSource | None = None, transport: str = "udp",
-                 sources: Sources | None = None):
+                 sources: Sources | None = None, tcp: dict[str, float] | None = None):
         if transport.lower() not in TRANSPORTS:
             raise ValueError(f"SIP transport must be one of {TRANSPORTS}, not {transport!r}")
         self.protocol = transport.lower()
@@ -206,14 +216,23 @@ class SipTransport:
         self._link: _UdpLink | TcpLink | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._tcp = tcp or {}  # TcpLink bounds (idle_timeout, max_inbound), for tests
+        self._names = NameCache(socket.AF_INET)  # re-made for the bound address's family
+        self._waiting: dict[str, list[tuple[bytes, int]]] = {}  # name -> datagrams (and ports)
+        self._lookups: dict[str, asyncio.Task[None]] = {}
+        self._failed: dict[str, float] = {}  # name -> loop time its last lookup failed
 
     @classmethod
     async def open(cls, host: str = "127.0.0.1", port: int = 0, **kwargs: object) -> SipTransport:
         """Listen at ``host:port`` (0 picks a free port); ``transport="tcp"`` for TCP."""
         self = cls(**kwargs)  # type: ignore[arg-type]
-        link_type = TcpLink if self.protocol == "tcp" else _UdpLink
-        self._link = await link_type.open(host, port, self._deliver)
+        if self.protocol == "tcp":
+            self._link = await TcpLink.open(host, port, self._deliver, self._admits,
+                                            **self._tcp)  # type: ignore[arg-type]
+        else:
+            self._link = await _UdpLink.open(host, port, self._deliver)
         bound_host, bound_port = self._link.local
+        self._names = NameCache(socket.AF_INET6 if ":" in bound_host else socket.AF_INET)
         endpoint = Endpoint(bound_host, bound_port, transport=self.protocol.upper(),
                             user=self._user)
         self.ua = UserAgent(endpoint, timing=self._timing, ids=self._ids, sources=self._sources)
@@ -278,8 +297,15 @@ class SipTransport:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for task in self._lookups.values():
+            task.cancel()
+        self._waiting.clear()
         if self._link is not None:
             self._link.close()
+
+    def _admits(self, host: str) -> bool:
+        """Whether a TCP connection from ``host`` may stay open: the agent would hear it."""
+        return self.ua is not None and self.ua.admits(host)
 
     def _deliver(self, data: bytes, source: Address) -> None:
         """Feed the agent every message; a failure is logged and the next datagram goes on."""
@@ -314,6 +340,8 @@ class SipTransport:
                     self._dispatch(item)
                 except Exception:
                     log.exception("sip: could not dispatch %r; going on", type(item).__name__)
+            if self.ua is not None and self.ua.unresolved:
+                self._resolve_peers()
         finally:
             self._rearm()
 
@@ -321,7 +349,7 @@ class SipTransport:
         """One output of the agent: send it, or hand it to its call or registration."""
         if isinstance(item, Datagram):
             if not self.closed:
-                self._link.send(item.data, item.addr)  # type: ignore[union-attr]
+                self._send(item.data, item.addr)
         elif isinstance(item, Discarded):
             log.debug("sip discarded from %s: %s", item.source, item.reason)
         elif isinstance(item, RegistrationChanged):
@@ -337,6 +365,61 @@ class SipTransport:
                     del self.handles[item.call_id]  # the agent may linger; the handle is done
         else:
             log.warning("sip: the user agent gave an output nobody handles: %r", item)
+
+    def _send(self, data: bytes, addr: Address) -> None:
+        """Send to an address, or to a name's address once it is looked up."""
+        host, port = addr
+        if ip_of(host) is not None:
+            self._link.send(data, addr)  # type: ignore[union-attr]
+            return
+        addresses = self._names.get(host)
+        if addresses is None:
+            self._waiting.setdefault(host.lower(), []).append((data, port))
+            self._look_up(host)
+            return
+        # Whatever DNS says next time, the address this went to may answer it.
+        self.ua.resolved(host, addresses[:1])  # type: ignore[union-attr]
+        self._link.send(data, (addresses[0], port))  # type: ignore[union-attr]
+
+    def _resolve_peers(self) -> None:
+        """Tell the agent the addresses of its peers' names, looking up those not known yet."""
+        now = asyncio.get_running_loop().time()
+        for name in self.ua.unresolved:  # type: ignore[union-attr]
+            addresses = self._names.get(name)
+            if addresses is not None:
+                self.ua.resolved(name, addresses)  # type: ignore[union-attr]
+            elif now >= self._failed.get(name, now - RETRY_LOOKUP_AFTER) + RETRY_LOOKUP_AFTER:
+                self._look_up(name)
+
+    def _look_up(self, name: str) -> None:
+        key = name.lower()
+        if key not in self._lookups and not self.closed:
+            task = asyncio.get_running_loop().create_task(self._lookup(key))
+            self._lookups[key] = task
+            task.add_done_callback(lambda _: self._lookups.pop(key, None))
+
+    async def _lookup(self, name: str) -> None:
+        """Look ``name`` up, then tell the agent and send what waited (or answer it 503)."""
+        try:
+            addresses = await self._names.lookup(name)
+        except OSError as exc:
+            if len(self._failed) >= 1024:  # names of our peers; forget old failures wholesale
+                self._failed.clear()
+            self._failed[name] = asyncio.get_running_loop().time()
+            waiting = self._waiting.pop(name, [])
+            log.warning("sip: cannot look up %s (%s); %d message(s) not sent", name, exc,
+                        len(waiting))
+            for data, port in waiting:
+                if (answer := transport_error(data, f"cannot look up {name}")) is not None:
+                    self._deliver(answer, (name, port))
+            return
+        self._failed.pop(name, None)
+
+        def learn(now: float) -> list[AgentOutput]:
+            self.ua.resolved(name, addresses)  # type: ignore[union-attr]
+            return [Datagram(data, (name, port)) for data, port in self._waiting.pop(name, [])]
+
+        self._run(learn, contained=True)
 
     def _rearm(self) -> None:
         """Keep exactly one loop timer, at ``ua.next_timer`` (in a second if it cannot say)."""

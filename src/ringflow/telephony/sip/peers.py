@@ -16,30 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
 
 from ringflow.clock import Clock
-from ringflow.sip.sources import Sources, ip_of
+from ringflow.sip.resolver import resolve
+from ringflow.sip.sources import Sources
 from ringflow.telephony.sip.trunks import Trunk
 
 log = logging.getLogger(__name__)
 
 RESOLVE_EVERY = 300.0  # seconds between lookups of the trunks' host names
-RESOLVE_TIMEOUT = 5.0  # seconds one lookup may take
-
-
-async def resolve(host: str) -> frozenset[str]:
-    """The IP addresses of ``host`` (itself if it is one); OSError if it has none."""
-    if ip_of(host) is not None:
-        return frozenset({host})
-    loop = asyncio.get_running_loop()
-    infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM),
-                                   RESOLVE_TIMEOUT)
-    addresses = frozenset(str(info[4][0]) for info in infos)
-    if not addresses:
-        raise OSError(f"{host} has no address")
-    return addresses
 
 
 class TrunkPeers:
@@ -77,7 +63,7 @@ class TrunkPeers:
                             result or type(result).__name__,
                             "keeping its last addresses" if kept else "no address for it yet")
             else:
-                self._resolved[host] = result
+                self._resolved[host] = frozenset(result)
         sources = self._sources()
         if sources != self.sources:
             log.info("sip: requests accepted from %s", sources)
