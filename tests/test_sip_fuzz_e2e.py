@@ -2,9 +2,11 @@
 
 ``ringflow serve`` (its own process, so its memory can be read from /proc) places a call to SIPp
 through its trunk on 127.0.0.1; the call waits for a key with ``TimeLimit`` set. While it is up,
-``tests/sipfuzz.py`` sends mutated and random SIP datagrams to the SIP port and RTP garbage to
-the call's RTP port, from the trunk's own address and from strangers on 127.0.0.2 and
-127.0.0.3; some are the live dialog's own BYE, INFO, re-INVITE and CANCEL, sent by a stranger.
+``tests/sipfuzz.py`` sends mutated and random SIP datagrams to the SIP port, from the trunk's
+own address and from strangers on 127.0.0.2 and 127.0.0.3 (some are the live dialog's own BYE,
+INFO, re-INVITE and CANCEL, sent by a stranger), and RTP garbage to the call's RTP port from the
+strangers. Not from the trunk's host: RTP from any port of the callee's host is the callee's
+(asymmetric RTP), so a valid key press in its garbage would rightly be taken.
 Seeded: a failure reproduces with the same ``RINGFLOW_FUZZ_SEED``.
 
 Afterwards the server still answers the trunk (OPTIONS, and a 480 retransmitted by its timers)
@@ -39,7 +41,11 @@ pytestmark = [pytest.mark.e2e, needs_sipp, pytest.mark.timeout(120)]
 SEED = int(os.environ.get("RINGFLOW_FUZZ_SEED", "20261126"))
 SIP_DATAGRAMS = 20000
 RTP_DATAGRAMS = 20000
-TIME_LIMIT = 16  # seconds the call lasts from its answer: longer than the fuzz takes
+# Seconds the call lasts from its answer: the fuzz takes about 6 s, and a loaded 2-core CI
+# machine may take three times that; the gather's 60 s input timeout is far beyond either end.
+TIME_LIMIT = 24
+FUZZ_WITHIN = TIME_LIMIT - 4  # the fuzz must be over while the call is surely still up
+LATE = 8  # seconds the end may trail the time limit (a loaded machine), still far below 60
 STRANGERS = ("127.0.0.2", "127.0.0.3")
 RSS_GROWTH = 50 * 1024 * 1024
 
@@ -114,7 +120,9 @@ async def test_a_live_call_survives_tens_of_thousands_of_hostile_datagrams(
                          RINGFLOW_CARRIER="sip", RINGFLOW_SIP_TRUNKS=str(trunks),
                          RINGFLOW_SIP_HOST="127.0.0.1", RINGFLOW_SIP_PORT=str(sip_port),
                          RINGFLOW_RTP_PORT_MIN=str(rtp_port),
-                         RINGFLOW_RTP_PORT_MAX=str(rtp_port + 1))
+                         RINGFLOW_RTP_PORT_MAX=str(rtp_port + 1),
+                         # Polled every 50 ms until the time limit: not a client to throttle.
+                         RINGFLOW_RATE_LIMIT_PER_MINUTE="100000")
         creds = json.loads(await cli(env, "accounts", "create", "Fuzz", "--json"))
         await cli(env, "numbers", "add", creds["sid"], EXOPHONE)
         app_file = tmp_path / "wait.json"
@@ -146,13 +154,14 @@ async def test_a_live_call_survives_tens_of_thousands_of_hostile_datagrams(
                                   sources=STRANGERS, seed=SEED + 1, rate=2000,
                                   templates=spoofed(invite, ok, (STRANGERS[0], 5060))),
                 asyncio.to_thread(sipfuzz.blast, ("127.0.0.1", rtp_port), RTP_DATAGRAMS,
-                                  sipfuzz.rtp_datagram, sources=("127.0.0.1", *STRANGERS),
+                                  sipfuzz.rtp_datagram, sources=STRANGERS,
                                   seed=SEED + 2, rate=4000))
             sent = trunk_report.sent + stranger_report.sent + rtp_report.sent
             assert sent > 0.95 * (SIP_DATAGRAMS + RTP_DATAGRAMS)
             assert set(stranger_report.answers.values()) == {0}, stranger_report.answers
             assert trunk_report.answers["127.0.0.1"] > 0  # the trunk is answered as ever
-            assert asyncio.get_running_loop().time() - answered < TIME_LIMIT - 2, "fuzz too slow"
+            fuzzed = asyncio.get_running_loop().time() - answered
+            assert fuzzed < FUZZ_WITHIN, f"fuzz too slow: {fuzzed:.1f} s"
 
             # Still up, still answering its trunk, its SIP timers still firing.
             details = await api.details(sid)
@@ -165,11 +174,11 @@ async def test_a_live_call_survives_tens_of_thousands_of_hostile_datagrams(
             async def over() -> bool:
                 return (await api.details(sid))["Status"] not in ("in-progress", "ringing")
 
-            await eventually(over, "the time limit to end the call", srv, TIME_LIMIT + 10)
+            await eventually(over, "the time limit to end the call", srv, TIME_LIMIT + LATE + 5)
             ended = asyncio.get_running_loop().time() - answered
             details = await api.details(sid)
             assert details["Status"] == "completed", details
-            assert TIME_LIMIT - 1 <= ended <= TIME_LIMIT + 3, ended  # by its time limit, on time
+            assert TIME_LIMIT - 1 <= ended <= TIME_LIMIT + LATE, ended  # by its time limit
             assert await phone.exit_code() == 0  # SIPp got our BYE, and nothing unscripted
             after = rss(srv.proc.pid)
             assert after - before < RSS_GROWTH, (before, after)
