@@ -18,6 +18,7 @@ from ringflow.clock import ManualClock
 from ringflow.sip.events import Answered, Discarded, Dtmf, Ended, MediaChanged, Ringing
 from ringflow.sip.headers import Headers, NameAddr
 from ringflow.sip.message import Request, Response, make_response, parse_message
+from ringflow.sip.resolver import resolve
 from ringflow.sip.sdp import PCMU, build_sdp
 from ringflow.sip.sources import Sources
 from ringflow.sip.transaction import Datagram
@@ -359,3 +360,9 @@ async def test_a_call_to_a_name_that_cannot_be_looked_up_fails_at_once_with_503(
         assert "cannot look up no-such-host.invalid" in ended.outcome.cause
     finally:
         sip.close()
+
+
+@pytest.mark.parametrize("name", ["no-such-host.invalid", "a..b", "x" * 64 + ".example"])
+async def test_every_failed_lookup_is_an_oserror(name: str) -> None:
+    with pytest.raises(OSError):
+        await asyncio.wait_for(resolve(name), 15)

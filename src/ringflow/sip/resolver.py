@@ -24,7 +24,10 @@ MAX_NAMES = 1024  # names cached at most
 
 
 async def resolve(host: str, family: int = socket.AF_UNSPEC) -> tuple[str, ...]:
-    """The IP addresses of ``host`` in ``family`` (itself if it is one); OSError if none."""
+    """The IP addresses of ``host`` in ``family`` (itself if it is one); OSError if none.
+
+    Every way a lookup fails is an OSError, so callers catch one thing.
+    """
     if ip_of(host) is not None:
         return (host,)
     loop = asyncio.get_running_loop()
@@ -33,6 +36,8 @@ async def resolve(host: str, family: int = socket.AF_UNSPEC) -> tuple[str, ...]:
             loop.getaddrinfo(host, None, family=family, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT)
     except TimeoutError as exc:
         raise OSError(f"looking up {host} took over {RESOLVE_TIMEOUT:g} s") from exc
+    except UnicodeError as exc:  # a name IDNA cannot encode (an empty or 64-byte label)
+        raise OSError(f"{host!r} is not a valid host name") from exc
     addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))  # in order, once each
     if not addresses:
         raise OSError(f"{host} has no address")

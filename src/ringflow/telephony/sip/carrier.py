@@ -7,8 +7,9 @@ INFO digits, re-INVITEs and the final BYE go to the ``SipChannel``. The trunk's 
 RTP port are released when the SIP call ends, however it ends.
 
 The SIP sockets answer only the trunks (``peers.TrunkPeers`` resolves their names into the
-agent's allow-list), and each leg's RTP hears only the callee's SDP address unless its trunk
-asks for symmetric RTP.
+agent's allow-list; a call or registration also hears the address its own requests went to),
+and each leg's RTP hears only the host of the callee's SDP address (any port: gateways often
+send from another) unless its trunk asks for symmetric RTP.
 """
 
 from __future__ import annotations
