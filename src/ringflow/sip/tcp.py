@@ -67,7 +67,9 @@ class _Connection(asyncio.Protocol):
         if self.inbound:
             why = self.link._refusal(self.remote[0])  # type: ignore[index]
             if why is not None:
-                log.debug("sip tcp: refusing %s: %s", self.remote, why)
+                # A stranger is routine (debug); a trunk turned away at the cap is news.
+                level = logging.WARNING if why.startswith("already") else logging.DEBUG
+                log.log(level, "sip tcp: refusing %s: %s", self.remote, why)
                 self.refused = True
                 transport.abort()  # type: ignore[attr-defined]
                 return
