@@ -351,7 +351,8 @@ async def test_a_trunk_and_a_contact_named_localhost_are_heard_from_where_we_sen
 
 
 async def test_a_call_to_a_name_that_cannot_be_looked_up_fails_at_once_with_503() -> None:
-    sip = await SipTransport.open("127.0.0.1", 0, timing=FAST, sources=Sources(["127.0.0.1"]))
+    # Standard timers: timer B (32 s) must not end the call first, however slow the lookup.
+    sip = await SipTransport.open("127.0.0.1", 0, sources=Sources(["127.0.0.1"]))
     try:
         handle = await sip.dial("sip:100@no-such-host.invalid:5060", "<sip:ringflow@127.0.0.1>",
                                 our_offer())
