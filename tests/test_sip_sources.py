@@ -328,7 +328,7 @@ async def test_a_trunk_and_a_contact_named_localhost_are_heard_from_where_we_sen
         callee: ScriptedCallee) -> None:
     # The trunks' own lookup found nothing for the callee's host (a failed lookup at start, or
     # another round-robin answer): the address each request went to is heard all the same.
-    sip = await SipTransport.open("127.0.0.1", 0, timing=FAST, sources=Sources(["127.0.0.9"]))
+    sip = await SipTransport.open("127.0.0.1", 0, sources=Sources(["127.0.0.9"]))
     try:
         callee.contact_host = "localhost"
         handle = await sip.dial(f"sip:100@localhost:{callee.address[1]}",
