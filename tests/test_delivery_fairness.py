@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from ringflow.clock import ManualClock
 from ringflow.config import Settings
+from ringflow.errors import ConfigError
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, OutboxMessage
 from ringflow.webhooks.deliverer import Deliverer
@@ -33,7 +34,7 @@ from tests.support import recorder
 
 pytestmark = pytest.mark.timeout(90)
 
-T0 = dt.datetime(2026, 11, 26, 10, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 26, 10, 0, tzinfo=dt.UTC)
 
 
 def at(seconds: float) -> dt.datetime:
@@ -77,8 +78,17 @@ def test_each_account_has_its_own_room_across_destinations() -> None:
     d.finished("http://pit:2", reached=False, now=at(1), account=7)
     d.finished("http://ok:80", reached=True, now=at(1), account=8)
     assert d.limited_accounts() == {7: 1}
-    assert Destinations(per_destination=4, failures=3, cooldown=10, cooldown_cap=600)\
-        .limited_accounts() == {}
+    uncapped = Destinations(per_destination=4, failures=3, cooldown=10, cooldown_cap=600)
+    assert uncapped.limited_accounts() == {}
+
+
+def test_the_cap_per_account_is_at_most_the_global_cap() -> None:
+    assert Settings.from_env({}).callback_account_concurrency == 16
+    env = {"RINGFLOW_CALLBACK_CONCURRENCY": "8", "RINGFLOW_CALLBACK_ACCOUNT_CONCURRENCY": "8"}
+    assert Settings.from_env(env).callback_account_concurrency == 8
+    for bad in ("0", "9"):
+        with pytest.raises(ConfigError, match="RINGFLOW_CALLBACK_ACCOUNT_CONCURRENCY"):
+            Settings.from_env({**env, "RINGFLOW_CALLBACK_ACCOUNT_CONCURRENCY": bad})
 
 
 def test_failures_open_the_circuit_and_a_probe_decides() -> None:
@@ -262,9 +272,7 @@ async def test_a_tarpit_on_many_ports_holds_only_its_accounts_slots(db, clock) -
         assert pit.most_open <= 16, f"{pit.most_open} requests in flight for one account"
 
 
-async def test_a_destination_that_keeps_timing_out_is_backed_off_then_recovers(
-    db, clock
-) -> None:
+async def test_a_destination_that_keeps_timing_out_is_backed_off_then_recovers(db, clock) -> None:
     cfg = Settings(
         allow_private_urls=True,
         callback_timeout=0.5,

@@ -27,13 +27,12 @@ from ringflow.errors import InvalidRequest
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, OutboxAttempt, OutboxMessage
 from ringflow.webhooks.deliverer import Deliverer, retry_delay
+from ringflow.webhooks.destinations import Rooms, destination_of
 from ringflow.webhooks.http import OutboundHttp, validate_url
-from ringflow.webhooks.destinations import destination_of
 from ringflow.webhooks.outbox import (
     FORM,
     JSON,
     Claimed,
-    Rooms,
     claim,
     claim_statement,
     encode,
@@ -643,7 +642,7 @@ async def claim_work(db: Database, clock: ManualClock) -> int:
         )
         await conn.execute(stmt)
         statement, params = seen[-1]
-        plan = (await conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", params))
+        plan = await conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", params)
         found = plan.scalar_one()
         found = json.loads(found) if isinstance(found, str) else found
         nodes = list(_plan_nodes(found[0]["Plan"]))
@@ -680,8 +679,12 @@ async def test_slots_freed_together_are_claimed_together(db, clock, receiver) ->
         nonlocal claims
         claims += "row_number()" in statement
 
-    cfg = settings(callback_timeout=10.0, callback_concurrency=8,
-                   callback_destination_concurrency=8, callback_account_concurrency=8)
+    cfg = settings(
+        callback_timeout=10.0,
+        callback_concurrency=8,
+        callback_destination_concurrency=8,
+        callback_account_concurrency=8,
+    )
     event.listen(db.engine.sync_engine, "before_cursor_execute", tally)
     try:
         async with deliverer(db, clock, cfg) as d:

@@ -31,6 +31,7 @@ import datetime as dt
 import logging
 import random
 import time
+from collections.abc import Awaitable
 
 from ringflow.clock import Clock
 from ringflow.config import Settings
@@ -230,15 +231,7 @@ class Deliverer:
             await asyncio.wait(set(self._recording))
 
     async def _wait(self, delay: float) -> None:
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-        waker = asyncio.ensure_future(self._wake.wait())
-        freed = asyncio.ensure_future(self._freed.wait())
-        try:
-            await asyncio.wait({sleeper, waker, freed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
-            freed.cancel()
+        await _first(self._clock.sleep(delay), self._wake.wait(), self._freed.wait())
 
     async def _coalesce(self) -> None:
         """After a send finished, let the sends finishing right behind it free their slots too,
@@ -248,28 +241,13 @@ class Deliverer:
         give_up = time.monotonic() + CLAIM_COALESCE_MAX
         # Busy: a manual clock must not jump to the next timer during this real-time pause.
         with self._clock.busy():
-            while (
-                self._freed.is_set()
-                and not self._wake.is_set()
-                and self._sending
-                and time.monotonic() < give_up
-            ):
+            while self._freed.is_set() and not self._wake.is_set() and self._sending:
                 self._freed.clear()
-                try:
-                    await asyncio.wait_for(self._any_wake(), CLAIM_COALESCE)
-                except TimeoutError:
+                pause = min(CLAIM_COALESCE, give_up - time.monotonic())
+                if pause <= 0:
+                    return
+                if await _first(asyncio.sleep(pause), self._wake.wait(), self._freed.wait()) == 0:
                     return  # quiet: no send finished for a while
-
-    async def _any_wake(self) -> None:
-        waiters = {
-            asyncio.ensure_future(self._wake.wait()),
-            asyncio.ensure_future(self._freed.wait()),
-        }
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
 
     async def _fill(self) -> tuple[int, bool]:
         """Claim as many due rows as there is room for and start sending each: how many, and
@@ -280,12 +258,6 @@ class Deliverer:
         limit = min(room, self._claim_limit)
         with self._clock.busy():
             now = self._clock.wall()
-            rooms = outbox.Rooms(
-                per_destination=self._destinations.per_destination,
-                destinations=self._destinations.limited(now),
-                per_account=self._destinations.per_account,
-                accounts=self._destinations.limited_accounts(),
-            )
             async with self._db.session() as session:
                 claimed = await outbox.claim(
                     session,
@@ -293,7 +265,7 @@ class Deliverer:
                     now=now,
                     lease_until=now + self._lease,
                     limit=limit,
-                    rooms=rooms,
+                    rooms=self._destinations.rooms(now),
                 )
         for message in claimed:
             self._destinations.started(message.destination, now, account=message.account_id)
@@ -313,11 +285,11 @@ class Deliverer:
             return self._poll_interval  # a finished send wakes the loop
         with self._clock.busy():
             now = self._clock.wall()
-            # A destination with no room is woken by its own sends finishing, or by its probe.
-            blocked = sorted(d for d, room in self._destinations.limited(now).items() if room <= 0)
-            full = sorted(a for a, room in self._destinations.limited_accounts().items() if not room)
+            # A destination or account with no room is woken by its own sends finishing (or a
+            # destination by its probe).
+            rooms = self._destinations.rooms(now)
             async with self._db.session() as session:
-                earliest = await outbox.next_due(session, now, blocked, full)
+                earliest = await outbox.next_due(session, now, rooms.blocked, rooms.full)
         probe = self._destinations.next_probe(now)
         if probe is not None and (earliest is None or probe < earliest):
             earliest = probe
@@ -449,6 +421,17 @@ class Deliverer:
     def _delay(self, attempts: int) -> float:
         delay = retry_delay(attempts)
         return delay * (1 + self._jitter * self._random.random()) if self._jitter else delay
+
+
+async def _first(*waits: Awaitable[object]) -> int:
+    """Wait until one of ``waits`` is done; its position (the others are cancelled)."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+    return min(tasks.index(task) for task in done)
 
 
 def _elapsed_ms(started: float) -> int:

@@ -68,6 +68,26 @@ class Circuit:
         return self.reopen_at is not None
 
 
+@dataclasses.dataclass(frozen=True)
+class Rooms:
+    """How many more requests may go out now, per destination and per account."""
+
+    per_destination: int
+    destinations: dict[str, int] = dataclasses.field(default_factory=dict)  # those with less
+    per_account: int | None = None  # None: no cap per account
+    accounts: dict[int, int] = dataclasses.field(default_factory=dict)  # those with less
+
+    @property
+    def blocked(self) -> list[str]:
+        """The destinations with no room."""
+        return sorted(d for d, room in self.destinations.items() if room <= 0)
+
+    @property
+    def full(self) -> list[int]:
+        """The accounts with no room."""
+        return sorted(a for a, room in self.accounts.items() if room <= 0)
+
+
 class Destinations:
     """In-flight counts and circuits of every destination this process is sending to."""
 
@@ -116,6 +136,15 @@ class Destinations:
             return {}
         cap = self.per_account
         return {a: max(0, cap - busy) for a, busy in self.account_in_flight.items()}
+
+    def rooms(self, now: dt.datetime) -> Rooms:
+        """The room of every destination and account, as a claim needs it."""
+        return Rooms(
+            per_destination=self.per_destination,
+            destinations=self.limited(now),
+            per_account=self.per_account,
+            accounts=self.limited_accounts(),
+        )
 
     def next_probe(self, now: dt.datetime) -> dt.datetime | None:
         """When the earliest open circuit may send its probe (None: no circuit waits)."""

@@ -19,7 +19,7 @@ from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.storage.models import OutboxAttempt, OutboxMessage
-from ringflow.webhooks.destinations import destination_of
+from ringflow.webhooks.destinations import Rooms, destination_of
 
 FORM = "multipart/form-data"
 JSON = "application/json"
@@ -133,16 +133,6 @@ class Claimed:
     lease_until: dt.datetime
 
 
-@dataclasses.dataclass(frozen=True)
-class Rooms:
-    """How many more rows a claim may take per destination and per account."""
-
-    per_destination: int
-    destinations: dict[str, int] = dataclasses.field(default_factory=dict)  # the limited ones
-    per_account: int | None = None  # None: no cap per account
-    accounts: dict[int, int] = dataclasses.field(default_factory=dict)  # the limited ones
-
-
 async def claim(
     session: AsyncSession,
     *,
@@ -156,8 +146,22 @@ async def claim(
     room."""
     stmt = claim_statement(owner=owner, now=now, lease_until=lease_until, limit=limit, rooms=rooms)
     rows = (await session.execute(stmt)).all()
-    claimed = [Claimed(*row, lease_until=lease_until) for row in rows]
+    claimed = [Claimed(**row._mapping, lease_until=lease_until) for row in rows]
     return sorted(claimed, key=lambda c: c.id)
+
+
+# What a claim returns: the fields of Claimed but its lease (rows are matched by name).
+CLAIMED_COLUMNS = (
+    M.id,
+    M.account_id,
+    M.event,
+    M.url,
+    M.destination,
+    M.content_type,
+    M.payload,
+    M.idempotency_key,
+    M.attempts,
+)
 
 
 def claim_statement(
@@ -165,12 +169,10 @@ def claim_statement(
 ) -> Any:
     """The UPDATE ... RETURNING that ``claim`` runs."""
     due = and_(M.state == "pending", M.next_attempt_at <= now, _lease_free(now))
-    blocked = sorted(d for d, room in rooms.destinations.items() if room <= 0)
-    if blocked:
-        due = and_(due, M.destination.not_in(blocked))
-    full = sorted(a for a, room in rooms.accounts.items() if room <= 0)
-    if full:
-        due = and_(due, M.account_id.not_in(full))
+    if rooms.blocked:
+        due = and_(due, M.destination.not_in(rooms.blocked))
+    if rooms.full:
+        due = and_(due, M.account_id.not_in(rooms.full))
     # By due time alone, the order of ix_outbox_due, so the database reads just these rows;
     # a tie-break on id would make PostgreSQL read and sort every due row first.
     oldest = (
@@ -214,10 +216,7 @@ def claim_statement(
         update(M)
         .where(M.id.in_(locked.scalar_subquery()))
         .values(lease_until=lease_until, lease_owner=owner)
-        .returning(
-            M.id, M.account_id, M.event, M.url, M.destination, M.content_type, M.payload,
-            M.idempotency_key, M.attempts,
-        )  # fmt: skip
+        .returning(*CLAIMED_COLUMNS)
         .execution_options(synchronize_session=False)
     )
 
