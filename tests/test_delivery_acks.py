@@ -121,3 +121,56 @@ async def test_a_stop_out_of_grace_still_records_the_answers_already_in(db: Data
         finally:
             await http.aclose()
     assert rec.keys == [KEY], "an acknowledged callback was sent again"
+
+
+async def test_a_2xx_whose_body_stalls_is_an_acknowledgement(db: Database) -> None:
+    """The status line is the answer: a receiver that sends 200 and then stalls its body has
+    acknowledged, and is not sent the callback again after the timeout."""
+    from tests.conftest import free_port
+
+    clock = ManualClock()
+    seen: list[bytes] = []
+    release = asyncio.Event()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nok")  # 98 bytes short
+        await writer.drain()
+        await release.wait()
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(stall, "127.0.0.1", port)
+    try:
+        async with db.session() as s:
+            account = Account(sid="acme", name="Acme", created_at=clock.wall())
+            s.add(account)
+            await s.flush()
+            await enqueue(
+                s, account_id=account.id, call_id=None, event="terminal",
+                url=f"http://127.0.0.1:{port}/status", content_type=JSON,
+                payload={"CallSid": "call-1"}, idempotency_key=KEY, now=clock.wall(),
+            )  # fmt: skip
+        http = OutboundHttp(settings(), clock)
+        deliverer = Deliverer(db, clock, http, settings(), jitter=0)
+        deliverer.start()
+        try:
+            started = time.monotonic()
+            state = None
+            while time.monotonic() - started < 4.0:  # below the 5 s callback timeout
+                async with db.session() as s:
+                    state = (await s.execute(select(OutboxMessage.state))).scalar_one()
+                if state == "delivered":
+                    break
+                await asyncio.sleep(0.05)
+            assert state == "delivered"
+            await clock.advance(3600)
+            await asyncio.sleep(0.2)
+        finally:
+            release.set()
+            await deliverer.stop()
+            await http.aclose()
+    finally:
+        server.close()
+    assert len(seen) == 1, "an acknowledged callback was sent again"
