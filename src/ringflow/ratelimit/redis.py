@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 import redis.asyncio
 
 from ringflow.ratelimit import Decision, check_args, decide, to_micros
+from ringflow.redis_client import connect
 
 if TYPE_CHECKING:
     from ringflow.clock import Clock
 
 PREFIX = "ringflow:rl:"
-POOL_SIZE = 32  # Redis connections per process; commands take well under a millisecond
 
 # KEYS[1]: the log. ARGV: now, cutoff, limit, member, ttl in ms, record ("1": add the hit if
 # allowed; "0": only decide, for a peek).
@@ -54,20 +54,6 @@ local blocker = redis.call('ZRANGE', key, pivot, pivot, 'WITHSCORES')
 redis.call('PEXPIRE', key, ARGV[5])
 return {allowed, count, tonumber(oldest[2]) - now, tonumber(blocker[2]) - now}
 """
-
-
-def connect(url: str, timeout: float = 2.0) -> redis.asyncio.Redis:
-    """A client for ``url`` whose pool waits for a free connection instead of failing.
-
-    redis-py's default pool refuses the 101st concurrent command with "Too many connections":
-    a burst of API requests would get 503s from the rate limiter. Here a command waits up to
-    ``timeout`` for one of ``POOL_SIZE`` connections; every wait is bounded, so a hung Redis fails
-    the request instead of hanging every API call.
-    """
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=timeout, socket_timeout=timeout,
-        socket_connect_timeout=timeout)
-    return redis.asyncio.Redis.from_pool(pool)
 
 
 class RedisRateLimiter:

@@ -20,11 +20,10 @@ import dataclasses
 import logging
 import secrets
 
-import redis.asyncio
-
 from ringflow.clock import Clock
 from ringflow.errors import MediaError
 from ringflow.media.engine import MediaEngine, RtpSession
+from ringflow.redis_client import connect
 from ringflow.sip import events as sip_events
 from ringflow.sip.digest import Authenticator
 from ringflow.sip.outcome import Ending, Status
@@ -65,8 +64,7 @@ class SipCarrier:
         self.rtp_ports = rtp_ports
         self.speech = speech
         # With Redis, every process dialling through a trunk shares its channels and pace.
-        self._redis = redis.asyncio.Redis.from_url(
-            redis_url, socket_timeout=2.0, socket_connect_timeout=2.0) if redis_url else None
+        self._redis = connect(redis_url) if redis_url else None
         self.gates: dict[str, TrunkGate | SharedTrunkGate] = {
             trunk.name: SharedTrunkGate(trunk, clock, self._redis) if self._redis
             else TrunkGate(trunk, clock) for trunk in trunks}
