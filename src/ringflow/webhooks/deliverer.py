@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE = 5.0
 BACKOFF_CAP = 600.0
+ANSWER_BODY_WAIT = 1.0  # seconds a receiver's response body may take once its status came
 POLL_INTERVAL = 30.0  # picks up rows other processes enqueued (their wake() does not reach us)
 ERROR_PAUSE = 5.0  # after a pass failed (database away), before trying again
 MIN_IDLE = 0.05
@@ -337,8 +338,11 @@ class Deliverer:
         }
         started = time.perf_counter()
         try:
+            # The status line is the receiver's answer: a body that stalls after a 2xx must not
+            # turn an acknowledged callback into a timeout that is sent again.
             result = await self._http.post(
-                message.url, content=body, headers=headers, field="StatusCallback"
+                message.url, content=body, headers=headers, field="StatusCallback",
+                body_wait=ANSWER_BODY_WAIT,
             )
         except InvalidRequest as exc:
             return _Outcome(error=str(exc), permanent=True)

@@ -287,8 +287,15 @@ class OutboundHttp:
         timeout: float | None = None,
         follow_redirects: bool = False,
         field: str = "URL",
+        body_wait: float | None = None,
     ) -> FetchResult:
-        """Send one request; raises InvalidRequest (refused), FetchError or FetchTimeout."""
+        """Send one request; raises InvalidRequest (refused), FetchError or FetchTimeout.
+
+        ``body_wait``: seconds to wait for the response body once the status has come (None:
+        as long as the whole exchange may take). Past it the result keeps the status and what
+        body came, ``truncated``: for a callback the status is the answer, and a receiver that
+        stalls after its 2xx has still acknowledged.
+        """
         url = validate_url(url, allow_private=self.allow_private, field=field)
         limit = self.timeout if timeout is None else timeout
         started = time.perf_counter()
@@ -298,7 +305,8 @@ class OutboundHttp:
                 # dribbling bytes cannot hold a delivery slot forever.
                 async with asyncio.timeout(limit):
                     return await self._send(
-                        method, url, content, headers, params, limit, follow_redirects, started
+                        method, url, content, headers, params, limit, follow_redirects, started,
+                        body_wait,
                     )
             except _PrivateAddress as exc:
                 raise _private(field, exc.address) from None
@@ -318,6 +326,7 @@ class OutboundHttp:
         limit: float,
         follow_redirects: bool,
         started: float,
+        body_wait: float | None,
     ) -> FetchResult:
         async with self._client.stream(
             method,
@@ -328,7 +337,13 @@ class OutboundHttp:
             timeout=httpx.Timeout(limit),
             follow_redirects=follow_redirects,
         ) as response:
-            body, truncated = await _read_capped(response, self.max_body)
+            try:
+                async with asyncio.timeout(body_wait):
+                    body, truncated = await _read_capped(response, self.max_body)
+            except (TimeoutError, httpx.HTTPError):
+                if body_wait is None:
+                    raise
+                body, truncated = b"", True  # the status came; the connection is not reused
         return FetchResult(
             status_code=response.status_code,
             headers=response.headers,
@@ -347,8 +362,9 @@ class OutboundHttp:
         timeout: float | None = None,
         follow_redirects: bool = False,
         field: str = "URL",
+        body_wait: float | None = None,
     ) -> FetchResult:
-        """POST ``content`` to ``url``."""
+        """POST ``content`` to ``url`` (``body_wait`` as for ``request``)."""
         return await self.request(
             "POST",
             url,
@@ -357,6 +373,7 @@ class OutboundHttp:
             timeout=timeout,
             follow_redirects=follow_redirects,
             field=field,
+            body_wait=body_wait,
         )
 
     async def get(
