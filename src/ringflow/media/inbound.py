@@ -24,11 +24,9 @@ now, not a growing delay. Lost packets are replaced by silence so later audio st
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-
 from ringflow.media.g711 import FRAME_BYTES, SILENCE_PCM
 from ringflow.media.stats import SessionStats
+from ringflow.sip.sources import IpAddress, ip_of
 
 PREFILL = 2 * FRAME_BYTES
 MAX_BUFFER = 10 * FRAME_BYTES
@@ -37,19 +35,10 @@ MAX_FILL_LOSS = 5  # lost packets replaced by silence (a longer gap is a pause, 
 SSRC_SILENT_FRAMES = 10  # a new SSRC is taken once the current one is quiet this long
 DUPLICATE = -1
 
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-
-@functools.lru_cache(maxsize=4096)
 def host_of(host: str) -> IpAddress | str:
     """``host`` as an IP address (IPv4 mapping and zone undone), or as given if it is none."""
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    return ip_of(host) or host
 
 
 class InboundStream:
