@@ -89,8 +89,10 @@ class BodyLimits:
         try:
             await self.app(scope, guard.receive, guard.send)
         except ClientDisconnect:
-            if not guard.refused:  # a real disconnect, not the one the guard staged
-                raise
+            # The body ended in a disconnect: the guard's refusal, the connection's (a 408 or 431
+            # from ``http_connections``) or the client's own. Nobody is left to answer, and
+            # uvicorn would log a traceback for what is no error of the app's.
+            pass
 
 
 class _StreamGuard:

@@ -57,7 +57,9 @@ class Settings:
     # HTTP connections (per process): see http_connections.py.
     max_connections: int = 1000
     http_head_timeout: float = 10.0  # seconds to receive a request's line and headers
-    http_body_timeout: float = 30.0  # seconds to receive a request's body
+    # Seconds to receive a request's body, in all: counted while the server reads it, not while
+    # the app holds it back (waits for an upload slot). Raise it for large uploads on slow links.
+    http_body_timeout: float = 30.0
     http_keep_alive: int = 5  # whole seconds an idle keep-alive connection stays open
     log_level: str = "info"
     # Signs expiring recording links; unset: generated once into data_dir/secret_key.

@@ -7,6 +7,7 @@ Authenticated like the Exotel edge (Basic, API key and token of the account in t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
@@ -39,6 +40,7 @@ MAX_BODY = 256 * 1024
 MAX_JSON_DEPTH = 32  # an app nests about six levels deep
 TOO_DEEP = f"body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
 UPLOADS_AT_ONCE = 4  # audio uploads read and decoded at once: each holds up to MAX_AUDIO_BYTES
+UPLOAD_SLOT_WAIT = 2  # body timeouts an upload may wait for one of those
 DEFAULT_LINK_TTL = 3600
 PREFIX = "/admin/v1/accounts/{sid}"
 
@@ -157,7 +159,7 @@ class AdminApi:
 
     async def upload_audio(self, request: Request, account: Account) -> Response:
         """Store a WAV or MP3 (any rate, any channels) as 8 kHz mono, for greetings' ``audio``."""
-        async with self._uploads:
+        async with self._upload_slot():
             with self.s.audio.spool() as spool:
                 async for chunk in _body_chunks(request, MAX_AUDIO_BYTES):
                     spool.write(chunk)  # into the page cache: microseconds a chunk
@@ -167,6 +169,25 @@ class AdminApi:
             {"id": audio_id, "duration": round(prompt.duration, 3), "url": self._audio_url(account, audio_id)},
             status_code=201,
         )
+
+    @contextlib.asynccontextmanager
+    async def _upload_slot(self) -> AsyncIterator[None]:
+        """One of ``UPLOADS_AT_ONCE`` slots, waited for at most ``UPLOAD_SLOT_WAIT`` body
+        timeouts (503 after): an upload holds its slot for at most one body timeout of reading,
+        and its decoding.
+
+        The wait is not charged to the client's body deadline (the server stops reading a body
+        its app holds back: ``http_connections``), so it is bounded here: a waiting upload holds
+        a connection that the connection cap may not displace."""
+        try:
+            async with asyncio.timeout(UPLOAD_SLOT_WAIT * self.s.settings.http_body_timeout):
+                await self._uploads.acquire()
+        except TimeoutError:
+            raise Unavailable("too many audio uploads at once: try again shortly") from None
+        try:
+            yield
+        finally:
+            self._uploads.release()
 
     async def get_audio(self, request: Request, account: Account) -> Response:
         """An uploaded audio as stored: an 8 kHz mono 16-bit WAV."""
