@@ -45,7 +45,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-RINGFLOW = [sys.executable, "-m", "ringflow.cli"]
+from api_connect import RINGFLOW, cli, free_port  # noqa: E402 (bench/ is the script's path)
 EXOPHONES = {"steady": "08039591234", "sip": "08039591235", "tarpit": "08039591236"}
 GRACE = 60.0  # seconds after the load stops for the last callbacks to arrive
 APP = """
@@ -55,17 +55,6 @@ nodes:
   hello: {applet: greeting, text: "Hello, this is a reminder from the soak test.", next: bye}
   bye: {applet: hangup}
 """
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli(env: dict[str, str], *args: str) -> str:
-    return subprocess.run([*RINGFLOW, *args], env=env, check=True, capture_output=True,
-                          text=True).stdout
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -219,7 +208,7 @@ async def hostile(plan: dict) -> None:
     stop = time.monotonic() + plan["seconds"]
     base = plan["base"]
     results: dict = {}
-    side = asyncio.gather(tarpit(plan["tarpit_port"]), return_exceptions=True)
+    side = asyncio.ensure_future(tarpit(plan["tarpit_port"]))
     fuzzer = None
     if plan["sip_port"]:
         fuzzer = threading.Thread(target=fuzz, args=(("127.0.0.1", plan["sip_port"]),
@@ -239,6 +228,7 @@ async def hostile(plan: dict) -> None:
     if fuzzer is not None:
         fuzzer.join()
     side.cancel()
+    await asyncio.gather(side, return_exceptions=True)
     results.update(slow_connections=sum(outcome[0]), tokens=outcome[1], bombs=outcome[2],
                    tarpit_calls=outcome[3])
     print(json.dumps(results), flush=True)
