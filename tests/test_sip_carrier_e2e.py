@@ -81,6 +81,13 @@ async def call_to_end(rig: Rig, sid: str, wait: float = CALL_WAIT) -> Call:
     return await rig.call(sid)
 
 
+async def story(rig: Rig, sid: str) -> str:
+    """The call's reason and timeline (each leg's status and cause), for the message of a
+    failed assertion."""
+    steps = [f"{e['kind']} {e['data']}" for e in await rig.timeline(sid)]
+    return "\n".join([f"reason: {(await rig.call(sid)).reason!r}", *steps])
+
+
 async def place(rig: Rig, phone: Sipp | DeadTrunk, app_id: int | None = None, **params: Any) -> str:
     """Calls/connect to the SIPp phone running ``app_id``; returns the call's SID."""
     if app_id is not None:
@@ -101,7 +108,7 @@ async def test_answer_then_we_hang_up(tmp_path: Path) -> None:
     async with sipp(tmp_path, "callee_answer.xml") as phone, sip_server(tmp_path, phone) as rig:
         sid = await place(rig, phone, await app(rig, GREETING_THEN_HANGUP, "hello"))
         call = await call_to_end(rig, sid)
-        assert call.status == "completed", call.reason
+        assert call.status == "completed", await story(rig, sid)
         assert await phone.exit_code() == 0  # it got our ACK and our BYE
         details = await rig.details(sid)
         assert details["Status"] == "completed" and details["Duration"] >= 1
@@ -232,7 +239,7 @@ async def test_a_tcp_trunk_carries_the_call(tmp_path: Path) -> None:
             sip_server(tmp_path, phone, {"transport": "tcp"}) as rig:
         sid = await place(rig, phone, await app(rig, GREETING_THEN_HANGUP, "hello"))
         call = await call_to_end(rig, sid)
-        assert call.status == "completed", call.reason
+        assert call.status == "completed", await story(rig, sid)
         assert await phone.exit_code() == 0  # INVITE, ACK and BYE all came over its TCP port
 
 
@@ -272,7 +279,7 @@ async def digits_heard(rig: Rig, phone: Sipp, talk_ms: int = 300) -> str:
     """Run the gather app over SIP; the digits the customer's server was told."""
     sid = await place(rig, phone, await app(rig, gather_app(f"{rig.customer.url}/keys"), "ask"))
     call = await call_to_end(rig, sid)
-    assert call.status == "completed", call.reason
+    assert call.status == "completed", await story(rig, sid)
     assert await phone.exit_code() == 0
     hits = [s for s in rig.customer.seen if s.path == "/keys"]
     assert len(hits) == 1, "the app did not take the on_input branch"
@@ -343,7 +350,7 @@ async def test_two_numbers_bridge_two_sipp_callees_and_record_each(tmp_path: Pat
                               RecordingChannels="dual", TimeLimit="4")
         assert r.status_code == 200, r.text
         call = await call_to_end(rig, r.json()["Call"]["Sid"])
-        assert call.status == "completed", call.reason
+        assert call.status == "completed", await story(rig, sid)
         # TimeLimit ended both legs with our BYE, which each SIPp requires.
         assert await first.exit_code() == 0 and await second.exit_code() == 0
         [row] = await recordings(rig, call)
@@ -363,7 +370,7 @@ async def test_record_true_tapes_the_prompt_and_the_callee(tmp_path: Path) -> No
         sid = await place(rig, phone, await app(rig, greeting, "hello"), Record="true",
                           RecordingChannels="dual")
         call = await call_to_end(rig, sid)
-        assert call.status == "completed", call.reason
+        assert call.status == "completed", await story(rig, sid)
         assert await phone.exit_code() == 0
         [row] = await recordings(rig, call)
         prompt = await rig.services.tts.speak(text)
@@ -391,7 +398,7 @@ async def test_a_voicemail_over_sip_keeps_what_the_callee_said_and_ends_on_silen
             sip_server(tmp_path, phone, data_dir=str(tmp_path)) as rig:
         sid = await place(rig, phone, await app(rig, voicemail, "vm"))
         call = await call_to_end(rig, sid)
-        assert call.status == "completed", call.reason
+        assert call.status == "completed", await story(rig, sid)
         assert await phone.exit_code() == 0
         [step] = [e["data"] for e in await rig.timeline(sid) if e["kind"] == "recording"]
         [row] = await recordings(rig, call)
