@@ -533,7 +533,8 @@ async def test_the_trunks_page_shows_the_sandbox_or_the_accounts_own_trunk(datab
     trunks = tmp_path / "trunks.yaml"
     trunks.write_text("trunks:\n  - name: office-pbx\n    host: 127.0.0.1\n    port: 5099\n"
                       "    max_channels: 7\n    password: s3cret\n    username: acme\n"
-                      "    accounts: [otherco]\n")
+                      "    accounts: [otherco]\n    sources: [192.0.2.0/28]\n"
+                      "    symmetric_rtp: true\n")
     async with running(database_url, sip_trunks=str(trunks), sip_port=0) as rig:
         other = await rig.services.accounts.create_account("Other Co")
         assert other.account_sid == "otherco"
@@ -550,6 +551,8 @@ async def test_the_trunks_page_shows_the_sandbox_or_the_accounts_own_trunk(datab
             page = (await theirs.get("/a/otherco/trunks")).text
             assert "<strong>office-pbx</strong>" in page and "0 of 7 channels" in page
             assert 'data-registration="none"' in page and "s3cret" not in page
+            assert "data-sources>127.0.0.1, 192.0.2.0/28<" in page
+            assert "symmetric RTP" in page
             sandbox = (await theirs.get("/a/otherco/sandbox")).text
             assert "data-no-sandbox" in sandbox
             app = await rig.services.accounts.save_app("otherco", voicemail_app())
