@@ -277,34 +277,25 @@ async def defer(
     session: AsyncSession, destination: str, until: dt.datetime, now: dt.datetime
 ) -> int:
     """Push the due time of ``destination``'s unleased pending rows out to ``until``."""
-    stmt = (
-        update(M)
-        .where(
-            M.destination == destination,
-            M.state == "pending",
-            M.next_attempt_at < until,
-            _lease_free(now),
-        )
-        .values(next_attempt_at=until)
-        .execution_options(synchronize_session=False)
-    )
-    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
+    return await _move_due(session, destination, now, until, M.next_attempt_at < until)
 
 
 async def resume(
     session: AsyncSession, destination: str, deferred_until: dt.datetime, now: dt.datetime
 ) -> int:
     """Make ``destination``'s rows deferred until ``deferred_until`` due now."""
+    return await _move_due(session, destination, now, now, M.next_attempt_at > now,
+                           M.next_attempt_at <= deferred_until)
+
+
+async def _move_due(session: AsyncSession, destination: str, now: dt.datetime,
+                    to: dt.datetime, *due: Any) -> int:
+    """Set the due time of ``destination``'s unleased pending rows whose due time is in ``due``
+    to ``to``; returns how many."""
     stmt = (
         update(M)
-        .where(
-            M.destination == destination,
-            M.state == "pending",
-            M.next_attempt_at > now,
-            M.next_attempt_at <= deferred_until,
-            _lease_free(now),
-        )
-        .values(next_attempt_at=now)
+        .where(M.destination == destination, M.state == "pending", _lease_free(now), *due)
+        .values(next_attempt_at=to)
         .execution_options(synchronize_session=False)
     )
     return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
