@@ -23,6 +23,7 @@ from ringflow.api.auth import FailedLogins
 from ringflow.api.exotel import ExotelApi
 from ringflow.audio_files import MAX_AUDIO_BYTES, AudioStore, FlowHttp
 from ringflow.body_limits import BodyLimits
+from ringflow.calls.control import CallControl
 from ringflow.calls.dispatcher import Dispatcher
 from ringflow.calls.housekeeping import Housekeeper
 from ringflow.calls.runner import CallRunner
@@ -65,6 +66,7 @@ class Services:
     housekeeper: Housekeeper
     recordings: RecordingStore
     audio: AudioStore
+    control: CallControl
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, carrier: Carrier | None = None) -> Services:
@@ -80,7 +82,9 @@ class Services:
         audio = AudioStore(settings, db, prompts, audio_http, clock)
         carrier = carrier or _carrier(settings, clock, db, tts)
         recordings = RecordingStore(settings, db, clock)
-        runner = CallRunner(db, clock, carrier, FlowHttp(http, audio), deliverer.wake, recordings)
+        control = CallControl(db, clock, settings.instance_name, settings.redis_url, deliverer.wake)
+        runner = CallRunner(db, clock, carrier, FlowHttp(http, audio), deliverer.wake, recordings,
+                            control)
         dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake)
         rate_limiter = make_rate_limiter(settings.redis_url, clock)
         return cls(
@@ -102,6 +106,7 @@ class Services:
                                     prompts),
             recordings=recordings,
             audio=audio,
+            control=control,
         )
 
     async def start(self) -> None:
@@ -112,12 +117,14 @@ class Services:
             await start()  # a carrier with sockets binds them before any call is placed
         self.deliverer.start()
         await self.dispatcher.recover()
+        self.control.start()
         self.housekeeper.start()
 
     async def stop(self) -> None:
         """End running calls, flush callbacks, close connections."""
         await self.housekeeper.stop()
         await self.dispatcher.stop()
+        await self.control.close()
         if (close := getattr(self.carrier, "close", None)) is not None:
             await close()
         await self.deliverer.stop()

@@ -6,6 +6,7 @@
     ├── ConfigError             bad RINGFLOW_* setting or CLI flag
     ├── NotFound                no such account, call, app, number (API: 404)
     ├── Conflict                duplicate name, number already owned (API: 409)
+    │   └── CallOver            a live-call request for a call that is already over
     ├── InvalidRequest          a request parameter is missing or wrong (API: 400)
     │   └── AppInvalid          an app graph failed validation (names node and field)
     ├── AuthError               credentials missing or wrong (API: 401)
@@ -44,6 +45,10 @@ class NotFound(RingflowError):
 
 class Conflict(RingflowError):
     """The object already exists."""
+
+
+class CallOver(Conflict):
+    """A hang-up or redirect asked of a call that has already ended."""
 
 
 class InvalidRequest(RingflowError):

@@ -3,6 +3,9 @@
 Paths are matched without regard to letter case (``/v1/accounts/x/calls/connect`` works), a
 ``.json`` suffix selects JSON, and every error is a RestException in the endpoint's format.
 
+``POST Calls/{CallSid}`` (beyond Exotel v1) controls a live call: ``Status=completed`` hangs it
+up, ``Url=`` runs another app on it; calls/control.py reaches whichever process carries it.
+
 A recording (``Recordings/{sid}.mp3`` or ``.wav``) is served to the account's Basic credentials
 or to a signed, unexpired link (``?Expires=...&Signature=...``, see recordings.py), never
 without one of the two.
@@ -22,14 +25,15 @@ from starlette.routing import Route
 
 from ringflow.api import call_list
 from ringflow.api.auth import CHALLENGE, authenticate
-from ringflow.api.connect import parse_connect
+from ringflow.api.connect import app_id_from_url, parse_connect
 from ringflow.api.params import Params, read_params
 from ringflow.calls.callbacks import fmt_date
 from ringflow.api.render import call_details, call_fields, error, respond
 from ringflow.calls.status import Status
 from redis.exceptions import RedisError
 
-from ringflow.errors import AuthError, CapacityExceeded, Forbidden, Unavailable, InvalidRequest, NotFound, RateLimited
+from ringflow.errors import (AuthError, CapacityExceeded, Conflict, Forbidden, InvalidRequest,
+                             NotFound, RateLimited, Unavailable)
 from ringflow.phone import display
 from ringflow.recordings import CONTENT_TYPES, extension
 from ringflow.storage.models import Account, Call
@@ -47,6 +51,14 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
             re.I,
         ),
         "get_call",
+    ),
+    (
+        "POST",
+        re.compile(
+            r"^accounts/(?P<sid>[^/]+)/calls/(?!connect(?:\.json)?/?$)(?P<call>[a-z0-9]+)(?P<json>\.json)?/?$",
+            re.I,
+        ),
+        "update_call",
     ),
     (
         "GET",
@@ -122,6 +134,8 @@ class ExotelApi:
             return error(503, str(exc), as_json=as_json, headers={"Retry-After": "5"})
         except NotFound as exc:
             return error(404, str(exc), as_json=as_json, headers=headers)
+        except Conflict as exc:
+            return error(409, str(exc), as_json=as_json, headers=headers)
         except InvalidRequest as exc:
             return error(400, str(exc), as_json=as_json, headers=headers)
         except Exception:
@@ -212,6 +226,30 @@ class ExotelApi:
         if params.get_bool("details"):
             fields["Details"] = call_details(call)
         return respond({"Call": fields}, as_json=as_json)
+
+    async def update_call(self, request: Request, account: Account, params: Params, match: Any, as_json: bool) -> Response:
+        """``POST Calls/{CallSid}``: ``Status=completed`` hangs up, ``Url=`` redirects."""
+        status, url = params.get("Status"), params.get("Url")
+        if status and url:
+            raise InvalidRequest("Status and Url cannot be given together: send one at a time")
+        if not status and not url:
+            raise InvalidRequest("Status or Url is a mandatory parameter")
+        sid = match["call"].lower()
+        if status:
+            if status.strip().lower() != "completed":
+                raise InvalidRequest(f"Status {status} is not supported: only completed (hang up)")
+            call = await self.s.control.hang_up(sid, "api", account_id=account.id)
+        else:
+            app_id = app_id_from_url(url or "")
+            async with self.s.db.session() as session:
+                try:
+                    await self.s.accounts.app(session, account.id, app_id)
+                except NotFound:
+                    raise InvalidRequest(f"Url: there is no app {app_id} in this account") from None
+            call = await self.s.control.redirect(sid, app_id, "api", account_id=account.id)
+        log.info("call %s: %s requested by API", sid, "hangup" if status else "redirect")
+        body = {"Call": call_fields(call, account.sid, account.time_zone, json_uri=as_json)}
+        return respond(body, as_json=as_json)
 
     async def list_calls(self, request: Request, account: Account, params: Params, match: Any, as_json: bool) -> Response:
         """``GET Calls``: the bulk list with filters, sorting and cursors."""

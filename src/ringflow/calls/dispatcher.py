@@ -133,6 +133,8 @@ class Dispatcher:
                     .where(Call.account_id == account_id, Call.status == Status.QUEUED)
                     .order_by(Call.created_at, Call.id)
                     .limit(room)
+                    # A call being hung up (calls/control.py) holds its row: it is not admitted.
+                    .with_for_update(skip_locked=True)
                 )
             ).scalars()
             woke = False

@@ -4,6 +4,8 @@ Flow calls: dial ``From``; when answered, run the app; hang up. Two-number calls
 when answered, dial ``To`` and bridge the two (recording the conversation when ``Record=true``).
 ``TimeOut`` bounds each leg's ringing and ``TimeLimit`` (counted from the first answer) ends the
 call. Every status change goes through ``transitions.apply``; the runner itself holds no status.
+Each call is registered with ``calls.control`` while it runs, so it can be hung up or
+redirected to another app by request.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from ringflow.calls.control import STOPPED, CallControl, LiveCall
 from ringflow.calls.dialing import FlowDialer
 from ringflow.calls.status import Event, Status, is_terminal
 from ringflow.calls.transitions import Change, apply, interrupted
@@ -62,6 +65,7 @@ class CallRunner:
         http_get: HttpGetter,
         on_enqueued: Callable[[], None],
         recordings: RecordingStore | None = None,
+        control: CallControl | None = None,
     ):
         self.db = db
         self.clock = clock
@@ -69,6 +73,7 @@ class CallRunner:
         self.http_get = http_get
         self.on_enqueued = on_enqueued
         self.recordings = recordings
+        self.control = control or CallControl(db, clock, "", on_enqueued=on_enqueued)
         self._steps: dict[str, list[CallEvent]] = {}  # by call SID, not yet written
 
     async def change(self, sid: str, change: Change) -> Call:
@@ -120,6 +125,7 @@ class CallRunner:
     async def run(self, sid: str) -> None:
         """Carry the call to a final status, whatever happens on the way."""
         channels: list[Channel] = []
+        self.control.register(sid, channels)
         try:
             await self._run(sid, channels)
         except asyncio.CancelledError:
@@ -130,6 +136,12 @@ class CallRunner:
             await self._abandon(sid, channels, f"internal error: {exc}")
         finally:
             await asyncio.shield(self.flush(sid))
+            self.control.unregister(sid)
+
+    def _live(self, sid: str) -> LiveCall:
+        live = self.control.live(sid)
+        assert live is not None, f"call {sid} is not registered"
+        return live
 
     async def _abandon(self, sid: str, channels: list[Channel], reason: str) -> None:
         for channel in channels:
@@ -150,6 +162,7 @@ class CallRunner:
         if not isinstance(first, Answered):
             return
         channels.append(first.channel)
+        await self._live(sid).hang_up_if_stopped(first.channel)
         watchdog = asyncio.ensure_future(self._time_limit(call, channels))
         try:
             if call.shape == "flow":
@@ -163,7 +176,9 @@ class CallRunner:
                 if tap is not None:
                     # Kept before the final status, so the terminal callback carries its URL.
                     await self.keep_conversation(call, account, tap)
-                await self.change(sid, Change(call=Event.HANGUP, legs=((1, Event.HANGUP),)))
+                ended = Change(call=Event.HANGUP, legs=((1, Event.HANGUP),),
+                               reason=self._live(sid).stop_reason)
+                await self.change(sid, ended)
             else:
                 await self._connect(call, account, first.channel, channels)
         finally:
@@ -175,6 +190,10 @@ class CallRunner:
         if isinstance(event, Answered):
             call_event = Event.ANSWER if leg_no == 1 else None
             await self.change(call.sid, Change(call=call_event, legs=((leg_no, Event.ANSWER),)))
+        elif event is STOPPED:  # never answered: failed, the ringing leg canceled
+            change = Change(call=Event.FAIL, legs=((1, Event.CANCEL),), cause=event.cause,
+                            reason=self._live(call.sid).stop_reason)
+            await self.change(call.sid, change)
         elif leg_no == 1:
             outcome = OUTCOME_EVENTS[event.outcome]
             await self.change(call.sid, Change(call=outcome, legs=((1, outcome),), cause=event.cause))
@@ -196,8 +215,11 @@ class CallRunner:
         request = DialRequest(number, caller_id or call.caller_id, account.sid, call.sid, leg_no)
         attempt = self.carrier.dial(request)
         deadline: float | None = self.clock.now() + ring_timeout
+        live = self._live(call.sid)
         while True:
             next_event = attempt.next_event()
+            if leg_no == 1:  # later legs end with the first one (hung up by the request)
+                next_event = live.unless_stopped(next_event)
             try:
                 if deadline is None:  # waiting for the trunk: no ring timeout yet
                     event = await next_event
@@ -218,6 +240,9 @@ class CallRunner:
                 continue
             if isinstance(event, Ringing):
                 continue
+            if event is STOPPED:
+                await attempt.cancel()  # on SIP: CANCEL
+                return event
             if event is None:
                 known = await attempt.cancel()  # the carrier may know better than "no answer"
                 return known or Rejected("no-answer", f"no answer within {ring_timeout:g}s")
@@ -242,10 +267,24 @@ class CallRunner:
     async def _run_flow(
         self, call: Call, account: Account, channel: Channel, channels: list[Channel]
     ) -> None:
+        """Run the call's app, then any app a redirect asks for."""
+        assert call.app_id is not None
+
+        async def run_app(app_id: int) -> None:
+            await self._run_app(call, account, channel, channels, app_id)
+
+        async def record(kind: str, data: dict[str, Any]) -> None:
+            await self.record(call, kind, data)
+
+        await self._live(call.sid).run_apps(call.app_id, run_app, record)
+
+    async def _run_app(
+        self, call: Call, account: Account, channel: Channel, channels: list[Channel], app_id: int
+    ) -> None:
         async with self.db.session() as session:
-            app = await session.get(App, call.app_id)
-        if app is None:
-            await self.record(call, "flow.aborted", {"reason": f"app {call.app_id} was deleted"})
+            app = await session.get(App, app_id)
+        if app is None or app.account_id != account.id:
+            await self.record(call, "flow.aborted", {"reason": f"app {app_id} was deleted"})
             return
         graph = parse_app(app.graph, REGISTRY)
         ctx = FlowContext(
@@ -309,7 +348,7 @@ class CallRunner:
             change = Change(
                 call=Event.FAIL,
                 legs=((1, Event.HANGUP), (2, Event.CANCEL)),
-                reason="From hung up while To was ringing",
+                reason=self._live(call.sid).stop_reason or "From hung up while To was ringing",
             )
             await self.change(call.sid, change)
             return
@@ -330,5 +369,7 @@ class CallRunner:
             # Kept before the final status, so the terminal callback carries its RecordingUrl.
             await self.keep_conversation(call, account, tap)
         await self.change(
-            call.sid, Change(call=Event.HANGUP, legs=((1, Event.HANGUP), (2, Event.HANGUP)))
+            call.sid,
+            Change(call=Event.HANGUP, legs=((1, Event.HANGUP), (2, Event.HANGUP)),
+                   reason=self._live(call.sid).stop_reason),
         )
