@@ -1,15 +1,20 @@
 # ringflow: the two commands of the quick start, and a few helpers.
 #   make serve   create .venv, install, migrate, create the demo account, serve on :8080
 #   make test    install what the tests need (Python and Debian packages, services), run the suite
+#   make pipecat-venv  the pipecat bot's own virtualenv (tests/bots/), built once; make test needs it
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The pipecat bot runs from a virtualenv of its own: pipecat pins versions that may clash with ours.
+PIPECAT_VENV := .venv-pipecat
+PIPECAT_STAMP := $(PIPECAT_VENV)/.installed
+PIPECAT_REQUIREMENTS := tests/bots/requirements-pipecat.txt
 RINGFLOW_HOST ?= 127.0.0.1
 RINGFLOW_PORT ?= 8080
 
-.PHONY: serve test install services bench clean
+.PHONY: serve test install services bench clean pipecat-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +26,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# Rebuilt from scratch when the pins change; any failed step fails make (and so make test).
+$(PIPECAT_STAMP): $(PIPECAT_REQUIREMENTS)
+	rm -rf $(PIPECAT_VENV)
+	$(PYTHON) -m venv $(PIPECAT_VENV)
+	$(PIPECAT_VENV)/bin/pip install -q --upgrade pip
+	$(PIPECAT_VENV)/bin/pip install -q -r $(PIPECAT_REQUIREMENTS)
+	$(PIPECAT_VENV)/bin/python -c "import uvicorn; from pipecat.serializers.exotel import ExotelFrameSerializer"
+	touch $(PIPECAT_STAMP)
+
+pipecat-venv: $(PIPECAT_STAMP)
+
 serve: $(STAMP)
 	$(BIN)/ringflow migrate
 	RINGFLOW_ALLOW_PRIVATE_URLS=$${RINGFLOW_ALLOW_PRIVATE_URLS:-1} \
@@ -31,11 +47,11 @@ serve: $(STAMP)
 services:
 	@scripts/ensure-services sip-tester baresip-core chromium
 
-test: $(STAMP) services
+test: $(STAMP) $(PIPECAT_STAMP) services
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/api_connect.py
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) $(PIPECAT_VENV) data .pytest_cache
