@@ -380,7 +380,7 @@ class WsBot:
                 await self.handler(conn)
         except ConnectionClosed:
             pass  # the handler was sending when ringflow closed: the recording says so
-        except Exception as exc:  # noqa: BLE001 - kept for the test to re-raise, not swallowed
+        except Exception as exc:  # kept in handler_errors for the test to re-raise
             self.handler_errors.append(exc)
             await ws.close(1011, f"test bot handler failed: {exc!r}"[:120])
         await reader
