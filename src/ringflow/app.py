@@ -38,6 +38,7 @@ from ringflow.ratelimit import RateLimiter, make_rate_limiter
 from ringflow.recordings import RecordingStore
 from ringflow.storage.db import Database
 from ringflow.storage.models import SandboxPhone
+from ringflow.streams.service import Streams
 from ringflow.telephony.carrier import Carrier
 from ringflow.telephony.routing import RoutingCarrier
 from ringflow.telephony.sandbox import PhoneScript, SandboxCarrier
@@ -67,6 +68,7 @@ class Services:
     recordings: RecordingStore
     audio: AudioStore
     control: CallControl
+    streams: Streams
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, carrier: Carrier | None = None) -> Services:
@@ -83,8 +85,9 @@ class Services:
         carrier = carrier or _carrier(settings, clock, db, tts)
         recordings = RecordingStore(settings, db, clock)
         control = CallControl(db, clock, settings.instance_name, settings.redis_url, deliverer.wake)
+        streams = Streams(settings, clock, http)
         runner = CallRunner(db, clock, carrier, FlowHttp(http, audio), deliverer.wake, recordings,
-                            control)
+                            control, streams)
         dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake)
         rate_limiter = make_rate_limiter(settings.redis_url, clock)
         return cls(
@@ -107,6 +110,7 @@ class Services:
             recordings=recordings,
             audio=audio,
             control=control,
+            streams=streams,
         )
 
     async def start(self) -> None:

@@ -42,6 +42,7 @@ class Settings:
     auth_failures_per_key: int = 100
     max_concurrent_calls: int = 20
     queue_limit: int = 1000
+    stream_limit: int = 100  # concurrent streams to bots per account (accounts may set their own)
     queue_max_age: float = 600.0
     allow_private_urls: bool = False
     callback_timeout: float = 15.0
@@ -120,6 +121,8 @@ class Settings:
             raise ConfigError(
                 "RINGFLOW_CALLBACK_CIRCUIT_COOLDOWN must be a positive number of seconds"
             )
+        if self.stream_limit < 0:
+            raise ConfigError("RINGFLOW_STREAM_LIMIT must be a whole number, 0 or more")
         if self.max_connections < 1:
             raise ConfigError("RINGFLOW_MAX_CONNECTIONS must be at least 1")
         for name in ("http_head_timeout", "http_body_timeout"):

@@ -14,12 +14,15 @@ from ringflow.calls.requests import DEFAULT_TIME_LIMIT, DEFAULT_TIME_OUT, MAX_TI
 from ringflow.errors import InvalidRequest, NotFound
 from ringflow.phone import display, normalize
 from ringflow.storage.models import Account, PhoneNumber
+from ringflow.streams.target import check_stream_url
 from ringflow.webhooks.http import validate_url
 
 # .../exoml/start_voice/{app_id} (current) and .../exoml/start/{app_id} (legacy), any host.
 _APP_URL = re.compile(r"/exoml/start(?:_voice)?/([0-9]{1,100})/?$")
 EVENTS = ("terminal", "answered", "ringing")
 CONTENT_TYPES = {"multipart/form-data": False, "application/json": True}
+STREAM_TYPES = ("bidirectional", "unidirectional")
+MAX_STREAM_NAME = 32
 
 
 def app_id_from_url(url: str) -> int:
@@ -35,12 +38,17 @@ def app_id_from_url(url: str) -> int:
 
 async def parse_connect(params: Params, account: Account, services: Any) -> CallRequest:
     """Check every Calls/connect parameter; InvalidRequest names the first one at fault."""
-    if params.get("StreamUrl"):
-        raise InvalidRequest("StreamUrl: streaming calls to a WebSocket are not supported yet")
     from_number = normalize(params.require("From"), field="From")
     caller_raw = params.require("CallerId")
     url, to = params.get("Url"), params.get("To")
-    if not url and not to:
+    stream = _stream(params, services.settings.allow_private_urls)
+    if stream is not None:
+        given = [name for name, value in (("Url", url), ("To", to)) if value]
+        if given:
+            raise InvalidRequest(f"StreamUrl and {' and '.join(given)} cannot be used together: "
+                                 "a StreamUrl call streams to the bot instead of running an app "
+                                 "or connecting a number")
+    elif not url and not to:
         raise InvalidRequest("Url or To is a mandatory parameter")
     async with services.db.session() as session:
         caller_id = await _exophone(session, caller_raw, account)
@@ -74,12 +82,13 @@ async def parse_connect(params: Params, account: Account, services: Any) -> Call
     wait_url = params.get("WaitUrl")
     if wait_url:
         wait_url = validate_url(wait_url, allow_private=allow_private, field="WaitUrl")
+    shape = "stream" if stream is not None else "flow" if url else "numbers"
     return CallRequest(
         account_id=account.id,
-        shape="flow" if url else "numbers",
+        shape=shape,
         from_number=from_number,
         caller_id=caller_id,
-        to_number=None if url else normalize(to or "", field="To"),
+        to_number=normalize(to, field="To") if shape == "numbers" and to else None,
         app_id=app_id,
         time_limit=params.get_int("TimeLimit", min=1, max=14400) or DEFAULT_TIME_LIMIT,
         time_out=params.get_int("TimeOut", min=1, max=MAX_TIME_OUT) or DEFAULT_TIME_OUT,
@@ -91,7 +100,28 @@ async def parse_connect(params: Params, account: Account, services: Any) -> Call
         recording_channels=channels,
         recording_format=fmt,
         wait_url=wait_url,
+        stream_url=stream[0] if stream else None,
+        stream_type=stream[1] if stream else None,
+        stream_name=stream[2] if stream else None,
     )
+
+
+def _stream(params: Params, allow_private: bool) -> tuple[str, str, str | None] | None:
+    """StreamUrl, StreamType and StreamName checked, or None for a call without a stream."""
+    url = params.get("StreamUrl")
+    if url is None:
+        for name in ("StreamType", "StreamName"):
+            if params.get(name):
+                raise InvalidRequest(f"{name} needs StreamUrl")
+        return None
+    url = check_stream_url(url, allow_private=allow_private)
+    kind = (params.get("StreamType") or "bidirectional").strip().lower()
+    if kind not in STREAM_TYPES:
+        raise InvalidRequest(f"StreamType must be {' or '.join(STREAM_TYPES)}")
+    name = params.get("StreamName")
+    if name is not None and len(name) > MAX_STREAM_NAME:
+        raise InvalidRequest(f"StreamName must be at most {MAX_STREAM_NAME} characters")
+    return url, kind, name
 
 
 async def _exophone(session: AsyncSession, raw: str, account: Account) -> str:

@@ -65,6 +65,11 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         re.compile(r"^accounts/(?P<sid>[^/]+)/incomingphonenumbers(?P<json>\.json)?/?$", re.I),
         "numbers",
     ),
+    (
+        "GET",
+        re.compile(r"^accounts/(?P<sid>[^/]+)/activestreams(?P<json>\.json)?/?$", re.I),
+        "active_streams",
+    ),
 ]
 
 
@@ -280,3 +285,11 @@ class ExotelApi:
             for row in rows
         ]
         return respond({"IncomingPhoneNumbers": items}, as_json=as_json)
+
+    async def active_streams(self, request: Request, account: Account, params: Params, match: Any,
+                             as_json: bool) -> Response:
+        """``GET ActiveStreams``: the account's streams to bots now, and its limit."""
+        streams = self.s.streams
+        body = {"ActiveStreamCount": streams.active(account.sid),
+                "ThrottleLimit": streams.limit(account.max_concurrent_streams)}
+        return respond({"ActiveStreams": body} if not as_json else body, as_json=as_json)

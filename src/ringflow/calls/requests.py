@@ -14,7 +14,7 @@ class CallRequest:
     """Everything needed to place a call; numbers are E.164 (or sip: URIs)."""
 
     account_id: int
-    shape: str  # "flow" or "numbers"
+    shape: str  # "flow", "numbers" or "stream"
     from_number: str
     caller_id: str
     to_number: str | None = None  # numbers shape
@@ -29,3 +29,6 @@ class CallRequest:
     recording_channels: str = "single"
     recording_format: str = "mp3"
     wait_url: str | None = None
+    stream_url: str | None = None  # stream shape: the bot's ws(s) URL or http(s) endpoint
+    stream_type: str | None = None  # bidirectional or unidirectional
+    stream_name: str | None = None

@@ -13,17 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
 
 from ringflow.calls.control import STOPPED, CallControl, LiveCall
 from ringflow.calls.dialing import FlowDialer
+from ringflow.calls.streaming import CallStreams, run_stream_call
 from ringflow.calls.status import Event, Status, is_terminal
 from ringflow.calls.transitions import Change, apply, interrupted
 from ringflow.clock import Clock, wait_with_timeout
 from ringflow.flows.applets import REGISTRY
+from ringflow.flows.applets.passthru import query_params
 from ringflow.flows.context import FlowContext
 from ringflow.flows.engine import FlowEngine, HttpGetter
 from ringflow.flows.model import AppGraph, parse_app
@@ -31,6 +33,7 @@ from ringflow.phone import display
 from ringflow.recordings import RecordingStore
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, App, Call, CallEvent
+from ringflow.streams.service import Streams
 from ringflow.telephony.carrier import (
     Answered,
     Carrier,
@@ -66,6 +69,7 @@ class CallRunner:
         on_enqueued: Callable[[], None],
         recordings: RecordingStore | None = None,
         control: CallControl | None = None,
+        streams: Streams | None = None,
     ):
         self.db = db
         self.clock = clock
@@ -74,6 +78,7 @@ class CallRunner:
         self.on_enqueued = on_enqueued
         self.recordings = recordings
         self.control = control or CallControl(db, clock, "", on_enqueued=on_enqueued)
+        self.streams = streams
         self._steps: dict[str, list[CallEvent]] = {}  # by call SID, not yet written
 
     async def change(self, sid: str, change: Change) -> Call:
@@ -165,12 +170,15 @@ class CallRunner:
         await self._live(sid).hang_up_if_stopped(first.channel)
         watchdog = asyncio.ensure_future(self._time_limit(call, channels))
         try:
-            if call.shape == "flow":
-                # Record=true tapes the whole call: the customer, and the prompts and any
-                # connected party they heard.
+            if call.shape in ("flow", "stream"):
+                # Record=true tapes the whole call: the customer, and the prompts, any
+                # connected party and the bot they heard.
                 tap = ConversationTap() if call.record else None
                 stop_tape = first.channel.record_call(tap) if tap is not None else _nothing
-                await self._run_flow(call, account, first.channel, channels)
+                if call.shape == "flow":
+                    await self._run_flow(call, account, first.channel, channels)
+                else:
+                    await run_stream_call(self, call, account, first.channel)
                 await first.channel.hangup("app ended")
                 stop_tape()
                 if tap is not None:
@@ -327,10 +335,22 @@ class CallRunner:
             load_app=load_app,
             dial=FlowDialer(self, call, account, channel, channels),
             save_recording=save_recording if self.recordings is not None else None,
+            streamer=self._streamer(call, account, channel, ctx, record),
         )
         reason = await engine.run()
         await engine.drain()
         await record("flow.end", {"reason": reason})
+
+    def _streamer(self, call: Call, account: Account, channel: Channel, ctx: FlowContext,
+                  record: Callable[[str, dict[str, Any]], Awaitable[None]]) -> CallStreams | None:
+        """The flow's way to stream to bots (None when this runner has no streams)."""
+        if self.streams is None:
+            return None
+        return CallStreams(
+            self.streams, channel, record, account_sid=account.sid,
+            account_limit=account.max_concurrent_streams, call_sid=call.sid,
+            from_number=ctx.customer, to_number=ctx.exophone,
+            params=lambda: query_params(ctx))
 
     async def _connect(
         self, call: Call, account: Account, first: Channel, channels: list[Channel]

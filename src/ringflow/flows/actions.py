@@ -98,13 +98,28 @@ class RecordResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class StreamAudio:
+    """Stream the call's audio to a bot over WebSocket.
+
+    Bidirectional (a voicebot): waits until the bot or the caller ends it; result: the stream's
+    outcome (``StreamOutcome``). Unidirectional (``wait`` False): runs beside the flow until the
+    call ends; result: None.
+    """
+
+    url: str
+    bidirectional: bool = True
+    track: str = "inbound"  # unidirectional: inbound, outbound or both
+    wait: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class TransferTo:
     """Returned by an applet (not yielded): continue in another app of the account."""
 
     app_id: int
 
 
-Action = Say | Play | HttpGet | CollectDigits | Dial | Record
+Action = Say | Play | HttpGet | CollectDigits | Dial | Record | StreamAudio
 
 # Applets return the name of the exit they leave by, HANGUP to end the call, or a TransferTo.
 HANGUP = "__hangup__"

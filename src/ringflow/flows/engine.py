@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ringflow.errors import RingflowError
 from ringflow.flows.actions import (
@@ -26,6 +26,7 @@ from ringflow.flows.actions import (
     Record,
     RecordResult,
     Say,
+    StreamAudio,
     TransferTo,
 )
 from ringflow.flows.context import FlowContext
@@ -45,6 +46,17 @@ RecordingSaver = Callable[[Recording], Awaitable[tuple[str, str]]]
 MAX_TRANSFERS = 10
 
 
+class Streamer(Protocol):
+    """Runs the call's streams to bots (wired by the call runner)."""
+
+    async def run(self, action: StreamAudio) -> Any:
+        """Carry a bidirectional stream to its end and return its outcome; start a
+        unidirectional one beside the flow and return None."""
+
+    async def stop_all(self) -> None:
+        """Stop the streams still running (the flow ended)."""
+
+
 class FlowEngine:
     """One app run on one call."""
 
@@ -60,6 +72,7 @@ class FlowEngine:
         load_app: AppLoader | None = None,
         dial: Dialer | None = None,
         save_recording: RecordingSaver | None = None,
+        streamer: Streamer | None = None,
     ):
         self.graph = graph
         self.registry = registry
@@ -71,6 +84,7 @@ class FlowEngine:
         self.load_app = load_app
         self.dial = dial
         self.save_recording = save_recording
+        self.streamer = streamer
         self.transfers = 0
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -160,6 +174,12 @@ class FlowEngine:
             return result
         if isinstance(action, Record):
             return await self._record(action)
+        if isinstance(action, StreamAudio):
+            if self.streamer is None:
+                await self.record("stream.failed", {"url": action.url,
+                                                    "reason": "streams are not available here"})
+                return None
+            return await self.streamer.run(action)
         if isinstance(action, HttpGet):
             if not action.wait:
                 task = asyncio.ensure_future(self._fetch(action))
@@ -233,6 +253,9 @@ class FlowEngine:
         return result
 
     async def drain(self) -> None:
-        """Wait for fire-and-forget requests (async Passthru) to finish."""
+        """Stop streams still running beside the flow; wait for fire-and-forget requests
+        (async Passthru) to finish."""
+        if self.streamer is not None:
+            await self.streamer.stop_all()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)

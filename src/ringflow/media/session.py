@@ -48,6 +48,7 @@ from ringflow.media.bridge import Bridge
 from ringflow.media.dtmf import EventReceiver, KeyStream, ToneDetector, event_packets, tone
 from ringflow.media.g711 import FRAME_SAMPLES, SILENCE_PCM
 from ringflow.media.inbound import DUPLICATE, InboundStream, JitterBuffer
+from ringflow.media.playout import Playout
 from ringflow.media.rtp import HEADER, RtpPacket, RtpParseError, TelephoneEvent, event_of
 from ringflow.media.stats import SessionStats
 from ringflow.sip.sdp import Direction, MediaPlan
@@ -82,6 +83,10 @@ class _DigitSend:
 
     def __init__(self, events: list[TelephoneEvent], done: asyncio.Future[None]):
         self.events, self.index, self.timestamp, self.done = events, 0, 0, done
+
+
+def _no_marks(marks: list[str]) -> None:
+    """Where marks go while no stream plays out."""
 
 
 def _resolve(future: asyncio.Future[Any], value: Any = None) -> None:
@@ -122,7 +127,9 @@ class RtpSession(asyncio.DatagramProtocol):
         self._keys = KeyStream()
         self._events = EventReceiver()
         self._tones: ToneDetector | None = None
-        self._call_tap: Callable[[bytes, bytes], None] | None = None
+        self._taps: list[Callable[[bytes, bytes], None]] = []
+        self._playout: Playout | None = None  # a bot's audio (a stream), paced by tick
+        self._on_marks: Callable[[list[str]], None] = _no_marks
         self._heard = b""  # the party's frame of this tick, for the call tap
 
     # -- control ---------------------------------------------------------------------------
@@ -235,12 +242,24 @@ class RtpSession(asyncio.DatagramProtocol):
             self._heard = frame
 
         stop_listening = self.listen(keep)
-        self._call_tap = write
+        self._taps.append(write)
 
         def undo() -> None:
             stop_listening()
-            if self._call_tap is write:
-                self._call_tap = None
+            with contextlib.suppress(ValueError):
+                self._taps.remove(write)
+
+        return undo
+
+    def play_out(self, playout: Playout,
+                 on_marks: Callable[[list[str]], None]) -> Callable[[], None]:
+        """Send ``playout``'s frames, one a tick, while nothing louder (keys, a bridge) is sent;
+        ``on_marks`` gets the marks each frame completes. Returns the undo function."""
+        self._playout, self._on_marks = playout, on_marks
+
+        def undo() -> None:
+            if self._playout is playout:
+                self._playout, self._on_marks = None, _no_marks
 
         return undo
 
@@ -361,13 +380,16 @@ class RtpSession(asyncio.DatagramProtocol):
             payload, pt, timestamp, marker = self._event_packet(timestamp)
         elif self.bridge_in is not None:
             payload = law.encode(self.bridge_in.popleft()) if self.bridge_in else law.silence
+        elif self._playout is not None and (payload := self._playout_frame(law)):
+            pass
         elif self._plays:
             payload = self._play_frame()
         else:
             payload = law.silence
-        if self._call_tap is not None:
-            self._call_tap(self._heard, law.decode(payload if pt == law.payload_type
-                                                   else law.silence))
+        if self._taps:
+            sent = law.decode(payload if pt == law.payload_type else law.silence)
+            for write in self._taps:
+                write(self._heard, sent)
         if not self._sending:
             return
         assert self._transport is not None
@@ -385,6 +407,13 @@ class RtpSession(asyncio.DatagramProtocol):
     def fail(self) -> None:
         """Close after a bug in a tick (called by the pacer)."""
         self.close()
+
+    def _playout_frame(self, law: g711.G711) -> bytes:
+        assert self._playout is not None
+        frame, marks = self._playout.take()
+        if marks:
+            self._on_marks(marks)
+        return law.encode(frame) if frame is not None else b""
 
     def _play_frame(self) -> bytes:
         plays = self._plays

@@ -58,6 +58,7 @@ class Account(Base):
     time_zone: Mapped[str] = mapped_column(String(64), default="Asia/Kolkata")
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_concurrent_calls: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_concurrent_streams: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[dt.datetime]
     # The dashboard sign-in of the account (scrypt, see dashboard/auth.py); None: no sign-in.
     dashboard_password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -123,7 +124,7 @@ class Call(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     sid: Mapped[str] = mapped_column(String(32), unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
-    shape: Mapped[str] = mapped_column(String(16))  # "flow" or "numbers"
+    shape: Mapped[str] = mapped_column(String(16))  # "flow", "numbers" or "stream"
     from_number: Mapped[str] = mapped_column(String(128))
     to_number: Mapped[str] = mapped_column(String(128))
     caller_id: Mapped[str] = mapped_column(String(64))
@@ -140,6 +141,11 @@ class Call(Base):
     recording_channels: Mapped[str] = mapped_column(String(8), default="single")
     recording_format: Mapped[str] = mapped_column(String(8), default="mp3")
     wait_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A StreamUrl call (shape "stream"): the bot's URL as given (credentials included, so it
+    # is never shown; the timeline has it without them), its type and name.
+    stream_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stream_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    stream_name: Mapped[str | None] = mapped_column(String(32), nullable=True)
     owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime]

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ringflow.media.playout import Playout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +167,21 @@ class Channel(Protocol):
 
     async def hangup(self, cause: str = "normal") -> None:
         """Hang up from our side."""
+
+    # -- what a stream (a voice bot) uses: raw audio both ways, and keys as they come -----------
+
+    def listen(self, sink: Callable[[bytes, bytes], None]) -> Callable[[], None]:
+        """Give ``sink(heard, sent)`` every 20 ms: what the party said and what it was sent,
+        each 320 bytes of 8 kHz PCM. Returns the function that stops it."""
+
+    def play_out(self, playout: Playout,
+                 on_marks: Callable[[list[str]], None]) -> Callable[[], None]:
+        """Play ``playout`` to the party, one 20 ms frame per tick, while nothing else is sent
+        to it; ``on_marks`` gets the names of the marks each frame completes. A sandbox phone
+        answers a bot: it speaks its ``says`` lines and presses its keys. Returns the undo."""
+
+    async def next_key(self) -> str | None:
+        """The next key the party presses, however it was signalled; None once hung up."""
 
 
 class Carrier(Protocol):

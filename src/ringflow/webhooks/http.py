@@ -171,7 +171,31 @@ async def _getaddrinfo(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-class _PrivateAddress(Exception):
+async def checked_addresses(
+    resolve: Resolver, host: str, port: int, *, allow_private: bool
+) -> list[str]:
+    """The addresses ``host`` resolves to, all public unless ``allow_private``.
+
+    OSError when it resolves to nothing; ``PrivateAddress`` when any address is private (an
+    attacker may mix one public and one private address in one answer).
+    """
+    addresses = await resolve(host, port)
+    if not addresses:
+        raise OSError("no addresses")
+    if not allow_private:
+        for address in addresses:
+            ip = ipaddress.ip_address(address)
+            if not is_public_address(ip):
+                raise PrivateAddress(_shown(ip))
+    return addresses
+
+
+def private_address_error(field: str, exc: Exception) -> InvalidRequest:
+    """The InvalidRequest for a ``PrivateAddress`` met while connecting for ``field``."""
+    return _private(field, getattr(exc, "address", str(exc)))
+
+
+class PrivateAddress(Exception):
     """Raised inside the transport; OutboundHttp turns it into InvalidRequest with the field."""
 
     def __init__(self, address: str):
@@ -197,17 +221,10 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         try:
             async with asyncio.timeout(timeout):
-                addresses = await self._resolve(host, port)
+                addresses = await checked_addresses(
+                    self._resolve, host, port, allow_private=self._allow_private)
         except (OSError, TimeoutError) as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        if not addresses:
-            raise httpcore.ConnectError(f"cannot resolve {host}: no addresses")
-        if not self._allow_private:
-            for address in addresses:
-                # Every address must be public: an attacker may mix one public and one private.
-                ip = ipaddress.ip_address(address)
-                if not is_public_address(ip):
-                    raise _PrivateAddress(_shown(ip))
         error: Exception | None = None
         for address in addresses:
             try:
@@ -308,7 +325,7 @@ class OutboundHttp:
                         method, url, content, headers, params, limit, follow_redirects, started,
                         body_wait,
                     )
-            except _PrivateAddress as exc:
+            except PrivateAddress as exc:
                 raise _private(field, exc.address) from None
             except (TimeoutError, httpx.TimeoutException) as exc:
                 raise FetchTimeout(f"no answer within {limit:g}s") from exc

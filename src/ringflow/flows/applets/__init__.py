@@ -12,9 +12,11 @@ from ringflow.flows.applets import (
     hangup,
     ivr_menu,
     passthru,
+    stream,
     switch_case,
     timing,
     transfer,
+    voicebot,
     voicemail,
 )
 from ringflow.flows.model import AppletSpec
@@ -31,6 +33,8 @@ _SPECS = [
     exoml.SPEC,
     voicemail.SPEC,
     switch_case.SPEC,
+    voicebot.SPEC,
+    stream.SPEC,
 ]
 
 REGISTRY: Mapping[str, AppletSpec] = {spec.name: spec for spec in _SPECS}

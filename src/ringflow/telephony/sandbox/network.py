@@ -29,6 +29,8 @@ from ringflow.telephony.carrier import (
     Rejected,
     Ringing,
 )
+from ringflow.media.playout import Playout
+from ringflow.telephony.sandbox.line import LiveLine, Tape
 from ringflow.telephony.sandbox.phones import (
     DEFAULT_SCRIPT,
     MAGIC_NUMBERS,
@@ -50,6 +52,7 @@ KEY_INTERVAL = 0.3
 BEEP = "(beep)"  # what ``heard`` shows for the beep before a recording
 BEEP_SECONDS = 0.5
 TURN_GAP = 0.5  # seconds between the callee's and the caller's turns in a conversation
+BOT_TURN_GAP = 1.0  # seconds a phone talking to a bot waits before each line it speaks
 
 
 def speech_seconds(text: str) -> float:
@@ -140,7 +143,10 @@ class SandboxChannel:
         self._closed = asyncio.Event()
         self._closed_by = ""
         self._hangups: set[asyncio.Task[None]] = set()
-        self._tape: _Tape | None = None  # the whole call, while ``record_call`` runs
+        self._tape: Tape | None = None  # the whole call, while ``record_call`` runs
+        self._line = LiveLine(clock, self._bot_played)  # frames for a stream, while one runs
+        self._pressed: asyncio.Queue[str] = asyncio.Queue()  # keys pressed to a bot
+        self.pressed: list[str] = []  # every key pressed to a bot, for tests
         if script.hangup_after is not None:
             self._hang_up_in(script.hangup_after)
 
@@ -158,6 +164,7 @@ class SandboxChannel:
         if not self._closed.is_set():
             self._closed_by = by
             self._closed.set()
+            self._line.close()
 
     @property
     def closed(self) -> bool:
@@ -182,9 +189,9 @@ class SandboxChannel:
         if self.speech is not None:
             with self.clock.busy():  # rendering takes real time; the test clock must wait for it
                 prompt = await self.speech(text, voice)
-        if self._tape is not None:
+        if self._tape is not None or self._line.active:
             spoken = prompt if prompt is not None else murmur(speech_seconds(text))
-            self._tape.sent(self.clock.now(), spoken.pcm)
+            self._sent(self.clock.now(), spoken.pcm)
         await self._hold(prompt.duration if prompt is not None else speech_seconds(text))
 
     async def play(self, url: str, audio: bytes | None = None) -> None:
@@ -238,6 +245,7 @@ class SandboxChannel:
         utterance = self.next_utterance()
         speech = await self.voice(utterance.text)
         start = self.clock.now()
+        self._line.heard(start, speech)
         ended, digits = await self._speak_into_recorder(
             utterance, len(speech) / (RATE * SAMPLE_WIDTH), max_length, finish_on, silence_timeout
         )
@@ -279,6 +287,8 @@ class SandboxChannel:
         if taped:
             near, far = await self._conversation(other)
         started = self.clock.now()
+        self._line.heard(started, near)
+        self._line.sent(started, far)
         waits = [asyncio.ensure_future(self.wait_closed()), asyncio.ensure_future(other.wait_closed())]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -314,7 +324,7 @@ class SandboxChannel:
     def record_call(self, tap: ConversationTap) -> Callable[[], None]:
         """Tape the call from now: what the phone says (near) and what it hears (far), written
         into ``tap`` when the returned function is called."""
-        tape = self._tape = _Tape(self.clock.now())
+        tape = self._tape = Tape(self.clock.now())
 
         def stop() -> None:
             if self._tape is tape:
@@ -328,32 +338,99 @@ class SandboxChannel:
         for task in list(self._hangups):
             task.cancel()
 
+    def _sent(self, at: float, pcm: bytes) -> None:
+        if self._tape is not None:
+            self._tape.sent(at, pcm)
+        self._line.sent(at, pcm)
 
-class _Tape:
-    """A sandbox call's audio by time: pieces placed where they happened on the clock."""
+    def _bot_played(self, at: float, frame: bytes) -> None:
+        if self._tape is not None:
+            self._tape.sent(at, frame)
 
-    def __init__(self, start: float):
-        self.start = start
-        self._heard: list[tuple[float, bytes]] = []
-        self._sent: list[tuple[float, bytes]] = []
+    # -- a stream to a bot ------------------------------------------------------------------
 
-    def heard(self, at: float, pcm: bytes) -> None:
-        self._heard.append((at, pcm))
+    def listen(self, sink: Callable[[bytes, bytes], None]) -> Callable[[], None]:
+        """Give ``sink(heard, sent)`` every 20 ms of clock time while the line is up."""
+        if self.closed:
+            return _nothing
+        return self._line.listen(sink)
 
-    def sent(self, at: float, pcm: bytes) -> None:
-        self._sent.append((at, pcm))
+    def play_out(self, playout: Playout,
+                 on_marks: Callable[[list[str]], None]) -> Callable[[], None]:
+        """Play a bot's audio to the phone, which answers: it speaks its ``says`` lines and
+        presses its keys (see ``_converse``)."""
+        if self.closed:
+            return _nothing
+        undo = self._line.play_out(playout, on_marks)
+        talk = asyncio.ensure_future(self._converse())
+        self._hangups.add(talk)
+        talk.add_done_callback(self._hangups.discard)
 
-    def write(self, tap: ConversationTap, end: float) -> None:
-        size = round((end - self.start) * RATE) * SAMPLE_WIDTH
-        tap.write(self._track(self._heard, size), self._track(self._sent, size))
+        def stop() -> None:
+            undo()
+            talk.cancel()
 
-    def _track(self, pieces: list[tuple[float, bytes]], size: int) -> bytes:
-        track = bytearray(size)
-        for at, pcm in pieces:
-            offset = round((at - self.start) * RATE) * SAMPLE_WIDTH
-            piece = pcm[: max(0, size - offset)]
-            track[offset:offset + len(piece)] = piece
-        return bytes(track)
+        return stop
+
+    async def next_key(self) -> str | None:
+        """The next key the phone presses to a bot; None once it hung up."""
+        if not self._pressed.empty():
+            return self._pressed.get_nowait()
+        key = None
+        getting = asyncio.ensure_future(self._pressed.get())
+        closing = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({getting, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if not getting.done():
+                getting.cancel()
+        if getting.done() and not getting.cancelled():
+            key = getting.result()
+        return key
+
+    def _press(self, key: str) -> None:
+        self.pressed.append(key)
+        self._pressed.put_nowait(key)
+
+    async def _converse(self) -> None:
+        """Talk to a bot: each ``says`` line in turn (at its ``at`` seconds from now, or a
+        second after the line before), with its ``then``; then each ``keys`` entry, a second
+        apart, its keys KEY_INTERVAL apart."""
+        began = self.clock.now()
+        free_at = began + BOT_TURN_GAP
+        while self._says:
+            utterance = self._says.pop(0)
+            at = began + utterance.at if utterance.at is not None else free_at
+            if not await self._hold(max(0.0, at - self.clock.now())):
+                return
+            speech = await self.voice(utterance.text)
+            self._line.heard(self.clock.now(), speech)
+            if self._tape is not None:
+                self._tape.heard(self.clock.now(), speech)
+            if not await self._hold(len(speech) / (RATE * SAMPLE_WIDTH)):
+                return
+            free_at = self.clock.now() + BOT_TURN_GAP
+            if utterance.then == "hangup":
+                self._hang_up_in(self.script.silence_after)
+                return
+            if utterance.then:
+                if not await self._hold(self.script.silence_after):
+                    return
+                self._press(utterance.then)
+        while self._keys:
+            entry = self._keys.pop(0)
+            if not await self._hold(max(0.0, free_at - self.clock.now())):
+                return
+            for key in entry:
+                self._press(key)
+                if not await self._hold(KEY_INTERVAL):
+                    return
+            free_at = self.clock.now() + BOT_TURN_GAP
+
+
+def _nothing() -> None:
+    """Undoes what never started (the line had hung up)."""
 
 
 def murmur(seconds: float) -> Prompt:

@@ -22,26 +22,38 @@ class Utterance:
 
     text: str
     then: str = ""
+    at: float | None = None  # to a bot: seconds after the stream began (None: a turn later)
 
     @classmethod
     def from_json(cls, value: Any) -> Utterance:
-        """A text, or ``{"text": ..., "then": "#" | "hangup"}``."""
+        """A text, or ``{"text": ..., "then": "#" | "hangup", "at": seconds}``."""
         if isinstance(value, str):
             value = {"text": value}
-        if not isinstance(value, dict) or set(value) - {"text", "then"}:
+        if not isinstance(value, dict) or set(value) - {"text", "then", "at"}:
             raise InvalidRequest(
-                'says entries must be texts or objects {"text": "...", "then": "#" or "hangup"}'
+                'says entries must be texts or objects '
+                '{"text": "...", "then": "#" or "hangup", "at": seconds}'
             )
+        at = value.get("at")
+        if at is not None:
+            at = _number(at, "says: at", 0, 14400)
         text, then = value.get("text", ""), value.get("then") or ""
         if not isinstance(text, str) or len(text) > MAX_SAYS:
             raise InvalidRequest(f"says: text must be a string of at most {MAX_SAYS} characters")
         if then != "hangup" and not (isinstance(then, str) and len(then) <= 1 and set(then) <= KEYS):
             raise InvalidRequest("says: then must be one key (0-9, * or #) or \"hangup\"")
-        return cls(text=text, then=then)
+        return cls(text=text, then=then, at=at)
 
-    def to_json(self) -> str | dict[str, str]:
-        """A plain text when nothing follows it, else the object form."""
-        return {"text": self.text, "then": self.then} if self.then else self.text
+    def to_json(self) -> str | dict[str, Any]:
+        """A plain text when nothing else is set, else the object form."""
+        if not self.then and self.at is None:
+            return self.text
+        data: dict[str, Any] = {"text": self.text}
+        if self.then:
+            data["then"] = self.then
+        if self.at is not None:
+            data["at"] = self.at
+        return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +66,9 @@ class PhoneScript:
     ``hangup_after``: seconds after answering that the phone hangs up (None: stays on).
     ``says``: one entry per time the app records this phone (a voicemail, or a conversation
     Connect records), spoken through text to speech so the recording holds real speech; then
-    the phone is silent, or presses a key or hangs up ``silence_after`` seconds later.
+    the phone is silent, or presses a key or hangs up ``silence_after`` seconds later. Talking
+    to a bot (a stream), the phone speaks its lines in turn, each at its ``at`` (seconds after
+    the stream began) or a second after the line before, then presses its ``keys`` entries.
     """
 
     ring: float = 1.0

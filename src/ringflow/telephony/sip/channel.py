@@ -19,6 +19,8 @@ from ringflow.clock import Clock, wait_with_timeout
 from ringflow.media import g711
 from ringflow.media.audio import RATE, SAMPLE_WIDTH, Prompt
 from ringflow.media.engine import RtpSession
+from ringflow.media.playout import Playout
+from ringflow.media.session import SessionClosed
 from ringflow.sip.sdp import MediaPlan
 from ringflow.sip.transport import OutgoingCallHandle
 from ringflow.telephony.carrier import Channel, ConversationTap, Recording
@@ -142,6 +144,22 @@ class SipChannel:
     def record_call(self, tap: ConversationTap) -> Callable[[], None]:
         """Tape the call from now: the party's audio and everything sent to it, 20 ms at a time."""
         return self.session.tap(tap.write)
+
+    def listen(self, sink: Callable[[bytes, bytes], None]) -> Callable[[], None]:
+        """Give ``sink(heard, sent)`` every 20 ms, as the RTP session ticks."""
+        return self.session.tap(sink)
+
+    def play_out(self, playout: Playout,
+                 on_marks: Callable[[list[str]], None]) -> Callable[[], None]:
+        """The RTP session sends ``playout``'s frames on its ticks."""
+        return self.session.play_out(playout, on_marks)
+
+    async def next_key(self) -> str | None:
+        """The next key the party pressed (RTP event, INFO or tone); None once hung up."""
+        try:
+            return await self.session.next_digit()
+        except SessionClosed:
+            return None
 
     async def bridge(self, other: Channel, tap: ConversationTap | None = None) -> None:
         if not isinstance(other, SipChannel):

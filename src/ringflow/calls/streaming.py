@@ -1,0 +1,113 @@
+"""A call's streams to bots: the voicebot and stream applets' side, and ``StreamUrl`` calls.
+
+``CallStreams`` is what the flow engine calls for a ``StreamAudio`` action: a bidirectional
+stream is carried to its end and its outcome returned; a unidirectional one starts beside the
+flow (at most ``MAX_BESIDE`` at once per call) and is stopped when the flow ends. Each stream
+is opened through the process's ``Streams`` (account limit, lookup by call for the hang-up
+API) with the call's facts in its ``start`` message and the Passthru parameters of the moment
+for an http(s) URL endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from ringflow.flows.actions import StreamAudio
+from ringflow.phone import display
+from ringflow.streams.service import StreamRequest, Streams
+from ringflow.streams.stream import Stream, StreamOutcome
+from ringflow.telephony.carrier import Channel
+
+log = logging.getLogger(__name__)
+
+MAX_BESIDE = 4  # unidirectional streams running beside one call's flow
+
+Record = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class CallStreams:
+    """The streams of one call."""
+
+    def __init__(
+        self,
+        streams: Streams,
+        channel: Channel,
+        record: Record,
+        *,
+        account_sid: str,
+        account_limit: int | None,
+        call_sid: str,
+        from_number: str,
+        to_number: str,
+        params: Callable[[], Mapping[str, str]] = dict,
+    ):
+        self.streams = streams
+        self.channel = channel
+        self._record = record
+        self._request = StreamRequest(
+            url="", account_sid=account_sid, call_sid=call_sid, from_number=from_number,
+            to_number=to_number, limit=account_limit)
+        self._params = params
+        self._beside: dict[asyncio.Task[StreamOutcome], Stream | None] = {}
+
+    async def run(self, action: StreamAudio) -> StreamOutcome | None:
+        """Carry a bidirectional stream to its end; start a unidirectional one beside."""
+        request = self._for(action)
+        if action.wait:
+            return await self.streams.run(request, self.channel, self._record)
+        if len(self._beside) >= MAX_BESIDE:
+            await self._record("stream.failed", {
+                "url": request.url, "reason": f"at most {MAX_BESIDE} streams beside one call"})
+            return None
+        task: asyncio.Task[StreamOutcome] = asyncio.ensure_future(
+            self.streams.run(request, self.channel, self._record,
+                             started=lambda stream: self._beside.__setitem__(task, stream)))
+        self._beside[task] = None
+        task.add_done_callback(lambda done: self._beside.pop(done, None))
+        return None
+
+    async def stop_all(self) -> None:
+        """Stop the streams running beside the flow (``stop`` with ``stopped``) and wait."""
+        tasks = list(self._beside)
+        for task, stream in list(self._beside.items()):
+            if stream is not None:
+                stream.stop("stopped")
+            else:
+                task.cancel()  # still asking an endpoint for its URL: never opened
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _for(self, action: StreamAudio) -> StreamRequest:
+        request = self._request
+        return StreamRequest(
+            url=action.url, account_sid=request.account_sid, call_sid=request.call_sid,
+            from_number=request.from_number, to_number=request.to_number,
+            limit=request.limit, bidirectional=action.bidirectional, track=action.track,
+            params=dict(self._params()))
+
+
+async def run_stream_call(runner: Any, call: Any, account: Any, channel: Channel) -> None:
+    """A ``StreamUrl`` call, answered: stream until the bot or the caller ends it.
+
+    The call then hangs up (the runner ends it ``completed``: the customer did answer, even
+    when the stream could not be opened; the reason is on the timeline).
+    """
+    async def record(kind: str, data: dict[str, Any]) -> None:
+        await runner.record(call, kind, data)
+
+    if runner.streams is None:
+        await record("stream.failed", {"reason": "streams are not available here"})
+        return
+    request = StreamRequest(
+        url=call.stream_url or "", account_sid=account.sid, call_sid=call.sid,
+        from_number=display(call.from_number), to_number=display(call.caller_id),
+        limit=account.max_concurrent_streams,
+        bidirectional=call.stream_type != "unidirectional")
+    outcome = await runner.streams.run(request, channel, record)
+    log.info("call %s: stream %s %s (%s)", call.sid, outcome.stream_sid, outcome.status,
+             outcome.detailed_status)

@@ -1,0 +1,156 @@
+"""The playout buffer: a bot's audio, queued as it arrives and played out one 20 ms frame a tick.
+
+Bots send audio in bursts (a whole sentence of TTS at once, or odd-sized pieces as a model
+produces them). Sending each piece on arrival would put the burst on the wire unpaced; instead
+the stream pushes it here and the carrier's pacer takes exactly one frame (320 bytes of 8 kHz
+16-bit PCM) per tick, so the caller hears it at its real rate with no gap between messages.
+
+A mark is queued behind the audio pushed before it and is reported by ``take`` once the frame
+holding the last of that audio has been handed to the pacer. ``clear`` drops every byte still
+queued (barge-in) and returns the marks that were waiting behind it, which the bot gets back at
+once. A piece shorter than a frame at the end of the queue is held one tick for more audio to
+join it, then padded with silence: a bot that splits a frame in two across messages is not
+heard as a click.
+
+No locks: the buffer lives on the event loop, pushed by the stream and drained by the pacer.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable
+
+FRAME_BYTES = 320  # 20 ms at 8 kHz, 16-bit mono
+SILENCE = bytes(FRAME_BYTES)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Mark:
+    name: str
+
+
+@dataclasses.dataclass
+class PlayoutStats:
+    """What went through one buffer."""
+
+    pushed_bytes: int = 0
+    played_bytes: int = 0
+    dropped_bytes: int = 0  # by clear
+    underruns: int = 0  # ticks that had to pad a short last piece with silence
+    latencies: list[float] = dataclasses.field(default_factory=list)  # push to first play, s
+
+
+class Playout:
+    """Bot audio and marks in order; ``take`` gives the pacer one frame and the marks it passed.
+
+    ``now`` (seconds, any monotonic origin) times each push until its first byte is played;
+    the latencies are kept for the benchmark, at most ``keep_latencies`` of them.
+    """
+
+    def __init__(self, now: Callable[[], float] | None = None, keep_latencies: int = 0) -> None:
+        self._items: collections.deque[bytes | _Mark] = collections.deque()
+        self._offset = 0  # bytes of the first item already played
+        self._queued = 0  # audio bytes waiting
+        self._held = False  # a short last piece waited one tick already
+        self._now = now
+        self._keep = keep_latencies
+        self._arrivals: collections.deque[tuple[int, float]] = collections.deque()
+        self._position = 0  # audio bytes pushed since the start (played or not)
+        self._played = 0  # audio bytes played since the start
+        self.stats = PlayoutStats()
+
+    def __len__(self) -> int:
+        """Audio bytes waiting to be played."""
+        return self._queued
+
+    @property
+    def seconds(self) -> float:
+        """Audio waiting to be played, in seconds."""
+        return self._queued / (FRAME_BYTES * 50)
+
+    def push(self, pcm: bytes) -> None:
+        """Queue 8 kHz 16-bit PCM (any even length) behind what is queued."""
+        if len(pcm) % 2:
+            raise ValueError("PCM must be whole 16-bit samples")
+        if not pcm:
+            return
+        if self._now is not None and len(self.stats.latencies) < self._keep:
+            self._arrivals.append((self._position, self._now()))
+        self._items.append(pcm)
+        self._queued += len(pcm)
+        self._position += len(pcm)
+        self.stats.pushed_bytes += len(pcm)
+
+    def mark(self, name: str) -> None:
+        """Queue a mark behind the audio pushed so far."""
+        self._items.append(_Mark(name))
+
+    def clear(self) -> list[str]:
+        """Drop every queued byte at once; returns the marks that were waiting, in order."""
+        marks = [item.name for item in self._items if isinstance(item, _Mark)]
+        self.stats.dropped_bytes += self._queued
+        self._played += self._queued  # the dropped audio will never be played
+        self._items.clear()
+        self._arrivals.clear()
+        self._offset = self._queued = 0
+        self._held = False
+        return marks
+
+    def take(self) -> tuple[bytes | None, list[str]]:
+        """The next frame (None when nothing is queued) and the marks now fully played."""
+        marks = self._leading_marks()
+        frame = self._frame(marks)
+        marks += self._leading_marks()
+        return frame, marks
+
+    def _leading_marks(self) -> list[str]:
+        marks = []
+        while self._items and isinstance(self._items[0], _Mark):
+            marks.append(self._items.popleft().name)  # type: ignore[union-attr]
+        return marks
+
+    def _frame(self, marks: list[str]) -> bytes | None:
+        if not self._queued:
+            return None
+        if self._queued < FRAME_BYTES and not self._held and self._audio_last():
+            self._held = True  # wait one tick for the rest of the frame
+            return None
+        self._held = False
+        parts: list[bytes] = []
+        need = FRAME_BYTES
+        items = self._items
+        while need and items:
+            head = items.popleft()
+            if isinstance(head, _Mark):
+                # Audio before it ends inside this frame: it has played once the frame has.
+                marks.append(head.name)
+                continue
+            piece = head[self._offset:self._offset + need]
+            parts.append(piece)
+            need -= len(piece)
+            self._offset += len(piece)
+            if self._offset < len(head):
+                items.appendleft(head)
+            else:
+                self._offset = 0
+        played = FRAME_BYTES - need
+        self._queued -= played
+        self._note_played(played)
+        if need:
+            self.stats.underruns += 1
+            parts.append(bytes(need))
+        return b"".join(parts)
+
+    def _audio_last(self) -> bool:
+        """True when no mark waits behind the queued audio (a mark must not be held back)."""
+        return not isinstance(self._items[-1], _Mark)
+
+    def _note_played(self, count: int) -> None:
+        start = self._played
+        self._played += count
+        self.stats.played_bytes += count
+        while self._arrivals and self._arrivals[0][0] < self._played:
+            position, arrived = self._arrivals.popleft()
+            if position >= start and self._now is not None:
+                self.stats.latencies.append(self._now() - arrived)

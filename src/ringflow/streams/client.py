@@ -1,0 +1,138 @@
+"""Opening a stream's WebSocket: the URL endpoint asked first if there is one, the address guard,
+the 10 s handshake limit and one retry.
+
+Errors::
+
+    RingflowError
+    └── StreamFailed        no socket: the endpoint, the address guard or the handshake failed
+
+The host is resolved here and every address it resolves to must be public (unless private URLs
+are allowed); the socket then connects to exactly an address that was checked, as the HTTP
+client does, so a DNS answer that changes between check and connect cannot reach inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import urlsplit
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from ringflow import __version__
+from ringflow.errors import InvalidRequest, RingflowError
+from ringflow.streams.target import StreamTarget, is_endpoint, parse_target
+from ringflow.webhooks.http import OutboundHttp, PrivateAddress, checked_addresses
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_SECONDS = 10.0
+ATTEMPTS = 2  # the handshake, and one retry
+RETRY_PAUSE = 0.5
+MAX_MESSAGE = 1 << 20  # a bot's audio message: Exotel allows 100 KB; we take up to 1 MiB
+ENDPOINT_TIMEOUT = 5.0
+USER_AGENT = f"ringflow/{__version__}"
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+class StreamFailed(RingflowError):
+    """The stream could not be opened; the message is the short reason for the timeline."""
+
+
+async def _getaddrinfo(host: str, port: int) -> list[str]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def resolve_target(
+    url: str, *, http: OutboundHttp | None, params: Mapping[str, str], allow_private: bool
+) -> StreamTarget:
+    """The WebSocket to open: ``url`` itself, or what its http(s) endpoint answers."""
+    if not is_endpoint(url):
+        return parse_target(url, allow_private=allow_private)
+    if http is None:
+        raise StreamFailed("the stream URL is an http endpoint, and no HTTP client is wired")
+    try:
+        answer = await http.get(url, params=params, timeout=ENDPOINT_TIMEOUT, field="StreamUrl")
+    except RingflowError as exc:
+        raise StreamFailed(f"stream URL endpoint failed: {exc}") from exc
+    if not answer.ok:
+        raise StreamFailed(f"stream URL endpoint answered {answer.status_code}")
+    try:
+        found = json.loads(answer.body)
+    except ValueError:
+        found = None
+    ws_url = found.get("url") if isinstance(found, dict) else None
+    if not isinstance(ws_url, str):
+        raise StreamFailed('stream URL endpoint did not answer {"url": "wss://..."}')
+    try:
+        return parse_target(ws_url, allow_private=allow_private, field="the endpoint's url")
+    except InvalidRequest as exc:
+        raise StreamFailed(str(exc)) from exc
+
+
+async def open_socket(
+    target: StreamTarget,
+    *,
+    allow_private: bool,
+    resolver: Resolver = _getaddrinfo,
+    handshake_seconds: float = HANDSHAKE_SECONDS,
+    attempts: int = ATTEMPTS,
+) -> ClientConnection:
+    """Connect and complete the handshake, retrying once; StreamFailed says why not."""
+    reason = ""
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(RETRY_PAUSE)
+        try:
+            return await _connect(target, allow_private, resolver, handshake_seconds)
+        except PrivateAddress as exc:
+            raise StreamFailed(
+                f"the stream URL points to a private address ({exc.address}); "
+                "set RINGFLOW_ALLOW_PRIVATE_URLS=1 to allow it") from None
+        except TimeoutError:
+            reason = f"no handshake within {handshake_seconds:g}s"
+        except websockets.InvalidStatus as exc:
+            reason = f"the bot refused the handshake with HTTP {exc.response.status_code}"
+        except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            reason = f"cannot connect: {exc or type(exc).__name__}"
+        log.info("stream to %s: attempt %d failed: %s", target.shown, attempt + 1, reason)
+    raise StreamFailed(f"{reason} (after {attempts} attempts)")
+
+
+async def _connect(target: StreamTarget, allow_private: bool, resolver: Resolver,
+                   handshake_seconds: float) -> ClientConnection:
+    parts = urlsplit(target.url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme.lower() == "wss" else 80)
+    async with asyncio.timeout(handshake_seconds):
+        addresses = await checked_addresses(resolver, host, port, allow_private=allow_private)
+        error: OSError | None = None
+        for address in addresses:
+            try:
+                # websockets sends the URL's credentials as Basic auth; the request line has
+                # only the path and query.
+                return await websockets.connect(
+                    target.url,
+                    host=address,
+                    port=port,
+                    proxy=None,
+                    open_timeout=None,  # bounded by the timeout around the whole attempt
+                    max_size=MAX_MESSAGE,
+                    max_queue=64,
+                    compression=None,
+                    user_agent_header=USER_AGENT,
+                    ping_interval=20,
+                    ping_timeout=20,
+                    close_timeout=2,
+                )
+            except OSError as exc:
+                error = exc
+        assert error is not None
+        raise error

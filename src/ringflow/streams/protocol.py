@@ -1,0 +1,175 @@
+"""The AgentStream message protocol, without sockets: what ringflow sends and what a bot sends.
+
+``StreamProtocol`` numbers every message it builds (``sequence_number`` from 1; the
+``connected`` greeting carries none), counts media chunks from 1 and stamps each with the
+milliseconds of audio sent on its track so far. Keys are exactly the spec's snake_case ones:
+pipecat tells Exotel from Twilio by ``start.stream_sid`` versus ``streamSid``, so a camelCase
+twin would make it decode our PCM as mu-law. Every number is sent as a string, as Exotel does.
+
+``parse_bot_message`` turns one frame from the bot into a ``BotMedia``, ``BotMark``,
+``BotClear`` or ``Ignored`` (with the reason, for the call's timeline). It never raises: a bot
+that sends garbage is logged and the call goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+from typing import Any
+
+TRACKS = ("inbound", "outbound", "both")
+DTMF_KEYS = frozenset("0123456789*#")
+MAX_MARK_NAME = 256  # characters of a mark name we keep and echo
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamInfo:
+    """What the ``start`` message tells the bot."""
+
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    from_number: str
+    to_number: str
+    custom_parameters: dict[str, str]
+    sample_rate: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BotMedia:
+    """Audio from the bot, at the stream's rate."""
+
+    pcm: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class BotMark:
+    """A mark to send back once the audio before it has played."""
+
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BotClear:
+    """Drop the bot's queued audio (barge-in)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Ignored:
+    """A frame we could not use; ``reason`` says why (for the timeline)."""
+
+    reason: str
+
+
+BotEvent = BotMedia | BotMark | BotClear | Ignored
+
+
+class StreamProtocol:
+    """Builds ringflow's messages for one stream, numbering them as the spec says."""
+
+    def __init__(self, info: StreamInfo) -> None:
+        self.info = info
+        self._sequence = 0
+        self._chunks = 0
+        self._track_ms: dict[str, int] = {}
+
+    def _message(self, event: str, body: dict[str, Any] | None = None) -> str:
+        self._sequence += 1
+        message: dict[str, Any] = {
+            "event": event,
+            "sequence_number": str(self._sequence),
+            "stream_sid": self.info.stream_sid,
+        }
+        if body is not None:
+            message[event] = body
+        return json.dumps(message, separators=(",", ":"))
+
+    def connected(self) -> str:
+        """The first message, before ``start``."""
+        return json.dumps({"event": "connected"})
+
+    def start(self) -> str:
+        """The stream's facts: who is on the call and the audio format."""
+        info = self.info
+        return self._message("start", {
+            "stream_sid": info.stream_sid,
+            "call_sid": info.call_sid,
+            "account_sid": info.account_sid,
+            "from": info.from_number,
+            "to": info.to_number,
+            "custom_parameters": dict(info.custom_parameters),
+            "media_format": {
+                "encoding": "audio/x-raw",
+                "sample_rate": str(info.sample_rate),
+                "bit_rate": "16",
+            },
+        })
+
+    def media(self, pcm: bytes, track: str | None = None) -> str:
+        """One chunk of audio (16-bit PCM at the stream's rate); ``track`` only for ``both``."""
+        self._chunks += 1
+        key = track or "inbound"
+        elapsed = self._track_ms.get(key, 0) + len(pcm) * 1000 // (2 * self.info.sample_rate)
+        self._track_ms[key] = elapsed
+        body: dict[str, Any] = {
+            "chunk": str(self._chunks),
+            "timestamp": str(elapsed),
+            "payload": base64.b64encode(pcm).decode("ascii"),
+        }
+        if track is not None:
+            body["track"] = track
+        return self._message("media", body)
+
+    def dtmf(self, digit: str, duration_ms: int) -> str:
+        """A key the caller pressed."""
+        return self._message("dtmf", {"digit": digit, "duration": str(duration_ms)})
+
+    def mark(self, name: str) -> str:
+        """A mark whose audio has played (or was cleared)."""
+        return self._message("mark", {"name": name})
+
+    def stop(self, reason: str) -> str:
+        """The last message: ``callended`` or ``stopped``."""
+        info = self.info
+        return self._message("stop", {
+            "call_sid": info.call_sid, "account_sid": info.account_sid, "reason": reason})
+
+
+def parse_bot_message(frame: str | bytes) -> BotEvent:
+    """Read one frame from the bot; anything unusable comes back as ``Ignored``."""
+    if isinstance(frame, bytes):
+        return Ignored(f"binary frame of {len(frame)} bytes")
+    try:
+        message = json.loads(frame)
+    except ValueError:
+        return Ignored(f"not JSON: {frame[:60]!r}")
+    if not isinstance(message, dict):
+        return Ignored("not a JSON object")
+    event = message.get("event")
+    if event == "media":
+        return _media(message.get("media"))
+    if event == "mark":
+        mark = message.get("mark")
+        name = mark.get("name") if isinstance(mark, dict) else None
+        if not isinstance(name, str) or not name:
+            return Ignored("mark without a name")
+        return BotMark(name[:MAX_MARK_NAME])
+    if event == "clear":
+        return BotClear()
+    shown = event if isinstance(event, str) else json.dumps(event)
+    return Ignored(f"unknown event {shown[:40]!r}")
+
+
+def _media(media: Any) -> BotEvent:
+    payload = media.get("payload") if isinstance(media, dict) else None
+    if not isinstance(payload, str):
+        return Ignored("media without a payload")
+    try:
+        pcm = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        return Ignored("media payload is not base64")
+    if len(pcm) % 2:
+        return Ignored(f"media payload of {len(pcm)} bytes is not whole 16-bit samples")
+    return BotMedia(pcm)

@@ -1,0 +1,368 @@
+"""One stream: an answered call's audio to a bot over WebSocket, and the bot's audio back.
+
+``Stream.run`` opens the socket (``client.py``), sends ``connected`` and ``start``, and then
+carries the call until one side ends it:
+
+- the caller's audio (and, for a unidirectional ``both`` stream, what the caller is sent) comes
+  from ``Channel.listen`` 20 ms at a time, is resampled with soxr when the stream's rate is not
+  8 kHz, and leaves in equal 100 ms ``media`` chunks;
+- the bot's audio (bidirectional only) is resampled to 8 kHz and pushed into a ``Playout``
+  buffer that the carrier drains one frame per tick (``Channel.play_out``): the bot may burst,
+  the caller hears it paced. ``mark`` is queued behind that audio and sent back when it has
+  played; ``clear`` empties the buffer at once and sends back the marks it held;
+- the caller's keys (``Channel.next_key``: RFC 4733, INFO, in-band or a sandbox phone's keys)
+  go to the bot as ``dtmf``.
+
+It ends when the bot closes the socket (``disconnected_by`` ``bot``), the caller hangs up
+(``stop`` with ``callended``), ``stop()`` is called (the flow ended or an API request:
+``stopped``) or the 60-minute limit passes. Frames the bot sends that cannot be used are put
+on the call's timeline (the first few) and ignored. Sending never blocks the media: caller
+audio waits in a bounded queue, and when a stalled bot lets it fill the oldest chunks go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import soxr
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from ringflow.clock import Clock
+from ringflow.media.playout import Playout
+from ringflow.streams.client import StreamFailed, open_socket
+from ringflow.streams.protocol import (
+    BotClear,
+    BotMark,
+    BotMedia,
+    Ignored,
+    StreamInfo,
+    StreamProtocol,
+    parse_bot_message,
+)
+from ringflow.streams.target import StreamTarget
+from ringflow.telephony.carrier import Channel
+
+log = logging.getLogger(__name__)
+
+CHUNK_SECONDS = 0.1
+MAX_SECONDS = 3600.0
+MAX_OUTGOING = 100  # messages waiting for a slow bot (10 s of caller audio) before dropping
+MAX_LOGGED_PROBLEMS = 10  # unusable bot frames put on the timeline; the rest are counted
+MAX_LOGGED_MARKS = 200  # marks put on the timeline; the rest are counted
+KEY_DURATION_MS = 100  # carriers report a key when it starts, not its length
+
+Record = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def new_stream_sid() -> str:
+    """A stream's id: MZ and 32 hex digits, as Exotel's look."""
+    return "MZ" + secrets.token_hex(16)
+
+
+@dataclasses.dataclass
+class StreamOutcome:
+    """How a stream went, for the timeline, the Passthru after it and the API."""
+
+    stream_sid: str
+    url: str  # without credentials
+    status: str = "failed"  # completed or failed
+    disconnected_by: str = ""  # bot or user ("" when it never opened)
+    detailed_status: str = ""
+    duration: float = 0.0
+    bytes_to_bot: int = 0  # caller audio sent, at the stream's rate
+    bytes_from_bot: int = 0  # bot audio received, at the stream's rate
+    marks: int = 0
+    clears: int = 0
+    dtmf: int = 0
+    ignored: int = 0
+
+    def passthru_fields(self) -> dict[str, str]:
+        """The ``Stream[...]`` fields of a Passthru after the stream (spec section 4)."""
+        return {
+            "Stream[StreamSID]": self.stream_sid,
+            "Stream[Status]": self.status,
+            "Stream[Duration]": str(round(self.duration)),
+            "Stream[StreamUrl]": self.url,
+            "Stream[DisconnectedBy]": self.disconnected_by,
+            "Stream[DetailedStatus]": self.detailed_status,
+        }
+
+
+class _Resampler:
+    """16-bit PCM from one rate to another, continuous across calls (None: same rate)."""
+
+    def __init__(self, rate_in: int, rate_out: int):
+        self._stream = (soxr.ResampleStream(rate_in, rate_out, 1, dtype="int16", quality="HQ")
+                        if rate_in != rate_out else None)
+
+    def __call__(self, pcm: bytes) -> bytes:
+        if self._stream is None:
+            return pcm
+        samples = np.frombuffer(pcm, dtype="<i2")
+        return self._stream.resample_chunk(samples).astype("<i2").tobytes()
+
+
+class _Chunker:
+    """20 ms frames in, equal chunks of CHUNK_SECONDS at the stream's rate out."""
+
+    def __init__(self, rate: int):
+        self._resample = _Resampler(8000, rate)
+        self._size = round(rate * CHUNK_SECONDS) * 2
+        self._buffer = bytearray()
+
+    def feed(self, frame: bytes) -> list[bytes]:
+        self._buffer += self._resample(frame)
+        chunks = []
+        while len(self._buffer) >= self._size:
+            chunks.append(bytes(self._buffer[: self._size]))
+            del self._buffer[: self._size]
+        return chunks
+
+
+class Stream:
+    """One stream on one answered channel; ``run`` once, ``stop`` from outside to end it."""
+
+    def __init__(
+        self,
+        *,
+        target: StreamTarget,
+        info: StreamInfo,
+        channel: Channel,
+        clock: Clock,
+        record: Record,
+        bidirectional: bool = True,
+        track: str = "inbound",
+        allow_private: bool = False,
+        max_seconds: float = MAX_SECONDS,
+        connect: Callable[[StreamTarget], Awaitable[ClientConnection]] | None = None,
+        keep_latencies: int = 0,
+    ):
+        self.target = target
+        self.info = info
+        self.channel = channel
+        self.clock = clock
+        self.record = record
+        self.bidirectional = bidirectional
+        self.track = track
+        self.max_seconds = max_seconds
+        self._connect = connect or (
+            lambda t: open_socket(t, allow_private=allow_private))
+        self.protocol = StreamProtocol(info)
+        self.outcome = StreamOutcome(info.stream_sid, target.shown)
+        self.playout = Playout(now=clock.now, keep_latencies=keep_latencies)
+        self._outgoing: collections.deque[str] = collections.deque()
+        self._wake = asyncio.Event()
+        self._stopping: asyncio.Future[str] | None = None
+        self._dropped = 0
+        self._from_bot = _Resampler(target.sample_rate, 8000)
+
+    def stop(self, reason: str = "stopped") -> None:
+        """End the stream (``stop`` with ``reason`` goes to the bot)."""
+        if self._stopping is not None and not self._stopping.done():
+            self._stopping.set_result(reason)
+
+    async def run(self) -> StreamOutcome:
+        """Open the stream and carry it to its end; never raises for the bot's faults."""
+        self._stopping = asyncio.get_running_loop().create_future()
+        outcome = self.outcome
+        socket = await self._open()
+        if socket is None:
+            return outcome
+        started = self.clock.now()
+        await self.record("stream.start", {
+            "stream_sid": self.info.stream_sid, "url": self.target.shown,
+            "direction": "bidirectional" if self.bidirectional else "unidirectional",
+            "track": None if self.bidirectional else self.track,
+            "sample_rate": self.target.sample_rate})
+        try:
+            await self._carry(socket)
+        finally:
+            outcome.duration = self.clock.now() - started
+            with contextlib.suppress(Exception):
+                await socket.close()
+        if self._dropped:
+            outcome.detailed_status += f"; {self._dropped} audio chunks dropped (the bot fell behind)"
+        await self.record("stream.end", {
+            "stream_sid": outcome.stream_sid, "status": outcome.status,
+            "disconnected_by": outcome.disconnected_by, "reason": outcome.detailed_status,
+            "duration": round(outcome.duration, 2), "bytes_to_bot": outcome.bytes_to_bot,
+            "bytes_from_bot": outcome.bytes_from_bot, "marks": outcome.marks,
+            "clears": outcome.clears, "dtmf": outcome.dtmf, "ignored": outcome.ignored})
+        return outcome
+
+    async def _open(self) -> ClientConnection | None:
+        opening = asyncio.ensure_future(self._connect(self.target))
+        closed = asyncio.ensure_future(self.channel.wait_closed())
+        assert self._stopping is not None
+        try:
+            with self.clock.busy():  # a handshake is a wait on the outside world
+                await asyncio.wait({opening, closed, self._stopping},
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+        if not opening.done():
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StreamFailed):
+                await opening
+            self.outcome.detailed_status = "the call ended before the stream opened"
+            self.outcome.disconnected_by = "user"
+            return None
+        try:
+            return opening.result()
+        except StreamFailed as exc:
+            self.outcome.detailed_status = str(exc)
+            await self.record("stream.failed", {
+                "stream_sid": self.info.stream_sid, "url": self.target.shown, "reason": str(exc)})
+            return None
+
+    async def _carry(self, socket: ClientConnection) -> None:
+        outcome = self.outcome
+        self._send(self.protocol.connected())
+        self._send(self.protocol.start())
+        chunker = _Chunker(self.target.sample_rate)
+        outbound_chunker = _Chunker(self.target.sample_rate)
+        both = self.track == "both" and not self.bidirectional
+        outbound = self.track == "outbound" and not self.bidirectional
+
+        def hear(heard: bytes, sent: bytes) -> None:
+            if both:
+                for chunk in chunker.feed(heard):
+                    self._send_media(chunk, "inbound")
+                for chunk in outbound_chunker.feed(sent):
+                    self._send_media(chunk, "outbound")
+                return
+            for chunk in chunker.feed(sent if outbound else heard):
+                self._send_media(chunk, None)
+
+        undo: list[Callable[[], None]] = [self.channel.listen(hear)]
+        tasks = [asyncio.ensure_future(self._sender(socket))]
+        receiving = asyncio.ensure_future(self._receiver(socket))
+        if self.bidirectional:
+            undo.append(self.channel.play_out(self.playout, self._marks_played))
+            tasks.append(asyncio.ensure_future(self._keys()))
+        closed = asyncio.ensure_future(self.channel.wait_closed())
+        limit = asyncio.ensure_future(self.clock.sleep(self.max_seconds))
+        assert self._stopping is not None
+        try:
+            done, _ = await asyncio.wait({receiving, closed, limit, self._stopping},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for fn in undo:
+                fn()
+            if receiving in done:
+                outcome.status, outcome.disconnected_by = "completed", "bot"
+                outcome.detailed_status = _close_reason(socket)
+            else:
+                reason = "stopped"
+                if self._stopping.done():
+                    reason = self._stopping.result()
+                    outcome.detailed_status = f"stopped: {reason}"
+                elif closed in done:
+                    reason = "callended"
+                    outcome.detailed_status = "the call ended"
+                else:
+                    outcome.detailed_status = f"stream time limit ({self.max_seconds:g}s)"
+                outcome.status, outcome.disconnected_by = "completed", "user"
+                await self._finish(socket, reason)
+        finally:
+            for fn in undo:
+                fn()
+            for task in (*tasks, receiving, closed, limit):
+                task.cancel()
+            for task in (*tasks, receiving):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _finish(self, socket: ClientConnection, reason: str) -> None:
+        """Send what is queued and ``stop``, then close; bounded, the bot may be gone."""
+        self._send(self.protocol.stop("callended" if reason == "callended" else "stopped"))
+        with contextlib.suppress(Exception), self.clock.busy():
+            async with asyncio.timeout(2.0):
+                while self._outgoing:
+                    await socket.send(self._outgoing.popleft())
+                await socket.close()
+
+    def _send(self, message: str) -> None:
+        self._outgoing.append(message)
+        self._wake.set()
+
+    def _send_media(self, chunk: bytes, track: str | None) -> None:
+        if len(self._outgoing) >= MAX_OUTGOING:
+            self._outgoing.popleft()  # real-time audio: the oldest is the least useful
+            self._dropped += 1
+        self.outcome.bytes_to_bot += len(chunk)
+        self._send(self.protocol.media(chunk, track))
+
+    async def _sender(self, socket: ClientConnection) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outgoing:
+                await socket.send(self._outgoing.popleft())
+
+    async def _receiver(self, socket: ClientConnection) -> None:
+        """Read the bot's frames until it closes the socket."""
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for frame in socket:
+                await self._handle(parse_bot_message(frame))
+
+    async def _handle(self, event: Any) -> None:
+        outcome = self.outcome
+        if isinstance(event, Ignored) or not self.bidirectional:
+            outcome.ignored += 1
+            if outcome.ignored <= MAX_LOGGED_PROBLEMS:
+                reason = event.reason if isinstance(event, Ignored) else (
+                    "a unidirectional stream takes nothing from the bot")
+                log.info("stream %s: ignored a frame: %s", self.info.stream_sid, reason)
+                await self.record("stream.ignored", {"reason": reason})
+        elif isinstance(event, BotMedia):
+            outcome.bytes_from_bot += len(event.pcm)
+            self.playout.push(self._from_bot(event.pcm))
+        elif isinstance(event, BotMark):
+            self.playout.mark(event.name)
+        elif isinstance(event, BotClear):
+            dropped = self.playout.seconds
+            marks = self.playout.clear()
+            outcome.clears += 1
+            await self.record("stream.clear", {"dropped_ms": round(dropped * 1000),
+                                               "marks": marks})
+            self._marks_played(marks)
+
+    def _marks_played(self, marks: list[str]) -> None:
+        for name in marks:
+            self.outcome.marks += 1
+            self._send(self.protocol.mark(name))
+            if self.outcome.marks <= MAX_LOGGED_MARKS:
+                self._later(self.record("stream.mark", {"name": name}))
+
+    def _later(self, work: Awaitable[None]) -> None:
+        # Called from the pacer's tick: the timeline write must not run inside it.
+        task = asyncio.ensure_future(work)
+        task.add_done_callback(_log_failure)
+
+    async def _keys(self) -> None:
+        while (key := await self.channel.next_key()) is not None:
+            self.outcome.dtmf += 1
+            self._send(self.protocol.dtmf(key, KEY_DURATION_MS))
+            await self.record("stream.dtmf", {"digit": key})
+
+
+def _close_reason(socket: ClientConnection) -> str:
+    code, reason = socket.close_code, socket.close_reason
+    if code is None:
+        return "the bot closed the connection"
+    text = f"the bot closed the stream (code {code}"
+    return text + (f": {reason[:80]})" if reason else ")")
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a stream's timeline step failed", exc_info=task.exception())
