@@ -183,3 +183,40 @@ async def test_url_redirects_a_live_call_to_another_app(database_url):
         assert (redirect["from"], redirect["to"]) == (waiting.id, goodbye.id)
         said = [e["data"]["text"] for e in timeline if e["kind"] == "say"]
         assert said == ["Press a key", "Redirected here"]
+
+
+async def test_the_dashboard_hang_up_button_ends_a_live_call(database_url):
+    from ringflow.dashboard.logins import set_account_password
+    from tests.test_dashboard import PASSWORD, browser_like, csrf_of, sign_in
+
+    async with running(database_url) as rig:
+        await set_account_password(rig.services.accounts, rig.sid, PASSWORD)
+        waiting = await rig.services.accounts.save_app(rig.sid, WAITING)
+        sid = await place(rig, From="09812345678", Url=rig.flow_url(waiting.id))
+        await reach(rig, sid, "in-progress")
+        async with browser_like(rig) as client:
+            await sign_in(client, rig.sid)
+            page = await client.get(f"/a/{rig.sid}/calls/{sid}")
+            assert page.status_code == 200 and "Hang up" in page.text
+            action = f"/a/{rig.sid}/calls/{sid}/hangup"
+            forged = await client.post(action, data={"csrf": "forged"})
+            assert forged.status_code == 403
+            assert (await rig.call(sid)).status == "in-progress"
+            r = await client.post(action, data={"csrf": csrf_of(page.text)})
+            assert r.status_code == 303, r.text
+            assert r.headers["location"].endswith(f"/calls/{sid}?done=hungup")
+            call = await rig.finish(sid)
+            assert call.status == "completed" and call.reason == "hangup requested (dashboard)"
+            page = await client.get(f"/a/{rig.sid}/calls/{sid}?done=hungup")
+            assert "Hang up</button>" not in page.text and "Hung up." in page.text
+            again = await client.post(action, data={"csrf": csrf_of(page.text)})
+            assert again.headers["location"].endswith("?done=over")
+            # Another account's call is not found from this one.
+            other = await rig.services.accounts.create_account("other")
+            await set_account_password(rig.services.accounts, other.account_sid, PASSWORD)
+        async with browser_like(rig) as client:
+            await sign_in(client, other.account_sid)
+            page = await client.get(f"/a/{other.account_sid}/calls")
+            r = await client.post(f"/a/{other.account_sid}/calls/{sid}/hangup",
+                                  data={"csrf": csrf_of(page.text)})
+            assert r.status_code == 404

@@ -137,11 +137,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("account_sid")
     p.set_defaults(func=_run(_apps_list))
 
-    calls = sub.add_parser("calls", help="inspect calls").add_subparsers(metavar="ACTION")
+    calls = sub.add_parser("calls", help="inspect and end calls").add_subparsers(metavar="ACTION")
     p = calls.add_parser("show", help="a call's status, legs and timeline")
     p.add_argument("call_sid")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run(_calls_show))
+    p = calls.add_parser("hangup", help="hang up a live call (or take a queued one off the queue)")
+    p.add_argument("call_sid")
+    p.set_defaults(func=cmd_calls_hangup)
 
     sandbox = sub.add_parser("sandbox", help="script virtual phones").add_subparsers(metavar="ACTION")
     p = sandbox.add_parser("script", help="set how a virtual phone behaves")
@@ -224,6 +227,32 @@ def cmd_dial(settings: Settings, args: argparse.Namespace) -> int:
     call = asyncio.run(dial(settings, args.account_sid, args.number, args.app,
                             caller_id=args.caller_id, time_out=args.timeout))
     return 0 if call.status == "completed" else 1
+
+
+def cmd_calls_hangup(settings: Settings, args: argparse.Namespace) -> int:
+    """Hang up a call through the database (and Redis, when set) the server processes share."""
+    from ringflow.calls.control import CallControl
+    from ringflow.calls.status import is_terminal
+
+    migrate(settings.database_url)
+
+    async def go() -> Call:
+        db = Database(settings.database_url)
+        control = CallControl(db, make_clock(), settings.instance_name, settings.redis_url)
+        try:
+            return await control.hang_up(args.call_sid, "cli")
+        finally:
+            await control.close()
+            await db.close()
+
+    call = asyncio.run(go())
+    reason = f" ({call.reason})" if call.reason else ""
+    if not is_terminal(call.status):
+        print(f"call {call.sid}: hangup requested; still {call.status}: the server carrying it "
+              "has not ended it yet (is it running?)", file=sys.stderr)
+        return 1
+    print(f"call {call.sid}: {call.status}{reason}")
+    return 0
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
-"""Calls: the list (the bulk API's filters, sort and cursors), one call's page, and its
-recordings streamed to the signed-in account only."""
+"""Calls: the list (the bulk API's filters, sort and cursors), one call's page with a Hang up
+button while it is live, and its recordings streamed to the signed-in account only."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from starlette.responses import FileResponse, Response
 from ringflow.api import call_list as bulk
 from ringflow.api.params import Params
 from ringflow.dashboard import queries
-from ringflow.errors import InvalidRequest, NotFound
+from ringflow.errors import CallOver, InvalidRequest, NotFound
 from ringflow.recordings import CONTENT_TYPES, extension
 
 if TYPE_CHECKING:
@@ -105,7 +105,18 @@ async def call_page(site: Dashboard, page: Page) -> Response:
         app=app,
         start=view.events[0].at if view.events else view.call.created_at,
         refresh=f"{page.request.url.path}?fragment=1",
+        done=page.request.query_params.get("done", ""),
     )
+
+
+async def hang_up(site: Dashboard, page: Page) -> Response:
+    """End one of the account's live calls (calls/control.py reaches the process carrying it)."""
+    sid = page.request.path_params["call_sid"]
+    try:
+        call = await site.s.control.hang_up(sid, "dashboard", account_id=page.account.id)
+    except CallOver:
+        return site.redirect(f"{page.base}/calls/{sid}?done=over")
+    return site.redirect(f"{page.base}/calls/{call.sid}?done=hungup")
 
 
 async def recording(site: Dashboard, page: Page) -> Response:

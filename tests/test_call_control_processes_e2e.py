@@ -1,0 +1,127 @@
+"""Hanging up a call carried by another process: ``ringflow calls hangup`` against a running
+server (no Redis: the server finds the request in the database), and the API on
+``serve --workers 2`` (PostgreSQL and Redis), where a request lands on either worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from ringflow.storage.db import Database
+from ringflow.storage.models import Call
+from tests.conftest import REDIS_URL, _truncate
+from tests.processes import cli, server_env
+from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, Client, eventually, server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+async def hangup_cli(env: dict[str, str], sid: str) -> tuple[int, str, str]:
+    """``ringflow calls hangup SID``: its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ringflow.cli", "calls", "hangup", sid, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def setup(env: dict[str, str], tmp_path: Path) -> tuple[dict[str, str], int]:
+    creds = json.loads(await cli(env, "accounts", "create", "Control Test", "--json"))
+    await cli(env, "numbers", "add", creds["sid"], EXOPHONE)
+    app_file = tmp_path / "long.json"
+    app_file.write_text(json.dumps(LONG_FLOW))
+    app_id = int((await cli(env, "apps", "import", creds["sid"], str(app_file))).split()[1])
+    return creds, app_id
+
+
+async def status_of(db: Database, sid: str) -> Call:
+    async with db.session() as session:
+        return (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
+
+
+async def test_the_cli_hangs_up_a_call_the_server_carries(tmp_path: Path,
+                                                          sqlite_template: Path) -> None:
+    path = tmp_path / "ringflow.db"
+    path.write_bytes(sqlite_template.read_bytes())
+    url = f"sqlite+aiosqlite:///{path}"
+    env = server_env(url, f"cli-{uuid.uuid4().hex[:8]}")
+    creds, app_id = await setup(env, tmp_path)
+    db = Database(url)
+    try:
+        async with server(env, tmp_path / "server.log") as srv:
+            await srv.start()
+            async with httpx.AsyncClient(timeout=10) as http:
+                api = Client(http, srv, creds)
+                call = await api.connect(From="09812345678",
+                                         Url=f"http://my.exotel.com/exoml/start/{app_id}")
+                sid = call["Sid"]
+
+                async def talking() -> bool:
+                    return (await status_of(db, sid)).status == "in-progress"
+
+                await eventually(talking, "the call to be answered", srv)
+                code, out, err = await hangup_cli(env, sid)
+                assert code == 0, err
+                assert out.strip() == f"call {sid}: completed (hangup requested (cli))"
+                assert (await api.details(sid))["Status"] == "completed"
+                code, out, err = await hangup_cli(env, sid)
+                assert code == 1 and f"Call {sid} is already over: it ended completed" in err
+            await srv.terminate()
+    finally:
+        await db.close()
+
+
+@pytest.fixture
+def empty_pg(pg_url: str) -> str:
+    """The session's PostgreSQL database, emptied."""
+    _truncate(pg_url)
+    return pg_url
+
+
+async def test_two_workers_hang_up_each_others_calls(empty_pg: str, tmp_path: Path) -> None:
+    pg_url = empty_pg
+    instance = f"control-{uuid.uuid4().hex[:8]}"
+    env = server_env(pg_url, instance, RINGFLOW_REDIS_URL=REDIS_URL)
+    creds, app_id = await setup(env, tmp_path)
+    db = Database(pg_url)
+    try:
+        async with server(env, tmp_path / "server.log", "--workers", "2") as srv:
+            await srv.start()
+            sids = []
+            for n in range(8):  # a connection each: the kernel picks a worker per connection
+                async with httpx.AsyncClient(timeout=10) as http:
+                    call = await Client(http, srv, creds).connect(
+                        From=f"0981234{n:04d}", Url=f"http://my.exotel.com/exoml/start/{app_id}")
+                sids.append(call["Sid"])
+
+            async def talking() -> bool:
+                return {(await status_of(db, sid)).status for sid in sids} == {"in-progress"}
+
+            await eventually(talking, "every call to be answered", srv)
+            owners = {(await status_of(db, sid)).owner for sid in sids}
+            assert owners == {f"{instance}/w1", f"{instance}/w2"}, owners
+            # Each request on a fresh connection: about half land on the other worker.
+            for sid in sids[:-1]:
+                async with httpx.AsyncClient(timeout=30) as http:
+                    r = await http.post(f"{srv.base}/v1/Accounts/{creds['sid']}/Calls/{sid}.json",
+                                        data={"Status": "completed"},
+                                        auth=(creds["api_key"], creds["api_token"]))
+                assert r.status_code == 200, r.text
+                assert r.json()["Call"]["Status"] == "completed", (sid, r.text)
+            code, out, err = await hangup_cli(env, sids[-1])  # the CLI is a third process
+            assert code == 0, err
+            for sid in sids:
+                call = await status_of(db, sid)
+                assert call.status == "completed" and call.reason is not None
+                assert call.reason.startswith("hangup requested")
+            await srv.terminate()
+    finally:
+        await db.close()
