@@ -151,3 +151,115 @@ async def test_voicebot_exits_by_on_error_after_one_retry(database_url):
         assert said == ["Sorry, the assistant is away."]
         [failed] = [e["data"] for e in await rig.timeline(sid) if e["kind"] == "stream.failed"]
         assert "503" in failed["reason"] and "2 attempts" in failed["reason"]
+
+
+async def test_the_hang_up_api_stops_a_stream_with_reason_stopped(database_url):
+    async with WsBot() as bot, running(database_url) as rig:
+        r = await rig.connect(From="09812345678", StreamUrl=bot.url,
+                              StatusCallback=f"{rig.customer.url}/status")
+        sid = r.json()["Call"]["Sid"]
+        await rig.clock.run_until(lambda: bool(bot.connections) and "media" in bot.events())
+        hung = await rig.http.post(rig.url(f"Calls/{sid}.json"), data={"Status": "completed"},
+                                   auth=rig.auth)
+        assert hung.status_code == 200, hung.text
+        done = await rig.finish(sid)
+        assert done.status == "completed"
+        await bot.last.wait_closed(10)
+        assert bot.last.events()[-1] == "stop"
+        assert bot.last.of("stop")[0]["stop"]["reason"] == "stopped"
+        [status] = rig.customer.to("/status")
+        assert status.fields()["Status"] == "completed"
+
+
+async def test_a_stream_applet_streams_both_tracks_beside_the_flow(database_url):
+    app = {
+        "name": "listen while greeting",
+        "start": "listen",
+        "nodes": {
+            "listen": {"applet": "stream", "url": "", "track": "both", "next": "hello"},
+            "hello": {"applet": "greeting", "text": "Hello, this call is transcribed live."},
+        },
+    }
+    async with WsBot() as bot, running(database_url) as rig:
+        app["nodes"]["listen"]["url"] = bot.url
+        saved = await rig.services.accounts.save_app(rig.sid, app)
+        r = await rig.connect(From="09812345678", Url=rig.flow_url(saved.id))
+        sid = r.json()["Call"]["Sid"]
+        await rig.finish(sid)
+        conn = await bot.wait_closed(10)
+        media = conn.of("media")
+        tracks = {m["media"]["track"] for m in media}
+        assert tracks == {"inbound", "outbound"}
+        heard = b"".join(base64.b64decode(m["media"]["payload"]) for m in media
+                         if m["media"]["track"] == "outbound")
+        assert any(heard), "the outbound track carries the greeting the caller heard"
+        assert conn.of("stop")[0]["stop"]["reason"] == "stopped"  # the flow ended
+        assert "dtmf" not in conn.events() and "mark" not in conn.events()
+        steps = [e["kind"] for e in await rig.timeline(sid)]
+        assert "stream.start" in steps and "stream.end" in steps
+
+
+async def test_an_http_endpoint_names_the_bot_and_credentials_go_in_basic_auth(database_url):
+    from tests.wsbot import url_endpoint
+
+    async with WsBot(params={"sample-rate": "16000"}) as bot, running(database_url) as rig:
+        async with url_endpoint(bot.url_with(auth=("KEY1", "t0ken"))) as endpoint:
+            r = await rig.connect(From="09812345678", StreamUrl=endpoint.url)
+            assert r.status_code == 200, r.text
+            sid = r.json()["Call"]["Sid"]
+            await rig.clock.run_until(lambda: "media" in bot.events())
+            await rig.http.post(rig.url(f"Calls/{sid}.json"), data={"Status": "completed"},
+                                auth=rig.auth)
+            await rig.finish(sid)
+            [asked] = endpoint.seen
+            assert asked.query["CallSid"] == sid
+        conn = bot.last
+        assert conn.basic_auth() == ("KEY1", "t0ken")
+        assert "t0ken" not in bot.attempts[0].target and "KEY1" not in bot.attempts[0].target
+        assert conn.start["media_format"]["sample_rate"] == "16000"
+        assert {len(base64.b64decode(m["media"]["payload"])) for m in conn.of("media")} == {3200}
+        steps = {e["kind"]: e["data"] for e in await rig.timeline(sid)}
+        assert "t0ken" not in steps["stream.start"]["url"]
+
+
+async def test_malformed_bot_frames_are_logged_and_the_call_goes_on(database_url):
+    async def garbage(conn: BotConnection) -> None:
+        await conn.wait_for(event="start", timeout=10)
+        for frame in ("not json", b"\x00binary", '{"event":"dance"}',
+                      '{"event":"media","media":{"payload":"***"}}'):
+            await conn.send_raw(frame)
+        await conn.send_media(pcm_tone(440, 0.2))
+        await conn.send_mark("after-garbage")
+
+    async with WsBot(garbage) as bot, running(database_url) as rig:
+        await script_phone(rig, "09812345678", {"hangup_after": 3})
+        r = await rig.connect(From="09812345678", StreamUrl=bot.url)
+        sid = r.json()["Call"]["Sid"]
+        await rig.finish(sid)
+        assert [m["mark"]["name"] for m in bot.last.of("mark")] == ["after-garbage"]
+        ignored = [e["data"]["reason"] for e in await rig.timeline(sid)
+                   if e["kind"] == "stream.ignored"]
+        assert len(ignored) == 4 and "not JSON" in ignored[0] and "binary" in ignored[1]
+
+
+async def test_active_streams_counts_the_accounts_streams(database_url):
+    async with WsBot() as bot, running(database_url) as rig:
+        r = await rig.connect(From="09812345678", StreamUrl=bot.url)
+        sid = r.json()["Call"]["Sid"]
+        await rig.clock.run_until(lambda: "media" in bot.events())
+        active = await rig.http.get(rig.url("ActiveStreams.json"), auth=rig.auth)
+        assert active.json() == {"ActiveStreamCount": 1, "ThrottleLimit": 100}
+        await rig.http.post(rig.url(f"Calls/{sid}.json"), data={"Status": "completed"},
+                            auth=rig.auth)
+        await rig.finish(sid)
+        active = await rig.http.get(rig.url("ActiveStreams.json"), auth=rig.auth)
+        assert active.json()["ActiveStreamCount"] == 0
+
+
+async def test_stream_url_with_url_or_to_is_refused_naming_both(database_url):
+    async with running(database_url) as rig:
+        r = await rig.connect(From="09812345678", StreamUrl="wss://bot.example.com/",
+                              Url=rig.flow_url())
+        assert r.status_code == 400 and "StreamUrl and Url" in r.text
+        r = await rig.connect(From="09812345678", StreamUrl="ftp://bot.example.com/")
+        assert r.status_code == 400 and "StreamUrl" in r.text

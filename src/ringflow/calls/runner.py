@@ -350,7 +350,8 @@ class CallRunner:
             self.streams, channel, record, account_sid=account.sid,
             account_limit=account.max_concurrent_streams, call_sid=call.sid,
             from_number=ctx.customer, to_number=ctx.exophone,
-            params=lambda: query_params(ctx))
+            params=lambda: query_params(ctx),
+            by_request=lambda: self._live(call.sid).stopped_by_request)
 
     async def _connect(
         self, call: Call, account: Account, first: Channel, channels: list[Channel]

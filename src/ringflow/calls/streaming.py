@@ -44,6 +44,7 @@ class CallStreams:
         from_number: str,
         to_number: str,
         params: Callable[[], Mapping[str, str]] = dict,
+        by_request: Callable[[], bool] = lambda: False,
     ):
         self.streams = streams
         self.channel = channel
@@ -52,20 +53,23 @@ class CallStreams:
             url="", account_sid=account_sid, call_sid=call_sid, from_number=from_number,
             to_number=to_number, limit=account_limit)
         self._params = params
+        self._by_request = by_request
         self._beside: dict[asyncio.Task[StreamOutcome], Stream | None] = {}
 
     async def run(self, action: StreamAudio) -> StreamOutcome | None:
         """Carry a bidirectional stream to its end; start a unidirectional one beside."""
         request = self._for(action)
         if action.wait:
-            return await self.streams.run(request, self.channel, self._record)
+            return await self.streams.run(request, self.channel, self._record,
+                                          by_request=self._by_request)
         if len(self._beside) >= MAX_BESIDE:
             await self._record("stream.failed", {
                 "url": request.url, "reason": f"at most {MAX_BESIDE} streams beside one call"})
             return None
         task: asyncio.Task[StreamOutcome] = asyncio.ensure_future(
             self.streams.run(request, self.channel, self._record,
-                             started=lambda stream: self._beside.__setitem__(task, stream)))
+                             started=lambda stream: self._beside.__setitem__(task, stream),
+                             by_request=self._by_request))
         self._beside[task] = None
         task.add_done_callback(lambda done: self._beside.pop(done, None))
         return None
@@ -107,7 +111,24 @@ async def run_stream_call(runner: Any, call: Any, account: Any, channel: Channel
         url=call.stream_url or "", account_sid=account.sid, call_sid=call.sid,
         from_number=display(call.from_number), to_number=display(call.caller_id),
         limit=account.max_concurrent_streams,
-        bidirectional=call.stream_type != "unidirectional")
-    outcome = await runner.streams.run(request, channel, record)
+        bidirectional=call.stream_type != "unidirectional",
+        params=_call_params(call))
+    live = runner.control.live(call.sid)
+    outcome = await runner.streams.run(
+        request, channel, record,
+        by_request=lambda: live is not None and live.stopped_by_request)
     log.info("call %s: stream %s %s (%s)", call.sid, outcome.stream_sid, outcome.status,
              outcome.detailed_status)
+
+
+def _call_params(call: Any) -> dict[str, str]:
+    """What an http(s) stream URL endpoint is told of a ``StreamUrl`` call (no app runs, so
+    the Passthru parameters that describe the call itself)."""
+    customer, exophone = display(call.from_number), display(call.caller_id)
+    params = {"CallSid": call.sid, "CallFrom": customer, "CallTo": exophone,
+              "From": customer, "To": exophone, "Direction": "outbound-dial"}
+    if call.stream_name:
+        params["StreamName"] = call.stream_name
+    if call.custom_field:
+        params["CustomField"] = call.custom_field
+    return params

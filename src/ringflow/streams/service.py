@@ -77,7 +77,8 @@ class Streams:
         return len(streams)
 
     async def run(self, request: StreamRequest, channel: Channel, record: Record,
-                  started: Callable[[Stream], None] | None = None) -> StreamOutcome:
+                  started: Callable[[Stream], None] | None = None,
+                  by_request: Callable[[], bool] = lambda: False) -> StreamOutcome:
         """Open and carry one stream to its end; the outcome says how it went."""
         stream_sid = new_stream_sid()
         try:
@@ -97,6 +98,7 @@ class Streams:
             bidirectional=request.bidirectional, track=request.track,
             allow_private=self.settings.allow_private_urls,
             keep_latencies=self.keep_latencies,
+            by_request=by_request,
         )
         self._by_account[request.account_sid].add(stream)
         self._by_call[request.call_sid].add(stream)

@@ -14,8 +14,8 @@ carries the call until one side ends it:
   go to the bot as ``dtmf``.
 
 It ends when the bot closes the socket (``disconnected_by`` ``bot``), the caller hangs up
-(``stop`` with ``callended``), ``stop()`` is called (the flow ended or an API request:
-``stopped``) or the 60-minute limit passes. Frames the bot sends that cannot be used are put
+(``stop`` with ``callended``), ``stop()`` is called or the call is hung up by request (the
+flow ended, or the hang-up API: ``stopped``) or the 60-minute limit passes. Frames the bot sends that cannot be used are put
 on the call's timeline (the first few) and ignored. Sending never blocks the media: caller
 audio waits in a bounded queue, and when a stalled bot lets it fill the oldest chunks go.
 """
@@ -145,8 +145,10 @@ class Stream:
         max_seconds: float = MAX_SECONDS,
         connect: Callable[[StreamTarget], Awaitable[ClientConnection]] | None = None,
         keep_latencies: int = 0,
+        by_request: Callable[[], bool] = lambda: False,
     ):
         self.target = target
+        self._by_request = by_request  # the call is ending by a hang-up request (API)
         self.info = info
         self.channel = channel
         self.clock = clock
@@ -265,6 +267,8 @@ class Stream:
                 if self._stopping.done():
                     reason = self._stopping.result()
                     outcome.detailed_status = f"stopped: {reason}"
+                elif closed in done and self._by_request():
+                    outcome.detailed_status = "the call was hung up by request"
                 elif closed in done:
                     reason = "callended"
                     outcome.detailed_status = "the call ended"

@@ -110,14 +110,20 @@ class LiveLine:
         return bool(self._sinks) or self._playout is not None
 
     def heard(self, at: float, pcm: bytes) -> None:
-        """The phone says ``pcm`` from ``at`` (kept only while the line is live)."""
-        if self.active:
-            _place(self._heard, at, pcm)
+        """The phone says ``pcm`` from ``at``."""
+        self._keep(self._heard, at, pcm)
 
     def sent(self, at: float, pcm: bytes) -> None:
-        """The phone is sent ``pcm`` from ``at`` (a prompt; kept only while the line is live)."""
-        if self.active:
-            _place(self._sent, at, pcm)
+        """The phone is sent ``pcm`` from ``at`` (a prompt)."""
+        self._keep(self._sent, at, pcm)
+
+    def _keep(self, pieces: list[Piece], at: float, pcm: bytes) -> None:
+        # Kept while they sound even with no listener yet: a stream that opens in the middle
+        # of a prompt hears the rest of it, as it would on a real line.
+        now = self.clock.now()
+        pieces[:] = [(start, piece) for start, piece in pieces
+                     if start + len(piece) / (RATE * SAMPLE_WIDTH) > now]
+        _place(pieces, at, pcm)
 
     def listen(self, sink: Callable[[bytes, bytes], None]) -> Callable[[], None]:
         """Give ``sink(heard, sent)`` every 20 ms of clock time; returns the unsubscribe."""
@@ -171,8 +177,6 @@ class LiveLine:
             if marks:
                 self._on_marks(marks)
         if not self._sinks:
-            self._heard.clear()
-            self._sent.clear()
             return
         heard, sent = _frame_at(self._heard, at), _frame_at(self._sent, at)
         for sink in tuple(self._sinks.values()):

@@ -189,9 +189,8 @@ class SandboxChannel:
         if self.speech is not None:
             with self.clock.busy():  # rendering takes real time; the test clock must wait for it
                 prompt = await self.speech(text, voice)
-        if self._tape is not None or self._line.active:
-            spoken = prompt if prompt is not None else murmur(speech_seconds(text))
-            self._sent(self.clock.now(), spoken.pcm)
+        spoken = prompt if prompt is not None else murmur(speech_seconds(text))
+        self._sent(self.clock.now(), spoken.pcm)
         await self._hold(prompt.duration if prompt is not None else speech_seconds(text))
 
     async def play(self, url: str, audio: bytes | None = None) -> None:
