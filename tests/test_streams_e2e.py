@@ -3,8 +3,8 @@ loopback, a virtual phone that talks to it (AgentStream spec, docs/../agentstrea
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import datetime as dt
 
 import pytest
 
@@ -72,8 +72,14 @@ async def test_stream_url_call_sends_the_spec_messages_and_plays_the_bot(databas
         assert tone_power(played.tobytes(), 660, 8000) > 0.9, "the bot's tone is not what it heard"
         assert not said.any(), "the phone said nothing"
 
-        steps = {e["kind"]: e["data"] for e in await rig.timeline(sid)}
+        events = await rig.timeline(sid)
+        steps = {e["kind"]: e["data"] for e in events}
         assert steps["stream.start"]["url"] == bot.url
+        # On the test clock: the mark comes back once the bot's second of audio has played,
+        # not when it arrived (its audio came within a few 20 ms ticks of the start).
+        at = {e["kind"]: dt.datetime.fromisoformat(e["at"]) for e in events}
+        played = (at["stream.mark"] - at["stream.start"]).total_seconds()
+        assert 1.0 <= played <= 1.2, played
         end = steps["stream.end"]
         assert end["disconnected_by"] == "user" and end["marks"] == 1 and end["dtmf"] == 1
         assert end["bytes_from_bot"] == 16000
