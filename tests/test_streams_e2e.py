@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 
-from tests.e2e import EXOPHONE, running
+from tests.e2e import running
 from tests.wsbot import BotConnection, WsBot, pcm_tone, tone_power
 
 pytestmark = pytest.mark.e2e

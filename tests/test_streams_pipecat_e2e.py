@@ -4,6 +4,7 @@ sandbox (the dual recording) and over SIP (the RTP SIPp receives, echoed back)."
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,19 @@ import pytest
 
 from ringflow.clock import RealClock
 from tests.e2e import running
+from tests.pipecatbot import TONE_HZ, BotProcess, pipecat_bot
 from tests.sipp import needs_sipp, sipp
-from tests.test_pipecat_bot import TONE_HZ, BotProcess, bot  # noqa: F401 (the fixture)
 from tests.test_sip_carrier_e2e import call_to_end, place, sip_server, sqlite_db, story  # noqa: F401
 from tests.test_streams_e2e import recorded_channels, script_phone
 from tests.test_streams_sip_e2e import tone_spans
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def bot(tmp_path: Path) -> AsyncIterator[BotProcess]:
+    async with pipecat_bot(tmp_path) as running:
+        yield running
 
 
 def seconds_of_tone(track: np.ndarray) -> float:

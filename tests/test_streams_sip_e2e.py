@@ -69,7 +69,7 @@ async def test_bot_audio_reaches_the_sip_phone_paced_with_marks_and_barge_in(tmp
         echoed = np.frombuffer(conn.media_pcm(), "<i2")
         assert tone_spans(echoed), "the bot's audio never reached the SIP phone"
         # What went out on RTP: the first second whole, then the long one cut by the clear.
-        said, sent = await recorded_channels(rig, sid)
+        _, sent = await recorded_channels(rig, sid)
         [(a, b)], [(c, d)] = tone_spans(sent, 660), tone_spans(sent, 880)
         first, second = (b - a + 1) * 0.02, (d - c + 1) * 0.02
         assert c - b <= 5, "no gap between the two messages beyond the mark's round trip"
