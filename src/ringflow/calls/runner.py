@@ -20,8 +20,8 @@ from sqlalchemy import select
 
 from ringflow.calls.control import STOPPED, CallControl, LiveCall
 from ringflow.calls.dialing import FlowDialer
-from ringflow.calls.streaming import CallStreams, run_stream_call
 from ringflow.calls.status import Event, Status, is_terminal
+from ringflow.calls.streaming import CallStreams, run_stream_call
 from ringflow.calls.transitions import Change, apply, interrupted
 from ringflow.clock import Clock, wait_with_timeout
 from ringflow.flows.applets import REGISTRY

@@ -255,8 +255,8 @@ class Stream:
         limit = asyncio.ensure_future(self.clock.sleep(self.max_seconds))
         assert self._stopping is not None
         try:
-            done, _ = await asyncio.wait({receiving, closed, limit, self._stopping},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            waits: set[asyncio.Future[Any]] = {receiving, closed, limit, self._stopping}
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for fn in undo:
                 fn()
             if receiving in done:

@@ -130,7 +130,11 @@ class LiveLine:
         token = object()
         self._sinks[token] = sink
         self._run()
-        return lambda: self._sinks.pop(token, None)
+
+        def unsubscribe() -> None:
+            self._sinks.pop(token, None)
+
+        return unsubscribe
 
     def play_out(self, playout: Playout,
                  on_marks: Callable[[list[str]], None]) -> Callable[[], None]:

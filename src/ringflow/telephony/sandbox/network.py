@@ -19,6 +19,7 @@ import numpy as np
 
 from ringflow.clock import Clock, wait_with_timeout
 from ringflow.media.audio import RATE, SAMPLE_WIDTH, Prompt
+from ringflow.media.playout import Playout
 from ringflow.telephony.carrier import (
     Answered,
     AttemptEvent,
@@ -29,7 +30,6 @@ from ringflow.telephony.carrier import (
     Rejected,
     Ringing,
 )
-from ringflow.media.playout import Playout
 from ringflow.telephony.sandbox.line import LiveLine, Tape
 from ringflow.telephony.sandbox.phones import (
     DEFAULT_SCRIPT,
