@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.test_sip_carrier_e2e import sqlite_db  # noqa: F401 (the fixture)
 from tests.wsbot import decode_payload, pcm_tone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,3 +168,34 @@ async def test_echo_bot_greets_marks_echoes_and_clears(echo_bot: EchoBot, rate: 
     assert f"{rate} Hz" in output and "custom parameters {'k': 'v'}" in output
     assert "caller pressed '5': sending clear" in output
     assert "stop: callended" in output
+
+
+@pytest.mark.usefixtures("sqlite_db")
+async def test_the_example_bot_on_a_ringflow_call(echo_bot: EchoBot, tmp_path: Path) -> None:
+    """What the README shows: a StreamUrl call to the example bot on the sandbox; the phone
+    speaks, presses a key (the bot clears) and hears the greeting and its own echo."""
+    import numpy as np
+
+    from ringflow.clock import RealClock
+    from tests.e2e import running
+    from tests.test_sip_carrier_e2e import call_to_end, story
+    from tests.test_streams_e2e import recorded_channels, script_phone
+
+    async with running(f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}",
+                       clock=RealClock()) as rig:
+        await script_phone(rig, "09812345678", {
+            "ring": 0.2, "says": [{"text": "Hello bot, can you hear me?", "at": 1}],
+            "keys": ["5"], "hangup_after": 9})
+        r = await rig.connect(From="09812345678", StreamUrl=echo_bot.url, Record="true",
+                              RecordingChannels="dual", RecordingFormat="wav")
+        assert r.status_code == 200, r.text
+        sid = r.json()["Call"]["Sid"]
+        call = await call_to_end(rig, sid)
+        assert call.status == "completed", await story(rig, sid)
+        await echo_bot.read_until(r"caller pressed .5.", timeout=5)
+        await echo_bot.read_until(r"stop: callended", timeout=5)
+        said, heard = await recorded_channels(rig, sid)
+        assert np.abs(said).max() > 1000, "the phone spoke"
+        assert np.count_nonzero(heard) > 8000, "the phone heard the bot's greeting and echo"
+        steps = [e["kind"] for e in await rig.timeline(sid)]
+        assert "stream.clear" in steps and "stream.mark" in steps
