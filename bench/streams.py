@@ -1,0 +1,410 @@
+#!/usr/bin/env python3
+"""Bidirectional streams over SIP: concurrent calls each streamed to a bot speaking without pause.
+
+One ``SipCarrier`` in this process places calls to SIPp on loopback (``callee_answer.xml`` with
+``-rtp_echo``: it answers and sends every RTP packet back to its sender). For each level N, two
+runs, each with a fresh SIPp and carrier, calls placed at ``--ramp-cps``:
+
+1. **plain**: N calls, each looping ``channel.say`` of a 6.8 s espeak-ng prompt (rendered once
+   beforehand) while SIPp echoes it back: a plain RTP-echo call (in-band DTMF detection of the
+   echo on, as in production);
+2. **streams**: N calls, each answered call streamed through ``Streams.run`` (bidirectional, 8
+   kHz unless ``--sample-rate``) to ``bench/stream_bot.py``, a bot in its own process that
+   answers every 100 ms ``media`` message at once with the next 100 ms of the same prompt. So
+   on every call RTP goes out (the bot's audio, paced from the stream's ``Playout``) and comes
+   back (SIPp's echo), and 10 messages a second go each way on the WebSocket.
+
+With all N up and 2 s of warm-up, the counters are reset and ``--hold`` seconds measured:
+ringflow's CPU (this process, ``getrusage``), SIPp's and the bot's, the media engine's send
+lateness (how long after its 20 ms deadline each RTP packet left), RTP packets lost and send
+errors, kernel drops on ringflow's and SIPp's sockets. For streams also: chunks dropped for a
+slow bot, streams that failed or ended early, **gaps** (ticks after a stream's first frame on
+which its playout buffer was empty, so the caller got a frame of silence), the playout's
+underruns (a short last piece padded), and three latencies of the bot's audio, over every
+message that arrived in the window:
+
+- **playout**: ``Playout.stats.latencies``, from the moment the decoded (and resampled) audio is
+  pushed into the buffer to the pacer tick that takes its first frame for RTP; it ends before
+  that frame's G.711 encoding and ``sendto`` (microseconds);
+- **way in**: from the bot building the message (its ``"t"``, ``time.monotonic()``, the same
+  clock in every process) to ringflow's parse of it returning: the bot's send, loopback TCP,
+  this loop getting to the socket, websockets' framing and its queue, the stream's receive task
+  waking, ``json.loads`` and base64 decoding. Taken by wrapping ``parse_bot_message`` here;
+- **bot to caller**: their sum per message, from the bot's send to the tick sending its first
+  frame.
+
+A level passes if plain and streams alike keep lateness p99 under 5 ms and nothing is lost
+(no RTP loss, send error, kernel drop, dropped chunk, gap, underrun or failed stream). Printed
+per run and level, then one line: the most streams that held, CPU per stream-second against a
+plain call's at that level (the ratio), and the bot-to-caller latency p50/p99 there.
+
+    .venv/bin/python bench/streams.py [--levels 10 25 50 100 150 200 300 400] [--hold 10]
+        [--ramp-cps 100] [--sample-rate 8000] [--loop asyncio|uvloop] [--keep-going] [--quick]
+        [--profile] [--workdir DIR]
+
+``--quick``: levels 10 and 50, 4 s held. The loop is uvloop when installed (here and in the
+bot). Stepping stops after the first level that fails unless ``--keep-going``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import io
+import logging
+import os
+import pstats
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+import ringflow.streams.stream as stream_module  # noqa: E402
+from bench.sip_calls import (  # noqa: E402
+    PROMPT, Sipp, answered, carrier_for, loop_factory, own_cpu, paced, percentile, process_cpu,
+    udp_drops)
+from ringflow.clock import RealClock  # noqa: E402
+from ringflow.config import Settings  # noqa: E402
+from ringflow.media.cache import PromptCache  # noqa: E402
+from ringflow.media.playout import FRAME_BYTES  # noqa: E402
+from ringflow.media.tts import TextToSpeech  # noqa: E402
+from ringflow.streams.service import StreamRequest, Streams  # noqa: E402
+
+SCENARIO = "callee_answer.xml"
+KEEP_LATENCIES = 1_000_000  # per stream: every message of a run
+
+
+# -- the bot's process -----------------------------------------------------------------------
+
+
+class Bot:
+    """``bench/stream_bot.py`` in its own process."""
+
+    def __init__(self, prompt: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "stream_bot.py"), "--prompt", str(prompt)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("port "):
+            raise RuntimeError(f"the bot did not start: {line!r}")
+        self.url = f"ws://127.0.0.1:{int(line.split()[1])}/"
+
+    def cpu(self) -> float:
+        return process_cpu(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+# -- the way in: bot's send to ringflow's parse ----------------------------------------------
+
+
+class WayIn:
+    """Wraps ``parse_bot_message`` (as the stream module sees it) to time each bot message from
+    its ``"t"`` to the end of its parse, per stream in arrival order."""
+
+    def __init__(self) -> None:
+        self.by_stream: dict[str, list[float]] = {}
+        self._parse = stream_module.parse_bot_message
+
+    def __enter__(self) -> WayIn:
+        parse, by_stream = self._parse, self.by_stream
+
+        def timed(frame):
+            event = parse(frame)
+            if isinstance(frame, str) and frame.endswith("}") and '"t":' in frame[-24:]:
+                now = time.monotonic()
+                at = frame.rfind('"t":')
+                sid = frame[31:frame.index('"', 31)]  # '{"event":"media","stream_sid":"MZ...'
+                by_stream.setdefault(sid, []).append(now - float(frame[at + 4:-1]))
+            return event
+
+        stream_module.parse_bot_message = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stream_module.parse_bot_message = self._parse
+
+
+# -- one run ---------------------------------------------------------------------------------
+
+
+class Watched:
+    """One stream's playout, watched: ticks it had nothing to give after its first frame."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.gaps = 0
+        self.started = False
+        playout = stream.playout
+        take = playout.take
+
+        def counted():
+            frame, marks = take()
+            if frame is not None:
+                self.started = True
+            elif self.started:
+                self.gaps += 1
+            return frame, marks
+
+        playout.take = counted  # the RTP session calls this every tick
+
+
+async def run_level(kind: str, calls: int, args: argparse.Namespace, workdir: Path,
+                    tts: TextToSpeech, bot: Bot | None) -> dict:
+    """N plain calls or N streams; what was measured over the hold."""
+    sipp = Sipp(SCENARIO, workdir)
+    carrier = carrier_for(sipp, speech=lambda words, voice: tts.speak(words, voice))
+    await carrier.start()
+    clock = RealClock()
+    streams = Streams(Settings(allow_private_urls=True, stream_limit=100_000), clock, None,
+                      keep_latencies=KEEP_LATENCIES)
+    url = (bot.url if bot else "") + (f"?sample-rate={args.sample_rate}"
+                                      if args.sample_rate != 8000 else "")
+    stop = asyncio.Event()
+    all_up = asyncio.Event()
+    up = 0
+    failures: dict[str, int] = {}
+    watched: dict[str, Watched] = {}
+    events: dict[str, int] = {}
+
+    def fail(reason: str) -> None:
+        failures[reason] = failures.get(reason, 0) + 1
+
+    async def record(kind_: str, data: dict) -> None:
+        events[kind_] = events.get(kind_, 0) + 1
+        if kind_ in ("stream.failed", "stream.ignored"):
+            fail(f"{kind_}: {data.get('reason')}")
+
+    async def speak_forever(channel) -> None:
+        while not channel.closed:
+            await channel.say(PROMPT)
+
+    async def one(i: int) -> None:
+        nonlocal up
+        channel = await answered(carrier, sipp, i, args.answer_timeout)
+        if isinstance(channel, str):
+            fail(channel)
+            return
+        up += 1
+        if up == calls:
+            all_up.set()
+        if kind == "plain":
+            work = asyncio.ensure_future(speak_forever(channel))
+        else:
+            request = StreamRequest(url=url, account_sid="AC1", call_sid=f"CA{i}",
+                                    from_number="09812345678", to_number="08041234567",
+                                    limit=None)
+
+            def started(stream) -> None:
+                watched[stream.info.stream_sid] = Watched(stream)
+
+            work = asyncio.ensure_future(streams.run(request, channel, record, started=started))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if work.done() and not stop.is_set():
+            fail(f"{kind} ended early" + (f": {work.result().detailed_status}"
+                                           if kind == "streams" and not work.exception() else ""))
+        stopping.cancel()
+        await channel.hangup()
+        with contextlib.suppress(Exception):
+            await work
+
+    try:
+        with WayIn() as way_in:
+            tasks = await paced(args.ramp_cps, calls, one)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_up.wait(), args.answer_timeout + 10)
+            await asyncio.sleep(2.0)  # warm-up: every leg sending, every stream flowing
+            assert carrier.media is not None
+            snapshot = {sid: (len(w.stream.playout.stats.latencies),
+                              len(way_in.by_stream.get(sid, ())), w.gaps,
+                              w.stream.playout.stats.underruns, w.stream._dropped,
+                              w.stream.playout.stats.played_bytes)
+                        for sid, w in watched.items()}
+            carrier.media.reset_stats()
+            rtp = carrier.rtp_ports
+            drops0 = udp_drops(*rtp), udp_drops(sipp.media, sipp.media)
+            bot0 = bot.cpu() if bot else 0.0
+            cpu0, sipp0, wall0 = own_cpu(), sipp.cpu(), time.monotonic()
+            profiler = cProfile.Profile() if args.profile and kind == "streams" else None
+            if profiler:
+                profiler.enable()
+            await asyncio.sleep(args.hold)
+            cpu, sipp_cpu = own_cpu() - cpu0, sipp.cpu() - sipp0
+            bot_cpu = bot.cpu() - bot0 if bot else 0.0
+            wall = time.monotonic() - wall0
+            if profiler:
+                profiler.disable()
+            drops = udp_drops(*rtp) - drops0[0], udp_drops(sipp.media, sipp.media) - drops0[1]
+            stats = carrier.media.stats
+            window = {}
+            for sid, w in watched.items():
+                lat0, way0, gaps0, under0, drop0, played0 = snapshot.get(sid, (0,) * 6)
+                playout = w.stream.playout.stats
+                window[sid] = {
+                    "playout": playout.latencies[lat0:],
+                    "way": way_in.by_stream.get(sid, [])[way0:],
+                    "gaps": w.gaps - gaps0, "underruns": playout.underruns - under0,
+                    "dropped": w.stream._dropped - drop0,
+                    "played": playout.played_bytes - played0, "lat0": lat0, "way0": way0}
+            stop.set()
+            await asyncio.gather(*tasks)
+            if profiler:
+                out = io.StringIO()
+                pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
+                print(out.getvalue(), flush=True)
+        await sipp.settle(calls, wait=10.0)
+    finally:
+        await carrier.close()
+        sipp.stop()
+    playout_lat = [x for w in window.values() for x in w["playout"]]
+    way_lat = [x for w in window.values() for x in w["way"]]
+    total_lat = []
+    for sid, w in window.items():
+        # The i-th media message parsed is the i-th push (each non-empty): pair them up. The
+        # lists were read at the same instant, so a message parsed but not yet played is left.
+        all_way = way_in.by_stream.get(sid, [])
+        latencies = watched[sid].stream.playout.stats.latencies
+        for k in range(w["lat0"], w["lat0"] + len(w["playout"])):
+            if k < len(all_way):
+                total_lat.append(all_way[k] + latencies[k])
+    return {
+        "kind": kind, "calls": calls, "up": up, "failures": failures, "wall": wall,
+        "cpu": cpu, "sipp_cpu": sipp_cpu, "bot_cpu": bot_cpu, "drops": drops,
+        "p50": stats.lateness_p50, "p99": stats.lateness_p99, "lost": stats.lost,
+        "send_errors": stats.totals.send_errors, "stalls": stats.stalls,
+        "late": stats.totals.late, "sent": stats.sent, "received": stats.received,
+        "streams": len(window), "gaps": sum(w["gaps"] for w in window.values()),
+        "underruns": sum(w["underruns"] for w in window.values()),
+        "dropped": sum(w["dropped"] for w in window.values()),
+        "played_s": sum(w["played"] for w in window.values()) / (FRAME_BYTES * 50),
+        "playout": playout_lat, "way": way_lat, "total": total_lat,
+    }
+
+
+def judged(r: dict) -> tuple[str, bool]:
+    """The run's line, and whether it held (p99 < 5 ms, nothing lost, nothing failed)."""
+    up, wall = r["up"], r["wall"]
+    per = r["cpu"] / wall / max(1, up)  # CPU seconds per call-second
+    lost = (r["lost"] + r["send_errors"] + sum(r["drops"]) + r["dropped"] + r["gaps"]
+            + r["underruns"] + r["stalls"])
+    ok = not r["failures"] and up == r["calls"] and r["p99"] < 0.005 and lost == 0
+    line = (f"{r['kind']:>7} {r['calls']:4d}  up {up:4d}"
+            f"{'  failed ' + str(r['failures']) if r['failures'] else ''}  "
+            f"lateness p50 {r['p50'] * 1e3:5.1f} p99 {r['p99'] * 1e3:5.1f} ms  "
+            f"lost {r['lost']}  send errors {r['send_errors']}  "
+            f"kernel drops {r['drops'][0]}/{r['drops'][1]}  stalls {r['stalls']}  "
+            f"ringflow cores {r['cpu'] / wall:.2f}  cpu/call {per * 1e3:.2f} ms/s  "
+            f"sipp cores {r['sipp_cpu'] / wall:.2f}  "
+            f"RTP out/in {r['sent'] / wall / max(1, up):.1f}/{r['received'] / wall / max(1, up):.1f}"
+            f" per call-second")
+    if r["kind"] == "streams":
+        expected = r["streams"] * wall
+        line += (f"  bot cores {r['bot_cpu'] / wall:.2f}  dropped {r['dropped']}  "
+                 f"gaps {r['gaps']}  underruns {r['underruns']}  "
+                 f"bot audio {r['played_s'] / max(1e-9, expected):.3f} s/s  "
+                 f"playout p50/p99 {ms(r['playout'], .5)}/{ms(r['playout'], .99)} ms  "
+                 f"way in {ms(r['way'], .5)}/{ms(r['way'], .99)} ms  "
+                 f"bot->caller {ms(r['total'], .5)}/{ms(r['total'], .99)} ms "
+                 f"({len(r['total'])} messages)")
+    return line + ("" if ok else "  FAIL"), ok
+
+
+def ms(values: list[float], q: float) -> str:
+    return f"{percentile(values, q) * 1e3:.1f}" if values else "-"
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> None:
+    tts = TextToSpeech(PromptCache(workdir / "media"))
+    prompt = await tts.speak(PROMPT)  # rendered once, before anything is measured
+    prompt_file = workdir / "prompt.pcm"
+    prompt_file.write_bytes(prompt.pcm)
+    bot = Bot(prompt_file)
+    print(f"prompt {prompt.duration:.1f} s; streams at {args.sample_rate} Hz to {bot.url}; "
+          f"{args.hold:g} s held per run, ramp {args.ramp_cps:g} cps", flush=True)
+    best = None
+    try:
+        for calls in args.levels:
+            plain = await run_level("plain", calls, args, workdir, tts, None)
+            line, plain_ok = judged(plain)
+            print(line, flush=True)
+            await asyncio.sleep(1.0)
+            streamed = await run_level("streams", calls, args, workdir, tts, bot)
+            line, ok = judged(streamed)
+            print(line, flush=True)
+            per_plain = plain["cpu"] / plain["wall"] / max(1, plain["up"])
+            per_stream = streamed["cpu"] / streamed["wall"] / max(1, streamed["up"])
+            ratio = per_stream / per_plain
+            print(f"   level {calls}: stream/plain CPU {ratio:.2f} "
+                  f"({per_stream * 1e3:.2f} / {per_plain * 1e3:.2f} ms per call-second)"
+                  f"{'' if ok else '  streams FAIL'}{'' if plain_ok else '  plain FAIL'}",
+                  flush=True)
+            if ok:
+                best = (calls, ratio, per_stream, per_plain, streamed)
+            elif not args.keep_going:
+                break
+            await asyncio.sleep(1.0)
+    finally:
+        bot.stop()
+        tts.close()
+    if best is None:
+        print("streams: no level held (lateness p99 < 5 ms, nothing lost)", flush=True)
+        return
+    calls, ratio, per_stream, per_plain, r = best
+    print(f"streams: {calls} held (lateness p99 {r['p99'] * 1e3:.1f} ms, nothing lost); "
+          f"CPU per stream {per_stream * 1e3:.2f} ms/s vs plain call {per_plain * 1e3:.2f} ms/s: "
+          f"ratio {ratio:.2f} (goal <= 1.5); bot->caller p50/p99 {ms(r['total'], .5)}/"
+          f"{ms(r['total'], .99)} ms (goal p99 < 40), of which playout "
+          f"{ms(r['playout'], .5)}/{ms(r['playout'], .99)} ms", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", type=int, nargs="+",
+                        default=[10, 25, 50, 100, 150, 200, 300, 400])
+    parser.add_argument("--hold", type=float, default=10.0, help="seconds measured per run")
+    parser.add_argument("--ramp-cps", type=float, default=100.0)
+    parser.add_argument("--answer-timeout", type=float, default=10.0)
+    parser.add_argument("--sample-rate", type=int, choices=[8000, 16000, 24000], default=8000)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"])
+    parser.add_argument("--keep-going", action="store_true",
+                        help="run every level even after one fails")
+    parser.add_argument("--quick", action="store_true", help="levels 10 and 50, 4 s held")
+    parser.add_argument("--profile", action="store_true",
+                        help="print a profile of each streams run's hold (its figures are "
+                             "worse than the real ones)")
+    parser.add_argument("--workdir", type=Path, help="keep SIPp's logs here")
+    args = parser.parse_args()
+    if args.quick:
+        args.levels, args.hold = [10, 50], 4.0
+    logging.basicConfig(level=logging.ERROR)
+    factory, loop_name = loop_factory(args.loop)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+    print(f"loop {loop_name}, Python {sys.version.split()[0]}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    with contextlib.ExitStack() as stack:
+        if args.workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="streams-")))
+        else:
+            workdir = args.workdir
+            workdir.mkdir(parents=True, exist_ok=True)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run(args, workdir))
+
+
+if __name__ == "__main__":
+    main()
