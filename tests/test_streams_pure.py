@@ -159,3 +159,35 @@ def test_stream_urls_are_taken_apart_and_checked():
         with pytest.raises(InvalidRequest, match=says):
             check_stream_url(bad, allow_private=False)
     assert check_stream_url("https://router.example.com/bot", allow_private=False)
+
+
+def test_bot_audio_reaches_the_buffer_in_whole_frames_at_every_rate():
+    from ringflow.streams.stream import BotAudio
+
+    for rate in (8000, 16000, 24000):
+        playout = Playout()
+        audio = BotAudio(rate, playout)
+        pushed = []
+        for _ in range(10):  # ten just-in-time messages of 100 ms
+            before = len(playout)
+            audio.push(bytes(rate // 10 * 2))
+            pushed.append(len(playout) - before)
+        assert all(n % FRAME_BYTES == 0 for n in pushed), (rate, pushed)
+        # A second at 8 kHz, less what the resampler still holds (its filter delay, < 100 ms).
+        assert 16000 - 1600 <= len(playout) <= 16000
+        audio.mark("end")
+        assert len(playout) % 2 == 0
+        frames = drain(playout, 60)
+        assert playout.stats.underruns <= 1 and frames[-1] == (None, [])
+        assert ["end"] in [marks for _, marks in frames]
+
+
+def test_a_bot_sending_odd_pieces_just_in_time_is_heard_without_gaps():
+    from ringflow.streams.stream import BotAudio
+
+    playout = Playout()
+    audio = BotAudio(8000, playout)
+    for _ in range(20):
+        audio.push(bytes(330))  # not a frame: each push leaves a short end behind
+        playout.take()
+    assert playout.stats.underruns == 0

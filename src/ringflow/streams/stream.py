@@ -37,7 +37,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from ringflow.clock import Clock
-from ringflow.media.playout import Playout
+from ringflow.media.playout import FRAME_BYTES, Playout
 from ringflow.streams.client import StreamFailed, open_socket
 from ringflow.streams.protocol import (
     BotClear,
@@ -111,6 +111,38 @@ class _Resampler:
         return self._stream.resample_chunk(samples).astype("<i2").tobytes()
 
 
+class BotAudio:
+    """The bot's audio on its way to the playout buffer: resampled to 8 kHz and cut into whole
+    20 ms frames. A resampler's output rarely ends on a frame (soxr gives 830 samples for 1,600
+    in); a short piece at the end of the buffer would wait a tick and then be padded with
+    silence, a gap the caller hears every message when a bot sends just in time."""
+
+    def __init__(self, rate: int, playout: Playout):
+        self._resample = _Resampler(rate, 8000)
+        self._playout = playout
+        self._rest = b""
+
+    def push(self, pcm: bytes) -> None:
+        """Queue audio at the stream's rate; whole frames go on now, the rest waits."""
+        audio = self._rest + self._resample(pcm)
+        whole = len(audio) - len(audio) % FRAME_BYTES
+        self._rest = audio[whole:]
+        if whole:
+            self._playout.push(audio[:whole])
+
+    def mark(self, name: str) -> None:
+        """A mark: the audio before it goes on whole, short end and all."""
+        if self._rest:
+            self._playout.push(self._rest)
+            self._rest = b""
+        self._playout.mark(name)
+
+    def clear(self) -> list[str]:
+        """Drop everything queued; the marks that were waiting."""
+        self._rest = b""
+        return self._playout.clear()
+
+
 class _Chunker:
     """20 ms frames in, equal chunks of CHUNK_SECONDS at the stream's rate out."""
 
@@ -165,7 +197,7 @@ class Stream:
         self._wake = asyncio.Event()
         self._stopping: asyncio.Future[str] | None = None
         self._dropped = 0
-        self._from_bot = _Resampler(target.sample_rate, 8000)
+        self._from_bot = BotAudio(target.sample_rate, self.playout)
 
     def stop(self, reason: str = "stopped") -> None:
         """End the stream (``stop`` with ``reason`` goes to the bot)."""
@@ -329,12 +361,12 @@ class Stream:
                 await self.record("stream.ignored", {"reason": reason})
         elif isinstance(event, BotMedia):
             outcome.bytes_from_bot += len(event.pcm)
-            self.playout.push(self._from_bot(event.pcm))
+            self._from_bot.push(event.pcm)
         elif isinstance(event, BotMark):
-            self.playout.mark(event.name)
+            self._from_bot.mark(event.name)
         elif isinstance(event, BotClear):
             dropped = self.playout.seconds
-            marks = self.playout.clear()
+            marks = self._from_bot.clear()
             outcome.clears += 1
             await self.record("stream.clear", {"dropped_ms": round(dropped * 1000),
                                                "marks": marks})
