@@ -4,8 +4,8 @@
 carries the call until one side ends it:
 
 - the caller's audio (and, for a unidirectional ``both`` stream, what the caller is sent) comes
-  from ``Channel.listen`` 20 ms at a time, is resampled with soxr when the stream's rate is not
-  8 kHz, and leaves in equal 100 ms ``media`` chunks;
+  from ``Channel.listen`` 20 ms at a time, is converted (``media/rates.py``) when the stream's
+  rate is not 8 kHz, and leaves in equal 100 ms ``media`` chunks;
 - the bot's audio (bidirectional only) is resampled to 8 kHz and pushed into a ``Playout``
   buffer that the carrier drains one frame per tick (``Channel.play_out``): the bot may burst,
   the caller hears it paced. ``mark`` is queued behind that audio and sent back when it has
@@ -31,13 +31,12 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import numpy as np
-import soxr
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from ringflow.clock import Clock
 from ringflow.media.playout import FRAME_BYTES, Playout
+from ringflow.media.rates import RateConverter
 from ringflow.streams.client import StreamFailed, open_socket
 from ringflow.streams.protocol import (
     BotClear,
@@ -97,28 +96,13 @@ class StreamOutcome:
         }
 
 
-class _Resampler:
-    """16-bit PCM from one rate to another, continuous across calls (None: same rate)."""
-
-    def __init__(self, rate_in: int, rate_out: int):
-        self._stream = (soxr.ResampleStream(rate_in, rate_out, 1, dtype="int16", quality="HQ")
-                        if rate_in != rate_out else None)
-
-    def __call__(self, pcm: bytes) -> bytes:
-        if self._stream is None:
-            return pcm
-        samples = np.frombuffer(pcm, dtype="<i2")
-        return self._stream.resample_chunk(samples).astype("<i2").tobytes()
-
-
 class BotAudio:
-    """The bot's audio on its way to the playout buffer: resampled to 8 kHz and cut into whole
-    20 ms frames. A resampler's output rarely ends on a frame (soxr gives 830 samples for 1,600
-    in); a short piece at the end of the buffer would wait a tick and then be padded with
+    """The bot's audio on its way to the playout buffer: converted to 8 kHz and cut into whole
+    20 ms frames. A message's audio rarely ends on a frame; a short piece at the end of the buffer would wait a tick and then be padded with
     silence, a gap the caller hears every message when a bot sends just in time."""
 
     def __init__(self, rate: int, playout: Playout):
-        self._resample = _Resampler(rate, 8000)
+        self._resample = RateConverter(rate, 8000)
         self._playout = playout
         self._rest = b""
 
@@ -147,7 +131,7 @@ class _Chunker:
     """20 ms frames in, equal chunks of CHUNK_SECONDS at the stream's rate out."""
 
     def __init__(self, rate: int):
-        self._resample = _Resampler(8000, rate)
+        self._resample = RateConverter(8000, rate)
         self._size = round(rate * CHUNK_SECONDS) * 2
         self._buffer = bytearray()
 
