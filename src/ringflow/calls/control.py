@@ -35,12 +35,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import select
 
 from ringflow.calls.status import Event, Status, is_terminal
 from ringflow.calls.transitions import Change, apply
 from ringflow.clock import Clock
 from ringflow.errors import CallOver, Conflict, NotFound
+from ringflow.storage.calls import load_call, lock_call, steps_of_kind
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call, CallEvent
 from ringflow.telephony.carrier import Channel, Rejected
@@ -53,7 +53,6 @@ CHANNEL_PREFIX = "ringflow:control:"
 # Real seconds, not the call clock: these wait on another process, like any I/O.
 POLL_EVERY = 0.5
 WAIT_FOR_END = 10.0
-SIDS_PER_QUERY = 500
 
 # What a first leg's ringing ends with when a hang-up is asked for (never a carrier outcome).
 STOPPED = Rejected("canceled", CANCELED_BY_REQUEST)
@@ -224,17 +223,15 @@ class CallControl:
     ) -> tuple[Call, int | None]:
         """Lock the call and take the request: (call, id of the request row or None)."""
         async with self.db.session() as session:
-            query = select(Call).where(Call.sid == sid.lower()).with_for_update()
-            if account_id is not None:
-                query = query.where(Call.account_id == account_id)
-            call = (await session.execute(query)).scalar_one_or_none()
+            call = await lock_call(session, sid, account_id)
             if call is None:
                 raise NotFound(f"Call {sid} not found")
             if is_terminal(call.status):
                 raise CallOver(f"Call {call.sid} is already over: it ended {call.status}")
             if op == "redirect":
                 if call.shape != "flow":
-                    raise Conflict(f"Call {call.sid} connects two numbers and runs no app")
+                    what = "streams to a bot" if call.shape == "stream" else "connects two numbers"
+                    raise Conflict(f"Call {call.sid} {what} and runs no app")
                 if call.status != Status.IN_PROGRESS:
                     raise Conflict(f"Call {call.sid} is not answered yet ({call.status})")
             if call.status == Status.QUEUED:
@@ -261,7 +258,7 @@ class CallControl:
 
     async def _load(self, sid: str) -> Call:
         async with self.db.session() as session:
-            return (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
+            return await load_call(session, sid)
 
     async def _wait_final(self, sid: str) -> None:
         """Wait (real seconds, bounded) for another process to end the call."""
@@ -322,17 +319,8 @@ class CallControl:
     async def take_requests(self) -> int:
         """Act on the requests written for this process's calls; how many there were."""
         sids = list(self._live)
-        rows: list[Any] = []
         async with self.db.session() as session:
-            for start in range(0, len(sids), SIDS_PER_QUERY):
-                query = (
-                    select(CallEvent.id, Call.sid, CallEvent.data)
-                    .join(Call, Call.id == CallEvent.call_id)
-                    .where(Call.sid.in_(sids[start:start + SIDS_PER_QUERY]))
-                    .where(CallEvent.kind == REQUEST_KIND)
-                    .order_by(CallEvent.id)
-                )
-                rows += (await session.execute(query)).all()
+            rows = await steps_of_kind(session, sids, REQUEST_KIND)
         acted = 0
         for row_id, sid, data in rows:
             live = self._live.get(sid)
