@@ -213,3 +213,29 @@ def test_rates_convert_20_ms_at_a_time_with_exact_lengths_and_no_aliasing(rate_i
         assert np.abs(folded).max() < 200
     with pytest.raises(ValueError):
         RateConverter(11025, 8000)
+
+
+async def test_a_stop_asked_before_the_stream_opened_is_not_lost():
+    """A flow that ends while its stream applet's socket is still opening stops the stream."""
+    import asyncio
+
+    from ringflow.clock import ManualClock
+    from ringflow.streams.stream import Stream
+    from ringflow.telephony.sandbox.network import SandboxChannel
+    from ringflow.telephony.sandbox.phones import PhoneScript
+
+    clock = ManualClock()
+    channel = SandboxChannel(clock, "+919812345678", PhoneScript())
+    never = asyncio.Event()
+
+    async def connect(target):
+        await never.wait()
+
+    async def record(kind, data):
+        pass
+
+    stream = Stream(target=parse_target("ws://bot.example.com/", allow_private=False), info=INFO,
+                    channel=channel, clock=clock, record=record, connect=connect)
+    stream.stop()
+    outcome = await asyncio.wait_for(stream.run(), 5)
+    assert outcome.status == "failed" and outcome.bytes_to_bot == 0

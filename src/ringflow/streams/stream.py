@@ -180,17 +180,22 @@ class Stream:
         self._outgoing: collections.deque[str] = collections.deque()
         self._wake = asyncio.Event()
         self._stopping: asyncio.Future[str] | None = None
+        self._stop_asked: str | None = None  # a stop asked for before run() began
         self._dropped = 0
         self._from_bot = BotAudio(target.sample_rate, self.playout)
 
     def stop(self, reason: str = "stopped") -> None:
-        """End the stream (``stop`` with ``reason`` goes to the bot)."""
-        if self._stopping is not None and not self._stopping.done():
+        """End the stream (``stop`` with ``reason`` goes to the bot); also before it opened."""
+        if self._stopping is None:
+            self._stop_asked = self._stop_asked or reason
+        elif not self._stopping.done():
             self._stopping.set_result(reason)
 
     async def run(self) -> StreamOutcome:
         """Open the stream and carry it to its end; never raises for the bot's faults."""
         self._stopping = asyncio.get_running_loop().create_future()
+        if self._stop_asked is not None:
+            self._stopping.set_result(self._stop_asked)
         outcome = self.outcome
         socket = await self._open()
         if socket is None:
