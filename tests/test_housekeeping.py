@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from ringflow.accounts import Accounts
 from ringflow.calls.dispatcher import Dispatcher
-from ringflow.calls.housekeeping import INSTANCE_TTL, Housekeeper
+from ringflow.calls.housekeeping import Housekeeper
 from ringflow.calls.requests import CallRequest
 from ringflow.config import Settings
 from ringflow.storage.models import Account, Call, Instance, OutboxMessage
@@ -55,7 +55,7 @@ async def test_calls_of_a_silent_instance_are_finished(db, clock):
     account, dispatcher, keeper, _ = await setup(db, clock)
     dead, _ = await dispatcher.submit(request(account))
     alive, _ = await dispatcher.submit(request(account))
-    old = clock.wall() - dt.timedelta(seconds=INSTANCE_TTL + 1)
+    old = clock.wall() - dt.timedelta(seconds=Settings().instance_lease + 1)
     async with db.session() as s:
         s.add(Instance(name="dead", started_at=old, heartbeat_at=old))
         s.add(Instance(name="alive", started_at=old, heartbeat_at=clock.wall()))

@@ -44,6 +44,9 @@ class Settings:
     queue_limit: int = 1000
     stream_limit: int = 100  # concurrent streams to bots per account (accounts may set their own)
     queue_max_age: float = 600.0
+    # Seconds a process may stay silent (no heartbeat) before another one finishes the calls it
+    # was carrying and gives their lines to queued calls: a process killed without a goodbye.
+    instance_lease: float = 60.0
     allow_private_urls: bool = False
     callback_timeout: float = 15.0
     callback_max_attempts: int = 12
@@ -101,6 +104,8 @@ class Settings:
         if self.auth_failures_per_client < 1 or self.auth_failures_per_key < 1:
             raise ConfigError("RINGFLOW_AUTH_FAILURES_PER_CLIENT and RINGFLOW_AUTH_FAILURES_PER_KEY "
                               "must be at least 1")
+        if self.instance_lease < 1:
+            raise ConfigError("RINGFLOW_INSTANCE_LEASE must be at least 1 second")
         if self.queue_max_age <= 0:
             raise ConfigError("RINGFLOW_QUEUE_MAX_AGE must be a positive number of seconds")
         if self.callback_concurrency < 1:

@@ -3,6 +3,12 @@
 The dispatcher owns the running calls of this process. It creates calls, starts their runners,
 starts queued calls in order when capacity frees, and at start-up reclaims what a previous run of
 this process left behind (calls it was carrying when it died are finished, queued calls resume).
+
+Admission is exact across processes: each decision (a new call, or the next queued ones) is
+taken under the account's row lock in the database (``storage/admission.py``), so the count of
+calls in progress cannot change under it, and a queued call is claimed by one process only.
+The asyncio lock per account only spares this process's own submissions a wait in the
+database.
 """
 
 from __future__ import annotations
@@ -13,8 +19,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select
-
 from ringflow.calls.requests import CallRequest
 from ringflow.calls.sids import new_call_sid
 from ringflow.calls.status import ACTIVE, Event, Status
@@ -22,8 +26,9 @@ from ringflow.calls.transitions import Change, apply, finish_calls_of
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import CapacityExceeded
+from ringflow.storage import admission
 from ringflow.storage.db import Database
-from ringflow.storage.models import Account, Call, Leg
+from ringflow.storage.models import Call, Leg
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +56,28 @@ class Dispatcher:
     async def submit(self, request: CallRequest) -> tuple[Call, bool]:
         """Persist a new call; start it if the account has room. Returns (call, started)."""
         async with self._locks[request.account_id], self.db.session() as session:
-            account = await session.get(Account, request.account_id)
-            assert account is not None
-            active, queued = await self._counts(session, account.id)
-            if queued >= self.settings.queue_limit:
+            lines = await self._lines(session, request.account_id)
+            assert lines is not None, f"account {request.account_id} does not exist"
+            if lines.queued >= self.settings.queue_limit:
                 raise CapacityExceeded(
-                    f"{queued} calls are already waiting for this account; try again later"
+                    f"{lines.queued} calls are already waiting for this account; try again later"
                 )
+            # Stamped under the account's lock, so creation order is the order of admission.
             now = self.clock.wall()
             call = _new_call(request, now)
             session.add(call)
             await session.flush()
-            limit = self._limit(account)
+            limit = self._limit(lines)
             # Never ahead of calls already waiting: room can exist while they wait (the limit
             # was raised, or a call just ended and its release has not run yet).
-            started = active < limit and queued == 0
+            started = lines.active < limit and lines.queued == 0
             woke = False
             if started:
                 woke = await self._admit(session, call)
             else:
-                log.info(
-                    "call %s queued: %d of %d lines busy, %d waiting", call.sid, active, limit, queued
-                )
-            room_behind_queue = not started and active < limit
+                log.info("call %s queued: %d of %d lines busy, %d waiting",
+                         call.sid, lines.active, limit, lines.queued)
+            room_behind_queue = not started and lines.active < limit
         if started:
             self._start(call.sid, request.account_id)
         if woke:
@@ -82,21 +86,13 @@ class Dispatcher:
             await self.release(request.account_id)
         return call, started
 
-    def _limit(self, account: Account) -> int:
-        if account.max_concurrent_calls is not None:
-            return account.max_concurrent_calls
-        return self.settings.max_concurrent_calls
+    async def _lines(self, session: Any, account_id: int) -> admission.AccountLines | None:
+        return await admission.lock_lines(session, account_id, ACTIVE, Status.QUEUED)
 
-    async def _counts(self, session: Any, account_id: int) -> tuple[int, int]:
-        rows = await session.execute(
-            select(Call.status, func.count())
-            .where(Call.account_id == account_id)
-            .where(Call.status.in_([*ACTIVE, Status.QUEUED]))
-            .group_by(Call.status)
-        )
-        counts = dict(rows.all())
-        active = sum(counts.get(s, 0) for s in ACTIVE)
-        return active, counts.get(Status.QUEUED, 0)
+    def _limit(self, lines: admission.AccountLines) -> int:
+        if lines.max_concurrent_calls is not None:
+            return lines.max_concurrent_calls
+        return self.settings.max_concurrent_calls
 
     async def _admit(self, session: Any, call: Call) -> bool:
         """Start dialing; True if that queued a callback (a ``ringing`` event)."""
@@ -120,25 +116,14 @@ class Dispatcher:
         """Start the account's oldest queued calls, as many as it has room for."""
         started: list[str] = []
         async with self._locks[account_id], self.db.session() as session:
-            account = await session.get(Account, account_id)
-            if account is None:
+            lines = await self._lines(session, account_id)
+            if lines is None:
                 return
-            active, _ = await self._counts(session, account_id)
-            room = self._limit(account) - active
-            if room <= 0:
+            room = self._limit(lines) - lines.active
+            if room <= 0 or lines.queued == 0:
                 return
-            waiting = (
-                await session.execute(
-                    select(Call)
-                    .where(Call.account_id == account_id, Call.status == Status.QUEUED)
-                    .order_by(Call.created_at, Call.id)
-                    .limit(room)
-                    # A call being hung up (calls/control.py) holds its row: it is not admitted.
-                    .with_for_update(skip_locked=True)
-                )
-            ).scalars()
             woke = False
-            for call in waiting:
+            for call in await admission.oldest_queued(session, account_id, Status.QUEUED, room):
                 woke = await self._admit(session, call) or woke
                 started.append(call.sid)
         for sid in started:

@@ -1,7 +1,7 @@
 """Periodic care of the call tables, shared by every ringflow process on one database.
 
-Each round: this process's heartbeat; calls carried by a process that stopped beating are
-finished (so they never hold an account's lines forever); calls queued longer than
+Each round: this process's heartbeat; calls carried by a process silent for longer than
+``RINGFLOW_INSTANCE_LEASE`` are finished (so they never hold an account's lines forever); calls queued longer than
 ``RINGFLOW_QUEUE_MAX_AGE`` fail with a clear reason; accounts with queued calls get their free
 lines filled (a line freed by another process is noticed here at the latest).
 
@@ -25,19 +25,23 @@ from ringflow.calls.transitions import Change, apply, finish_calls_of
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.media.cache import PromptCache
+from ringflow.storage import admission
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call, Instance
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_EVERY = 10.0
-# A process silent this long is gone: its calls are finished by whoever notices first.
-INSTANCE_TTL = 60.0
+HEARTBEAT_EVERY = 10.0  # seconds; more often when the lease is short (a beat per quarter)
 PRUNE_EVERY = 600.0
 
 
+def heartbeat_every(settings: Settings) -> float:
+    """Seconds between rounds: a silent process is noticed within its lease and a round."""
+    return min(HEARTBEAT_EVERY, settings.instance_lease / 4)
+
+
 class Housekeeper:
-    """Runs ``tend`` every HEARTBEAT_EVERY seconds of the clock."""
+    """Runs ``tend`` every HEARTBEAT_EVERY seconds of the clock (or a quarter of the lease)."""
 
     def __init__(
         self,
@@ -76,7 +80,7 @@ class Housekeeper:
                 await self.tend()
             except Exception:  # one bad round must not stop the heartbeat for good
                 log.exception("housekeeping round failed")
-            await self.clock.sleep(HEARTBEAT_EVERY)
+            await self.clock.sleep(heartbeat_every(self.settings))
 
     async def _prune_prompts(self, prompts: PromptCache) -> None:
         max_age = self.settings.prompt_cache_max_age
@@ -97,11 +101,7 @@ class Housekeeper:
             await self._beat(session, now)
             finished = await self._reclaim(session, now)
             finished += await self._expire(session, now)
-            accounts = (
-                await session.execute(
-                    select(Call.account_id).where(Call.status == Status.QUEUED).distinct()
-                )
-            ).scalars().all()
+            accounts = await admission.accounts_waiting(session, Status.QUEUED)
         if finished:
             self.on_enqueued()
         for account_id in accounts:
@@ -115,7 +115,8 @@ class Housekeeper:
             me.heartbeat_at = now
 
     async def _reclaim(self, session, now: dt.datetime) -> int:  # type: ignore[no-untyped-def]
-        cutoff = now - dt.timedelta(seconds=INSTANCE_TTL)
+        # A process silent this long is gone: its calls are finished by whoever notices first.
+        cutoff = now - dt.timedelta(seconds=self.settings.instance_lease)
         silent = (
             await session.execute(
                 select(Instance).where(

@@ -1,0 +1,80 @@
+"""Admission's statements: an account's lines counted and its queue taken, under its row lock.
+
+Every process that admits calls for an account first locks the account's row (``FOR NO KEY
+UPDATE`` on PostgreSQL, so rows that merely reference the account, such as new callbacks, are
+not held up). The count of its calls in progress and the choice of the next queued ones then
+happen one process at a time, which makes the account's limit exact and its queue FIFO across
+processes. SQLite has a single writer and ignores the lock: one process serves it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ringflow.storage.models import Account, Call
+
+
+@dataclasses.dataclass(frozen=True)
+class AccountLines:
+    """An account's own limits (None: the server's default) and its calls now."""
+
+    max_concurrent_calls: int | None
+    active: int  # calls ringing or in progress
+    queued: int
+
+
+async def lock_lines(session: AsyncSession, account_id: int, active: Collection[str],
+                     queued: str) -> AccountLines | None:
+    """Lock the account's admission for this transaction and count its lines (None: no account).
+
+    ``active`` are the statuses that hold a line, ``queued`` the status of a waiting call.
+    """
+    limit = (
+        await session.execute(
+            select(Account.max_concurrent_calls)
+            .where(Account.id == account_id)
+            .with_for_update(key_share=True)
+        )
+    ).one_or_none()
+    if limit is None:
+        return None
+    rows = await session.execute(
+        select(Call.status, func.count())
+        .where(Call.account_id == account_id, Call.status.in_([*active, queued]))
+        .group_by(Call.status)
+    )
+    counts = {status: count for status, count in rows.all()}
+    return AccountLines(
+        max_concurrent_calls=limit[0],
+        active=sum(counts.get(status, 0) for status in active),
+        queued=counts.get(queued, 0),
+    )
+
+
+async def oldest_queued(session: AsyncSession, account_id: int, queued: str,
+                        count: int) -> list[Call]:
+    """The account's ``count`` oldest waiting calls, locked (the account's lock must be held).
+
+    A call locked by someone else is being hung up (live call control): it is skipped.
+    """
+    return list(
+        (
+            await session.execute(
+                select(Call)
+                .where(Call.account_id == account_id, Call.status == queued)
+                .order_by(Call.created_at, Call.id)
+                .limit(count)
+                .with_for_update(skip_locked=True)
+            )
+        ).scalars()
+    )
+
+
+async def accounts_waiting(session: AsyncSession, queued: str) -> list[int]:
+    """The accounts that have calls waiting."""
+    query = select(Call.account_id).where(Call.status == queued).distinct()
+    return list((await session.execute(query)).scalars())
