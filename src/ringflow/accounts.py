@@ -13,10 +13,6 @@ import hmac
 import re
 from typing import Any
 
-from sqlalchemy import delete, or_, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from ringflow.calls.sids import new_api_key, new_api_token
 from ringflow.clock import Clock
 from ringflow.errors import AppInvalid, Conflict, InvalidRequest, NotFound
@@ -24,14 +20,15 @@ from ringflow.flows.applets import REGISTRY
 from ringflow.flows.model import AppGraph, parse_app
 from ringflow.media.tts import TextToSpeech, TtsUnavailable
 from ringflow.phone import normalize
+from ringflow.storage import accounts as stored
+from ringflow.storage import apps as stored_apps
+from ringflow.storage import phones as stored_phones
 from ringflow.storage.db import Database
-from ringflow.storage.models import Account, ApiKey, App, PhoneNumber, SandboxPhone
+from ringflow.storage.models import Account, App, PhoneNumber, SandboxPhone
+from ringflow.storage.session import Duplicate, Session
 from ringflow.telephony.sandbox import PhoneScript
 
 _DUMMY_HASH = hashlib.sha256(b"ringflow-no-such-key").hexdigest()
-# Ids are BIGINT: a larger number (from a Url or a path) names no app, and handing it to the
-# database driver would fail with an overflow (a 500) instead.
-_MAX_ID = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,31 +64,22 @@ class Accounts:
         _check_zone(time_zone)
         base = _slug(name)
         async with self.db.session() as session:
-            taken = set(
-                (
-                    await session.execute(select(Account.sid).where(Account.sid.like(f"{base}%")))
-                ).scalars()
-            )
+            taken = await stored.sids_starting(session, base)
             sid = base if base not in taken else next(
                 f"{base}{n}" for n in range(1, 10_000) if f"{base}{n}" not in taken
             )
-            account = Account(sid=sid, name=name.strip(), time_zone=time_zone, created_at=self.clock.wall())
-            session.add(account)
-            await session.flush()
-            return await self._add_key(session, account)
+            account = await stored.add_account(session, sid, name.strip(), time_zone,
+                                               self.clock.wall())
+            return self._add_key(session, account)
 
-    async def _add_key(self, session: AsyncSession, account: Account) -> Credentials:
+    def _add_key(self, session: Session, account: Account) -> Credentials:
         key, token = new_api_key(), new_api_token()
-        session.add(
-            ApiKey(account_id=account.id, key=key, token_hash=hash_token(token), created_at=self.clock.wall())
-        )
+        stored.add_key(session, account.id, key, hash_token(token), self.clock.wall())
         return Credentials(account.sid, key, token)
 
-    async def get(self, session: AsyncSession, sid: str) -> Account:
+    async def get(self, session: Session, sid: str) -> Account:
         """The account with this SID (SIDs compare case-insensitively), or NotFound."""
-        account = (
-            await session.execute(select(Account).where(Account.sid == sid.lower()))
-        ).scalar_one_or_none()
+        account = await stored.account_by_sid(session, sid)
         if account is None:
             raise NotFound(f"no account {sid!r}")
         return account
@@ -99,48 +87,29 @@ class Accounts:
     async def create_key(self, account_sid: str) -> Credentials:
         """Another API key for the account."""
         async with self.db.session() as session:
-            return await self._add_key(session, await self.get(session, account_sid))
+            return self._add_key(session, await self.get(session, account_sid))
 
     async def revoke_key(self, account_sid: str, key: str) -> None:
         """Revoke an API key; requests using it get 401 from then on."""
         async with self.db.session() as session:
             account = await self.get(session, account_sid)
-            row = (
-                await session.execute(
-                    select(ApiKey).where(ApiKey.account_id == account.id, ApiKey.key == key)
-                )
-            ).scalar_one_or_none()
-            if row is None:
+            if not await stored.revoke_key(session, account.id, key, self.clock.wall()):
                 raise NotFound(f"no API key {key!r} in account {account.sid}")
-            row.revoked_at = row.revoked_at or self.clock.wall()
 
     async def authenticate(self, username: str, password: str) -> Account | None:
         """The account these Basic credentials open: API key + token, or account SID + token."""
         async with self.db.session() as session:
-            rows = (
-                await session.execute(
-                    select(ApiKey).where(ApiKey.key == username, ApiKey.revoked_at.is_(None))
-                )
-            ).scalars().all()
-            if not rows:
-                account = (
-                    await session.execute(select(Account).where(Account.sid == username.lower()))
-                ).scalar_one_or_none()
-                if account is not None:
-                    rows = (
-                        await session.execute(
-                            select(ApiKey).where(
-                                ApiKey.account_id == account.id, ApiKey.revoked_at.is_(None)
-                            )
-                        )
-                    ).scalars().all()
-        given = hash_token(password)
-        match = None
-        for row in rows or [None]:
-            stored = row.token_hash if row is not None else _DUMMY_HASH
-            if hmac.compare_digest(given, stored) and row is not None:
-                match = row.account
-        return match
+            rows: list[tuple[str, int | None]] = [
+                *await stored.active_keys(session, username)
+            ]
+            given = hash_token(password)
+            match = None
+            # Every candidate is compared, and a dummy when there is none, so the time taken
+            # tells nothing about which part of the credentials was wrong.
+            for token_hash, account_id in rows or [(_DUMMY_HASH, None)]:
+                if hmac.compare_digest(given, token_hash) and account_id is not None:
+                    match = account_id
+            return await stored.account_by_id(session, match) if match is not None else None
 
     async def add_number(self, account_sid: str, number: str, friendly_name: str = "") -> str:
         """Give the account an ExoPhone; returns it in E.164."""
@@ -148,54 +117,45 @@ class Accounts:
         try:
             async with self.db.session() as session:
                 account = await self.get(session, account_sid)
-                session.add(
-                    PhoneNumber(
-                        account_id=account.id,
-                        number=e164,
-                        friendly_name=friendly_name,
-                        created_at=self.clock.wall(),
-                    )
-                )
-        except IntegrityError:
+                await stored_phones.add_number(session, account.id, e164, friendly_name,
+                                               self.clock.wall())
+        except Duplicate:
             raise Conflict(f"{number} is already an ExoPhone of an account") from None
         return e164
 
-    async def numbers(self, session: AsyncSession, account_id: int) -> list[PhoneNumber]:
+    async def numbers(self, session: Session, account_id: int) -> list[PhoneNumber]:
         """The account's ExoPhones, oldest first."""
-        return list(
-            (
-                await session.execute(
-                    select(PhoneNumber).where(PhoneNumber.account_id == account_id).order_by(PhoneNumber.id)
-                )
-            ).scalars()
-        )
+        return await stored_phones.numbers(session, account_id)
 
-    async def script_phone(self, account_sid: str, number: str, script: Any) -> tuple[str, dict[str, Any]]:
-        """Set how a virtual phone answers this account's calls; returns (E.164, stored script)."""
+    async def owns_number(self, session: Session, account_id: int, number: str) -> bool:
+        """Whether ``number`` (E.164) is an ExoPhone of the account."""
+        return await stored_phones.owns_number(session, account_id, number)
+
+    async def script_phone(self, scope: str, number: str, script: Any) -> tuple[str, dict[str, Any]]:
+        """Set how a virtual phone answers the calls of the account ``scope`` ("": of every
+        account); returns (E.164, stored script)."""
         number = normalize(number, field="number")
-        stored = PhoneScript.from_dict(script).to_dict()
+        data = PhoneScript.from_dict(script).to_dict()
         async with self.db.session() as session:
-            account = await self.get(session, account_sid)
-            row = await session.get(SandboxPhone, (account.sid, number))
-            if row is None:
-                session.add(SandboxPhone(scope=account.sid, number=number, script=stored, updated_at=self.clock.wall()))
-            else:
-                row.script, row.updated_at = stored, self.clock.wall()
-        return number, stored
+            scope = (await self.get(session, scope)).sid if scope else ""
+            await stored_phones.set_phone_script(session, scope, number, data, self.clock.wall())
+        return number, data
 
-    async def clear_phone(self, account_sid: str, number: str) -> str:
-        """Forget this account's script for a virtual phone; returns the number in E.164."""
+    async def clear_phone(self, scope: str, number: str) -> str:
+        """Forget the script of a virtual phone for the account ``scope`` ("": every account's);
+        returns the number in E.164."""
         number = normalize(number, field="number")
         async with self.db.session() as session:
-            await session.execute(
-                delete(SandboxPhone).where(SandboxPhone.scope == account_sid.lower(), SandboxPhone.number == number)
-            )
+            await stored_phones.clear_phone_script(session, scope.lower(), number)
         return number
 
-    async def phones(self, session: AsyncSession, account_sid: str) -> list[SandboxPhone]:
+    async def phone(self, session: Session, account_sid: str, number: str) -> SandboxPhone | None:
+        """The account's own script for a virtual phone (``number`` in E.164), or None."""
+        return await stored_phones.phone_script(session, account_sid.lower(), number)
+
+    async def phones(self, session: Session, account_sid: str) -> list[SandboxPhone]:
         """Scripts that apply to the account's calls: its own and those set for every account."""
-        query = select(SandboxPhone).where(or_(SandboxPhone.scope == account_sid.lower(), SandboxPhone.scope == ""))
-        return list((await session.execute(query.order_by(SandboxPhone.number, SandboxPhone.scope))).scalars())
+        return await stored_phones.phone_scripts(session, account_sid)
 
     async def save_app(self, account_sid: str, data: Any, app_id: int | None = None) -> App:
         """Validate and store an app; with ``app_id``, replace that app as a new version."""
@@ -206,16 +166,12 @@ class Accounts:
             await self._check_transfers(session, account.id, graph, app_id)
             now = self.clock.wall()
             if app_id is None:
-                app = App(account_id=account.id, name=graph.name, graph=data, version=1, created_at=now, updated_at=now)
-                session.add(app)
-            else:
-                app = await self.app(session, account.id, app_id)
-                app.graph, app.name, app.version, app.updated_at = data, graph.name, app.version + 1, now
-            await session.flush()
-            return app
+                return await stored_apps.add_app(session, account.id, graph.name, data, now)
+            app = await self.app(session, account.id, app_id)
+            return await stored_apps.replace_app(session, app, graph.name, data, now)
 
     async def _check_transfers(
-        self, session: AsyncSession, account_id: int, graph: AppGraph, own_id: int | None
+        self, session: Session, account_id: int, graph: AppGraph, own_id: int | None
     ) -> None:
         """A Transfer must lead to an app of the same account (or the app itself)."""
         wanted = {
@@ -225,13 +181,7 @@ class Accounts:
         }
         if not wanted:
             return
-        found = set(
-            (
-                await session.execute(
-                    select(App.id).where(App.account_id == account_id, App.id.in_(set(wanted.values())))
-                )
-            ).scalars()
-        )
+        found = await stored_apps.app_ids_in(session, account_id, wanted.values())
         problems = [
             f"node {name!r}: field 'app_id': there is no app {target} in this account"
             for name, target in wanted.items()
@@ -258,13 +208,9 @@ class Accounts:
         if problems:
             raise AppInvalid(problems)
 
-    async def app(self, session: AsyncSession, account_id: int, app_id: int) -> App:
+    async def app(self, session: Session, account_id: int, app_id: int) -> App:
         """One of the account's apps, or NotFound (another account's app is not found either)."""
-        if not 0 < app_id <= _MAX_ID:
-            raise NotFound(f"no app {app_id} in this account")
-        app = (
-            await session.execute(select(App).where(App.id == app_id, App.account_id == account_id))
-        ).scalar_one_or_none()
+        app = await stored_apps.app_of(session, account_id, app_id)
         if app is None:
             raise NotFound(f"no app {app_id} in this account")
         return app
@@ -273,9 +219,7 @@ class Accounts:
         """The account's apps."""
         async with self.db.session() as session:
             account = await self.get(session, account_sid)
-            return list(
-                (await session.execute(select(App).where(App.account_id == account.id).order_by(App.id))).scalars()
-            )
+            return await stored_apps.apps_of(session, account.id)
 
 
 def _check_zone(name: str) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from pathlib import Path
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -37,7 +36,7 @@ from ringflow.media.tts import TextToSpeech, TtsError
 from ringflow.ratelimit import RateLimiter, make_rate_limiter
 from ringflow.recordings import RecordingStore
 from ringflow.storage.db import Database
-from ringflow.storage.models import SandboxPhone
+from ringflow.storage.phones import script_for
 from ringflow.streams.service import Streams
 from ringflow.telephony.carrier import Carrier
 from ringflow.telephony.routing import RoutingCarrier
@@ -157,16 +156,8 @@ def _carrier(settings: Settings, clock: Clock, db: Database, tts: TextToSpeech) 
 def _script_lookup(db: Database) -> Any:
     async def lookup(account_sid: str, number: str) -> PhoneScript | None:
         async with db.session() as session:
-            rows = (
-                await session.execute(
-                    select(SandboxPhone).where(
-                        SandboxPhone.number == number, SandboxPhone.scope.in_([account_sid, ""])
-                    )
-                )
-            ).scalars().all()
-        # An account's own script wins over one set for every account.
-        best = sorted(rows, key=lambda row: row.scope == "")
-        return PhoneScript.from_dict(best[0].script) if best else None
+            script = await script_for(session, account_sid, number)
+        return PhoneScript.from_dict(script) if script is not None else None
 
     return lookup
 

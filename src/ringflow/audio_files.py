@@ -26,8 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
-
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import InvalidRequest, RingflowError
@@ -35,8 +33,8 @@ from ringflow.flows.actions import HttpGet, HttpResult
 from ringflow.flows.applets.greeting import STORED_SCHEME, check_audio_id
 from ringflow.media.audio import Prompt, read_wav, write_wav
 from ringflow.media.cache import PromptCache, key_for
+from ringflow.storage.accounts import account_by_id
 from ringflow.storage.db import Database
-from ringflow.storage.models import Account
 from ringflow.webhooks.http import FetchError, OutboundHttp
 
 MAX_AUDIO_BYTES = 16 * 1024 * 1024  # about 100 s of 44.1 kHz stereo WAV; minutes of MP3
@@ -121,10 +119,10 @@ class AudioStore:
     async def _sid(self, account_id: int) -> str:
         # Files go by SID, not row id: ids restart with a new database, SIDs never repeat.
         async with self.db.session() as session:
-            sid = await session.scalar(select(Account.sid).where(Account.id == account_id))
-        if sid is None:
+            account = await account_by_id(session, account_id)
+        if account is None:
             raise AudioUnavailable(f"account {account_id} does not exist")
-        return sid
+        return account.sid
 
 
 class FlowHttp:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import delete, select
 
 from ringflow.accounts import Accounts
 from ringflow.calls.steps import describe
@@ -25,11 +24,11 @@ from ringflow.config import Settings
 from ringflow.errors import NotFound, RingflowError
 from ringflow.logs import redact_logs
 from ringflow.media.tts import TextToSpeech
-from ringflow.phone import normalize
 from ringflow.private_files import owner_only, tighten
+from ringflow.storage import call_views, timeline
+from ringflow.storage.accounts import account_by_id
 from ringflow.storage.db import Database, migrate
-from ringflow.storage.models import Account, Call, CallEvent, SandboxPhone
-from ringflow.telephony.sandbox import PhoneScript
+from ringflow.storage.models import Call
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,8 +166,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from ringflow.app import create_app
-    from ringflow.http_connections import (ConnectionLimits, check_file_limit, protocol_class,
-                                           raise_file_limit)
+    from ringflow.http_connections import (
+        ConnectionLimits,
+        check_file_limit,
+        protocol_class,
+        raise_file_limit,
+    )
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -392,17 +395,11 @@ async def _apps_list(accounts: Accounts, args: argparse.Namespace) -> None:
 
 async def _calls_show(accounts: Accounts, args: argparse.Namespace) -> None:
     async with accounts.db.session() as session:
-        call = (
-            await session.execute(select(Call).where(Call.sid == args.call_sid.lower()))
-        ).scalar_one_or_none()
+        call = await call_views.call_by_sid(session, args.call_sid)
         if call is None:
             raise NotFound(f"no call {args.call_sid}")
-        account = await session.get(Account, call.account_id)
-        events = (
-            await session.execute(
-                select(CallEvent).where(CallEvent.call_id == call.id).order_by(CallEvent.at, CallEvent.id)
-            )
-        ).scalars().all()
+        account = await account_by_id(session, call.account_id)
+        events = await timeline.steps(session, call.id)
     assert account is not None
     if args.json:
         print(json.dumps({
@@ -425,34 +422,19 @@ async def _calls_show(accounts: Accounts, args: argparse.Namespace) -> None:
 
 
 async def _sandbox_script(accounts: Accounts, args: argparse.Namespace) -> None:
-    number = normalize(args.number, field="number")
-    script = PhoneScript.from_dict(
-        {
-            "ring": args.ring,
-            "outcome": args.outcome,
-            "keys": args.keys,
-            "hangup_after": args.hangup_after,
-            "says": args.says,
-        }
-    ).to_dict()
-    scope = args.account.lower()
-    async with accounts.db.session() as session:
-        if scope:
-            await accounts.get(session, scope)
-        row = await session.get(SandboxPhone, (scope, number))
-        if row is None:
-            session.add(SandboxPhone(scope=scope, number=number, script=script, updated_at=accounts.clock.wall()))
-        else:
-            row.script, row.updated_at = script, accounts.clock.wall()
-    print(f"{number}: {json.dumps(script)}")
+    script = {
+        "ring": args.ring,
+        "outcome": args.outcome,
+        "keys": args.keys,
+        "hangup_after": args.hangup_after,
+        "says": args.says,
+    }
+    number, stored = await accounts.script_phone(args.account, args.number, script)
+    print(f"{number}: {json.dumps(stored)}")
 
 
 async def _sandbox_clear(accounts: Accounts, args: argparse.Namespace) -> None:
-    number = normalize(args.number, field="number")
-    async with accounts.db.session() as session:
-        await session.execute(
-            delete(SandboxPhone).where(SandboxPhone.scope == args.account.lower(), SandboxPhone.number == number)
-        )
+    number = await accounts.clear_phone(args.account, args.number)
     print(f"{number}: default behaviour")
 
 

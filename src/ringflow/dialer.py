@@ -13,15 +13,14 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-from sqlalchemy import select
-
 from ringflow.calls.requests import CallRequest
 from ringflow.calls.status import is_terminal
 from ringflow.calls.steps import describe
 from ringflow.config import Settings
 from ringflow.errors import InvalidRequest, NotFound
 from ringflow.phone import normalize
-from ringflow.storage.models import Account, App, Call, CallEvent
+from ringflow.storage import call_views, timeline
+from ringflow.storage.models import Call
 
 POLL_SECONDS = 0.2
 
@@ -50,13 +49,14 @@ async def _request(services: object, account_sid: str, number: str, app_id: int,
     db = services.db  # type: ignore[attr-defined]
     accounts = services.accounts  # type: ignore[attr-defined]
     async with db.session() as session:
-        account = (await session.execute(
-            select(Account).where(Account.sid == account_sid))).scalar_one_or_none()
-        if account is None:
-            raise NotFound(f"no account {account_sid}")
-        app = await session.get(App, app_id)
-        if app is None or app.account_id != account.id:
-            raise NotFound(f"account {account_sid} has no app {app_id}")
+        try:
+            account = await accounts.get(session, account_sid)
+        except NotFound:
+            raise NotFound(f"no account {account_sid}") from None
+        try:
+            await accounts.app(session, account.id, app_id)
+        except NotFound:
+            raise NotFound(f"account {account_sid} has no app {app_id}") from None
         numbers = [n.number for n in await accounts.numbers(session, account.id)]
     if caller_id is None:
         if not numbers:
@@ -74,10 +74,8 @@ async def _follow(services: object, call_id: int, out: Callable[[str], None]) ->
     seen = 0
     while True:
         async with db.session() as session:
-            call = await session.get(Call, call_id, populate_existing=True)
-            events = (await session.execute(
-                select(CallEvent).where(CallEvent.call_id == call_id, CallEvent.id > seen)
-                .order_by(CallEvent.id))).scalars().all()
+            call = await call_views.call_now(session, call_id)
+            events = await timeline.steps(session, call_id, after=seen)
         assert call is not None
         for event in events:
             seen = event.id

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
 
 from ringflow.calls.sids import new_recording_sid
 from ringflow.clock import Clock
@@ -40,6 +39,7 @@ from ringflow.media.audio import RATE, SAMPLE_WIDTH, encode_mp3
 from ringflow.numeric import whole_number
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, Call, Recording
+from ringflow.storage.recordings import add_recording, recording_of
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,7 @@ class RecordingStore:
     async def find(self, account_id: int, sid: str) -> Recording | None:
         """The account's recording with this sid, or None."""
         async with self.db.session() as session:
-            query = select(Recording).where(
-                Recording.sid == sid.lower(), Recording.account_id == account_id
-            )
-            return (await session.execute(query)).scalar_one_or_none()
+            return await recording_of(session, account_id, sid)
 
     async def save(
         self,
@@ -214,21 +211,11 @@ class RecordingStore:
         duration = len(tracks[0]) / (RATE * SAMPLE_WIDTH)
         url = self.url(account.sid, sid, fmt)
         async with self.db.session() as session:
-            session.add(
-                Recording(
-                    sid=sid,
-                    account_id=account.id,
-                    call_id=call.id,
-                    path=relative,
-                    format=fmt,
-                    channels=channels if len(tracks) > 1 else "single",
-                    duration=duration,
-                    size=size,
-                    created_at=self.clock.wall(),
-                )
+            await add_recording(
+                session, sid=sid, account_id=account.id, call_id=call.id, path=relative, fmt=fmt,
+                channels=channels if len(tracks) > 1 else "single", duration=duration, size=size,
+                url=url, now=self.clock.wall(),
             )
-            row = (await session.execute(select(Call).where(Call.id == call.id))).scalar_one()
-            row.recording_url = url
         log.info("call %s: recording %s (%s, %.1f s, %d bytes)", call.sid, sid, fmt, duration, size)
         return Stored(sid, url, duration, size)
 

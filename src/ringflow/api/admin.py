@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -34,7 +33,8 @@ from ringflow.media.audio import wav_bytes
 from ringflow.numeric import whole_number
 from ringflow.phone import normalize
 from ringflow.recordings import MAX_LINK_TTL
-from ringflow.storage.models import Account, App, Call, CallEvent, SandboxPhone
+from ringflow.storage import call_views, timeline
+from ringflow.storage.models import Account, App
 
 MAX_BODY = 256 * 1024
 MAX_JSON_DEPTH = 32  # an app nests about six levels deep
@@ -122,7 +122,7 @@ class AdminApi:
     async def get_phone(self, request: Request, account: Account) -> Response:
         number = normalize(request.path_params["number"], field="number")
         async with self.s.db.session() as session:
-            row = await session.get(SandboxPhone, (account.sid, number))
+            row = await self.s.accounts.phone(session, account.sid, number)
         if row is None:
             raise NotFound(f"no script for {number} in this account")
         return JSONResponse({"number": number, "script": row.script})
@@ -139,20 +139,12 @@ class AdminApi:
 
     async def call_events(self, request: Request, account: Account) -> Response:
         async with self.s.db.session() as session:
-            call = (
-                await session.execute(
-                    select(Call).where(
-                        Call.sid == request.path_params["call_sid"].lower(), Call.account_id == account.id
-                    )
-                )
-            ).scalar_one_or_none()
+            call = await call_views.call_in_account(
+                session, account.id, request.path_params["call_sid"]
+            )
             if call is None:
                 raise NotFound(f"Call {request.path_params['call_sid']} not found")
-            rows = (
-                await session.execute(
-                    select(CallEvent).where(CallEvent.call_id == call.id).order_by(CallEvent.at, CallEvent.id)
-                )
-            ).scalars()
+            rows = await timeline.steps(session, call.id)
             events = [{"at": e.at.isoformat(), "kind": e.kind, "data": e.data} for e in rows]
         return JSONResponse({"call_sid": call.sid, "status": call.status, "reason": call.reason, "events": events})
 

@@ -18,7 +18,6 @@ import base64
 import binascii
 import datetime as dt
 import json
-import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,15 +26,14 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Numeric, and_, cast, func, literal, or_, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from ringflow.api.params import Params
 from ringflow.calls.callbacks import EXOTEL_DATE
 from ringflow.calls.status import Status
 from ringflow.errors import InvalidRequest
 from ringflow.phone import normalize
+from ringflow.storage.call_views import OPS, CallFilter, calls_page, count_calls
 from ringflow.storage.models import Account, Call
+from ringflow.storage.session import Session
 
 T = TypeVar("T")
 UTC = dt.UTC
@@ -47,13 +45,6 @@ MAX_NUMBERS = 5
 STATUSES = tuple(s.value for s in Status if s.value)
 DIRECTIONS = ("inbound", "outbound-api", "outbound-dial")
 
-_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "gte": operator.ge,
-    "gt": operator.gt,
-    "lte": operator.le,
-    "lt": operator.lt,
-    "eq": operator.eq,
-}
 _SECOND = dt.timedelta(seconds=1)
 _SID = re.compile(r"[0-9a-z]{1,64}")
 _DURATION = re.compile(r"([0-9]{1,9})\s*s?", re.IGNORECASE)
@@ -86,7 +77,7 @@ class _Position:
 
 
 async def list_calls(
-    session: AsyncSession, account: Account, params: Params, *, base_path: str
+    session: Session, account: Account, params: Params, *, base_path: str
 ) -> CallPage:
     """One page of ``account``'s calls matching the filters in ``params``, with Metadata."""
     filters, echo = _filters(account, params)
@@ -103,10 +94,10 @@ async def list_calls(
     backward = before is not None
     cursor = before or after
 
-    total = (
-        await session.execute(select(func.count()).select_from(Call).where(*filters))
-    ).scalar_one()
-    rows, more = await _fetch(session, filters, cursor, page_size, descending == backward)
+    total = await count_calls(session, filters)
+    # Reading backwards walks the index the other way from the cursor; the rows are flipped.
+    at = (cursor.created_at, cursor.id) if cursor else None
+    rows, more = await calls_page(session, filters, at, page_size, descending == backward)
     if backward:
         rows.reverse()
 
@@ -123,32 +114,6 @@ async def list_calls(
         "NextPageUri": uri("After", next_at) if next_at else None,
     }
     return CallPage(calls=rows, metadata=metadata)
-
-
-async def _fetch(
-    session: AsyncSession,
-    filters: list[ColumnElement[bool]],
-    cursor: _Position | None,
-    page_size: int,
-    ascending: bool,
-) -> tuple[list[Call], bool]:
-    """Up to ``page_size`` calls past ``cursor`` in the given order, and whether more follow."""
-    # Reading backwards walks the index the other way from the cursor; the caller flips it.
-    where = list(filters)
-    if cursor is not None:
-        key = tuple_(Call.created_at, Call.id)
-        at = tuple_(
-            literal(cursor.created_at, Call.created_at.type), literal(cursor.id, Call.id.type)
-        )
-        where.append(key > at if ascending else key < at)
-    if ascending:
-        order = (Call.created_at.asc(), Call.id.asc())
-    else:
-        order = (Call.created_at.desc(), Call.id.desc())
-    # One row more than the page says whether another page lies beyond it, without a query.
-    query = select(Call).where(*where).order_by(*order).limit(page_size + 1)
-    rows = list((await session.execute(query)).scalars())
-    return rows[:page_size], len(rows) > page_size
 
 
 def _links(
@@ -172,12 +137,10 @@ def _links(
     return first, (last if more else None)
 
 
-def _filters(
-    account: Account, params: Params
-) -> tuple[list[ColumnElement[bool]], list[tuple[str, str]]]:
-    """SQL conditions for every filter given, and the (name, value) pairs to echo in links."""
+def _filters(account: Account, params: Params) -> tuple[CallFilter, list[tuple[str, str]]]:
+    """The filters given, and the (name, value) pairs to echo in links."""
     echo: list[tuple[str, str]] = []
-    where: list[ColumnElement[bool]] = [Call.account_id == account.id]
+    found: dict[str, Any] = {}
 
     def raw(name: str, sep: str) -> str | None:
         # Repeats (To=a&To=b) mean the same as one comma list, as clients encode lists both ways.
@@ -188,53 +151,40 @@ def _filters(
         return sep.join(values)
 
     if (text := raw("Sid", ",")) is not None:
-        sids = [_sid(item) for item in _items(text, "Sid", MAX_SIDS)]
-        where.append(Call.sid.in_(sids))
+        found["sids"] = [_sid(item) for item in _items(text, "Sid", MAX_SIDS)]
     if (text := raw("DateCreated", ";")) is not None:
         zone = ZoneInfo(account.time_zone)
-        for op, local in _conditions(text, "DateCreated", _DATE_FORM, _local_time):
-            where.append(_date_condition(op, local.replace(tzinfo=zone).astimezone(UTC)))
+        found["created"] = [
+            bound
+            for op, local in _conditions(text, "DateCreated", _DATE_FORM, _local_time)
+            for bound in _date_bounds(op, local.replace(tzinfo=zone).astimezone(UTC))
+        ]
     if (text := raw("To", ",")) is not None:
-        numbers = _numbers(text, "To")
-        # To as echoed (callbacks.call_to): the second party of a two-number call, the
-        # ExoPhone of a flow call.
-        where.append(
-            or_(
-                and_(Call.shape == "numbers", Call.to_number.in_(numbers)),
-                and_(Call.shape != "numbers", Call.caller_id.in_(numbers)),
-            )
-        )
+        found["to_numbers"] = _numbers(text, "To")
     if (text := raw("From", ",")) is not None:
-        where.append(Call.from_number.in_(_numbers(text, "From")))
+        found["from_numbers"] = _numbers(text, "From")
     if (text := raw("PhoneNumber", ",")) is not None:
-        where.append(Call.caller_id.in_(_numbers(text, "PhoneNumber")))
+        found["caller_ids"] = _numbers(text, "PhoneNumber")
     if (text := raw("Status", ",")) is not None:
-        where.append(Call.status.in_(_words(text, "Status", STATUSES)))
+        found["statuses"] = _words(text, "Status", STATUSES)
     if (text := raw("Direction", ",")) is not None:
-        where.append(Call.direction.in_(_words(text, "Direction", DIRECTIONS)))
+        found["directions"] = _words(text, "Direction", DIRECTIONS)
     if (text := raw("Duration", ";")) is not None:
-        for op, seconds in _conditions(text, "Duration", "gte:10s;lte:45s", _seconds):
-            where.append(_OPS[op](Call.duration, seconds))
+        found["durations"] = _conditions(text, "Duration", "gte:10s;lte:45s", _seconds)
     if (text := raw("Price", ";")) is not None:
-        # Price is stored as text (it is echoed verbatim); compare it as a number.
-        price = cast(func.nullif(Call.price, ""), Numeric(18, 6))
-        for op, amount in _conditions(text, "Price", "gte:0.5;lte:2", _amount):
-            where.append(_OPS[op](price, literal(amount, Numeric(18, 6))))
-    return where, echo
+        found["prices"] = _conditions(text, "Price", "gte:0.5;lte:2", _amount)
+    return CallFilter(account_id=account.id, **found), echo
 
 
-def _date_condition(op: str, at: dt.datetime) -> ColumnElement[bool]:
-    """A whole-second comparison: the second ``at`` names runs to ``at`` + 1s."""
-    column = Call.created_at
-    if op == "gte":
-        return column >= at
+def _date_bounds(op: str, at: dt.datetime) -> list[Condition[dt.datetime]]:
+    """A whole-second comparison as bounds: the second ``at`` names runs to ``at`` + 1s."""
     if op == "gt":
-        return column >= at + _SECOND
+        return [("gte", at + _SECOND)]
     if op == "lte":
-        return column < at + _SECOND
-    if op == "lt":
-        return column < at
-    return and_(column >= at, column < at + _SECOND)
+        return [("lt", at + _SECOND)]
+    if op == "eq":
+        return [("gte", at), ("lt", at + _SECOND)]
+    return [(op, at)]  # gte and lt are bounds already
 
 
 def _items(text: str, name: str, limit: int | None = None) -> list[str]:
@@ -281,7 +231,7 @@ def _conditions(
         if not part.strip():
             continue  # a trailing ';' is harmless
         op, sep, value = part.partition(":")
-        parsed = parse(value.strip()) if sep and op.strip().lower() in _OPS else None
+        parsed = parse(value.strip()) if sep and op.strip().lower() in OPS else None
         if parsed is None:
             raise InvalidRequest(
                 f"{name} must look like {form} {_OP_NOTE}, got {_show(part.strip())}"
@@ -339,10 +289,10 @@ def _cursor(params: Params, name: str) -> _Position | None:
         data = json.loads(
             base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
         )
-        created_at = dt.datetime.fromisoformat(data["t"])
+        parsed = dt.datetime.fromisoformat(data["t"])
         call_id = data["i"]
         # A naive time would be read in the server's zone: not one we issued.
-        created_at = created_at.astimezone(UTC) if created_at.tzinfo else None
+        created_at = parsed.astimezone(UTC) if parsed.tzinfo else None
     except (binascii.Error, ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
         # ValueError covers bad UTF-8, bad JSON and a bad timestamp.
         raise bad from exc

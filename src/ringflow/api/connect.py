@@ -6,14 +6,12 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from ringflow.api.params import Params
 from ringflow.calls.requests import DEFAULT_TIME_LIMIT, DEFAULT_TIME_OUT, MAX_TIME_OUT, CallRequest
 from ringflow.errors import InvalidRequest, NotFound
 from ringflow.phone import display, normalize
-from ringflow.storage.models import Account, PhoneNumber
+from ringflow.storage.models import Account
+from ringflow.storage.session import Session
 from ringflow.streams.target import check_stream_url
 from ringflow.webhooks.http import validate_url
 
@@ -51,7 +49,7 @@ async def parse_connect(params: Params, account: Account, services: Any) -> Call
     elif not url and not to:
         raise InvalidRequest("Url or To is a mandatory parameter")
     async with services.db.session() as session:
-        caller_id = await _exophone(session, caller_raw, account)
+        caller_id = await _exophone(session, caller_raw, account, services)
         app_id = await _app(session, url, account, services) if url else None
     call_type = params.get("CallType")
     if call_type is not None and call_type.lower() != "trans":
@@ -118,27 +116,20 @@ def _stream(params: Params, allow_private: bool) -> tuple[str, str, str | None] 
     kind = (params.get("StreamType") or "bidirectional").strip().lower()
     if kind not in STREAM_TYPES:
         raise InvalidRequest(f"StreamType must be {' or '.join(STREAM_TYPES)}")
-    name = params.get("StreamName")
-    if name is not None and len(name) > MAX_STREAM_NAME:
+    stream_name = params.get("StreamName")
+    if stream_name is not None and len(stream_name) > MAX_STREAM_NAME:
         raise InvalidRequest(f"StreamName must be at most {MAX_STREAM_NAME} characters")
-    return url, kind, name
+    return url, kind, stream_name
 
 
-async def _exophone(session: AsyncSession, raw: str, account: Account) -> str:
+async def _exophone(session: Session, raw: str, account: Account, services: Any) -> str:
     number = normalize(raw, field="CallerId")
-    owned = (
-        await session.execute(
-            select(PhoneNumber.id).where(
-                PhoneNumber.account_id == account.id, PhoneNumber.number == number
-            )
-        )
-    ).scalar_one_or_none()
-    if owned is None:
+    if not await services.accounts.owns_number(session, account.id, number):
         raise InvalidRequest(f"CallerId {display(number)} is not an ExoPhone of this account")
     return number
 
 
-async def _app(session: AsyncSession, url: str, account: Account, services: Any) -> int:
+async def _app(session: Session, url: str, account: Account, services: Any) -> int:
     app_id = app_id_from_url(url)
     try:
         await services.accounts.app(session, account.id, app_id)

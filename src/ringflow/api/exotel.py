@@ -18,7 +18,7 @@ import math
 import re
 from typing import Any
 
-from sqlalchemy import select
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
@@ -27,28 +27,35 @@ from ringflow.api import call_list
 from ringflow.api.auth import CHALLENGE, authenticate
 from ringflow.api.connect import app_id_from_url, parse_connect
 from ringflow.api.params import Params, read_params
-from ringflow.calls.callbacks import fmt_date
 from ringflow.api.render import call_details, call_fields, error, respond
+from ringflow.calls.callbacks import fmt_date
 from ringflow.calls.status import Status
-from redis.exceptions import RedisError
-
-from ringflow.errors import (AuthError, CapacityExceeded, Conflict, Forbidden, InvalidRequest,
-                             NotFound, RateLimited, Unavailable)
+from ringflow.errors import (
+    AuthError,
+    CapacityExceeded,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
 from ringflow.phone import display
 from ringflow.recordings import CONTENT_TYPES, extension
-from ringflow.storage.models import Account, Call
+from ringflow.storage import call_views
+from ringflow.storage.models import Account
 
 log = logging.getLogger(__name__)
 
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
-    ("POST", re.compile(r"^accounts/(?P<sid>[^/]+)/calls/connect(?P<json>\.json)?/?$", re.I), "connect"),
-    ("GET", re.compile(r"^accounts/(?P<sid>[^/]+)/calls(?P<json>\.json)?/?$", re.I), "list_calls"),
+    ("POST", re.compile(r"^accounts/(?P<sid>[^/]+)/calls/connect(?P<json>\.json)?/?$", re.IGNORECASE), "connect"),
+    ("GET", re.compile(r"^accounts/(?P<sid>[^/]+)/calls(?P<json>\.json)?/?$", re.IGNORECASE), "list_calls"),
     (
         "GET",
         # "connect" is the POST endpoint, not a call SID: a GET on it is a 405, not a 404.
         re.compile(
             r"^accounts/(?P<sid>[^/]+)/calls/(?!connect(?:\.json)?/?$)(?P<call>[a-z0-9]+)(?P<json>\.json)?/?$",
-            re.I,
+            re.IGNORECASE,
         ),
         "get_call",
     ),
@@ -56,18 +63,18 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         "POST",
         re.compile(
             r"^accounts/(?P<sid>[^/]+)/calls/(?!connect(?:\.json)?/?$)(?P<call>[a-z0-9]+)(?P<json>\.json)?/?$",
-            re.I,
+            re.IGNORECASE,
         ),
         "update_call",
     ),
     (
         "GET",
-        re.compile(r"^accounts/(?P<sid>[^/]+)/incomingphonenumbers(?P<json>\.json)?/?$", re.I),
+        re.compile(r"^accounts/(?P<sid>[^/]+)/incomingphonenumbers(?P<json>\.json)?/?$", re.IGNORECASE),
         "numbers",
     ),
     (
         "GET",
-        re.compile(r"^accounts/(?P<sid>[^/]+)/activestreams(?P<json>\.json)?/?$", re.I),
+        re.compile(r"^accounts/(?P<sid>[^/]+)/activestreams(?P<json>\.json)?/?$", re.IGNORECASE),
         "active_streams",
     ),
 ]
@@ -220,11 +227,7 @@ class ExotelApi:
     async def get_call(self, request: Request, account: Account, params: Params, match: Any, as_json: bool) -> Response:
         """``GET Calls/{CallSid}``, with ``Details`` when ``details=true``."""
         async with self.s.db.session() as session:
-            call = (
-                await session.execute(
-                    select(Call).where(Call.sid == match["call"].lower(), Call.account_id == account.id)
-                )
-            ).scalar_one_or_none()
+            call = await call_views.call_in_account(session, account.id, match["call"])
         if call is None:
             raise NotFound(f"Call {match['call']} not found")
         fields = call_fields(call, account.sid, account.time_zone, json_uri=as_json)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import re
 
-from sqlalchemy import select
-
 from ringflow.accounts import Accounts
 from ringflow.dashboard.auth import check_password_rules, hash_password, verify_password
 from ringflow.errors import InvalidRequest, NotFound
-from ringflow.storage.models import Account, Operator
+from ringflow.storage import accounts as stored_accounts
+from ringflow.storage import logins as stored_logins
+from ringflow.storage.models import Account
 
 _OPERATOR_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
@@ -37,10 +37,10 @@ def operator_name(name: str) -> str:
 async def set_account_password(accounts: Accounts, account_sid: str, password: str) -> str:
     """Set (or replace) the account's dashboard password; returns the account SID."""
     _rules(password)
-    stored = await asyncio.to_thread(hash_password, password)
+    password_hash = await asyncio.to_thread(hash_password, password)
     async with accounts.db.session() as session:
         account = await accounts.get(session, account_sid)
-        account.dashboard_password_hash = stored
+        await stored_accounts.set_password_hash(session, account.id, password_hash)
         return account.sid
 
 
@@ -48,32 +48,23 @@ async def set_operator_password(accounts: Accounts, name: str, password: str) ->
     """Create the operator ``name`` or give it a new password; returns the name."""
     name = operator_name(name)
     _rules(password)
-    stored = await asyncio.to_thread(hash_password, password)
-    now = accounts.clock.wall()
+    password_hash = await asyncio.to_thread(hash_password, password)
     async with accounts.db.session() as session:
-        row = await session.get(Operator, name)
-        if row is None:
-            session.add(Operator(name=name, password_hash=stored, created_at=now, updated_at=now))
-        else:
-            row.password_hash, row.updated_at = stored, now
+        await stored_logins.set_operator_hash(session, name, password_hash, accounts.clock.wall())
     return name
 
 
 async def remove_operator(accounts: Accounts, name: str) -> None:
     """Delete an operator sign-in (its open sessions end at their next request)."""
     async with accounts.db.session() as session:
-        row = await session.get(Operator, operator_name(name))
-        if row is None:
+        if not await stored_logins.remove_operator(session, operator_name(name)):
             raise NotFound(f"no operator {name!r}")
-        await session.delete(row)
 
 
 async def account_hash(accounts: Accounts, account_sid: str) -> tuple[Account, str] | None:
     """The account and its dashboard password hash, or None (no such account, no password)."""
     async with accounts.db.session() as session:
-        account = (
-            await session.execute(select(Account).where(Account.sid == account_sid.strip().lower()))
-        ).scalar_one_or_none()
+        account = await stored_accounts.account_by_sid(session, account_sid)
     if account is None or not account.dashboard_password_hash:
         return None
     return account, account.dashboard_password_hash
@@ -86,8 +77,7 @@ async def operator_hash(accounts: Accounts, name: str) -> str | None:
     except InvalidRequest:
         return None
     async with accounts.db.session() as session:
-        row = await session.get(Operator, name)
-    return row.password_hash if row is not None else None
+        return await stored_logins.operator_hash(session, name)
 
 
 async def check_account(

@@ -17,7 +17,6 @@ from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from redis.exceptions import RedisError
-from sqlalchemy import select
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -208,10 +207,8 @@ class Dashboard:
     async def _viewer(self, session: Session) -> Viewer | None:
         """Who the session signs in, if its password is still the one set."""
         if session.kind == "account":
-            async with self.s.db.session() as db:
-                account = (
-                    await db.execute(select(Account).where(Account.sid == session.name))
-                ).scalar_one_or_none()
+            found = await logins.account_hash(self.s.accounts, session.name)
+            account = found[0] if found else None
             if account is not None and self.codec.current(session, account.dashboard_password_hash):
                 return Viewer("account", account.sid, account)
         elif session.kind == "operator":
