@@ -19,6 +19,7 @@ from ringflow.errors import AppInvalid, Conflict, InvalidRequest, NotFound
 from ringflow.flows.applets import REGISTRY
 from ringflow.flows.model import AppGraph, parse_app
 from ringflow.media.tts import TextToSpeech, TtsUnavailable
+from ringflow.numeric import whole_number
 from ringflow.phone import normalize
 from ringflow.storage import accounts as stored
 from ringflow.storage import apps as stored_apps
@@ -38,6 +39,40 @@ class Credentials:
     account_sid: str
     api_key: str
     api_token: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """An account's own limit: its column, its name in the CLI and admin API, the setting that
+    applies when the account has none, and its lowest value."""
+
+    column: str
+    name: str
+    setting: str
+    low: int
+
+
+LIMITS = (
+    Limit("max_concurrent_calls", "max_concurrent_calls", "max_concurrent_calls", 1),
+    Limit("max_queued_calls", "queue_limit", "queue_limit", 0),
+    # 0 would read as "unset" where the rate limit is applied, so one request a minute is least.
+    Limit("rate_limit_per_minute", "rate_limit_per_minute", "rate_limit_per_minute", 1),
+    Limit("max_concurrent_streams", "max_concurrent_streams", "stream_limit", 0),
+)
+MAX_LIMIT = 1_000_000  # well inside the INTEGER columns of every backend
+CLEAR_WORDS = ("default", "none")
+
+
+def parse_limit(value: object, name: str, low: int) -> int | None:
+    """A limit as given (a whole number, or ``default``/``none``/null to clear it); InvalidRequest
+    naming ``name`` if it is neither."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in CLEAR_WORDS):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a whole number or default, got {value!r}")
+    return whole_number(value, name, low=low, high=MAX_LIMIT)
 
 
 def hash_token(token: str) -> str:
@@ -110,6 +145,15 @@ class Accounts:
                 if hmac.compare_digest(given, token_hash) and account_id is not None:
                     match = account_id
             return await stored.account_by_id(session, match) if match is not None else None
+
+    async def set_limits(self, account_sid: str, values: dict[str, int | None]) -> Account:
+        """Set some of the account's own limits (by column; None: the server's default applies);
+        returns the account as stored now."""
+        async with self.db.session() as session:
+            account = await self.get(session, account_sid)
+            await stored.set_limits(session, account.id, values)
+        async with self.db.session() as session:
+            return await self.get(session, account.sid)
 
     async def add_number(self, account_sid: str, number: str, friendly_name: str = "") -> str:
         """Give the account an ExoPhone; returns it in E.164."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ringflow.accounts import Accounts
+from ringflow.accounts import LIMITS, Accounts, Limit, parse_limit
 from ringflow.calls.steps import describe
 from ringflow.clock import make_clock
 from ringflow.config import Settings
@@ -87,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-zone", default="Asia/Kolkata")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run(_accounts_create))
+    p = accounts.add_parser("show", help="an account and its limits")
+    p.add_argument("account_sid")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run(_accounts_show))
+    p = accounts.add_parser("set-limits", help="set the account's own limits "
+                            "(default or none: the server's)")
+    p.add_argument("account_sid")
+    for limit in LIMITS:
+        p.add_argument(_option(limit), metavar="N", dest=limit.name)
+    p.set_defaults(func=_run(_accounts_set_limits))
     p = accounts.add_parser("password", help="set the account's dashboard password")
     p.add_argument("account_sid")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
@@ -298,6 +308,7 @@ def _run(action: Callable[[Accounts, argparse.Namespace], Awaitable[Any]]) -> Ca
                 tts.close()
                 await db.close()
 
+        args.settings = settings  # for actions that show the server's defaults
         asyncio.run(go())
         return 0
 
@@ -314,6 +325,47 @@ def _print_credentials(creds: Any, as_json: bool) -> None:
 
 async def _accounts_create(accounts: Accounts, args: argparse.Namespace) -> None:
     _print_credentials(await accounts.create_account(args.name, args.time_zone), args.json)
+
+
+def _option(limit: Limit) -> str:
+    return "--" + limit.name.replace("_", "-")
+
+
+async def _accounts_show(accounts: Accounts, args: argparse.Namespace) -> None:
+    async with accounts.db.session() as session:
+        account = await accounts.get(session, args.account_sid)
+    _print_limits(account, args.settings, args.json)
+
+
+async def _accounts_set_limits(accounts: Accounts, args: argparse.Namespace) -> None:
+    given = {limit: getattr(args, limit.name) for limit in LIMITS}
+    values = {
+        limit.column: parse_limit(text, _option(limit), limit.low)
+        for limit, text in given.items()
+        if text is not None
+    }
+    if not values:
+        raise RingflowError("give at least one of " + ", ".join(_option(x) for x in LIMITS))
+    _print_limits(await accounts.set_limits(args.account_sid, values), args.settings, False)
+
+
+def _print_limits(account: Any, settings: Settings, as_json: bool) -> None:
+    own = {limit.name: getattr(account, limit.column) for limit in LIMITS}
+    applied = {
+        limit.name: own[limit.name] if own[limit.name] is not None
+        else getattr(settings, limit.setting)
+        for limit in LIMITS
+    }
+    if as_json:
+        print(json.dumps({"sid": account.sid, "name": account.name,
+                          "time_zone": account.time_zone, "limits": own,
+                          "effective_limits": applied}, indent=2))
+        return
+    print(f"account {account.sid} ({account.name}), time zone {account.time_zone}")
+    for limit in LIMITS:
+        value = own[limit.name]
+        shown = str(value) if value is not None else f"default ({applied[limit.name]})"
+        print(f"  {limit.name.replace('_', ' '):<24}{shown}")
 
 
 def _read_password(args: argparse.Namespace) -> str:

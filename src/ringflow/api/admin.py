@@ -1,7 +1,9 @@
-"""The admin JSON API (``/admin/v1``): apps, uploaded audio, sandbox phones, call timelines and
-signed links to recordings, of one account.
+"""The admin JSON API (``/admin/v1``): apps, uploaded audio, sandbox phones, call timelines,
+signed links to recordings and the limits of one account.
 
-Authenticated like the Exotel edge (Basic, API key and token of the account in the path).
+Authenticated like the Exotel edge (Basic, API key and token of the account in the path),
+except changing an account's limits: that takes an operator's name and password (the
+dashboard's operator sign-in), since limits protect the server from the account.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ringflow.api.auth import CHALLENGE, authenticate
+from ringflow.accounts import LIMITS, parse_limit
+from ringflow.api.auth import CHALLENGE, authenticate, basic_credentials
 from ringflow.audio_files import MAX_AUDIO_BYTES, AudioUnavailable
 from ringflow.errors import (
     AuthError,
@@ -60,6 +63,8 @@ class AdminApi:
 
     def routes(self) -> list[Route]:
         return [
+            Route(PREFIX, self._wrap(self.get_account), methods=["GET"]),
+            Route(PREFIX, self._wrap(self.patch_account, operator=True), methods=["PATCH"]),
             Route(PREFIX + "/apps", self._wrap(self.list_apps), methods=["GET"]),
             Route(PREFIX + "/apps", self._wrap(self.create_app), methods=["POST"]),
             Route(PREFIX + "/apps/{app_id:int}", self._wrap(self.get_app), methods=["GET"]),
@@ -77,12 +82,15 @@ class AdminApi:
             ),
         ]
 
-    def _wrap(self, handler: Any) -> Any:
+    def _wrap(self, handler: Any, operator: bool = False) -> Any:
         async def endpoint(request: Request) -> Response:
             try:
-                account = await authenticate(
-                    self.s.accounts, self.s.failed_logins, request, request.path_params["sid"]
-                )
+                if operator:
+                    account = await self._as_operator(request, request.path_params["sid"])
+                else:
+                    account = await authenticate(
+                        self.s.accounts, self.s.failed_logins, request, request.path_params["sid"]
+                    )
                 return await handler(request, account)
             except AuthError as exc:
                 return _error(401, str(exc), CHALLENGE)
@@ -100,6 +108,49 @@ class AdminApi:
                 return _error(400, str(exc))
 
         return endpoint
+
+    async def _as_operator(self, request: Request, sid: str) -> Account:
+        """The account ``sid`` names, once Basic credentials of an operator are checked."""
+        from ringflow.dashboard.logins import check_operator
+
+        name, password = basic_credentials(request)
+        async with self.s.failed_logins.attempt(request, name):
+            if await check_operator(self.s.accounts, name, password) is None:
+                await self.s.failed_logins.failed(request, name)
+                raise AuthError("Authentication failed: changing an account's limits takes "
+                                "an operator's name and password")
+        async with self.s.db.session() as session:
+            return await self.s.accounts.get(session, sid)
+
+    async def get_account(self, request: Request, account: Account) -> Response:
+        """The account and its limits: its own (null: none set) and those that apply."""
+        return JSONResponse(self._account_json(account))
+
+    async def patch_account(self, request: Request, account: Account) -> Response:
+        """Set some of the account's limits; null, "default" or "none" clears one."""
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidRequest("body must be a JSON object of limits")
+        by_name = {limit.name: limit for limit in LIMITS}
+        unknown = sorted(set(body) - set(by_name))
+        if unknown:
+            raise InvalidRequest(f"{unknown[0]} is not an account limit: the limits are "
+                                 + ", ".join(by_name))
+        values = {
+            by_name[name].column: parse_limit(value, name, by_name[name].low)
+            for name, value in body.items()
+        }
+        return JSONResponse(self._account_json(await self.s.accounts.set_limits(account.sid, values)))
+
+    def _account_json(self, account: Account) -> dict[str, Any]:
+        own = {limit.name: getattr(account, limit.column) for limit in LIMITS}
+        applied = {
+            limit.name: getattr(self.s.settings, limit.setting) if own[limit.name] is None
+            else own[limit.name]
+            for limit in LIMITS
+        }
+        return {"sid": account.sid, "name": account.name, "time_zone": account.time_zone,
+                "limits": own, "effective_limits": applied}
 
     async def list_apps(self, request: Request, account: Account) -> Response:
         return JSONResponse({"apps": [app_json(a) for a in await self.s.accounts.apps(account.sid)]})

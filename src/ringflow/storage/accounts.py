@@ -10,7 +10,8 @@ from ringflow.storage.models import Account, ApiKey
 from ringflow.storage.session import Session
 
 # An account's own limits (None: the server's default applies), in the order they are shown.
-LIMITS = ("max_concurrent_calls", "rate_limit_per_minute", "max_concurrent_streams")
+LIMITS = ("max_concurrent_calls", "max_queued_calls", "rate_limit_per_minute",
+          "max_concurrent_streams")
 _MAX_ID = 2**63 - 1  # ids are BIGINT: a larger one names no row (the driver would overflow)
 
 

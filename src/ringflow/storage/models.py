@@ -59,6 +59,8 @@ class Account(Base):
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_concurrent_calls: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_concurrent_streams: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Calls the account may have waiting for a line; None: the server's RINGFLOW_QUEUE_LIMIT.
+    max_queued_calls: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[dt.datetime]
     # The dashboard sign-in of the account (scrypt, see dashboard/auth.py); None: no sign-in.
     dashboard_password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
