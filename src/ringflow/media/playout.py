@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import typing
 from collections.abc import Callable
 
 FRAME_BYTES = 320  # 20 ms at 8 kHz, 16-bit mono
@@ -53,6 +54,7 @@ class Playout:
         self._offset = 0  # bytes of the first item already played
         self._queued = 0  # audio bytes waiting
         self._held = False  # a short last piece waited one tick already
+        self._marks = 0  # marks in the queue
         self._now = now
         self._keep = keep_latencies
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque()
@@ -85,6 +87,7 @@ class Playout:
     def mark(self, name: str) -> None:
         """Queue a mark behind the audio pushed so far."""
         self._items.append(_Mark(name))
+        self._marks += 1
 
     def clear(self) -> list[str]:
         """Drop every queued byte at once; returns the marks that were waiting, in order."""
@@ -93,12 +96,34 @@ class Playout:
         self._played += self._queued  # the dropped audio will never be played
         self._items.clear()
         self._arrivals.clear()
-        self._offset = self._queued = 0
+        self._offset = self._queued = self._marks = 0
         self._held = False
         return marks
 
     def take(self) -> tuple[bytes | None, list[str]]:
         """The next frame (None when nothing is queued) and the marks now fully played."""
+        if not self._marks and self._queued >= FRAME_BYTES:
+            # Taken every tick of every stream: with no mark queued and a whole frame in the
+            # first piece, the frame is a slice of it and nothing else is to be done.
+            head = typing.cast(bytes, self._items[0])  # no mark queued: all audio
+            start = self._offset
+            end = start + FRAME_BYTES
+            size = len(head)
+            if end <= size:
+                frame = head if size == FRAME_BYTES else head[start:end]
+                if end == size:
+                    self._items.popleft()
+                    self._offset = 0
+                else:
+                    self._offset = end
+                self._queued -= FRAME_BYTES
+                self._held = False
+                self._note_played(FRAME_BYTES)
+                return frame, []
+        return self._take_in_full()
+
+    def _take_in_full(self) -> tuple[bytes | None, list[str]]:
+        """``take`` for every case: marks, short pieces, frames across pieces, holding."""
         marks = self._leading_marks()
         frame = self._frame(marks)
         marks += self._leading_marks()
@@ -108,6 +133,7 @@ class Playout:
         marks = []
         while self._items and isinstance(self._items[0], _Mark):
             marks.append(self._items.popleft().name)  # type: ignore[union-attr]
+        self._marks -= len(marks)
         return marks
 
     def _frame(self, marks: list[str]) -> bytes | None:
@@ -125,6 +151,7 @@ class Playout:
             if isinstance(head, _Mark):
                 # Audio before it ends inside this frame: it has played once the frame has.
                 marks.append(head.name)
+                self._marks -= 1
                 continue
             piece = head[self._offset:self._offset + need]
             parts.append(piece)
@@ -150,6 +177,8 @@ class Playout:
         start = self._played
         self._played += count
         self.stats.played_bytes += count
+        if not self._arrivals:
+            return
         while self._arrivals and self._arrivals[0][0] < self._played:
             position, arrived = self._arrivals.popleft()
             if position >= start and self._now is not None:

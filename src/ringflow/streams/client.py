@@ -22,6 +22,9 @@ from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event
+from websockets.typing import Data
 
 from ringflow import __version__
 from ringflow.errors import InvalidRequest, RingflowError
@@ -42,6 +45,55 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 class StreamFailed(RingflowError):
     """The stream could not be opened; the message is the short reason for the timeline."""
+
+
+class BotConnection(ClientConnection):
+    """A client connection that can hand each whole text message over as soon as it is read.
+
+    websockets queues every message for ``recv`` and wakes the reading task for it; a stream
+    takes ten a second, and handling them where they are parsed saves that round trip. Only
+    single-frame text messages go this way, and only while nothing waits in ``recv``'s queue
+    (binary, fragmented or non-UTF-8 messages, or any that came before ``hand_over``): until
+    those have been read, later ones queue behind them, so nothing overtakes.
+    """
+
+    _on_text: Callable[[str], None] | None = None
+    _direct = False  # hand messages over now
+    _queued = 0  # whole messages waiting for recv
+
+    def hand_over(self, on_text: Callable[[str], None] | None) -> None:
+        """Give whole text messages to ``on_text`` as they are read (after those already
+        queued have been read with ``recv``); None puts every message back on ``recv``."""
+        self._on_text = on_text
+        self._direct = on_text is not None and not self._queued
+
+    def process_event(self, event: Event) -> None:
+        """Hand a whole text message over when it may be; anything else to websockets."""
+        if isinstance(event, Frame) and event.opcode in _DATA:
+            if self._direct and event.opcode is Opcode.TEXT and event.fin:
+                try:
+                    text = str(event.data, "utf-8")
+                except UnicodeDecodeError:
+                    pass
+                else:
+                    assert self._on_text is not None
+                    self._on_text(text)
+                    return
+            self._direct = False
+            if event.fin:
+                self._queued += 1
+        super().process_event(event)
+
+    async def recv(self, decode: bool | None = None) -> Data:  # type: ignore[override]
+        """The next message that was not handed over (websockets' ``recv``)."""
+        message = await super().recv(decode)
+        self._queued -= 1
+        if not self._queued and self._on_text is not None:
+            self._direct = True
+        return message
+
+
+_DATA = frozenset((Opcode.TEXT, Opcode.BINARY, Opcode.CONT))
 
 
 async def _getaddrinfo(host: str, port: int) -> list[str]:
@@ -128,6 +180,7 @@ async def _connect(target: StreamTarget, allow_private: bool, resolver: Resolver
                     max_queue=64,
                     compression=None,
                     user_agent_header=USER_AGENT,
+                    create_connection=BotConnection,
                     ping_interval=20,
                     ping_timeout=20,
                     close_timeout=2,

@@ -28,16 +28,17 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.protocol import State
 
 from ringflow.clock import Clock
 from ringflow.media.playout import FRAME_BYTES, Playout
 from ringflow.media.rates import RateConverter
-from ringflow.streams.client import StreamFailed, open_socket
+from ringflow.streams.client import BotConnection, StreamFailed, open_socket
 from ringflow.streams.protocol import (
     BotClear,
     BotMark,
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 CHUNK_SECONDS = 0.1
 MAX_SECONDS = 3600.0
 MAX_OUTGOING = 100  # messages waiting for a slow bot (10 s of caller audio) before dropping
+WRITE_BACKLOG = 32 * 1024  # bytes the socket may hold unsent before messages wait in the queue
 MAX_LOGGED_PROBLEMS = 10  # unusable bot frames put on the timeline; the rest are counted
 MAX_LOGGED_MARKS = 200  # marks put on the timeline; the rest are counted
 KEY_DURATION_MS = 100  # carriers report a key when it starts, not its length
@@ -131,16 +133,21 @@ class _Chunker:
     """20 ms frames in, equal chunks of CHUNK_SECONDS at the stream's rate out."""
 
     def __init__(self, rate: int):
-        self._resample = RateConverter(8000, rate)
+        self._resample = RateConverter(8000, rate) if rate != 8000 else None
         self._size = round(rate * CHUNK_SECONDS) * 2
         self._buffer = bytearray()
 
-    def feed(self, frame: bytes) -> list[bytes]:
-        self._buffer += self._resample(frame)
+    def feed(self, frame: bytes) -> Sequence[bytes]:
+        """The chunks this frame completes (usually none: fed every tick)."""
+        buffer = self._buffer
+        buffer += frame if self._resample is None else self._resample(frame)
+        size = self._size
+        if len(buffer) < size:
+            return ()
         chunks = []
-        while len(self._buffer) >= self._size:
-            chunks.append(bytes(self._buffer[: self._size]))
-            del self._buffer[: self._size]
+        while len(buffer) >= size:
+            chunks.append(bytes(buffer[:size]))
+            del buffer[:size]
         return chunks
 
 
@@ -179,6 +186,9 @@ class Stream:
         self.playout = Playout(now=clock.now, keep_latencies=keep_latencies)
         self._outgoing: collections.deque[str] = collections.deque()
         self._wake = asyncio.Event()
+        self._socket: ClientConnection | None = None
+        self._flush_due = False
+        self._steps: set[asyncio.Task[None]] = set()  # timeline writes under way
         self._stopping: asyncio.Future[str] | None = None
         self._stop_asked: str | None = None  # a stop asked for before run() began
         self._dropped = 0
@@ -212,6 +222,8 @@ class Stream:
             outcome.duration = self.clock.now() - started
             with contextlib.suppress(Exception):
                 await socket.close()
+        if self._steps:  # the stream's own lines go on the timeline before its end
+            await asyncio.wait(set(self._steps))
         if self._dropped:
             outcome.detailed_status += f"; {self._dropped} audio chunks dropped (the bot fell behind)"
         await self.record("stream.end", {
@@ -249,6 +261,9 @@ class Stream:
 
     async def _carry(self, socket: ClientConnection) -> None:
         outcome = self.outcome
+        self._socket = socket
+        if isinstance(socket, BotConnection):
+            socket.hand_over(self._arrived)
         self._send(self.protocol.connected())
         self._send(self.protocol.start())
         chunker = _Chunker(self.target.sample_rate)
@@ -298,6 +313,8 @@ class Stream:
                 outcome.status, outcome.disconnected_by = "completed", "user"
                 await self._finish(socket, reason)
         finally:
+            if isinstance(socket, BotConnection):
+                socket.hand_over(None)
             for fn in undo:
                 fn()
             for task in (*tasks, receiving, closed, limit):
@@ -317,7 +334,24 @@ class Stream:
 
     def _send(self, message: str) -> None:
         self._outgoing.append(message)
-        self._wake.set()
+        if not self._flush_due:
+            # Written once the current callback (usually the pacer's tick) is done, so a tick
+            # never waits on the socket and a stream's messages of one tick go out together.
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write what is queued while the socket takes it; a backlog goes to the sender."""
+        self._flush_due = False
+        socket, outgoing = self._socket, self._outgoing
+        if socket is None:
+            return
+        transport = socket.transport
+        while outgoing and socket.state is State.OPEN and (
+                transport.get_write_buffer_size() < WRITE_BACKLOG):
+            websockets.broadcast((socket,), outgoing.popleft())
+        if outgoing:
+            self._wake.set()  # the sender waits for the socket to drain, as send() does
 
     def _send_media(self, chunk: bytes, track: str | None) -> None:
         if len(self._outgoing) >= MAX_OUTGOING:
@@ -334,12 +368,19 @@ class Stream:
                 await socket.send(self._outgoing.popleft())
 
     async def _receiver(self, socket: ClientConnection) -> None:
-        """Read the bot's frames until it closes the socket."""
+        """Read the bot's frames until it closes the socket (those ``_arrived`` did not take)."""
         with contextlib.suppress(websockets.ConnectionClosed):
             async for frame in socket:
-                await self._handle(parse_bot_message(frame))
+                self._handle(parse_bot_message(frame))
 
-    async def _handle(self, event: Any) -> None:
+    def _arrived(self, text: str) -> None:
+        """A text message, handed over by the connection as it is read."""
+        try:
+            self._handle(parse_bot_message(text))
+        except Exception:  # the connection's reading must go on whatever happens here
+            log.exception("stream %s: handling a bot message failed", self.info.stream_sid)
+
+    def _handle(self, event: Any) -> None:
         outcome = self.outcome
         if isinstance(event, Ignored) or not self.bidirectional:
             outcome.ignored += 1
@@ -347,7 +388,7 @@ class Stream:
                 reason = event.reason if isinstance(event, Ignored) else (
                     "a unidirectional stream takes nothing from the bot")
                 log.info("stream %s: ignored a frame: %s", self.info.stream_sid, reason)
-                await self.record("stream.ignored", {"reason": reason})
+                self._later(self.record("stream.ignored", {"reason": reason}))
         elif isinstance(event, BotMedia):
             outcome.bytes_from_bot += len(event.pcm)
             self._from_bot.push(event.pcm)
@@ -357,8 +398,8 @@ class Stream:
             dropped = self.playout.seconds
             marks = self._from_bot.clear()
             outcome.clears += 1
-            await self.record("stream.clear", {"dropped_ms": round(dropped * 1000),
-                                               "marks": marks})
+            self._later(self.record("stream.clear", {"dropped_ms": round(dropped * 1000),
+                                                     "marks": marks}))
             self._marks_played(marks)
 
     def _marks_played(self, marks: list[str]) -> None:
@@ -369,8 +410,11 @@ class Stream:
                 self._later(self.record("stream.mark", {"name": name}))
 
     def _later(self, work: Awaitable[None]) -> None:
-        # Called from the pacer's tick: the timeline write must not run inside it.
+        # Called from the pacer's tick or the socket's reading: the timeline write must not
+        # run inside them. Tasks start in order, so the lines keep the order of the events.
         task = asyncio.ensure_future(work)
+        self._steps.add(task)
+        task.add_done_callback(self._steps.discard)
         task.add_done_callback(_log_failure)
 
     async def _keys(self) -> None:

@@ -1,0 +1,115 @@
+"""The stream's fast paths give exactly what the general ones do: the playout's one-slice take,
+the written-out media message, and messages handled where the socket reads them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+
+import pytest
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+
+from ringflow.media.playout import FRAME_BYTES, Playout
+from ringflow.streams.client import BotConnection
+from ringflow.streams.protocol import StreamInfo, StreamProtocol
+
+
+class InFull(Playout):
+    """The playout buffer with its fast path off: every take goes the general way."""
+
+    def take(self) -> tuple[bytes | None, list[str]]:
+        return self._take_in_full()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_fast_take_matches_the_general_one(seed):
+    rng = random.Random(seed)
+    clock = [0.0]
+    fast = Playout(now=lambda: clock[0], keep_latencies=1000)
+    full = InFull(now=lambda: clock[0], keep_latencies=1000)
+    taken = 0
+    for step in range(600):
+        roll = rng.random()
+        if roll < 0.25:
+            size = rng.choice([2, 160, FRAME_BYTES, 1000, 1600, 3200, rng.randrange(2, 4000, 2)])
+            pcm = bytes(rng.randrange(256) for _ in range(size))
+            fast.push(pcm)
+            full.push(pcm)
+        elif roll < 0.30:
+            fast.mark(f"m{step}")
+            full.mark(f"m{step}")
+        elif roll < 0.32:
+            assert fast.clear() == full.clear()
+        else:
+            clock[0] += 0.02
+            got = fast.take()
+            assert got == full.take()
+            taken += got[0] is not None
+        assert len(fast) == len(full) and fast.seconds == full.seconds
+    assert taken > 100  # the sequence did exercise taking
+    assert fast.stats == full.stats
+
+
+def test_the_fast_take_is_the_one_taken_for_plain_audio():
+    playout = Playout()
+    playout.push(bytes(range(256)) * 10)  # 2560 bytes: 8 frames in one piece
+    calls = []
+    playout._take_in_full = lambda: calls.append(1) or (None, [])  # type: ignore[method-assign]
+    frames = [playout.take()[0] for _ in range(8)]
+    assert calls == []
+    assert b"".join(f or b"" for f in frames) == bytes(range(256)) * 10
+
+
+@pytest.mark.parametrize("sid", ["MZ0123abcd", 'MZ"odd\\sid\u00e9'])
+@pytest.mark.parametrize("track", [None, "inbound", "outbound"])
+def test_a_media_message_is_what_json_dumps_writes(sid, track):
+    info = StreamInfo(sid, "CA1", "AC1", "1", "2", {}, 16000)
+    protocol = StreamProtocol(info)
+    protocol.start()
+    pcm = bytes(range(256)) * 12 + b"\1\2"
+    text = protocol.media(pcm, track)
+    media = {"chunk": "1", "timestamp": "96", "payload": base64.b64encode(pcm).decode()}
+    if track is not None:
+        media["track"] = track
+    expected = {"event": "media", "sequence_number": "2", "stream_sid": sid, "media": media}
+    assert text == json.dumps(expected, separators=(",", ":"))
+
+
+async def test_whole_text_messages_are_handed_over_and_the_rest_keep_their_order():
+    go = asyncio.Event()
+
+    async def bot(ws: ServerConnection) -> None:
+        await ws.send('{"n":0}')  # before the hand-over: read with recv()
+        await ws.recv()
+        await ws.send('{"n":1}')
+        await ws.send('{"n":2}')
+        await ws.send(b"\x00binary")  # queued for recv(), and what follows behind it
+        await ws.send('{"n":3}')
+        await ws.send(["{", '"n":4}'])  # fragmented
+        await go.wait()
+        await ws.send('{"n":5}')  # the queue was read: handed over again
+        await ws.wait_closed()
+
+    async with serve(bot, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        handed: list[str] = []
+        async with websockets.connect(f"ws://127.0.0.1:{port}/",
+                                      create_connection=BotConnection) as socket:
+            assert isinstance(socket, BotConnection)
+            while not socket._queued:  # the first message has been read off the wire
+                await asyncio.sleep(0.01)
+            socket.hand_over(handed.append)
+            await socket.send("ready")
+            received = [await asyncio.wait_for(socket.recv(), 5) for _ in range(4)]
+            assert handed == ['{"n":1}', '{"n":2}']
+            go.set()
+            for _ in range(500):
+                if len(handed) == 3:
+                    break
+                await asyncio.sleep(0.01)
+            socket.hand_over(None)
+    assert received == ['{"n":0}', b"\x00binary", '{"n":3}', '{"n":4}']
+    assert handed == ['{"n":1}', '{"n":2}', '{"n":5}']
