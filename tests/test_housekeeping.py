@@ -25,7 +25,7 @@ async def setup(db, clock, **settings_kw):
         account = (await s.execute(select(Account))).scalar_one()
     forever = asyncio.Event()
 
-    async def carry(sid: str) -> None:  # a call this process is carrying, indefinitely
+    async def carry(call, account, line) -> None:  # a call this process is carrying, forever
         await forever.wait()
 
     dispatcher = Dispatcher(db, clock, settings, carry, lambda: None)

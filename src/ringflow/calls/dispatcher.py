@@ -9,6 +9,10 @@ taken under the account's row lock in the database (``storage/admission.py``), s
 calls in progress cannot change under it, and a queued call is claimed by one process only.
 The asyncio lock per account only spares this process's own submissions a wait in the
 database.
+
+A running call holds a ``Line``; the call's last status change frees it in the same
+transaction, admitting the account's next waiting calls there, so a call's end costs no
+transaction of its own for the queue.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ringflow.calls.requests import CallRequest
@@ -28,9 +32,34 @@ from ringflow.config import Settings
 from ringflow.errors import CapacityExceeded
 from ringflow.storage import admission
 from ringflow.storage.db import Database
-from ringflow.storage.models import Call, Leg
+from ringflow.storage.models import Account, Call, Leg
 
 log = logging.getLogger(__name__)
+
+
+def _nothing() -> None:
+    """Nothing to start after the transaction."""
+
+
+class Line:
+    """The account line a running call holds, freed by the call's last status change."""
+
+    def __init__(self, dispatcher: Dispatcher, account_id: int):
+        self._dispatcher = dispatcher
+        self.account_id = account_id
+        self.freed = False
+
+    async def free(self, session: Any) -> Callable[[], None]:
+        """Admit, in ``session``, the waiting calls this line makes room for.
+
+        Returns what starts them, to call once the transaction has committed.
+        """
+        self.freed = True
+        return await self._dispatcher.admit_waiting(session, self.account_id)
+
+
+# Runs one admitted call to its end: (call, its account, the line it holds).
+RunCall = Callable[[Call, Account, Line], Awaitable[None]]
 
 
 class Dispatcher:
@@ -41,13 +70,13 @@ class Dispatcher:
         db: Database,
         clock: Clock,
         settings: Settings,
-        run_call: Callable[[str], Any],
+        run_call: RunCall,
         on_enqueued: Callable[[], None],
     ):
         self.db = db
         self.clock = clock
         self.settings = settings
-        self.run_call = run_call  # coroutine function: runs one call to its end
+        self.run_call = run_call
         self.on_enqueued = on_enqueued
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -79,7 +108,7 @@ class Dispatcher:
                          call.sid, lines.active, limit, lines.queued)
             room_behind_queue = not started and lines.active < limit
         if started:
-            self._start(call.sid, request.account_id)
+            self._start(call, lines.account)
         if woke:
             self.on_enqueued()
         if room_behind_queue:
@@ -100,37 +129,50 @@ class Dispatcher:
         change = Change(call=Event.DIAL, legs=((1, Event.DIAL),))
         return bool(await apply(session, call, change, self.clock.wall()))
 
-    def _start(self, sid: str, account_id: int) -> None:
-        task = asyncio.ensure_future(self._run(sid, account_id))
-        self.tasks[sid] = task
+    def _start(self, call: Call, account: Account) -> None:
+        self.tasks[call.sid] = asyncio.ensure_future(self._run(call, account))
 
-    async def _run(self, sid: str, account_id: int) -> None:
+    async def _run(self, call: Call, account: Account) -> None:
+        line = Line(self, account.id)
         try:
-            await self.run_call(sid)
+            await self.run_call(call, account, line)
         finally:
-            self.tasks.pop(sid, None)
-            if not self._closing:
-                await self.release(account_id)
+            self.tasks.pop(call.sid, None)
+            if not self._closing and not line.freed:
+                await self.release(account.id)
 
     async def release(self, account_id: int) -> None:
         """Start the account's oldest queued calls, as many as it has room for."""
-        started: list[str] = []
         async with self._locks[account_id], self.db.session() as session:
-            lines = await self._lines(session, account_id)
-            if lines is None:
-                return
-            room = self._limit(lines) - lines.active
-            if room <= 0 or lines.queued == 0:
-                return
-            woke = False
-            for call in await admission.oldest_queued(session, account_id, Status.QUEUED, room):
-                woke = await self._admit(session, call) or woke
-                started.append(call.sid)
-        for sid in started:
-            log.info("call %s leaves the queue", sid)
-            self._start(sid, account_id)
-        if woke:
-            self.on_enqueued()
+            start = await self.admit_waiting(session, account_id)
+        start()
+
+    async def admit_waiting(self, session: Any, account_id: int) -> Callable[[], None]:
+        """Admit, in ``session``, the account's oldest queued calls it has room for.
+
+        Returns what starts them, to call once the transaction has committed. Takes no lock of
+        this process (the caller may hold the database): the account's row lock is the one
+        that counts.
+        """
+        lines = await self._lines(session, account_id)
+        if lines is None or lines.queued == 0:
+            return _nothing
+        room = self._limit(lines) - lines.active
+        if room <= 0:
+            return _nothing
+        woke = False
+        admitted = await admission.oldest_queued(session, account_id, Status.QUEUED, room)
+        for call in admitted:
+            woke = await self._admit(session, call) or woke
+
+        def start() -> None:
+            for call in admitted:
+                log.info("call %s leaves the queue", call.sid)
+                self._start(call, lines.account)
+            if woke:
+                self.on_enqueued()
+
+        return start
 
     async def recover(self) -> None:
         """Finish the calls a previous run of this process was carrying.

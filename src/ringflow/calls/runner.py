@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from ringflow.calls.control import STOPPED, CallControl, LiveCall
 from ringflow.calls.dialing import FlowDialer
+from ringflow.calls.dispatcher import Line
 from ringflow.calls.status import Event, Status, is_terminal
 from ringflow.calls.streaming import CallStreams, run_stream_call
 from ringflow.calls.transitions import Change, apply, interrupted
@@ -80,17 +81,27 @@ class CallRunner:
         self.control = control or CallControl(db, clock, "", on_enqueued=on_enqueued)
         self.streams = streams
         self._steps: dict[str, list[CallEvent]] = {}  # by call SID, not yet written
+        self._lines: dict[str, Line] = {}  # by call SID: the account line each call holds
 
     async def change(self, sid: str, change: Change) -> Call:
-        """Apply a status change (with the timeline steps kept since the last one)."""
+        """Apply a status change (with the timeline steps kept since the last one).
+
+        The change that ends the call also frees its line, in the same transaction.
+        """
+        line = self._lines.get(sid)
+        start_next = None
         async with self.db.session() as session:
             # Locked: a call's legs can change from several tasks at once (simultaneous dials).
             query = select(Call).where(Call.sid == sid).with_for_update()
             call = (await session.execute(query)).scalar_one()
             session.add_all(self._steps.pop(sid, []))
             queued = await apply(session, call, change, self.clock.wall())
+            if line is not None and not line.freed and is_terminal(call.status):
+                start_next = await line.free(session)
         if queued:
             self.on_enqueued()
+        if start_next is not None:
+            start_next()
         return call
 
     async def record(self, call: Call, kind: str, data: dict[str, Any]) -> None:
@@ -127,12 +138,15 @@ class CallRunner:
         )
         return stored.url
 
-    async def run(self, sid: str) -> None:
-        """Carry the call to a final status, whatever happens on the way."""
+    async def run(self, call: Call, account: Account, line: Line | None = None) -> None:
+        """Carry the call (just admitted) to a final status, whatever happens on the way."""
+        sid = call.sid
         channels: list[Channel] = []
         self.control.register(sid, channels)
+        if line is not None:
+            self._lines[sid] = line
         try:
-            await self._run(sid, channels)
+            await self._run(call, account, channels)
         except asyncio.CancelledError:
             await asyncio.shield(self._abandon(sid, channels, "ringflow is shutting down"))
             raise
@@ -142,6 +156,7 @@ class CallRunner:
         finally:
             await asyncio.shield(self.flush(sid))
             self.control.unregister(sid)
+            self._lines.pop(sid, None)
 
     def _live(self, sid: str) -> LiveCall:
         live = self.control.live(sid)
@@ -158,11 +173,8 @@ class CallRunner:
             await apply(session, call, interrupted(call, reason), self.clock.wall())
         self.on_enqueued()
 
-    async def _run(self, sid: str, channels: list[Channel]) -> None:
-        async with self.db.session() as session:
-            call = (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
-            account = await session.get(Account, call.account_id)
-            assert account is not None
+    async def _run(self, call: Call, account: Account, channels: list[Channel]) -> None:
+        sid = call.sid
         first = await self._dial(call, account, 1, call.from_number)
         if not isinstance(first, Answered):
             return

@@ -20,11 +20,15 @@ from ringflow.storage.models import Account, Call
 
 @dataclasses.dataclass(frozen=True)
 class AccountLines:
-    """An account's own limits (None: the server's default) and its calls now."""
+    """An account (its own limits; None: the server's default) and its calls now."""
 
-    max_concurrent_calls: int | None
+    account: Account
     active: int  # calls ringing or in progress
     queued: int
+
+    @property
+    def max_concurrent_calls(self) -> int | None:
+        return self.account.max_concurrent_calls
 
 
 async def lock_lines(session: AsyncSession, account_id: int, active: Collection[str],
@@ -33,14 +37,12 @@ async def lock_lines(session: AsyncSession, account_id: int, active: Collection[
 
     ``active`` are the statuses that hold a line, ``queued`` the status of a waiting call.
     """
-    limit = (
+    account = (
         await session.execute(
-            select(Account.max_concurrent_calls)
-            .where(Account.id == account_id)
-            .with_for_update(key_share=True)
+            select(Account).where(Account.id == account_id).with_for_update(key_share=True)
         )
-    ).one_or_none()
-    if limit is None:
+    ).scalar_one_or_none()
+    if account is None:
         return None
     rows = await session.execute(
         select(Call.status, func.count())
@@ -49,7 +51,7 @@ async def lock_lines(session: AsyncSession, account_id: int, active: Collection[
     )
     counts = {status: count for status, count in rows.all()}
     return AccountLines(
-        max_concurrent_calls=limit[0],
+        account=account,
         active=sum(counts.get(status, 0) for status in active),
         queued=counts.get(queued, 0),
     )
