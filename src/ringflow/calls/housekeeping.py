@@ -1,9 +1,10 @@
 """Periodic care of the call tables, shared by every ringflow process on one database.
 
 Each round: this process's heartbeat; calls carried by a process silent for longer than
-``RINGFLOW_INSTANCE_LEASE`` are finished (so they never hold an account's lines forever); calls queued longer than
-``RINGFLOW_QUEUE_MAX_AGE`` fail with a clear reason; accounts with queued calls get their free
-lines filled (a line freed by another process is noticed here at the latest).
+``RINGFLOW_INSTANCE_LEASE`` are finished (so they never hold an account's lines forever);
+calls queued longer than ``RINGFLOW_QUEUE_MAX_AGE`` fail with a clear reason; accounts with
+queued calls get their free lines filled (a line freed by another process is noticed here at
+the latest).
 
 Every PRUNE_EVERY seconds, on a thread, the prompt cache drops rendered prompts unused for
 ``RINGFLOW_PROMPT_CACHE_MAX_AGE`` and then the least recently used beyond
