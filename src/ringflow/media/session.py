@@ -128,9 +128,9 @@ class RtpSession(asyncio.DatagramProtocol):
         self._events = EventReceiver()
         self._tones: ToneDetector | None = None
         self._taps: list[Callable[[bytes, bytes], None]] = []
+        self._taps_sent = False  # a tap uses what was sent: decode it each tick
         self._playout: Playout | None = None  # a bot's audio (a stream), paced by tick
         self._on_marks: Callable[[list[str]], None] = _no_marks
-        self._heard = b""  # the party's frame of this tick, for the call tap
 
     # -- control ---------------------------------------------------------------------------
 
@@ -175,8 +175,8 @@ class RtpSession(asyncio.DatagramProtocol):
             self._bridge.undo()
         if self._transport is not None:
             self._transport.close()
-        for item in (*self._plays, *self._digit_sends):
-            _resolve(item.done)
+        for done in (*(p.done for p in self._plays), *(d.done for d in self._digit_sends)):
+            _resolve(done)
         self._plays.clear()
         self._digit_sends.clear()
         self._keys.close(SessionClosed("the RTP session closed"))
@@ -237,17 +237,20 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def tap(self, write: Callable[[bytes, bytes], None]) -> Callable[[], None]:
         """Give ``write(heard, sent)`` every 20 ms: the party's audio and what we sent it
-        (prompts, a bridged party, silence), as PCM; returns the undo function."""
-        def keep(frame: bytes) -> None:
-            self._heard = frame
+        (prompts, a bridged party, silence), as PCM; returns the undo function.
 
-        stop_listening = self.listen(keep)
+        A ``write`` whose ``wants_sent`` attribute is False (a stream of the caller's audio
+        only) may be given ``b""`` for ``sent``: while no other tap wants it, nothing sent is
+        decoded."""
         self._taps.append(write)
+        self._taps_sent = self._taps_sent or getattr(write, "wants_sent", True)
 
         def undo() -> None:
-            stop_listening()
             with contextlib.suppress(ValueError):
                 self._taps.remove(write)
+            self._taps_sent = any(getattr(w, "wants_sent", True) for w in self._taps)
+            if not self._sinks and not self._taps:
+                self._rx.clear()
 
         return undo
 
@@ -272,7 +275,7 @@ class RtpSession(asyncio.DatagramProtocol):
 
         def unsubscribe() -> None:
             self._sinks.pop(token, None)
-            if not self._sinks:
+            if not self._sinks and not self._taps:
                 self._rx.clear()
 
         return unsubscribe
@@ -348,7 +351,7 @@ class RtpSession(asyncio.DatagramProtocol):
                 self._tones = None
             if key is not None:
                 self._key(key, "rtp")
-        elif law is not None and gap != DUPLICATE and (self._sinks or self._tones):
+        elif law is not None and gap != DUPLICATE and (self._sinks or self._taps or self._tones):
             self._audio(law.decode(payload), gap)
 
     def _accept(self, addr: tuple[str, int], ssrc: int, seq: int) -> int | None:
@@ -363,7 +366,7 @@ class RtpSession(asyncio.DatagramProtocol):
     def _audio(self, pcm: bytes, gap: int) -> None:
         if self._tones is not None:
             self._engine.tones.submit(self._tones, pcm, self._tone)
-        if self._sinks:
+        if self._sinks or self._taps:
             self._rx.put(pcm, gap)
 
     # -- the pacer's side ------------------------------------------------------------------
@@ -371,8 +374,8 @@ class RtpSession(asyncio.DatagramProtocol):
     def tick(self, frame: int) -> None:
         """Send this frame's packet and hand the party's frame to sinks (called by the pacer)."""
         self._frame = frame
-        if self._sinks:
-            self._hear()
+        taps = self._taps
+        heard = self._hear() if self._sinks or taps else b""
         law, pt = self._law, self._pt
         timestamp = (self._ts_base + frame * FRAME_SAMPLES) & 0xFFFFFFFF
         marker = self._marker
@@ -386,10 +389,12 @@ class RtpSession(asyncio.DatagramProtocol):
             payload = self._play_frame()
         else:
             payload = law.silence
-        if self._taps:
-            sent = law.decode(payload if pt == law.payload_type else law.silence)
-            for write in self._taps:
-                write(self._heard, sent)
+        if taps:
+            sent = b""
+            if self._taps_sent:
+                sent = law.decode(payload if pt == law.payload_type else law.silence)
+            for write in taps:
+                write(heard, sent)
         if not self._sending:
             return
         assert self._transport is not None
@@ -444,11 +449,14 @@ class RtpSession(asyncio.DatagramProtocol):
         assert self._plan is not None and self._plan.dtmf_pt is not None
         return payload, self._plan.dtmf_pt, item.timestamp, first
 
-    def _hear(self) -> None:
+    def _hear(self) -> bytes:
         frame = self._rx.take()
+        if not self._sinks:
+            return frame
         for token, sink in tuple(self._sinks.items()):
             try:
                 sink(frame)
             except Exception:
                 log.exception("an RTP listener failed; unsubscribing it")
                 self._sinks.pop(token, None)
+        return frame

@@ -151,6 +151,36 @@ class _Chunker:
         return chunks
 
 
+class _Listener:
+    """The channel's tap for one stream: the track it streams, cut into chunks for the bot.
+
+    ``wants_sent`` tells the RTP session whether to decode what it sent the caller each tick;
+    a stream of the caller's audio alone (every bidirectional one) does not need it.
+    """
+
+    def __init__(self, rate: int, track: str, send: Callable[[bytes, str | None], None]):
+        self.wants_sent = track != "inbound"
+        self._track = track
+        self._send = send
+        self._heard = _Chunker(rate)
+        self._sent = _Chunker(rate)
+
+    def __call__(self, heard: bytes, sent: bytes) -> None:
+        """One 20 ms tick of the call: what the caller said and what it was sent."""
+        track = self._track
+        if track == "inbound":
+            for chunk in self._heard.feed(heard):
+                self._send(chunk, None)
+        elif track == "outbound":
+            for chunk in self._sent.feed(sent):
+                self._send(chunk, None)
+        else:
+            for chunk in self._heard.feed(heard):
+                self._send(chunk, "inbound")
+            for chunk in self._sent.feed(sent):
+                self._send(chunk, "outbound")
+
+
 class Stream:
     """One stream on one answered channel; ``run`` once, ``stop`` from outside to end it."""
 
@@ -266,22 +296,9 @@ class Stream:
             socket.hand_over(self._arrived)
         self._send(self.protocol.connected())
         self._send(self.protocol.start())
-        chunker = _Chunker(self.target.sample_rate)
-        outbound_chunker = _Chunker(self.target.sample_rate)
-        both = self.track == "both" and not self.bidirectional
-        outbound = self.track == "outbound" and not self.bidirectional
-
-        def hear(heard: bytes, sent: bytes) -> None:
-            if both:
-                for chunk in chunker.feed(heard):
-                    self._send_media(chunk, "inbound")
-                for chunk in outbound_chunker.feed(sent):
-                    self._send_media(chunk, "outbound")
-                return
-            for chunk in chunker.feed(sent if outbound else heard):
-                self._send_media(chunk, None)
-
-        undo: list[Callable[[], None]] = [self.channel.listen(hear)]
+        track = "inbound" if self.bidirectional else self.track
+        undo: list[Callable[[], None]] = [self.channel.listen(
+            _Listener(self.target.sample_rate, track, self._send_media))]
         tasks = [asyncio.ensure_future(self._sender(socket))]
         receiving = asyncio.ensure_future(self._receiver(socket))
         if self.bidirectional:
