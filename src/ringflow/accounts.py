@@ -24,9 +24,10 @@ from ringflow.phone import normalize
 from ringflow.storage import accounts as stored
 from ringflow.storage import apps as stored_apps
 from ringflow.storage import phones as stored_phones
+from ringflow.storage.cache import Lookups
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, App, PhoneNumber, SandboxPhone
-from ringflow.storage.session import Duplicate, Session
+from ringflow.storage.session import Duplicate, Session, detach
 from ringflow.telephony.sandbox import PhoneScript
 
 _DUMMY_HASH = hashlib.sha256(b"ringflow-no-such-key").hexdigest()
@@ -85,12 +86,22 @@ def _slug(name: str) -> str:
 
 
 class Accounts:
-    """Admin operations on accounts and what they own."""
+    """Admin operations on accounts and what they own, and the cached lookups of requests.
 
-    def __init__(self, db: Database, clock: Clock, tts: TextToSpeech | None = None):
+    The accounts, keys, ExoPhones and apps it returns may be shared between requests: read
+    them, never change them (changes go through the methods here, which forget the cache).
+    """
+
+    def __init__(self, db: Database, clock: Clock, tts: TextToSpeech | None = None,
+                 lookups: Lookups | None = None):
         self.db = db
         self.clock = clock
         self.tts = tts  # when set, saving an app checks that its texts can be spoken
+        self.lookups = lookups or Lookups(clock)
+
+    async def close(self) -> None:
+        """Stop listening for other processes' changes."""
+        await self.lookups.close()
 
     async def create_account(self, name: str, time_zone: str = "Asia/Kolkata") -> Credentials:
         """A new account with its first API key; its SID is derived from the name."""
@@ -105,7 +116,9 @@ class Accounts:
             )
             account = await stored.add_account(session, sid, name.strip(), time_zone,
                                                self.clock.wall())
-            return self._add_key(session, account)
+            credentials = self._add_key(session, account)
+        await self.lookups.changed()
+        return credentials
 
     def _add_key(self, session: Session, account: Account) -> Credentials:
         key, token = new_api_key(), new_api_token()
@@ -114,7 +127,8 @@ class Accounts:
 
     async def get(self, session: Session, sid: str) -> Account:
         """The account with this SID (SIDs compare case-insensitively), or NotFound."""
-        account = await stored.account_by_sid(session, sid)
+        account = await self._cached(("account-sid", sid.strip().lower()), session,
+                                     stored.account_by_sid, sid)
         if account is None:
             raise NotFound(f"no account {sid!r}")
         return account
@@ -122,7 +136,9 @@ class Accounts:
     async def create_key(self, account_sid: str) -> Credentials:
         """Another API key for the account."""
         async with self.db.session() as session:
-            return self._add_key(session, await self.get(session, account_sid))
+            credentials = self._add_key(session, await self.get(session, account_sid))
+        await self.lookups.changed()  # the account's SID with a token opens it now
+        return credentials
 
     async def revoke_key(self, account_sid: str, key: str) -> None:
         """Revoke an API key; requests using it get 401 from then on."""
@@ -130,21 +146,52 @@ class Accounts:
             account = await self.get(session, account_sid)
             if not await stored.revoke_key(session, account.id, key, self.clock.wall()):
                 raise NotFound(f"no API key {key!r} in account {account.sid}")
+        await self.lookups.changed()
 
     async def authenticate(self, username: str, password: str) -> Account | None:
         """The account these Basic credentials open: API key + token, or account SID + token."""
+        # Names that open nothing are not kept: guesses must not crowd out the real keys.
+        rows: list[tuple[str, int | None]] = [
+            *await self.lookups.get(("keys", username), lambda: self._read(
+                stored.active_keys, username), keep=bool)
+        ]
+        given = hash_token(password)
+        match = None
+        # Every candidate is compared, and a dummy when there is none, so the time taken
+        # tells nothing about which part of the credentials was wrong.
+        for token_hash, account_id in rows or [(_DUMMY_HASH, None)]:
+            if hmac.compare_digest(given, token_hash) and account_id is not None:
+                match = account_id
+        if match is None:
+            return None
+        found: Account | None = await self._cached(("account-id", match), None,
+                                                   stored.account_by_id, match)
+        return found
+
+    async def _read(self, query: Any, *args: Any) -> Any:
+        """``query(session, *args)`` in a transaction of its own."""
         async with self.db.session() as session:
-            rows: list[tuple[str, int | None]] = [
-                *await stored.active_keys(session, username)
-            ]
-            given = hash_token(password)
-            match = None
-            # Every candidate is compared, and a dummy when there is none, so the time taken
-            # tells nothing about which part of the credentials was wrong.
-            for token_hash, account_id in rows or [(_DUMMY_HASH, None)]:
-                if hmac.compare_digest(given, token_hash) and account_id is not None:
-                    match = account_id
-            return await stored.account_by_id(session, match) if match is not None else None
+            return await query(session, *args)
+
+    async def _cached(self, key: tuple[Any, ...], session: Session | None, query: Any,
+                      *args: Any, keep_none: bool = False) -> Any:
+        """The row ``query(session, *args)`` finds (None: none), through the cache. Without a
+        session the query runs in one of its own (when it must run)."""
+
+        async def load() -> Any:
+            if session is None:
+                async with self.db.session() as own:
+                    return await self._detached(own, query, *args)
+            return await self._detached(session, query, *args)
+
+        return await self.lookups.get(key, load, keep=(lambda _: True) if keep_none else _found)
+
+    @staticmethod
+    async def _detached(session: Session, query: Any, *args: Any) -> Any:
+        row = await query(session, *args)
+        if row is not None:
+            detach(session, row)
+        return row
 
     async def set_limits(self, account_sid: str, values: dict[str, int | None]) -> Account:
         """Set some of the account's own limits (by column; None: the server's default applies);
@@ -152,6 +199,7 @@ class Accounts:
         async with self.db.session() as session:
             account = await self.get(session, account_sid)
             await stored.set_limits(session, account.id, values)
+        await self.lookups.changed()
         async with self.db.session() as session:
             return await self.get(session, account.sid)
 
@@ -165,6 +213,7 @@ class Accounts:
                                                self.clock.wall())
         except Duplicate:
             raise Conflict(f"{number} is already an ExoPhone of an account") from None
+        await self.lookups.changed()
         return e164
 
     async def numbers(self, session: Session, account_id: int) -> list[PhoneNumber]:
@@ -173,7 +222,10 @@ class Accounts:
 
     async def owns_number(self, session: Session, account_id: int, number: str) -> bool:
         """Whether ``number`` (E.164) is an ExoPhone of the account."""
-        return await stored_phones.owns_number(session, account_id, number)
+        return await self.lookups.get(
+            ("owns", account_id, number),
+            lambda: stored_phones.owns_number(session, account_id, number),
+        )
 
     async def script_phone(self, scope: str, number: str, script: Any) -> tuple[str, dict[str, Any]]:
         """Set how a virtual phone answers the calls of the account ``scope`` ("": of every
@@ -210,9 +262,15 @@ class Accounts:
             await self._check_transfers(session, account.id, graph, app_id)
             now = self.clock.wall()
             if app_id is None:
-                return await stored_apps.add_app(session, account.id, graph.name, data, now)
-            app = await self.app(session, account.id, app_id)
-            return await stored_apps.replace_app(session, app, graph.name, data, now)
+                app = await stored_apps.add_app(session, account.id, graph.name, data, now)
+            else:
+                # The row itself, not a shared cached copy: it is changed in this transaction.
+                found = await stored_apps.app_of(session, account.id, app_id)
+                if found is None:
+                    raise NotFound(f"no app {app_id} in this account")
+                app = await stored_apps.replace_app(session, found, graph.name, data, now)
+        await self.lookups.changed()
+        return app
 
     async def _check_transfers(
         self, session: Session, account_id: int, graph: AppGraph, own_id: int | None
@@ -254,16 +312,28 @@ class Accounts:
 
     async def app(self, session: Session, account_id: int, app_id: int) -> App:
         """One of the account's apps, or NotFound (another account's app is not found either)."""
-        app = await stored_apps.app_of(session, account_id, app_id)
+        app = await self._cached(("app", account_id, app_id), session, stored_apps.app_of,
+                                 account_id, app_id, keep_none=True)
         if app is None:
             raise NotFound(f"no app {app_id} in this account")
         return app
+
+    async def find_app(self, account_id: int, app_id: int) -> App | None:
+        """One of the account's apps, or None; read from the cache when it can be."""
+        found: App | None = await self._cached(("app", account_id, app_id), None,
+                                               stored_apps.app_of, account_id, app_id,
+                                               keep_none=True)
+        return found
 
     async def apps(self, account_sid: str) -> list[App]:
         """The account's apps."""
         async with self.db.session() as session:
             account = await self.get(session, account_sid)
             return await stored_apps.apps_of(session, account.id)
+
+
+def _found(value: object) -> bool:
+    return value is not None
 
 
 def _check_zone(name: str) -> None:

@@ -35,6 +35,7 @@ from ringflow.media.cache import PromptCache
 from ringflow.media.tts import TextToSpeech, TtsError
 from ringflow.ratelimit import RateLimiter, make_rate_limiter
 from ringflow.recordings import RecordingStore
+from ringflow.storage.cache import Lookups
 from ringflow.storage.db import Database
 from ringflow.storage.phones import script_for
 from ringflow.streams.service import Streams
@@ -93,7 +94,7 @@ class Services:
             settings=settings,
             clock=clock,
             db=db,
-            accounts=Accounts(db, clock, tts),
+            accounts=Accounts(db, clock, tts, Lookups(clock, settings.redis_url)),
             rate_limiter=rate_limiter,
             failed_logins=FailedLogins(
                 rate_limiter, settings.auth_failures_per_client, settings.auth_failures_per_key
@@ -118,6 +119,7 @@ class Services:
             log.warning("text to speech is unavailable: prompts get estimated durations")
         if (start := getattr(self.carrier, "start", None)) is not None:
             await start()  # a carrier with sockets binds them before any call is placed
+        self.accounts.lookups.start()
         self.deliverer.start()
         await self.dispatcher.recover()
         self.control.start()
@@ -134,6 +136,7 @@ class Services:
         await self.http.aclose()
         await self.audio.http.aclose()
         await self.rate_limiter.close()
+        await self.accounts.close()
         self.tts.close()
         await self.db.close()
 

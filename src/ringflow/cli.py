@@ -27,6 +27,7 @@ from ringflow.media.tts import TextToSpeech
 from ringflow.private_files import owner_only, tighten
 from ringflow.storage import call_views, timeline
 from ringflow.storage.accounts import account_by_id
+from ringflow.storage.cache import Lookups
 from ringflow.storage.db import Database, migrate
 from ringflow.storage.models import Call
 
@@ -302,9 +303,13 @@ def _run(action: Callable[[Accounts, argparse.Namespace], Awaitable[Any]]) -> Ca
         async def go() -> None:
             db = Database(settings.database_url)
             tts = TextToSpeech(Path(settings.data_dir) / "media")
+            clock = make_clock()
+            # Its changes reach running servers' caches through Redis when one is set.
+            accounts = Accounts(db, clock, tts, Lookups(clock, settings.redis_url))
             try:
-                await action(Accounts(db, make_clock(), tts), args)
+                await action(accounts, args)
             finally:
+                await accounts.close()
                 tts.close()
                 await db.close()
 

@@ -17,3 +17,9 @@ Session: TypeAlias = AsyncSession
 
 class Duplicate(Conflict):
     """A row with the same unique key exists already."""
+
+
+def detach(session: Session, row: object) -> None:
+    """Take a loaded row out of ``session``, so that it may outlive it unchanged: a rollback of
+    the session would otherwise expire it (a cached row must stay readable anywhere)."""
+    session.expunge(row)

@@ -1,0 +1,164 @@
+"""A per-process cache of the lookups every API request makes (accounts, API keys, ExoPhones,
+apps), forgotten whenever one of them changes.
+
+A change made here is forgotten here at once. Other processes learn of it in one of two ways:
+
+- with Redis (``RINGFLOW_REDIS_URL``), the changing process publishes on ``CHANNEL`` and every
+  process forgets its whole cache on the message. Entries then live up to ``SHARED_TTL``, but only
+  while the subscription is known to be alive: it is pinged every ``PING_EVERY`` seconds, and
+  once no answer has come for ``HEALTH_WINDOW`` seconds (Redis down, a cut connection) entries
+  older than ``LOCAL_TTL`` are not used, and the cache is forgotten when the subscription is back
+  (a notice may have been missed meanwhile);
+- without Redis, entries live ``LOCAL_TTL`` seconds, so another process (the CLI beside a
+  server, or a second server on the same database) sees a change within that time.
+
+Changes are rare (an operator revoking a key, a new app version), so a change forgets everything
+rather than tracking what depended on what. A lookup that was reading the database while a change
+was announced does not store what it read, which may predate the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from ringflow.clock import Clock
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CHANNEL = "ringflow:lookups"
+LOCAL_TTL = 0.5  # seconds: how stale another process's change may be seen without Redis
+SHARED_TTL = 60.0  # seconds an entry lives while Redis notices are known to arrive
+PING_EVERY = 0.2
+HEALTH_WINDOW = 0.8  # seconds without an answer from Redis before notices count as lost
+PUBLISH_TRIES = 5
+MAX_ENTRIES = 10_000
+
+
+class Lookups:
+    """Cached lookups of one process (see the module docstring for how they are forgotten)."""
+
+    def __init__(self, clock: Clock, redis_url: str | None = None,
+                 max_entries: int = MAX_ENTRIES):
+        self.clock = clock
+        self.redis_url = redis_url
+        self.max_entries = max_entries
+        self.generation = 0  # how many times this cache was forgotten
+        self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        # Monotonic real time until which the subscription counts as alive: it is a matter of
+        # the network, not of the clock that call timers run on.
+        self._alive_until = float("-inf")
+        self._task: asyncio.Task[None] | None = None
+        self._publisher: Any = None
+
+    async def get(self, key: Hashable, load: Callable[[], Awaitable[T]],
+                  keep: Callable[[T], bool] = lambda value: True) -> T:
+        """The value cached under ``key``, or what ``load()`` reads (cached if ``keep`` says)."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            if self.clock.now() - entry[0] <= self._ttl():
+                self._entries.move_to_end(key)
+                return entry[1]  # type: ignore[no-any-return]
+            del self._entries[key]
+        generation = self.generation
+        value = await load()
+        if keep(value) and generation == self.generation:
+            self._entries[key] = (self.clock.now(), value)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return value
+
+    def _ttl(self) -> float:
+        if self.redis_url and time.monotonic() < self._alive_until:
+            return SHARED_TTL
+        return LOCAL_TTL
+
+    def forget(self) -> None:
+        """Drop every entry, and any lookup now reading the database."""
+        self.generation += 1
+        self._entries.clear()
+
+    async def changed(self) -> None:
+        """Call after a change is committed: forget it here, and tell the other processes."""
+        self.forget()
+        if not self.redis_url:
+            return
+        for attempt in range(PUBLISH_TRIES):
+            try:
+                await self._client().publish(CHANNEL, "changed")
+                return
+            except (RedisError, OSError) as exc:
+                if attempt == PUBLISH_TRIES - 1:
+                    log.error("cannot tell other processes of a change of accounts, keys, "
+                              "numbers or apps (%s): those cut off from Redis see it within "
+                              "%g s, others within %g s", exc, HEALTH_WINDOW, SHARED_TTL)
+                    return
+                await asyncio.sleep(0.1 * (attempt + 1))
+
+    def _client(self) -> Any:
+        if self._publisher is None:
+            from ringflow.redis_client import connect
+
+            assert self.redis_url is not None
+            self._publisher = connect(self.redis_url)
+        return self._publisher
+
+    def start(self) -> None:
+        """Listen for other processes' changes (with Redis; without, entries just expire)."""
+        if self.redis_url and self._task is None:
+            self._task = asyncio.ensure_future(self._listen())
+
+    async def close(self) -> None:
+        """Stop listening; close the Redis connections."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._publisher is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._publisher.aclose()
+            self._publisher = None
+
+    async def _listen(self) -> None:
+        from ringflow.redis_client import connect
+
+        assert self.redis_url is not None
+        while True:
+            client = connect(self.redis_url)
+            pubsub = client.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                await self._follow(pubsub)
+            except (RedisError, OSError) as exc:  # meanwhile entries live only LOCAL_TTL
+                log.warning("lookup cache: Redis subscription lost (%s); retrying", exc)
+                await asyncio.sleep(PING_EVERY)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+                    await client.aclose()
+
+    async def _follow(self, pubsub: Any) -> None:
+        """Forget on every notice; keep the subscription's answers coming with pings."""
+        next_ping = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_ping:
+                await pubsub.ping()
+                next_ping = now + PING_EVERY
+            message = await pubsub.get_message(timeout=PING_EVERY)
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                self.forget()  # notices sent before this subscription may have been missed
+            elif message["type"] == "message":
+                self.forget()
+            self._alive_until = time.monotonic() + HEALTH_WINDOW
