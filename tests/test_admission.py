@@ -262,6 +262,20 @@ async def test_full_queue_is_a_429_and_creates_nothing(database_url):
         assert await admission_order(rig) == [s for s, _ in placed] + [sid]
 
 
+async def test_an_accounts_own_queue_limit_overrides_the_setting(database_url):
+    async with running(database_url, max_concurrent_calls=1, queue_limit=50) as rig:
+        async with rig.services.db.session() as session:
+            await session.execute(
+                update(Account).where(Account.sid == rig.sid).values(max_queued_calls=1))
+        placed = [await place(rig, n, 20) for n in range(1, 3)]
+        assert [status for _, status in placed] == ["in-progress", "queued"]
+        r = await rig.connect(".json", From="09812349999", To="09812359999", TimeLimit="20")
+        assert r.status_code == 429, r.text
+        assert "1 call is already waiting" in r.json()["RestException"]["Message"]
+        calls = await finish_all(rig, [s for s, _ in placed])
+        assert [c.status for c in calls] == ["completed"] * 2
+
+
 async def test_a_new_call_never_overtakes_waiting_ones(database_url):
     """Room can appear without a call ending (here: the account's limit is raised). A call
     placed then must queue behind the older waiting ones, which take the room first."""

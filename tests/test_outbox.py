@@ -113,8 +113,9 @@ class Receiver:
         return collections.Counter(r.headers["idempotency-key"] for r in self.requests)
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+@contextlib.asynccontextmanager
+async def serving_receiver() -> AsyncIterator[Receiver]:
+    """A Receiver answering on a free loopback port."""
     rec = Receiver()
     port = free_port()
     server = uvicorn.Server(
@@ -127,10 +128,18 @@ async def receiver() -> AsyncIterator[Receiver]:
         await asyncio.sleep(0.01)
     assert server.started, "receiver did not start"
     rec.url = f"http://127.0.0.1:{port}/hooks/status?secret=s3"
-    yield rec
-    rec.release.set()
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    try:
+        yield rec
+    finally:
+        rec.release.set()
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with serving_receiver() as rec:
+        yield rec
 
 
 def settings(**kw: Any) -> Settings:

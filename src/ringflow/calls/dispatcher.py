@@ -87,9 +87,13 @@ class Dispatcher:
         async with self._locks[request.account_id], self.db.session() as session:
             lines = await self._lines(session, request.account_id)
             assert lines is not None, f"account {request.account_id} does not exist"
-            if lines.queued >= self.settings.queue_limit:
+            queue_limit = lines.account.max_queued_calls
+            if queue_limit is None:
+                queue_limit = self.settings.queue_limit
+            if lines.queued >= queue_limit:
+                waiting = "1 call is" if lines.queued == 1 else f"{lines.queued} calls are"
                 raise CapacityExceeded(
-                    f"{lines.queued} calls are already waiting for this account; try again later"
+                    f"{waiting} already waiting for this account; try again later"
                 )
             # Stamped under the account's lock, so creation order is the order of admission.
             now = self.clock.wall()

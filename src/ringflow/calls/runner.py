@@ -47,6 +47,7 @@ from ringflow.telephony.carrier import (
     Ringing,
     Waiting,
 )
+from ringflow.webhooks.deliverer import Deliverer
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class CallRunner:
         recordings: RecordingStore | None = None,
         control: CallControl | None = None,
         streams: Streams | None = None,
+        deliverer: Deliverer | None = None,
     ):
         self.db = db
         self.clock = clock
@@ -80,6 +82,8 @@ class CallRunner:
         self.recordings = recordings
         self.control = control or CallControl(db, clock, "", on_enqueued=on_enqueued)
         self.streams = streams
+        # Sends the calls' callbacks, written already leased to it (no claim needed).
+        self.deliverer = deliverer
         self._steps: dict[str, list[CallEvent]] = {}  # by call SID, not yet written
         self._lines: dict[str, Line] = {}  # by call SID: the account line each call holds
 
@@ -95,10 +99,13 @@ class CallRunner:
             query = select(Call).where(Call.sid == sid).with_for_update()
             call = (await session.execute(query)).scalar_one()
             session.add_all(self._steps.pop(sid, []))
-            queued = await apply(session, call, change, self.clock.wall())
+            lease = self.deliverer.birth_lease() if self.deliverer is not None else None
+            queued = await apply(session, call, change, self.clock.wall(), lease)
             if line is not None and not line.freed and is_terminal(call.status):
                 start_next = await line.free(session)
-        if queued:
+        if queued and self.deliverer is not None:
+            self.deliverer.take(queued)
+        elif queued:
             self.on_enqueued()
         if start_next is not None:
             start_next()

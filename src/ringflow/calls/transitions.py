@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.calls import callbacks
 from ringflow.calls.status import ACTIVE, Event, Status, call_next, is_terminal, leg_next
-from ringflow.storage.models import Account, Call, CallEvent, Leg
-from ringflow.webhooks.outbox import enqueue
+from ringflow.storage.models import Account, Call, CallEvent, Leg, OutboxMessage
+from ringflow.webhooks.outbox import Lease, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,12 @@ def _finish(call: Call, now: dt.datetime) -> None:
 
 
 async def apply(
-    session: AsyncSession, call: Call, change: Change, now: dt.datetime
-) -> list[str]:
-    """Apply ``change`` to ``call`` (loaded in ``session``); returns the callback events queued."""
+    session: AsyncSession, call: Call, change: Change, now: dt.datetime, lease: Lease | None = None
+) -> list[OutboxMessage]:
+    """Apply ``change`` to ``call`` (loaded in ``session``); returns the callbacks queued.
+
+    With ``lease``, the callbacks are born leased to the deliverer that will send them.
+    """
     before = call.status
     legs = {leg.leg_no: leg for leg in call.legs}
     for leg_no, event in change.legs:
@@ -100,20 +103,21 @@ async def apply(
         " ".join(f"leg{n}={legs[n].status}" for n, _ in change.legs),
         f" ({change.reason or change.cause})" if (change.reason or change.cause) else "",
     )
-    return await _queue_callbacks(session, call, change, before, now)
+    return await _queue_callbacks(session, call, change, before, now, lease)
 
 
 async def _queue_callbacks(
-    session: AsyncSession, call: Call, change: Change, before: str, now: dt.datetime
-) -> list[str]:
+    session: AsyncSession, call: Call, change: Change, before: str, now: dt.datetime,
+    lease: Lease | None,
+) -> list[OutboxMessage]:
     if not call.status_callback:
         return []
     tz = await _time_zone(session, call.account_id)
     events = set(call.callback_events or [])
-    queued: list[str] = []
+    queued: list[OutboxMessage] = []
 
     async def add(event: str, key: str, payload: dict) -> None:
-        await enqueue(
+        row = await enqueue(
             session,
             account_id=call.account_id,
             call_id=call.id,
@@ -123,8 +127,9 @@ async def _queue_callbacks(
             payload=payload,
             idempotency_key=f"{call.sid}:{key}",
             now=now,
+            lease=lease,
         )
-        queued.append(key)
+        queued.append(row)
 
     for leg_no, event in change.legs:
         for kind, trigger in (("ringing", Event.DIAL), ("answered", Event.ANSWER)):

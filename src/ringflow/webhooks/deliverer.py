@@ -21,11 +21,21 @@ only those (sent, answer not yet recorded) are sent again, at once by a restart 
 ``Idempotency-Key`` header is for.
 
 Claims use leases (``lease_until``, ``lease_owner``); the statements are in ``outbox``.
+
+A call's own callbacks need no claim: the call engine writes them already leased to this
+deliverer (``birth_lease``) and hands them over once their transaction has committed
+(``take``). They go out as soon as there is room, before any claimed row; one that waits half
+its lease for room is given back to the table. The table is asked for due rows only when some
+may be there: after ``wake`` (rows written without a lease, a circuit closing, a stop), when a
+claim filled up, when a send frees room for a destination or account that had none at the last
+look, or when the earliest due row it knows of comes due (at most ``POLL_INTERVAL`` later). So a
+callback costs one transaction, its acknowledgement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import logging
@@ -37,6 +47,7 @@ from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import InvalidRequest
 from ringflow.storage.db import Database
+from ringflow.storage.models import OutboxMessage
 from ringflow.webhooks import outbox
 from ringflow.webhooks.destinations import Change, Destinations
 from ringflow.webhooks.http import FetchError, OutboundHttp
@@ -128,6 +139,11 @@ class Deliverer:
         self._task: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._recording: set[asyncio.Task[None]] = set()
+        self._handed: collections.deque[Claimed] = collections.deque()  # born leased to us
+        # No row in the table is due for us before _quiet_until (None: ask the table), except
+        # rows of destinations and accounts that have no room (a send ending there unquiets).
+        self._quiet_until: dt.datetime | None = None
+        self._unquieted = 0  # counts _unquiet calls: a look that raced one is not kept
 
     @property
     def destinations(self) -> Destinations:
@@ -148,7 +164,7 @@ class Deliverer:
         if task is None:
             return
         self._stopping = True
-        self._wake.set()
+        self.wake()
         limit = grace if grace is not None else 2 * self._http.timeout + 5
         try:
             await asyncio.wait_for(asyncio.shield(task), limit)
@@ -159,6 +175,21 @@ class Deliverer:
 
     def wake(self) -> None:
         """Look for due rows now (call after committing a transaction that enqueued one)."""
+        self._unquiet()
+        self._wake.set()
+
+    def _unquiet(self) -> None:
+        """The table may hold due rows we do not know of: ask it at the next chance."""
+        self._quiet_until = None
+        self._unquieted += 1
+
+    def birth_lease(self) -> outbox.Lease:
+        """The lease of rows written for this deliverer to send without a claim (see ``take``)."""
+        return outbox.Lease(self._owner, self._clock.wall() + self._lease)
+
+    def take(self, rows: list[OutboxMessage]) -> None:
+        """Send rows written with ``birth_lease`` (their transaction has committed)."""
+        self._handed.extend(outbox.claimed(row) for row in rows)
         self._wake.set()
 
     async def deliver_due(self) -> int:
@@ -251,14 +282,17 @@ class Deliverer:
                     return  # quiet: no send finished for a while
 
     async def _fill(self) -> tuple[int, bool]:
-        """Claim as many due rows as there is room for and start sending each: how many, and
-        whether another claim may find more (this one took all it asked for)."""
+        """Start the rows handed over, then claim as many due rows as there is room for and
+        start sending each: how many, and whether another claim may find more (this one took
+        all it asked for)."""
         room = self._concurrency - len(self._sending)
-        if room <= 0:
-            return 0, False
-        limit = min(room, self._claim_limit)
         with self._clock.busy():
             now = self._clock.wall()
+            handed = await self._start_handed(now, max(0, room))
+            room -= handed
+            if room <= 0 or self._quiet(now):
+                return handed, False
+            limit = min(room, self._claim_limit)
             async with self._db.session() as session:
                 claimed = await outbox.claim(
                     session,
@@ -269,13 +303,47 @@ class Deliverer:
                     rooms=self._destinations.rooms(now),
                 )
         for message in claimed:
-            self._destinations.started(message.destination, now, account=message.account_id)
-            task = asyncio.get_running_loop().create_task(
-                self._deliver(message), name=f"outbox-{message.id}"
-            )
-            self._sending.add(task)
-            task.add_done_callback(self._sent)
-        return len(claimed), len(claimed) == limit
+            self._begin(message, now)
+        return handed + len(claimed), len(claimed) == limit
+
+    async def _start_handed(self, now: dt.datetime, room: int) -> int:
+        """Start the handed-over rows there is room for; give back those waiting too long."""
+        started = 0
+        waiting: collections.deque[Claimed] = collections.deque()
+        stale: list[int] = []
+        while self._handed:
+            message = self._handed.popleft()
+            if message.lease_until - now < self._lease / 2:
+                stale.append(message.id)
+            elif started < room and self._has_room(message, now):
+                self._begin(message, now)
+                started += 1
+            else:
+                waiting.append(message)
+        self._handed = waiting
+        if stale:
+            async with self._db.session() as session:
+                await outbox.release_rows(session, self._owner, stale)
+            self._unquiet()
+        return started
+
+    def _has_room(self, message: Claimed, now: dt.datetime) -> bool:
+        if self._destinations.room(message.destination, now) <= 0:
+            return False
+        accounts = self._destinations.limited_accounts()
+        return accounts.get(message.account_id, 1) > 0
+
+    def _quiet(self, now: dt.datetime) -> bool:
+        """Whether the table is known to hold nothing due for us now."""
+        return self._quiet_until is not None and now < self._quiet_until
+
+    def _begin(self, message: Claimed, now: dt.datetime) -> None:
+        self._destinations.started(message.destination, now, account=message.account_id)
+        task = asyncio.get_running_loop().create_task(
+            self._deliver(message), name=f"outbox-{message.id}"
+        )
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
@@ -286,12 +354,23 @@ class Deliverer:
             return self._poll_interval  # a finished send wakes the loop
         with self._clock.busy():
             now = self._clock.wall()
-            # A destination or account with no room is woken by its own sends finishing (or a
-            # destination by its probe).
-            rooms = self._destinations.rooms(now)
-            async with self._db.session() as session:
-                earliest = await outbox.next_due(session, now, rooms.blocked, rooms.full)
-        probe = self._destinations.next_probe(now)
+            probe = self._destinations.next_probe(now)
+            if self._quiet(now):
+                assert self._quiet_until is not None
+                earliest: dt.datetime | None = self._quiet_until
+            else:
+                # A destination or account with no room is woken by its own sends finishing
+                # (or a destination by its probe).
+                rooms = self._destinations.rooms(now)
+                looked = self._unquieted
+                async with self._db.session() as session:
+                    earliest = await outbox.next_due(session, now, rooms.blocked, rooms.full)
+                if looked == self._unquieted:  # nothing changed meanwhile: this holds
+                    # Until the earliest due row, the next poll, or a circuit's probe time
+                    # (its destination's rows were left out for want of room).
+                    until = [now + dt.timedelta(seconds=self._poll_interval)]
+                    until += [t for t in (earliest, probe) if t is not None]
+                    self._quiet_until = min(until)
         if probe is not None and (earliest is None or probe < earliest):
             earliest = probe
         if earliest is None:
@@ -314,12 +393,15 @@ class Deliverer:
                 # the row ends as failed after max attempts instead of being retried forever.
                 log.exception("outbox message %s: unexpected error while sending", message.id)
                 outcome = _Outcome(error=f"internal error: {exc!r}")
+            had_room = self._has_room(message, self._clock.wall())
             change = self._destinations.finished(
                 message.destination,
                 reached=outcome.reached,
                 now=self._clock.wall(),
                 account=message.account_id,
             )
+            if not had_room:
+                self._unquiet()  # rows a look left out for want of room may go now
             # The answer is in: record it even if this task is cancelled now (a stop running
             # out of grace), so a restart never sends an acknowledged callback again.
             recording = asyncio.get_running_loop().create_task(
@@ -380,6 +462,7 @@ class Deliverer:
             reopen_at = self._destinations.reopen_at(message.destination)
             if reopen_at is not None and reopen_at > next_attempt_at:
                 next_attempt_at = reopen_at
+            self._unquiet()  # the table holds a row due again, maybe sooner than a look said
         async with self._db.session() as session:
             await outbox.record_attempt(
                 session,
@@ -420,7 +503,7 @@ class Deliverer:
             )  # fmt: skip
         else:
             log.info("outbox: %s answers again; %d deferred callbacks are due", destination, moved)
-            self._wake.set()
+            self.wake()
 
     def _delay(self, attempts: int) -> float:
         delay = retry_delay(attempts)

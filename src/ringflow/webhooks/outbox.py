@@ -27,6 +27,14 @@ CONTENT_TYPES = (FORM, JSON)
 LEGS = "Legs"
 
 
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """Rows written already leased: their own process's deliverer sends them without a claim."""
+
+    owner: str
+    until: dt.datetime
+
+
 async def enqueue(
     session: AsyncSession,
     *,
@@ -38,8 +46,14 @@ async def enqueue(
     payload: dict[str, Any],
     idempotency_key: str,
     now: dt.datetime,
+    lease: Lease | None = None,
 ) -> OutboxMessage:
-    """Add a pending webhook in the caller's transaction (it commits with the transition)."""
+    """Add a pending webhook in the caller's transaction (it commits with the transition).
+
+    With ``lease``, the row is born leased to that deliverer, which sends it once the
+    transaction has committed (``Deliverer.take``); if that process dies first, any deliverer
+    sends it when the lease runs out.
+    """
     if content_type not in CONTENT_TYPES:
         raise ValueError(f"unsupported callback content type {content_type!r}")
     # Encode once now so a payload that cannot be sent fails the transition, not the deliverer.
@@ -57,6 +71,8 @@ async def enqueue(
         attempts=0,
         next_attempt_at=now,
         created_at=now,
+        lease_owner=lease.owner if lease is not None else None,
+        lease_until=lease.until if lease is not None else None,
     )
     session.add(message)
     await session.flush()  # assigns the id; the caller's commit makes it visible to deliverers
@@ -131,6 +147,26 @@ class Claimed:
     idempotency_key: str
     attempts: int
     lease_until: dt.datetime
+
+
+def claimed(row: OutboxMessage) -> Claimed:
+    """A row born leased (see ``Lease``), as a claim would have returned it."""
+    assert row.lease_until is not None, "only a leased row is ours to send"
+    return Claimed(
+        id=row.id, account_id=row.account_id, event=row.event, url=row.url,
+        destination=row.destination, content_type=row.content_type, payload=row.payload,
+        idempotency_key=row.idempotency_key, attempts=row.attempts, lease_until=row.lease_until,
+    )
+
+
+async def release_rows(session: AsyncSession, owner: str, ids: list[int]) -> None:
+    """Give up ``owner``'s leases of the rows ``ids`` (still pending) so any deliverer may send them."""
+    await session.execute(
+        update(M)
+        .where(M.id.in_(ids), M.state == "pending", M.lease_owner == owner)
+        .values(lease_until=None, lease_owner=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def claim(
