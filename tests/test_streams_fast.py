@@ -113,3 +113,26 @@ async def test_whole_text_messages_are_handed_over_and_the_rest_keep_their_order
             socket.hand_over(None)
     assert received == ['{"n":0}', b"\x00binary", '{"n":3}', '{"n":4}']
     assert handed == ['{"n":1}', '{"n":2}', '{"n":5}']
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 24000])
+def test_chunks_are_converted_whole_as_if_frame_by_frame(rate):
+    import numpy as np
+
+    from ringflow.media.rates import RateConverter
+    from ringflow.streams.stream import _Chunker
+
+    rng = np.random.default_rng(rate)
+    frames = [rng.integers(-20000, 20000, 160).astype("<i2").tobytes() for _ in range(23)]
+    chunker = _Chunker(rate)
+    per_frame = RateConverter(8000, rate)
+    size = rate // 10 * 2
+    expected = bytearray()
+    for i, frame in enumerate(frames):
+        expected += per_frame(frame)
+        chunks = chunker.feed(frame)
+        # A chunk comes out on the frame that completes it, never earlier or later.
+        assert len(chunks) == (1 if i % 5 == 4 else 0)
+        for chunk in chunks:
+            assert len(chunk) == size and chunk == bytes(expected[:size])
+            del expected[:size]
