@@ -86,15 +86,16 @@ class Services:
         recordings = RecordingStore(settings, db, clock)
         control = CallControl(db, clock, settings.instance_name, settings.redis_url, deliverer.wake)
         streams = Streams(settings, clock, http)
+        accounts = Accounts(db, clock, tts, Lookups(clock, settings.redis_url))
         runner = CallRunner(db, clock, carrier, FlowHttp(http, audio), deliverer.wake, recordings,
-                            control, streams)
+                            control, streams, deliverer=deliverer, find_app=accounts.find_app)
         dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake)
         rate_limiter = make_rate_limiter(settings.redis_url, clock)
         return cls(
             settings=settings,
             clock=clock,
             db=db,
-            accounts=Accounts(db, clock, tts, Lookups(clock, settings.redis_url)),
+            accounts=accounts,
             rate_limiter=rate_limiter,
             failed_logins=FailedLogins(
                 rate_limiter, settings.auth_failures_per_client, settings.auth_failures_per_key

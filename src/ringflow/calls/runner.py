@@ -73,6 +73,7 @@ class CallRunner:
         control: CallControl | None = None,
         streams: Streams | None = None,
         deliverer: Deliverer | None = None,
+        find_app: Callable[[int, int], Awaitable[App | None]] | None = None,
     ):
         self.db = db
         self.clock = clock
@@ -84,6 +85,7 @@ class CallRunner:
         self.streams = streams
         # Sends the calls' callbacks, written already leased to it (no claim needed).
         self.deliverer = deliverer
+        self._find_app = find_app  # (account id, app id): a cached lookup, when there is one
         self._steps: dict[str, list[CallEvent]] = {}  # by call SID, not yet written
         self._lines: dict[str, Line] = {}  # by call SID: the account line each call holds
 
@@ -308,9 +310,8 @@ class CallRunner:
     async def _run_app(
         self, call: Call, account: Account, channel: Channel, channels: list[Channel], app_id: int
     ) -> None:
-        async with self.db.session() as session:
-            app = await session.get(App, app_id)
-        if app is None or app.account_id != account.id:
+        app = await self._app(account.id, app_id)
+        if app is None:
             await self.record(call, "flow.aborted", {"reason": f"app {app_id} was deleted"})
             return
         graph = parse_app(app.graph, REGISTRY)
@@ -338,11 +339,8 @@ class CallRunner:
 
         await record("flow.start", {"app": app.id, "version": app.version, "name": app.name})
         async def load_app(app_id: int) -> AppGraph | None:
-            async with self.db.session() as session:
-                target = await session.get(App, app_id)
-            if target is None or target.account_id != account.id:
-                return None
-            return parse_app(target.graph, REGISTRY)
+            target = await self._app(account.id, app_id)
+            return parse_app(target.graph, REGISTRY) if target is not None else None
 
         engine = FlowEngine(
             graph,
@@ -359,6 +357,14 @@ class CallRunner:
         reason = await engine.run()
         await engine.drain()
         await record("flow.end", {"reason": reason})
+
+    async def _app(self, account_id: int, app_id: int) -> App | None:
+        """The account's app ``app_id`` (None: there is none, or another account's)."""
+        if self._find_app is not None:
+            return await self._find_app(account_id, app_id)
+        async with self.db.session() as session:
+            app = await session.get(App, app_id)
+        return app if app is not None and app.account_id == account_id else None
 
     def _streamer(self, call: Call, account: Account, channel: Channel, ctx: FlowContext,
                   record: Callable[[str, dict[str, Any]], Awaitable[None]]) -> CallStreams | None:

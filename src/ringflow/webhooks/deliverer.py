@@ -141,8 +141,10 @@ class Deliverer:
         self._recording: set[asyncio.Task[None]] = set()
         self._handed: collections.deque[Claimed] = collections.deque()  # born leased to us
         # No row in the table is due for us before _quiet_until (None: ask the table), except
-        # rows of destinations and accounts that have no room (a send ending there unquiets).
+        # rows of destinations and accounts that have no room: if the last look found some
+        # (_room_waiters), a send ending there unquiets.
         self._quiet_until: dt.datetime | None = None
+        self._room_waiters = True
         self._unquieted = 0  # counts _unquiet calls: a look that raced one is not kept
 
     @property
@@ -181,6 +183,7 @@ class Deliverer:
     def _unquiet(self) -> None:
         """The table may hold due rows we do not know of: ask it at the next chance."""
         self._quiet_until = None
+        self._room_waiters = True
         self._unquieted += 1
 
     def birth_lease(self) -> outbox.Lease:
@@ -365,7 +368,10 @@ class Deliverer:
                 looked = self._unquieted
                 async with self._db.session() as session:
                     earliest = await outbox.next_due(session, now, rooms.blocked, rooms.full)
+                    waiters = await outbox.due_without_room(session, now, rooms.blocked,
+                                                            rooms.full)
                 if looked == self._unquieted:  # nothing changed meanwhile: this holds
+                    self._room_waiters = waiters
                     # Until the earliest due row, the next poll, or a circuit's probe time
                     # (its destination's rows were left out for want of room).
                     until = [now + dt.timedelta(seconds=self._poll_interval)]
@@ -400,7 +406,7 @@ class Deliverer:
                 now=self._clock.wall(),
                 account=message.account_id,
             )
-            if not had_room:
+            if not had_room and self._room_waiters:
                 self._unquiet()  # rows a look left out for want of room may go now
             # The answer is in: record it even if this task is cancelled now (a stop running
             # out of grace), so a restart never sends an acknowledged callback again.

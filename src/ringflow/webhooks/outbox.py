@@ -361,5 +361,21 @@ async def next_due(
     return await session.scalar(stmt)  # type: ignore[no-any-return]
 
 
+async def due_without_room(
+    session: AsyncSession, now: dt.datetime, blocked: list[str], full: list[int]
+) -> bool:
+    """Whether an unleased row due now waits for room: of a ``blocked`` destination or a
+    ``full`` account."""
+    if not blocked and not full:
+        return False
+    waiting = or_(M.destination.in_(blocked), M.account_id.in_(full))
+    stmt = (
+        select(M.id)
+        .where(M.state == "pending", M.next_attempt_at <= now, _lease_free(now), waiting)
+        .limit(1)
+    )
+    return (await session.scalar(stmt)) is not None
+
+
 def _lease_free(now: dt.datetime) -> Any:
     return or_(M.lease_until.is_(None), M.lease_until <= now)
