@@ -136,3 +136,32 @@ def test_chunks_are_converted_whole_as_if_frame_by_frame(rate):
         for chunk in chunks:
             assert len(chunk) == size and chunk == bytes(expected[:size])
             del expected[:size]
+
+
+async def test_messages_written_straight_to_the_socket_arrive_whole_and_in_order():
+    got: list[str] = []
+    done = asyncio.Event()
+
+    async def bot(ws: ServerConnection) -> None:
+        async for message in ws:
+            got.append(message)  # a frame masked or framed wrongly would close the connection
+            if message == "last":
+                done.set()
+
+    texts = ["a", "é" * 70, "x" * 200, "y" * 70000] + [f"m{i}" for i in range(300)] + ["last"]
+    async with serve(bot, "127.0.0.1", 0, max_size=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with websockets.connect(f"ws://127.0.0.1:{port}/",
+                                      create_connection=BotConnection) as socket:
+            assert isinstance(socket, BotConnection)
+            for text in texts[:4]:  # each size of WebSocket length field
+                assert socket.write_text(text, 1 << 20)
+                await asyncio.sleep(0)
+            assert not socket.write_text("held back", 0)  # the backlog limit is respected
+            await socket.send("via send")
+            for text in texts[4:]:  # past the first batch of masking keys
+                assert socket.write_text(text, 1 << 20)
+            await asyncio.wait_for(done.wait(), 5)
+            await socket.close()
+            assert not socket.write_text("too late", 1 << 20)
+    assert got == texts[:4] + ["via send"] + texts[4:]

@@ -368,10 +368,14 @@ class Stream:
         socket, outgoing = self._socket, self._outgoing
         if socket is None:
             return
-        transport = socket.transport
-        while outgoing and socket.state is State.OPEN and (
-                transport.get_write_buffer_size() < WRITE_BACKLOG):
-            websockets.broadcast((socket,), outgoing.popleft())
+        if isinstance(socket, BotConnection):
+            while outgoing and socket.write_text(outgoing[0], WRITE_BACKLOG):
+                outgoing.popleft()
+        else:
+            transport = socket.transport
+            while outgoing and socket.state is State.OPEN and (
+                    transport.get_write_buffer_size() < WRITE_BACKLOG):
+                websockets.broadcast((socket,), outgoing.popleft())
         if outgoing:
             self._wake.set()  # the sender waits for the socket to drain, as send() does
 
