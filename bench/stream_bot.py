@@ -97,15 +97,9 @@ async def report(counts: Counts) -> None:
               f"{counts.sent}", flush=True)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompt", required=True, help="raw 8 kHz s16le mono")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    with open(args.prompt, "rb") as f:
-        voice = Voice(f.read())
+async def main(voice: Voice, port: int) -> None:
     counts = Counts()
-    async with serve(lambda ws: handle(ws, voice, counts), "127.0.0.1", args.port,
+    async with serve(lambda ws: handle(ws, voice, counts), "127.0.0.1", port,
                      compression=None, max_size=1 << 20, ping_interval=None) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         print(f"port {port}", flush=True)
@@ -113,9 +107,15 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt", required=True, help="raw 8 kHz s16le mono")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    with open(args.prompt, "rb") as f:
+        bot_voice = Voice(f.read())
     try:
         import uvloop
 
-        uvloop.run(main())
+        uvloop.run(main(bot_voice, args.port))
     except ImportError:
-        asyncio.run(main())
+        asyncio.run(main(bot_voice, args.port))

@@ -40,7 +40,7 @@ plain call's at that level (the ratio), and the bot-to-caller latency p50/p99 th
 
     .venv/bin/python bench/streams.py [--levels 10 25 50 100 150 200 300 400] [--hold 10]
         [--ramp-cps 100] [--sample-rate 8000] [--loop asyncio|uvloop] [--keep-going] [--quick]
-        [--profile] [--workdir DIR]
+        [--profile] [--profile-lines N] [--only plain|streams] [--workdir DIR]
 
 ``--quick``: levels 10 and 50, 4 s held. The loop is uvloop when installed (here and in the
 bot). Stepping stops after the first level that fails unless ``--keep-going``.
@@ -62,21 +62,31 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-import ringflow.streams.stream as stream_module  # noqa: E402
-from bench.sip_calls import (  # noqa: E402
-    PROMPT, Sipp, answered, carrier_for, loop_factory, own_cpu, paced, percentile, process_cpu,
-    udp_drops)
-from ringflow.clock import RealClock  # noqa: E402
-from ringflow.config import Settings  # noqa: E402
-from ringflow.media.cache import PromptCache  # noqa: E402
-from ringflow.media.playout import FRAME_BYTES  # noqa: E402
-from ringflow.media.tts import TextToSpeech  # noqa: E402
-from ringflow.streams.service import StreamRequest, Streams  # noqa: E402
+import ringflow.streams.stream as stream_module
+from bench.sip_calls import (
+    PROMPT,
+    Sipp,
+    answered,
+    carrier_for,
+    loop_factory,
+    own_cpu,
+    paced,
+    percentile,
+    process_cpu,
+    udp_drops,
+)
+from ringflow.clock import RealClock
+from ringflow.config import Settings
+from ringflow.media.cache import PromptCache
+from ringflow.media.playout import FRAME_BYTES
+from ringflow.media.tts import TextToSpeech
+from ringflow.streams.service import StreamRequest, Streams
 
 SCENARIO = "callee_answer.xml"
 KEEP_LATENCIES = 1_000_000  # per stream: every message of a run
@@ -117,7 +127,7 @@ class WayIn:
         self.by_stream: dict[str, list[float]] = {}
         self._parse = stream_module.parse_bot_message
 
-    def __enter__(self) -> WayIn:
+    def __enter__(self) -> Self:
         parse, by_stream = self._parse, self.by_stream
 
         def timed(frame):
@@ -199,6 +209,7 @@ async def run_level(kind: str, calls: int, args: argparse.Namespace, workdir: Pa
         up += 1
         if up == calls:
             all_up.set()
+        work: asyncio.Future[Any]
         if kind == "plain":
             work = asyncio.ensure_future(speak_forever(channel))
         else:
@@ -237,11 +248,13 @@ async def run_level(kind: str, calls: int, args: argparse.Namespace, workdir: Pa
             drops0 = udp_drops(*rtp), udp_drops(sipp.media, sipp.media)
             bot0 = bot.cpu() if bot else 0.0
             cpu0, sipp0, wall0 = own_cpu(), sipp.cpu(), time.monotonic()
+            sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
             profiler = cProfile.Profile() if args.profile and kind == "streams" else None
             if profiler:
                 profiler.enable()
             await asyncio.sleep(args.hold)
             cpu, sipp_cpu = own_cpu() - cpu0, sipp.cpu() - sipp0
+            kernel = resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0
             bot_cpu = bot.cpu() - bot0 if bot else 0.0
             wall = time.monotonic() - wall0
             if profiler:
@@ -262,7 +275,8 @@ async def run_level(kind: str, calls: int, args: argparse.Namespace, workdir: Pa
             await asyncio.gather(*tasks)
             if profiler:
                 out = io.StringIO()
-                pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
+                pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(
+                    args.profile_lines)
                 print(out.getvalue(), flush=True)
         await sipp.settle(calls, wait=10.0)
     finally:
@@ -271,17 +285,17 @@ async def run_level(kind: str, calls: int, args: argparse.Namespace, workdir: Pa
     playout_lat = [x for w in window.values() for x in w["playout"]]
     way_lat = [x for w in window.values() for x in w["way"]]
     total_lat = []
-    for sid, w in window.items():
+    for sid, got in window.items():
         # The i-th media message parsed is the i-th push (each non-empty): pair them up. The
         # lists were read at the same instant, so a message parsed but not yet played is left.
         all_way = way_in.by_stream.get(sid, [])
         latencies = watched[sid].stream.playout.stats.latencies
-        for k in range(w["lat0"], w["lat0"] + len(w["playout"])):
+        for k in range(got["lat0"], got["lat0"] + len(got["playout"])):
             if k < len(all_way):
                 total_lat.append(all_way[k] + latencies[k])
     return {
         "kind": kind, "calls": calls, "up": up, "failures": failures, "wall": wall,
-        "cpu": cpu, "sipp_cpu": sipp_cpu, "bot_cpu": bot_cpu, "drops": drops,
+        "cpu": cpu, "kernel": kernel, "sipp_cpu": sipp_cpu, "bot_cpu": bot_cpu, "drops": drops,
         "p50": stats.lateness_p50, "p99": stats.lateness_p99, "lost": stats.lost,
         "send_errors": stats.totals.send_errors, "stalls": stats.stalls,
         "late": stats.totals.late, "sent": stats.sent, "received": stats.received,
@@ -305,7 +319,8 @@ def judged(r: dict) -> tuple[str, bool]:
             f"lateness p50 {r['p50'] * 1e3:5.1f} p99 {r['p99'] * 1e3:5.1f} ms  "
             f"lost {r['lost']}  send errors {r['send_errors']}  "
             f"kernel drops {r['drops'][0]}/{r['drops'][1]}  stalls {r['stalls']}  "
-            f"ringflow cores {r['cpu'] / wall:.2f}  cpu/call {per * 1e3:.2f} ms/s  "
+            f"ringflow cores {r['cpu'] / wall:.2f}  cpu/call {per * 1e3:.2f} ms/s "
+            f"(kernel {r['kernel'] / wall / max(1, up) * 1e3:.2f})  "
             f"sipp cores {r['sipp_cpu'] / wall:.2f}  "
             f"RTP out/in {r['sent'] / wall / max(1, up):.1f}/{r['received'] / wall / max(1, up):.1f}"
             f" per call-second")
@@ -339,13 +354,22 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     best = None
     try:
         for calls in args.levels:
-            plain = await run_level("plain", calls, args, workdir, tts, None)
-            line, plain_ok = judged(plain)
-            print(line, flush=True)
-            await asyncio.sleep(1.0)
+            if args.only == "streams":
+                plain, plain_ok = None, True
+            else:
+                plain = await run_level("plain", calls, args, workdir, tts, None)
+                line, plain_ok = judged(plain)
+                print(line, flush=True)
+                if args.only == "plain":
+                    continue
+                await asyncio.sleep(1.0)
             streamed = await run_level("streams", calls, args, workdir, tts, bot)
             line, ok = judged(streamed)
             print(line, flush=True)
+            if plain is None:
+                if not ok and not args.keep_going:
+                    break
+                continue
             per_plain = plain["cpu"] / plain["wall"] / max(1, plain["up"])
             per_stream = streamed["cpu"] / streamed["wall"] / max(1, streamed["up"])
             ratio = per_stream / per_plain
@@ -387,6 +411,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="print a profile of each streams run's hold (its figures are "
                              "worse than the real ones)")
+    parser.add_argument("--only", choices=["plain", "streams"],
+                        help="run one kind only (for profiling; no ratio is printed)")
+    parser.add_argument("--profile-lines", type=int, default=30,
+                        help="functions listed per profile")
     parser.add_argument("--workdir", type=Path, help="keep SIPp's logs here")
     args = parser.parse_args()
     if args.quick:
