@@ -150,24 +150,14 @@ class WayIn:
 
 
 class Watched:
-    """One stream's playout, watched: ticks it had nothing to give after its first frame."""
+    """One stream's playout: ticks it had nothing to give after its first frame (gaps)."""
 
     def __init__(self, stream) -> None:
         self.stream = stream
-        self.gaps = 0
-        self.started = False
-        playout = stream.playout
-        take = playout.take
 
-        def counted():
-            frame, marks = take()
-            if frame is not None:
-                self.started = True
-            elif self.started:
-                self.gaps += 1
-            return frame, marks
-
-        playout.take = counted  # the RTP session calls this every tick
+    @property
+    def gaps(self) -> int:
+        return self.stream.playout.stats.empty_takes
 
 
 async def run_level(kind: str, calls: int, args: argparse.Namespace, workdir: Path,

@@ -165,3 +165,14 @@ async def test_messages_written_straight_to_the_socket_arrive_whole_and_in_order
             await socket.close()
             assert not socket.write_text("too late", 1 << 20)
     assert got == texts[:4] + ["via send"] + texts[4:]
+
+
+def test_empty_takes_count_only_after_the_first_frame():
+    playout = Playout()
+    assert playout.take() == (None, [])  # nothing played yet: not a gap
+    playout.push(bytes(FRAME_BYTES * 2))
+    assert [playout.take()[0] is not None for _ in range(4)] == [True, True, False, False]
+    assert playout.stats.empty_takes == 2
+    playout.push(b"\1\0" * 10)  # a short piece is held one tick (silence goes out), then padded
+    assert playout.take()[0] is None and playout.take()[0] is not None
+    assert playout.stats.empty_takes == 3

@@ -39,6 +39,7 @@ class PlayoutStats:
     played_bytes: int = 0
     dropped_bytes: int = 0  # by clear
     underruns: int = 0  # ticks that had to pad a short last piece with silence
+    empty_takes: int = 0  # ticks after the first frame played that found nothing to play
     latencies: list[float] = dataclasses.field(default_factory=list)  # push to first play, s
 
 
@@ -126,6 +127,8 @@ class Playout:
         """``take`` for every case: marks, short pieces, frames across pieces, holding."""
         marks = self._leading_marks()
         frame = self._frame(marks)
+        if frame is None and self.stats.played_bytes:
+            self.stats.empty_takes += 1
         marks += self._leading_marks()
         return frame, marks
 
