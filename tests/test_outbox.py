@@ -26,19 +26,11 @@ from ringflow.config import Settings
 from ringflow.errors import InvalidRequest
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, OutboxAttempt, OutboxMessage
+from ringflow.storage.outbox import Claimed, Rooms, claim, claim_statement
 from ringflow.webhooks.deliverer import Deliverer, retry_delay
-from ringflow.webhooks.destinations import Rooms, destination_of
+from ringflow.webhooks.destinations import destination_of
 from ringflow.webhooks.http import OutboundHttp, validate_url
-from ringflow.webhooks.outbox import (
-    FORM,
-    JSON,
-    Claimed,
-    claim,
-    claim_statement,
-    encode,
-    enqueue,
-    form_fields,
-)
+from ringflow.webhooks.outbox import FORM, JSON, encode, enqueue, form_fields
 
 TIMEOUT = 0.5  # real seconds the receiver has to answer; "hang" outlasts it
 

@@ -12,8 +12,9 @@ from sqlalchemy import event
 from ringflow.clock import ManualClock
 from ringflow.storage.db import Database
 from ringflow.storage.models import OutboxMessage
+from ringflow.storage.outbox import Lease
 from ringflow.webhooks.deliverer import Deliverer
-from ringflow.webhooks.outbox import FORM, Lease, enqueue
+from ringflow.webhooks.outbox import FORM, enqueue
 from tests.test_outbox import (
     PAYLOAD,
     Receiver,

@@ -12,14 +12,13 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
 from ringflow.calls.status import Event
 from ringflow.calls.transitions import Change, apply
 from ringflow.clock import wait_with_timeout
 from ringflow.errors import RingflowError
 from ringflow.flows.actions import Dial, DialResult
-from ringflow.storage.models import Account, Call, Leg
+from ringflow.storage.calls import add_leg, lock_call
+from ringflow.storage.models import Account, Call
 from ringflow.telephony.carrier import Answered, Channel, ConversationTap, Rejected
 
 if TYPE_CHECKING:
@@ -73,11 +72,9 @@ class FlowDialer:
     async def _new_leg(self, number: str) -> int:
         async with self.runner.db.session() as session:
             # Locked: simultaneous dials add legs at once and must not pick the same number.
-            query = select(Call).where(Call.sid == self.call.sid).with_for_update()
-            call = (await session.execute(query)).scalar_one()
-            leg_no = max(leg.leg_no for leg in call.legs) + 1
-            call.legs.append(Leg(leg_no=leg_no, number=number, status=""))
-            await session.flush()
+            call = await lock_call(session, self.call.sid)
+            assert call is not None
+            leg_no = await add_leg(session, call, number)
             await apply(session, call, Change(legs=((leg_no, Event.DIAL),)), self.runner.clock.wall())
         return leg_no
 

@@ -19,16 +19,15 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import delete, select
-
 from ringflow.calls.status import Event, Status
 from ringflow.calls.transitions import Change, apply, finish_calls_of
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.media.cache import PromptCache
-from ringflow.storage import admission
+from ringflow.storage import admission, instances
+from ringflow.storage.calls import queued_before
 from ringflow.storage.db import Database
-from ringflow.storage.models import Call, Instance
+from ringflow.storage.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ class Housekeeper:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         async with self.db.session() as session:
-            await session.execute(delete(Instance).where(Instance.name == self.settings.instance_name))
+            await instances.forget(session, self.settings.instance_name)
 
     async def _run(self) -> None:
         while True:
@@ -108,42 +107,24 @@ class Housekeeper:
         for account_id in accounts:
             await self.release(account_id)
 
-    async def _beat(self, session, now: dt.datetime) -> None:  # type: ignore[no-untyped-def]
-        me = await session.get(Instance, self.settings.instance_name)
-        if me is None:
-            session.add(Instance(name=self.settings.instance_name, started_at=now, heartbeat_at=now))
-        else:
-            me.heartbeat_at = now
+    async def _beat(self, session: Session, now: dt.datetime) -> None:
+        await instances.beat(session, self.settings.instance_name, now)
 
-    async def _reclaim(self, session, now: dt.datetime) -> int:  # type: ignore[no-untyped-def]
+    async def _reclaim(self, session: Session, now: dt.datetime) -> int:
         # A process silent this long is gone: its calls are finished by whoever notices first.
         cutoff = now - dt.timedelta(seconds=self.settings.instance_lease)
-        silent = (
-            await session.execute(
-                select(Instance).where(
-                    Instance.heartbeat_at < cutoff, Instance.name != self.settings.instance_name
-                )
-            )
-        ).scalars().all()
         count = 0
-        for instance in silent:
-            reason = f"ringflow instance {instance.name} stopped while carrying the call"
-            finished = await finish_calls_of(session, instance.name, reason, now)
-            log.warning("instance %s is silent: finished %d of its calls", instance.name, finished)
-            await session.delete(instance)
+        for name in await instances.silent_since(session, cutoff, self.settings.instance_name):
+            reason = f"ringflow instance {name} stopped while carrying the call"
+            finished = await finish_calls_of(session, name, reason, now)
+            log.warning("instance %s is silent: finished %d of its calls", name, finished)
+            await instances.forget(session, name)
             count += finished
         return count
 
-    async def _expire(self, session, now: dt.datetime) -> int:  # type: ignore[no-untyped-def]
+    async def _expire(self, session: Session, now: dt.datetime) -> int:
         max_age = self.settings.queue_max_age
-        cutoff = now - dt.timedelta(seconds=max_age)
-        stale = (
-            await session.execute(
-                select(Call)
-                .where(Call.status == Status.QUEUED, Call.created_at < cutoff)
-                .with_for_update(skip_locked=True)
-            )
-        ).scalars().all()
+        stale = await queued_before(session, Status.QUEUED, now - dt.timedelta(seconds=max_age))
         reason = f"waited more than {max_age:g}s in the queue for a free line"
         for call in stale:
             await apply(session, call, Change(call=Event.FAIL, reason=reason), now)

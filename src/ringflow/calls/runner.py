@@ -16,8 +16,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import select
-
 from ringflow.calls.control import STOPPED, CallControl, LiveCall
 from ringflow.calls.dialing import FlowDialer
 from ringflow.calls.dispatcher import Line
@@ -32,8 +30,11 @@ from ringflow.flows.engine import FlowEngine, HttpGetter
 from ringflow.flows.model import AppGraph, parse_app
 from ringflow.phone import display
 from ringflow.recordings import RecordingStore
+from ringflow.storage.apps import app_of
+from ringflow.storage.calls import lock_call
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, App, Call, CallEvent
+from ringflow.storage.session import Session
 from ringflow.streams.service import Streams
 from ringflow.telephony.carrier import (
     Answered,
@@ -88,6 +89,7 @@ class CallRunner:
         self._find_app = find_app  # (account id, app id): a cached lookup, when there is one
         self._steps: dict[str, list[CallEvent]] = {}  # by call SID, not yet written
         self._lines: dict[str, Line] = {}  # by call SID: the account line each call holds
+        self._time_zones: dict[str, str] = {}  # by call SID: its account's, for callbacks
 
     async def change(self, sid: str, change: Change) -> Call:
         """Apply a status change (with the timeline steps kept since the last one).
@@ -98,11 +100,11 @@ class CallRunner:
         start_next = None
         async with self.db.session() as session:
             # Locked: a call's legs can change from several tasks at once (simultaneous dials).
-            query = select(Call).where(Call.sid == sid).with_for_update()
-            call = (await session.execute(query)).scalar_one()
+            call = await self._locked(session, sid)
             session.add_all(self._steps.pop(sid, []))
             lease = self.deliverer.birth_lease() if self.deliverer is not None else None
-            queued = await apply(session, call, change, self.clock.wall(), lease)
+            queued = await apply(session, call, change, self.clock.wall(), lease,
+                                 self._time_zones.get(sid))
             if line is not None and not line.freed and is_terminal(call.status):
                 start_next = await line.free(session)
         if queued and self.deliverer is not None:
@@ -111,6 +113,12 @@ class CallRunner:
             self.on_enqueued()
         if start_next is not None:
             start_next()
+        return call
+
+    @staticmethod
+    async def _locked(session: Session, sid: str) -> Call:
+        call = await lock_call(session, sid)
+        assert call is not None, f"call {sid} does not exist"
         return call
 
     async def record(self, call: Call, kind: str, data: dict[str, Any]) -> None:
@@ -154,6 +162,7 @@ class CallRunner:
         self.control.register(sid, channels)
         if line is not None:
             self._lines[sid] = line
+        self._time_zones[sid] = account.time_zone
         try:
             await self._run(call, account, channels)
         except asyncio.CancelledError:
@@ -166,6 +175,7 @@ class CallRunner:
             await asyncio.shield(self.flush(sid))
             self.control.unregister(sid)
             self._lines.pop(sid, None)
+            self._time_zones.pop(sid, None)
 
     def _live(self, sid: str) -> LiveCall:
         live = self.control.live(sid)
@@ -176,7 +186,7 @@ class CallRunner:
         for channel in channels:
             await channel.hangup(reason)
         async with self.db.session() as session:
-            call = (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
+            call = await self._locked(session, sid)
             if is_terminal(call.status):
                 return
             await apply(session, call, interrupted(call, reason), self.clock.wall())
@@ -282,7 +292,7 @@ class CallRunner:
     async def _cancel_leg(self, sid: str, leg_no: int) -> None:
         """A leg that was ringing when its dial was abandoned ends canceled."""
         async with self.db.session() as session:
-            call = (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
+            call = await self._locked(session, sid)
             leg = next(leg for leg in call.legs if leg.leg_no == leg_no)
             if leg.status == Status.RINGING and call.shape == "flow":
                 await apply(session, call, Change(legs=((leg_no, Event.CANCEL),)), self.clock.wall())
@@ -363,8 +373,7 @@ class CallRunner:
         if self._find_app is not None:
             return await self._find_app(account_id, app_id)
         async with self.db.session() as session:
-            app = await session.get(App, app_id)
-        return app if app is not None and app.account_id == account_id else None
+            return await app_of(session, account_id, app_id)
 
     def _streamer(self, call: Call, account: Account, channel: Channel, ctx: FlowContext,
                   record: Callable[[str, dict[str, Any]], Awaitable[None]]) -> CallStreams | None:

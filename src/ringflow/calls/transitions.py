@@ -11,13 +11,13 @@ import dataclasses
 import datetime as dt
 import logging
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from ringflow.calls import callbacks
 from ringflow.calls.status import ACTIVE, Event, Status, call_next, is_terminal, leg_next
-from ringflow.storage.models import Account, Call, CallEvent, Leg, OutboxMessage
-from ringflow.webhooks.outbox import Lease, enqueue
+from ringflow.storage.calls import account_time_zone, carried_by
+from ringflow.storage.models import Call, CallEvent, Leg, OutboxMessage
+from ringflow.storage.outbox import Lease
+from ringflow.storage.session import Session
+from ringflow.webhooks.outbox import enqueue
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,13 @@ def _finish(call: Call, now: dt.datetime) -> None:
 
 
 async def apply(
-    session: AsyncSession, call: Call, change: Change, now: dt.datetime, lease: Lease | None = None
+    session: Session, call: Call, change: Change, now: dt.datetime, lease: Lease | None = None,
+    time_zone: str | None = None,
 ) -> list[OutboxMessage]:
     """Apply ``change`` to ``call`` (loaded in ``session``); returns the callbacks queued.
 
     With ``lease``, the callbacks are born leased to the deliverer that will send them.
+    ``time_zone`` is the account's (read from the database when not given).
     """
     before = call.status
     legs = {leg.leg_no: leg for leg in call.legs}
@@ -103,16 +105,16 @@ async def apply(
         " ".join(f"leg{n}={legs[n].status}" for n, _ in change.legs),
         f" ({change.reason or change.cause})" if (change.reason or change.cause) else "",
     )
-    return await _queue_callbacks(session, call, change, before, now, lease)
+    return await _queue_callbacks(session, call, change, before, now, lease, time_zone)
 
 
 async def _queue_callbacks(
-    session: AsyncSession, call: Call, change: Change, before: str, now: dt.datetime,
-    lease: Lease | None,
+    session: Session, call: Call, change: Change, before: str, now: dt.datetime,
+    lease: Lease | None, time_zone: str | None,
 ) -> list[OutboxMessage]:
     if not call.status_callback:
         return []
-    tz = await _time_zone(session, call.account_id)
+    tz = time_zone or await account_time_zone(session, call.account_id)
     events = set(call.callback_events or [])
     queued: list[OutboxMessage] = []
 
@@ -146,12 +148,6 @@ async def _queue_callbacks(
     return queued
 
 
-async def _time_zone(session: AsyncSession, account_id: int) -> str:
-    return (
-        await session.execute(select(Account.time_zone).where(Account.id == account_id))
-    ).scalar_one()
-
-
 def interrupted(call: Call, reason: str) -> Change:
     """The change that ends a call ringflow can no longer carry (shutdown, restart, a bug).
 
@@ -173,15 +169,9 @@ def interrupted(call: Call, reason: str) -> Change:
     return Change(call=event, legs=legs, reason=reason)
 
 
-async def finish_calls_of(session: AsyncSession, owner: str, reason: str, now: dt.datetime) -> int:
+async def finish_calls_of(session: Session, owner: str, reason: str, now: dt.datetime) -> int:
     """End every live call ``owner`` was carrying (a process that died); how many there were."""
-    orphans = (
-        await session.execute(
-            select(Call)
-            .where(Call.owner == owner, Call.status.in_(list(ACTIVE)))
-            .with_for_update(skip_locked=True)
-        )
-    ).scalars().all()
+    orphans = await carried_by(session, owner, ACTIVE)
     for call in orphans:
         await apply(session, call, interrupted(call, reason), now)
     return len(orphans)

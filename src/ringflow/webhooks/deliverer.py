@@ -46,12 +46,13 @@ from collections.abc import Awaitable
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import InvalidRequest
+from ringflow.storage import outbox
 from ringflow.storage.db import Database
 from ringflow.storage.models import OutboxMessage
-from ringflow.webhooks import outbox
+from ringflow.storage.outbox import Claimed
 from ringflow.webhooks.destinations import Change, Destinations
 from ringflow.webhooks.http import FetchError, OutboundHttp
-from ringflow.webhooks.outbox import Claimed, encode
+from ringflow.webhooks.outbox import encode
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class Deliverer:
         self._sending: set[asyncio.Task[None]] = set()
         self._recording: set[asyncio.Task[None]] = set()
         self._handed: collections.deque[Claimed] = collections.deque()  # born leased to us
+        self._own_leases_back = False  # a previous run's leases under our name are released
         # No row in the table is due for us before _quiet_until (None: ask the table), except
         # rows of destinations and accounts that have no room: if the last look found some
         # (_room_waiters), a send ending there unquiets.
@@ -186,13 +188,20 @@ class Deliverer:
         self._room_waiters = True
         self._unquieted += 1
 
-    def birth_lease(self) -> outbox.Lease:
-        """The lease of rows written for this deliverer to send without a claim (see ``take``)."""
+    def birth_lease(self) -> outbox.Lease | None:
+        """The lease of rows written for this deliverer to send without a claim (see ``take``);
+        None until it has taken back the leases a previous run under its name left."""
+        if not self._own_leases_back:
+            return None
         return outbox.Lease(self._owner, self._clock.wall() + self._lease)
 
     def take(self, rows: list[OutboxMessage]) -> None:
-        """Send rows written with ``birth_lease`` (their transaction has committed)."""
-        self._handed.extend(outbox.claimed(row) for row in rows)
+        """Send rows written with ``birth_lease`` (their transaction has committed); rows
+        written without one are found in the table."""
+        leased = [row for row in rows if row.lease_owner == self._owner]
+        self._handed.extend(outbox.claimed(row) for row in leased)
+        if len(leased) < len(rows):
+            self.wake()
         self._wake.set()
 
     async def deliver_due(self) -> int:
@@ -248,6 +257,8 @@ class Deliverer:
             with self._clock.busy():
                 async with self._db.session() as session:
                     await outbox.release_leases(session, self._owner)
+            # Only now: a row born leased to us before this would have been released with them.
+            self._own_leases_back = True
         except Exception:
             log.exception("outbox: could not release this instance's old leases")
 
@@ -368,7 +379,7 @@ class Deliverer:
                 looked = self._unquieted
                 async with self._db.session() as session:
                     earliest = await outbox.next_due(session, now, rooms.blocked, rooms.full)
-                    waiters = await outbox.due_without_room(session, now, rooms.blocked,
+                    waiters = await outbox.waiting_for_room(session, now, rooms.blocked,
                                                             rooms.full)
                 if looked == self._unquieted:  # nothing changed meanwhile: this holds
                     self._room_waiters = waiters

@@ -26,6 +26,8 @@ from typing import TypeVar
 
 import httpx
 
+from ringflow.storage.outbox import Rooms
+
 K = TypeVar("K")
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -66,26 +68,6 @@ class Circuit:
     @property
     def is_open(self) -> bool:
         return self.reopen_at is not None
-
-
-@dataclasses.dataclass(frozen=True)
-class Rooms:
-    """How many more requests may go out now, per destination and per account."""
-
-    per_destination: int
-    destinations: dict[str, int] = dataclasses.field(default_factory=dict)  # those with less
-    per_account: int | None = None  # None: no cap per account
-    accounts: dict[int, int] = dataclasses.field(default_factory=dict)  # those with less
-
-    @property
-    def blocked(self) -> list[str]:
-        """The destinations with no room."""
-        return sorted(d for d, room in self.destinations.items() if room <= 0)
-
-    @property
-    def full(self) -> list[int]:
-        """The accounts with no room."""
-        return sorted(a for a, room in self.accounts.items() if room <= 0)
 
 
 class Destinations:

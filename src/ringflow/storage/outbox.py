@@ -1,0 +1,336 @@
+"""The outbox's statements: rows written with a transition, claimed under a lease, their
+attempts recorded, a destination's rows deferred and resumed.
+
+Claims are one UPDATE each, in a short transaction of its own, so several deliverers (several
+processes) share one table: PostgreSQL skips rows another deliverer is claiming
+(``FOR UPDATE SKIP LOCKED``); SQLite has a single writer. What a webhook's body is, and when
+it is sent, is ``webhooks/``'s business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ringflow.storage.models import OutboxAttempt, OutboxMessage
+
+
+@dataclasses.dataclass(frozen=True)
+class Rooms:
+    """How many more requests may go out now, per destination and per account."""
+
+    per_destination: int
+    destinations: dict[str, int] = dataclasses.field(default_factory=dict)  # those with less
+    per_account: int | None = None  # None: no cap per account
+    accounts: dict[int, int] = dataclasses.field(default_factory=dict)  # those with less
+
+    @property
+    def blocked(self) -> list[str]:
+        """The destinations with no room."""
+        return sorted(d for d, room in self.destinations.items() if room <= 0)
+
+    @property
+    def full(self) -> list[int]:
+        """The accounts with no room."""
+        return sorted(a for a, room in self.accounts.items() if room <= 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """Rows written already leased: their own process's deliverer sends them without a claim."""
+
+    owner: str
+    until: dt.datetime
+
+
+async def add_message(
+    session: AsyncSession,
+    *,
+    account_id: int,
+    call_id: int | None,
+    event: str,
+    url: str,
+    destination: str,
+    content_type: str,
+    payload: dict[str, Any],
+    idempotency_key: str,
+    now: dt.datetime,
+    lease: Lease | None = None,
+) -> OutboxMessage:
+    """A pending webhook row in the caller's transaction (see ``webhooks.outbox.enqueue``)."""
+    message = OutboxMessage(
+        account_id=account_id,
+        call_id=call_id,
+        event=event,
+        url=url,
+        destination=destination,
+        content_type=content_type,
+        payload=payload,
+        idempotency_key=idempotency_key,
+        state="pending",
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+        lease_owner=lease.owner if lease is not None else None,
+        lease_until=lease.until if lease is not None else None,
+    )
+    session.add(message)
+    await session.flush()  # assigns the id; the caller's commit makes it visible to deliverers
+    return message
+
+
+M = OutboxMessage
+
+
+# A claim ranks only this many times ``limit`` of the oldest due rows: enough to find rows of
+# other destinations and accounts behind a busy one's, without sorting a backlog of thousands
+# (blocked destinations and accounts are filtered out before, so each claim makes progress).
+CANDIDATES_PER_SLOT = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Claimed:
+    """A row this deliverer holds the lease of, with what it needs to send it."""
+
+    id: int
+    account_id: int
+    event: str
+    url: str
+    destination: str
+    content_type: str
+    payload: dict[str, Any]
+    idempotency_key: str
+    attempts: int
+    lease_until: dt.datetime
+
+
+def claimed(row: OutboxMessage) -> Claimed:
+    """A row born leased (see ``Lease``), as a claim would have returned it."""
+    assert row.lease_until is not None, "only a leased row is ours to send"
+    return Claimed(
+        id=row.id, account_id=row.account_id, event=row.event, url=row.url,
+        destination=row.destination, content_type=row.content_type, payload=row.payload,
+        idempotency_key=row.idempotency_key, attempts=row.attempts, lease_until=row.lease_until,
+    )
+
+
+async def release_rows(session: AsyncSession, owner: str, ids: list[int]) -> None:
+    """Give up ``owner``'s leases of the rows ``ids`` (still pending) so any deliverer may send them."""
+    await session.execute(
+        update(M)
+        .where(M.id.in_(ids), M.state == "pending", M.lease_owner == owner)
+        .values(lease_until=None, lease_owner=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def claim(
+    session: AsyncSession,
+    *,
+    owner: str,
+    now: dt.datetime,
+    lease_until: dt.datetime,
+    limit: int,
+    rooms: Rooms,
+) -> list[Claimed]:
+    """Lease up to ``limit`` due rows, oldest first, within each destination's and account's
+    room."""
+    stmt = claim_statement(owner=owner, now=now, lease_until=lease_until, limit=limit, rooms=rooms)
+    rows = (await session.execute(stmt)).all()
+    claimed = [Claimed(**row._mapping, lease_until=lease_until) for row in rows]
+    return sorted(claimed, key=lambda c: c.id)
+
+
+# What a claim returns: the fields of Claimed but its lease (rows are matched by name).
+CLAIMED_COLUMNS = (
+    M.id,
+    M.account_id,
+    M.event,
+    M.url,
+    M.destination,
+    M.content_type,
+    M.payload,
+    M.idempotency_key,
+    M.attempts,
+)
+
+
+def claim_statement(
+    *, owner: str, now: dt.datetime, lease_until: dt.datetime, limit: int, rooms: Rooms
+) -> Any:
+    """The UPDATE ... RETURNING that ``claim`` runs."""
+    due = and_(M.state == "pending", M.next_attempt_at <= now, _lease_free(now))
+    if rooms.blocked:
+        due = and_(due, M.destination.not_in(rooms.blocked))
+    if rooms.full:
+        due = and_(due, M.account_id.not_in(rooms.full))
+    # By due time alone, the order of ix_outbox_due, so the database reads just these rows;
+    # a tie-break on id would make PostgreSQL read and sort every due row first.
+    oldest = (
+        select(M.id, M.next_attempt_at, M.destination, M.account_id)
+        .where(due)
+        .order_by(M.next_attempt_at)
+        .limit(CANDIDATES_PER_SLOT * limit)
+        .subquery()
+    )
+    # Rank by destination, then what fits by account, so one receiver's or one account's
+    # backlog cannot fill the claim.
+    by_destination = _ranked(oldest, oldest.c.destination)
+    fits = (
+        select(by_destination.c.id, by_destination.c.next_attempt_at, by_destination.c.account_id)
+        .where(
+            by_destination.c.rank
+            <= _room(by_destination.c.destination, rooms.destinations, rooms.per_destination)
+        )
+        .subquery()
+    )
+    chosen = select(fits.c.id)
+    if rooms.per_account is not None:
+        by_account = _ranked(fits, fits.c.account_id)
+        chosen = select(by_account.c.id).where(
+            by_account.c.rank <= _room(by_account.c.account_id, rooms.accounts, rooms.per_account)
+        )
+        fits = by_account
+    chosen = chosen.order_by(fits.c.next_attempt_at, fits.c.id).limit(limit)
+    # Checked again on the rows themselves: PostgreSQL re-reads a row that another deliverer
+    # leased or recorded meanwhile. The state is compared through coalesce so that the rows are
+    # found by id: on a plain ``state = 'pending'`` SQLite reads every pending row through
+    # ix_outbox_due to test its id, which is the backlog-sized work the candidates above avoid.
+    still_pending = func.coalesce(M.state, "") == "pending"
+    locked = (
+        select(M.id)
+        .where(M.id.in_(chosen), still_pending, _lease_free(now))
+        # PostgreSQL: skip rows another deliverer is claiming; SQLite renders no clause.
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        update(M)
+        .where(M.id.in_(locked.scalar_subquery()))
+        .values(lease_until=lease_until, lease_owner=owner)
+        .returning(*CLAIMED_COLUMNS)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _ranked(rows: Any, partition: Any) -> Any:
+    rank = func.row_number().over(
+        partition_by=partition, order_by=(rows.c.next_attempt_at, rows.c.id)
+    )
+    return select(*rows.c, rank.label("rank")).subquery()
+
+
+def _room(key: Any, limited: dict[Any, int], default: int) -> Any:
+    partial = {k: room for k, room in limited.items() if room > 0}
+    return case(partial, value=key, else_=default) if partial else default
+
+
+async def record_attempt(
+    session: AsyncSession,
+    message: Claimed,
+    *,
+    now: dt.datetime,
+    status_code: int | None,
+    error: str | None,
+    latency_ms: int,
+    state: str,
+    next_attempt_at: dt.datetime | None = None,
+) -> None:
+    """Write one attempt's outcome: ``delivered``, ``failed``, or ``pending`` again at
+    ``next_attempt_at``; the lease is given up either way."""
+    where = [M.id == message.id, M.state == "pending"]
+    values: dict[str, Any] = {"attempts": M.attempts + 1, "lease_until": None, "lease_owner": None}
+    if state == "delivered":
+        values.update(state="delivered", delivered_at=now, last_error=None)
+    else:
+        # Only the lease holder may reschedule or fail a row; a success counts whoever
+        # reports it, since the receiver has it either way.
+        where.append(M.lease_until == message.lease_until)
+        values["last_error"] = error or f"HTTP {status_code}"
+        if state == "failed":
+            values["state"] = "failed"
+        else:
+            values["next_attempt_at"] = next_attempt_at
+    await session.execute(
+        update(M).where(*where).values(**values).execution_options(synchronize_session=False)
+    )
+    session.add(
+        OutboxAttempt(
+            message_id=message.id,
+            at=now,
+            status_code=status_code,
+            error=error,
+            latency_ms=latency_ms,
+        )
+    )
+
+
+async def defer(
+    session: AsyncSession, destination: str, until: dt.datetime, now: dt.datetime
+) -> int:
+    """Push the due time of ``destination``'s unleased pending rows out to ``until``."""
+    return await _move_due(session, destination, now, until, M.next_attempt_at < until)
+
+
+async def resume(
+    session: AsyncSession, destination: str, deferred_until: dt.datetime, now: dt.datetime
+) -> int:
+    """Make ``destination``'s rows deferred until ``deferred_until`` due now."""
+    return await _move_due(session, destination, now, now, M.next_attempt_at > now,
+                           M.next_attempt_at <= deferred_until)
+
+
+async def _move_due(session: AsyncSession, destination: str, now: dt.datetime,
+                    to: dt.datetime, *due: Any) -> int:
+    """Set the due time of ``destination``'s unleased pending rows whose due time is in ``due``
+    to ``to``; returns how many."""
+    stmt = (
+        update(M)
+        .where(M.destination == destination, M.state == "pending", _lease_free(now), *due)
+        .values(next_attempt_at=to)
+        .execution_options(synchronize_session=False)
+    )
+    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+async def release_leases(session: AsyncSession, owner: str) -> None:
+    """Free the pending rows ``owner`` holds (left behind when it died mid-delivery)."""
+    await session.execute(
+        update(M)
+        .where(M.state == "pending", M.lease_owner == owner)
+        .values(lease_until=None, lease_owner=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def next_due(
+    session: AsyncSession, now: dt.datetime, blocked: list[str], full: list[int] | None = None
+) -> dt.datetime | None:
+    """When the earliest pending row outside ``blocked`` destinations and ``full`` accounts is
+    due (or its lease runs out, if another deliverer holds it and never reports back)."""
+    due_at = case((_lease_free(now), M.next_attempt_at), else_=M.lease_until)
+    stmt = select(func.min(due_at)).where(M.state == "pending")
+    if blocked:
+        stmt = stmt.where(M.destination.not_in(blocked))
+    if full:
+        stmt = stmt.where(M.account_id.not_in(full))
+    return await session.scalar(stmt)  # type: ignore[no-any-return]
+
+
+async def waiting_for_room(
+    session: AsyncSession, now: dt.datetime, blocked: list[str], full: list[int]
+) -> bool:
+    """Whether an unleased pending row (due now or later) is of a ``blocked`` destination or
+    a ``full`` account: ``next_due`` leaves those out, so their due times are unknown."""
+    if not blocked and not full:
+        return False
+    waiting = or_(M.destination.in_(blocked), M.account_id.in_(full))
+    stmt = select(M.id).where(M.state == "pending", _lease_free(now), waiting).limit(1)
+    return (await session.scalar(stmt)) is not None
+
+
+def _lease_free(now: dt.datetime) -> Any:
+    return or_(M.lease_until.is_(None), M.lease_until <= now)
