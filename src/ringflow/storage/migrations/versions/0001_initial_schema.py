@@ -4,10 +4,10 @@ Revision ID: 0001
 Revises: 
 Create Date: 2026-11-26 15:55:45.629870
 """
-from alembic import op
 import sqlalchemy as sa
-import ringflow.storage.models
+from alembic import op
 
+import ringflow.storage.models
 
 revision = '0001'
 down_revision = None

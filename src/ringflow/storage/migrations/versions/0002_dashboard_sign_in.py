@@ -5,10 +5,10 @@ Revises: 0001
 Create Date: 2026-11-26 19:30:00.000000
 """
 
-from alembic import op
 import sqlalchemy as sa
-import ringflow.storage.models
+from alembic import op
 
+import ringflow.storage.models
 
 revision = "0002"
 down_revision = "0001"

@@ -5,11 +5,10 @@ Revises: 0002
 Create Date: 2026-11-27 10:00:00.000000
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 from ringflow.webhooks.destinations import destination_of
-
 
 revision = "0003"
 down_revision = "0002"
