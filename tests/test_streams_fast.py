@@ -162,6 +162,8 @@ async def test_messages_written_straight_to_the_socket_arrive_whole_and_in_order
             for text in texts[4:]:  # past the first batch of masking keys
                 assert socket.write_text(text, 1 << 20)
             await asyncio.wait_for(done.wait(), 5)
+            socket.transport.close()  # the socket is going before websockets knows it
+            assert not socket.write_text("too late", 1 << 20)
             await socket.close()
             assert not socket.write_text("too late", 1 << 20)
     assert got == texts[:4] + ["via send"] + texts[4:]

@@ -74,9 +74,10 @@ class BotConnection(ClientConnection):
         """Write one text message to the socket now, as websockets' ``send`` would frame it;
         False (nothing written) when the connection is not open, websockets is in the middle
         of a send, or ``backlog`` bytes already wait in the socket: then ``send`` it."""
+        transport = self.transport
         if (self.protocol.state is not State.OPEN or self.send_in_progress is not None
-                or self.protocol.expect_continuation_frame
-                or self.transport.get_write_buffer_size() >= backlog):
+                or self.protocol.expect_continuation_frame or transport.is_closing()
+                or transport.get_write_buffer_size() >= backlog):
             return False
         # A client masks every frame with a fresh unpredictable key (RFC 6455 5.3); taken from
         # the OS in bulk, since one getrandom per message is a system call ten times a second
@@ -94,7 +95,7 @@ class BotConnection(ClientConnection):
             head = _HEAD_16.pack(0x81, 0x80 | 126, size)
         else:
             head = _HEAD_64.pack(0x81, 0x80 | 127, size)
-        self.transport.write(head + mask + apply_mask(data, mask))
+        transport.write(head + mask + apply_mask(data, mask))
         return True
 
     def hand_over(self, on_text: Callable[[str], None] | None) -> None:
