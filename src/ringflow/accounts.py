@@ -235,6 +235,7 @@ class Accounts:
         async with self.db.session() as session:
             scope = (await self.get(session, scope)).sid if scope else ""
             await stored_phones.set_phone_script(session, scope, number, data, self.clock.wall())
+        await self.lookups.changed()
         return number, data
 
     async def clear_phone(self, scope: str, number: str) -> str:
@@ -243,7 +244,19 @@ class Accounts:
         number = normalize(number, field="number")
         async with self.db.session() as session:
             await stored_phones.clear_phone_script(session, scope.lower(), number)
+        await self.lookups.changed()
         return number
+
+    async def script_for(self, account_sid: str, number: str) -> dict[str, Any] | None:
+        """The script a sandbox call of the account to ``number`` meets (cached)."""
+
+        async def load() -> dict[str, Any] | None:
+            async with self.db.session() as session:
+                return await stored_phones.script_for(session, account_sid, number)
+
+        found: dict[str, Any] | None = await self.lookups.get(
+            ("script", account_sid, number), load, keep=lambda _: True)
+        return found
 
     async def phone(self, session: Session, account_sid: str, number: str) -> SandboxPhone | None:
         """The account's own script for a virtual phone (``number`` in E.164), or None."""

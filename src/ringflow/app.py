@@ -37,7 +37,6 @@ from ringflow.ratelimit import RateLimiter, make_rate_limiter
 from ringflow.recordings import RecordingStore
 from ringflow.storage.cache import Lookups
 from ringflow.storage.db import Database
-from ringflow.storage.phones import script_for
 from ringflow.streams.service import Streams
 from ringflow.telephony.carrier import Carrier
 from ringflow.telephony.routing import RoutingCarrier
@@ -82,11 +81,11 @@ class Services:
         # Audio files are larger than the answers applets read, so they get their own size cap.
         audio_http = OutboundHttp(settings, clock, max_body=MAX_AUDIO_BYTES)
         audio = AudioStore(settings, db, prompts, audio_http, clock)
-        carrier = carrier or _carrier(settings, clock, db, tts)
+        accounts = Accounts(db, clock, tts, Lookups(clock, settings.redis_url))
+        carrier = carrier or _carrier(settings, clock, accounts, tts)
         recordings = RecordingStore(settings, db, clock)
         control = CallControl(db, clock, settings.instance_name, settings.redis_url, deliverer.wake)
         streams = Streams(settings, clock, http)
-        accounts = Accounts(db, clock, tts, Lookups(clock, settings.redis_url))
         runner = CallRunner(db, clock, carrier, FlowHttp(http, audio), deliverer.wake, recordings,
                             control, streams, deliverer=deliverer, find_app=accounts.find_app)
         dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake)
@@ -142,9 +141,10 @@ class Services:
         await self.db.close()
 
 
-def _carrier(settings: Settings, clock: Clock, db: Database, tts: TextToSpeech) -> Carrier:
+def _carrier(settings: Settings, clock: Clock, accounts: Accounts,
+             tts: TextToSpeech) -> Carrier:
     """The sandbox, SIP, or the sandbox with SIP for the accounts a trunk names."""
-    sandbox = SandboxCarrier(clock, _script_lookup(db), _speech(tts))
+    sandbox = SandboxCarrier(clock, _script_lookup(accounts), _speech(tts))
     if not settings.sip_trunks:
         return sandbox
     from ringflow.telephony.sip.carrier import SipCarrier  # loads the media engine: only on use
@@ -157,10 +157,9 @@ def _carrier(settings: Settings, clock: Clock, db: Database, tts: TextToSpeech) 
     return sip if settings.carrier == "sip" else RoutingCarrier(sandbox, sip)
 
 
-def _script_lookup(db: Database) -> Any:
+def _script_lookup(accounts: Accounts) -> Any:
     async def lookup(account_sid: str, number: str) -> PhoneScript | None:
-        async with db.session() as session:
-            script = await script_for(session, account_sid, number)
+        script = await accounts.script_for(account_sid, number)
         return PhoneScript.from_dict(script) if script is not None else None
 
     return lookup
