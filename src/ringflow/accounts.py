@@ -248,15 +248,16 @@ class Accounts:
         return number
 
     async def script_for(self, account_sid: str, number: str) -> dict[str, Any] | None:
-        """The script a sandbox call of the account to ``number`` meets (cached)."""
+        """The script a sandbox call of the account to ``number`` meets (cached: the scripts
+        of an account are few, the numbers it calls are many)."""
 
-        async def load() -> dict[str, Any] | None:
+        async def load() -> dict[str, dict[str, Any]]:
             async with self.db.session() as session:
-                return await stored_phones.script_for(session, account_sid, number)
+                return await stored_phones.scripts_met(session, account_sid)
 
-        found: dict[str, Any] | None = await self.lookups.get(
-            ("script", account_sid, number), load, keep=lambda _: True)
-        return found
+        scripts: dict[str, dict[str, Any]] = await self.lookups.get(("scripts", account_sid),
+                                                                     load)
+        return scripts.get(number)
 
     async def phone(self, session: Session, account_sid: str, number: str) -> SandboxPhone | None:
         """The account's own script for a virtual phone (``number`` in E.164), or None."""

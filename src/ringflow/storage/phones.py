@@ -71,11 +71,14 @@ async def phone_scripts(session: Session, account_sid: str) -> list[SandboxPhone
     return list((await session.execute(query.order_by(SandboxPhone.number, SandboxPhone.scope))).scalars())
 
 
-async def script_for(session: Session, account_sid: str, number: str) -> dict[str, Any] | None:
-    """The script a call of the account to ``number`` meets: its own, else every account's."""
-    query = select(SandboxPhone.scope, SandboxPhone.script).where(
-        SandboxPhone.number == number, SandboxPhone.scope.in_([account_sid, ""])
+async def scripts_met(session: Session, account_sid: str) -> dict[str, dict[str, Any]]:
+    """The script a call of the account meets, by number: its own, else every account's."""
+    query = select(SandboxPhone.number, SandboxPhone.scope, SandboxPhone.script).where(
+        SandboxPhone.scope.in_([account_sid, ""])
     )
-    # An account's own script wins over one set for every account.
-    rows = sorted((await session.execute(query)).all(), key=lambda row: row[0] == "")
-    return rows[0][1] if rows else None
+    scripts: dict[str, dict[str, Any]] = {}
+    # Every account's first, so that the account's own script overwrites it.
+    for number, _scope, script in sorted((await session.execute(query)).all(),
+                                          key=lambda row: row[1] != ""):
+        scripts[number] = script
+    return scripts
