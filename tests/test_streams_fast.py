@@ -120,11 +120,11 @@ def test_chunks_are_converted_whole_as_if_frame_by_frame(rate):
     import numpy as np
 
     from ringflow.media.rates import RateConverter
-    from ringflow.streams.stream import _Chunker
+    from ringflow.streams.audio import Chunker
 
     rng = np.random.default_rng(rate)
     frames = [rng.integers(-20000, 20000, 160).astype("<i2").tobytes() for _ in range(23)]
-    chunker = _Chunker(rate)
+    chunker = Chunker(rate)
     per_frame = RateConverter(8000, rate)
     size = rate // 10 * 2
     expected = bytearray()

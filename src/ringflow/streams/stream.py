@@ -4,8 +4,9 @@
 carries the call until one side ends it:
 
 - the caller's audio (and, for a unidirectional ``both`` stream, what the caller is sent) comes
-  from ``Channel.listen`` 20 ms at a time, is converted (``media/rates.py``) when the stream's
-  rate is not 8 kHz, and leaves in equal 100 ms ``media`` chunks;
+  from ``Channel.listen`` 20 ms at a time, is cut into equal 100 ms chunks (``audio.py``,
+  converted when the stream's rate is not 8 kHz) and leaves in ``media`` messages, written to
+  the socket right after the tick that completed them;
 - the bot's audio (bidirectional only) is resampled to 8 kHz and pushed into a ``Playout``
   buffer that the carrier drains one frame per tick (``Channel.play_out``): the bot may burst,
   the caller hears it paced. ``mark`` is queued behind that audio and sent back when it has
@@ -16,8 +17,10 @@ carries the call until one side ends it:
 It ends when the bot closes the socket (``disconnected_by`` ``bot``), the caller hangs up
 (``stop`` with ``callended``), ``stop()`` is called or the call is hung up by request (the
 flow ended, or the hang-up API: ``stopped``) or the 60-minute limit passes. Frames the bot sends that cannot be used are put
-on the call's timeline (the first few) and ignored. Sending never blocks the media: caller
-audio waits in a bounded queue, and when a stalled bot lets it fill the oldest chunks go.
+on the call's timeline (the first few) and ignored. The bot's messages are handled where the
+socket reads them (``BotConnection.hand_over``). Sending never blocks the media: when the socket
+holds a backlog, caller audio waits in a bounded queue, and when a stalled bot lets it fill the
+oldest chunks go.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import websockets
@@ -36,8 +39,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.protocol import State
 
 from ringflow.clock import Clock
-from ringflow.media.playout import FRAME_BYTES, Playout
-from ringflow.media.rates import RateConverter
+from ringflow.media.playout import Playout
+from ringflow.streams.audio import BotAudio, Listener
 from ringflow.streams.client import BotConnection, StreamFailed, open_socket
 from ringflow.streams.protocol import (
     BotClear,
@@ -53,7 +56,6 @@ from ringflow.telephony.carrier import Channel
 
 log = logging.getLogger(__name__)
 
-CHUNK_SECONDS = 0.1
 MAX_SECONDS = 3600.0
 MAX_OUTGOING = 100  # messages waiting for a slow bot (10 s of caller audio) before dropping
 WRITE_BACKLOG = 32 * 1024  # bytes the socket may hold unsent before messages wait in the queue
@@ -96,94 +98,6 @@ class StreamOutcome:
             "Stream[DisconnectedBy]": self.disconnected_by,
             "Stream[DetailedStatus]": self.detailed_status,
         }
-
-
-class BotAudio:
-    """The bot's audio on its way to the playout buffer: converted to 8 kHz and cut into whole
-    20 ms frames. A message's audio rarely ends on a frame; a short piece at the end of the buffer would wait a tick and then be padded with
-    silence, a gap the caller hears every message when a bot sends just in time."""
-
-    def __init__(self, rate: int, playout: Playout):
-        self._resample = RateConverter(rate, 8000)
-        self._playout = playout
-        self._rest = b""
-
-    def push(self, pcm: bytes) -> None:
-        """Queue audio at the stream's rate; whole frames go on now, the rest waits."""
-        audio = self._rest + self._resample(pcm)
-        whole = len(audio) - len(audio) % FRAME_BYTES
-        self._rest = audio[whole:]
-        if whole:
-            self._playout.push(audio[:whole])
-
-    def mark(self, name: str) -> None:
-        """A mark: the audio before it goes on whole, short end and all."""
-        if self._rest:
-            self._playout.push(self._rest)
-            self._rest = b""
-        self._playout.mark(name)
-
-    def clear(self) -> list[str]:
-        """Drop everything queued; the marks that were waiting."""
-        self._rest = b""
-        return self._playout.clear()
-
-
-class _Chunker:
-    """20 ms frames in, equal chunks of CHUNK_SECONDS at the stream's rate out.
-
-    Frames wait at 8 kHz and a whole chunk is converted at once when it is complete: the same
-    audio at the same moment as converting every frame (the converter is continuous), for a
-    fifth of the calls into numpy."""
-
-    def __init__(self, rate: int):
-        self._resample = RateConverter(8000, rate) if rate != 8000 else None
-        self._size = round(8000 * CHUNK_SECONDS) * 2  # bytes of 8 kHz audio per chunk
-        self._buffer = bytearray()
-
-    def feed(self, frame: bytes) -> Sequence[bytes]:
-        """The chunks this frame completes (usually none: fed every tick)."""
-        buffer = self._buffer
-        buffer += frame
-        size = self._size
-        if len(buffer) < size:
-            return ()
-        chunks = []
-        while len(buffer) >= size:
-            chunk = bytes(buffer[:size])
-            del buffer[:size]
-            chunks.append(chunk if self._resample is None else self._resample(chunk))
-        return chunks
-
-
-class _Listener:
-    """The channel's tap for one stream: the track it streams, cut into chunks for the bot.
-
-    ``wants_sent`` tells the RTP session whether to decode what it sent the caller each tick;
-    a stream of the caller's audio alone (every bidirectional one) does not need it.
-    """
-
-    def __init__(self, rate: int, track: str, send: Callable[[bytes, str | None], None]):
-        self.wants_sent = track != "inbound"
-        self._track = track
-        self._send = send
-        self._heard = _Chunker(rate)
-        self._sent = _Chunker(rate)
-
-    def __call__(self, heard: bytes, sent: bytes) -> None:
-        """One 20 ms tick of the call: what the caller said and what it was sent."""
-        track = self._track
-        if track == "inbound":
-            for chunk in self._heard.feed(heard):
-                self._send(chunk, None)
-        elif track == "outbound":
-            for chunk in self._sent.feed(sent):
-                self._send(chunk, None)
-        else:
-            for chunk in self._heard.feed(heard):
-                self._send(chunk, "inbound")
-            for chunk in self._sent.feed(sent):
-                self._send(chunk, "outbound")
 
 
 class Stream:
@@ -303,7 +217,7 @@ class Stream:
         self._send(self.protocol.start())
         track = "inbound" if self.bidirectional else self.track
         undo: list[Callable[[], None]] = [self.channel.listen(
-            _Listener(self.target.sample_rate, track, self._send_media))]
+            Listener(self.target.sample_rate, track, self._send_media))]
         tasks = [asyncio.ensure_future(self._sender(socket))]
         receiving = asyncio.ensure_future(self._receiver(socket))
         if self.bidirectional:
