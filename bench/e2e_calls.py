@@ -13,6 +13,7 @@ no calls is subtracted, so heartbeats and polls do not count: the figure is tran
 completed call (the call accepted, answered, ended, its callback acknowledged).
 
     .venv/bin/python bench/e2e_calls.py [--calls 300] [--concurrency 16] [--db sqlite|postgresql]
+                                        [--redis redis://127.0.0.1:6379/0]
 
 ``--db postgresql`` creates a database on ``RINGFLOW_BENCH_PG`` (default
 postgresql://postgres@127.0.0.1:5432/test) and drops it afterwards.
@@ -159,6 +160,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--redis", help="RINGFLOW_REDIS_URL, as production runs (default: none)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="ringflow-bench-"))
@@ -180,6 +182,8 @@ def main() -> int:
         "RINGFLOW_QUEUE_LIMIT": "100000",
         "RINGFLOW_LOG_LEVEL": "warning",
     }
+    if args.redis:
+        env["RINGFLOW_REDIS_URL"] = args.redis
     try:
         cli(env, "migrate")
         creds = json.loads(cli(env, "accounts", "create", "bench", "--json"))
@@ -196,7 +200,8 @@ def main() -> int:
         server.start()
         elapsed = asyncio.run(run_calls(server, creds, args.calls, args.concurrency, 1000))
         server.stop()
-        print(f"ringflow on {args.db}: {args.calls} flow calls, {args.concurrency} clients: "
+        shared = " and Redis" if args.redis else ""
+        print(f"ringflow on {args.db}{shared}: {args.calls} flow calls, {args.concurrency} clients: "
               f"{args.calls / elapsed:.1f} calls/s ({elapsed:.1f} s to the last callback)")
         if counted:
             loaded = asyncio.run(commits(url)) - before
