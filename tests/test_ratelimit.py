@@ -13,6 +13,7 @@ import redis.exceptions
 from conftest import REDIS_URL, free_port
 
 from ringflow.clock import ManualClock
+from ringflow.errors import Unavailable
 from ringflow.ratelimit import Decision, RateLimiter, make_rate_limiter
 from ringflow.ratelimit.memory import MemoryRateLimiter
 from ringflow.ratelimit.redis import RedisRateLimiter
@@ -191,11 +192,15 @@ async def test_redis_processes_share_limits(clock: ManualClock, redis_prefix: st
         await client.aclose()
 
 
-async def test_redis_down_raises_instead_of_allowing(clock: ManualClock):
+async def test_redis_down_raises_unavailable_instead_of_allowing(clock: ManualClock):
     dead = RedisRateLimiter.from_url(f"redis://127.0.0.1:{free_port()}/15", clock, timeout=1)
     try:
-        with pytest.raises(redis.exceptions.ConnectionError):
-            await dead.hit("acct", 5)
+        for ask in (dead.hit, dead.peek):
+            with pytest.raises(Unavailable, match="^rate limiter unavailable; try again shortly$"
+                               ) as refused:
+                await ask("acct", 5)
+            # Translated once, here, keeping what Redis said for the log.
+            assert isinstance(refused.value.__cause__, redis.exceptions.ConnectionError)
     finally:
         await dead.close()
 

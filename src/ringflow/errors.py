@@ -4,18 +4,29 @@
 
     RingflowError
     ├── ConfigError             bad RINGFLOW_* setting or CLI flag
-    ├── NotFound                no such account, call, app, number (API: 404)
-    ├── Conflict                duplicate name, number already owned (API: 409)
-    │   └── CallOver            a live-call request for a call that is already over
-    ├── InvalidRequest          a request parameter is missing or wrong (API: 400)
-    │   └── AppInvalid          an app graph failed validation (names node and field)
-    ├── AuthError               credentials missing or wrong (API: 401)
-    ├── Forbidden               valid credentials, but not for this account (API: 403)
-    ├── RateLimited             too many requests (API: 429)
+    ├── NotFound                no such account, call, app, number (HTTP 404)
+    ├── Conflict                duplicate name, number already owned (HTTP 409)
+    │   ├── CallOver            a live-call request for a call that is already over
+    │   └── Duplicate           (ringflow.storage.session) a row with the same unique key exists
+    ├── InvalidRequest          a request parameter is missing or wrong (HTTP 400)
+    │   ├── AppInvalid          an app graph failed validation (names node and field)
+    │   ├── ExomlInvalid        (ringflow.flows.exoml) an ExoML document that cannot run
+    │   └── SourceError         (ringflow.dashboard.editor) an app's text is not YAML or JSON
+    ├── AuthError               credentials missing or wrong (HTTP 401)
+    ├── Forbidden               valid credentials, but not for this account (HTTP 403)
+    ├── RateLimited             too many requests (HTTP 429)
+    ├── CapacityExceeded        the account's queue of waiting calls is full (HTTP 429)
+    ├── Unavailable             a backing service (Redis) is down; retry shortly (HTTP 503)
+    │   └── TrunkUnavailable    (ringflow.telephony.sip.capacity) a trunk's shared limits are
+    │                           unreadable
     ├── IllegalTransition       a call or leg status change the transition table forbids
-    ├── CapacityExceeded        the account's queue of waiting calls is full (API: 429)
-    ├── Unavailable             a backing service (Redis) is down; retry shortly (API: 503)
-    │   └── TrunkUnavailable    (telephony.sip.capacity) a trunk's shared limits are unreadable
+    ├── AudioUnavailable        (ringflow.audio_files) an audio cannot be played: not found,
+    │                           fetch failed, not audio
+    ├── FetchError              (ringflow.webhooks.http) a request to a customer URL failed
+    │   └── FetchTimeout        no complete answer within the timeout
+    ├── StreamFailed            (ringflow.streams.client) no WebSocket to a voice bot
+    ├── TtsError                (ringflow.media.tts) the speech engine failed on this text
+    │   └── TtsUnavailable      no speech engine is installed
     ├── SipError                (ringflow.sip.errors) the SIP core
     │   ├── SipParseError       a malformed SIP message (SdpParseError: a malformed SDP)
     │   ├── SipStateError       an operation the dialog or transaction state forbids
@@ -24,8 +35,16 @@
         ├── RtpParseError       a malformed RTP packet or telephone-event payload
         └── SessionClosed       the RTP session was closed (a hang-up) while waiting on it
 
+The HTTP statuses are those of the one table from this tree to HTTP answers,
+``ringflow.api.errors.ANSWERS``, which the Exotel API, the admin API and the dashboard share. An
+error it does not list never reaches a client as itself: where it may meet a request it is
+translated first (``AudioUnavailable`` of an uploaded audio is ``NotFound``), and one that
+still gets there is a fault of ours, a 500.
+
 Foreign exceptions (SQLAlchemy, httpx, redis) are translated once, at the boundary that calls
-them, with ``raise ... from``.
+them, with ``raise ... from``: Redis errors of the rate limiters and failed-login counters in
+``ringflow.ratelimit`` (as ``Unavailable``), of a trunk's shared limits in
+``ringflow.telephony.sip.capacity`` (as ``TrunkUnavailable``).
 """
 
 from __future__ import annotations

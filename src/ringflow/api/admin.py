@@ -21,15 +21,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ringflow.accounts import LIMITS, parse_limit
-from ringflow.api.auth import CHALLENGE, authenticate, basic_credentials
+from ringflow.api.auth import authenticate, basic_credentials
+from ringflow.api.errors import admin_error, refusal
 from ringflow.audio_files import MAX_AUDIO_BYTES, AudioUnavailable
 from ringflow.errors import (
     AuthError,
-    Conflict,
-    Forbidden,
     InvalidRequest,
     NotFound,
-    RateLimited,
+    RingflowError,
     Unavailable,
 )
 from ringflow.media.audio import wav_bytes
@@ -92,20 +91,10 @@ class AdminApi:
                         self.s.accounts, self.s.failed_logins, request, request.path_params["sid"]
                     )
                 return await handler(request, account)
-            except AuthError as exc:
-                return _error(401, str(exc), CHALLENGE)
-            except Forbidden as exc:
-                return _error(403, str(exc))
-            except RateLimited as exc:
-                return _error(429, str(exc), exc.headers)
-            except Unavailable as exc:
-                return _error(503, str(exc), {"Retry-After": "5"})
-            except NotFound as exc:
-                return _error(404, str(exc))
-            except Conflict as exc:
-                return _error(409, str(exc))
-            except InvalidRequest as exc:
-                return _error(400, str(exc))
+            except RingflowError as exc:
+                if (refused := refusal(exc)) is None:
+                    raise
+                return admin_error(refused)
 
         return endpoint
 
@@ -299,7 +288,3 @@ def _depth(value: Any) -> int:
             deepest = max(deepest, depth)
             stack.extend((child, depth + 1) for child in children)
     return deepest
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status, headers=headers)

@@ -14,6 +14,9 @@ subscriber's network: rotating through it must not buy fresh attempts). Failures
 after the lookup, so to bound what one burst of concurrent guesses costs before the first of
 them is counted, an address has at most ``MAX_CHECKS_AT_ONCE`` credential checks in flight in
 this process, and one while it has failures in the window.
+
+When the counters cannot be read (Redis down) the limiter raises ``Unavailable``: a login is
+refused, never let through unthrottled.
 """
 
 from __future__ import annotations
@@ -22,18 +25,14 @@ import base64
 import binascii
 import contextlib
 import ipaddress
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from ringflow.accounts import Accounts
-from ringflow.errors import AuthError, Forbidden, RateLimited, Unavailable
+from ringflow.errors import AuthError, Forbidden, RateLimited
 from ringflow.ratelimit import Decision, RateLimiter
 from ringflow.storage.models import Account
-
-log = logging.getLogger(__name__)
 
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="ringflow"'}
 FAILURE_WINDOW = 60.0  # seconds over which failed logins are counted
@@ -76,12 +75,12 @@ class FailedLogins:
         """RateLimited if the client, or the key id for a client that failed too, is over;
         else whether the client has failed lately."""
         client_bucket, key_bucket = self._buckets(request, key_id)
-        client = await self._ask(self.limiter.peek, client_bucket, self.per_client)
+        client = await self.limiter.peek(client_bucket, self.per_client, FAILURE_WINDOW)
         if not client.allowed:
             raise _refused("from this address", client)
         if client.remaining == self.per_client:
             return False
-        key = await self._ask(self.limiter.peek, key_bucket, self.per_key)
+        key = await self.limiter.peek(key_bucket, self.per_key, FAILURE_WINDOW)
         if not key.allowed:
             raise _refused("for this key", key)
         return True
@@ -89,16 +88,8 @@ class FailedLogins:
     async def failed(self, request: Request, key_id: str) -> None:
         """Count one failed login for the client and the key id."""
         client_bucket, key_bucket = self._buckets(request, key_id)
-        await self._ask(self.limiter.hit, client_bucket, self.per_client)
-        await self._ask(self.limiter.hit, key_bucket, self.per_key)
-
-    async def _ask(self, op: Callable[[str, int, float], Awaitable[Decision]], bucket: str,
-                   limit: int) -> Decision:
-        try:
-            return await op(bucket, limit, FAILURE_WINDOW)
-        except (OSError, RedisError) as exc:  # Redis is down: refuse, never allow unlimited
-            log.error("rate limiter unavailable: %s", exc)
-            raise Unavailable("rate limiter unavailable; try again shortly") from exc
+        await self.limiter.hit(client_bucket, self.per_client, FAILURE_WINDOW)
+        await self.limiter.hit(key_bucket, self.per_key, FAILURE_WINDOW)
 
 
 def client_of(request: Request) -> str:

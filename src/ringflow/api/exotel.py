@@ -18,28 +18,19 @@ import math
 import re
 from typing import Any
 
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from ringflow.api import call_list
-from ringflow.api.auth import CHALLENGE, authenticate
+from ringflow.api.auth import authenticate
 from ringflow.api.connect import app_id_from_url, parse_connect
+from ringflow.api.errors import internal_error, rest_exception
 from ringflow.api.params import Params, read_params
 from ringflow.api.render import call_details, call_fields, error, respond
 from ringflow.calls.callbacks import fmt_date
 from ringflow.calls.status import Status
-from ringflow.errors import (
-    AuthError,
-    CapacityExceeded,
-    Conflict,
-    Forbidden,
-    InvalidRequest,
-    NotFound,
-    RateLimited,
-    Unavailable,
-)
+from ringflow.errors import InvalidRequest, NotFound, RateLimited, RingflowError
 from ringflow.phone import display
 from ringflow.recordings import CONTENT_TYPES, extension
 from ringflow.storage import call_views
@@ -125,37 +116,21 @@ class ExotelApi:
                 as_json=as_json,
                 headers={"Allow": ", ".join(sorted(allowed))},
             )
-        return error(404, f"no such resource: {request.url.path}", as_json=as_json)
+        return rest_exception(request, NotFound(f"no such resource: {request.url.path}"), as_json=as_json)
 
     async def _handle(self, request: Request, match: re.Match[str], handler: str, as_json: bool) -> Response:
-        headers: dict[str, str] = {}
+        quota: dict[str, str] = {}
         try:
             account = await authenticate(self.s.accounts, self.s.failed_logins, request, match["sid"])
-            headers = await self._rate_limit(account)
+            quota = await self._rate_limit(account)
             params = await read_params(request)
             response = await getattr(self, handler)(request, account, params, match, as_json)
-        except AuthError as exc:
-            return error(401, str(exc), as_json=as_json, headers=CHALLENGE)
-        except Forbidden as exc:
-            return error(403, str(exc), as_json=as_json)
-        except RateLimited as exc:
-            return error(429, str(exc), as_json=as_json, headers=exc.headers)
-        except CapacityExceeded as exc:
-            return error(429, str(exc), as_json=as_json, headers=headers)
-        except Unavailable as exc:
-            return error(503, str(exc), as_json=as_json, headers={"Retry-After": "5"})
-        except NotFound as exc:
-            return error(404, str(exc), as_json=as_json, headers=headers)
-        except Conflict as exc:
-            return error(409, str(exc), as_json=as_json, headers=headers)
-        except InvalidRequest as exc:
-            return error(400, str(exc), as_json=as_json, headers=headers)
-        except Exception:
-            # A fault of ours (the database, a bug): clients parse every answer as a
-            # RestException in the endpoint's format, so a 500 must be one too (spec section 2).
+        except RingflowError as exc:
+            return rest_exception(request, exc, as_json=as_json, quota=quota)
+        except Exception:  # a fault of ours (the database, a bug): still a RestException
             log.exception("%s %s failed", request.method, request.url.path)
-            return error(500, "Internal server error", as_json=as_json, headers=headers)
-        response.headers.update(headers)
+            return internal_error(as_json=as_json, quota=quota)
+        response.headers.update(quota)
         return response
 
     async def recording(self, request: Request, match: re.Match[str]) -> Response:
@@ -180,16 +155,11 @@ class ExotelApi:
             if not path.is_file():
                 log.error("recording %s: file %s is missing", row.sid, path)
                 raise NotFound(f"Recording {match['rec']}.{match['ext']} not found")
-        except AuthError as exc:
-            return error(401, str(exc), as_json=False, headers=CHALLENGE)
-        except Forbidden as exc:
-            return error(403, str(exc), as_json=False)
-        except RateLimited as exc:
-            return error(429, str(exc), as_json=False, headers=exc.headers)
-        except Unavailable as exc:
-            return error(503, str(exc), as_json=False, headers={"Retry-After": "5"})
-        except NotFound as exc:
-            return error(404, str(exc), as_json=False, headers=headers)
+        except RingflowError as exc:
+            return rest_exception(request, exc, as_json=False, quota=headers)
+        except Exception:  # a fault of ours: still a RestException
+            log.exception("%s %s failed", request.method, request.url.path)
+            return internal_error(as_json=False, quota=headers)
         ext = extension(row.format)
         headers["Cache-Control"] = "private, no-store"
         headers["Content-Disposition"] = f'inline; filename="{row.sid}.{ext}"'
@@ -197,11 +167,7 @@ class ExotelApi:
 
     async def _rate_limit(self, account: Account) -> dict[str, str]:
         limit = account.rate_limit_per_minute or self.s.settings.rate_limit_per_minute
-        try:
-            decision = await self.s.rate_limiter.hit(f"api:{account.sid}", limit, 60.0)
-        except (OSError, RedisError) as exc:  # Redis is down: refuse, never allow unlimited
-            log.error("rate limiter unavailable: %s", exc)
-            raise Unavailable("rate limiter unavailable; try again shortly") from exc
+        decision = await self.s.rate_limiter.hit(f"api:{account.sid}", limit, 60.0)
         headers = {
             "X-RateLimit-Limit": str(decision.limit),
             "X-RateLimit-Remaining": str(decision.remaining),

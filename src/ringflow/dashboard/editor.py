@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from ringflow.errors import InvalidRequest
+
 MAX_SOURCE = 256 * 1024
 
 # "node 'ask': field 'text': ..." / "node 'ask': exit 'on_1': ..." / "node 'ask': ..."
@@ -26,7 +28,7 @@ _NODES = re.compile(r"""^nodes (?P<q>['"])(?P<node>.+?)(?P=q)""")
 _TOP = re.compile(r"^(?P<key>name|start|nodes|description):")
 
 
-class SourceError(Exception):
+class SourceError(InvalidRequest):
     """The text is not YAML or JSON; ``line`` is 1-based (None when unknown)."""
 
     def __init__(self, message: str, line: int | None):

@@ -16,16 +16,16 @@ from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
-from redis.exceptions import RedisError
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ringflow.api.errors import NO_SUCH_PAGE, refusal
 from ringflow.dashboard import filters, logins
 from ringflow.dashboard.auth import COOKIE, Session, SessionCodec, csrf_ok
-from ringflow.errors import InvalidRequest, NotFound
+from ringflow.errors import NotFound, RingflowError, Unavailable
 from ringflow.recordings import load_secret
 from ringflow.storage.models import Account
 
@@ -259,10 +259,10 @@ class Dashboard:
                             403, "This form has expired: reload the page and try again.", session
                         )
                 return await handler(self, Page(request, session, viewer, account, form))
-            except NotFound:
-                return self.error(404, "There is no such page in this account.", session)
-            except InvalidRequest as exc:
-                return self.error(400, str(exc), session)
+            except RingflowError as exc:
+                if (refused := refusal(exc)) is None:
+                    raise
+                return self.error(refused.status, refused.page_message, session)
 
         return endpoint
 
@@ -275,7 +275,7 @@ class Dashboard:
             if viewer is None:
                 return self._signed_out(request, session, fresh)
             if not viewer.operator:
-                return self.error(404, "There is no such page in this account.", session)
+                return self.error(404, NO_SUCH_PAGE, session)
             return await handler(self, request, session, viewer)
 
         return endpoint
@@ -359,8 +359,7 @@ class Dashboard:
                 decision = await self.s.rate_limiter.hit(key, limit, LOGIN_WINDOW)
                 if not decision.allowed:
                     return f"Too many sign-in attempts: try again in {decision.retry_after} s."
-        except (OSError, RedisError) as exc:
-            log.error("rate limiter unavailable: %s", exc)
+        except Unavailable:
             return (
                 "Sign-in is unavailable for a moment (the rate limiter is down); try again shortly."
             )

@@ -32,7 +32,8 @@ class Decision:
 
 
 class RateLimiter(Protocol):
-    """What the API needs from a rate limiter backend."""
+    """What the API needs from a rate limiter backend. A backend that cannot reach its store
+    raises ``ringflow.errors.Unavailable``."""
 
     async def hit(self, key: str, limit: int, window: float = 60.0) -> Decision:
         """Count one request for ``key`` if under ``limit`` in the last ``window`` seconds."""

@@ -3,26 +3,32 @@
 Several ringflow processes pointed at the same Redis share every limit. Times come from each
 process's wall clock, so their clocks must agree (NTP) to within the precision limits need.
 
-When Redis is down or slow, ``hit`` raises ``redis.exceptions.ConnectionError`` or
-``redis.exceptions.TimeoutError`` (after ``timeout`` seconds); it never silently allows the
-request. Translating that into an HTTP answer is the caller's choice.
+When Redis is down or slow (no answer within ``timeout`` seconds), ``hit`` and ``peek`` raise
+ringflow's ``Unavailable``, never a ``redis.exceptions`` error: a limiter that cannot count
+refuses, it never silently allows the request.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from typing import TYPE_CHECKING
 
 import redis.asyncio
+from redis.exceptions import RedisError
 
+from ringflow.errors import Unavailable
 from ringflow.ratelimit import Decision, check_args, decide, to_micros
 from ringflow.redis_client import connect
 
 if TYPE_CHECKING:
     from ringflow.clock import Clock
 
+log = logging.getLogger(__name__)
+
 PREFIX = "ringflow:rl:"
+UNAVAILABLE = "rate limiter unavailable; try again shortly"
 
 # KEYS[1]: the log. ARGV: now, cutoff, limit, member, ttl in ms, record ("1": add the hit if
 # allowed; "0": only decide, for a peek).
@@ -86,10 +92,14 @@ class RedisRateLimiter:
         # The TTL only collects idle keys; the scores decide, so rounding it up is harmless.
         ttl_ms = max(1, math.ceil(window_us / 1000))
         member = f"{now}:{uuid.uuid4().hex}"  # unique, so same-microsecond hits all count
-        allowed, count, oldest_age, blocker_age = await self._script(
-            keys=[self._prefix + key],
-            args=[now, now - window_us, limit, member, ttl_ms, "1" if record else "0"],
-        )
+        try:
+            allowed, count, oldest_age, blocker_age = await self._script(
+                keys=[self._prefix + key],
+                args=[now, now - window_us, limit, member, ttl_ms, "1" if record else "0"],
+            )
+        except (RedisError, OSError) as exc:
+            log.error("rate limiter unavailable: %s", exc)
+            raise Unavailable(UNAVAILABLE) from exc
         if count == 0:  # a peek at an empty log: nothing to wait for
             return decide(True, limit, 0, 0, 0)
         return decide(bool(allowed), limit, count, oldest_age + window_us, blocker_age + window_us)
