@@ -117,8 +117,7 @@ class Services:
         """Resume pending callbacks and reclaim calls a previous run left behind."""
         if not await self.tts.ready():
             log.warning("text to speech is unavailable: prompts get estimated durations")
-        if (start := getattr(self.carrier, "start", None)) is not None:
-            await start()  # a carrier with sockets binds them before any call is placed
+        await self.carrier.start()  # a carrier with sockets binds them before any call is placed
         self.accounts.lookups.start()
         self.deliverer.start()
         await self.dispatcher.recover()
@@ -130,8 +129,7 @@ class Services:
         await self.housekeeper.stop()
         await self.dispatcher.stop()
         await self.control.close()
-        if (close := getattr(self.carrier, "close", None)) is not None:
-            await close()
+        await self.carrier.close()
         await self.deliverer.stop()
         await self.http.aclose()
         await self.audio.http.aclose()

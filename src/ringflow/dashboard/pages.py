@@ -81,8 +81,7 @@ async def revoke_key(site: Dashboard, page: Page) -> Response:
 
 async def trunks(site: Dashboard, page: Page) -> Response:
     """The trunk this account's calls go through: its load and registration, or the sandbox."""
-    status_of = getattr(site.s.carrier, "trunk_status", None)
-    status = await status_of(page.account.sid) if status_of is not None else None
+    status = await site.s.carrier.trunk_status(page.account.sid)
     now = time.time()  # registration times are wall-clock seconds
     return site.page_response(
         page, "trunks.html", carrier=site.s.carrier.name, status=status,

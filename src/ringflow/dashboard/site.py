@@ -166,10 +166,7 @@ class Dashboard:
     def on_sandbox(self, account_sid: str) -> bool:
         """Whether the account's calls go to the sandbox (so the dashboard may place test
         calls): the sandbox carrier, or the sandbox beside SIP for accounts no trunk names."""
-        over_sip = getattr(self.s.carrier, "over_sip", None)
-        if over_sip is not None:
-            return not over_sip(account_sid)
-        return bool(self.s.carrier.name == "sandbox")
+        return not self.s.carrier.over_sip(account_sid)
 
     def redirect(self, url: str) -> RedirectResponse:
         return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)

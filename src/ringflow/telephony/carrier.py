@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ringflow.media.playout import Playout
+    from ringflow.telephony.sip.trunks import Trunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,10 +185,34 @@ class Channel(Protocol):
         """The next key the party presses, however it was signalled; None once hung up."""
 
 
+@dataclasses.dataclass(frozen=True)
+class TrunkStatus:
+    """A trunk as the dashboard shows it: calls up now and its registration, if it registers."""
+
+    trunk: Trunk
+    active: int
+    registration: str | None  # None: the trunk does not register
+    registration_cause: str
+    registered_until: float | None  # wall-clock seconds
+    retry_at: float | None
+
+
 class Carrier(Protocol):
-    """Places legs."""
+    """Places legs, and says what carries an account's calls."""
 
     name: str
 
     def dial(self, request: DialRequest) -> Attempt:
         """Start placing ``request``; progress arrives through the returned Attempt."""
+
+    async def start(self) -> None:
+        """Bind what the carrier needs (sockets) before any leg is placed."""
+
+    async def close(self) -> None:
+        """End the legs still up and release what ``start`` bound."""
+
+    def over_sip(self, account_sid: str) -> bool:
+        """Whether this account's legs go over a SIP trunk (False: the sandbox's phones)."""
+
+    async def trunk_status(self, account_sid: str) -> TrunkStatus | None:
+        """The trunk that carries this account's legs now, or None if no trunk does."""

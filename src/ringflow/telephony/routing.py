@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ringflow.telephony.carrier import Attempt, Carrier, DialRequest
+from ringflow.telephony.carrier import Attempt, Carrier, DialRequest, TrunkStatus
 
 if TYPE_CHECKING:
-    from ringflow.telephony.sip.carrier import SipCarrier, TrunkStatus
+    from ringflow.telephony.sip.carrier import SipCarrier
 
 
 class RoutingCarrier:
@@ -38,9 +38,11 @@ class RoutingCarrier:
         return await self.sip.trunk_status(account_sid) if self.over_sip(account_sid) else None
 
     async def start(self) -> None:
-        """Bind the SIP side."""
+        """Start both sides (binds the SIP side's sockets)."""
+        await self.default.start()
         await self.sip.start()
 
     async def close(self) -> None:
-        """End the SIP side's calls and close its sockets."""
+        """End both sides' calls and close the SIP side's sockets."""
         await self.sip.close()
+        await self.default.close()

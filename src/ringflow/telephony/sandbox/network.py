@@ -29,6 +29,7 @@ from ringflow.telephony.carrier import (
     Recording,
     Rejected,
     Ringing,
+    TrunkStatus,
 )
 from ringflow.telephony.sandbox.line import LiveLine, Tape
 from ringflow.telephony.sandbox.phones import (
@@ -75,6 +76,20 @@ class SandboxCarrier:
     def dial(self, request: DialRequest) -> SandboxAttempt:
         """Start ringing a virtual phone."""
         return SandboxAttempt(self, request)
+
+    async def start(self) -> None:
+        """Nothing to bind: the sandbox's phones live in this process."""
+
+    async def close(self) -> None:
+        """Nothing to release: a call's own task ends its virtual phone."""
+
+    def over_sip(self, account_sid: str) -> bool:
+        """Never: every leg rings a virtual phone."""
+        return False
+
+    async def trunk_status(self, account_sid: str) -> TrunkStatus | None:
+        """None: the sandbox has no trunks."""
+        return None
 
     async def script_for(self, account_sid: str, number: str) -> PhoneScript:
         """A scripted behaviour wins over the magic numbers, which win over the default."""

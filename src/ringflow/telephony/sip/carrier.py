@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import secrets
 
@@ -37,6 +36,7 @@ from ringflow.telephony.carrier import (
     Placed,
     Rejected,
     Ringing,
+    TrunkStatus,
     Waiting,
 )
 from ringflow.telephony.sip.capacity import SharedTrunkGate, TrunkGate, TrunkUnavailable
@@ -125,6 +125,10 @@ class SipCarrier:
             registered_until=registration.expires_at if registration else None,
             retry_at=registration.retry_at if registration else None)
 
+    def over_sip(self, account_sid: str) -> bool:
+        """Always: every account's legs go through a trunk (fail when none serves it)."""
+        return True
+
     def dial(self, request: DialRequest) -> SipAttempt:
         """Start placing a leg through the account's trunk."""
         return SipAttempt(self, request)
@@ -133,18 +137,6 @@ class SipCarrier:
         """The trunks' addresses changed (a re-resolve): every SIP socket answers the new ones."""
         for transport in self.transports.values():
             transport.trust(sources)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrunkStatus:
-    """A trunk as the dashboard shows it: calls up now and its registration, if it registers."""
-
-    trunk: Trunk
-    active: int
-    registration: str | None  # None: the trunk does not register
-    registration_cause: str
-    registered_until: float | None  # wall-clock seconds
-    retry_at: float | None
 
 
 def _authenticator(trunk: Trunk) -> Authenticator | None:
