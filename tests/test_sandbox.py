@@ -8,7 +8,7 @@ import pytest
 
 from ringflow.clock import ManualClock
 from ringflow.errors import InvalidRequest
-from ringflow.telephony.carrier import Answered, DialRequest, Rejected, Ringing
+from ringflow.telephony.carrier import Answered, DialRequest, Outcome, Rejected, Ringing
 from ringflow.telephony.sandbox import PhoneScript, SandboxCarrier
 from ringflow.telephony.sandbox.network import speech_seconds
 
@@ -36,12 +36,12 @@ async def test_unknown_numbers_ring_one_second_then_answer(clock):
 
 @pytest.mark.parametrize(
     ("number", "outcome", "at"),
-    [("+919999900001", "busy", 1.0), ("+919999900003", "failed", 0.0)],
+    [("+919999900001", Outcome.BUSY, 1.0), ("+919999900003", Outcome.FAILED, 0.0)],
 )
 async def test_magic_numbers_reject(clock, number, outcome, at):
     seen = await events_until_final(clock, SandboxCarrier(clock).dial(request(number)))
     when, final = seen[-1]
-    assert isinstance(final, Rejected) and final.outcome == outcome and when == at
+    assert isinstance(final, Rejected) and final.outcome is outcome and when == at
 
 
 async def test_never_answering_number_rings_until_canceled(clock):

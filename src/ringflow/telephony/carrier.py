@@ -14,6 +14,7 @@ Audio crossing this seam is what a phone line carries: 8 kHz mono 16-bit little-
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -57,11 +58,20 @@ class Answered:
     channel: Channel
 
 
+class Outcome(enum.StrEnum):
+    """How a leg ended before an answer; the values are the leg statuses they become."""
+
+    BUSY = "busy"
+    NO_ANSWER = "no-answer"
+    FAILED = "failed"
+    CANCELED = "canceled"  # never a carrier's: the engine's own, for a hang-up asked mid-ring
+
+
 @dataclasses.dataclass(frozen=True)
 class Rejected:
-    """The leg ended before an answer. ``outcome`` is busy, no-answer or failed."""
+    """The leg ended before an answer, with the carrier's ``cause`` in words."""
 
-    outcome: str
+    outcome: Outcome
     cause: str
 
 

@@ -26,6 +26,7 @@ from ringflow.telephony.carrier import (
     Channel,
     ConversationTap,
     DialRequest,
+    Outcome,
     Recording,
     Rejected,
     Ringing,
@@ -116,10 +117,10 @@ class SandboxAttempt:
             script = await self.carrier.script_for(self.request.account_sid, self.request.number)
         except Exception as exc:  # the phone book is storage: a failure there fails this leg only
             log.exception("sandbox script lookup failed for %s", self.request.number)
-            await self._events.put(Rejected("failed", f"sandbox: script lookup failed: {exc}"))
+            await self._events.put(Rejected(Outcome.FAILED, f"sandbox: script lookup failed: {exc}"))
             return
         if script.outcome == "failed" and script.ring == 0:
-            await self._events.put(Rejected("failed", "sandbox: number unreachable"))
+            await self._events.put(Rejected(Outcome.FAILED, "sandbox: number unreachable"))
             return
         await self._events.put(Ringing())
         await clock.sleep(script.ring)
@@ -129,7 +130,8 @@ class SandboxAttempt:
         elif script.outcome == "no-answer":
             await asyncio.Event().wait()  # rings until the caller cancels
         else:
-            await self._events.put(Rejected(script.outcome, f"sandbox: phone scripted {script.outcome}"))
+            await self._events.put(
+                Rejected(Outcome(script.outcome), f"sandbox: phone scripted {script.outcome}"))
 
     async def next_event(self) -> AttemptEvent:
         """Wait for the next progress event."""

@@ -33,6 +33,7 @@ from ringflow.telephony.carrier import (
     Answered,
     AttemptEvent,
     DialRequest,
+    Outcome,
     Placed,
     Rejected,
     Ringing,
@@ -46,8 +47,8 @@ from ringflow.telephony.sip.trunks import Trunk, choose_trunk
 
 log = logging.getLogger(__name__)
 
-# Outcomes the call engine knows for a leg that never answered.
-_REJECTED = {Status.BUSY: "busy", Status.NO_ANSWER: "no-answer"}
+# The SIP endings that are more than a failure for a leg that never answered.
+_REJECTED = {Status.BUSY: Outcome.BUSY, Status.NO_ANSWER: Outcome.NO_ANSWER}
 
 
 class SipCarrier:
@@ -175,7 +176,7 @@ class SipAttempt:
         elif self.handle is not None:
             self.handle.cancel(Ending.CANCELED)
             if not self.rang and self.trunk is not None:
-                return Rejected("failed", f"sip: trunk {self.trunk.name} never rang the callee")
+                return Rejected(Outcome.FAILED, f"sip: trunk {self.trunk.name} never rang the callee")
         else:
             self._task.cancel()  # still waiting for room on the trunk
         return None
@@ -190,7 +191,7 @@ class SipAttempt:
         trunk = choose_trunk(self.carrier.trunks, self.request.account_sid)
         if trunk is None:
             self._finish()
-            await self.events.put(Rejected("failed", "sip: no trunk serves this account"))
+            await self.events.put(Rejected(Outcome.FAILED, "sip: no trunk serves this account"))
             return
         self.trunk = trunk
         gate = self.carrier.gates[trunk.name]
@@ -212,7 +213,7 @@ class SipAttempt:
         except (OSError, MediaError, TrunkUnavailable) as exc:
             # No RTP port, the SIP socket refused to send, or the shared limits are unreadable.
             log.warning("sip leg to %s failed: %s", self.request.number, exc)
-            await self.events.put(Rejected("failed", f"sip: {exc}"))
+            await self.events.put(Rejected(Outcome.FAILED, f"sip: {exc}"))
         finally:
             if self.session is not None:
                 self.session.close()
@@ -262,4 +263,4 @@ class SipAttempt:
             self.channel.on_ended(event.by_remote)
             return
         cause = f"sip: {outcome.cause}" if outcome.cause else "sip: call ended"
-        self.events.put_nowait(Rejected(_REJECTED.get(outcome.status, "failed"), cause))
+        self.events.put_nowait(Rejected(_REJECTED.get(outcome.status, Outcome.FAILED), cause))
