@@ -12,19 +12,17 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
-from ringflow.calls.status import Event
-from ringflow.calls.transitions import Change, apply
-from ringflow.clock import wait_with_timeout
+from ringflow.calls.status import Event, outcome_event
+from ringflow.calls.transitions import Change
+from ringflow.clock import Clock, wait_with_timeout
 from ringflow.errors import RingflowError
 from ringflow.flows.actions import Dial, DialResult
-from ringflow.storage.calls import add_leg, lock_call
-from ringflow.storage.models import Account, Call
+from ringflow.flows.engine import HttpGetter
 from ringflow.telephony.carrier import Answered, Channel, ConversationTap, Rejected
 
 if TYPE_CHECKING:
-    from ringflow.calls.runner import CallRunner
+    from ringflow.calls.runner import Carried
 
-OUTCOMES = {"busy": Event.BUSY, "no-answer": Event.NO_ANSWER, "failed": Event.FAIL}
 # When every number failed, the result reports the most telling outcome.
 PRECEDENCE = ("no-answer", "busy", "failed")
 
@@ -32,14 +30,14 @@ PRECEDENCE = ("no-answer", "busy", "failed")
 class FlowDialer:
     """Carries out the Dial actions of one flow run."""
 
-    def __init__(
-        self, runner: CallRunner, call: Call, account: Account, caller: Channel, channels: list[Channel]
-    ):
-        self.runner = runner
-        self.call = call
-        self.account = account
+    def __init__(self, carried: Carried, http_get: HttpGetter, clock: Clock, caller: Channel):
+        self.carried = carried
+        self.timeline = carried.timeline
+        self.http_get = http_get
+        self.clock = clock
+        self.account = carried.account
         self.caller = caller
-        self.channels = channels  # the runner's live channels (the time limit hangs them up)
+        self.channels = carried.channels  # the call's live channels (the time limit ends them)
 
     async def __call__(self, action: Dial) -> DialResult:
         music = asyncio.ensure_future(self._music(action.music)) if action.music else None
@@ -61,31 +59,22 @@ class FlowDialer:
     async def _music(self, url: str) -> None:
         """Loop ``url`` to the caller until the ringing is over (the task is canceled)."""
         try:
-            prompt = await self.runner.http_get.audio(url, self.account.id)
+            prompt = await self.http_get.audio(url, self.account.id)  # type: ignore[attr-defined]
         except RingflowError as exc:
-            await self.runner.record(self.call, "play.failed", {"url": url, "error": str(exc)})
+            await self.timeline.record("play.failed", {"url": url, "error": str(exc)})
             return
-        await self.runner.record(self.call, "music", {"url": url})
+        await self.timeline.record("music", {"url": url})
         while not self.caller.closed:
             await self.caller.play(url, prompt.pcm)
 
-    async def _new_leg(self, number: str) -> int:
-        async with self.runner.db.session() as session:
-            # Locked: simultaneous dials add legs at once and must not pick the same number.
-            call = await lock_call(session, self.call.sid)
-            assert call is not None
-            leg_no = await add_leg(session, call, number)
-            await apply(session, call, Change(legs=((leg_no, Event.DIAL),)), self.runner.clock.wall())
-        return leg_no
-
     async def _ring(self, number: str, action: Dial) -> tuple[int, Answered | Rejected]:
-        leg_no = await self._new_leg(number)
-        event = await self.runner.ring(
-            self.call, self.account, leg_no, number, action.ring_timeout, action.caller_id
-        )
+        # A leg each: simultaneous dials add theirs at once, each under the call's lock.
+        leg_no = await self.timeline.add_leg(number)
+        event = await self.carried.legs.ring(leg_no, number, action.ring_timeout,
+                                             action.caller_id)
         if isinstance(event, Rejected):
-            change = Change(legs=((leg_no, OUTCOMES[event.outcome]),), cause=event.cause)
-            await self.runner.change(self.call.sid, change)
+            change = Change(legs=((leg_no, outcome_event(event.outcome)),), cause=event.cause)
+            await self.timeline.change(change)
         return leg_no, event
 
     async def _ring_in_turn(self, action: Dial):  # type: ignore[no-untyped-def]
@@ -144,7 +133,7 @@ class FlowDialer:
         return False
 
     async def _talk(self, leg_no: int, number: str, callee: Channel, action: Dial) -> DialResult:
-        clock = self.runner.clock
+        clock = self.clock
         self.channels.append(callee)
         # Record=true on the call tapes all of it already (runner): only the applet's own
         # ``record`` keeps this conversation apart.
@@ -164,8 +153,6 @@ class FlowDialer:
             self.channels.remove(callee)
         url = None
         if tap is not None:
-            url = await self.runner.keep_conversation(
-                self.call, self.account, tap, action.recording_channels
-            )
-        await self.runner.change(self.call.sid, Change(legs=((leg_no, Event.HANGUP),)))
+            url = await self.carried.conversation.keep(tap, action.recording_channels)
+        await self.timeline.change(Change(legs=((leg_no, Event.HANGUP),)))
         return DialResult("completed", number, talked, url)

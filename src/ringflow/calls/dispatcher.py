@@ -158,6 +158,8 @@ class Dispatcher:
         this process (the caller may hold the database): the account's row lock is the one
         that counts.
         """
+        if self._closing:  # shutting down: what waits stays queued for the next start
+            return _nothing
         lines = await self._lines(session, account_id)
         if lines is None or lines.queued == 0:
             return _nothing

@@ -95,3 +95,17 @@ def _next(table: dict[tuple[Status, Event], Status], what: str, status: str, eve
 def is_terminal(status: str) -> bool:
     """True once a call or leg can no longer change."""
     return status in TERMINAL
+
+
+# A leg the carrier could not connect: its outcome (``telephony.carrier.Rejected``) as the
+# event that moves the leg (and a call that ends with it) through the tables above.
+OUTCOME_EVENTS: dict[str, Event] = {"busy": Event.BUSY, "no-answer": Event.NO_ANSWER,
+                                    "failed": Event.FAIL}
+
+
+def outcome_event(outcome: str) -> Event:
+    """The event of a carrier outcome (busy, no-answer, failed)."""
+    try:
+        return OUTCOME_EVENTS[outcome]
+    except KeyError:
+        raise ValueError(f"unknown carrier outcome {outcome!r}") from None

@@ -14,13 +14,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ringflow.flows.actions import StreamAudio
 from ringflow.phone import display
+from ringflow.storage.models import Call
 from ringflow.streams.service import StreamRequest, Streams
 from ringflow.streams.stream import Stream, StreamOutcome
 from ringflow.telephony.carrier import Channel
+
+if TYPE_CHECKING:
+    from ringflow.calls.runner import Carried
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +99,14 @@ class CallStreams:
             params=dict(self._params()))
 
 
-async def run_stream_call(runner: Any, call: Any, account: Any, channel: Channel) -> None:
+async def run_stream_call(carried: Carried, streams: Streams | None, channel: Channel) -> None:
     """A ``StreamUrl`` call, answered: stream until the bot or the caller ends it.
 
     The call then hangs up (the runner ends it ``completed``: the customer did answer, even
     when the stream could not be opened; the reason is on the timeline).
     """
-    async def record(kind: str, data: dict[str, Any]) -> None:
-        await runner.record(call, kind, data)
-
-    if runner.streams is None:
+    call, account, record = carried.call, carried.account, carried.timeline.record
+    if streams is None:
         await record("stream.failed", {"reason": "streams are not available here"})
         return
     request = StreamRequest(
@@ -113,15 +115,14 @@ async def run_stream_call(runner: Any, call: Any, account: Any, channel: Channel
         limit=account.max_concurrent_streams,
         bidirectional=call.stream_type != "unidirectional",
         params=_call_params(call))
-    live = runner.control.live(call.sid)
-    outcome = await runner.streams.run(
-        request, channel, record,
-        by_request=lambda: live is not None and live.stopped_by_request)
+    live = carried.live
+    outcome = await streams.run(request, channel, record,
+                                by_request=lambda: live.stopped_by_request)
     log.info("call %s: stream %s %s (%s)", call.sid, outcome.stream_sid, outcome.status,
              outcome.detailed_status)
 
 
-def _call_params(call: Any) -> dict[str, str]:
+def _call_params(call: Call) -> dict[str, str]:
     """What an http(s) stream URL endpoint is told of a ``StreamUrl`` call (no app runs, so
     the Passthru parameters that describe the call itself)."""
     customer, exophone = display(call.from_number), display(call.caller_id)
