@@ -7,7 +7,6 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -41,6 +40,7 @@ from ringflow.streams.service import Streams
 from ringflow.telephony.carrier import Carrier
 from ringflow.telephony.routing import RoutingCarrier
 from ringflow.telephony.sandbox import PhoneScript, SandboxCarrier
+from ringflow.telephony.sandbox.network import ScriptLookup, Speech
 from ringflow.webhooks.deliverer import Deliverer
 from ringflow.webhooks.http import OutboundHttp
 
@@ -155,7 +155,7 @@ def _carrier(settings: Settings, clock: Clock, accounts: Accounts,
     return sip if settings.carrier == "sip" else RoutingCarrier(sandbox, sip)
 
 
-def _script_lookup(accounts: Accounts) -> Any:
+def _script_lookup(accounts: Accounts) -> ScriptLookup:
     async def lookup(account_sid: str, number: str) -> PhoneScript | None:
         script = await accounts.script_for(account_sid, number)
         return PhoneScript.from_dict(script) if script is not None else None
@@ -163,7 +163,7 @@ def _script_lookup(accounts: Accounts) -> Any:
     return lookup
 
 
-def _speech(tts: TextToSpeech) -> Any:
+def _speech(tts: TextToSpeech) -> Speech:
     async def speak(text: str, voice: str | None) -> Prompt | None:
         if not tts.available():
             return None

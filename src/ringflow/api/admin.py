@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,6 +38,9 @@ from ringflow.recordings import MAX_LINK_TTL
 from ringflow.storage import call_views, timeline
 from ringflow.storage.models import Account, App
 
+if TYPE_CHECKING:
+    from ringflow.app import Services
+
 MAX_BODY = 256 * 1024
 MAX_JSON_DEPTH = 32  # an app nests about six levels deep
 TOO_DEEP = f"body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
@@ -45,6 +48,9 @@ UPLOADS_AT_ONCE = 4  # audio uploads read and decoded at once: each holds up to 
 UPLOAD_SLOT_WAIT = 2  # body timeouts an upload may wait for one of those
 DEFAULT_LINK_TTL = 3600
 PREFIX = "/admin/v1/accounts/{sid}"
+
+Handler = Callable[[Request, Account], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def app_json(app: App) -> dict[str, Any]:
@@ -55,7 +61,7 @@ def app_json(app: App) -> dict[str, Any]:
 class AdminApi:
     """Routes under /admin/v1."""
 
-    def __init__(self, services: Any):
+    def __init__(self, services: Services):
         self.s = services
         # Waiting uploads hold only what flow control buffers, not their whole body.
         self._uploads = asyncio.Semaphore(UPLOADS_AT_ONCE)
@@ -81,7 +87,7 @@ class AdminApi:
             ),
         ]
 
-    def _wrap(self, handler: Any, operator: bool = False) -> Any:
+    def _wrap(self, handler: Handler, operator: bool = False) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             try:
                 if operator:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ringflow.api.params import Params
@@ -14,6 +14,9 @@ from ringflow.storage.models import Account
 from ringflow.storage.session import Session
 from ringflow.streams.target import check_stream_url
 from ringflow.webhooks.http import validate_url
+
+if TYPE_CHECKING:
+    from ringflow.app import Services
 
 # .../exoml/start_voice/{app_id} (current) and .../exoml/start/{app_id} (legacy), any host.
 _APP_URL = re.compile(r"/exoml/start(?:_voice)?/([0-9]{1,100})/?$")
@@ -34,7 +37,7 @@ def app_id_from_url(url: str) -> int:
     return int(match.group(1))
 
 
-async def parse_connect(params: Params, account: Account, services: Any) -> CallRequest:
+async def parse_connect(params: Params, account: Account, services: Services) -> CallRequest:
     """Check every Calls/connect parameter; InvalidRequest names the first one at fault."""
     from_number = normalize(params.require("From"), field="From")
     caller_raw = params.require("CallerId")
@@ -122,14 +125,14 @@ def _stream(params: Params, allow_private: bool) -> tuple[str, str, str | None] 
     return url, kind, stream_name
 
 
-async def _exophone(session: Session, raw: str, account: Account, services: Any) -> str:
+async def _exophone(session: Session, raw: str, account: Account, services: Services) -> str:
     number = normalize(raw, field="CallerId")
     if not await services.accounts.owns_number(session, account.id, number):
         raise InvalidRequest(f"CallerId {display(number)} is not an ExoPhone of this account")
     return number
 
 
-async def _app(session: Session, url: str, account: Account, services: Any) -> int:
+async def _app(session: Session, url: str, account: Account, services: Services) -> int:
     app_id = app_id_from_url(url)
     try:
         await services.accounts.app(session, account.id, app_id)

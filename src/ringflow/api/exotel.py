@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -35,6 +35,9 @@ from ringflow.phone import display
 from ringflow.recordings import CONTENT_TYPES, extension
 from ringflow.storage import call_views
 from ringflow.storage.models import Account
+
+if TYPE_CHECKING:
+    from ringflow.app import Services
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ _RECORDING = re.compile(
 class ExotelApi:
     """The ``/v1`` endpoints; ``services`` is the wired application (see app.py)."""
 
-    def __init__(self, services: Any):
+    def __init__(self, services: Services):
         self.s = services
 
     def routes(self) -> list[Route]:
@@ -180,7 +183,7 @@ class ExotelApi:
             )
         return headers
 
-    async def connect(self, request: Request, account: Account, params: Params, match: Any, as_json: bool) -> Response:
+    async def connect(self, request: Request, account: Account, params: Params, match: re.Match[str], as_json: bool) -> Response:
         """``POST Calls/connect``: place a call in the flow or the two-number shape."""
         call_request = await parse_connect(params, account, self.s)
         call, started = await self.s.dispatcher.submit(call_request)
@@ -190,7 +193,7 @@ class ExotelApi:
         log.info("call %s created (%s shape) for %s", call.sid, call.shape, account.sid)
         return respond(body, as_json=as_json)
 
-    async def get_call(self, request: Request, account: Account, params: Params, match: Any, as_json: bool) -> Response:
+    async def get_call(self, request: Request, account: Account, params: Params, match: re.Match[str], as_json: bool) -> Response:
         """``GET Calls/{CallSid}``, with ``Details`` when ``details=true``."""
         async with self.s.db.session() as session:
             call = await call_views.call_in_account(session, account.id, match["call"])
@@ -201,7 +204,7 @@ class ExotelApi:
             fields["Details"] = call_details(call)
         return respond({"Call": fields}, as_json=as_json)
 
-    async def update_call(self, request: Request, account: Account, params: Params, match: Any, as_json: bool) -> Response:
+    async def update_call(self, request: Request, account: Account, params: Params, match: re.Match[str], as_json: bool) -> Response:
         """``POST Calls/{CallSid}``: ``Status=completed`` hangs up, ``Url=`` redirects."""
         status, url = params.get("Status"), params.get("Url")
         if status and url:
@@ -225,7 +228,7 @@ class ExotelApi:
         body = {"Call": call_fields(call, account.sid, account.time_zone, json_uri=as_json)}
         return respond(body, as_json=as_json)
 
-    async def list_calls(self, request: Request, account: Account, params: Params, match: Any, as_json: bool) -> Response:
+    async def list_calls(self, request: Request, account: Account, params: Params, match: re.Match[str], as_json: bool) -> Response:
         """``GET Calls``: the bulk list with filters, sorting and cursors."""
         async with self.s.db.session() as session:
             page = await call_list.list_calls(session, account, params, base_path=request.url.path)
@@ -236,7 +239,7 @@ class ExotelApi:
         }
         return respond(body, as_json=as_json)
 
-    async def numbers(self, request: Request, account: Account, params: Params, match: Any, as_json: bool) -> Response:
+    async def numbers(self, request: Request, account: Account, params: Params, match: re.Match[str], as_json: bool) -> Response:
         """``GET IncomingPhoneNumbers``: the account's ExoPhones."""
         async with self.s.db.session() as session:
             rows = await self.s.accounts.numbers(session, account.id)
@@ -255,7 +258,7 @@ class ExotelApi:
         ]
         return respond({"IncomingPhoneNumbers": items}, as_json=as_json)
 
-    async def active_streams(self, request: Request, account: Account, params: Params, match: Any,
+    async def active_streams(self, request: Request, account: Account, params: Params, match: re.Match[str],
                              as_json: bool) -> Response:
         """``GET ActiveStreams``: the account's streams to bots now, and its limit."""
         streams = self.s.streams

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -28,6 +28,9 @@ from ringflow.dashboard.auth import COOKIE, Session, SessionCodec, csrf_ok
 from ringflow.errors import NotFound, RingflowError, Unavailable
 from ringflow.recordings import load_secret
 from ringflow.storage.models import Account
+
+if TYPE_CHECKING:
+    from ringflow.app import Services
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ Handler = Callable[["Dashboard", Page], Awaitable[Response]]
 class Dashboard:
     """The web console, served by ``ringflow serve`` at ``/``."""
 
-    def __init__(self, services: Any):
+    def __init__(self, services: Services):
         self.s = services
         self.codec = SessionCodec(load_secret(services.settings))
         self.env = Environment(
@@ -265,7 +268,9 @@ class Dashboard:
 
     def operator_page(
         self, handler: Callable[[Dashboard, Request, Session, Viewer], Awaitable[Response]]
-    ) -> Any:
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap an operator's page: sign-in, and a 404 for anyone but an operator."""
+
         async def endpoint(request: Request) -> Response:
             session, fresh = self._session(request)
             viewer = await self._viewer(session)
