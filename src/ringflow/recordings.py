@@ -216,6 +216,9 @@ class RecordingStore:
                 channels=channels if len(tracks) > 1 else "single", duration=duration, size=size,
                 url=url, now=self.clock.wall(),
             )
+        # The call's latest recording is its RecordingUrl: on the row, and on the call held by
+        # the process carrying it (its callbacks are built from that).
+        call.recording_url = url
         log.info("call %s: recording %s (%s, %.1f s, %d bytes)", call.sid, sid, fmt, duration, size)
         return Stored(sid, url, duration, size)
 

@@ -2,28 +2,39 @@
 
 Steps (an applet entered, a request made, a mark returned) are kept in memory and written with
 the call's next status change, or once ``STEPS_PER_WRITE`` have gathered, so a flow does not
-cost a transaction per applet. A status change is one transaction: the call is locked (its legs
-can change from several tasks at once: simultaneous dials), the steps are written, the change
-is applied (``transitions.apply``) with its callbacks born leased to this process's deliverer,
-and the change that ends the call frees its account line there too, admitting the next queued
-calls.
+cost a transaction per applet. A status change is one transaction: the steps, the change, its
+callbacks (born leased to this process's deliverer) and, for the change that ends the call,
+its account line freed (admitting the next queued calls).
+
+The process carrying a call is the only writer of its status, so the timeline holds the call's
+rows in memory, applies a change there (``transitions.advance``, changes serialised per call:
+simultaneous dials change legs at once) and writes the result with Core statements and no
+read: the call's row is updated only if its status is still the one it held. If not (another
+writer moved it), or a write failed half way, the timeline falls back to locking the row,
+applying the change to what the database holds, and taking that as its memory again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ringflow.calls.status import Event, Status, is_terminal
-from ringflow.calls.transitions import Change, apply, interrupted
+from ringflow.calls.transitions import Change, advance, apply, callback_content_type, interrupted
 from ringflow.clock import Clock
-from ringflow.storage.calls import add_leg, lock_call
+from ringflow.storage.calls import add_leg, add_steps, copy_into, lock_call, write_change
 from ringflow.storage.db import Database
-from ringflow.storage.models import Call, CallEvent, OutboxMessage
-from ringflow.storage.outbox import Lease
+from ringflow.storage.models import Call, Leg, OutboxMessage
+from ringflow.storage.outbox import Claimed, Lease
 from ringflow.storage.session import Session
+from ringflow.webhooks.outbox import outbox_row
 
 STEPS_PER_WRITE = 20
+
+
+class _Moved(Exception):
+    """The call's row was not in the state held in memory (rolls the write back)."""
 
 
 class Line(Protocol):
@@ -41,6 +52,8 @@ class Callbacks(Protocol):
 
     def take(self, rows: list[OutboxMessage]) -> None: ...
 
+    def take_claimed(self, claimed: list[Claimed]) -> None: ...
+
 
 class Timeline:
     """Writes one call's steps and status changes."""
@@ -50,17 +63,19 @@ class Timeline:
                  on_enqueued: Callable[[], None]):
         self.db = db
         self.clock = clock
-        self.call = call
+        self.call = call  # the call's rows as they stand: this process is its only writer
         self.time_zone = time_zone  # the account's: callbacks give times in it
         self.line = line
         self.callbacks = callbacks
         self.on_enqueued = on_enqueued  # wakes the deliverer for rows written without a lease
-        self._steps: list[CallEvent] = []
+        self._steps: list[dict[str, Any]] = []
+        self._lock = asyncio.Lock()
+        self._stale = False  # memory may differ from the database: read it back first
 
     async def record(self, kind: str, data: dict[str, Any]) -> None:
         """Add a step to the call's timeline (written with the next change, or soon)."""
-        self._steps.append(CallEvent(call_id=self.call.id, at=self.clock.wall(), kind=kind,
-                                     data=data))
+        self._steps.append({"call_id": self.call.id, "at": self.clock.wall(), "kind": kind,
+                            "data": data})
         if len(self._steps) >= STEPS_PER_WRITE:
             await self.flush()
 
@@ -69,11 +84,12 @@ class Timeline:
         steps, self._steps = self._steps, []
         if steps:
             async with self.db.session() as session:
-                session.add_all(steps)
+                await add_steps(session, steps)
 
     async def change(self, change: Change) -> Call:
         """Apply a status change, with the steps kept since the last one."""
-        return await self._changed(lambda call: change)
+        await self._changed(lambda call: change)
+        return self.call
 
     async def finish(self, reason: str) -> None:
         """End the call, whatever state it is in, unless it has ended already (shutdown, a bug)."""
@@ -82,15 +98,7 @@ class Timeline:
 
     async def add_leg(self, number: str) -> int:
         """A new leg of the call to ``number``, marked dialing; its number."""
-        leg_no = 0
-
-        async def new_leg(session: Session, call: Call) -> Change:
-            nonlocal leg_no
-            leg_no = await add_leg(session, call, number)
-            return Change(legs=((leg_no, Event.DIAL),))
-
-        await self._changed(None, before=new_leg)
-        return leg_no
+        return await self._changed(None, new_leg=number)
 
     async def cancel_leg(self, leg_no: int) -> None:
         """A leg that was ringing when its dial was abandoned ends canceled."""
@@ -104,33 +112,113 @@ class Timeline:
         await self._changed(cancel)
 
     async def _changed(self, decide: Callable[[Call], Change | None] | None, *,
-                       before: Callable[[Session, Call], Awaitable[Change]] | None = None
-                       ) -> Call:
-        """One transaction: lock the call, write the steps, apply what ``decide`` (or
-        ``before(session, call)``) says, free the line if the call ended."""
+                       new_leg: str | None = None) -> int:
+        """Apply what ``decide`` says (or add a leg to ``new_leg``); the leg added, if any."""
+        async with self._lock:
+            if not self._stale:
+                self._stale = True  # until the write is known to be done
+                try:
+                    leg_no = await self._from_memory(decide, new_leg)
+                    self._stale = False
+                    return leg_no
+                except _Moved:
+                    pass
+            leg_no = await self._from_database(decide, new_leg)
+            self._stale = False
+            return leg_no
+
+    async def _from_memory(self, decide: Callable[[Call], Change | None] | None,
+                           new_leg: str | None) -> int:
+        call = self.call
+        expected = call.status
+        leg_no, change = _decided(call, decide, new_leg)
+        steps, self._steps = self._steps, []
+        if change is None:
+            if steps:
+                async with self.db.session() as session:
+                    await add_steps(session, steps)
+            return leg_no
+        now = self.clock.wall()
+        advanced = advance(call, change, now, self.time_zone)
+        steps.append({"call_id": call.id, "at": now, "kind": "status", "data": advanced.step})
+        lease = self.callbacks.birth_lease() if self.callbacks is not None else None
+        rows = [outbox_row(account_id=call.account_id, call_id=call.id, event=cb.event,
+                           url=call.status_callback or "", content_type=callback_content_type(call),
+                           payload=cb.payload, idempotency_key=f"{call.sid}:{cb.key}", now=now,
+                           lease=lease) for cb in advanced.callbacks]
         start_next = None
+        async with self.db.session() as session:
+            ids = await write_change(session, call, expected=expected,
+                                     legs=[n for n, _ in change.legs],
+                                     new_legs=[leg_no] if new_leg is not None else [],
+                                     steps=steps, callbacks=rows)
+            if ids is None:
+                self._steps = steps[:-1] + self._steps  # kept for the database's turn
+                raise _Moved
+            start_next = await self._free_line(session, call)
+        self._sent(rows, ids, lease)
+        if start_next is not None:
+            start_next()
+        return leg_no
+
+    async def _from_database(self, decide: Callable[[Call], Change | None] | None,
+                             new_leg: str | None) -> int:
+        start_next = None
+        leg_no = 0
+        queued: list[OutboxMessage] = []
         async with self.db.session() as session:
             call = await lock_call(session, self.call.sid)
             assert call is not None, f"call {self.call.sid} does not exist"
-            session.add_all(self._steps)
+            await add_steps(session, self._steps)
             self._steps = []
-            if before is not None:
-                change: Change | None = await before(session, call)
+            if new_leg is not None:
+                leg_no = await add_leg(session, call, new_leg)
+                change: Change | None = Change(legs=((leg_no, Event.DIAL),))
             else:
                 assert decide is not None
                 change = decide(call)
-            queued: list[OutboxMessage] = []
             if change is not None:
                 lease = self.callbacks.birth_lease() if self.callbacks is not None else None
                 queued = await apply(session, call, change, self.clock.wall(), lease,
                                      self.time_zone)
-            line = self.line
-            if line is not None and not line.freed and is_terminal(call.status):
-                start_next = await line.free(session)
+            start_next = await self._free_line(session, call)
+            await session.flush()
+            copy_into(call, self.call)
         if queued and self.callbacks is not None:
             self.callbacks.take(queued)
         elif queued:
             self.on_enqueued()
         if start_next is not None:
             start_next()
-        return call
+        return leg_no
+
+    async def _free_line(self, session: Session, call: Call) -> Callable[[], None] | None:
+        line = self.line
+        if line is not None and not line.freed and is_terminal(call.status):
+            return await line.free(session)
+        return None
+
+    def _sent(self, rows: list[dict[str, Any]], ids: list[int], lease: Lease | None) -> None:
+        """Hand the callbacks just written to the deliverer."""
+        if not rows:
+            return
+        if lease is None or self.callbacks is None:
+            self.on_enqueued()
+            return
+        self.callbacks.take_claimed([
+            Claimed(id=row_id, account_id=row["account_id"], event=row["event"], url=row["url"],
+                    destination=row["destination"], content_type=row["content_type"],
+                    payload=row["payload"], idempotency_key=row["idempotency_key"], attempts=0,
+                    lease_until=lease.until)
+            for row_id, row in zip(ids, rows, strict=True)])
+
+
+def _decided(call: Call, decide: Callable[[Call], Change | None] | None,
+             new_leg: str | None) -> tuple[int, Change | None]:
+    """The change to make to ``call`` in memory (adding the new leg first)."""
+    if new_leg is None:
+        assert decide is not None
+        return 0, decide(call)
+    leg_no = max((leg.leg_no for leg in call.legs), default=0) + 1
+    call.legs.append(Leg(leg_no=leg_no, number=new_leg, status=""))
+    return leg_no, Change(legs=((leg_no, Event.DIAL),))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+from typing import Any
 
 from ringflow.calls import callbacks
 from ringflow.calls.status import ACTIVE, Event, Status, call_next, is_terminal, leg_next
@@ -62,15 +63,31 @@ def _finish(call: Call, now: dt.datetime) -> None:
         call.conversation_duration = 0
 
 
-async def apply(
-    session: Session, call: Call, change: Change, now: dt.datetime, lease: Lease | None = None,
-    time_zone: str | None = None,
-) -> list[OutboxMessage]:
-    """Apply ``change`` to ``call`` (loaded in ``session``); returns the callbacks queued.
+@dataclasses.dataclass(frozen=True)
+class Callback:
+    """A StatusCallback a change causes: its event, idempotency key and payload."""
 
-    With ``lease``, the callbacks are born leased to the deliverer that will send them.
-    ``time_zone`` is the account's (read from the database when not given).
-    """
+    event: str
+    key: str
+    payload: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Advanced:
+    """What a change did to a call's rows in memory, for its writer to persist."""
+
+    before: str  # the call's status before
+    step: dict[str, Any]  # the timeline's "status" step
+    callbacks: list[Callback]
+
+    @property
+    def ended(self) -> bool:
+        """Whether this change ended the call."""
+        return is_terminal(self.step["call"]) and not is_terminal(self.before)
+
+
+def advance(call: Call, change: Change, now: dt.datetime, time_zone: str) -> Advanced:
+    """Move ``call`` and its legs (in memory) through the status table; what to write."""
     before = call.status
     legs = {leg.leg_no: leg for leg in call.legs}
     for leg_no, event in change.legs:
@@ -84,19 +101,12 @@ async def apply(
     call.updated_at = now
     if is_terminal(call.status) and not is_terminal(before):
         _finish(call, now)
-    session.add(
-        CallEvent(
-            call_id=call.id,
-            at=now,
-            kind="status",
-            data={
-                "call": call.status,
-                "legs": {str(n): legs[n].status for n, _ in change.legs},
-                "cause": change.cause,
-                "reason": change.reason,
-            },
-        )
-    )
+    step = {
+        "call": call.status,
+        "legs": {str(n): legs[n].status for n, _ in change.legs},
+        "cause": change.cause,
+        "reason": change.reason,
+    }
     log.info(
         "call %s: %s -> %s %s%s",
         call.sid,
@@ -105,47 +115,62 @@ async def apply(
         " ".join(f"leg{n}={legs[n].status}" for n, _ in change.legs),
         f" ({change.reason or change.cause})" if (change.reason or change.cause) else "",
     )
-    return await _queue_callbacks(session, call, change, before, now, lease, time_zone)
+    return Advanced(before, step, _callbacks(call, change, before, time_zone))
 
 
-async def _queue_callbacks(
-    session: Session, call: Call, change: Change, before: str, now: dt.datetime,
-    lease: Lease | None, time_zone: str | None,
+async def apply(
+    session: Session, call: Call, change: Change, now: dt.datetime, lease: Lease | None = None,
+    time_zone: str | None = None,
 ) -> list[OutboxMessage]:
-    if not call.status_callback:
-        return []
-    tz = time_zone or await account_time_zone(session, call.account_id)
-    events = set(call.callback_events or [])
-    queued: list[OutboxMessage] = []
+    """Apply ``change`` to ``call`` (loaded in ``session``); returns the callbacks queued.
 
-    async def add(event: str, key: str, payload: dict) -> None:
-        row = await enqueue(
+    With ``lease``, the callbacks are born leased to the deliverer that will send them.
+    ``time_zone`` is the account's (read from the database when not given).
+    """
+    if time_zone is None and call.status_callback:
+        time_zone = await account_time_zone(session, call.account_id)
+    advanced = advance(call, change, now, time_zone or "UTC")
+    session.add(CallEvent(call_id=call.id, at=now, kind="status", data=advanced.step))
+    queued: list[OutboxMessage] = []
+    for callback in advanced.callbacks:
+        queued.append(await enqueue(
             session,
             account_id=call.account_id,
             call_id=call.id,
-            event=event,
+            event=callback.event,
             url=call.status_callback or "",
-            content_type="application/json" if call.callback_json else "multipart/form-data",
-            payload=payload,
-            idempotency_key=f"{call.sid}:{key}",
+            content_type=callback_content_type(call),
+            payload=callback.payload,
+            idempotency_key=f"{call.sid}:{callback.key}",
             now=now,
             lease=lease,
-        )
-        queued.append(row)
+        ))
+    return queued
 
+
+def callback_content_type(call: Call) -> str:
+    """How the call's StatusCallbacks are encoded."""
+    return "application/json" if call.callback_json else "multipart/form-data"
+
+
+def _callbacks(call: Call, change: Change, before: str, tz: str) -> list[Callback]:
+    if not call.status_callback:
+        return []
+    events = set(call.callback_events or [])
+    found: list[Callback] = []
     for leg_no, event in change.legs:
         for kind, trigger in (("ringing", Event.DIAL), ("answered", Event.ANSWER)):
             if event is trigger and kind in events:
                 payload = callbacks.event_payload(call, kind, tz, list(call.legs))
-                await add(kind, f"{kind}:{leg_no}", payload)
+                found.append(Callback(kind, f"{kind}:{leg_no}", payload))
     if is_terminal(call.status) and not is_terminal(before):
         # Without StatusCallbackEvents: the four-field POST; with them, only what was asked for.
         if not events:
-            await add("terminal", "terminal", callbacks.minimal_payload(call, tz))
+            found.append(Callback("terminal", "terminal", callbacks.minimal_payload(call, tz)))
         elif "terminal" in events:
             payload = callbacks.event_payload(call, "terminal", tz, list(call.legs))
-            await add("terminal", "terminal", payload)
-    return queued
+            found.append(Callback("terminal", "terminal", payload))
+    return found
 
 
 def interrupted(call: Call, reason: str) -> Change:

@@ -9,10 +9,10 @@ import datetime as dt
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ringflow.storage.models import Account, Call, CallEvent, Leg
+from ringflow.storage.models import Account, Call, CallEvent, Leg, OutboxMessage
 
 SIDS_PER_QUERY = 500  # SQL parameters per IN list, well under every backend's limit
 
@@ -80,3 +80,67 @@ async def account_time_zone(session: AsyncSession, account_id: int) -> str:
     """The time zone of the call's account (callbacks give times in it)."""
     query = select(Account.time_zone).where(Account.id == account_id)
     return str((await session.execute(query)).scalar_one())
+
+
+# What a status change may alter on a call and on a leg.
+CALL_CHANGES = ("status", "reason", "updated_at", "start_time", "end_time", "duration",
+                "conversation_duration", "price")
+LEG_CHANGES = ("status", "cause", "answered_by", "dialed_at", "answered_at", "ended_at")
+
+
+async def write_change(session: AsyncSession, call: Call, *, expected: str,
+                       legs: Collection[int], new_legs: Collection[int],
+                       steps: list[dict[str, Any]], callbacks: list[dict[str, Any]]
+                       ) -> list[int] | None:
+    """Persist a change made to ``call`` in memory, with Core statements and no reads.
+
+    The call's row changes only if its status is still ``expected`` (no other writer moved
+    it): otherwise nothing is written and None returned. ``legs`` are the leg numbers whose
+    row changed, ``new_legs`` those to insert; ``steps`` are timeline rows and ``callbacks``
+    outbox rows to insert. Returns the callbacks' ids.
+    """
+    values = {name: getattr(call, name) for name in CALL_CHANGES}
+    moved = await session.execute(
+        update(Call).where(Call.id == call.id, Call.status == expected).values(**values)
+        .execution_options(synchronize_session=False))
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    by_no = {leg.leg_no: leg for leg in call.legs}
+    if new_legs:
+        await session.execute(insert(Leg), [
+            {"call_id": call.id, "leg_no": n, "number": by_no[n].number,
+             **{name: getattr(by_no[n], name) for name in LEG_CHANGES}} for n in new_legs])
+    changed = [n for n in legs if n not in new_legs]
+    if changed:
+        # One statement per leg: rarely more than two change at once.
+        for n in changed:
+            await session.execute(
+                update(Leg).where(Leg.call_id == call.id, Leg.leg_no == n)
+                .values(**{name: getattr(by_no[n], name) for name in LEG_CHANGES})
+                .execution_options(synchronize_session=False))
+    await add_steps(session, steps)
+    if not callbacks:
+        return []
+    inserted = insert(OutboxMessage).returning(OutboxMessage.id, sort_by_parameter_order=True)
+    ids = await session.execute(inserted, callbacks)
+    return [row[0] for row in ids.all()]
+
+
+async def add_steps(session: AsyncSession, steps: list[dict[str, Any]]) -> None:
+    """Insert timeline steps (rows of call_events, as dicts)."""
+    if steps:
+        await session.execute(insert(CallEvent), steps)
+
+
+def copy_into(source: Call, target: Call) -> None:
+    """Make ``target`` (a call held in memory) what ``source`` (just read) says, legs too."""
+    for column in Call.__table__.columns:
+        setattr(target, column.key, getattr(source, column.key))
+    held = {leg.leg_no: leg for leg in target.legs}
+    for leg in source.legs:
+        mine = held.get(leg.leg_no)
+        if mine is None:
+            mine = Leg(leg_no=leg.leg_no, number=leg.number, status=leg.status)
+            target.legs.append(mine)
+        for column in Leg.__table__.columns:
+            setattr(mine, column.key, getattr(leg, column.key))

@@ -199,9 +199,13 @@ class Deliverer:
         """Send rows written with ``birth_lease`` (their transaction has committed); rows
         written without one are found in the table."""
         leased = [row for row in rows if row.lease_owner == self._owner]
-        self._handed.extend(outbox.claimed(row) for row in leased)
+        self.take_claimed([outbox.claimed(row) for row in leased])
         if len(leased) < len(rows):
             self.wake()
+
+    def take_claimed(self, claimed: list[Claimed]) -> None:
+        """Send rows written with ``birth_lease``, as their writer describes them."""
+        self._handed.extend(claimed)
         self._wake.set()
 
     async def deliver_due(self) -> int:

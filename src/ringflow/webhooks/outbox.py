@@ -22,6 +22,32 @@ CONTENT_TYPES = (FORM, JSON)
 LEGS = "Legs"
 
 
+def outbox_row(
+    *,
+    account_id: int,
+    call_id: int | None,
+    event: str,
+    url: str,
+    content_type: str,
+    payload: dict[str, Any],
+    idempotency_key: str,
+    now: dt.datetime,
+    lease: Lease | None = None,
+) -> dict[str, Any]:
+    """A pending webhook's row, checked as ``enqueue`` checks it, for a writer to insert."""
+    if content_type not in CONTENT_TYPES:
+        raise ValueError(f"unsupported callback content type {content_type!r}")
+    encode(payload, content_type)  # a payload that cannot be sent fails now, not when sent
+    return {
+        "account_id": account_id, "call_id": call_id, "event": event, "url": url,
+        "destination": destination_of(url), "content_type": content_type, "payload": payload,
+        "idempotency_key": idempotency_key, "state": "pending", "attempts": 0,
+        "next_attempt_at": now, "created_at": now,
+        "lease_owner": lease.owner if lease is not None else None,
+        "lease_until": lease.until if lease is not None else None,
+    }
+
+
 async def enqueue(
     session: Session,
     *,
