@@ -210,7 +210,7 @@ async def test_digest_challenge(tmp_path: Path, password: str, status: str) -> N
 
 
 @pytest.mark.usefixtures("sqlite_db")
-async def test_a_full_trunk_holds_the_next_call_and_its_ring_timeout_starts_when_dialled(
+async def test_a_call_waits_queued_for_a_full_trunk_and_its_ring_timeout_starts_when_dialled(
         tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -222,14 +222,19 @@ async def test_a_full_trunk_holds_the_next_call_and_its_ring_timeout_starts_when
         app_id = await app(rig, long_greeting, "hello")
         holding = await place(rig, first, app_id)
         waiting = await place(rig, second, app_id, TimeOut="2")
+        # The trunk's one channel is taken: the second call is admitted only when it frees.
+        assert (await rig.call(holding)).status in ("ringing", "in-progress")
+        assert (await rig.call(waiting)).status == "queued"
         assert (await call_to_end(rig, waiting)).status == "completed"
         assert (await call_to_end(rig, holding)).status == "completed"
-        steps = {e["kind"]: e for e in await rig.timeline(waiting)}
-        assert "all 1 channels of trunk sipp are busy" in str(steps["trunk.wait"])
-        assert "trunk.placed" in steps
-        # It was dialled only once the first call had hung up (its greeting lasts over 2 s).
+        steps = await rig.timeline(waiting)
+        assert "trunk.wait" not in {e["kind"] for e in steps}
+        # It was dialled only once the first call had hung up (its greeting lasts over 2 s),
+        # and rang within its own TimeOut from then.
         first_over = {e["kind"]: e for e in await rig.timeline(holding)}["flow.end"]["at"]
-        assert steps["trunk.placed"]["at"] >= first_over
+        dialled = next(e for e in steps if e["kind"] == "status"
+                       and e["data"]["call"] == "ringing")
+        assert dialled["at"] >= first_over
         assert await first.exit_code() == 0 and await second.exit_code() == 0
 
 

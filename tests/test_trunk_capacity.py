@@ -159,3 +159,25 @@ async def test_a_call_that_must_wait_is_told_once_and_one_that_need_not_is_not(
     await clock.run_until(lambda: second.done(), limit=10)
     await first
     assert told[1] == ["all 1 channels of trunk pbx are busy"]
+
+
+async def test_a_channel_held_at_admission_is_shared_and_its_release_tells(
+        prefix, clients) -> None:
+    clock = ManualClock()
+    trunk = Trunk("pbx", "h", max_channels=1, max_cps=100.0)
+    freed: list[str] = []
+    a = SharedTrunkGate(trunk, clock, clients[0], prefix=prefix,
+                        on_room=lambda: freed.append("a"))
+    b = SharedTrunkGate(trunk, clock, clients[1], prefix=prefix)
+    hold = await a.try_hold()
+    assert hold is not None
+    assert await b.try_hold() is None, "the other process took the trunk's only channel"
+    assert await b.active() == 1
+    async with a.slot(hold=hold):  # the leg dials with the channel it holds: no second take
+        assert await a.active() == 1
+    assert freed == ["a"]
+    again = await b.try_hold()
+    assert again is not None
+    await again.release()
+    await again.release()  # once only
+    assert await a.active() == 0

@@ -88,7 +88,7 @@ class Services:
         streams = Streams(settings, clock, http)
         runner = CallRunner(db, clock, carrier, FlowHttp(http, audio), deliverer.wake, recordings,
                             control, streams, deliverer=deliverer, find_app=accounts.find_app)
-        dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake)
+        dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake, carrier)
         rate_limiter = make_rate_limiter(settings.redis_url, clock)
         return cls(
             settings=settings,

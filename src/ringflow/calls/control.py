@@ -43,7 +43,7 @@ from ringflow.errors import CallOver, Conflict, NotFound
 from ringflow.storage.calls import load_call, lock_call, steps_of_kind
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call, CallEvent
-from ringflow.telephony.carrier import Channel, Rejected
+from ringflow.telephony.carrier import Channel, Outcome, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ POLL_EVERY = 0.5
 WAIT_FOR_END = 10.0
 
 # What a first leg's ringing ends with when a hang-up is asked for (never a carrier outcome).
-STOPPED = Rejected("canceled", CANCELED_BY_REQUEST)
+STOPPED = Rejected(Outcome.CANCELED, CANCELED_BY_REQUEST)
 
 AppRunner = Callable[[int], Awaitable[None]]
 StepRecorder = Callable[[str, dict[str, Any]], Awaitable[None]]

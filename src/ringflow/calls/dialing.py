@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ringflow.calls.status import Event, outcome_event
 from ringflow.calls.transitions import Change
@@ -92,11 +92,12 @@ class FlowDialer:
         return None, outcomes
 
     async def _ring_all(self, action: Dial):  # type: ignore[no-untyped-def]
-        tasks = {asyncio.ensure_future(self._ring(n, action)): n for n in action.numbers}
+        tasks: dict[asyncio.Future[Any], str] = {
+            asyncio.ensure_future(self._ring(n, action)): n for n in action.numbers}
         outcomes: list[str] = []
         winner = None
-        pending = set(tasks)
-        gone = asyncio.ensure_future(self.caller.wait_closed())
+        pending: set[asyncio.Future[Any]] = set(tasks)
+        gone: asyncio.Future[Any] = asyncio.ensure_future(self.caller.wait_closed())
         try:
             while pending and winner is None:
                 done, pending = await asyncio.wait(

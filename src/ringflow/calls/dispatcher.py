@@ -10,6 +10,10 @@ calls in progress cannot change under it, and a queued call is claimed by one pr
 The asyncio lock per account only spares this process's own submissions a wait in the
 database.
 
+A call of an account whose calls go over a SIP trunk is admitted only with a channel of that
+trunk reserved for its first leg (``Carrier.reserve``): a call waiting for the trunk stays
+``queued``, not ``ringing``, and the queue moves when the carrier says a channel came free.
+
 A running call holds a ``Line``; the call's last status change frees it in the same
 transaction, admitting the account's next waiting calls there, so a call's end costs no
 transaction of its own for the queue.
@@ -33,6 +37,7 @@ from ringflow.errors import CapacityExceeded
 from ringflow.storage import admission
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, Call, Leg
+from ringflow.telephony.carrier import Carrier
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,7 @@ class Dispatcher:
         settings: Settings,
         run_call: RunCall,
         on_enqueued: Callable[[], None],
+        carrier: Carrier | None = None,
     ):
         self.db = db
         self.clock = clock
@@ -81,6 +87,11 @@ class Dispatcher:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._closing = False
+        self.carrier = carrier  # reserves trunk channels at admission (None: no trunks)
+        self._trunk_waiting: set[int] = set()  # accounts with calls queued for a trunk channel
+        self._releasing: set[asyncio.Task[None]] = set()
+        if carrier is not None:
+            carrier.listen_for_room(self._trunk_room)
 
     async def submit(self, request: CallRequest) -> tuple[Call, bool]:
         """Persist a new call; start it if the account has room. Returns (call, started)."""
@@ -104,13 +115,16 @@ class Dispatcher:
             # Never ahead of calls already waiting: room can exist while they wait (the limit
             # was raised, or a call just ended and its release has not run yet).
             started = lines.active < limit and lines.queued == 0
+            room_behind_queue = not started and lines.active < limit
             woke = False
-            if started:
+            if started and not await self._reserve(lines.account, call):
+                started = False
+                log.info("call %s queued: its trunk has no free channel", call.sid)
+            elif started:
                 woke = await self._admit(session, call)
             else:
                 log.info("call %s queued: %d of %d lines busy, %d waiting",
                          call.sid, lines.active, limit, lines.queued)
-            room_behind_queue = not started and lines.active < limit
         if started:
             self._start(call, lines.account)
         if woke:
@@ -136,11 +150,30 @@ class Dispatcher:
     def _start(self, call: Call, account: Account) -> None:
         self.tasks[call.sid] = asyncio.ensure_future(self._run(call, account))
 
+    async def _reserve(self, account: Account, call: Call) -> bool:
+        """A trunk channel for the call's first leg (True: none is needed, or one was free)."""
+        if self.carrier is None or await self.carrier.reserve(account.sid, call.sid):
+            return True
+        self._trunk_waiting.add(account.id)
+        return False
+
+    def _trunk_room(self) -> None:
+        """A trunk channel came free: the accounts waiting for one try their queues again."""
+        if self._closing or not self._trunk_waiting:
+            return
+        accounts, self._trunk_waiting = self._trunk_waiting, set()
+        for account_id in accounts:
+            task = asyncio.ensure_future(self.release(account_id))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
     async def _run(self, call: Call, account: Account) -> None:
         line = Line(self, account.id)
         try:
             await self.run_call(call, account, line)
         finally:
+            if self.carrier is not None:  # a first leg that never dialled leaves its channel
+                await self.carrier.unreserve(call.sid)
             self.tasks.pop(call.sid, None)
             if not self._closing and not line.freed:
                 await self.release(account.id)
@@ -167,9 +200,12 @@ class Dispatcher:
         if room <= 0:
             return _nothing
         woke = False
-        admitted = await admission.oldest_queued(session, account_id, Status.QUEUED, room)
-        for call in admitted:
+        admitted: list[Call] = []
+        for call in await admission.oldest_queued(session, account_id, Status.QUEUED, room):
+            if not await self._reserve(lines.account, call):
+                break  # the rest wait behind it, in order
             woke = await self._admit(session, call) or woke
+            admitted.append(call)
 
         def start() -> None:
             for call in admitted:

@@ -20,6 +20,7 @@ from ringflow.telephony.carrier import (
     Answered,
     Carrier,
     DialRequest,
+    Outcome,
     Placed,
     Rejected,
     Ringing,
@@ -98,7 +99,7 @@ class LegDialer:
                 return STOPPED
             if event is None:
                 known = await attempt.cancel()  # the carrier may know better than "no answer"
-                return known or Rejected("no-answer", f"no answer within {ring_timeout:g}s")
+                return known or Rejected(Outcome.NO_ANSWER, f"no answer within {ring_timeout:g}s")
             if isinstance(event, Answered) and leg_no > 1 and call.shape == "flow":
                 await self.timeline.change(Change(legs=((leg_no, Event.ANSWER),)))
             assert isinstance(event, Answered | Rejected)

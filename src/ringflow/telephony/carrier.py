@@ -226,3 +226,14 @@ class Carrier(Protocol):
 
     async def trunk_status(self, account_sid: str) -> TrunkStatus | None:
         """The trunk that carries this account's legs now, or None if no trunk does."""
+
+    async def reserve(self, account_sid: str, call_sid: str) -> bool:
+        """Take a channel of the account's trunk for the call's first leg, now or not at all
+        (False: the trunk is full, and the call waits queued). Asking again for the same call
+        keeps the channel it has."""
+
+    async def unreserve(self, call_sid: str) -> None:
+        """Give back the channel reserved for a call whose first leg never used it."""
+
+    def listen_for_room(self, listener: Callable[[], None]) -> None:
+        """Have ``listener`` told whenever a trunk channel is given back."""

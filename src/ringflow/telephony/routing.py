@@ -7,6 +7,7 @@ SIP; every other account keeps its virtual phones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ringflow.telephony.carrier import Attempt, Carrier, DialRequest, TrunkStatus
@@ -46,3 +47,17 @@ class RoutingCarrier:
         """End both sides' calls and close the SIP side's sockets."""
         await self.sip.close()
         await self.default.close()
+
+    async def reserve(self, account_sid: str, call_sid: str) -> bool:
+        """A channel of the account's trunk, when its calls go over SIP."""
+        if self.over_sip(account_sid):
+            return await self.sip.reserve(account_sid, call_sid)
+        return True
+
+    async def unreserve(self, call_sid: str) -> None:
+        """Give back a channel the SIP side reserved."""
+        await self.sip.unreserve(call_sid)
+
+    def listen_for_room(self, listener: Callable[[], None]) -> None:
+        """Trunk channels given back on the SIP side."""
+        self.sip.listen_for_room(listener)

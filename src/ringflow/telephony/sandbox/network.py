@@ -92,6 +92,16 @@ class SandboxCarrier:
         """None: the sandbox has no trunks."""
         return None
 
+
+    async def reserve(self, account_sid: str, call_sid: str) -> bool:
+        """Virtual phones have no trunk: always."""
+        return True
+
+    async def unreserve(self, call_sid: str) -> None:
+        """Nothing was reserved."""
+
+    def listen_for_room(self, listener: Callable[[], None]) -> None:
+        """No trunk frees channels."""
     async def script_for(self, account_sid: str, number: str) -> PhoneScript:
         """A scripted behaviour wins over the magic numbers, which win over the default."""
         if self.lookup is not None:

@@ -4,6 +4,12 @@ Legs wait their turn in FIFO order: first for a free channel, then for the next 
 calls-per-second pace allows (starts are spaced evenly, ``1 / max_cps`` apart, on the
 injectable clock). A waiting leg that is cancelled leaves the line without taking a slot.
 
+A call's first leg may take its channel before the call is admitted (``try_hold``): the
+engine admits a call only when its trunk has room, so a call waiting for a channel shows
+``queued`` rather than ``ringing``. The leg then dials with that ``Hold`` (``slot(hold=...)``),
+waiting only for its turn at the pace; releasing the hold frees the channel and tells
+``on_room``.
+
 ``TrunkGate`` counts in this process. ``SharedTrunkGate`` counts in Redis, so several ringflow
 processes dialling through one trunk share its channels and its pace: each call holds a lease
 in a sorted set (renewed while the call is up, so a process that dies frees its channels when
@@ -16,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio
 from redis.exceptions import RedisError
@@ -35,29 +41,68 @@ class TrunkUnavailable(Unavailable):
     """The trunk's shared limits cannot be read (Redis is unreachable): no call is placed."""
 
 
+class Hold:
+    """One of a trunk's channels, taken ahead of the leg that will use it."""
+
+    def __init__(self, release: Callable[[], Awaitable[None]]):
+        self._release = release
+        self.released = False
+
+    async def release(self) -> None:
+        """Give the channel back (once)."""
+        if not self.released:
+            self.released = True
+            await self._release()
+
+
 class TrunkGate:
     """Admission to one trunk, counted in this process."""
 
-    def __init__(self, trunk: Trunk, clock: Clock):
+    def __init__(self, trunk: Trunk, clock: Clock, on_room: Callable[[], None] | None = None):
         self.trunk = trunk
         self.clock = clock
+        self.on_room = on_room  # a channel was given back
         self._channels = asyncio.Semaphore(trunk.max_channels)
         self._pace = asyncio.Lock()
         self._next_start = 0.0
         self.in_use = 0
+
+    async def try_hold(self) -> Hold | None:
+        """Take a channel now if one is free (None: the trunk is full)."""
+        if self._channels.locked():
+            return None
+        await self._channels.acquire()
+        self.in_use += 1
+
+        async def release() -> None:
+            self.in_use -= 1
+            self._channels.release()
+            if self.on_room is not None:
+                self.on_room()
+
+        return Hold(release)
 
     async def active(self) -> int:
         """Calls holding a channel now."""
         return self.in_use
 
     @contextlib.asynccontextmanager
-    async def slot(self, on_wait: OnWait | None = None) -> AsyncIterator[None]:
+    async def slot(self, on_wait: OnWait | None = None,
+                   hold: Hold | None = None) -> AsyncIterator[None]:
         """Hold one of the trunk's channels for the life of a call.
 
         ``on_wait(reason)`` is called once if the call has to wait: for a channel, or for its
-        turn at the trunk's pace when that is a second or more away.
+        turn at the trunk's pace when that is a second or more away. With ``hold``, the channel
+        is the one held already.
         """
         tell = _once(on_wait)
+        if hold is not None:
+            try:
+                await self._paced(tell)
+                yield
+            finally:
+                await hold.release()
+            return
         if self._channels.locked():
             tell(f"all {self.trunk.max_channels} channels of trunk {self.trunk.name} are busy")
         async with self._channels:
@@ -67,6 +112,8 @@ class TrunkGate:
                 yield
             finally:
                 self.in_use -= 1
+                if self.on_room is not None:
+                    self.on_room()
 
     async def _paced(self, tell: OnWait) -> None:
         async with self._pace:
@@ -115,9 +162,11 @@ class SharedTrunkGate:
     """Admission to one trunk, counted in Redis for every process that dials through it."""
 
     def __init__(self, trunk: Trunk, clock: Clock, client: redis.asyncio.Redis, *,
-                 prefix: str = PREFIX, lease: float = 30.0, poll: float = 0.05):
+                 prefix: str = PREFIX, lease: float = 30.0, poll: float = 0.05,
+                 on_room: Callable[[], None] | None = None):
         self.trunk = trunk
         self.clock = clock
+        self.on_room = on_room  # a channel this process held was given back
         self.lease, self.poll = lease, poll
         self._client = client
         self._leases = f"{prefix}{trunk.name}:channels"
@@ -129,10 +178,42 @@ class SharedTrunkGate:
         self._in_line: list[OnWait] = []  # those behind the head, told when the trunk is full
         self.in_use = 0
 
+    async def try_hold(self) -> Hold | None:
+        """Take a channel now (across processes) if one is free (None: the trunk is full)."""
+        member = uuid.uuid4().hex
+        if not await self._redis(self._take, self._leases, self._lease_ms,
+                                 self.trunk.max_channels, member):
+            return None
+        self.in_use += 1
+        renewing = asyncio.ensure_future(self._keep(member))
+
+        async def release() -> None:
+            self.in_use -= 1
+            renewing.cancel()
+            await self._release(member)
+            if self.on_room is not None:
+                self.on_room()
+
+        return Hold(release)
+
     @contextlib.asynccontextmanager
-    async def slot(self, on_wait: OnWait | None = None) -> AsyncIterator[None]:
-        """Hold one of the trunk's channels (across processes) for the life of a call."""
+    async def slot(self, on_wait: OnWait | None = None,
+                   hold: Hold | None = None) -> AsyncIterator[None]:
+        """Hold one of the trunk's channels (across processes) for the life of a call; with
+        ``hold``, the channel held already."""
         tell = _once(on_wait)
+        if hold is not None:
+            try:
+                wait_ms = await self._redis(self._pace, self._next,
+                                            max(1, round(1000 / self.trunk.max_cps)))
+                if wait_ms >= NOTABLE_PACE_WAIT * 1000:
+                    tell(_pace_reason(self.trunk, wait_ms / 1000))
+                if wait_ms > 0:
+                    await self.clock.sleep(wait_ms / 1000)
+                yield
+            finally:
+                await hold.release()
+            return
         member = uuid.uuid4().hex
         self._in_line.append(tell)
         try:
@@ -166,6 +247,8 @@ class SharedTrunkGate:
             self.in_use -= 1
             renewing.cancel()
             await self._release(member)
+            if self.on_room is not None:
+                self.on_room()
 
     async def active(self) -> int:
         """Calls holding a channel now, in every process (unexpired leases)."""

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 
 from ringflow.clock import Clock
 from ringflow.errors import MediaError
@@ -40,7 +41,7 @@ from ringflow.telephony.carrier import (
     TrunkStatus,
     Waiting,
 )
-from ringflow.telephony.sip.capacity import SharedTrunkGate, TrunkGate, TrunkUnavailable
+from ringflow.telephony.sip.capacity import Hold, SharedTrunkGate, TrunkGate, TrunkUnavailable
 from ringflow.telephony.sip.channel import SipChannel, Speech
 from ringflow.telephony.sip.peers import TrunkPeers
 from ringflow.telephony.sip.trunks import Trunk, choose_trunk
@@ -67,8 +68,10 @@ class SipCarrier:
         # With Redis, every process dialling through a trunk shares its channels and pace.
         self._redis = connect(redis_url) if redis_url else None
         self.gates: dict[str, TrunkGate | SharedTrunkGate] = {
-            trunk.name: SharedTrunkGate(trunk, clock, self._redis) if self._redis
-            else TrunkGate(trunk, clock) for trunk in trunks}
+            trunk.name: SharedTrunkGate(trunk, clock, self._redis, on_room=self._room)
+            if self._redis else TrunkGate(trunk, clock, on_room=self._room) for trunk in trunks}
+        self.held: dict[str, Hold] = {}  # by call SID: channels taken at admission
+        self._room_listeners: list[Callable[[], None]] = []
         # One SIP transport per protocol the trunks use (UDP and TCP share the port number).
         self.transports: dict[str, SipTransport] = {}
         self.registrations: dict[str, RegistrationHandle] = {}
@@ -129,6 +132,36 @@ class SipCarrier:
     def over_sip(self, account_sid: str) -> bool:
         """Always: every account's legs go through a trunk (fail when none serves it)."""
         return True
+
+    async def reserve(self, account_sid: str, call_sid: str) -> bool:
+        """Take a channel of the account's trunk for the call's first leg (see Carrier).
+
+        An account no trunk serves gets True: its leg fails when dialled, with the reason.
+        """
+        if call_sid in self.held:
+            return True
+        trunk = choose_trunk(self.trunks, account_sid)
+        if trunk is None:
+            return True
+        hold = await self.gates[trunk.name].try_hold()
+        if hold is None:
+            return False
+        self.held[call_sid] = hold
+        return True
+
+    async def unreserve(self, call_sid: str) -> None:
+        """Give back a channel reserved for a call whose first leg never took it."""
+        hold = self.held.pop(call_sid, None)
+        if hold is not None:
+            await hold.release()
+
+    def listen_for_room(self, listener: Callable[[], None]) -> None:
+        """Tell ``listener`` when a channel this process held is given back."""
+        self._room_listeners.append(listener)
+
+    def _room(self) -> None:
+        for listener in self._room_listeners:
+            listener()
 
     def dial(self, request: DialRequest) -> SipAttempt:
         """Start placing a leg through the account's trunk."""
@@ -203,7 +236,10 @@ class SipAttempt:
             self.events.put_nowait(Waiting(reason))
 
         try:
-            async with gate.slot(on_wait=waiting):
+            # A first leg dials with the channel its call was admitted with, if it has one.
+            hold = self.carrier.held.pop(self.request.call_sid, None) \
+                if self.request.leg_no == 1 else None
+            async with gate.slot(on_wait=waiting, hold=hold):
                 if waited:
                     await self.events.put(Placed())
                 await self._place(trunk)
