@@ -1,0 +1,7 @@
+"""``python -m ringflow.cli``: the ``ringflow`` command."""
+
+import sys
+
+from ringflow.cli import main
+
+sys.exit(main())
