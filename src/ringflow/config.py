@@ -68,6 +68,8 @@ class Settings:
     log_level: str = "info"
     # Signs expiring recording links; unset: generated once into data_dir/secret_key.
     secret_key: str | None = dataclasses.field(default=None, repr=False)
+    # When set, GET /metrics needs "Authorization: Bearer <token>".
+    metrics_token: str | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
