@@ -4,7 +4,9 @@ Steps (an applet entered, a request made, a mark returned) are kept in memory an
 the call's next status change, or once ``STEPS_PER_WRITE`` have gathered, so a flow does not
 cost a transaction per applet. A status change is one transaction: the steps, the change, its
 callbacks (born leased to this process's deliverer) and, for the change that ends the call,
-its account line freed (admitting the next queued calls).
+its account line freed (admitting the next queued calls). On PostgreSQL a change that does not
+end the call is one statement, one round trip (``storage/call_changes.py``); the end takes the
+account's lock to admit exactly, so it is a transaction of a few statements.
 
 The process carrying a call is the only writer of its status, so the timeline holds the call's
 rows in memory, applies a change there (``transitions.advance``, changes serialised per call:
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 from ringflow.calls.status import Event, Status, is_terminal
 from ringflow.calls.transitions import Change, advance, apply, callback_content_type, interrupted
 from ringflow.clock import Clock
+from ringflow.storage.call_changes import write_change_at_once
 from ringflow.storage.calls import add_leg, add_steps, copy_into, lock_call, write_change
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call, Leg, OutboxMessage
@@ -146,16 +149,26 @@ class Timeline:
                            url=call.status_callback or "", content_type=callback_content_type(call),
                            payload=cb.payload, idempotency_key=f"{call.sid}:{cb.key}", now=now,
                            lease=lease) for cb in advanced.callbacks]
+        legs = [n for n, _ in change.legs]
+        new_legs = [leg_no] if new_leg is not None else []
         start_next = None
-        async with self.db.session() as session:
-            ids = await write_change(session, call, expected=expected,
-                                     legs=[n for n, _ in change.legs],
-                                     new_legs=[leg_no] if new_leg is not None else [],
-                                     steps=steps, callbacks=rows)
+        # The change that ends the call frees its line under the account's lock (exact
+        # admission): a transaction of its own. Others are one statement on PostgreSQL.
+        if self.db.is_sqlite or advanced.ended:
+            async with self.db.session() as session:
+                ids = await write_change(session, call, expected=expected, legs=legs,
+                                         new_legs=new_legs, steps=steps, callbacks=rows)
+                if ids is None:
+                    self._steps = steps[:-1] + self._steps  # kept for the database's turn
+                    raise _Moved
+                start_next = await self._free_line(session, call)
+        else:
+            async with self.db.statement() as conn:
+                ids = await write_change_at_once(conn, call, expected=expected, legs=legs,
+                                                 new_legs=new_legs, steps=steps, callbacks=rows)
             if ids is None:
-                self._steps = steps[:-1] + self._steps  # kept for the database's turn
+                self._steps = steps[:-1] + self._steps
                 raise _Moved
-            start_next = await self._free_line(session, call)
         self._sent(rows, ids, lease)
         if start_next is not None:
             start_next()

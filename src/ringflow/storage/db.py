@@ -10,6 +10,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -50,6 +51,14 @@ class Database:
         with self._busy():
             async with self.sessions() as session, session.begin():
                 yield session
+
+    @contextlib.asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection without a transaction of ours: each statement commits by itself (one
+        round trip for a statement that does all its work at once)."""
+        with self._busy():
+            async with self.engine.connect() as conn:
+                yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
     async def close(self) -> None:
         await self.engine.dispose()
