@@ -204,12 +204,7 @@ class SharedTrunkGate:
         tell = _once(on_wait)
         if hold is not None:
             try:
-                wait_ms = await self._redis(self._pace, self._next,
-                                            max(1, round(1000 / self.trunk.max_cps)))
-                if wait_ms >= NOTABLE_PACE_WAIT * 1000:
-                    tell(_pace_reason(self.trunk, wait_ms / 1000))
-                if wait_ms > 0:
-                    await self.clock.sleep(wait_ms / 1000)
+                await self._wait_turn(await self._next_turn(), tell)
                 yield
             finally:
                 await hold.release()
@@ -227,8 +222,7 @@ class SharedTrunkGate:
                         waiter(f"all {limit} channels of trunk {self.trunk.name} are busy")
                     await self.clock.sleep(self.poll)
                 try:
-                    wait_ms = await self._redis(self._pace, self._next,
-                                                max(1, round(1000 / self.trunk.max_cps)))
+                    wait_ms = await self._next_turn()
                 except BaseException:
                     await self._release(member)
                     raise
@@ -238,10 +232,7 @@ class SharedTrunkGate:
         self.in_use += 1
         renewing = asyncio.ensure_future(self._keep(member))
         try:
-            if wait_ms >= NOTABLE_PACE_WAIT * 1000:
-                tell(_pace_reason(self.trunk, wait_ms / 1000))
-            if wait_ms > 0:
-                await self.clock.sleep(wait_ms / 1000)
+            await self._wait_turn(wait_ms, tell)
             yield
         finally:
             self.in_use -= 1
@@ -249,6 +240,16 @@ class SharedTrunkGate:
             await self._release(member)
             if self.on_room is not None:
                 self.on_room()
+
+    async def _next_turn(self) -> int:
+        """Take the next start the trunk's pace allows: milliseconds until it."""
+        return await self._redis(self._pace, self._next, max(1, round(1000 / self.trunk.max_cps)))
+
+    async def _wait_turn(self, wait_ms: int, tell: OnWait) -> None:
+        if wait_ms >= NOTABLE_PACE_WAIT * 1000:
+            tell(_pace_reason(self.trunk, wait_ms / 1000))
+        if wait_ms > 0:
+            await self.clock.sleep(wait_ms / 1000)
 
     async def active(self) -> int:
         """Calls holding a channel now, in every process (unexpired leases)."""
