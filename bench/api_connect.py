@@ -48,6 +48,17 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(base: str, seconds: float = 20) -> None:
+    """Wait until the server at ``base`` answers /healthz."""
+    for _ in range(round(seconds / 0.05)):
+        try:
+            httpx.get(f"{base}/healthz", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise SystemExit(f"ringflow at {base} did not start")
+
+
 def cli(env: dict[str, str], *args: str) -> str:
     return subprocess.run([*RINGFLOW, *args], env=env, check=True, capture_output=True, text=True).stdout
 
@@ -133,12 +144,7 @@ def main() -> int:
     server = subprocess.Popen([*RINGFLOW, "serve"], env=env, stdout=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                httpx.get(f"{base}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        wait_healthy(base)
         print(f"ringflow on {env['RINGFLOW_DATABASE_URL'].split(':')[0]}, {args.concurrency} clients, {args.seconds:g} s each")
         asyncio.run(bench(base, creds, args.seconds, args.concurrency))
     finally:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from api_connect import APP, RINGFLOW, cli, free_port
+from api_connect import APP, RINGFLOW, cli, free_port, wait_healthy
 
 PG_ADMIN = os.environ.get("RINGFLOW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -106,13 +106,7 @@ class Server:
 
     def start(self) -> None:
         self.proc = subprocess.Popen([*RINGFLOW, "serve"], env=self.env, stdout=subprocess.DEVNULL)
-        for _ in range(400):
-            try:
-                httpx.get(f"{self.base}/healthz", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise SystemExit("ringflow did not start")
+        wait_healthy(self.base)
 
     def stop(self) -> None:
         assert self.proc is not None
