@@ -37,10 +37,11 @@ $(PIPECAT_STAMP): $(PIPECAT_REQUIREMENTS)
 
 pipecat-venv: $(PIPECAT_STAMP)
 
+# demo first checks the port (before anything is migrated or made), migrates, then prints working
+# credentials and how to run the CLI from this folder.
 serve: $(STAMP)
-	$(BIN)/ringflow migrate
 	RINGFLOW_ALLOW_PRIVATE_URLS=$${RINGFLOW_ALLOW_PRIVATE_URLS:-1} \
-	  $(BIN)/ringflow demo --host $(RINGFLOW_HOST) --port $(RINGFLOW_PORT)
+	  $(BIN)/ringflow demo --before-serve --host $(RINGFLOW_HOST) --port $(RINGFLOW_PORT)
 	RINGFLOW_ALLOW_PRIVATE_URLS=$${RINGFLOW_ALLOW_PRIVATE_URLS:-1} \
 	  exec $(BIN)/ringflow serve --host $(RINGFLOW_HOST) --port $(RINGFLOW_PORT)
 

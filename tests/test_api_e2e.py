@@ -437,6 +437,11 @@ INVALID = {
         "Url: there is no app 987654 in this account",
     ),
     "promo": ({"CallType": "promo"}, "CallType promo is no longer supported"),
+    "url-and-to": (
+        {"To": "09845067890"},
+        "Url and To cannot be used together: Url runs an app on the call, To connects From to "
+        "that number; give one of them",
+    ),
     "timeout": ({"TimeOut": "61"}, "TimeOut must be a whole number from 1 to 60, got '61'"),
     "timelimit": (
         {"TimeLimit": "14401"},

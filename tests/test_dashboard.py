@@ -464,6 +464,7 @@ def run_cli(
 def test_the_cli_sets_account_and_operator_passwords(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setenv("RINGFLOW_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/cli.db")
     monkeypatch.setenv("RINGFLOW_DATA_DIR", str(tmp_path / "data"))
+    assert run_cli(monkeypatch, capsys, "", "migrate")[0] == 0
     assert run_cli(monkeypatch, capsys, "", "accounts", "create", "Acme")[0] == 0
     code, out, _ = run_cli(
         monkeypatch, capsys, "correct horse\n", "accounts", "password", "acme", "--password-stdin"

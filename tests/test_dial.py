@@ -31,6 +31,8 @@ def account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     """An account with an ExoPhone and app 1, in a fresh SQLite file; returns its SID."""
     monkeypatch.setenv("RINGFLOW_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/dial.db")
     monkeypatch.setenv("RINGFLOW_DATA_DIR", str(tmp_path / "data"))
+    assert main(["migrate"]) == 0
+    capsys.readouterr()
     assert main(["accounts", "create", "Acme", "--json"]) == 0
     sid = json.loads(capsys.readouterr().out)["sid"]
     assert main(["numbers", "add", sid, "080 3959 1234"]) == 0

@@ -103,14 +103,22 @@ class Accounts:
         """Stop listening for other processes' changes."""
         await self.lookups.close()
 
-    async def create_account(self, name: str, time_zone: str = "Asia/Kolkata") -> Credentials:
-        """A new account with its first API key; its SID is derived from the name."""
+    async def create_account(self, name: str, time_zone: str = "Asia/Kolkata", *,
+                             taken_is_error: bool = False) -> Credentials:
+        """A new account with its first API key; its SID is derived from the name.
+
+        A SID already taken gets a number (``acme1``), or with ``taken_is_error`` is a Conflict:
+        an operator typing the name twice meant the account they already have.
+        """
         if not name.strip():
             raise InvalidRequest("account name must not be empty")
         _check_zone(time_zone)
         base = _slug(name)
         async with self.db.session() as session:
             taken = await stored.sids_starting(session, base)
+            if taken_is_error and base in taken:
+                raise Conflict(f"the name {name.strip()!r} is taken: account {base!r} exists "
+                               f"(ringflow accounts show {base}); choose another name")
             sid = base if base not in taken else next(
                 f"{base}{n}" for n in range(1, 10_000) if f"{base}{n}" not in taken
             )

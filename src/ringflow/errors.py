@@ -17,6 +17,8 @@
     ├── RateLimited             too many requests (HTTP 429)
     ├── CapacityExceeded        the account's queue of waiting calls is full (HTTP 429)
     ├── Unavailable             a backing service (Redis) is down; retry shortly (HTTP 503)
+    │   ├── DatabaseUnavailable (ringflow.storage.schema) the database is missing, unreachable
+    │   │                       or refuses us; the message names it and what to do
     │   └── TrunkUnavailable    (ringflow.telephony.sip.capacity) a trunk's shared limits are
     │                           unreadable
     ├── IllegalTransition       a call or leg status change the transition table forbids

@@ -51,6 +51,9 @@ async def parse_connect(params: Params, account: Account, services: Services) ->
                                  "or connecting a number")
     elif not url and not to:
         raise InvalidRequest("Url or To is a mandatory parameter")
+    elif url and to:
+        raise InvalidRequest("Url and To cannot be used together: Url runs an app on the call, "
+                             "To connects From to that number; give one of them")
     async with services.db.session() as session:
         caller_id = await _exophone(session, caller_raw, account, services)
         app_id = await _app(session, url, account, services) if url else None

@@ -6,9 +6,11 @@ Errors print one line, ``ringflow: error: ...``, and exit non-zero.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from ringflow import __version__
 from ringflow.accounts import LIMITS
 from ringflow.cli import admin, server
 from ringflow.config import Settings
@@ -21,14 +23,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        # `ringflow apps` alone: the help of that group, which lists its actions.
+        getattr(args, "help_of", parser).print_help()
         return 2
     owner_only()  # the database, recordings and keys ringflow writes are for its user alone
     try:
         settings = Settings.from_env(
             host=getattr(args, "host", None), port=getattr(args, "port", None)
         )
-        return args.func(settings, args) or 0
+        code = args.func(settings, args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # `ringflow ... --json | head`: the reader has what it wanted. Nothing more is written
+        # (nor an "Exception ignored" at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except RingflowError as exc:
         print(f"ringflow: error: {exc}", file=sys.stderr)
         return 1
@@ -37,8 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """A command with actions (``ringflow apps import``); alone it prints its own help."""
+    group = sub.add_parser(name, help=help)
+    group.set_defaults(help_of=group)
+    return group.add_subparsers(metavar="ACTION")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringflow", description="Self-hosted, Exotel-compatible voice API server")
+    parser.add_argument("--version", action="version", version=f"ringflow {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the server")
@@ -63,10 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="create the demo account once and print how to use it")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--credentials-file", type=Path, default=Path("data/demo-credentials.json"))
+    p.add_argument("--credentials-file", type=Path,
+                   help="where the demo's credentials are kept "
+                   "(default: demo-credentials.json in RINGFLOW_DATA_DIR)")
+    p.add_argument("--before-serve", action="store_true",
+                   help="first check that serve can listen on the port (make serve)")
     p.set_defaults(func=server.cmd_demo)
 
-    accounts = sub.add_parser("accounts", help="manage accounts").add_subparsers(metavar="ACTION")
+    accounts = _group(sub, "accounts", help="manage accounts")
     p = accounts.add_parser("create", help="create an account and its first API key")
     p.add_argument("name")
     p.add_argument("--time-zone", default="Asia/Kolkata")
@@ -87,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.set_defaults(func=admin.command(admin.accounts_password))
 
-    operator = sub.add_parser("operator", help="dashboard sign-ins that see every account").add_subparsers(metavar="ACTION")
+    operator = _group(sub, "operator", help="dashboard sign-ins that see every account")
     p = operator.add_parser("password", help="create an operator or set its password")
     p.add_argument("name", nargs="?", default="admin")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
@@ -96,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=admin.command(admin.operator_remove))
 
-    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(metavar="ACTION")
+    keys = _group(sub, "keys", help="manage API keys")
     p = keys.add_parser("create", help="create an API key (the token is shown once)")
     p.add_argument("account_sid")
     p.add_argument("--json", action="store_true")
@@ -106,14 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("key")
     p.set_defaults(func=admin.command(admin.keys_revoke))
 
-    numbers = sub.add_parser("numbers", help="manage ExoPhones").add_subparsers(metavar="ACTION")
+    numbers = _group(sub, "numbers", help="manage ExoPhones")
     p = numbers.add_parser("add", help="give an account an ExoPhone")
     p.add_argument("account_sid")
     p.add_argument("number")
     p.add_argument("--name", default="")
     p.set_defaults(func=admin.command(admin.numbers_add))
 
-    apps = sub.add_parser("apps", help="manage apps (flows)").add_subparsers(metavar="ACTION")
+    apps = _group(sub, "apps", help="manage apps (flows)")
     p = apps.add_parser("import", help="validate and store an app from a YAML or JSON file")
     p.add_argument("account_sid")
     p.add_argument("file", type=Path)
@@ -131,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("account_sid")
     p.set_defaults(func=admin.command(admin.apps_list))
 
-    calls = sub.add_parser("calls", help="inspect and end calls").add_subparsers(metavar="ACTION")
+    calls = _group(sub, "calls", help="inspect and end calls")
     p = calls.add_parser("show", help="a call's status, legs and timeline")
     p.add_argument("call_sid")
     p.add_argument("--json", action="store_true")
@@ -140,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("call_sid")
     p.set_defaults(func=admin.cmd_calls_hangup)
 
-    sandbox = sub.add_parser("sandbox", help="script virtual phones").add_subparsers(metavar="ACTION")
+    sandbox = _group(sub, "sandbox", help="script virtual phones")
     p = sandbox.add_parser("script", help="set how a virtual phone behaves")
     p.add_argument("number")
     p.add_argument("--account", default="", help="only for this account's calls (default: all)")

@@ -18,10 +18,10 @@ from ringflow.clock import make_clock
 from ringflow.config import Settings
 from ringflow.errors import NotFound, RingflowError
 from ringflow.media.tts import TextToSpeech
-from ringflow.storage import call_views, timeline
+from ringflow.storage import call_views, schema, timeline
 from ringflow.storage.accounts import account_by_id
 from ringflow.storage.cache import Lookups
-from ringflow.storage.db import Database, migrate
+from ringflow.storage.db import Database
 from ringflow.storage.models import Call
 
 
@@ -30,7 +30,7 @@ def cmd_calls_hangup(settings: Settings, args: argparse.Namespace) -> int:
     from ringflow.calls.control import CallControl
     from ringflow.calls.status import is_terminal
 
-    migrate(settings.database_url)
+    open_database(settings)
 
     async def go() -> Call:
         db = Database(settings.database_url)
@@ -60,11 +60,19 @@ def cmd_apps_validate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def command(action: Callable[[Accounts, argparse.Namespace], Awaitable[Any]]) -> Callable[..., int]:
-    """Wrap an async admin action: migrate, open the database, run, close."""
+def open_database(settings: Settings, *, create: bool = False) -> None:
+    """The database must exist unless ``create``; its schema is brought up to date."""
+    if not create:
+        schema.require_database(settings.database_url)
+    schema.migrate(settings.database_url)
+
+
+def command(action: Callable[[Accounts, argparse.Namespace], Awaitable[Any]], *,
+            create: bool = False) -> Callable[..., int]:
+    """Wrap an async admin action: find (or, with ``create``, make) the database, run, close."""
 
     def command(settings: Settings, args: argparse.Namespace) -> int:
-        migrate(settings.database_url)
+        open_database(settings, create=create)
 
         async def go() -> None:
             db = Database(settings.database_url)
@@ -95,7 +103,8 @@ def _print_credentials(creds: Any, as_json: bool) -> None:
 
 
 async def accounts_create(accounts: Accounts, args: argparse.Namespace) -> None:
-    _print_credentials(await accounts.create_account(args.name, args.time_zone), args.json)
+    made = await accounts.create_account(args.name, args.time_zone, taken_is_error=True)
+    _print_credentials(made, args.json)
 
 
 def option(limit: Limit) -> str:
@@ -193,7 +202,19 @@ def _load_app_file(path: Path) -> Any:
     try:
         return yaml.safe_load(text)  # JSON is YAML too
     except yaml.YAMLError as exc:
-        raise RingflowError(f"{path} is not valid YAML or JSON: {exc}") from None
+        raise RingflowError(_yaml_problem(path, exc)) from None
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """One line, ``file:line:column: problem``, as compilers and editors point at a place."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f"{path}: not valid YAML or JSON: {problem}"
+    context = getattr(exc, "context", None)
+    also = f" ({context})" if context else ""
+    return (f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML or JSON: "
+            f"{problem}{also}")
 
 
 async def apps_import(accounts: Accounts, args: argparse.Namespace) -> None:

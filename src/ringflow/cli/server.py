@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import os
+import shutil
 import socket
+import sys
+from pathlib import Path
 
 from ringflow.accounts import Accounts
 from ringflow.cli.admin import command
 from ringflow.config import Settings
+from ringflow.errors import ConfigError
 from ringflow.logs import redact_logs
 from ringflow.private_files import tighten
-from ringflow.storage.db import migrate
+from ringflow.storage import schema
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -36,10 +42,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         from ringflow.workers import check, supervise
 
         check(settings, args.workers)
-        migrate(settings.database_url)
+        check_port(settings)  # before anything is migrated or started
+        schema.migrate(settings.database_url)
         return supervise(settings, args.workers)
+    # Workers share the port: each binds it with SO_REUSEPORT and the kernel spreads connections.
+    # Bound first, so a port in use is said before anything is migrated or generated.
+    listener = _listen(settings.host, settings.port, reuse_port=args.worker)
     if not args.worker:  # the supervisor migrated before starting its workers
-        migrate(settings.database_url)
+        schema.migrate(settings.database_url)
     limits = ConnectionLimits(settings.max_connections, settings.http_head_timeout,
                               settings.http_body_timeout)
     check_file_limit(limits, raise_file_limit())
@@ -55,9 +65,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         from ringflow.workers import stop_when_orphaned
 
         stop_when_orphaned(server)
-    # Workers share the port: each binds it with SO_REUSEPORT and the kernel spreads connections.
-    server.run(sockets=[_listen(settings.host, settings.port, reuse_port=args.worker)])
+    server.run(sockets=[listener])
     return 0
+
+
+def check_port(settings: Settings) -> None:
+    """Fail, naming the port and how to choose another, unless ``serve`` could listen."""
+    _listen(settings.host, settings.port, reuse_port=False).close()
 
 
 def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -69,9 +83,17 @@ def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is in use (another ringflow?): stop what "
+                              "listens there, or choose another port with --port or "
+                              "RINGFLOW_PORT") from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(f"port {port} on {host} needs privileges: choose a port above "
+                              "1023 with --port or RINGFLOW_PORT") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror} (--host/--port, "
+                          "RINGFLOW_HOST/RINGFLOW_PORT)") from None
     return sock
 
 
@@ -79,23 +101,54 @@ def cmd_dial(settings: Settings, args: argparse.Namespace) -> int:
     from ringflow.dialer import dial
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    migrate(settings.database_url)
+    schema.require_database(settings.database_url)
+    schema.migrate(settings.database_url)
     call = asyncio.run(dial(settings, args.account_sid, args.number, args.app,
                             caller_id=args.caller_id, time_out=args.timeout))
     return 0 if call.status == "completed" else 1
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    migrate(settings.database_url)
-    print("database is up to date")
+    print(_migrated(settings))
     return 0
+
+
+def _migrated(settings: Settings) -> str:
+    """Migrate; one line that says what was done, to which database."""
+    done, before, now = schema.migrate(settings.database_url)
+    where = schema.shown(settings.database_url)
+    if done is schema.Migrated.UPGRADED:
+        return f"{where}: upgraded the schema from revision {before} to {now}"
+    return f"{where}: {done.value} (revision {now})"
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from ringflow.demo import banner, ensure_demo
 
-    async def go(accounts: Accounts) -> None:
-        saved = await ensure_demo(accounts, settings.base_url, args.credentials_file)
-        print(banner(saved, settings.base_url))
+    if args.before_serve:
+        check_port(settings)
+    print(_migrated(settings))
+    credentials = args.credentials_file or Path(settings.data_dir) / "demo-credentials.json"
 
-    return command(lambda accounts, _args: go(accounts))(settings, args)
+    async def go(accounts: Accounts) -> None:
+        saved = await ensure_demo(accounts, settings.base_url, credentials)
+        print(banner(saved, settings.base_url, _this_command()))
+        print(f"(kept in {credentials})")
+
+    return command(lambda accounts, _args: go(accounts), create=True)(settings, args)
+
+
+def _this_command() -> str:
+    """How the user's shell runs ringflow: the script's path if it is not on PATH."""
+    script = Path(sys.argv[0])
+    if script.name != "ringflow":  # python -m ringflow.cli: the script beside this Python
+        script = Path(sys.executable).parent / "ringflow"
+        if not script.exists():
+            return "ringflow"
+    found = shutil.which("ringflow")
+    if found and Path(found).resolve() == script.resolve():
+        return "ringflow"
+    try:
+        return os.path.relpath(script)
+    except ValueError:
+        return str(script)

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ringflow.accounts import Accounts
-from ringflow.dashboard.logins import account_hash, set_account_password
+from ringflow.dashboard.logins import check_account, set_account_password
 from ringflow.errors import NotFound
+from ringflow.phone import normalize
 
 DEMO_NAME = "Demo"
 DEMO_EXOPHONE = "08039591234"
@@ -43,18 +44,16 @@ def demo_app(base_url: str) -> dict[str, Any]:
 
 
 async def ensure_demo(accounts: Accounts, base_url: str, credentials_file: Path) -> dict[str, Any]:
-    """Create the demo account once; later runs read its credentials back from the file."""
+    """Create the demo account once; later runs reuse it, checked against the database.
+
+    The file may be from another database (a reset, another RINGFLOW_DATABASE_URL, a copied
+    folder): each part it holds is tried, and a part that does not work is made anew, so what
+    is printed always works.
+    """
     if credentials_file.exists():
         saved = json.loads(credentials_file.read_text())
-        try:
-            async with accounts.db.session() as session:
-                await accounts.get(session, saved["sid"])
-        except NotFound:
-            pass  # the database was reset: make a new demo account
-        else:
-            # Demo accounts made before the dashboard existed get their sign-in now.
-            if not saved.get("dashboard_password") or await account_hash(accounts, saved["sid"]) is None:
-                saved["dashboard_password"] = await _dashboard_password(accounts, saved["sid"])
+        if await _is_demo_account(accounts, saved.get("sid")):
+            if await _repair(accounts, base_url, saved):
                 _write(credentials_file, saved)
             return saved
     creds = await accounts.create_account(DEMO_NAME)
@@ -72,6 +71,42 @@ async def ensure_demo(accounts: Accounts, base_url: str, credentials_file: Path)
     return saved
 
 
+async def _is_demo_account(accounts: Accounts, sid: Any) -> bool:
+    if not isinstance(sid, str):
+        return False
+    try:
+        async with accounts.db.session() as session:
+            account = await accounts.get(session, sid)
+    except NotFound:
+        return False  # the database was reset: make a new demo account
+    return bool(account.name == DEMO_NAME)
+
+
+async def _repair(accounts: Accounts, base_url: str, saved: dict[str, Any]) -> bool:
+    """Make anew each saved part that does not work; True if anything changed."""
+    changed = False
+    sid = saved["sid"]
+    opened = await accounts.authenticate(str(saved.get("api_key")), str(saved.get("api_token")))
+    if opened is None or opened.sid != sid:
+        creds = await accounts.create_key(sid)
+        saved["api_key"], saved["api_token"] = creds.api_key, creds.api_token
+        changed = True
+    async with accounts.db.session() as session:
+        account = await accounts.get(session, sid)
+        owns = await accounts.owns_number(session, account.id, normalize(DEMO_EXOPHONE))
+    if not owns:
+        await accounts.add_number(sid, DEMO_EXOPHONE, "Demo ExoPhone")
+    if not owns or saved.get("exophone") != DEMO_EXOPHONE:
+        saved["exophone"], changed = DEMO_EXOPHONE, True
+    app_id = saved.get("app_id")
+    if not isinstance(app_id, int) or await accounts.find_app(account.id, app_id) is None:
+        saved["app_id"], changed = (await accounts.save_app(sid, demo_app(base_url))).id, True
+    password = saved.get("dashboard_password")
+    if not password or await check_account(accounts, sid, str(password)) is None:
+        saved["dashboard_password"], changed = await _dashboard_password(accounts, sid), True
+    return changed
+
+
 async def _dashboard_password(accounts: Accounts, sid: str) -> str:
     """A random dashboard password for the demo account (kept, like its token, in the file)."""
     password = secrets.token_urlsafe(12)
@@ -87,8 +122,11 @@ def _write(credentials_file: Path, saved: dict[str, Any]) -> None:
     os.chmod(credentials_file, 0o600)
 
 
-def banner(saved: dict[str, Any], base_url: str) -> str:
-    """What ``make serve`` prints: the credentials and a curl line that places a call."""
+def banner(saved: dict[str, Any], base_url: str, command: str = "ringflow") -> str:
+    """What ``make serve`` prints: the credentials, curl lines, and the CLI to inspect a call.
+
+    ``command`` is how this shell runs the CLI (``.venv/bin/ringflow`` from ``make serve``).
+    """
     sid, key, token = saved["sid"], saved["api_key"], saved["api_token"]
     url = f"http://my.exotel.com/{sid}/exoml/start_voice/{saved['app_id']}"
     return "\n".join(
@@ -107,10 +145,25 @@ def banner(saved: dict[str, Any], base_url: str) -> str:
             "",
             "Then read it back with details:",
             f"  curl -u {key}:{token} '{base_url}/v1/Accounts/{sid}/Calls/<Sid>.json?details=true'",
+            "and its timeline, step by step:",
+            f"  curl -u {key}:{token} {base_url}/admin/v1/accounts/{sid}/calls/<Sid>/events",
             "",
+            *_cli_lines(command),
             "Or watch it in the dashboard:",
             f"  Dashboard   : {base_url}/",
             f"  Sign in     : account SID {sid}, password {saved['dashboard_password']}",
             "",
         ]
     )
+
+
+def _cli_lines(command: str) -> list[str]:
+    """How to run the ``ringflow`` command from this shell, and what to try first."""
+    lines = ["The ringflow command (accounts, apps, calls) from this folder:"]
+    bin_dir = Path(command).parent
+    if (bin_dir / "activate").exists():
+        lines.append(f"  . {bin_dir / 'activate'}   # then: ringflow calls show <Sid>")
+        lines.append(f"  or without it: {command} calls show <Sid>")
+    else:
+        lines.append(f"  {command} calls show <Sid>")
+    return [*lines, ""]
