@@ -19,6 +19,7 @@ from ringflow.accounts import Accounts
 from ringflow.api.admin import AdminApi
 from ringflow.api.auth import FailedLogins
 from ringflow.api.exotel import ExotelApi
+from ringflow.api.observability import CountRequests, Observability
 from ringflow.audio_files import MAX_AUDIO_BYTES, AudioStore, FlowHttp
 from ringflow.body_limits import BodyLimits
 from ringflow.calls.control import CallControl
@@ -29,6 +30,7 @@ from ringflow.clock import Clock, make_clock
 from ringflow.config import Settings
 from ringflow.dashboard.site import Dashboard
 from ringflow.errors import InvalidRequest
+from ringflow.health import Readiness
 from ringflow.media.audio import Prompt
 from ringflow.media.cache import PromptCache
 from ringflow.media.tts import TextToSpeech, TtsError
@@ -68,6 +70,7 @@ class Services:
     audio: AudioStore
     control: CallControl
     streams: Streams
+    readiness: Readiness
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, carrier: Carrier | None = None) -> Services:
@@ -111,10 +114,12 @@ class Services:
             audio=audio,
             control=control,
             streams=streams,
+            readiness=Readiness(db, carrier, deliverer, settings.redis_url),
         )
 
     async def start(self) -> None:
         """Resume pending callbacks and reclaim calls a previous run left behind."""
+        await self.readiness.warn_if_redis_unreachable()
         if not await self.tts.ready():
             log.warning("text to speech is unavailable: prompts get estimated durations")
         await self.carrier.start()  # a carrier with sockets binds them before any call is placed
@@ -135,6 +140,7 @@ class Services:
         await self.audio.http.aclose()
         await self.rate_limiter.close()
         await self.accounts.close()
+        await self.readiness.close()
         self.tts.close()
         await self.db.close()
 
@@ -202,12 +208,15 @@ def create_app(settings: Settings, *, clock: Clock | None = None, carrier: Carri
 
     routes = [
         Route("/healthz", health),
+        *Observability(services).routes(),
         Route("/demo/passthru", demo_passthru),
         *ExotelApi(services).routes(),
         *AdminApi(services).routes(),
         *Dashboard(services).routes(),
     ]
-    # Bodies are capped as they stream, before any route reads or parses them.
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(BodyLimits)])
+    # Bodies are capped as they stream, before any route reads or parses them; requests are
+    # counted outside that, so a refused body is counted too.
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(CountRequests), Middleware(BodyLimits)])
     app.state.services = services
     return app

@@ -31,6 +31,7 @@ from starlette.requests import Request
 
 from ringflow.accounts import Accounts
 from ringflow.errors import AuthError, Forbidden, RateLimited
+from ringflow.metrics import RATE_LIMITED
 from ringflow.ratelimit import Decision, RateLimiter
 from ringflow.storage.models import Account
 
@@ -60,6 +61,7 @@ class FailedLogins:
         client = client_of(request)
         at_once = self._checking.get(client, 0)
         if at_once >= (1 if failed_lately else MAX_CHECKS_AT_ONCE):
+            RATE_LIMITED.labels("login_burst").inc()
             raise RateLimited("Too many logins at once from this address: try again in 1 s",
                               {"Retry-After": "1"})
         self._checking[client] = at_once + 1
@@ -77,12 +79,12 @@ class FailedLogins:
         client_bucket, key_bucket = self._buckets(request, key_id)
         client = await self.limiter.peek(client_bucket, self.per_client, FAILURE_WINDOW)
         if not client.allowed:
-            raise _refused("from this address", client)
+            raise _refused("from this address", client, "login_client")
         if client.remaining == self.per_client:
             return False
         key = await self.limiter.peek(key_bucket, self.per_key, FAILURE_WINDOW)
         if not key.allowed:
-            raise _refused("for this key", key)
+            raise _refused("for this key", key, "login_key")
         return True
 
     async def failed(self, request: Request, key_id: str) -> None:
@@ -122,7 +124,8 @@ def basic_credentials(request: Request) -> tuple[str, str]:
     return username, password
 
 
-def _refused(whose: str, decision: Decision) -> RateLimited:
+def _refused(whose: str, decision: Decision, limit: str) -> RateLimited:
+    RATE_LIMITED.labels(limit).inc()
     return RateLimited(f"Too many failed logins {whose}: try again in {decision.retry_after} s",
                        {"Retry-After": str(decision.retry_after)})
 

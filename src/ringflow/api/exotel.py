@@ -31,6 +31,7 @@ from ringflow.api.render import call_details, call_fields, error, respond
 from ringflow.calls.callbacks import fmt_date
 from ringflow.calls.status import Status
 from ringflow.errors import InvalidRequest, NotFound, RateLimited, RingflowError
+from ringflow.metrics import RATE_LIMITED, ROUTE_KEY
 from ringflow.phone import display
 from ringflow.recordings import CONTENT_TYPES, extension
 from ringflow.storage import call_views
@@ -97,6 +98,7 @@ class ExotelApi:
         method = "GET" if request.method == "HEAD" else request.method
         recording = _RECORDING.match(path)
         if recording:
+            request.scope[ROUTE_KEY] = "exotel:recording"
             if method != "GET":
                 return error(
                     405,
@@ -108,6 +110,7 @@ class ExotelApi:
         for route_method, pattern, handler in _ROUTES:
             match = pattern.match(path)
             if match and route_method == method:
+                request.scope[ROUTE_KEY] = f"exotel:{handler}"
                 return await self._handle(request, match, handler, bool(match["json"]))
         allowed = {route_method for route_method, pattern, _ in _ROUTES if pattern.match(path)}
         if allowed:
@@ -177,6 +180,7 @@ class ExotelApi:
             "X-RateLimit-Reset": str(math.ceil(decision.reset_after)),
         }
         if not decision.allowed:
+            RATE_LIMITED.labels("api").inc()
             headers["Retry-After"] = str(decision.retry_after)
             raise RateLimited(
                 f"Too many requests: the limit is {decision.limit} requests per minute", headers

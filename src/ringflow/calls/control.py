@@ -40,6 +40,7 @@ from ringflow.calls.status import Event, Status, is_terminal
 from ringflow.calls.transitions import Change, apply
 from ringflow.clock import Clock
 from ringflow.errors import CallOver, Conflict, NotFound
+from ringflow.metrics import CALLS_ENDED
 from ringflow.storage.calls import load_call, lock_call, steps_of_kind
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call, CallEvent
@@ -242,6 +243,7 @@ class CallControl:
                     reason=f"hangup requested ({by})",
                 )
                 queued = await apply(session, call, change, self.clock.wall())
+                CALLS_ENDED.labels(call.status, "none").inc()  # never dialled: no carrier
                 log.info("call %s removed from the queue (%s)", call.sid, by)
                 request = None
             else:

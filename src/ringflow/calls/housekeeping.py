@@ -24,6 +24,7 @@ from ringflow.calls.transitions import Change, apply, finish_calls_of
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.media.cache import PromptCache
+from ringflow.metrics import CALLS_ENDED
 from ringflow.storage import admission, instances
 from ringflow.storage.calls import queued_before
 from ringflow.storage.db import Database
@@ -128,4 +129,5 @@ class Housekeeper:
         reason = f"waited more than {max_age:g}s in the queue for a free line"
         for call in stale:
             await apply(session, call, Change(call=Event.FAIL, reason=reason), now)
+            CALLS_ENDED.labels(call.status, "none").inc()  # never dialled: no carrier
         return len(stale)

@@ -15,6 +15,7 @@ from ringflow.calls.status import Event, outcome_event
 from ringflow.calls.timeline import Timeline
 from ringflow.calls.transitions import Change
 from ringflow.clock import Clock, wait_with_timeout
+from ringflow.metrics import CALL_SETUP, carrier_label
 from ringflow.storage.models import Account, Call
 from ringflow.telephony.carrier import (
     Answered,
@@ -48,6 +49,8 @@ class LegDialer:
         if isinstance(event, Answered):
             call_event = Event.ANSWER if leg_no == 1 else None
             await self.timeline.change(Change(call=call_event, legs=((leg_no, Event.ANSWER),)))
+            if leg_no == 1:
+                self._count_setup()
         elif event is STOPPED:  # never answered: failed, the ringing leg canceled
             await self.timeline.change(Change(call=Event.FAIL, legs=((1, Event.CANCEL),),
                                               cause=event.cause, reason=self.live.stop_reason))
@@ -56,6 +59,13 @@ class LegDialer:
             await self.timeline.change(Change(call=outcome, legs=((1, outcome),),
                                               cause=event.cause))
         return event
+
+    def _count_setup(self) -> None:
+        """The first leg answered: the call's setup time, from its dial to this answer."""
+        leg = next((leg for leg in self.call.legs if leg.leg_no == 1), None)
+        if leg is not None and leg.dialed_at is not None and leg.answered_at is not None:
+            CALL_SETUP.labels(carrier_label(self.carrier, self.account.sid)).observe(
+                max(0.0, (leg.answered_at - leg.dialed_at).total_seconds()))
 
     async def ring(self, leg_no: int, number: str, ring_timeout: float,
                    caller_id: str | None) -> Answered | Rejected:

@@ -106,6 +106,7 @@ class Claimed:
     idempotency_key: str
     attempts: int
     lease_until: dt.datetime
+    created_at: dt.datetime | None = None  # None: handed over as it was written (just now)
 
 
 def claimed(row: OutboxMessage) -> Claimed:
@@ -115,6 +116,7 @@ def claimed(row: OutboxMessage) -> Claimed:
         id=row.id, account_id=row.account_id, event=row.event, url=row.url,
         destination=row.destination, content_type=row.content_type, payload=row.payload,
         idempotency_key=row.idempotency_key, attempts=row.attempts, lease_until=row.lease_until,
+        created_at=row.created_at,
     )
 
 
@@ -156,6 +158,7 @@ CLAIMED_COLUMNS = (
     M.payload,
     M.idempotency_key,
     M.attempts,
+    M.created_at,
 )
 
 

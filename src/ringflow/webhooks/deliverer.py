@@ -46,6 +46,7 @@ from collections.abc import Awaitable
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import InvalidRequest
+from ringflow.metrics import CALLBACK_ATTEMPTS, CALLBACK_DELAY
 from ringflow.storage import outbox
 from ringflow.storage.db import Database
 from ringflow.storage.models import OutboxMessage
@@ -95,6 +96,17 @@ class _Outcome:
 
     def describe(self) -> str:
         return self.error or f"HTTP {self.status_code}"
+
+    @property
+    def result(self) -> str:
+        """The attempt's result as the metrics label it."""
+        if self.ok:
+            return "delivered"
+        if self.status_code is not None:
+            return "http_error"
+        if self.transport:
+            return "no_answer"
+        return "refused" if self.permanent else "error"
 
 
 class Deliverer:
@@ -177,6 +189,11 @@ class Deliverer:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    @property
+    def running(self) -> bool:
+        """Whether the delivery task is alive (False before ``start`` and once it died)."""
+        return self._task is not None and not self._task.done()
+
     def wake(self) -> None:
         """Look for due rows now (call after committing a transaction that enqueued one)."""
         self._unquiet()
@@ -205,7 +222,9 @@ class Deliverer:
 
     def take_claimed(self, claimed: list[Claimed]) -> None:
         """Send rows written with ``birth_lease``, as their writer describes them."""
-        self._handed.extend(claimed)
+        now = self._clock.wall()  # rows handed over as they are written: born now
+        self._handed.extend(c if c.created_at is not None else dataclasses.replace(c, created_at=now)
+                            for c in claimed)
         self._wake.set()
 
     async def deliver_due(self) -> int:
@@ -472,8 +491,11 @@ class Deliverer:
         now = self._clock.wall()
         attempts = message.attempts + 1
         next_attempt_at = None
+        CALLBACK_ATTEMPTS.labels(outcome.result).inc()
         if outcome.ok:
             state = "delivered"
+            if message.created_at is not None:
+                CALLBACK_DELAY.observe(max(0.0, (now - message.created_at).total_seconds()))
         elif outcome.permanent or attempts >= self._max_attempts:
             state = "failed"
         else:
