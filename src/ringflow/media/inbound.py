@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from ringflow.media.g711 import FRAME_BYTES, SILENCE_PCM
 from ringflow.media.stats import SessionStats
+from ringflow.metrics import RTP_LOST
 from ringflow.sip.sources import IpAddress, ip_of
 
 PREFILL = 2 * FRAME_BYTES
@@ -90,6 +91,7 @@ class InboundStream:
             if 0 < delta < MAX_DROPOUT:
                 gap = delta
                 self._stats.lost += delta
+                RTP_LOST.inc(delta)  # a gap is rare: counted as it is found, not per packet
             elif delta >= 0x10000 - MAX_MISORDER:
                 self._stats.duplicates += 1
                 return DUPLICATE

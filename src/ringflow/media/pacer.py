@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ringflow.media.stats import LatencyHistogram
+from ringflow.metrics import RTP_LATENESS
 
 log = logging.getLogger("ringflow.media")
 
@@ -127,6 +128,7 @@ class Pacer:
 
     def _run(self, sessions: list[Ticked], frame: int, deadline: float) -> None:
         clock, add = self._clock, self.lateness.add
+        late = None
         for session in tuple(sessions):  # a tick may close its session and edit the list
             try:
                 session.tick(frame)
@@ -138,3 +140,7 @@ class Pacer:
             add(late)
             if late > LATE_SEND:
                 session.note_late()
+        # One observation a tick, not one a packet: the tick's last packet is its latest (they
+        # leave in turn), and a Prometheus observation costs microseconds, 200 times a second.
+        if late is not None:
+            RTP_LATENESS.observe(late if late > 0 else 0.0)

@@ -37,6 +37,9 @@ class Datagram:
 
     data: bytes
     addr: Address
+    # A retransmission (a timer's, or the answer to a repeated request), for the metrics; the
+    # same bytes to the same place compare equal whether repeated or not.
+    again: bool = dataclasses.field(default=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,11 +289,11 @@ class Transaction:
 
     def _do(self, act: Act, now: float, message: Request | Response | None) -> list[Output]:
         if act is Act.RETRANSMIT:
-            return [Datagram(self._request_bytes, self.addr)]
+            return [Datagram(self._request_bytes, self.addr, again=True)]
         if act is Act.TIMEOUT:
             return [Timeout()]
         if act is Act.RESEND:
-            return [Datagram(self._response, self.addr)] if self._response else []
+            return [Datagram(self._response, self.addr, again=True)] if self._response else []
         if act is Act.SEND and isinstance(message, Response):
             self._response = bytes(message)
             return [Datagram(self._response, self.addr)]

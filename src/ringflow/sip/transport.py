@@ -29,6 +29,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from ringflow.metrics import SIP_RETRANSMISSIONS, count_sip
 from ringflow.sip.agent import AgentOutput, UserAgent
 from ringflow.sip.dialog import Endpoint
 from ringflow.sip.digest import Authenticator
@@ -309,6 +310,7 @@ class SipTransport:
 
     def _deliver(self, data: bytes, source: Address) -> None:
         """Feed the agent every message; a failure is logged and the next datagram goes on."""
+        count_sip(data, "in")  # with the 503 a send that failed makes up: the agent gets it
         self._run(lambda now: self.ua.receive(data, source, now),  # type: ignore[union-attr]
                   contained=True)
 
@@ -349,6 +351,9 @@ class SipTransport:
         """One output of the agent: send it, or hand it to its call or registration."""
         if isinstance(item, Datagram):
             if not self.closed:
+                if item.again:
+                    kind = "response" if item.data.startswith(b"SIP/2.0 ") else "request"
+                    SIP_RETRANSMISSIONS.labels(kind).inc()
                 self._send(item.data, item.addr)
         elif isinstance(item, Discarded):
             log.debug("sip discarded from %s: %s", item.source, item.reason)
@@ -370,6 +375,7 @@ class SipTransport:
         """Send to an address, or to a name's address once it is looked up."""
         host, port = addr
         if ip_of(host) is not None:
+            count_sip(data, "out")
             self._link.send(data, addr)  # type: ignore[union-attr]
             return
         addresses = self._names.get(host)
@@ -379,6 +385,7 @@ class SipTransport:
             return
         # Whatever DNS says next time, the address this went to may answer it.
         self.ua.resolved(host, addresses[:1])  # type: ignore[union-attr]
+        count_sip(data, "out")
         self._link.send(data, (addresses[0], port))  # type: ignore[union-attr]
 
     def _resolve_peers(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import InvalidRequest
+from ringflow.metrics import STREAMS_ACTIVE
 from ringflow.streams.client import StreamFailed, resolve_target
 from ringflow.streams.protocol import StreamInfo
 from ringflow.streams.stream import Stream, StreamOutcome, new_stream_sid
@@ -102,11 +103,14 @@ class Streams:
         )
         self._by_account[request.account_sid].add(stream)
         self._by_call[request.call_sid].add(stream)
-        if started is not None:
-            started(stream)
+        gauge = STREAMS_ACTIVE.labels(request.account_sid)
+        gauge.inc()
         try:
+            if started is not None:
+                started(stream)
             return await stream.run()
         finally:
+            gauge.dec()
             _discard(self._by_account, request.account_sid, stream)
             _discard(self._by_call, request.call_sid, stream)
             if self.keep_latencies:
