@@ -29,11 +29,12 @@ from typing import Any
 
 from ringflow.calls.requests import CallRequest
 from ringflow.calls.sids import new_call_sid
-from ringflow.calls.status import ACTIVE, Event, Status
+from ringflow.calls.status import ACTIVE, Event, Status, is_terminal
 from ringflow.calls.transitions import Change, apply, finish_calls_of
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import CapacityExceeded
+from ringflow.metrics import CALLS_ENDED, CALLS_IN_PROGRESS, CALLS_STARTED, carrier_label
 from ringflow.storage import admission
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, Call, Leg
@@ -148,6 +149,9 @@ class Dispatcher:
         return bool(await apply(session, call, change, self.clock.wall()))
 
     def _start(self, call: Call, account: Account) -> None:
+        # Admitted and committed: the call has left the queue and dials its first leg.
+        CALLS_STARTED.labels(carrier_label(self.carrier, account.sid)).inc()
+        CALLS_IN_PROGRESS.labels(account.sid).inc()
         self.tasks[call.sid] = asyncio.ensure_future(self._run(call, account))
 
     async def _reserve(self, account: Account, call: Call) -> bool:
@@ -172,6 +176,9 @@ class Dispatcher:
         try:
             await self.run_call(call, account, line)
         finally:
+            CALLS_IN_PROGRESS.labels(account.sid).dec()
+            if is_terminal(call.status):  # the runner's timeline keeps ``call`` current
+                CALLS_ENDED.labels(call.status, carrier_label(self.carrier, account.sid)).inc()
             if self.carrier is not None:  # a first leg that never dialled leaves its channel
                 await self.carrier.unreserve(call.sid)
             self.tasks.pop(call.sid, None)
