@@ -3,6 +3,8 @@ sequence) and the jitter buffer that plays them out one frame per tick."""
 
 from __future__ import annotations
 
+from prometheus_client import REGISTRY
+
 from ringflow.media.g711 import FRAME_BYTES, SILENCE_PCM
 from ringflow.media.inbound import DUPLICATE, InboundStream, JitterBuffer
 from ringflow.media.stats import SessionStats
@@ -10,7 +12,12 @@ from ringflow.media.stats import SessionStats
 PEER, OTHER = ("192.0.2.1", 4000), ("192.0.2.66", 4000)
 
 
+def lost_total() -> float:
+    return REGISTRY.get_sample_value("ringflow_rtp_packets_lost_total") or 0.0
+
+
 def test_sequence_gaps_duplicates_wrap_and_restart():
+    lost_before = lost_total()
     stats = SessionStats()
     stream = InboundStream(stats)
     assert stream.accept(PEER, 7, 65534, 0) == 0
@@ -22,6 +29,7 @@ def test_sequence_gaps_duplicates_wrap_and_restart():
     assert stream.accept(PEER, 7, 40000, 5) == 0  # a restarted sender, not 39996 lost
     assert stream.accept(PEER, 7, 40001, 6) == 0
     assert (stats.received, stats.lost, stats.duplicates) == (6, 2, 2)
+    assert lost_total() - lost_before == 2  # ringflow_rtp_packets_lost_total
 
 
 def test_only_the_first_source_is_heard_until_reset():
