@@ -28,6 +28,8 @@ def server_env(database_url: str, instance: str, **extra: str) -> dict[str, str]
         RINGFLOW_DATA_DIR=TEST_DATA_DIR,
         RINGFLOW_CALLBACK_TIMEOUT=CALLBACK_TIMEOUT,
         RINGFLOW_LOG_LEVEL="info",
+        # A SIGTERM ends the calls at once unless a test asks for a drain (it waits otherwise).
+        RINGFLOW_DRAIN_SECONDS="0",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -66,6 +66,10 @@ class Settings:
     http_body_timeout: float = 30.0
     http_keep_alive: int = 5  # whole seconds an idle keep-alive connection stays open
     log_level: str = "info"
+    log_format: str = "text"  # or json: one object a line, with the call's SID on its lines
+    # Seconds a SIGTERM lets calls in progress finish (new calls get 503) before the rest are
+    # ended, each with its callbacks.
+    drain_seconds: float = 30.0
     # Signs expiring recording links; unset: generated once into data_dir/secret_key.
     secret_key: str | None = dataclasses.field(default=None, repr=False)
     # When set, GET /metrics needs "Authorization: Bearer <token>".
@@ -138,6 +142,10 @@ class Settings:
         if self.http_keep_alive < 1:
             raise ConfigError("RINGFLOW_HTTP_KEEP_ALIVE must be a whole number of seconds, "
                               "at least 1")
+        if self.log_format not in {"text", "json"}:
+            raise ConfigError(f"RINGFLOW_LOG_FORMAT={self.log_format!r}: text or json")
+        if self.drain_seconds < 0:
+            raise ConfigError("RINGFLOW_DRAIN_SECONDS must be 0 or more seconds")
         if self.clock_scale <= 0:
             raise ConfigError("RINGFLOW_CLOCK_SCALE must be positive")
         if self.prompt_cache_max_age <= 0 or self.prompt_cache_max_mb < 1:

@@ -7,12 +7,24 @@ handler rewrites each record's final text: the values of secret-looking query an
 parameters (``Signature``, ``*token*``, ``password``, ``secret``, ``csrf``, ...), the password of
 ``user:password@host`` URLs, and ``Authorization``/``Cookie`` header values become
 ``[redacted]``. Names and the rest of the URL stay, so a log line still says what happened.
+
+Every line, ringflow's and uvicorn's, goes through one handler on the root logger (``configure``)
+in one format: text, or with ``RINGFLOW_LOG_FORMAT=json`` one JSON object a line. A line logged
+while a call runs carries the call's SID and account: the dispatcher binds them to the call's
+task (``bind_call``), and ``CallFilter`` copies them from that context variable onto each record,
+so no function passes a SID to its logger.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import datetime as dt
+import json
 import logging
 import re
+import sys
+from collections.abc import Iterator
 
 REDACTED = "[redacted]"
 
@@ -85,3 +97,117 @@ def redact_logs(*names: str) -> None:
         for handler in logging.getLogger(name).handlers:
             if not any(isinstance(f, RedactingFilter) for f in handler.filters):
                 handler.addFilter(the_filter)
+
+
+# The call a line is about, as (call SID or None, account SID): set when a call's task starts
+# (its whole life runs in that task's context, and tasks it creates inherit it), read by
+# CallFilter. Never passed around.
+_CALL: contextvars.ContextVar[tuple[str | None, str] | None] = contextvars.ContextVar(
+    "ringflow_call", default=None
+)
+# ringflow's lines about a call begin with "call <SID>": the text says which call, even where no
+# call's context is set yet (the request that creates it) or another call's is (a call whose end
+# lets a queued one of the same account start).
+_NAMED = re.compile(r"^call ([0-9a-z]{32})\b")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def bind_call(call_sid: str, account_sid: str) -> None:
+    """Mark the rest of the current task (and the tasks it starts) as about this call."""
+    _CALL.set((call_sid, account_sid))
+
+
+def bind_account(account_sid: str) -> None:
+    """Mark the rest of the current task (a request) as about this account's calls."""
+    _CALL.set((None, account_sid))
+
+
+@contextlib.contextmanager
+def call_context(call_sid: str, account_sid: str) -> Iterator[None]:
+    """Lines logged inside the block (and by tasks started there) are about this call."""
+    token = _CALL.set((call_sid, account_sid))
+    try:
+        yield
+    finally:
+        _CALL.reset(token)
+
+
+class CallFilter(logging.Filter):
+    """Adds ``instance``, and ``call_sid`` and ``account`` on a call's lines, to each record."""
+
+    def __init__(self, instance: str):
+        super().__init__()
+        self.instance = instance
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Always keep the record; it gains the fields."""
+        record.instance = self.instance
+        if hasattr(record, "call_sid"):
+            return True  # given by the caller (``extra=``)
+        call_sid, account = _CALL.get() or (None, None)
+        named = _NAMED.match(_first_text(record))
+        if named:
+            call_sid = named[1]
+        if call_sid is not None:
+            record.call_sid = call_sid
+        if account is not None:
+            record.account = account
+        return True
+
+
+def _first_text(record: logging.LogRecord) -> str:
+    """The start of the message: ``call %s`` with its first argument, without formatting all."""
+    msg = str(record.msg)
+    if msg.startswith("call %s") and isinstance(record.args, tuple) and record.args:
+        return f"call {record.args[0]}"
+    return msg[:40]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, instance, call_sid, account."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON (newlines in messages and tracebacks escaped)."""
+        line: dict[str, object] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "instance": getattr(record, "instance", None),
+        }
+        for field in ("call_sid", "account"):
+            value = getattr(record, field, None)
+            if value is not None:
+                line[field] = value
+        if record.exc_info and not record.exc_text:  # RedactingFilter normally renders it first
+            record.exc_text = redact(self.formatException(record.exc_info))
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = redact(self.formatStack(record.stack_info))
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure(level: str, fmt: str, instance: str) -> None:
+    """One handler on the root logger for every line: ringflow's, uvicorn's, the libraries'.
+
+    ``fmt`` is ``text`` or ``json``. uvicorn must then be started with ``log_config=None``, so
+    its loggers keep no handlers of their own and propagate here.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(CallFilter(instance))
+    handler.addFilter(RedactingFilter())  # after CallFilter: it must see the final text
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.captureWarnings(True)  # a warning is a line in the same format, not raw stderr
+    # httpx logs every request at INFO; ringflow logs the ones that matter with the call's SID.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -35,7 +35,7 @@ from ringflow.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 64
-STOP_WAIT = 30.0  # seconds a worker has to end its calls after SIGTERM
+STOP_WAIT = 30.0  # seconds a worker has to end its calls after SIGTERM, beyond its drain
 QUICK_DEATH = 10.0  # a worker that dies sooner than this after starting backs off
 MAX_BACKOFF = 30.0
 
@@ -123,12 +123,11 @@ def supervise(settings: Settings, workers: int) -> int:
     try:
         for worker in pool:
             worker.start(argv)
-        print(f"ringflow: {workers} workers on http://{settings.host}:{settings.port}",
-              flush=True)
+        log.info("%d workers on http://%s:%d", workers, settings.host, settings.port)
         while not stopping:
             _tend(pool, argv)
             time.sleep(0.2)
-        return _stop_all(pool)
+        return _stop_all(pool, settings.drain_seconds + STOP_WAIT)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -151,18 +150,19 @@ def _tend(pool: list[Worker], argv: list[str]) -> None:
             worker.start(argv)
 
 
-def _stop_all(pool: list[Worker]) -> int:
-    """SIGTERM every worker, wait for them to finish their calls, kill the ones that do not."""
+def _stop_all(pool: list[Worker], wait: float) -> int:
+    """SIGTERM every worker, wait for them to drain and end their calls, kill the ones that
+    do not within ``wait`` seconds."""
     for worker in pool:
         if worker.proc is not None and worker.proc.poll() is None:
             worker.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_WAIT
+    deadline = time.monotonic() + wait
     for worker in pool:
         assert worker.proc is not None
         try:
             worker.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.warning("worker %d did not stop in %.0f s; killing it", worker.index, STOP_WAIT)
+            log.warning("worker %d did not stop in %.0f s; killing it", worker.index, wait)
             worker.proc.kill()
             worker.proc.wait()
     return 0

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from ringflow.api.params import Params
 from ringflow.calls.requests import DEFAULT_TIME_LIMIT, DEFAULT_TIME_OUT, MAX_TIME_OUT, CallRequest
 from ringflow.errors import InvalidRequest, NotFound
+from ringflow.logs import bind_account
 from ringflow.phone import display, normalize
 from ringflow.storage.models import Account
 from ringflow.storage.session import Session
@@ -39,6 +40,7 @@ def app_id_from_url(url: str) -> int:
 
 async def parse_connect(params: Params, account: Account, services: Services) -> CallRequest:
     """Check every Calls/connect parameter; InvalidRequest names the first one at fault."""
+    bind_account(account.sid)  # the call this request creates logs its first lines here
     from_number = normalize(params.require("From"), field="From")
     caller_raw = params.require("CallerId")
     url, to = params.get("Url"), params.get("To")

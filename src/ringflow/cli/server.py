@@ -11,12 +11,13 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
+from ringflow import logs
 from ringflow.accounts import Accounts
 from ringflow.cli.admin import command
 from ringflow.config import Settings
 from ringflow.errors import ConfigError
-from ringflow.logs import redact_logs
 from ringflow.private_files import tighten
 from ringflow.storage import schema
 
@@ -25,6 +26,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from ringflow.app import create_app
+    from ringflow.drain import DrainGate, DrainingServer
     from ringflow.http_connections import (
         ConnectionLimits,
         check_file_limit,
@@ -32,12 +34,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         raise_file_limit,
     )
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # httpx logs every request at INFO; ringflow logs the ones that matter with the call's SID.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    redact_logs()
+    logs.configure(settings.log_level, settings.log_format, settings.instance_name)
     if args.workers != 1:
         from ringflow.workers import check, supervise
 
@@ -55,18 +52,34 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     check_file_limit(limits, raise_file_limit())
     # uvicorn with ringflow's protocol: head and body deadlines and a connection cap on top of
     # uvicorn's keep-alive timeout (http_connections.py says why this server).
-    config = uvicorn.Config(create_app(settings), log_level=settings.log_level,
-                            timeout_graceful_shutdown=10, http=protocol_class(limits),
+    app = create_app(settings)
+    drain = _drain(settings, app.state.services.dispatcher)
+    # log_config=None: uvicorn's lines go to the one handler logs.configure made, in its format.
+    config = uvicorn.Config(DrainGate(app, drain), log_level=settings.log_level,
+                            log_config=None, timeout_graceful_shutdown=10,
+                            http=protocol_class(limits),
                             timeout_keep_alive=settings.http_keep_alive)
-    redact_logs("uvicorn", "uvicorn.access", "uvicorn.error")  # handlers uvicorn just made
     tighten(settings)
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, drain)
     if args.worker:
         from ringflow.workers import stop_when_orphaned
 
         stop_when_orphaned(server)
     server.run(sockets=[listener])
     return 0
+
+
+def _drain(settings: Settings, dispatcher: Any) -> Any:
+    """The drain of this server's calls on SIGTERM (see drain.py)."""
+
+    def stop_admitting() -> None:
+        # The dispatcher's closing flag, which its stop() sets: queued calls stay queued (for
+        # the next start or another process) instead of taking the lines running calls free.
+        dispatcher._closing = True
+
+    from ringflow.drain import Drain
+
+    return Drain(settings.drain_seconds, dispatcher.tasks, stop_admitting)
 
 
 def check_port(settings: Settings) -> None:
