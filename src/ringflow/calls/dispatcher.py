@@ -34,6 +34,7 @@ from ringflow.calls.transitions import Change, apply, finish_calls_of
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import CapacityExceeded
+from ringflow.logs import bind_call
 from ringflow.metrics import CALLS_ENDED, CALLS_IN_PROGRESS, CALLS_STARTED, carrier_label
 from ringflow.storage import admission
 from ringflow.storage.db import Database
@@ -172,6 +173,7 @@ class Dispatcher:
             task.add_done_callback(self._releasing.discard)
 
     async def _run(self, call: Call, account: Account) -> None:
+        bind_call(call.sid, account.sid)  # this task's log lines (and its children's) carry them
         line = Line(self, account.id)
         try:
             await self.run_call(call, account, line)
