@@ -9,6 +9,7 @@ import datetime as dt
 import pytest
 
 from tests.e2e import running
+from tests.metrics_support import scrape
 from tests.wsbot import BotConnection, WsBot, pcm_tone, tone_power
 
 pytestmark = pytest.mark.e2e
@@ -255,11 +256,15 @@ async def test_active_streams_counts_the_accounts_streams(database_url):
         await rig.clock.run_until(lambda: "media" in bot.events())
         active = await rig.http.get(rig.url("ActiveStreams.json"), auth=rig.auth)
         assert active.json() == {"ActiveStreamCount": 1, "ThrottleLimit": 100}
+        assert (await scrape(rig.http, rig.base)).get("ringflow_streams_active",
+                                                      account=rig.sid) == 1
         await rig.http.post(rig.url(f"Calls/{sid}.json"), data={"Status": "completed"},
                             auth=rig.auth)
         await rig.finish(sid)
         active = await rig.http.get(rig.url("ActiveStreams.json"), auth=rig.auth)
         assert active.json()["ActiveStreamCount"] == 0
+        assert (await scrape(rig.http, rig.base)).get("ringflow_streams_active",
+                                                      account=rig.sid) == 0
 
 
 async def test_stream_url_with_url_or_to_is_refused_naming_both(database_url):
