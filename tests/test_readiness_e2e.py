@@ -167,3 +167,19 @@ async def test_a_server_started_with_redis_unreachable_says_so(redis_port: int,
         assert f"127.0.0.1:{redis_port}" in warning[0] and "unreachable" in warning[0]
         assert "hunter2" not in srv.output()
         await readiness(srv, 503, "redis:")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_readyz_names_a_dead_callback_deliverer(database_url: str) -> None:
+    from tests.e2e import running
+
+    async with running(database_url) as rig:
+        assert (await rig.http.get(f"{rig.base}/readyz")).status_code == 200
+        task = rig.services.deliverer._task
+        assert task is not None
+        task.cancel()  # as if it had died of a bug
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        r = await rig.http.get(f"{rig.base}/readyz")
+        assert r.status_code == 503
+        assert "outbox deliverer: its task is not running" in r.text
