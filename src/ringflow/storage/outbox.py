@@ -47,37 +47,9 @@ class Lease:
     until: dt.datetime
 
 
-async def add_message(
-    session: AsyncSession,
-    *,
-    account_id: int,
-    call_id: int | None,
-    event: str,
-    url: str,
-    destination: str,
-    content_type: str,
-    payload: dict[str, Any],
-    idempotency_key: str,
-    now: dt.datetime,
-    lease: Lease | None = None,
-) -> OutboxMessage:
-    """A pending webhook row in the caller's transaction (see ``webhooks.outbox.enqueue``)."""
-    message = OutboxMessage(
-        account_id=account_id,
-        call_id=call_id,
-        event=event,
-        url=url,
-        destination=destination,
-        content_type=content_type,
-        payload=payload,
-        idempotency_key=idempotency_key,
-        state="pending",
-        attempts=0,
-        next_attempt_at=now,
-        created_at=now,
-        lease_owner=lease.owner if lease is not None else None,
-        lease_until=lease.until if lease is not None else None,
-    )
+async def add_message(session: AsyncSession, row: dict[str, Any]) -> OutboxMessage:
+    """A pending webhook row (``webhooks.outbox.outbox_row``) in the caller's transaction."""
+    message = OutboxMessage(**row)
     session.add(message)
     await session.flush()  # assigns the id; the caller's commit makes it visible to deliverers
     return message

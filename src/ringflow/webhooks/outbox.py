@@ -67,15 +67,9 @@ async def enqueue(
     transaction has committed (``Deliverer.take``); if that process dies first, any deliverer
     sends it when the lease runs out.
     """
-    if content_type not in CONTENT_TYPES:
-        raise ValueError(f"unsupported callback content type {content_type!r}")
-    # Encode once now so a payload that cannot be sent fails the transition, not the deliverer.
-    encode(payload, content_type)
-    return await add_message(
-        session, account_id=account_id, call_id=call_id, event=event, url=url,
-        destination=destination_of(url), content_type=content_type, payload=payload,
-        idempotency_key=idempotency_key, now=now, lease=lease,
-    )
+    return await add_message(session, outbox_row(
+        account_id=account_id, call_id=call_id, event=event, url=url, content_type=content_type,
+        payload=payload, idempotency_key=idempotency_key, now=now, lease=lease))
 
 
 def encode(payload: dict[str, Any], content_type: str) -> tuple[bytes, str]:
