@@ -31,6 +31,7 @@ from typing import Any
 
 from ringflow.config import Settings
 from ringflow.errors import ConfigError
+from ringflow.metrics import prepare_multiprocess_dir
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def stop_when_orphaned(server: Any, every: float = 1.0) -> threading.Thread:
 def supervise(settings: Settings, workers: int) -> int:
     """Run ``workers`` server processes until SIGTERM or SIGINT; returns the exit code."""
     check(settings, workers)
+    prepare_multiprocess_dir()  # workers share metric samples there (PROMETHEUS_MULTIPROC_DIR)
     argv = [sys.executable, "-m", "ringflow", "serve", "--host", settings.host,
             "--port", str(settings.port), "--worker"]
     pool = [Worker(i, worker_env(settings, i, dict(os.environ))) for i in range(1, workers + 1)]
