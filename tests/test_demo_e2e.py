@@ -73,7 +73,7 @@ async def test_the_printed_curl_line_places_a_call_that_runs_the_demo_app(tmp_pa
         assert "leg 1 +919812345678: completed" in shown
         assert "applet.enter   welcome (applet=greeting)" in shown
         assert "/demo/passthru → 200" in shown
-        log = server.output()
+        log = server.log.read_text()  # all of it: the access log lines come last
         assert f"call {sid}: say 'Hello from ringflow. This is the demo app.'" in log
         assert "demo passthru received" in log and f"call {sid}: GET " in log
     finally:

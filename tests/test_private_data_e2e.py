@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ringflow.logs import REDACTED, RedactingFilter, redact
+from ringflow.logs import RedactingFilter, redact
 from tests.processes import Server, cli, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -68,12 +68,16 @@ def test_the_filter_redacts_arguments_and_tracebacks() -> None:
     assert TOKEN not in logging.Formatter().format(record)
 
 
-async def test_the_server_logs_no_secret_and_keeps_its_files_owner_only(tmp_path: Path):
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_the_server_logs_no_secret_and_keeps_its_files_owner_only(
+    tmp_path: Path, log_format: str
+):
     data = tmp_path / "data"
     env = server_env(f"sqlite+aiosqlite:///{data}/ringflow.db", f"private-{uuid.uuid4().hex[:6]}",
-                     RINGFLOW_DATA_DIR=str(data))
+                     RINGFLOW_DATA_DIR=str(data), RINGFLOW_LOG_FORMAT=log_format)
     old_umask = os.umask(0o022)  # the servers below inherit a shell's permissive umask
     try:
+        await cli(env, "migrate")
         creds = json.loads(await cli(env, "accounts", "create", "Private Co", "--json"))
         await cli(env, "numbers", "add", creds["sid"], "08039591234")
         srv = Server(env, tmp_path / "server.log")
@@ -108,6 +112,10 @@ async def test_the_server_logs_no_secret_and_keeps_its_files_owner_only(tmp_path
         os.umask(old_umask)
 
     log = srv.output()
+    assert SIGNATURE not in log and TOKEN not in log and creds["api_token"] not in log
+    if log_format == "json":  # the same checks on the messages, once each line is parsed
+        log = "\n".join(json.loads(line)["message"] for line in srv.log.read_text().splitlines()
+                        if line.strip() and not line.startswith("====="))
     # The access log line is there, whole and redacted (a filter that broke uvicorn's access
     # formatter would leave only logging's own error report).
     assert "Logging error" not in log, log

@@ -162,6 +162,7 @@ def _this_command() -> str:
     if found and Path(found).resolve() == script.resolve():
         return "ringflow"
     try:
-        return os.path.relpath(script)
-    except ValueError:
+        relative = os.path.relpath(script)
+    except ValueError:  # another drive
         return str(script)
+    return str(script.absolute()) if relative.startswith("..") else relative
