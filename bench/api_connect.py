@@ -137,6 +137,7 @@ def main() -> int:
     }
     import json
 
+    cli(env, "migrate")
     creds = json.loads(cli(env, "accounts", "create", f"bench {port}", "--json"))
     cli(env, "numbers", "add", creds["sid"], "08039591234")
     (workdir / "app.yaml").write_text(APP)

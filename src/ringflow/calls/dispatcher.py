@@ -239,6 +239,11 @@ class Dispatcher:
             log.warning("finished %d calls interrupted by a restart", count)
             self.on_enqueued()
 
+    def stop_admitting(self) -> None:
+        """Start no more calls (a drain): queued calls stay queued, for the next start or
+        another process, instead of taking the lines that running calls free."""
+        self._closing = True
+
     async def stop(self) -> None:
         """Cancel running calls (each runner finishes its call as it unwinds)."""
         self._closing = True

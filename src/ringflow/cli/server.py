@@ -71,15 +71,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def _drain(settings: Settings, dispatcher: Any) -> Any:
     """The drain of this server's calls on SIGTERM (see drain.py)."""
-
-    def stop_admitting() -> None:
-        # The dispatcher's closing flag, which its stop() sets: queued calls stay queued (for
-        # the next start or another process) instead of taking the lines running calls free.
-        dispatcher._closing = True
-
     from ringflow.drain import Drain
 
-    return Drain(settings.drain_seconds, dispatcher.tasks, stop_admitting)
+    return Drain(settings.drain_seconds, dispatcher.tasks, dispatcher.stop_admitting)
 
 
 def check_port(settings: Settings) -> None:
