@@ -48,28 +48,15 @@ def outbox_row(
     }
 
 
-async def enqueue(
-    session: Session,
-    *,
-    account_id: int,
-    call_id: int | None,
-    event: str,
-    url: str,
-    content_type: str,
-    payload: dict[str, Any],
-    idempotency_key: str,
-    now: dt.datetime,
-    lease: Lease | None = None,
-) -> OutboxMessage:
-    """Add a pending webhook in the caller's transaction (it commits with the transition).
+async def enqueue(session: Session, **fields: Any) -> OutboxMessage:
+    """Add a pending webhook (``fields`` as ``outbox_row`` takes them) in the caller's
+    transaction: it commits with the transition that causes it.
 
     With ``lease``, the row is born leased to that deliverer, which sends it once the
     transaction has committed (``Deliverer.take``); if that process dies first, any deliverer
     sends it when the lease runs out.
     """
-    return await add_message(session, outbox_row(
-        account_id=account_id, call_id=call_id, event=event, url=url, content_type=content_type,
-        payload=payload, idempotency_key=idempotency_key, now=now, lease=lease))
+    return await add_message(session, outbox_row(**fields))
 
 
 def encode(payload: dict[str, Any], content_type: str) -> tuple[bytes, str]:
