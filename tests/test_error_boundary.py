@@ -44,6 +44,7 @@ from ringflow.sip.errors import (
     SipParseError,
     SipStateError,
 )
+from ringflow.storage.schema import DatabaseUnavailable
 from ringflow.storage.session import Duplicate
 from ringflow.streams.client import StreamFailed
 from ringflow.telephony.sip.capacity import TrunkUnavailable
@@ -53,7 +54,7 @@ from tests.e2e import running
 CLASSES: dict[str, type[RingflowError]] = {cls.__name__: cls for cls in [
     RingflowError, ConfigError, NotFound, Conflict, CallOver, Duplicate, InvalidRequest,
     AppInvalid, ExomlInvalid, SourceError, AuthError, Forbidden, RateLimited, CapacityExceeded, Unavailable,
-    TrunkUnavailable, IllegalTransition, AudioUnavailable, FetchError, FetchTimeout,
+    TrunkUnavailable, DatabaseUnavailable, IllegalTransition, AudioUnavailable, FetchError, FetchTimeout,
     StreamFailed, TtsError, TtsUnavailable, SipError, SipParseError, SdpParseError,
     SipStateError, NegotiationError, MediaError, RtpParseError, SessionClosed,
 ]}
