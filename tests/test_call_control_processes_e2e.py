@@ -95,12 +95,19 @@ async def test_two_workers_hang_up_each_others_calls(empty_pg: str, tmp_path: Pa
     try:
         async with server(env, tmp_path / "server.log", "--workers", "2") as srv:
             await srv.start()
-            sids = []
-            for n in range(8):  # a connection each: the kernel picks a worker per connection
+            sids: list[str] = []
+            owners: set[str | None] = set()
+            # A connection each: the kernel picks a worker per connection (a worker still
+            # starting takes none), so calls are placed until both workers carry some.
+            for n in range(16):  # under the account limit of 20: every call talks
                 async with httpx.AsyncClient(timeout=10) as http:
                     call = await Client(http, srv, creds).connect(
                         From=f"0981234{n:04d}", Url=f"http://my.exotel.com/exoml/start/{app_id}")
                 sids.append(call["Sid"])
+                if len(sids) >= 8:
+                    owners = {(await status_of(db, sid)).owner for sid in sids}
+                    if len(owners) == 2:
+                        break
 
             async def talking() -> bool:
                 return {(await status_of(db, sid)).status for sid in sids} == {"in-progress"}
@@ -116,7 +123,7 @@ async def test_two_workers_hang_up_each_others_calls(empty_pg: str, tmp_path: Pa
                                         auth=(creds["api_key"], creds["api_token"]))
                 assert r.status_code == 200, r.text
                 assert r.json()["Call"]["Status"] == "completed", (sid, r.text)
-            code, out, err = await hangup_cli(env, sids[-1])  # the CLI is a third process
+            code, _, err = await hangup_cli(env, sids[-1])  # the CLI is a third process
             assert code == 0, err
             for sid in sids:
                 call = await status_of(db, sid)
