@@ -153,6 +153,8 @@ async def test_sigterm_lets_calls_finish_then_ends_the_rest_with_their_callbacks
             assert refused.json()["RestException"]["Message"].startswith(
                 "This server is shutting down and takes no new calls")
             assert (await api.details(long[0]))["Status"] == "in-progress"
+            ready = await http.get(f"{srv.base}/readyz")
+            assert ready.status_code == 503 and "draining" in ready.text
 
             await asyncio.wait_for(srv.proc.wait(), drain + 30)
             took = time.monotonic() - stopped_at

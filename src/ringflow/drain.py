@@ -26,12 +26,15 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ringflow.api.render import error
 
 log = logging.getLogger(__name__)
 
+READY = "/readyz"
+NOT_READY = "not ready\ndraining: shutting down, calls in progress are finishing\n"
 CONNECT = re.compile(r"^/v1/accounts/[^/]+/calls/connect(\.json)?/?$", re.IGNORECASE)
 REFUSAL = ("This server is shutting down and takes no new calls; "
            "place the call again in a few seconds (another server will take it)")
@@ -82,13 +85,18 @@ class DrainGate:
         self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Refuse a new call while draining; pass everything else on."""
-        if (self.drain.draining and scope["type"] == "http" and scope["method"] == "POST"
-                and CONNECT.match(scope["path"])):
-            as_json = scope["path"].rstrip("/").lower().endswith(".json")
-            response = error(503, REFUSAL, as_json=as_json, headers={"Retry-After": "5"})
-            await response(scope, receive, send)
-            return
+        """Refuse a new call while draining, and say not ready (so a load balancer sends
+        elsewhere); pass everything else on."""
+        if self.drain.draining and scope["type"] == "http":
+            if scope["method"] == "POST" and CONNECT.match(scope["path"]):
+                as_json = scope["path"].rstrip("/").lower().endswith(".json")
+                response: Any = error(503, REFUSAL, as_json=as_json, headers={"Retry-After": "5"})
+                await response(scope, receive, send)
+                return
+            if scope["path"] == READY:
+                response = PlainTextResponse(NOT_READY, status_code=503)
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
