@@ -339,23 +339,14 @@ class CallControl:
         return acted
 
     async def _listen(self) -> None:
-        """Set the wake-up event on every publish to this process's channel."""
-        from ringflow.redis_client import connect
+        """Set the wake-up event on every publish to this process's channel (while the
+        subscription is lost, the poll still finds requests)."""
+        from ringflow.redis_client import follow
 
         assert self.redis_url is not None
-        while True:
-            client = connect(self.redis_url)
-            pubsub = client.pubsub()
-            try:
-                await pubsub.subscribe(CHANNEL_PREFIX + self.instance)
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None:
-                        self._wake.set()
-            except (RedisError, OSError) as exc:  # the poll still finds requests meanwhile
-                log.warning("call control: Redis subscription lost (%s); retrying", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-                    await client.aclose()
+        await follow(self.redis_url, CHANNEL_PREFIX + self.instance, self._heard,
+                     what="call control")
+
+    def _heard(self, message: dict[str, Any]) -> None:
+        if message["type"] == "message":
+            self._wake.set()

@@ -129,36 +129,16 @@ class Lookups:
             self._publisher = None
 
     async def _listen(self) -> None:
-        from ringflow.redis_client import connect
+        from ringflow.redis_client import follow
 
         assert self.redis_url is not None
-        while True:
-            client = connect(self.redis_url)
-            pubsub = client.pubsub()
-            try:
-                await pubsub.subscribe(CHANNEL)
-                await self._follow(pubsub)
-            except (RedisError, OSError) as exc:  # meanwhile entries live only LOCAL_TTL
-                log.warning("lookup cache: Redis subscription lost (%s); retrying", exc)
-                await asyncio.sleep(PING_EVERY)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-                    await client.aclose()
+        # While it is lost, entries live only LOCAL_TTL.
+        await follow(self.redis_url, CHANNEL, self._heard, what="lookup cache",
+                     ping_every=PING_EVERY)
 
-    async def _follow(self, pubsub: Any) -> None:
-        """Forget on every notice; keep the subscription's answers coming with pings."""
-        next_ping = 0.0
-        while True:
-            now = time.monotonic()
-            if now >= next_ping:
-                await pubsub.ping()
-                next_ping = now + PING_EVERY
-            message = await pubsub.get_message(timeout=PING_EVERY)
-            if message is None:
-                continue
-            if message["type"] == "subscribe":
-                self.forget()  # notices sent before this subscription may have been missed
-            elif message["type"] == "message":
-                self.forget()
-            self._alive_until = time.monotonic() + HEALTH_WINDOW
+    def _heard(self, message: dict[str, Any]) -> None:
+        """Forget on every notice (and on subscribing: notices before it may have been
+        missed); any answer, pongs included, says notices are arriving."""
+        if message["type"] in ("subscribe", "message"):
+            self.forget()
+        self._alive_until = time.monotonic() + HEALTH_WINDOW
