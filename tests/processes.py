@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -103,3 +106,17 @@ class Server:
 
     def output(self) -> str:
         return self.log.read_text()[-8000:] if self.log.exists() else ""
+
+
+async def account_with_app(env: dict[str, str], tmp_path: Path, flow: dict[str, Any],
+                           exophone: str) -> tuple[dict[str, str], int]:
+    """An account made with the real CLI, with ``exophone`` and ``flow`` imported:
+    (its credentials, the app's id). Its SID is new: rate limits in a shared Redis are
+    counted by SID, across tests."""
+    name = f"Test {uuid.uuid4().hex[:10]}"
+    creds = json.loads(await cli(env, "accounts", "create", name, "--json"))
+    await cli(env, "numbers", "add", creds["sid"], exophone)
+    app_file = tmp_path / f"{flow.get('name', 'app')}.json"
+    app_file.write_text(json.dumps(flow))
+    app_id = int((await cli(env, "apps", "import", creds["sid"], str(app_file))).split()[1])
+    return creds, app_id

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-import json
 import os
 import re
 import signal
@@ -29,7 +28,7 @@ from sqlalchemy import func, select
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call, CallEvent
 from tests.conftest import REDIS_URL, _truncate
-from tests.processes import cli, server_env
+from tests.processes import account_with_app, server_env
 from tests.sipp import SCENARIOS, free_media_port, free_udp_port, needs_sipp
 from tests.support import recorder
 from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, Client, accepted, eventually, server
@@ -50,16 +49,6 @@ def empty_pg(pg_url: str) -> str:
     """The session's PostgreSQL database, emptied."""
     _truncate(pg_url)
     return pg_url
-
-
-async def setup_account(env: dict[str, str], tmp_path: Path, flow: dict) -> tuple[dict, int]:
-    creds = json.loads(await cli(env, "accounts", "create", f"Lines {uuid.uuid4().hex[:6]}",
-                                 "--json"))
-    await cli(env, "numbers", "add", creds["sid"], EXOPHONE)
-    app_file = tmp_path / "app.json"
-    app_file.write_text(json.dumps(flow))
-    app_id = int((await cli(env, "apps", "import", creds["sid"], str(app_file))).split()[1])
-    return creds, app_id
 
 
 async def calls_of(db: Database, sids: list[str]) -> list[Call]:
@@ -140,7 +129,7 @@ async def test_three_workers_hold_the_account_limit_and_start_the_queue_in_order
                      RINGFLOW_SIP_TRUNKS=str(trunks), RINGFLOW_SIP_PORT="0",
                      RINGFLOW_MAX_CONCURRENT_CALLS=str(LIMIT),
                      RINGFLOW_RATE_LIMIT_PER_MINUTE="10000")
-    creds, app_id = await setup_account(env, tmp_path, SHORT_FLOW)
+    creds, app_id = await account_with_app(env, tmp_path, SHORT_FLOW, EXOPHONE)
     db = Database(empty_pg)
     most_seen = 0
     sampling = True
@@ -211,7 +200,7 @@ async def test_a_killed_servers_lines_return_when_its_lease_lapses(
                   "RINGFLOW_INSTANCE_LEASE": str(lease)}
     env_a = server_env(empty_pg, f"{base}-a", **common)
     env_b = server_env(empty_pg, f"{base}-b", **common)
-    creds, app_id = await setup_account(env_a, tmp_path, LONG_FLOW)
+    creds, app_id = await account_with_app(env_a, tmp_path, LONG_FLOW, EXOPHONE)
     url = f"http://my.exotel.com/exoml/start/{app_id}"
     db = Database(empty_pg)
     try:

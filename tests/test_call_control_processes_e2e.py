@@ -5,7 +5,6 @@ server (no Redis: the server finds the request in the database), and the API on
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import uuid
 from pathlib import Path
@@ -17,7 +16,7 @@ from sqlalchemy import select
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call
 from tests.conftest import REDIS_URL, _truncate
-from tests.processes import cli, server_env
+from tests.processes import account_with_app, server_env
 from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, Client, eventually, server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -33,15 +32,6 @@ async def hangup_cli(env: dict[str, str], sid: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def setup(env: dict[str, str], tmp_path: Path) -> tuple[dict[str, str], int]:
-    creds = json.loads(await cli(env, "accounts", "create", "Control Test", "--json"))
-    await cli(env, "numbers", "add", creds["sid"], EXOPHONE)
-    app_file = tmp_path / "long.json"
-    app_file.write_text(json.dumps(LONG_FLOW))
-    app_id = int((await cli(env, "apps", "import", creds["sid"], str(app_file))).split()[1])
-    return creds, app_id
-
-
 async def status_of(db: Database, sid: str) -> Call:
     async with db.session() as session:
         return (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
@@ -53,7 +43,7 @@ async def test_the_cli_hangs_up_a_call_the_server_carries(tmp_path: Path,
     path.write_bytes(sqlite_template.read_bytes())
     url = f"sqlite+aiosqlite:///{path}"
     env = server_env(url, f"cli-{uuid.uuid4().hex[:8]}")
-    creds, app_id = await setup(env, tmp_path)
+    creds, app_id = await account_with_app(env, tmp_path, LONG_FLOW, EXOPHONE)
     db = Database(url)
     try:
         async with server(env, tmp_path / "server.log") as srv:
@@ -90,7 +80,7 @@ async def test_two_workers_hang_up_each_others_calls(empty_pg: str, tmp_path: Pa
     pg_url = empty_pg
     instance = f"control-{uuid.uuid4().hex[:8]}"
     env = server_env(pg_url, instance, RINGFLOW_REDIS_URL=REDIS_URL)
-    creds, app_id = await setup(env, tmp_path)
+    creds, app_id = await account_with_app(env, tmp_path, LONG_FLOW, EXOPHONE)
     db = Database(pg_url)
     try:
         async with server(env, tmp_path / "server.log", "--workers", "2") as srv:

@@ -3,7 +3,6 @@ counts every worker's calls (prometheus_client's multiprocess mode over a per-ru
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,16 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ringflow import metrics, workers
+from ringflow import metrics
 from tests.conftest import REDIS_URL
 from tests.metrics_support import scrape
-from tests.processes import cli, server_env
+from tests.processes import account_with_app, server_env
 from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, Client, eventually, server
 from tests.test_workers_e2e import calls_of, empty_pg, statuses  # noqa: F401  (a fixture)
 
 CALLS = 12  # on a connection each: the kernel spreads them over both workers
 
-SUPERVISOR_PREPARES = "prepare_multiprocess_dir" in Path(workers.__file__).read_text()
 
 
 @pytest.mark.e2e
@@ -31,19 +29,13 @@ SUPERVISOR_PREPARES = "prepare_multiprocess_dir" in Path(workers.__file__).read_
 @pytest.mark.parametrize("directory", ["operator's", "supervisor's"])
 async def test_one_scrape_counts_the_calls_of_both_workers(
         pg_url: str, tmp_path: Path, directory: str) -> None:
-    if directory == "supervisor's" and not SUPERVISOR_PREPARES:
-        pytest.skip("workers.supervise does not call metrics.prepare_multiprocess_dir yet")
     instance = f"metrics-{uuid.uuid4().hex[:8]}"
     extra = {"RINGFLOW_REDIS_URL": REDIS_URL}
     if directory == "operator's":
         (tmp_path / "samples").mkdir()
         extra["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "samples")
     env = server_env(pg_url, instance, **extra)
-    creds = json.loads(await cli(env, "accounts", "create", f"Metrics {instance}", "--json"))
-    await cli(env, "numbers", "add", creds["sid"], EXOPHONE)
-    app_file = tmp_path / "long.json"
-    app_file.write_text(json.dumps(LONG_FLOW))
-    app_id = int((await cli(env, "apps", "import", creds["sid"], str(app_file))).split()[1])
+    creds, app_id = await account_with_app(env, tmp_path, LONG_FLOW, EXOPHONE)
     from ringflow.storage.db import Database
 
     db = Database(pg_url)

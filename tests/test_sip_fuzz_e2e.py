@@ -17,7 +17,6 @@ no stranger's key took the gather's other branch), SIPp got our BYE; RSS grew le
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import socket
@@ -31,7 +30,7 @@ from ringflow.sip.headers import Headers
 from ringflow.sip.message import Request, Response, parse_message
 from ringflow.sip.uri import SipUri
 from tests import sipfuzz
-from tests.processes import cli, server_env
+from tests.processes import account_with_app, server_env
 from tests.sipp import free_media_port, free_udp_port, needs_sipp, sipp
 from tests.test_restart_e2e import EXOPHONE, Client, eventually, server
 from tests.test_sip_transport import collect
@@ -123,11 +122,7 @@ async def test_a_live_call_survives_tens_of_thousands_of_hostile_datagrams(
                          RINGFLOW_RTP_PORT_MAX=str(rtp_port + 1),
                          # Polled every 50 ms until the time limit: not a client to throttle.
                          RINGFLOW_RATE_LIMIT_PER_MINUTE="100000")
-        creds = json.loads(await cli(env, "accounts", "create", "Fuzz", "--json"))
-        await cli(env, "numbers", "add", creds["sid"], EXOPHONE)
-        app_file = tmp_path / "wait.json"
-        app_file.write_text(json.dumps(WAIT_FOR_A_KEY))
-        app_id = int((await cli(env, "apps", "import", creds["sid"], str(app_file))).split()[1])
+        creds, app_id = await account_with_app(env, tmp_path, WAIT_FOR_A_KEY, EXOPHONE)
         sip = ("127.0.0.1", sip_port)
         async with server(env, tmp_path / "server.log") as srv, \
                 httpx.AsyncClient(timeout=10) as http:

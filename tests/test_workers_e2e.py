@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import os
 import re
 import signal
-import os
 import uuid
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from sqlalchemy import select
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call
 from tests.conftest import REDIS_URL, _truncate
-from tests.processes import cli, server_env
+from tests.processes import account_with_app, server_env
 from tests.sipp import SCENARIOS, free_media_port, free_udp_port, needs_sipp
 from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, RESTARTED, Client, eventually, server
 
@@ -55,11 +54,7 @@ async def test_two_workers_share_the_calls_and_a_dead_one_is_restarted(
     pg_url = empty_pg
     instance = f"workers-{uuid.uuid4().hex[:8]}"
     env = server_env(pg_url, instance, RINGFLOW_REDIS_URL=REDIS_URL)
-    creds = json.loads(await cli(env, "accounts", "create", "Workers Test", "--json"))
-    await cli(env, "numbers", "add", creds["sid"], EXOPHONE)
-    app_file = tmp_path / "long.json"
-    app_file.write_text(json.dumps(LONG_FLOW))
-    app_id = int((await cli(env, "apps", "import", creds["sid"], str(app_file))).split()[1])
+    creds, app_id = await account_with_app(env, tmp_path, LONG_FLOW, EXOPHONE)
     db = Database(pg_url)
     try:
         async with server(env, tmp_path / "server.log", "--workers", "2") as srv:
@@ -163,13 +158,10 @@ async def test_two_workers_place_sip_calls_each_from_its_own_socket(
     instance = f"sip-workers-{uuid.uuid4().hex[:8]}"
     env = server_env(empty_pg, instance, RINGFLOW_REDIS_URL=REDIS_URL, RINGFLOW_CARRIER="sip",
                      RINGFLOW_SIP_TRUNKS=str(trunks), RINGFLOW_SIP_PORT="0")
-    creds = json.loads(await cli(env, "accounts", "create", "Sip Workers", "--json"))
-    await cli(env, "numbers", "add", creds["sid"], EXOPHONE)
-    app_file = tmp_path / "hello.json"
-    app_file.write_text(json.dumps({"name": "hello", "start": "hi", "nodes": {
-        "hi": {"applet": "greeting", "text": "Hello", "next": "bye"},
-        "bye": {"applet": "hangup"}}}))
-    app_id = int((await cli(env, "apps", "import", creds["sid"], str(app_file))).split()[1])
+    creds, app_id = await account_with_app(env, tmp_path, {
+        "name": "hello", "start": "hi", "nodes": {
+            "hi": {"applet": "greeting", "text": "Hello", "next": "bye"},
+            "bye": {"applet": "hangup"}}}, EXOPHONE)
     db = Database(empty_pg)
     try:
         async with server(env, tmp_path / "server.log", "--workers", "2") as srv:
