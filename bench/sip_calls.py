@@ -75,6 +75,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -692,14 +693,20 @@ def main() -> None:
         parser.error("--processes must be at least 1")
     if args.processes > 1 and args.profile:
         parser.error("--profile profiles this process: use it with --processes 1")
+    run_bench(run, args, "sip-calls-", f", SIPp scenario {args.scenario}")
+
+
+def run_bench(run: Any, args: argparse.Namespace, prefix: str, note: str = "") -> None:
+    """Run ``run(args, workdir)`` on the chosen loop: errors only in the log, as many open
+    files as allowed, the machine said first, SIPp's files kept in ``--workdir`` if given."""
     logging.basicConfig(level=logging.ERROR)
     factory, loop_name = loop_factory(args.loop)
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
     print(f"loop {loop_name}, Python {sys.version.split()[0]}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f}, SIPp scenario {args.scenario}", flush=True)
+          f"load average {os.getloadavg()[0]:.2f}{note}", flush=True)
     with contextlib.ExitStack() as stack:
         if args.workdir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sip-calls-")))
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
         else:
             workdir = args.workdir
             workdir.mkdir(parents=True, exist_ok=True)

@@ -53,13 +53,10 @@ import asyncio
 import contextlib
 import cProfile
 import io
-import logging
-import os
 import pstats
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Self
@@ -74,11 +71,11 @@ from bench.sip_calls import (
     Sipp,
     answered,
     carrier_for,
-    loop_factory,
     own_cpu,
     paced,
     percentile,
     process_cpu,
+    run_bench,
     udp_drops,
 )
 from ringflow.clock import RealClock
@@ -411,19 +408,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.levels, args.hold = [10, 50], 4.0
-    logging.basicConfig(level=logging.ERROR)
-    factory, loop_name = loop_factory(args.loop)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-    print(f"loop {loop_name}, Python {sys.version.split()[0]}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    with contextlib.ExitStack() as stack:
-        if args.workdir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="streams-")))
-        else:
-            workdir = args.workdir
-            workdir.mkdir(parents=True, exist_ok=True)
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(run(args, workdir))
+    run_bench(run, args, "streams-")
 
 
 if __name__ == "__main__":
