@@ -4,7 +4,8 @@ another writer read back instead of overwritten."""
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+import pytest
+from sqlalchemy import event, select, update
 
 from ringflow.calls.status import Event
 from ringflow.calls.timeline import Timeline
@@ -68,3 +69,29 @@ async def test_a_call_moved_by_another_writer_is_read_back_not_overwritten(db, c
     assert (stored.status, stored.reason) == ("completed", "finished elsewhere")
     assert (call.status, call.reason) == ("completed", "finished elsewhere")
     assert [s.kind for s in steps][-1] == "late"  # kept, and no status step of ours after it
+
+
+async def test_a_change_that_does_not_end_the_call_is_one_statement_on_postgresql(
+        db, clock) -> None:
+    if db.is_sqlite:
+        pytest.skip("SQLite has no data-modifying WITH: a change is a local transaction there")
+    account, dispatcher, _, _ = await setup(db, clock)
+    call, _ = await dispatcher.submit(request(account, callback_events=("answered",)))
+    timeline = Timeline(db, clock, call, "Asia/Kolkata", line=None, callbacks=None,
+                        on_enqueued=lambda: None)
+    await timeline.record("note", {})
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        seen.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await timeline.change(Change(call=Event.ANSWER, legs=((1, Event.ANSWER),)))
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    assert len(seen) == 1 and seen[0].lstrip().startswith("WITH moved AS"), seen
+    stored, steps, outbox = await rows(db, call.sid)
+    assert stored.status == "in-progress"
+    assert [s.kind for s in steps][-2:] == ["note", "status"]
+    assert [row.idempotency_key for row in outbox] == [f"{call.sid}:answered:1"]

@@ -89,10 +89,9 @@ class Timeline:
             async with self.db.session() as session:
                 await add_steps(session, steps)
 
-    async def change(self, change: Change) -> Call:
+    async def change(self, change: Change) -> None:
         """Apply a status change, with the steps kept since the last one."""
         await self._changed(lambda call: change)
-        return self.call
 
     async def finish(self, reason: str) -> None:
         """End the call, whatever state it is in, unless it has ended already (shutdown, a bug)."""
