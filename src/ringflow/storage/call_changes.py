@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ringflow.storage.calls import CALL_CHANGES, LEG_CHANGES
+from ringflow.storage.calls import CALL_CHANGES, leg_row
 from ringflow.storage.models import Call
 
 _LEG_COLUMNS = ("leg_no int, number text, status text, cause text, answered_by text, "
@@ -74,17 +74,11 @@ async def write_change_at_once(conn: AsyncConnection, call: Call, *, expected: s
                                callbacks: list[dict[str, Any]]) -> list[int] | None:
     """``calls.write_change`` in one statement (PostgreSQL): the callbacks' ids, or None if the
     call had moved."""
-    by_no = {leg.leg_no: leg for leg in call.legs}
-
-    def leg(n: int) -> dict[str, Any]:
-        return {"leg_no": n, "number": by_no[n].number,
-                **{name: getattr(by_no[n], name) for name in LEG_CHANGES}}
-
     params: dict[str, Any] = {name: _column(getattr(call, name)) for name in CALL_CHANGES}
     params.update(
         call_id=call.id, expected=str(expected),
-        legs=_json([leg(n) for n in legs if n not in new_legs]),
-        new_legs=_json([leg(n) for n in new_legs]),
+        legs=_json([leg_row(call, n) for n in legs if n not in new_legs]),
+        new_legs=_json([leg_row(call, n) for n in new_legs]),
         steps=_json([{"n": i, "at": s["at"], "kind": s["kind"], "data": s["data"]}
                      for i, s in enumerate(steps)]),
         callbacks=_json([{"n": i, **row} for i, row in enumerate(callbacks)]),

@@ -88,6 +88,13 @@ CALL_CHANGES = ("status", "reason", "updated_at", "start_time", "end_time", "dur
 LEG_CHANGES = ("status", "cause", "answered_by", "dialed_at", "answered_at", "ended_at")
 
 
+def leg_row(call: Call, leg_no: int) -> dict[str, Any]:
+    """Leg ``leg_no`` of ``call`` (held in memory) as the values a change writes."""
+    leg = next(leg for leg in call.legs if leg.leg_no == leg_no)
+    return {"leg_no": leg_no, "number": leg.number,
+            **{name: getattr(leg, name) for name in LEG_CHANGES}}
+
+
 async def write_change(session: AsyncSession, call: Call, *, expected: str,
                        legs: Collection[int], new_legs: Collection[int],
                        steps: list[dict[str, Any]], callbacks: list[dict[str, Any]]
@@ -105,18 +112,17 @@ async def write_change(session: AsyncSession, call: Call, *, expected: str,
         .execution_options(synchronize_session=False))
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    by_no = {leg.leg_no: leg for leg in call.legs}
     if new_legs:
-        await session.execute(insert(Leg), [
-            {"call_id": call.id, "leg_no": n, "number": by_no[n].number,
-             **{name: getattr(by_no[n], name) for name in LEG_CHANGES}} for n in new_legs])
+        await session.execute(insert(Leg),
+                              [{"call_id": call.id, **leg_row(call, n)} for n in new_legs])
     changed = [n for n in legs if n not in new_legs]
     if changed:
         # One statement per leg: rarely more than two change at once.
         for n in changed:
+            changes = leg_row(call, n)
+            del changes["leg_no"], changes["number"]
             await session.execute(
-                update(Leg).where(Leg.call_id == call.id, Leg.leg_no == n)
-                .values(**{name: getattr(by_no[n], name) for name in LEG_CHANGES})
+                update(Leg).where(Leg.call_id == call.id, Leg.leg_no == n).values(**changes)
                 .execution_options(synchronize_session=False))
     await add_steps(session, steps)
     if not callbacks:
