@@ -40,6 +40,26 @@ def free_media_port() -> int:
     raise RuntimeError("no free pair of UDP ports")
 
 
+def tcp_listening(port: int) -> bool:
+    """Whether some socket listens on TCP ``port`` of loopback (read from /proc, no probe
+    connection that the phone would count as a caller)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        return any(fields[1] == wanted and fields[3] == "0A"  # 0A: LISTEN
+                   for fields in (line.split() for line in table) if len(fields) > 3)
+
+
+async def listening_on_tcp(port: int, proc: asyncio.subprocess.Process,
+                           wait: float = WAIT) -> None:
+    """Wait until SIPp listens on its TCP port: a call placed before that is refused."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while not tcp_listening(port):
+        if proc.returncode is not None or loop.time() > deadline:
+            raise RuntimeError(f"SIPp never listened on TCP port {port}")
+        await asyncio.sleep(0.02)
+
+
 class Sipp:
     """One running SIPp: ``port`` is its SIP port; ``exit_code()`` waits for it to finish."""
 
@@ -89,6 +109,8 @@ async def sipp(workdir: Path, scenario: str, *args: str, variables: dict[str, st
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     phone = Sipp(proc, port, workdir)
     try:
+        if transport.startswith("t"):
+            await listening_on_tcp(port, proc)
         yield phone
     finally:
         phone.kill()

@@ -23,6 +23,7 @@ from ringflow.sip import (
 )
 from ringflow.sip.registration import RegState
 from ringflow.sip.transport import OutgoingCallHandle, SipTransport
+from tests.sipp import listening_on_tcp
 
 pytestmark = [
     pytest.mark.e2e,
@@ -52,23 +53,8 @@ async def start_sipp(tmp_path: Path, *scenario: str, transport: str = "udp"
         "-timeout", "30", "-timeout_error", "-nostdin", "-trace_err", cwd=tmp_path,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     if tcp:
-        await listening(port)
+        await listening_on_tcp(port, proc, WAIT)
     return proc, port
-
-
-async def listening(port: int) -> None:
-    """Wait until SIPp accepts TCP connections (a UDP peer needs no wait: we retransmit)."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return
 
 
 async def sipp_exit(proc: asyncio.subprocess.Process, tmp_path: Path, wait: float = WAIT) -> int:

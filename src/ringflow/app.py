@@ -18,6 +18,7 @@ from ringflow import __version__
 from ringflow.accounts import Accounts
 from ringflow.api.admin import AdminApi
 from ringflow.api.auth import FailedLogins
+from ringflow.api.campaigns import CampaignsApi
 from ringflow.api.exotel import ExotelApi
 from ringflow.api.observability import CountRequests, Observability
 from ringflow.audio_files import MAX_AUDIO_BYTES, AudioStore, FlowHttp
@@ -26,6 +27,7 @@ from ringflow.calls.control import CallControl
 from ringflow.calls.dispatcher import Dispatcher
 from ringflow.calls.housekeeping import Housekeeper
 from ringflow.calls.runner import CallRunner
+from ringflow.campaigns.service import Campaigns
 from ringflow.clock import Clock, make_clock
 from ringflow.config import Settings
 from ringflow.dashboard.site import Dashboard
@@ -71,6 +73,7 @@ class Services:
     control: CallControl
     streams: Streams
     readiness: Readiness
+    campaigns: Campaigns
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, carrier: Carrier | None = None) -> Services:
@@ -115,6 +118,7 @@ class Services:
             control=control,
             streams=streams,
             readiness=Readiness(db, carrier, deliverer, settings.redis_url),
+            campaigns=Campaigns(db, clock, settings, dispatcher, deliverer.wake),
         )
 
     async def start(self) -> None:
@@ -128,9 +132,11 @@ class Services:
         await self.dispatcher.recover()
         self.control.start()
         self.housekeeper.start()
+        self.campaigns.start()
 
     async def stop(self) -> None:
         """End running calls, flush callbacks, close connections."""
+        await self.campaigns.stop()
         await self.housekeeper.stop()
         await self.dispatcher.stop()
         await self.control.close()
@@ -211,6 +217,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, carrier: Carri
         *Observability(services).routes(),
         Route("/demo/passthru", demo_passthru),
         *ExotelApi(services).routes(),
+        *CampaignsApi(services).routes(),
         *AdminApi(services).routes(),
         *Dashboard(services).routes(),
     ]

@@ -23,7 +23,7 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ringflow.api import admin, params
+from ringflow.api import admin, campaigns, params
 from ringflow.audio_files import MAX_AUDIO_BYTES
 from ringflow.errors import InvalidRequest
 from ringflow.numeric import whole_number
@@ -53,6 +53,9 @@ RULES = (
     # parser keeps only the fields, never file contents).
     BodyRule(r"/v1/", params.MAX_BODY, "a form, multipart or JSON", multipart=True,
              json_errors=True),
+    BodyRule(r"/v2/accounts/[^/]+/contacts/csv-upload/?$", campaigns.MAX_CSV_BODY,
+             "multipart with the CSV file", multipart=True, json_errors=True),
+    BodyRule(r"/v2/", campaigns.MAX_JSON_BODY, "JSON", json_errors=True),
     BodyRule(r"/", DASHBOARD_MAX_BODY, "the form url-encoded"),
 )
 

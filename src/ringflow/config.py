@@ -47,6 +47,9 @@ class Settings:
     # Seconds a process may stay silent (no heartbeat) before another one finishes the calls it
     # was carrying and gives their lines to queued calls: a process killed without a goodbye.
     instance_lease: float = 60.0
+    # Seconds a campaign's driver may stay silent before another process takes the campaign
+    # over (a process killed without a goodbye; one that stops hands its campaigns over).
+    campaign_lease: float = 15.0
     allow_private_urls: bool = False
     callback_timeout: float = 15.0
     callback_max_attempts: int = 12
@@ -112,6 +115,8 @@ class Settings:
                               "must be at least 1")
         if self.instance_lease < 1:
             raise ConfigError("RINGFLOW_INSTANCE_LEASE must be at least 1 second")
+        if self.campaign_lease < 1:
+            raise ConfigError("RINGFLOW_CAMPAIGN_LEASE must be at least 1 second")
         if self.queue_max_age <= 0:
             raise ConfigError("RINGFLOW_QUEUE_MAX_AGE must be a positive number of seconds")
         if self.callback_concurrency < 1:

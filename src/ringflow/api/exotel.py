@@ -80,6 +80,25 @@ _RECORDING = re.compile(
 )
 
 
+async def count_request(services: Services, account: Account) -> dict[str, str]:
+    """Count a request against the account's rate limit (shared by /v1 and /v2): its
+    X-RateLimit headers, or RateLimited with Retry-After."""
+    limit = account.rate_limit_per_minute or services.settings.rate_limit_per_minute
+    decision = await services.rate_limiter.hit(f"api:{account.sid}", limit, 60.0)
+    headers = {
+        "X-RateLimit-Limit": str(decision.limit),
+        "X-RateLimit-Remaining": str(decision.remaining),
+        "X-RateLimit-Reset": str(math.ceil(decision.reset_after)),
+    }
+    if not decision.allowed:
+        RATE_LIMITED.labels("api").inc()
+        headers["Retry-After"] = str(decision.retry_after)
+        raise RateLimited(
+            f"Too many requests: the limit is {decision.limit} requests per minute", headers
+        )
+    return headers
+
+
 class ExotelApi:
     """The ``/v1`` endpoints; ``services`` is the wired application (see app.py)."""
 
@@ -128,7 +147,7 @@ class ExotelApi:
         quota: dict[str, str] = {}
         try:
             account = await authenticate(self.s.accounts, self.s.failed_logins, request, match["sid"])
-            quota = await self._rate_limit(account)
+            quota = await count_request(self.s, account)
             params = await read_params(request)
             response = await getattr(self, handler)(request, account, params, match, as_json)
         except RingflowError as exc:
@@ -153,7 +172,7 @@ class ExotelApi:
                     account = await self.s.accounts.get(session, match["sid"])
             else:
                 account = await authenticate(self.s.accounts, self.s.failed_logins, request, match["sid"])
-                headers = await self._rate_limit(account)
+                headers = await count_request(self.s, account)
             row = await self.s.recordings.find(account.id, match["rec"])
             if row is None or extension(row.format) != match["ext"].lower():
                 raise NotFound(f"Recording {match['rec']}.{match['ext']} not found")
@@ -170,22 +189,6 @@ class ExotelApi:
         headers["Cache-Control"] = "private, no-store"
         headers["Content-Disposition"] = f'inline; filename="{row.sid}.{ext}"'
         return FileResponse(path, media_type=CONTENT_TYPES[ext], headers=headers)
-
-    async def _rate_limit(self, account: Account) -> dict[str, str]:
-        limit = account.rate_limit_per_minute or self.s.settings.rate_limit_per_minute
-        decision = await self.s.rate_limiter.hit(f"api:{account.sid}", limit, 60.0)
-        headers = {
-            "X-RateLimit-Limit": str(decision.limit),
-            "X-RateLimit-Remaining": str(decision.remaining),
-            "X-RateLimit-Reset": str(math.ceil(decision.reset_after)),
-        }
-        if not decision.allowed:
-            RATE_LIMITED.labels("api").inc()
-            headers["Retry-After"] = str(decision.retry_after)
-            raise RateLimited(
-                f"Too many requests: the limit is {decision.limit} requests per minute", headers
-            )
-        return headers
 
     async def connect(self, request: Request, account: Account, params: Params, match: re.Match[str], as_json: bool) -> Response:
         """``POST Calls/connect``: place a call in the flow or the two-number shape."""

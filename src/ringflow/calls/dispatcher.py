@@ -36,9 +36,10 @@ from ringflow.config import Settings
 from ringflow.errors import CapacityExceeded
 from ringflow.logs import bind_call
 from ringflow.metrics import CALLS_ENDED, CALLS_IN_PROGRESS, CALLS_STARTED, carrier_label
-from ringflow.storage import admission
+from ringflow.storage import admission, calls
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, Call, Leg
+from ringflow.storage.session import Session
 from ringflow.telephony.carrier import Carrier
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class Line:
 
 # Runs one admitted call to its end: (call, its account, the line it holds).
 RunCall = Callable[[Call, Account, Line], Awaitable[None]]
+# Work done in the transaction that inserts a new call: (that transaction, the call).
+WithCall = Callable[[Session, Call], Awaitable[None]]
 
 
 class Dispatcher:
@@ -95,8 +98,13 @@ class Dispatcher:
         if carrier is not None:
             carrier.listen_for_room(self._trunk_room)
 
-    async def submit(self, request: CallRequest) -> tuple[Call, bool]:
-        """Persist a new call; start it if the account has room. Returns (call, started)."""
+    async def submit(self, request: CallRequest,
+                     with_call: WithCall | None = None) -> tuple[Call, bool]:
+        """Persist a new call; start it if the account has room. Returns (call, started).
+
+        ``with_call`` runs in the transaction that inserts the call, once it has its id (a
+        campaign marks its number called there); what it raises undoes the call.
+        """
         async with self._locks[request.account_id], self.db.session() as session:
             lines = await self._lines(session, request.account_id)
             assert lines is not None, f"account {request.account_id} does not exist"
@@ -111,8 +119,9 @@ class Dispatcher:
             # Stamped under the account's lock, so creation order is the order of admission.
             now = self.clock.wall()
             call = _new_call(request, now)
-            session.add(call)
-            await session.flush()
+            await calls.add_call(session, call)
+            if with_call is not None:
+                await with_call(session, call)
             limit = self._limit(lines)
             # Never ahead of calls already waiting: room can exist while they wait (the limit
             # was raised, or a call just ended and its release has not run yet).
@@ -278,6 +287,9 @@ def _new_call(request: CallRequest, now: Any) -> Call:
         stream_url=request.stream_url,
         stream_type=request.stream_type,
         stream_name=request.stream_name,
+        campaign_id=request.campaign.campaign_id if request.campaign else None,
+        campaign_number_id=request.campaign.number_id if request.campaign else None,
+        campaign_attempt=request.campaign.attempt if request.campaign else None,
         created_at=now,
         updated_at=now,
         start_time=now,

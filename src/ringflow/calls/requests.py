@@ -10,6 +10,16 @@ MAX_TIME_OUT = 60  # ring time is capped at a minute in India
 
 
 @dataclasses.dataclass(frozen=True)
+class CampaignTag:
+    """Which campaign placed a call: its id, the number's id in it, and the attempt (1, 2 ...).
+    A number has at most one call per attempt (a unique key of the calls table)."""
+
+    campaign_id: int
+    number_id: int
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True)
 class CallRequest:
     """Everything needed to place a call; numbers are E.164 (or sip: URIs)."""
 
@@ -32,3 +42,4 @@ class CallRequest:
     stream_url: str | None = None  # stream shape: the bot's ws(s) URL or http(s) endpoint
     stream_type: str | None = None  # bidirectional or unidirectional
     stream_name: str | None = None
+    campaign: CampaignTag | None = None

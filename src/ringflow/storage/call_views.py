@@ -45,6 +45,7 @@ class CallFilter:
     directions: Sequence[str] = ()
     durations: Sequence[tuple[str, int]] = ()
     prices: Sequence[tuple[str, Decimal]] = ()
+    campaign_id: int | None = None  # the calls of one campaign
 
 
 def _where(f: CallFilter) -> list[ColumnElement[bool]]:
@@ -63,6 +64,8 @@ def _where(f: CallFilter) -> list[ColumnElement[bool]]:
         where.append(Call.caller_id.in_(f.caller_ids))
     if f.statuses:
         where.append(Call.status.in_(f.statuses))
+    if f.campaign_id is not None:
+        where.append(Call.campaign_id == f.campaign_id)
     if f.directions:
         where.append(Call.direction.in_(f.directions))
     where += [OPS[op](Call.duration, seconds) for op, seconds in f.durations]
@@ -95,6 +98,13 @@ async def calls_page(session: Session, f: CallFilter, cursor: Position | None, s
     query = select(Call).where(*where).order_by(*order).limit(size + 1)
     rows = list((await session.execute(query)).scalars())
     return rows[:size], len(rows) > size
+
+
+async def campaign_calls(session: Session, f: CallFilter, limit: int, offset: int) -> list[Call]:
+    """A page of the calls matching ``f`` (a campaign's), oldest first."""
+    query = (select(Call).where(*_where(f)).order_by(Call.created_at.asc(), Call.id.asc())
+             .limit(limit).offset(offset))
+    return list((await session.execute(query)).scalars())
 
 
 async def call_in_account(session: Session, account_id: int, sid: str) -> Call | None:

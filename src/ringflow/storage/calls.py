@@ -10,9 +10,11 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.storage.models import Account, Call, CallEvent, Leg, OutboxMessage
+from ringflow.storage.session import Duplicate
 
 SIDS_PER_QUERY = 500  # SQL parameters per IN list, well under every backend's limit
 
@@ -23,6 +25,16 @@ async def lock_call(session: AsyncSession, sid: str, account_id: int | None = No
     if account_id is not None:
         query = query.where(Call.account_id == account_id)
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def add_call(session: AsyncSession, call: Call) -> None:
+    """Insert a new call (with its legs); Duplicate if its campaign attempt has a call already."""
+    session.add(call)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Duplicate(f"call {call.sid}: its campaign number has a call for attempt "
+                        f"{call.campaign_attempt} already") from exc
 
 
 async def load_call(session: AsyncSession, sid: str) -> Call:

@@ -121,6 +121,9 @@ class Call(Base):
     __table_args__ = (
         Index("ix_calls_account_created", "account_id", "created_at", "id"),
         Index("ix_calls_status_owner", "status", "owner"),
+        # A campaign calls each of its numbers once per attempt, whichever process places it.
+        UniqueConstraint("campaign_number_id", "campaign_attempt",
+                         name="uq_calls_campaign_attempt"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -158,6 +161,10 @@ class Call(Base):
     conversation_duration: Mapped[int | None] = mapped_column(Integer, nullable=True)
     price: Mapped[str | None] = mapped_column(String(16), nullable=True)
     recording_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A campaign's call: the campaign, the number of its list, and which attempt this is.
+    campaign_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    campaign_number_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    campaign_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     legs: Mapped[list[Leg]] = relationship(
         back_populates="call", order_by="Leg.leg_no", lazy="selectin", cascade="all"
@@ -273,6 +280,120 @@ class SandboxPhone(Base):
     number: Mapped[str] = mapped_column(String(128), primary_key=True)
     script: Mapped[dict[str, Any]]
     updated_at: Mapped[dt.datetime]
+
+
+class Campaign(Base):
+    """A list of numbers called at a pace with one app (Exotel's v2 campaigns).
+
+    ``status``: Created, Scheduled, InProgress, Paused, Completed, Archived. A paused campaign's
+    ``pause_reason`` is ``user`` (a PUT pause: only a resume moves it) or ``calling_hours``
+    (it resumes by itself when its window opens). ``driver`` is the process that places its
+    calls while ``lease_until`` lies ahead; another process takes it over after that.
+    """
+
+    __tablename__ = "campaigns"
+    __table_args__ = (Index("ix_campaigns_account_created", "account_id", "created_at", "id"),
+                      Index("ix_campaigns_status", "status"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sid: Mapped[str] = mapped_column(String(40), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    pause_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    caller_id: Mapped[str] = mapped_column(String(64))
+    app_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    stream_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stream_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    calls_per_second: Mapped[float] = mapped_column(Float)
+    max_concurrent: Mapped[int] = mapped_column(Integer)
+    # {"number_of_retries", "interval_mins", "mechanism", "on_status"}
+    retries: Mapped[dict[str, Any]]
+    calling_hours: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    send_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    end_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    custom_field: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    status_callback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    call_status_callback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    call_schedule_callback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    numbers_total: Mapped[int] = mapped_column(Integer, default=0)
+    driver: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+
+class CampaignNumber(Base):
+    """One number of a campaign and how calling it went.
+
+    ``state``: pending, in_progress, retrying (waits for ``next_attempt_at``), or one of the
+    final completed, busy, no_answer, failed. ``attempts`` counts calls placed; ``call_id``
+    is the latest.
+    """
+
+    __tablename__ = "campaign_numbers"
+    __table_args__ = (UniqueConstraint("campaign_id", "position"),
+                      Index("ix_campaign_numbers_state", "campaign_id", "state"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    number: Mapped[str] = mapped_column(String(128))
+    fields: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    call_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    updated_at: Mapped[dt.datetime]
+
+
+class ContactList(Base):
+    """A list of numbers uploaded as CSV, for campaigns to call (``lists``)."""
+
+    __tablename__ = "contact_lists"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sid: Mapped[str] = mapped_column(String(40), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
+                                            index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    row_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime]
+
+
+class Contact(Base):
+    """One row of a contact list: its number and the row's other columns."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (UniqueConstraint("list_id", "position"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("contact_lists.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    number: Mapped[str] = mapped_column(String(128))
+    fields: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class ContactUpload(Base):
+    """One CSV upload into a contact list and what became of its rows."""
+
+    __tablename__ = "contact_uploads"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sid: Mapped[str] = mapped_column(String(40), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
+                                            index=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("contact_lists.id", ondelete="CASCADE"))
+    file_name: Mapped[str] = mapped_column(String(200))
+    total: Mapped[int] = mapped_column(Integer)
+    succeeded: Mapped[int] = mapped_column(Integer)
+    duplicates: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+    failures: Mapped[list[Any]] = mapped_column(default=list)  # [{"row", "value", "reason"}]
+    created_at: Mapped[dt.datetime]
 
 
 class Instance(Base):

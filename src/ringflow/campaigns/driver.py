@@ -1,0 +1,320 @@
+"""The driver of one campaign: turns its numbers into calls at its pace, and settles them.
+
+One process drives a campaign at a time, under a lease it renews every ``TICK``. Each tick
+it also reads the campaign (a PUT may have paused it), records how its calls ended (each
+number settled, or scheduled for a retry), and moves the campaign by its schedule and calling
+hours. Between ticks it places calls:
+
+- **pace**: call ``k`` is due at ``start + k / calls_per_second`` on the clock, and never
+  placed before; a driver that fell behind (no room, a slow database) does not catch up in a
+  burst, it starts the grid again from now;
+- **concurrency**: at most ``max_concurrent`` (bounded by the account's own limit) of its
+  calls are up at once, counted from placing a call until its end is recorded;
+- **retries** come before new numbers once due.
+
+Each call is an ordinary call submitted to the dispatcher, so the account's admission, queue
+and trunk gates apply to it as to any other. The call is inserted in the same transaction
+that marks its number called (``storage.campaigns.mark_called``), which holds only while this
+process drives the campaign and it is in progress: no number is called twice for one attempt.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ringflow.calls.requests import CallRequest, CampaignTag
+from ringflow.calls.status import TERMINAL, Status
+from ringflow.campaigns import states
+from ringflow.campaigns.hours import CallingHours
+from ringflow.campaigns.spec import Retries
+from ringflow.errors import CapacityExceeded, RingflowError
+from ringflow.logs import bind_account
+from ringflow.storage import campaigns as store
+from ringflow.storage.accounts import account_by_id
+from ringflow.storage.models import Account, Campaign
+from ringflow.storage.session import Duplicate, Session
+from ringflow.webhooks.outbox import JSON, enqueue
+
+if TYPE_CHECKING:
+    from ringflow.campaigns.service import Campaigns
+
+log = logging.getLogger(__name__)
+
+TICK = 0.5  # seconds between lease renewals, status reads and settling ended calls
+FULL_QUEUE_PAUSE = 1.0  # seconds to wait after the account's queue refused a call
+
+
+class Driver:
+    """Drives one campaign while this process holds its lease."""
+
+    def __init__(self, owner: Campaigns, campaign_id: int):
+        self.owner = owner
+        self.clock = owner.clock
+        self.db = owner.db
+        self.campaign_id = campaign_id
+        self.campaign: Campaign | None = None
+        self.account: Account | None = None
+        self.pending: collections.deque[store.NumberRow] = collections.deque()
+        self.retrying: list[tuple[Any, int, store.NumberRow]] = []  # (due, position, number)
+        self.calling: dict[int, store.NumberRow] = {}  # number id -> number, call up
+        self._slot = 0.0  # clock time the next call may start
+        self._next_tick = 0.0
+        self._seq = itertools.count()
+
+    async def run(self) -> None:
+        try:
+            if await self._load():
+                while await self._tick():
+                    await self._place_due()
+                    await self.clock.sleep(self._rest())
+        except Exception:
+            log.exception("campaign %d: its driver failed; another round takes it up",
+                          self.campaign_id)
+        finally:
+            if self.owner.stopping or self.campaign is None or not self._over():
+                await self._let_go()
+
+    # -- state -------------------------------------------------------------------------------
+
+    async def _load(self) -> bool:
+        async with self.db.session() as session:
+            campaign = await self._renew(session)
+            if campaign is None:
+                return False
+            self.account = await account_by_id(session, campaign.account_id)
+            numbers = await store.open_numbers(session, campaign.id, states.FINAL)
+        assert self.account is not None
+        bind_account(self.account.sid)
+        for number in numbers:
+            if number.state == states.PENDING:
+                self.pending.append(number)
+            elif number.state == states.RETRYING:
+                self._retry_later(number)
+            else:
+                self.calling[number.id] = number
+        log.info("campaign %s: driving (%d to call, %d waiting to retry, %d calls up)",
+                 campaign.sid, len(self.pending), len(self.retrying), len(self.calling))
+        self._slot = self._next_tick = self.clock.now()
+        return True
+
+    async def _renew(self, session: Session) -> Campaign | None:
+        until = self.clock.wall() + self.owner.lease
+        self.campaign = await store.renew(session, self.campaign_id, self.owner.me, until)
+        return self.campaign
+
+    def _over(self) -> bool:
+        """Whether the campaign needs no driver any more."""
+        campaign = self.campaign
+        return campaign is not None and (campaign.status == states.ARCHIVED or (
+            campaign.status == states.COMPLETED and campaign.ended_at is not None))
+
+    async def _let_go(self) -> None:
+        try:
+            async with self.db.session() as session:
+                await store.let_go(session, self.campaign_id, self.owner.me)
+        except Exception:  # noqa: BLE001 - the lease runs out by itself
+            log.warning("campaign %d: could not give up its lease", self.campaign_id)
+
+    # -- each tick ---------------------------------------------------------------------------
+
+    async def _tick(self) -> bool:
+        """Renew, settle and move the campaign when a tick is due; False: stop driving."""
+        if self.clock.now() < self._next_tick:
+            return True
+        self._next_tick = self.clock.now() + TICK
+        now = self.clock.wall()
+        async with self.db.session() as session:
+            campaign = await self._renew(session)
+            if campaign is None:
+                log.warning("campaign %d: another process drives it now", self.campaign_id)
+                return False
+            await self._settle(session, campaign, now)
+            await self._move(session, campaign, now)
+        self.owner.wake_deliverer()
+        return not self._over()
+
+    async def _settle(self, session: Session, campaign: Campaign, now: Any) -> None:
+        """Record the calls that have ended: each number retried later or settled."""
+        if not self.calling:
+            return
+        ended = await store.ended_calls(session, campaign.id, states.CALLING, TERMINAL)
+        if not ended:
+            return
+        retries = Retries.parse(campaign.retries)
+        may_retry = campaign.status in states.LIVE
+        changes = []
+        for end in ended:
+            number = self.calling.pop(end.number_id, None)
+            if number is None:
+                continue
+            change = {"id": number.id, "last_status": end.status, "updated_at": now,
+                      "next_attempt_at": None}
+            if may_retry and retries.again(number.attempts, end.status):
+                number.state = change["state"] = states.RETRYING
+                due = (end.ended_at or now) + retries.wait_after(number.attempts)
+                number.next_attempt_at = change["next_attempt_at"] = due
+                self._retry_later(number)
+            else:
+                number.state = change["state"] = states.SETTLED_AS.get(Status(end.status),
+                                                                      states.FAILED)
+                await self._number_over(session, campaign, number, end, now)
+            changes.append(change)
+        await store.settle(session, changes)
+
+    async def _number_over(self, session: Session, campaign: Campaign,
+                           number: store.NumberRow, end: store.Ended, now: Any) -> None:
+        """A number's attempts are over: its ``call_schedule_callback``."""
+        if not campaign.call_schedule_callback:
+            return
+        payload = {"campaign_id": campaign.sid, "number": number.number,
+                   "status": number.state, "attempts": number.attempts,
+                   "call_sid": end.call_sid, "date_updated": now.isoformat()}
+        await enqueue(session, account_id=campaign.account_id, call_id=None,
+                      event="campaign-number", url=campaign.call_schedule_callback,
+                      content_type=JSON, payload=payload,
+                      idempotency_key=f"campaign:{campaign.sid}:number:{number.id}", now=now)
+
+    async def _move(self, session: Session, campaign: Campaign, now: Any) -> None:
+        """The campaign's schedule, calling hours and end."""
+        assert self.account is not None
+        owner = self.owner
+        status = campaign.status
+        if status == states.COMPLETED:
+            if not self.calling:
+                await store.set_campaign(session, campaign.id, {"ended_at": now})
+                campaign.ended_at = now
+            return
+        if status not in states.LIVE:
+            return
+        if campaign.end_at is not None and now >= campaign.end_at:
+            await owner.complete(session, campaign, now, "its end_at passed")
+            self.pending.clear()
+            self.retrying.clear()
+            return
+        if status in states.NOT_STARTED:
+            if campaign.send_at is not None and campaign.send_at > now:
+                return
+            await owner.change_status(session, campaign, states.IN_PROGRESS, None, now)
+            status = campaign.status
+        hours = CallingHours.parse(campaign.calling_hours) if campaign.calling_hours else None
+        if hours is not None:
+            open_now = hours.is_open(now, self.account.time_zone)
+            if status == states.IN_PROGRESS and not open_now:
+                await owner.change_status(session, campaign, states.PAUSED, states.BY_HOURS,
+                                          now)
+            elif (status == states.PAUSED and campaign.pause_reason == states.BY_HOURS
+                  and open_now):
+                await owner.change_status(session, campaign, states.IN_PROGRESS, None, now)
+        if campaign.status != states.PAUSED and not (self.pending or self.retrying
+                                                     or self.calling):
+            await owner.change_status(session, campaign, states.COMPLETED, None, now)
+            await store.set_campaign(session, campaign.id, {"ended_at": now})
+            campaign.ended_at = now
+
+    # -- placing calls -----------------------------------------------------------------------
+
+    async def _place_due(self) -> None:
+        campaign = self.campaign
+        if campaign is None or campaign.status != states.IN_PROGRESS:
+            return
+        period = 1.0 / campaign.calls_per_second
+        while len(self.calling) < self._room(campaign):
+            now = self.clock.now()
+            if now < self._slot or now >= self._next_tick:
+                return
+            number = self._next_number()
+            if number is None:
+                return
+            if not await self._place(campaign, number):
+                return
+            # On the grid while on time; a driver that fell behind starts it again from now.
+            self._slot = (self._slot if now - self._slot < period else now) + period
+
+    def _room(self, campaign: Campaign) -> int:
+        assert self.account is not None
+        account_limit = self.account.max_concurrent_calls
+        if account_limit is None:
+            account_limit = self.owner.settings.max_concurrent_calls
+        return min(campaign.max_concurrent, account_limit)
+
+    def _next_number(self) -> store.NumberRow | None:
+        """A retry that is due, else the next number not called yet."""
+        if self.retrying and self.retrying[0][0] <= self.clock.wall():
+            return heapq.heappop(self.retrying)[2]
+        return self.pending.popleft() if self.pending else None
+
+    def _retry_later(self, number: store.NumberRow) -> None:
+        heapq.heappush(self.retrying, (number.next_attempt_at, next(self._seq), number))
+
+    async def _place(self, campaign: Campaign, number: store.NumberRow) -> bool:
+        """Submit the number's next attempt; False: stop placing until the next tick."""
+        attempt = number.attempts + 1
+        request = self._request(campaign, number, attempt)
+        now = self.clock.wall()
+
+        async def mark(session: Session, call: Any) -> None:
+            await store.mark_called(session, number, attempt, call.id, campaign_id=campaign.id,
+                                    driver=self.owner.me, placing=states.IN_PROGRESS,
+                                    waiting=states.WAITING, state=states.CALLING, now=now)
+
+        try:
+            call, _ = await self.owner.dispatcher.submit(request, mark)
+        except CapacityExceeded:
+            self._put_back(number)
+            self._slot = self.clock.now() + FULL_QUEUE_PAUSE
+            log.info("campaign %s: the account's queue is full; waiting", campaign.sid)
+            return False
+        except (store.AlreadyCalled, Duplicate) as exc:
+            # Paused, completed or taken over since the last tick: read it again first.
+            log.info("campaign %s: %s", campaign.sid, exc)
+            self._put_back(number)
+            self._next_tick = self.clock.now()
+            return False
+        except RingflowError as exc:
+            log.warning("campaign %s: %s could not be called: %s", campaign.sid, number.number,
+                        exc)
+            self._put_back(number)
+            self._slot = self.clock.now() + FULL_QUEUE_PAUSE
+            return False
+        number.attempts, number.state, number.call_id = attempt, states.CALLING, call.id
+        self.calling[number.id] = number
+        return True
+
+    def _put_back(self, number: store.NumberRow) -> None:
+        if number.state == states.RETRYING:
+            self._retry_later(number)
+        else:
+            self.pending.appendleft(number)
+
+    def _request(self, campaign: Campaign, number: store.NumberRow, attempt: int) -> CallRequest:
+        shape = "stream" if campaign.stream_url else "flow"
+        return CallRequest(
+            account_id=campaign.account_id,
+            shape=shape,
+            from_number=number.number,
+            caller_id=campaign.caller_id,
+            app_id=campaign.app_id,
+            status_callback=campaign.call_status_callback,
+            custom_field=campaign.custom_field,
+            stream_url=campaign.stream_url,
+            stream_type=campaign.stream_type,
+            campaign=CampaignTag(campaign.id, number.id, attempt),
+        )
+
+    def _rest(self) -> float:
+        """Clock seconds until there is something to do: the next slot or the next tick."""
+        now = self.clock.now()
+        wake = self._next_tick
+        campaign = self.campaign
+        if (campaign is not None and campaign.status == states.IN_PROGRESS
+                and len(self.calling) < self._room(campaign) and self._has_due()):
+            wake = min(wake, max(self._slot, now))
+        return max(0.0, wake - now)
+
+    def _has_due(self) -> bool:
+        return bool(self.pending) or bool(self.retrying
+                                          and self.retrying[0][0] <= self.clock.wall())
