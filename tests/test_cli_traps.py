@@ -63,14 +63,19 @@ def test_a_command_run_in_another_folder_names_the_missing_database(tmp_path: Pa
 
 
 def test_migrate_says_what_it_did(sqlite: dict[str, str], tmp_path: Path):
-    created = ringflow(sqlite, "migrate")
-    assert created.returncode == 0 and "created the schema (revision 0005)" in created.stdout
-    assert "the schema is up to date (revision 0005)" in ringflow(sqlite, "migrate").stdout
     from alembic import command
+    from alembic.script import ScriptDirectory
 
-    command.downgrade(alembic_config(sqlite["RINGFLOW_DATABASE_URL"]), "0004")
+    config = alembic_config(sqlite["RINGFLOW_DATABASE_URL"])
+    head = ScriptDirectory.from_config(config).get_current_head()
+    before = ScriptDirectory.from_config(config).get_revision(head).down_revision
+    created = ringflow(sqlite, "migrate")
+    assert created.returncode == 0 and f"created the schema (revision {head})" in created.stdout
+    assert f"the schema is up to date (revision {head})" in ringflow(sqlite, "migrate").stdout
+    command.downgrade(config, before)
     upgraded = ringflow(sqlite, "migrate").stdout
-    assert upgraded == f"sqlite+aiosqlite:///{tmp_path}/rf.db: upgraded the schema from revision 0004 to 0005\n"
+    assert upgraded == (f"sqlite+aiosqlite:///{tmp_path}/rf.db: upgraded the schema from "
+                        f"revision {before} to {head}\n")
 
 
 def test_a_database_that_does_not_answer_is_named_with_its_variable(tmp_path: Path):

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 TICK = 0.5  # seconds between lease renewals, status reads and settling ended calls
 FULL_QUEUE_PAUSE = 1.0  # seconds to wait after the account's queue refused a call
+IDLE_AFTER = 10.0  # seconds with nothing to do (retries not due yet) after which a driver
+# gives its campaign up until then
 
 
 class Driver:
@@ -75,8 +77,7 @@ class Driver:
             log.exception("campaign %d: its driver failed; another round takes it up",
                           self.campaign_id)
         finally:
-            if self.owner.stopping or self.campaign is None or not self._over():
-                await self._let_go()
+            await self._let_go()
 
     # -- state -------------------------------------------------------------------------------
 
@@ -106,18 +107,26 @@ class Driver:
         self.campaign = await store.renew(session, self.campaign_id, self.owner.me, until)
         return self.campaign
 
-    def _over(self) -> bool:
-        """Whether the campaign needs no driver any more."""
-        campaign = self.campaign
-        return campaign is not None and (campaign.status == states.ARCHIVED or (
-            campaign.status == states.COMPLETED and campaign.ended_at is not None))
-
     async def _let_go(self) -> None:
+        """Give the lease up (a stop, or a failure): another process may take it at once."""
         try:
             async with self.db.session() as session:
                 await store.let_go(session, self.campaign_id, self.owner.me)
         except Exception:  # noqa: BLE001 - the lease runs out by itself
             log.warning("campaign %d: could not give up its lease", self.campaign_id)
+
+    async def _idle(self, session: Session, until: Any) -> bool:
+        """Nothing to do before ``until`` (None: before a request changes the campaign): give
+        the campaign up until then, in ``session``. Returns False (stop driving)."""
+        assert self.campaign is not None
+        end_at = self.campaign.end_at
+        if end_at is not None and self.campaign.status not in (states.COMPLETED,
+                                                                states.ARCHIVED):
+            until = end_at if until is None else min(until, end_at)
+        await store.let_go(session, self.campaign_id, self.owner.me, wake_at=until)
+        log.info("campaign %s: idle until %s", self.campaign.sid,
+                 until.isoformat() if until else "a request")
+        return False
 
     # -- each tick ---------------------------------------------------------------------------
 
@@ -133,9 +142,9 @@ class Driver:
                 log.warning("campaign %d: another process drives it now", self.campaign_id)
                 return False
             await self._settle(session, campaign, now)
-            await self._move(session, campaign, now)
+            going = await self._move(session, campaign, now)
         self.owner.wake_deliverer()
-        return not self._over()
+        return going
 
     async def _settle(self, session: Session, campaign: Campaign, now: Any) -> None:
         """Record the calls that have ended: each number retried later or settled."""
@@ -178,42 +187,52 @@ class Driver:
                       content_type=JSON, payload=payload,
                       idempotency_key=f"campaign:{campaign.sid}:number:{number.id}", now=now)
 
-    async def _move(self, session: Session, campaign: Campaign, now: Any) -> None:
-        """The campaign's schedule, calling hours and end."""
+    async def _move(self, session: Session, campaign: Campaign, now: Any) -> bool:
+        """The campaign's schedule, calling hours and end; False: it needs no driver now."""
         assert self.account is not None
         owner = self.owner
-        status = campaign.status
-        if status == states.COMPLETED:
-            if not self.calling:
+        if campaign.status == states.ARCHIVED:
+            return await self._idle(session, None)
+        if campaign.status == states.COMPLETED:
+            if self.calling:
+                return True
+            if campaign.ended_at is None:
                 await store.set_campaign(session, campaign.id, {"ended_at": now})
-                campaign.ended_at = now
-            return
-        if status not in states.LIVE:
-            return
+            return await self._idle(session, None)
         if campaign.end_at is not None and now >= campaign.end_at:
             await owner.complete(session, campaign, now, "its end_at passed")
             self.pending.clear()
             self.retrying.clear()
-            return
-        if status in states.NOT_STARTED:
+            return True  # the next tick records the calls still up, then ends it
+        if campaign.status in states.NOT_STARTED:
             if campaign.send_at is not None and campaign.send_at > now:
-                return
+                return True if self.calling else await self._idle(session, campaign.send_at)
             await owner.change_status(session, campaign, states.IN_PROGRESS, None, now)
-            status = campaign.status
         hours = CallingHours.parse(campaign.calling_hours) if campaign.calling_hours else None
+        zone = self.account.time_zone
         if hours is not None:
-            open_now = hours.is_open(now, self.account.time_zone)
-            if status == states.IN_PROGRESS and not open_now:
+            open_now = hours.is_open(now, zone)
+            if campaign.status == states.IN_PROGRESS and not open_now:
                 await owner.change_status(session, campaign, states.PAUSED, states.BY_HOURS,
                                           now)
-            elif (status == states.PAUSED and campaign.pause_reason == states.BY_HOURS
-                  and open_now):
+            elif (campaign.status == states.PAUSED
+                  and campaign.pause_reason == states.BY_HOURS and open_now):
                 await owner.change_status(session, campaign, states.IN_PROGRESS, None, now)
-        if campaign.status != states.PAUSED and not (self.pending or self.retrying
-                                                     or self.calling):
+        if campaign.status == states.PAUSED:
+            if self.calling:
+                return True
+            by_hours = campaign.pause_reason == states.BY_HOURS and hours is not None
+            return await self._idle(session, hours.next_change(now, zone) if by_hours
+                                    and hours is not None else None)
+        if not (self.pending or self.retrying or self.calling):
             await owner.change_status(session, campaign, states.COMPLETED, None, now)
             await store.set_campaign(session, campaign.id, {"ended_at": now})
-            campaign.ended_at = now
+            return await self._idle(session, None)
+        if not self.pending and not self.calling:
+            due = self.retrying[0][0]
+            if (due - now).total_seconds() > IDLE_AFTER:
+                return await self._idle(session, due)
+        return True
 
     # -- placing calls -----------------------------------------------------------------------
 

@@ -119,6 +119,7 @@ class Campaigns:
                 "custom_field": spec.custom_field,
                 "created_at": now, "updated_at": now,
                 "started_at": now if status == states.IN_PROGRESS else None,
+                "wake_at": spec.send_at if status == states.SCHEDULED else now,
                 **{name: spec.callbacks.get(name) for name in
                    ("status_callback", "call_status_callback", "call_schedule_callback")},
             }
@@ -244,6 +245,7 @@ class Campaigns:
                 raise InvalidRequest("schedule.end_at is in the past")
             later = values["send_at"] is not None and values["send_at"] > now
             values["status"] = states.SCHEDULED if later else states.IN_PROGRESS
+            values["wake_at"] = values["send_at"] if later else now
             if not later:
                 values["started_at"] = now
         if not values:
@@ -298,6 +300,12 @@ class Campaigns:
         values: dict[str, Any] = {"status": status, "pause_reason": reason, "updated_at": now}
         if status == states.IN_PROGRESS and campaign.started_at is None:
             values["started_at"] = now
+        if status in (states.IN_PROGRESS, states.COMPLETED):
+            values["wake_at"] = now  # a driver places its calls, or records how the last end
+        elif status == states.SCHEDULED:
+            values["wake_at"] = campaign.send_at
+        elif status == states.ARCHIVED:
+            values["wake_at"] = None
         await store.set_campaign(session, campaign.id, values)
         for name, value in values.items():
             setattr(campaign, name, value)
@@ -376,9 +384,8 @@ class Campaigns:
             try:
                 now = self.clock.wall()
                 async with self.db.session() as session:
-                    taken = await store.claim(
-                        session, self.me, now, now + self.lease, states.LIVE,
-                        states.COMPLETED, list(self.drivers))
+                    taken = await store.claim(session, self.me, now, now + self.lease,
+                                              list(self.drivers))
                 for campaign_id in taken:
                     log.info("campaign %d: driven by %s", campaign_id, self.me)
                     task = asyncio.ensure_future(Driver(self, campaign_id).run())

@@ -142,13 +142,12 @@ async def counts(session: AsyncSession, campaign_ids: Collection[int]
 
 
 async def claim(session: AsyncSession, me: str, now: dt.datetime, until: dt.datetime,
-                live: Collection[str], finishing: str, exclude: Collection[int]) -> list[int]:
-    """Lease to ``me`` the campaigns that need a driver and have none alive: those in a
-    ``live`` status, and those ``finishing`` (completed, calls still up). Returns their ids."""
+                exclude: Collection[int]) -> list[int]:
+    """Lease to ``me`` the campaigns that need a driver now (``wake_at`` has come) and have
+    none alive. Returns their ids."""
     query = (
         update(Campaign)
-        .where(or_(Campaign.status.in_(list(live)),
-                   (Campaign.status == finishing) & Campaign.ended_at.is_(None)))
+        .where(Campaign.wake_at <= now)
         .where(or_(Campaign.driver.is_(None), Campaign.lease_until < now, Campaign.driver == me))
         .values(driver=me, lease_until=until)
         .returning(Campaign.id)
@@ -174,11 +173,12 @@ async def renew(session: AsyncSession, campaign_id: int, me: str,
     return campaign
 
 
-async def let_go(session: AsyncSession, campaign_id: int, me: str) -> None:
-    """Give up ``me``'s lease at once (a shutdown), so another process need not wait it out."""
+async def let_go(session: AsyncSession, campaign_id: int, me: str, **values: Any) -> None:
+    """Give up ``me``'s lease at once (so no process need wait it out), setting ``values``
+    (an idle campaign's ``wake_at``)."""
     await session.execute(update(Campaign).where(Campaign.id == campaign_id,
                                                  Campaign.driver == me)
-                          .values(driver=None, lease_until=None))
+                          .values(driver=None, lease_until=None, **values))
 
 
 # -- numbers -----------------------------------------------------------------------------------

@@ -289,11 +289,13 @@ class Campaign(Base):
     ``pause_reason`` is ``user`` (a PUT pause: only a resume moves it) or ``calling_hours``
     (it resumes by itself when its window opens). ``driver`` is the process that places its
     calls while ``lease_until`` lies ahead; another process takes it over after that.
+    ``wake_at``: from when the campaign needs a driver (None: not until a request changes it);
+    an idle campaign (scheduled, paused, waiting for retries) holds no driver.
     """
 
     __tablename__ = "campaigns"
     __table_args__ = (Index("ix_campaigns_account_created", "account_id", "created_at", "id"),
-                      Index("ix_campaigns_status", "status"))
+                      Index("ix_campaigns_wake_at", "wake_at"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     sid: Mapped[str] = mapped_column(String(40), unique=True)
@@ -319,6 +321,7 @@ class Campaign(Base):
     numbers_total: Mapped[int] = mapped_column(Integer, default=0)
     driver: Mapped[str | None] = mapped_column(String(200), nullable=True)
     lease_until: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    wake_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
     started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)

@@ -41,6 +41,7 @@ def upgrade() -> None:
     sa.Column('numbers_total', sa.Integer(), nullable=False),
     sa.Column('driver', sa.String(length=200), nullable=True),
     sa.Column('lease_until', ringflow.storage.models.UTCDateTime(), nullable=True),
+    sa.Column('wake_at', ringflow.storage.models.UTCDateTime(), nullable=True),
     sa.Column('created_at', ringflow.storage.models.UTCDateTime(), nullable=False),
     sa.Column('updated_at', ringflow.storage.models.UTCDateTime(), nullable=False),
     sa.Column('started_at', ringflow.storage.models.UTCDateTime(), nullable=True),
@@ -51,7 +52,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('campaigns', schema=None) as batch_op:
         batch_op.create_index('ix_campaigns_account_created', ['account_id', 'created_at', 'id'], unique=False)
-        batch_op.create_index('ix_campaigns_status', ['status'], unique=False)
+        batch_op.create_index('ix_campaigns_wake_at', ['wake_at'], unique=False)
 
     op.create_table('contact_lists',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -147,7 +148,7 @@ def downgrade() -> None:
 
     op.drop_table('contact_lists')
     with op.batch_alter_table('campaigns', schema=None) as batch_op:
-        batch_op.drop_index('ix_campaigns_status')
+        batch_op.drop_index('ix_campaigns_wake_at')
         batch_op.drop_index('ix_campaigns_account_created')
 
     op.drop_table('campaigns')
