@@ -171,3 +171,224 @@ async def test_a_thousand_numbers_keep_their_pace_concurrency_and_retries(
     assert Counter(f["Status"] for f in posted) == Counter(c.status for c in calls)
     changes = [seen.json["status"] for seen in rig.customer.to("/campaign")]
     assert changes == ["InProgress", "Completed"]
+
+
+async def placed(rig: Rig) -> list[Call]:
+    async with rig.services.db.session() as session:
+        return list((await session.execute(
+            select(Call).where(Call.campaign_id.is_not(None)).order_by(Call.created_at, Call.id)
+        )).scalars())
+
+
+async def run_for(rig: Rig, seconds: float) -> None:
+    """Run the clock ``seconds`` further (timer to timer, waiting for work in flight)."""
+    until = rig.clock.now() + seconds
+    await rig.clock.run_until(lambda: rig.clock.now() >= until, limit=seconds + 1)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+async def test_pause_stops_new_calls_at_once_resume_goes_on_and_complete_ends_the_rest(
+        database_url: str) -> None:
+    async with running(database_url, rate_limit_per_minute=1_000_000) as rig:
+        campaign = await create(rig, **{"from": [number(n) for n in range(20)]},
+                                calls_per_second=2, status_callback=f"{rig.customer.url}/c")
+        cid = campaign["id"]
+
+        async def some_placed() -> bool:
+            return len(await placed(rig)) >= 5
+
+        await rig.clock.run_until(some_placed)
+        paused = await put(rig, cid, {"action": "pause"})
+        paused_at = rig.clock.wall()
+        assert (paused["status"], paused["pause_reason"]) == ("Paused", "user")
+        before = len(await placed(rig))
+        await run_for(rig, 60)
+        calls = await placed(rig)
+        assert len(calls) == before  # not one call after the pause
+        assert all(c.created_at <= paused_at for c in calls)
+        assert {c.status for c in calls} == {"completed"}  # the calls up went on to the end
+        stats = (await fetch(rig, cid))["stats"]
+        assert (stats["completed"], stats["pending"], stats["in_progress"]) == (before, 20 - before, 0)
+
+        assert (await put(rig, cid, {"action": "resume"}))["status"] == "InProgress"
+
+        async def more_placed() -> bool:
+            return len(await placed(rig)) >= before + 5
+
+        await rig.clock.run_until(more_placed)
+        done = await put(rig, cid, {"action": "stop"})
+        assert done["status"] == "Completed"
+        finished_campaign = await finished(rig, cid)
+        stats = finished_campaign["stats"]
+        calls = await placed(rig)
+        assert stats["completed"] == len(calls) and stats["failed"] == 20 - len(calls)
+        assert stats["pending"] == stats["in_progress"] == stats["retrying"] == 0
+        assert [s.json["status"] for s in rig.customer.to("/c")] == [
+            "InProgress", "Paused", "InProgress", "Completed"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_calling_hours_close_pause_the_campaign_and_the_next_window_resumes_it(
+        database_url: str) -> None:
+    # The clock starts on Thursday 2026-11-26 at 15:30 in Kolkata (10:00 UTC).
+    async with running(database_url, rate_limit_per_minute=1_000_000) as rig:
+        campaign = await create(
+            rig, **{"from": [number(n) for n in range(30)]}, calls_per_second=0.2,
+            calling_hours={"thu": ["15:30-15:31", "15:40-16:00"]},
+            status_callback=f"{rig.customer.url}/c")
+        cid = campaign["id"]
+        await until_status(rig, cid, "Paused")
+        closed_at = rig.clock.wall()
+        assert closed_at - dt.datetime(2026, 11, 26, 10, 1, tzinfo=dt.UTC) < dt.timedelta(seconds=1)
+        paused = await fetch(rig, cid)
+        assert paused["pause_reason"] == "calling_hours"
+        assert 0 < paused["stats"]["pending"] < 30
+        await until_status(rig, cid, "InProgress")
+        reopened = rig.clock.wall()
+        assert reopened == dt.datetime(2026, 11, 26, 10, 10, tzinfo=dt.UTC)  # 15:40 in Kolkata
+        done = await finished(rig, cid)
+        calls = await placed(rig)
+    assert done["stats"]["completed"] == 30 == len(calls)
+    assert not [c for c in calls if closed_at <= c.created_at < reopened]
+    in_first = [c for c in calls if c.created_at < closed_at]
+    assert len(in_first) == 12  # one every 5 s for the first minute
+    assert [s.json["status"] for s in rig.customer.to("/c")] == [
+        "InProgress", "Paused", "InProgress", "Completed"]
+    assert [s.json["reason"] for s in rig.customer.to("/c")][1] == "calling_hours"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_scheduled_campaign_starts_at_send_at_and_end_at_leaves_the_rest_uncalled(
+        database_url: str) -> None:
+    async with running(database_url, rate_limit_per_minute=1_000_000) as rig:
+        campaign = await create(
+            rig, **{"from": [number(n) for n in range(40)]}, calls_per_second=1,
+            schedule={"send_at": "2026-11-26T15:35:00+05:30",
+                      "end_at": "2026-11-26T10:05:10Z"})
+        cid = campaign["id"]
+        assert campaign["status"] == "Scheduled"
+        assert campaign["schedule"]["send_at"] == "2026-11-26T15:35:00+05:30"
+        done = await finished(rig, cid)
+        calls = await placed(rig)
+    assert min(c.created_at for c in calls) == dt.datetime(2026, 11, 26, 10, 5, tzinfo=dt.UTC)
+    assert max(c.created_at for c in calls) < dt.datetime(2026, 11, 26, 10, 5, 10, tzinfo=dt.UTC)
+    assert done["stats"]["completed"] == len(calls) == 10
+    assert done["stats"]["failed"] == 30  # left uncalled at end_at
+
+
+ERRORS = [
+    ({}, "from (numbers) or lists"),
+    ({"from": ["0981000000"]}, "from[0]"),
+    ({"from": "09810000001", "caller_id": "08000000000"}, "not an ExoPhone"),
+    ({"from": "09810000001", "url": None}, "url (the app to run) or StreamUrl"),
+    ({"from": "09810000001", "url": "http://my.exotel.com/x/exoml/start_voice/999"},
+     "there is no app 999"),
+    ({"from": "09810000001", "retries": {"number_of_retries": 4}}, "number_of_retries"),
+    ({"from": "09810000001", "retries": {"number_of_retries": 1, "on_status": ["ok"]}},
+     "on_status"),
+    ({"from": "09810000001", "retries": {"mechanism": "Random"}}, "Linear or Exponential"),
+    ({"from": "09810000001", "calls_per_second": 0}, "calls_per_second"),
+    ({"from": "09810000001", "throttle": 60}, "throttle needs mode custom"),
+    ({"from": "09810000001", "calling_hours": {"mon-fri": "18:00-09:00"}}, "must end after"),
+    ({"from": "09810000001", "calling_hours": {"someday": "09:00-18:00"}}, "is not a day"),
+    ({"from": "09810000001", "schedule": {"send_at": "tomorrow"}}, "RFC 3339"),
+    ({"from": "09810000001", "schedule": {"end_at": "2020-01-01T00:00:00Z"}}, "in the past"),
+    ({"from": "09810000001", "name": "ab"}, "name must be"),
+    ({"from": "09810000001", "calls_per_secnd": 5}, "unknown fields: calls_per_secnd"),
+    ({"from": "09810000001", "status_callback": "ftp://x"}, "status_callback"),
+    ({"from": ["09810000001"] * 5001}, "at most 5000"),
+    ({"from": "09810000001", "lists": ["0123456789abcdef"]}, "no contact list"),
+]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_bad_campaigns_are_refused_with_the_field_named(database_url: str) -> None:
+    async with running(database_url, rate_limit_per_minute=1_000_000) as rig:
+        saved = await rig.services.accounts.save_app(rig.sid, SHORT)
+        for fields, message in ERRORS:
+            body = {"caller_id": EXOPHONE, "url": rig.flow_url(saved.id), **fields}
+            body = {k: v for k, v in body.items() if v is not None}
+            r = await rig.http.post(campaigns_url(rig), json=body, auth=rig.auth)
+            answer = r.json()
+            assert r.status_code == answer["http_code"] == 400, (fields, r.text)
+            item = answer["response"][0]
+            assert item["status"] == "failure" and item["data"] is None
+            assert message in item["error_data"]["description"], (fields, item)
+        r = await rig.http.post(campaigns_url(rig), content=b"{not json", auth=rig.auth)
+        assert r.status_code == 400 and "JSON" in r.text
+        r = await rig.http.post(campaigns_url(rig), json={"from": "09810000001"})
+        assert r.status_code == 401
+        async with rig.services.db.session() as session:
+            assert not (await session.execute(select(Call))).first()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_campaigns_are_listed_read_deleted_and_archived_only_in_their_account(
+        database_url: str) -> None:
+    async with running(database_url, rate_limit_per_minute=1_000_000) as rig:
+        later = await create(rig, **{"from": "09810000001, 09810000002"},
+                             schedule={"send_at": "2026-11-27T10:00:00Z"})
+        now = await create(rig, **{"from": "09810000003"}, name="today")
+        other = await rig.services.accounts.create_account("other")
+        other_auth = (other.api_key, other.api_token)
+        r = await rig.http.get(f"{rig.base}/v2/accounts/{other.account_sid}/campaigns/"
+                               f"{now['id']}", auth=other_auth)
+        assert r.status_code == 404  # another account's campaign does not exist for it
+        r = await rig.http.get(campaigns_url(rig, "?status=scheduled"), auth=rig.auth)
+        assert [c["id"] for c in data(r.json())["campaigns"]] == [later["id"]]
+        r = await rig.http.get(campaigns_url(rig), auth=rig.auth)
+        assert data(r.json())["metadata"]["total"] == 2
+        # Before it starts, a campaign's settings change and it can be deleted.
+        changed = await put(rig, later["id"], {"name": "tomorrow", "calls_per_second": 5})
+        assert (changed["name"], changed["calls_per_second"]) == ("tomorrow", 5.0)
+        r = await rig.http.delete(campaigns_url(rig, f"/{later['id']}"), auth=rig.auth)
+        assert data(r.json())["status"] == "deleted"
+        assert (await rig.http.get(campaigns_url(rig, f"/{later['id']}"),
+                                   auth=rig.auth)).status_code == 404
+        # Once it runs, only its callbacks and its action change; it is archived once over.
+        r = await rig.http.put(campaigns_url(rig, f"/{now['id']}"),
+                               json={"calls_per_second": 9}, auth=rig.auth)
+        assert r.status_code == 409 and "only action" in r.text
+        r = await rig.http.delete(campaigns_url(rig, f"/{now['id']}"), auth=rig.auth)
+        assert r.status_code == 409
+        await finished(rig, now["id"])
+        r = await rig.http.delete(campaigns_url(rig, f"/{now['id']}"), auth=rig.auth)
+        assert data(r.json())["status"] == "archived"
+        assert (await fetch(rig, now["id"]))["status"] == "Archived"
+        r = await rig.http.get(campaigns_url(rig, f"/{now['id']}/call-details"), auth=rig.auth)
+        details = data(r.json())["call_details"]
+        assert len(details) == 1 and details[0]["Status"] == "completed"
+        assert details[0]["From"] == "09810000003"
+        r = await rig.http.get(rig.url(f"Calls/{details[0]['Sid']}.json"), auth=rig.auth)
+        assert r.status_code == 200  # an ordinary call of the v1 API
+
+
+CSV = (b"name,number,due\n"
+       b"Asha,09810000001,100\n"
+       b"Ravi,+91 98100 00002,250\n"
+       b"Bad,12345,0\n"
+       b"Asha again,09810000001,100\n"
+       b"Meena,09810000003,75\n")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_csv_list_is_uploaded_with_bad_rows_reported_and_called_by_a_campaign(
+        database_url: str) -> None:
+    async with running(database_url, rate_limit_per_minute=1_000_000) as rig:
+        r = await rig.http.post(
+            f"{rig.base}/v2/accounts/{rig.sid}/contacts/csv-upload", auth=rig.auth,
+            data={"list_name": "December dues", "type": "static"},
+            files={"file_name": ("dues.csv", CSV, "text/csv")})
+        assert r.status_code == 200, r.text
+        upload = data(r.json())
+        assert (upload["total"], upload["succeeded"], upload["duplicates"],
+                upload["failed"]) == (5, 3, 1, 1)
+        assert upload["failures"][0]["row"] == 4 and "12345" in upload["failures"][0]["value"]
+        r = await rig.http.get(f"{rig.base}/v2/accounts/{rig.sid}/csv-status/{upload['id']}",
+                               auth=rig.auth)
+        assert data(r.json())["list_sid"] == upload["list_sid"]
+        campaign = await create(rig, lists=[upload["list_sid"]], calls_per_second=5)
+        assert campaign["stats"]["total"] == 3
+        await finished(rig, campaign["id"])
+        calls = await placed(rig)
+    assert [c.from_number for c in calls] == ["+919810000001", "+919810000002", "+919810000003"]
