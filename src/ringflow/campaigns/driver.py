@@ -97,8 +97,9 @@ class Driver:
                 self._retry_later(number)
             else:
                 self.calling[number.id] = number
-        log.info("campaign %s: driving (%d to call, %d waiting to retry, %d calls up)",
-                 campaign.sid, len(self.pending), len(self.retrying), len(self.calling))
+        log.info("campaign %s: driven by %s (%d to call, %d waiting to retry, %d calls up)",
+                 campaign.sid, self.owner.me, len(self.pending), len(self.retrying),
+                 len(self.calling))
         self._slot = self._next_tick = self.clock.now()
         return True
 

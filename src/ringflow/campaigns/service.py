@@ -387,7 +387,6 @@ class Campaigns:
                     taken = await store.claim(session, self.me, now, now + self.lease,
                                               list(self.drivers))
                 for campaign_id in taken:
-                    log.info("campaign %d: driven by %s", campaign_id, self.me)
                     task = asyncio.ensure_future(Driver(self, campaign_id).run())
                     self.drivers[campaign_id] = task
                     task.add_done_callback(functools.partial(self._driver_done, campaign_id))
