@@ -9,6 +9,7 @@ and two retries on busy.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -149,7 +150,7 @@ async def test_a_thousand_numbers_keep_their_pace_concurrency_and_retries(
                                                  "no-answer": 50, "failed": 50}
     # The pace and the concurrency, from the calls' own records.
     assert fastest_second(calls) == 20
-    gaps = [b.created_at - a.created_at for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b.created_at - a.created_at for a, b in itertools.pairwise(calls)]
     assert min(gaps) >= dt.timedelta(seconds=0.05)
     assert most_at_once(calls) == 50  # reached, never passed
     # Busy numbers: again a minute after each busy end, twice, and no more.
@@ -160,7 +161,7 @@ async def test_a_thousand_numbers_keep_their_pace_concurrency_and_retries(
         assert [c.campaign_attempt for c in tries] == list(range(1, len(tries) + 1))
         if tries[0].from_number == "+919999900001":
             assert len(tries) == 3
-            for before, after in zip(tries, tries[1:], strict=False):
+            for before, after in itertools.pairwise(tries):
                 waited = after.created_at - before.end_time
                 assert dt.timedelta(minutes=1) <= waited < dt.timedelta(minutes=1, seconds=3)
         else:
