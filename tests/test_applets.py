@@ -546,6 +546,8 @@ CASES = {"gold": "vip", "silver": "regular", 3: "three"}
         (None, {"select": "Gold"}, "default"),  # exact: case counts
         (None, {"digits": "gold"}, "default"),  # select unset
         ("digits", {}, "default"),
+        ("AnsweredBy", {"AnsweredBy": "gold", "select": "silver"}, "cases.gold"),
+        ("AnsweredBy", {"select": "gold"}, "default"),  # no detection ran
     ],
 )
 def test_switch_case_branches_on_the_variable(variable, vars, exit_name):
@@ -586,7 +588,7 @@ def test_switch_case_exits_come_from_its_cases():
         ("cases", {1: "a", "1": "b"}, "'1' appears twice"),
         ("cases", {"gold": 5}, "case 'gold': must lead to a node name (or null to end the call)"),
         ("cases", {str(i): "a" for i in range(101)}, "at most 100 cases"),
-        ("variable", "dtmf", "must be one of select, digits"),
+        ("variable", "dtmf", "must be one of select, digits, AnsweredBy"),
     ],
 )
 def test_switch_case_field_checks(field, value, problem):
@@ -644,7 +646,7 @@ def test_switch_case_targets_count_as_reachable_and_loops_through_cases_are_caug
             {"gold": 5},
             "node 'n': field 'cases': case 'gold': must lead to a node name (or null to end the call)",
         ),
-        ("variable", "dtmf", "node 'n': field 'variable': must be one of select, digits"),
+        ("variable", "dtmf", "node 'n': field 'variable': must be one of select, digits, AnsweredBy"),
     ],
 )
 def test_switch_case_validation_names_the_field(field, value, problem):

@@ -10,6 +10,7 @@ from ringflow.api.params import Params
 from ringflow.calls.requests import DEFAULT_TIME_LIMIT, DEFAULT_TIME_OUT, MAX_TIME_OUT, CallRequest
 from ringflow.errors import InvalidRequest, NotFound
 from ringflow.logs import bind_account
+from ringflow.media.amd import parse_mode
 from ringflow.phone import display, normalize
 from ringflow.storage.models import Account
 from ringflow.storage.session import Session
@@ -89,6 +90,9 @@ async def parse_connect(params: Params, account: Account, services: Services) ->
     if wait_url:
         wait_url = validate_url(wait_url, allow_private=allow_private, field="WaitUrl")
     shape = "stream" if stream is not None else "flow" if url else "numbers"
+    detection = params.get("MachineDetection")
+    if detection:
+        detection = machine_detection(detection)
     return CallRequest(
         account_id=account.id,
         shape=shape,
@@ -109,7 +113,17 @@ async def parse_connect(params: Params, account: Account, services: Services) ->
         stream_url=stream[0] if stream else None,
         stream_type=stream[1] if stream else None,
         stream_name=stream[2] if stream else None,
+        machine_detection=detection or None,
     )
+
+
+def machine_detection(value: str) -> str:
+    """``MachineDetection`` (a ringflow extension, named as Twilio names it) in its canonical
+    spelling: ``Enable`` or ``DetectMessageEnd``, given in any case."""
+    try:
+        return parse_mode(value).value
+    except ValueError:
+        raise InvalidRequest("MachineDetection must be Enable or DetectMessageEnd") from None
 
 
 def _stream(params: Params, allow_private: bool) -> tuple[str, str, str | None] | None:

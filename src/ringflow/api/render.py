@@ -11,7 +11,7 @@ from xml.etree import ElementTree as ET
 
 from starlette.responses import Response
 
-from ringflow.calls.callbacks import call_to, fmt_date, on_call_seconds
+from ringflow.calls.callbacks import call_to, detection_fields, fmt_date, on_call_seconds
 from ringflow.phone import display
 from ringflow.storage.models import Call
 
@@ -49,13 +49,15 @@ def _answered_by(call: Call) -> str | None:
 
 
 def call_details(call: Call) -> dict[str, Any]:
-    """The ``Details`` block of ``?details=true``."""
+    """The ``Details`` block of ``?details=true`` (with who answered and the time it took to
+    tell, for a call placed with MachineDetection)."""
     statuses = {leg.leg_no: leg.status for leg in call.legs}
     return {
         "ConversationDuration": call.conversation_duration or 0,
         "Leg1Status": statuses.get(1, ""),
         "Leg2Status": statuses.get(2, ""),
         "Legs": [{"Leg": {"Id": leg.leg_no, "OnCallDuration": on_call_seconds(leg)}} for leg in call.legs],
+        **detection_fields(call),
     }
 
 

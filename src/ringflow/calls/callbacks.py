@@ -35,13 +35,27 @@ def call_to(call: Call) -> str:
 
 
 def minimal_payload(call: Call, tz: str) -> dict[str, Any]:
-    """The four fields sent when no StatusCallbackEvents were asked for."""
+    """The four fields sent when no StatusCallbackEvents were asked for (and the detection's,
+    for a call placed with MachineDetection)."""
     return {
         "CallSid": call.sid,
         "Status": call.status,
         "RecordingUrl": call.recording_url or "",
         "DateUpdated": fmt_date(call.updated_at, tz),
+        **detection_fields(call),
     }
+
+
+def detection_fields(call: Call) -> dict[str, Any]:
+    """``AnsweredBy`` and ``MachineDetectionDuration`` (milliseconds from the answer to the
+    verdict) of a call placed with MachineDetection, "" until it has decided; nothing for
+    other calls, whose callbacks stay exactly Exotel's."""
+    if not call.machine_detection:
+        return {}
+    leg = next((leg for leg in call.legs if leg.leg_no == 1), None)
+    ms = call.machine_detection_ms
+    return {"AnsweredBy": (leg.answered_by if leg is not None else None) or "",
+            "MachineDetectionDuration": "" if ms is None else ms}
 
 
 def event_payload(call: Call, event: str, tz: str, legs: list[Leg]) -> dict[str, Any]:
@@ -60,6 +74,7 @@ def event_payload(call: Call, event: str, tz: str, legs: list[Leg]) -> dict[str,
         "ConversationDuration": call.conversation_duration or 0,
         "Direction": call.direction,
         "RecordingUrl": call.recording_url or "",
+        **detection_fields(call),
     }
     if event == "terminal":
         payload["CustomField"] = call.custom_field or ""

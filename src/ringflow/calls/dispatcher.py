@@ -290,6 +290,7 @@ def _new_call(request: CallRequest, now: Any) -> Call:
         campaign_id=request.campaign.campaign_id if request.campaign else None,
         campaign_number_id=request.campaign.number_id if request.campaign else None,
         campaign_attempt=request.campaign.attempt if request.campaign else None,
+        machine_detection=request.machine_detection,
         created_at=now,
         updated_at=now,
         start_time=now,

@@ -43,3 +43,5 @@ class CallRequest:
     stream_type: str | None = None  # bidirectional or unidirectional
     stream_name: str | None = None
     campaign: CampaignTag | None = None
+    # Answering machine detection on the first leg: "Enable" or "DetectMessageEnd" (None: off).
+    machine_detection: str | None = None

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from ringflow.calls.control import CallControl, LiveCall
 from ringflow.calls.conversation import Conversation
+from ringflow.calls.detection import detect_machine
 from ringflow.calls.dialing import FlowDialer
 from ringflow.calls.dispatcher import Line
 from ringflow.calls.legs import LegDialer
@@ -124,6 +125,8 @@ class CallRunner:
         await carried.live.hang_up_if_stopped(first.channel)
         watchdog = asyncio.ensure_future(self._time_limit(carried))
         try:
+            if call.machine_detection:  # who answered, before anything is played to them
+                await detect_machine(call, first.channel, carried.timeline, self.clock)
             if call.shape == "numbers":
                 await carried.conversation.connect(first.channel, carried.channels)
                 return
@@ -175,6 +178,9 @@ class CallRunner:
             custom_field=call.custom_field,
             now=self.clock.wall,
         )
+        answered_by = detected_answer(call)
+        if answered_by is not None:
+            ctx.vars["AnsweredBy"] = answered_by  # for a Switch Case, and sent by a Passthru
 
         async def save_recording(heard: Recording) -> tuple[str, str]:
             assert self.recordings is not None
@@ -221,3 +227,10 @@ class CallRunner:
             from_number=ctx.customer, to_number=ctx.exophone,
             params=lambda: query_params(ctx),
             by_request=lambda: live.stopped_by_request)
+
+
+def detected_answer(call: Call) -> str | None:
+    """Who answered the call's first leg, if answering machine detection ran and decided."""
+    if not call.machine_detection:
+        return None
+    return next((leg.answered_by for leg in call.legs if leg.leg_no == 1), None)

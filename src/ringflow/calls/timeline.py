@@ -26,7 +26,14 @@ from ringflow.calls.status import Event, Status, is_terminal
 from ringflow.calls.transitions import Change, advance, apply, callback_content_type, interrupted
 from ringflow.clock import Clock
 from ringflow.storage.call_changes import write_change_at_once
-from ringflow.storage.calls import add_leg, add_steps, copy_into, lock_call, write_change
+from ringflow.storage.calls import (
+    add_leg,
+    add_steps,
+    copy_into,
+    lock_call,
+    write_change,
+    write_detection,
+)
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call, Leg, OutboxMessage
 from ringflow.storage.outbox import Claimed, Lease
@@ -97,6 +104,20 @@ class Timeline:
         """End the call, whatever state it is in, unless it has ended already (shutdown, a bug)."""
         await self._changed(lambda call: None if is_terminal(call.status)
                             else interrupted(call, reason))
+
+    async def detected(self, answered_by: str, ms: int, step: dict[str, Any]) -> None:
+        """Leg 1's answering machine verdict, ``ms`` after its answer: on the leg, the call and
+        the timeline (a step ``amd`` with ``step``), with the steps held, in one transaction."""
+        async with self._lock:
+            self._steps.append({"call_id": self.call.id, "at": self.clock.wall(), "kind": "amd",
+                                "data": step})
+            steps, self._steps = self._steps, []
+            async with self.db.session() as session:
+                await write_detection(session, self.call.id, 1, answered_by, ms, steps)
+            for leg in self.call.legs:
+                if leg.leg_no == 1:
+                    leg.answered_by = answered_by
+            self.call.machine_detection_ms = ms
 
     async def add_leg(self, number: str) -> int:
         """A new leg of the call to ``number``, marked dialing; its number."""

@@ -39,13 +39,16 @@ def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> int:
     return max(0, round((end - start).total_seconds()))
 
 
-def _apply_leg(leg: Leg, event: Event, now: dt.datetime, cause: str | None) -> None:
+def _apply_leg(leg: Leg, event: Event, now: dt.datetime, cause: str | None,
+               detecting: bool = False) -> None:
     leg.status = leg_next(leg.status, event)
     if event is Event.DIAL:
         leg.dialed_at = now
     elif event is Event.ANSWER:
         leg.answered_at = now
-        leg.answered_by = "human"
+        # Exotel reports every answer as a human's; a leg under answering machine detection
+        # says who answered once the detector has decided (``Timeline.detected``).
+        leg.answered_by = None if detecting else "human"
     if is_terminal(leg.status):
         leg.ended_at = now
     # The carrier's cause explains a leg that failed to connect, not the others in the change.
@@ -91,7 +94,8 @@ def advance(call: Call, change: Change, now: dt.datetime, time_zone: str) -> Adv
     before = call.status
     legs = {leg.leg_no: leg for leg in call.legs}
     for leg_no, event in change.legs:
-        _apply_leg(legs[leg_no], event, now, change.cause)
+        _apply_leg(legs[leg_no], event, now, change.cause,
+                   detecting=leg_no == 1 and bool(call.machine_detection))
     if change.call is not None:
         call.status = call_next(call.status, change.call)
         if change.call is Event.DIAL:

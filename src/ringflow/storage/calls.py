@@ -144,6 +144,20 @@ async def write_change(session: AsyncSession, call: Call, *, expected: str,
     return [row[0] for row in ids.all()]
 
 
+async def write_detection(session: AsyncSession, call_id: int, leg_no: int, answered_by: str,
+                          ms: int, steps: list[dict[str, Any]]) -> None:
+    """Who answered leg ``leg_no`` (answering machine detection's verdict), the call's time to
+    it, and the timeline steps held. No status changes: the call's carrier is its only writer,
+    so there is nothing to check first."""
+    await session.execute(
+        update(Leg).where(Leg.call_id == call_id, Leg.leg_no == leg_no)
+        .values(answered_by=answered_by).execution_options(synchronize_session=False))
+    await session.execute(
+        update(Call).where(Call.id == call_id).values(machine_detection_ms=ms)
+        .execution_options(synchronize_session=False))
+    await add_steps(session, steps)
+
+
 async def add_steps(session: AsyncSession, steps: list[dict[str, Any]]) -> None:
     """Insert timeline steps (rows of call_events, as dicts)."""
     if steps:

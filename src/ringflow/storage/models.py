@@ -165,6 +165,10 @@ class Call(Base):
     campaign_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
     campaign_number_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     campaign_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Answering machine detection asked for ("Enable" or "DetectMessageEnd"; None: not asked)
+    # and, once it has decided (leg 1's ``answered_by``), how long that took after the answer.
+    machine_detection: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    machine_detection_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     legs: Mapped[list[Leg]] = relationship(
         back_populates="call", order_by="Leg.leg_no", lazy="selectin", cascade="all"
@@ -181,7 +185,9 @@ class Leg(Base):
     number: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16), default="")
     cause: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    answered_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # human (as Exotel reports every answer), or what answering machine detection found:
+    # machine_start, machine_end_beep, machine_end_silence, unknown.
+    answered_by: Mapped[str | None] = mapped_column(String(24), nullable=True)
     dialed_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     answered_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     ended_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)

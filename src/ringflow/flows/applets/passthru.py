@@ -23,7 +23,9 @@ DEFAULT_TIMEOUT = 10.0
 CARRIED = ("DialCallDuration", "DialWhomNumber", "DialCallStatus", "RecordingUrl",
            # After a voicebot applet (AgentStream spec, section 4).
            "Stream[StreamSID]", "Stream[Status]", "Stream[Duration]", "Stream[StreamUrl]",
-           "Stream[DisconnectedBy]", "Stream[DetailedStatus]", "Stream[RecordingUrl]")
+           "Stream[DisconnectedBy]", "Stream[DetailedStatus]", "Stream[RecordingUrl]",
+           # A call placed with MachineDetection (a ringflow extension): who answered.
+           "AnsweredBy")
 
 
 def check_url(value: Any) -> str | None:

@@ -3,7 +3,9 @@
 Fields:
 
 - ``variable``: ``select`` (default: the ``{"select": "..."}`` body of a Passthru's 200
-  ``text/plain`` answer) or ``digits`` (from an IVR Menu or a Gather).
+  ``text/plain`` answer), ``digits`` (from an IVR Menu or a Gather) or ``AnsweredBy`` (who
+  answered, for a call placed with ``MachineDetection``: ``human``, ``machine_start``,
+  ``machine_end_beep``, ``machine_end_silence`` or ``unknown``; unset without detection).
 - ``cases``: a mapping of values to node names (``null`` ends the call). Values are compared
   with the variable as text, exactly (case and spaces count); a YAML key ``1:`` means ``"1"``.
   At most 100 cases.
@@ -26,7 +28,7 @@ from typing import Any
 from ringflow.flows.context import FlowContext
 from ringflow.flows.model import AppletSpec, Node
 
-VARIABLES = ("select", "digits")
+VARIABLES = ("select", "digits", "AnsweredBy")
 MAX_CASES = 100
 EXIT_PREFIX = "cases."
 

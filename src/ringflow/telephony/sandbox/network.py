@@ -6,6 +6,10 @@ ten-minute call runs in milliseconds, and prompts take their real (estimated) du
 A phone whose script ``says`` something speaks it through text to speech when it is recorded
 (a voicemail) or into a recorded conversation, so recordings hold real speech. Without a TTS
 engine a voice-like murmur of the estimated length stands in.
+
+A phone with a ``greeting`` (every ``machine``) speaks it on the line as it picks up, and a
+machine beeps after it, so answering machine detection hears a sandbox phone as it hears a SIP
+one, through the same detector.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ringflow.telephony.carrier import (
 )
 from ringflow.telephony.sandbox.line import LiveLine, Tape
 from ringflow.telephony.sandbox.phones import (
+    ANSWERING,
     DEFAULT_SCRIPT,
     MAGIC_NUMBERS,
     PhoneScript,
@@ -55,6 +60,9 @@ BEEP = "(beep)"  # what ``heard`` shows for the beep before a recording
 BEEP_SECONDS = 0.5
 TURN_GAP = 0.5  # seconds between the callee's and the caller's turns in a conversation
 BOT_TURN_GAP = 1.0  # seconds a phone talking to a bot waits before each line it speaks
+PICK_UP_PAUSE = 0.3  # seconds between picking up and the greeting
+MACHINE_BEEP_GAP = 0.5  # seconds between a machine's greeting and its beep
+MACHINE_BEEP_HZ = 1000
 
 
 def speech_seconds(text: str) -> float:
@@ -134,7 +142,7 @@ class SandboxAttempt:
             return
         await self._events.put(Ringing())
         await clock.sleep(script.ring)
-        if script.outcome == "answer":
+        if script.outcome in ANSWERING:
             channel = SandboxChannel(clock, self.request.number, script, self.carrier.speech)
             await self._events.put(Answered(channel))
         elif script.outcome == "no-answer":
@@ -176,6 +184,27 @@ class SandboxChannel:
         self.pressed: list[str] = []  # every key pressed to a bot, for tests
         if script.hangup_after is not None:
             self._hang_up_in(script.hangup_after)
+        if script.spoken_greeting:
+            self._later(self._greet())
+
+    def _later(self, work: Awaitable[None]) -> None:
+        """Run ``work`` for as long as the line is up (a hangup cancels it)."""
+        task = asyncio.ensure_future(work)
+        self._hangups.add(task)
+        task.add_done_callback(self._hangups.discard)
+
+    async def _greet(self) -> None:
+        """Pick up with the greeting (and a machine's beep after it) on the line."""
+        if not await self._hold(PICK_UP_PAUSE):
+            return
+        speech = await self.voice(self.script.spoken_greeting)
+        if self.script.outcome == "machine" and self.script.beep:
+            gap = bytes(round(MACHINE_BEEP_GAP * RATE) * SAMPLE_WIDTH)
+            speech += gap + machine_beep()
+        at = self.clock.now()
+        self._line.heard(at, speech)
+        if self._tape is not None:
+            self._tape.heard(at, speech)
 
     def _hang_up_in(self, seconds: float) -> None:
         """Hang up (as the far end) ``seconds`` from now."""
@@ -457,6 +486,12 @@ class SandboxChannel:
 
 def _nothing() -> None:
     """Undoes what never started (the line had hung up)."""
+
+
+def machine_beep() -> bytes:
+    """An answering machine's beep: 1 kHz for half a second, 8 kHz PCM."""
+    t = np.arange(round(BEEP_SECONDS * RATE)) / RATE
+    return (np.sin(2 * np.pi * MACHINE_BEEP_HZ * t) * 8000).astype("<i2").tobytes()
 
 
 def murmur(seconds: float) -> Prompt:

@@ -7,7 +7,11 @@ from typing import Any
 
 from ringflow.errors import InvalidRequest
 
-OUTCOMES = ("answer", "busy", "no-answer", "failed")
+OUTCOMES = ("answer", "machine", "busy", "no-answer", "failed")
+ANSWERING = ("answer", "machine")
+# What a voicemail says when its script gives no greeting of its own.
+MACHINE_GREETING = ("Hello, you have reached the voicemail of this number. Nobody is available "
+                    "to take your call. Please leave your message after the tone.")
 KEYS = set("0123456789*#")
 MAX_SAYS = 2000  # characters in one utterance
 
@@ -60,8 +64,14 @@ class Utterance:
 class PhoneScript:
     """What a virtual phone does when called.
 
-    ``ring``: seconds of ringing before the outcome. ``outcome``: ``answer``, ``busy``,
-    ``no-answer`` (rings until the caller gives up) or ``failed`` (unreachable).
+    ``ring``: seconds of ringing before the outcome. ``outcome``: ``answer``, ``machine`` (an
+    answering machine picks up), ``busy``, ``no-answer`` (rings until the caller gives up) or
+    ``failed`` (unreachable).
+    ``greeting``: what the phone says as it picks up (through text to speech, as ``says``), so
+    answering machine detection has something to judge: a person's "Hello?" (an ``answer``
+    phone without one says nothing) or a machine's greeting (``machine``: a voicemail greeting
+    by default). ``beep``: a machine beeps (1 kHz, half a second) after its greeting; False
+    for one whose message just ends in silence. Only a ``machine`` takes ``beep``.
     ``keys``: one entry per time the app waits for input, pressed one key at a time.
     ``hangup_after``: seconds after answering that the phone hangs up (None: stays on).
     ``says``: one entry per time the app records this phone (a voicemail, or a conversation
@@ -77,6 +87,15 @@ class PhoneScript:
     hangup_after: float | None = None
     says: tuple[Utterance, ...] = ()
     silence_after: float = 1.0
+    greeting: str | None = None
+    beep: bool = True
+
+    @property
+    def spoken_greeting(self) -> str:
+        """What the phone says as it picks up ("" for nothing)."""
+        if self.greeting is not None:
+            return self.greeting
+        return MACHINE_GREETING if self.outcome == "machine" else ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PhoneScript:
@@ -108,6 +127,16 @@ class PhoneScript:
         if not isinstance(says, list):
             raise InvalidRequest('says must be a list of texts, such as ["Hello, call me back."]')
         silence_after = _number(data.get("silence_after", 1.0), "silence_after", 0, 3600)
+        greeting = data.get("greeting")
+        if greeting is not None and (not isinstance(greeting, str) or len(greeting) > MAX_SAYS):
+            raise InvalidRequest(f"greeting must be a text of at most {MAX_SAYS} characters")
+        if greeting is not None and outcome not in ANSWERING:
+            raise InvalidRequest("greeting is for a phone that answers (outcome answer or machine)")
+        beep = data.get("beep", True)
+        if not isinstance(beep, bool):
+            raise InvalidRequest("beep must be true or false")
+        if "beep" in data and outcome != "machine":
+            raise InvalidRequest("beep is for an answering machine (outcome machine)")
         return cls(
             ring=ring,
             outcome=outcome,
@@ -115,6 +144,8 @@ class PhoneScript:
             hangup_after=hangup_after,
             says=tuple(Utterance.from_json(entry) for entry in says),
             silence_after=silence_after,
+            greeting=greeting,
+            beep=beep,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +159,10 @@ class PhoneScript:
         if self.says:
             data["says"] = [u.to_json() for u in self.says]
             data["silence_after"] = self.silence_after
+        if self.greeting is not None:
+            data["greeting"] = self.greeting
+        if self.outcome == "machine":
+            data["beep"] = self.beep
         return data
 
 
@@ -139,12 +174,15 @@ def _number(value: Any, name: str, low: float, high: float) -> float:
     return float(value)
 
 
-# E.164 forms of the documented magic numbers (09999900001 ... 09999900004).
+# E.164 forms of the documented magic numbers (09999900001 ... 09999900006).
 MAGIC_NUMBERS: dict[str, PhoneScript] = {
     "+919999900001": PhoneScript(ring=1.0, outcome="busy"),
     "+919999900002": PhoneScript(ring=0.0, outcome="no-answer"),
     "+919999900003": PhoneScript(ring=0.0, outcome="failed"),
     "+919999900004": PhoneScript(ring=1.0, outcome="answer", hangup_after=5.0),
+    # For answering machine detection: a voicemail (its greeting, then a beep), and a person.
+    "+919999900005": PhoneScript(ring=1.0, outcome="machine"),
+    "+919999900006": PhoneScript(ring=1.0, outcome="answer", greeting="Hello?"),
 }
 
 DEFAULT_SCRIPT = PhoneScript()
