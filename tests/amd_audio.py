@@ -179,7 +179,7 @@ def write_fixtures() -> None:
     FIXTURES.mkdir(parents=True, exist_ok=True)
     callees = {
         "human_hello.ulaw": human("Hello?", "en", 0.4, wait=5.0),
-        "machine_beep.ulaw": machine(*MACHINE_GREETINGS[0]),
+        "machine_beep.ulaw": machine(*MACHINE_GREETINGS[1]),  # 4.5 s, then an 850 Hz beep
     }
     for name, clean in callees.items():
         (FIXTURES / name).write_bytes(audioop.lin2ulaw(noisy(clean, 30.0, seed=1), 2))

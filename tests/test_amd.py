@@ -56,7 +56,7 @@ def test_the_sip_callees_are_what_their_names_say() -> None:
     assert detect(machine, Mode.ENABLE).result is Result.MACHINE_START
     ended = detect(machine, Mode.DETECT_MESSAGE_END)
     assert ended.result is Result.MACHINE_END_BEEP
-    # It ends as the beep does: greeting, 0.6 s, then 0.5 s of tone (within a frame or two).
+    # It ends as the beep does: greeting, 0.6 s, then 0.3 s of tone (within a frame or two).
     beep_end = len(machine) / 2 / 8000 - 3.0
     assert abs(ended.ms / 1000 - beep_end) < 0.1
 
