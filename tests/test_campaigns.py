@@ -393,3 +393,32 @@ async def test_a_csv_list_is_uploaded_with_bad_rows_reported_and_called_by_a_cam
         await finished(rig, campaign["id"])
         calls = await placed(rig)
     assert [c.from_number for c in calls] == ["+919810000001", "+919810000002", "+919810000003"]
+
+
+ON_MACHINES = {"name": "amd", "start": "who", "nodes": {
+    "who": {"applet": "switch_case", "variable": "AnsweredBy",
+            "cases": {"human": "talk", "machine_end_beep": "message"}, "default": "bye"},
+    "talk": {"applet": "greeting", "text": "Hello, this is your reminder.", "next": "bye"},
+    "message": {"applet": "greeting", "text": "Please call us back.", "next": "bye"},
+    "bye": {"applet": "hangup"}}}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_campaign_detects_answering_machines_and_its_app_leaves_them_a_message(
+        database_url: str) -> None:
+    voicemail, person = "09999900005", "09999900006"
+    async with running(database_url, rate_limit_per_minute=1_000_000) as rig:
+        campaign = await create(rig, ON_MACHINES, **{"from": [voicemail, person]},
+                                machine_detection="detectmessageend")
+        assert campaign["machine_detection"] == "DetectMessageEnd"
+        await finished(rig, campaign["id"])
+        calls = {c.from_number: c for c in await placed(rig)}
+        branches = {}
+        for number, call in calls.items():
+            steps = await rig.timeline(call.sid)
+            branches[number] = [s["data"]["node"] for s in steps if s["kind"] == "applet.enter"]
+            assert any(s["kind"] == "amd" for s in steps)
+    assert calls["+919999900005"].legs[0].answered_by == "machine_end_beep"
+    assert calls["+919999900006"].legs[0].answered_by == "human"
+    assert "message" in branches["+919999900005"] and "talk" not in branches["+919999900005"]
+    assert "talk" in branches["+919999900006"]

@@ -210,6 +210,7 @@ class CampaignsApi:
             "max_concurrent": c.max_concurrent,
             "calling_hours": c.calling_hours,
             "custom_field": c.custom_field,
+            "machine_detection": c.machine_detection,
             "status_callback": c.status_callback,
             "call_status_callback": c.call_status_callback,
             "call_schedule_callback": c.call_schedule_callback,

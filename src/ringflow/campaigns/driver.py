@@ -322,6 +322,7 @@ class Driver:
             custom_field=campaign.custom_field,
             stream_url=campaign.stream_url,
             stream_type=campaign.stream_type,
+            machine_detection=campaign.machine_detection,
             campaign=CampaignTag(campaign.id, number.id, attempt),
         )
 

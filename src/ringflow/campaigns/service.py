@@ -117,6 +117,7 @@ class Campaigns:
                 "calling_hours": spec.calling_hours.to_json() if spec.calling_hours else None,
                 "send_at": spec.send_at, "end_at": spec.end_at,
                 "custom_field": spec.custom_field,
+                "machine_detection": spec.machine_detection,
                 "created_at": now, "updated_at": now,
                 "started_at": now if status == states.IN_PROGRESS else None,
                 "wake_at": spec.send_at if status == states.SCHEDULED else now,

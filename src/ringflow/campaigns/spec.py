@@ -21,6 +21,7 @@ from typing import Any
 
 from ringflow.campaigns.hours import CallingHours
 from ringflow.errors import InvalidRequest
+from ringflow.media.amd import parse_mode
 from ringflow.phone import normalize
 from ringflow.streams.target import check_stream_url
 from ringflow.webhooks.http import validate_url
@@ -123,6 +124,7 @@ class CampaignSpec:
     max_concurrent: int | None
     calling_hours: CallingHours | None
     custom_field: str | None
+    machine_detection: str | None  # Enable or DetectMessageEnd, as MachineDetection
     callbacks: dict[str, str | None]
 
 
@@ -147,8 +149,6 @@ def parse_create(body: dict[str, Any], *, allow_private: bool) -> CampaignSpec:
     if body.get("flow_type") is not None or body.get("read_via_text") is not None:
         raise InvalidRequest("flow_type and read_via_text are not supported: give url (an app "
                              "whose greeting speaks the text) instead")
-    if body.get("machine_detection") is not None:
-        raise InvalidRequest("machine_detection is not available in this version of ringflow")
     campaign_type = body.get("type")
     if campaign_type is not None and str(campaign_type).lower() != "trans":
         raise InvalidRequest("type must be trans")
@@ -195,6 +195,7 @@ def parse_create(body: dict[str, Any], *, allow_private: bool) -> CampaignSpec:
         calling_hours=(None if body.get("calling_hours") is None
                        else CallingHours.parse(body["calling_hours"])),
         custom_field=_custom(body.get("custom_field")),
+        machine_detection=_detection(body.get("machine_detection")),
         callbacks=callbacks(body, allow_private=allow_private),
     )
 
@@ -209,7 +210,7 @@ def parse_changes(fields: dict[str, Any], *, allow_private: bool) -> dict[str, A
         if name in fields:
             raise InvalidRequest(f"{name} cannot change: create another campaign for other "
                                  "numbers")
-    for name in ("flow_type", "read_via_text", "machine_detection", "type"):
+    for name in ("flow_type", "read_via_text", "type"):
         if name in fields:
             raise InvalidRequest(f"{name} cannot change")
     if fields.get("url") and fields.get("StreamUrl"):
@@ -241,6 +242,8 @@ def parse_changes(fields: dict[str, Any], *, allow_private: bool) -> dict[str, A
         values["calling_hours"] = None if hours is None else CallingHours.parse(hours).to_json()
     if "custom_field" in fields:
         values["custom_field"] = _custom(fields["custom_field"])
+    if "machine_detection" in fields:
+        values["machine_detection"] = _detection(fields["machine_detection"])
     values.update(callbacks(fields, allow_private=allow_private))
     return values
 
@@ -355,6 +358,15 @@ def _custom(value: Any) -> str | None:
         raise InvalidRequest(f"custom_field must be a string of at most {MAX_CUSTOM_FIELD} "
                              "characters")
     return value
+
+
+def _detection(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    try:
+        return parse_mode(str(value)).value
+    except ValueError:
+        raise InvalidRequest("machine_detection must be Enable or DetectMessageEnd") from None
 
 
 def _whole(value: Any, field: str, low: int, high: int) -> int:

@@ -321,6 +321,7 @@ class Campaign(Base):
     send_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     end_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     custom_field: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    machine_detection: Mapped[str | None] = mapped_column(String(16), nullable=True)
     status_callback: Mapped[str | None] = mapped_column(Text, nullable=True)
     call_status_callback: Mapped[str | None] = mapped_column(Text, nullable=True)
     call_schedule_callback: Mapped[str | None] = mapped_column(Text, nullable=True)

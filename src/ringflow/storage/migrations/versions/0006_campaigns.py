@@ -35,6 +35,7 @@ def upgrade() -> None:
     sa.Column('send_at', ringflow.storage.models.UTCDateTime(), nullable=True),
     sa.Column('end_at', ringflow.storage.models.UTCDateTime(), nullable=True),
     sa.Column('custom_field', sa.String(length=128), nullable=True),
+    sa.Column('machine_detection', sa.String(length=16), nullable=True),
     sa.Column('status_callback', sa.Text(), nullable=True),
     sa.Column('call_status_callback', sa.Text(), nullable=True),
     sa.Column('call_schedule_callback', sa.Text(), nullable=True),
