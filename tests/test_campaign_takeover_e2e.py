@@ -18,7 +18,7 @@ from sqlalchemy import select
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call, Campaign
 from tests.conftest import REDIS_URL
-from tests.processes import account_with_app, server_env
+from tests.processes import account_with_app, cli, server_env
 from tests.test_restart_e2e import EXOPHONE, eventually, server
 from tests.test_workers_e2e import empty_pg, worker_pid  # noqa: F401 - a fixture
 
@@ -95,3 +95,43 @@ async def test_a_killed_driver_s_campaign_is_taken_over_and_no_number_is_called_
     assert sorted(c.from_number for c in calls) == sorted(f"+91{n[1:]}" for n in NUMBERS)
     assert stats["attempts"] == stats["total"] == len(NUMBERS)
     assert stats["completed"] + stats["failed"] == len(NUMBERS)
+
+
+async def test_a_stopped_server_hands_its_campaign_over_and_it_goes_on_after_a_restart(
+        tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'rf.db'}"
+    # A long lease: going on at once after the restart shows the lease was given up.
+    env = server_env(url, f"campaigns-{uuid.uuid4().hex[:8]}", RINGFLOW_CAMPAIGN_LEASE="600",
+                     RINGFLOW_DRAIN_SECONDS="5")
+    await cli(env, "migrate")
+    creds, app_id = await account_with_app(env, tmp_path, REMINDER, EXOPHONE)
+    auth = (creds["api_key"], creds["api_token"])
+    db = Database(url)
+    try:
+        async with server(env, tmp_path / "server.log") as srv, \
+                httpx.AsyncClient(timeout=10) as http:
+            await srv.start()
+            body = {"from": NUMBERS, "caller_id": EXOPHONE, "calls_per_second": 2,
+                    "url": f"http://my.exotel.com/{creds['sid']}/exoml/start_voice/{app_id}"}
+            r = await http.post(f"{srv.base}/v2/accounts/{creds['sid']}/campaigns", json=body,
+                                auth=auth)
+            assert r.status_code == 200, r.text
+
+            async def some_placed() -> bool:
+                return len(await campaign_calls(db)) >= 3
+
+            await eventually(some_placed, "the campaign to place three calls", srv)
+            await srv.terminate()
+            row = await campaign_row(db)
+            assert row is not None and (row.status, row.driver) == ("InProgress", None)
+            before = await campaign_calls(db)
+            assert {c.status for c in before} == {"completed"}  # the drain let them finish
+            await srv.start()
+
+            async def going_on() -> bool:
+                return len(await campaign_calls(db)) > len(before)
+
+            await eventually(going_on, "the campaign to go on after the restart", srv, 10)
+            await srv.terminate()
+    finally:
+        await db.close()

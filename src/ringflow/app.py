@@ -134,6 +134,12 @@ class Services:
         self.housekeeper.start()
         self.campaigns.start()
 
+    def stop_admitting(self) -> None:
+        """A drain begins: start no more calls, and hand this process's campaigns to others
+        (their drivers stop and give up their leases) rather than queue their calls here."""
+        self.dispatcher.stop_admitting()
+        self.campaigns.hand_over()
+
     async def stop(self) -> None:
         """End running calls, flush callbacks, close connections."""
         await self.campaigns.stop()

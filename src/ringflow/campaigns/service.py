@@ -92,6 +92,7 @@ class Campaigns:
         self.drivers: dict[int, asyncio.Task[None]] = {}
         self._scanner: asyncio.Task[None] | None = None
         self._scan_now = asyncio.Event()
+        self._handing_over: asyncio.Task[None] | None = None
         self.stopping = False
 
     # -- the API's operations ------------------------------------------------------------------
@@ -371,6 +372,11 @@ class Campaigns:
 
     def start(self) -> None:
         self._scanner = asyncio.ensure_future(self._scan())
+
+    def hand_over(self) -> None:
+        """Stop driving, without waiting (a drain): see ``stop``."""
+        if self._handing_over is None:
+            self._handing_over = asyncio.ensure_future(self.stop())
 
     async def stop(self) -> None:
         """Stop driving: each driver gives its campaign up for another process to take."""

@@ -53,7 +53,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     # uvicorn with ringflow's protocol: head and body deadlines and a connection cap on top of
     # uvicorn's keep-alive timeout (http_connections.py says why this server).
     app = create_app(settings)
-    drain = _drain(settings, app.state.services.dispatcher)
+    drain = _drain(settings, app.state.services)
     # log_config=None: uvicorn's lines go to the one handler logs.configure made, in its format.
     config = uvicorn.Config(DrainGate(app, drain), log_level=settings.log_level,
                             log_config=None, timeout_graceful_shutdown=10,
@@ -69,11 +69,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _drain(settings: Settings, dispatcher: Any) -> Any:
+def _drain(settings: Settings, services: Any) -> Any:
     """The drain of this server's calls on SIGTERM (see drain.py)."""
     from ringflow.drain import Drain
 
-    return Drain(settings.drain_seconds, dispatcher.tasks, dispatcher.stop_admitting)
+    return Drain(settings.drain_seconds, services.dispatcher.tasks, services.stop_admitting)
 
 
 def check_port(settings: Settings) -> None:
