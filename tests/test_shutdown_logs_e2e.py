@@ -73,6 +73,7 @@ async def test_json_logs_parse_line_by_line_and_a_calls_lines_carry_it(tmp_path:
                 await api.script_phone(number, ring=0.1)
             flow = f"http://my.exotel.com/{api.sid}/exoml/start_voice/{app_id}"
             hook = f"{rec.url}/status?token={SECRET}"  # the token must not reach a log line
+            rec.script = [500]  # the first callback fails once: its warning names its call
             sids = [
                 (await api.connect(From=CUSTOMERS[0], Url=flow, StatusCallback=hook))["Sid"],
                 (await api.connect(From=CUSTOMERS[1], Url=flow, StatusCallback=hook))["Sid"],
@@ -106,6 +107,8 @@ async def test_json_logs_parse_line_by_line_and_a_calls_lines_carry_it(tmp_path:
         naming = [line for line in lines
                   if sid in line["message"] and line["logger"] != "uvicorn.access"]
         assert naming and all(line.get("call_sid") == sid for line in naming), naming
+    failed = [line for line in lines if "attempt 1 failed" in line["message"]]
+    assert len(failed) == 1 and failed[0]["call_sid"] in sids, failed
     said = [line["message"] for line in lines if line.get("call_sid") == sids[0]]
     assert any("Hello there" in message for message in said), said
 

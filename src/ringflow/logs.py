@@ -112,8 +112,9 @@ _NAMED = re.compile(r"^call ([0-9a-z]{32})\b")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def bind_call(call_sid: str, account_sid: str) -> None:
-    """Mark the rest of the current task (and the tasks it starts) as about this call."""
+def bind_call(call_sid: str, account_sid: str | None) -> None:
+    """Mark the rest of the current task (and the tasks it starts) as about this call (of
+    this account, when the task knows it)."""
     _CALL.set((call_sid, account_sid))
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -46,8 +47,10 @@ from collections.abc import Awaitable
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import InvalidRequest
+from ringflow.logs import bind_call
 from ringflow.metrics import CALLBACK_ATTEMPTS, CALLBACK_DELAY
 from ringflow.storage import outbox
+from ringflow.storage.accounts import account_by_id
 from ringflow.storage.db import Database
 from ringflow.storage.models import OutboxMessage
 from ringflow.storage.outbox import Claimed
@@ -126,6 +129,7 @@ class Deliverer:
         self._db = db
         self._clock = clock
         self._http = http
+        self._account_sids: dict[int, str] = {}  # account id -> SID, for log lines
         self._max_attempts = max(1, settings.callback_max_attempts)
         # Clock seconds a claim stays ours: longer than any send can take (sends are bounded by
         # the callback timeout in real time, and a scaled clock runs faster than real time).
@@ -418,7 +422,23 @@ class Deliverer:
         wait = (earliest - now).total_seconds()
         return min(self._poll_interval, max(MIN_IDLE, wait))
 
+    async def _bind(self, message: Claimed) -> None:
+        """This task's lines (a failed attempt, say) name the call and its account, as every
+        line about a call does. An account's SID never changes: each is read once."""
+        call_sid = message.payload.get("CallSid")
+        if not isinstance(call_sid, str) or not call_sid:
+            return
+        account_sid = self._account_sids.get(message.account_id)
+        if account_sid is None:
+            with contextlib.suppress(Exception):  # the database is down: the lines lack it
+                async with self._db.session() as session:
+                    account = await account_by_id(session, message.account_id)
+                if account is not None:
+                    account_sid = self._account_sids[message.account_id] = account.sid
+        bind_call(call_sid, account_sid)
+
     async def _deliver(self, message: Claimed) -> None:
+        await self._bind(message)
         with self._clock.busy():
             try:
                 outcome = await self._send(message)
