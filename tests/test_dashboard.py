@@ -400,6 +400,19 @@ async def test_trying_an_app_places_a_sandbox_call_through_connect(database_url)
         assert r.status_code == 400 and "number" in r.text
 
 
+async def test_no_call_is_started_from_the_page_once_the_server_drains(database_url):
+    async with running(database_url) as rig, browser_like(rig) as client:
+        await set_account_password(rig.services.accounts, rig.sid, PASSWORD)
+        await sign_in(client, rig.sid)
+        base = f"/a/{rig.sid}"
+        rig.services.stop_admitting()  # what the first SIGTERM does
+        r = await form_post(client, f"{base}/sandbox", f"{base}/sandbox/call",
+                            number=CUSTOMER, app_id=str(rig.app_id))
+        assert r.status_code == 503 and "shutting down" in r.text
+        async with rig.services.db.session() as session:
+            assert not (await session.execute(select(Call))).first()
+
+
 async def test_sandbox_phones_are_scripted_and_cleared_from_the_page(database_url):
     async with running(database_url) as rig, browser_like(rig) as client:
         await set_account_password(rig.services.accounts, rig.sid, PASSWORD)

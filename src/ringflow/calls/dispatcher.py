@@ -33,7 +33,7 @@ from ringflow.calls.status import ACTIVE, Event, Status, is_terminal
 from ringflow.calls.transitions import Change, apply, finish_calls_of
 from ringflow.clock import Clock
 from ringflow.config import Settings
-from ringflow.errors import CapacityExceeded
+from ringflow.errors import CapacityExceeded, Unavailable
 from ringflow.logs import bind_call
 from ringflow.metrics import CALLS_ENDED, CALLS_IN_PROGRESS, CALLS_STARTED, carrier_label
 from ringflow.storage import admission, calls
@@ -104,7 +104,12 @@ class Dispatcher:
 
         ``with_call`` runs in the transaction that inserts the call, once it has its id (a
         campaign marks its number called there); what it raises undoes the call.
+        Unavailable once the process has stopped admitting (a drain): whoever asks, the API,
+        the dashboard or a campaign, another process takes the call.
         """
+        if self._closing:
+            raise Unavailable("this server is shutting down and takes no new calls; place the "
+                              "call again in a few seconds (another server will take it)")
         async with self._locks[request.account_id], self.db.session() as session:
             lines = await self._lines(session, request.account_id)
             assert lines is not None, f"account {request.account_id} does not exist"
