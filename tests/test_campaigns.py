@@ -192,7 +192,8 @@ async def test_pause_stops_new_calls_at_once_resume_goes_on_and_complete_ends_th
         database_url: str) -> None:
     async with running(database_url, rate_limit_per_minute=1_000_000) as rig:
         campaign = await create(rig, **{"from": [number(n) for n in range(20)]},
-                                calls_per_second=2, status_callback=f"{rig.customer.url}/c")
+                                calls_per_second=2, status_callback=f"{rig.customer.url}/c",
+                                call_schedule_callback=f"{rig.customer.url}/number")
         cid = campaign["id"]
 
         async def some_placed() -> bool:
@@ -226,6 +227,12 @@ async def test_pause_stops_new_calls_at_once_resume_goes_on_and_complete_ends_th
         assert stats["pending"] == stats["in_progress"] == stats["retrying"] == 0
         assert [s.json["status"] for s in rig.customer.to("/c")] == [
             "InProgress", "Paused", "InProgress", "Completed"]
+        # Each number called had its attempts over once: one call_schedule_callback each.
+        over = {s.json["number"]: s.json for s in rig.customer.to("/number")}
+        assert len(rig.customer.to("/number")) == len(over) == len(calls)
+        assert {(v["status"], v["attempts"], v["campaign_id"]) for v in over.values()} == {
+            ("completed", 1, cid)}
+        assert sorted(over) == sorted(c.from_number for c in calls)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
