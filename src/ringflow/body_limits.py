@@ -56,6 +56,9 @@ RULES = (
     BodyRule(r"/v2/accounts/[^/]+/contacts/csv-upload/?$", campaigns.MAX_CSV_BODY,
              "multipart with the CSV file", multipart=True, json_errors=True),
     BodyRule(r"/v2/", campaigns.MAX_JSON_BODY, "JSON", json_errors=True),
+    # The dashboard's campaign form carries the CSV of numbers, as the v2 upload does.
+    BodyRule(r"/a/[^/]+/campaigns/new$", campaigns.MAX_CSV_BODY,
+             "multipart with the CSV file", multipart=True),
     BodyRule(r"/", DASHBOARD_MAX_BODY, "the form url-encoded"),
 )
 

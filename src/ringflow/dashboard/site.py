@@ -111,7 +111,7 @@ class Dashboard:
         self.secure_cookie = services.settings.base_url.startswith("https://")
 
     def routes(self) -> list[BaseRoute]:
-        from ringflow.dashboard import apps, calls, pages, sandbox
+        from ringflow.dashboard import apps, calls, campaigns, pages, sandbox
 
         a = "/a/{sid}"
         get, post = ["GET"], ["POST"]
@@ -141,6 +141,18 @@ class Dashboard:
             ),
             Route(a + "/sandbox/call", self.page(sandbox.test_call), methods=post),
             Route(a + "/trunks", self.page(pages.trunks), methods=get),
+            Route(a + "/campaigns", self.page(campaigns.campaign_list), methods=get),
+            Route(
+                a + "/campaigns/new",
+                self.page(campaigns.new_campaign, files=1),
+                methods=["GET", "POST"],
+            ),
+            Route(a + "/campaigns/progress", self.page(campaigns.list_progress), methods=get),
+            Route(a + "/campaigns/{campaign}", self.page(campaigns.campaign_page), methods=get),
+            Route(
+                a + "/campaigns/{campaign}/progress", self.page(campaigns.progress), methods=get
+            ),
+            Route(a + "/campaigns/{campaign}/{action}", self.page(campaigns.act), methods=post),
             Mount("/static", StaticFiles(directory=STATIC), name="dashboard-static"),
         ]
 
@@ -235,14 +247,18 @@ class Dashboard:
             self._set_cookie(response, session)
         return response
 
-    async def _checked_form(self, request: Request, session: Session) -> FormData | None:
+    async def _checked_form(
+        self, request: Request, session: Session, files: int = 0
+    ) -> FormData | None:
         """The POSTed form if its CSRF token is this session's; None otherwise."""
-        # The body is already capped (body_limits); no form of ours carries a file.
-        form = await request.form(max_fields=200, max_files=0, max_part_size=512 * 1024)
+        # The body is already capped (body_limits); only a page that takes an upload (the
+        # campaign form's CSV) is given ``files`` and a multipart body.
+        form = await request.form(max_fields=200, max_files=files, max_part_size=512 * 1024)
         return form if csrf_ok(session, form.get("csrf")) else None
 
-    def page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        """Wrap a page of an account: sign-in, account scoping, CSRF, errors."""
+    def page(self, handler: Handler, files: int = 0) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap a page of an account: sign-in, account scoping, CSRF, errors (``files``: how
+        many uploaded files its form may carry)."""
 
         async def endpoint(request: Request) -> Response:
             session, fresh = self._session(request)
@@ -253,7 +269,7 @@ class Dashboard:
                 account = await self._account(viewer, request.path_params["sid"])
                 form = None
                 if request.method == "POST":
-                    form = await self._checked_form(request, session)
+                    form = await self._checked_form(request, session, files)
                     if form is None:
                         return self.error(
                             403, "This form has expired: reload the page and try again.", session
