@@ -23,21 +23,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
-from api_connect import APP, cli, free_port
-from e2e_calls import PG_ADMIN, Server, _pg_admin
+from api_connect import free_port
+from e2e_calls import Server, bench_account, fresh_server
 from sqlalchemy import select
 
 from ringflow.storage.db import Database
@@ -110,27 +105,15 @@ def main() -> int:
     parser.add_argument("--rates", default="10,20,40,80")
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    rates = [float(r) for r in args.rates.split(",")]
 
-    workdir = Path(tempfile.mkdtemp(prefix="ringflow-bench-"))
-    pg_name = f"ringflow_bench_{uuid.uuid4().hex[:10]}"
-    if args.db == "postgresql":
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{pg_name}"'))
-        url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-        url = f"{url}/{pg_name}"
-    else:
-        url = f"sqlite+aiosqlite:///{workdir}/bench.db"
-    env = {
-        **os.environ,
-        "RINGFLOW_DATABASE_URL": url,
-        "RINGFLOW_PORT": str(free_port()),
-        "RINGFLOW_DATA_DIR": str(workdir),
-        "RINGFLOW_ALLOW_PRIVATE_URLS": "1",
-        "RINGFLOW_RATE_LIMIT_PER_MINUTE": "100000000",
-        "RINGFLOW_MAX_CONCURRENT_CALLS": "100000",
-        "RINGFLOW_QUEUE_LIMIT": "100000",
-        "RINGFLOW_LOG_LEVEL": "warning",
-    }
+    with fresh_server(args.db) as (url, env, workdir):
+        ladder(args, url, env, workdir)
+    return 0
+
+
+def ladder(args: argparse.Namespace, url: str, env: dict[str, str], workdir: Path) -> None:
+    """Every step of the ladder on one server; prints a line each and the highest kept."""
+    rates = [float(r) for r in args.rates.split(",")]
     phone = None
     try:
         if args.carrier == "sip":
@@ -140,12 +123,7 @@ def main() -> int:
                               "    max_channels: 10000\n    max_cps: 1000\n")
             env.update(RINGFLOW_CARRIER="sip", RINGFLOW_SIP_TRUNKS=str(trunks),
                        RINGFLOW_SIP_PORT=str(free_port(socket.SOCK_DGRAM)))
-        cli(env, "migrate")
-        creds = json.loads(cli(env, "accounts", "create", "bench", "--json"))
-        cli(env, "numbers", "add", creds["sid"], EXOPHONE)
-        (workdir / "app.yaml").write_text(APP)
-        creds["app_id"] = cli(env, "apps", "import", creds["sid"],
-                              str(workdir / "app.yaml")).split()[1]
+        creds = bench_account(env, workdir)
         server = Server(env)
         server.start()
         try:
@@ -168,10 +146,6 @@ def main() -> int:
     finally:
         if phone is not None:
             phone.kill()
-        if args.db == "postgresql":
-            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

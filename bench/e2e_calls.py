@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -157,9 +159,56 @@ def main() -> int:
     parser.add_argument("--redis", help="RINGFLOW_REDIS_URL, as production runs (default: none)")
     args = parser.parse_args()
 
+    with fresh_server(args.db) as (url, env, workdir):
+        if args.redis:
+            env["RINGFLOW_REDIS_URL"] = args.redis
+        bench(args, url, env, workdir)
+    return 0
+
+
+def bench_account(env: dict[str, str], workdir: Path) -> dict[str, str]:
+    """Migrate, and make the account every call is placed for: its credentials and app id."""
+    cli(env, "migrate")
+    creds = json.loads(cli(env, "accounts", "create", "bench", "--json"))
+    cli(env, "numbers", "add", creds["sid"], "08039591234")
+    (workdir / "app.yaml").write_text(APP)
+    creds["app_id"] = cli(env, "apps", "import", creds["sid"],
+                          str(workdir / "app.yaml")).split()[1]
+    return creds
+
+
+def bench(args: argparse.Namespace, url: str, env: dict[str, str], workdir: Path) -> None:
+    creds = bench_account(env, workdir)
+    server = Server(env)
+    server.start()  # warm-up: prompts rendered, code paths hot
+    asyncio.run(run_calls(server, creds, min(20, args.calls), 4, 0))
+    server.stop()
+    counted = args.db == "postgresql"
+    before = asyncio.run(commits(url)) if counted else 0
+    server.start()
+    elapsed = asyncio.run(run_calls(server, creds, args.calls, args.concurrency, 1000))
+    server.stop()
+    shared = " and Redis" if args.redis else ""
+    print(f"ringflow on {args.db}{shared}: {args.calls} flow calls, {args.concurrency} clients: "
+          f"{args.calls / elapsed:.1f} calls/s ({elapsed:.1f} s to the last callback)")
+    if counted:
+        loaded = asyncio.run(commits(url)) - before
+        before = asyncio.run(commits(url))
+        server.start()
+        time.sleep(elapsed)
+        server.stop()
+        idle = asyncio.run(commits(url)) - before
+        print(f"transactions: {loaded} with calls, {idle} idle for as long: "
+              f"{(loaded - idle) / args.calls:.2f} per call")
+
+
+@contextlib.contextmanager
+def fresh_server(db: str) -> Iterator[tuple[str, dict[str, str], Path]]:
+    """A fresh database (a SQLite file, or a PostgreSQL database dropped afterwards) and the
+    environment of a server on it with no limit in a benchmark's way: (URL, env, its folder)."""
     workdir = Path(tempfile.mkdtemp(prefix="ringflow-bench-"))
     pg_name = f"ringflow_bench_{uuid.uuid4().hex[:10]}"
-    if args.db == "postgresql":
+    if db == "postgresql":
         asyncio.run(_pg_admin(f'CREATE DATABASE "{pg_name}"'))
         url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
         url = f"{url}/{pg_name}"
@@ -176,41 +225,12 @@ def main() -> int:
         "RINGFLOW_QUEUE_LIMIT": "100000",
         "RINGFLOW_LOG_LEVEL": "warning",
     }
-    if args.redis:
-        env["RINGFLOW_REDIS_URL"] = args.redis
     try:
-        cli(env, "migrate")
-        creds = json.loads(cli(env, "accounts", "create", "bench", "--json"))
-        cli(env, "numbers", "add", creds["sid"], "08039591234")
-        (workdir / "app.yaml").write_text(APP)
-        creds["app_id"] = cli(env, "apps", "import", creds["sid"],
-                              str(workdir / "app.yaml")).split()[1]
-        server = Server(env)
-        server.start()  # warm-up: prompts rendered, code paths hot
-        asyncio.run(run_calls(server, creds, min(20, args.calls), 4, 0))
-        server.stop()
-        counted = args.db == "postgresql"
-        before = asyncio.run(commits(url)) if counted else 0
-        server.start()
-        elapsed = asyncio.run(run_calls(server, creds, args.calls, args.concurrency, 1000))
-        server.stop()
-        shared = " and Redis" if args.redis else ""
-        print(f"ringflow on {args.db}{shared}: {args.calls} flow calls, {args.concurrency} clients: "
-              f"{args.calls / elapsed:.1f} calls/s ({elapsed:.1f} s to the last callback)")
-        if counted:
-            loaded = asyncio.run(commits(url)) - before
-            before = asyncio.run(commits(url))
-            server.start()
-            time.sleep(elapsed)
-            server.stop()
-            idle = asyncio.run(commits(url)) - before
-            print(f"transactions: {loaded} with calls, {idle} idle for as long: "
-                  f"{(loaded - idle) / args.calls:.2f} per call")
+        yield url, env, workdir
     finally:
-        if args.db == "postgresql":
+        if db == "postgresql":
             asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0
 
 
 async def _pg_admin(sql: str) -> None:
