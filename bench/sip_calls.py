@@ -322,13 +322,14 @@ def cps_step_processes(rate: float, seconds: float, hold: float, scenario: str, 
     placed_in = max(r["placed_in"] for r in results)
     cores = sum(r["cpu"] / r["wall"] for r in results)
     sipp_cores = sum(r["sipp_cpu"] / r["wall"] for r in results)
-    lines = [f"{rate:6g} cps  calls {count:5d} in {processes} processes  "
-             f"achieved {count / (placed_in + processes / rate):6.1f} cps  "
-             f"failed {failed}{' ' + str(detail) if detail else ''}  "
-             f"sipp retrans {sum(r['retrans'] for r in results)}  "
-             f"setup p50 {percentile(setup, 0.5) * 1e3:6.1f} ms  "
-             f"p99 {percentile(setup, 0.99) * 1e3:6.1f} ms  "
-             f"ringflow cores {cores:.2f}  sipp cores {sipp_cores:.2f}"]
+    summary = (f"{rate:6g} cps  calls {count:5d} in {processes} processes  "
+               f"achieved {count / (placed_in + processes / rate):6.1f} cps  "
+               f"failed {failed}{' ' + str(detail) if detail else ''}  "
+               f"sipp retrans {sum(r['retrans'] for r in results)}  "
+               f"setup p50 {percentile(setup, 0.5) * 1e3:6.1f} ms  "
+               f"p99 {percentile(setup, 0.99) * 1e3:6.1f} ms  "
+               f"ringflow cores {cores:.2f}  sipp cores {sipp_cores:.2f}")
+    lines = [summary]
     for k, r in enumerate(results):
         lines.append(f"    process {k}: calls {r['calls']}  failed {r['failed']}  "
                      f"setup p99 {percentile(r['setup'], 0.99) * 1e3:6.1f} ms  "
@@ -469,18 +470,20 @@ def concurrent_step_processes(calls: int, hold: float, ramp_cps: float, scenario
     heard = [h for r in results for h in r["heard"]]
     busy = results[0]["busy"]
     ok = not failures and worst < 0.005 and lost == 0
-    lines = [f"{calls:5d} calls in {processes} processes  up {up:5d}"
-             f"{' failed ' + str(failures) if failures else ''}  "
-             f"lateness p50 {merged.percentile(0.5) * 1e3:5.1f} ms  "
-             f"p99 {merged.percentile(0.99) * 1e3:5.1f} ms (worst process {worst * 1e3:5.1f} ms)  "
-             f"lost {lost}  missing {missing:.2%}  "
-             f"kernel drops ringflow {sum(r['drops'][0] for r in results)} "
-             f"sipp {sum(r['drops'][1] for r in results)}  "
-             f"late>10ms {sum(r['late'] for r in results)}  "
-             f"stalls {sum(r['stalls'] for r in results)}  ringflow cores {cores:.2f}  "
-             f"cpu/call {cores / max(1, up) * 100:.3f}% of a core  sipp cores {sipp_cores:.2f}  "
-             f"machine busy {busy:.2f} of {os.cpu_count()} cores  "
-             f"audio {sum(heard) / max(1, len(heard)):.2f} s/s"]
+    summary = (f"{calls:5d} calls in {processes} processes  up {up:5d}"
+               f"{' failed ' + str(failures) if failures else ''}  "
+               f"lateness p50 {merged.percentile(0.5) * 1e3:5.1f} ms  "
+               f"p99 {merged.percentile(0.99) * 1e3:5.1f} ms "
+               f"(worst process {worst * 1e3:5.1f} ms)  "
+               f"lost {lost}  missing {missing:.2%}  "
+               f"kernel drops ringflow {sum(r['drops'][0] for r in results)} "
+               f"sipp {sum(r['drops'][1] for r in results)}  "
+               f"late>10ms {sum(r['late'] for r in results)}  "
+               f"stalls {sum(r['stalls'] for r in results)}  ringflow cores {cores:.2f}  "
+               f"cpu/call {cores / max(1, up) * 100:.3f}% of a core  sipp cores {sipp_cores:.2f}  "
+               f"machine busy {busy:.2f} of {os.cpu_count()} cores  "
+               f"audio {sum(heard) / max(1, len(heard)):.2f} s/s")
+    lines = [summary]
     for k, r in enumerate(results):
         lines.append(f"    process {k}: up {r['up']:4d}  lateness p50 {r['p50'] * 1e3:5.1f} ms  "
                      f"p99 {r['p99'] * 1e3:5.1f} ms  lost {r['lost']}  "
@@ -557,8 +560,10 @@ def process_main(kind: str, index: int, processes: int, params: dict, workdir: P
         with asyncio.Runner(loop_factory=loop_factory(loop)[0]) as runner:
             result = runner.run(process_step(kind, index, processes, params, workdir, barrier))
         results.put((index, None, result))
-    except BaseException:
-        barrier.abort()  # the others would wait for this one in vain
+    # The top of a spawned process: whatever ends it, KeyboardInterrupt included, must reach the
+    # parent as a traceback and release the barrier, or the parent and the siblings wait in vain.
+    except BaseException:  # noqa: BLE001 - reported to the parent, the process then exits
+        barrier.abort()
         results.put((index, traceback.format_exc(), None))
 
 

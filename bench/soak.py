@@ -45,7 +45,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from api_connect import RINGFLOW, cli, free_port  # noqa: E402 (bench/ is the script's path)
+# After the path: api_connect is the sibling script, importable once its folder is on the path.
+from api_connect import RINGFLOW, cli, free_port
+
 EXOPHONES = {"steady": "08039591234", "sip": "08039591235", "tarpit": "08039591236"}
 GRACE = 60.0  # seconds after the load stops for the last callbacks to arrive
 APP = """
@@ -97,7 +99,7 @@ async def receive_callbacks(port: int, out: Path) -> None:
 # --- the hostile process ---
 
 def raise_file_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 

@@ -10,8 +10,8 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import pytest
 import asyncpg
+import pytest
 
 from ringflow.clock import ManualClock
 from ringflow.storage.db import Database, migrate

@@ -4,9 +4,9 @@ server recording what it receives, and an account ready to place calls."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any

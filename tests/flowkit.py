@@ -9,7 +9,7 @@ from ringflow.flows.applets import REGISTRY
 from ringflow.flows.context import FlowContext
 from ringflow.flows.model import Node, parse_app
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 CREATED = dt.datetime(2022, 2, 23, 7, 1, 59, tzinfo=UTC)  # Wed, 23 Feb 2022 12:31:59 IST
 
 

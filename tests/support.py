@@ -81,7 +81,7 @@ class Recorder:
         ctype = request.headers.get("content-type", "")
         form: list[tuple[str, str]] = []
         payload: Any = None
-        if ctype.startswith("multipart/form-data") or ctype.startswith("application/x-www"):
+        if ctype.startswith(("multipart/form-data", "application/x-www")):
             form = [(k, str(v)) for k, v in (await request.form()).multi_items()]
         elif ctype.startswith("application/json"):
             payload = json.loads(await request.body())

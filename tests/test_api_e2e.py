@@ -439,8 +439,10 @@ INVALID = {
     "promo": ({"CallType": "promo"}, "CallType promo is no longer supported"),
     "url-and-to": (
         {"To": "09845067890"},
-        "Url and To cannot be used together: Url runs an app on the call, To connects From to "
-        "that number; give one of them",
+        (
+            "Url and To cannot be used together: Url runs an app on the call, To connects From "
+            "to that number; give one of them"
+        ),
     ),
     "timeout": ({"TimeOut": "61"}, "TimeOut must be a whole number from 1 to 60, got '61'"),
     "timelimit": (

@@ -7,8 +7,6 @@ import asyncio
 import xml.etree.ElementTree as ET
 from typing import Any
 
-import pytest
-
 from ringflow.calls.control import REQUEST_KIND
 from tests.e2e import Rig, running
 

@@ -15,7 +15,7 @@ from ringflow.flows.applets.passthru import query_params
 from ringflow.flows.model import parse_app
 from tests.flowkit import ctx, drive
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def app(**nodes):

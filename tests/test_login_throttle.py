@@ -61,26 +61,29 @@ async def calls(client: httpx.AsyncClient, rig: Rig, token: str, key: str | None
 @sqlite_only
 async def test_an_address_with_too_many_failures_waits_even_with_the_right_token(
         database_url, limiter_backend):
-    async with running(database_url, redis_url=limiter_backend,
-                       auth_failures_per_client=PER_CLIENT, auth_failures_per_key=100) as rig:
-        async with client_from("127.0.0.3") as attacker, client_from("127.0.0.4") as other:
-            for _ in range(PER_CLIENT):
-                assert (await calls(attacker, rig, "wrong")).status_code == 401
-            refused = await calls(attacker, rig, "wrong")
-            assert refused.status_code == 429
-            assert refused.headers["Retry-After"] == "60"
-            assert "Too many failed logins from this address" in refused.text
-            # Refused before the credentials are looked at: the right token waits too.
-            assert (await calls(attacker, rig, rig.token)).status_code == 429
-            admin = f"{rig.base}/admin/v1/accounts/{rig.sid}/apps"
-            assert (await attacker.get(admin, auth=rig.auth)).status_code == 429
-            # Another address is not affected.
-            assert (await calls(other, rig, rig.token)).status_code == 200
+    async with (
+        running(database_url, redis_url=limiter_backend,
+                auth_failures_per_client=PER_CLIENT, auth_failures_per_key=100) as rig,
+        client_from("127.0.0.3") as attacker,
+        client_from("127.0.0.4") as other,
+    ):
+        for _ in range(PER_CLIENT):
+            assert (await calls(attacker, rig, "wrong")).status_code == 401
+        refused = await calls(attacker, rig, "wrong")
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "60"
+        assert "Too many failed logins from this address" in refused.text
+        # Refused before the credentials are looked at: the right token waits too.
+        assert (await calls(attacker, rig, rig.token)).status_code == 429
+        admin = f"{rig.base}/admin/v1/accounts/{rig.sid}/apps"
+        assert (await attacker.get(admin, auth=rig.auth)).status_code == 429
+        # Another address is not affected.
+        assert (await calls(other, rig, rig.token)).status_code == 200
 
-            await rig.clock.advance(59)
-            assert (await calls(attacker, rig, rig.token)).status_code == 429
-            await rig.clock.advance(1)
-            assert (await calls(attacker, rig, rig.token)).status_code == 200
+        await rig.clock.advance(59)
+        assert (await calls(attacker, rig, rig.token)).status_code == 429
+        await rig.clock.advance(1)
+        assert (await calls(attacker, rig, rig.token)).status_code == 200
 
 
 @sqlite_only

@@ -7,8 +7,8 @@ from ringflow.sip.events import Answered, Ended, Ringing
 from ringflow.sip.headers import NameAddr
 from ringflow.sip.message import Response, make_response
 from ringflow.sip.outcome import Outcome, Status
-from ringflow.sip.transaction import Datagram
 from ringflow.sip.sdp import PCMU
+from ringflow.sip.transaction import Datagram
 from tests.test_sip_dialog import BARESIP_SDP, SIPP_SDP, Callee, new_ua, of, sent
 
 

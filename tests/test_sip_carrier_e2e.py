@@ -354,7 +354,8 @@ async def test_two_numbers_bridge_two_sipp_callees_and_record_each(tmp_path: Pat
         r = await rig.connect(From=first.uri, To=second.uri, Record="true",
                               RecordingChannels="dual", TimeLimit="4")
         assert r.status_code == 200, r.text
-        call = await call_to_end(rig, r.json()["Call"]["Sid"])
+        sid = r.json()["Call"]["Sid"]
+        call = await call_to_end(rig, sid)
         assert call.status == "completed", await story(rig, sid)
         # TimeLimit ended both legs with our BYE, which each SIPp requires.
         assert await first.exit_code() == 0 and await second.exit_code() == 0

@@ -107,8 +107,8 @@ def run_all(ua: UserAgent, now: float = 0.0, until: float = 1000.0
 
 def test_an_unanswered_invite_over_tcp_is_sent_once_and_fails_at_timer_b() -> None:
     ua = tcp_ua()
-    call, out = ua.dial(SipUri.parse("sip:callee@127.0.0.1:5080;transport=tcp"),
-                        NameAddr.parse("<sip:ringflow@127.0.0.1>"), our_offer(), 0.0)
+    _call, out = ua.dial(SipUri.parse("sip:callee@127.0.0.1:5080;transport=tcp"),
+                         NameAddr.parse("<sip:ringflow@127.0.0.1>"), our_offer(), 0.0)
     invite = parse_message(out[0].data)
     assert (invite.headers.get("Via") or "").startswith("SIP/2.0/TCP 127.0.0.1:5070;")
     assert invite.headers.get("Contact") == "<sip:ringflow@127.0.0.1:5070;transport=tcp>"
@@ -132,8 +132,8 @@ def test_bye_and_register_over_tcp_are_never_retransmitted_and_end_at_once() -> 
     ua.timer(1.1)  # timer K is zero on TCP
     assert [tx.request.method for tx in call.transactions] == ["INVITE"]  # the BYE is over
 
-    reg, out = ua.register(SipUri.parse("sip:alice@example.net"),
-                           SipUri.parse("sip:127.0.0.1:5080;transport=tcp"), None, 600, 2.0)
+    _reg, out = ua.register(SipUri.parse("sip:alice@example.net"),
+                            SipUri.parse("sip:127.0.0.1:5080;transport=tcp"), None, 600, 2.0)
     seen = run_all(ua, 2.0, until=40.0)  # a failed registration retries for ever
     assert not [o for _, o in seen if isinstance(o, Datagram)]  # no timer E on TCP
     [(when, failed)] = [(t, o) for t, o in seen if isinstance(o, RegistrationChanged)]

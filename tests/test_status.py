@@ -2,7 +2,15 @@
 
 import pytest
 
-from ringflow.calls.status import CALL_TABLE, LEG_TABLE, TERMINAL, Event, Status, call_next, leg_next
+from ringflow.calls.status import (
+    CALL_TABLE,
+    LEG_TABLE,
+    TERMINAL,
+    Event,
+    Status,
+    call_next,
+    leg_next,
+)
 from ringflow.errors import IllegalTransition
 
 

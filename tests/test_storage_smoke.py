@@ -4,7 +4,7 @@ from sqlalchemy import select
 
 from ringflow.storage.models import Account
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 async def test_datetimes_come_back_aware_utc(db):

@@ -11,7 +11,13 @@ from ringflow.clock import ManualClock
 from ringflow.config import Settings
 from ringflow.errors import ConfigError
 from ringflow.telephony.sip.capacity import TrunkGate
-from ringflow.telephony.sip.trunks import NumberFormat, Trunk, choose_trunk, load_trunks, parse_trunks
+from ringflow.telephony.sip.trunks import (
+    NumberFormat,
+    Trunk,
+    choose_trunk,
+    load_trunks,
+    parse_trunks,
+)
 
 
 def test_a_full_trunk_entry_parses() -> None:
