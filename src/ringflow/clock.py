@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 class Clock(Protocol):

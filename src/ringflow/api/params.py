@@ -15,7 +15,7 @@ import codecs
 import json
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from python_multipart.exceptions import FormParserError
@@ -24,6 +24,9 @@ from starlette.requests import Request
 
 from ringflow.errors import InvalidRequest
 from ringflow.numeric import whole_number
+
+if TYPE_CHECKING:  # python-multipart declares its callbacks' types for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 MAX_BODY = 64 * 1024
 MAX_FIELDS = 1000
@@ -204,7 +207,7 @@ class _Parts:
         self._disposition = b""
         self._data = bytearray()
 
-    def callbacks(self) -> dict[str, Any]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._begin,
             "on_header_field": lambda d, s, e: self._add("_header", d[s:e]),

@@ -252,7 +252,10 @@ def _read_xml(document: str | bytes) -> _Element:
     parser = DefusedXMLParser(target=builder, forbid_dtd=True)
     try:
         parser.feed(data)
-        root = parser.close()
+        parser.close()
+        # The builder's own answer, typed as ours: the parser's close() passes it through, but
+        # its stubs say it returns an ElementTree Element.
+        root = builder.close()
     except ParseError as exc:
         line = exc.position[0] if getattr(exc, "position", None) else None
         message = str(exc).split(": line ")[0]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 from ringflow.errors import AppInvalid
+from ringflow.flows.actions import TransferTo
 
 FieldCheck = Callable[[Any], str | None]  # returns a problem, or None when the value is fine
 
@@ -32,7 +33,8 @@ class AppletSpec:
     exits: tuple[str, ...]
     required: Mapping[str, FieldCheck]
     optional: Mapping[str, FieldCheck]
-    run: Callable[..., Generator[Any, Any, str]]
+    # Returns the exit it leaves by (or HANGUP), or a TransferTo to continue in another app.
+    run: Callable[..., Generator[Any, Any, str | TransferTo]]
     waits: bool  # spends time on the caller's line, so a loop through it cannot spin
     # A check across fields (e.g. "numbers or url"); returns a problem or None.
     check: Callable[[Mapping[str, Any]], str | None] | None = None
@@ -103,11 +105,11 @@ def _parse_node(
         problems.append(f"{where}: must be a mapping with an 'applet' field")
         return None
     applet = raw.get("applet")
-    spec = registry.get(applet) if isinstance(applet, str) else None
-    if spec is None:
+    if not isinstance(applet, str) or applet not in registry:
         known = ", ".join(sorted(registry))
         problems.append(f"{where}: field 'applet': {applet!r} is not an applet ({known})")
         return None
+    spec = registry[applet]
     config: dict[str, Any] = {}
     exits: dict[str, str | None] = {}
     for key, value in raw.items():
@@ -191,10 +193,10 @@ def _strongly_connected(graph: dict[str, list[str]]) -> list[list[str]]:
     stack: list[str] = []
     result: list[list[str]] = []
     counter = 0
-    for root in graph:
+    for root, edges in graph.items():
         if root in index:
             continue
-        work = [(root, iter(graph[root]))]
+        work = [(root, iter(edges))]
         index[root] = low[root] = counter
         counter += 1
         stack.append(root)

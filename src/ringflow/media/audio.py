@@ -13,8 +13,9 @@ import io
 import os
 import tempfile
 import wave
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import lameenc
 import miniaudio
@@ -70,7 +71,11 @@ class Prompt:
 
 
 # miniaudio's readers: (header info, decode to 16-bit) for a file in memory and one on disk.
-_DECODERS = {
+# The in-memory ones take bytes, the on-disk ones a file name: the key says which, hence Any.
+_DECODERS: dict[
+    tuple[str, bool],
+    tuple[Callable[[Any], miniaudio.SoundFileInfo], Callable[[Any], miniaudio.DecodedSoundFile]],
+] = {
     ("WAV", False): (miniaudio.wav_get_info, miniaudio.wav_read_s16),
     ("MP3", False): (miniaudio.mp3_get_info, miniaudio.mp3_read_s16),
     ("WAV", True): (miniaudio.wav_get_file_info, miniaudio.wav_read_file_s16),
@@ -81,17 +86,18 @@ _DECODERS = {
 def load_audio(source: bytes | Path, max_seconds: float = MAX_SECONDS) -> Prompt:
     """Decode a WAV or MP3 file (any rate, any channels), in memory or on disk, into an 8 kHz
     mono Prompt."""
-    on_disk = isinstance(source, Path)
-    if on_disk:
+    arg: str | bytes  # what miniaudio reads: a file name, or the bytes themselves
+    if isinstance(source, Path):
+        on_disk, arg = True, str(source)
         with source.open("rb") as f:
             head, size = f.read(16), os.fstat(f.fileno()).st_size
     else:
+        on_disk, arg = False, source
         head, size = source[:16], len(source)
     if not head:
         raise InvalidRequest("audio file is empty")
     kind = _sniff(head, size)
     info_fn, read_fn = _DECODERS[kind, on_disk]
-    arg = str(source) if on_disk else source
     try:
         # The header (or dr_mp3's frame scan) gives the length before anything is decoded, so an
         # hour-long upload is refused without holding its decoded samples in memory.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -125,7 +126,7 @@ class PromptCache:
                 loop.run_in_executor(self._executor, self._load_or_make, key, make)
             )
             self._inflight[key] = future
-            future.add_done_callback(lambda f, key=key: self._forget(key, f))
+            future.add_done_callback(functools.partial(self._forget, key))
         # Shielded: a caller that gives up (its call hung up) leaves the work to the others and
         # to the cache, instead of cancelling it for everyone.
         return await asyncio.shield(future)

@@ -130,7 +130,8 @@ def speak(lib: ctypes.CDLL, rate: int, voice: str, text: str) -> bytes:
     select_voice(lib, voice)
     chunks: list[bytes] = []
 
-    def collect(wav: ctypes.POINTER(ctypes.c_short), count: int, events: int) -> int:
+    # ctypes._Pointer is the class POINTER(c_short) makes; POINTER itself is a function, no type.
+    def collect(wav: ctypes._Pointer[ctypes.c_short], count: int, events: int) -> int:
         if count > 0:
             chunks.append(ctypes.string_at(wav, count * 2))
         return 0  # 0: go on synthesising

@@ -95,7 +95,7 @@ class UserAgent:
                             timing=self.timing, authenticator=authenticator, routes=routes,
                             outbound=outbound, headers=headers)
         self.calls[call.call_id] = call
-        out = list(call.start(now))
+        out: list[AgentOutput] = list(call.start(now))
         self._after(call.call_id)
         return call, out
 

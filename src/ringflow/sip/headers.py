@@ -113,7 +113,8 @@ def split_outside(text: str, sep: str) -> list[str]:
     """Split on ``sep`` (``,`` or ``;``) outside double quotes and angle brackets."""
     if '"' not in text and "<" not in text:
         return text.split(sep)  # the common case
-    parts, current = [], []
+    parts: list[str] = []
+    current: list[str] = []
     for chunk in _CHUNKS[sep].findall(text):
         if chunk == sep:
             parts.append("".join(current))

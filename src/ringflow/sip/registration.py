@@ -246,7 +246,7 @@ class Registration:
         mine = [c for c in response.contacts if (c.uri.user, c.uri.host.lower(), c.uri.port)
                 == (ours.user, ours.host.lower(), ours.port)]
         for contact in mine or (response.contacts if len(response.contacts) == 1 else []):
-            value = as_whole(dict((n.lower(), v) for n, v in contact.params).get("expires"),
+            value = as_whole({n.lower(): v for n, v in contact.params}.get("expires"),
                              0, MAX_EXPIRES)
             if value is not None:
                 return value

@@ -319,7 +319,7 @@ class ClientTransaction(Transaction):
         self._ack: bytes | None = None
         self._sent = False
 
-    def send(self, now: float) -> list[Output]:
+    def send(self, now: float) -> list[Datagram]:
         """The first transmission; starts timers A/B or E/F."""
         if self._sent:
             raise SipStateError(f"{self.kind} transaction already sent")
@@ -365,12 +365,16 @@ class ServerTransaction(Transaction):
         """A retransmission of the request, or the ACK for our final response."""
         return self._step(I.ACK if request.method == "ACK" else I.REQUEST, now, request)
 
-    def respond(self, response: Response, now: float) -> list[Output]:
-        """Send a response from the owner."""
+    def respond(self, response: Response, now: float) -> list[Datagram]:
+        """Send a response from the owner.
+
+        Only datagrams: a response from the owner is an input whose transitions all just SEND
+        (see TRANSITIONS), so the filter drops nothing; it gives the callers, which only send
+        what comes back, that as a type."""
         event = classify(response.status)
         if (self.kind, self.state, event) not in TRANSITIONS:
             raise SipStateError(f"cannot send {response.status} in {self.kind} {self.state}")
-        return self._step(event, now, response)
+        return [out for out in self._step(event, now, response) if isinstance(out, Datagram)]
 
     def _extra(self, act: Act, now: float, message: Request | Response | None) -> list[Output]:
         if act is Act.PASS_UP and isinstance(message, Request):

@@ -75,11 +75,11 @@ class OutgoingCallHandle:
 
     def cancel(self, reason: Ending = Ending.CANCELED) -> None:
         """Stop ringing with CANCEL (sent once a provisional response has come)."""
-        self.transport._run(lambda now: self.transport.ua.cancel(self.call_id, now, reason))
+        self.transport._run(lambda now: self.transport.agent.cancel(self.call_id, now, reason))
 
     def hangup(self) -> None:
         """End the answered call with BYE."""
-        self.transport._run(lambda now: self.transport.ua.hangup(self.call_id, now))
+        self.transport._run(lambda now: self.transport.agent.hangup(self.call_id, now))
 
 
 class RegistrationHandle:
@@ -134,7 +134,7 @@ class RegistrationHandle:
 
     async def unregister(self) -> RegState:
         """Remove the binding (``Expires: 0``) and wait until done (a silent registrar: 64*T1)."""
-        self.transport._run(lambda now: self.transport.ua.unregister(self.call_id, now))
+        self.transport._run(lambda now: self.transport.agent.unregister(self.call_id, now))
         if self.state is not RegState.UNREGISTERED and not self.transport.closed:
             await self.wait(RegState.UNREGISTERED)
         return self.state
@@ -246,6 +246,21 @@ class SipTransport:
             self.ua.sources = sources
 
     @property
+    def agent(self) -> UserAgent:
+        """The user agent: ``open`` builds it before it returns, so only a transport made
+        without ``open`` (a misuse) has none."""
+        if self.ua is None:
+            raise RuntimeError("SipTransport has no user agent: make it with SipTransport.open")
+        return self.ua
+
+    @property
+    def link(self) -> _UdpLink | TcpLink:
+        """The socket; like the agent, there from ``open`` on."""
+        if self._link is None:
+            raise RuntimeError("SipTransport has no socket: make it with SipTransport.open")
+        return self._link
+
+    @property
     def local(self) -> tuple[str, int]:
         """The bound address, as the agent advertises it in Via and Contact."""
         assert self._link is not None
@@ -263,8 +278,8 @@ class SipTransport:
 
         def start(now: float) -> list[AgentOutput]:
             nonlocal handle
-            call, out = self.ua.dial(SipUri.parse(target_uri),  # type: ignore[union-attr]
-                                     NameAddr.parse(from_uri), offer, now, **dial)  # type: ignore
+            call, out = self.agent.dial(SipUri.parse(target_uri),
+                                        NameAddr.parse(from_uri), offer, now, **dial)  # type: ignore
             # Register before dispatch so events from this very step find their handle.
             handle = self.handles[call.call_id] = OutgoingCallHandle(self, call.call_id)
             return out
@@ -282,7 +297,7 @@ class SipTransport:
 
         def start(now: float) -> list[AgentOutput]:
             nonlocal handle
-            reg, out = self.ua.register(  # type: ignore[union-attr]
+            reg, out = self.agent.register(
                 SipUri.parse(aor), SipUri.parse(registrar) if registrar else None,
                 authenticator, expires, now, outbound=outbound, retry_base=retry_base,
                 retry_max=retry_max)
@@ -311,8 +326,7 @@ class SipTransport:
     def _deliver(self, data: bytes, source: Address) -> None:
         """Feed the agent every message; a failure is logged and the next datagram goes on."""
         count_sip(data, "in")  # with the 503 a send that failed makes up: the agent gets it
-        self._run(lambda now: self.ua.receive(data, source, now),  # type: ignore[union-attr]
-                  contained=True)
+        self._run(lambda now: self.agent.receive(data, source, now), contained=True)
 
     def _wall(self, at: float | None) -> float | None:
         """A loop-clock instant as wall-clock seconds."""
@@ -376,7 +390,7 @@ class SipTransport:
         host, port = addr
         if ip_of(host) is not None:
             count_sip(data, "out")
-            self._link.send(data, addr)  # type: ignore[union-attr]
+            self.link.send(data, addr)
             return
         addresses = self._names.get(host)
         if addresses is None:
@@ -384,17 +398,17 @@ class SipTransport:
             self._look_up(host)
             return
         # Whatever DNS says next time, the address this went to may answer it.
-        self.ua.resolved(host, addresses[:1])  # type: ignore[union-attr]
+        self.agent.resolved(host, addresses[:1])
         count_sip(data, "out")
-        self._link.send(data, (addresses[0], port))  # type: ignore[union-attr]
+        self.link.send(data, (addresses[0], port))
 
     def _resolve_peers(self) -> None:
         """Tell the agent the addresses of its peers' names, looking up those not known yet."""
         now = asyncio.get_running_loop().time()
-        for name in self.ua.unresolved:  # type: ignore[union-attr]
+        for name in self.agent.unresolved:
             addresses = self._names.get(name)
             if addresses is not None:
-                self.ua.resolved(name, addresses)  # type: ignore[union-attr]
+                self.agent.resolved(name, addresses)
             elif now >= self._failed.get(name, now - RETRY_LOOKUP_AFTER) + RETRY_LOOKUP_AFTER:
                 self._look_up(name)
 
@@ -423,7 +437,7 @@ class SipTransport:
         self._failed.pop(name, None)
 
         def learn(now: float) -> list[AgentOutput]:
-            self.ua.resolved(name, addresses)  # type: ignore[union-attr]
+            self.agent.resolved(name, addresses)
             return [Datagram(data, (name, port)) for data, port in self._waiting.pop(name, [])]
 
         self._run(learn, contained=True)
@@ -449,5 +463,4 @@ class SipTransport:
         """The loop timer: run what is due (the handle is spent, so forget it first)."""
         due, self._timer, self._timer_at = self._timer_at or 0.0, None, None
         # asyncio may fire up to one clock resolution early: never pass a ``now`` before ``due``.
-        self._run(lambda now: self.ua.timer(max(now, due)),  # type: ignore[union-attr]
-                  contained=True)
+        self._run(lambda now: self.agent.timer(max(now, due)), contained=True)

@@ -187,10 +187,11 @@ class Stream:
         opening = asyncio.ensure_future(self._connect(self.target))
         closed = asyncio.ensure_future(self.channel.wait_closed())
         assert self._stopping is not None
+        # Futures of different results: asyncio.wait needs to be told they are all futures.
+        racers: set[asyncio.Future[Any]] = {opening, closed, self._stopping}
         try:
             with self.clock.busy():  # a handshake is a wait on the outside world
-                await asyncio.wait({opening, closed, self._stopping},
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
         finally:
             closed.cancel()
         if not opening.done():

@@ -97,10 +97,10 @@ def run(node: Node, ctx: FlowContext) -> Generator[Any, Any, str]:
         outcome = yield from _execute(document, ctx)
         if outcome is None:
             return "next"
-        if outcome == HANGUP:
-            return HANGUP
         if isinstance(outcome, _Stop):
             return _fail(ctx, outcome.reason)
+        if isinstance(outcome, str):
+            return outcome  # HANGUP, the only exit a document names itself
         url = outcome.url
         if not outcome.run:
             yield HttpGet(url=url, params=query_params(ctx), timeout=timeout)

@@ -24,7 +24,10 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
 
 
 async def _main() -> None:
-    engine = create_async_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:  # set by ringflow.storage.db.migrate, the only way migrations are run
+        raise SystemExit("no database URL: run migrations with `ringflow migrate`")
+    engine = create_async_engine(url)
     async with engine.begin() as connection:
         await connection.run_sync(_run)
     await engine.dispose()

@@ -9,7 +9,6 @@ from alembic import op
 
 import ringflow.storage.models
 
-
 revision = '0006'
 down_revision = '0005'
 branch_labels = None
