@@ -99,10 +99,11 @@ def redact_logs(*names: str) -> None:
                 handler.addFilter(the_filter)
 
 
-# The call a line is about, as (call SID or None, account SID): set when a call's task starts
-# (its whole life runs in that task's context, and tasks it creates inherit it), read by
+# The call a line is about, as (call SID or None, account SID or None: a task that only knows
+# the call, such as a callback's delivery before its account is read): set when a call's task
+# starts (its whole life runs in that task's context, and tasks it creates inherit it), read by
 # CallFilter. Never passed around.
-_CALL: contextvars.ContextVar[tuple[str | None, str] | None] = contextvars.ContextVar(
+_CALL: contextvars.ContextVar[tuple[str | None, str | None] | None] = contextvars.ContextVar(
     "ringflow_call", default=None
 )
 # ringflow's lines about a call begin with "call <SID>": the text says which call, even where no
