@@ -1,6 +1,8 @@
 # ringflow: the two commands of the quick start, and a few helpers.
 #   make serve   create .venv, install, migrate, create the demo account, serve on :8080
-#   make test    install what the tests need (Python and Debian packages, services), run the suite
+#   make test    install what the tests need (Python and Debian packages, services), lint and
+#                type-check, run the suite
+#   make lint    ruff and mypy alone (make test runs them first)
 #   make pipecat-venv  the pipecat bot's own virtualenv (tests/bots/), built once; make test needs it
 
 PYTHON ?= python3
@@ -14,7 +16,7 @@ PIPECAT_REQUIREMENTS := tests/bots/requirements-pipecat.txt
 RINGFLOW_HOST ?= 127.0.0.1
 RINGFLOW_PORT ?= 8080
 
-.PHONY: serve test install services bench clean pipecat-venv
+.PHONY: serve test lint install services bench clean pipecat-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +50,13 @@ serve: $(STAMP)
 services:
 	@scripts/ensure-services sip-tester baresip-core chromium
 
-test: $(STAMP) $(PIPECAT_STAMP) services
+# The files mypy checks, and how, are in pyproject.toml ([tool.mypy]).
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+# lint first: a finding fails make test before the services start or the suite runs.
+test: lint $(PIPECAT_STAMP) services
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
