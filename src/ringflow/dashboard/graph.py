@@ -135,9 +135,9 @@ def layout(graph: AppGraph) -> Layout:
     # Exits of one node that lead to the same place share one arrow ("on_200, on_302").
     labels: dict[tuple[str, str], list[str]] = {}
     for name, node in graph.nodes.items():
-        for exit_name, target in node.exits.items():
-            if target and target in boxes:
-                labels.setdefault((name, target), []).append(exit_name)
+        for exit_name, goes_to in node.exits.items():
+            if goes_to and goes_to in boxes:
+                labels.setdefault((name, goes_to), []).append(exit_name)
     arrows = [
         Arrow(source, target, ", ".join(names), _kind(depth[source], depth[target]))
         for (source, target), names in labels.items()

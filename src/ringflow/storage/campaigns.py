@@ -237,7 +237,7 @@ async def settle(session: AsyncSession, changes: Iterable[dict[str, Any]]) -> No
     ``last_status`` and ``updated_at``."""
     rows = [{"b_id": c["id"], **{k: v for k, v in c.items() if k != "id"}} for c in changes]
     if rows:
-        table = CampaignNumber.__table__
+        table = CampaignNumber.metadata.tables[CampaignNumber.__tablename__]
         await session.execute(
             update(table).where(table.c.id == bindparam("b_id"))
             .values(state=bindparam("state"), next_attempt_at=bindparam("next_attempt_at"),
