@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from ringflow.body_limits import BodyLimits
+from ringflow.body_limits import DASHBOARD_MAX_BODY, BodyLimits
 from ringflow.campaigns.service import CampaignView
 from ringflow.dashboard.campaign_form import read_form
 from ringflow.dashboard.logins import set_account_password, set_operator_password
@@ -289,6 +289,24 @@ async def test_bad_input_is_answered_on_the_form_and_stores_nothing(database_url
         # Multipart stays refused on every other dashboard form.
         r = await client.post(f"/a/{rig.sid}/keys", files={"csv": ("a.csv", b"x", "text/csv")})
         assert r.status_code == 415
+
+
+@on_sqlite
+async def test_the_form_takes_a_csv_larger_than_other_forms_and_signed_out_gets_no_json(
+        database_url):
+    async with running(database_url) as rig, browser_like(rig) as client:
+        app_id = await signed_in(rig, client)
+        padded = CSV + b" ,\n" * 200_000  # blank rows: skipped, but 600 KB on the wire
+        assert len(padded) > DASHBOARD_MAX_BODY
+        r = await post_campaign(client, rig, fields(rig, app_id), padded)
+        assert r.status_code == 303, r.text
+        cid = r.headers["location"].split("/")[-1].split("?")[0]
+        assert (await progress(client, rig, cid))["total"] == 3
+        async with browser_like(rig) as anonymous:
+            for path in (f"/campaigns/{cid}/progress", "/campaigns/progress"):
+                r = await anonymous.get(f"/a/{rig.sid}{path}")
+                assert r.status_code == 303 and r.headers["location"].startswith("/login")
+                assert cid not in r.text
 
 
 def test_only_the_campaign_form_takes_a_large_multipart_body():

@@ -171,6 +171,8 @@ async def new_campaign(site: Dashboard, page: Page) -> Response:
         )
     except InvalidRequest as exc:
         return await _form(site, page, str(exc), upload)
+    finally:
+        await page.form.close()  # the spooled CSV, whether or not it was read
     return site.redirect(f"{page.base}/campaigns/{view.campaign.sid}?upload={upload.sid}")
 
 
@@ -179,10 +181,7 @@ async def _csv(page: Page) -> tuple[str, bytes]:
     file = page.form.get("csv") if page.form is not None else None
     if not isinstance(file, UploadFile) or not file.filename:
         raise InvalidRequest("CSV file: choose the file of numbers to call")
-    try:
-        content = await file.read()
-    finally:
-        await file.close()
+    content = await file.read()
     if not content.strip():
         raise InvalidRequest(f"CSV file: {file.filename} is empty")
     return file.filename, content

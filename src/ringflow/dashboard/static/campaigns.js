@@ -47,7 +47,8 @@
       if (document.hidden) { setTimeout(tick, every); return; }
       fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
         .then(function (r) {
-          if (r.status === 401) { window.location.reload(); return null; }
+          // Signed out: the JSON answers 401, or a redirect to the sign-in page.
+          if (r.status === 401 || r.redirected) { window.location.reload(); return null; }
           return r.ok ? r.json() : null;
         })
         .then(function (data) {
