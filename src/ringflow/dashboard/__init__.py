@@ -1,11 +1,13 @@
-"""The dashboard: server-rendered pages for an account's calls, apps, numbers, API keys and
-sandbox phones, served by ``ringflow serve`` at ``/``.
+"""The dashboard: server-rendered pages for an account's calls, campaigns, apps, numbers, API
+keys and sandbox phones, served by ``ringflow serve`` at ``/``.
 
 - ``site.py``     routes, sign-in and sign-out, the session and CSRF check, account scoping
 - ``auth.py``     password hashes (scrypt), the signed session cookie, CSRF tokens
 - ``logins.py``   who may sign in: an account's dashboard password, the instance's operators
 - ``pages.py``    overview, ExoPhones, API credentials, trunks, the operator's accounts
 - ``calls.py``    the call list (the bulk API's filters and cursors), a call, its recordings
+- ``campaigns.py`` campaigns: the list, a campaign with live progress and its calls, pause,
+  resume and stop, and creating one from a CSV (``campaign_form.py`` reads that form)
 - ``apps.py``     the app list and editor, trying an app on the sandbox
 - ``sandbox.py``  scripting virtual phones and placing test calls
 - ``queries.py``  what the pages read, always by (account, id)
