@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ringflow.calls.status import Event, outcome_event
 from ringflow.calls.transitions import Change
 from ringflow.clock import Clock, wait_with_timeout
 from ringflow.errors import RingflowError
-from ringflow.flows.actions import Dial, DialResult
-from ringflow.flows.engine import HttpGetter
+from ringflow.flows.actions import Dial, DialResult, HttpGet, HttpResult
+from ringflow.media.audio import Prompt
 from ringflow.telephony.carrier import Answered, Channel, ConversationTap, Rejected
 
 if TYPE_CHECKING:
@@ -26,11 +26,28 @@ if TYPE_CHECKING:
 # When every number failed, the result reports the most telling outcome.
 PRECEDENCE = ("no-answer", "busy", "failed")
 
+# Who answered: the leg, its number and channel; None when nobody did.
+Answerer = tuple[int, str, Channel] | None
+
+
+class FlowGetter(Protocol):
+    """What a call's flows reach the outside with: GET for applets (the engine's
+    ``HttpGetter``) and the prompt an audio URL plays, which the music on hold needs as well
+    (``audio_files.FlowHttp`` is the one the server wires)."""
+
+    async def __call__(self, action: HttpGet) -> HttpResult:
+        """Fetch an applet's URL."""
+        ...
+
+    async def audio(self, url: str, account_id: int) -> Prompt:
+        """The prompt ``url`` plays in a call of ``account_id``."""
+        ...
+
 
 class FlowDialer:
     """Carries out the Dial actions of one flow run."""
 
-    def __init__(self, carried: Carried, http_get: HttpGetter, clock: Clock, caller: Channel):
+    def __init__(self, carried: Carried, http_get: FlowGetter, clock: Clock, caller: Channel):
         self.carried = carried
         self.timeline = carried.timeline
         self.http_get = http_get
@@ -59,7 +76,7 @@ class FlowDialer:
     async def _music(self, url: str) -> None:
         """Loop ``url`` to the caller until the ringing is over (the task is canceled)."""
         try:
-            prompt = await self.http_get.audio(url, self.account.id)  # type: ignore[attr-defined]
+            prompt = await self.http_get.audio(url, self.account.id)
         except RingflowError as exc:
             await self.timeline.record("play.failed", {"url": url, "error": str(exc)})
             return
@@ -77,7 +94,7 @@ class FlowDialer:
             await self.timeline.change(change)
         return leg_no, event
 
-    async def _ring_in_turn(self, action: Dial):  # type: ignore[no-untyped-def]
+    async def _ring_in_turn(self, action: Dial) -> tuple[Answerer, list[str]]:
         outcomes: list[str] = []
         for number in action.numbers:
             if self.caller.closed:
@@ -91,11 +108,11 @@ class FlowDialer:
             outcomes.append(event.outcome)
         return None, outcomes
 
-    async def _ring_all(self, action: Dial):  # type: ignore[no-untyped-def]
+    async def _ring_all(self, action: Dial) -> tuple[Answerer, list[str]]:
         tasks: dict[asyncio.Future[Any], str] = {
             asyncio.ensure_future(self._ring(n, action)): n for n in action.numbers}
         outcomes: list[str] = []
-        winner = None
+        winner: Answerer = None
         pending: set[asyncio.Future[Any]] = set(tasks)
         gone: asyncio.Future[Any] = asyncio.ensure_future(self.caller.wait_closed())
         try:
@@ -121,10 +138,12 @@ class FlowDialer:
             await asyncio.gather(*(pending - {gone}), return_exceptions=True)
         return winner, outcomes
 
-    async def _while_caller_waits(self, ringing: asyncio.Future) -> bool:  # type: ignore[type-arg]
+    async def _while_caller_waits(self, ringing: asyncio.Future[tuple[int, Answered | Rejected]]
+                                  ) -> bool:
         """Wait for ``ringing``; False (and it is canceled) if the caller hangs up first."""
         gone = asyncio.ensure_future(self.caller.wait_closed())
-        done, _ = await asyncio.wait({ringing, gone}, return_when=asyncio.FIRST_COMPLETED)
+        either: set[asyncio.Future[Any]] = {ringing, gone}
+        done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         gone.cancel()
         if ringing in done:
             return True

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from ringflow.calls.control import CallControl, LiveCall
 from ringflow.calls.conversation import Conversation
 from ringflow.calls.detection import detect_machine
-from ringflow.calls.dialing import FlowDialer
+from ringflow.calls.dialing import FlowDialer, FlowGetter
 from ringflow.calls.dispatcher import Line
 from ringflow.calls.legs import LegDialer
 from ringflow.calls.status import Event
@@ -32,7 +32,7 @@ from ringflow.clock import Clock
 from ringflow.flows.applets import REGISTRY
 from ringflow.flows.applets.passthru import query_params
 from ringflow.flows.context import FlowContext
-from ringflow.flows.engine import FlowEngine, HttpGetter
+from ringflow.flows.engine import FlowEngine
 from ringflow.flows.model import AppGraph, parse_app
 from ringflow.phone import display
 from ringflow.recordings import RecordingStore
@@ -69,7 +69,7 @@ class CallRunner:
         db: Database,
         clock: Clock,
         carrier: Carrier,
-        http_get: HttpGetter,
+        http_get: FlowGetter,
         on_enqueued: Callable[[], None],
         recordings: RecordingStore | None = None,
         control: CallControl | None = None,

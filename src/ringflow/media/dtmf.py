@@ -53,7 +53,7 @@ BATCH = 32  # blocks per matrix product: 32 x 160 x 48 stays under OpenBLAS's th
 
 def _db(value: float) -> float:
     """A power ratio for ``value`` decibels."""
-    return 10.0 ** (value / 10.0)
+    return math.pow(10.0, value / 10.0)  # float ** float may be complex, so its type is Any
 
 
 def frequencies(key: str) -> tuple[float, float]:
@@ -70,7 +70,7 @@ def tone(key: str, seconds: float = 0.1, dbfs: float = -10.0, deviation: float =
     relative frequency error, e.g. 0.015 for the 1.5% Q.24 allows)."""
     low, high = frequencies(key)
     t = np.arange(round(seconds * RATE)) / RATE
-    amplitude = 32767.0 * 10.0 ** (dbfs / 20.0)
+    amplitude = 32767.0 * math.pow(10.0, dbfs / 20.0)
     scale = 1.0 + deviation
     wave = amplitude * (np.sin(2 * np.pi * low * scale * t) + np.sin(2 * np.pi * high * scale * t))
     return np.clip(np.rint(wave), -32768, 32767).astype("<i2").tobytes()

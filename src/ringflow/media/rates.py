@@ -14,19 +14,21 @@ comes out as soon as the samples it depends on have come in.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 LINE_RATE = 8000
 TAPS_PER_PHASE = 32
 CUTOFF = 3600.0  # Hz: under 4 kHz (the line's Nyquist) with room for the filter's slope
 
 
-def _lowpass(rate: int, factor: int) -> np.ndarray:
+def _lowpass(rate: int, factor: int) -> NDArray[np.float64]:
     """A Kaiser-windowed sinc low-pass at CUTOFF for ``rate``, its length a multiple of
     ``factor``, with a DC gain of one."""
     taps = TAPS_PER_PHASE * factor
     n = np.arange(taps) - (taps - 1) / 2
-    h = np.sinc(2 * CUTOFF / rate * n) * np.kaiser(taps, 8.0)
-    return h / h.sum()
+    # numpy's stubs type sinc's result and a sum as Any; both are float64.
+    h: NDArray[np.float64] = np.sinc(2 * CUTOFF / rate * n) * np.kaiser(taps, 8.0)
+    return h / float(h.sum())
 
 
 class RateConverter:

@@ -39,7 +39,7 @@ import collections
 import heapq
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ringflow.sip.call import OutgoingCall, Output
 from ringflow.sip.dialog import ACCEPT, ALLOW, Endpoint
@@ -54,6 +54,7 @@ from ringflow.sip.registration import Registration
 from ringflow.sip.sdp import SessionDescription
 from ringflow.sip.sources import IpAddress, Sources, host_key, ip_of
 from ringflow.sip.transaction import DEFAULT_TIMING, Address, Datagram, ServerTransaction, Timing
+from ringflow.sip.transaction import Output as TxOutput
 from ringflow.sip.uri import SipUri
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,10 @@ class UserAgent:
             due = owner.next_timer if owner is not None else None
             if owner is not None and due is not None and due <= now:
                 try:
-                    out += self._after(key, owner.timer(now))
+                    if isinstance(owner, ServerTransaction):
+                        out += self._after_server(owner, owner.timer(now))
+                    else:
+                        out += self._after(key, owner.timer(now))
                 except Exception:
                     # One owner's bug must not starve every other call's timers.
                     log.exception("sip: the timers of %s failed", owner)
@@ -196,13 +200,15 @@ class UserAgent:
             return self.calls.get(key) or self.registrations.get(key)
         return self._server.get(key)
 
-    def _after(self, key: str | tuple[str, str], out: list | None = None) -> list[AgentOutput]:
+    def _after_server(self, tx: ServerTransaction, out: Sequence[TxOutput]) -> list[AgentOutput]:
+        """``_after`` for a transaction the agent answers itself: its Timeout (no ACK for our
+        480) and AckReceived concern nobody above; only what it sends leaves."""
+        return self._after(tx.key, [item for item in out if isinstance(item, Datagram)])
+
+    def _after(self, key: str | tuple[str, str], out: Sequence[AgentOutput] = ()
+               ) -> list[AgentOutput]:
         """Forget a finished call or transaction, or note when it next needs ``timer``."""
         owner = self._owner(key)
-        if isinstance(owner, ServerTransaction):
-            # Answered by the agent itself: its Timeout (no ACK for our 480) and AckReceived
-            # concern nobody above; only what it sends leaves.
-            out = [item for item in out or () if isinstance(item, Datagram)]
         if isinstance(owner, OutgoingCall | Registration):
             self._note_peers(owner.call_id, () if owner.finished else owner.peer_hosts)
         if isinstance(owner, OutgoingCall) and owner.finished:
@@ -213,7 +219,7 @@ class UserAgent:
             del self._server[owner.key]
         elif owner is not None and (due := owner.next_timer) is not None:
             heapq.heappush(self._heap, (due, next(self._seq), key))
-        return out or []
+        return list(out)
 
     def _note_peers(self, call_id: str, hosts: tuple[str, ...]) -> None:
         """Keep ``_peer_count`` in step with the hosts one call or registration talks with."""
@@ -283,12 +289,12 @@ class UserAgent:
         method = "INVITE" if request.method == "ACK" else request.method
         tx = self._server.get((request.via.branch or "", method))
         if tx is not None:
-            return self._after(tx.key, tx.receive(request, now))
+            return self._after_server(tx, tx.receive(request, now))
         if request.method == "ACK":
             return [Discarded("ACK matching no transaction", source)]
         tx = ServerTransaction(request, reply_to, self.timing)
         self._server[tx.key] = tx
-        return self._after(tx.key, tx.respond(self._out_of_dialog(request), now))
+        return self._after_server(tx, tx.respond(self._out_of_dialog(request), now))
 
     def _out_of_dialog(self, request: Request) -> Response:
         tag = self.ids.tag()

@@ -15,6 +15,7 @@ cancels like the API does, so the 487 is ACKed and after our own cancel ``by_rem
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 from ringflow.sip.dialog import ALLOW, Dialog, Endpoint, MediaState, respond
 from ringflow.sip.digest import Authenticator
@@ -39,6 +40,7 @@ from ringflow.sip.transaction import (
     Transaction,
     cancel_for,
 )
+from ringflow.sip.transaction import Output as TxOutput
 from ringflow.sip.uri import SipUri
 
 Output = Datagram | CallEvent
@@ -248,7 +250,8 @@ class OutgoingCall:
             h.add(name, value)
         return Request(headers=h, body=bytes(self.offer), method="INVITE", uri=self.target)
 
-    def _handle(self, tx: Transaction, role: str, outputs: list, now: float) -> list[Output]:
+    def _handle(self, tx: Transaction, role: str, outputs: Sequence[TxOutput], now: float
+                ) -> list[Output]:
         out: list[Output] = []
         for item in outputs:
             if isinstance(item, Datagram):

@@ -63,7 +63,7 @@ class Message:
         return head.encode("utf-8", "surrogateescape") + self.body
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and bytes(self) == bytes(other)  # type: ignore[arg-type]
+        return type(other) is type(self) and bytes(self) == bytes(other)
 
     @property
     def vias(self) -> list[Via]:

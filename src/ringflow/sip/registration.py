@@ -16,6 +16,7 @@ nonce on a refresh would make an expired nonce look like a wrong password.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 from ringflow.numeric import as_whole
 from ringflow.sip.dialog import ALLOW, Endpoint
@@ -35,6 +36,7 @@ from ringflow.sip.transaction import (
     Timeout,
     Timing,
 )
+from ringflow.sip.transaction import Output as TxOutput
 from ringflow.sip.uri import SipUri
 
 Output = Datagram | RegistrationChanged
@@ -168,7 +170,7 @@ class Registration:
         self._tries = 0
         return self._send(expires, (), now)
 
-    def _send(self, expires: int, auth: list[tuple[str, str]] | tuple, now: float
+    def _send(self, expires: int, auth: Sequence[tuple[str, str]], now: float
               ) -> list[Output]:
         self._purpose, self._sent_at = expires, now
         self._tx = ClientTransaction(self._build(expires, auth), self._first_hop(), self.timing)
@@ -177,7 +179,7 @@ class Registration:
     def _first_hop(self) -> Address:
         return self.outbound or self.registrar.address
 
-    def _build(self, expires: int, auth: list[tuple[str, str]] | tuple) -> Request:
+    def _build(self, expires: int, auth: Sequence[tuple[str, str]]) -> Request:
         self._cseq += 1
         contact = self.endpoint.contact
         contact = NameAddr(contact.uri, params=(("expires", str(expires)),))
@@ -189,7 +191,7 @@ class Registration:
             h.add(name, value)
         return Request(headers=h, body=b"", method="REGISTER", uri=self.registrar)
 
-    def _handle(self, outputs: list, now: float) -> list[Output]:
+    def _handle(self, outputs: Sequence[TxOutput], now: float) -> list[Output]:
         out: list[Output] = []
         for item in outputs:
             if isinstance(item, Datagram):

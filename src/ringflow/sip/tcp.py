@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TypedDict, cast
 
 from ringflow.sip.errors import SipParseError
 from ringflow.sip.framing import StreamFramer
@@ -33,6 +34,13 @@ Deliver = Callable[[bytes, Address], None]
 Admits = Callable[[str], bool]
 IDLE_TIMEOUT = 120.0  # seconds an inbound connection may carry nothing before we close it
 MAX_INBOUND = 128  # inbound connections open at once (a trunk needs a handful)
+
+
+class TcpBounds(TypedDict, total=False):
+    """``TcpLink.open``'s bounds by name, so a caller can pass any of them through unchanged."""
+
+    idle_timeout: float
+    max_inbound: int
 
 
 def transport_error(data: bytes, why: str) -> bytes | None:
@@ -61,22 +69,27 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Remember the connection under its peer's address so replies reuse it (or refuse it)."""
-        self.transport = transport  # type: ignore[assignment]
-        if self.remote is None:
-            self.remote = transport.get_extra_info("peername")[:2]
+        # Protocol's signature names the base class; a stream connection's transport is a
+        # Transport (write, abort), whichever loop made it.
+        stream = cast(asyncio.Transport, transport)
+        self.transport = stream
+        remote = self.remote
+        if remote is None:
+            host, port = stream.get_extra_info("peername")[:2]
+            remote = self.remote = (str(host), int(port))
         if self.inbound:
-            why = self.link._refusal(self.remote[0])  # type: ignore[index]
+            why = self.link._refusal(remote[0])
             if why is not None:
                 # A stranger is routine (debug); a trunk turned away at the cap is news.
                 level = logging.WARNING if why.startswith("already") else logging.DEBUG
-                log.log(level, "sip tcp: refusing %s: %s", self.remote, why)
+                log.log(level, "sip tcp: refusing %s: %s", remote, why)
                 self.refused = True
-                transport.abort()  # type: ignore[attr-defined]
+                stream.abort()
                 return
             self.link._inbound.add(self)
             self._touch()
             self._arm_idle(self.link.idle_timeout)
-        self.link._connections[self.remote] = self  # type: ignore[index]
+        self.link._connections[remote] = self
 
     def _touch(self) -> None:
         if self.inbound:
@@ -90,9 +103,9 @@ class _Connection(asyncio.Protocol):
         quiet = asyncio.get_running_loop().time() - self._active_at
         if quiet < self.link.idle_timeout:
             self._arm_idle(self.link.idle_timeout - quiet)
-        elif self.open:
+        elif self.transport is not None and not self.transport.is_closing():
             log.debug("sip tcp: closing %s: idle for %.0f s", self.remote, quiet)
-            self.transport.close()  # type: ignore[union-attr]
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         """Hand every complete message to the agent; close the stream if framing fails."""
@@ -106,16 +119,17 @@ class _Connection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
             return
+        assert self.remote is not None  # set by connection_made, before any data
         for message in messages:
-            self.link._deliver(message, self.remote)  # type: ignore[arg-type]
+            self.link._deliver(message, self.remote)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget it; the next message to that address opens a new connection."""
         if self._idle is not None:
             self._idle.cancel()
         self.link._inbound.discard(self)
-        if self.link._connections.get(self.remote) is self:  # type: ignore[arg-type]
-            del self.link._connections[self.remote]  # type: ignore[arg-type]
+        if self.remote is not None and self.link._connections.get(self.remote) is self:
+            del self.link._connections[self.remote]
 
     @property
     def open(self) -> bool:
@@ -138,11 +152,11 @@ class TcpLink:
         self._admits = admits  # None: anyone may connect (a bare link, as in tests)
         self.idle_timeout = idle_timeout
         self.max_inbound = max_inbound
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._connections: dict[Address, _Connection] = {}
         self._inbound: set[_Connection] = set()
         self._pending: dict[Address, list[bytes]] = {}  # bytes waiting for a connection
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, host: str, port: int, deliver: Deliver, admits: Admits | None = None, *,
@@ -158,7 +172,8 @@ class TcpLink:
     def local(self) -> Address:
         """The listening address, which Via and Contact advertise."""
         assert self._server is not None
-        return self._server.sockets[0].getsockname()[:2]  # type: ignore[attr-defined]
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
 
     @property
     def inbound(self) -> int:

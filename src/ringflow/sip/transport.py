@@ -28,6 +28,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from typing import cast
 
 from ringflow.metrics import SIP_RETRANSMISSIONS, count_sip
 from ringflow.sip.agent import AgentOutput, UserAgent
@@ -49,7 +50,7 @@ from ringflow.sip.registration import Registration, RegState
 from ringflow.sip.resolver import NameCache
 from ringflow.sip.sdp import SessionDescription
 from ringflow.sip.sources import Sources, ip_of
-from ringflow.sip.tcp import TcpLink, transport_error
+from ringflow.sip.tcp import TcpBounds, TcpLink, transport_error
 from ringflow.sip.transaction import DEFAULT_TIMING, Address, Datagram, Timing
 from ringflow.sip.uri import SipUri
 
@@ -66,7 +67,7 @@ class OutgoingCallHandle:
     def __init__(self, transport: SipTransport, call_id: str):
         self.transport = transport
         self.call_id = call_id
-        self.events: asyncio.Queue = asyncio.Queue()
+        self.events: asyncio.Queue[object] = asyncio.Queue()
         self.ended: Ended | None = None
 
     async def next_event(self) -> object:
@@ -90,7 +91,7 @@ class RegistrationHandle:
         self.registration = registration
         self.call_id = registration.call_id
         self.changes: list[RegistrationChanged] = []  # every report, oldest first
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list[asyncio.Future[RegistrationChanged]] = []
 
     @property
     def state(self) -> RegState:
@@ -165,7 +166,8 @@ class _UdpLink(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Socket bound."""
-        self._transport = transport  # type: ignore[assignment]
+        # Protocol's signature names the base class; a datagram endpoint's is a DatagramTransport.
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         """Hand the datagram to the agent."""
@@ -179,7 +181,8 @@ class _UdpLink(asyncio.DatagramProtocol):
     def local(self) -> Address:
         """The bound address."""
         assert self._transport is not None
-        return self._transport.get_extra_info("sockname")[:2]
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        return str(host), int(port)
 
     @property
     def closing(self) -> bool:
@@ -202,7 +205,7 @@ class SipTransport:
 
     def __init__(self, endpoint_user: str = "ringflow", *, timing: Timing = DEFAULT_TIMING,
                  ids: IdSource | None = None, transport: str = "udp",
-                 sources: Sources | None = None, tcp: dict[str, float] | None = None):
+                 sources: Sources | None = None, tcp: TcpBounds | None = None):
         if transport.lower() not in TRANSPORTS:
             raise ValueError(f"SIP transport must be one of {TRANSPORTS}, not {transport!r}")
         self.protocol = transport.lower()
@@ -217,19 +220,22 @@ class SipTransport:
         self._link: _UdpLink | TcpLink | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._tcp = tcp or {}  # TcpLink bounds (idle_timeout, max_inbound), for tests
+        self._tcp: TcpBounds = tcp or {}  # TcpLink bounds (idle_timeout, max_inbound), for tests
         self._names = NameCache(socket.AF_INET)  # re-made for the bound address's family
         self._waiting: dict[str, list[tuple[bytes, int]]] = {}  # name -> datagrams (and ports)
         self._lookups: dict[str, asyncio.Task[None]] = {}
         self._failed: dict[str, float] = {}  # name -> loop time its last lookup failed
 
     @classmethod
-    async def open(cls, host: str = "127.0.0.1", port: int = 0, **kwargs: object) -> SipTransport:
+    async def open(cls, host: str = "127.0.0.1", port: int = 0, endpoint_user: str = "ringflow",
+                   *, timing: Timing = DEFAULT_TIMING, ids: IdSource | None = None,
+                   transport: str = "udp", sources: Sources | None = None,
+                   tcp: TcpBounds | None = None) -> SipTransport:
         """Listen at ``host:port`` (0 picks a free port); ``transport="tcp"`` for TCP."""
-        self = cls(**kwargs)  # type: ignore[arg-type]
+        self = cls(endpoint_user, timing=timing, ids=ids, transport=transport, sources=sources,
+                   tcp=tcp)
         if self.protocol == "tcp":
-            self._link = await TcpLink.open(host, port, self._deliver, self._admits,
-                                            **self._tcp)  # type: ignore[arg-type]
+            self._link = await TcpLink.open(host, port, self._deliver, self._admits, **self._tcp)
         else:
             self._link = await _UdpLink.open(host, port, self._deliver)
         bound_host, bound_port = self._link.local
@@ -271,15 +277,18 @@ class SipTransport:
         """Whether ``close`` was called (nothing more is sent or received)."""
         return self._link is None or self._link.closing
 
-    async def dial(self, target_uri: str, from_uri: str, offer: SessionDescription,
-                   **dial: object) -> OutgoingCallHandle:
-        """Place a call; extra keywords go to ``UserAgent.dial``."""
+    async def dial(self, target_uri: str, from_uri: str, offer: SessionDescription, *,
+                   to: NameAddr | None = None, authenticator: Authenticator | None = None,
+                   routes: tuple[NameAddr, ...] = (), outbound: Address | None = None,
+                   headers: tuple[tuple[str, str], ...] = ()) -> OutgoingCallHandle:
+        """Place a call; the keywords are ``UserAgent.dial``'s."""
         handle: OutgoingCallHandle | None = None
 
         def start(now: float) -> list[AgentOutput]:
             nonlocal handle
-            call, out = self.agent.dial(SipUri.parse(target_uri),
-                                        NameAddr.parse(from_uri), offer, now, **dial)  # type: ignore
+            call, out = self.agent.dial(SipUri.parse(target_uri), NameAddr.parse(from_uri), offer,
+                                        now, to=to, authenticator=authenticator, routes=routes,
+                                        outbound=outbound, headers=headers)
             # Register before dispatch so events from this very step find their handle.
             handle = self.handles[call.call_id] = OutgoingCallHandle(self, call.call_id)
             return out

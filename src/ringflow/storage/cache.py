@@ -66,6 +66,7 @@ class Lookups:
         if entry is not None:
             if self.clock.now() - entry[0] <= self._ttl():
                 self._entries.move_to_end(key)
+                # Entries of every key share one dict, so it holds Any; this key's load gave a T.
                 return entry[1]  # type: ignore[no-any-return]
             del self._entries[key]
         generation = self.generation

@@ -13,6 +13,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ringflow.storage.db import rowcount
 from ringflow.storage.models import Account, Call, CallEvent, Leg, OutboxMessage
 from ringflow.storage.session import Duplicate
 
@@ -122,7 +123,7 @@ async def write_change(session: AsyncSession, call: Call, *, expected: str,
     moved = await session.execute(
         update(Call).where(Call.id == call.id, Call.status == expected).values(**values)
         .execution_options(synchronize_session=False))
-    if moved.rowcount != 1:  # type: ignore[attr-defined]
+    if rowcount(moved) != 1:
         return None
     if new_legs:
         await session.execute(insert(Leg),

@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.errors import Conflict
+from ringflow.storage.db import rowcount
 from ringflow.storage.models import (
     Call,
     Campaign,
@@ -112,7 +113,7 @@ async def set_campaign(session: AsyncSession, campaign_id: int, values: dict[str
     query = update(Campaign).where(Campaign.id == campaign_id).values(**values)
     if expect is not None:
         query = query.where(Campaign.status.in_(list(expect)))
-    return bool((await session.execute(query)).rowcount)  # type: ignore[attr-defined]
+    return bool(rowcount(await session.execute(query)))
 
 
 async def delete_campaign(session: AsyncSession, campaign_id: int) -> None:
@@ -216,7 +217,7 @@ async def mark_called(session: AsyncSession, number: NumberRow, attempt: int, ca
         .values(state=state, attempts=attempt, call_id=call_id, next_attempt_at=None,
                 updated_at=now)
         .execution_options(synchronize_session=False))
-    if not result.rowcount:  # type: ignore[attr-defined]
+    if not rowcount(result):
         raise AlreadyCalled(f"attempt {attempt} of {number.number} is not this process's to "
                             "place (the campaign was paused, completed or taken over)")
 
@@ -253,7 +254,7 @@ async def give_up_rest(session: AsyncSession, campaign_id: int, waiting: Collect
         .where(CampaignNumber.campaign_id == campaign_id,
                CampaignNumber.state.in_(list(waiting)))
         .values(state=state, next_attempt_at=None, updated_at=now))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return rowcount(result)
 
 
 # -- contact lists -----------------------------------------------------------------------------

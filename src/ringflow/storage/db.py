@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
+from sqlalchemy.engine import CursorResult, Result
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -16,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from ringflow.clock import Clock
 
@@ -64,13 +68,20 @@ class Database:
         await self.engine.dispose()
 
 
+def rowcount(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE matched. ``Session.execute`` is typed as giving a
+    ``Result`` whatever it runs; for these statements it is a ``CursorResult``, the one kind that
+    has the count."""
+    return cast(CursorResult[Any], result).rowcount
+
+
 def _ensure_sqlite_dir(url: str) -> None:
     path = url.split(":///", 1)[1]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the CLI read while the server writes; foreign keys are off by default in SQLite.
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 UTC = dt.UTC
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[dt.datetime]):
     """Aware UTC datetimes on every backend (SQLite keeps no zone, so store naive UTC)."""
 
     impl = DateTime

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ringflow.storage.db import rowcount
 from ringflow.storage.models import OutboxAttempt, OutboxMessage
 
 
@@ -268,7 +269,7 @@ async def _move_due(session: AsyncSession, destination: str, now: dt.datetime,
         .values(next_attempt_at=to)
         .execution_options(synchronize_session=False)
     )
-    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
+    return rowcount(await session.execute(stmt))
 
 
 async def release_leases(session: AsyncSession, owner: str) -> None:
@@ -292,6 +293,7 @@ async def next_due(
         stmt = stmt.where(M.destination.not_in(blocked))
     if full:
         stmt = stmt.where(M.account_id.not_in(full))
+    # SQLAlchemy types min() of a CASE as Any; both branches are UTCDateTime columns.
     return await session.scalar(stmt)  # type: ignore[no-any-return]
 
 
