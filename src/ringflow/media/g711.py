@@ -92,11 +92,6 @@ def frames(payload: bytes, silence_byte: int, size: int = FRAME_SAMPLES) -> list
     return chunks
 
 
-def rms(pcm: bytes) -> int:
-    """Root-mean-square level of 16-bit PCM (cheap: C)."""
-    return audioop.rms(pcm, 2)
-
-
 def payloads(law: G711, pcm: bytes) -> tuple[bytes, ...]:
     """``pcm`` as ready 20 ms payloads in ``law``; prompts up to 30 s are encoded once per
     process (the same greeting plays on every call; longer audio is not worth the memory)."""

@@ -23,7 +23,6 @@ import typing
 from collections.abc import Callable
 
 FRAME_BYTES = 320  # 20 ms at 8 kHz, 16-bit mono
-SILENCE = bytes(FRAME_BYTES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +34,6 @@ class _Mark:
 class PlayoutStats:
     """What went through one buffer."""
 
-    pushed_bytes: int = 0
     played_bytes: int = 0
     dropped_bytes: int = 0  # by clear
     underruns: int = 0  # ticks that had to pad a short last piece with silence
@@ -83,7 +81,6 @@ class Playout:
         self._items.append(pcm)
         self._queued += len(pcm)
         self._position += len(pcm)
-        self.stats.pushed_bytes += len(pcm)
 
     def mark(self, name: str) -> None:
         """Queue a mark behind the audio pushed so far."""
@@ -133,9 +130,10 @@ class Playout:
         return frame, marks
 
     def _leading_marks(self) -> list[str]:
-        marks = []
-        while self._items and isinstance(self._items[0], _Mark):
-            marks.append(self._items.popleft().name)  # type: ignore[union-attr]
+        marks: list[str] = []
+        while self._items and isinstance(head := self._items[0], _Mark):
+            self._items.popleft()
+            marks.append(head.name)
         self._marks -= len(marks)
         return marks
 

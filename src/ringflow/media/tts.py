@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import wave
 from pathlib import Path
 
@@ -190,7 +189,6 @@ class TextToSpeech:
         self.cache = cache if isinstance(cache, PromptCache) else PromptCache(cache)
         self.engine = engine if engine is not None else default_engine()
         self.renders = 0  # renders done by the engine (cache misses), for tests and metrics
-        self.render_seconds = 0.0  # wall time those renders took
         self._count_lock = threading.Lock()
 
     def close(self) -> None:
@@ -243,11 +241,9 @@ class TextToSpeech:
         return await self.cache.get_or_make(key, lambda: self._render(text, voice))
 
     def _render(self, text: str, voice: str) -> Prompt:
-        started = time.perf_counter()
         prompt = self.engine.render(text, voice)
         with self._count_lock:
             self.renders += 1
-            self.render_seconds += time.perf_counter() - started
         if prompt.duration > MAX_SECONDS:
             raise InvalidRequest(
                 f"spoken text would last {prompt.duration:.0f} s; at most {MAX_SECONDS:.0f} s"

@@ -102,7 +102,6 @@ class LiveLine:
         self._playout: Playout | None = None
         self._on_marks: Callable[[list[str]], None] = lambda marks: None
         self._task: asyncio.Task[None] | None = None
-        self.bot_bytes = 0  # bot audio the phone heard
 
     @property
     def active(self) -> bool:
@@ -175,7 +174,6 @@ class LiveLine:
         if playout is not None:
             frame, marks = playout.take()
             if frame is not None:
-                self.bot_bytes += len(frame)
                 self._on_played(at, frame)
                 _place(self._sent, at, frame)
             if marks:

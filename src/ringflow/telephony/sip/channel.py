@@ -195,7 +195,6 @@ class _Recorder:
         self.silence_bytes = round(silence_timeout * RATE) * SAMPLE_WIDTH
         self.pcm = bytearray()
         self.quiet = 0  # bytes of silence at the end so far
-        self.heard_voice = False
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def _hear(self, frame: bytes) -> None:
@@ -205,7 +204,7 @@ class _Recorder:
         if g711.level(frame) < SILENCE_RMS:
             self.quiet += len(frame)
         else:
-            self.quiet, self.heard_voice = 0, True
+            self.quiet = 0
         if len(self.pcm) >= self.max_bytes:
             self.done.set_result("max-length")
         elif self.silence_bytes and self.quiet >= self.silence_bytes:

@@ -46,8 +46,6 @@ from ringflow.errors import ConfigError
 from ringflow.numeric import whole_number
 from ringflow.sip.sources import network_of
 
-DEFAULT_REGION = "IN"
-
 
 class NumberFormat(enum.StrEnum):
     """How a phone number is written in a Request-URI or From user part."""
