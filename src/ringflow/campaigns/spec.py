@@ -112,7 +112,6 @@ class CampaignSpec:
     numbers: tuple[str, ...]
     lists: tuple[str, ...]
     caller_id: str
-    app_id_url: str | None  # the flow's URL as given (the service finds the app)
     stream_url: str | None
     stream_type: str | None
     name: str | None
@@ -180,7 +179,6 @@ def parse_create(body: dict[str, Any], *, allow_private: bool) -> CampaignSpec:
         numbers=numbers,
         lists=lists,
         caller_id=normalize(str(caller_id), field="caller_id"),
-        app_id_url=url or None,
         stream_url=stream_url,
         stream_type=stream_type,
         name=_name(body.get("name")),

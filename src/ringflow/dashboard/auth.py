@@ -98,10 +98,6 @@ class Session:
     issued: int  # unix seconds of the server's clock
     version: str  # fingerprint of the password hash it was opened with
 
-    @property
-    def signed_in(self) -> bool:
-        return self.kind in ("account", "operator")
-
 
 class SessionCodec:
     """Signs and reads session cookies, and fingerprints password hashes."""
