@@ -74,6 +74,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
 
 
+@pytest.fixture
+def empty_pg(pg_url: str) -> str:
+    """The session's PostgreSQL database, emptied (for tests of several processes on it)."""
+    _truncate(pg_url)
+    return pg_url
+
+
 def _truncate(async_url: str) -> None:
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     _pg_execute(async_url, f"TRUNCATE {tables} RESTART IDENTITY CASCADE")

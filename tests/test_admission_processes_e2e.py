@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call, CallEvent
-from tests.conftest import REDIS_URL, _truncate
+from tests.conftest import REDIS_URL
 from tests.processes import account_with_app, server_env
 from tests.sipp import SCENARIOS, free_media_port, free_udp_port, needs_sipp
 from tests.support import recorder
@@ -38,17 +38,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 LIMIT = 5
 AT_ONCE = 60
 BURSTS, BURST = 5, 10
-SHORT_FLOW = {"name": "short", "start": "hi", "nodes": {
-    "hi": {"applet": "greeting", "text": "Hello", "next": "bye"},
-    "bye": {"applet": "hangup"}}}
+SHORT_FLOW = {
+    "name": "short",
+    "start": "hi",
+    "nodes": {
+        "hi": {"applet": "greeting", "text": "Hello", "next": "bye"},
+        "bye": {"applet": "hangup"},
+    },
+}
 ACTIVE = ("ringing", "in-progress")
-
-
-@pytest.fixture
-def empty_pg(pg_url: str) -> str:
-    """The session's PostgreSQL database, emptied."""
-    _truncate(pg_url)
-    return pg_url
 
 
 async def calls_of(db: Database, sids: list[str]) -> list[Call]:
@@ -59,8 +57,11 @@ async def calls_of(db: Database, sids: list[str]) -> list[Call]:
 async def in_progress(db: Database) -> int:
     """Calls holding a line now, by the database (the test's account is the only one)."""
     async with db.session() as session:
-        query = (select(func.count()).select_from(Call)
-                 .where(Call.status.in_(ACTIVE), Call.owner.is_not(None)))
+        query = (
+            select(func.count())
+            .select_from(Call)
+            .where(Call.status.in_(ACTIVE), Call.owner.is_not(None))
+        )
         return int((await session.execute(query)).scalar_one())
 
 
@@ -89,7 +90,9 @@ def sipp_spans(log: str) -> tuple[list[tuple[float, float]], dict[str, set[str]]
         method, dialog = received.group(1), call_id.group(1)
         if method == "INVITE":
             invites.setdefault(dialog, at)
-            ringflow_call = re.search(r"^X-Ringflow-Call:\s*(\S+)", entry, re.MULTILINE | re.IGNORECASE)
+            ringflow_call = re.search(
+                r"^X-Ringflow-Call:\s*(\S+)", entry, re.MULTILINE | re.IGNORECASE
+            )
             if ringflow_call:
                 dialogs[ringflow_call.group(1)].add(dialog)
         elif method == "BYE":
@@ -98,37 +101,66 @@ def sipp_spans(log: str) -> tuple[list[tuple[float, float]], dict[str, set[str]]
     return spans, dialogs
 
 
-async def connect_all(srv, creds: dict, app_id: int, callback: str, target: str, n: int,
-                      first: int) -> list[str]:
+async def connect_all(
+    srv, creds: dict, app_id: int, callback: str, target: str, n: int, first: int
+) -> list[str]:
     """Submit ``n`` calls at once, a connection each; their SIDs in submission order."""
 
     async def one(index: int) -> dict:
         async with httpx.AsyncClient(timeout=30) as http:
             return await Client(http, srv, creds).connect(
                 From=f"sip:callee{first + index}@{target}",
-                Url=f"http://my.exotel.com/exoml/start/{app_id}", StatusCallback=callback)
+                Url=f"http://my.exotel.com/exoml/start/{app_id}",
+                StatusCallback=callback,
+            )
 
     return [call["Sid"] for call in await asyncio.gather(*(one(i) for i in range(n)))]
 
 
 @needs_sipp
 async def test_three_workers_hold_the_account_limit_and_start_the_queue_in_order(
-        empty_pg: str, tmp_path: Path) -> None:
+    empty_pg: str, tmp_path: Path
+) -> None:
     total = AT_ONCE + BURSTS * BURST
     port, media = free_udp_port(), free_media_port()
     phone = await asyncio.create_subprocess_exec(
-        "sipp", "-sf", str(SCENARIOS / "callee_answer.xml"), "-i", "127.0.0.1", "-p", str(port),
-        "-mi", "127.0.0.1", "-mp", str(media), "-m", str(total), "-timeout", "150",
-        "-timeout_error", "-nostdin", "-trace_msg", cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        "sipp",
+        "-sf",
+        str(SCENARIOS / "callee_answer.xml"),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        str(media),
+        "-m",
+        str(total),
+        "-timeout",
+        "150",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_msg",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     trunks = tmp_path / "trunks.yaml"
-    trunks.write_text(f"trunks:\n  - name: sipp\n    host: 127.0.0.1\n    port: {port}\n"
-                      "    max_cps: 200\n")
+    trunks.write_text(
+        f"trunks:\n  - name: sipp\n    host: 127.0.0.1\n    port: {port}\n    max_cps: 200\n"
+    )
     instance = f"lines-{uuid.uuid4().hex[:8]}"
-    env = server_env(empty_pg, instance, RINGFLOW_REDIS_URL=REDIS_URL, RINGFLOW_CARRIER="sip",
-                     RINGFLOW_SIP_TRUNKS=str(trunks), RINGFLOW_SIP_PORT="0",
-                     RINGFLOW_MAX_CONCURRENT_CALLS=str(LIMIT),
-                     RINGFLOW_RATE_LIMIT_PER_MINUTE="10000")
+    env = server_env(
+        empty_pg,
+        instance,
+        RINGFLOW_REDIS_URL=REDIS_URL,
+        RINGFLOW_CARRIER="sip",
+        RINGFLOW_SIP_TRUNKS=str(trunks),
+        RINGFLOW_SIP_PORT="0",
+        RINGFLOW_MAX_CONCURRENT_CALLS=str(LIMIT),
+        RINGFLOW_RATE_LIMIT_PER_MINUTE="10000",
+    )
     creds, app_id = await account_with_app(env, tmp_path, SHORT_FLOW, EXOPHONE)
     db = Database(empty_pg)
     most_seen = 0
@@ -149,8 +181,9 @@ async def test_three_workers_hold_the_account_limit_and_start_the_queue_in_order
             sids = await connect_all(srv, creds, app_id, callback, target, AT_ONCE, 0)
             for burst in range(BURSTS):
                 await asyncio.sleep(0.5)
-                sids += await connect_all(srv, creds, app_id, callback, target, BURST,
-                                          AT_ONCE + burst * BURST)
+                sids += await connect_all(
+                    srv, creds, app_id, callback, target, BURST, AT_ONCE + burst * BURST
+                )
 
             async def all_completed() -> bool:
                 return {c.status for c in await calls_of(db, sids)} == {"completed"}
@@ -176,10 +209,16 @@ async def test_three_workers_hold_the_account_limit_and_start_the_queue_in_order
         starts = [c.start_time for c in calls]
         assert starts == sorted(starts), "a queued call started ahead of an older one"
         async with db.session() as session:
-            dialed = collections.Counter((await session.execute(
-                select(Call.sid).join(CallEvent, CallEvent.call_id == Call.id)
-                .where(Call.sid.in_(sids), CallEvent.kind == "status")
-                .where(CallEvent.data["call"].as_string() == "ringing"))).scalars())
+            dialed = collections.Counter(
+                (
+                    await session.execute(
+                        select(Call.sid)
+                        .join(CallEvent, CallEvent.call_id == Call.id)
+                        .where(Call.sid.in_(sids), CallEvent.kind == "status")
+                        .where(CallEvent.data["call"].as_string() == "ringing")
+                    )
+                ).scalars()
+            )
         assert dialed == collections.Counter(dict.fromkeys(sids, 1)), "a call started twice"
         wire, dialogs = sipp_spans(next(tmp_path.glob("*_messages.log")).read_text())
         assert len(wire) == total
@@ -193,11 +232,15 @@ async def test_three_workers_hold_the_account_limit_and_start_the_queue_in_order
 
 
 async def test_a_killed_servers_lines_return_when_its_lease_lapses(
-        empty_pg: str, tmp_path: Path) -> None:
+    empty_pg: str, tmp_path: Path
+) -> None:
     lease = 3.0
     base = f"lease-{uuid.uuid4().hex[:8]}"
-    common = {"RINGFLOW_REDIS_URL": REDIS_URL, "RINGFLOW_MAX_CONCURRENT_CALLS": "2",
-                  "RINGFLOW_INSTANCE_LEASE": str(lease)}
+    common = {
+        "RINGFLOW_REDIS_URL": REDIS_URL,
+        "RINGFLOW_MAX_CONCURRENT_CALLS": "2",
+        "RINGFLOW_INSTANCE_LEASE": str(lease),
+    }
     env_a = server_env(empty_pg, f"{base}-a", **common)
     env_b = server_env(empty_pg, f"{base}-b", **common)
     creds, app_id = await account_with_app(env_a, tmp_path, LONG_FLOW, EXOPHONE)
@@ -208,10 +251,14 @@ async def test_a_killed_servers_lines_return_when_its_lease_lapses(
             await a.start()
             await b.start()
             async with httpx.AsyncClient(timeout=10) as http:
-                carried = [(await Client(http, a, creds).connect(From=f"098123456{n}0", Url=url))
-                           ["Sid"] for n in range(2)]
-                waiting = [(await Client(http, b, creds).connect(From=f"098123456{n}1", Url=url))
-                           ["Sid"] for n in range(2)]
+                carried = [
+                    (await Client(http, a, creds).connect(From=f"098123456{n}0", Url=url))["Sid"]
+                    for n in range(2)
+                ]
+                waiting = [
+                    (await Client(http, b, creds).connect(From=f"098123456{n}1", Url=url))["Sid"]
+                    for n in range(2)
+                ]
 
             async def talking() -> bool:
                 return {c.status for c in await calls_of(db, carried)} == {"in-progress"}
@@ -231,7 +278,8 @@ async def test_a_killed_servers_lines_return_when_its_lease_lapses(
             finished = await calls_of(db, carried)
             assert {c.status for c in finished} == {"completed"}
             assert {c.reason for c in finished} == {
-                f"ringflow instance {base}-a stopped while carrying the call"}
+                f"ringflow instance {base}-a stopped while carrying the call"
+            }
             assert {c.owner for c in await calls_of(db, waiting)} == {f"{base}-b"}
             await b.terminate()
     finally:

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call
-from tests.conftest import REDIS_URL, _truncate
+from tests.conftest import REDIS_URL
 from tests.processes import account_with_app, server_env
 from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, Client, eventually, server
 
@@ -25,8 +25,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 async def hangup_cli(env: dict[str, str], sid: str) -> tuple[int, str, str]:
     """``ringflow calls hangup SID``: its exit code, stdout and stderr."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ringflow.cli", "calls", "hangup", sid, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "ringflow.cli",
+        "calls",
+        "hangup",
+        sid,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -37,8 +45,9 @@ async def status_of(db: Database, sid: str) -> Call:
         return (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
 
 
-async def test_the_cli_hangs_up_a_call_the_server_carries(tmp_path: Path,
-                                                          sqlite_template: Path) -> None:
+async def test_the_cli_hangs_up_a_call_the_server_carries(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
     path = tmp_path / "ringflow.db"
     path.write_bytes(sqlite_template.read_bytes())
     url = f"sqlite+aiosqlite:///{path}"
@@ -50,8 +59,9 @@ async def test_the_cli_hangs_up_a_call_the_server_carries(tmp_path: Path,
             await srv.start()
             async with httpx.AsyncClient(timeout=10) as http:
                 api = Client(http, srv, creds)
-                call = await api.connect(From="09812345678",
-                                         Url=f"http://my.exotel.com/exoml/start/{app_id}")
+                call = await api.connect(
+                    From="09812345678", Url=f"http://my.exotel.com/exoml/start/{app_id}"
+                )
                 sid = call["Sid"]
 
                 async def talking() -> bool:
@@ -67,13 +77,6 @@ async def test_the_cli_hangs_up_a_call_the_server_carries(tmp_path: Path,
             await srv.terminate()
     finally:
         await db.close()
-
-
-@pytest.fixture
-def empty_pg(pg_url: str) -> str:
-    """The session's PostgreSQL database, emptied."""
-    _truncate(pg_url)
-    return pg_url
 
 
 async def test_two_workers_hang_up_each_others_calls(empty_pg: str, tmp_path: Path) -> None:
@@ -92,7 +95,8 @@ async def test_two_workers_hang_up_each_others_calls(empty_pg: str, tmp_path: Pa
             for n in range(16):  # under the account limit of 20: every call talks
                 async with httpx.AsyncClient(timeout=10) as http:
                     call = await Client(http, srv, creds).connect(
-                        From=f"0981234{n:04d}", Url=f"http://my.exotel.com/exoml/start/{app_id}")
+                        From=f"0981234{n:04d}", Url=f"http://my.exotel.com/exoml/start/{app_id}"
+                    )
                 sids.append(call["Sid"])
                 if len(sids) >= 8:
                     owners = {(await status_of(db, sid)).owner for sid in sids}
@@ -108,9 +112,11 @@ async def test_two_workers_hang_up_each_others_calls(empty_pg: str, tmp_path: Pa
             # Each request on a fresh connection: about half land on the other worker.
             for sid in sids[:-1]:
                 async with httpx.AsyncClient(timeout=30) as http:
-                    r = await http.post(f"{srv.base}/v1/Accounts/{creds['sid']}/Calls/{sid}.json",
-                                        data={"Status": "completed"},
-                                        auth=(creds["api_key"], creds["api_token"]))
+                    r = await http.post(
+                        f"{srv.base}/v1/Accounts/{creds['sid']}/Calls/{sid}.json",
+                        data={"Status": "completed"},
+                        auth=(creds["api_key"], creds["api_token"]),
+                    )
                 assert r.status_code == 200, r.text
                 assert r.json()["Call"]["Status"] == "completed", (sid, r.text)
             code, _, err = await hangup_cli(env, sids[-1])  # the CLI is a third process

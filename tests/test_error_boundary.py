@@ -44,6 +44,7 @@ from ringflow.sip.errors import (
     SipParseError,
     SipStateError,
 )
+from ringflow.storage.campaigns import AlreadyCalled
 from ringflow.storage.schema import DatabaseUnavailable
 from ringflow.storage.session import Duplicate
 from ringflow.streams.client import StreamFailed
@@ -51,13 +52,44 @@ from ringflow.telephony.sip.capacity import TrunkUnavailable
 from ringflow.webhooks.http import FetchError, FetchTimeout
 from tests.e2e import running
 
-CLASSES: dict[str, type[RingflowError]] = {cls.__name__: cls for cls in [
-    RingflowError, ConfigError, NotFound, Conflict, CallOver, Duplicate, InvalidRequest,
-    AppInvalid, ExomlInvalid, SourceError, AuthError, Forbidden, RateLimited, CapacityExceeded, Unavailable,
-    TrunkUnavailable, DatabaseUnavailable, IllegalTransition, AudioUnavailable, FetchError, FetchTimeout,
-    StreamFailed, TtsError, TtsUnavailable, SipError, SipParseError, SdpParseError,
-    SipStateError, NegotiationError, MediaError, RtpParseError, SessionClosed,
-]}
+CLASSES: dict[str, type[RingflowError]] = {
+    cls.__name__: cls
+    for cls in [
+        RingflowError,
+        ConfigError,
+        NotFound,
+        Conflict,
+        CallOver,
+        Duplicate,
+        AlreadyCalled,
+        InvalidRequest,
+        AppInvalid,
+        ExomlInvalid,
+        SourceError,
+        AuthError,
+        Forbidden,
+        RateLimited,
+        CapacityExceeded,
+        Unavailable,
+        TrunkUnavailable,
+        DatabaseUnavailable,
+        IllegalTransition,
+        AudioUnavailable,
+        FetchError,
+        FetchTimeout,
+        StreamFailed,
+        TtsError,
+        TtsUnavailable,
+        SipError,
+        SipParseError,
+        SdpParseError,
+        SipStateError,
+        NegotiationError,
+        MediaError,
+        RtpParseError,
+        SessionClosed,
+    ]
+}
 
 
 def _drawn_tree() -> list[tuple[str, str]]:
@@ -92,27 +124,33 @@ def test_every_error_class_loaded_is_one_the_tree_draws():
         cls = todo.pop()
         loaded.add(cls)
         todo.extend(cls.__subclasses__())
-    public = {cls for cls in loaded if cls.__module__.startswith("ringflow.")
-              and not cls.__name__.startswith("_")}
+    public = {
+        cls
+        for cls in loaded
+        if cls.__module__.startswith("ringflow.") and not cls.__name__.startswith("_")
+    }
     assert public == set(CLASSES.values())
 
 
-@pytest.mark.parametrize(("exc", "status"), [
-    (InvalidRequest("To: not a phone number"), 400),
-    (AppInvalid(["node 'a': unknown applet"]), 400),
-    (SourceError("not valid YAML or JSON", 3), 400),
-    (AuthError("Authentication failed"), 401),
-    (Forbidden("not yours"), 403),
-    (NotFound("Call x not found"), 404),
-    (Conflict("exists"), 409),
-    (CallOver("the call is over"), 409),
-    (Duplicate("exists"), 409),
-    (ExomlInvalid([]), 400),
-    (RateLimited("Too many requests", {"Retry-After": "7"}), 429),
-    (CapacityExceeded("the queue is full"), 429),
-    (Unavailable("rate limiter unavailable; try again shortly"), 503),
-    (TrunkUnavailable("trunk limits unreadable"), 503),
-])
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (InvalidRequest("To: not a phone number"), 400),
+        (AppInvalid(["node 'a': unknown applet"]), 400),
+        (SourceError("not valid YAML or JSON", 3), 400),
+        (AuthError("Authentication failed"), 401),
+        (Forbidden("not yours"), 403),
+        (NotFound("Call x not found"), 404),
+        (Conflict("exists"), 409),
+        (CallOver("the call is over"), 409),
+        (Duplicate("exists"), 409),
+        (ExomlInvalid([]), 400),
+        (RateLimited("Too many requests", {"Retry-After": "7"}), 429),
+        (CapacityExceeded("the queue is full"), 429),
+        (Unavailable("rate limiter unavailable; try again shortly"), 503),
+        (TrunkUnavailable("trunk limits unreadable"), 503),
+    ],
+)
 def test_each_error_answers_with_its_status_and_message(exc: RingflowError, status: int):
     refused = refusal(exc)
     assert refused is not None
@@ -121,8 +159,14 @@ def test_each_error_answers_with_its_status_and_message(exc: RingflowError, stat
 
 
 def test_the_headers_that_go_with_an_answer():
-    auth, limited, down = (refusal(e) for e in (
-        AuthError("no"), RateLimited("slow down", {"Retry-After": "7"}), Unavailable("down")))
+    auth, limited, down = (
+        refusal(e)
+        for e in (
+            AuthError("no"),
+            RateLimited("slow down", {"Retry-After": "7"}),
+            Unavailable("down"),
+        )
+    )
     assert auth and auth.headers == {"WWW-Authenticate": 'Basic realm="ringflow"'}
     assert limited and limited.headers == {"Retry-After": "7"}
     assert down and down.headers == {"Retry-After": "5"}
@@ -130,10 +174,17 @@ def test_the_headers_that_go_with_an_answer():
     assert found and found.headers == {}
 
 
-@pytest.mark.parametrize("exc", [
-    IllegalTransition("completed -> ringing"), MediaError("no port"), FetchError("refused"),
-    TtsError("crashed"), ConfigError("bad"), RingflowError("?"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        IllegalTransition("completed -> ringing"),
+        MediaError("no port"),
+        FetchError("refused"),
+        TtsError("crashed"),
+        ConfigError("bad"),
+        RingflowError("?"),
+    ],
+)
 def test_errors_no_request_should_meet_are_faults(exc: RingflowError):
     assert refusal(exc) is None
 
@@ -147,8 +198,9 @@ async def test_redis_down_is_503_on_the_admin_api_and_a_refused_sign_in_on_the_d
     async with running(f"sqlite+aiosqlite:///{path}", redis_url=dead) as rig:
         r = await rig.http.get(f"{rig.base}/admin/v1/accounts/{rig.sid}", auth=rig.auth)
         assert r.status_code == 503, r.text
-        assert r.json() == {"error": {"status": 503,
-                                      "message": "rate limiter unavailable; try again shortly"}}
+        assert r.json() == {
+            "error": {"status": 503, "message": "rate limiter unavailable; try again shortly"}
+        }
         assert r.headers["Retry-After"] == "5"
 
         await set_account_password(rig.services.accounts, rig.sid, "a good password")
@@ -156,7 +208,8 @@ async def test_redis_down_is_503_on_the_admin_api_and_a_refused_sign_in_on_the_d
             form = await browser.get("/login")
             csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
             assert csrf
-            r = await browser.post("/login", data={"csrf": csrf[1], "name": rig.sid,
-                                                   "password": "a good password"})
+            r = await browser.post(
+                "/login", data={"csrf": csrf[1], "name": rig.sid, "password": "a good password"}
+            )
         assert r.status_code == 429
         assert "Sign-in is unavailable for a moment (the rate limiter is down)" in r.text

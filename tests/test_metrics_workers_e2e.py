@@ -17,10 +17,9 @@ from tests.conftest import REDIS_URL
 from tests.metrics_support import scrape
 from tests.processes import account_with_app, server_env
 from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, Client, eventually, server
-from tests.test_workers_e2e import calls_of, empty_pg, statuses  # noqa: F401  (a fixture)
+from tests.test_workers_e2e import calls_of, statuses
 
 CALLS = 12  # on a connection each: the kernel spreads them over both workers
-
 
 
 @pytest.mark.e2e
@@ -28,7 +27,8 @@ CALLS = 12  # on a connection each: the kernel spreads them over both workers
 @pytest.mark.usefixtures("empty_pg")
 @pytest.mark.parametrize("directory", ["operator's", "supervisor's"])
 async def test_one_scrape_counts_the_calls_of_both_workers(
-        pg_url: str, tmp_path: Path, directory: str) -> None:
+    pg_url: str, tmp_path: Path, directory: str
+) -> None:
     instance = f"metrics-{uuid.uuid4().hex[:8]}"
     extra = {"RINGFLOW_REDIS_URL": REDIS_URL}
     if directory == "operator's":
@@ -46,7 +46,8 @@ async def test_one_scrape_counts_the_calls_of_both_workers(
             for n in range(CALLS):
                 async with httpx.AsyncClient(timeout=10) as http:
                     call = await Client(http, srv, creds).connect(
-                        From=f"0981234{n:04d}", Url=f"http://my.exotel.com/exoml/start/{app_id}")
+                        From=f"0981234{n:04d}", Url=f"http://my.exotel.com/exoml/start/{app_id}"
+                    )
                 sids.append(call["Sid"])
 
             async def all_talking() -> bool:
@@ -62,8 +63,15 @@ async def test_one_scrape_counts_the_calls_of_both_workers(
                     found = await scrape(http, srv.base)
                 assert found.get("ringflow_calls_started_total", carrier="sandbox") == CALLS
                 assert found.get("ringflow_calls_in_progress", account=creds["sid"]) == CALLS
-                assert found.get("ringflow_http_requests_total", route="exotel:connect",
-                                 method="POST", status="200") == CALLS
+                assert (
+                    found.get(
+                        "ringflow_http_requests_total",
+                        route="exotel:connect",
+                        method="POST",
+                        status="200",
+                    )
+                    == CALLS
+                )
                 assert found.get("ringflow_calls_queued", account=creds["sid"]) == 0
             await srv.terminate()
     finally:
@@ -78,15 +86,17 @@ def test_the_supervisor_makes_a_directory_for_the_run_and_removes_it(tmp_path: P
         "print(path)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != metrics.MULTIPROC_ENV}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
     made = Path(out.stdout.strip())
     assert made.name.startswith("ringflow-metrics-")
     assert not made.exists()  # removed when the supervisor exited
 
 
-def test_an_operators_directory_is_emptied_not_removed(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_operators_directory_is_emptied_not_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     chosen = tmp_path / "samples"
     chosen.mkdir()
     (chosen / "counter_123.db").write_bytes(b"old run")
@@ -97,12 +107,21 @@ def test_an_operators_directory_is_emptied_not_removed(tmp_path: Path,
 
 
 def test_the_live_gauges_of_a_dead_worker_are_dropped(tmp_path: Path) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     gone = int(dead.stdout)
-    for name in (f"gauge_livesum_{gone}.db", f"gauge_livesum_{os.getpid()}.db",
-                 f"counter_{gone}.db"):
+    for name in (
+        f"gauge_livesum_{gone}.db",
+        f"gauge_livesum_{os.getpid()}.db",
+        f"counter_{gone}.db",
+    ):
         (tmp_path / name).write_bytes(b"")
     metrics.forget_dead_workers(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"counter_{gone}.db", f"gauge_livesum_{os.getpid()}.db"]
+        f"counter_{gone}.db",
+        f"gauge_livesum_{os.getpid()}.db",
+    ]

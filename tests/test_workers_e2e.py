@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call
-from tests.conftest import REDIS_URL, _truncate
+from tests.conftest import REDIS_URL
 from tests.processes import account_with_app, server_env
 from tests.sipp import SCENARIOS, free_media_port, free_udp_port, needs_sipp
 from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, RESTARTED, Client, eventually, server
@@ -42,15 +42,9 @@ def worker_pid(log: str, index: int) -> int:
     return int(re.findall(rf"worker {index} started \(pid (\d+)\)", log)[-1])
 
 
-@pytest.fixture
-def empty_pg(pg_url: str) -> str:
-    """The session's PostgreSQL database, emptied."""
-    _truncate(pg_url)
-    return pg_url
-
-
 async def test_two_workers_share_the_calls_and_a_dead_one_is_restarted(
-        empty_pg: str, tmp_path: Path) -> None:
+    empty_pg: str, tmp_path: Path
+) -> None:
     pg_url = empty_pg
     instance = f"workers-{uuid.uuid4().hex[:8]}"
     env = server_env(pg_url, instance, RINGFLOW_REDIS_URL=REDIS_URL)
@@ -63,8 +57,10 @@ async def test_two_workers_share_the_calls_and_a_dead_one_is_restarted(
             for n in range(CALLS):  # a connection each: the kernel picks a worker per connection
                 async with httpx.AsyncClient(timeout=10) as http:
                     call = await Client(http, srv, creds).connect(
-                        From=f"0981234{n:04d}", Url=f"http://my.exotel.com/exoml/start/{app_id}")
+                        From=f"0981234{n:04d}", Url=f"http://my.exotel.com/exoml/start/{app_id}"
+                    )
                 sids.append(call["Sid"])
+
             async def all_talking() -> bool:
                 return await statuses(db, sids) == {"in-progress"}
 
@@ -74,7 +70,6 @@ async def test_two_workers_share_the_calls_and_a_dead_one_is_restarted(
 
             os.kill(worker_pid(srv.log.read_text(), 1), signal.SIGKILL)
             on_w1 = [sid for sid, owner in placed.items() if owner == f"{instance}/w1"]
-
 
             async def finished() -> bool:
                 return await statuses(db, on_w1) == {"completed"}
@@ -92,12 +87,16 @@ async def test_two_workers_share_the_calls_and_a_dead_one_is_restarted(
         await db.close()
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"RINGFLOW_DATABASE_URL": "sqlite+aiosqlite:///x.db"}, "needs PostgreSQL"),
-    ({"RINGFLOW_DATABASE_URL": "postgresql+asyncpg://h/db"}, "needs RINGFLOW_REDIS_URL"),
-])
-async def test_workers_need_shared_storage(tmp_path: Path, env: dict[str, str],
-                                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RINGFLOW_DATABASE_URL": "sqlite+aiosqlite:///x.db"}, "needs PostgreSQL"),
+        ({"RINGFLOW_DATABASE_URL": "postgresql+asyncpg://h/db"}, "needs RINGFLOW_REDIS_URL"),
+    ],
+)
+async def test_workers_need_shared_storage(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
     from tests.processes import Server
 
     proc = Server({**server_env("unused", "x"), **env}, tmp_path / "log", "--workers", "2")
@@ -116,7 +115,8 @@ def gone(pid: int) -> bool:
 
 @pytest.mark.parametrize("when", ["serving", "starting"])
 async def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
-        empty_pg: str, tmp_path: Path, when: str) -> None:
+    empty_pg: str, tmp_path: Path, when: str
+) -> None:
     env = server_env(empty_pg, f"orphans-{uuid.uuid4().hex[:8]}", RINGFLOW_REDIS_URL=REDIS_URL)
     async with server(env, tmp_path / "server.log", "--workers", "2") as srv:
         starting = None
@@ -145,23 +145,59 @@ async def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
 
 @needs_sipp
 async def test_two_workers_place_sip_calls_each_from_its_own_socket(
-        empty_pg: str, tmp_path: Path) -> None:
+    empty_pg: str, tmp_path: Path
+) -> None:
     calls = 16  # a connection each: both workers get some but once in 30000 runs
     port, media = free_udp_port(), free_media_port()
     phone = await asyncio.create_subprocess_exec(
-        "sipp", "-sf", str(SCENARIOS / "callee_answer.xml"), "-i", "127.0.0.1", "-p", str(port),
-        "-mi", "127.0.0.1", "-mp", str(media), "-m", str(calls), "-d", "1000", "-timeout", "60",
-        "-timeout_error", "-nostdin", "-trace_msg", cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        "sipp",
+        "-sf",
+        str(SCENARIOS / "callee_answer.xml"),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        str(media),
+        "-m",
+        str(calls),
+        "-d",
+        "1000",
+        "-timeout",
+        "60",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_msg",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     trunks = tmp_path / "trunks.yaml"
     trunks.write_text(f"trunks:\n  - name: sipp\n    host: 127.0.0.1\n    port: {port}\n")
     instance = f"sip-workers-{uuid.uuid4().hex[:8]}"
-    env = server_env(empty_pg, instance, RINGFLOW_REDIS_URL=REDIS_URL, RINGFLOW_CARRIER="sip",
-                     RINGFLOW_SIP_TRUNKS=str(trunks), RINGFLOW_SIP_PORT="0")
-    creds, app_id = await account_with_app(env, tmp_path, {
-        "name": "hello", "start": "hi", "nodes": {
-            "hi": {"applet": "greeting", "text": "Hello", "next": "bye"},
-            "bye": {"applet": "hangup"}}}, EXOPHONE)
+    env = server_env(
+        empty_pg,
+        instance,
+        RINGFLOW_REDIS_URL=REDIS_URL,
+        RINGFLOW_CARRIER="sip",
+        RINGFLOW_SIP_TRUNKS=str(trunks),
+        RINGFLOW_SIP_PORT="0",
+    )
+    creds, app_id = await account_with_app(
+        env,
+        tmp_path,
+        {
+            "name": "hello",
+            "start": "hi",
+            "nodes": {
+                "hi": {"applet": "greeting", "text": "Hello", "next": "bye"},
+                "bye": {"applet": "hangup"},
+            },
+        },
+        EXOPHONE,
+    )
     db = Database(empty_pg)
     try:
         async with server(env, tmp_path / "server.log", "--workers", "2") as srv:
@@ -171,7 +207,8 @@ async def test_two_workers_place_sip_calls_each_from_its_own_socket(
                 async with httpx.AsyncClient(timeout=10) as http:
                     call = await Client(http, srv, creds).connect(
                         From=f"sip:callee@127.0.0.1:{port}",
-                        Url=f"http://my.exotel.com/exoml/start/{app_id}")
+                        Url=f"http://my.exotel.com/exoml/start/{app_id}",
+                    )
                 sids.append(call["Sid"])
 
             async def all_done() -> bool:

@@ -7,7 +7,9 @@
     ├── NotFound                no such account, call, app, number (HTTP 404)
     ├── Conflict                duplicate name, number already owned (HTTP 409)
     │   ├── CallOver            a live-call request for a call that is already over
-    │   └── Duplicate           (ringflow.storage.session) a row with the same unique key exists
+    │   ├── Duplicate           (ringflow.storage.session) a row with the same unique key exists
+    │   └── AlreadyCalled       (ringflow.storage.campaigns) a campaign number's attempt is not
+    │                           this process's to place (paused, completed or taken over)
     ├── InvalidRequest          a request parameter is missing or wrong (HTTP 400)
     │   ├── AppInvalid          an app graph failed validation (names node and field)
     │   ├── ExomlInvalid        (ringflow.flows.exoml) an ExoML document that cannot run

@@ -1,7 +1,7 @@
 """Campaigns as the API and dashboard use them, and the process's share of driving them.
 
 ``Campaigns`` creates, reads, changes and deletes campaigns, takes CSV contact lists, and runs
-this process's drivers: every ``SCAN`` seconds it leases the campaigns that have no live driver
+this process's drivers: every few seconds it leases the campaigns that have no live driver
 (``storage.campaigns.claim``) and starts a ``Driver`` for each (campaigns/driver.py). A process
 that stops gives its campaigns up at once; one that dies loses them when their lease runs out
 (``RINGFLOW_CAMPAIGN_LEASE``), and another process takes them over.
@@ -51,7 +51,10 @@ from ringflow.webhooks.outbox import JSON, enqueue
 
 log = logging.getLogger(__name__)
 
-SCAN = 1.0  # seconds between looks for campaigns that need a driver
+# Seconds between looks for campaigns that need a driver: at most SCAN, sooner when a campaign
+# is due to wake or another process's lease on one runs out (a campaign made or resumed here
+# is looked for at once).
+SCAN = 5.0
 MAX_LIST_ROWS = 100_000
 MAX_FAILURES_SHOWN = 1000  # failed rows kept with an upload's status
 NUMBER_COLUMNS = ("number", "phone", "phone_number", "phonenumber", "mobile", "msisdn", "to")
@@ -80,8 +83,14 @@ def new_sid() -> str:
 class Campaigns:
     """The campaigns of every account, and the drivers this process runs."""
 
-    def __init__(self, db: Database, clock: Clock, settings: Settings, dispatcher: Dispatcher,
-                 wake_deliverer: Any):
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        settings: Settings,
+        dispatcher: Dispatcher,
+        wake_deliverer: Any,
+    ):
         self.db = db
         self.clock = clock
         self.settings = settings
@@ -105,30 +114,50 @@ class Campaigns:
             raise InvalidRequest("schedule.end_at is in the past")
         async with self.db.session() as session:
             numbers = await self._numbers(session, account, spec)
-            status = (states.SCHEDULED if spec.send_at is not None and spec.send_at > now
-                      else states.IN_PROGRESS)
+            status = (
+                states.SCHEDULED
+                if spec.send_at is not None and spec.send_at > now
+                else states.IN_PROGRESS
+            )
             values = {
-                "sid": new_sid(), "account_id": account.id,
-                "name": spec.name or _default_name(account, now), "status": status,
-                "caller_id": spec.caller_id, "app_id": app_id,
-                "stream_url": spec.stream_url, "stream_type": spec.stream_type,
+                "sid": new_sid(),
+                "account_id": account.id,
+                "name": spec.name or _default_name(account, now),
+                "status": status,
+                "caller_id": spec.caller_id,
+                "app_id": app_id,
+                "stream_url": spec.stream_url,
+                "stream_type": spec.stream_type,
                 "calls_per_second": spec.calls_per_second,
                 "max_concurrent": spec.max_concurrent or self._account_limit(account),
                 "retries": spec.retries.to_json(),
                 "calling_hours": spec.calling_hours.to_json() if spec.calling_hours else None,
-                "send_at": spec.send_at, "end_at": spec.end_at,
+                "send_at": spec.send_at,
+                "end_at": spec.end_at,
                 "custom_field": spec.custom_field,
                 "machine_detection": spec.machine_detection,
-                "created_at": now, "updated_at": now,
+                "created_at": now,
+                "updated_at": now,
                 "started_at": now if status == states.IN_PROGRESS else None,
                 "wake_at": spec.send_at if status == states.SCHEDULED else now,
-                **{name: spec.callbacks.get(name) for name in
-                   ("status_callback", "call_status_callback", "call_schedule_callback")},
+                **{
+                    name: spec.callbacks.get(name)
+                    for name in (
+                        "status_callback",
+                        "call_status_callback",
+                        "call_schedule_callback",
+                    )
+                },
             }
             campaign = await store.add_campaign(session, values, numbers, now)
             await self._announce(session, campaign, states.CREATED, None, now)
-        log.info("campaign %s created for %s: %d numbers, %s", campaign.sid, account.sid,
-                 len(numbers), status)
+        log.info(
+            "campaign %s created for %s: %d numbers, %s",
+            campaign.sid,
+            account.sid,
+            len(numbers),
+            status,
+        )
         self.wake_deliverer()
         self._scan_now.set()
         return CampaignView(campaign, {states.PENDING: len(numbers)}, 0, spec.lists)
@@ -138,15 +167,17 @@ class Campaigns:
             campaign = await self._find(session, account, sid)
             return await self._view(session, campaign)
 
-    async def page(self, account: Account, status: str | None, limit: int,
-                   offset: int) -> tuple[list[CampaignView], int]:
+    async def page(
+        self, account: Account, status: str | None, limit: int, offset: int
+    ) -> tuple[list[CampaignView], int]:
         async with self.db.session() as session:
             rows, total = await store.campaigns_of(session, account.id, status, limit, offset)
             found = await store.counts(session, [c.id for c in rows])
         return [CampaignView(c, *found[c.id]) for c in rows], total
 
-    async def update(self, account: Account, sid: str, body: Any,
-                     app_id: int | None) -> CampaignView:
+    async def update(
+        self, account: Account, sid: str, body: Any, app_id: int | None
+    ) -> CampaignView:
         """A PUT: an ``action``, callback URLs, or (before it starts) any setting."""
         fields = unwrap(body)
         action = parse_action(fields["action"]) if "action" in fields else None
@@ -177,15 +208,18 @@ class Campaigns:
                 return "archived"
             if campaign.status == states.ARCHIVED:
                 return "archived"
-        raise Conflict(f"campaign {campaign.sid} is {campaign.status}: complete it "
-                       "(action complete) before deleting it")
+        raise Conflict(
+            f"campaign {campaign.sid} is {campaign.status}: complete it "
+            "(action complete) before deleting it"
+        )
 
     async def campaign_id(self, account: Account, sid: str) -> int:
         async with self.db.session() as session:
             return (await self._find(session, account, sid)).id
 
-    async def _find(self, session: Session, account: Account, sid: str, *,
-                    lock: bool = False) -> Campaign:
+    async def _find(
+        self, session: Session, account: Account, sid: str, *, lock: bool = False
+    ) -> Campaign:
         campaign = await store.campaign_in_account(session, account.id, sid, lock=lock)
         if campaign is None:
             raise NotFound(f"campaign {sid} not found")
@@ -199,18 +233,19 @@ class Campaigns:
         limit = account.max_concurrent_calls
         return limit if limit is not None else self.settings.max_concurrent_calls
 
-    async def _numbers(self, session: Session, account: Account,
-                       spec: CampaignSpec) -> list[tuple[str, dict[str, Any] | None]]:
+    async def _numbers(
+        self, session: Session, account: Account, spec: CampaignSpec
+    ) -> list[tuple[str, dict[str, Any] | None]]:
         if not await owns_number(session, account.id, spec.caller_id):
-            raise InvalidRequest(f"caller_id {display(spec.caller_id)} is not an ExoPhone of "
-                                 "this account")
+            raise InvalidRequest(
+                f"caller_id {display(spec.caller_id)} is not an ExoPhone of this account"
+            )
         numbers: list[tuple[str, dict[str, Any] | None]] = [(n, None) for n in spec.numbers]
         if spec.lists:
             found = await store.lists_in_account(session, account.id, spec.lists)
             missing = [sid for sid in spec.lists if sid.lower() not in found]
             if missing:
-                raise InvalidRequest(f"lists: no contact list {', '.join(missing)} in this "
-                                     "account")
+                raise InvalidRequest(f"lists: no contact list {', '.join(missing)} in this account")
             numbers += await store.contacts_of(session, [found[s.lower()] for s in spec.lists])
         if not spec.call_duplicate_numbers:
             seen: set[str] = set()
@@ -224,24 +259,34 @@ class Campaigns:
             raise InvalidRequest("the campaign has no numbers to call (its lists are empty)")
         return numbers
 
-    async def _change_settings(self, session: Session, account: Account, campaign: Campaign,
-                               fields: dict[str, Any], app_id: int | None,
-                               now: dt.datetime) -> None:
+    async def _change_settings(
+        self,
+        session: Session,
+        account: Account,
+        campaign: Campaign,
+        fields: dict[str, Any],
+        app_id: int | None,
+        now: dt.datetime,
+    ) -> None:
         allow_private = self.settings.allow_private_urls
         if campaign.status in states.NOT_STARTED:
             values = parse_changes(fields, allow_private=allow_private)
         else:
             extra = set(fields) - LIVE_FIELDS
             if extra:
-                raise Conflict(f"campaign {campaign.sid} has started: only action and the "
-                               f"callback URLs can change, not {', '.join(sorted(extra))}")
+                raise Conflict(
+                    f"campaign {campaign.sid} has started: only action and the "
+                    f"callback URLs can change, not {', '.join(sorted(extra))}"
+                )
             values = dict(callbacks(fields, allow_private=allow_private))
         if fields.get("url"):
             values.update(app_id=app_id, stream_url=None, stream_type=None)
-        if "caller_id" in values and not await owns_number(session, account.id,
-                                                            values["caller_id"]):
-            raise InvalidRequest(f"caller_id {display(values['caller_id'])} is not an ExoPhone "
-                                 "of this account")
+        if "caller_id" in values and not await owns_number(
+            session, account.id, values["caller_id"]
+        ):
+            raise InvalidRequest(
+                f"caller_id {display(values['caller_id'])} is not an ExoPhone of this account"
+            )
         if "send_at" in values:
             if values["end_at"] is not None and values["end_at"] <= now:
                 raise InvalidRequest("schedule.end_at is in the past")
@@ -260,8 +305,9 @@ class Campaigns:
         if campaign.status != previous:
             await self._announce(session, campaign, previous, None, now)
 
-    async def _act(self, session: Session, campaign: Campaign, action: str,
-                   now: dt.datetime) -> None:
+    async def _act(
+        self, session: Session, campaign: Campaign, action: str, now: dt.datetime
+    ) -> None:
         status = campaign.status
         if action == "pause":
             if status == states.PAUSED and campaign.pause_reason == states.BY_USER:
@@ -273,11 +319,16 @@ class Campaigns:
             if status == states.IN_PROGRESS:
                 return
             if status != states.PAUSED:
-                raise Conflict(f"campaign {campaign.sid} is {status}: only a paused campaign "
-                               "resumes")
-            resumed = (states.SCHEDULED if campaign.send_at is not None and
-                       campaign.send_at > now and campaign.started_at is None
-                       else states.IN_PROGRESS)
+                raise Conflict(
+                    f"campaign {campaign.sid} is {status}: only a paused campaign resumes"
+                )
+            resumed = (
+                states.SCHEDULED
+                if campaign.send_at is not None
+                and campaign.send_at > now
+                and campaign.started_at is None
+                else states.IN_PROGRESS
+            )
             # Outside its calling hours the driver pauses it again at once, as the hours'.
             await self.change_status(session, campaign, resumed, None, now)
         else:
@@ -285,18 +336,24 @@ class Campaigns:
                 return
             await self.complete(session, campaign, now, "completed by request")
 
-    async def complete(self, session: Session, campaign: Campaign, now: dt.datetime,
-                       why: str) -> None:
+    async def complete(
+        self, session: Session, campaign: Campaign, now: dt.datetime, why: str
+    ) -> None:
         """End a campaign: numbers not called (or waiting for a retry) are settled failed;
         calls already up go on, and their driver records how they end."""
-        left = await store.give_up_rest(session, campaign.id, states.WAITING, states.FAILED,
-                                        now)
+        left = await store.give_up_rest(session, campaign.id, states.WAITING, states.FAILED, now)
         if left:
             log.info("campaign %s: %d numbers left uncalled (%s)", campaign.sid, left, why)
         await self.change_status(session, campaign, states.COMPLETED, None, now)
 
-    async def change_status(self, session: Session, campaign: Campaign, status: str,
-                            reason: str | None, now: dt.datetime) -> None:
+    async def change_status(
+        self,
+        session: Session,
+        campaign: Campaign,
+        status: str,
+        reason: str | None,
+        now: dt.datetime,
+    ) -> None:
         """Move the campaign to ``status`` and queue its status callback, in ``session``."""
         previous = campaign.status
         values: dict[str, Any] = {"status": status, "pause_reason": reason, "updated_at": now}
@@ -311,27 +368,53 @@ class Campaigns:
         await store.set_campaign(session, campaign.id, values)
         for name, value in values.items():
             setattr(campaign, name, value)
-        log.info("campaign %s: %s -> %s%s", campaign.sid, previous, status,
-                 f" ({reason})" if reason else "")
+        log.info(
+            "campaign %s: %s -> %s%s",
+            campaign.sid,
+            previous,
+            status,
+            f" ({reason})" if reason else "",
+        )
         await self._announce(session, campaign, previous, reason, now)
 
-    async def _announce(self, session: Session, campaign: Campaign, previous: str,
-                        reason: str | None, now: dt.datetime) -> None:
+    async def _announce(
+        self,
+        session: Session,
+        campaign: Campaign,
+        previous: str,
+        reason: str | None,
+        now: dt.datetime,
+    ) -> None:
         if not campaign.status_callback:
             return
         counts, attempts = (await store.counts(session, [campaign.id]))[campaign.id]
         view = CampaignView(campaign, counts, attempts)
-        payload = {"campaign_id": campaign.sid, "name": campaign.name,
-                   "status": campaign.status, "previous_status": previous,
-                   "reason": reason, "date_updated": now.isoformat(), "stats": view.stats}
-        await enqueue(session, account_id=campaign.account_id, call_id=None, event="campaign",
-                      url=campaign.status_callback, content_type=JSON, payload=payload,
-                      idempotency_key=f"campaign:{campaign.sid}:{uuid.uuid4().hex}", now=now)
+        payload = {
+            "campaign_id": campaign.sid,
+            "name": campaign.name,
+            "status": campaign.status,
+            "previous_status": previous,
+            "reason": reason,
+            "date_updated": now.isoformat(),
+            "stats": view.stats,
+        }
+        await enqueue(
+            session,
+            account_id=campaign.account_id,
+            call_id=None,
+            event="campaign",
+            url=campaign.status_callback,
+            content_type=JSON,
+            payload=payload,
+            idempotency_key=f"campaign:{campaign.sid}:{uuid.uuid4().hex}",
+            now=now,
+        )
 
     # -- contact lists ---------------------------------------------------------------------
 
-    async def upload(self, account: Account, list_name: str, file_name: str,
-                     content: bytes) -> tuple[ContactUpload, ContactList]:
+    async def upload(
+        self, account: Account, list_name: str, file_name: str, content: bytes
+    ) -> tuple[ContactUpload, ContactList]:
         """Add a CSV's rows to the list ``list_name`` (made if new): a row whose number is bad
         is reported in the upload's failures, a number the list has already is a duplicate."""
         name = list_name.strip()
@@ -349,20 +432,37 @@ class Campaigns:
                 known = await store.numbers_in_list(session, contact_list.id)
             good, failures, duplicates = _contacts(parsed, known)
             if contact_list.row_count + len(good) > MAX_LIST_ROWS:
-                raise InvalidRequest(f"a list holds at most {MAX_LIST_ROWS} rows: {name} has "
-                                     f"{contact_list.row_count} and this file adds {len(good)}")
+                raise InvalidRequest(
+                    f"a list holds at most {MAX_LIST_ROWS} rows: {name} has "
+                    f"{contact_list.row_count} and this file adds {len(good)}"
+                )
             await store.add_contacts(session, contact_list, good)
-            upload = await store.add_upload(session, {
-                "sid": new_sid(), "account_id": account.id, "list_id": contact_list.id,
-                "file_name": (file_name or "upload.csv")[:200], "total": len(parsed),
-                "succeeded": len(good), "duplicates": duplicates, "failed": len(failures),
-                "failures": failures[:MAX_FAILURES_SHOWN], "created_at": now})
-        log.info("contact list %s: %d rows added from %s (%d failed, %d duplicates)",
-                 contact_list.sid, len(good), upload.file_name, len(failures), duplicates)
+            upload = await store.add_upload(
+                session,
+                {
+                    "sid": new_sid(),
+                    "account_id": account.id,
+                    "list_id": contact_list.id,
+                    "file_name": (file_name or "upload.csv")[:200],
+                    "total": len(parsed),
+                    "succeeded": len(good),
+                    "duplicates": duplicates,
+                    "failed": len(failures),
+                    "failures": failures[:MAX_FAILURES_SHOWN],
+                    "created_at": now,
+                },
+            )
+        log.info(
+            "contact list %s: %d rows added from %s (%d failed, %d duplicates)",
+            contact_list.sid,
+            len(good),
+            upload.file_name,
+            len(failures),
+            duplicates,
+        )
         return upload, contact_list
 
-    async def upload_status(self, account: Account,
-                            sid: str) -> tuple[ContactUpload, ContactList]:
+    async def upload_status(self, account: Account, sid: str) -> tuple[ContactUpload, ContactList]:
         async with self.db.session() as session:
             found = await store.upload_in_account(session, account.id, sid)
         if found is None:
@@ -389,11 +489,16 @@ class Campaigns:
 
     async def _scan(self) -> None:
         while not self.stopping:
+            pause = SCAN
             try:
                 now = self.clock.wall()
                 async with self.db.session() as session:
-                    taken = await store.claim(session, self.me, now, now + self.lease,
-                                              list(self.drivers))
+                    taken = await store.claim(
+                        session, self.me, now, now + self.lease, list(self.drivers)
+                    )
+                    soonest = await store.next_look(session, now, self.me)
+                if soonest is not None:
+                    pause = min(SCAN, max(0.05, (soonest - now).total_seconds()))
                 for campaign_id in taken:
                     task = asyncio.ensure_future(Driver(self, campaign_id).run())
                     self.drivers[campaign_id] = task
@@ -404,8 +509,7 @@ class Campaigns:
                 log.exception("looking for campaigns to drive failed")
             self._scan_now.clear()
             with contextlib.suppress(TimeoutError):
-                await _first(self.clock.sleep(SCAN), self._scan_now.wait())
-
+                await _first(self.clock.sleep(pause), self._scan_now.wait())
 
     def _driver_done(self, campaign_id: int, _task: asyncio.Task[None]) -> None:
         self.drivers.pop(campaign_id, None)
@@ -439,17 +543,19 @@ def _read_csv(content: bytes) -> tuple[list[list[str]], list[str] | None]:
     if not rows:
         raise InvalidRequest("the CSV file has no rows")
     if len(rows) > MAX_LIST_ROWS + 1:
-        raise InvalidRequest(f"the CSV file has {len(rows)} rows: a list holds at most "
-                             f"{MAX_LIST_ROWS}")
+        raise InvalidRequest(
+            f"the CSV file has {len(rows)} rows: a list holds at most {MAX_LIST_ROWS}"
+        )
     first = [cell.strip().lower() for cell in rows[0]]
     if any(cell in NUMBER_COLUMNS for cell in first):
         return rows[1:], [cell.strip() for cell in rows[0]]
     try:
         normalize(rows[0][0])
     except InvalidRequest:
-        raise InvalidRequest("the CSV file needs a header with a number column (one of "
-                             f"{', '.join(NUMBER_COLUMNS)}), or numbers in its first column"
-                             ) from None
+        raise InvalidRequest(
+            "the CSV file needs a header with a number column (one of "
+            f"{', '.join(NUMBER_COLUMNS)}), or numbers in its first column"
+        ) from None
     return rows, None
 
 
@@ -476,8 +582,11 @@ def _parse_csv(content: bytes) -> list[CsvRow]:
         raw = row[column] if column < len(row) else ""
         fields = None
         if header is not None:
-            fields = {name: row[i] if i < len(row) else ""
-                      for i, name in enumerate(header) if i != column and name}
+            fields = {
+                name: row[i] if i < len(row) else ""
+                for i, name in enumerate(header)
+                if i != column and name
+            }
         try:
             parsed.append(CsvRow(index, normalize(raw, field="number"), raw, fields))
         except RingflowError as exc:
@@ -485,8 +594,9 @@ def _parse_csv(content: bytes) -> list[CsvRow]:
     return parsed
 
 
-def _contacts(parsed: Sequence[CsvRow], known: set[str]
-              ) -> tuple[list[tuple[str, dict[str, Any] | None]], list[dict[str, Any]], int]:
+def _contacts(
+    parsed: Sequence[CsvRow], known: set[str]
+) -> tuple[list[tuple[str, dict[str, Any] | None]], list[dict[str, Any]], int]:
     """Good rows (number, other columns), failed rows (why), and how many were duplicates."""
     good: list[tuple[str, dict[str, Any] | None]] = []
     failures: list[dict[str, Any]] = []
