@@ -53,6 +53,7 @@ services:
 # The files mypy checks, and how, are in pyproject.toml ([tool.mypy]).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 # lint first: a finding fails make test before the services start or the suite runs.

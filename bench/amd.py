@@ -36,8 +36,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="noise seeds per level")
     args = parser.parse_args()
     for title, found in (("tuned on", samples()), ("held out", held_out())):
-        print(f"\n## {title}: {len(found)} callees x {len(NOISE_DB)} noise levels x "
-              f"{args.seeds} seeds")
+        print(
+            f"\n## {title}: {len(found)} callees x {len(NOISE_DB)} noise levels x "
+            f"{args.seeds} seeds"
+        )
         run(found, args.seeds)
 
 
@@ -59,7 +61,7 @@ def run(found: list[Sample], seeds: int) -> None:
                     started = time.perf_counter()
                     decision = None
                     for at in range(0, len(pcm) - step + 1, step):
-                        decision = detector.feed(pcm[at:at + step])
+                        decision = detector.feed(pcm[at : at + step])
                         if decision is not None:
                             break
                     decision = decision or detector.finish()
@@ -68,17 +70,23 @@ def run(found: list[Sample], seeds: int) -> None:
                     right[label].append(decision.result == expected)
                     times[label].append(decision.ms)
                     if decision.result != expected:
-                        wrong.append(f"{sample.name} at {level} dB: {decision.result.value} "
-                                     f"({decision.reason})")
+                        wrong.append(
+                            f"{sample.name} at {level} dB: {decision.result.value} "
+                            f"({decision.reason})"
+                        )
         print(f"\n{mode.value}")
         print("| class | right | accuracy | median ms | p95 ms |")
         print("|---|---|---|---|---|")
         total = sum(len(v) for v in right.values())
         for label, hits in right.items():
-            print(f"| {label} | {sum(hits)}/{len(hits)} | {100 * sum(hits) / len(hits):.1f}% | "
-                  f"{statistics.median(times[label]):.0f} | {p95(times[label])} |")
-        print(f"all: {sum(sum(v) for v in right.values())}/{total}; "
-              f"CPU {1e3 * cpu / audio:.2f} ms per second of audio")
+            print(
+                f"| {label} | {sum(hits)}/{len(hits)} | {100 * sum(hits) / len(hits):.1f}% | "
+                f"{statistics.median(times[label]):.0f} | {p95(times[label])} |"
+            )
+        print(
+            f"all: {sum(sum(v) for v in right.values())}/{total}; "
+            f"CPU {1e3 * cpu / audio:.2f} ms per second of audio"
+        )
         for line in wrong:
             print("  wrong:", line)
 

@@ -60,10 +60,14 @@ def wait_healthy(base: str, seconds: float = 20) -> None:
 
 
 def cli(env: dict[str, str], *args: str) -> str:
-    return subprocess.run([*RINGFLOW, *args], env=env, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        [*RINGFLOW, *args], env=env, check=True, capture_output=True, text=True
+    ).stdout
 
 
-async def drive(client: httpx.AsyncClient, request: dict, seconds: float, concurrency: int) -> tuple[list[float], int]:
+async def drive(
+    client: httpx.AsyncClient, request: dict, seconds: float, concurrency: int
+) -> tuple[list[float], int]:
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + seconds
@@ -118,7 +122,9 @@ async def bench(base: str, creds: dict[str, str], seconds: float, concurrency: i
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--database-url", help="default: a fresh SQLite file")
@@ -146,7 +152,9 @@ def main() -> int:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base)
-        print(f"ringflow on {env['RINGFLOW_DATABASE_URL'].split(':')[0]}, {args.concurrency} clients, {args.seconds:g} s each")
+        print(
+            f"ringflow on {env['RINGFLOW_DATABASE_URL'].split(':')[0]}, {args.concurrency} clients, {args.seconds:g} s each"
+        )
         asyncio.run(bench(base, creds, args.seconds, args.concurrency))
     finally:
         server.send_signal(signal.SIGINT)

@@ -63,7 +63,9 @@ class Receiver:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 headers = dict(
-                    line.split(":", 1) for line in head.decode("latin-1").split("\r\n")[1:] if ":" in line
+                    line.split(":", 1)
+                    for line in head.decode("latin-1").split("\r\n")[1:]
+                    if ":" in line
                 )
                 headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
                 await reader.readexactly(int(headers.get("content-length", "0")))
@@ -94,8 +96,9 @@ async def commits(url: str) -> int:
     conn = await asyncpg.connect(plain(url))
     try:
         name = plain(url).rsplit("/", 1)[1]
-        return int(await conn.fetchval(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", name))
+        return int(
+            await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", name)
+        )
     finally:
         await conn.close()
 
@@ -119,8 +122,9 @@ class Server:
             self.proc.kill()
 
 
-async def run_calls(server: Server, creds: dict[str, str], calls: int, concurrency: int,
-                    first: int) -> float:
+async def run_calls(
+    server: Server, creds: dict[str, str], calls: int, concurrency: int, first: int
+) -> float:
     """Submit ``calls`` calls and wait for every callback; the seconds it took."""
     receiver = Receiver()
     await receiver.start()
@@ -134,9 +138,15 @@ async def run_calls(server: Server, creds: dict[str, str], calls: int, concurren
         async def worker() -> None:
             for n in pending:
                 response = await client.post(
-                    f"/v1/Accounts/{creds['sid']}/Calls/connect", auth=auth,
-                    data={"From": f"0981{n:07d}", "CallerId": "08039591234", "Url": url,
-                          "StatusCallback": receiver.url})
+                    f"/v1/Accounts/{creds['sid']}/Calls/connect",
+                    auth=auth,
+                    data={
+                        "From": f"0981{n:07d}",
+                        "CallerId": "08039591234",
+                        "Url": url,
+                        "StatusCallback": receiver.url,
+                    },
+                )
                 if response.status_code != 200:
                     raise SystemExit(f"connect failed: {response.status_code} {response.text}")
 
@@ -151,8 +161,9 @@ async def run_calls(server: Server, creds: dict[str, str], calls: int, concurren
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
@@ -172,8 +183,7 @@ def bench_account(env: dict[str, str], workdir: Path) -> dict[str, str]:
     creds = json.loads(cli(env, "accounts", "create", "bench", "--json"))
     cli(env, "numbers", "add", creds["sid"], "08039591234")
     (workdir / "app.yaml").write_text(APP)
-    creds["app_id"] = cli(env, "apps", "import", creds["sid"],
-                          str(workdir / "app.yaml")).split()[1]
+    creds["app_id"] = cli(env, "apps", "import", creds["sid"], str(workdir / "app.yaml")).split()[1]
     return creds
 
 
@@ -189,8 +199,10 @@ def bench(args: argparse.Namespace, url: str, env: dict[str, str], workdir: Path
     elapsed = asyncio.run(run_calls(server, creds, args.calls, args.concurrency, 1000))
     server.stop()
     shared = " and Redis" if args.redis else ""
-    print(f"ringflow on {args.db}{shared}: {args.calls} flow calls, {args.concurrency} clients: "
-          f"{args.calls / elapsed:.1f} calls/s ({elapsed:.1f} s to the last callback)")
+    print(
+        f"ringflow on {args.db}{shared}: {args.calls} flow calls, {args.concurrency} clients: "
+        f"{args.calls / elapsed:.1f} calls/s ({elapsed:.1f} s to the last callback)"
+    )
     if counted:
         loaded = asyncio.run(commits(url)) - before
         before = asyncio.run(commits(url))
@@ -198,8 +210,10 @@ def bench(args: argparse.Namespace, url: str, env: dict[str, str], workdir: Path
         time.sleep(elapsed)
         server.stop()
         idle = asyncio.run(commits(url)) - before
-        print(f"transactions: {loaded} with calls, {idle} idle for as long: "
-              f"{(loaded - idle) / args.calls:.2f} per call")
+        print(
+            f"transactions: {loaded} with calls, {idle} idle for as long: "
+            f"{(loaded - idle) / args.calls:.2f} per call"
+        )
 
 
 @contextlib.contextmanager

@@ -42,8 +42,7 @@ PACKET = 12 + 160  # header and 20 ms of G.711
 def echo(port: int) -> None:
     """The far end of every leg: send each datagram back to where it came from."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", socket.SO_RCVBUF),
-                    8 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", socket.SO_RCVBUF), 8 << 20)
     sock.bind(("127.0.0.1", port))
     while True:
         data, addr = sock.recvfrom(2048)
@@ -96,8 +95,10 @@ class Counter(asyncio.DatagramProtocol):
 async def baseline(legs: int, seconds: float, peer: tuple[str, int]) -> dict[str, float]:
     """Bare sockets at the same packet rate: what the loop and the kernel cost by themselves."""
     loop = asyncio.get_running_loop()
-    transports = [(await loop.create_datagram_endpoint(Counter, local_addr=("127.0.0.1", 0)))[0]
-                  for _ in range(legs)]
+    transports = [
+        (await loop.create_datagram_endpoint(Counter, local_addr=("127.0.0.1", 0)))[0]
+        for _ in range(legs)
+    ]
     data = bytes([0x80, 0]) + bytes(PACKET - 2)
     t0, n = time.monotonic(), 0
 
@@ -121,8 +122,9 @@ async def baseline(legs: int, seconds: float, peer: tuple[str, int]) -> dict[str
     return {"cpu": used, "wall": wall, "received": Counter.received}
 
 
-async def engine_run(legs: int, seconds: float, peer: tuple[str, int], inband: bool,
-                     base: int) -> dict[str, float]:
+async def engine_run(
+    legs: int, seconds: float, peer: tuple[str, int], inband: bool, base: int
+) -> dict[str, float]:
     """``legs`` sessions playing and recording against the echo."""
     engine = MediaEngine("127.0.0.1", base, base + 4 * legs + 200)
     audio = prompt()
@@ -131,8 +133,9 @@ async def engine_run(legs: int, seconds: float, peer: tuple[str, int], inband: b
     for i in range(legs):
         session = await engine.open_session()
         session.inband = None if inband else False
-        session.start(MediaPlan(peer, PCMU if i % 2 else PCMA, 101, frozenset({101}), 20,
-                                Direction.SENDRECV))
+        session.start(
+            MediaPlan(peer, PCMU if i % 2 else PCMA, 101, frozenset({101}), 20, Direction.SENDRECV)
+        )
         recording = bytearray()
         session.listen(recording.extend)
         recordings.append(recording)
@@ -151,9 +154,18 @@ async def engine_run(legs: int, seconds: float, peer: tuple[str, int], inband: b
         task.cancel()
     await asyncio.gather(*players, return_exceptions=True)
     await engine.close()
-    return {"cpu": used, "wall": wall, "sent": stats.sent, "received": stats.received,
-            "lost": stats.lost, "late": stats.totals.late, "p50": stats.lateness_p50,
-            "p99": stats.lateness_p99, "stalls": stats.stalls, "heard": heard}
+    return {
+        "cpu": used,
+        "wall": wall,
+        "sent": stats.sent,
+        "received": stats.received,
+        "lost": stats.lost,
+        "late": stats.totals.late,
+        "p50": stats.lateness_p50,
+        "p99": stats.lateness_p99,
+        "stalls": stats.stalls,
+        "heard": heard,
+    }
 
 
 async def play_forever(session, audio: bytes) -> None:
@@ -161,8 +173,9 @@ async def play_forever(session, audio: bytes) -> None:
         await session.play(audio)
 
 
-async def measure(legs: int, seconds: float, peer: tuple[str, int], inband: bool,
-                  base: int, echo_pid: int) -> str:
+async def measure(
+    legs: int, seconds: float, peer: tuple[str, int], inband: bool, base: int, echo_pid: int
+) -> str:
     bare = await baseline(legs, min(seconds, 5.0), peer)
     echo0, wall0 = process_cpu(echo_pid), time.monotonic()
     run = await engine_run(legs, seconds, peer, inband, base)
@@ -170,12 +183,14 @@ async def measure(legs: int, seconds: float, peer: tuple[str, int], inband: bool
     per_leg = run["cpu"] / run["wall"] / legs
     bare_per_leg = bare["cpu"] / bare["wall"] / legs
     missing = 1 - run["received"] / max(1, run["sent"])
-    return (f"{legs:5d} legs  core {run['cpu'] / run['wall']:.2f}  "
-            f"cpu/leg/s {per_leg * 1e3:.3f} ms  baseline {bare_per_leg * 1e3:.3f} ms  "
-            f"ratio {per_leg / bare_per_leg:.1f}  lateness p50 {run['p50'] * 1e3:.1f} ms "
-            f"p99 {run['p99'] * 1e3:.1f} ms  lost {run['lost']}  missing {missing:.2%}  "
-            f"late>10ms {run['late']}  stalls {run['stalls']}  "
-            f"heard {run['heard'] / run['wall']:.2f} s/s  echo core {echo_core:.2f}")
+    return (
+        f"{legs:5d} legs  core {run['cpu'] / run['wall']:.2f}  "
+        f"cpu/leg/s {per_leg * 1e3:.3f} ms  baseline {bare_per_leg * 1e3:.3f} ms  "
+        f"ratio {per_leg / bare_per_leg:.1f}  lateness p50 {run['p50'] * 1e3:.1f} ms "
+        f"p99 {run['p99'] * 1e3:.1f} ms  lost {run['lost']}  missing {missing:.2%}  "
+        f"late>10ms {run['late']}  stalls {run['stalls']}  "
+        f"heard {run['heard'] / run['wall']:.2f} s/s  echo core {echo_core:.2f}"
+    )
 
 
 def main() -> None:
@@ -196,12 +211,18 @@ def main() -> None:
         factory = uvloop.new_event_loop
     proc, peer = start_echo()
     try:
-        print(f"loop {args.loop}, in-band DTMF {'off' if args.no_inband else 'on'}, "
-              f"{args.seconds:g} s per size, load average {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"loop {args.loop}, in-band DTMF {'off' if args.no_inband else 'on'}, "
+            f"{args.seconds:g} s per size, load average {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
         with asyncio.Runner(loop_factory=factory) as runner:
             for i, legs in enumerate(args.legs):
-                line = runner.run(measure(legs, args.seconds, peer, not args.no_inband,
-                                          20000 + 4000 * i, proc.pid))
+                line = runner.run(
+                    measure(
+                        legs, args.seconds, peer, not args.no_inband, 20000 + 4000 * i, proc.pid
+                    )
+                )
                 print(line, flush=True)
     finally:
         proc.kill()

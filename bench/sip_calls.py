@@ -92,8 +92,10 @@ from tests.sipp import free_media_port, free_udp_port
 
 SCENARIOS = ROOT / "tests" / "fixtures" / "sipp"
 RTP_PORTS = (12000, 31998)  # below Linux's ephemeral range, where SIPp's ports come from
-PROMPT = ("Thank you for calling. Your call is important to us. Please hold while we connect "
-          "you to the next available agent.")
+PROMPT = (
+    "Thank you for calling. Your call is important to us. Please hold while we connect "
+    "you to the next available agent."
+)
 
 
 # -- SIPp ------------------------------------------------------------------------------------
@@ -106,15 +108,39 @@ class Sipp:
         self.port, self.media = free_udp_port(), free_media_port()
         self.workdir = workdir
         self.stat_file = workdir / f"stat-{self.port}.csv"
-        scenario_args = (["-sf", str(SCENARIOS / scenario)] if scenario.endswith(".xml")
-                         else ["-sn", scenario])
+        scenario_args = (
+            ["-sf", str(SCENARIOS / scenario)] if scenario.endswith(".xml") else ["-sn", scenario]
+        )
         self.proc = subprocess.Popen(
-            ["sipp", *scenario_args, "-rtp_echo", "-i", "127.0.0.1", "-p", str(self.port),
-             "-mi", "127.0.0.1", "-mp", str(self.media), "-m", "100000000", "-nostdin",
-             "-trace_stat", "-stf", str(self.stat_file), "-fd", "1", "-trace_err",
-             "-error_file", str(workdir / f"errors-{self.port}.log")],
-            cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE)
+            [
+                "sipp",
+                *scenario_args,
+                "-rtp_echo",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                str(self.media),
+                "-m",
+                "100000000",
+                "-nostdin",
+                "-trace_stat",
+                "-stf",
+                str(self.stat_file),
+                "-fd",
+                "1",
+                "-trace_err",
+                "-error_file",
+                str(workdir / f"errors-{self.port}.log"),
+            ],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(0.5)
         if self.proc.poll() is not None:
             raise RuntimeError(f"sipp exited at once: {self.proc.stderr.read().decode()}")
@@ -142,14 +168,25 @@ class Sipp:
         while True:
             stats = self.stats()
             done = int(stats.get("SuccessfulCall(C)", 0)) + int(stats.get("FailedCall(C)", 0))
-            if (done >= calls and int(stats.get("CurrentCall", 1)) == 0) \
-                    or time.monotonic() > deadline:
+            if (
+                done >= calls and int(stats.get("CurrentCall", 1)) == 0
+            ) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        keys = ("IncomingCall(C)", "SuccessfulCall(C)", "FailedCall(C)", "Retransmissions(C)",
-                "CurrentCall", "FailedUnexpectedMessage(C)", "FailedMaxUDPRetrans(C)",
-                "FailedCallRejected(C)", "FailedCmdNotSent(C)", "FailedRegexpDoesntMatch(C)",
-                "FailedOutboundCongestion(C)", "FailedTimeoutOnRecv(C)")
+        keys = (
+            "IncomingCall(C)",
+            "SuccessfulCall(C)",
+            "FailedCall(C)",
+            "Retransmissions(C)",
+            "CurrentCall",
+            "FailedUnexpectedMessage(C)",
+            "FailedMaxUDPRetrans(C)",
+            "FailedCallRejected(C)",
+            "FailedCmdNotSent(C)",
+            "FailedRegexpDoesntMatch(C)",
+            "FailedOutboundCongestion(C)",
+            "FailedTimeoutOnRecv(C)",
+        )
         return {k: int(stats.get(k, 0) or 0) for k in keys}
 
     def stop(self) -> None:
@@ -190,10 +227,12 @@ def percentile(values: list[float], q: float) -> float:
 def carrier_for(sipp: Sipp, speech=None, rtp_ports: tuple[int, int] = RTP_PORTS) -> SipCarrier:
     """A carrier whose one trunk is SIPp, with limits the load never reaches. Its RTP ports
     stay below Linux's ephemeral range, where SIPp's ports come from."""
-    trunk = Trunk(name="sipp", host="127.0.0.1", port=sipp.port, max_channels=100_000,
-                  max_cps=1_000_000.0)
-    return SipCarrier(RealClock(), (trunk,), sip_host="127.0.0.1", sip_port=0,
-                      rtp_ports=rtp_ports, speech=speech)
+    trunk = Trunk(
+        name="sipp", host="127.0.0.1", port=sipp.port, max_channels=100_000, max_cps=1_000_000.0
+    )
+    return SipCarrier(
+        RealClock(), (trunk,), sip_host="127.0.0.1", sip_port=0, rtp_ports=rtp_ports, speech=speech
+    )
 
 
 async def paced(rate: float, count: int, start) -> list[asyncio.Task]:
@@ -238,9 +277,17 @@ class CpsResult:
         self.failures[reason] = self.failures.get(reason, 0) + 1
 
 
-async def cps_run(rate: float, count: int, hold: float, scenario: str, workdir: Path,
-                  answer_timeout: float, *, sync=None, rtp_ports: tuple[int, int] = RTP_PORTS
-                  ) -> dict:
+async def cps_run(
+    rate: float,
+    count: int,
+    hold: float,
+    scenario: str,
+    workdir: Path,
+    answer_timeout: float,
+    *,
+    sync=None,
+    rtp_ports: tuple[int, int] = RTP_PORTS,
+) -> dict:
     """Place ``count`` calls at ``rate`` through a fresh carrier and SIPp; what was measured.
     ``sync`` (several processes) is awaited once SIPp and the carrier are up, before dialing."""
     sipp = Sipp(scenario, workdir)
@@ -285,34 +332,62 @@ async def cps_run(rate: float, count: int, hold: float, scenario: str, workdir: 
             detail[f"sipp {key[:-3]}"] = value
     if missing > 0:
         detail["sipp never finished"] = missing
-    return {"rate": rate, "calls": count, "placed_in": placed_in, "failed": failed,
-            "detail": detail, "retrans": counters["Retransmissions(C)"], "setup": result.setup,
-            "cpu": cpu, "sipp_cpu": sipp_cpu, "wall": wall}
+    return {
+        "rate": rate,
+        "calls": count,
+        "placed_in": placed_in,
+        "failed": failed,
+        "detail": detail,
+        "retrans": counters["Retransmissions(C)"],
+        "setup": result.setup,
+        "cpu": cpu,
+        "sipp_cpu": sipp_cpu,
+        "wall": wall,
+    }
 
 
-async def cps_step(rate: float, seconds: float, hold: float, scenario: str, workdir: Path,
-                   answer_timeout: float) -> tuple[str, int]:
+async def cps_step(
+    rate: float, seconds: float, hold: float, scenario: str, workdir: Path, answer_timeout: float
+) -> tuple[str, int]:
     count = round(rate * seconds)
     r = await cps_run(rate, count, hold, scenario, workdir, answer_timeout)
     detail, cpu, wall, placed_in = r["detail"], r["cpu"], r["wall"], r["placed_in"]
-    return (f"{rate:6g} cps  calls {count:5d}  achieved {count / (placed_in + 1 / rate):6.1f} cps  "
-            f"failed {r['failed']}{' ' + str(detail) if detail else ''}  "
-            f"sipp retrans {r['retrans']}  "
-            f"setup p50 {percentile(r['setup'], 0.5) * 1e3:6.1f} ms  "
-            f"p99 {percentile(r['setup'], 0.99) * 1e3:6.1f} ms  "
-            f"ringflow cores {cpu / wall:.2f}  sipp cores {r['sipp_cpu'] / wall:.2f}"), r["failed"]
+    return (
+        f"{rate:6g} cps  calls {count:5d}  achieved {count / (placed_in + 1 / rate):6.1f} cps  "
+        f"failed {r['failed']}{' ' + str(detail) if detail else ''}  "
+        f"sipp retrans {r['retrans']}  "
+        f"setup p50 {percentile(r['setup'], 0.5) * 1e3:6.1f} ms  "
+        f"p99 {percentile(r['setup'], 0.99) * 1e3:6.1f} ms  "
+        f"ringflow cores {cpu / wall:.2f}  sipp cores {r['sipp_cpu'] / wall:.2f}"
+    ), r["failed"]
 
 
-def cps_step_processes(rate: float, seconds: float, hold: float, scenario: str, workdir: Path,
-                       answer_timeout: float, processes: int, loop: str | None
-                       ) -> tuple[str, int]:
+def cps_step_processes(
+    rate: float,
+    seconds: float,
+    hold: float,
+    scenario: str,
+    workdir: Path,
+    answer_timeout: float,
+    processes: int,
+    loop: str | None,
+) -> tuple[str, int]:
     """``cps_step`` split over ``processes`` processes, each dialing its share at
     ``rate / processes`` through its own carrier and SIPp, all starting together."""
     count = round(rate * seconds)
-    params = [{"rate": rate / processes, "count": share, "hold": hold, "scenario": scenario,
-               "answer_timeout": answer_timeout} for share in spread(count, processes)]
-    results = in_processes("cps", params, workdir, loop,
-                           timeout=seconds + hold + answer_timeout + 120)
+    params = [
+        {
+            "rate": rate / processes,
+            "count": share,
+            "hold": hold,
+            "scenario": scenario,
+            "answer_timeout": answer_timeout,
+        }
+        for share in spread(count, processes)
+    ]
+    results = in_processes(
+        "cps", params, workdir, loop, timeout=seconds + hold + answer_timeout + 120
+    )
     failed = sum(r["failed"] for r in results)
     detail: dict[str, int] = {}
     for r in results:
@@ -322,34 +397,49 @@ def cps_step_processes(rate: float, seconds: float, hold: float, scenario: str, 
     placed_in = max(r["placed_in"] for r in results)
     cores = sum(r["cpu"] / r["wall"] for r in results)
     sipp_cores = sum(r["sipp_cpu"] / r["wall"] for r in results)
-    summary = (f"{rate:6g} cps  calls {count:5d} in {processes} processes  "
-               f"achieved {count / (placed_in + processes / rate):6.1f} cps  "
-               f"failed {failed}{' ' + str(detail) if detail else ''}  "
-               f"sipp retrans {sum(r['retrans'] for r in results)}  "
-               f"setup p50 {percentile(setup, 0.5) * 1e3:6.1f} ms  "
-               f"p99 {percentile(setup, 0.99) * 1e3:6.1f} ms  "
-               f"ringflow cores {cores:.2f}  sipp cores {sipp_cores:.2f}")
+    summary = (
+        f"{rate:6g} cps  calls {count:5d} in {processes} processes  "
+        f"achieved {count / (placed_in + processes / rate):6.1f} cps  "
+        f"failed {failed}{' ' + str(detail) if detail else ''}  "
+        f"sipp retrans {sum(r['retrans'] for r in results)}  "
+        f"setup p50 {percentile(setup, 0.5) * 1e3:6.1f} ms  "
+        f"p99 {percentile(setup, 0.99) * 1e3:6.1f} ms  "
+        f"ringflow cores {cores:.2f}  sipp cores {sipp_cores:.2f}"
+    )
     lines = [summary]
     for k, r in enumerate(results):
-        lines.append(f"    process {k}: calls {r['calls']}  failed {r['failed']}  "
-                     f"setup p99 {percentile(r['setup'], 0.99) * 1e3:6.1f} ms  "
-                     f"ringflow cores {r['cpu'] / r['wall']:.2f}")
+        lines.append(
+            f"    process {k}: calls {r['calls']}  failed {r['failed']}  "
+            f"setup p99 {percentile(r['setup'], 0.99) * 1e3:6.1f} ms  "
+            f"ringflow cores {r['cpu'] / r['wall']:.2f}"
+        )
     return "\n".join(lines), failed
 
 
 # -- 2. concurrent calls with prompts and recording ------------------------------------------
 
 
-async def concurrent_run(calls: int, hold: float, ramp_cps: float, scenario: str, workdir: Path,
-                         tts: TextToSpeech, answer_timeout: float, *, sync=None,
-                         rtp_ports: tuple[int, int] = RTP_PORTS, machine: bool = False) -> dict:
+async def concurrent_run(
+    calls: int,
+    hold: float,
+    ramp_cps: float,
+    scenario: str,
+    workdir: Path,
+    tts: TextToSpeech,
+    answer_timeout: float,
+    *,
+    sync=None,
+    rtp_ports: tuple[int, int] = RTP_PORTS,
+    machine: bool = False,
+) -> dict:
     """Place ``calls`` calls at ``ramp_cps``, speaking and recording; what was measured over the
     hold. ``sync`` (several processes) is awaited before dialing, before the counters are reset
     (every process has its calls up) and after the hold (before anyone hangs up), so the
     processes measure the same seconds. ``machine``: also the whole machine's busy cores."""
     sipp = Sipp(scenario, workdir)
-    carrier = carrier_for(sipp, speech=lambda words, voice: tts.speak(words, voice),
-                          rtp_ports=rtp_ports)
+    carrier = carrier_for(
+        sipp, speech=lambda words, voice: tts.speak(words, voice), rtp_ports=rtp_ports
+    )
     await carrier.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -414,15 +504,36 @@ async def concurrent_run(calls: int, hold: float, ramp_cps: float, scenario: str
     finally:
         await carrier.close()
         sipp.stop()
-    return {"calls": calls, "up": up, "failures": failures, "p50": stats.lateness_p50,
-            "p99": stats.lateness_p99, "lateness": lateness, "lost": stats.lost,
-            "sent": stats.sent, "received": stats.received, "late": stats.totals.late,
-            "stalls": stats.stalls, "drops": drops, "cpu": cpu, "sipp_cpu": sipp_cpu,
-            "wall": wall, "heard": heard, "busy": busy}
+    return {
+        "calls": calls,
+        "up": up,
+        "failures": failures,
+        "p50": stats.lateness_p50,
+        "p99": stats.lateness_p99,
+        "lateness": lateness,
+        "lost": stats.lost,
+        "sent": stats.sent,
+        "received": stats.received,
+        "late": stats.totals.late,
+        "stalls": stats.stalls,
+        "drops": drops,
+        "cpu": cpu,
+        "sipp_cpu": sipp_cpu,
+        "wall": wall,
+        "heard": heard,
+        "busy": busy,
+    }
 
 
-async def concurrent_step(calls: int, hold: float, ramp_cps: float, scenario: str, workdir: Path,
-                          tts: TextToSpeech, answer_timeout: float) -> tuple[str, bool]:
+async def concurrent_step(
+    calls: int,
+    hold: float,
+    ramp_cps: float,
+    scenario: str,
+    workdir: Path,
+    tts: TextToSpeech,
+    answer_timeout: float,
+) -> tuple[str, bool]:
     r = await concurrent_run(calls, hold, ramp_cps, scenario, workdir, tts, answer_timeout)
     up, failures, drops, heard = r["up"], r["failures"], r["drops"], r["heard"]
     cpu, wall = r["cpu"], r["wall"]
@@ -430,29 +541,47 @@ async def concurrent_step(calls: int, hold: float, ramp_cps: float, scenario: st
     missing = max(0.0, 1 - r["received"] / max(1, r["sent"]))
     ok = not failures and r["p99"] < 0.005 and r["lost"] == 0
     per_call = cpu / wall / max(1, up)
-    return (f"{calls:5d} calls  up {up:5d}{' failed ' + str(failures) if failures else ''}  "
-            f"lateness p50 {r['p50'] * 1e3:5.1f} ms  "
-            f"p99 {r['p99'] * 1e3:5.1f} ms  "
-            f"lost {r['lost']}  missing {missing:.2%}  "
-            f"kernel drops ringflow {drops[0]} sipp {drops[1]}  late>10ms {r['late']}  "
-            f"stalls {r['stalls']}  ringflow cores {cpu / wall:.2f}  "
-            f"cpu/call {per_call * 100:.3f}% of a core  sipp cores {r['sipp_cpu'] / wall:.2f}  "
-            f"audio {sum(heard) / max(1, len(heard)):.2f} s/s"), ok
+    return (
+        f"{calls:5d} calls  up {up:5d}{' failed ' + str(failures) if failures else ''}  "
+        f"lateness p50 {r['p50'] * 1e3:5.1f} ms  "
+        f"p99 {r['p99'] * 1e3:5.1f} ms  "
+        f"lost {r['lost']}  missing {missing:.2%}  "
+        f"kernel drops ringflow {drops[0]} sipp {drops[1]}  late>10ms {r['late']}  "
+        f"stalls {r['stalls']}  ringflow cores {cpu / wall:.2f}  "
+        f"cpu/call {per_call * 100:.3f}% of a core  sipp cores {r['sipp_cpu'] / wall:.2f}  "
+        f"audio {sum(heard) / max(1, len(heard)):.2f} s/s"
+    ), ok
 
 
-def concurrent_step_processes(calls: int, hold: float, ramp_cps: float, scenario: str,
-                              workdir: Path, answer_timeout: float, processes: int,
-                              loop: str | None) -> tuple[str, bool]:
+def concurrent_step_processes(
+    calls: int,
+    hold: float,
+    ramp_cps: float,
+    scenario: str,
+    workdir: Path,
+    answer_timeout: float,
+    processes: int,
+    loop: str | None,
+) -> tuple[str, bool]:
     """``concurrent_step`` split over ``processes`` processes, each placing its share of the
     calls (at ``ramp_cps / processes``, so the total rate is ``ramp_cps``) through its own
     carrier and SIPp; all start dialing together and measure the same ``hold`` seconds.
     Lateness is given merged (the processes' histograms summed) and for the worst process;
     a level passes if every process's p99 is under 5 ms and nothing was lost anywhere."""
-    params = [{"calls": share, "hold": hold, "ramp_cps": ramp_cps / processes,
-               "scenario": scenario, "answer_timeout": answer_timeout, "machine": k == 0}
-              for k, share in enumerate(spread(calls, processes))]
-    results = in_processes("concurrent", params, workdir, loop,
-                           timeout=calls / ramp_cps + answer_timeout + hold + 120)
+    params = [
+        {
+            "calls": share,
+            "hold": hold,
+            "ramp_cps": ramp_cps / processes,
+            "scenario": scenario,
+            "answer_timeout": answer_timeout,
+            "machine": k == 0,
+        }
+        for k, share in enumerate(spread(calls, processes))
+    ]
+    results = in_processes(
+        "concurrent", params, workdir, loop, timeout=calls / ramp_cps + answer_timeout + hold + 120
+    )
     merged = LatencyHistogram()
     for r in results:
         merged.counts = [a + b for a, b in zip(merged.counts, r["lateness"])]
@@ -470,26 +599,30 @@ def concurrent_step_processes(calls: int, hold: float, ramp_cps: float, scenario
     heard = [h for r in results for h in r["heard"]]
     busy = results[0]["busy"]
     ok = not failures and worst < 0.005 and lost == 0
-    summary = (f"{calls:5d} calls in {processes} processes  up {up:5d}"
-               f"{' failed ' + str(failures) if failures else ''}  "
-               f"lateness p50 {merged.percentile(0.5) * 1e3:5.1f} ms  "
-               f"p99 {merged.percentile(0.99) * 1e3:5.1f} ms "
-               f"(worst process {worst * 1e3:5.1f} ms)  "
-               f"lost {lost}  missing {missing:.2%}  "
-               f"kernel drops ringflow {sum(r['drops'][0] for r in results)} "
-               f"sipp {sum(r['drops'][1] for r in results)}  "
-               f"late>10ms {sum(r['late'] for r in results)}  "
-               f"stalls {sum(r['stalls'] for r in results)}  ringflow cores {cores:.2f}  "
-               f"cpu/call {cores / max(1, up) * 100:.3f}% of a core  sipp cores {sipp_cores:.2f}  "
-               f"machine busy {busy:.2f} of {os.cpu_count()} cores  "
-               f"audio {sum(heard) / max(1, len(heard)):.2f} s/s")
+    summary = (
+        f"{calls:5d} calls in {processes} processes  up {up:5d}"
+        f"{' failed ' + str(failures) if failures else ''}  "
+        f"lateness p50 {merged.percentile(0.5) * 1e3:5.1f} ms  "
+        f"p99 {merged.percentile(0.99) * 1e3:5.1f} ms "
+        f"(worst process {worst * 1e3:5.1f} ms)  "
+        f"lost {lost}  missing {missing:.2%}  "
+        f"kernel drops ringflow {sum(r['drops'][0] for r in results)} "
+        f"sipp {sum(r['drops'][1] for r in results)}  "
+        f"late>10ms {sum(r['late'] for r in results)}  "
+        f"stalls {sum(r['stalls'] for r in results)}  ringflow cores {cores:.2f}  "
+        f"cpu/call {cores / max(1, up) * 100:.3f}% of a core  sipp cores {sipp_cores:.2f}  "
+        f"machine busy {busy:.2f} of {os.cpu_count()} cores  "
+        f"audio {sum(heard) / max(1, len(heard)):.2f} s/s"
+    )
     lines = [summary]
     for k, r in enumerate(results):
-        lines.append(f"    process {k}: up {r['up']:4d}  lateness p50 {r['p50'] * 1e3:5.1f} ms  "
-                     f"p99 {r['p99'] * 1e3:5.1f} ms  lost {r['lost']}  "
-                     f"late>10ms {r['late']}  stalls {r['stalls']}  "
-                     f"ringflow cores {r['cpu'] / r['wall']:.2f}  "
-                     f"sipp cores {r['sipp_cpu'] / r['wall']:.2f}")
+        lines.append(
+            f"    process {k}: up {r['up']:4d}  lateness p50 {r['p50'] * 1e3:5.1f} ms  "
+            f"p99 {r['p99'] * 1e3:5.1f} ms  lost {r['lost']}  "
+            f"late>10ms {r['late']}  stalls {r['stalls']}  "
+            f"ringflow cores {r['cpu'] / r['wall']:.2f}  "
+            f"sipp cores {r['sipp_cpu'] / r['wall']:.2f}"
+        )
     return "\n".join(lines), ok
 
 
@@ -511,16 +644,22 @@ def process_ports(index: int, processes: int) -> tuple[int, int]:
     return low + index * width, low + (index + 1) * width - 2
 
 
-def in_processes(kind: str, params: list[dict], workdir: Path, loop: str | None,
-                 timeout: float) -> list[dict]:
+def in_processes(
+    kind: str, params: list[dict], workdir: Path, loop: str | None, timeout: float
+) -> list[dict]:
     """Run one step in ``len(params)`` fresh processes (spawned), process ``k`` with
     ``params[k]``, started together at a barrier; their results, in order."""
     ctx = multiprocessing.get_context("spawn")
     processes = len(params)
     barrier, results = ctx.Barrier(processes), ctx.Queue()
-    procs = [ctx.Process(target=process_main, name=f"sip-calls-{k}",
-                         args=(kind, k, processes, params[k], workdir, loop, barrier, results))
-             for k in range(processes)]
+    procs = [
+        ctx.Process(
+            target=process_main,
+            name=f"sip-calls-{k}",
+            args=(kind, k, processes, params[k], workdir, loop, barrier, results),
+        )
+        for k in range(processes)
+    ]
     for proc in procs:
         proc.start()
     got: dict[int, dict] = {}
@@ -530,8 +669,9 @@ def in_processes(kind: str, params: list[dict], workdir: Path, loop: str | None,
             try:
                 index, error, value = results.get(timeout=1.0)
             except queue.Empty:
-                dead = [p.name for k, p in enumerate(procs)
-                        if k not in got and p.exitcode is not None]
+                dead = [
+                    p.name for k, p in enumerate(procs) if k not in got and p.exitcode is not None
+                ]
                 if dead:
                     time.sleep(1.0)  # its last words may still be in the pipe
                     if results.empty():
@@ -551,8 +691,16 @@ def in_processes(kind: str, params: list[dict], workdir: Path, loop: str | None,
     return [got[k] for k in range(processes)]
 
 
-def process_main(kind: str, index: int, processes: int, params: dict, workdir: Path,
-                 loop: str | None, barrier, results) -> None:
+def process_main(
+    kind: str,
+    index: int,
+    processes: int,
+    params: dict,
+    workdir: Path,
+    loop: str | None,
+    barrier,
+    results,
+) -> None:
     """A spawned process: run its share of one step on its own loop, carrier and SIPp, and
     put ``(index, error, result)`` on ``results``."""
     logging.basicConfig(level=logging.ERROR)
@@ -567,21 +715,39 @@ def process_main(kind: str, index: int, processes: int, params: dict, workdir: P
         results.put((index, traceback.format_exc(), None))
 
 
-async def process_step(kind: str, index: int, processes: int, params: dict, workdir: Path,
-                       barrier) -> dict:
+async def process_step(
+    kind: str, index: int, processes: int, params: dict, workdir: Path, barrier
+) -> dict:
     async def sync() -> None:
         await asyncio.get_running_loop().run_in_executor(None, barrier.wait, BARRIER_WAIT)
 
     ports = process_ports(index, processes)
     if kind == "cps":
-        return await cps_run(params["rate"], params["count"], params["hold"], params["scenario"],
-                             workdir, params["answer_timeout"], sync=sync, rtp_ports=ports)
+        return await cps_run(
+            params["rate"],
+            params["count"],
+            params["hold"],
+            params["scenario"],
+            workdir,
+            params["answer_timeout"],
+            sync=sync,
+            rtp_ports=ports,
+        )
     tts = TextToSpeech(PromptCache(workdir / "media"))
     try:
         await tts.speak(PROMPT)  # rendered by the parent: this reads the cache, before dialing
-        return await concurrent_run(params["calls"], params["hold"], params["ramp_cps"],
-                                    params["scenario"], workdir, tts, params["answer_timeout"],
-                                    sync=sync, rtp_ports=ports, machine=params["machine"])
+        return await concurrent_run(
+            params["calls"],
+            params["hold"],
+            params["ramp_cps"],
+            params["scenario"],
+            workdir,
+            tts,
+            params["answer_timeout"],
+            sync=sync,
+            rtp_ports=ports,
+            machine=params["machine"],
+        )
     finally:
         tts.close()
 
@@ -600,19 +766,35 @@ def machine_busy() -> float:
 async def run(args: argparse.Namespace, workdir: Path) -> None:
     profiler = cProfile.Profile() if args.profile else None
     if args.only in (None, "cps"):
-        print("calls per second: hold", args.hold, "s, dialing", args.seconds, "s per rate",
-              *((f"in {args.processes} processes",) if args.processes > 1 else ()), flush=True)
+        print(
+            "calls per second: hold",
+            args.hold,
+            "s, dialing",
+            args.seconds,
+            "s per rate",
+            *((f"in {args.processes} processes",) if args.processes > 1 else ()),
+            flush=True,
+        )
         best = None
         if profiler and args.profile == "cps":
             profiler.enable()
         for rate in args.cps:
             if args.processes > 1:
                 line, failed = await asyncio.to_thread(
-                    cps_step_processes, rate, args.seconds, args.hold, args.scenario, workdir,
-                    args.answer_timeout, args.processes, args.loop)
+                    cps_step_processes,
+                    rate,
+                    args.seconds,
+                    args.hold,
+                    args.scenario,
+                    workdir,
+                    args.answer_timeout,
+                    args.processes,
+                    args.loop,
+                )
             else:
-                line, failed = await cps_step(rate, args.seconds, args.hold, args.scenario,
-                                              workdir, args.answer_timeout)
+                line, failed = await cps_step(
+                    rate, args.seconds, args.hold, args.scenario, workdir, args.answer_timeout
+                )
             print(line, flush=True)
             if failed == 0:
                 best = rate
@@ -625,22 +807,38 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     if args.only in (None, "concurrent"):
         tts = TextToSpeech(PromptCache(workdir / "media"))
         prompt = await tts.speak(PROMPT)  # rendered once, before anything is measured
-        print(f"concurrent calls: prompt {prompt.duration:.1f} s spoken in a loop and recorded, "
-              f"held {args.hold_concurrent} s per level, ramp {args.ramp_cps} cps"
-              + (f" in all, {args.processes} processes" if args.processes > 1 else ""),
-              flush=True)
+        print(
+            f"concurrent calls: prompt {prompt.duration:.1f} s spoken in a loop and recorded, "
+            f"held {args.hold_concurrent} s per level, ramp {args.ramp_cps} cps"
+            + (f" in all, {args.processes} processes" if args.processes > 1 else ""),
+            flush=True,
+        )
         best = None
         if profiler and args.profile == "concurrent":
             profiler.enable()
         for calls in args.calls:
             if args.processes > 1:
                 line, ok = await asyncio.to_thread(
-                    concurrent_step_processes, calls, args.hold_concurrent, args.ramp_cps,
-                    args.scenario, workdir, args.answer_timeout, args.processes, args.loop)
+                    concurrent_step_processes,
+                    calls,
+                    args.hold_concurrent,
+                    args.ramp_cps,
+                    args.scenario,
+                    workdir,
+                    args.answer_timeout,
+                    args.processes,
+                    args.loop,
+                )
             else:
-                line, ok = await concurrent_step(calls, args.hold_concurrent, args.ramp_cps,
-                                                 args.scenario, workdir, tts,
-                                                 args.answer_timeout)
+                line, ok = await concurrent_step(
+                    calls,
+                    args.hold_concurrent,
+                    args.ramp_cps,
+                    args.scenario,
+                    workdir,
+                    tts,
+                    args.answer_timeout,
+                )
             print(line, flush=True)
             if ok:
                 best = calls
@@ -678,21 +876,26 @@ def main() -> None:
     parser.add_argument("--cps", type=float, nargs="+", default=[20, 50, 100, 200, 300])
     parser.add_argument("--seconds", type=float, default=10.0, help="dialing time per rate")
     parser.add_argument("--hold", type=float, default=1.0, help="seconds each call is held")
-    parser.add_argument("--calls", type=int, nargs="+",
-                        default=[50, 100, 150, 200, 400, 700, 1000])
+    parser.add_argument("--calls", type=int, nargs="+", default=[50, 100, 150, 200, 400, 700, 1000])
     parser.add_argument("--hold-concurrent", type=float, default=10.0)
     parser.add_argument("--ramp-cps", type=float, default=100.0)
     parser.add_argument("--answer-timeout", type=float, default=10.0)
-    parser.add_argument("--scenario", default="callee_answer.xml",
-                        help="a file of tests/fixtures/sipp, or a SIPp built-in (uas)")
+    parser.add_argument(
+        "--scenario",
+        default="callee_answer.xml",
+        help="a file of tests/fixtures/sipp, or a SIPp built-in (uas)",
+    )
     parser.add_argument("--only", choices=["cps", "concurrent"])
     parser.add_argument("--stop-on-fail", action="store_true")
     parser.add_argument("--profile", choices=["cps", "concurrent"])
     parser.add_argument("--loop", choices=["asyncio", "uvloop"])
     parser.add_argument("--workdir", type=Path, help="keep SIPp's statistics and error logs here")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="split each step's calls over this many processes, each with its "
-                             "own carrier and SIPp")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="split each step's calls over this many processes, each with its own carrier and SIPp",
+    )
     args = parser.parse_args()
     if args.processes < 1:
         parser.error("--processes must be at least 1")
@@ -707,8 +910,11 @@ def run_bench(run: Any, args: argparse.Namespace, prefix: str, note: str = "") -
     logging.basicConfig(level=logging.ERROR)
     factory, loop_name = loop_factory(args.loop)
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-    print(f"loop {loop_name}, Python {sys.version.split()[0]}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f}{note}", flush=True)
+    print(
+        f"loop {loop_name}, Python {sys.version.split()[0]}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.2f}{note}",
+        flush=True,
+    )
     with contextlib.ExitStack() as stack:
         if args.workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))

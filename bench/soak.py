@@ -69,6 +69,7 @@ def quantile(values: list[float], q: float) -> float:
 
 # --- the callback receiver (its own process, so the load generator's work cannot delay it) ---
 
+
 async def receive_callbacks(port: int, out: Path) -> None:
     """A minimal HTTP/1.1 server: each request's arrival time and JSON body, one line each."""
     sink = out.open("a", buffering=1)
@@ -85,8 +86,16 @@ async def receive_callbacks(port: int, out: Path) -> None:
                 arrived = time.time()
                 with contextlib.suppress(ValueError):
                     data = json.loads(body)
-                    sink.write(json.dumps({"at": arrived, "sid": data.get("CallSid"),
-                                           "status": data.get("Status")}) + "\n")
+                    sink.write(
+                        json.dumps(
+                            {
+                                "at": arrived,
+                                "sid": data.get("CallSid"),
+                                "status": data.get("Status"),
+                            }
+                        )
+                        + "\n"
+                    )
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 await writer.drain()
         writer.close()
@@ -98,6 +107,7 @@ async def receive_callbacks(port: int, out: Path) -> None:
 
 # --- the hostile process ---
 
+
 def raise_file_limit() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -105,6 +115,7 @@ def raise_file_limit() -> None:
 
 async def tarpit(port: int) -> None:
     """Accepts, reads, never answers; holds each connection until the peer gives up."""
+
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
             while await reader.read(65536):
@@ -122,8 +133,7 @@ async def slow_client(host: str, port: int, stop: float) -> int:
     cut = 0
     while time.monotonic() < stop:
         try:
-            reader, writer = await asyncio.open_connection(host, port,
-                                                           local_addr=("127.0.0.88", 0))
+            reader, writer = await asyncio.open_connection(host, port, local_addr=("127.0.0.88", 0))
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             while time.monotonic() < stop:
                 await writer.drain()
@@ -147,9 +157,13 @@ async def wrong_tokens(base: str, sid: str, key: str, per_second: int, stop: flo
     async with httpx.AsyncClient(transport=transport, timeout=10) as http:
         while time.monotonic() < stop:
             tick = time.monotonic()
-            answers = await asyncio.gather(*(
-                http.get(f"{base}/v1/Accounts/{sid}/Calls.json", auth=(key, f"wrong{i}"))
-                for i in range(per_second // 10)), return_exceptions=True)
+            answers = await asyncio.gather(
+                *(
+                    http.get(f"{base}/v1/Accounts/{sid}/Calls.json", auth=(key, f"wrong{i}"))
+                    for i in range(per_second // 10)
+                ),
+                return_exceptions=True,
+            )
             for a in answers:
                 code = a.status_code if isinstance(a, httpx.Response) else 0
                 counts[code] = counts.get(code, 0) + 1
@@ -171,24 +185,32 @@ async def bombs(base: str, stop: float) -> int:
     return sent
 
 
-async def tarpit_tenant(base: str, creds: dict, tarpit_url: str, per_second: float, stop: float
-                        ) -> int:
+async def tarpit_tenant(
+    base: str, creds: dict, tarpit_url: str, per_second: float, stop: float
+) -> int:
     """A tenant whose every call reports to the tarpit."""
     placed = 0
     async with httpx.AsyncClient(timeout=30) as http:
         while time.monotonic() < stop:
             with contextlib.suppress(httpx.HTTPError):
-                r = await http.post(f"{base}/v1/Accounts/{creds['sid']}/Calls/connect.json",
-                                    auth=(creds["api_key"], creds["api_token"]),
-                                    data={"From": "09812345678", "CallerId": creds["exophone"],
-                                          "Url": creds["flow"], "StatusCallback": tarpit_url})
+                r = await http.post(
+                    f"{base}/v1/Accounts/{creds['sid']}/Calls/connect.json",
+                    auth=(creds["api_key"], creds["api_token"]),
+                    data={
+                        "From": "09812345678",
+                        "CallerId": creds["exophone"],
+                        "Url": creds["flow"],
+                        "StatusCallback": tarpit_url,
+                    },
+                )
                 placed += r.status_code == 200
             await asyncio.sleep(1 / per_second)
     return placed
 
 
-def fuzz(sip: tuple[str, int], rtp: tuple[int, int], per_second: int, stop: float,
-         out: dict) -> None:
+def fuzz(
+    sip: tuple[str, int], rtp: tuple[int, int], per_second: int, stop: float, out: dict
+) -> None:
     """Fuzzed SIP (from the trunk's address and a stranger's) and RTP, paced, on a thread."""
     from tests.sipfuzz import blast, rtp_datagram, sip_datagram
 
@@ -196,11 +218,13 @@ def fuzz(sip: tuple[str, int], rtp: tuple[int, int], per_second: int, stop: floa
     while time.monotonic() < stop:
         tick = time.monotonic()
         seed += 1
-        sent += blast(sip, per_second // 2, sip_datagram, sources=("127.0.0.1", "127.0.0.66"),
-                      seed=seed).sent
+        sent += blast(
+            sip, per_second // 2, sip_datagram, sources=("127.0.0.1", "127.0.0.66"), seed=seed
+        ).sent
         port = random.Random(seed).randrange(rtp[0], rtp[1] + 1)
-        sent += blast(("127.0.0.1", port), per_second // 2, rtp_datagram,
-                      sources=("127.0.0.66",), seed=seed).sent
+        sent += blast(
+            ("127.0.0.1", port), per_second // 2, rtp_datagram, sources=("127.0.0.66",), seed=seed
+        ).sent
         time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
     out["datagrams"] = sent
 
@@ -213,33 +237,49 @@ async def hostile(plan: dict) -> None:
     side = asyncio.ensure_future(tarpit(plan["tarpit_port"]))
     fuzzer = None
     if plan["sip_port"]:
-        fuzzer = threading.Thread(target=fuzz, args=(("127.0.0.1", plan["sip_port"]),
-                                                     tuple(plan["rtp"]), plan["fuzz_rate"],
-                                                     stop, results), daemon=True)
+        fuzzer = threading.Thread(
+            target=fuzz,
+            args=(
+                ("127.0.0.1", plan["sip_port"]),
+                tuple(plan["rtp"]),
+                plan["fuzz_rate"],
+                stop,
+                results,
+            ),
+            daemon=True,
+        )
         fuzzer.start()
     host, port = "127.0.0.1", int(base.rsplit(":", 1)[1])
     slow = [slow_client(host, port, stop) for _ in range(plan["slow_clients"])]
     outcome = await asyncio.gather(
         asyncio.gather(*slow),
-        wrong_tokens(base, plan["steady"]["sid"], plan["steady"]["api_key"], plan["token_rate"],
-                     stop),
+        wrong_tokens(
+            base, plan["steady"]["sid"], plan["steady"]["api_key"], plan["token_rate"], stop
+        ),
         bombs(base, stop),
-        tarpit_tenant(base, plan["tarpit"], f"http://127.0.0.1:{plan['tarpit_port']}/cb",
-                      2.0, stop),
+        tarpit_tenant(
+            base, plan["tarpit"], f"http://127.0.0.1:{plan['tarpit_port']}/cb", 2.0, stop
+        ),
     )
     if fuzzer is not None:
         fuzzer.join()
     side.cancel()
     await asyncio.gather(side, return_exceptions=True)
-    results.update(slow_connections=sum(outcome[0]), tokens=outcome[1], bombs=outcome[2],
-                   tarpit_calls=outcome[3])
+    results.update(
+        slow_connections=sum(outcome[0]),
+        tokens=outcome[1],
+        bombs=outcome[2],
+        tarpit_calls=outcome[3],
+    )
     print(json.dumps(results), flush=True)
 
 
 # --- the normal traffic and the runs ---
 
-async def normal_traffic(base: str, accounts: dict[str, dict], rates: dict[str, float],
-                         seconds: float, callback: str) -> dict[str, list]:
+
+async def normal_traffic(
+    base: str, accounts: dict[str, dict], rates: dict[str, float], seconds: float, callback: str
+) -> dict[str, list]:
     """Place calls for each account at its rate; note each call's SID and when it was accepted."""
     placed: dict[str, list] = {name: [] for name in rates}
     stop = time.monotonic() + seconds
@@ -251,9 +291,14 @@ async def normal_traffic(base: str, accounts: dict[str, dict], rates: dict[str, 
             r = await http.post(
                 f"{base}/v1/Accounts/{creds['sid']}/Calls/connect.json",
                 auth=(creds["api_key"], creds["api_token"]),
-                data={"From": "09812345678", "CallerId": creds["exophone"], "Url": creds["flow"],
-                      "StatusCallback": callback,
-                      "StatusCallbackContentType": "application/json"})
+                data={
+                    "From": "09812345678",
+                    "CallerId": creds["exophone"],
+                    "Url": creds["flow"],
+                    "StatusCallback": callback,
+                    "StatusCallbackContentType": "application/json",
+                },
+            )
             ok = r.status_code == 200
             sid = r.json()["Call"]["Sid"] if ok else None
         except httpx.HTTPError:
@@ -295,12 +340,18 @@ def run(args: argparse.Namespace, hostile_on: bool) -> dict:
     port, sip_port = free_port(), (free_port(socket.SOCK_DGRAM) if args.sip else 0)
     receiver_port, tarpit_port = free_port(), free_port()
     rtp = (30000, 30400)
-    env = {**os.environ, "RINGFLOW_DATABASE_URL": args.database_url
-           or f"sqlite+aiosqlite:///{workdir}/soak.db",
-           "RINGFLOW_DATA_DIR": str(workdir / "data"), "RINGFLOW_PORT": str(port),
-           "RINGFLOW_ALLOW_PRIVATE_URLS": "1", "RINGFLOW_RATE_LIMIT_PER_MINUTE": "100000",
-           "RINGFLOW_MAX_CONCURRENT_CALLS": "1000", "RINGFLOW_LOG_LEVEL": "warning",
-           "RINGFLOW_RTP_PORT_MIN": str(rtp[0]), "RINGFLOW_RTP_PORT_MAX": str(rtp[1])}
+    env = {
+        **os.environ,
+        "RINGFLOW_DATABASE_URL": args.database_url or f"sqlite+aiosqlite:///{workdir}/soak.db",
+        "RINGFLOW_DATA_DIR": str(workdir / "data"),
+        "RINGFLOW_PORT": str(port),
+        "RINGFLOW_ALLOW_PRIVATE_URLS": "1",
+        "RINGFLOW_RATE_LIMIT_PER_MINUTE": "100000",
+        "RINGFLOW_MAX_CONCURRENT_CALLS": "1000",
+        "RINGFLOW_LOG_LEVEL": "warning",
+        "RINGFLOW_RTP_PORT_MIN": str(rtp[0]),
+        "RINGFLOW_RTP_PORT_MAX": str(rtp[1]),
+    }
     (workdir / "app.yaml").write_text(APP)
     accounts = {}
     for name in ("steady", "sip", "tarpit"):
@@ -313,17 +364,38 @@ def run(args: argparse.Namespace, hostile_on: bool) -> dict:
     procs: list[subprocess.Popen] = []
     if args.sip:
         sipp_port = free_port(socket.SOCK_DGRAM)
-        procs.append(subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p",
-                                       str(sipp_port), "-nostdin", "-bg"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        (workdir / "trunks.yaml").write_text(json.dumps({"trunks": [{
-            "name": "sipp", "host": "127.0.0.1", "port": sipp_port,
-            "accounts": [accounts["sip"]["sid"]]}]}))
-        env.update(RINGFLOW_SIP_TRUNKS=str(workdir / "trunks.yaml"),
-                   RINGFLOW_SIP_PORT=str(sip_port), RINGFLOW_SIP_HOST="127.0.0.1")
+        procs.append(
+            subprocess.Popen(
+                ["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(sipp_port), "-nostdin", "-bg"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        (workdir / "trunks.yaml").write_text(
+            json.dumps(
+                {
+                    "trunks": [
+                        {
+                            "name": "sipp",
+                            "host": "127.0.0.1",
+                            "port": sipp_port,
+                            "accounts": [accounts["sip"]["sid"]],
+                        }
+                    ]
+                }
+            )
+        )
+        env.update(
+            RINGFLOW_SIP_TRUNKS=str(workdir / "trunks.yaml"),
+            RINGFLOW_SIP_PORT=str(sip_port),
+            RINGFLOW_SIP_HOST="127.0.0.1",
+        )
     callbacks = workdir / "callbacks.jsonl"
-    procs.append(subprocess.Popen([sys.executable, __file__, "--receiver", str(receiver_port),
-                                   str(callbacks)]))
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, __file__, "--receiver", str(receiver_port), str(callbacks)]
+        )
+    )
     server_log = (workdir / "server.log").open("w")
     server = subprocess.Popen([*RINGFLOW, "serve"], env=env, stdout=server_log, stderr=server_log)
     base = f"http://127.0.0.1:{port}"
@@ -337,15 +409,29 @@ def run(args: argparse.Namespace, hostile_on: bool) -> dict:
         stop_sampling = peak_rss_sampler(server.pid, stats)
         attacker = None
         if hostile_on:
-            plan = {"seconds": args.seconds, "base": base, "sip_port": sip_port, "rtp": rtp,
-                    "tarpit_port": tarpit_port, "steady": accounts["steady"],
-                    "tarpit": accounts["tarpit"], "slow_clients": args.slow_clients,
-                    "token_rate": args.token_rate, "fuzz_rate": args.fuzz_rate}
-            attacker = subprocess.Popen([sys.executable, __file__, "--hostile", json.dumps(plan)],
-                                        stdout=subprocess.PIPE, text=True)
+            plan = {
+                "seconds": args.seconds,
+                "base": base,
+                "sip_port": sip_port,
+                "rtp": rtp,
+                "tarpit_port": tarpit_port,
+                "steady": accounts["steady"],
+                "tarpit": accounts["tarpit"],
+                "slow_clients": args.slow_clients,
+                "token_rate": args.token_rate,
+                "fuzz_rate": args.fuzz_rate,
+            }
+            attacker = subprocess.Popen(
+                [sys.executable, __file__, "--hostile", json.dumps(plan)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
         rates = {"steady": args.rate, **({"sip": 1.0} if args.sip else {})}
-        placed = asyncio.run(normal_traffic(base, accounts, rates, args.seconds,
-                                            f"http://127.0.0.1:{receiver_port}/cb"))
+        placed = asyncio.run(
+            normal_traffic(
+                base, accounts, rates, args.seconds, f"http://127.0.0.1:{receiver_port}/cb"
+            )
+        )
         if attacker is not None:
             stats["hostile"] = json.loads(attacker.communicate(timeout=120)[0] or "{}")
         wanted = {sid for calls in placed.values() for sid, _, _, ok in calls if ok}
@@ -371,11 +457,15 @@ def run(args: argparse.Namespace, hostile_on: bool) -> dict:
     for name, calls in placed.items():
         accepted = [(sid, at) for sid, at, _, ok in calls if ok]
         delays = [arrived[sid] - at for sid, at in accepted if sid in arrived]
-        stats[name] = {"placed": len(calls), "refused": len(calls) - len(accepted),
-                       "lost": sum(sid not in arrived for sid, _ in accepted),
-                       "api_p50": quantile([lat for _, _, lat, _ in calls], 0.5) * 1000,
-                       "api_p99": quantile([lat for _, _, lat, _ in calls], 0.99) * 1000,
-                       "cb_p50": quantile(delays, 0.5), "cb_p99": quantile(delays, 0.99)}
+        stats[name] = {
+            "placed": len(calls),
+            "refused": len(calls) - len(accepted),
+            "lost": sum(sid not in arrived for sid, _ in accepted),
+            "api_p50": quantile([lat for _, _, lat, _ in calls], 0.5) * 1000,
+            "api_p99": quantile([lat for _, _, lat, _ in calls], 0.99) * 1000,
+            "cb_p50": quantile(delays, 0.5),
+            "cb_p99": quantile(delays, 0.99),
+        }
     return stats
 
 
@@ -390,24 +480,31 @@ def terminal_callbacks(path: Path) -> dict[str, float]:
 
 
 def report(quiet: dict, loud: dict, accounts: list[str]) -> None:
-    print(f"{'':<8} {'run':<8} {'placed':>6} {'refused':>7} {'lost':>5} {'API p50':>9} "
-          f"{'API p99':>9} {'callback p50':>13} {'callback p99':>13}")
+    print(
+        f"{'':<8} {'run':<8} {'placed':>6} {'refused':>7} {'lost':>5} {'API p50':>9} "
+        f"{'API p99':>9} {'callback p50':>13} {'callback p99':>13}"
+    )
     for name in accounts:
         for label, stats in (("quiet", quiet), ("hostile", loud)):
             s = stats[name]
-            print(f"{name:<8} {label:<8} {s['placed']:>6} {s['refused']:>7} {s['lost']:>5} "
-                  f"{s['api_p50']:>7.1f}ms {s['api_p99']:>7.1f}ms {s['cb_p50']:>12.2f}s "
-                  f"{s['cb_p99']:>12.2f}s")
+            print(
+                f"{name:<8} {label:<8} {s['placed']:>6} {s['refused']:>7} {s['lost']:>5} "
+                f"{s['api_p50']:>7.1f}ms {s['api_p99']:>7.1f}ms {s['cb_p50']:>12.2f}s "
+                f"{s['cb_p99']:>12.2f}s"
+            )
         q, h = quiet[name], loud[name]
-        print(f"{name:<8} ratio    API p99 x{h['api_p99'] / q['api_p99']:.2f}, callback p99 "
-              f"x{h['cb_p99'] / q['cb_p99']:.2f} (+{h['cb_p99'] - q['cb_p99']:.2f} s)")
+        print(
+            f"{name:<8} ratio    API p99 x{h['api_p99'] / q['api_p99']:.2f}, callback p99 "
+            f"x{h['cb_p99'] / q['cb_p99']:.2f} (+{h['cb_p99'] - q['cb_p99']:.2f} s)"
+        )
     print(f"server peak RSS: quiet {quiet.get('rss', 0)} MB, hostile {loud.get('rss', 0)} MB")
     print(f"hostile traffic: {json.dumps(loud.get('hostile', {}))}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--rate", type=float, default=4.0, help="steady calls a second")
     parser.add_argument("--database-url", help="default: a fresh SQLite file per run")
@@ -426,8 +523,11 @@ def main() -> int:
         return 0
     if args.sip and shutil.which("sipp") is None:
         parser.error("sipp is not installed (make test installs it), or pass --no-sip")
-    print(f"soak: {args.seconds:g} s per run, {args.rate:g} steady calls/s"
-          f"{', 1 SIP call/s' if args.sip else ''}", flush=True)
+    print(
+        f"soak: {args.seconds:g} s per run, {args.rate:g} steady calls/s"
+        f"{', 1 SIP call/s' if args.sip else ''}",
+        flush=True,
+    )
     quiet = run(args, hostile_on=False)
     loud = run(args, hostile_on=True)
     report(quiet, loud, ["steady", *(["sip"] if args.sip else [])])

@@ -48,8 +48,10 @@ class Voice:
                 samples = soxr.resample(samples, 8000, rate).astype("<i2")
             size = round(rate * CHUNK_SECONDS)
             samples = np.concatenate([samples, np.zeros(-len(samples) % size, "<i2")])
-            self.by_rate[rate] = [base64.b64encode(samples[i:i + size].tobytes()).decode()
-                                  for i in range(0, len(samples), size)]
+            self.by_rate[rate] = [
+                base64.b64encode(samples[i : i + size].tobytes()).decode()
+                for i in range(0, len(samples), size)
+            ]
         return self.by_rate[rate]
 
 
@@ -78,8 +80,11 @@ async def handle(ws: ServerConnection, voice: Voice, counts: Counts) -> None:
             if message.get("event") == "start":
                 start = message["start"]
                 chunks = voice.chunks(int(start["media_format"]["sample_rate"]))
-                head = ('{"event":"media","stream_sid":"' + start["stream_sid"]
-                        + '","media":{"payload":"')
+                head = (
+                    '{"event":"media","stream_sid":"'
+                    + start["stream_sid"]
+                    + '","media":{"payload":"'
+                )
             elif message.get("event") == "stop":
                 break
             else:
@@ -93,14 +98,22 @@ async def report(counts: Counts) -> None:
     loop = asyncio.get_running_loop()
     while await loop.run_in_executor(None, sys.stdin.readline):
         ru = resource.getrusage(resource.RUSAGE_SELF)
-        print(f"{ru.ru_utime + ru.ru_stime:.3f} {counts.connections} {counts.received} "
-              f"{counts.sent}", flush=True)
+        print(
+            f"{ru.ru_utime + ru.ru_stime:.3f} {counts.connections} {counts.received} {counts.sent}",
+            flush=True,
+        )
 
 
 async def main(voice: Voice, port: int) -> None:
     counts = Counts()
-    async with serve(lambda ws: handle(ws, voice, counts), "127.0.0.1", port,
-                     compression=None, max_size=1 << 20, ping_interval=None) as server:
+    async with serve(
+        lambda ws: handle(ws, voice, counts),
+        "127.0.0.1",
+        port,
+        compression=None,
+        max_size=1 << 20,
+        ping_interval=None,
+    ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         print(f"port {port}", flush=True)
         await report(counts)

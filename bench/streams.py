@@ -98,7 +98,10 @@ class Bot:
     def __init__(self, prompt: Path):
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "stream_bot.py"), "--prompt", str(prompt)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("port "):
@@ -132,8 +135,8 @@ class WayIn:
             if isinstance(frame, str) and frame.endswith("}") and '"t":' in frame[-24:]:
                 now = time.monotonic()
                 at = frame.rfind('"t":')
-                sid = frame[31:frame.index('"', 31)]  # '{"event":"media","stream_sid":"MZ...'
-                by_stream.setdefault(sid, []).append(now - float(frame[at + 4:-1]))
+                sid = frame[31 : frame.index('"', 31)]  # '{"event":"media","stream_sid":"MZ...'
+                by_stream.setdefault(sid, []).append(now - float(frame[at + 4 : -1]))
             return event
 
         stream_module.parse_bot_message = timed
@@ -157,17 +160,28 @@ class Watched:
         return self.stream.playout.stats.empty_takes
 
 
-async def run_level(kind: str, calls: int, args: argparse.Namespace, workdir: Path,
-                    tts: TextToSpeech, bot: Bot | None) -> dict:
+async def run_level(
+    kind: str,
+    calls: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    tts: TextToSpeech,
+    bot: Bot | None,
+) -> dict:
     """N plain calls or N streams; what was measured over the hold."""
     sipp = Sipp(SCENARIO, workdir)
     carrier = carrier_for(sipp, speech=lambda words, voice: tts.speak(words, voice))
     await carrier.start()
     clock = RealClock()
-    streams = Streams(Settings(allow_private_urls=True, stream_limit=100_000), clock, None,
-                      keep_latencies=KEEP_LATENCIES)
-    url = (bot.url if bot else "") + (f"?sample-rate={args.sample_rate}"
-                                      if args.sample_rate != 8000 else "")
+    streams = Streams(
+        Settings(allow_private_urls=True, stream_limit=100_000),
+        clock,
+        None,
+        keep_latencies=KEEP_LATENCIES,
+    )
+    url = (bot.url if bot else "") + (
+        f"?sample-rate={args.sample_rate}" if args.sample_rate != 8000 else ""
+    )
     stop = asyncio.Event()
     all_up = asyncio.Event()
     up = 0
@@ -200,9 +214,14 @@ async def run_level(kind: str, calls: int, args: argparse.Namespace, workdir: Pa
         if kind == "plain":
             work = asyncio.ensure_future(speak_forever(channel))
         else:
-            request = StreamRequest(url=url, account_sid="AC1", call_sid=f"CA{i}",
-                                    from_number="09812345678", to_number="08041234567",
-                                    limit=None)
+            request = StreamRequest(
+                url=url,
+                account_sid="AC1",
+                call_sid=f"CA{i}",
+                from_number="09812345678",
+                to_number="08041234567",
+                limit=None,
+            )
 
             def started(stream) -> None:
                 watched[stream.info.stream_sid] = Watched(stream)
@@ -211,8 +230,14 @@ async def run_level(kind: str, calls: int, args: argparse.Namespace, workdir: Pa
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if work.done() and not stop.is_set():
-            fail(f"{kind} ended early" + (f": {work.result().detailed_status}"
-                                           if kind == "streams" and not work.exception() else ""))
+            fail(
+                f"{kind} ended early"
+                + (
+                    f": {work.result().detailed_status}"
+                    if kind == "streams" and not work.exception()
+                    else ""
+                )
+            )
         stopping.cancel()
         await channel.hangup()
         with contextlib.suppress(Exception):
@@ -225,11 +250,17 @@ async def run_level(kind: str, calls: int, args: argparse.Namespace, workdir: Pa
                 await asyncio.wait_for(all_up.wait(), args.answer_timeout + 10)
             await asyncio.sleep(2.0)  # warm-up: every leg sending, every stream flowing
             assert carrier.media is not None
-            snapshot = {sid: (len(w.stream.playout.stats.latencies),
-                              len(way_in.by_stream.get(sid, ())), w.gaps,
-                              w.stream.playout.stats.underruns, w.stream._dropped,
-                              w.stream.playout.stats.played_bytes)
-                        for sid, w in watched.items()}
+            snapshot = {
+                sid: (
+                    len(w.stream.playout.stats.latencies),
+                    len(way_in.by_stream.get(sid, ())),
+                    w.gaps,
+                    w.stream.playout.stats.underruns,
+                    w.stream._dropped,
+                    w.stream.playout.stats.played_bytes,
+                )
+                for sid, w in watched.items()
+            }
             carrier.media.reset_stats()
             rtp = carrier.rtp_ports
             drops0 = udp_drops(*rtp), udp_drops(sipp.media, sipp.media)
@@ -255,15 +286,20 @@ async def run_level(kind: str, calls: int, args: argparse.Namespace, workdir: Pa
                 window[sid] = {
                     "playout": playout.latencies[lat0:],
                     "way": way_in.by_stream.get(sid, [])[way0:],
-                    "gaps": w.gaps - gaps0, "underruns": playout.underruns - under0,
+                    "gaps": w.gaps - gaps0,
+                    "underruns": playout.underruns - under0,
                     "dropped": w.stream._dropped - drop0,
-                    "played": playout.played_bytes - played0, "lat0": lat0, "way0": way0}
+                    "played": playout.played_bytes - played0,
+                    "lat0": lat0,
+                    "way0": way0,
+                }
             stop.set()
             await asyncio.gather(*tasks)
             if profiler:
                 out = io.StringIO()
                 pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(
-                    args.profile_lines)
+                    args.profile_lines
+                )
                 print(out.getvalue(), flush=True)
         await sipp.settle(calls, wait=10.0)
     finally:
@@ -281,16 +317,32 @@ async def run_level(kind: str, calls: int, args: argparse.Namespace, workdir: Pa
             if k < len(all_way):
                 total_lat.append(all_way[k] + latencies[k])
     return {
-        "kind": kind, "calls": calls, "up": up, "failures": failures, "wall": wall,
-        "cpu": cpu, "kernel": kernel, "sipp_cpu": sipp_cpu, "bot_cpu": bot_cpu, "drops": drops,
-        "p50": stats.lateness_p50, "p99": stats.lateness_p99, "lost": stats.lost,
-        "send_errors": stats.totals.send_errors, "stalls": stats.stalls,
-        "late": stats.totals.late, "sent": stats.sent, "received": stats.received,
-        "streams": len(window), "gaps": sum(w["gaps"] for w in window.values()),
+        "kind": kind,
+        "calls": calls,
+        "up": up,
+        "failures": failures,
+        "wall": wall,
+        "cpu": cpu,
+        "kernel": kernel,
+        "sipp_cpu": sipp_cpu,
+        "bot_cpu": bot_cpu,
+        "drops": drops,
+        "p50": stats.lateness_p50,
+        "p99": stats.lateness_p99,
+        "lost": stats.lost,
+        "send_errors": stats.totals.send_errors,
+        "stalls": stats.stalls,
+        "late": stats.totals.late,
+        "sent": stats.sent,
+        "received": stats.received,
+        "streams": len(window),
+        "gaps": sum(w["gaps"] for w in window.values()),
         "underruns": sum(w["underruns"] for w in window.values()),
         "dropped": sum(w["dropped"] for w in window.values()),
         "played_s": sum(w["played"] for w in window.values()) / (FRAME_BYTES * 50),
-        "playout": playout_lat, "way": way_lat, "total": total_lat,
+        "playout": playout_lat,
+        "way": way_lat,
+        "total": total_lat,
     }
 
 
@@ -298,28 +350,39 @@ def judged(r: dict) -> tuple[str, bool]:
     """The run's line, and whether it held (p99 < 5 ms, nothing lost, nothing failed)."""
     up, wall = r["up"], r["wall"]
     per = r["cpu"] / wall / max(1, up)  # CPU seconds per call-second
-    lost = (r["lost"] + r["send_errors"] + sum(r["drops"]) + r["dropped"] + r["gaps"]
-            + r["underruns"] + r["stalls"])
+    lost = (
+        r["lost"]
+        + r["send_errors"]
+        + sum(r["drops"])
+        + r["dropped"]
+        + r["gaps"]
+        + r["underruns"]
+        + r["stalls"]
+    )
     ok = not r["failures"] and up == r["calls"] and r["p99"] < 0.005 and lost == 0
-    line = (f"{r['kind']:>7} {r['calls']:4d}  up {up:4d}"
-            f"{'  failed ' + str(r['failures']) if r['failures'] else ''}  "
-            f"lateness p50 {r['p50'] * 1e3:5.1f} p99 {r['p99'] * 1e3:5.1f} ms  "
-            f"lost {r['lost']}  send errors {r['send_errors']}  "
-            f"kernel drops {r['drops'][0]}/{r['drops'][1]}  stalls {r['stalls']}  "
-            f"ringflow cores {r['cpu'] / wall:.2f}  cpu/call {per * 1e3:.2f} ms/s "
-            f"(kernel {r['kernel'] / wall / max(1, up) * 1e3:.2f})  "
-            f"sipp cores {r['sipp_cpu'] / wall:.2f}  "
-            f"RTP out/in {r['sent'] / wall / max(1, up):.1f}/{r['received'] / wall / max(1, up):.1f}"
-            f" per call-second")
+    line = (
+        f"{r['kind']:>7} {r['calls']:4d}  up {up:4d}"
+        f"{'  failed ' + str(r['failures']) if r['failures'] else ''}  "
+        f"lateness p50 {r['p50'] * 1e3:5.1f} p99 {r['p99'] * 1e3:5.1f} ms  "
+        f"lost {r['lost']}  send errors {r['send_errors']}  "
+        f"kernel drops {r['drops'][0]}/{r['drops'][1]}  stalls {r['stalls']}  "
+        f"ringflow cores {r['cpu'] / wall:.2f}  cpu/call {per * 1e3:.2f} ms/s "
+        f"(kernel {r['kernel'] / wall / max(1, up) * 1e3:.2f})  "
+        f"sipp cores {r['sipp_cpu'] / wall:.2f}  "
+        f"RTP out/in {r['sent'] / wall / max(1, up):.1f}/{r['received'] / wall / max(1, up):.1f}"
+        f" per call-second"
+    )
     if r["kind"] == "streams":
         expected = r["streams"] * wall
-        line += (f"  bot cores {r['bot_cpu'] / wall:.2f}  dropped {r['dropped']}  "
-                 f"gaps {r['gaps']}  underruns {r['underruns']}  "
-                 f"bot audio {r['played_s'] / max(1e-9, expected):.3f} s/s  "
-                 f"playout p50/p99 {ms(r['playout'], .5)}/{ms(r['playout'], .99)} ms  "
-                 f"way in {ms(r['way'], .5)}/{ms(r['way'], .99)} ms  "
-                 f"bot->caller {ms(r['total'], .5)}/{ms(r['total'], .99)} ms "
-                 f"({len(r['total'])} messages)")
+        line += (
+            f"  bot cores {r['bot_cpu'] / wall:.2f}  dropped {r['dropped']}  "
+            f"gaps {r['gaps']}  underruns {r['underruns']}  "
+            f"bot audio {r['played_s'] / max(1e-9, expected):.3f} s/s  "
+            f"playout p50/p99 {ms(r['playout'], 0.5)}/{ms(r['playout'], 0.99)} ms  "
+            f"way in {ms(r['way'], 0.5)}/{ms(r['way'], 0.99)} ms  "
+            f"bot->caller {ms(r['total'], 0.5)}/{ms(r['total'], 0.99)} ms "
+            f"({len(r['total'])} messages)"
+        )
     return line + ("" if ok else "  FAIL"), ok
 
 
@@ -336,8 +399,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     prompt_file = workdir / "prompt.pcm"
     prompt_file.write_bytes(prompt.pcm)
     bot = Bot(prompt_file)
-    print(f"prompt {prompt.duration:.1f} s; streams at {args.sample_rate} Hz to {bot.url}; "
-          f"{args.hold:g} s held per run, ramp {args.ramp_cps:g} cps", flush=True)
+    print(
+        f"prompt {prompt.duration:.1f} s; streams at {args.sample_rate} Hz to {bot.url}; "
+        f"{args.hold:g} s held per run, ramp {args.ramp_cps:g} cps",
+        flush=True,
+    )
     best = None
     try:
         for calls in args.levels:
@@ -360,10 +426,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
             per_plain = plain["cpu"] / plain["wall"] / max(1, plain["up"])
             per_stream = streamed["cpu"] / streamed["wall"] / max(1, streamed["up"])
             ratio = per_stream / per_plain
-            print(f"   level {calls}: stream/plain CPU {ratio:.2f} "
-                  f"({per_stream * 1e3:.2f} / {per_plain * 1e3:.2f} ms per call-second)"
-                  f"{'' if ok else '  streams FAIL'}{'' if plain_ok else '  plain FAIL'}",
-                  flush=True)
+            print(
+                f"   level {calls}: stream/plain CPU {ratio:.2f} "
+                f"({per_stream * 1e3:.2f} / {per_plain * 1e3:.2f} ms per call-second)"
+                f"{'' if ok else '  streams FAIL'}{'' if plain_ok else '  plain FAIL'}",
+                flush=True,
+            )
             if ok:
                 best = (calls, ratio, per_stream, per_plain, streamed)
             elif not args.keep_going:
@@ -378,32 +446,44 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         print("streams: no level held (lateness p99 < 5 ms, nothing lost)", flush=True)
         return
     calls, ratio, per_stream, per_plain, r = best
-    print(f"streams: {calls} held (lateness p99 {r['p99'] * 1e3:.1f} ms, nothing lost); "
-          f"CPU per stream {per_stream * 1e3:.2f} ms/s vs plain call {per_plain * 1e3:.2f} ms/s: "
-          f"ratio {ratio:.2f} (goal <= 1.5); bot->caller p50/p99 {ms(r['total'], .5)}/"
-          f"{ms(r['total'], .99)} ms (goal p99 < 40), of which playout "
-          f"{ms(r['playout'], .5)}/{ms(r['playout'], .99)} ms", flush=True)
+    print(
+        f"streams: {calls} held (lateness p99 {r['p99'] * 1e3:.1f} ms, nothing lost); "
+        f"CPU per stream {per_stream * 1e3:.2f} ms/s vs plain call {per_plain * 1e3:.2f} ms/s: "
+        f"ratio {ratio:.2f} (goal <= 1.5); bot->caller p50/p99 {ms(r['total'], 0.5)}/"
+        f"{ms(r['total'], 0.99)} ms (goal p99 < 40), of which playout "
+        f"{ms(r['playout'], 0.5)}/{ms(r['playout'], 0.99)} ms",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", type=int, nargs="+",
-                        default=[10, 25, 50, 100, 150, 200, 300, 400])
+    parser.add_argument(
+        "--levels", type=int, nargs="+", default=[10, 25, 50, 100, 150, 200, 300, 400]
+    )
     parser.add_argument("--hold", type=float, default=10.0, help="seconds measured per run")
     parser.add_argument("--ramp-cps", type=float, default=100.0)
     parser.add_argument("--answer-timeout", type=float, default=10.0)
     parser.add_argument("--sample-rate", type=int, choices=[8000, 16000, 24000], default=8000)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"])
-    parser.add_argument("--keep-going", action="store_true",
-                        help="run every level even after one fails")
+    parser.add_argument(
+        "--keep-going", action="store_true", help="run every level even after one fails"
+    )
     parser.add_argument("--quick", action="store_true", help="levels 10 and 50, 4 s held")
-    parser.add_argument("--profile", action="store_true",
-                        help="print a profile of each streams run's hold (its figures are "
-                             "worse than the real ones)")
-    parser.add_argument("--only", choices=["plain", "streams"],
-                        help="run one kind only (for profiling; no ratio is printed)")
-    parser.add_argument("--profile-lines", type=int, default=30,
-                        help="functions listed per profile")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print a profile of each streams run's hold (its figures are "
+        "worse than the real ones)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["plain", "streams"],
+        help="run one kind only (for profiling; no ratio is printed)",
+    )
+    parser.add_argument(
+        "--profile-lines", type=int, default=30, help="functions listed per profile"
+    )
     parser.add_argument("--workdir", type=Path, help="keep SIPp's logs here")
     args = parser.parse_args()
     if args.quick:

@@ -32,42 +32,97 @@ FIXTURES = Path(__file__).parent / "fixtures" / "amd"
 SIPP_SPEECH = Path("/usr/share/sip-tester/g711a.pcap")
 
 HUMAN_PHRASES = [
-    ("Hello?", "en"), ("Hello?", "en-us+f3"), ("Hi.", "en-gb-x-rp"), ("Yes?", "en+m3"),
-    ("Hello, who is this?", "en-us"), ("Yeah, hello.", "en-029"), ("Good morning.", "en+f2"),
-    ("Ravi speaking.", "en-gb"), ("Hello, yes?", "en-us+m3"), ("Haan, hello?", "hi"),
+    ("Hello?", "en"),
+    ("Hello?", "en-us+f3"),
+    ("Hi.", "en-gb-x-rp"),
+    ("Yes?", "en+m3"),
+    ("Hello, who is this?", "en-us"),
+    ("Yeah, hello.", "en-029"),
+    ("Good morning.", "en+f2"),
+    ("Ravi speaking.", "en-gb"),
+    ("Hello, yes?", "en-us+m3"),
+    ("Haan, hello?", "hi"),
 ]
 # (words, voice, beep Hz and seconds, or None for a greeting that just ends)
 MACHINE_GREETINGS = [
-    (("Hi, you have reached Priya. I can't take your call right now. Please leave a message "
-     "after the tone."), "en", (1000, 0.5)),
-    ("The number you have called is not available. Please leave your message after the beep.",
-     "en-us+f3", (850, 0.3)),
-    (("Hello, this is the voicemail of Arjun Mehta. Leave your name and number and I will call "
-     "you back."), "en-gb-x-rp", (1400, 0.4)),
-    ("You've reached the Sharma residence. We're not home right now, please leave a message.",
-     "en-us", None),
-    (("Thank you for calling. Nobody is available to take your call. Please record your "
-     "message after the tone."), "en+f2", (440, 0.8)),
-    ("Hi, it's Meera. Sorry I missed you. Leave a message and I'll get back to you soon.",
-     "en-029", (1000, 0.25)),
+    (
+        (
+            "Hi, you have reached Priya. I can't take your call right now. Please leave a message "
+            "after the tone."
+        ),
+        "en",
+        (1000, 0.5),
+    ),
+    (
+        "The number you have called is not available. Please leave your message after the beep.",
+        "en-us+f3",
+        (850, 0.3),
+    ),
+    (
+        (
+            "Hello, this is the voicemail of Arjun Mehta. Leave your name and number and I will call "
+            "you back."
+        ),
+        "en-gb-x-rp",
+        (1400, 0.4),
+    ),
+    (
+        "You've reached the Sharma residence. We're not home right now, please leave a message.",
+        "en-us",
+        None,
+    ),
+    (
+        (
+            "Thank you for calling. Nobody is available to take your call. Please record your "
+            "message after the tone."
+        ),
+        "en+f2",
+        (440, 0.8),
+    ),
+    (
+        "Hi, it's Meera. Sorry I missed you. Leave a message and I'll get back to you soon.",
+        "en-029",
+        (1000, 0.25),
+    ),
     ("The person you are calling is busy. Please leave a message.", "en+m3", None),
-    ("Hey, this is Karan, I'm probably driving. Text me or leave a voicemail.", "en-us+m3",
-     (1200, 0.6)),
+    (
+        "Hey, this is Karan, I'm probably driving. Text me or leave a voicemail.",
+        "en-us+m3",
+        (1200, 0.6),
+    ),
 ]
 # Held out: added after the detector was tuned, to show what tuning on the set above is worth.
 HELD_OUT_PHRASES = [
-    ("Hello, Anita here.", "en-gb-scotland"), ("Yes, tell me.", "en-us-nyc+f4"),
-    ("Hello, who's calling?", "en+m2"), ("Speaking.", "en-us+f2"), ("Hmm, hello?", "en-029+m1"),
+    ("Hello, Anita here.", "en-gb-scotland"),
+    ("Yes, tell me.", "en-us-nyc+f4"),
+    ("Hello, who's calling?", "en+m2"),
+    ("Speaking.", "en-us+f2"),
+    ("Hmm, hello?", "en-029+m1"),
     ("Hello, good evening, yes?", "en-gb-x-gbclan"),
 ]
 HELD_OUT_GREETINGS = [
-    (("Welcome to the voicemail box of nine eight four five zero, one two three four five. "
-     "Please leave a message."), "en-us-nyc", (950, 0.4)),
-    ("Namaste. I am not available at the moment. Please leave your name and number.",
-     "en-gb-scotland+f3", None),
+    (
+        (
+            "Welcome to the voicemail box of nine eight four five zero, one two three four five. "
+            "Please leave a message."
+        ),
+        "en-us-nyc",
+        (950, 0.4),
+    ),
+    (
+        "Namaste. I am not available at the moment. Please leave your name and number.",
+        "en-gb-scotland+f3",
+        None,
+    ),
     ("This is Dev. Can't talk now, leave a message after the beep.", "en+m2", (1100, 0.35)),
-    (("The subscriber you are trying to reach cannot take your call. Record your message "
-     "at the tone."), "en-us+f4", (700, 0.5)),
+    (
+        (
+            "The subscriber you are trying to reach cannot take your call. Record your message "
+            "at the tone."
+        ),
+        "en-us+f4",
+        (700, 0.5),
+    ),
 ]
 NOISE_DB = (None, 30.0, 20.0, 10.0)  # signal-to-noise ratios heard (None: a clean line)
 
@@ -126,8 +181,14 @@ def human(text: str, voice: str, delay: float, wait: float = 4.0) -> bytes:
     return pcm(silence(delay), speech(text, voice), silence(wait))
 
 
-def machine(text: str, voice: str, beep: tuple[float, float] | None, delay: float = 0.3,
-            gap: float = 0.6, after: float = 3.0) -> bytes:
+def machine(
+    text: str,
+    voice: str,
+    beep: tuple[float, float] | None,
+    delay: float = 0.3,
+    gap: float = 0.6,
+    after: float = 3.0,
+) -> bytes:
     """A machine: its greeting, a pause of ``gap`` s, the beep (if any), then silence."""
     parts = [silence(delay), speech(text, voice), silence(gap)]
     if beep is not None:
@@ -141,7 +202,7 @@ def noisy(clean: bytes, snr_db: float | None, seed: int) -> bytes:
     x = np.frombuffer(clean, dtype="<i2").astype(np.float64)
     if snr_db is not None:
         active = x[np.abs(x) > 500]
-        level = np.sqrt(np.mean(active ** 2)) if active.size else 2000.0
+        level = np.sqrt(np.mean(active**2)) if active.size else 2000.0
         rng = np.random.default_rng(seed)
         noise = rng.normal(0.0, 1.0, x.size)
         hum = 0.3 * np.sin(2 * np.pi * 50 * np.arange(x.size) / RATE)
@@ -172,31 +233,47 @@ def samples() -> list[Sample]:
     for i, (text, voice) in enumerate(HUMAN_PHRASES):
         delay = 0.2 + 0.1 * i
         found.append(Sample(f"human-{i}", "human", human(text, voice, delay)))
-    found.append(Sample("human-twice", "human",
-                        pcm(silence(0.4), speech("Hello?"), silence(0.5), speech("Hello?"),
-                            silence(4.0))))
+    found.append(
+        Sample(
+            "human-twice",
+            "human",
+            pcm(silence(0.4), speech("Hello?"), silence(0.5), speech("Hello?"), silence(4.0)),
+        )
+    )
     for i, (text, voice, beep) in enumerate(MACHINE_GREETINGS):
-        found.append(Sample(f"machine-{i}", "machine", machine(text, voice, beep),
-                            beep=beep is not None))
+        found.append(
+            Sample(f"machine-{i}", "machine", machine(text, voice, beep), beep=beep is not None)
+        )
     found.append(Sample("silent", "silent", pcm(silence(6.0))))
     real = sipp_speech()
     if real is not None:
         # A long stretch of talk (a greeting), and one short phrase of it alone (an answer).
         found.append(Sample("real-talk", "machine", pcm(real, silence(3.0))))
-        found.append(Sample("real-phrase", "human",
-                            pcm(silence(0.5), real[round(5.1 * RATE):round(5.9 * RATE)],
-                                silence(4.0))))
+        found.append(
+            Sample(
+                "real-phrase",
+                "human",
+                pcm(silence(0.5), real[round(5.1 * RATE) : round(5.9 * RATE)], silence(4.0)),
+            )
+        )
     return found
 
 
 def held_out() -> list[Sample]:
     """Callees the detector was not tuned on (other words, voices, beeps and timings)."""
-    found = [Sample(f"held-human-{i}", "human", human(text, voice, 0.35 + 0.15 * i))
-             for i, (text, voice) in enumerate(HELD_OUT_PHRASES)]
-    found += [Sample(f"held-machine-{i}", "machine",
-                     machine(text, voice, beep, delay=0.1 + 0.2 * i, gap=0.4 + 0.2 * i),
-                     beep=beep is not None)
-              for i, (text, voice, beep) in enumerate(HELD_OUT_GREETINGS)]
+    found = [
+        Sample(f"held-human-{i}", "human", human(text, voice, 0.35 + 0.15 * i))
+        for i, (text, voice) in enumerate(HELD_OUT_PHRASES)
+    ]
+    found += [
+        Sample(
+            f"held-machine-{i}",
+            "machine",
+            machine(text, voice, beep, delay=0.1 + 0.2 * i, gap=0.4 + 0.2 * i),
+            beep=beep is not None,
+        )
+        for i, (text, voice, beep) in enumerate(HELD_OUT_GREETINGS)
+    ]
     return found
 
 

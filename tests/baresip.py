@@ -18,8 +18,9 @@ import pytest
 from tests.conftest import free_port
 from tests.sipp import free_udp_port
 
-needs_baresip = pytest.mark.skipif(shutil.which("baresip") is None,
-                                   reason="baresip not on PATH (make test installs baresip-core)")
+needs_baresip = pytest.mark.skipif(
+    shutil.which("baresip") is None, reason="baresip not on PATH (make test installs baresip-core)"
+)
 
 CONFIG = """\
 poll_method\tepoll
@@ -43,8 +44,7 @@ ACCOUNT = "<sip:callee@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU;dtm
 class Baresip:
     """A running baresip: ``uri`` reaches it; ``press`` sends keys; ``heard`` reads its WAV."""
 
-    def __init__(self, home: Path, sip_port: int, ctrl_port: int,
-                 proc: asyncio.subprocess.Process):
+    def __init__(self, home: Path, sip_port: int, ctrl_port: int, proc: asyncio.subprocess.Process):
         self.home = home
         self.sip_port = sip_port
         self.ctrl_port = ctrl_port
@@ -90,21 +90,34 @@ async def baresip(home: Path, mic: np.ndarray) -> AsyncIterator[Baresip]:
     for _ in range(3):  # a port taken between choosing it and baresip binding it: try again
         sip_port, ctrl_port = free_udp_port(), free_port()  # SIP on UDP, control on TCP
         rtp_low = 40000 + (sip_port % 2000) * 10
-        (home / "config").write_text(CONFIG.format(
-            sip_port=sip_port, ctrl_port=ctrl_port, mic=home / "mic.wav", snd=home / "snd",
-            rtp_low=rtp_low, rtp_high=rtp_low + 9))
+        (home / "config").write_text(
+            CONFIG.format(
+                sip_port=sip_port,
+                ctrl_port=ctrl_port,
+                mic=home / "mic.wav",
+                snd=home / "snd",
+                rtp_low=rtp_low,
+                rtp_high=rtp_low + 9,
+            )
+        )
         (home / "accounts").write_text(ACCOUNT)
         log = (home / "baresip.log").open("wb")
-        proc = await asyncio.create_subprocess_exec("baresip", "-f", str(home), stdout=log,
-                                                    stderr=asyncio.subprocess.STDOUT,
-                                                    stdin=asyncio.subprocess.DEVNULL)
+        proc = await asyncio.create_subprocess_exec(
+            "baresip",
+            "-f",
+            str(home),
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
         if await _until_listening(ctrl_port, proc):
             break
         await _stop(proc)
         log.close()
     else:
-        raise AssertionError("baresip did not start:\n"
-                             + (home / "baresip.log").read_text(errors="replace")[-3000:])
+        raise AssertionError(
+            "baresip did not start:\n" + (home / "baresip.log").read_text(errors="replace")[-3000:]
+        )
     phone = Baresip(home, sip_port, ctrl_port, proc)
     try:
         yield phone
@@ -123,8 +136,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-async def _until_listening(port: int, proc: asyncio.subprocess.Process,
-                           wait: float = 10.0) -> bool:
+async def _until_listening(port: int, proc: asyncio.subprocess.Process, wait: float = 10.0) -> bool:
     """Whether baresip's control socket came up (False: it exited, or not in time)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait

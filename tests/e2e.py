@@ -92,8 +92,14 @@ class Rig:
     async def outbox_settled(self) -> bool:
         async with self.services.db.session() as session:
             pending = (
-                await session.execute(select(OutboxMessage).where(OutboxMessage.state == "pending"))
-            ).scalars().all()
+                (
+                    await session.execute(
+                        select(OutboxMessage).where(OutboxMessage.state == "pending")
+                    )
+                )
+                .scalars()
+                .all()
+            )
         return not pending
 
     async def timeline(self, sid: str) -> list[dict[str, Any]]:
@@ -105,8 +111,9 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def running(database_url: str, clock: Clock | None = None, **overrides: Any
-                  ) -> AsyncIterator[Rig]:
+async def running(
+    database_url: str, clock: Clock | None = None, **overrides: Any
+) -> AsyncIterator[Rig]:
     """Start ringflow (a ManualClock unless ``clock`` is given; settings as overridden) and a
     customer's server; make an account."""
     values: dict[str, Any] = {

@@ -45,7 +45,9 @@ def run_node(node: Node, context: FlowContext, results: list[Any]) -> tuple[list
         return actions, stop.value
 
 
-def drive(node_cfg: dict[str, Any], context: FlowContext, results: list[Any]) -> tuple[list[Any], Any]:
+def drive(
+    node_cfg: dict[str, Any], context: FlowContext, results: list[Any]
+) -> tuple[list[Any], Any]:
     """Validate ``node_cfg`` as a one-node app and run it; returns (actions, exit)."""
     node = parse_app({"name": "t", "start": "n", "nodes": {"n": node_cfg}}, REGISTRY).nodes["n"]
     return run_node(node, context, results)

@@ -32,8 +32,11 @@ class Scrape:
     def sum(self, name: str, **labels: str) -> float:
         """The sum over every sample of ``name`` whose labels include ``labels``."""
         wanted = set(labels.items())
-        return sum(value for (sample, have), value in self.samples.items()
-                   if sample == name and wanted <= have)
+        return sum(
+            value
+            for (sample, have), value in self.samples.items()
+            if sample == name and wanted <= have
+        )
 
     def since(self, before: Scrape, name: str, **labels: str) -> float:
         """How much the sample grew since ``before``."""

@@ -28,12 +28,12 @@ def udp_payloads(path: Path) -> list[bytes]:
     payloads, pos = [], 24
     while pos + 16 <= len(data):
         caplen = struct.unpack_from(endian + "I", data, pos + 8)[0]
-        frame = data[pos + 16:pos + 16 + caplen]
+        frame = data[pos + 16 : pos + 16 + caplen]
         pos += 16 + caplen
         ip = frame[link_header:]
         if not ip or ip[0] >> 4 != 4 or ip[9] != 17:  # IPv4 carrying UDP only
             continue
         total = struct.unpack_from("!H", ip, 2)[0]
-        udp = ip[(ip[0] & 0x0F) * 4:total]
-        payloads.append(bytes(udp[8:struct.unpack_from("!H", udp, 4)[0]]))
+        udp = ip[(ip[0] & 0x0F) * 4 : total]
+        payloads.append(bytes(udp[8 : struct.unpack_from("!H", udp, 4)[0]]))
     return payloads

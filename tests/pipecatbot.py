@@ -93,5 +93,3 @@ async def pipecat_bot(tmp_path: Path) -> AsyncIterator[BotProcess]:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-
-

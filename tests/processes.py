@@ -108,8 +108,9 @@ class Server:
         return self.log.read_text()[-8000:] if self.log.exists() else ""
 
 
-async def account_with_app(env: dict[str, str], tmp_path: Path, flow: dict[str, Any],
-                           exophone: str) -> tuple[dict[str, str], int]:
+async def account_with_app(
+    env: dict[str, str], tmp_path: Path, flow: dict[str, Any], exophone: str
+) -> tuple[dict[str, str], int]:
     """An account made with the real CLI, with ``exophone`` and ``flow`` imported:
     (its credentials, the app's id). Its SID is new: rate limits in a shared Redis are
     counted by SID, across tests."""

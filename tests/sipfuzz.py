@@ -27,10 +27,25 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-GOLDEN = tuple(p.read_bytes() for p in sorted((Path(__file__).parent / "fixtures" / "sip")
-                                               .glob("*.sip")))
-METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REGISTER", "REFER", "NOTIFY",
-           "SUBSCRIBE", "UPDATE", "PRACK", "MESSAGE", "FOO")
+GOLDEN = tuple(
+    p.read_bytes() for p in sorted((Path(__file__).parent / "fixtures" / "sip").glob("*.sip"))
+)
+METHODS = (
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "INFO",
+    "REGISTER",
+    "REFER",
+    "NOTIFY",
+    "SUBSCRIBE",
+    "UPDATE",
+    "PRACK",
+    "MESSAGE",
+    "FOO",
+)
 ODD = [c.encode() for c in ':;,<>"=\r\n @/?\\\x00 0²٣%[]']
 _VIA = re.compile(rb"^(Via|v)[ \t]*:[^\r\n]*", re.IGNORECASE | re.MULTILINE)
 MAX_DATAGRAM = 65507
@@ -57,13 +72,13 @@ def mutate(rng: random.Random, base: bytes, rounds: int | None = None) -> bytes:
         if kind == 0 and data:
             data[at] ^= 1 << rng.randrange(8)
         elif kind == 1:
-            del data[at:at + rng.randint(1, 40)]
+            del data[at : at + rng.randint(1, 40)]
         elif kind == 2:
             data[at:at] = rng.randbytes(rng.randint(1, 12))
         elif kind == 3:
             del data[at:]
         elif kind == 4 and data:
-            data[at:at + 1] = rng.choice(ODD)
+            data[at : at + 1] = rng.choice(ODD)
         elif kind == 5:
             lines = bytes(data).split(b"\r\n")
             i = rng.randrange(len(lines))
@@ -71,7 +86,7 @@ def mutate(rng: random.Random, base: bytes, rounds: int | None = None) -> bytes:
             data = bytearray(b"\r\n".join(lines))
         elif kind == 6 and (digits := [i for i, b in enumerate(data) if 48 <= b <= 57]):
             i = rng.choice(digits)  # a number that str.isdigit accepts and int() does not
-            data[i:i + 1] = rng.choice(["²", "٣", "①", "99999999999999999999"]).encode()
+            data[i : i + 1] = rng.choice(["²", "٣", "①", "99999999999999999999"]).encode()
         elif kind == 7:
             data[at:at] = b"\r\n" if rng.random() < 0.5 else b"\r\n\r\n"
     return bytes(data)
@@ -92,14 +107,21 @@ def plausible_request(rng: random.Random, source: Address, target: Address) -> b
     uri = f"sip:{user}@{target[0]}:{target[1]}"
     tag, call_id = rng.getrandbits(32), f"{rng.getrandbits(64):x}"
     via = f"SIP/2.0/UDP {source[0]}:{source[1]};branch=z9hG4bK{rng.getrandbits(40):x};rport"
-    headers = [f"Via: {via}", "Max-Forwards: 70", f"From: <sip:fuzz@{source[0]}>;tag={tag:x}",
-               f"To: <{uri}>", f"Call-ID: {call_id}",
-               f"CSeq: {rng.choice([1, 2, 4294967295, 0, 99999999999])} {method}",
-               f"Contact: <sip:fuzz@{source[0]}:{source[1]}>"]
+    headers = [
+        f"Via: {via}",
+        "Max-Forwards: 70",
+        f"From: <sip:fuzz@{source[0]}>;tag={tag:x}",
+        f"To: <{uri}>",
+        f"Call-ID: {call_id}",
+        f"CSeq: {rng.choice([1, 2, 4294967295, 0, 99999999999])} {method}",
+        f"Contact: <sip:fuzz@{source[0]}:{source[1]}>",
+    ]
     body = b""
     if rng.random() < 0.4:
-        sdp = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\n"
-               b"t=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\n")
+        sdp = (
+            b"v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\n"
+            b"t=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\n"
+        )
         body = rng.choice([sdp, b"Signal=5\r\nDuration=160", rng.randbytes(rng.randint(0, 300))])
         headers.append(f"Content-Type: {rng.choice(['application/sdp', 'application/dtmf-relay'])}")
     length = len(body) if rng.random() < 0.8 else rng.choice([0, 10**9, -1, len(body) + 50])
@@ -115,16 +137,19 @@ def plausible_request(rng: random.Random, source: Address, target: Address) -> b
 def probe(method: str, source: Address, target: Address) -> bytes:
     """A well-formed request outside any dialog, to see whether and how ``target`` answers."""
     host, port = source
-    return (f"{method} sip:100@{target[0]}:{target[1]} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bKprobe{method}{port};rport\r\n"
-            f"Max-Forwards: 70\r\nFrom: <sip:probe@{host}>;tag=p{port}\r\n"
-            f"To: <sip:100@{target[0]}>\r\nCall-ID: probe-{method}-{host}-{port}\r\n"
-            f"CSeq: 1 {method}\r\nContact: <sip:probe@{host}:{port}>\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
+    return (
+        f"{method} sip:100@{target[0]}:{target[1]} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bKprobe{method}{port};rport\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:probe@{host}>;tag=p{port}\r\n"
+        f"To: <sip:100@{target[0]}>\r\nCall-ID: probe-{method}-{host}-{port}\r\n"
+        f"CSeq: 1 {method}\r\nContact: <sip:probe@{host}:{port}>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
 
 
-def sip_datagram(rng: random.Random, source: Address, target: Address,
-                 templates: Sequence[bytes] = ()) -> bytes:
+def sip_datagram(
+    rng: random.Random, source: Address, target: Address, templates: Sequence[bytes] = ()
+) -> bytes:
     """One hostile SIP datagram from ``source`` to ``target``."""
     roll = rng.random()
     if roll < 0.35:
@@ -143,33 +168,53 @@ def sip_datagram(rng: random.Random, source: Address, target: Address,
     return rng.randbytes(rng.randint(4000, MAX_DATAGRAM))  # far past any message of ours
 
 
-def rtp_datagram(rng: random.Random, source: Address, target: Address,
-                 templates: Sequence[bytes] = ()) -> bytes:
+def rtp_datagram(
+    rng: random.Random, source: Address, target: Address, templates: Sequence[bytes] = ()
+) -> bytes:
     """One hostile RTP datagram."""
     roll = rng.random()
     pt = rng.choice([0, 8, 101, 96, 13, 18, 127, rng.randrange(128)])
-    header = struct.pack("!BBHII", 0x80, pt | (rng.random() < 0.1) << 7, rng.getrandbits(16),
-                         rng.getrandbits(32), rng.getrandbits(32))
+    header = struct.pack(
+        "!BBHII",
+        0x80,
+        pt | (rng.random() < 0.1) << 7,
+        rng.getrandbits(16),
+        rng.getrandbits(32),
+        rng.getrandbits(32),
+    )
     if roll < 0.40:
         return header + rng.randbytes(rng.choice([0, 1, 4, 80, 160, 161, 320, 1400]))
     if roll < 0.55:  # a key press, start to end
-        event = struct.pack("!BBH", rng.randrange(20), rng.choice([0x0A, 0x8A]),
-                            rng.getrandbits(16))
-        return struct.pack("!BBHII", 0x80, 101, rng.getrandbits(16), rng.getrandbits(32),
-                           rng.getrandbits(32)) + event
+        event = struct.pack(
+            "!BBH", rng.randrange(20), rng.choice([0x0A, 0x8A]), rng.getrandbits(16)
+        )
+        return (
+            struct.pack(
+                "!BBHII", 0x80, 101, rng.getrandbits(16), rng.getrandbits(32), rng.getrandbits(32)
+            )
+            + event
+        )
     if roll < 0.75:  # padding, CSRCs and extension bits whose lengths lie
         first = 0x80 | rng.getrandbits(6)
         return bytes([first]) + header[1:] + rng.randbytes(rng.randint(0, 80))
     if roll < 0.85:
-        return header[:rng.randrange(12)]
+        return header[: rng.randrange(12)]
     if templates and roll < 0.90:
         return mutate(rng, rng.choice(templates))
     return rng.randbytes(rng.randint(0, 400))
 
 
-def blast(target: Address, count: int, make: Maker = sip_datagram, *,
-          sources: Sequence[str] = ("127.0.0.1",), seed: int = 0, rate: float = 5000.0,
-          templates: Sequence[bytes] = (), targets: Sequence[Address] = ()) -> Report:
+def blast(
+    target: Address,
+    count: int,
+    make: Maker = sip_datagram,
+    *,
+    sources: Sequence[str] = ("127.0.0.1",),
+    seed: int = 0,
+    rate: float = 5000.0,
+    templates: Sequence[bytes] = (),
+    targets: Sequence[Address] = (),
+) -> Report:
     """Send ``count`` datagrams from sockets on each of ``sources`` (blocking; run it in a
     thread from async code), paced at about ``rate`` per second so the receiver's socket buffer
     is not simply overrun; ``targets`` spreads them over more ports. Answers are counted."""

@@ -15,8 +15,9 @@ SCENARIOS = Path(__file__).parent / "fixtures" / "sipp"
 SIPP_SHARE = Path("/usr/share/sip-tester")
 WAIT = 20.0  # seconds SIPp may take to finish after the call ends, on a slow machine
 
-needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None,
-                                reason="sipp not on PATH (make test installs sip-tester)")
+needs_sipp = pytest.mark.skipif(
+    shutil.which("sipp") is None, reason="sipp not on PATH (make test installs sip-tester)"
+)
 
 
 def free_udp_port() -> int:
@@ -45,12 +46,14 @@ def tcp_listening(port: int) -> bool:
     connection that the phone would count as a caller)."""
     wanted = f"0100007F:{port:04X}"
     with open("/proc/net/tcp") as table:
-        return any(fields[1] == wanted and fields[3] == "0A"  # 0A: LISTEN
-                   for fields in (line.split() for line in table) if len(fields) > 3)
+        return any(
+            fields[1] == wanted and fields[3] == "0A"  # 0A: LISTEN
+            for fields in (line.split() for line in table)
+            if len(fields) > 3
+        )
 
 
-async def listening_on_tcp(port: int, proc: asyncio.subprocess.Process,
-                           wait: float = WAIT) -> None:
+async def listening_on_tcp(port: int, proc: asyncio.subprocess.Process, wait: float = WAIT) -> None:
     """Wait until SIPp listens on its TCP port: a call placed before that is refused."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
@@ -82,8 +85,7 @@ class Sipp:
             await self.proc.wait()
             raise
         if self.proc.returncode != 0:
-            logs = "".join(p.read_text(errors="replace")
-                           for p in self.workdir.glob("*_errors.log"))
+            logs = "".join(p.read_text(errors="replace") for p in self.workdir.glob("*_errors.log"))
             print(err.decode(errors="replace"), logs)
         return self.proc.returncode  # type: ignore[return-value]
 
@@ -94,19 +96,48 @@ class Sipp:
 
 
 @contextlib.asynccontextmanager
-async def sipp(workdir: Path, scenario: str, *args: str, variables: dict[str, str] | None = None,
-               talk_ms: int = 1000, transport: str = "u1") -> AsyncIterator[Sipp]:
+async def sipp(
+    workdir: Path,
+    scenario: str,
+    *args: str,
+    variables: dict[str, str] | None = None,
+    talk_ms: int = 1000,
+    transport: str = "u1",
+) -> AsyncIterator[Sipp]:
     """Run SIPp with ``scenario`` (a file in fixtures/sipp, or ``-sn`` name) for one call."""
     port, media = free_udp_port(), free_media_port()
-    scenario_args = (["-sf", str(SCENARIOS / scenario)] if scenario.endswith(".xml")
-                     else ["-sn", scenario])
+    scenario_args = (
+        ["-sf", str(SCENARIOS / scenario)] if scenario.endswith(".xml") else ["-sn", scenario]
+    )
     for name, value in (variables or {}).items():
         scenario_args += ["-set", name, value]
     proc = await asyncio.create_subprocess_exec(
-        "sipp", *scenario_args, *args, "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
-        "-mp", str(media), "-t", transport, "-m", "1", "-d", str(talk_ms), "-timeout", "60",
-        "-timeout_error", "-nostdin", "-trace_err", cwd=workdir,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        "sipp",
+        *scenario_args,
+        *args,
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        str(media),
+        "-t",
+        transport,
+        "-m",
+        "1",
+        "-d",
+        str(talk_ms),
+        "-timeout",
+        "60",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        cwd=workdir,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     phone = Sipp(proc, port, workdir)
     try:
         if transport.startswith("t"):

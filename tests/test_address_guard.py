@@ -65,5 +65,6 @@ async def test_a_name_resolving_to_6to4_loopback_is_refused_before_connecting() 
     settings = Settings(allow_private_urls=False, data_dir="data")
     async with OutboundHttp(settings, ManualClock(), resolver=resolver) as http:
         with pytest.raises(InvalidRequest, match=r"private address \(2002:7f00:1::, which reaches"):
-            await http.post("http://hooks.example.com/cb", content=b"{}", headers={},
-                            field="StatusCallback")
+            await http.post(
+                "http://hooks.example.com/cb", content=b"{}", headers={}, field="StatusCallback"
+            )

@@ -266,7 +266,8 @@ async def test_an_accounts_own_queue_limit_overrides_the_setting(database_url):
     async with running(database_url, max_concurrent_calls=1, queue_limit=50) as rig:
         async with rig.services.db.session() as session:
             await session.execute(
-                update(Account).where(Account.sid == rig.sid).values(max_queued_calls=1))
+                update(Account).where(Account.sid == rig.sid).values(max_queued_calls=1)
+            )
         placed = [await place(rig, n, 20) for n in range(1, 3)]
         assert [status for _, status in placed] == ["in-progress", "queued"]
         r = await rig.connect(".json", From="09812349999", To="09812359999", TimeLimit="20")

@@ -35,7 +35,8 @@ def fixture_set() -> list[Sample]:
 
 @pytest.mark.parametrize("mode", list(Mode))
 def test_every_fixture_gets_its_verdict_at_every_noise_level(
-        fixture_set: list[Sample], mode: Mode) -> None:
+    fixture_set: list[Sample], mode: Mode
+) -> None:
     wrong = []
     for sample in fixture_set:
         for seed, level in enumerate(NOISE_DB):

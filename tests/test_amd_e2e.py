@@ -22,10 +22,16 @@ BRANCHING = {
     "name": "amd",
     "start": "who",
     "nodes": {
-        "who": {"applet": "switch_case", "variable": "AnsweredBy",
-                "cases": {"human": "talk", "machine_end_beep": "message",
-                          "machine_end_silence": "message"},
-                "default": "bye"},
+        "who": {
+            "applet": "switch_case",
+            "variable": "AnsweredBy",
+            "cases": {
+                "human": "talk",
+                "machine_end_beep": "message",
+                "machine_end_silence": "message",
+            },
+            "default": "bye",
+        },
         "talk": {"applet": "greeting", "text": "Hello, this is your reminder.", "next": "bye"},
         "message": {"applet": "greeting", "text": "Please call us back.", "next": "bye"},
         "bye": {"applet": "hangup"},
@@ -34,16 +40,23 @@ BRANCHING = {
 
 
 async def script(rig: Rig, number: str, **behaviour: Any) -> None:
-    r = await rig.http.put(f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
-                           json=behaviour, auth=rig.auth)
+    r = await rig.http.put(
+        f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
+        json=behaviour,
+        auth=rig.auth,
+    )
     assert r.status_code == 200, r.text
 
 
 async def call(rig: Rig, number: str, **params: Any) -> tuple[str, dict[str, Any]]:
     """Place a call running BRANCHING to ``number``; its SID and details once it ended."""
     saved = await rig.services.accounts.save_app(rig.sid, BRANCHING)
-    r = await rig.connect(From=number, Url=rig.flow_url(saved.id),
-                          StatusCallback=f"{rig.customer.url}/status", **params)
+    r = await rig.connect(
+        From=number,
+        Url=rig.flow_url(saved.id),
+        StatusCallback=f"{rig.customer.url}/status",
+        **params,
+    )
     assert r.status_code == 200, r.text
     sid = r.json()["Call"]["Sid"]
     await rig.finish(sid)
@@ -93,12 +106,16 @@ async def test_a_person_is_told_from_a_voicemail_and_the_app_branches(database_u
         assert int(terminal[1]["MachineDetectionDuration"]) == step["ms"]
 
 
-async def test_enable_says_machine_start_and_a_machine_without_beep_ends_in_silence(
-        database_url):
+async def test_enable_says_machine_start_and_a_machine_without_beep_ends_in_silence(database_url):
     async with running(database_url) as rig:
-        await script(rig, VOICEMAIL, outcome="machine", beep=False,
-                     greeting="Hi, this is Priya. I cannot take your call right now. "
-                              "Leave a message and I will call you back.")
+        await script(
+            rig,
+            VOICEMAIL,
+            outcome="machine",
+            beep=False,
+            greeting="Hi, this is Priya. I cannot take your call right now. "
+            "Leave a message and I will call you back.",
+        )
         sid, details = await call(rig, VOICEMAIL, MachineDetection="Enable")
         step = verdict(await rig.timeline(sid))
         assert step["result"] == "machine_start" and details["AnsweredBy"] == "machine_start"
@@ -141,12 +158,15 @@ async def test_a_bad_machine_detection_is_refused_naming_it(database_url):
         assert "MachineDetection must be Enable or DetectMessageEnd" in r.text
 
 
-@pytest.mark.parametrize("script, message", [
-    ({"outcome": "answer", "beep": False}, "beep is for an answering machine"),
-    ({"outcome": "busy", "greeting": "Hello?"}, "greeting is for a phone that answers"),
-    ({"outcome": "machine", "beep": "yes"}, "beep must be true or false"),
-    ({"outcome": "machine", "greeting": 5}, "greeting must be a text"),
-])
+@pytest.mark.parametrize(
+    "script, message",
+    [
+        ({"outcome": "answer", "beep": False}, "beep is for an answering machine"),
+        ({"outcome": "busy", "greeting": "Hello?"}, "greeting is for a phone that answers"),
+        ({"outcome": "machine", "beep": "yes"}, "beep must be true or false"),
+        ({"outcome": "machine", "greeting": 5}, "greeting must be a text"),
+    ],
+)
 def test_phone_scripts_check_greeting_and_beep(script, message):
     with pytest.raises(InvalidRequest, match=message):
         PhoneScript.from_dict(script)

@@ -26,8 +26,9 @@ async def detected_call(tmp_path: Path, callee: str, mode: str) -> tuple[dict, l
     """One call to SIPp speaking ``callee``: the amd step, the timeline and the details."""
     shutil.copy(FIXTURES / callee, tmp_path / "voice.ulaw")
     async with sipp(tmp_path, "callee_inband.xml") as phone, sip_server(tmp_path, phone) as rig:
-        sid = await place(rig, phone, await app(rig, BRANCHING["nodes"], "who"),
-                          MachineDetection=mode)
+        sid = await place(
+            rig, phone, await app(rig, BRANCHING["nodes"], "who"), MachineDetection=mode
+        )
         call = await call_to_end(rig, sid)
         assert call.status == "completed", await story(rig, sid)
         assert await phone.exit_code() == 0  # answered, streamed, and got our BYE
@@ -47,9 +48,9 @@ async def test_a_person_saying_hello_over_sip_is_human(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("sqlite_db")
 async def test_a_voicemail_over_sip_is_a_machine_and_the_message_follows_its_beep(
-        tmp_path: Path) -> None:
-    step, events, details = await detected_call(tmp_path, "machine_beep.ulaw",
-                                                "DetectMessageEnd")
+    tmp_path: Path,
+) -> None:
+    step, events, details = await detected_call(tmp_path, "machine_beep.ulaw", "DetectMessageEnd")
     assert step["result"] == "machine_end_beep", step
     # The beep ends 5.7 s into the stream (0.3 s, a 4.5 s greeting, 0.6 s, 0.3 s of tone).
     assert 5300 <= step["ms"] <= 6500

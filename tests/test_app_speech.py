@@ -51,9 +51,17 @@ async def test_a_transfer_must_lead_to_an_app_of_the_account(db, clock, tmp_path
     accounts = Accounts(db, clock)
     acme = await accounts.create_account("acme")
     other = await accounts.create_account("other")
-    target = await accounts.save_app(other.account_sid, {"name": "t", "start": "h", "nodes": {"h": {"applet": "hangup"}}})
-    hop = {"name": "hop", "start": "go", "nodes": {"go": {"applet": "transfer", "app_id": target.id}}}
+    target = await accounts.save_app(
+        other.account_sid, {"name": "t", "start": "h", "nodes": {"h": {"applet": "hangup"}}}
+    )
+    hop = {
+        "name": "hop",
+        "start": "go",
+        "nodes": {"go": {"applet": "transfer", "app_id": target.id}},
+    }
     with pytest.raises(AppInvalid) as info:
         await accounts.save_app(acme.account_sid, hop)
-    assert info.value.problems == [f"node 'go': field 'app_id': there is no app {target.id} in this account"]
+    assert info.value.problems == [
+        f"node 'go': field 'app_id': there is no app {target.id} in this account"
+    ]
     assert (await accounts.save_app(other.account_sid, hop)).name == "hop"

@@ -646,7 +646,11 @@ def test_switch_case_targets_count_as_reachable_and_loops_through_cases_are_caug
             {"gold": 5},
             "node 'n': field 'cases': case 'gold': must lead to a node name (or null to end the call)",
         ),
-        ("variable", "dtmf", "node 'n': field 'variable': must be one of select, digits, AnsweredBy"),
+        (
+            "variable",
+            "dtmf",
+            "node 'n': field 'variable': must be one of select, digits, AnsweredBy",
+        ),
     ],
 )
 def test_switch_case_validation_names_the_field(field, value, problem):

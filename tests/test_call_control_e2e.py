@@ -14,8 +14,14 @@ WAITING = {
     "name": "waits for a key",
     "start": "ask",
     "nodes": {
-        "ask": {"applet": "gather", "text": "Press a key", "input_timeout": 60, "repeats": 0,
-                "on_input": "bye", "on_no_input": "bye"},
+        "ask": {
+            "applet": "gather",
+            "text": "Press a key",
+            "input_timeout": 60,
+            "repeats": 0,
+            "on_input": "bye",
+            "on_no_input": "bye",
+        },
         "bye": {"applet": "hangup"},
     },
 }
@@ -31,13 +37,17 @@ GOODBYE = {
 
 async def script(rig: Rig, number: str, **behaviour: Any) -> None:
     """Make a sandbox phone of the rig's account behave as told."""
-    r = await rig.http.put(f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
-                           json={"ring": 1, "outcome": "answer", **behaviour}, auth=rig.auth)
+    r = await rig.http.put(
+        f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
+        json={"ring": 1, "outcome": "answer", **behaviour},
+        auth=rig.auth,
+    )
     assert r.status_code == 200, r.text
 
 
 async def reach(rig: Rig, sid: str, status: str) -> None:
     """Run the clock until the call has ``status``."""
+
     async def there() -> bool:
         return (await rig.call(sid)).status == status
 
@@ -70,7 +80,9 @@ async def test_hang_up_an_answered_flow_call(database_url):
         [status] = rig.customer.to("/status")
         assert status.fields()["Status"] == "completed"
         timeline = await rig.timeline(sid)
-        assert {"op": "hangup", "by": "api"} in [e["data"] for e in timeline if e["kind"] == REQUEST_KIND]
+        assert {"op": "hangup", "by": "api"} in [
+            e["data"] for e in timeline if e["kind"] == REQUEST_KIND
+        ]
         # The gather's 60 s were never waited for.
         assert (await rig.details(sid))["Duration"] < 30
 
@@ -78,8 +90,13 @@ async def test_hang_up_an_answered_flow_call(database_url):
 async def test_hang_up_a_ringing_call_ends_it_failed(database_url):
     async with running(database_url) as rig:
         await script(rig, "09812345678", ring=50)
-        sid = await place(rig, From="09812345678", Url=rig.flow_url(), TimeOut="60",
-                          StatusCallbackEvents="terminal")
+        sid = await place(
+            rig,
+            From="09812345678",
+            Url=rig.flow_url(),
+            TimeOut="60",
+            StatusCallbackEvents="terminal",
+        )
         await reach(rig, sid, "ringing")
         r = await hang_up(rig, sid, "")  # XML this time
         assert r.status_code == 200, r.text
@@ -118,8 +135,9 @@ async def test_hang_up_a_queued_call_removes_it_once(database_url):
 
 async def test_hang_up_a_two_number_call(database_url):
     async with running(database_url) as rig:
-        sid = await place(rig, From="09812345678", To="09812345679",
-                          StatusCallbackEvents="terminal")
+        sid = await place(
+            rig, From="09812345678", To="09812345679", StatusCallbackEvents="terminal"
+        )
 
         async def talking() -> bool:
             legs = (await rig.call(sid)).legs
@@ -153,8 +171,9 @@ async def test_a_finished_call_answers_409_and_bad_requests_400(database_url):
         assert r.status_code == 400
         r = await hang_up(rig, "0" * 31 + "z")
         assert r.status_code == 404
-        r = await rig.http.post(rig.url(f"Calls/{sid}.json"), data={"Status": "completed"},
-                                auth=(rig.key, "wrong"))
+        r = await rig.http.post(
+            rig.url(f"Calls/{sid}.json"), data={"Status": "completed"}, auth=(rig.key, "wrong")
+        )
         assert r.status_code == 401
 
 
@@ -215,6 +234,7 @@ async def test_the_dashboard_hang_up_button_ends_a_live_call(database_url):
         async with browser_like(rig) as client:
             await sign_in(client, other.account_sid)
             page = await client.get(f"/a/{other.account_sid}/calls")
-            r = await client.post(f"/a/{other.account_sid}/calls/{sid}/hangup",
-                                  data={"csrf": csrf_of(page.text)})
+            r = await client.post(
+                f"/a/{other.account_sid}/calls/{sid}/hangup", data={"csrf": csrf_of(page.text)}
+            )
             assert r.status_code == 404

@@ -17,8 +17,14 @@ __all__ = ["sqlite_db"]  # the fixture sip_server's database comes from
 
 WAIT = 20.0
 LISTENING = {
-    "ask": {"applet": "gather", "text": "Press a key", "input_timeout": 60, "repeats": 0,
-            "on_input": "bye", "on_no_input": "bye"},
+    "ask": {
+        "applet": "gather",
+        "text": "Press a key",
+        "input_timeout": 60,
+        "repeats": 0,
+        "on_input": "bye",
+        "on_no_input": "bye",
+    },
     "bye": {"applet": "hangup"},
 }
 
@@ -32,8 +38,9 @@ async def until(rig: Rig, sid: str, status: str) -> None:
 
 
 async def hang_up(rig: Rig, sid: str) -> dict:
-    r = await rig.http.post(rig.url(f"Calls/{sid}.json"), data={"Status": "completed"},
-                            auth=rig.auth)
+    r = await rig.http.post(
+        rig.url(f"Calls/{sid}.json"), data={"Status": "completed"}, auth=rig.auth
+    )
     assert r.status_code == 200, r.text
     return r.json()["Call"]
 
@@ -59,6 +66,7 @@ async def test_hanging_up_an_answered_sip_call_sends_bye(tmp_path: Path) -> None
         call = await rig.call(sid)
         assert call.legs[0].status == "completed" and call.reason == "hangup requested (api)"
         assert await phone.exit_code() == 0  # it got our BYE (and answered it 200)
-        r = await rig.http.post(rig.url(f"Calls/{sid}.json"), data={"Status": "completed"},
-                                auth=rig.auth)
+        r = await rig.http.post(
+            rig.url(f"Calls/{sid}.json"), data={"Status": "completed"}, auth=rig.auth
+        )
         assert r.status_code == 409

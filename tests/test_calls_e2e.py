@@ -170,7 +170,11 @@ async def test_two_numbers_second_leg_unanswered(database_url, to, status, leg2)
         sid = r.json()["Call"]["Sid"]
         await rig.finish(sid)
         details = await rig.details(sid)
-        assert (details["Status"], details["Details"]["Leg1Status"], details["Details"]["Leg2Status"]) == (
+        assert (
+            details["Status"],
+            details["Details"]["Leg1Status"],
+            details["Details"]["Leg2Status"],
+        ) == (
             status,
             "completed",
             leg2,
@@ -187,7 +191,11 @@ async def test_two_numbers_first_unanswered_leaves_second_empty(database_url):
         sid = r.json()["Call"]["Sid"]
         await rig.finish(sid)
         d = (await rig.details(sid))["Details"]
-        assert ((await rig.details(sid))["Status"], d["Leg1Status"], d["Leg2Status"]) == ("busy", "busy", "")
+        assert ((await rig.details(sid))["Status"], d["Leg1Status"], d["Leg2Status"]) == (
+            "busy",
+            "busy",
+            "",
+        )
 
 
 async def test_first_party_hangs_up_while_second_rings(database_url):

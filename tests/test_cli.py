@@ -89,10 +89,20 @@ def test_an_invalid_app_names_the_node_and_field(ringflow, tmp_path: Path):
 
 def test_sandbox_script_and_clear(ringflow):
     ringflow("accounts", "create", "acme")
-    code, out, _ = ringflow("sandbox", "script", "09812345678", "--ring", "3", "--keys", "2", "--account", "acme")
+    code, out, _ = ringflow(
+        "sandbox", "script", "09812345678", "--ring", "3", "--keys", "2", "--account", "acme"
+    )
     assert code == 0
-    assert json.loads(out.split(": ", 1)[1]) == {"ring": 3.0, "outcome": "answer", "keys": ["2"], "hangup_after": None}
-    assert ringflow("sandbox", "clear", "09812345678", "--account", "acme")[1] == "+919812345678: default behaviour\n"
+    assert json.loads(out.split(": ", 1)[1]) == {
+        "ring": 3.0,
+        "outcome": "answer",
+        "keys": ["2"],
+        "hangup_after": None,
+    }
+    assert (
+        ringflow("sandbox", "clear", "09812345678", "--account", "acme")[1]
+        == "+919812345678: default behaviour\n"
+    )
 
 
 def test_a_bad_setting_is_one_line(ringflow, monkeypatch):
@@ -104,7 +114,11 @@ def test_a_bad_setting_is_one_line(ringflow, monkeypatch):
 def test_validate_checks_a_file_without_a_database(ringflow, tmp_path: Path):
     good = tmp_path / "good.yaml"
     good.write_text(APP)
-    assert ringflow("apps", "validate", str(good)) == (0, f"{good}: valid, 2 nodes, starts at 'hi'\n", "")
+    assert ringflow("apps", "validate", str(good)) == (
+        0,
+        f"{good}: valid, 2 nodes, starts at 'hi'\n",
+        "",
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nstart: a\nnodes:\n  a: {applet: ivr_menu, text: Hi, on_1: gone}\n")
     code, _, err = ringflow("apps", "validate", str(bad))

@@ -29,11 +29,21 @@ def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def ringflow(env: dict[str, str], *args: str, cwd: Path | None = None,
-             ) -> subprocess.CompletedProcess[str]:
+def ringflow(
+    env: dict[str, str],
+    *args: str,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run the real command; its exit status, stdout and stderr."""
-    return subprocess.run([sys.executable, "-m", "ringflow.cli", *args], env=env, cwd=cwd, check=False,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "ringflow.cli", *args],
+        env=env,
+        cwd=cwd,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def one_error_line(run: subprocess.CompletedProcess[str]) -> str:
@@ -46,8 +56,11 @@ def one_error_line(run: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture
 def sqlite(tmp_path: Path) -> dict[str, str]:
     """The environment of a ringflow whose database is a SQLite file in tmp_path."""
-    return env_for(tmp_path, RINGFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/rf.db",
-                   RINGFLOW_DATA_DIR=str(tmp_path / "data"))
+    return env_for(
+        tmp_path,
+        RINGFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/rf.db",
+        RINGFLOW_DATA_DIR=str(tmp_path / "data"),
+    )
 
 
 def test_a_command_run_in_another_folder_names_the_missing_database(tmp_path: Path):
@@ -74,8 +87,10 @@ def test_migrate_says_what_it_did(sqlite: dict[str, str], tmp_path: Path):
     assert f"the schema is up to date (revision {head})" in ringflow(sqlite, "migrate").stdout
     command.downgrade(config, before)
     upgraded = ringflow(sqlite, "migrate").stdout
-    assert upgraded == (f"sqlite+aiosqlite:///{tmp_path}/rf.db: upgraded the schema from "
-                        f"revision {before} to {head}\n")
+    assert upgraded == (
+        f"sqlite+aiosqlite:///{tmp_path}/rf.db: upgraded the schema from "
+        f"revision {before} to {head}\n"
+    )
 
 
 def test_a_database_that_does_not_answer_is_named_with_its_variable(tmp_path: Path):
@@ -83,9 +98,11 @@ def test_a_database_that_does_not_answer_is_named_with_its_variable(tmp_path: Pa
     env = env_for(tmp_path, RINGFLOW_DATABASE_URL=f"postgresql+asyncpg://rf:pw@127.0.0.1:{port}/rf")
     for args in (("migrate",), ("accounts", "show", "acme")):
         message = one_error_line(ringflow(env, *args))
-        assert message == (f"cannot reach the database at 127.0.0.1:{port} (RINGFLOW_DATABASE_URL="
-                           f"postgresql+asyncpg://rf:***@127.0.0.1:{port}/rf): connection refused; "
-                           "is the database server running, and is that its address?")
+        assert message == (
+            f"cannot reach the database at 127.0.0.1:{port} (RINGFLOW_DATABASE_URL="
+            f"postgresql+asyncpg://rf:***@127.0.0.1:{port}/rf): connection refused; "
+            "is the database server running, and is that its address?"
+        )
         assert "pw" not in message
 
 
@@ -94,10 +111,12 @@ def test_a_postgresql_database_that_does_not_exist_is_one_line(tmp_path: Path):
     url = PG_ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0]
     env = env_for(tmp_path, RINGFLOW_DATABASE_URL=f"{url}/{name}")
     message = one_error_line(ringflow(env, "migrate"))
-    assert message.startswith(f'database "{name}" does not exist on 127.0.0.1:5432 '
-                              "(RINGFLOW_DATABASE_URL=")
-    assert message.endswith(f"create it (createdb {name}) or point RINGFLOW_DATABASE_URL at one "
-                            "that exists")
+    assert message.startswith(
+        f'database "{name}" does not exist on 127.0.0.1:5432 (RINGFLOW_DATABASE_URL='
+    )
+    assert message.endswith(
+        f"create it (createdb {name}) or point RINGFLOW_DATABASE_URL at one that exists"
+    )
 
 
 def test_a_port_in_use_is_found_before_anything_is_made(sqlite: dict[str, str], tmp_path: Path):
@@ -107,9 +126,11 @@ def test_a_port_in_use_is_found_before_anything_is_made(sqlite: dict[str, str], 
         port = taken.getsockname()[1]
         for args in (("serve",), ("demo", "--before-serve")):
             message = one_error_line(ringflow(sqlite, *args, "--port", str(port)))
-            assert message == (f"port {port} on 127.0.0.1 is in use (another ringflow?): stop "
-                               "what listens there, or choose another port with --port or "
-                               "RINGFLOW_PORT")
+            assert message == (
+                f"port {port} on 127.0.0.1 is in use (another ringflow?): stop "
+                "what listens there, or choose another port with --port or "
+                "RINGFLOW_PORT"
+            )
     assert not (tmp_path / "rf.db").exists() and not (tmp_path / "data").exists()
 
 
@@ -127,8 +148,12 @@ def test_json_into_a_closed_pipe_says_nothing(sqlite: dict[str, str]):
     ringflow(sqlite, "migrate")
     ringflow(sqlite, "accounts", "create", "acme")
     # The reader is gone before ringflow writes, as when `head` has read its lines and exited.
-    proc = subprocess.Popen([sys.executable, "-m", "ringflow.cli", "accounts", "show", "acme",
-                             "--json"], env=sqlite, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ringflow.cli", "accounts", "show", "acme", "--json"],
+        env=sqlite,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()
     err = proc.stderr.read().decode()

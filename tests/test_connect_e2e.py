@@ -34,7 +34,9 @@ def connect_app(hook: str, **connect: Any) -> dict[str, Any]:
 
 async def script(rig: Rig, number: str, **behaviour: Any) -> None:
     r = await rig.http.put(
-        f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}", json=behaviour, auth=rig.auth
+        f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
+        json=behaviour,
+        auth=rig.auth,
     )
     assert r.status_code == 200, r.text
 
@@ -89,7 +91,9 @@ async def test_simultaneous_the_first_to_answer_wins(database_url):
         await script(rig, "09812345670", ring=5)
         await script(rig, "09812345671", ring=1, hangup_after=3)
         app = connect_app(
-            f"{rig.customer.url}/report", numbers=["09812345670", "09812345671"], mode="simultaneous"
+            f"{rig.customer.url}/report",
+            numbers=["09812345670", "09812345671"],
+            mode="simultaneous",
         )
         sid, _ = await place(rig, app)
         statuses = {leg.number: leg.status for leg in (await rig.call(sid)).legs[1:]}
@@ -100,9 +104,16 @@ async def test_simultaneous_the_first_to_answer_wins(database_url):
 @pytest.mark.parametrize(
     ("answer", "dialed"),
     [
-        ((200, "text/plain", "09999900001, not-a-number, 09812345679"), ["+919999900001", "+919812345679"]),
         (
-            (200, "application/json", '{"destination": {"numbers": ["09812345679"]}, "max_ringing_duration": 7}'),
+            (200, "text/plain", "09999900001, not-a-number, 09812345679"),
+            ["+919999900001", "+919812345679"],
+        ),
+        (
+            (
+                200,
+                "application/json",
+                '{"destination": {"numbers": ["09812345679"]}, "max_ringing_duration": 7}',
+            ),
             ["+919812345679"],
         ),
     ],
@@ -111,7 +122,9 @@ async def test_numbers_from_the_customers_url(database_url, answer, dialed):
     async with running(database_url) as rig:
         await script(rig, "09812345679", hangup_after=2)
         rig.customer.script = [answer]
-        sid, _ = await place(rig, connect_app(f"{rig.customer.url}/report", url=f"{rig.customer.url}/who"))
+        sid, _ = await place(
+            rig, connect_app(f"{rig.customer.url}/report", url=f"{rig.customer.url}/who")
+        )
         [asked] = rig.customer.to("/who")
         assert asked.query["CallSid"] == sid
         dial = next(e["data"] for e in await rig.timeline(sid) if e["kind"] == "dial")
@@ -121,7 +134,9 @@ async def test_numbers_from_the_customers_url(database_url, answer, dialed):
 async def test_nobody_to_dial(database_url):
     async with running(database_url) as rig:
         rig.customer.script = [(200, "text/plain", "")]
-        sid, _ = await place(rig, connect_app(f"{rig.customer.url}/report", url=f"{rig.customer.url}/who"))
+        sid, _ = await place(
+            rig, connect_app(f"{rig.customer.url}/report", url=f"{rig.customer.url}/who")
+        )
         assert said(await rig.timeline(sid)) == ["Nobody to call"]
         assert len((await rig.call(sid)).legs) == 1
 
@@ -196,7 +211,11 @@ async def test_music_while_the_numbers_ring(database_url):
         sid, _ = await place(rig, app)
         events = await rig.timeline(sid)
         [music] = [e for e in events if e["kind"] == "music"]
-        answered = next(e for e in events if e["kind"] == "status" and e["data"]["legs"].get("2") == "in-progress")
+        answered = next(
+            e
+            for e in events
+            if e["kind"] == "status" and e["data"]["legs"].get("2") == "in-progress"
+        )
         assert music["data"]["url"] == f"{rig.customer.url}/music.wav"
         assert music["at"] < answered["at"]
         assert len(rig.customer.to("/music.wav")) == 1  # fetched once, looped while ringing

@@ -406,8 +406,13 @@ async def test_no_call_is_started_from_the_page_once_the_server_drains(database_
         await sign_in(client, rig.sid)
         base = f"/a/{rig.sid}"
         rig.services.stop_admitting()  # what the first SIGTERM does
-        r = await form_post(client, f"{base}/sandbox", f"{base}/sandbox/call",
-                            number=CUSTOMER, app_id=str(rig.app_id))
+        r = await form_post(
+            client,
+            f"{base}/sandbox",
+            f"{base}/sandbox/call",
+            number=CUSTOMER,
+            app_id=str(rig.app_id),
+        )
         assert r.status_code == 503 and "shutting down" in r.text
         async with rig.services.db.session() as session:
             assert not (await session.execute(select(Call))).first()
@@ -545,10 +550,12 @@ async def test_the_demo_prints_a_dashboard_sign_in_that_works(tmp_path: Path):
 
 async def test_the_trunks_page_shows_the_sandbox_or_the_accounts_own_trunk(database_url, tmp_path):
     trunks = tmp_path / "trunks.yaml"
-    trunks.write_text("trunks:\n  - name: office-pbx\n    host: 127.0.0.1\n    port: 5099\n"
-                      "    max_channels: 7\n    password: s3cret\n    username: acme\n"
-                      "    accounts: [otherco]\n    sources: [192.0.2.0/28]\n"
-                      "    symmetric_rtp: true\n")
+    trunks.write_text(
+        "trunks:\n  - name: office-pbx\n    host: 127.0.0.1\n    port: 5099\n"
+        "    max_channels: 7\n    password: s3cret\n    username: acme\n"
+        "    accounts: [otherco]\n    sources: [192.0.2.0/28]\n"
+        "    symmetric_rtp: true\n"
+    )
     async with running(database_url, sip_trunks=str(trunks), sip_port=0) as rig:
         other = await rig.services.accounts.create_account("Other Co")
         assert other.account_sid == "otherco"
@@ -570,6 +577,11 @@ async def test_the_trunks_page_shows_the_sandbox_or_the_accounts_own_trunk(datab
             sandbox = (await theirs.get("/a/otherco/sandbox")).text
             assert "data-no-sandbox" in sandbox
             app = await rig.services.accounts.save_app("otherco", voicemail_app())
-            refused = await form_post(theirs, "/a/otherco/sandbox", "/a/otherco/sandbox/call",
-                                      number=CUSTOMER, app_id=str(app.id))
+            refused = await form_post(
+                theirs,
+                "/a/otherco/sandbox",
+                "/a/otherco/sandbox/call",
+                number=CUSTOMER,
+                app_id=str(app.id),
+            )
             assert "test calls from the dashboard need the sandbox carrier" in refused.text

@@ -89,8 +89,9 @@ async def created(client: httpx.AsyncClient, rig: Rig, **changes: str) -> str:
     app_id = (await rig.services.accounts.save_app(rig.sid, SHORT)).id
     r = await post_campaign(client, rig, fields(rig, app_id, **changes))
     assert r.status_code == 303, r.text
-    match = re.fullmatch(rf"/a/{rig.sid}/campaigns/([0-9a-f]{{32}})\?upload=[0-9a-f]{{32}}",
-                         r.headers["location"])
+    match = re.fullmatch(
+        rf"/a/{rig.sid}/campaigns/([0-9a-f]{{32}})\?upload=[0-9a-f]{{32}}", r.headers["location"]
+    )
     assert match, r.headers["location"]
     return match[1]
 
@@ -127,15 +128,25 @@ async def test_a_campaign_made_from_a_csv_upload_runs_to_the_end_on_its_page(dat
         assert f'<option value="{app_id}"' in form.text and 'value="+918039591234"' in form.text
 
         r = await post_campaign(
-            client, rig, fields(rig, app_id, retries="1", interval_mins="5",
-                                hours_days="daily", hours_from="00:00", hours_until="23:59"),
-            on_status=("busy", "failed"))
+            client,
+            rig,
+            fields(
+                rig,
+                app_id,
+                retries="1",
+                interval_mins="5",
+                hours_days="daily",
+                hours_from="00:00",
+                hours_until="23:59",
+            ),
+            on_status=("busy", "failed"),
+        )
         assert r.status_code == 303, r.text
         page = await client.get(r.headers["location"])
         assert page.status_code == 200
         cid = r.headers["location"].split("/")[-1].split("?")[0]
         # The upload's report: the duplicate left out and the bad row with why.
-        report = page.text[page.text.index("upload-report"):]
+        report = page.text[page.text.index("upload-report") :]
         assert "<strong data-upload-succeeded>3</strong>" in report
         assert "<span data-upload-duplicates>1</span> duplicate left out" in report
         assert "<span data-upload-failed>1</span> failed" in report
@@ -144,8 +155,9 @@ async def test_a_campaign_made_from_a_csv_upload_runs_to_the_end_on_its_page(dat
         assert "daily 00:00-23:59" in page.text or "mon 00:00-23:59" in page.text
         assert f'data-progress="/a/{rig.sid}/campaigns/{cid}/progress"' in page.text
         for action in ("pause", "stop"):
-            assert re.search(rf'action="[^"]+/{action}" data-action="{action}"(?! hidden)[^>]*>',
-                             page.text), action
+            assert re.search(
+                rf'action="[^"]+/{action}" data-action="{action}"(?! hidden)[^>]*>', page.text
+            ), action
         assert re.search(r'data-action="resume" hidden', page.text)
 
         first = await progress(client, rig, cid)
@@ -173,7 +185,7 @@ async def test_a_campaign_made_from_a_csv_upload_runs_to_the_end_on_its_page(dat
         assert calls.count("<tr data-call") == 3
 
         listing = await client.get(f"/a/{rig.sid}/campaigns")
-        row = listing.text[listing.text.index(f'data-campaign="{cid}"'):]
+        row = listing.text[listing.text.index(f'data-campaign="{cid}"') :]
         assert "December dues" in row and "Completed" in row
         assert re.search(r'data-state="completed" value="3" max="3"', row)
         [summary] = (await client.get(f"/a/{rig.sid}/campaigns/progress")).json()["campaigns"]
@@ -224,9 +236,14 @@ async def test_another_account_finds_none_of_its_campaigns_and_the_operator_all(
         async with browser_like(rig) as intruder:
             signed = await sign_in(intruder, other.account_sid, "other password 1")
             assert signed.status_code == 303
-            for path in (f"/campaigns/{cid}", f"/campaigns/{cid}/progress",
-                         f"/campaigns/{cid}?fragment=1", "/campaigns", "/campaigns/progress",
-                         "/campaigns/new"):
+            for path in (
+                f"/campaigns/{cid}",
+                f"/campaigns/{cid}/progress",
+                f"/campaigns/{cid}?fragment=1",
+                "/campaigns",
+                "/campaigns/progress",
+                "/campaigns/new",
+            ):
                 for base in (ours, theirs):
                     r = await intruder.get(base + path)
                     expected = 200 if base == theirs and cid not in path else 404
@@ -234,17 +251,20 @@ async def test_another_account_finds_none_of_its_campaigns_and_the_operator_all(
             token = csrf_of((await intruder.get(f"{theirs}/campaigns")).text)
             for base in (ours, theirs):
                 for action in ("pause", "stop"):
-                    r = await intruder.post(f"{base}/campaigns/{cid}/{action}",
-                                            data={"csrf": token})
+                    r = await intruder.post(
+                        f"{base}/campaigns/{cid}/{action}", data={"csrf": token}
+                    )
                     assert r.status_code == 404, (base, action)
-            assert (await rig.services.campaigns.page(await account_of(rig), None, 10, 0))[
-                0][0].campaign.status == "InProgress"
+            assert (await rig.services.campaigns.page(await account_of(rig), None, 10, 0))[0][
+                0
+            ].campaign.status == "InProgress"
         await set_operator_password(rig.services.accounts, "admin", PASSWORD)
         async with browser_like(rig) as operator:
             assert (await sign_in(operator, "admin", operator=True)).status_code == 303
             assert (await operator.get(f"{ours}/campaigns/{cid}")).status_code == 200
-            assert (await operator.get(f"{ours}/campaigns/{cid}/progress")).json()[
-                "campaigns"][0]["id"] == cid
+            assert (await operator.get(f"{ours}/campaigns/{cid}/progress")).json()["campaigns"][0][
+                "id"
+            ] == cid
             assert (await operator.get(f"{theirs}/campaigns/{cid}")).status_code == 404
 
 
@@ -266,8 +286,11 @@ async def test_bad_input_is_answered_on_the_form_and_stores_nothing(database_url
             ({"name": "x"}, CSV, "name must be 3 to 200 characters"),
             ({"hours_json": "{nope"}, CSV, "Calling hours (JSON) is not JSON"),
             ({"hours_json": '{"someday": "09:00-18:00"}'}, CSV, "is not a day"),
-            ({"hours_days": "mon-fri", "hours_from": "18:00", "hours_until": "09:00"}, CSV,
-             "must end after it starts"),
+            (
+                {"hours_days": "mon-fri", "hours_from": "18:00", "hours_until": "09:00"},
+                CSV,
+                "must end after it starts",
+            ),
             ({}, None, "CSV file: choose the file of numbers to call"),
             ({}, b"\xff\xfe\x00bad", "the CSV file must be UTF-8 text"),
             ({}, b"who,what\nasha,hello\n", "the CSV file needs a header with a number column"),
@@ -293,7 +316,8 @@ async def test_bad_input_is_answered_on_the_form_and_stores_nothing(database_url
 
 @on_sqlite
 async def test_the_form_takes_a_csv_larger_than_other_forms_and_signed_out_gets_no_json(
-        database_url):
+    database_url,
+):
     async with running(database_url) as rig, browser_like(rig) as client:
         app_id = await signed_in(rig, client)
         padded = CSV + b" ,\n" * 200_000  # blank rows: skipped, but 600 KB on the wire
@@ -319,20 +343,44 @@ def test_only_the_campaign_form_takes_a_large_multipart_body():
 
 def test_the_form_reads_into_a_v2_body():
     form = read_form(
-        {"app_id": "7", "caller_id": "+918039591234", "calls_per_second": "0.5",
-         "max_concurrent": "4", "retries": "2", "interval_mins": "10",
-         "mechanism": "Exponential", "hours_days": "mon-fri", "hours_from": "09:00",
-         "hours_until": "18:00", "machine_detection": "Enable", "name": " Dues "},
-        ["busy", "no-answer"], "acme")
+        {
+            "app_id": "7",
+            "caller_id": "+918039591234",
+            "calls_per_second": "0.5",
+            "max_concurrent": "4",
+            "retries": "2",
+            "interval_mins": "10",
+            "mechanism": "Exponential",
+            "hours_days": "mon-fri",
+            "hours_from": "09:00",
+            "hours_until": "18:00",
+            "machine_detection": "Enable",
+            "name": " Dues ",
+        },
+        ["busy", "no-answer"],
+        "acme",
+    )
     assert form.app_id == 7
     assert form.body == {
-        "caller_id": "+918039591234", "url": "http://my.exotel.com/acme/exoml/start_voice/7",
-        "calls_per_second": 0.5, "max_concurrent": 4, "name": "Dues",
-        "retries": {"number_of_retries": 2, "interval_mins": 10, "mechanism": "Exponential",
-                    "on_status": ["busy", "no-answer"]},
-        "calling_hours": {"mon-fri": "09:00-18:00"}, "machine_detection": "Enable"}
+        "caller_id": "+918039591234",
+        "url": "http://my.exotel.com/acme/exoml/start_voice/7",
+        "calls_per_second": 0.5,
+        "max_concurrent": 4,
+        "name": "Dues",
+        "retries": {
+            "number_of_retries": 2,
+            "interval_mins": 10,
+            "mechanism": "Exponential",
+            "on_status": ["busy", "no-answer"],
+        },
+        "calling_hours": {"mon-fri": "09:00-18:00"},
+        "machine_detection": "Enable",
+    }
     with pytest.raises(InvalidRequest, match="App: choose"):
         read_form({"caller_id": EXOPHONE, "calls_per_second": "1"}, [], "acme")
     with pytest.raises(InvalidRequest, match="Calling hours: give the window"):
-        read_form({"app_id": "1", "caller_id": EXOPHONE, "calls_per_second": "1",
-                   "hours_days": "daily"}, [], "acme")
+        read_form(
+            {"app_id": "1", "caller_id": EXOPHONE, "calls_per_second": "1", "hours_days": "daily"},
+            [],
+            "acme",
+        )

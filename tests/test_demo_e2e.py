@@ -41,7 +41,9 @@ async def test_the_printed_curl_line_places_a_call_that_runs_the_demo_app(tmp_pa
     token = re.search(r"API token\s+: (\S+)", banner)[1]
     assert creds.stat().st_mode & 0o777 == 0o600
     # A second run prints the same working credentials.
-    assert key in await cli(env, "demo", "--port", str(server.port), "--credentials-file", str(creds))
+    assert key in await cli(
+        env, "demo", "--port", str(server.port), "--credentials-file", str(creds)
+    )
 
     await server.start()
     try:
@@ -57,15 +59,22 @@ async def test_the_printed_curl_line_places_a_call_that_runs_the_demo_app(tmp_pa
 
         async with httpx.AsyncClient(base_url=server.base, auth=(key, token), timeout=10) as http:
             for _ in range(300):  # the demo call lasts a few seconds of real time
-                details = (await http.get(f"/v1/Accounts/demo/Calls/{sid}.json?details=true")).json()
+                details = (
+                    await http.get(f"/v1/Accounts/demo/Calls/{sid}.json?details=true")
+                ).json()
                 if details["Call"]["Status"] == "completed":
                     break
                 await asyncio.sleep(0.1)
             assert details["Call"]["Status"] == "completed"
             assert details["Call"]["Details"]["Leg1Status"] == "completed"
-            events = (await http.get(f"/admin/v1/accounts/demo/calls/{sid}/events")).json()["events"]
+            events = (await http.get(f"/admin/v1/accounts/demo/calls/{sid}/events")).json()[
+                "events"
+            ]
         said = [e["data"]["text"] for e in events if e["kind"] == "say"]
-        assert said == ["Hello from ringflow. This is the demo app.", "Your server said yes. Goodbye."]
+        assert said == [
+            "Hello from ringflow. This is the demo app.",
+            "Your server said yes. Goodbye.",
+        ]
         [passthru] = [e["data"] for e in events if e["kind"] == "http"]
         assert passthru["status"] == 200 and passthru["params"]["CallSid"] == sid
         shown = await cli(env, "calls", "show", sid)

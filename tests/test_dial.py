@@ -26,8 +26,9 @@ nodes:
 
 
 @pytest.fixture
-def account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-            capsys: pytest.CaptureFixture[str]) -> str:
+def account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> str:
     """An account with an ExoPhone and app 1, in a fresh SQLite file; returns its SID."""
     monkeypatch.setenv("RINGFLOW_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/dial.db")
     monkeypatch.setenv("RINGFLOW_DATA_DIR", str(tmp_path / "data"))
@@ -46,10 +47,18 @@ async def dial(tmp_path: Path, sipp_port: int, *args: str) -> tuple[int, str, st
     trunks = tmp_path / "trunks.yaml"
     trunks.write_text(f"trunks:\n  - name: sipp\n    host: 127.0.0.1\n    port: {sipp_port}\n")
     proc = await asyncio.create_subprocess_exec(
-        str(RINGFLOW), "dial", *args, stdout=asyncio.subprocess.PIPE,
+        str(RINGFLOW),
+        "dial",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "RINGFLOW_CARRIER": "sip",
-             "RINGFLOW_SIP_TRUNKS": str(trunks), "RINGFLOW_SIP_PORT": "0"})
+        env={
+            **os.environ,
+            "RINGFLOW_CARRIER": "sip",
+            "RINGFLOW_SIP_TRUNKS": str(trunks),
+            "RINGFLOW_SIP_PORT": "0",
+        },
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert b"Traceback" not in err, err.decode()
     return proc.returncode, out.decode(), err.decode()  # type: ignore[return-value]
@@ -67,8 +76,9 @@ async def test_dial_places_the_call_and_prints_its_progress(tmp_path: Path, acco
     assert lines[-1].endswith(": completed")
 
 
-async def test_a_refused_call_exits_non_zero_with_the_sip_cause(tmp_path: Path,
-                                                                 account: str) -> None:
+async def test_a_refused_call_exits_non_zero_with_the_sip_cause(
+    tmp_path: Path, account: str
+) -> None:
     async with sipp(tmp_path, "uas_busy.xml") as phone:
         code, out, _ = await dial(tmp_path, phone.port, account, "+919812345678", "--app", "1")
         assert await phone.exit_code() == 0

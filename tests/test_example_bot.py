@@ -181,13 +181,24 @@ async def test_the_example_bot_on_a_ringflow_call(echo_bot: EchoBot, tmp_path: P
     from tests.test_sip_carrier_e2e import call_to_end, story
     from tests.test_streams_e2e import recorded_channels, script_phone
 
-    async with running(f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}",
-                       clock=RealClock()) as rig:
-        await script_phone(rig, "09812345678", {
-            "ring": 0.2, "says": [{"text": "Hello bot, can you hear me?", "at": 1}],
-            "keys": ["5"], "hangup_after": 9})
-        r = await rig.connect(From="09812345678", StreamUrl=echo_bot.url, Record="true",
-                              RecordingChannels="dual", RecordingFormat="wav")
+    async with running(f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}", clock=RealClock()) as rig:
+        await script_phone(
+            rig,
+            "09812345678",
+            {
+                "ring": 0.2,
+                "says": [{"text": "Hello bot, can you hear me?", "at": 1}],
+                "keys": ["5"],
+                "hangup_after": 9,
+            },
+        )
+        r = await rig.connect(
+            From="09812345678",
+            StreamUrl=echo_bot.url,
+            Record="true",
+            RecordingChannels="dual",
+            RecordingFormat="wav",
+        )
         assert r.status_code == 200, r.text
         sid = r.json()["Call"]["Sid"]
         call = await call_to_end(rig, sid)

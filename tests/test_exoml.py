@@ -120,7 +120,9 @@ def test_a_document_of_every_verb_parses_with_lines_and_absolute_urls():
 
 
 def test_defaults_follow_exotel():
-    doc = parse(response("<Gather/>", "<Dial>09812345678</Dial>", "<Record/>", "<Redirect>x</Redirect>"))
+    doc = parse(
+        response("<Gather/>", "<Dial>09812345678</Dial>", "<Record/>", "<Redirect>x</Redirect>")
+    )
     gather, dial, record, redirect = doc.verbs
     # Gather and Record without an action go back to the document's own URL.
     assert gather == exoml.Gather(action=BASE, num_digits=exoml.MAX_DIGITS, line=1)
@@ -128,7 +130,11 @@ def test_defaults_follow_exotel():
     assert dial == exoml.Dial(numbers=("+919812345678",), line=1)
     assert (dial.action, dial.timeout, dial.time_limit, dial.record) == (None, 30, 14400, False)
     assert record == exoml.Record(action=BASE, line=1)
-    assert (record.max_length, record.finish_on_key, record.play_beep) == (3600, "1234567890*#", True)
+    assert (record.max_length, record.finish_on_key, record.play_beep) == (
+        3600,
+        "1234567890*#",
+        True,
+    )
     assert redirect.url == "https://cust.example/ivr/x" and redirect.method == "POST"
 
 
@@ -154,7 +160,9 @@ def test_bytes_are_read_in_their_declared_encoding():
 
 
 def test_dial_text_number_or_sip_uri():
-    [a, b] = parse(response("<Dial>+1 415 555 0100</Dial>", "<Dial> sip:x@pbx.example </Dial>")).verbs
+    [a, b] = parse(
+        response("<Dial>+1 415 555 0100</Dial>", "<Dial> sip:x@pbx.example </Dial>")
+    ).verbs
     assert a.numbers == ("+14155550100",) and b.numbers == ("sip:x@pbx.example",)
 
 
@@ -339,7 +347,9 @@ VALUES = st.sampled_from(
      "09812345678", "+14155550100", "/next", "ftp://x", "https://a.example/n", " 7 ", "woman"]
 ) | st.text(max_size=12)  # fmt: skip
 TAGS = st.sampled_from([*exoml.VERBS, "Number", "Response", "Pause", "say", "Foo"])
-TEXTS = st.sampled_from(["", "hi", " ", "09812345678", "https://a.example/a.wav", "next", "sip:x@y"])
+TEXTS = st.sampled_from(
+    ["", "hi", " ", "09812345678", "https://a.example/a.wav", "next", "sip:x@y"]
+)
 
 trees = st.recursive(
     st.builds(El, TAGS, st.dictionaries(st.sampled_from(ALL_ATTRS), VALUES, max_size=3), TEXTS, st.just([])),
@@ -364,7 +374,16 @@ def test_random_trees_of_known_and_unknown_elements_parse_fully_or_explain(verbs
 
 
 def _assert_sound(verb: exoml.Verb) -> None:
-    assert isinstance(verb, exoml.Say | exoml.Play | exoml.Gather | exoml.Dial | exoml.Record | exoml.Redirect | exoml.Hangup)
+    assert isinstance(
+        verb,
+        exoml.Say
+        | exoml.Play
+        | exoml.Gather
+        | exoml.Dial
+        | exoml.Record
+        | exoml.Redirect
+        | exoml.Hangup,
+    )
     for field in ("url", "action"):
         value = getattr(verb, field, None)
         if value is not None:
@@ -389,14 +408,23 @@ say = st.builds(
     st.text(st.characters(min_codepoint=0x20, max_codepoint=0xD7FF), min_size=1, max_size=20).filter(str.strip),
     st.integers(1, 10),
 )  # fmt: skip
-play = st.builds(lambda path: El("Play", {}, f"/audio/{path}.wav", []), st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True))
+play = st.builds(
+    lambda path: El("Play", {}, f"/audio/{path}.wav", []),
+    st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True),
+)
 gather = st.builds(
     lambda prompts, n, key: El("Gather", {"numDigits": str(n), "finishOnKey": key}, "", prompts),
     st.lists(say | play, max_size=3),
     st.integers(1, 32),
     st.sampled_from(["", *exoml.KEYS]),
 )
-valid_verb = say | play | gather | st.just(El("Hangup", {}, "", [])) | st.just(El("Redirect", {}, "next", []))
+valid_verb = (
+    say
+    | play
+    | gather
+    | st.just(El("Hangup", {}, "", []))
+    | st.just(El("Redirect", {}, "next", []))
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -713,7 +741,9 @@ def app(**node: Any) -> dict[str, Any]:
 
 
 def test_the_applet_validates_its_fields():
-    graph = parse_app(app(url=BASE, timeout=5, max_documents=20, next=None, on_error=None), WITH_EXOML)
+    graph = parse_app(
+        app(url=BASE, timeout=5, max_documents=20, next=None, on_error=None), WITH_EXOML
+    )
     assert graph.nodes["x"].config == {"url": BASE, "timeout": 5, "max_documents": 20}
     with pytest.raises(AppInvalid) as info:
         parse_app(app(url="ftp://x", timeout=0, max_documents=51, colour="red"), WITH_EXOML)
@@ -728,6 +758,8 @@ def test_the_applet_validates_its_fields():
 
 
 def test_the_example_app_is_valid():
-    data = yaml.safe_load((pathlib.Path(__file__).parent.parent / "examples" / "exoml.yaml").read_text())
+    data = yaml.safe_load(
+        (pathlib.Path(__file__).parent.parent / "examples" / "exoml.yaml").read_text()
+    )
     graph = parse_app(data, WITH_EXOML)
     assert graph.nodes[graph.start].applet == "exoml"

@@ -32,7 +32,12 @@ def test_a_valid_app_parses():
     graph = parse_app(
         app(
             hello={"applet": "greeting", "text": "Hi", "next": "ask"},
-            ask={"applet": "passthru", "url": "https://example.com/x", "on_200": "bye", "on_302": None},
+            ask={
+                "applet": "passthru",
+                "url": "https://example.com/x",
+                "on_200": "bye",
+                "on_302": None,
+            },
             bye={"applet": "hangup"},
         ),
         REGISTRY,
@@ -57,9 +62,9 @@ def test_problems_name_the_node_and_field():
 
 
 def test_unreachable_nodes_are_refused():
-    assert problems(
-        app(a={"applet": "hangup"}, b={"applet": "greeting", "text": "lost"})
-    ) == ["node 'b': unreachable from start 'a'"]
+    assert problems(app(a={"applet": "hangup"}, b={"applet": "greeting", "text": "lost"})) == [
+        "node 'b': unreachable from start 'a'"
+    ]
 
 
 def test_a_loop_without_a_wait_is_refused_but_one_with_a_greeting_is_fine():
@@ -83,7 +88,9 @@ def test_start_must_be_a_node():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -165,7 +172,9 @@ def test_passthru_select_body_is_kept_for_switch_case():
 
 
 def test_async_passthru_does_not_wait():
-    actions, taken = drive({"applet": "passthru", "url": "http://x.example/h", "mode": "async"}, ctx(), [])
+    actions, taken = drive(
+        {"applet": "passthru", "url": "http://x.example/h", "mode": "async"}, ctx(), []
+    )
     assert actions[0].wait is False and taken == "next"
 
 
@@ -192,4 +201,6 @@ def test_a_loop_through_an_error_exit_taken_without_waiting_is_refused():
     )
     assert problems(spin) == ["nodes 'ask': form a loop with no input or wait, which would spin"]
     # The same node looping on input is fine: the caller was asked and answered.
-    parse_app(app(ask={"applet": "gather", "url": "http://x.example/g", "on_input": "ask"}), REGISTRY)
+    parse_app(
+        app(ask={"applet": "gather", "url": "http://x.example/g", "on_input": "ask"}), REGISTRY
+    )

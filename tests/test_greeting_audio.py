@@ -145,7 +145,9 @@ async def test_an_uploaded_mp3_becomes_8khz_mono_and_plays_for_its_length(databa
         # MP3 frames pad the end a little; the length is the decoded audio's.
         assert body["duration"] == pytest.approx(2.0, abs=0.1)
         assert body["url"].endswith(f"/admin/v1/accounts/{rig.sid}/audio/{body['id']}")
-        stored = await rig.http.get(f"{rig.base}/admin/v1/accounts/{rig.sid}/audio/{body['id']}", auth=rig.auth)
+        stored = await rig.http.get(
+            f"{rig.base}/admin/v1/accounts/{rig.sid}/audio/{body['id']}", auth=rig.auth
+        )
         assert stored.status_code == 200 and stored.headers["content-type"] == "audio/wav"
         with wave.open(io.BytesIO(stored.content)) as w:
             assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (8000, 1, 2)
@@ -182,7 +184,9 @@ async def test_another_accounts_audio_is_refused(database_url):
         assert r.status_code == 201, r.text
         theirs = r.json()["id"]
         # Not readable through this account's API either.
-        seen = await rig.http.get(f"{rig.base}/admin/v1/accounts/{rig.sid}/audio/{theirs}", auth=rig.auth)
+        seen = await rig.http.get(
+            f"{rig.base}/admin/v1/accounts/{rig.sid}/audio/{theirs}", auth=rig.auth
+        )
         assert seen.status_code == 404
         _, steps = await run_app(rig, app(audio=theirs))
         [failed] = steps.of("play.failed")
@@ -199,7 +203,9 @@ def test_greeting_fields_are_checked_when_the_app_is_saved():
         return str(caught.value)
 
     assert "give exactly one of" in problems(text="Hi", audio="a" * 24)
-    assert "give exactly one of" in problems(audio_url="https://x.example/a.wav", url="https://x.example/g")
+    assert "give exactly one of" in problems(
+        audio_url="https://x.example/a.wav", url="https://x.example/g"
+    )
     assert "must be the id of an uploaded audio" in problems(audio="../../etc/passwd")
     assert "is not an http or https URL" in problems(audio_url="file:///etc/passwd")
     assert "is not an http or https URL" in problems(url="ftp://x.example/g")
@@ -248,7 +254,9 @@ async def test_dynamic_greeting_plays_each_audio_url_in_order(database_url):
         assert steps.said == ["Goodbye"]
         one_to_two = (at(steps, "play", index=1) - at(steps, "play", index=0)).total_seconds()
         assert one_to_two == pytest.approx(0.5, abs=1e-3)
-        mp3_seconds = (at(steps, "applet.exit", "hello") - at(steps, "play", index=1)).total_seconds()
+        mp3_seconds = (
+            at(steps, "applet.exit", "hello") - at(steps, "play", index=1)
+        ).total_seconds()
         assert mp3_seconds == pytest.approx(1.0, abs=0.1)
 
 
@@ -325,14 +333,15 @@ async def test_greeting_audio_example(database_url):
             {"url": f"{server.url}/prompts/offer.mp3"},
         ]
         assert steps.said == ["Hello again, valued customer."]
-        welcome = (at(steps, "applet.exit", "welcome") - at(steps, "applet.enter", "welcome"))
+        welcome = at(steps, "applet.exit", "welcome") - at(steps, "applet.enter", "welcome")
         assert welcome.total_seconds() == pytest.approx(uploaded["duration"], abs=1e-3)
         assert all("error" not in d for d in steps.of("applet.exit"))
 
 
 @sqlite_only
 async def test_an_upload_is_spooled_to_disk_as_it_arrives_and_the_spool_is_removed(
-        database_url, tmp_path):
+    database_url, tmp_path
+):
     """The body goes to a file under data_dir/uploads while it streams (chunked, no length),
     converts to the same audio as the bytes sent whole, and leaves no spool file behind."""
     import asyncio
@@ -345,7 +354,9 @@ async def test_an_upload_is_spooled_to_disk_as_it_arrives_and_the_spool_is_remov
         half = len(data) // 2
         yield data[:half]
         for _ in range(200):  # the first half reaches the spool file before the rest is sent
-            sizes = [p.stat().st_size for p in spool_dir.glob("upload-*")] if spool_dir.exists() else []
+            sizes = (
+                [p.stat().st_size for p in spool_dir.glob("upload-*")] if spool_dir.exists() else []
+            )
             if sizes and max(sizes) >= half:
                 seen_on_disk.append(max(sizes))
                 break
@@ -354,8 +365,12 @@ async def test_an_upload_is_spooled_to_disk_as_it_arrives_and_the_spool_is_remov
 
     async with running(database_url, data_dir=str(tmp_path)) as rig:
         url = f"{rig.base}/admin/v1/accounts/{rig.sid}/audio"
-        r = await rig.http.post(url, content=chunks(), auth=rig.auth,
-                                headers={"Content-Type": "application/octet-stream"})
+        r = await rig.http.post(
+            url,
+            content=chunks(),
+            auth=rig.auth,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         assert r.status_code == 201, r.text
         assert seen_on_disk, "the upload was not written to disk while it arrived"
         whole = await upload(rig, data)

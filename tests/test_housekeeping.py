@@ -121,18 +121,24 @@ async def test_the_running_server_prunes_its_prompt_cache_on_a_schedule(database
     from ringflow.media.cache import PromptCache
     from tests.e2e import running
 
-    async with running(database_url, data_dir=str(tmp_path), prompt_cache_max_age=3600,
-                       prompt_cache_max_mb=1) as rig:
+    async with running(
+        database_url, data_dir=str(tmp_path), prompt_cache_max_age=3600, prompt_cache_max_mb=1
+    ) as rig:
         cache = rig.services.tts.cache
         other = PromptCache(cache.directory)  # another process rendered these: not in memory
         now = time.time()
         files = {}
-        for name, age, seconds in [("stale", 7200, 0.1), ("older", 600, 40.0),
-                                   ("newer", 60, 40.0), ("hot", 9000, 0.1)]:
+        for name, age, seconds in [
+            ("stale", 7200, 0.1),
+            ("older", 600, 40.0),
+            ("newer", 60, 40.0),
+            ("hot", 9000, 0.1),
+        ]:
             key = name.encode().hex().ljust(64, "0")
             # "hot" is in this server's memory: a prompt live flows keep playing.
-            await asyncio.to_thread((cache if name == "hot" else other).put, key,
-                                    Prompt.silence(seconds))
+            await asyncio.to_thread(
+                (cache if name == "hot" else other).put, key, Prompt.silence(seconds)
+            )
             os.utime(cache.path(key), (now - age, now - age))
             files[name] = cache.path(key)
         other.close()

@@ -50,11 +50,15 @@ ROOT = Path(__file__).resolve().parents[1]
 async def ringflow(tmp_path: Path, **env: str) -> AsyncIterator[Server]:
     """``ringflow serve`` with small connection limits (``env`` may change them), on a SQLite file
     of its own."""
-    settings = {"RINGFLOW_MAX_CONNECTIONS": str(CAP),
-                "RINGFLOW_HTTP_HEAD_TIMEOUT": str(HEAD_TIMEOUT),
-                "RINGFLOW_HTTP_KEEP_ALIVE": str(KEEP_ALIVE), **env}
-    base = server_env(f"sqlite+aiosqlite:///{tmp_path}/ringflow.db", f"limits-{tmp_path.name}",
-                      **settings)
+    settings = {
+        "RINGFLOW_MAX_CONNECTIONS": str(CAP),
+        "RINGFLOW_HTTP_HEAD_TIMEOUT": str(HEAD_TIMEOUT),
+        "RINGFLOW_HTTP_KEEP_ALIVE": str(KEEP_ALIVE),
+        **env,
+    }
+    base = server_env(
+        f"sqlite+aiosqlite:///{tmp_path}/ringflow.db", f"limits-{tmp_path.name}", **settings
+    )
     server = Server(base, tmp_path / "server.log")
     try:
         await server.start()
@@ -72,8 +76,9 @@ def rss_kb(server: Server) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def exchange(port: int, head: bytes, body: Iterable[bytes] = (),
-                   within: float = 10.0) -> tuple[int, int]:
+async def exchange(
+    port: int, head: bytes, body: Iterable[bytes] = (), within: float = 10.0
+) -> tuple[int, int]:
     """Send ``head`` then ``body`` chunk by chunk until the server answers or hangs up:
     (status or 0, bytes of the body sent by then)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -104,20 +109,29 @@ def multipart_bomb(parts: int, chunked: bool) -> Iterator[bytes]:
     """``parts`` file parts of 1 MB each, optionally in chunked transfer coding."""
     blob = b"x" * MB
     for i in range(parts):
-        part = (b"--BOMB\r\nContent-Disposition: form-data; name=\"f%d\"; filename=\"f%d\"\r\n"
-                b"Content-Type: application/octet-stream\r\n\r\n" % (i, i)) + blob + b"\r\n"
+        part = (
+            (
+                b'--BOMB\r\nContent-Disposition: form-data; name="f%d"; filename="f%d"\r\n'
+                b"Content-Type: application/octet-stream\r\n\r\n" % (i, i)
+            )
+            + blob
+            + b"\r\n"
+        )
         yield b"%x\r\n%s\r\n" % (len(part), part) if chunked else part
     yield b"--BOMB--\r\n"
 
 
-def post_head(path: str, content_type: str, length: int | None, auth: str = "",
-              extra: str = "") -> bytes:
+def post_head(
+    path: str, content_type: str, length: int | None, auth: str = "", extra: str = ""
+) -> bytes:
     framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
     if auth:
         extra += f"Authorization: Basic {auth}\r\n"
-    return (f"POST {path} HTTP/1.1\r\nHost: ringflow\r\nConnection: close\r\n"
-            f"Content-Type: {content_type}\r\n"
-            f"{framing}\r\n{extra}\r\n").encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: ringflow\r\nConnection: close\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"{framing}\r\n{extra}\r\n"
+    ).encode()
 
 
 async def warm_up(server: Server) -> None:
@@ -133,22 +147,32 @@ async def test_a_multipart_bomb_to_the_sign_in_pages_is_refused_unread(tmp_path:
         before = rss_kb(server)
         for path in ("/logout", "/login"):
             for chunked in (False, True):
-                head = post_head(path, "multipart/form-data; boundary=BOMB",
-                                 None if chunked else 900 * (MB + 150))
+                head = post_head(
+                    path,
+                    "multipart/form-data; boundary=BOMB",
+                    None if chunked else 900 * (MB + 150),
+                )
                 status, sent = await exchange(server.port, head, multipart_bomb(900, chunked))
                 grown = rss_kb(server) - before
                 assert (status, sent < SENT_BEFORE_REFUSAL, grown < RSS_SLACK_KB) == (
-                    415, True, True), (path, chunked, status, sent, grown)
+                    415,
+                    True,
+                    True,
+                ), (path, chunked, status, sent, grown)
         # Url-encoded, as the forms are, but far larger than any form: refused as it streams.
         for chunked in (False, True):
             big = (b"a=" + b"x" * MB for _ in range(200))
             body = (b"%x\r\n%s\r\n" % (len(c), c) for c in big) if chunked else big
-            head = post_head("/logout", "application/x-www-form-urlencoded",
-                             None if chunked else 200 * (MB + 2))
+            head = post_head(
+                "/logout", "application/x-www-form-urlencoded", None if chunked else 200 * (MB + 2)
+            )
             status, sent = await exchange(server.port, head, body)
             grown = rss_kb(server) - before
             assert (status, sent < SENT_BEFORE_REFUSAL, grown < RSS_SLACK_KB) == (
-                413, True, True), (chunked, status, sent, grown)
+                413,
+                True,
+                True,
+            ), (chunked, status, sent, grown)
 
 
 async def test_an_oversized_admin_body_is_refused_as_it_streams(tmp_path: Path) -> None:
@@ -163,7 +187,10 @@ async def test_an_oversized_admin_body_is_refused_as_it_streams(tmp_path: Path) 
             status, sent = await exchange(server.port, head, body)
             grown = rss_kb(server) - before
             assert (status, sent < SENT_BEFORE_REFUSAL, grown < RSS_SLACK_KB) == (
-                413, True, True), (chunked, status, sent, grown)
+                413,
+                True,
+                True,
+            ), (chunked, status, sent, grown)
         multipart = post_head(apps, "multipart/form-data; boundary=B", 9, auth) + b"--B--\r\n\r\n"
         assert (await exchange(server.port, multipart))[0] == 415
 
@@ -267,11 +294,15 @@ async def test_an_endless_header_line_is_refused_not_buffered(tmp_path: Path) ->
         status, sent = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n", line)
         grown = rss_kb(server) - before
         assert (status, sent < SENT_BEFORE_REFUSAL, grown < RSS_SLACK_KB) == (431, True, True), (
-            status, sent, grown)
+            status,
+            sent,
+            grown,
+        )
 
 
 async def test_the_next_head_on_a_keep_alive_connection_is_capped_from_its_first_read(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async with ringflow(tmp_path) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         request = b"GET /healthz HTTP/1.1\r\nHost: ringflow\r\n"
@@ -310,14 +341,16 @@ async def test_trailers_past_their_cap_are_refused_not_buffered(tmp_path: Path) 
             status, sent = await exchange(server.port, head, body)
             grown = rss_kb(server) - before
             assert (status, sent < SENT_BEFORE_REFUSAL, grown < RSS_SLACK_KB) == (
-                431, True, True), (status, sent, grown)
+                431,
+                True,
+                True,
+            ), (status, sent, grown)
         # A trailer within the cap is read (and dropped): the form is answered as usual.
         status, _ = await exchange(server.port, head, [b"6\r\na=b&c=\r\n0\r\nX-Sum: 1\r\n\r\n"])
         assert status == 403  # the form carries no sign-in token
 
 
-async def slow_body(port: int, path: str, every: float, chunk: bytes,
-                    closed: list[float]) -> bytes:
+async def slow_body(port: int, path: str, every: float, chunk: bytes, closed: list[float]) -> bytes:
     """Send a form head declaring 500,000 bytes, then ``chunk`` every ``every`` seconds until the
     server answers or hangs up; what it answered (b"" if nothing). Appends when that was."""
     answer, writer = b"", None
@@ -351,8 +384,10 @@ async def test_slow_bodies_are_displaced_at_the_cap(tmp_path: Path) -> None:
     async with ringflow(tmp_path, RINGFLOW_MAX_CONNECTIONS=str(cap)) as server:
         closed: list[float] = []
         start = time.monotonic()
-        clients = [asyncio.create_task(slow_body(server.port, "/login", 0.2, b"a", closed))
-                   for _ in range(cap + 5)]
+        clients = [
+            asyncio.create_task(slow_body(server.port, "/login", 0.2, b"a", closed))
+            for _ in range(cap + 5)
+        ]
         # The five past the cap go first: displacing a client that had not sent its head yet,
         # or answered 503 from the health reserve and closed after lingering.
         while len(closed) < 5 and time.monotonic() - start < 10:
@@ -360,8 +395,9 @@ async def test_slow_bodies_are_displaced_at_the_cap(tmp_path: Path) -> None:
         assert len(closed) == 5 and max(closed) - start < LINGER + 2, [c - start for c in closed]
         await asyncio.sleep(max(0.0, start + BODY_GRACE + 1 - time.monotonic()))
         # A quick client at the cap displaces the slow body that has lagged longest.
-        status, _ = await exchange(server.port, b"GET /login HTTP/1.1\r\nHost: ringflow\r\n"
-                                                b"Connection: close\r\n\r\n")
+        status, _ = await exchange(
+            server.port, b"GET /login HTTP/1.1\r\nHost: ringflow\r\nConnection: close\r\n\r\n"
+        )
         assert status == 200, status
         while len(closed) < 6 and time.monotonic() - start < 10:
             await asyncio.sleep(0.05)
@@ -379,8 +415,10 @@ async def test_the_health_reserve_answers_only_the_health_check(tmp_path: Path) 
     cap = 10
     async with ringflow(tmp_path, RINGFLOW_MAX_CONNECTIONS=str(cap)) as server:
         closed: list[float] = []
-        clients = [asyncio.create_task(
-            slow_body(server.port, "/login", 0.1, b"a" * 2048, closed)) for _ in range(cap)]
+        clients = [
+            asyncio.create_task(slow_body(server.port, "/login", 0.1, b"a" * 2048, closed))
+            for _ in range(cap)
+        ]
         await asyncio.sleep(BODY_GRACE + 0.5)  # past their grace: held to the minimum rate
         start = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -405,8 +443,16 @@ async def stand_in(app: Any, limits: ConnectionLimits) -> AsyncIterator[int]:
     """``app`` behind ringflow's HTTP protocol, in a real uvicorn server in this event loop; its
     port."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
-                                           http=protocol_class(limits), log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            lifespan="off",
+            http=protocol_class(limits),
+            log_level="warning",
+        )
+    )
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
@@ -418,8 +464,9 @@ async def stand_in(app: Any, limits: ConnectionLimits) -> AsyncIterator[int]:
 
 
 STAND_IN_BODY_TIMEOUT = 0.5
-STAND_IN = ConnectionLimits(max_connections=50, head_timeout=5.0,
-                            body_timeout=STAND_IN_BODY_TIMEOUT)
+STAND_IN = ConnectionLimits(
+    max_connections=50, head_timeout=5.0, body_timeout=STAND_IN_BODY_TIMEOUT
+)
 
 
 async def late_reader(scope: Any, receive: Any, send: Any) -> None:
@@ -434,8 +481,13 @@ async def late_reader(scope: Any, receive: Any, send: Any) -> None:
         size += len(message.get("body", b""))
         more = message.get("more_body", False)
     body = b"%d" % size
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", b"%d" % len(body))]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", b"%d" % len(body))],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -451,8 +503,9 @@ async def test_a_body_the_app_holds_back_is_not_charged_to_the_client() -> None:
 
         # A client that waits for 100 Continue, which comes when the app first reads.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        head = post_head("/upload", "application/octet-stream", len(body),
-                         extra="Expect: 100-continue\r\n")
+        head = post_head(
+            "/upload", "application/octet-stream", len(body), extra="Expect: 100-continue\r\n"
+        )
         writer.write(head)
         go_on = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert go_on == b"HTTP/1.1 100 Continue\r\n\r\n", go_on
@@ -464,7 +517,7 @@ async def test_a_body_the_app_holds_back_is_not_charged_to_the_client() -> None:
         # Once the app reads, the clock runs again: a client that stops sending is cut.
         start = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(post_head("/upload", "application/octet-stream", len(body)) + body[:MB // 4])
+        writer.write(post_head("/upload", "application/octet-stream", len(body)) + body[: MB // 4])
         answer = await asyncio.wait_for(reader.read(), 10)
         assert answer.startswith(b"HTTP/1.1 408"), answer
         assert time.monotonic() - start > 3 * STAND_IN_BODY_TIMEOUT
@@ -480,8 +533,13 @@ async def test_after_a_408_the_app_answers_into_nothing() -> None:
     async def late_answer(scope: Any, receive: Any, send: Any) -> None:
         await asyncio.sleep(STAND_IN_BODY_TIMEOUT + LINGER / 4)  # the connection lingers
         try:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-length", b"5")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-length", b"5")],
+                }
+            )
             await send({"type": "http.response.body", "body": b"late\n"})
         except RuntimeError as exc:  # uvicorn's, or the transport's "write() after write_eof()"
             failures.append(exc)
@@ -505,17 +563,22 @@ async def test_an_upload_waiting_for_a_slot_is_not_charged_the_wait(tmp_path: Pa
         prefix, auth = await admin_account(server)
         audio = wav_seconds(20)  # 320 KB
         head = post_head(f"{prefix}/audio", "audio/wav", len(audio), auth)
-        holders = [asyncio.create_task(exchange(server.port, head, [audio[:4]], within=10))
-                   for _ in range(4)]
+        holders = [
+            asyncio.create_task(exchange(server.port, head, [audio[:4]], within=10))
+            for _ in range(4)
+        ]
         await asyncio.sleep(0.5)
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(post_head(f"{prefix}/audio", "audio/wav", len(audio), auth,
-                               extra="Expect: 100-continue\r\n"))
+        writer.write(
+            post_head(
+                f"{prefix}/audio", "audio/wav", len(audio), auth, extra="Expect: 100-continue\r\n"
+            )
+        )
         go_on = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert go_on == b"HTTP/1.1 100 Continue\r\n\r\n", go_on
         piece = len(audio) // 10 + 1
         for i in range(0, len(audio), piece):  # a second for the whole of it
-            writer.write(audio[i:i + piece])
+            writer.write(audio[i : i + piece])
             await asyncio.sleep(0.1)
         answer = await asyncio.wait_for(reader.read(), 10)
         writer.close()
@@ -583,18 +646,26 @@ async def slow_heads(port: int, clients: int, seconds: float) -> None:
 
 
 async def test_the_health_check_answers_while_slow_clients_hold_every_connection(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async with ringflow(tmp_path) as server:
         assert server.proc is not None
         # As a server at its descriptor limit: more slow clients than it may open files.
         resource.prlimit(server.proc.pid, resource.RLIMIT_NOFILE, (256, 256))
         clients, seconds = 300, 3.0
         load = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "import asyncio, sys; from tests.test_http_limits_e2e import "
+            sys.executable,
+            "-c",
+            "import asyncio, sys; from tests.test_http_limits_e2e import "
             "slow_heads; port, n, seconds = sys.argv[1:]; "
             "asyncio.run(slow_heads(int(port), int(n), float(seconds)))",
-            str(server.port), str(clients), str(seconds), cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE, limit=16 * MB)
+            str(server.port),
+            str(clients),
+            str(seconds),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            limit=16 * MB,
+        )
         assert load.stdout is not None
         try:
             assert await asyncio.wait_for(load.stdout.readline(), 30) == b"ready\n"
@@ -602,9 +673,11 @@ async def test_the_health_check_answers_while_slow_clients_hold_every_connection
             for _ in range(3):  # within a second each time, while the load goes on
                 asked = time.monotonic()
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", server.port), 1)
-                writer.write(b"GET /healthz HTTP/1.1\r\nHost: ringflow\r\n"
-                             b"Connection: close\r\n\r\n")
+                    asyncio.open_connection("127.0.0.1", server.port), 1
+                )
+                writer.write(
+                    b"GET /healthz HTTP/1.1\r\nHost: ringflow\r\nConnection: close\r\n\r\n"
+                )
                 answer = await asyncio.wait_for(reader.read(), 1)
                 answered.append(time.monotonic())
                 writer.close()

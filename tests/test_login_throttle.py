@@ -53,17 +53,23 @@ async def client_from(address: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def calls(client: httpx.AsyncClient, rig: Rig, token: str, key: str | None = None
-                ) -> httpx.Response:
+async def calls(
+    client: httpx.AsyncClient, rig: Rig, token: str, key: str | None = None
+) -> httpx.Response:
     return await client.get(rig.url("Calls.json"), auth=(key or rig.key, token))
 
 
 @sqlite_only
 async def test_an_address_with_too_many_failures_waits_even_with_the_right_token(
-        database_url, limiter_backend):
+    database_url, limiter_backend
+):
     async with (
-        running(database_url, redis_url=limiter_backend,
-                auth_failures_per_client=PER_CLIENT, auth_failures_per_key=100) as rig,
+        running(
+            database_url,
+            redis_url=limiter_backend,
+            auth_failures_per_client=PER_CLIENT,
+            auth_failures_per_key=100,
+        ) as rig,
         client_from("127.0.0.3") as attacker,
         client_from("127.0.0.4") as other,
     ):
@@ -88,9 +94,14 @@ async def test_an_address_with_too_many_failures_waits_even_with_the_right_token
 
 @sqlite_only
 async def test_a_key_id_guessed_from_many_addresses_waits_but_its_owner_does_not(
-        database_url, limiter_backend):
-    async with running(database_url, redis_url=limiter_backend,
-                       auth_failures_per_client=100, auth_failures_per_key=PER_KEY) as rig:
+    database_url, limiter_backend
+):
+    async with running(
+        database_url,
+        redis_url=limiter_backend,
+        auth_failures_per_client=100,
+        auth_failures_per_key=PER_KEY,
+    ) as rig:
         for i in range(PER_KEY):
             async with client_from(f"127.0.1.{i + 1}") as client:
                 assert (await calls(client, rig, "wrong")).status_code == 401
@@ -111,14 +122,19 @@ async def test_a_key_id_guessed_from_many_addresses_waits_but_its_owner_does_not
 
 @sqlite_only
 async def test_a_burst_of_concurrent_wrong_tokens_is_bounded_before_any_is_counted(
-        database_url, limiter_backend):
+    database_url, limiter_backend
+):
     """Failures are counted after the lookup: a burst must not all reach the database first."""
     import asyncio
 
     from ringflow.api.auth import MAX_CHECKS_AT_ONCE
 
-    async with running(database_url, redis_url=limiter_backend,
-                       auth_failures_per_client=PER_CLIENT, auth_failures_per_key=1000) as rig:
+    async with running(
+        database_url,
+        redis_url=limiter_backend,
+        auth_failures_per_client=PER_CLIENT,
+        auth_failures_per_key=1000,
+    ) as rig:
         limits = httpx.Limits(max_connections=200)
         transport = httpx.AsyncHTTPTransport(local_address="127.0.0.6", limits=limits)
         async with httpx.AsyncClient(transport=transport, timeout=30) as burst:
@@ -137,7 +153,9 @@ def test_an_ipv6_client_is_counted_by_its_64() -> None:
     def request_from(host: str) -> Request:
         return Request({"type": "http", "client": (host, 1234), "headers": []})
 
-    assert client_of(request_from("2001:db8:1:2::5")) == client_of(request_from("2001:db8:1:2:ffff::9"))
+    assert client_of(request_from("2001:db8:1:2::5")) == client_of(
+        request_from("2001:db8:1:2:ffff::9")
+    )
     assert client_of(request_from("2001:db8:1:2::5")) == "2001:db8:1:2::/64"
     assert client_of(request_from("2001:db8:1:3::5")) != client_of(request_from("2001:db8:1:2::5"))
     assert client_of(request_from("::ffff:192.0.2.7")) == "192.0.2.7"

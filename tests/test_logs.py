@@ -72,4 +72,3 @@ def test_json_lines_are_redacted_tracebacks_included(lines):
     assert "hunter2" not in text and "pw@" not in text and "xyz" not in text
     assert line["level"] == "error" and "[redacted]" in str(line["message"])
     assert "ValueError" in str(line["exception"]) and "second line" in str(line["exception"])
-

@@ -23,11 +23,24 @@ from ringflow.media.rtp import RtpPacket, TelephoneEvent
 from ringflow.media.tts import Espeak
 from tests.pcap import SIPP_SHARE, udp_payloads
 
-RECORDED = {"0": "0", "1": "1", "2": "2", "3": "3", "4": "4", "5": "5", "6": "6", "7": "7",
-            "8": "8", "9": "9", "pound": "#", "star": "*"}
+RECORDED = {
+    "0": "0",
+    "1": "1",
+    "2": "2",
+    "3": "3",
+    "4": "4",
+    "5": "5",
+    "6": "6",
+    "7": "7",
+    "8": "8",
+    "9": "9",
+    "pound": "#",
+    "star": "*",
+}
 needs_recordings = pytest.mark.skipif(
     not (SIPP_SHARE / "dtmf_2833_1.pcap").exists(),
-    reason="SIPp's recordings are missing (scripts/ensure-services sip-tester installs them)")
+    reason="SIPp's recordings are missing (scripts/ensure-services sip-tester installs them)",
+)
 
 
 def recording(name: str) -> list[RtpPacket]:
@@ -110,7 +123,7 @@ def test_every_key_detected_once(law, deviation, dbfs):
 def test_a_dialled_sequence_in_odd_chunks():
     signal = padded(tones("1234567890*#ABCD55", on=0.05, off=0.05))
     detector = ToneDetector()
-    found = "".join(detector.feed(signal[i:i + 94]) for i in range(0, len(signal), 94))
+    found = "".join(detector.feed(signal[i : i + 94]) for i in range(0, len(signal), 94))
     assert found == "1234567890*#ABCD55"
 
 
@@ -126,22 +139,39 @@ T = np.arange(8000) / 8000
 LOW5, HIGH5 = frequencies("5")
 
 
-@pytest.mark.parametrize("what, pcm", [
-    ("3.5% off frequency", padded(tone("5", 0.1, -10, 0.035))),
-    ("20 ms tone", padded(tone("5", 0.02))),
-    ("quieter than -36 dBFS", padded(tone("5", 0.1, -40))),
-    ("one tone alone", pcm_of(10000 * np.sin(2 * np.pi * LOW5 * T))),
-    ("high tone 6 dB over low", pcm_of(5000 * np.sin(2 * np.pi * LOW5 * T)
-                                       + 10000 * np.sin(2 * np.pi * HIGH5 * T))),
-    ("low tone 10 dB over high", pcm_of(10000 * np.sin(2 * np.pi * LOW5 * T)
-                                        + 3162 * np.sin(2 * np.pi * HIGH5 * T))),
-    ("a third tone as loud", pcm_of(8000 * (np.sin(2 * np.pi * LOW5 * T)
-                                            + np.sin(2 * np.pi * HIGH5 * T)
-                                            + np.sin(2 * np.pi * 500 * T)))),
-    ("white noise", pcm_of(np.random.default_rng(7).normal(0, 3000, 40000))),
-    ("a vowel-like harmonic series on 116 Hz", pcm_of(sum(
-        3000 / k * np.sin(2 * np.pi * 116.17 * k * T) for k in range(1, 30)))),
-])
+@pytest.mark.parametrize(
+    "what, pcm",
+    [
+        ("3.5% off frequency", padded(tone("5", 0.1, -10, 0.035))),
+        ("20 ms tone", padded(tone("5", 0.02))),
+        ("quieter than -36 dBFS", padded(tone("5", 0.1, -40))),
+        ("one tone alone", pcm_of(10000 * np.sin(2 * np.pi * LOW5 * T))),
+        (
+            "high tone 6 dB over low",
+            pcm_of(5000 * np.sin(2 * np.pi * LOW5 * T) + 10000 * np.sin(2 * np.pi * HIGH5 * T)),
+        ),
+        (
+            "low tone 10 dB over high",
+            pcm_of(10000 * np.sin(2 * np.pi * LOW5 * T) + 3162 * np.sin(2 * np.pi * HIGH5 * T)),
+        ),
+        (
+            "a third tone as loud",
+            pcm_of(
+                8000
+                * (
+                    np.sin(2 * np.pi * LOW5 * T)
+                    + np.sin(2 * np.pi * HIGH5 * T)
+                    + np.sin(2 * np.pi * 500 * T)
+                )
+            ),
+        ),
+        ("white noise", pcm_of(np.random.default_rng(7).normal(0, 3000, 40000))),
+        (
+            "a vowel-like harmonic series on 116 Hz",
+            pcm_of(sum(3000 / k * np.sin(2 * np.pi * 116.17 * k * T) for k in range(1, 30))),
+        ),
+    ],
+)
 def test_not_a_key(what, pcm):
     assert ToneDetector().feed(pcm) == "", what
 
@@ -158,8 +188,7 @@ def speech() -> list[bytes]:
     engine = Espeak()
     if not engine.available():
         pytest.skip("espeak-ng is not installed")
-    return [engine.render(text, voice).pcm for voice in ("en", "en-us", "hi")
-            for text in SENTENCES]
+    return [engine.render(text, voice).pcm for voice in ("en", "en-us", "hi") for text in SENTENCES]
 
 
 @pytest.mark.parametrize("law", [None, g711.PCMU], ids=["linear", "PCMU"])

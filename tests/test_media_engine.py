@@ -27,8 +27,12 @@ from tests.pcap import SIPP_SHARE, udp_payloads
 RATE = 8000
 
 
-def plan(remote: tuple[str, int], codec: Codec = PCMU, dtmf: int | None = 101,
-         direction: Direction = Direction.SENDRECV) -> MediaPlan:
+def plan(
+    remote: tuple[str, int],
+    codec: Codec = PCMU,
+    dtmf: int | None = 101,
+    direction: Direction = Direction.SENDRECV,
+) -> MediaPlan:
     receive = frozenset() if dtmf is None else frozenset({dtmf})
     return MediaPlan(remote, codec, dtmf, receive, 20, direction)
 
@@ -43,8 +47,9 @@ async def engine():
     assert asyncio.all_tasks() == {asyncio.current_task()}  # nothing left running
 
 
-async def pair(engine: MediaEngine, codec: Codec = PCMU,
-               dtmf: int | None = 101) -> tuple[RtpSession, RtpSession]:
+async def pair(
+    engine: MediaEngine, codec: Codec = PCMU, dtmf: int | None = 101
+) -> tuple[RtpSession, RtpSession]:
     a, b = await engine.open_session(), await engine.open_session()
     a.start(plan(b.local, codec, dtmf))
     b.start(plan(a.local, codec, dtmf))
@@ -95,9 +100,9 @@ def alignment(sent: bytes, heard: bytes | bytearray) -> tuple[float, float]:
     """(normalised correlation, delay in seconds) of ``sent`` at its best place in ``heard``."""
     x, y = samples(sent), samples(heard)
     n = len(x) + len(y)
-    c = np.fft.irfft(np.fft.rfft(y, n) * np.conj(np.fft.rfft(x, n)), n)[:len(y) - len(x) + 1]
+    c = np.fft.irfft(np.fft.rfft(y, n) * np.conj(np.fft.rfft(x, n)), n)[: len(y) - len(x) + 1]
     lag = int(np.argmax(c))
-    window = y[lag:lag + len(x)]
+    window = y[lag : lag + len(x)]
     return float(c[lag] / (np.linalg.norm(x) * np.linalg.norm(window) + 1e-9)), lag / RATE
 
 
@@ -134,7 +139,7 @@ async def test_plays_queue_in_order(engine):
     await asyncio.sleep(0.1)
     _, start = alignment(sine(440, 0.3), heard)
     at = round(start * RATE) * 2
-    first, second = heard[at + 800:at + 4000], heard[at + 5600:at + 8800]
+    first, second = heard[at + 800 : at + 4000], heard[at + 5600 : at + 8800]
     assert abs(dominant_hz(first) - 440) < 30 and abs(dominant_hz(second) - 1000) < 30
 
 
@@ -162,7 +167,7 @@ async def test_cancelled_play_stops_promptly(engine):
     mark, sent = len(heard), a.stats.sent
     await asyncio.sleep(0.3)
     assert a.stats.sent >= sent + 12  # RTP goes on, as silence
-    after = heard[mark + 2 * 800:]  # allow 100 ms for what was already on its way
+    after = heard[mark + 2 * 800 :]  # allow 100 ms for what was already on its way
     assert len(after) >= 1600 and rms(after) < 50
     assert rms(heard[:mark]) > 2000
     await asyncio.wait_for(a.play(sine(700, 0.1)), 1)  # the session still plays
@@ -191,12 +196,18 @@ async def test_digit_on_the_wire(engine):
     assert len({p.timestamp for p in events}) == 1 and events[0].marker
     payloads = [TelephoneEvent.parse(p.payload) for p in events]
     assert [(e.event, e.end, e.duration) for e in payloads] == [
-        (9, False, 160), (9, False, 320), (9, False, 480), (9, False, 640),
-        (9, True, 800), (9, True, 800), (9, True, 800)]
+        (9, False, 160),
+        (9, False, 320),
+        (9, False, 480),
+        (9, False, 640),
+        (9, True, 800),
+        (9, True, 800),
+        (9, True, 800),
+    ]
     sequences = [p.sequence for p in packets]
     assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(len(sequences))]
     # Audio after the press carries on at the wall clock's timestamp, past the event.
-    after = next(p for p in packets[packets.index(events[-1]):] if p.payload_type == 0)
+    after = next(p for p in packets[packets.index(events[-1]) :] if p.payload_type == 0)
     assert (after.timestamp - events[0].timestamp) & 0xFFFFFFFF >= 7 * 160
 
 
@@ -219,8 +230,10 @@ async def test_pushed_digits_join_and_clear(engine):
         b.push_digit("x")
 
 
-@pytest.mark.skipif(not (SIPP_SHARE / "dtmf_2833_1.pcap").exists(),
-                    reason="SIPp's recordings are missing (scripts/ensure-services sip-tester)")
+@pytest.mark.skipif(
+    not (SIPP_SHARE / "dtmf_2833_1.pcap").exists(),
+    reason="SIPp's recordings are missing (scripts/ensure-services sip-tester)",
+)
 async def test_recorded_presses_over_udp_count_once(engine):
     session = await engine.open_session()
     with listener() as phone:
@@ -258,13 +271,15 @@ async def test_bridge_transcodes_and_taps_both_sides_in_step(engine):
     far_track = b"".join(f for _, f in tapped)
     assert abs(dominant_hz(near_track) - 600) < 20 and abs(dominant_hz(far_track) - 1400) < 20
     # Both parties started talking at the same instant: so do their tracks in the tap.
-    onset = [next(i for i, frame in enumerate(track) if rms(frame) > 1000)
-             for track in ([n for n, _ in tapped], [f for _, f in tapped])]
+    onset = [
+        next(i for i, frame in enumerate(track) if rms(frame) > 1000)
+        for track in ([n for n, _ in tapped], [f for _, f in tapped])
+    ]
     assert abs(onset[0] - onset[1]) <= 2
     mark = len(heard_c)
     await asyncio.sleep(0.2)
     assert len(tapped) == count  # undone: the tap is quiet
-    assert rms(heard_c[mark + 1600:]) < 50  # and C hears our silence, not A
+    assert rms(heard_c[mark + 1600 :]) < 50  # and C hears our silence, not A
 
 
 async def test_latching_to_where_the_party_sends_from():
@@ -350,15 +365,23 @@ async def test_engine_stats_and_lateness(engine):
 
 rtp_datagrams = st.builds(
     lambda pt, seq, ssrc, payload, csrc, padding: bytes(
-        RtpPacket(pt, seq, 4242, ssrc, payload, csrc=csrc, padding=padding)),
+        RtpPacket(pt, seq, 4242, ssrc, payload, csrc=csrc, padding=padding)
+    ),
     pt=st.sampled_from([0, 8, 13, 101, 96]) | st.integers(0, 127),
-    seq=st.integers(0, 0xFFFF), ssrc=st.sampled_from([1, 2]) | st.integers(0, 2**32 - 1),
-    payload=st.binary(max_size=400), csrc=st.lists(st.integers(0, 9), max_size=2).map(tuple),
-    padding=st.sampled_from([0, 0, 0, 1, 7]))
-datagrams = st.lists(st.tuples(
-    st.binary(max_size=200) | rtp_datagrams,
-    # Strangers only: any port of the peer's host (127.0.0.1) is the peer's (asymmetric RTP).
-    st.sampled_from([("127.0.0.3", 9), ("127.0.0.2", 5004), ("::1", 5004, 0, 0)])), max_size=25)
+    seq=st.integers(0, 0xFFFF),
+    ssrc=st.sampled_from([1, 2]) | st.integers(0, 2**32 - 1),
+    payload=st.binary(max_size=400),
+    csrc=st.lists(st.integers(0, 9), max_size=2).map(tuple),
+    padding=st.sampled_from([0, 0, 0, 1, 7]),
+)
+datagrams = st.lists(
+    st.tuples(
+        st.binary(max_size=200) | rtp_datagrams,
+        # Strangers only: any port of the peer's host (127.0.0.1) is the peer's (asymmetric RTP).
+        st.sampled_from([("127.0.0.3", 9), ("127.0.0.2", 5004), ("::1", 5004, 0, 0)]),
+    ),
+    max_size=25,
+)
 
 
 async def test_fuzzed_datagrams_never_escape_the_receive_path(engine):
@@ -366,8 +389,9 @@ async def test_fuzzed_datagrams_never_escape_the_receive_path(engine):
     b.listen(lambda frame: None)
     frames = itertools.count(10_000)
 
-    @settings(max_examples=400, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(datagrams)
     def feed(batch):
         for data, source in batch:

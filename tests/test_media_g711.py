@@ -38,8 +38,11 @@ def test_round_trip_keeps_audio(law):
     assert snr_db(pcm, decoded) > 30  # G.711 gives about 38 dB on a loud signal
 
 
-@pytest.mark.parametrize("source, target", [(g711.PCMU, g711.PCMA), (g711.PCMA, g711.PCMU)],
-                         ids=["PCMU-PCMA", "PCMA-PCMU"])
+@pytest.mark.parametrize(
+    "source, target",
+    [(g711.PCMU, g711.PCMA), (g711.PCMA, g711.PCMU)],
+    ids=["PCMU-PCMA", "PCMA-PCMU"],
+)
 def test_transcoding_keeps_audio(source, target):
     pcm = sweep()
     moved = g711.transcode(source.encode(pcm.tobytes()), source, target)

@@ -16,7 +16,8 @@ from tests.pcap import SIPP_SHARE, udp_payloads
 
 needs_recordings = pytest.mark.skipif(
     not (SIPP_SHARE / "dtmf_2833_1.pcap").exists(),
-    reason="SIPp's recordings are missing (scripts/ensure-services sip-tester installs them)")
+    reason="SIPp's recordings are missing (scripts/ensure-services sip-tester installs them)",
+)
 RECORDINGS = sorted(SIPP_SHARE.glob("*.pcap")) or [SIPP_SHARE / "missing.pcap"]
 
 
@@ -57,9 +58,17 @@ def test_golden_pcma_stream():
 
 
 def test_every_optional_header_part_round_trips():
-    packet = RtpPacket(payload_type=0, sequence=65535, timestamp=2**32 - 1, ssrc=0xDEADBEEF,
-                       payload=b"\xff" * 160, marker=True, csrc=(1, 2, 3),
-                       extension=(0xBEDE, b"\x10\xaa\x00\x00"), padding=4)
+    packet = RtpPacket(
+        payload_type=0,
+        sequence=65535,
+        timestamp=2**32 - 1,
+        ssrc=0xDEADBEEF,
+        payload=b"\xff" * 160,
+        marker=True,
+        csrc=(1, 2, 3),
+        extension=(0xBEDE, b"\x10\xaa\x00\x00"),
+        padding=4,
+    )
     data = bytes(packet)
     assert data[0] == 0x80 | 0x20 | 0x10 | 3
     assert data[1] == 0x80
@@ -68,17 +77,20 @@ def test_every_optional_header_part_round_trips():
     assert RtpPacket.parse(data) == packet
 
 
-@pytest.mark.parametrize("data, problem", [
-    (b"", "shorter than its header"),
-    (b"\x80\x00" + bytes(9), "shorter than its header"),
-    (b"\x40\x00" + bytes(10), "version 1"),
-    (b"\x00\x00" + bytes(10), "version 0"),
-    (b"\xa0\x00" + bytes(10) + b"\x00", "padding count is 0"),
-    (b"\xa0\x00" + bytes(10) + b"\x20", "padding of 32 bytes runs into the header"),
-    (b"\x82\x00" + bytes(10) + bytes(4), "too short for 2 CSRCs"),
-    (b"\x90\x00" + bytes(10) + b"\x00\x00", "too short for its header extension"),
-    (b"\x90\x00" + bytes(10) + b"\xbe\xde\x00\x02" + bytes(4), "extension runs past"),
-])
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (b"", "shorter than its header"),
+        (b"\x80\x00" + bytes(9), "shorter than its header"),
+        (b"\x40\x00" + bytes(10), "version 1"),
+        (b"\x00\x00" + bytes(10), "version 0"),
+        (b"\xa0\x00" + bytes(10) + b"\x00", "padding count is 0"),
+        (b"\xa0\x00" + bytes(10) + b"\x20", "padding of 32 bytes runs into the header"),
+        (b"\x82\x00" + bytes(10) + bytes(4), "too short for 2 CSRCs"),
+        (b"\x90\x00" + bytes(10) + b"\x00\x00", "too short for its header extension"),
+        (b"\x90\x00" + bytes(10) + b"\xbe\xde\x00\x02" + bytes(4), "extension runs past"),
+    ],
+)
 def test_malformed_packets_raise_one_error_type(data, problem):
     with pytest.raises(RtpParseError, match=problem) as caught:
         RtpPacket.parse(data)
@@ -106,13 +118,17 @@ def test_keys_and_event_codes():
 
 packets = st.builds(
     RtpPacket,
-    payload_type=st.integers(0, 127), sequence=st.integers(0, 0xFFFF),
-    timestamp=st.integers(0, 2**32 - 1), ssrc=st.integers(0, 2**32 - 1),
-    payload=st.binary(max_size=200), marker=st.booleans(),
+    payload_type=st.integers(0, 127),
+    sequence=st.integers(0, 0xFFFF),
+    timestamp=st.integers(0, 2**32 - 1),
+    ssrc=st.integers(0, 2**32 - 1),
+    payload=st.binary(max_size=200),
+    marker=st.booleans(),
     csrc=st.lists(st.integers(0, 2**32 - 1), max_size=15).map(tuple),
-    extension=st.none() | st.tuples(st.integers(0, 0xFFFF),
-                                     st.binary(max_size=40).map(lambda b: b[:len(b) // 4 * 4])),
-    padding=st.integers(0, 255))
+    extension=st.none()
+    | st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=40).map(lambda b: b[: len(b) // 4 * 4])),
+    padding=st.integers(0, 255),
+)
 
 
 @given(packets)

@@ -37,19 +37,37 @@ def udp(host: str = "127.0.0.1") -> socket.socket:
 def audio_packets(pcm: bytes, ssrc: int, seq: int = 100) -> Iterator[bytes]:
     """``pcm`` as 20 ms PCMU packets."""
     for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
-        yield bytes(RtpPacket(0, (seq + i // FRAME_BYTES) & 0xFFFF, 160 * i // FRAME_BYTES,
-                              ssrc, PCMU.encode(pcm[i:i + FRAME_BYTES])))
+        yield bytes(
+            RtpPacket(
+                0,
+                (seq + i // FRAME_BYTES) & 0xFFFF,
+                160 * i // FRAME_BYTES,
+                ssrc,
+                PCMU.encode(pcm[i : i + FRAME_BYTES]),
+            )
+        )
 
 
 def event_packets(key: int, ssrc: int, seq: int = 5000, timestamp: int = 777) -> list[bytes]:
     """One RFC 4733 key press (payload type 101): three packets, the last marked end."""
-    return [bytes(RtpPacket(101, seq + n, timestamp, ssrc,
-                            bytes(TelephoneEvent(key, end=n == 2, duration=160 * (n + 1))),
-                            marker=n == 0)) for n in range(3)]
+    return [
+        bytes(
+            RtpPacket(
+                101,
+                seq + n,
+                timestamp,
+                ssrc,
+                bytes(TelephoneEvent(key, end=n == 2, duration=160 * (n + 1))),
+                marker=n == 0,
+            )
+        )
+        for n in range(3)
+    ]
 
 
-async def paced(sock: socket.socket, packets: Iterator[bytes] | list[bytes],
-                to: tuple[str, int]) -> None:
+async def paced(
+    sock: socket.socket, packets: Iterator[bytes] | list[bytes], to: tuple[str, int]
+) -> None:
     """Send at about the real rate (a burst would only overflow the receiver's buffer)."""
     for packet in packets:
         sock.sendto(packet, to)
@@ -83,7 +101,8 @@ async def test_rtp_from_a_stranger_is_not_heard_recorded_or_taken_for_keys(engin
         # The stranger sends first and all along: speech, an in-band 5 and an RFC 4733 7.
         await asyncio.gather(
             paced(stranger, audio_packets(chirp(0.4) + tone("5", 0.2), ssrc=66), session.local),
-            paced(stranger, event_packets(7, ssrc=66), session.local))
+            paced(stranger, event_packets(7, ssrc=66), session.local),
+        )
         await asyncio.sleep(0.1)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(session.next_digit(), 0.3)
@@ -121,8 +140,10 @@ async def test_asymmetric_rtp_from_the_announced_host_is_heard_without_latching(
         # The SDP names one port; the gateway sends from another port of the same host.
         session.start(plan(announced.getsockname()))
         heard = recorder(session)
-        await asyncio.gather(paced(sender, audio_packets(chirp(0.4), ssrc=5), session.local),
-                             paced(stranger, audio_packets(chirp(0.4), ssrc=6), session.local))
+        await asyncio.gather(
+            paced(sender, audio_packets(chirp(0.4), ssrc=5), session.local),
+            paced(stranger, audio_packets(chirp(0.4), ssrc=6), session.local),
+        )
         await asyncio.sleep(0.1)
         assert rms(heard) > 1000 and session.stats.received >= 15
         assert session.stats.foreign >= 15  # the other host's copy, every packet of it

@@ -20,8 +20,9 @@ ANSWERS = ("09812340001", "09812340002", "09812340003")
 
 
 async def place(rig: Rig, number: str) -> str:
-    r = await rig.connect(From=number, Url=rig.flow_url(),
-                          StatusCallback=f"{rig.customer.url}/status")
+    r = await rig.connect(
+        From=number, Url=rig.flow_url(), StatusCallback=f"{rig.customer.url}/status"
+    )
     assert r.status_code == 200, r.text
     return str(r.json()["Call"]["Sid"])
 
@@ -36,12 +37,22 @@ async def test_three_completed_and_one_busy_call_are_counted_exactly(database_ur
         assert during.get("ringflow_calls_in_progress", account=rig.sid) == 1
         assert during.get("ringflow_calls_queued", account=rig.sid) == 3
         assert during.since(before, "ringflow_calls_started_total", carrier="sandbox") == 1
-        assert during.since(before, "ringflow_http_requests_total", route="exotel:connect",
-                            method="POST", status="200") == 4
+        assert (
+            during.since(
+                before,
+                "ringflow_http_requests_total",
+                route="exotel:connect",
+                method="POST",
+                status="200",
+            )
+            == 4
+        )
 
         async def all_over() -> bool:
-            return all([is_terminal((await rig.call(sid)).status) for sid in sids]) \
+            return (
+                all([is_terminal((await rig.call(sid)).status) for sid in sids])
                 and await rig.outbox_settled()
+            )
 
         await rig.clock.run_until(all_over, limit=20000)
         assert [(await rig.call(sid)).status for sid in sids] == ["completed"] * 3 + ["busy"]
@@ -49,11 +60,13 @@ async def test_three_completed_and_one_busy_call_are_counted_exactly(database_ur
         after = await scrape(rig.http, rig.base)
         grew = after.since
         assert grew(before, "ringflow_calls_started_total", carrier="sandbox") == 4
-        assert grew(before, "ringflow_calls_ended_total", status="completed",
-                    carrier="sandbox") == 3
+        assert (
+            grew(before, "ringflow_calls_ended_total", status="completed", carrier="sandbox") == 3
+        )
         assert grew(before, "ringflow_calls_ended_total", status="busy", carrier="sandbox") == 1
-        assert after.sum("ringflow_calls_ended_total") - before.sum(
-            "ringflow_calls_ended_total") == 4
+        assert (
+            after.sum("ringflow_calls_ended_total") - before.sum("ringflow_calls_ended_total") == 4
+        )
         # Setup time: only answered calls have one; the sandbox answers after 1 s of ringing.
         assert grew(before, "ringflow_call_setup_seconds_count", carrier="sandbox") == 3
         assert 3.0 <= grew(before, "ringflow_call_setup_seconds_sum", carrier="sandbox") < 4.0
@@ -71,13 +84,28 @@ async def test_three_completed_and_one_busy_call_are_counted_exactly(database_ur
             assert r.status_code == expected, r.text
         last = await scrape(rig.http, rig.base)
         assert last.since(after, "ringflow_rate_limit_refusals_total", limit="api") == 1
-        assert last.since(after, "ringflow_http_requests_total", route="exotel:list_calls",
-                          method="GET", status="429") == 1
-        assert last.since(after, "ringflow_http_request_duration_seconds_count",
-                          route="exotel:list_calls") == 3
+        assert (
+            last.since(
+                after,
+                "ringflow_http_requests_total",
+                route="exotel:list_calls",
+                method="GET",
+                status="429",
+            )
+            == 1
+        )
+        assert (
+            last.since(
+                after, "ringflow_http_request_duration_seconds_count", route="exotel:list_calls"
+            )
+            == 3
+        )
         # Routes are templates, never paths with SIDs in them.
-        routes = {dict(labels).get("route") for (name, labels) in last.samples
-                  if name == "ringflow_http_requests_total"}
+        routes = {
+            dict(labels).get("route")
+            for (name, labels) in last.samples
+            if name == "ringflow_http_requests_total"
+        }
         assert not any(rig.sid in str(route) for route in routes), routes
         assert "/metrics" in routes
 
@@ -86,10 +114,14 @@ async def test_three_completed_and_one_busy_call_are_counted_exactly(database_ur
 async def test_queued_callbacks_show_as_pending(database_url: str) -> None:
     async with running(database_url) as rig:
         hang_up = await rig.services.accounts.save_app(
-            rig.sid, {"name": "bye", "start": "bye", "nodes": {"bye": {"applet": "hangup"}}})
+            rig.sid, {"name": "bye", "start": "bye", "nodes": {"bye": {"applet": "hangup"}}}
+        )
         rig.customer.script = ["hang"]  # the callback gets no answer until the test ends
-        r = await rig.connect(From=ANSWERS[0], Url=rig.flow_url(hang_up.id),
-                              StatusCallback=f"{rig.customer.url}/status")
+        r = await rig.connect(
+            From=ANSWERS[0],
+            Url=rig.flow_url(hang_up.id),
+            StatusCallback=f"{rig.customer.url}/status",
+        )
         sid = r.json()["Call"]["Sid"]
 
         async def waiting() -> bool:
@@ -103,8 +135,11 @@ async def test_queued_callbacks_show_as_pending(database_url: str) -> None:
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_metrics_token_is_required_when_set(database_url: str) -> None:
     async with running(database_url, metrics_token="a-long-scrape-token") as rig:
-        for headers in ({}, {"Authorization": "Bearer wrong"},
-                        {"Authorization": "a-long-scrape-token"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "a-long-scrape-token"},
+        ):
             r = await rig.http.get(f"{rig.base}/metrics", headers=headers)
             assert r.status_code == 401
             assert "a-long-scrape-token" not in r.text
@@ -117,8 +152,10 @@ async def test_a_metrics_token_is_required_when_set(database_url: str) -> None:
 
 
 def test_scrape_parses_labels() -> None:
-    text = ('# TYPE ringflow_calls_ended_total counter\n'
-            'ringflow_calls_ended_total{carrier="sip",status="busy"} 2.0\n')
+    text = (
+        "# TYPE ringflow_calls_ended_total counter\n"
+        'ringflow_calls_ended_total{carrier="sip",status="busy"} 2.0\n'
+    )
     parsed = Scrape.parse(text)
     assert parsed.get("ringflow_calls_ended_total", status="busy", carrier="sip") == 2
     assert parsed.sum("ringflow_calls_ended_total", carrier="sip") == 2

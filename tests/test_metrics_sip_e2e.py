@@ -40,10 +40,11 @@ async def eventually(check, what: str, timeout: float = 20) -> None:  # type: ig
     await _eventually(check, what, _Quiet(), timeout)  # type: ignore[arg-type]
 
 
-async def test_an_answered_sip_call_in_every_sip_rtp_and_trunk_family(
-        tmp_path: Path) -> None:
-    async with sipp(tmp_path, "callee_answer.xml", talk_ms=3000) as phone, \
-            sip_server(tmp_path, phone) as rig:
+async def test_an_answered_sip_call_in_every_sip_rtp_and_trunk_family(tmp_path: Path) -> None:
+    async with (
+        sipp(tmp_path, "callee_answer.xml", talk_ms=3000) as phone,
+        sip_server(tmp_path, phone) as rig,
+    ):
         before = await scrape(rig.http, rig.base)
         sid = await place(rig, phone, await app(rig, GREETING_THEN_HANGUP, "hello"))
 
@@ -87,8 +88,7 @@ async def test_a_busy_sip_call_is_counted_busy(tmp_path: Path) -> None:
         after = await scrape(rig.http, rig.base)
     assert after.since(before, "ringflow_calls_ended_total", status="busy", carrier="sip") == 1
     assert after.since(before, "ringflow_sip_responses_total", direction="in", code="486") == 1
-    assert after.since(before, "ringflow_sip_requests_total", direction="out",
-                       method="ACK") == 1
+    assert after.since(before, "ringflow_sip_requests_total", direction="out", method="ACK") == 1
     assert after.since(before, "ringflow_call_setup_seconds_count", carrier="sip") == 0
 
 
@@ -99,8 +99,7 @@ async def test_an_unanswered_invite_is_retransmitted_and_counted(tmp_path: Path)
         dead = DeadTrunk(sink.get_extra_info("sockname")[1])
         async with sip_server(tmp_path, dead) as rig:
             before = await scrape(rig.http, rig.base)
-            sid = await place(rig, dead, await app(rig, GREETING_THEN_HANGUP, "hello"),
-                              TimeOut="2")
+            sid = await place(rig, dead, await app(rig, GREETING_THEN_HANGUP, "hello"), TimeOut="2")
             assert (await call_to_end(rig, sid)).status == "failed"
             after = await scrape(rig.http, rig.base)
             again = after.since(before, "ringflow_sip_retransmissions_total", kind="request")
@@ -108,8 +107,9 @@ async def test_an_unanswered_invite_is_retransmitted_and_counted(tmp_path: Path)
 
             async def all_arrived() -> bool:
                 invites = sum(1 for d in hole.received if d.startswith(b"INVITE "))
-                sent = after.since(before, "ringflow_sip_requests_total", direction="out",
-                                   method="INVITE")
+                sent = after.since(
+                    before, "ringflow_sip_requests_total", direction="out", method="INVITE"
+                )
                 return invites == sent == again + 1
 
             await eventually(all_arrived, "every INVITE counted to reach the trunk", 5)
@@ -118,20 +118,18 @@ async def test_an_unanswered_invite_is_retransmitted_and_counted(tmp_path: Path)
 
 
 async def test_a_trunk_that_must_register_is_in_readiness_and_metrics(tmp_path: Path) -> None:
-    trunk = {"register": True, "username": "alice", "password": "secret",
-             "register_expires": 120}
-    async with sipp(tmp_path, "registrar_digest.xml") as registrar, \
-            sip_server(tmp_path, registrar, trunk) as rig:
+    trunk = {"register": True, "username": "alice", "password": "secret", "register_expires": 120}
+    async with (
+        sipp(tmp_path, "registrar_digest.xml") as registrar,
+        sip_server(tmp_path, registrar, trunk) as rig,
+    ):
         registration = rig.services.carrier.registrations["sipp"]
-        assert await asyncio.wait_for(registration.wait("registered", "failed"), 10) \
-            == "registered"
+        assert await asyncio.wait_for(registration.wait("registered", "failed"), 10) == "registered"
         ready = await rig.http.get(f"{rig.base}/readyz")
         assert (ready.status_code, ready.text) == (200, "ready\n")
         found = await scrape(rig.http, rig.base)
-        assert found.get("ringflow_trunk_registration_state", trunk="sipp",
-                         state="registered") == 1
-        assert found.get("ringflow_trunk_registration_state", trunk="sipp",
-                         state="failed") == 0
+        assert found.get("ringflow_trunk_registration_state", trunk="sipp", state="registered") == 1
+        assert found.get("ringflow_trunk_registration_state", trunk="sipp", state="failed") == 0
 
 
 async def test_a_trunk_whose_registrar_never_answers_is_not_ready(tmp_path: Path) -> None:
@@ -146,7 +144,9 @@ async def test_a_trunk_whose_registrar_never_answers_is_not_ready(tmp_path: Path
             assert r.status_code == 503
             assert "trunk sipp: not registered, registering" in r.text, r.text
             found = await scrape(rig.http, rig.base)
-            assert found.get("ringflow_trunk_registration_state", trunk="sipp",
-                             state="registering") == 1
+            assert (
+                found.get("ringflow_trunk_registration_state", trunk="sipp", state="registering")
+                == 1
+            )
     finally:
         sink.close()

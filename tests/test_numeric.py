@@ -19,8 +19,25 @@ from ringflow.numeric import decimal, whole_number
 from tests.e2e import running
 from tests.test_dashboard import PASSWORD, browser_like, form_post, sign_in
 
-ODD = ["²", "٣", "①", "1_000", "0x10", "1e3", "nan", "inf", "-inf", "", " ", "9" * 5000,
-       "１２", "12\n", "+", "1.5.2", "١٢٣"]
+ODD = [
+    "²",
+    "٣",
+    "①",
+    "1_000",
+    "0x10",
+    "1e3",
+    "nan",
+    "inf",
+    "-inf",
+    "",
+    " ",
+    "9" * 5000,
+    "１２",
+    "12\n",
+    "+",
+    "1.5.2",
+    "١٢٣",
+]
 
 
 @given(st.text(max_size=30) | st.sampled_from(ODD))
@@ -62,8 +79,10 @@ async def test_odd_digits_in_network_parameters_are_4xx_never_500(database_url):
     async with running(database_url) as rig:
         # A signed recording link, before any login: was a plain-text 500.
         for expires in ("²", "٣", "1_700_000_000", "9" * 5000):
-            r = await rig.http.get(f"{rig.base}/v1/Accounts/{rig.sid}/Recordings/abc.mp3",
-                                   params={"Expires": expires, "Signature": "aa"})
+            r = await rig.http.get(
+                f"{rig.base}/v1/Accounts/{rig.sid}/Recordings/abc.mp3",
+                params={"Expires": expires, "Signature": "aa"},
+            )
             assert r.status_code == 403, (expires, r.status_code, r.text)
             assert "Expires" in r.text
 
@@ -82,10 +101,16 @@ async def test_odd_digits_in_network_parameters_are_4xx_never_500(database_url):
         async with browser_like(rig) as client:
             await sign_in(client, rig.sid)
             base = f"/a/{rig.sid}"
-            r = await form_post(client, f"{base}/sandbox", f"{base}/sandbox/call",
-                                number="09812345678", app_id="²")
+            r = await form_post(
+                client, f"{base}/sandbox", f"{base}/sandbox/call", number="09812345678", app_id="²"
+            )
             assert r.status_code == 400 and "choose an app" in r.text
-            r = await form_post(client, f"{base}/sandbox", f"{base}/sandbox/phones",
-                                number="09812345678", ring="nan", outcome="answer")
+            r = await form_post(
+                client,
+                f"{base}/sandbox",
+                f"{base}/sandbox/phones",
+                number="09812345678",
+                ring="nan",
+                outcome="answer",
+            )
             assert r.status_code == 400 and "ring (seconds) must be a number" in r.text
-

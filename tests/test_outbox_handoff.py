@@ -28,13 +28,21 @@ from tests.test_outbox import (
 )
 
 
-async def born_leased(db: Database, clock: ManualClock, account_id: int, url: str,
-                      lease: Lease) -> OutboxMessage:
+async def born_leased(
+    db: Database, clock: ManualClock, account_id: int, url: str, lease: Lease
+) -> OutboxMessage:
     async with db.session() as s:
         return await enqueue(
-            s, account_id=account_id, call_id=None, event="terminal", url=url,
-            content_type=FORM, payload=PAYLOAD, idempotency_key="call-1:terminal",
-            now=clock.wall(), lease=lease,
+            s,
+            account_id=account_id,
+            call_id=None,
+            event="terminal",
+            url=url,
+            content_type=FORM,
+            payload=PAYLOAD,
+            idempotency_key="call-1:terminal",
+            now=clock.wall(),
+            lease=lease,
         )
 
 
@@ -74,7 +82,8 @@ async def settle(clock: ManualClock, d: Deliverer) -> None:
 
 
 async def test_a_callback_born_leased_is_sent_at_once_without_a_claim(
-        db, clock, receiver: Receiver, statements: Statements) -> None:
+    db, clock, receiver: Receiver, statements: Statements
+) -> None:
     account = await make_account(db, clock)
     async with deliverer(db, clock) as d:
         d.start()
@@ -93,12 +102,14 @@ async def test_a_callback_born_leased_is_sent_at_once_without_a_claim(
 
 
 async def test_a_callback_leased_to_a_process_that_died_is_sent_when_its_lease_lapses(
-        db, clock, receiver: Receiver) -> None:
+    db, clock, receiver: Receiver
+) -> None:
     account = await make_account(db, clock)
     lease = dt.timedelta(seconds=90)
     # The process that wrote it died before its deliverer could take it.
-    row = await born_leased(db, clock, account, receiver.url,
-                            Lease("gone/w1", clock.wall() + lease))
+    row = await born_leased(
+        db, clock, account, receiver.url, Lease("gone/w1", clock.wall() + lease)
+    )
     async with deliverer(db, clock) as d:
         d.start()
         await clock.run_until(lambda: clock.now() >= 60, real_timeout=20)
@@ -110,7 +121,8 @@ async def test_a_callback_leased_to_a_process_that_died_is_sent_when_its_lease_l
 
 
 async def test_a_callback_waiting_for_room_too_long_goes_back_to_the_table(
-        db, clock, receiver: Receiver) -> None:
+    db, clock, receiver: Receiver
+) -> None:
     account = await make_account(db, clock)
     receiver.script = ["hang"]
     # One timeout opens the destination's circuit for 100 s: it has no room meanwhile.
@@ -123,9 +135,17 @@ async def test_a_callback_waiting_for_room_too_long_goes_back_to_the_table(
         await clock.run_until(lambda: d.destinations.circuits != {}, real_timeout=20)
         async with db.session() as s:
             second = await enqueue(
-                s, account_id=account, call_id=None, event="terminal", url=receiver.url,
-                content_type=FORM, payload=PAYLOAD, idempotency_key="call-2:terminal",
-                now=clock.wall(), lease=d.birth_lease())
+                s,
+                account_id=account,
+                call_id=None,
+                event="terminal",
+                url=receiver.url,
+                content_type=FORM,
+                payload=PAYLOAD,
+                idempotency_key="call-2:terminal",
+                now=clock.wall(),
+                lease=d.birth_lease(),
+            )
         d.take([second])
         lease = second.lease_until - clock.wall()
         waited_from = clock.now()

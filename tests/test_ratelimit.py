@@ -196,8 +196,9 @@ async def test_redis_down_raises_unavailable_instead_of_allowing(clock: ManualCl
     dead = RedisRateLimiter.from_url(f"redis://127.0.0.1:{free_port()}/15", clock, timeout=1)
     try:
         for ask in (dead.hit, dead.peek):
-            with pytest.raises(Unavailable, match="^rate limiter unavailable; try again shortly$"
-                               ) as refused:
+            with pytest.raises(
+                Unavailable, match="^rate limiter unavailable; try again shortly$"
+            ) as refused:
                 await ask("acct", 5)
             # Translated once, here, keeping what Redis said for the log.
             assert isinstance(refused.value.__cause__, redis.exceptions.ConnectionError)

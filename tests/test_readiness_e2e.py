@@ -84,12 +84,12 @@ async def readiness(srv: Server, status: int, naming: str, timeout: float = 20) 
             if r.status_code == status and naming in body:
                 return body
             await asyncio.sleep(0.1)
-    raise AssertionError(f"/readyz never answered {status} naming {naming!r}; last: "
-                         f"{body!r}\n{srv.output()}")
+    raise AssertionError(
+        f"/readyz never answered {status} naming {naming!r}; last: {body!r}\n{srv.output()}"
+    )
 
 
-async def test_readyz_goes_503_while_postgresql_is_unreachable(pg_url: str,
-                                                                tmp_path: Path) -> None:
+async def test_readyz_goes_503_while_postgresql_is_unreachable(pg_url: str, tmp_path: Path) -> None:
     parts = urlsplit(pg_url)
     relay = Relay((parts.hostname or "127.0.0.1", parts.port or 5432))
     await relay.start()
@@ -117,9 +117,21 @@ def redis_port() -> Iterator[int]:
 
 
 def start_redis(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
@@ -139,9 +151,11 @@ def stop_redis(proc: subprocess.Popen[bytes]) -> None:
 
 async def test_readyz_goes_503_while_redis_is_down(redis_port: int, tmp_path: Path) -> None:
     redis = start_redis(redis_port)
-    env = server_env(f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}",
-                     f"ready-{uuid.uuid4().hex[:6]}",
-                     RINGFLOW_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+    env = server_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}",
+        f"ready-{uuid.uuid4().hex[:6]}",
+        RINGFLOW_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+    )
     try:
         async with serving(env, tmp_path / "server.log") as srv:
             assert await readiness(srv, 200, "ready") == "ready\n"
@@ -156,11 +170,14 @@ async def test_readyz_goes_503_while_redis_is_down(redis_port: int, tmp_path: Pa
             stop_redis(redis)
 
 
-async def test_a_server_started_with_redis_unreachable_says_so(redis_port: int,
-                                                                tmp_path: Path) -> None:
-    env = server_env(f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}",
-                     f"ready-{uuid.uuid4().hex[:6]}",
-                     RINGFLOW_REDIS_URL=f"redis://:hunter2@127.0.0.1:{redis_port}/0")
+async def test_a_server_started_with_redis_unreachable_says_so(
+    redis_port: int, tmp_path: Path
+) -> None:
+    env = server_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}",
+        f"ready-{uuid.uuid4().hex[:6]}",
+        RINGFLOW_REDIS_URL=f"redis://:hunter2@127.0.0.1:{redis_port}/0",
+    )
     async with serving(env, tmp_path / "server.log") as srv:
         warning = [line for line in srv.output().splitlines() if "RINGFLOW_REDIS_URL" in line]
         assert len(warning) == 1, srv.output()

@@ -81,8 +81,16 @@ def commands(shell: str) -> list[str]:
 class Reader:
     """What a reader fills in, and the shell and Python that run the examples."""
 
-    def __init__(self, base: str, creds: dict[str, object], second_app: int, long_app: int,
-                 hooks: str, bot: str, workdir: Path):
+    def __init__(
+        self,
+        base: str,
+        creds: dict[str, object],
+        second_app: int,
+        long_app: int,
+        hooks: str,
+        bot: str,
+        workdir: Path,
+    ):
         self.base = base
         self.creds = creds
         self.second_app = second_app
@@ -113,15 +121,23 @@ class Reader:
         return text
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "KEY": str(self.creds["api_key"]),
-                "TOKEN": str(self.creds["api_token"]), "CALL_SID": self.call_sid,
-                "RECORDING_URL": self.recording_url}
+        return {
+            **os.environ,
+            "KEY": str(self.creds["api_key"]),
+            "TOKEN": str(self.creds["api_token"]),
+            "CALL_SID": self.call_sid,
+            "RECORDING_URL": self.recording_url,
+        }
 
     async def shell(self, command: str) -> str:
         command = command.replace("curl ", "curl --fail-with-body -sS --max-time 20 ", 1)
         proc = await asyncio.create_subprocess_shell(
-            command, cwd=self.workdir, env=self.environment(),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            command,
+            cwd=self.workdir,
+            env=self.environment(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, f"{command}\n{out.decode(errors='replace')}"
         return out.decode(errors="replace")
@@ -130,8 +146,13 @@ class Reader:
         script = self.workdir / f"example-{uuid.uuid4().hex[:6]}.py"
         script.write_text(code)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(script), cwd=self.workdir, env=self.environment(),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            sys.executable,
+            str(script),
+            cwd=self.workdir,
+            env=self.environment(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, f"{code}\n{out.decode(errors='replace')}"
         return out.decode(errors="replace")
@@ -139,35 +160,61 @@ class Reader:
 
 async def test_every_curl_line_and_python_example_of_the_readme_runs(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'rf.db'}"
-    env = server_env(url, f"readme-{uuid.uuid4().hex[:6]}",
-                     RINGFLOW_DATA_DIR=str(tmp_path / "data"), RINGFLOW_RATE_LIMIT_PER_MINUTE="6000")
+    env = server_env(
+        url,
+        f"readme-{uuid.uuid4().hex[:6]}",
+        RINGFLOW_DATA_DIR=str(tmp_path / "data"),
+        RINGFLOW_RATE_LIMIT_PER_MINUTE="6000",
+    )
     srv = Server(env, tmp_path / "server.log")
     env["RINGFLOW_PORT"] = str(srv.port)
     env["RINGFLOW_HOST"] = "127.0.0.1"
     await cli(env, "demo", "--before-serve", "--host", "127.0.0.1", "--port", str(srv.port))
     creds = json.loads((tmp_path / "data" / "demo-credentials.json").read_text())
     second = tmp_path / "second.json"
-    second.write_text(json.dumps({"name": "second", "start": "bye",
-                                  "nodes": {"bye": {"applet": "hangup"}}}))
+    second.write_text(
+        json.dumps({"name": "second", "start": "bye", "nodes": {"bye": {"applet": "hangup"}}})
+    )
     second_app = int((await cli(env, "apps", "import", creds["sid"], str(second))).split()[1])
     long = tmp_path / "long.json"
-    long.write_text(json.dumps({"name": "long", "start": "talk", "nodes": {
-        "talk": {"applet": "greeting", "text": " ".join(["la"] * 300), "next": "bye"},
-        "bye": {"applet": "hangup"}}}))
+    long.write_text(
+        json.dumps(
+            {
+                "name": "long",
+                "start": "talk",
+                "nodes": {
+                    "talk": {"applet": "greeting", "text": " ".join(["la"] * 300), "next": "bye"},
+                    "bye": {"applet": "hangup"},
+                },
+            }
+        )
+    )
     long_app = int((await cli(env, "apps", "import", creds["sid"], str(long))).split()[1])
     (tmp_path / "dues.csv").write_text("name,number\nAsha,09812345678\nRavi,09812345679\n")
     (tmp_path / "welcome.mp3").write_bytes(tone_mp3())
     bot = await asyncio.create_subprocess_exec(
-        sys.executable, str(ECHO_BOT), "--port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        str(ECHO_BOT),
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         assert bot.stdout is not None
         listening = (await asyncio.wait_for(bot.stdout.readline(), 20)).decode()
         bot_port = int(re.search(r"ws://[^:]+:(\d+)/", listening).group(1))  # type: ignore[union-attr]
         async with recorder() as hooks:
             await srv.start()
-            reader = Reader(srv.base, creds, second_app, long_app, hooks.url,
-                            f"ws://127.0.0.1:{bot_port}", tmp_path)
+            reader = Reader(
+                srv.base,
+                creds,
+                second_app,
+                long_app,
+                hooks.url,
+                f"ws://127.0.0.1:{bot_port}",
+                tmp_path,
+            )
             await first_call(reader)
             ran, context = 0, ""
             for _line, language, text in blocks():
@@ -177,8 +224,7 @@ async def test_every_curl_line_and_python_example_of_the_readme_runs(tmp_path: P
                     # A block that imports nothing goes on from the last one with requests
                     # (the README is read in order): it runs after that one.
                     standalone = re.match(r"(?:import|from) ", text) is not None
-                    await reader.python(reader.fill(text if standalone
-                                                    else f"{context}\n{text}"))
+                    await reader.python(reader.fill(text if standalone else f"{context}\n{text}"))
                     if "import requests" in text:
                         context = text
                     ran += 1
@@ -206,8 +252,9 @@ def tone_mp3() -> bytes:
     encoder.set_in_sample_rate(8000)
     encoder.set_channels(1)
     encoder.set_quality(7)
-    pcm = array.array("h", (int(8000 * math.sin(2 * math.pi * 440 * i / 8000))
-                            for i in range(8000)))
+    pcm = array.array(
+        "h", (int(8000 * math.sin(2 * math.pi * 440 * i / 8000)) for i in range(8000))
+    )
     return bytes(encoder.encode(pcm.tobytes()) + encoder.flush())
 
 
@@ -216,15 +263,19 @@ async def live_call(reader: Reader) -> None:
     sid = str(reader.creds["sid"])
     auth = (str(reader.creds["api_key"]), str(reader.creds["api_token"]))
     async with httpx.AsyncClient(timeout=10) as http:
-        r = await http.post(f"{reader.base}/v1/Accounts/{sid}/Calls/connect.json", auth=auth,
-                            data={"From": "09812345670", "CallerId": "08039591234",
-                                  "Url": f"http://my.exotel.com/{sid}/exoml/start_voice/"
-                                         f"{reader.long_app}"})
+        r = await http.post(
+            f"{reader.base}/v1/Accounts/{sid}/Calls/connect.json",
+            auth=auth,
+            data={
+                "From": "09812345670",
+                "CallerId": "08039591234",
+                "Url": f"http://my.exotel.com/{sid}/exoml/start_voice/{reader.long_app}",
+            },
+        )
         assert r.status_code == 200, r.text
         call_sid = r.json()["Call"]["Sid"]
         for _ in range(100):
-            r = await http.get(f"{reader.base}/v1/Accounts/{sid}/Calls/{call_sid}.json",
-                               auth=auth)
+            r = await http.get(f"{reader.base}/v1/Accounts/{sid}/Calls/{call_sid}.json", auth=auth)
             if r.json()["Call"]["Status"] == "in-progress":
                 break
             await asyncio.sleep(0.1)
@@ -236,15 +287,22 @@ async def first_call(reader: Reader) -> None:
     sid = str(reader.creds["sid"])
     auth = (str(reader.creds["api_key"]), str(reader.creds["api_token"]))
     async with httpx.AsyncClient(timeout=10) as http:
-        r = await http.post(f"{reader.base}/v1/Accounts/{sid}/Calls/connect.json", auth=auth,
-                            data={"From": "09812345678", "CallerId": "08039591234",
-                                  "Url": f"http://my.exotel.com/{sid}/exoml/start_voice/"
-                                         f"{reader.creds['app_id']}", "Record": "true"})
+        r = await http.post(
+            f"{reader.base}/v1/Accounts/{sid}/Calls/connect.json",
+            auth=auth,
+            data={
+                "From": "09812345678",
+                "CallerId": "08039591234",
+                "Url": f"http://my.exotel.com/{sid}/exoml/start_voice/{reader.creds['app_id']}",
+                "Record": "true",
+            },
+        )
         assert r.status_code == 200, r.text
         reader.call_sid = r.json()["Call"]["Sid"]
         for _ in range(300):
-            r = await http.get(f"{reader.base}/v1/Accounts/{sid}/Calls/{reader.call_sid}.json",
-                               auth=auth)
+            r = await http.get(
+                f"{reader.base}/v1/Accounts/{sid}/Calls/{reader.call_sid}.json", auth=auth
+            )
             call = r.json()["Call"]
             if call["Status"] == "completed" and call.get("RecordingUrl"):
                 reader.recording_url = call["RecordingUrl"]

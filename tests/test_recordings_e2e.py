@@ -381,8 +381,12 @@ async def test_two_numbers_without_record_keep_nothing(database_url, tmp_path):
 async def test_record_true_on_a_flow_tapes_the_whole_call(database_url, tmp_path):
     async with running(database_url, data_dir=str(tmp_path)) as rig:
         await script(rig, CUSTOMER, says=[MESSAGE])
-        sid = await place(rig, voicemail_app(f"{rig.customer.url}/report"), Record="true",
-                          RecordingChannels="dual")
+        sid = await place(
+            rig,
+            voicemail_app(f"{rig.customer.url}/report"),
+            Record="true",
+            RecordingChannels="dual",
+        )
         message, whole = await recordings_of(rig, sid)
         assert (whole.channels, message.channels) == ("dual", "single")
         details = await rig.details(sid)
@@ -391,7 +395,8 @@ async def test_record_true_on_a_flow_tapes_the_whole_call(database_url, tmp_path
         said, heard = frames[:, 0], frames[:, 1]
         # First the customer hears the greeting and the voicemail prompt, then speaks.
         prompts = await spoken(rig, "Thanks for calling Acme.") + await spoken(
-            rig, "Please leave a message after the beep.")
+            rig, "Please leave a message after the beep."
+        )
         cut = int(prompts * 8000)
         assert not is_silence(heard[:cut].tobytes()) and is_silence(said[:cut].tobytes())
         # ... and what they said is all there, as in the voicemail's own recording.
@@ -406,8 +411,9 @@ async def test_recording_format_wav_keeps_pcm_and_other_formats_are_refused(data
     async with running(database_url, data_dir=str(tmp_path)) as rig:
         await script(rig, CUSTOMER, says=[CALLER_SAYS])
         await script(rig, CALLEE, says=[{"text": CALLEE_SAYS, "then": "hangup"}])
-        r = await rig.connect(From=CUSTOMER, To=CALLEE, Record="true", RecordingFormat="wav",
-                              RecordingChannels="dual")
+        r = await rig.connect(
+            From=CUSTOMER, To=CALLEE, Record="true", RecordingFormat="wav", RecordingChannels="dual"
+        )
         assert r.status_code == 200, r.text
         sid = r.json()["Call"]["Sid"]
         await rig.finish(sid)
@@ -420,8 +426,7 @@ async def test_recording_format_wav_keeps_pcm_and_other_formats_are_refused(data
             callee = np.frombuffer(w.readframes(w.getnframes()), "<i2")[1::2]
         assert not is_silence(callee.tobytes())
 
-        refused = await rig.connect(From=CUSTOMER, To=CALLEE, Record="true",
-                                    RecordingFormat="ogg")
+        refused = await rig.connect(From=CUSTOMER, To=CALLEE, Record="true", RecordingFormat="ogg")
         assert refused.status_code == 400
         assert "RecordingFormat must be mp3, mp3-hq or wav" in refused.text
 
@@ -430,8 +435,9 @@ async def test_record_true_on_a_flow_tapes_a_connected_agent_too(database_url, t
     async with running(database_url, data_dir=str(tmp_path)) as rig:
         await script(rig, CUSTOMER, says=[CALLER_SAYS])
         await script(rig, CALLEE, says=[{"text": CALLEE_SAYS, "then": "hangup"}], silence_after=8)
-        sid = await place(rig, connect_app(f"{rig.customer.url}/report"), Record="true",
-                          RecordingChannels="dual")
+        sid = await place(
+            rig, connect_app(f"{rig.customer.url}/report"), Record="true", RecordingChannels="dual"
+        )
         [whole] = await recordings_of(rig, sid)  # the call's tape; the Connect keeps none
         frames = stereo((tmp_path / "recordings" / whole.path).read_bytes())
         said, heard = frames[:, 0], frames[:, 1]
@@ -439,4 +445,4 @@ async def test_record_true_on_a_flow_tapes_a_connected_agent_too(database_url, t
         # The customer heard the agent speak first, then answered.
         assert voiced_seconds(heard.tobytes()) > far / 2
         assert voiced_seconds(said.tobytes()) > near / 2
-        assert is_silence(heard[-int(1.5 * 8000):].tobytes())
+        assert is_silence(heard[-int(1.5 * 8000) :].tobytes())

@@ -16,8 +16,9 @@ from tests.conftest import REDIS_URL
 
 async def test_messages_reach_the_follower() -> None:
     heard: list[dict] = []
-    task = asyncio.ensure_future(follow(REDIS_URL, "ringflow:test:follow", heard.append,
-                                        what="test"))
+    task = asyncio.ensure_future(
+        follow(REDIS_URL, "ringflow:test:follow", heard.append, what="test")
+    )
     client = redis.asyncio.Redis.from_url(REDIS_URL)
     try:
         for _ in range(100):
@@ -38,7 +39,8 @@ async def test_messages_reach_the_follower() -> None:
 
 
 async def test_a_redis_that_drops_us_is_retried_slower_and_warned_of_once(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     tries = 0
 
     async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -49,8 +51,16 @@ async def test_a_redis_that_drops_us_is_retried_slower_and_warned_of_once(
     server = await asyncio.start_server(drop, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     caplog.set_level(logging.WARNING, logger="ringflow.redis_client")
-    task = asyncio.ensure_future(follow(f"redis://127.0.0.1:{port}/0", "c", lambda m: None,
-                                        what="test", retry=0.1, retry_cap=0.4))
+    task = asyncio.ensure_future(
+        follow(
+            f"redis://127.0.0.1:{port}/0",
+            "c",
+            lambda m: None,
+            what="test",
+            retry=0.1,
+            retry_cap=0.4,
+        )
+    )
     await asyncio.sleep(1.6)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -51,8 +51,6 @@ LONG_FLOW = {
 }
 
 
-
-
 @contextlib.asynccontextmanager
 async def server(env: dict[str, str], log: Path, *args: str) -> AsyncIterator[Server]:
     proc = Server(env, log, *args)

@@ -9,12 +9,16 @@ from ringflow.telephony.sandbox import SandboxCarrier
 from ringflow.telephony.sip.carrier import SipCarrier
 from ringflow.telephony.sip.trunks import parse_trunks
 
-TRUNKS = {"trunks": [{"name": "office-pbx", "host": "127.0.0.1", "max_channels": 7,
-                      "accounts": ["otherco"]}]}
+TRUNKS = {
+    "trunks": [
+        {"name": "office-pbx", "host": "127.0.0.1", "max_channels": 7, "accounts": ["otherco"]}
+    ]
+}
 
 
 async def test_each_carrier_says_which_accounts_go_over_sip_and_through_which_trunk(
-        clock: ManualClock):
+    clock: ManualClock,
+):
     sandbox = SandboxCarrier(clock)
     sip = SipCarrier(clock, parse_trunks(TRUNKS))  # not started: no sockets are needed here
     routing = RoutingCarrier(sandbox, sip)

@@ -58,7 +58,9 @@ async def answered(clock: ManualClock, script: PhoneScript):
     async def lookup(account: str, number: str) -> PhoneScript:
         return script
 
-    seen = await events_until_final(clock, SandboxCarrier(clock, lookup).dial(request("+919812345678")))
+    seen = await events_until_final(
+        clock, SandboxCarrier(clock, lookup).dial(request("+919812345678"))
+    )
     final = seen[-1][1]
     assert isinstance(final, Answered)
     return final.channel

@@ -35,8 +35,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 SHORT_FLOW = {
     "name": "short greeting",
     "start": "hi",
-    "nodes": {"hi": {"applet": "greeting", "text": "Hello there", "next": "bye"},
-              "bye": {"applet": "hangup"}},
+    "nodes": {
+        "hi": {"applet": "greeting", "text": "Hello there", "next": "bye"},
+        "bye": {"applet": "hangup"},
+    },
 }
 CUSTOMERS = [f"098123450{n:02d}" for n in range(10)]
 AGENT = "09845067890"
@@ -64,8 +66,11 @@ async def test_json_logs_parse_line_by_line_and_a_calls_lines_carry_it(tmp_path:
     db = Database(url)
     await cli(env, "migrate")
     creds, app_id = await make_account(db)
-    async with recorder() as rec, server(env, tmp_path / "server.log") as srv, \
-            httpx.AsyncClient(timeout=10) as http:
+    async with (
+        recorder() as rec,
+        server(env, tmp_path / "server.log") as srv,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
         try:
             api = Client(http, srv, creds)
             await srv.start()
@@ -77,8 +82,11 @@ async def test_json_logs_parse_line_by_line_and_a_calls_lines_carry_it(tmp_path:
             sids = [
                 (await api.connect(From=CUSTOMERS[0], Url=flow, StatusCallback=hook))["Sid"],
                 (await api.connect(From=CUSTOMERS[1], Url=flow, StatusCallback=hook))["Sid"],
-                (await api.connect(From=CUSTOMERS[2], To=AGENT, TimeLimit="1",
-                                   StatusCallback=hook))["Sid"],
+                (
+                    await api.connect(
+                        From=CUSTOMERS[2], To=AGENT, TimeLimit="1", StatusCallback=hook
+                    )
+                )["Sid"],
             ]
             await http.get(f"{srv.base}/healthz?Signature={SECRET}")  # in the access log
 
@@ -104,8 +112,9 @@ async def test_json_logs_parse_line_by_line_and_a_calls_lines_carry_it(tmp_path:
         assert own and all(line["account"] == creds["sid"] for line in own)
         # Every line of ringflow's that names the call is one of its lines (the access log's
         # lines are about HTTP requests, whichever call their path names).
-        naming = [line for line in lines
-                  if sid in line["message"] and line["logger"] != "uvicorn.access"]
+        naming = [
+            line for line in lines if sid in line["message"] and line["logger"] != "uvicorn.access"
+        ]
         assert naming and all(line.get("call_sid") == sid for line in naming), naming
     failed = [line for line in lines if "attempt 1 failed" in line["message"]]
     assert len(failed) == 1 and failed[0]["call_sid"] in sids, failed
@@ -118,13 +127,20 @@ async def test_sigterm_lets_calls_finish_then_ends_the_rest_with_their_callbacks
 ):
     url = f"sqlite+aiosqlite:///{tmp_path}/rf.db"
     drain = 6.0
-    env = server_env(url, f"drain-{uuid.uuid4().hex[:6]}", RINGFLOW_DRAIN_SECONDS=str(drain),
-                     RINGFLOW_MAX_CONCURRENT_CALLS="20")
+    env = server_env(
+        url,
+        f"drain-{uuid.uuid4().hex[:6]}",
+        RINGFLOW_DRAIN_SECONDS=str(drain),
+        RINGFLOW_MAX_CONCURRENT_CALLS="20",
+    )
     db = Database(url)
     await cli(env, "migrate")
     creds, _ = await make_account(db)
-    async with recorder() as rec, server(env, tmp_path / "server.log") as srv, \
-            httpx.AsyncClient(timeout=10) as http:
+    async with (
+        recorder() as rec,
+        server(env, tmp_path / "server.log") as srv,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
         try:
             api = Client(http, srv, creds)
             await srv.start()
@@ -133,10 +149,20 @@ async def test_sigterm_lets_calls_finish_then_ends_the_rest_with_their_callbacks
             hook = f"{rec.url}/status"
             events = {"StatusCallbackEvents": "terminal"}
             # Five calls that end by themselves within the drain, five that would not.
-            short = [(await api.connect(From=n, To=AGENT, TimeLimit="3", StatusCallback=hook,
-                                        **events))["Sid"] for n in CUSTOMERS[:5]]
-            long = [(await api.connect(From=n, To=AGENT, TimeLimit="3600", StatusCallback=hook,
-                                       **events))["Sid"] for n in CUSTOMERS[5:]]
+            short = [
+                (await api.connect(From=n, To=AGENT, TimeLimit="3", StatusCallback=hook, **events))[
+                    "Sid"
+                ]
+                for n in CUSTOMERS[:5]
+            ]
+            long = [
+                (
+                    await api.connect(
+                        From=n, To=AGENT, TimeLimit="3600", StatusCallback=hook, **events
+                    )
+                )["Sid"]
+                for n in CUSTOMERS[5:]
+            ]
 
             async def all_talking() -> bool:
                 statuses = {(await call_row(db, sid)).status for sid in (*short, *long)}
@@ -149,12 +175,15 @@ async def test_sigterm_lets_calls_finish_then_ends_the_rest_with_their_callbacks
             await asyncio.sleep(0.3)
 
             # Draining: no new call, but the server still answers about the calls it carries.
-            refused = await http.post(api.url("Calls/connect.json"), auth=api.auth,
-                                      data={"From": CUSTOMERS[0], "CallerId": EXOPHONE,
-                                            "To": AGENT})
+            refused = await http.post(
+                api.url("Calls/connect.json"),
+                auth=api.auth,
+                data={"From": CUSTOMERS[0], "CallerId": EXOPHONE, "To": AGENT},
+            )
             assert refused.status_code == 503
             assert refused.json()["RestException"]["Message"].startswith(
-                "This server is shutting down and takes no new calls")
+                "This server is shutting down and takes no new calls"
+            )
             assert (await api.details(long[0]))["Status"] == "in-progress"
             ready = await http.get(f"{srv.base}/readyz")
             assert ready.status_code == 503 and "draining" in ready.text
@@ -166,13 +195,15 @@ async def test_sigterm_lets_calls_finish_then_ends_the_rest_with_their_callbacks
 
             rows = {sid: await call_row(db, sid) for sid in (*short, *long)}
             assert {sid: row.status for sid, row in rows.items()} == dict.fromkeys(
-                rows, "completed")  # none left in-progress
+                rows, "completed"
+            )  # none left in-progress
             # The short calls finished on their own during the drain; the long ones were ended.
             assert all(rows[sid].reason != SHUTTING_DOWN for sid in short)
             assert all(rows[sid].reason == SHUTTING_DOWN for sid in long)
             terminal = {f"{sid}:terminal" for sid in rows}
             assert accepted(rec) == dict.fromkeys(terminal, 1)
             assert {key: row.state for key, row in (await outbox(db)).items()} == dict.fromkeys(
-                terminal, "delivered")
+                terminal, "delivered"
+            )
         finally:
             await db.close()

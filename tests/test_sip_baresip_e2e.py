@@ -22,12 +22,22 @@ GREETING = "Welcome to ringflow. Press two for sales."
 def menu_app(hook: str) -> dict:
     """Greeting, then a one-key menu whose branches tell the customer's server."""
     return {
-        "ask": {"applet": "gather", "text": GREETING, "max_digits": 1, "input_timeout": 10,
-                "repeats": 0, "on_input": "tell", "on_no_input": "bye"},
-        "tell": {"applet": "switch_case", "variable": "digits",
-                 "cases": {"2": "sales"}, "default": "bye"},
-        "sales": {"applet": "passthru", "url": f"{hook}/sales", "on_200": "bye",
-                  "on_302": "bye"},
+        "ask": {
+            "applet": "gather",
+            "text": GREETING,
+            "max_digits": 1,
+            "input_timeout": 10,
+            "repeats": 0,
+            "on_input": "tell",
+            "on_no_input": "bye",
+        },
+        "tell": {
+            "applet": "switch_case",
+            "variable": "digits",
+            "cases": {"2": "sales"},
+            "default": "bye",
+        },
+        "sales": {"applet": "passthru", "url": f"{hook}/sales", "on_200": "bye", "on_302": "bye"},
         "bye": {"applet": "hangup"},
     }
 
@@ -41,16 +51,22 @@ async def wait_answered(rig: Rig, sid: str) -> None:
 
 
 async def test_baresip_hears_the_greeting_and_its_key_picks_the_branch(
-        tmp_path: Path, sqlite_template: Path) -> None:
+    tmp_path: Path, sqlite_template: Path
+) -> None:
     (tmp_path / "ringflow.db").write_bytes(sqlite_template.read_bytes())
     silence = np.zeros(RATE * 10, dtype=np.int16)
     async with baresip(tmp_path / "baresip", silence) as phone:
         trunks = tmp_path / "trunks.yaml"
-        trunks.write_text(f"trunks:\n  - name: softphone\n    host: 127.0.0.1\n"
-                          f"    port: {phone.sip_port}\n")
-        async with running(f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}",
-                           clock=RealClock(),
-                           carrier="sip", sip_trunks=str(trunks), sip_port=0) as rig:
+        trunks.write_text(
+            f"trunks:\n  - name: softphone\n    host: 127.0.0.1\n    port: {phone.sip_port}\n"
+        )
+        async with running(
+            f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}",
+            clock=RealClock(),
+            carrier="sip",
+            sip_trunks=str(trunks),
+            sip_port=0,
+        ) as rig:
             saved_id = await app(rig, menu_app(rig.customer.url), "ask")
             r = await rig.connect(From=phone.uri, Url=rig.flow_url(saved_id))
             assert r.status_code == 200, r.text

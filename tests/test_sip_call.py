@@ -123,8 +123,13 @@ def test_a_challenged_bye_is_retried_with_credentials() -> None:
     callee = Callee(ua, authenticator=Authenticator("alice", "secret"))
     callee.answer()
     [bye] = sent(ua.hangup(callee.call.call_id, 1.0))
-    challenge = make_response(bye, 407, headers=(  # type: ignore[arg-type]
-        ("Proxy-Authenticate", 'Digest realm="p", nonce="x", qop="auth"'),))
+    challenge = make_response(
+        bye,
+        407,
+        headers=(  # type: ignore[arg-type]
+            ("Proxy-Authenticate", 'Digest realm="p", nonce="x", qop="auth"'),
+        ),
+    )
     [retry] = sent(callee.send(challenge, 1.1))
     assert retry.method == "BYE" and retry.cseq.seq == bye.cseq.seq + 1  # type: ignore
     assert Authorization.parse(retry.headers.get("Proxy-Authorization") or "").realm == "p"

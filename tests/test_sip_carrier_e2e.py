@@ -47,12 +47,19 @@ def trunks_file(workdir: Path, phone: Sipp | DeadTrunk, **trunk: Any) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def sip_server(tmp_path: Path, phone: Sipp | DeadTrunk, trunk: dict[str, Any] | None = None,
-                     **settings: Any) -> AsyncIterator[Rig]:
+async def sip_server(
+    tmp_path: Path, phone: Sipp | DeadTrunk, trunk: dict[str, Any] | None = None, **settings: Any
+) -> AsyncIterator[Rig]:
     """ringflow with RINGFLOW_CARRIER=sip and its trunk at ``phone``."""
-    async with running(f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}", clock=RealClock(),
-                       carrier="sip", sip_trunks=str(trunks_file(tmp_path, phone, **(trunk or {}))),
-                       sip_host="127.0.0.1", sip_port=0, **settings) as rig:
+    async with running(
+        f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}",
+        clock=RealClock(),
+        carrier="sip",
+        sip_trunks=str(trunks_file(tmp_path, phone, **(trunk or {}))),
+        sip_host="127.0.0.1",
+        sip_port=0,
+        **settings,
+    ) as rig:
         yield rig
 
 
@@ -64,13 +71,15 @@ def sqlite_db(tmp_path: Path, sqlite_template: Path) -> None:
 
 async def app(rig: Rig, nodes: dict[str, Any], start: str) -> int:
     """Save an app on the rig's account; returns its id."""
-    saved = await rig.services.accounts.save_app(rig.sid, {"name": "sip", "start": start,
-                                                           "nodes": nodes})
+    saved = await rig.services.accounts.save_app(
+        rig.sid, {"name": "sip", "start": start, "nodes": nodes}
+    )
     return saved.id
 
 
 async def call_to_end(rig: Rig, sid: str, wait: float = CALL_WAIT) -> Call:
     """Wait (in real time) until the call is over."""
+
     async def over() -> bool:
         return is_terminal((await rig.call(sid)).status)
 
@@ -118,11 +127,21 @@ async def test_answer_then_we_hang_up(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("sqlite_db")
 async def test_answer_then_the_callee_hangs_up(tmp_path: Path) -> None:
-    nodes = {"wait": {"applet": "gather", "text": "Press a key", "input_timeout": 20,
-                      "repeats": 0, "on_input": "bye", "on_no_input": "bye"},
-             "bye": {"applet": "hangup"}}
-    async with sipp(tmp_path, "callee_hangs_up.xml", talk_ms=1500) as phone, \
-            sip_server(tmp_path, phone) as rig:
+    nodes = {
+        "wait": {
+            "applet": "gather",
+            "text": "Press a key",
+            "input_timeout": 20,
+            "repeats": 0,
+            "on_input": "bye",
+            "on_no_input": "bye",
+        },
+        "bye": {"applet": "hangup"},
+    }
+    async with (
+        sipp(tmp_path, "callee_hangs_up.xml", talk_ms=1500) as phone,
+        sip_server(tmp_path, phone) as rig,
+    ):
         sid = await place(rig, phone, await app(rig, nodes, "wait"))
         call = await call_to_end(rig, sid)
         assert call.status == "completed"
@@ -132,15 +151,18 @@ async def test_answer_then_the_callee_hangs_up(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("sqlite_db")
-@pytest.mark.parametrize(("scenario", "status", "cause"), [
-    ("uas_busy.xml", "busy", "486 Busy Here"),
-    ("callee_declines.xml", "busy", "603 Decline"),
-    ("callee_unavailable.xml", "no-answer", "480 Temporarily Unavailable"),
-])
-async def test_refusals_map_to_call_statuses(tmp_path: Path, scenario: str, status: str,
-                                             cause: str) -> None:
-    async with sipp(tmp_path, scenario) as phone, \
-            sip_server(tmp_path, phone) as rig:
+@pytest.mark.parametrize(
+    ("scenario", "status", "cause"),
+    [
+        ("uas_busy.xml", "busy", "486 Busy Here"),
+        ("callee_declines.xml", "busy", "603 Decline"),
+        ("callee_unavailable.xml", "no-answer", "480 Temporarily Unavailable"),
+    ],
+)
+async def test_refusals_map_to_call_statuses(
+    tmp_path: Path, scenario: str, status: str, cause: str
+) -> None:
+    async with sipp(tmp_path, scenario) as phone, sip_server(tmp_path, phone) as rig:
         sid = await place(rig, phone, await app(rig, GREETING_THEN_HANGUP, "hello"))
         call = await call_to_end(rig, sid)
         assert call.status == status
@@ -176,8 +198,7 @@ async def test_a_trunk_that_never_rings_fails_the_leg_at_time_out(tmp_path: Path
     try:
         dead = DeadTrunk(sink.get_extra_info("sockname")[1])
         async with sip_server(tmp_path, dead) as rig:
-            sid = await place(rig, dead, await app(rig, GREETING_THEN_HANGUP, "hello"),
-                              TimeOut="2")
+            sid = await place(rig, dead, await app(rig, GREETING_THEN_HANGUP, "hello"), TimeOut="2")
             call = await call_to_end(rig, sid)
         assert call.status == "failed"
         assert call.legs[0].cause == "sip: trunk sipp never rang the callee"
@@ -188,8 +209,7 @@ async def test_a_trunk_that_never_rings_fails_the_leg_at_time_out(tmp_path: Path
 
 @pytest.mark.usefixtures("sqlite_db")
 async def test_ringing_past_time_out_is_canceled(tmp_path: Path) -> None:
-    async with sipp(tmp_path, "uas_ring_forever.xml") as phone, \
-            sip_server(tmp_path, phone) as rig:
+    async with sipp(tmp_path, "uas_ring_forever.xml") as phone, sip_server(tmp_path, phone) as rig:
         sid = await place(rig, phone, await app(rig, GREETING_THEN_HANGUP, "hello"), TimeOut="2")
         call = await call_to_end(rig, sid)
         assert call.status == "no-answer"
@@ -199,8 +219,10 @@ async def test_ringing_past_time_out_is_canceled(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("sqlite_db")
 @pytest.mark.parametrize(("password", "status"), [("s3cret", "completed"), ("wrong", "failed")])
 async def test_digest_challenge(tmp_path: Path, password: str, status: str) -> None:
-    async with sipp(tmp_path, "trunk_digest.xml", variables={"password": "s3cret"}) as phone, \
-            sip_server(tmp_path, phone, {"username": "ringflow", "password": password}) as rig:
+    async with (
+        sipp(tmp_path, "trunk_digest.xml", variables={"password": "s3cret"}) as phone,
+        sip_server(tmp_path, phone, {"username": "ringflow", "password": password}) as rig,
+    ):
         sid = await place(rig, phone, await app(rig, GREETING_THEN_HANGUP, "hello"))
         call = await call_to_end(rig, sid)
         assert call.status == status
@@ -211,14 +233,19 @@ async def test_digest_challenge(tmp_path: Path, password: str, status: str) -> N
 
 @pytest.mark.usefixtures("sqlite_db")
 async def test_a_call_waits_queued_for_a_full_trunk_and_its_ring_timeout_starts_when_dialled(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    long_greeting = {"hello": {"applet": "greeting", "text": "Hello from ringflow. " * 3,
-                               "next": "bye"}, "bye": {"applet": "hangup"}}
-    async with sipp(tmp_path / "a", "callee_answer.xml") as first, \
-            sipp(tmp_path / "b", "callee_answer.xml") as second, \
-            sip_server(tmp_path, first, {"max_channels": 1}) as rig:
+    long_greeting = {
+        "hello": {"applet": "greeting", "text": "Hello from ringflow. " * 3, "next": "bye"},
+        "bye": {"applet": "hangup"},
+    }
+    async with (
+        sipp(tmp_path / "a", "callee_answer.xml") as first,
+        sipp(tmp_path / "b", "callee_answer.xml") as second,
+        sip_server(tmp_path, first, {"max_channels": 1}) as rig,
+    ):
         app_id = await app(rig, long_greeting, "hello")
         holding = await place(rig, first, app_id)
         waiting = await place(rig, second, app_id, TimeOut="2")
@@ -232,16 +259,17 @@ async def test_a_call_waits_queued_for_a_full_trunk_and_its_ring_timeout_starts_
         # It was dialled only once the first call had hung up (its greeting lasts over 2 s),
         # and rang within its own TimeOut from then.
         first_over = {e["kind"]: e for e in await rig.timeline(holding)}["flow.end"]["at"]
-        dialled = next(e for e in steps if e["kind"] == "status"
-                       and e["data"]["call"] == "ringing")
+        dialled = next(e for e in steps if e["kind"] == "status" and e["data"]["call"] == "ringing")
         assert dialled["at"] >= first_over
         assert await first.exit_code() == 0 and await second.exit_code() == 0
 
 
 @pytest.mark.usefixtures("sqlite_db")
 async def test_a_tcp_trunk_carries_the_call(tmp_path: Path) -> None:
-    async with sipp(tmp_path, "callee_answer.xml", transport="t1") as phone, \
-            sip_server(tmp_path, phone, {"transport": "tcp"}) as rig:
+    async with (
+        sipp(tmp_path, "callee_answer.xml", transport="t1") as phone,
+        sip_server(tmp_path, phone, {"transport": "tcp"}) as rig,
+    ):
         sid = await place(rig, phone, await app(rig, GREETING_THEN_HANGUP, "hello"))
         call = await call_to_end(rig, sid)
         assert call.status == "completed", await story(rig, sid)
@@ -250,11 +278,11 @@ async def test_a_tcp_trunk_carries_the_call(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("sqlite_db")
 async def test_a_registering_trunk_shows_its_registration_and_unregisters_on_shutdown(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     from tests.test_dashboard import PASSWORD, browser_like, set_account_password, sign_in
 
-    trunk = {"register": True, "username": "alice", "password": "secret",
-             "register_expires": 120}
+    trunk = {"register": True, "username": "alice", "password": "secret", "register_expires": 120}
     async with sipp(tmp_path, "registrar_digest.xml") as registrar:
         async with sip_server(tmp_path, registrar, trunk) as rig:
             registration = rig.services.carrier.registrations["sipp"]
@@ -273,8 +301,15 @@ async def test_a_registering_trunk_shows_its_registration_and_unregisters_on_shu
 def gather_app(hook: str) -> dict[str, Any]:
     """Ask for one key; tell the customer's server which one came."""
     return {
-        "ask": {"applet": "gather", "text": "Press one", "max_digits": 1, "input_timeout": 8,
-                "repeats": 0, "on_input": "tell", "on_no_input": "bye"},
+        "ask": {
+            "applet": "gather",
+            "text": "Press one",
+            "max_digits": 1,
+            "input_timeout": 8,
+            "repeats": 0,
+            "on_input": "tell",
+            "on_no_input": "bye",
+        },
         "tell": {"applet": "passthru", "url": hook, "on_200": "bye", "on_302": "bye"},
         "bye": {"applet": "hangup"},
     }
@@ -294,15 +329,19 @@ async def digits_heard(rig: Rig, phone: Sipp, talk_ms: int = 300) -> str:
 @pytest.mark.usefixtures("sqlite_db")
 async def test_dtmf_rfc4733_from_a_pcap(tmp_path: Path) -> None:
     (tmp_path / "keys.pcap").symlink_to(SIPP_SHARE / "dtmf_2833_1.pcap")
-    async with sipp(tmp_path, "callee_dtmf_2833.xml", talk_ms=500) as phone, \
-            sip_server(tmp_path, phone) as rig:
+    async with (
+        sipp(tmp_path, "callee_dtmf_2833.xml", talk_ms=500) as phone,
+        sip_server(tmp_path, phone) as rig,
+    ):
         assert await digits_heard(rig, phone) == "1"
 
 
 @pytest.mark.usefixtures("sqlite_db")
 async def test_dtmf_by_sip_info(tmp_path: Path) -> None:
-    async with sipp(tmp_path, "callee_dtmf_info.xml", variables={"key": "5"},
-                    talk_ms=500) as phone, sip_server(tmp_path, phone) as rig:
+    async with (
+        sipp(tmp_path, "callee_dtmf_info.xml", variables={"key": "5"}, talk_ms=500) as phone,
+        sip_server(tmp_path, phone) as rig,
+    ):
         assert await digits_heard(rig, phone) == "5"
 
 
@@ -310,10 +349,34 @@ def dtmf_ulaw(key: str, seconds: float = 0.2, pause: float = 0.5) -> bytes:
     """A key as an in-band tone pair, raw u-law at 8 kHz, after ``pause`` seconds of silence."""
     import audioop
 
-    low = {"1": 697, "2": 697, "3": 697, "4": 770, "5": 770, "6": 770, "7": 852, "8": 852,
-           "9": 852, "*": 941, "0": 941, "#": 941}[key]
-    high = {"1": 1209, "4": 1209, "7": 1209, "*": 1209, "2": 1336, "5": 1336, "8": 1336,
-            "0": 1336, "3": 1477, "6": 1477, "9": 1477, "#": 1477}[key]
+    low = {
+        "1": 697,
+        "2": 697,
+        "3": 697,
+        "4": 770,
+        "5": 770,
+        "6": 770,
+        "7": 852,
+        "8": 852,
+        "9": 852,
+        "*": 941,
+        "0": 941,
+        "#": 941,
+    }[key]
+    high = {
+        "1": 1209,
+        "4": 1209,
+        "7": 1209,
+        "*": 1209,
+        "2": 1336,
+        "5": 1336,
+        "8": 1336,
+        "0": 1336,
+        "3": 1477,
+        "6": 1477,
+        "9": 1477,
+        "#": 1477,
+    }[key]
     t = np.arange(round(seconds * RATE)) / RATE
     tone = (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t)) * 6000
     pcm = np.concatenate([np.zeros(round(pause * RATE)), tone, np.zeros(round(2 * RATE))])
@@ -323,8 +386,7 @@ def dtmf_ulaw(key: str, seconds: float = 0.2, pause: float = 0.5) -> bytes:
 @pytest.mark.usefixtures("sqlite_db")
 async def test_dtmf_in_band(tmp_path: Path) -> None:
     (tmp_path / "voice.ulaw").write_bytes(dtmf_ulaw("7", pause=1.5))
-    async with sipp(tmp_path, "callee_inband.xml") as phone, \
-            sip_server(tmp_path, phone) as rig:
+    async with sipp(tmp_path, "callee_inband.xml") as phone, sip_server(tmp_path, phone) as rig:
         assert await digits_heard(rig, phone) == "7"
 
 
@@ -348,11 +410,14 @@ async def test_two_numbers_bridge_two_sipp_callees_and_record_each(tmp_path: Pat
     first_dir.mkdir(), second_dir.mkdir()
     (first_dir / "voice.ulaw").write_bytes(tone_ulaw(600, 3.0))
     (second_dir / "voice.ulaw").write_bytes(tone_ulaw(1400, 3.0))
-    async with sipp(first_dir, "callee_inband.xml") as first, \
-            sipp(second_dir, "callee_inband.xml") as second, \
-            sip_server(tmp_path, first, data_dir=str(tmp_path)) as rig:
-        r = await rig.connect(From=first.uri, To=second.uri, Record="true",
-                              RecordingChannels="dual", TimeLimit="4")
+    async with (
+        sipp(first_dir, "callee_inband.xml") as first,
+        sipp(second_dir, "callee_inband.xml") as second,
+        sip_server(tmp_path, first, data_dir=str(tmp_path)) as rig,
+    ):
+        r = await rig.connect(
+            From=first.uri, To=second.uri, Record="true", RecordingChannels="dual", TimeLimit="4"
+        )
         assert r.status_code == 200, r.text
         sid = r.json()["Call"]["Sid"]
         call = await call_to_end(rig, sid)
@@ -369,12 +434,17 @@ async def test_two_numbers_bridge_two_sipp_callees_and_record_each(tmp_path: Pat
 async def test_record_true_tapes_the_prompt_and_the_callee(tmp_path: Path) -> None:
     (tmp_path / "voice.ulaw").write_bytes(tone_ulaw(1400, 3.0))  # the callee talks at once
     text = "Hello from ringflow. This call is recorded."
-    greeting = {"hello": {"applet": "greeting", "text": text, "next": "bye"},
-                "bye": {"applet": "hangup"}}
-    async with sipp(tmp_path, "callee_inband.xml") as phone, \
-            sip_server(tmp_path, phone, data_dir=str(tmp_path)) as rig:
-        sid = await place(rig, phone, await app(rig, greeting, "hello"), Record="true",
-                          RecordingChannels="dual")
+    greeting = {
+        "hello": {"applet": "greeting", "text": text, "next": "bye"},
+        "bye": {"applet": "hangup"},
+    }
+    async with (
+        sipp(tmp_path, "callee_inband.xml") as phone,
+        sip_server(tmp_path, phone, data_dir=str(tmp_path)) as rig,
+    ):
+        sid = await place(
+            rig, phone, await app(rig, greeting, "hello"), Record="true", RecordingChannels="dual"
+        )
         call = await call_to_end(rig, sid)
         assert call.status == "completed", await story(rig, sid)
         assert await phone.exit_code() == 0
@@ -389,19 +459,28 @@ async def test_record_true_tapes_the_prompt_and_the_callee(tmp_path: Path) -> No
 
 @pytest.mark.usefixtures("sqlite_db")
 async def test_a_voicemail_over_sip_keeps_what_the_callee_said_and_ends_on_silence(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     import audioop
 
     # The callee is silent through the prompt and the beep, then speaks (a tone) for 1.5 s.
     quiet = audioop.lin2ulaw(bytes(RATE * 2 * 5 // 2), 2)
     (tmp_path / "voice.ulaw").write_bytes(quiet + tone_ulaw(900, 1.5))
     voicemail = {
-        "vm": {"applet": "voicemail", "prompt": "Leave a message.", "max_length": 30,
-               "silence_timeout": 2, "next": "bye", "on_no_message": "bye"},
+        "vm": {
+            "applet": "voicemail",
+            "prompt": "Leave a message.",
+            "max_length": 30,
+            "silence_timeout": 2,
+            "next": "bye",
+            "on_no_message": "bye",
+        },
         "bye": {"applet": "hangup"},
     }
-    async with sipp(tmp_path, "callee_inband.xml") as phone, \
-            sip_server(tmp_path, phone, data_dir=str(tmp_path)) as rig:
+    async with (
+        sipp(tmp_path, "callee_inband.xml") as phone,
+        sip_server(tmp_path, phone, data_dir=str(tmp_path)) as rig,
+    ):
         sid = await place(rig, phone, await app(rig, voicemail, "vm"))
         call = await call_to_end(rig, sid)
         assert call.status == "completed", await story(rig, sid)
@@ -433,8 +512,12 @@ async def test_sipp_hears_the_greeting(tmp_path: Path) -> None:
     text = "Hello from ringflow"
     prompt = await tts.speak(text)
     async with sipp(tmp_path, "callee_answer.xml", "-rtp_echo") as phone:
-        carrier = SipCarrier(RealClock(), (Trunk("sipp", "127.0.0.1", phone.port),),
-                             sip_port=0, speech=lambda words, voice: tts.speak(words, voice))
+        carrier = SipCarrier(
+            RealClock(),
+            (Trunk("sipp", "127.0.0.1", phone.port),),
+            sip_port=0,
+            speech=lambda words, voice: tts.speak(words, voice),
+        )
         await carrier.start()
         try:
             attempt = carrier.dial(DialRequest(phone.uri, "+918041234567", "AC1", "c1", 1))
@@ -486,16 +569,18 @@ def correlation(heard: bytes, sent: bytes) -> float:
     milliseconds were clipped (a phone that starts listening late) still scores near 1.
     """
     b = np.frombuffer(sent, dtype="<i2").astype(float)
-    a = np.concatenate([np.zeros(len(b)), np.frombuffer(heard, dtype="<i2").astype(float),
-                        np.zeros(len(b))])
+    a = np.concatenate(
+        [np.zeros(len(b)), np.frombuffer(heard, dtype="<i2").astype(float), np.zeros(len(b))]
+    )
     n = 1 << int(np.ceil(np.log2(len(a) + len(b))))
-    dot = np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n)[:len(a) - len(b) + 1]
+    dot = np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n)[: len(a) - len(b) + 1]
     running = np.concatenate([[0.0], np.cumsum(a * a)])
-    energy = running[len(b):] - running[:-len(b)]
+    energy = running[len(b) :] - running[: -len(b)]
     score = np.abs(dot) / (np.linalg.norm(b) * np.sqrt(np.maximum(energy, 1e-9)))
     return float(np.max(score))
 
 
 if os.geteuid() != 0:  # play_pcap_audio sends through a raw socket
     test_dtmf_rfc4733_from_a_pcap = pytest.mark.skip(reason="SIPp needs root to play a pcap")(
-        test_dtmf_rfc4733_from_a_pcap)
+        test_dtmf_rfc4733_from_a_pcap
+    )

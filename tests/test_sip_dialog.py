@@ -59,21 +59,33 @@ class Callee:
 
     def __init__(self, ua: UserAgent, now: float = 0.0, **dial: object):
         self.ua = ua
-        self.call, self.out = ua.dial(SipUri.parse("sip:+919876543210@127.0.0.1:5080"),
-                                      NameAddr.parse("<sip:+918040000000@127.0.0.1>"),
-                                      our_offer(), now, **dial)  # type: ignore[arg-type]
+        self.call, self.out = ua.dial(
+            SipUri.parse("sip:+919876543210@127.0.0.1:5080"),
+            NameAddr.parse("<sip:+918040000000@127.0.0.1>"),
+            our_offer(),
+            now,
+            **dial,
+        )  # type: ignore[arg-type]
         self.invite = Request.parse(self.out[0].data)
         self.tag = "4021SIPpTag011"
         self.cseq = 1
 
-    def response(self, status: int, *, to: Request | None = None, body: bytes = b"",
-                 tag: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    def response(
+        self,
+        status: int,
+        *,
+        to: Request | None = None,
+        body: bytes = b"",
+        tag: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> Response:
         """A response to the INVITE (or ``to``) as SIPp's uas writes it."""
         extra = (("Contact", "<sip:127.0.0.1:5080;transport=UDP>"),) if status < 300 else ()
         if body:
             extra += (("Content-Type", "application/sdp"),)
-        return make_response(to or self.invite, status, to_tag=tag or self.tag,
-                             headers=extra + headers, body=body)
+        return make_response(
+            to or self.invite, status, to_tag=tag or self.tag, headers=extra + headers, body=body
+        )
 
     def fixture(self, name: str) -> Response:
         """A golden response re-addressed to our INVITE (its Via, From and Call-ID)."""
@@ -82,23 +94,36 @@ class Callee:
             msg.headers.set(header, self.invite.headers.get(header) or "")
         return msg
 
-    def request(self, method: str, *, body: bytes = b"", content_type: str | None = None,
-                branch: str | None = None, cseq: int | None = None,
-                contact: str = "<sip:127.0.0.1:5080;transport=UDP>") -> Request:
+    def request(
+        self,
+        method: str,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+        branch: str | None = None,
+        cseq: int | None = None,
+        contact: str = "<sip:127.0.0.1:5080;transport=UDP>",
+    ) -> Request:
         """A request from the callee inside the dialog (as SIPp's uas sends its BYE)."""
         if cseq is None:
             self.cseq += 1
         seq = cseq if cseq is not None else self.cseq
-        h = Headers([
-            ("Via", f"SIP/2.0/UDP 127.0.0.1:5080;branch={branch or f'z9hG4bK-4021-1-{seq}'}"),
-            ("From", f"{self.invite.headers.get('To')};tag={self.tag}"),
-            ("To", self.invite.headers.get("From") or ""),
-            ("Call-ID", self.invite.call_id), ("CSeq", f"{seq} {method}"),
-            ("Contact", contact), ("Max-Forwards", "70")])
+        h = Headers(
+            [
+                ("Via", f"SIP/2.0/UDP 127.0.0.1:5080;branch={branch or f'z9hG4bK-4021-1-{seq}'}"),
+                ("From", f"{self.invite.headers.get('To')};tag={self.tag}"),
+                ("To", self.invite.headers.get("From") or ""),
+                ("Call-ID", self.invite.call_id),
+                ("CSeq", f"{seq} {method}"),
+                ("Contact", contact),
+                ("Max-Forwards", "70"),
+            ]
+        )
         if content_type:
             h.add("Content-Type", content_type)
-        return Request(headers=h, body=body, method=method,
-                       uri=SipUri.parse("sip:ringflow@127.0.0.1:5070"))
+        return Request(
+            headers=h, body=body, method=method, uri=SipUri.parse("sip:ringflow@127.0.0.1:5070")
+        )
 
     def send(self, message: Request | Response, now: float) -> list:
         """Deliver a message to the user agent."""
@@ -119,7 +144,8 @@ def test_dialog_from_200_with_record_route_routes_ack_and_bye_through_it() -> No
     assert str(ack.uri) == "sip:127.0.0.1:5080;transport=UDP"  # the remote target (Contact)
     assert ack.headers.get("Route") == (
         "<sip:192.0.2.10:5060;transport=udp;lr>, <sip:10.0.0.1;lr>, "
-        "<sip:10.0.0.2;lr;ftag=1928301774;did=7a1.b2c3>")  # Record-Route reversed
+        "<sip:10.0.0.2;lr;ftag=1928301774;did=7a1.b2c3>"
+    )  # Record-Route reversed
     assert out[0].addr == ("192.0.2.10", 5060)  # the first route is the next hop
     assert ack.cseq.seq == 1 and ack.via.branch != callee.invite.via.branch
     assert ack.to.tag == "4021SIPpTag011" and ack.body == b""
@@ -222,9 +248,15 @@ def test_an_incoming_invite_is_refused_with_480_until_acked() -> None:
 
 def make_ack_for(invite: Request, response: Response) -> Request:
     """The ACK a UAC sends for a non-2xx (same branch)."""
-    h = Headers([("Via", invite.headers.get("Via") or ""), ("From", invite.headers.get("From") or ""),
-                 ("To", response.headers.get("To") or ""), ("Call-ID", invite.call_id),
-                 ("CSeq", f"{invite.cseq.seq} ACK")])
+    h = Headers(
+        [
+            ("Via", invite.headers.get("Via") or ""),
+            ("From", invite.headers.get("From") or ""),
+            ("To", response.headers.get("To") or ""),
+            ("Call-ID", invite.call_id),
+            ("CSeq", f"{invite.cseq.seq} ACK"),
+        ]
+    )
     return Request(headers=h, body=b"", method="ACK", uri=invite.uri)
 
 
@@ -240,15 +272,20 @@ def test_rport_and_received_are_stamped_on_requests_we_answer() -> None:
     assert ok.via.rport == 40123 and ok.via.received == "203.0.113.7"
 
 
-@pytest.mark.parametrize(("body", "ctype", "status", "digit"), [
-    (b"Signal=5\r\nDuration=250\r\n", "application/dtmf-relay", 200, ("5", 250)),
-    (b"Signal= 11\r\nDuration= 160\r\n", "application/dtmf-relay", 200, ("#", 160)),
-    (b"*", "application/dtmf", 200, ("*", None)),
-    (b"Signal=Z\r\n", "application/dtmf-relay", 400, None),
-    (b"hello", "text/plain", 415, None),
-    (b"", None, 200, None),
-])
-def test_info_carries_dtmf(body: bytes, ctype: str | None, status: int, digit: tuple | None) -> None:
+@pytest.mark.parametrize(
+    ("body", "ctype", "status", "digit"),
+    [
+        (b"Signal=5\r\nDuration=250\r\n", "application/dtmf-relay", 200, ("5", 250)),
+        (b"Signal= 11\r\nDuration= 160\r\n", "application/dtmf-relay", 200, ("#", 160)),
+        (b"*", "application/dtmf", 200, ("*", None)),
+        (b"Signal=Z\r\n", "application/dtmf-relay", 400, None),
+        (b"hello", "text/plain", 415, None),
+        (b"", None, 200, None),
+    ],
+)
+def test_info_carries_dtmf(
+    body: bytes, ctype: str | None, status: int, digit: tuple | None
+) -> None:
     ua = new_ua()
     callee = Callee(ua)
     callee.answer()
@@ -266,9 +303,13 @@ def test_baresip_info_fixture_gives_a_digit() -> None:
 
 
 def _reinvite(callee: Callee, sdp: bytes | None, branch: str | None = None) -> Request:
-    return callee.request("INVITE", body=sdp or b"", branch=branch,
-                          content_type="application/sdp" if sdp else None,
-                          contact="<sip:callee-0x5561d2c1f8a0@127.0.0.1:5080>")
+    return callee.request(
+        "INVITE",
+        body=sdp or b"",
+        branch=branch,
+        content_type="application/sdp" if sdp else None,
+        contact="<sip:callee-0x5561d2c1f8a0@127.0.0.1:5080>",
+    )
 
 
 def test_reinvite_is_answered_with_the_current_sdp() -> None:
@@ -317,8 +358,13 @@ def test_offerless_reinvite_gets_our_sdp_and_the_ack_brings_the_answer() -> None
     reinvite = _reinvite(callee, None)
     [ok] = sent(callee.send(reinvite, 5.0))
     assert ok.body == bytes(our_offer())
-    ack = callee.request("ACK", cseq=reinvite.cseq.seq, body=BARESIP_SDP,
-                         content_type="application/sdp", branch="z9hG4bKack3")
+    ack = callee.request(
+        "ACK",
+        cseq=reinvite.cseq.seq,
+        body=BARESIP_SDP,
+        content_type="application/sdp",
+        branch="z9hG4bKack3",
+    )
     [changed] = of(callee.send(ack, 5.1), MediaChanged)
     assert changed.plan.remote == ("127.0.0.1", 10000) and changed.plan.dtmf_pt == 96
 

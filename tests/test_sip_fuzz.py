@@ -27,8 +27,11 @@ from tests.test_sip_dialog import BARESIP_SDP, PEER, SIPP_SDP, Callee, new_ua, o
 FIXTURES = Path(__file__).parent / "fixtures" / "sip"
 GOLDEN = [p.read_bytes() for p in sorted(FIXTURES.glob("*.sip"))]
 EXAMPLES = int(os.environ.get("RINGFLOW_FUZZ_EXAMPLES", "300"))  # raise it for a long hunt
-FUZZ = settings(max_examples=EXAMPLES, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @st.composite
@@ -36,8 +39,9 @@ def mutated(draw: st.DrawFn, base: bytes) -> bytes:
     """``base`` with a few byte-level mutations: flips, cuts, insertions, repeated lines."""
     data = bytearray(base)
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(
-            ["flip", "cut", "insert", "truncate", "dup-line", "char", "digit"]))
+        kind = draw(
+            st.sampled_from(["flip", "cut", "insert", "truncate", "dup-line", "char", "digit"])
+        )
         at = draw(st.integers(0, max(len(data) - 1, 0)))
         if kind == "flip" and data:
             data[at] ^= 1 << draw(st.integers(0, 7))
@@ -101,17 +105,26 @@ def test_header_value_parsers_raise_only_sip_parse_error(text: str) -> None:
 
 
 def _request(method: str) -> Request:
-    h = Headers([("Via", "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKfz;rport"),
-                 ("From", "<sip:a@127.0.0.1>;tag=f"), ("To", "<sip:b@127.0.0.1:5080>"),
-                 ("Call-ID", "fz"), ("CSeq", f"1 {method}")])
+    h = Headers(
+        [
+            ("Via", "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKfz;rport"),
+            ("From", "<sip:a@127.0.0.1>;tag=f"),
+            ("To", "<sip:b@127.0.0.1:5080>"),
+            ("Call-ID", "fz"),
+            ("CSeq", f"1 {method}"),
+        ]
+    )
     return Request(headers=h, body=b"", method=method, uri=SipUri.parse("sip:b@127.0.0.1:5080"))
 
 
-transaction_steps = st.lists(st.one_of(
-    st.tuples(st.just("response"), st.sampled_from([100, 180, 200, 404, 487, 503, 603])),
-    st.tuples(st.just("wait"), st.sampled_from([0.0, 0.3, 1.0, 4.0, 31.0, 100.0])),
-    st.tuples(st.just("cancel"), st.just(0)),
-), max_size=15)
+transaction_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("response"), st.sampled_from([100, 180, 200, 404, 487, 503, 603])),
+        st.tuples(st.just("wait"), st.sampled_from([0.0, 0.3, 1.0, 4.0, 31.0, 100.0])),
+        st.tuples(st.just("cancel"), st.just(0)),
+    ),
+    max_size=15,
+)
 
 
 @FUZZ
@@ -137,10 +150,14 @@ def test_client_transactions_always_end(method: str, steps: list) -> None:
 
 
 @FUZZ
-@given(st.sampled_from(["INVITE", "BYE", "INFO"]), st.sampled_from([180, 200, 486]),
-       st.lists(st.sampled_from(["again", "ack", "wait"]), max_size=8))
-def test_server_transactions_always_end_once_answered(method: str, status: int,
-                                                      steps: list) -> None:
+@given(
+    st.sampled_from(["INVITE", "BYE", "INFO"]),
+    st.sampled_from([180, 200, 486]),
+    st.lists(st.sampled_from(["again", "ack", "wait"]), max_size=8),
+)
+def test_server_transactions_always_end_once_answered(
+    method: str, status: int, steps: list
+) -> None:
     req = _request(method)
     tx = ServerTransaction(req, PEER)
     tx.respond(make_response(req, status, to_tag="x"), 0.0)
@@ -166,17 +183,31 @@ def test_server_transactions_always_end_once_answered(method: str, status: int,
 SDPS = [b"", SIPP_SDP, BARESIP_SDP, b"v=0\r\nbroken\r\n"]
 DTMF = b"Signal=5\r\nDuration=100\r\n"
 moves = st.one_of(
-    st.tuples(st.just("respond"), st.integers(0, 50),
-              st.sampled_from([100, 180, 183, 200, 401, 407, 481, 486, 487, 500]),
-              st.sampled_from(SDPS), st.sampled_from(["4021SIPpTag011", "fork2"]), st.booleans()),
-    st.tuples(st.just("request"),
-              st.sampled_from(["BYE", "INFO", "INVITE", "ACK", "OPTIONS", "CANCEL", "REFER"]),
-              st.one_of(st.none(), st.integers(1, 6)), st.sampled_from([*SDPS, DTMF]),
-              st.booleans(), st.booleans()),
+    st.tuples(
+        st.just("respond"),
+        st.integers(0, 50),
+        st.sampled_from([100, 180, 183, 200, 401, 407, 481, 486, 487, 500]),
+        st.sampled_from(SDPS),
+        st.sampled_from(["4021SIPpTag011", "fork2"]),
+        st.booleans(),
+    ),
+    st.tuples(
+        st.just("request"),
+        st.sampled_from(["BYE", "INFO", "INVITE", "ACK", "OPTIONS", "CANCEL", "REFER"]),
+        st.one_of(st.none(), st.integers(1, 6)),
+        st.sampled_from([*SDPS, DTMF]),
+        st.booleans(),
+        st.booleans(),
+    ),
     st.tuples(st.just("answer"), st.sampled_from([180, 183, 200])),
-    st.tuples(st.just("request"), st.sampled_from(["INFO", "INVITE", "INFO", "OPTIONS"]),
-              st.none(), st.sampled_from([b"", SIPP_SDP, BARESIP_SDP, DTMF]), st.just(False),
-              st.just(False)),  # well-formed in-dialog requests, so the dialog answers them
+    st.tuples(
+        st.just("request"),
+        st.sampled_from(["INFO", "INVITE", "INFO", "OPTIONS"]),
+        st.none(),
+        st.sampled_from([b"", SIPP_SDP, BARESIP_SDP, DTMF]),
+        st.just(False),
+        st.just(False),
+    ),  # well-formed in-dialog requests, so the dialog answers them
     st.tuples(st.just("raw"), datagrams),
     st.tuples(st.just("wait"), st.sampled_from([0.0, 0.2, 0.5, 2.0, 10.0, 40.0, 200.0])),
     st.tuples(st.just("cancel"), st.sampled_from(list(Ending)[1:])),
@@ -186,8 +217,9 @@ moves = st.one_of(
 
 @FUZZ
 @given(st.booleans(), st.lists(moves, max_size=25), st.data())
-def test_user_agent_survives_anything_and_leaks_nothing(answered: bool, script: list,
-                                                        data: st.DataObject) -> None:
+def test_user_agent_survives_anything_and_leaks_nothing(
+    answered: bool, script: list, data: st.DataObject
+) -> None:
     ua = new_ua()
     callee = Callee(ua, authenticator=Authenticator("alice", "secret"))
     call, out = callee.call, list(callee.out)
@@ -217,16 +249,28 @@ def test_user_agent_survives_anything_and_leaks_nothing(answered: bool, script: 
             feed(ua.receive(data.draw(mutated(raw)) if mutate else raw, PEER, now))
         elif move[0] == "request":
             _, method, cseq, body, retransmit, mutate = move
-            req = callee.request(method, cseq=cseq, body=body,
-                                 branch="z9hG4bKre" if retransmit else None,
-                                 content_type=None if not body else "application/dtmf-relay"
-                                 if body == DTMF else "application/sdp")
+            req = callee.request(
+                method,
+                cseq=cseq,
+                body=body,
+                branch="z9hG4bKre" if retransmit else None,
+                content_type=None
+                if not body
+                else "application/dtmf-relay"
+                if body == DTMF
+                else "application/sdp",
+            )
             raw = bytes(req)
             feed(ua.receive(data.draw(mutated(raw)) if mutate else raw, PEER, now))
         elif move[0] == "answer":  # the common path, well formed, so the dialog gets going
             invite = [r for r in sent if r.method == "INVITE" and r.to.tag is None][-1]
-            ok = make_response(invite, move[1], to_tag="4021SIPpTag011", body=SIPP_SDP, headers=(
-                ("Contact", "<sip:127.0.0.1:5080>"), ("Content-Type", "application/sdp")))
+            ok = make_response(
+                invite,
+                move[1],
+                to_tag="4021SIPpTag011",
+                body=SIPP_SDP,
+                headers=(("Contact", "<sip:127.0.0.1:5080>"), ("Content-Type", "application/sdp")),
+            )
             feed(ua.receive(bytes(ok), PEER, now))
         elif move[0] == "raw":
             feed(ua.receive(move[1], PEER, now))

@@ -48,11 +48,23 @@ LATE = 8  # seconds the end may trail the time limit (a loaded machine), still f
 STRANGERS = ("127.0.0.2", "127.0.0.3")
 RSS_GROWTH = 50 * 1024 * 1024
 
-WAIT_FOR_A_KEY = {"name": "wait", "start": "ask", "nodes": {
-    "ask": {"applet": "gather", "text": "Press a key", "input_timeout": 60, "repeats": 0,
-            "max_digits": 1, "on_input": "pressed", "on_no_input": "bye"},
-    "pressed": {"applet": "hangup"},
-    "bye": {"applet": "hangup"}}}
+WAIT_FOR_A_KEY = {
+    "name": "wait",
+    "start": "ask",
+    "nodes": {
+        "ask": {
+            "applet": "gather",
+            "text": "Press a key",
+            "input_timeout": 60,
+            "repeats": 0,
+            "max_digits": 1,
+            "on_input": "pressed",
+            "on_no_input": "bye",
+        },
+        "pressed": {"applet": "hangup"},
+        "bye": {"applet": "hangup"},
+    },
+}
 
 
 def rss(pid: int) -> int:
@@ -68,7 +80,7 @@ def dialog_of(workdir: Path) -> tuple[Request, Response]:
     for chunk in re.split(rb"\r?\n?-{5,}[^\n]*\n", log):
         start = re.search(rb"^(INVITE |SIP/2\.0 200)", chunk, re.MULTILINE)
         if start:
-            text = chunk[start.start():].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            text = chunk[start.start() :].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
             head, _, body = text.partition(b"\r\n\r\n")
             length = re.search(rb"Content-Length:\s*(\d+)", head, re.IGNORECASE)
             size = int(length.group(1)) if length else 0
@@ -80,16 +92,30 @@ def dialog_of(workdir: Path) -> tuple[Request, Response]:
 
 def spoofed(invite: Request, ok: Response, via: tuple[str, int]) -> list[bytes]:
     """The callee's in-dialog requests (and a CANCEL), as a stranger who learnt the dialog."""
-    sdp = (b"v=0\r\no=x 2 2 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
-           b"m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
+    sdp = (
+        b"v=0\r\no=x 2 2 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
+        b"m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+    )
     out = []
-    for n, (method, body, ctype) in enumerate([
-            ("BYE", b"", None), ("INFO", b"Signal=5\r\nDuration=160\r\n", "application/dtmf-relay"),
-            ("INVITE", sdp, "application/sdp"), ("CANCEL", b"", None)]):
-        h = Headers([("Via", f"SIP/2.0/UDP {via[0]}:{via[1]};branch=z9hG4bKspoof{n};rport"),
-                     ("Max-Forwards", "70"), ("From", ok.headers.get("To") or ""),
-                     ("To", invite.headers.get("From") or ""), ("Call-ID", invite.call_id),
-                     ("CSeq", f"{100 + n} {method}"), ("Contact", f"<sip:x@{via[0]}:{via[1]}>")])
+    for n, (method, body, ctype) in enumerate(
+        [
+            ("BYE", b"", None),
+            ("INFO", b"Signal=5\r\nDuration=160\r\n", "application/dtmf-relay"),
+            ("INVITE", sdp, "application/sdp"),
+            ("CANCEL", b"", None),
+        ]
+    ):
+        h = Headers(
+            [
+                ("Via", f"SIP/2.0/UDP {via[0]}:{via[1]};branch=z9hG4bKspoof{n};rport"),
+                ("Max-Forwards", "70"),
+                ("From", ok.headers.get("To") or ""),
+                ("To", invite.headers.get("From") or ""),
+                ("Call-ID", invite.call_id),
+                ("CSeq", f"{100 + n} {method}"),
+                ("Contact", f"<sip:x@{via[0]}:{via[1]}>"),
+            ]
+        )
         if ctype:
             h.add("Content-Type", ctype)
         uri = invite.contacts[0].uri if invite.contacts else SipUri.parse("sip:127.0.0.1")
@@ -108,29 +134,42 @@ async def answers_from(sip: tuple[str, int], method: str, seconds: float) -> lis
 
 
 async def test_a_live_call_survives_tens_of_thousands_of_hostile_datagrams(
-        tmp_path: Path, sqlite_template: Path) -> None:
+    tmp_path: Path, sqlite_template: Path
+) -> None:
     db = tmp_path / "ringflow.db"
     db.write_bytes(sqlite_template.read_bytes())
     sip_port, rtp_port = free_udp_port(), free_media_port()
     async with sipp(tmp_path, "callee_answer.xml", "-trace_msg") as phone:
         trunks = tmp_path / "trunks.yaml"
         trunks.write_text(f"trunks:\n  - name: sipp\n    host: 127.0.0.1\n    port: {phone.port}\n")
-        env = server_env(f"sqlite+aiosqlite:///{db}", f"fuzz-{uuid.uuid4().hex[:8]}",
-                         RINGFLOW_CARRIER="sip", RINGFLOW_SIP_TRUNKS=str(trunks),
-                         RINGFLOW_SIP_HOST="127.0.0.1", RINGFLOW_SIP_PORT=str(sip_port),
-                         RINGFLOW_RTP_PORT_MIN=str(rtp_port),
-                         RINGFLOW_RTP_PORT_MAX=str(rtp_port + 1),
-                         # Polled every 50 ms until the time limit: not a client to throttle.
-                         RINGFLOW_RATE_LIMIT_PER_MINUTE="100000")
+        env = server_env(
+            f"sqlite+aiosqlite:///{db}",
+            f"fuzz-{uuid.uuid4().hex[:8]}",
+            RINGFLOW_CARRIER="sip",
+            RINGFLOW_SIP_TRUNKS=str(trunks),
+            RINGFLOW_SIP_HOST="127.0.0.1",
+            RINGFLOW_SIP_PORT=str(sip_port),
+            RINGFLOW_RTP_PORT_MIN=str(rtp_port),
+            RINGFLOW_RTP_PORT_MAX=str(rtp_port + 1),
+            # Polled every 50 ms until the time limit: not a client to throttle.
+            RINGFLOW_RATE_LIMIT_PER_MINUTE="100000",
+        )
         creds, app_id = await account_with_app(env, tmp_path, WAIT_FOR_A_KEY, EXOPHONE)
         sip = ("127.0.0.1", sip_port)
-        async with server(env, tmp_path / "server.log") as srv, \
-                httpx.AsyncClient(timeout=10) as http:
+        async with (
+            server(env, tmp_path / "server.log") as srv,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
             await srv.start()
             assert srv.proc is not None
             api = Client(http, srv, creds)
-            sid = (await api.connect(From=phone.uri, TimeLimit=str(TIME_LIMIT),
-                                     Url=f"http://my.exotel.com/exoml/start/{app_id}"))["Sid"]
+            sid = (
+                await api.connect(
+                    From=phone.uri,
+                    TimeLimit=str(TIME_LIMIT),
+                    Url=f"http://my.exotel.com/exoml/start/{app_id}",
+                )
+            )["Sid"]
 
             async def talking() -> bool:
                 return (await api.details(sid))["Status"] == "in-progress"
@@ -143,14 +182,35 @@ async def test_a_live_call_survives_tens_of_thousands_of_hostile_datagrams(
             # The trunk's own address sends garbage too, but never the dialog's requests: those
             # it may send (it is the call's peer), and would rightly end the call.
             trunk_report, stranger_report, rtp_report = await asyncio.gather(
-                asyncio.to_thread(sipfuzz.blast, sip, SIP_DATAGRAMS // 2, sipfuzz.sip_datagram,
-                                  sources=("127.0.0.1",), seed=SEED, rate=2000),
-                asyncio.to_thread(sipfuzz.blast, sip, SIP_DATAGRAMS // 2, sipfuzz.sip_datagram,
-                                  sources=STRANGERS, seed=SEED + 1, rate=2000,
-                                  templates=spoofed(invite, ok, (STRANGERS[0], 5060))),
-                asyncio.to_thread(sipfuzz.blast, ("127.0.0.1", rtp_port), RTP_DATAGRAMS,
-                                  sipfuzz.rtp_datagram, sources=STRANGERS,
-                                  seed=SEED + 2, rate=4000))
+                asyncio.to_thread(
+                    sipfuzz.blast,
+                    sip,
+                    SIP_DATAGRAMS // 2,
+                    sipfuzz.sip_datagram,
+                    sources=("127.0.0.1",),
+                    seed=SEED,
+                    rate=2000,
+                ),
+                asyncio.to_thread(
+                    sipfuzz.blast,
+                    sip,
+                    SIP_DATAGRAMS // 2,
+                    sipfuzz.sip_datagram,
+                    sources=STRANGERS,
+                    seed=SEED + 1,
+                    rate=2000,
+                    templates=spoofed(invite, ok, (STRANGERS[0], 5060)),
+                ),
+                asyncio.to_thread(
+                    sipfuzz.blast,
+                    ("127.0.0.1", rtp_port),
+                    RTP_DATAGRAMS,
+                    sipfuzz.rtp_datagram,
+                    sources=STRANGERS,
+                    seed=SEED + 2,
+                    rate=4000,
+                ),
+            )
             sent = trunk_report.sent + stranger_report.sent + rtp_report.sent
             assert sent > 0.95 * (SIP_DATAGRAMS + RTP_DATAGRAMS)
             assert set(stranger_report.answers.values()) == {0}, stranger_report.answers

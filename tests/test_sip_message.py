@@ -13,7 +13,8 @@ from ringflow.sip.uri import SipUri
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sip"
 CANONICAL = sorted(
-    p.name for p in FIXTURES.glob("*.sip")
+    p.name
+    for p in FIXTURES.glob("*.sip")
     if p.name not in ("invite_sipp_uac.sip", "folded_nonstandard.sip")
 )
 
@@ -90,7 +91,10 @@ def test_compact_forms_are_the_same_headers() -> None:
 def test_folding_case_and_whitespace_are_understood_and_normalised() -> None:
     msg = Response.parse(golden("folded_nonstandard.sip"))
     assert [v.branch for v in msg.vias] == [
-        "z9hG4bK776asdhds0a1b2c3d4e5f6", "z9hG4bKaaa", "z9hG4bKbbb"]
+        "z9hG4bK776asdhds0a1b2c3d4e5f6",
+        "z9hG4bKaaa",
+        "z9hG4bKbbb",
+    ]
     assert msg.vias[1].sent_by == ("10.0.0.9", 5060) and msg.vias[2].port is None
     assert msg.to.display_name == 'The "Boss"' and msg.to.tag == "x1"
     assert msg.cseq == CSeq(1, "INVITE")
@@ -110,8 +114,14 @@ def test_info_with_dtmf_body_and_lf_only_input() -> None:
 
 
 def test_header_lookup_is_case_insensitive_and_knows_compact_forms() -> None:
-    h = Headers([("v", "SIP/2.0/UDP a;branch=z9hG4bK1"), ("VIA", "SIP/2.0/UDP b;branch=z9hG4bK2"),
-                 ("call-ID", "x"), ("Contact", '"A, B" <sip:a@b>, <sip:c@d>')])
+    h = Headers(
+        [
+            ("v", "SIP/2.0/UDP a;branch=z9hG4bK1"),
+            ("VIA", "SIP/2.0/UDP b;branch=z9hG4bK2"),
+            ("call-ID", "x"),
+            ("Contact", '"A, B" <sip:a@b>, <sip:c@d>'),
+        ]
+    )
     assert h.get("Via") == "SIP/2.0/UDP a;branch=z9hG4bK1"
     assert len(h.get_all("v")) == 2
     assert h.get("i") == "x" and "CALL-ID" in h
@@ -122,17 +132,20 @@ def test_header_lookup_is_case_insensitive_and_knows_compact_forms() -> None:
     assert h.get("v") is None
 
 
-@pytest.mark.parametrize("text", [
-    "sip:alice@atlanta.com",
-    "sip:alice:secretword@atlanta.com;transport=tcp",
-    "sips:alice@atlanta.com?subject=project%20x&priority=urgent",
-    "sip:+1-212-555-1212:1234@gateway.com;user=phone",
-    "sip:alice;day=tuesday@atlanta.com",
-    "sip:atlanta.com;method=REGISTER?to=alice%40atlanta.com",
-    "sip:[2001:db8::10]:5070;transport=UDP;lr",
-    "sip:10.0.0.1;lr;ftag=abc",
-    "sip:127.0.0.1:5080;transport=UDP",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:alice@atlanta.com",
+        "sip:alice:secretword@atlanta.com;transport=tcp",
+        "sips:alice@atlanta.com?subject=project%20x&priority=urgent",
+        "sip:+1-212-555-1212:1234@gateway.com;user=phone",
+        "sip:alice;day=tuesday@atlanta.com",
+        "sip:atlanta.com;method=REGISTER?to=alice%40atlanta.com",
+        "sip:[2001:db8::10]:5070;transport=UDP;lr",
+        "sip:10.0.0.1;lr;ftag=abc",
+        "sip:127.0.0.1:5080;transport=UDP",
+    ],
+)
 def test_uri_round_trip(text: str) -> None:
     assert str(SipUri.parse(text)) == text
 
@@ -147,14 +160,17 @@ def test_uri_fields() -> None:
     assert SipUri.parse("sip:bob@example.com").transport == "udp"
 
 
-@pytest.mark.parametrize("text", [
-    '"Alice Liddell" <sip:alice@atlanta.com>;tag=1928301774',
-    "Bob <sip:bob@biloxi.com>;tag=a6c85cf",
-    "<sip:carol@chicago.com>",
-    "sip:sipp@127.0.0.1:5080",
-    "<sip:callee-0x5561d2c1f8a0@127.0.0.1:5080>;+sip.instance=\"<urn:uuid:1f1c5d2e>\"",
-    "<sip:10.0.0.1;lr>",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"Alice Liddell" <sip:alice@atlanta.com>;tag=1928301774',
+        "Bob <sip:bob@biloxi.com>;tag=a6c85cf",
+        "<sip:carol@chicago.com>",
+        "sip:sipp@127.0.0.1:5080",
+        '<sip:callee-0x5561d2c1f8a0@127.0.0.1:5080>;+sip.instance="<urn:uuid:1f1c5d2e>"',
+        "<sip:10.0.0.1;lr>",
+    ],
+)
 def test_name_addr_round_trip(text: str) -> None:
     assert str(NameAddr.parse(text)) == text
 
@@ -194,22 +210,40 @@ def _with(name: str, old: bytes, new: bytes) -> bytes:
     return data.replace(old, new)
 
 
-@pytest.mark.parametrize(("data", "what"), [
-    (_with("180_ringing_sipp.sip", b"Via: SIP/2.0/UDP 127.0.0.1:5070;", b"Via: SIP/2.0/UDP :99999;"),
-     "Via"),
-    (_with("180_ringing_sipp.sip", b"Via: SIP/2.0/UDP", b"Via: SIP/3.0/UDP"), "Via"),
-    (_with("180_ringing_sipp.sip", b"CSeq: 1 INVITE", b"CSeq: one INVITE"), "CSeq"),
-    (_with("180_ringing_sipp.sip", b"CSeq: 1 INVITE", b"CSeq: 99999999999 INVITE"), "CSeq"),
-    (_with("180_ringing_sipp.sip", b"From: <sip:+91", b"From: <sop:+91"), "URI"),
-    (_with("180_ringing_sipp.sip", b";tag=4021SIPpTag011", b";tag=<x>"), "To"),
-    (_with("180_ringing_sipp.sip", b"Call-ID: a84b", b"X-Call-ID: a84b"), "Call-ID"),
-    (_with("bye_sipp_uas.sip", b"Max-Forwards: 70", b"Max-Forwards: 700"), "Max-Forwards"),
-    (_with("bye_sipp_uas.sip", b"CSeq: 2 BYE", b"CSeq: 2 INFO"), "CSeq"),
-    (_with("info_dtmf_baresip.sip", b"Content-Length: 24", b"Content-Length: 240"), "Content-Length"),
-    (_with("info_dtmf_baresip.sip", b"Content-Length: 24", b"Content-Length: -1"), "Content-Length"),
-    (_with("bye_sipp_uas.sip", b'Contact: <sip:127', b'Contact: "unterminated <sip:127'), "Contact"),
-    (_with("bye_sipp_uas.sip", b"Subject: Performance Test", b"Subject: a\rb"), "message"),
-])
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (
+            _with(
+                "180_ringing_sipp.sip",
+                b"Via: SIP/2.0/UDP 127.0.0.1:5070;",
+                b"Via: SIP/2.0/UDP :99999;",
+            ),
+            "Via",
+        ),
+        (_with("180_ringing_sipp.sip", b"Via: SIP/2.0/UDP", b"Via: SIP/3.0/UDP"), "Via"),
+        (_with("180_ringing_sipp.sip", b"CSeq: 1 INVITE", b"CSeq: one INVITE"), "CSeq"),
+        (_with("180_ringing_sipp.sip", b"CSeq: 1 INVITE", b"CSeq: 99999999999 INVITE"), "CSeq"),
+        (_with("180_ringing_sipp.sip", b"From: <sip:+91", b"From: <sop:+91"), "URI"),
+        (_with("180_ringing_sipp.sip", b";tag=4021SIPpTag011", b";tag=<x>"), "To"),
+        (_with("180_ringing_sipp.sip", b"Call-ID: a84b", b"X-Call-ID: a84b"), "Call-ID"),
+        (_with("bye_sipp_uas.sip", b"Max-Forwards: 70", b"Max-Forwards: 700"), "Max-Forwards"),
+        (_with("bye_sipp_uas.sip", b"CSeq: 2 BYE", b"CSeq: 2 INFO"), "CSeq"),
+        (
+            _with("info_dtmf_baresip.sip", b"Content-Length: 24", b"Content-Length: 240"),
+            "Content-Length",
+        ),
+        (
+            _with("info_dtmf_baresip.sip", b"Content-Length: 24", b"Content-Length: -1"),
+            "Content-Length",
+        ),
+        (
+            _with("bye_sipp_uas.sip", b"Contact: <sip:127", b'Contact: "unterminated <sip:127'),
+            "Contact",
+        ),
+        (_with("bye_sipp_uas.sip", b"Subject: Performance Test", b"Subject: a\rb"), "message"),
+    ],
+)
 def test_malformed_headers_name_the_header(data: bytes, what: str) -> None:
     with pytest.raises(SipParseError) as err:
         parse_message(data)
@@ -261,15 +295,21 @@ def test_non_utf8_header_bytes_survive_a_round_trip() -> None:
         parse_message(golden("options_sipp.sip").replace(b"From: sipp", b"From: s\xe9pp"))
 
 
-@pytest.mark.parametrize("header", [
-    b"Max-Forwards: " + b"9" * 5000,
-    b"Content-Length: " + b"9" * 5000,
-    b"Max-Forwards: \xc2\xb2",  # '²': str.isdigit() says yes, int() says no
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Max-Forwards: " + b"9" * 5000,
+        b"Content-Length: " + b"9" * 5000,
+        b"Max-Forwards: \xc2\xb2",  # '²': str.isdigit() says yes, int() says no
+    ],
+)
 def test_numbers_too_long_for_int_are_a_parse_error(header: bytes) -> None:
     """int() refuses strings of over 4300 digits with ValueError: a parser must not pass it on."""
-    data = (b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5;branch=z9hG4bKx\r\n"
-            b"From: <sip:b@c>;tag=1\r\nTo: <sip:a@d>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n"
-            + header + b"\r\n\r\n")
+    data = (
+        b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5;branch=z9hG4bKx\r\n"
+        b"From: <sip:b@c>;tag=1\r\nTo: <sip:a@d>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n"
+        + header
+        + b"\r\n\r\n"
+    )
     with pytest.raises(SipParseError):
         parse_message(data).max_forwards  # noqa: B018 (Max-Forwards is checked on first use)

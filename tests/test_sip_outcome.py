@@ -15,20 +15,23 @@ def _response(status: int, reason: str) -> Response:
     return msg
 
 
-@pytest.mark.parametrize(("status", "reason", "expected"), [
-    (200, "OK", Status.ANSWERED),
-    (202, "Accepted", Status.ANSWERED),
-    (486, "Busy Here", Status.BUSY),
-    (600, "Busy Everywhere", Status.BUSY),
-    (603, "Decline", Status.BUSY),
-    (408, "Request Timeout", Status.NO_ANSWER),
-    (480, "Temporarily Unavailable", Status.NO_ANSWER),
-    (404, "Not Found", Status.FAILED),
-    (487, "Request Terminated", Status.FAILED),  # a 487 we did not ask for
-    (503, "Service Unavailable", Status.FAILED),
-    (604, "Does Not Exist Anywhere", Status.FAILED),
-    (302, "Moved Temporarily", Status.FAILED),
-])
+@pytest.mark.parametrize(
+    ("status", "reason", "expected"),
+    [
+        (200, "OK", Status.ANSWERED),
+        (202, "Accepted", Status.ANSWERED),
+        (486, "Busy Here", Status.BUSY),
+        (600, "Busy Everywhere", Status.BUSY),
+        (603, "Decline", Status.BUSY),
+        (408, "Request Timeout", Status.NO_ANSWER),
+        (480, "Temporarily Unavailable", Status.NO_ANSWER),
+        (404, "Not Found", Status.FAILED),
+        (487, "Request Terminated", Status.FAILED),  # a 487 we did not ask for
+        (503, "Service Unavailable", Status.FAILED),
+        (604, "Does Not Exist Anywhere", Status.FAILED),
+        (302, "Moved Temporarily", Status.FAILED),
+    ],
+)
 def test_final_responses(status: int, reason: str, expected: Status) -> None:
     outcome = outcome_of(_response(status, reason))
     assert outcome == Outcome(expected, f"{status} {reason}", status)
@@ -37,7 +40,8 @@ def test_final_responses(status: int, reason: str, expected: Status) -> None:
 def test_our_cancel_decides_whatever_the_callee_answered() -> None:
     r487 = _response(487, "Request Terminated")
     assert outcome_of(r487, Ending.RING_TIMEOUT) == Outcome(
-        Status.NO_ANSWER, "487 Request Terminated", 487)
+        Status.NO_ANSWER, "487 Request Terminated", 487
+    )
     assert outcome_of(r487, Ending.CANCELED).status is Status.CANCELED
     assert outcome_of(_response(486, "Busy Here"), Ending.CANCELED).status is Status.CANCELED
 

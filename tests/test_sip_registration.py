@@ -25,8 +25,10 @@ from tests.test_sip_fuzz import FUZZ
 FIXTURES = Path(__file__).parent / "fixtures" / "sip"
 AOR = SipUri.parse("sip:alice@sipp.example")
 REGISTRAR = SipUri.parse("sip:127.0.0.1:5080")
-CHALLENGE = ('Digest realm="sipp.example", nonce="4c5f1e6ab7d0ce38", '
-             'opaque="5ccc069c403ebaf9f0171e9517f40e41", qop="auth", algorithm=MD5')
+CHALLENGE = (
+    'Digest realm="sipp.example", nonce="4c5f1e6ab7d0ce38", '
+    'opaque="5ccc069c403ebaf9f0171e9517f40e41", qop="auth", algorithm=MD5'
+)
 
 
 def md5(text: str) -> str:
@@ -46,8 +48,11 @@ class Registrar:
 
     def take(self, out: list) -> list:
         """Remember the REGISTERs among ``out``."""
-        self.requests += [parse_message(d.data) for d in out  # type: ignore[misc]
-                          if isinstance(d, Datagram)]
+        self.requests += [
+            parse_message(d.data)
+            for d in out  # type: ignore[misc]
+            if isinstance(d, Datagram)
+        ]
         return out
 
     @property
@@ -87,8 +92,13 @@ def test_register_then_answer_the_challenge_matches_the_golden_files() -> None:
 def test_a_200_registers_until_our_contacts_expires_and_refreshes_at_half() -> None:
     r = Registrar()
     r.challenge(0.1)
-    out = r.reply(200, 0.2, ("Contact", "<sip:bob@10.0.0.9:5060>;expires=90"),
-                  ("Contact", "<sip:ringflow@127.0.0.1:5070>;expires=1800"), ("Expires", "600"))
+    out = r.reply(
+        200,
+        0.2,
+        ("Contact", "<sip:bob@10.0.0.9:5060>;expires=90"),
+        ("Contact", "<sip:ringflow@127.0.0.1:5070>;expires=1800"),
+        ("Expires", "600"),
+    )
     [changed] = of(out, RegistrationChanged)
     assert changed == RegistrationChanged(r.reg.call_id, "registered", 200, "200 OK", 1800.1)
     assert r.reg.state is RegState.REGISTERED and r.reg.granted == 1800
@@ -233,18 +243,25 @@ def test_every_state_can_stop() -> None:
 
 
 @FUZZ
-@given(st.lists(st.one_of(
-    st.tuples(st.just("reply"), st.sampled_from([100, 200, 401, 403, 423, 500, 503])),
-    st.tuples(st.just("wait"), st.sampled_from([0.0, 0.5, 5.0, 40.0, 2000.0])),
-    st.tuples(st.just("stop"), st.just(0)),
-), max_size=20))
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("reply"), st.sampled_from([100, 200, 401, 403, 423, 500, 503])),
+            st.tuples(st.just("wait"), st.sampled_from([0.0, 0.5, 5.0, 40.0, 2000.0])),
+            st.tuples(st.just("stop"), st.just(0)),
+        ),
+        max_size=20,
+    )
+)
 def test_any_sequence_of_answers_ends_unregistered_and_forgotten(script: list) -> None:
     r = Registrar()
     now = 0.0
     for kind, value in script:
         if kind == "reply":
-            extra = (("WWW-Authenticate", f'Digest realm="r", nonce="n{now}", qop="auth"'),
-                     ("Min-Expires", "7200"))
+            extra = (
+                ("WWW-Authenticate", f'Digest realm="r", nonce="n{now}", qop="auth"'),
+                ("Min-Expires", "7200"),
+            )
             r.reply(value, now, *extra)
         elif kind == "wait":
             now += value

@@ -27,8 +27,9 @@ from tests.sipp import listening_on_tcp
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(shutil.which("sipp") is None,
-                       reason="sipp not on PATH (make test installs sip-tester)"),
+    pytest.mark.skipif(
+        shutil.which("sipp") is None, reason="sipp not on PATH (make test installs sip-tester)"
+    ),
 ]
 
 SCENARIOS = Path(__file__).parent / "fixtures" / "sipp"
@@ -42,16 +43,32 @@ def free_udp_port(kind: int = socket.SOCK_DGRAM) -> int:
         return s.getsockname()[1]
 
 
-async def start_sipp(tmp_path: Path, *scenario: str, transport: str = "udp"
-                     ) -> tuple[asyncio.subprocess.Process, int]:
+async def start_sipp(
+    tmp_path: Path, *scenario: str, transport: str = "udp"
+) -> tuple[asyncio.subprocess.Process, int]:
     """One SIPp peer for one call on a free loopback port; its files go to ``tmp_path``."""
     tcp = transport == "tcp"
     port = free_udp_port(socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
     mode = ("-t", "t1") if tcp else ()
     proc = await asyncio.create_subprocess_exec(
-        "sipp", *scenario, *mode, "-i", "127.0.0.1", "-p", str(port), "-m", "1",
-        "-timeout", "30", "-timeout_error", "-nostdin", "-trace_err", cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        "sipp",
+        *scenario,
+        *mode,
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-m",
+        "1",
+        "-timeout",
+        "30",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     if tcp:
         await listening_on_tcp(port, proc, WAIT)
     return proc, port
@@ -76,16 +93,17 @@ async def event(handle: OutgoingCallHandle) -> object:
     return await asyncio.wait_for(handle.next_event(), WAIT)
 
 
-async def place(tmp_path: Path, *scenario: str, timing: Timing | None = None,
-                transport: str = "udp"
-                ) -> tuple[SipTransport, OutgoingCallHandle, asyncio.subprocess.Process]:
+async def place(
+    tmp_path: Path, *scenario: str, timing: Timing | None = None, transport: str = "udp"
+) -> tuple[SipTransport, OutgoingCallHandle, asyncio.subprocess.Process]:
     """Start a SIPp callee and dial it; no RTP yet, so the offer's port is a placeholder."""
     proc, port = await start_sipp(tmp_path, *scenario, transport=transport)
     sip = await SipTransport.open("127.0.0.1", 0, timing=timing or Timing(), transport=transport)
     offer = build_sdp("127.0.0.1", 40000, session_id=1, version=1, codecs=(PCMU,))
     param = ";transport=tcp" if transport == "tcp" else ""
-    handle = await sip.dial(f"sip:callee@127.0.0.1:{port}{param}", "<sip:ringflow@127.0.0.1>",
-                            offer)
+    handle = await sip.dial(
+        f"sip:callee@127.0.0.1:{port}{param}", "<sip:ringflow@127.0.0.1>", offer
+    )
     return sip, handle, proc
 
 
@@ -141,8 +159,9 @@ async def test_ring_timeout_cancels_and_ends_no_answer(tmp_path: Path) -> None:
 
 
 async def test_timer_c_cancels_and_acks_the_487(tmp_path: Path) -> None:
-    sip, handle, proc = await place(tmp_path, "-sf", str(SCENARIOS / "uas_ring_forever.xml"),
-                                    timing=Timing(c=1.0))  # timer C: give up ringing at 1 s
+    sip, handle, proc = await place(
+        tmp_path, "-sf", str(SCENARIOS / "uas_ring_forever.xml"), timing=Timing(c=1.0)
+    )  # timer C: give up ringing at 1 s
     try:
         assert isinstance(await event(handle), Ringing)
         ended = await event(handle)
@@ -175,10 +194,10 @@ async def test_a_call_over_tcp_is_answered_and_we_hang_up(tmp_path: Path) -> Non
             await proc.wait()
 
 
-async def test_a_bye_from_the_callee_over_tcp_is_answered_on_its_connection(tmp_path: Path
-                                                                            ) -> None:
-    sip, handle, proc = await place(tmp_path, "-sf", str(SCENARIOS / "uas_hangs_up.xml"),
-                                    transport="tcp")
+async def test_a_bye_from_the_callee_over_tcp_is_answered_on_its_connection(tmp_path: Path) -> None:
+    sip, handle, proc = await place(
+        tmp_path, "-sf", str(SCENARIOS / "uas_hangs_up.xml"), transport="tcp"
+    )
     try:
         assert isinstance(await event(handle), Answered)
         ended = await event(handle)
@@ -198,8 +217,12 @@ async def register(tmp_path: Path, password: str):  # type: ignore[no-untyped-de
     """Start SIPp as a digest registrar and register alice with ``password``."""
     proc, port = await start_sipp(tmp_path, "-sf", str(SCENARIOS / "registrar_digest.xml"))
     sip = await SipTransport.open("127.0.0.1", 0)
-    reg = await sip.register("sip:alice@sipp.example", f"sip:127.0.0.1:{port}",
-                             authenticator=Authenticator("alice", password), expires=3600)
+    reg = await sip.register(
+        "sip:alice@sipp.example",
+        f"sip:127.0.0.1:{port}",
+        authenticator=Authenticator("alice", password),
+        expires=3600,
+    )
     return sip, reg, proc
 
 

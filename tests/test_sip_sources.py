@@ -63,9 +63,11 @@ def test_in_dialog_requests_only_from_the_dialogs_peer() -> None:
     callee = Callee(ua)
     out = callee.send(callee.fixture("200_ok_record_route.sip"), 0.3)
     assert of(out, Answered)
-    for request in (callee.request("BYE"), callee.request("INFO", body=DTMF,
-                                                          content_type="application/dtmf-relay"),
-                    callee.request("INVITE", body=SIPP_SDP, content_type="application/sdp")):
+    for request in (
+        callee.request("BYE"),
+        callee.request("INFO", body=DTMF, content_type="application/dtmf-relay"),
+        callee.request("INVITE", body=SIPP_SDP, content_type="application/sdp"),
+    ):
         out = ua.receive(bytes(request), STRANGER, 1.0)
         assert not of(out, Datagram) and not of(out, Ended | Dtmf | MediaChanged)
         assert of(out, Discarded)
@@ -112,18 +114,28 @@ def test_a_call_placed_past_the_trunks_hears_its_own_callee() -> None:
 
 def in_dialog(method: str, invite: Request, tag: str, via: str) -> bytes:
     """A request of the callee's in the dialog ``invite`` set up, sent by ``via``."""
-    h = Headers([("Via", f"SIP/2.0/UDP {via};branch=z9hG4bK-{method}"),
-                 ("From", f"{invite.headers.get('To')};tag={tag}"),
-                 ("To", invite.headers.get("From") or ""), ("Call-ID", invite.call_id),
-                 ("CSeq", f"9 {method}"), ("Max-Forwards", "70")])
+    h = Headers(
+        [
+            ("Via", f"SIP/2.0/UDP {via};branch=z9hG4bK-{method}"),
+            ("From", f"{invite.headers.get('To')};tag={tag}"),
+            ("To", invite.headers.get("From") or ""),
+            ("Call-ID", invite.call_id),
+            ("CSeq", f"9 {method}"),
+            ("Max-Forwards", "70"),
+        ]
+    )
     return bytes(Request(headers=h, body=b"", method=method, uri=invite.contacts[0].uri))
 
 
 def test_a_peer_named_by_a_host_name_speaks_from_the_addresses_it_was_resolved_to() -> None:
     ua = new_ua()
     ua.sources = Sources(["203.0.113.5"])  # the trunk's own lookup at start found another one
-    _, out = ua.dial(SipUri.parse("sip:100@PBX.example:5080"),
-                     NameAddr.parse("<sip:ringflow@127.0.0.1>"), our_offer(), 0.0)
+    _, out = ua.dial(
+        SipUri.parse("sip:100@PBX.example:5080"),
+        NameAddr.parse("<sip:ringflow@127.0.0.1>"),
+        our_offer(),
+        0.0,
+    )
     invite = Request.parse(out[0].data)
     assert out[0].addr == ("PBX.example", 5080) and ua.unresolved == {"pbx.example"}
     ringing = bytes(make_response(invite, 180, to_tag="t1"))
@@ -132,8 +144,13 @@ def test_a_peer_named_by_a_host_name_speaks_from_the_addresses_it_was_resolved_t
     assert of(ua.receive(ringing, ("192.0.2.7", 5080), 0.2), Ringing) and not ua.unresolved
     assert not ua.admits("192.0.2.8")  # only what it resolved to
     # The 200's Contact names another host: the ACK and BYE go there, and its BYE is heard.
-    ok = make_response(invite, 200, to_tag="t1", body=SIPP_SDP, headers=(
-        ("Contact", "<sip:callee@gw.example:5090>"), ("Content-Type", "application/sdp")))
+    ok = make_response(
+        invite,
+        200,
+        to_tag="t1",
+        body=SIPP_SDP,
+        headers=(("Contact", "<sip:callee@gw.example:5090>"), ("Content-Type", "application/sdp")),
+    )
     out = ua.receive(bytes(ok), ("192.0.2.7", 5080), 0.3)
     assert of(out, Answered) and [d.addr for d in of(out, Datagram)] == [("gw.example", 5090)]
     assert ua.unresolved == {"gw.example"}
@@ -151,17 +168,25 @@ def test_a_peer_named_by_a_host_name_speaks_from_the_addresses_it_was_resolved_t
 
 
 def stray_request(method: str, host: str = "127.0.0.2", port: int = 5080) -> Request:
-    h = Headers([("Via", f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKstray-{method};rport"),
-                 ("From", f"<sip:scanner@{host}>;tag=s1"), ("To", "<sip:100@127.0.0.1>"),
-                 ("Call-ID", f"stray-{method}"), ("CSeq", f"1 {method}"),
-                 ("Max-Forwards", "70")])
+    h = Headers(
+        [
+            ("Via", f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKstray-{method};rport"),
+            ("From", f"<sip:scanner@{host}>;tag=s1"),
+            ("To", "<sip:100@127.0.0.1>"),
+            ("Call-ID", f"stray-{method}"),
+            ("CSeq", f"1 {method}"),
+            ("Max-Forwards", "70"),
+        ]
+    )
     return Request(headers=h, body=b"", method=method, uri=SipUri.parse("sip:100@127.0.0.1"))
 
 
 async def test_trunk_peers_resolve_names_and_add_configured_sources() -> None:
     seen: list[Sources] = []
-    trunks = (Trunk("a", "localhost", 5060), Trunk("b", "192.0.2.9", outbound_proxy=(
-        "198.51.100.1", 5060), sources=("203.0.113.0/24",)))
+    trunks = (
+        Trunk("a", "localhost", 5060),
+        Trunk("b", "192.0.2.9", outbound_proxy=("198.51.100.1", 5060), sources=("203.0.113.0/24",)),
+    )
     peers = TrunkPeers(trunks, ManualClock(), seen.append)
     sources = await peers.start()
     try:
@@ -187,8 +212,7 @@ async def test_a_failing_refresh_does_not_stop_the_later_ones(caplog) -> None:
 
     async def told_times(count: int) -> None:
         """Run the clock through at most one more round of lookups until ``told`` has ``count``."""
-        await clock.run_until(lambda: len(told) >= count, limit=1.5 * RESOLVE_EVERY,
-                              real_timeout=5)
+        await clock.run_until(lambda: len(told) >= count, limit=1.5 * RESOLVE_EVERY, real_timeout=5)
 
     try:
         peers.trunks = (Trunk("a", "192.0.2.2"),)  # the provider moved its SBC
@@ -229,33 +253,54 @@ class ScriptedCallee(asyncio.DatagramProtocol):
         if isinstance(message, Request) and message.method == "INVITE" and self.invite is None:
             self.invite = message
             sdp = build_sdp("127.0.0.1", 40000, session_id=1, version=1, codecs=(PCMU,))
-            ok = make_response(message, 200, to_tag="callee", body=bytes(sdp), headers=(
-                ("Contact", f"<sip:callee@{self.contact_host}:{self.address[1]}>"),
-                ("Content-Type", "application/sdp")))
+            ok = make_response(
+                message,
+                200,
+                to_tag="callee",
+                body=bytes(sdp),
+                headers=(
+                    ("Contact", f"<sip:callee@{self.contact_host}:{self.address[1]}>"),
+                    ("Content-Type", "application/sdp"),
+                ),
+            )
             self.transport.sendto(bytes(ok), addr)
         elif isinstance(message, Request) and message.method == "BYE":
             self.transport.sendto(bytes(make_response(message, 200)), addr)
 
-    def request(self, method: str, via: tuple[str, int], body: bytes = b"",
-                content_type: str | None = None) -> bytes:
+    def request(
+        self, method: str, via: tuple[str, int], body: bytes = b"", content_type: str | None = None
+    ) -> bytes:
         """A request of the callee's inside the dialog, its Via naming ``via``."""
         assert self.invite is not None
         self.cseq += 1
-        h = Headers([("Via", f"SIP/2.0/UDP {via[0]}:{via[1]};branch=z9hG4bK-c{self.cseq}"),
-                     ("From", f"{self.invite.headers.get('To')};tag=callee"),
-                     ("To", self.invite.headers.get("From") or ""),
-                     ("Call-ID", self.invite.call_id), ("CSeq", f"{self.cseq} {method}"),
-                     ("Contact", f"<sip:callee@{via[0]}:{via[1]}>"), ("Max-Forwards", "70")])
+        h = Headers(
+            [
+                ("Via", f"SIP/2.0/UDP {via[0]}:{via[1]};branch=z9hG4bK-c{self.cseq}"),
+                ("From", f"{self.invite.headers.get('To')};tag=callee"),
+                ("To", self.invite.headers.get("From") or ""),
+                ("Call-ID", self.invite.call_id),
+                ("CSeq", f"{self.cseq} {method}"),
+                ("Contact", f"<sip:callee@{via[0]}:{via[1]}>"),
+                ("Max-Forwards", "70"),
+            ]
+        )
         if content_type:
             h.add("Content-Type", content_type)
-        return bytes(Request(headers=h, body=body, method=method,
-                             uri=SipUri.parse(str(self.invite.contacts[0].uri))))
+        return bytes(
+            Request(
+                headers=h,
+                body=body,
+                method=method,
+                uri=SipUri.parse(str(self.invite.contacts[0].uri)),
+            )
+        )
 
 
 @pytest.fixture
 async def callee() -> AsyncIterator[ScriptedCallee]:
     transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
-        ScriptedCallee, local_addr=("127.0.0.1", 0))
+        ScriptedCallee, local_addr=("127.0.0.1", 0)
+    )
     try:
         yield protocol
     finally:
@@ -265,8 +310,7 @@ async def callee() -> AsyncIterator[ScriptedCallee]:
 @pytest.fixture
 async def sip() -> AsyncIterator[SipTransport]:
     """Our SIP socket, answering only the trunk at 127.0.0.1, with short timers."""
-    transport = await SipTransport.open("127.0.0.1", 0, timing=FAST,
-                                        sources=Sources(["127.0.0.1"]))
+    transport = await SipTransport.open("127.0.0.1", 0, timing=FAST, sources=Sources(["127.0.0.1"]))
     try:
         yield transport
     finally:
@@ -289,21 +333,26 @@ async def answered_call(sip: SipTransport, callee: ScriptedCallee) -> OutgoingCa
 
 
 async def test_a_strangers_bye_info_and_reinvite_leave_the_live_call_alone(
-        sip: SipTransport, callee: ScriptedCallee) -> None:
+    sip: SipTransport, callee: ScriptedCallee
+) -> None:
     handle = await answered_call(sip, callee)
     sdp = bytes(build_sdp("127.0.0.2", 41000, session_id=2, version=2, codecs=(PCMU,)))
     with stranger_socket() as stranger:
         me = stranger.getsockname()
-        for method, body, ctype in (("INFO", DTMF, "application/dtmf-relay"),
-                                    ("INVITE", sdp, "application/sdp"), ("BYE", b"", None)):
+        for method, body, ctype in (
+            ("INFO", DTMF, "application/dtmf-relay"),
+            ("INVITE", sdp, "application/sdp"),
+            ("BYE", b"", None),
+        ):
             stranger.sendto(callee.request(method, me, body, ctype), sip.local)
         answers = await collect(stranger, 4 * FAST.t1 + 0.3)
     assert answers == []  # no 200, no 481, nothing
     assert handle.events.empty() and handle.ended is None  # no Dtmf, no MediaChanged, no Ended
     # The callee itself is heard, from its own address, through the very same dialog.
     assert callee.transport is not None
-    callee.transport.sendto(callee.request("INFO", callee.address, DTMF,
-                                           "application/dtmf-relay"), sip.local)
+    callee.transport.sendto(
+        callee.request("INFO", callee.address, DTMF, "application/dtmf-relay"), sip.local
+    )
     assert isinstance(await asyncio.wait_for(handle.next_event(), 2), Dtmf)
     handle.hangup()
     assert isinstance(await asyncio.wait_for(handle.next_event(), 2), Ended)
@@ -311,7 +360,8 @@ async def test_a_strangers_bye_info_and_reinvite_leave_the_live_call_alone(
 
 @pytest.mark.parametrize("trusted", [False, True])
 async def test_a_stray_invite_from_a_stranger_gets_no_answer_at_all(
-        sip: SipTransport, trusted: bool) -> None:
+    sip: SipTransport, trusted: bool
+) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
         sock.bind(("127.0.0.1" if trusted else "127.0.0.2", 0))
@@ -325,14 +375,16 @@ async def test_a_stray_invite_from_a_stranger_gets_no_answer_at_all(
 
 
 async def test_a_trunk_and_a_contact_named_localhost_are_heard_from_where_we_sent(
-        callee: ScriptedCallee) -> None:
+    callee: ScriptedCallee,
+) -> None:
     # The trunks' own lookup found nothing for the callee's host (a failed lookup at start, or
     # another round-robin answer): the address each request went to is heard all the same.
     sip = await SipTransport.open("127.0.0.1", 0, sources=Sources(["127.0.0.9"]))
     try:
         callee.contact_host = "localhost"
-        handle = await sip.dial(f"sip:100@localhost:{callee.address[1]}",
-                                "<sip:ringflow@127.0.0.1>", our_offer())
+        handle = await sip.dial(
+            f"sip:100@localhost:{callee.address[1]}", "<sip:ringflow@127.0.0.1>", our_offer()
+        )
         event = await asyncio.wait_for(handle.next_event(), 5)
         assert isinstance(event, Answered), event
         async with asyncio.timeout(5):  # our ACK went to the Contact's localhost
@@ -354,8 +406,9 @@ async def test_a_call_to_a_name_that_cannot_be_looked_up_fails_at_once_with_503(
     # Standard timers: timer B (32 s) must not end the call first, however slow the lookup.
     sip = await SipTransport.open("127.0.0.1", 0, sources=Sources(["127.0.0.1"]))
     try:
-        handle = await sip.dial("sip:100@no-such-host.invalid:5060", "<sip:ringflow@127.0.0.1>",
-                                our_offer())
+        handle = await sip.dial(
+            "sip:100@no-such-host.invalid:5060", "<sip:ringflow@127.0.0.1>", our_offer()
+        )
         ended = await asyncio.wait_for(handle.next_event(), 15)  # a lookup gives up within 5 s
         assert isinstance(ended, Ended) and ended.outcome.code == 503
         assert "cannot look up no-such-host.invalid" in ended.outcome.cause

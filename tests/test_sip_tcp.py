@@ -28,13 +28,18 @@ from tests.test_sip_dialog import SIPP_SDP, our_offer
 from tests.test_sip_fuzz import FUZZ
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sip"
-GOLDEN = [data for p in sorted(FIXTURES.glob("*.sip"))
-          if bytes(parse_message(data := p.read_bytes())) == data]  # exact Content-Length
+GOLDEN = [
+    data
+    for p in sorted(FIXTURES.glob("*.sip"))
+    if bytes(parse_message(data := p.read_bytes())) == data
+]  # exact Content-Length
 PEER = ("127.0.0.1", 5080)
-OPTIONS = (b"OPTIONS sip:ringflow@127.0.0.1 SIP/2.0\r\n"
-           b"Via: SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bKopt1\r\n"
-           b"From: <sip:peer@127.0.0.1>;tag=p1\r\nTo: <sip:ringflow@127.0.0.1>\r\n"
-           b"Call-ID: opt1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+OPTIONS = (
+    b"OPTIONS sip:ringflow@127.0.0.1 SIP/2.0\r\n"
+    b"Via: SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bKopt1\r\n"
+    b"From: <sip:peer@127.0.0.1>;tag=p1\r\nTo: <sip:ringflow@127.0.0.1>\r\n"
+    b"Call-ID: opt1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+)
 
 
 # -- framing ----------------------------------------------------------------------------------
@@ -61,13 +66,16 @@ def test_compact_content_length_frames_the_body() -> None:
     assert StreamFramer().feed(message + message) == [message, message]
 
 
-@pytest.mark.parametrize("bad", [
-    OPTIONS.replace(b"Content-Length: 0\r\n", b""),  # mandatory on a stream
-    OPTIONS.replace(b"Content-Length: 0", b"Content-Length: x"),
-    OPTIONS.replace(b"Content-Length: 0", b"Content-Length: 0\r\nContent-Length: 3"),
-    OPTIONS.replace(b"Content-Length: 0", b"Content-Length: 99999999"),
-    b"OPTIONS " + b"x" * 70000,  # no end of headers in sight
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        OPTIONS.replace(b"Content-Length: 0\r\n", b""),  # mandatory on a stream
+        OPTIONS.replace(b"Content-Length: 0", b"Content-Length: x"),
+        OPTIONS.replace(b"Content-Length: 0", b"Content-Length: 0\r\nContent-Length: 3"),
+        OPTIONS.replace(b"Content-Length: 0", b"Content-Length: 99999999"),
+        b"OPTIONS " + b"x" * 70000,  # no end of headers in sight
+    ],
+)
 def test_a_stream_that_cannot_be_framed_is_an_error(bad: bytes) -> None:
     with pytest.raises(SipParseError):
         StreamFramer().feed(bad)
@@ -75,8 +83,9 @@ def test_a_stream_that_cannot_be_framed_is_an_error(bad: bytes) -> None:
 
 @FUZZ
 @given(st.lists(st.sampled_from(GOLDEN), min_size=1, max_size=5), st.data())
-def test_any_split_of_a_stream_gives_back_the_same_messages(messages: list, data: st.DataObject
-                                                            ) -> None:
+def test_any_split_of_a_stream_gives_back_the_same_messages(
+    messages: list, data: st.DataObject
+) -> None:
     stream = b"".join(messages)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     framer, out, start = StreamFramer(), [], 0
@@ -91,12 +100,12 @@ def test_any_split_of_a_stream_gives_back_the_same_messages(messages: list, data
 
 def tcp_ua() -> UserAgent:
     """A user agent advertising TCP, with reliable-transport timers."""
-    return UserAgent(Endpoint("127.0.0.1", 5070, transport="TCP"), ids=IdSource(7),
-                     timing=Timing(reliable=True))
+    return UserAgent(
+        Endpoint("127.0.0.1", 5070, transport="TCP"), ids=IdSource(7), timing=Timing(reliable=True)
+    )
 
 
-def run_all(ua: UserAgent, now: float = 0.0, until: float = 1000.0
-            ) -> list[tuple[float, object]]:
+def run_all(ua: UserAgent, now: float = 0.0, until: float = 1000.0) -> list[tuple[float, object]]:
     """Every timer until none is left (or ``until``), with the time each output came."""
     seen = []
     while ua.next_timer is not None and ua.next_timer <= until:
@@ -107,8 +116,12 @@ def run_all(ua: UserAgent, now: float = 0.0, until: float = 1000.0
 
 def test_an_unanswered_invite_over_tcp_is_sent_once_and_fails_at_timer_b() -> None:
     ua = tcp_ua()
-    _call, out = ua.dial(SipUri.parse("sip:callee@127.0.0.1:5080;transport=tcp"),
-                         NameAddr.parse("<sip:ringflow@127.0.0.1>"), our_offer(), 0.0)
+    _call, out = ua.dial(
+        SipUri.parse("sip:callee@127.0.0.1:5080;transport=tcp"),
+        NameAddr.parse("<sip:ringflow@127.0.0.1>"),
+        our_offer(),
+        0.0,
+    )
     invite = parse_message(out[0].data)
     assert (invite.headers.get("Via") or "").startswith("SIP/2.0/TCP 127.0.0.1:5070;")
     assert invite.headers.get("Contact") == "<sip:ringflow@127.0.0.1:5070;transport=tcp>"
@@ -120,11 +133,23 @@ def test_an_unanswered_invite_over_tcp_is_sent_once_and_fails_at_timer_b() -> No
 
 def test_bye_and_register_over_tcp_are_never_retransmitted_and_end_at_once() -> None:
     ua = tcp_ua()
-    call, out = ua.dial(SipUri.parse("sip:callee@127.0.0.1:5080;transport=tcp"),
-                        NameAddr.parse("<sip:ringflow@127.0.0.1>"), our_offer(), 0.0)
+    call, out = ua.dial(
+        SipUri.parse("sip:callee@127.0.0.1:5080;transport=tcp"),
+        NameAddr.parse("<sip:ringflow@127.0.0.1>"),
+        our_offer(),
+        0.0,
+    )
     invite = parse_message(out[0].data)
-    ok = make_response(invite, 200, to_tag="t", body=SIPP_SDP, headers=(  # type: ignore[arg-type]
-        ("Contact", "<sip:127.0.0.1:5080;transport=tcp>"), ("Content-Type", "application/sdp")))
+    ok = make_response(
+        invite,
+        200,
+        to_tag="t",
+        body=SIPP_SDP,
+        headers=(  # type: ignore[arg-type]
+            ("Contact", "<sip:127.0.0.1:5080;transport=tcp>"),
+            ("Content-Type", "application/sdp"),
+        ),
+    )
     ua.receive(bytes(ok), PEER, 0.1)
     [bye] = [parse_message(o.data) for o in ua.hangup(call.call_id, 1.0) if isinstance(o, Datagram)]
     assert ua.next_timer == pytest.approx(0.1 + 32.0)  # timer M of the INVITE: no timer E
@@ -132,8 +157,13 @@ def test_bye_and_register_over_tcp_are_never_retransmitted_and_end_at_once() -> 
     ua.timer(1.1)  # timer K is zero on TCP
     assert [tx.request.method for tx in call.transactions] == ["INVITE"]  # the BYE is over
 
-    _reg, out = ua.register(SipUri.parse("sip:alice@example.net"),
-                            SipUri.parse("sip:127.0.0.1:5080;transport=tcp"), None, 600, 2.0)
+    _reg, out = ua.register(
+        SipUri.parse("sip:alice@example.net"),
+        SipUri.parse("sip:127.0.0.1:5080;transport=tcp"),
+        None,
+        600,
+        2.0,
+    )
     seen = run_all(ua, 2.0, until=40.0)  # a failed registration retries for ever
     assert not [o for _, o in seen if isinstance(o, Datagram)]  # no timer E on TCP
     [(when, failed)] = [(t, o) for t, o in seen if isinstance(o, RegistrationChanged)]
@@ -180,8 +210,9 @@ async def test_a_trunk_refusing_tcp_fails_the_call_at_once_with_503() -> None:
     sip = await SipTransport.open("127.0.0.1", 0, transport="tcp")
     try:
         offer = build_sdp("127.0.0.1", 40000, session_id=1, version=1, codecs=(PCMU,))
-        handle = await sip.dial(f"sip:callee@127.0.0.1:{port};transport=tcp",
-                                "<sip:ringflow@127.0.0.1>", offer)
+        handle = await sip.dial(
+            f"sip:callee@127.0.0.1:{port};transport=tcp", "<sip:ringflow@127.0.0.1>", offer
+        )
         ended = await asyncio.wait_for(handle.next_event(), 5.0)  # not after timer B's 32 s
         assert isinstance(ended, Ended) and ended.outcome.status is Status.FAILED
         assert ended.outcome.code == 503 and "no TCP connection" in ended.outcome.cause
@@ -199,8 +230,9 @@ async def closed_by_us(reader: asyncio.StreamReader, within: float = 5.0) -> boo
         return False
 
 
-async def options_answered(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           call_id: str) -> bool:
+async def options_answered(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call_id: str
+) -> bool:
     """Send an OPTIONS on the connection; whether its 200 comes back on it."""
     writer.write(OPTIONS.replace(b"opt1", call_id.encode()))
     framer, got = StreamFramer(), []
@@ -214,8 +246,7 @@ async def options_answered(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 
 async def test_a_strangers_tcp_connection_is_closed_at_once_and_the_trunks_works() -> None:
-    sip = await SipTransport.open("127.0.0.1", 0, transport="tcp",
-                                  sources=Sources(["127.0.0.1"]))
+    sip = await SipTransport.open("127.0.0.1", 0, transport="tcp", sources=Sources(["127.0.0.1"]))
     try:
         reader, writer = await asyncio.open_connection(*sip.local, local_addr=("127.0.0.2", 0))
         writer.write(OPTIONS)
@@ -230,8 +261,9 @@ async def test_a_strangers_tcp_connection_is_closed_at_once_and_the_trunks_works
 
 
 async def test_an_idle_inbound_tcp_connection_is_closed() -> None:
-    sip = await SipTransport.open("127.0.0.1", 0, transport="tcp",
-                                  sources=Sources(["127.0.0.1"]), tcp={"idle_timeout": 0.3})
+    sip = await SipTransport.open(
+        "127.0.0.1", 0, transport="tcp", sources=Sources(["127.0.0.1"]), tcp={"idle_timeout": 0.3}
+    )
     try:
         reader, writer = await asyncio.open_connection(*sip.local)
         assert await options_answered(reader, writer, "busy")
@@ -246,8 +278,9 @@ async def test_an_idle_inbound_tcp_connection_is_closed() -> None:
 
 
 async def test_inbound_tcp_connections_are_capped() -> None:
-    sip = await SipTransport.open("127.0.0.1", 0, transport="tcp",
-                                  sources=Sources(["127.0.0.1"]), tcp={"max_inbound": 2})
+    sip = await SipTransport.open(
+        "127.0.0.1", 0, transport="tcp", sources=Sources(["127.0.0.1"]), tcp={"max_inbound": 2}
+    )
     try:
         first, second = [await asyncio.open_connection(*sip.local) for _ in range(2)]
         assert await options_answered(*first, "c1") and await options_answered(*second, "c2")

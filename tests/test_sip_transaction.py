@@ -30,10 +30,17 @@ DEST = ("127.0.0.1", 5080)
 
 def request(method: str, branch: str = "z9hG4bKtx1", routes: tuple[str, ...] = ()) -> Request:
     """A minimal request as ringflow sends it."""
-    h = Headers([("Via", f"SIP/2.0/UDP 127.0.0.1:5070;branch={branch};rport"),
-                 ("Max-Forwards", "70"), *[("Route", r) for r in routes],
-                 ("From", "<sip:a@127.0.0.1>;tag=f1"), ("To", "<sip:b@127.0.0.1:5080>"),
-                 ("Call-ID", "cid1"), ("CSeq", f"1 {method}")])
+    h = Headers(
+        [
+            ("Via", f"SIP/2.0/UDP 127.0.0.1:5070;branch={branch};rport"),
+            ("Max-Forwards", "70"),
+            *[("Route", r) for r in routes],
+            ("From", "<sip:a@127.0.0.1>;tag=f1"),
+            ("To", "<sip:b@127.0.0.1:5080>"),
+            ("Call-ID", "cid1"),
+            ("CSeq", f"1 {method}"),
+        ]
+    )
     return Request(headers=h, body=b"", method=method, uri=SipUri.parse("sip:b@127.0.0.1:5080"))
 
 
@@ -130,7 +137,8 @@ def test_ack_for_a_non_2xx_reuses_the_branch_and_takes_the_to_tag() -> None:
         b"To: <sip:b@127.0.0.1:5080>;tag=callee-tag\r\n"
         b"Call-ID: cid1\r\n"
         b"CSeq: 1 ACK\r\n"
-        b"Content-Length: 0\r\n\r\n")
+        b"Content-Length: 0\r\n\r\n"
+    )
     again = tx.receive(busy, 0.8)  # a retransmitted 486: the same ACK, not passed up again
     assert again == [out[0]]
     assert tx.state is State.COMPLETED and tx.next_timer == pytest.approx(32.3)  # timer D
@@ -341,11 +349,20 @@ def test_cancel_and_hangup_are_checked_against_the_phase() -> None:
     assert ua.hangup(callee.call.call_id, 1.1) == []  # already ending: nothing more
 
 
-@pytest.mark.parametrize(("status", "expected"), [
-    (486, Status.BUSY), (600, Status.BUSY), (603, Status.BUSY),
-    (408, Status.NO_ANSWER), (480, Status.NO_ANSWER),
-    (404, Status.FAILED), (503, Status.FAILED), (302, Status.FAILED), (487, Status.FAILED),
-])
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (486, Status.BUSY),
+        (600, Status.BUSY),
+        (603, Status.BUSY),
+        (408, Status.NO_ANSWER),
+        (480, Status.NO_ANSWER),
+        (404, Status.FAILED),
+        (503, Status.FAILED),
+        (302, Status.FAILED),
+        (487, Status.FAILED),
+    ],
+)
 def test_final_responses_end_the_call_with_their_outcome(status: int, expected: Status) -> None:
     ua = new_ua()
     callee = Callee(ua)
@@ -364,8 +381,9 @@ def test_401_retries_the_invite_with_credentials() -> None:
     ua = new_ua()
     callee = Callee(ua, authenticator=Authenticator("alice", "secret", cnonce=lambda: "cn"))
     challenge = Response.parse(golden("401_sipp.sip"))
-    challenge = callee.response(401, headers=(
-        ("WWW-Authenticate", challenge.headers.get("WWW-Authenticate") or ""),))
+    challenge = callee.response(
+        401, headers=(("WWW-Authenticate", challenge.headers.get("WWW-Authenticate") or ""),)
+    )
     out = callee.send(challenge, 0.1)
     ack, invite = sent(out)
     assert ack.method == "ACK" and ack.via.branch == callee.invite.via.branch  # type: ignore

@@ -59,7 +59,8 @@ class Registrar(asyncio.DatagramProtocol):
 @pytest.fixture
 async def registrar() -> AsyncIterator[Registrar]:
     transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
-        Registrar, local_addr=("127.0.0.1", 0))
+        Registrar, local_addr=("127.0.0.1", 0)
+    )
     try:
         yield protocol
     finally:
@@ -80,12 +81,20 @@ async def sip(registrar: Registrar) -> AsyncIterator[SipTransport]:
 
 def stray_invite(port: int) -> bytes:
     """An INVITE for no call of ours, as a scanner or a misrouted peer sends it."""
-    h = Headers([("Via", f"SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKstray1;rport"),
-                 ("Max-Forwards", "70"), ("From", "<sip:scanner@127.0.0.1>;tag=s1"),
-                 ("To", "<sip:100@127.0.0.1>"), ("Call-ID", "stray-invite-1"),
-                 ("CSeq", "1 INVITE"), ("Contact", f"<sip:scanner@127.0.0.1:{port}>")])
-    return bytes(Request(headers=h, body=b"", method="INVITE",
-                         uri=SipUri.parse("sip:100@127.0.0.1")))
+    h = Headers(
+        [
+            ("Via", f"SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKstray1;rport"),
+            ("Max-Forwards", "70"),
+            ("From", "<sip:scanner@127.0.0.1>;tag=s1"),
+            ("To", "<sip:100@127.0.0.1>"),
+            ("Call-ID", "stray-invite-1"),
+            ("CSeq", "1 INVITE"),
+            ("Contact", f"<sip:scanner@127.0.0.1:{port}>"),
+        ]
+    )
+    return bytes(
+        Request(headers=h, body=b"", method="INVITE", uri=SipUri.parse("sip:100@127.0.0.1"))
+    )
 
 
 async def collect(sock: socket.socket, seconds: float) -> list[bytes]:
@@ -101,7 +110,8 @@ async def collect(sock: socket.socket, seconds: float) -> list[bytes]:
 
 
 async def test_a_stray_invite_never_acked_leaves_every_timer_running(
-        sip: SipTransport, registrar: Registrar, caplog: pytest.LogCaptureFixture) -> None:
+    sip: SipTransport, registrar: Registrar, caplog: pytest.LogCaptureFixture
+) -> None:
     loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as scanner:
         scanner.bind(("127.0.0.1", 0))
@@ -109,8 +119,9 @@ async def test_a_stray_invite_never_acked_leaves_every_timer_running(
         scanner.sendto(stray_invite(scanner.getsockname()[1]), sip.local)
         # Our 480 and its retransmissions until timer H gives up on the ACK that never comes.
         answers = await collect(scanner, TIMER_H + 0.3)
-    assert answers and all(isinstance(r := parse_message(a), Response) and r.status == 480
-                           for a in answers)
+    assert answers and all(
+        isinstance(r := parse_message(a), Response) and r.status == 480 for a in answers
+    )
     after_h = loop.time()
     await asyncio.sleep(3 * GRANTED / 2 + 0.2)
     assert registrar.since(after_h) >= 2, "the registration stopped being refreshed"
@@ -135,7 +146,8 @@ class FaultyOwner:
 
 
 async def test_an_exception_in_one_timer_does_not_stop_the_others(
-        sip: SipTransport, registrar: Registrar, caplog: pytest.LogCaptureFixture) -> None:
+    sip: SipTransport, registrar: Registrar, caplog: pytest.LogCaptureFixture
+) -> None:
     loop = asyncio.get_running_loop()
     assert sip.ua is not None
     faulty = FaultyOwner(loop.time() + 0.05)
@@ -151,7 +163,8 @@ async def test_an_exception_in_one_timer_does_not_stop_the_others(
 
 
 async def test_a_failing_step_on_the_receive_path_is_logged_and_the_loop_goes_on(
-        sip: SipTransport, registrar: Registrar, caplog: pytest.LogCaptureFixture) -> None:
+    sip: SipTransport, registrar: Registrar, caplog: pytest.LogCaptureFixture
+) -> None:
     loop = asyncio.get_running_loop()
 
     def broken(now: float) -> list:

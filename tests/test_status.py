@@ -39,7 +39,12 @@ def test_a_flow_call_lifecycle():
 
 @pytest.mark.parametrize(
     ("event", "status"),
-    [(Event.BUSY, "busy"), (Event.NO_ANSWER, "no-answer"), (Event.FAIL, "failed"), (Event.CANCEL, "canceled")],
+    [
+        (Event.BUSY, "busy"),
+        (Event.NO_ANSWER, "no-answer"),
+        (Event.FAIL, "failed"),
+        (Event.CANCEL, "canceled"),
+    ],
 )
 def test_unanswered_outcomes(event, status):
     assert call_next("ringing", event) == status

@@ -14,13 +14,23 @@ from tests.wsbot import BotConnection, WsBot, pcm_tone, tone_power
 
 pytestmark = pytest.mark.e2e
 
-SPEC_START_KEYS = {"stream_sid", "call_sid", "account_sid", "from", "to", "custom_parameters",
-                   "media_format"}
+SPEC_START_KEYS = {
+    "stream_sid",
+    "call_sid",
+    "account_sid",
+    "from",
+    "to",
+    "custom_parameters",
+    "media_format",
+}
 
 
 async def script_phone(rig, number: str, script: dict) -> None:
-    r = await rig.http.put(f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
-                           json=script, auth=rig.auth)
+    r = await rig.http.put(
+        f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
+        json=script,
+        auth=rig.auth,
+    )
     assert r.status_code in (200, 201), r.text
 
 
@@ -32,8 +42,13 @@ async def test_stream_url_call_sends_the_spec_messages_and_plays_the_bot(databas
 
     async with WsBot(greet, params={"lang": "en"}) as bot, running(database_url) as rig:
         await script_phone(rig, "09812345678", {"keys": ["5"], "hangup_after": 6})
-        r = await rig.connect(From="09812345678", StreamUrl=bot.url, Record="true",
-                              RecordingChannels="dual", RecordingFormat="wav")
+        r = await rig.connect(
+            From="09812345678",
+            StreamUrl=bot.url,
+            Record="true",
+            RecordingChannels="dual",
+            RecordingFormat="wav",
+        )
         assert r.status_code == 200, r.text
         sid = r.json()["Call"]["Sid"]
         done = await rig.finish(sid)
@@ -47,8 +62,11 @@ async def test_stream_url_call_sends_the_spec_messages_and_plays_the_bot(databas
         assert start["sequence_number"] == "1"
         assert start["start"]["call_sid"] == sid
         assert start["start"]["custom_parameters"] == {"lang": "en"}
-        assert start["start"]["media_format"] == {"encoding": "audio/x-raw",
-                                                  "sample_rate": "8000", "bit_rate": "16"}
+        assert start["start"]["media_format"] == {
+            "encoding": "audio/x-raw",
+            "sample_rate": "8000",
+            "bit_rate": "16",
+        }
         media = conn.of("media")
         assert media and {len(base64.b64decode(m["media"]["payload"])) for m in media} == {1600}
         chunks = [int(m["media"]["chunk"]) for m in media]
@@ -68,7 +86,7 @@ async def test_stream_url_call_sends_the_spec_messages_and_plays_the_bot(databas
         # The phone heard the bot: the dual recording's second channel holds its tone.
         said, heard = await recorded_channels(rig, sid)
         sounding = heard.nonzero()[0]
-        played = heard[sounding[0]:sounding[-1] + 1]
+        played = heard[sounding[0] : sounding[-1] + 1]
         assert 7900 <= len(played) <= 8000, "the phone heard all of the bot's second, and no more"
         assert tone_power(played.tobytes(), 660, 8000) > 0.9, "the bot's tone is not what it heard"
         assert not said.any(), "the phone said nothing"
@@ -127,7 +145,8 @@ async def test_voicebot_hands_over_to_a_connect_when_the_bot_closes(database_url
     async with WsBot(handover) as bot, running(database_url) as rig:
         await script_phone(rig, "09876500001", {"hangup_after": 3})
         app = await rig.services.accounts.save_app(
-            rig.sid, voicebot_app(bot.url, f"{rig.customer.url}/passthru"))
+            rig.sid, voicebot_app(bot.url, f"{rig.customer.url}/passthru")
+        )
         r = await rig.connect(From="09812345678", Url=rig.flow_url(app.id))
         sid = r.json()["Call"]["Sid"]
         done = await rig.finish(sid)
@@ -141,15 +160,19 @@ async def test_voicebot_hands_over_to_a_connect_when_the_bot_closes(database_url
         assert "1000" in q["Stream[DetailedStatus]"]
         details = await rig.details(sid)
         assert details["Details"]["Leg2Status"] == "completed", details
-        exits = [(e["data"]["node"], e["data"]["exit"]) for e in await rig.timeline(sid)
-                 if e["kind"] == "applet.exit"]
+        exits = [
+            (e["data"]["node"], e["data"]["exit"])
+            for e in await rig.timeline(sid)
+            if e["kind"] == "applet.exit"
+        ]
         assert exits[:2] == [("bot", "next"), ("report", "on_200")]
 
 
 async def test_voicebot_exits_by_on_error_after_one_retry(database_url):
     async with WsBot(handshakes=[503, 503]) as bot, running(database_url) as rig:
         app = await rig.services.accounts.save_app(
-            rig.sid, voicebot_app(bot.url, f"{rig.customer.url}/passthru"))
+            rig.sid, voicebot_app(bot.url, f"{rig.customer.url}/passthru")
+        )
         r = await rig.connect(From="09812345678", Url=rig.flow_url(app.id))
         sid = r.json()["Call"]["Sid"]
         await rig.finish(sid)
@@ -162,12 +185,14 @@ async def test_voicebot_exits_by_on_error_after_one_retry(database_url):
 
 async def test_the_hang_up_api_stops_a_stream_with_reason_stopped(database_url):
     async with WsBot() as bot, running(database_url) as rig:
-        r = await rig.connect(From="09812345678", StreamUrl=bot.url,
-                              StatusCallback=f"{rig.customer.url}/status")
+        r = await rig.connect(
+            From="09812345678", StreamUrl=bot.url, StatusCallback=f"{rig.customer.url}/status"
+        )
         sid = r.json()["Call"]["Sid"]
         await rig.clock.run_until(lambda: bool(bot.connections) and "media" in bot.events())
-        hung = await rig.http.post(rig.url(f"Calls/{sid}.json"), data={"Status": "completed"},
-                                   auth=rig.auth)
+        hung = await rig.http.post(
+            rig.url(f"Calls/{sid}.json"), data={"Status": "completed"}, auth=rig.auth
+        )
         assert hung.status_code == 200, hung.text
         done = await rig.finish(sid)
         assert done.status == "completed"
@@ -197,8 +222,11 @@ async def test_a_stream_applet_streams_both_tracks_beside_the_flow(database_url)
         media = conn.of("media")
         tracks = {m["media"]["track"] for m in media}
         assert tracks == {"inbound", "outbound"}
-        heard = b"".join(base64.b64decode(m["media"]["payload"]) for m in media
-                         if m["media"]["track"] == "outbound")
+        heard = b"".join(
+            base64.b64decode(m["media"]["payload"])
+            for m in media
+            if m["media"]["track"] == "outbound"
+        )
         assert any(heard), "the outbound track carries the greeting the caller heard"
         assert conn.of("stop")[0]["stop"]["reason"] == "stopped"  # the flow ended
         assert "dtmf" not in conn.events() and "mark" not in conn.events()
@@ -215,8 +243,9 @@ async def test_an_http_endpoint_names_the_bot_and_credentials_go_in_basic_auth(d
             assert r.status_code == 200, r.text
             sid = r.json()["Call"]["Sid"]
             await rig.clock.run_until(lambda: "media" in bot.events())
-            await rig.http.post(rig.url(f"Calls/{sid}.json"), data={"Status": "completed"},
-                                auth=rig.auth)
+            await rig.http.post(
+                rig.url(f"Calls/{sid}.json"), data={"Status": "completed"}, auth=rig.auth
+            )
             await rig.finish(sid)
             [asked] = endpoint.seen
             assert asked.query["CallSid"] == sid
@@ -232,8 +261,12 @@ async def test_an_http_endpoint_names_the_bot_and_credentials_go_in_basic_auth(d
 async def test_malformed_bot_frames_are_logged_and_the_call_goes_on(database_url):
     async def garbage(conn: BotConnection) -> None:
         await conn.wait_for(event="start", timeout=10)
-        for frame in ("not json", b"\x00binary", '{"event":"dance"}',
-                      '{"event":"media","media":{"payload":"***"}}'):
+        for frame in (
+            "not json",
+            b"\x00binary",
+            '{"event":"dance"}',
+            '{"event":"media","media":{"payload":"***"}}',
+        ):
             await conn.send_raw(frame)
         await conn.send_media(pcm_tone(440, 0.2))
         await conn.send_mark("after-garbage")
@@ -244,8 +277,9 @@ async def test_malformed_bot_frames_are_logged_and_the_call_goes_on(database_url
         sid = r.json()["Call"]["Sid"]
         await rig.finish(sid)
         assert [m["mark"]["name"] for m in bot.last.of("mark")] == ["after-garbage"]
-        ignored = [e["data"]["reason"] for e in await rig.timeline(sid)
-                   if e["kind"] == "stream.ignored"]
+        ignored = [
+            e["data"]["reason"] for e in await rig.timeline(sid) if e["kind"] == "stream.ignored"
+        ]
         assert len(ignored) == 4 and "not JSON" in ignored[0] and "binary" in ignored[1]
 
 
@@ -256,21 +290,25 @@ async def test_active_streams_counts_the_accounts_streams(database_url):
         await rig.clock.run_until(lambda: "media" in bot.events())
         active = await rig.http.get(rig.url("ActiveStreams.json"), auth=rig.auth)
         assert active.json() == {"ActiveStreamCount": 1, "ThrottleLimit": 100}
-        assert (await scrape(rig.http, rig.base)).get("ringflow_streams_active",
-                                                      account=rig.sid) == 1
-        await rig.http.post(rig.url(f"Calls/{sid}.json"), data={"Status": "completed"},
-                            auth=rig.auth)
+        assert (await scrape(rig.http, rig.base)).get(
+            "ringflow_streams_active", account=rig.sid
+        ) == 1
+        await rig.http.post(
+            rig.url(f"Calls/{sid}.json"), data={"Status": "completed"}, auth=rig.auth
+        )
         await rig.finish(sid)
         active = await rig.http.get(rig.url("ActiveStreams.json"), auth=rig.auth)
         assert active.json()["ActiveStreamCount"] == 0
-        assert (await scrape(rig.http, rig.base)).get("ringflow_streams_active",
-                                                      account=rig.sid) == 0
+        assert (await scrape(rig.http, rig.base)).get(
+            "ringflow_streams_active", account=rig.sid
+        ) == 0
 
 
 async def test_stream_url_with_url_or_to_is_refused_naming_both(database_url):
     async with running(database_url) as rig:
-        r = await rig.connect(From="09812345678", StreamUrl="wss://bot.example.com/",
-                              Url=rig.flow_url())
+        r = await rig.connect(
+            From="09812345678", StreamUrl="wss://bot.example.com/", Url=rig.flow_url()
+        )
         assert r.status_code == 400 and "StreamUrl and Url" in r.text
         r = await rig.connect(From="09812345678", StreamUrl="ftp://bot.example.com/")
         assert r.status_code == 400 and "StreamUrl" in r.text

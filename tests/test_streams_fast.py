@@ -96,8 +96,9 @@ async def test_whole_text_messages_are_handed_over_and_the_rest_keep_their_order
     async with serve(bot, "127.0.0.1", 0) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         handed: list[str] = []
-        async with websockets.connect(f"ws://127.0.0.1:{port}/",
-                                      create_connection=BotConnection) as socket:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/", create_connection=BotConnection
+        ) as socket:
             assert isinstance(socket, BotConnection)
             while not socket._queued:  # the first message has been read off the wire
                 await asyncio.sleep(0.01)
@@ -151,8 +152,9 @@ async def test_messages_written_straight_to_the_socket_arrive_whole_and_in_order
     texts = ["a", "é" * 70, "x" * 200, "y" * 70000] + [f"m{i}" for i in range(300)] + ["last"]
     async with serve(bot, "127.0.0.1", 0, max_size=None) as server:
         port = next(iter(server.sockets)).getsockname()[1]
-        async with websockets.connect(f"ws://127.0.0.1:{port}/",
-                                      create_connection=BotConnection) as socket:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/", create_connection=BotConnection
+        ) as socket:
             assert isinstance(socket, BotConnection)
             for text in texts[:4]:  # each size of WebSocket length field
                 assert socket.write_text(text, 1 << 20)

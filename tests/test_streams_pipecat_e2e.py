@@ -36,8 +36,13 @@ async def test_a_pipecat_bot_talks_to_a_sandbox_phone(bot: BotProcess, tmp_path:
     database = f"sqlite+aiosqlite:///{tmp_path / 'ringflow.db'}"
     async with running(database, clock=RealClock()) as rig:
         await script_phone(rig, "09812345678", {"ring": 0.2, "hangup_after": 4})
-        r = await rig.connect(From="09812345678", StreamUrl=bot.url(), Record="true",
-                              RecordingChannels="dual", RecordingFormat="wav")
+        r = await rig.connect(
+            From="09812345678",
+            StreamUrl=bot.url(),
+            Record="true",
+            RecordingChannels="dual",
+            RecordingFormat="wav",
+        )
         assert r.status_code == 200, r.text
         sid = r.json()["Call"]["Sid"]
         call = await call_to_end(rig, sid)
@@ -53,10 +58,19 @@ async def test_a_pipecat_bot_talks_to_a_sandbox_phone(bot: BotProcess, tmp_path:
 @needs_sipp
 @pytest.mark.usefixtures("sqlite_db")
 async def test_a_pipecat_bot_talks_over_sip(bot: BotProcess, tmp_path: Path):
-    async with sipp(tmp_path, "callee_answer.xml", "-rtp_echo") as phone, \
-            sip_server(tmp_path, phone) as rig:
-        sid = await place(rig, phone, StreamUrl=bot.url(), TimeLimit="4", Record="true",
-                          RecordingChannels="dual", RecordingFormat="wav")
+    async with (
+        sipp(tmp_path, "callee_answer.xml", "-rtp_echo") as phone,
+        sip_server(tmp_path, phone) as rig,
+    ):
+        sid = await place(
+            rig,
+            phone,
+            StreamUrl=bot.url(),
+            TimeLimit="4",
+            Record="true",
+            RecordingChannels="dual",
+            RecordingFormat="wav",
+        )
         call = await call_to_end(rig, sid)
         assert call.status == "completed", await story(rig, sid)
         assert await phone.exit_code() == 0

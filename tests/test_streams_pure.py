@@ -94,19 +94,34 @@ def test_messages_are_numbered_and_use_only_snake_case_keys():
     start = json.loads(protocol.start())
     assert start["sequence_number"] == "1" and start["stream_sid"] == "MZ1"
     assert start["start"] == {
-        "stream_sid": "MZ1", "call_sid": "CA1", "account_sid": "AC1", "from": "09812345678",
-        "to": "08039591234", "custom_parameters": {"k": "v"},
-        "media_format": {"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"}}
+        "stream_sid": "MZ1",
+        "call_sid": "CA1",
+        "account_sid": "AC1",
+        "from": "09812345678",
+        "to": "08039591234",
+        "custom_parameters": {"k": "v"},
+        "media_format": {"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"},
+    }
     first = json.loads(protocol.media(bytes(1600)))
     second = json.loads(protocol.media(bytes(1600)))
     assert (first["sequence_number"], first["media"]["chunk"], first["media"]["timestamp"]) == (
-        "2", "1", "100")
+        "2",
+        "1",
+        "100",
+    )
     assert (second["sequence_number"], second["media"]["chunk"], second["media"]["timestamp"]) == (
-        "3", "2", "200")
+        "3",
+        "2",
+        "200",
+    )
     assert "track" not in first["media"]
     dtmf = json.loads(protocol.dtmf("5", 100))
-    assert dtmf == {"event": "dtmf", "sequence_number": "4", "stream_sid": "MZ1",
-                    "dtmf": {"digit": "5", "duration": "100"}}
+    assert dtmf == {
+        "event": "dtmf",
+        "sequence_number": "4",
+        "stream_sid": "MZ1",
+        "dtmf": {"digit": "5", "duration": "100"},
+    }
     stop = json.loads(protocol.stop("callended"))
     assert stop["stop"] == {"call_sid": "CA1", "account_sid": "AC1", "reason": "callended"}
 
@@ -117,14 +132,20 @@ def test_both_tracks_are_stamped_each_on_its_own():
     b = json.loads(protocol.media(bytes(1600), "outbound"))
     assert (a["media"]["track"], a["media"]["timestamp"]) == ("inbound", "100")
     assert (b["media"]["track"], b["media"]["chunk"], b["media"]["timestamp"]) == (
-        "outbound", "2", "100")
+        "outbound",
+        "2",
+        "100",
+    )
 
 
-@pytest.mark.parametrize(("frame", "expected"), [
-    ('{"event":"media","streamSid":"x","media":{"payload":"AAAB"}}', BotMedia(b"\0\0\1")),
-    ('{"event":"mark","mark":{"name":"m"}}', BotMark("m")),
-    ('{"event":"clear","stream_sid":"x","extra":1}', BotClear()),
-])
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ('{"event":"media","streamSid":"x","media":{"payload":"AAAB"}}', BotMedia(b"\0\0\1")),
+        ('{"event":"mark","mark":{"name":"m"}}', BotMark("m")),
+        ('{"event":"clear","stream_sid":"x","extra":1}', BotClear()),
+    ],
+)
 def test_bot_messages_are_read_with_or_without_a_stream_sid(frame, expected):
     if isinstance(expected, BotMedia):
         frame = frame.replace("AAAB", base64.b64encode(b"\0\0\1\0").decode())
@@ -132,19 +153,28 @@ def test_bot_messages_are_read_with_or_without_a_stream_sid(frame, expected):
     assert parse_bot_message(frame) == expected
 
 
-@pytest.mark.parametrize("frame", [
-    "not json", b"\0\1binary", "[1,2]", '{"event":"media","media":{"payload":"%%%"}}',
-    '{"event":"media","media":{"payload":"AAAA"}}', '{"event":"mark","mark":{}}',
-    '{"event":"dance"}', '{"media":{}}',
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "not json",
+        b"\0\1binary",
+        "[1,2]",
+        '{"event":"media","media":{"payload":"%%%"}}',
+        '{"event":"media","media":{"payload":"AAAA"}}',
+        '{"event":"mark","mark":{}}',
+        '{"event":"dance"}',
+        '{"media":{}}',
+    ],
+)
 def test_unusable_bot_frames_are_ignored_with_a_reason(frame):
     event = parse_bot_message(frame)
     assert isinstance(event, Ignored) and event.reason
 
 
 def test_stream_urls_are_taken_apart_and_checked():
-    target = parse_target("wss://key:tok@bot.example.com/agent?lang=en&sample-rate=16000",
-                          allow_private=False)
+    target = parse_target(
+        "wss://key:tok@bot.example.com/agent?lang=en&sample-rate=16000", allow_private=False
+    )
     assert target.sample_rate == 16000 and target.custom_parameters == {"lang": "en"}
     assert target.shown == "wss://bot.example.com/agent?lang=en&sample-rate=16000"
     assert "tok" not in target.shown
@@ -192,8 +222,9 @@ def test_a_bot_sending_odd_pieces_just_in_time_is_heard_without_gaps():
     assert playout.stats.underruns == 0
 
 
-@pytest.mark.parametrize(("rate_in", "rate_out"), [(8000, 16000), (8000, 24000), (16000, 8000),
-                                                   (24000, 8000)])
+@pytest.mark.parametrize(
+    ("rate_in", "rate_out"), [(8000, 16000), (8000, 24000), (16000, 8000), (24000, 8000)]
+)
 def test_rates_convert_20_ms_at_a_time_with_exact_lengths_and_no_aliasing(rate_in, rate_out):
     import numpy as np
 
@@ -203,10 +234,10 @@ def test_rates_convert_20_ms_at_a_time_with_exact_lengths_and_no_aliasing(rate_i
     t = np.arange(rate_in) / rate_in
     tone = (np.sin(2 * np.pi * 1000 * t) * 10000).astype("<i2").tobytes()
     piece = rate_in // 50 * 2
-    out = [convert(tone[i:i + piece]) for i in range(0, len(tone), piece)]
+    out = [convert(tone[i : i + piece]) for i in range(0, len(tone), piece)]
     assert {len(o) for o in out} == {rate_out // 50 * 2}  # every 20 ms in gives 20 ms out
     y = np.frombuffer(b"".join(out), "<i2")[200:].astype(float)
-    assert 0.9 < np.sqrt(np.mean(y ** 2)) / (10000 / np.sqrt(2)) < 1.1  # the tone passes
+    assert 0.9 < np.sqrt(np.mean(y**2)) / (10000 / np.sqrt(2)) < 1.1  # the tone passes
     if rate_in > rate_out:  # a tone above the line's 4 kHz is filtered, not folded down
         high = (np.sin(2 * np.pi * 6000 * t) * 10000).astype("<i2").tobytes()
         folded = np.frombuffer(RateConverter(rate_in, rate_out)(high), "<i2")[100:]
@@ -234,8 +265,14 @@ async def test_a_stop_asked_before_the_stream_opened_is_not_lost():
     async def record(kind, data):
         pass
 
-    stream = Stream(target=parse_target("ws://bot.example.com/", allow_private=False), info=INFO,
-                    channel=channel, clock=clock, record=record, connect=connect)
+    stream = Stream(
+        target=parse_target("ws://bot.example.com/", allow_private=False),
+        info=INFO,
+        channel=channel,
+        clock=clock,
+        record=record,
+        connect=connect,
+    )
     stream.stop()
     outcome = await asyncio.wait_for(stream.run(), 5)
     assert outcome.status == "failed" and outcome.bytes_to_bot == 0

@@ -20,9 +20,11 @@ pytestmark = [pytest.mark.e2e, needs_sipp]
 
 def tone_spans(track: np.ndarray, freq: float = 660, frame: int = 160) -> list[tuple[int, int]]:
     """(first, last) 20 ms frame indexes of each run of frames carrying ``freq``."""
-    loud = [tone_power(track[i:i + frame].tobytes(), freq, 8000) > 0.5
-            and np.abs(track[i:i + frame]).max() > 1000
-            for i in range(0, len(track) - frame, frame)]
+    loud = [
+        tone_power(track[i : i + frame].tobytes(), freq, 8000) > 0.5
+        and np.abs(track[i : i + frame]).max() > 1000
+        for i in range(0, len(track) - frame, frame)
+    ]
     spans, start = [], None
     for i, on in enumerate([*loud, False]):
         if on and start is None:
@@ -53,10 +55,19 @@ async def test_bot_audio_reaches_the_sip_phone_paced_with_marks_and_barge_in(tmp
         await asyncio.sleep(1.0)  # the echo of the end comes back
         await conn.close(1000, "done")
 
-    async with sipp(tmp_path, "callee_answer.xml", "-rtp_echo") as phone, \
-            WsBot(talk) as bot, sip_server(tmp_path, phone) as rig:
-        sid = await place(rig, phone, StreamUrl=bot.url, Record="true", RecordingChannels="dual",
-                          RecordingFormat="wav")
+    async with (
+        sipp(tmp_path, "callee_answer.xml", "-rtp_echo") as phone,
+        WsBot(talk) as bot,
+        sip_server(tmp_path, phone) as rig,
+    ):
+        sid = await place(
+            rig,
+            phone,
+            StreamUrl=bot.url,
+            Record="true",
+            RecordingChannels="dual",
+            RecordingFormat="wav",
+        )
         call = await call_to_end(rig, sid)
         assert call.status == "completed", await story(rig, sid)
         assert await phone.exit_code() == 0  # our BYE when the bot closed
@@ -89,8 +100,11 @@ async def test_rfc4733_keys_from_the_sip_phone_reach_the_bot(tmp_path: Path):
         await conn.wait_for(event="dtmf", timeout=15)
         await conn.close()
 
-    async with sipp(tmp_path, "callee_dtmf_2833.xml", talk_ms=500) as phone, \
-            WsBot(until_key) as bot, sip_server(tmp_path, phone) as rig:
+    async with (
+        sipp(tmp_path, "callee_dtmf_2833.xml", talk_ms=500) as phone,
+        WsBot(until_key) as bot,
+        sip_server(tmp_path, phone) as rig,
+    ):
         sid = await place(rig, phone, StreamUrl=bot.url)
         call = await call_to_end(rig, sid)
         assert call.status == "completed", await story(rig, sid)

@@ -53,6 +53,7 @@ class Caller:
             async with self.gate.slot():
                 self.started.append(self.gate.clock.now())
                 await self.release.wait()
+
         self.tasks.append(asyncio.ensure_future(one()))
 
     async def hang_up_all(self) -> None:
@@ -134,13 +135,17 @@ async def test_an_unreachable_redis_refuses_the_call() -> None:
 
 @pytest.mark.parametrize("shared", [False, True])
 async def test_a_call_that_must_wait_is_told_once_and_one_that_need_not_is_not(
-        prefix, clients, shared: bool) -> None:
+    prefix, clients, shared: bool
+) -> None:
     from ringflow.telephony.sip.capacity import TrunkGate
 
     clock = ManualClock()
     trunk = Trunk("pbx", "h", max_channels=1, max_cps=0.5)
-    gate = (SharedTrunkGate(trunk, clock, clients[0], prefix=prefix) if shared
-            else TrunkGate(trunk, clock))
+    gate = (
+        SharedTrunkGate(trunk, clock, clients[0], prefix=prefix)
+        if shared
+        else TrunkGate(trunk, clock)
+    )
     told: list[list[str]] = [[], []]
     first_in, release = asyncio.Event(), asyncio.Event()
 
@@ -161,13 +166,11 @@ async def test_a_call_that_must_wait_is_told_once_and_one_that_need_not_is_not(
     assert told[1] == ["all 1 channels of trunk pbx are busy"]
 
 
-async def test_a_channel_held_at_admission_is_shared_and_its_release_tells(
-        prefix, clients) -> None:
+async def test_a_channel_held_at_admission_is_shared_and_its_release_tells(prefix, clients) -> None:
     clock = ManualClock()
     trunk = Trunk("pbx", "h", max_channels=1, max_cps=100.0)
     freed: list[str] = []
-    a = SharedTrunkGate(trunk, clock, clients[0], prefix=prefix,
-                        on_room=lambda: freed.append("a"))
+    a = SharedTrunkGate(trunk, clock, clients[0], prefix=prefix, on_room=lambda: freed.append("a"))
     b = SharedTrunkGate(trunk, clock, clients[1], prefix=prefix)
     hold = await a.try_hold()
     assert hold is not None

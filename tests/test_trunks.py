@@ -21,14 +21,31 @@ from ringflow.telephony.sip.trunks import (
 
 
 def test_a_full_trunk_entry_parses() -> None:
-    (trunk,) = parse_trunks({"trunks": [{
-        "name": "pbx", "host": "10.0.0.5", "port": 5070, "transport": "TCP",
-        "username": "u", "password": "p", "from_domain": "pbx.example",
-        "number_format": "national", "caller_id_format": "e164-digits",
-        "outbound_proxy": "10.0.0.6:5060", "register": True, "register_expires": 600,
-        "max_channels": 30, "max_cps": 2.5, "accounts": ["AC1"],
-        "sources": ["10.0.0.7", "192.0.2.0/28", "::ffff:10.0.0.9"], "symmetric_rtp": True,
-    }]})
+    (trunk,) = parse_trunks(
+        {
+            "trunks": [
+                {
+                    "name": "pbx",
+                    "host": "10.0.0.5",
+                    "port": 5070,
+                    "transport": "TCP",
+                    "username": "u",
+                    "password": "p",
+                    "from_domain": "pbx.example",
+                    "number_format": "national",
+                    "caller_id_format": "e164-digits",
+                    "outbound_proxy": "10.0.0.6:5060",
+                    "register": True,
+                    "register_expires": 600,
+                    "max_channels": 30,
+                    "max_cps": 2.5,
+                    "accounts": ["AC1"],
+                    "sources": ["10.0.0.7", "192.0.2.0/28", "::ffff:10.0.0.9"],
+                    "symmetric_rtp": True,
+                }
+            ]
+        }
+    )
     assert trunk.transport == "tcp" and trunk.port == 5070
     assert trunk.outbound_proxy == ("10.0.0.6", 5060) and trunk.next_hop == ("10.0.0.6", 5060)
     assert trunk.request_uri("+919876543210") == "sip:09876543210@10.0.0.5:5070;transport=tcp"
@@ -39,24 +56,27 @@ def test_a_full_trunk_entry_parses() -> None:
     assert "p" not in repr(trunk).split("password")[-1][:5]  # the password stays out of logs
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    ({"host": "h"}, "trunks[0].name: required"),
-    ({"name": "t"}, "trunks[0].host: required"),
-    ({"name": "t", "host": "h", "port": 70000}, "(t).port: a whole number from 1 to 65535"),
-    ({"name": "t", "host": "h", "transport": "sctp"}, "(t).transport: udp or tcp"),
-    ({"name": "t", "host": "h", "username": "u"}, "username and password go together"),
-    ({"name": "t", "host": "h", "register": True}, "registering needs username and password"),
-    ({"name": "t", "host": "h", "number_format": "weird"}, "number_format: one of e164"),
-    ({"name": "t", "host": "h", "max_cps": 0}, "max_cps: a number above 0"),
-    ({"name": "t", "host": "h", "outbound_proxy": "nohost"}, "outbound_proxy: host:port"),
-    ({"name": "t", "host": "h", "outbound_proxy": "p:5²60"}, "the port of 'p:5²60' must be"),
-    ({"name": "t", "host": "h", "outbound_proxy": "p:0"}, "from 1 to 65535, got '0'"),
-    ({"name": "t", "host": "h", "accounts": "AC1"}, "accounts: a list of account SIDs"),
-    ({"name": "t", "host": "h", "colour": "red"}, "unknown field 'colour'"),
-    ({"name": "t", "host": "h", "sources": "10.0.0.1"}, "(t).sources: a list of IP addresses"),
-    ({"name": "t", "host": "h", "sources": ["pbx.example"]}, "(t).sources: 'pbx.example' does"),
-    ({"name": "t", "host": "h", "symmetric_rtp": "yes"}, "(t).symmetric_rtp: true or false"),
-])
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"host": "h"}, "trunks[0].name: required"),
+        ({"name": "t"}, "trunks[0].host: required"),
+        ({"name": "t", "host": "h", "port": 70000}, "(t).port: a whole number from 1 to 65535"),
+        ({"name": "t", "host": "h", "transport": "sctp"}, "(t).transport: udp or tcp"),
+        ({"name": "t", "host": "h", "username": "u"}, "username and password go together"),
+        ({"name": "t", "host": "h", "register": True}, "registering needs username and password"),
+        ({"name": "t", "host": "h", "number_format": "weird"}, "number_format: one of e164"),
+        ({"name": "t", "host": "h", "max_cps": 0}, "max_cps: a number above 0"),
+        ({"name": "t", "host": "h", "outbound_proxy": "nohost"}, "outbound_proxy: host:port"),
+        ({"name": "t", "host": "h", "outbound_proxy": "p:5²60"}, "the port of 'p:5²60' must be"),
+        ({"name": "t", "host": "h", "outbound_proxy": "p:0"}, "from 1 to 65535, got '0'"),
+        ({"name": "t", "host": "h", "accounts": "AC1"}, "accounts: a list of account SIDs"),
+        ({"name": "t", "host": "h", "colour": "red"}, "unknown field 'colour'"),
+        ({"name": "t", "host": "h", "sources": "10.0.0.1"}, "(t).sources: a list of IP addresses"),
+        ({"name": "t", "host": "h", "sources": ["pbx.example"]}, "(t).sources: 'pbx.example' does"),
+        ({"name": "t", "host": "h", "symmetric_rtp": "yes"}, "(t).symmetric_rtp: true or false"),
+    ],
+)
 def test_mistakes_name_the_trunk_and_field(entry: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=None) as caught:
         parse_trunks({"trunks": [entry]})
@@ -85,11 +105,14 @@ def test_accounts_use_their_own_trunk_else_the_default() -> None:
     assert choose_trunk((own,), "AC2") is None
 
 
-@pytest.mark.parametrize(("fmt", "written"), [
-    (NumberFormat.E164, "+919876543210"),
-    (NumberFormat.E164_DIGITS, "919876543210"),
-    (NumberFormat.NATIONAL, "09876543210"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "written"),
+    [
+        (NumberFormat.E164, "+919876543210"),
+        (NumberFormat.E164_DIGITS, "919876543210"),
+        (NumberFormat.NATIONAL, "09876543210"),
+    ],
+)
 def test_number_formats(fmt: NumberFormat, written: str) -> None:
     assert fmt.write("+919876543210") == written
     assert fmt.write("2001") == "2001"  # an extension is left alone

@@ -92,8 +92,13 @@ class Accounts:
     them, never change them (changes go through the methods here, which forget the cache).
     """
 
-    def __init__(self, db: Database, clock: Clock, tts: TextToSpeech | None = None,
-                 lookups: Lookups | None = None):
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        tts: TextToSpeech | None = None,
+        lookups: Lookups | None = None,
+    ):
         self.db = db
         self.clock = clock
         self.tts = tts  # when set, saving an app checks that its texts can be spoken
@@ -103,8 +108,9 @@ class Accounts:
         """Stop listening for other processes' changes."""
         await self.lookups.close()
 
-    async def create_account(self, name: str, time_zone: str = "Asia/Kolkata", *,
-                             taken_is_error: bool = False) -> Credentials:
+    async def create_account(
+        self, name: str, time_zone: str = "Asia/Kolkata", *, taken_is_error: bool = False
+    ) -> Credentials:
         """A new account with its first API key; its SID is derived from the name.
 
         A SID already taken gets a number (``acme1``), or with ``taken_is_error`` is a Conflict:
@@ -117,13 +123,18 @@ class Accounts:
         async with self.db.session() as session:
             taken = await stored.sids_starting(session, base)
             if taken_is_error and base in taken:
-                raise Conflict(f"the name {name.strip()!r} is taken: account {base!r} exists "
-                               f"(ringflow accounts show {base}); choose another name")
-            sid = base if base not in taken else next(
-                f"{base}{n}" for n in range(1, 10_000) if f"{base}{n}" not in taken
+                raise Conflict(
+                    f"the name {name.strip()!r} is taken: account {base!r} exists "
+                    f"(ringflow accounts show {base}); choose another name"
+                )
+            sid = (
+                base
+                if base not in taken
+                else next(f"{base}{n}" for n in range(1, 10_000) if f"{base}{n}" not in taken)
             )
-            account = await stored.add_account(session, sid, name.strip(), time_zone,
-                                               self.clock.wall())
+            account = await stored.add_account(
+                session, sid, name.strip(), time_zone, self.clock.wall()
+            )
             credentials = self._add_key(session, account)
         await self.lookups.changed()
         return credentials
@@ -135,8 +146,9 @@ class Accounts:
 
     async def get(self, session: Session, sid: str) -> Account:
         """The account with this SID (SIDs compare case-insensitively), or NotFound."""
-        account = await self._cached(("account-sid", sid.strip().lower()), session,
-                                     stored.account_by_sid, sid)
+        account = await self._cached(
+            ("account-sid", sid.strip().lower()), session, stored.account_by_sid, sid
+        )
         if account is None:
             raise NotFound(f"no account {sid!r}")
         return account
@@ -160,8 +172,9 @@ class Accounts:
         """The account these Basic credentials open: API key + token, or account SID + token."""
         # Names that open nothing are not kept: guesses must not crowd out the real keys.
         rows: list[tuple[str, int | None]] = [
-            *await self.lookups.get(("keys", username), lambda: self._read(
-                stored.active_keys, username), keep=bool)
+            *await self.lookups.get(
+                ("keys", username), lambda: self._read(stored.active_keys, username), keep=bool
+            )
         ]
         given = hash_token(password)
         match = None
@@ -172,8 +185,9 @@ class Accounts:
                 match = account_id
         if match is None:
             return None
-        found: Account | None = await self._cached(("account-id", match), None,
-                                                   stored.account_by_id, match)
+        found: Account | None = await self._cached(
+            ("account-id", match), None, stored.account_by_id, match
+        )
         return found
 
     async def _read(self, query: Any, *args: Any) -> Any:
@@ -181,8 +195,14 @@ class Accounts:
         async with self.db.session() as session:
             return await query(session, *args)
 
-    async def _cached(self, key: tuple[Any, ...], session: Session | None, query: Any,
-                      *args: Any, keep_none: bool = False) -> Any:
+    async def _cached(
+        self,
+        key: tuple[Any, ...],
+        session: Session | None,
+        query: Any,
+        *args: Any,
+        keep_none: bool = False,
+    ) -> Any:
         """The row ``query(session, *args)`` finds (None: none), through the cache. Without a
         session the query runs in one of its own (when it must run)."""
 
@@ -217,8 +237,9 @@ class Accounts:
         try:
             async with self.db.session() as session:
                 account = await self.get(session, account_sid)
-                await stored_phones.add_number(session, account.id, e164, friendly_name,
-                                               self.clock.wall())
+                await stored_phones.add_number(
+                    session, account.id, e164, friendly_name, self.clock.wall()
+                )
         except Duplicate:
             raise Conflict(f"{number} is already an ExoPhone of an account") from None
         await self.lookups.changed()
@@ -235,7 +256,9 @@ class Accounts:
             lambda: stored_phones.owns_number(session, account_id, number),
         )
 
-    async def script_phone(self, scope: str, number: str, script: Any) -> tuple[str, dict[str, Any]]:
+    async def script_phone(
+        self, scope: str, number: str, script: Any
+    ) -> tuple[str, dict[str, Any]]:
         """Set how a virtual phone answers the calls of the account ``scope`` ("": of every
         account); returns (E.164, stored script)."""
         number = normalize(number, field="number")
@@ -263,8 +286,7 @@ class Accounts:
             async with self.db.session() as session:
                 return await stored_phones.scripts_met(session, account_sid)
 
-        scripts: dict[str, dict[str, Any]] = await self.lookups.get(("scripts", account_sid),
-                                                                     load)
+        scripts: dict[str, dict[str, Any]] = await self.lookups.get(("scripts", account_sid), load)
         return scripts.get(number)
 
     async def phone(self, session: Session, account_sid: str, number: str) -> SandboxPhone | None:
@@ -334,17 +356,28 @@ class Accounts:
 
     async def app(self, session: Session, account_id: int, app_id: int) -> App:
         """One of the account's apps, or NotFound (another account's app is not found either)."""
-        app = await self._cached(("app", account_id, app_id), session, stored_apps.app_of,
-                                 account_id, app_id, keep_none=True)
+        app = await self._cached(
+            ("app", account_id, app_id),
+            session,
+            stored_apps.app_of,
+            account_id,
+            app_id,
+            keep_none=True,
+        )
         if app is None:
             raise NotFound(f"no app {app_id} in this account")
         return app
 
     async def find_app(self, account_id: int, app_id: int) -> App | None:
         """One of the account's apps, or None; read from the cache when it can be."""
-        found: App | None = await self._cached(("app", account_id, app_id), None,
-                                               stored_apps.app_of, account_id, app_id,
-                                               keep_none=True)
+        found: App | None = await self._cached(
+            ("app", account_id, app_id),
+            None,
+            stored_apps.app_of,
+            account_id,
+            app_id,
+            keep_none=True,
+        )
         return found
 
     async def apps(self, account_sid: str) -> list[App]:

@@ -76,7 +76,9 @@ class Services:
     campaigns: Campaigns
 
     @classmethod
-    def build(cls, settings: Settings, clock: Clock | None = None, carrier: Carrier | None = None) -> Services:
+    def build(
+        cls, settings: Settings, clock: Clock | None = None, carrier: Carrier | None = None
+    ) -> Services:
         """Construct (but do not start) every part."""
         clock = clock or make_clock(settings.clock_scale)
         db = Database(settings.database_url, clock)
@@ -92,8 +94,18 @@ class Services:
         recordings = RecordingStore(settings, db, clock)
         control = CallControl(db, clock, settings.instance_name, settings.redis_url, deliverer.wake)
         streams = Streams(settings, clock, http)
-        runner = CallRunner(db, clock, carrier, FlowHttp(http, audio), deliverer.wake, recordings,
-                            control, streams, deliverer=deliverer, find_app=accounts.find_app)
+        runner = CallRunner(
+            db,
+            clock,
+            carrier,
+            FlowHttp(http, audio),
+            deliverer.wake,
+            recordings,
+            control,
+            streams,
+            deliverer=deliverer,
+            find_app=accounts.find_app,
+        )
         dispatcher = Dispatcher(db, clock, settings, runner.run, deliverer.wake, carrier)
         rate_limiter = make_rate_limiter(settings.redis_url, clock)
         return cls(
@@ -111,8 +123,9 @@ class Services:
             runner=runner,
             dispatcher=dispatcher,
             tts=tts,
-            housekeeper=Housekeeper(db, clock, settings, dispatcher.release, deliverer.wake,
-                                    prompts),
+            housekeeper=Housekeeper(
+                db, clock, settings, dispatcher.release, deliverer.wake, prompts
+            ),
             recordings=recordings,
             audio=audio,
             control=control,
@@ -157,8 +170,7 @@ class Services:
         await self.db.close()
 
 
-def _carrier(settings: Settings, clock: Clock, accounts: Accounts,
-             tts: TextToSpeech) -> Carrier:
+def _carrier(settings: Settings, clock: Clock, accounts: Accounts, tts: TextToSpeech) -> Carrier:
     """The sandbox, SIP, or the sandbox with SIP for the accounts a trunk names."""
     sandbox = SandboxCarrier(clock, _script_lookup(accounts), _speech(tts))
     if not settings.sip_trunks:
@@ -166,10 +178,15 @@ def _carrier(settings: Settings, clock: Clock, accounts: Accounts,
     from ringflow.telephony.sip.carrier import SipCarrier  # loads the media engine: only on use
     from ringflow.telephony.sip.trunks import load_trunks
 
-    sip = SipCarrier(clock, load_trunks(settings.sip_trunks), sip_host=settings.sip_host,
-                     sip_port=settings.sip_port,
-                     rtp_ports=(settings.rtp_port_min, settings.rtp_port_max),
-                     speech=_speech(tts), redis_url=settings.redis_url)
+    sip = SipCarrier(
+        clock,
+        load_trunks(settings.sip_trunks),
+        sip_host=settings.sip_host,
+        sip_port=settings.sip_port,
+        rtp_ports=(settings.rtp_port_min, settings.rtp_port_max),
+        speech=_speech(tts),
+        redis_url=settings.redis_url,
+    )
     return sip if settings.carrier == "sip" else RoutingCarrier(sandbox, sip)
 
 
@@ -205,14 +222,21 @@ async def demo_passthru(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None, carrier: Carrier | None = None) -> Starlette:
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, carrier: Carrier | None = None
+) -> Starlette:
     """The ASGI application; ``clock`` and ``carrier`` are injectable for tests."""
     services = Services.build(settings, clock, carrier)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.start()
-        log.info("ringflow %s serving (carrier %s, instance %s)", __version__, services.carrier.name, settings.instance_name)
+        log.info(
+            "ringflow %s serving (carrier %s, instance %s)",
+            __version__,
+            services.carrier.name,
+            settings.instance_name,
+        )
         try:
             yield
         finally:
@@ -229,7 +253,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None, carrier: Carri
     ]
     # Bodies are capped as they stream, before any route reads or parses them; requests are
     # counted outside that, so a refused body is counted too.
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(CountRequests), Middleware(BodyLimits)])
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(CountRequests), Middleware(BodyLimits)],
+    )
     app.state.services = services
     return app

@@ -46,19 +46,33 @@ class BodyRule:
 
 
 RULES = (
-    BodyRule(r"/admin/v1/accounts/[^/]+/audio$", MAX_AUDIO_BYTES, "the audio file as the body",
-             json_errors=True),
+    BodyRule(
+        r"/admin/v1/accounts/[^/]+/audio$",
+        MAX_AUDIO_BYTES,
+        "the audio file as the body",
+        json_errors=True,
+    ),
     BodyRule(r"/admin/", admin.MAX_BODY, "JSON", json_errors=True),
     # Exotel clients send parameters as multipart, so the Exotel edge takes it (and its own
     # parser keeps only the fields, never file contents).
-    BodyRule(r"/v1/", params.MAX_BODY, "a form, multipart or JSON", multipart=True,
-             json_errors=True),
-    BodyRule(r"/v2/accounts/[^/]+/contacts/csv-upload/?$", campaigns.MAX_CSV_BODY,
-             "multipart with the CSV file", multipart=True, json_errors=True),
+    BodyRule(
+        r"/v1/", params.MAX_BODY, "a form, multipart or JSON", multipart=True, json_errors=True
+    ),
+    BodyRule(
+        r"/v2/accounts/[^/]+/contacts/csv-upload/?$",
+        campaigns.MAX_CSV_BODY,
+        "multipart with the CSV file",
+        multipart=True,
+        json_errors=True,
+    ),
     BodyRule(r"/v2/", campaigns.MAX_JSON_BODY, "JSON", json_errors=True),
     # The dashboard's campaign form carries the CSV of numbers, as the v2 upload does.
-    BodyRule(r"/a/[^/]+/campaigns/new$", campaigns.MAX_CSV_BODY,
-             "multipart with the CSV file", multipart=True),
+    BodyRule(
+        r"/a/[^/]+/campaigns/new$",
+        campaigns.MAX_CSV_BODY,
+        "multipart with the CSV file",
+        multipart=True,
+    ),
     BodyRule(r"/", DASHBOARD_MAX_BODY, "the form url-encoded"),
 )
 
@@ -83,8 +97,9 @@ class BodyLimits:
         headers = Headers(scope=scope)
         media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media.startswith("multipart/") and not rule.multipart:
-            await _refuse(send, rule, 415,
-                          f"multipart bodies are not accepted here: send {rule.accepts}")
+            await _refuse(
+                send, rule, 415, f"multipart bodies are not accepted here: send {rule.accepts}"
+            )
             return
         declared = headers.get("content-length")
         # uvicorn has already refused a malformed Content-Length; a huge one is refused unread.

@@ -96,14 +96,20 @@ class Settings:
     def validate(self) -> None:
         """Reject values that cannot work, with the variable's name in the message."""
         if self.carrier not in {"sandbox", "sip"}:
-            raise ConfigError(f"RINGFLOW_CARRIER={self.carrier!r}: supported carriers: sandbox, sip")
+            raise ConfigError(
+                f"RINGFLOW_CARRIER={self.carrier!r}: supported carriers: sandbox, sip"
+            )
         if self.carrier == "sip" and not self.sip_trunks:
-            raise ConfigError("RINGFLOW_CARRIER=sip needs RINGFLOW_SIP_TRUNKS (a YAML file of trunks)")
+            raise ConfigError(
+                "RINGFLOW_CARRIER=sip needs RINGFLOW_SIP_TRUNKS (a YAML file of trunks)"
+            )
         if not 0 <= self.sip_port < 65536:
             raise ConfigError("RINGFLOW_SIP_PORT must be a UDP port number (0 picks a free one)")
         if not 1024 <= self.rtp_port_min < self.rtp_port_max < 65536:
-            raise ConfigError("RINGFLOW_RTP_PORT_MIN and RINGFLOW_RTP_PORT_MAX must be a range of "
-                              "ports above 1023, the minimum first")
+            raise ConfigError(
+                "RINGFLOW_RTP_PORT_MIN and RINGFLOW_RTP_PORT_MAX must be a range of "
+                "ports above 1023, the minimum first"
+            )
         if not self.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ConfigError(
                 "RINGFLOW_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
@@ -111,8 +117,10 @@ class Settings:
         if self.rate_limit_per_minute < 1:
             raise ConfigError("RINGFLOW_RATE_LIMIT_PER_MINUTE must be at least 1")
         if self.auth_failures_per_client < 1 or self.auth_failures_per_key < 1:
-            raise ConfigError("RINGFLOW_AUTH_FAILURES_PER_CLIENT and RINGFLOW_AUTH_FAILURES_PER_KEY "
-                              "must be at least 1")
+            raise ConfigError(
+                "RINGFLOW_AUTH_FAILURES_PER_CLIENT and RINGFLOW_AUTH_FAILURES_PER_KEY "
+                "must be at least 1"
+            )
         if self.instance_lease < 1:
             raise ConfigError("RINGFLOW_INSTANCE_LEASE must be at least 1 second")
         if self.campaign_lease < 1:
@@ -145,8 +153,9 @@ class Settings:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"RINGFLOW_{name.upper()} must be a positive number of seconds")
         if self.http_keep_alive < 1:
-            raise ConfigError("RINGFLOW_HTTP_KEEP_ALIVE must be a whole number of seconds, "
-                              "at least 1")
+            raise ConfigError(
+                "RINGFLOW_HTTP_KEEP_ALIVE must be a whole number of seconds, at least 1"
+            )
         if self.log_format not in {"text", "json"}:
             raise ConfigError(f"RINGFLOW_LOG_FORMAT={self.log_format!r}: text or json")
         if self.drain_seconds < 0:
@@ -154,8 +163,10 @@ class Settings:
         if self.clock_scale <= 0:
             raise ConfigError("RINGFLOW_CLOCK_SCALE must be positive")
         if self.prompt_cache_max_age <= 0 or self.prompt_cache_max_mb < 1:
-            raise ConfigError("RINGFLOW_PROMPT_CACHE_MAX_AGE (seconds) and "
-                              "RINGFLOW_PROMPT_CACHE_MAX_MB must be positive")
+            raise ConfigError(
+                "RINGFLOW_PROMPT_CACHE_MAX_AGE (seconds) and "
+                "RINGFLOW_PROMPT_CACHE_MAX_MB must be positive"
+            )
         if self.secret_key is not None and len(self.secret_key) < MIN_SECRET:
             raise ConfigError(
                 f"RINGFLOW_SECRET_KEY must be at least {MIN_SECRET} characters "
@@ -176,7 +187,7 @@ class Settings:
         """The SQLite file, when the database is SQLite."""
         prefix = "sqlite+aiosqlite:///"
         if self.database_url.startswith(prefix):
-            return Path(self.database_url[len(prefix):])
+            return Path(self.database_url[len(prefix) :])
         return None
 
 

@@ -25,9 +25,16 @@ from ringflow.storage.models import Call
 POLL_SECONDS = 0.2
 
 
-async def dial(settings: Settings, account_sid: str, number: str, app_id: int, *,
-               caller_id: str | None = None, time_out: int = 30,
-               out: Callable[[str], None] = print) -> Call:
+async def dial(
+    settings: Settings,
+    account_sid: str,
+    number: str,
+    app_id: int,
+    *,
+    caller_id: str | None = None,
+    time_out: int = 30,
+    out: Callable[[str], None] = print,
+) -> Call:
     """Place the call and follow it to its end; returns the finished call."""
     from ringflow.app import Services  # the services pull in every part; load them on use
 
@@ -37,15 +44,23 @@ async def dial(settings: Settings, account_sid: str, number: str, app_id: int, *
     try:
         request = await _request(services, account_sid, number, app_id, caller_id, time_out)
         call, started = await services.dispatcher.submit(request)
-        out(f"call {call.sid}: {number} via {services.carrier.name}"
-            + ("" if started else " (queued: the account's lines are busy)"))
+        out(
+            f"call {call.sid}: {number} via {services.carrier.name}"
+            + ("" if started else " (queued: the account's lines are busy)")
+        )
         return await _follow(services, call.id, out)
     finally:
         await services.stop()
 
 
-async def _request(services: object, account_sid: str, number: str, app_id: int,
-                   caller_id: str | None, time_out: int) -> CallRequest:
+async def _request(
+    services: object,
+    account_sid: str,
+    number: str,
+    app_id: int,
+    caller_id: str | None,
+    time_out: int,
+) -> CallRequest:
     db = services.db  # type: ignore[attr-defined]
     accounts = services.accounts  # type: ignore[attr-defined]
     async with db.session() as session:
@@ -63,9 +78,14 @@ async def _request(services: object, account_sid: str, number: str, app_id: int,
             raise InvalidRequest(f"account {account_sid} has no ExoPhone; pass --caller-id")
         caller_id = numbers[0]
     target = number if number.lower().startswith("sip:") else normalize(number, field="number")
-    return CallRequest(account_id=account.id, shape="flow", from_number=target,
-                       caller_id=normalize(caller_id, field="caller-id"), app_id=app_id,
-                       time_out=time_out)
+    return CallRequest(
+        account_id=account.id,
+        shape="flow",
+        from_number=target,
+        caller_id=normalize(caller_id, field="caller-id"),
+        app_id=app_id,
+        time_out=time_out,
+    )
 
 
 async def _follow(services: object, call_id: int, out: Callable[[str], None]) -> Call:

@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 READY = "/readyz"
 NOT_READY = "not ready\ndraining: shutting down, calls in progress are finishing\n"
 CONNECT = re.compile(r"^/v1/accounts/[^/]+/calls/connect(\.json)?/?$", re.IGNORECASE)
-REFUSAL = ("This server is shutting down and takes no new calls; "
-           "place the call again in a few seconds (another server will take it)")
+REFUSAL = (
+    "This server is shutting down and takes no new calls; "
+    "place the call again in a few seconds (another server will take it)"
+)
 
 
 class Drain:
@@ -59,8 +61,11 @@ class Drain:
         self.started_at = time.monotonic()
         if self._stop_admitting is not None:
             self._stop_admitting()
-        log.info("draining: no new calls; waiting up to %.0f s for %d calls in progress",
-                 self.seconds, len(self.running))
+        log.info(
+            "draining: no new calls; waiting up to %.0f s for %d calls in progress",
+            self.seconds,
+            len(self.running),
+        )
 
     def over(self) -> bool:
         """True once no call is in progress or the drain's time is up."""
@@ -70,8 +75,9 @@ class Drain:
         if left and time.monotonic() - self.started_at < self.seconds:
             return False
         if left:
-            log.warning("drain time up (%.0f s): ending the %d calls still in progress",
-                        self.seconds, left)
+            log.warning(
+                "drain time up (%.0f s): ending the %d calls still in progress", self.seconds, left
+            )
         else:
             log.info("drained: no call in progress")
         return True

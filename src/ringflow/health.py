@@ -43,10 +43,13 @@ class Readiness:
             checks["redis"] = self._ping_redis()
         results = await asyncio.gather(
             *(asyncio.wait_for(check, CHECK_TIMEOUT) for check in checks.values()),
-            return_exceptions=True)
-        found = [f"{name}: {_describe(result)}" for name, result in zip(checks, results,
-                                                                        strict=True)
-                 if isinstance(result, BaseException)]
+            return_exceptions=True,
+        )
+        found = [
+            f"{name}: {_describe(result)}"
+            for name, result in zip(checks, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
         found.extend(trunk_problems(self.carrier))
         if not getattr(self.deliverer, "running", True):
             found.append("outbox deliverer: its task is not running (callbacks are not sent)")
@@ -71,9 +74,12 @@ class Readiness:
         try:
             await asyncio.wait_for(self._ping_redis(), CHECK_TIMEOUT)
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("Redis at %s (RINGFLOW_REDIS_URL) is unreachable: %s; rate limits, "
-                        "trunk limits and hang-ups across processes fail until it answers",
-                        redact(self.redis_url), _describe(exc))
+            log.warning(
+                "Redis at %s (RINGFLOW_REDIS_URL) is unreachable: %s; rate limits, "
+                "trunk limits and hang-ups across processes fail until it answers",
+                redact(self.redis_url),
+                _describe(exc),
+            )
 
     async def close(self) -> None:
         """Close the Redis client, if one was made."""

@@ -75,13 +75,16 @@ SPARE_FILES = 256  # descriptors left for the database, log files, SIP and RTP s
 
 def _refusal(status: bytes, text: bytes) -> bytes:
     """A whole response that refuses a request and says the connection ends."""
-    return (b"HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (status, len(text), text))
+    return (
+        b"HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (status, len(text), text)
+    )
 
 
 _TIMEOUT_408 = _refusal(b"408 Request Timeout", b"request timeout\n")
-_TOO_LARGE_431 = _refusal(b"431 Request Header Fields Too Large",
-                          b"request header fields too large\n")  # the head's, or trailers
+_TOO_LARGE_431 = _refusal(
+    b"431 Request Header Fields Too Large", b"request header fields too large\n"
+)  # the head's, or trailers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,8 +236,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def _run_body_clock(self) -> None:
         """Run the body's clock, and its deadline, unless the app holds the body back."""
         body, cycle = self._body, self.cycle
-        if (body is None or body.running_since is not None or self.flow.read_paused
-                or cycle is None or cycle.waiting_for_100_continue):
+        if (
+            body is None
+            or body.running_since is not None
+            or self.flow.read_paused
+            or cycle is None
+            or cycle.waiting_for_100_continue
+        ):
             return
         now = self.loop.time()
         body.run(now)
@@ -280,10 +288,14 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         """At the cap: take the place of a connection that may be displaced, else one of the
         health check's (a place of the reserve only ever goes to another health-check one, so
         the reserve stays free of slow clients); False if every place is taken."""
-        others = [conn for conn in self.connections if conn is not self
-                  and isinstance(conn, LimitedHttpProtocol)
-                  # An aborted connection stays in ``connections`` until its connection_lost.
-                  and not conn.transport.is_closing()]
+        others = [
+            conn
+            for conn in self.connections
+            if conn is not self
+            and isinstance(conn, LimitedHttpProtocol)
+            # An aborted connection stays in ``connections`` until its connection_lost.
+            and not conn.transport.is_closing()
+        ]
         regular = [conn for conn in others if not conn.reserved]
         if len(regular) < self.limits.max_connections or self._displace(regular):
             return True
@@ -402,9 +414,17 @@ def _health_only(app: Any) -> Any:
         if scope["type"] == "http" and scope["path"] in HEALTH_PATHS:
             await app(scope, receive, send)
             return
-        await send({"type": "http.response.start", "status": 503,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"connection", b"close"), (b"retry-after", b"1")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"connection", b"close"),
+                    (b"retry-after", b"1"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": b"too many connections\n"})
 
     return guarded
@@ -426,5 +446,9 @@ def check_file_limit(limits: ConnectionLimits, soft: int) -> None:
     """Warn when the connection cap leaves too few descriptors for everything else."""
     needed = limits.max_connections + HEALTH_RESERVE + SPARE_FILES
     if soft != resource.RLIM_INFINITY and needed > soft:
-        log.warning("RINGFLOW_MAX_CONNECTIONS=%d is close to the open-file limit (%d): at the cap "
-                    "the process may run out of descriptors", limits.max_connections, soft)
+        log.warning(
+            "RINGFLOW_MAX_CONNECTIONS=%d is close to the open-file limit (%d): at the cap "
+            "the process may run out of descriptors",
+            limits.max_connections,
+            soft,
+        )

@@ -35,8 +35,10 @@ _SECRET_PARAM = re.compile(
 )
 _URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@/\s]*(@)")
 # A header as text ("Cookie: a=b; c=d") or in a repr ("'cookie': 'a=b'"): its whole value.
-_HEADER = re.compile(r"(?i)\b(authorization|proxy-authorization|cookie|set-cookie)"
-                     r"(['\"]?\s*[:=]\s*['\"]?(?:(?:basic|bearer|digest)\s+)?)[^'\"\r\n]*")
+_HEADER = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|cookie|set-cookie)"
+    r"(['\"]?\s*[:=]\s*['\"]?(?:(?:basic|bearer|digest)\s+)?)[^'\"\r\n]*"
+)
 
 
 def redact(text: str) -> str:
@@ -64,8 +66,9 @@ class RedactingFilter(logging.Filter):
             if isinstance(record.args, tuple):
                 record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
             elif isinstance(record.args, dict):
-                record.args = {k: redact(v) if isinstance(v, str) else v
-                               for k, v in record.args.items()}
+                record.args = {
+                    k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()
+                }
             if not _clean(record):
                 # An argument that is not a string (a URL object, an exception) rendered a
                 # secret: keep the whole message, redacted, instead of its parts.
@@ -172,7 +175,8 @@ class JsonFormatter(logging.Formatter):
         """The record as one line of JSON (newlines in messages and tracebacks escaped)."""
         line: dict[str, object] = {
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

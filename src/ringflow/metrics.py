@@ -54,60 +54,103 @@ HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 CALLS_STARTED = Counter(
-    "ringflow_calls_started_total", "Calls that left the queue and dialled their first leg.",
-    ["carrier"])
+    "ringflow_calls_started_total",
+    "Calls that left the queue and dialled their first leg.",
+    ["carrier"],
+)
 CALLS_ENDED = Counter(
-    "ringflow_calls_ended_total", "Calls that reached a final status.", ["status", "carrier"])
+    "ringflow_calls_ended_total", "Calls that reached a final status.", ["status", "carrier"]
+)
 CALLS_IN_PROGRESS = Gauge(
-    "ringflow_calls_in_progress", "Calls carried now (ringing or talking), per account.",
-    ["account"], multiprocess_mode="livesum")
+    "ringflow_calls_in_progress",
+    "Calls carried now (ringing or talking), per account.",
+    ["account"],
+    multiprocess_mode="livesum",
+)
 CALL_SETUP = Histogram(
-    "ringflow_call_setup_seconds", "Seconds from a call's first dial to its answer.",
-    ["carrier"], buckets=SETUP_BUCKETS)
+    "ringflow_call_setup_seconds",
+    "Seconds from a call's first dial to its answer.",
+    ["carrier"],
+    buckets=SETUP_BUCKETS,
+)
 
 CALLBACK_ATTEMPTS = Counter(
     "ringflow_callback_attempts_total",
     "Status callback requests sent, by result (delivered, http_error, no_answer, refused).",
-    ["result"])
+    ["result"],
+)
 CALLBACK_DELAY = Histogram(
     "ringflow_callback_delivery_delay_seconds",
     "Seconds from a callback's creation to its delivery (retries included).",
-    buckets=DELIVERY_BUCKETS)
+    buckets=DELIVERY_BUCKETS,
+)
 
 HTTP_REQUESTS = Counter(
-    "ringflow_http_requests_total", "HTTP requests answered, by route, method and status.",
-    ["route", "method", "status"])
+    "ringflow_http_requests_total",
+    "HTTP requests answered, by route, method and status.",
+    ["route", "method", "status"],
+)
 HTTP_DURATION = Histogram(
-    "ringflow_http_request_duration_seconds", "Seconds to answer an HTTP request, by route.",
-    ["route"], buckets=HTTP_BUCKETS)
+    "ringflow_http_request_duration_seconds",
+    "Seconds to answer an HTTP request, by route.",
+    ["route"],
+    buckets=HTTP_BUCKETS,
+)
 RATE_LIMITED = Counter(
     "ringflow_rate_limit_refusals_total",
     "Requests refused with 429 by a rate limit (api, login_client, login_key, login_burst).",
-    ["limit"])
+    ["limit"],
+)
 
 SIP_REQUESTS = Counter(
-    "ringflow_sip_requests_total", "SIP requests sent (out) and received (in), by method.",
-    ["direction", "method"])
+    "ringflow_sip_requests_total",
+    "SIP requests sent (out) and received (in), by method.",
+    ["direction", "method"],
+)
 SIP_RESPONSES = Counter(
-    "ringflow_sip_responses_total", "SIP responses sent (out) and received (in), by code.",
-    ["direction", "code"])
+    "ringflow_sip_responses_total",
+    "SIP responses sent (out) and received (in), by code.",
+    ["direction", "code"],
+)
 SIP_RETRANSMISSIONS = Counter(
     "ringflow_sip_retransmissions_total",
-    "SIP messages sent again by a transaction's timers (request or response).", ["kind"])
+    "SIP messages sent again by a transaction's timers (request or response).",
+    ["kind"],
+)
 
 RTP_LATENESS = Histogram(
     "ringflow_rtp_send_lateness_seconds",
     "Seconds the last RTP packet of each 5 ms pacer tick left after its deadline.",
-    buckets=LATENESS_BUCKETS)
+    buckets=LATENESS_BUCKETS,
+)
 RTP_LOST = Counter(
-    "ringflow_rtp_packets_lost_total", "RTP packets missing from received sequences.")
+    "ringflow_rtp_packets_lost_total", "RTP packets missing from received sequences."
+)
 
 STREAMS_ACTIVE = Gauge(
-    "ringflow_streams_active", "Streams to voice bots open now, per account.", ["account"],
-    multiprocess_mode="livesum")
+    "ringflow_streams_active",
+    "Streams to voice bots open now, per account.",
+    ["account"],
+    multiprocess_mode="livesum",
+)
 
-SIP_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO",
-                         "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "REFER", "MESSAGE"})
+SIP_METHODS = frozenset(
+    {
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "REGISTER",
+        "OPTIONS",
+        "INFO",
+        "UPDATE",
+        "PRACK",
+        "NOTIFY",
+        "SUBSCRIBE",
+        "REFER",
+        "MESSAGE",
+    }
+)
 _RESPONSE = re.compile(rb"SIP/2\.0 ([1-6]\d\d) ")
 
 

@@ -30,21 +30,27 @@ def as_whole(text: str | None, low: int, high: int) -> int | None:
     return value if low <= value <= high else None
 
 
-def whole_number(text: str | None, name: str, *, low: int, high: int,
-                 error: type[RingflowError] = InvalidRequest) -> int:
+def whole_number(
+    text: str | None, name: str, *, low: int, high: int, error: type[RingflowError] = InvalidRequest
+) -> int:
     """``text`` (a sign allowed) as a whole number from ``low`` to ``high``; ``error`` naming
     ``name`` if not."""
     stripped = (text or "").strip(" \t")
     sign = -1 if stripped[:1] == "-" else 1
-    magnitude = as_whole(stripped[1:] if stripped[:1] in "+-" and stripped else stripped,
-                         0, 10**18)
+    magnitude = as_whole(stripped[1:] if stripped[:1] in "+-" and stripped else stripped, 0, 10**18)
     if magnitude is None or not low <= sign * magnitude <= high:
         raise error(f"{name} must be a whole number from {low} to {high}, got {_show(text)}")
     return sign * magnitude
 
 
-def decimal(text: str | None, name: str, *, low: float, high: float,
-            error: type[RingflowError] = InvalidRequest) -> float:
+def decimal(
+    text: str | None,
+    name: str,
+    *,
+    low: float,
+    high: float,
+    error: type[RingflowError] = InvalidRequest,
+) -> float:
     """``text`` as a finite decimal number from ``low`` to ``high``; ``error`` if not."""
     stripped = (text or "").strip(" \t")
     if not _DECIMAL.fullmatch(stripped) or not low <= (value := float(stripped)) <= high:

@@ -36,8 +36,9 @@ def tighten(settings: Settings) -> None:
             current = stat.S_IMODE(path.stat().st_mode)
             if current & ~mode:
                 path.chmod(current & mode)
-                log.warning("%s was readable by other users (%o): now %o", path, current,
-                            current & mode)
+                log.warning(
+                    "%s was readable by other users (%o): now %o", path, current, current & mode
+                )
         except FileNotFoundError:
             continue
         except PermissionError as exc:  # not ours: say so rather than fail to start

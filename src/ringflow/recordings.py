@@ -132,8 +132,13 @@ class LinkSigner:
         self, account_sid: str, recording_sid: str, expires: str, signature: str, now: float
     ) -> None:
         """Forbidden unless the link is signed by us for this recording and not expired."""
-        when = whole_number(expires, "link is malformed: Expires (unix seconds)", low=0,
-                            high=MAX_EXPIRES, error=Forbidden)
+        when = whole_number(
+            expires,
+            "link is malformed: Expires (unix seconds)",
+            low=0,
+            high=MAX_EXPIRES,
+            error=Forbidden,
+        )
         expected = self.signature(account_sid, recording_sid, when)
         given = signature.lower().encode("utf-8", "replace")
         if not hmac.compare_digest(expected.encode(), given):
@@ -212,9 +217,17 @@ class RecordingStore:
         url = self.url(account.sid, sid, fmt)
         async with self.db.session() as session:
             await add_recording(
-                session, sid=sid, account_id=account.id, call_id=call.id, path=relative, fmt=fmt,
-                channels=channels if len(tracks) > 1 else "single", duration=duration, size=size,
-                url=url, now=self.clock.wall(),
+                session,
+                sid=sid,
+                account_id=account.id,
+                call_id=call.id,
+                path=relative,
+                fmt=fmt,
+                channels=channels if len(tracks) > 1 else "single",
+                duration=duration,
+                size=size,
+                url=url,
+                now=self.clock.wall(),
             )
         # The call's latest recording is its RecordingUrl: on the row, and on the call held by
         # the process carrying it (its callbacks are built from that).

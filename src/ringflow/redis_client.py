@@ -28,14 +28,25 @@ POOL_SIZE = 32  # connections per process; a command takes well under a millisec
 def connect(url: str, timeout: float = 2.0) -> redis.asyncio.Redis:
     """A client for ``url`` whose pool waits (at most ``timeout``) for a free connection."""
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=timeout, socket_timeout=timeout,
-        socket_connect_timeout=timeout)
+        url,
+        max_connections=POOL_SIZE,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
     return redis.asyncio.Redis.from_pool(pool)
 
 
-async def follow(url: str, channel: str, on_message: Callable[[dict[str, Any]], None], *,
-                 what: str, ping_every: float | None = None, retry: float = 0.2,
-                 retry_cap: float = 5.0) -> None:
+async def follow(
+    url: str,
+    channel: str,
+    on_message: Callable[[dict[str, Any]], None],
+    *,
+    what: str,
+    ping_every: float | None = None,
+    retry: float = 0.2,
+    retry_cap: float = 5.0,
+) -> None:
     """Subscribe to ``channel`` for good; ``on_message`` gets everything the subscription
     answers (its ``subscribe`` confirmation, each ``message``, and the ``pong`` of a ping sent
     every ``ping_every`` seconds, when given).

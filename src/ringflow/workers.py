@@ -48,14 +48,20 @@ def check(settings: Settings, workers: int) -> None:
     if workers == 1:
         return
     if not settings.database_url.startswith("postgresql"):
-        raise ConfigError("--workers above 1 needs PostgreSQL (RINGFLOW_DATABASE_URL=postgresql+"
-                          "asyncpg://...): the workers share calls and callbacks through it")
+        raise ConfigError(
+            "--workers above 1 needs PostgreSQL (RINGFLOW_DATABASE_URL=postgresql+"
+            "asyncpg://...): the workers share calls and callbacks through it"
+        )
     if not settings.redis_url:
-        raise ConfigError("--workers above 1 needs RINGFLOW_REDIS_URL: the workers share rate "
-                          "limits and trunk limits through it")
+        raise ConfigError(
+            "--workers above 1 needs RINGFLOW_REDIS_URL: the workers share rate "
+            "limits and trunk limits through it"
+        )
     if settings.sip_port and settings.sip_port + workers - 1 > 65535:
-        raise ConfigError(f"RINGFLOW_SIP_PORT={settings.sip_port}: {workers} workers need "
-                          f"ports up to {settings.sip_port + workers - 1}")
+        raise ConfigError(
+            f"RINGFLOW_SIP_PORT={settings.sip_port}: {workers} workers need "
+            f"ports up to {settings.sip_port + workers - 1}"
+        )
 
 
 @dataclasses.dataclass
@@ -112,8 +118,17 @@ def supervise(settings: Settings, workers: int) -> int:
     """Run ``workers`` server processes until SIGTERM or SIGINT; returns the exit code."""
     check(settings, workers)
     prepare_multiprocess_dir()  # workers share metric samples there (PROMETHEUS_MULTIPROC_DIR)
-    argv = [sys.executable, "-m", "ringflow", "serve", "--host", settings.host,
-            "--port", str(settings.port), "--worker"]
+    argv = [
+        sys.executable,
+        "-m",
+        "ringflow",
+        "serve",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--worker",
+    ]
     pool = [Worker(i, worker_env(settings, i, dict(os.environ))) for i in range(1, workers + 1)]
     stopping = False
 
@@ -142,12 +157,16 @@ def _tend(pool: list[Worker], argv: list[str]) -> None:
         assert worker.proc is not None
         if worker.restart_at is None and worker.proc.poll() is not None:
             lived = now - worker.started
-            worker.backoff = (min(worker.backoff * 2, MAX_BACKOFF) if lived < QUICK_DEATH
-                              else 1.0)
+            worker.backoff = min(worker.backoff * 2, MAX_BACKOFF) if lived < QUICK_DEATH else 1.0
             worker.restart_at = now + worker.backoff
-            log.warning("worker %d (pid %d) exited with %s after %.0f s; restarting in %.0f s",
-                        worker.index, worker.proc.pid, worker.proc.returncode, lived,
-                        worker.backoff)
+            log.warning(
+                "worker %d (pid %d) exited with %s after %.0f s; restarting in %.0f s",
+                worker.index,
+                worker.proc.pid,
+                worker.proc.returncode,
+                lived,
+                worker.backoff,
+            )
         if worker.restart_at is not None and now >= worker.restart_at:
             worker.start(argv)
 

@@ -76,8 +76,14 @@ class AdminApi:
             Route(PREFIX + "/apps/{app_id:int}", self._wrap(self.update_app), methods=["PUT"]),
             Route(PREFIX + "/sandbox/phones/{number}", self._wrap(self.get_phone), methods=["GET"]),
             Route(PREFIX + "/sandbox/phones/{number}", self._wrap(self.put_phone), methods=["PUT"]),
-            Route(PREFIX + "/sandbox/phones/{number}", self._wrap(self.delete_phone), methods=["DELETE"]),
-            Route(PREFIX + "/calls/{call_sid}/events", self._wrap(self.call_events), methods=["GET"]),
+            Route(
+                PREFIX + "/sandbox/phones/{number}",
+                self._wrap(self.delete_phone),
+                methods=["DELETE"],
+            ),
+            Route(
+                PREFIX + "/calls/{call_sid}/events", self._wrap(self.call_events), methods=["GET"]
+            ),
             Route(PREFIX + "/audio", self._wrap(self.upload_audio), methods=["POST"]),
             Route(PREFIX + "/audio/{audio_id}", self._wrap(self.get_audio), methods=["GET"]),
             Route(
@@ -112,8 +118,10 @@ class AdminApi:
         async with self.s.failed_logins.attempt(request, name):
             if await check_operator(self.s.accounts, name, password) is None:
                 await self.s.failed_logins.failed(request, name)
-                raise AuthError("Authentication failed: changing an account's limits takes "
-                                "an operator's name and password")
+                raise AuthError(
+                    "Authentication failed: changing an account's limits takes "
+                    "an operator's name and password"
+                )
         async with self.s.db.session() as session:
             return await self.s.accounts.get(session, sid)
 
@@ -129,26 +137,37 @@ class AdminApi:
         by_name = {limit.name: limit for limit in LIMITS}
         unknown = sorted(set(body) - set(by_name))
         if unknown:
-            raise InvalidRequest(f"{unknown[0]} is not an account limit: the limits are "
-                                 + ", ".join(by_name))
+            raise InvalidRequest(
+                f"{unknown[0]} is not an account limit: the limits are " + ", ".join(by_name)
+            )
         values = {
             by_name[name].column: parse_limit(value, name, by_name[name].low)
             for name, value in body.items()
         }
-        return JSONResponse(self._account_json(await self.s.accounts.set_limits(account.sid, values)))
+        return JSONResponse(
+            self._account_json(await self.s.accounts.set_limits(account.sid, values))
+        )
 
     def _account_json(self, account: Account) -> dict[str, Any]:
         own = {limit.name: getattr(account, limit.column) for limit in LIMITS}
         applied = {
-            limit.name: getattr(self.s.settings, limit.setting) if own[limit.name] is None
+            limit.name: getattr(self.s.settings, limit.setting)
+            if own[limit.name] is None
             else own[limit.name]
             for limit in LIMITS
         }
-        return {"sid": account.sid, "name": account.name, "time_zone": account.time_zone,
-                "limits": own, "effective_limits": applied}
+        return {
+            "sid": account.sid,
+            "name": account.name,
+            "time_zone": account.time_zone,
+            "limits": own,
+            "effective_limits": applied,
+        }
 
     async def list_apps(self, request: Request, account: Account) -> Response:
-        return JSONResponse({"apps": [app_json(a) for a in await self.s.accounts.apps(account.sid)]})
+        return JSONResponse(
+            {"apps": [app_json(a) for a in await self.s.accounts.apps(account.sid)]}
+        )
 
     async def create_app(self, request: Request, account: Account) -> Response:
         app = await self.s.accounts.save_app(account.sid, await _json_body(request))
@@ -192,8 +211,9 @@ class AdminApi:
                 raise NotFound(f"Call {request.path_params['call_sid']} not found")
             rows = await timeline.steps(session, call.id)
             events = [{"at": e.at.isoformat(), "kind": e.kind, "data": e.data} for e in rows]
-        return JSONResponse({"call_sid": call.sid, "status": call.status, "reason": call.reason, "events": events})
-
+        return JSONResponse(
+            {"call_sid": call.sid, "status": call.status, "reason": call.reason, "events": events}
+        )
 
     async def upload_audio(self, request: Request, account: Account) -> Response:
         """Store a WAV or MP3 (any rate, any channels) as 8 kHz mono, for greetings' ``audio``."""
@@ -204,7 +224,11 @@ class AdminApi:
                 spool.flush()
                 audio_id, prompt = await self.s.audio.save(account.sid, Path(spool.name))
         return JSONResponse(
-            {"id": audio_id, "duration": round(prompt.duration, 3), "url": self._audio_url(account, audio_id)},
+            {
+                "id": audio_id,
+                "duration": round(prompt.duration, 3),
+                "url": self._audio_url(account, audio_id),
+            },
             status_code=201,
         )
 
@@ -241,8 +265,9 @@ class AdminApi:
 
     async def recording_link(self, request: Request, account: Account) -> Response:
         """A signed URL that opens the recording without credentials for ``ttl`` seconds."""
-        ttl = whole_number(request.query_params.get("ttl", str(DEFAULT_LINK_TTL)), "ttl",
-                           low=1, high=MAX_LINK_TTL)
+        ttl = whole_number(
+            request.query_params.get("ttl", str(DEFAULT_LINK_TTL)), "ttl", low=1, high=MAX_LINK_TTL
+        )
         sid = request.path_params["recording_sid"]
         row = await self.s.recordings.find(account.id, sid)
         if row is None:

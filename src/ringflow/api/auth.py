@@ -51,8 +51,10 @@ class FailedLogins:
         self._checking: dict[str, int] = {}  # client -> credential checks in flight
 
     def _buckets(self, request: Request, key_id: str) -> tuple[str, str]:
-        return (f"api-login-fail:client:{client_of(request)}",
-                f"api-login-fail:key:{key_id.lower()[:MAX_KEY_ID]}")
+        return (
+            f"api-login-fail:client:{client_of(request)}",
+            f"api-login-fail:key:{key_id.lower()[:MAX_KEY_ID]}",
+        )
 
     @contextlib.asynccontextmanager
     async def attempt(self, request: Request, key_id: str) -> AsyncIterator[None]:
@@ -62,8 +64,9 @@ class FailedLogins:
         at_once = self._checking.get(client, 0)
         if at_once >= (1 if failed_lately else MAX_CHECKS_AT_ONCE):
             RATE_LIMITED.labels("login_burst").inc()
-            raise RateLimited("Too many logins at once from this address: try again in 1 s",
-                              {"Retry-After": "1"})
+            raise RateLimited(
+                "Too many logins at once from this address: try again in 1 s", {"Retry-After": "1"}
+            )
         self._checking[client] = at_once + 1
         try:
             yield
@@ -126,12 +129,15 @@ def basic_credentials(request: Request) -> tuple[str, str]:
 
 def _refused(whose: str, decision: Decision, limit: str) -> RateLimited:
     RATE_LIMITED.labels(limit).inc()
-    return RateLimited(f"Too many failed logins {whose}: try again in {decision.retry_after} s",
-                       {"Retry-After": str(decision.retry_after)})
+    return RateLimited(
+        f"Too many failed logins {whose}: try again in {decision.retry_after} s",
+        {"Retry-After": str(decision.retry_after)},
+    )
 
 
-async def authenticate(accounts: Accounts, failures: FailedLogins, request: Request,
-                       path_sid: str) -> Account:
+async def authenticate(
+    accounts: Accounts, failures: FailedLogins, request: Request, path_sid: str
+) -> Account:
     """The account the credentials open, which must be the one the path names."""
     username, password = basic_credentials(request)
     async with failures.attempt(request, username):

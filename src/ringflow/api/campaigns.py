@@ -60,17 +60,31 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
-def envelope(request: Request, code: int, data: Any = None, *, message: str | None = None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
+def envelope(
+    request: Request,
+    code: int,
+    data: Any = None,
+    *,
+    message: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """A v2 answer: ``data`` on success, or an error ``message`` with status ``code``."""
     failed = message is not None
     error_data = None
     if failed:
         error_data = {"code": code, "message": HTTPStatus(code).phrase, "description": message}
-    item = {"code": code, "error_data": error_data, "status": "failure" if failed else "success",
-            "data": None if failed else data}
-    body = {"request_id": uuid.uuid4().hex, "method": request.method, "http_code": code,
-            "response": [item]}
+    item = {
+        "code": code,
+        "error_data": error_data,
+        "status": "failure" if failed else "success",
+        "data": None if failed else data,
+    }
+    body = {
+        "request_id": uuid.uuid4().hex,
+        "method": request.method,
+        "http_code": code,
+        "response": [item],
+    }
     return JSONResponse(body, status_code=code, headers=headers)
 
 
@@ -97,15 +111,20 @@ class CampaignsApi:
                 request.scope[ROUTE_KEY] = f"campaigns:{handler}"
                 return await self._handle(request, match, handler)
         if allowed:
-            return envelope(request, 405, message=f"{request.method} is not allowed here",
-                            headers={"Allow": ", ".join(sorted(allowed))})
+            return envelope(
+                request,
+                405,
+                message=f"{request.method} is not allowed here",
+                headers={"Allow": ", ".join(sorted(allowed))},
+            )
         return envelope(request, 404, message=f"no such resource: {request.url.path}")
 
     async def _handle(self, request: Request, match: re.Match[str], handler: str) -> Response:
         quota: dict[str, str] = {}
         try:
-            account = await authenticate(self.s.accounts, self.s.failed_logins, request,
-                                         match["sid"])
+            account = await authenticate(
+                self.s.accounts, self.s.failed_logins, request, match["sid"]
+            )
             quota = await count_request(self.s, account)
             code, data = await getattr(self, handler)(request, account, match)
         except RingflowError as exc:
@@ -113,8 +132,9 @@ class CampaignsApi:
             if refused is None:
                 log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
                 return envelope(request, 500, message=INTERNAL, headers=quota)
-            return envelope(request, refused.status, message=refused.message,
-                            headers=quota | refused.headers)
+            return envelope(
+                request, refused.status, message=refused.message, headers=quota | refused.headers
+            )
         except Exception:
             log.exception("%s %s failed", request.method, request.url.path)
             return envelope(request, 500, message=INTERNAL, headers=quota)
@@ -122,45 +142,55 @@ class CampaignsApi:
 
     # -- campaigns -----------------------------------------------------------------------------
 
-    async def create(self, request: Request, account: Account,
-                     match: re.Match[str]) -> tuple[int, Any]:
+    async def create(
+        self, request: Request, account: Account, match: re.Match[str]
+    ) -> tuple[int, Any]:
         body = unwrap(await _json(request))
         view = await self.s.campaigns.create(account, body, await self._app(account, body))
         return 200, self._campaign(account, view)
 
-    async def list(self, request: Request, account: Account,
-                   match: re.Match[str]) -> tuple[int, Any]:
+    async def list(
+        self, request: Request, account: Account, match: re.Match[str]
+    ) -> tuple[int, Any]:
         query = request.query_params
         status = query.get("status")
         if status:
             try:
                 status = states.parse_status(status)
             except ValueError:
-                raise InvalidRequest(f"status must be one of {', '.join(states.STATUSES)}"
-                                     ) from None
+                raise InvalidRequest(
+                    f"status must be one of {', '.join(states.STATUSES)}"
+                ) from None
         limit, offset = _page(query)
         views, total = await self.s.campaigns.page(account, status or None, limit, offset)
-        return 200, {"campaigns": [self._campaign(account, v) for v in views],
-                     "metadata": {"total": total, "limit": limit, "offset": offset}}
+        return 200, {
+            "campaigns": [self._campaign(account, v) for v in views],
+            "metadata": {"total": total, "limit": limit, "offset": offset},
+        }
 
-    async def get(self, request: Request, account: Account,
-                  match: re.Match[str]) -> tuple[int, Any]:
+    async def get(
+        self, request: Request, account: Account, match: re.Match[str]
+    ) -> tuple[int, Any]:
         return 200, self._campaign(account, await self.s.campaigns.get(account, match["id"]))
 
-    async def update(self, request: Request, account: Account,
-                     match: re.Match[str]) -> tuple[int, Any]:
+    async def update(
+        self, request: Request, account: Account, match: re.Match[str]
+    ) -> tuple[int, Any]:
         body = unwrap(await _json(request))
-        view = await self.s.campaigns.update(account, match["id"], body,
-                                             await self._app(account, body))
+        view = await self.s.campaigns.update(
+            account, match["id"], body, await self._app(account, body)
+        )
         return 200, self._campaign(account, view)
 
-    async def delete(self, request: Request, account: Account,
-                     match: re.Match[str]) -> tuple[int, Any]:
+    async def delete(
+        self, request: Request, account: Account, match: re.Match[str]
+    ) -> tuple[int, Any]:
         what = await self.s.campaigns.delete(account, match["id"])
         return 200, {"id": match["id"].lower(), "status": what}
 
-    async def call_details(self, request: Request, account: Account,
-                           match: re.Match[str]) -> tuple[int, Any]:
+    async def call_details(
+        self, request: Request, account: Account, match: re.Match[str]
+    ) -> tuple[int, Any]:
         campaign_id = await self.s.campaigns.campaign_id(account, match["id"])
         limit, offset = _page(request.query_params)
         where = call_views.CallFilter(account_id=account.id, campaign_id=campaign_id)
@@ -172,8 +202,10 @@ class CampaignsApi:
             fields = call_fields(call, account.sid, account.time_zone, json_uri=True)
             fields["CampaignAttempt"] = call.campaign_attempt
             details.append(fields)
-        return 200, {"call_details": details,
-                     "metadata": {"total": total, "limit": limit, "offset": offset}}
+        return 200, {
+            "call_details": details,
+            "metadata": {"total": total, "limit": limit, "offset": offset},
+        }
 
     async def _app(self, account: Account, body: dict[str, Any]) -> int | None:
         url = body.get("url")
@@ -200,8 +232,11 @@ class CampaignsApi:
             "status": c.status,
             "pause_reason": c.pause_reason,
             "caller_id": display(c.caller_id),
-            "url": (f"http://my.exotel.com/{account.sid}/exoml/start_voice/{c.app_id}"
-                    if c.app_id is not None else None),
+            "url": (
+                f"http://my.exotel.com/{account.sid}/exoml/start_voice/{c.app_id}"
+                if c.app_id is not None
+                else None
+            ),
             "StreamType": c.stream_type,
             "retries": c.retries,
             "schedule": {"send_at": _time(c.send_at, tz), "end_at": _time(c.end_at, tz)},
@@ -227,11 +262,13 @@ class CampaignsApi:
 
     # -- contact lists -------------------------------------------------------------------------
 
-    async def upload(self, request: Request, account: Account,
-                     match: re.Match[str]) -> tuple[int, Any]:
+    async def upload(
+        self, request: Request, account: Account, match: re.Match[str]
+    ) -> tuple[int, Any]:
         if not request.headers.get("content-type", "").lower().startswith("multipart/"):
-            raise InvalidRequest("send the CSV as multipart/form-data: list_name, and the file "
-                                 "as file_name")
+            raise InvalidRequest(
+                "send the CSV as multipart/form-data: list_name, and the file as file_name"
+            )
         async with request.form(max_files=1, max_fields=10) as form:
             list_name, upload = form.get("list_name"), form.get("file_name")
             kind = str(form.get("type") or "static").strip().lower()
@@ -246,19 +283,29 @@ class CampaignsApi:
         row, contact_list = await self.s.campaigns.upload(account, list_name, file_name, content)
         return 200, _upload(account, row, contact_list)
 
-    async def upload_status(self, request: Request, account: Account,
-                            match: re.Match[str]) -> tuple[int, Any]:
+    async def upload_status(
+        self, request: Request, account: Account, match: re.Match[str]
+    ) -> tuple[int, Any]:
         row, contact_list = await self.s.campaigns.upload_status(account, match["id"])
         return 200, _upload(account, row, contact_list)
 
 
 def _upload(account: Account, row: ContactUpload, contact_list: ContactList) -> dict[str, Any]:
-    return {"id": row.sid, "list_sid": contact_list.sid, "list_name": contact_list.name,
-            "file_name": row.file_name, "status": "completed", "total": row.total,
-            "succeeded": row.succeeded, "duplicates": row.duplicates, "failed": row.failed,
-            "failures": row.failures, "list_size": contact_list.row_count,
-            "date_created": _time(row.created_at, account.time_zone),
-            "uri": f"/v2/accounts/{account.sid}/csv-status/{row.sid}"}
+    return {
+        "id": row.sid,
+        "list_sid": contact_list.sid,
+        "list_name": contact_list.name,
+        "file_name": row.file_name,
+        "status": "completed",
+        "total": row.total,
+        "succeeded": row.succeeded,
+        "duplicates": row.duplicates,
+        "failed": row.failed,
+        "failures": row.failures,
+        "list_size": contact_list.row_count,
+        "date_created": _time(row.created_at, account.time_zone),
+        "uri": f"/v2/accounts/{account.sid}/csv-status/{row.sid}",
+    }
 
 
 async def _json(request: Request) -> Any:

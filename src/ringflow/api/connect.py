@@ -49,14 +49,18 @@ async def parse_connect(params: Params, account: Account, services: Services) ->
     if stream is not None:
         given = [name for name, value in (("Url", url), ("To", to)) if value]
         if given:
-            raise InvalidRequest(f"StreamUrl and {' and '.join(given)} cannot be used together: "
-                                 "a StreamUrl call streams to the bot instead of running an app "
-                                 "or connecting a number")
+            raise InvalidRequest(
+                f"StreamUrl and {' and '.join(given)} cannot be used together: "
+                "a StreamUrl call streams to the bot instead of running an app "
+                "or connecting a number"
+            )
     elif not url and not to:
         raise InvalidRequest("Url or To is a mandatory parameter")
     elif url and to:
-        raise InvalidRequest("Url and To cannot be used together: Url runs an app on the call, "
-                             "To connects From to that number; give one of them")
+        raise InvalidRequest(
+            "Url and To cannot be used together: Url runs an app on the call, "
+            "To connects From to that number; give one of them"
+        )
     async with services.db.session() as session:
         caller_id = await _exophone(session, caller_raw, account, services)
         app_id = await _app(session, url, account, services) if url else None
@@ -76,7 +80,9 @@ async def parse_connect(params: Params, account: Account, services: Services) ->
         )
     content_type = (params.get("StatusCallbackContentType") or "multipart/form-data").lower()
     if content_type not in CONTENT_TYPES:
-        raise InvalidRequest("StatusCallbackContentType must be multipart/form-data or application/json")
+        raise InvalidRequest(
+            "StatusCallbackContentType must be multipart/form-data or application/json"
+        )
     custom = params.get("CustomField")
     if custom is not None and len(custom) > 128:
         raise InvalidRequest("CustomField must be at most 128 characters")

@@ -100,8 +100,12 @@ def rest_exception(
     if refused is None:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return internal_error(as_json=as_json, quota=quota)
-    return error(refused.status, refused.message, as_json=as_json,
-                 headers=dict(quota or {}) | refused.headers)
+    return error(
+        refused.status,
+        refused.message,
+        as_json=as_json,
+        headers=dict(quota or {}) | refused.headers,
+    )
 
 
 def internal_error(*, as_json: bool, quota: Mapping[str, str] | None = None) -> Response:

@@ -43,8 +43,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
-    ("POST", re.compile(r"^accounts/(?P<sid>[^/]+)/calls/connect(?P<json>\.json)?/?$", re.IGNORECASE), "connect"),
-    ("GET", re.compile(r"^accounts/(?P<sid>[^/]+)/calls(?P<json>\.json)?/?$", re.IGNORECASE), "list_calls"),
+    (
+        "POST",
+        re.compile(r"^accounts/(?P<sid>[^/]+)/calls/connect(?P<json>\.json)?/?$", re.IGNORECASE),
+        "connect",
+    ),
+    (
+        "GET",
+        re.compile(r"^accounts/(?P<sid>[^/]+)/calls(?P<json>\.json)?/?$", re.IGNORECASE),
+        "list_calls",
+    ),
     (
         "GET",
         # "connect" is the POST endpoint, not a call SID: a GET on it is a 405, not a 404.
@@ -64,7 +72,9 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ),
     (
         "GET",
-        re.compile(r"^accounts/(?P<sid>[^/]+)/incomingphonenumbers(?P<json>\.json)?/?$", re.IGNORECASE),
+        re.compile(
+            r"^accounts/(?P<sid>[^/]+)/incomingphonenumbers(?P<json>\.json)?/?$", re.IGNORECASE
+        ),
         "numbers",
     ),
     (
@@ -141,12 +151,18 @@ class ExotelApi:
                 as_json=as_json,
                 headers={"Allow": ", ".join(sorted(allowed))},
             )
-        return rest_exception(request, NotFound(f"no such resource: {request.url.path}"), as_json=as_json)
+        return rest_exception(
+            request, NotFound(f"no such resource: {request.url.path}"), as_json=as_json
+        )
 
-    async def _handle(self, request: Request, match: re.Match[str], handler: str, as_json: bool) -> Response:
+    async def _handle(
+        self, request: Request, match: re.Match[str], handler: str, as_json: bool
+    ) -> Response:
         quota: dict[str, str] = {}
         try:
-            account = await authenticate(self.s.accounts, self.s.failed_logins, request, match["sid"])
+            account = await authenticate(
+                self.s.accounts, self.s.failed_logins, request, match["sid"]
+            )
             quota = await count_request(self.s, account)
             params = await read_params(request)
             response = await getattr(self, handler)(request, account, params, match, as_json)
@@ -171,7 +187,9 @@ class ExotelApi:
                 async with self.s.db.session() as session:
                     account = await self.s.accounts.get(session, match["sid"])
             else:
-                account = await authenticate(self.s.accounts, self.s.failed_logins, request, match["sid"])
+                account = await authenticate(
+                    self.s.accounts, self.s.failed_logins, request, match["sid"]
+                )
                 headers = await count_request(self.s, account)
             row = await self.s.recordings.find(account.id, match["rec"])
             if row is None or extension(row.format) != match["ext"].lower():
@@ -190,17 +208,35 @@ class ExotelApi:
         headers["Content-Disposition"] = f'inline; filename="{row.sid}.{ext}"'
         return FileResponse(path, media_type=CONTENT_TYPES[ext], headers=headers)
 
-    async def connect(self, request: Request, account: Account, params: Params, match: re.Match[str], as_json: bool) -> Response:
+    async def connect(
+        self,
+        request: Request,
+        account: Account,
+        params: Params,
+        match: re.Match[str],
+        as_json: bool,
+    ) -> Response:
         """``POST Calls/connect``: place a call in the flow or the two-number shape."""
         call_request = await parse_connect(params, account, self.s)
         call, started = await self.s.dispatcher.submit(call_request)
         # Clients expect "in-progress" the moment a call is accepted (spec section 1).
         status = Status.IN_PROGRESS if started else Status.QUEUED
-        body = {"Call": call_fields(call, account.sid, account.time_zone, json_uri=as_json, status=status)}
+        body = {
+            "Call": call_fields(
+                call, account.sid, account.time_zone, json_uri=as_json, status=status
+            )
+        }
         log.info("call %s created (%s shape) for %s", call.sid, call.shape, account.sid)
         return respond(body, as_json=as_json)
 
-    async def get_call(self, request: Request, account: Account, params: Params, match: re.Match[str], as_json: bool) -> Response:
+    async def get_call(
+        self,
+        request: Request,
+        account: Account,
+        params: Params,
+        match: re.Match[str],
+        as_json: bool,
+    ) -> Response:
         """``GET Calls/{CallSid}``, with ``Details`` when ``details=true``."""
         async with self.s.db.session() as session:
             call = await call_views.call_in_account(session, account.id, match["call"])
@@ -211,7 +247,14 @@ class ExotelApi:
             fields["Details"] = call_details(call)
         return respond({"Call": fields}, as_json=as_json)
 
-    async def update_call(self, request: Request, account: Account, params: Params, match: re.Match[str], as_json: bool) -> Response:
+    async def update_call(
+        self,
+        request: Request,
+        account: Account,
+        params: Params,
+        match: re.Match[str],
+        as_json: bool,
+    ) -> Response:
         """``POST Calls/{CallSid}``: ``Status=completed`` hangs up, ``Url=`` redirects."""
         status, url = params.get("Status"), params.get("Url")
         if status and url:
@@ -235,18 +278,34 @@ class ExotelApi:
         body = {"Call": call_fields(call, account.sid, account.time_zone, json_uri=as_json)}
         return respond(body, as_json=as_json)
 
-    async def list_calls(self, request: Request, account: Account, params: Params, match: re.Match[str], as_json: bool) -> Response:
+    async def list_calls(
+        self,
+        request: Request,
+        account: Account,
+        params: Params,
+        match: re.Match[str],
+        as_json: bool,
+    ) -> Response:
         """``GET Calls``: the bulk list with filters, sorting and cursors."""
         async with self.s.db.session() as session:
             page = await call_list.list_calls(session, account, params, base_path=request.url.path)
-        calls = [call_fields(c, account.sid, account.time_zone, json_uri=as_json) for c in page.calls]
+        calls = [
+            call_fields(c, account.sid, account.time_zone, json_uri=as_json) for c in page.calls
+        ]
         body = {
             "Metadata": page.metadata,
             "Calls": calls if as_json else [{"Call": c} for c in calls],
         }
         return respond(body, as_json=as_json)
 
-    async def numbers(self, request: Request, account: Account, params: Params, match: re.Match[str], as_json: bool) -> Response:
+    async def numbers(
+        self,
+        request: Request,
+        account: Account,
+        params: Params,
+        match: re.Match[str],
+        as_json: bool,
+    ) -> Response:
         """``GET IncomingPhoneNumbers``: the account's ExoPhones."""
         async with self.s.db.session() as session:
             rows = await self.s.accounts.numbers(session, account.id)
@@ -265,10 +324,18 @@ class ExotelApi:
         ]
         return respond({"IncomingPhoneNumbers": items}, as_json=as_json)
 
-    async def active_streams(self, request: Request, account: Account, params: Params, match: re.Match[str],
-                             as_json: bool) -> Response:
+    async def active_streams(
+        self,
+        request: Request,
+        account: Account,
+        params: Params,
+        match: re.Match[str],
+        as_json: bool,
+    ) -> Response:
         """``GET ActiveStreams``: the account's streams to bots now, and its limit."""
         streams = self.s.streams
-        body = {"ActiveStreamCount": streams.active(account.sid),
-                "ThrottleLimit": streams.limit(account.max_concurrent_streams)}
+        body = {
+            "ActiveStreamCount": streams.active(account.sid),
+            "ThrottleLimit": streams.limit(account.max_concurrent_streams),
+        }
         return respond({"ActiveStreams": body} if not as_json else body, as_json=as_json)

@@ -44,16 +44,21 @@ class Observability:
 
     def routes(self) -> list[Route]:
         """``GET /metrics`` and ``GET /readyz``."""
-        return [Route("/metrics", self.metrics, methods=["GET"]),
-                Route("/readyz", self.readyz, methods=["GET"])]
+        return [
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+        ]
 
     async def metrics(self, request: Request) -> Response:
         """The Prometheus text exposition of every worker's samples."""
         if self._token is not None:
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, self._token):
-                return PlainTextResponse("a metrics token is required\n", status_code=401,
-                                         headers={"WWW-Authenticate": "Bearer"})
+                return PlainTextResponse(
+                    "a metrics token is required\n",
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         families = await self._scraped()
         registry = CollectorRegistry()
         registry.register(_Fixed(families))
@@ -64,21 +69,25 @@ class Observability:
         """200 when every dependency works; 503 naming the ones that do not."""
         problems = await self.s.readiness.problems()
         if problems:
-            return PlainTextResponse("not ready\n" + "".join(f"{p}\n" for p in problems),
-                                     status_code=503)
+            return PlainTextResponse(
+                "not ready\n" + "".join(f"{p}\n" for p in problems), status_code=503
+            )
         return PlainTextResponse("ready\n")
 
     async def _scraped(self) -> list[Metric]:
         """The families read now; one that cannot be read is left out (and logged)."""
-        queued = GaugeMetricFamily("ringflow_calls_queued",
-                                   "Calls waiting in the queue, per account.", labels=["account"])
-        pending = GaugeMetricFamily("ringflow_callbacks_pending",
-                                    "Callbacks not delivered yet and still to be tried.")
+        queued = GaugeMetricFamily(
+            "ringflow_calls_queued", "Calls waiting in the queue, per account.", labels=["account"]
+        )
+        pending = GaugeMetricFamily(
+            "ringflow_callbacks_pending", "Callbacks not delivered yet and still to be tried."
+        )
         found: list[Metric] = []
         stored, trunks = await asyncio.gather(
             asyncio.wait_for(self._from_database(), CHECK_TIMEOUT),
             asyncio.wait_for(trunk_families(self.s.carrier), CHECK_TIMEOUT),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
         if isinstance(stored, BaseException):
             log.warning("metrics: could not read queued calls and callbacks: %r", stored)
         else:
@@ -95,8 +104,10 @@ class Observability:
 
     async def _from_database(self) -> tuple[dict[str, int], int]:
         async with self.s.db.session() as session:
-            return (await gauges.queued_by_account(session, Status.QUEUED),
-                    await gauges.callbacks_pending(session))
+            return (
+                await gauges.queued_by_account(session, Status.QUEUED),
+                await gauges.callbacks_pending(session),
+            )
 
 
 async def trunk_families(carrier: Any) -> list[Metric]:
@@ -104,12 +115,16 @@ async def trunk_families(carrier: Any) -> list[Metric]:
     sip = sip_side(carrier)
     if sip is None:
         return []
-    in_use = GaugeMetricFamily("ringflow_trunk_channels_in_use",
-                               "Trunk channels held by calls now (all processes sharing it).",
-                               labels=["trunk"])
-    state = GaugeMetricFamily("ringflow_trunk_registration_state",
-                              "1 for the state each registering trunk is in (as this process "
-                              "sees it), 0 for the others.", labels=["trunk", "state"])
+    in_use = GaugeMetricFamily(
+        "ringflow_trunk_channels_in_use",
+        "Trunk channels held by calls now (all processes sharing it).",
+        labels=["trunk"],
+    )
+    state = GaugeMetricFamily(
+        "ringflow_trunk_registration_state",
+        "1 for the state each registering trunk is in (as this process sees it), 0 for the others.",
+        labels=["trunk", "state"],
+    )
     for trunk in sip.trunks:
         in_use.add_metric([trunk.name], await sip.gates[trunk.name].active())
     from ringflow.sip.registration import RegState

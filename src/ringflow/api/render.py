@@ -18,7 +18,9 @@ from ringflow.storage.models import Call
 XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'
 
 
-def call_fields(call: Call, account_sid: str, tz: str, *, json_uri: bool, status: str | None = None) -> dict[str, Any]:
+def call_fields(
+    call: Call, account_sid: str, tz: str, *, json_uri: bool, status: str | None = None
+) -> dict[str, Any]:
     """The Call object's 19 fields, in the order clients expect."""
     uri = f"/v1/Accounts/{account_sid}/Calls/{call.sid}" + (".json" if json_uri else "")
     return {
@@ -56,7 +58,9 @@ def call_details(call: Call) -> dict[str, Any]:
         "ConversationDuration": call.conversation_duration or 0,
         "Leg1Status": statuses.get(1, ""),
         "Leg2Status": statuses.get(2, ""),
-        "Legs": [{"Leg": {"Id": leg.leg_no, "OnCallDuration": on_call_seconds(leg)}} for leg in call.legs],
+        "Legs": [
+            {"Leg": {"Id": leg.leg_no, "OnCallDuration": on_call_seconds(leg)}} for leg in call.legs
+        ],
         **detection_fields(call),
     }
 
@@ -86,16 +90,25 @@ def xml_document(body: dict[str, Any]) -> str:
     return XML_DECLARATION + ET.tostring(root, encoding="unicode").replace(" />", "/>") + "\n"
 
 
-def respond(body: dict[str, Any], *, as_json: bool, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def respond(
+    body: dict[str, Any], *, as_json: bool, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     """A response in the endpoint's format."""
     if as_json:
         return Response(
-            json.dumps(body, ensure_ascii=False), status_code=status, media_type="application/json", headers=headers
+            json.dumps(body, ensure_ascii=False),
+            status_code=status,
+            media_type="application/json",
+            headers=headers,
         )
-    return Response(xml_document(body), status_code=status, media_type="application/xml", headers=headers)
+    return Response(
+        xml_document(body), status_code=status, media_type="application/xml", headers=headers
+    )
 
 
-def error(status: int, message: str, *, as_json: bool, headers: dict[str, str] | None = None) -> Response:
+def error(
+    status: int, message: str, *, as_json: bool, headers: dict[str, str] | None = None
+) -> Response:
     """A RestException in the endpoint's format."""
     return respond(
         {"RestException": {"Status": status, "Message": message}},

@@ -54,8 +54,10 @@ def detection_fields(call: Call) -> dict[str, Any]:
         return {}
     leg = next((leg for leg in call.legs if leg.leg_no == 1), None)
     ms = call.machine_detection_ms
-    return {"AnsweredBy": (leg.answered_by if leg is not None else None) or "",
-            "MachineDetectionDuration": "" if ms is None else ms}
+    return {
+        "AnsweredBy": (leg.answered_by if leg is not None else None) or "",
+        "MachineDetectionDuration": "" if ms is None else ms,
+    }
 
 
 def event_payload(call: Call, event: str, tz: str, legs: list[Leg]) -> dict[str, Any]:

@@ -335,7 +335,9 @@ class CallControl:
                 log.info("call %s: hangup requested (%s)", sid, by)
                 await live.hang_up(by)
             elif data.get("op") == "redirect" and not live.redirect(int(data["app"])):
-                log.warning("call %s: redirect to app %s ignored: no app is running", sid, data["app"])
+                log.warning(
+                    "call %s: redirect to app %s ignored: no app is running", sid, data["app"]
+                )
         return acted
 
     async def _listen(self) -> None:
@@ -344,8 +346,9 @@ class CallControl:
         from ringflow.redis_client import follow
 
         assert self.redis_url is not None
-        await follow(self.redis_url, CHANNEL_PREFIX + self.instance, self._heard,
-                     what="call control")
+        await follow(
+            self.redis_url, CHANNEL_PREFIX + self.instance, self._heard, what="call control"
+        )
 
     def _heard(self, message: dict[str, Any]) -> None:
         if message["type"] == "message":

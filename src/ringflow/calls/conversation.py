@@ -29,8 +29,15 @@ async def _nothing() -> None:
 class Conversation:
     """Bridges and records one call."""
 
-    def __init__(self, call: Call, account: Account, timeline: Timeline, legs: LegDialer,
-                 live: LiveCall, recordings: RecordingStore | None):
+    def __init__(
+        self,
+        call: Call,
+        account: Account,
+        timeline: Timeline,
+        legs: LegDialer,
+        live: LiveCall,
+        recordings: RecordingStore | None,
+    ):
         self.call = call
         self.account = account
         self.timeline = timeline
@@ -59,10 +66,15 @@ class Conversation:
         stored = await self.recordings.save(
             self.account, self.call, [bytes(tap.near), bytes(tap.far)], channels=channels
         )
-        await self.timeline.record("recording", {
-            "sid": stored.sid, "url": stored.url, "duration": round(stored.duration, 2),
-            "conversation": True,
-        })
+        await self.timeline.record(
+            "recording",
+            {
+                "sid": stored.sid,
+                "url": stored.url,
+                "duration": round(stored.duration, 2),
+                "conversation": True,
+            },
+        )
         return stored.url
 
     async def connect(self, first: Channel, channels: list[Channel]) -> None:
@@ -76,17 +88,22 @@ class Conversation:
             dialing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await dialing
-            await self.timeline.change(Change(
-                call=Event.FAIL, legs=((1, Event.HANGUP), (2, Event.CANCEL)),
-                reason=self.live.stop_reason or "From hung up while To was ringing"))
+            await self.timeline.change(
+                Change(
+                    call=Event.FAIL,
+                    legs=((1, Event.HANGUP), (2, Event.CANCEL)),
+                    reason=self.live.stop_reason or "From hung up while To was ringing",
+                )
+            )
             return
         gone.cancel()
         second = dialing.result()
         if not isinstance(second, Answered):
             await first.hangup("second leg not answered")
             outcome = outcome_event(second.outcome)
-            await self.timeline.change(Change(call=outcome, legs=((1, Event.HANGUP), (2, outcome)),
-                                              cause=second.cause))
+            await self.timeline.change(
+                Change(call=outcome, legs=((1, Event.HANGUP), (2, outcome)), cause=second.cause)
+            )
             return
         channels.append(second.channel)
         tap = ConversationTap() if self.call.record else None
@@ -95,6 +112,10 @@ class Conversation:
         await second.channel.hangup("bridge ended")
         if tap is not None:
             await self.keep(tap)
-        await self.timeline.change(Change(
-            call=Event.HANGUP, legs=((1, Event.HANGUP), (2, Event.HANGUP)),
-            reason=self.live.stop_reason))
+        await self.timeline.change(
+            Change(
+                call=Event.HANGUP,
+                legs=((1, Event.HANGUP), (2, Event.HANGUP)),
+                reason=self.live.stop_reason,
+            )
+        )

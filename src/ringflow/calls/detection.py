@@ -45,23 +45,36 @@ async def listen_for_verdict(channel: Channel, mode: Mode, clock: Clock) -> Deci
     either: set[asyncio.Future[Any]] = {verdict, closed}
     try:
         await wait_with_timeout(
-            clock, asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED), limit)
+            clock, asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED), limit
+        )
     finally:
         stop()
         closed.cancel()
     return verdict.result() if verdict.done() else detector.finish()
 
 
-async def detect_machine(call: Call, channel: Channel, timeline: Timeline,
-                         clock: Clock) -> Decision:
+async def detect_machine(
+    call: Call, channel: Channel, timeline: Timeline, clock: Clock
+) -> Decision:
     """Run the call's detection on its answered first leg and record the verdict."""
     assert call.machine_detection is not None
     mode = Mode(call.machine_detection)
     decision = await listen_for_verdict(channel, mode, clock)
-    log.info("call %s answered by %s (%d ms: %s)", call.sid, decision.result.value, decision.ms,
-             decision.reason)
-    await timeline.detected(decision.result.value, decision.ms, {
-        "mode": mode.value, "result": decision.result.value, "ms": decision.ms,
-        "reason": decision.reason,
-    })
+    log.info(
+        "call %s answered by %s (%d ms: %s)",
+        call.sid,
+        decision.result.value,
+        decision.ms,
+        decision.reason,
+    )
+    await timeline.detected(
+        decision.result.value,
+        decision.ms,
+        {
+            "mode": mode.value,
+            "result": decision.result.value,
+            "ms": decision.ms,
+            "reason": decision.reason,
+        },
+    )
     return decision

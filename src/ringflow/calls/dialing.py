@@ -87,8 +87,7 @@ class FlowDialer:
     async def _ring(self, number: str, action: Dial) -> tuple[int, Answered | Rejected]:
         # A leg each: simultaneous dials add theirs at once, each under the call's lock.
         leg_no = await self.timeline.add_leg(number)
-        event = await self.carried.legs.ring(leg_no, number, action.ring_timeout,
-                                             action.caller_id)
+        event = await self.carried.legs.ring(leg_no, number, action.ring_timeout, action.caller_id)
         if isinstance(event, Rejected):
             change = Change(legs=((leg_no, outcome_event(event.outcome)),), cause=event.cause)
             await self.timeline.change(change)
@@ -110,7 +109,8 @@ class FlowDialer:
 
     async def _ring_all(self, action: Dial) -> tuple[Answerer, list[str]]:
         tasks: dict[asyncio.Future[Any], str] = {
-            asyncio.ensure_future(self._ring(n, action)): n for n in action.numbers}
+            asyncio.ensure_future(self._ring(n, action)): n for n in action.numbers
+        }
         outcomes: list[str] = []
         winner: Answerer = None
         pending: set[asyncio.Future[Any]] = set(tasks)
@@ -138,8 +138,9 @@ class FlowDialer:
             await asyncio.gather(*(pending - {gone}), return_exceptions=True)
         return winner, outcomes
 
-    async def _while_caller_waits(self, ringing: asyncio.Future[tuple[int, Answered | Rejected]]
-                                  ) -> bool:
+    async def _while_caller_waits(
+        self, ringing: asyncio.Future[tuple[int, Answered | Rejected]]
+    ) -> bool:
         """Wait for ``ringing``; False (and it is canceled) if the caller hangs up first."""
         gone = asyncio.ensure_future(self.caller.wait_closed())
         either: set[asyncio.Future[Any]] = {ringing, gone}

@@ -98,8 +98,9 @@ class Dispatcher:
         if carrier is not None:
             carrier.listen_for_room(self._trunk_room)
 
-    async def submit(self, request: CallRequest,
-                     with_call: WithCall | None = None) -> tuple[Call, bool]:
+    async def submit(
+        self, request: CallRequest, with_call: WithCall | None = None
+    ) -> tuple[Call, bool]:
         """Persist a new call; start it if the account has room. Returns (call, started).
 
         ``with_call`` runs in the transaction that inserts the call, once it has its id (a
@@ -108,8 +109,10 @@ class Dispatcher:
         the dashboard or a campaign, another process takes the call.
         """
         if self._closing:
-            raise Unavailable("this server is shutting down and takes no new calls; place the "
-                              "call again in a few seconds (another server will take it)")
+            raise Unavailable(
+                "this server is shutting down and takes no new calls; place the "
+                "call again in a few seconds (another server will take it)"
+            )
         async with self._locks[request.account_id], self.db.session() as session:
             lines = await self._lines(session, request.account_id)
             assert lines is not None, f"account {request.account_id} does not exist"
@@ -139,8 +142,13 @@ class Dispatcher:
             elif started:
                 woke = await self._admit(session, call)
             else:
-                log.info("call %s queued: %d of %d lines busy, %d waiting",
-                         call.sid, lines.active, limit, lines.queued)
+                log.info(
+                    "call %s queued: %d of %d lines busy, %d waiting",
+                    call.sid,
+                    lines.active,
+                    limit,
+                    lines.queued,
+                )
         if started:
             self._start(call, lines.account)
         if woke:

@@ -32,8 +32,15 @@ from ringflow.telephony.carrier import (
 class LegDialer:
     """Places the legs of one call."""
 
-    def __init__(self, carrier: Carrier, clock: Clock, call: Call, account: Account,
-                 timeline: Timeline, live: LiveCall):
+    def __init__(
+        self,
+        carrier: Carrier,
+        clock: Clock,
+        call: Call,
+        account: Account,
+        timeline: Timeline,
+        live: LiveCall,
+    ):
         self.carrier = carrier
         self.clock = clock
         self.call = call
@@ -52,12 +59,19 @@ class LegDialer:
             if leg_no == 1:
                 self._count_setup()
         elif event is STOPPED:  # never answered: failed, the ringing leg canceled
-            await self.timeline.change(Change(call=Event.FAIL, legs=((1, Event.CANCEL),),
-                                              cause=event.cause, reason=self.live.stop_reason))
+            await self.timeline.change(
+                Change(
+                    call=Event.FAIL,
+                    legs=((1, Event.CANCEL),),
+                    cause=event.cause,
+                    reason=self.live.stop_reason,
+                )
+            )
         elif leg_no == 1:
             outcome = outcome_event(event.outcome)
-            await self.timeline.change(Change(call=outcome, legs=((1, outcome),),
-                                              cause=event.cause))
+            await self.timeline.change(
+                Change(call=outcome, legs=((1, outcome),), cause=event.cause)
+            )
         return event
 
     def _count_setup(self) -> None:
@@ -65,18 +79,21 @@ class LegDialer:
         leg = next((leg for leg in self.call.legs if leg.leg_no == 1), None)
         if leg is not None and leg.dialed_at is not None and leg.answered_at is not None:
             CALL_SETUP.labels(carrier_label(self.carrier, self.account.sid)).observe(
-                max(0.0, (leg.answered_at - leg.dialed_at).total_seconds()))
+                max(0.0, (leg.answered_at - leg.dialed_at).total_seconds())
+            )
 
-    async def ring(self, leg_no: int, number: str, ring_timeout: float,
-                   caller_id: str | None) -> Answered | Rejected:
+    async def ring(
+        self, leg_no: int, number: str, ring_timeout: float, caller_id: str | None
+    ) -> Answered | Rejected:
         """Place one leg and wait until it answers, is rejected, or rings ``ring_timeout`` out.
 
         An answered leg 2+ of a flow call is marked answered here; other outcomes are the
         caller's to apply.
         """
         call = self.call
-        request = DialRequest(number, caller_id or call.caller_id, self.account.sid, call.sid,
-                              leg_no)
+        request = DialRequest(
+            number, caller_id or call.caller_id, self.account.sid, call.sid, leg_no
+        )
         attempt = self.carrier.dial(request)
         deadline: float | None = self.clock.now() + ring_timeout
         while True:

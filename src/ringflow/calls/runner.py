@@ -93,12 +93,25 @@ class CallRunner:
         """Carry the call (just admitted) to a final status, whatever happens on the way."""
         channels: list[Channel] = []
         live = self.control.register(call.sid, channels)
-        timeline = Timeline(self.db, self.clock, call, account.time_zone, line=line,
-                            callbacks=self.deliverer, on_enqueued=self.on_enqueued)
+        timeline = Timeline(
+            self.db,
+            self.clock,
+            call,
+            account.time_zone,
+            line=line,
+            callbacks=self.deliverer,
+            on_enqueued=self.on_enqueued,
+        )
         legs = LegDialer(self.carrier, self.clock, call, account, timeline, live)
-        carried = Carried(call, account, timeline, legs,
-                          Conversation(call, account, timeline, legs, live, self.recordings),
-                          live, channels)
+        carried = Carried(
+            call,
+            account,
+            timeline,
+            legs,
+            Conversation(call, account, timeline, legs, live, self.recordings),
+            live,
+            channels,
+        )
         try:
             await self._run(carried)
         except asyncio.CancelledError:
@@ -137,8 +150,11 @@ class CallRunner:
                 await run_stream_call(carried, self.streams, first.channel)
             await first.channel.hangup("app ended")
             await keep_tape()
-            await carried.timeline.change(Change(call=Event.HANGUP, legs=((1, Event.HANGUP),),
-                                                 reason=carried.live.stop_reason))
+            await carried.timeline.change(
+                Change(
+                    call=Event.HANGUP, legs=((1, Event.HANGUP),), reason=carried.live.stop_reason
+                )
+            )
         finally:
             watchdog.cancel()
 
@@ -215,18 +231,23 @@ class CallRunner:
         async with self.db.session() as session:
             return await app_of(session, account_id, app_id)
 
-    def _streamer(self, carried: Carried, channel: Channel,
-                  ctx: FlowContext) -> CallStreams | None:
+    def _streamer(self, carried: Carried, channel: Channel, ctx: FlowContext) -> CallStreams | None:
         """The flow's way to stream to bots (None when this runner has no streams)."""
         if self.streams is None:
             return None
         live = carried.live
         return CallStreams(
-            self.streams, channel, carried.timeline.record, account_sid=carried.account.sid,
-            account_limit=carried.account.max_concurrent_streams, call_sid=carried.call.sid,
-            from_number=ctx.customer, to_number=ctx.exophone,
+            self.streams,
+            channel,
+            carried.timeline.record,
+            account_sid=carried.account.sid,
+            account_limit=carried.account.max_concurrent_streams,
+            call_sid=carried.call.sid,
+            from_number=ctx.customer,
+            to_number=ctx.exophone,
             params=lambda: query_params(ctx),
-            by_request=lambda: live.stopped_by_request)
+            by_request=lambda: live.stopped_by_request,
+        )
 
 
 def detected_answer(call: Call) -> str | None:

@@ -85,7 +85,9 @@ def leg_next(status: str, event: Event) -> Status:
     return _next(LEG_TABLE, "leg", status, event)
 
 
-def _next(table: dict[tuple[Status, Event], Status], what: str, status: str, event: Event) -> Status:
+def _next(
+    table: dict[tuple[Status, Event], Status], what: str, status: str, event: Event
+) -> Status:
     try:
         return table[(Status(status), event)]
     except (KeyError, ValueError):
@@ -99,8 +101,11 @@ def is_terminal(status: str) -> bool:
 
 # A leg the carrier could not connect: its outcome (``telephony.carrier.Rejected``) as the
 # event that moves the leg (and a call that ends with it) through the tables above.
-OUTCOME_EVENTS: dict[str, Event] = {"busy": Event.BUSY, "no-answer": Event.NO_ANSWER,
-                                    "failed": Event.FAIL}
+OUTCOME_EVENTS: dict[str, Event] = {
+    "busy": Event.BUSY,
+    "no-answer": Event.NO_ANSWER,
+    "failed": Event.FAIL,
+}
 
 
 def outcome_event(outcome: str) -> Event:

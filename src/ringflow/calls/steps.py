@@ -19,9 +19,11 @@ def describe(kind: str, data: dict[str, Any]) -> str:
         rest = ", ".join(f"{k}={v}" for k, v in data.items() if k != "node")
         return f"{data.get('node')}" + (f" ({rest})" if rest else "")
     if kind == "stream.end":
-        return (f"{data.get('status')}, ended by {data.get('disconnected_by') or '-'}: "
-                f"{data.get('reason')} · {data.get('duration')} s · "
-                f"{data.get('bytes_to_bot')} bytes to the bot, {data.get('bytes_from_bot')} from it")
+        return (
+            f"{data.get('status')}, ended by {data.get('disconnected_by') or '-'}: "
+            f"{data.get('reason')} · {data.get('duration')} s · "
+            f"{data.get('bytes_to_bot')} bytes to the bot, {data.get('bytes_from_bot')} from it"
+        )
     if kind == "say":
         return f"“{data.get('text', '')}”"
     return ", ".join(f"{k}={v}" for k, v in data.items())

@@ -54,8 +54,13 @@ class CallStreams:
         self.channel = channel
         self._record = record
         self._request = StreamRequest(
-            url="", account_sid=account_sid, call_sid=call_sid, from_number=from_number,
-            to_number=to_number, limit=account_limit)
+            url="",
+            account_sid=account_sid,
+            call_sid=call_sid,
+            from_number=from_number,
+            to_number=to_number,
+            limit=account_limit,
+        )
         self._params = params
         self._by_request = by_request
         self._beside: dict[asyncio.Task[StreamOutcome], Stream | None] = {}
@@ -64,16 +69,24 @@ class CallStreams:
         """Carry a bidirectional stream to its end; start a unidirectional one beside."""
         request = self._for(action)
         if action.wait:
-            return await self.streams.run(request, self.channel, self._record,
-                                          by_request=self._by_request)
+            return await self.streams.run(
+                request, self.channel, self._record, by_request=self._by_request
+            )
         if len(self._beside) >= MAX_BESIDE:
-            await self._record("stream.failed", {
-                "url": request.url, "reason": f"at most {MAX_BESIDE} streams beside one call"})
+            await self._record(
+                "stream.failed",
+                {"url": request.url, "reason": f"at most {MAX_BESIDE} streams beside one call"},
+            )
             return None
         task: asyncio.Task[StreamOutcome] = asyncio.ensure_future(
-            self.streams.run(request, self.channel, self._record,
-                             started=lambda stream: self._beside.__setitem__(task, stream),
-                             by_request=self._by_request))
+            self.streams.run(
+                request,
+                self.channel,
+                self._record,
+                started=lambda stream: self._beside.__setitem__(task, stream),
+                by_request=self._by_request,
+            )
+        )
         self._beside[task] = None
         task.add_done_callback(lambda done: self._beside.pop(done, None))
         return None
@@ -93,10 +106,16 @@ class CallStreams:
     def _for(self, action: StreamAudio) -> StreamRequest:
         request = self._request
         return StreamRequest(
-            url=action.url, account_sid=request.account_sid, call_sid=request.call_sid,
-            from_number=request.from_number, to_number=request.to_number,
-            limit=request.limit, bidirectional=action.bidirectional, track=action.track,
-            params=dict(self._params()))
+            url=action.url,
+            account_sid=request.account_sid,
+            call_sid=request.call_sid,
+            from_number=request.from_number,
+            to_number=request.to_number,
+            limit=request.limit,
+            bidirectional=action.bidirectional,
+            track=action.track,
+            params=dict(self._params()),
+        )
 
 
 async def run_stream_call(carried: Carried, streams: Streams | None, channel: Channel) -> None:
@@ -110,24 +129,40 @@ async def run_stream_call(carried: Carried, streams: Streams | None, channel: Ch
         await record("stream.failed", {"reason": "streams are not available here"})
         return
     request = StreamRequest(
-        url=call.stream_url or "", account_sid=account.sid, call_sid=call.sid,
-        from_number=display(call.from_number), to_number=display(call.caller_id),
+        url=call.stream_url or "",
+        account_sid=account.sid,
+        call_sid=call.sid,
+        from_number=display(call.from_number),
+        to_number=display(call.caller_id),
         limit=account.max_concurrent_streams,
         bidirectional=call.stream_type != "unidirectional",
-        params=_call_params(call))
+        params=_call_params(call),
+    )
     live = carried.live
-    outcome = await streams.run(request, channel, record,
-                                by_request=lambda: live.stopped_by_request)
-    log.info("call %s: stream %s %s (%s)", call.sid, outcome.stream_sid, outcome.status,
-             outcome.detailed_status)
+    outcome = await streams.run(
+        request, channel, record, by_request=lambda: live.stopped_by_request
+    )
+    log.info(
+        "call %s: stream %s %s (%s)",
+        call.sid,
+        outcome.stream_sid,
+        outcome.status,
+        outcome.detailed_status,
+    )
 
 
 def _call_params(call: Call) -> dict[str, str]:
     """What an http(s) stream URL endpoint is told of a ``StreamUrl`` call (no app runs, so
     the Passthru parameters that describe the call itself)."""
     customer, exophone = display(call.from_number), display(call.caller_id)
-    params = {"CallSid": call.sid, "CallFrom": customer, "CallTo": exophone,
-              "From": customer, "To": exophone, "Direction": "outbound-dial"}
+    params = {
+        "CallSid": call.sid,
+        "CallFrom": customer,
+        "CallTo": exophone,
+        "From": customer,
+        "To": exophone,
+        "Direction": "outbound-dial",
+    }
     if call.stream_name:
         params["StreamName"] = call.stream_name
     if call.custom_field:

@@ -68,9 +68,17 @@ class Callbacks(Protocol):
 class Timeline:
     """Writes one call's steps and status changes."""
 
-    def __init__(self, db: Database, clock: Clock, call: Call, time_zone: str, *,
-                 line: Line | None, callbacks: Callbacks | None,
-                 on_enqueued: Callable[[], None]):
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        call: Call,
+        time_zone: str,
+        *,
+        line: Line | None,
+        callbacks: Callbacks | None,
+        on_enqueued: Callable[[], None],
+    ):
         self.db = db
         self.clock = clock
         self.call = call  # the call's rows as they stand: this process is its only writer
@@ -84,8 +92,9 @@ class Timeline:
 
     async def record(self, kind: str, data: dict[str, Any]) -> None:
         """Add a step to the call's timeline (written with the next change, or soon)."""
-        self._steps.append({"call_id": self.call.id, "at": self.clock.wall(), "kind": kind,
-                            "data": data})
+        self._steps.append(
+            {"call_id": self.call.id, "at": self.clock.wall(), "kind": kind, "data": data}
+        )
         if len(self._steps) >= STEPS_PER_WRITE:
             await self.flush()
 
@@ -102,15 +111,17 @@ class Timeline:
 
     async def finish(self, reason: str) -> None:
         """End the call, whatever state it is in, unless it has ended already (shutdown, a bug)."""
-        await self._changed(lambda call: None if is_terminal(call.status)
-                            else interrupted(call, reason))
+        await self._changed(
+            lambda call: None if is_terminal(call.status) else interrupted(call, reason)
+        )
 
     async def detected(self, answered_by: str, ms: int, step: dict[str, Any]) -> None:
         """Leg 1's answering machine verdict, ``ms`` after its answer: on the leg, the call and
         the timeline (a step ``amd`` with ``step``), with the steps held, in one transaction."""
         async with self._lock:
-            self._steps.append({"call_id": self.call.id, "at": self.clock.wall(), "kind": "amd",
-                                "data": step})
+            self._steps.append(
+                {"call_id": self.call.id, "at": self.clock.wall(), "kind": "amd", "data": step}
+            )
             steps, self._steps = self._steps, []
             async with self.db.session() as session:
                 await write_detection(session, self.call.id, 1, answered_by, ms, steps)
@@ -134,8 +145,9 @@ class Timeline:
 
         await self._changed(cancel)
 
-    async def _changed(self, decide: Callable[[Call], Change | None] | None, *,
-                       new_leg: str | None = None) -> int:
+    async def _changed(
+        self, decide: Callable[[Call], Change | None] | None, *, new_leg: str | None = None
+    ) -> int:
         """Apply what ``decide`` says (or add a leg to ``new_leg``); the leg added, if any."""
         async with self._lock:
             if not self._stale:
@@ -150,8 +162,9 @@ class Timeline:
             self._stale = False
             return leg_no
 
-    async def _from_memory(self, decide: Callable[[Call], Change | None] | None,
-                           new_leg: str | None) -> int:
+    async def _from_memory(
+        self, decide: Callable[[Call], Change | None] | None, new_leg: str | None
+    ) -> int:
         call = self.call
         expected = call.status
         leg_no, change = _decided(call, decide, new_leg)
@@ -165,10 +178,20 @@ class Timeline:
         advanced = advance(call, change, now, self.time_zone)
         steps.append({"call_id": call.id, "at": now, "kind": "status", "data": advanced.step})
         lease = self.callbacks.birth_lease() if self.callbacks is not None else None
-        rows = [outbox_row(account_id=call.account_id, call_id=call.id, event=cb.event,
-                           url=call.status_callback or "", content_type=callback_content_type(call),
-                           payload=cb.payload, idempotency_key=f"{call.sid}:{cb.key}", now=now,
-                           lease=lease) for cb in advanced.callbacks]
+        rows = [
+            outbox_row(
+                account_id=call.account_id,
+                call_id=call.id,
+                event=cb.event,
+                url=call.status_callback or "",
+                content_type=callback_content_type(call),
+                payload=cb.payload,
+                idempotency_key=f"{call.sid}:{cb.key}",
+                now=now,
+                lease=lease,
+            )
+            for cb in advanced.callbacks
+        ]
         legs = [n for n, _ in change.legs]
         new_legs = [leg_no] if new_leg is not None else []
         start_next = None
@@ -176,16 +199,30 @@ class Timeline:
         # admission): a transaction of its own. Others are one statement on PostgreSQL.
         if self.db.is_sqlite or advanced.ended:
             async with self.db.session() as session:
-                ids = await write_change(session, call, expected=expected, legs=legs,
-                                         new_legs=new_legs, steps=steps, callbacks=rows)
+                ids = await write_change(
+                    session,
+                    call,
+                    expected=expected,
+                    legs=legs,
+                    new_legs=new_legs,
+                    steps=steps,
+                    callbacks=rows,
+                )
                 if ids is None:
                     self._steps = steps[:-1] + self._steps  # kept for the database's turn
                     raise _Moved
                 start_next = await self._free_line(session, call)
         else:
             async with self.db.statement() as conn:
-                ids = await write_change_at_once(conn, call, expected=expected, legs=legs,
-                                                 new_legs=new_legs, steps=steps, callbacks=rows)
+                ids = await write_change_at_once(
+                    conn,
+                    call,
+                    expected=expected,
+                    legs=legs,
+                    new_legs=new_legs,
+                    steps=steps,
+                    callbacks=rows,
+                )
             if ids is None:
                 self._steps = steps[:-1] + self._steps
                 raise _Moved
@@ -194,8 +231,9 @@ class Timeline:
             start_next()
         return leg_no
 
-    async def _from_database(self, decide: Callable[[Call], Change | None] | None,
-                             new_leg: str | None) -> int:
+    async def _from_database(
+        self, decide: Callable[[Call], Change | None] | None, new_leg: str | None
+    ) -> int:
         start_next = None
         leg_no = 0
         queued: list[OutboxMessage] = []
@@ -212,8 +250,9 @@ class Timeline:
                 change = decide(call)
             if change is not None:
                 lease = self.callbacks.birth_lease() if self.callbacks is not None else None
-                queued = await apply(session, call, change, self.clock.wall(), lease,
-                                     self.time_zone)
+                queued = await apply(
+                    session, call, change, self.clock.wall(), lease, self.time_zone
+                )
             start_next = await self._free_line(session, call)
             await session.flush()
             copy_into(call, self.call)
@@ -238,16 +277,28 @@ class Timeline:
         if lease is None or self.callbacks is None:
             self.on_enqueued()
             return
-        self.callbacks.take_claimed([
-            Claimed(id=row_id, account_id=row["account_id"], event=row["event"], url=row["url"],
-                    destination=row["destination"], content_type=row["content_type"],
-                    payload=row["payload"], idempotency_key=row["idempotency_key"], attempts=0,
-                    lease_until=lease.until)
-            for row_id, row in zip(ids, rows, strict=True)])
+        self.callbacks.take_claimed(
+            [
+                Claimed(
+                    id=row_id,
+                    account_id=row["account_id"],
+                    event=row["event"],
+                    url=row["url"],
+                    destination=row["destination"],
+                    content_type=row["content_type"],
+                    payload=row["payload"],
+                    idempotency_key=row["idempotency_key"],
+                    attempts=0,
+                    lease_until=lease.until,
+                )
+                for row_id, row in zip(ids, rows, strict=True)
+            ]
+        )
 
 
-def _decided(call: Call, decide: Callable[[Call], Change | None] | None,
-             new_leg: str | None) -> tuple[int, Change | None]:
+def _decided(
+    call: Call, decide: Callable[[Call], Change | None] | None, new_leg: str | None
+) -> tuple[int, Change | None]:
     """The change to make to ``call`` in memory (adding the new leg first)."""
     if new_leg is None:
         assert decide is not None

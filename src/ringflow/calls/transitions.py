@@ -39,8 +39,9 @@ def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> int:
     return max(0, round((end - start).total_seconds()))
 
 
-def _apply_leg(leg: Leg, event: Event, now: dt.datetime, cause: str | None,
-               detecting: bool = False) -> None:
+def _apply_leg(
+    leg: Leg, event: Event, now: dt.datetime, cause: str | None, detecting: bool = False
+) -> None:
     leg.status = leg_next(leg.status, event)
     if event is Event.DIAL:
         leg.dialed_at = now
@@ -94,8 +95,13 @@ def advance(call: Call, change: Change, now: dt.datetime, time_zone: str) -> Adv
     before = call.status
     legs = {leg.leg_no: leg for leg in call.legs}
     for leg_no, event in change.legs:
-        _apply_leg(legs[leg_no], event, now, change.cause,
-                   detecting=leg_no == 1 and bool(call.machine_detection))
+        _apply_leg(
+            legs[leg_no],
+            event,
+            now,
+            change.cause,
+            detecting=leg_no == 1 and bool(call.machine_detection),
+        )
     if change.call is not None:
         call.status = call_next(call.status, change.call)
         if change.call is Event.DIAL:
@@ -123,7 +129,11 @@ def advance(call: Call, change: Change, now: dt.datetime, time_zone: str) -> Adv
 
 
 async def apply(
-    session: Session, call: Call, change: Change, now: dt.datetime, lease: Lease | None = None,
+    session: Session,
+    call: Call,
+    change: Change,
+    now: dt.datetime,
+    lease: Lease | None = None,
     time_zone: str | None = None,
 ) -> list[OutboxMessage]:
     """Apply ``change`` to ``call`` (loaded in ``session``); returns the callbacks queued.
@@ -137,18 +147,20 @@ async def apply(
     session.add(CallEvent(call_id=call.id, at=now, kind="status", data=advanced.step))
     queued: list[OutboxMessage] = []
     for callback in advanced.callbacks:
-        queued.append(await enqueue(
-            session,
-            account_id=call.account_id,
-            call_id=call.id,
-            event=callback.event,
-            url=call.status_callback or "",
-            content_type=callback_content_type(call),
-            payload=callback.payload,
-            idempotency_key=f"{call.sid}:{callback.key}",
-            now=now,
-            lease=lease,
-        ))
+        queued.append(
+            await enqueue(
+                session,
+                account_id=call.account_id,
+                call_id=call.id,
+                event=callback.event,
+                url=call.status_callback or "",
+                content_type=callback_content_type(call),
+                payload=callback.payload,
+                idempotency_key=f"{call.sid}:{callback.key}",
+                now=now,
+                lease=lease,
+            )
+        )
     return queued
 
 

@@ -74,8 +74,9 @@ class Driver:
                     await self._place_due()
                     await self.clock.sleep(self._rest())
         except Exception:
-            log.exception("campaign %d: its driver failed; another round takes it up",
-                          self.campaign_id)
+            log.exception(
+                "campaign %d: its driver failed; another round takes it up", self.campaign_id
+            )
         finally:
             await self._let_go()
 
@@ -97,9 +98,14 @@ class Driver:
                 self._retry_later(number)
             else:
                 self.calling[number.id] = number
-        log.info("campaign %s: driven by %s (%d to call, %d waiting to retry, %d calls up)",
-                 campaign.sid, self.owner.me, len(self.pending), len(self.retrying),
-                 len(self.calling))
+        log.info(
+            "campaign %s: driven by %s (%d to call, %d waiting to retry, %d calls up)",
+            campaign.sid,
+            self.owner.me,
+            len(self.pending),
+            len(self.retrying),
+            len(self.calling),
+        )
         self._slot = self._next_tick = self.clock.now()
         return True
 
@@ -121,12 +127,14 @@ class Driver:
         the campaign up until then, in ``session``. Returns False (stop driving)."""
         assert self.campaign is not None
         end_at = self.campaign.end_at
-        if end_at is not None and self.campaign.status not in (states.COMPLETED,
-                                                                states.ARCHIVED):
+        if end_at is not None and self.campaign.status not in (states.COMPLETED, states.ARCHIVED):
             until = end_at if until is None else min(until, end_at)
         await store.let_go(session, self.campaign_id, self.owner.me, wake_at=until)
-        log.info("campaign %s: idle until %s", self.campaign.sid,
-                 until.isoformat() if until else "a request")
+        log.info(
+            "campaign %s: idle until %s",
+            self.campaign.sid,
+            until.isoformat() if until else "a request",
+        )
         return False
 
     # -- each tick ---------------------------------------------------------------------------
@@ -161,32 +169,55 @@ class Driver:
             number = self.calling.pop(end.number_id, None)
             if number is None:
                 continue
-            change = {"id": number.id, "last_status": end.status, "updated_at": now,
-                      "next_attempt_at": None}
+            change = {
+                "id": number.id,
+                "last_status": end.status,
+                "updated_at": now,
+                "next_attempt_at": None,
+            }
             if may_retry and retries.again(number.attempts, end.status):
                 number.state = change["state"] = states.RETRYING
                 due = (end.ended_at or now) + retries.wait_after(number.attempts)
                 number.next_attempt_at = change["next_attempt_at"] = due
                 self._retry_later(number)
             else:
-                number.state = change["state"] = states.SETTLED_AS.get(Status(end.status),
-                                                                      states.FAILED)
+                number.state = change["state"] = states.SETTLED_AS.get(
+                    Status(end.status), states.FAILED
+                )
                 await self._number_over(session, campaign, number, end, now)
             changes.append(change)
         await store.settle(session, changes)
 
-    async def _number_over(self, session: Session, campaign: Campaign,
-                           number: store.NumberRow, end: store.Ended, now: Any) -> None:
+    async def _number_over(
+        self,
+        session: Session,
+        campaign: Campaign,
+        number: store.NumberRow,
+        end: store.Ended,
+        now: Any,
+    ) -> None:
         """A number's attempts are over: its ``call_schedule_callback``."""
         if not campaign.call_schedule_callback:
             return
-        payload = {"campaign_id": campaign.sid, "number": number.number,
-                   "status": number.state, "attempts": number.attempts,
-                   "call_sid": end.call_sid, "date_updated": now.isoformat()}
-        await enqueue(session, account_id=campaign.account_id, call_id=None,
-                      event="campaign-number", url=campaign.call_schedule_callback,
-                      content_type=JSON, payload=payload,
-                      idempotency_key=f"campaign:{campaign.sid}:number:{number.id}", now=now)
+        payload = {
+            "campaign_id": campaign.sid,
+            "number": number.number,
+            "status": number.state,
+            "attempts": number.attempts,
+            "call_sid": end.call_sid,
+            "date_updated": now.isoformat(),
+        }
+        await enqueue(
+            session,
+            account_id=campaign.account_id,
+            call_id=None,
+            event="campaign-number",
+            url=campaign.call_schedule_callback,
+            content_type=JSON,
+            payload=payload,
+            idempotency_key=f"campaign:{campaign.sid}:number:{number.id}",
+            now=now,
+        )
 
     async def _move(self, session: Session, campaign: Campaign, now: Any) -> bool:
         """The campaign's schedule, calling hours and end; False: it needs no driver now."""
@@ -214,17 +245,20 @@ class Driver:
         if hours is not None:
             open_now = hours.is_open(now, zone)
             if campaign.status == states.IN_PROGRESS and not open_now:
-                await owner.change_status(session, campaign, states.PAUSED, states.BY_HOURS,
-                                          now)
-            elif (campaign.status == states.PAUSED
-                  and campaign.pause_reason == states.BY_HOURS and open_now):
+                await owner.change_status(session, campaign, states.PAUSED, states.BY_HOURS, now)
+            elif (
+                campaign.status == states.PAUSED
+                and campaign.pause_reason == states.BY_HOURS
+                and open_now
+            ):
                 await owner.change_status(session, campaign, states.IN_PROGRESS, None, now)
         if campaign.status == states.PAUSED:
             if self.calling:
                 return True
             by_hours = campaign.pause_reason == states.BY_HOURS and hours is not None
-            return await self._idle(session, hours.next_change(now, zone) if by_hours
-                                    and hours is not None else None)
+            return await self._idle(
+                session, hours.next_change(now, zone) if by_hours and hours is not None else None
+            )
         if not (self.pending or self.retrying or self.calling):
             await owner.change_status(session, campaign, states.COMPLETED, None, now)
             await store.set_campaign(session, campaign.id, {"ended_at": now})
@@ -277,9 +311,18 @@ class Driver:
         now = self.clock.wall()
 
         async def mark(session: Session, call: Any) -> None:
-            await store.mark_called(session, number, attempt, call.id, campaign_id=campaign.id,
-                                    driver=self.owner.me, placing=states.IN_PROGRESS,
-                                    waiting=states.WAITING, state=states.CALLING, now=now)
+            await store.mark_called(
+                session,
+                number,
+                attempt,
+                call.id,
+                campaign_id=campaign.id,
+                driver=self.owner.me,
+                placing=states.IN_PROGRESS,
+                waiting=states.WAITING,
+                state=states.CALLING,
+                now=now,
+            )
 
         try:
             call, _ = await self.owner.dispatcher.submit(request, mark)
@@ -295,8 +338,7 @@ class Driver:
             self._next_tick = self.clock.now()
             return False
         except RingflowError as exc:
-            log.warning("campaign %s: %s could not be called: %s", campaign.sid, number.number,
-                        exc)
+            log.warning("campaign %s: %s could not be called: %s", campaign.sid, number.number, exc)
             self._put_back(number)
             self._slot = self.clock.now() + FULL_QUEUE_PAUSE
             return False
@@ -331,11 +373,16 @@ class Driver:
         now = self.clock.now()
         wake = self._next_tick
         campaign = self.campaign
-        if (campaign is not None and campaign.status == states.IN_PROGRESS
-                and len(self.calling) < self._room(campaign) and self._has_due()):
+        if (
+            campaign is not None
+            and campaign.status == states.IN_PROGRESS
+            and len(self.calling) < self._room(campaign)
+            and self._has_due()
+        ):
             wake = min(wake, max(self._slot, now))
         return max(0.0, wake - now)
 
     def _has_due(self) -> bool:
-        return bool(self.pending) or bool(self.retrying
-                                          and self.retrying[0][0] <= self.clock.wall())
+        return bool(self.pending) or bool(
+            self.retrying and self.retrying[0][0] <= self.clock.wall()
+        )

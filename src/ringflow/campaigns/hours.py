@@ -34,14 +34,16 @@ class CallingHours:
     def parse(cls, value: Any) -> CallingHours:
         """The windows given as JSON; InvalidRequest says what is wrong with them."""
         if not isinstance(value, dict) or not value:
-            raise InvalidRequest('calling_hours must be an object such as '
-                                 '{"mon-fri": "09:00-18:00"}')
+            raise InvalidRequest(
+                'calling_hours must be an object such as {"mon-fri": "09:00-18:00"}'
+            )
         days: list[list[tuple[int, int]]] = [[] for _ in DAYS]
         for key, spans in value.items():
             spans = [spans] if isinstance(spans, str) else spans
             if not isinstance(spans, list) or not all(isinstance(s, str) for s in spans):
-                raise InvalidRequest(f"calling_hours[{key!r}] must be a window \"HH:MM-HH:MM\" "
-                                     "or a list of them")
+                raise InvalidRequest(
+                    f'calling_hours[{key!r}] must be a window "HH:MM-HH:MM" or a list of them'
+                )
             for day in _days(str(key)):
                 days[day].extend(_window(key, span) for span in spans)
         for day, spans in enumerate(days):
@@ -55,8 +57,11 @@ class CallingHours:
 
     def to_json(self) -> dict[str, list[str]]:
         """One key per day with windows, each window as ``HH:MM-HH:MM`` (stored and shown)."""
-        return {DAYS[day]: [f"{_hhmm(start)}-{_hhmm(end)}" for start, end in spans]
-                for day, spans in enumerate(self.windows) if spans}
+        return {
+            DAYS[day]: [f"{_hhmm(start)}-{_hhmm(end)}" for start, end in spans]
+            for day, spans in enumerate(self.windows)
+            if spans
+        }
 
     def is_open(self, at: dt.datetime, zone: str) -> bool:
         """Whether ``at`` (aware) falls in a window, on the clock of ``zone``."""
@@ -101,8 +106,10 @@ def _days(key: str) -> list[int]:
         part = part.strip()
         first, _, last = part.partition("-")
         if first not in DAYS or (last and last not in DAYS):
-            raise InvalidRequest(f"calling_hours: {key!r} is not a day (mon ... sun), a range "
-                                 "of days (mon-fri), a list (sat,sun) or daily")
+            raise InvalidRequest(
+                f"calling_hours: {key!r} is not a day (mon ... sun), a range "
+                "of days (mon-fri), a list (sat,sun) or daily"
+            )
         a, b = DAYS.index(first), DAYS.index(last or first)
         days += list(range(a, b + 1)) if a <= b else [*range(a, 7), *range(b + 1)]
     return days
@@ -117,8 +124,10 @@ def _window(key: str, span: str) -> tuple[int, int]:
     if h1 > 23 or m1 > 59 or m2 > 59 or end > MINUTES_A_DAY:
         raise InvalidRequest(f"calling_hours[{key!r}]: {span!r} is not a time of day")
     if end <= start:
-        raise InvalidRequest(f"calling_hours[{key!r}]: {span!r} must end after it starts "
-                             "(split a window across midnight in two)")
+        raise InvalidRequest(
+            f"calling_hours[{key!r}]: {span!r} must end after it starts "
+            "(split a window across midnight in two)"
+        )
     return start, end
 
 

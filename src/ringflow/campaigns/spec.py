@@ -40,12 +40,33 @@ MECHANISMS = ("Linear", "Exponential")
 DEFAULT_CALLS_PER_SECOND = 1.0
 STREAM_TYPES = ("bidirectional", "unidirectional")
 
-CREATE_FIELDS = frozenset({
-    "from", "lists", "caller_id", "url", "name", "type", "call_duplicate_numbers", "retries",
-    "schedule", "mode", "throttle", "calls_per_second", "max_concurrent", "calling_hours",
-    "custom_field", "status_callback", "call_status_callback", "call_schedule_callback",
-    "StreamUrl", "StreamType", "flow_type", "read_via_text", "machine_detection",
-})
+CREATE_FIELDS = frozenset(
+    {
+        "from",
+        "lists",
+        "caller_id",
+        "url",
+        "name",
+        "type",
+        "call_duplicate_numbers",
+        "retries",
+        "schedule",
+        "mode",
+        "throttle",
+        "calls_per_second",
+        "max_concurrent",
+        "calling_hours",
+        "custom_field",
+        "status_callback",
+        "call_status_callback",
+        "call_schedule_callback",
+        "StreamUrl",
+        "StreamType",
+        "flow_type",
+        "read_via_text",
+        "machine_detection",
+    }
+)
 # What a PUT may change once the campaign has started (besides ``action``).
 LIVE_FIELDS = frozenset({"status_callback", "call_status_callback", "call_schedule_callback"})
 CALLBACK_FIELDS = ("status_callback", "call_status_callback", "call_schedule_callback")
@@ -66,16 +87,23 @@ class Retries:
         if value is None:
             return cls()
         if not isinstance(value, dict):
-            raise InvalidRequest('retries must be an object such as {"number_of_retries": 2, '
-                                 '"interval_mins": 10, "mechanism": "Linear", '
-                                 '"on_status": ["busy", "no-answer"]}')
+            raise InvalidRequest(
+                'retries must be an object such as {"number_of_retries": 2, '
+                '"interval_mins": 10, "mechanism": "Linear", '
+                '"on_status": ["busy", "no-answer"]}'
+            )
         unknown = set(value) - {"number_of_retries", "interval_mins", "mechanism", "on_status"}
         if unknown:
             raise InvalidRequest(f"retries: unknown fields {', '.join(sorted(unknown))}")
-        count = _whole(value.get("number_of_retries", 0), "retries.number_of_retries",
-                       0, MAX_RETRIES)
-        interval = _whole(value.get("interval_mins", cls.interval_mins),
-                          "retries.interval_mins", 1, MAX_INTERVAL_MINS)
+        count = _whole(
+            value.get("number_of_retries", 0), "retries.number_of_retries", 0, MAX_RETRIES
+        )
+        interval = _whole(
+            value.get("interval_mins", cls.interval_mins),
+            "retries.interval_mins",
+            1,
+            MAX_INTERVAL_MINS,
+        )
         mechanism = str(value.get("mechanism", "Linear")).strip().capitalize()
         if mechanism not in MECHANISMS:
             raise InvalidRequest("retries.mechanism must be Linear or Exponential")
@@ -87,13 +115,18 @@ class Retries:
         statuses = [str(s).strip().lower().replace("_", "-") for s in on_status]
         bad = [s for s in statuses if s not in RETRY_STATUSES]
         if bad:
-            raise InvalidRequest(f"retries.on_status: {', '.join(bad)} is not busy, no-answer "
-                                 "or failed")
+            raise InvalidRequest(
+                f"retries.on_status: {', '.join(bad)} is not busy, no-answer or failed"
+            )
         return cls(count, interval, mechanism, tuple(dict.fromkeys(statuses)))
 
     def to_json(self) -> dict[str, Any]:
-        return {"number_of_retries": self.count, "interval_mins": self.interval_mins,
-                "mechanism": self.mechanism, "on_status": list(self.on_status)}
+        return {
+            "number_of_retries": self.count,
+            "interval_mins": self.interval_mins,
+            "mechanism": self.mechanism,
+            "on_status": list(self.on_status),
+        }
 
     def wait_after(self, attempts: int) -> dt.timedelta:
         """How long after the end of attempt ``attempts`` (1, 2, ...) the next one is due."""
@@ -135,8 +168,9 @@ def unwrap(body: Any) -> dict[str, Any]:
             raise InvalidRequest("campaigns must be a list of exactly one campaign object")
         return items[0]
     if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object (a campaign, or "
-                             '{"campaigns": [campaign]})')
+        raise InvalidRequest(
+            'the body must be a JSON object (a campaign, or {"campaigns": [campaign]})'
+        )
     return body
 
 
@@ -146,8 +180,10 @@ def parse_create(body: dict[str, Any], *, allow_private: bool) -> CampaignSpec:
     if unknown:
         raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
     if body.get("flow_type") is not None or body.get("read_via_text") is not None:
-        raise InvalidRequest("flow_type and read_via_text are not supported: give url (an app "
-                             "whose greeting speaks the text) instead")
+        raise InvalidRequest(
+            "flow_type and read_via_text are not supported: give url (an app "
+            "whose greeting speaks the text) instead"
+        )
     campaign_type = body.get("type")
     if campaign_type is not None and str(campaign_type).lower() != "trans":
         raise InvalidRequest("type must be trans")
@@ -160,8 +196,9 @@ def parse_create(body: dict[str, Any], *, allow_private: bool) -> CampaignSpec:
         raise InvalidRequest("caller_id is required: one of the account's ExoPhones")
     url, stream = body.get("url"), body.get("StreamUrl")
     if url and stream:
-        raise InvalidRequest("url and StreamUrl cannot be used together: a campaign runs an app "
-                             "or streams to a bot")
+        raise InvalidRequest(
+            "url and StreamUrl cannot be used together: a campaign runs an app or streams to a bot"
+        )
     if not url and not stream:
         raise InvalidRequest("url (the app to run) or StreamUrl (a bot) is required")
     if url is not None and not isinstance(url, str):
@@ -182,16 +219,21 @@ def parse_create(body: dict[str, Any], *, allow_private: bool) -> CampaignSpec:
         stream_url=stream_url,
         stream_type=stream_type,
         name=_name(body.get("name")),
-        call_duplicate_numbers=_bool(body.get("call_duplicate_numbers", False),
-                                     "call_duplicate_numbers"),
+        call_duplicate_numbers=_bool(
+            body.get("call_duplicate_numbers", False), "call_duplicate_numbers"
+        ),
         retries=Retries.parse(body.get("retries")),
         send_at=send_at,
         end_at=end_at,
         calls_per_second=_pace(body),
-        max_concurrent=(None if body.get("max_concurrent") is None
-                        else _whole(body["max_concurrent"], "max_concurrent", 1, MAX_CONCURRENT)),
-        calling_hours=(None if body.get("calling_hours") is None
-                       else CallingHours.parse(body["calling_hours"])),
+        max_concurrent=(
+            None
+            if body.get("max_concurrent") is None
+            else _whole(body["max_concurrent"], "max_concurrent", 1, MAX_CONCURRENT)
+        ),
+        calling_hours=(
+            None if body.get("calling_hours") is None else CallingHours.parse(body["calling_hours"])
+        ),
         custom_field=_custom(body.get("custom_field")),
         machine_detection=_detection(body.get("machine_detection")),
         callbacks=callbacks(body, allow_private=allow_private),
@@ -206,8 +248,7 @@ def parse_changes(fields: dict[str, Any], *, allow_private: bool) -> dict[str, A
         raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
     for name in ("from", "lists", "call_duplicate_numbers"):
         if name in fields:
-            raise InvalidRequest(f"{name} cannot change: create another campaign for other "
-                                 "numbers")
+            raise InvalidRequest(f"{name} cannot change: create another campaign for other numbers")
     for name in ("flow_type", "read_via_text", "type"):
         if name in fields:
             raise InvalidRequest(f"{name} cannot change")
@@ -224,8 +265,11 @@ def parse_changes(fields: dict[str, Any], *, allow_private: bool) -> dict[str, A
         stream_type = str(fields.get("StreamType") or "bidirectional").strip().lower()
         if stream_type not in STREAM_TYPES:
             raise InvalidRequest(f"StreamType must be {' or '.join(STREAM_TYPES)}")
-        values.update(app_id=None, stream_type=stream_type, stream_url=check_stream_url(
-            str(fields["StreamUrl"]), allow_private=allow_private))
+        values.update(
+            app_id=None,
+            stream_type=stream_type,
+            stream_url=check_stream_url(str(fields["StreamUrl"]), allow_private=allow_private),
+        )
     if "retries" in fields:
         values["retries"] = Retries.parse(fields["retries"]).to_json()
     if "schedule" in fields:
@@ -233,8 +277,9 @@ def parse_changes(fields: dict[str, Any], *, allow_private: bool) -> dict[str, A
     if {"calls_per_second", "throttle", "mode"} & set(fields):
         values["calls_per_second"] = _pace(fields)
     if "max_concurrent" in fields:
-        values["max_concurrent"] = _whole(fields["max_concurrent"], "max_concurrent", 1,
-                                          MAX_CONCURRENT)
+        values["max_concurrent"] = _whole(
+            fields["max_concurrent"], "max_concurrent", 1, MAX_CONCURRENT
+        )
     if "calling_hours" in fields:
         hours = fields["calling_hours"]
         values["calling_hours"] = None if hours is None else CallingHours.parse(hours).to_json()
@@ -252,8 +297,9 @@ def callbacks(body: dict[str, Any], *, allow_private: bool) -> dict[str, str | N
     for name in CALLBACK_FIELDS:
         if name in body:
             value = body[name]
-            found[name] = (validate_url(value, allow_private=allow_private, field=name)
-                           if value else None)
+            found[name] = (
+                validate_url(value, allow_private=allow_private, field=name) if value else None
+            )
     return found
 
 
@@ -275,8 +321,10 @@ def _numbers(value: Any) -> tuple[str, ...]:
     else:
         raise InvalidRequest("from must be a list of numbers or a comma-separated string")
     if len(raw) > MAX_INLINE_NUMBERS:
-        raise InvalidRequest(f"from holds {len(raw)} numbers: at most {MAX_INLINE_NUMBERS}; "
-                             "upload a list (contacts/csv-upload) for more")
+        raise InvalidRequest(
+            f"from holds {len(raw)} numbers: at most {MAX_INLINE_NUMBERS}; "
+            "upload a list (contacts/csv-upload) for more"
+        )
     return tuple(normalize(number, field=f"from[{index}]") for index, number in enumerate(raw))
 
 
@@ -296,10 +344,8 @@ def _schedule(value: Any) -> tuple[dt.datetime | None, dt.datetime | None]:
     if value is None:
         return None, None
     if not isinstance(value, dict) or set(value) - {"send_at", "end_at"}:
-        raise InvalidRequest('schedule must be {"send_at": RFC 3339 time, "end_at": RFC 3339 '
-                             'time}')
-    send_at, end_at = (_time(value.get(name), f"schedule.{name}") for name in ("send_at",
-                                                                                "end_at"))
+        raise InvalidRequest('schedule must be {"send_at": RFC 3339 time, "end_at": RFC 3339 time}')
+    send_at, end_at = (_time(value.get(name), f"schedule.{name}") for name in ("send_at", "end_at"))
     if send_at and end_at and end_at <= send_at:
         raise InvalidRequest("schedule.end_at must be after schedule.send_at")
     return send_at, end_at
@@ -313,8 +359,9 @@ def _time(value: Any, field: str) -> dt.datetime | None:
     try:
         moment = dt.datetime.fromisoformat(value.strip())
     except ValueError:
-        raise InvalidRequest(f"{field}: {value!r} is not an RFC 3339 time such as "
-                             "2026-12-24T10:00:00+05:30") from None
+        raise InvalidRequest(
+            f"{field}: {value!r} is not an RFC 3339 time such as 2026-12-24T10:00:00+05:30"
+        ) from None
     if moment.tzinfo is None:
         raise InvalidRequest(f"{field} must carry its offset (Z or +05:30)")
     return moment.astimezone(dt.UTC)
@@ -323,10 +370,14 @@ def _time(value: Any, field: str) -> dt.datetime | None:
 def _pace(body: dict[str, Any]) -> float:
     if body.get("calls_per_second") is not None:
         value = body["calls_per_second"]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                0 < value <= MAX_CALLS_PER_SECOND):
-            raise InvalidRequest(f"calls_per_second must be a number above 0 and at most "
-                                 f"{MAX_CALLS_PER_SECOND:g}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (0 < value <= MAX_CALLS_PER_SECOND)
+        ):
+            raise InvalidRequest(
+                f"calls_per_second must be a number above 0 and at most {MAX_CALLS_PER_SECOND:g}"
+            )
         return float(value)
     mode = str(body.get("mode") or "auto").strip().lower()
     if mode not in ("auto", "custom"):
@@ -353,8 +404,9 @@ def _custom(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > MAX_CUSTOM_FIELD:
-        raise InvalidRequest(f"custom_field must be a string of at most {MAX_CUSTOM_FIELD} "
-                             "characters")
+        raise InvalidRequest(
+            f"custom_field must be a string of at most {MAX_CUSTOM_FIELD} characters"
+        )
     return value
 
 

@@ -55,22 +55,30 @@ def _group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._S
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ringflow", description="Self-hosted, Exotel-compatible voice API server")
+    parser = argparse.ArgumentParser(
+        prog="ringflow", description="Self-hosted, Exotel-compatible voice API server"
+    )
     parser.add_argument("--version", action="version", version=f"ringflow {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the server")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--workers", type=int, default=1,
-                   help="server processes sharing the port (needs PostgreSQL and Redis above 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (needs PostgreSQL and Redis above 1)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # run by --workers
     p.set_defaults(func=server.cmd_serve)
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema")
     p.set_defaults(func=server.cmd_migrate)
 
-    p = sub.add_parser("dial", help="place a test call through the configured carrier and follow it")
+    p = sub.add_parser(
+        "dial", help="place a test call through the configured carrier and follow it"
+    )
     p.add_argument("account_sid")
     p.add_argument("number", help="E.164 number or sip: URI to call")
     p.add_argument("--app", type=int, required=True, help="the app the call runs once answered")
@@ -81,11 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="create the demo account once and print how to use it")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--credentials-file", type=Path,
-                   help="where the demo's credentials are kept "
-                   "(default: demo-credentials.json in RINGFLOW_DATA_DIR)")
-    p.add_argument("--before-serve", action="store_true",
-                   help="first check that serve can listen on the port (make serve)")
+    p.add_argument(
+        "--credentials-file",
+        type=Path,
+        help="where the demo's credentials are kept "
+        "(default: demo-credentials.json in RINGFLOW_DATA_DIR)",
+    )
+    p.add_argument(
+        "--before-serve",
+        action="store_true",
+        help="first check that serve can listen on the port (make serve)",
+    )
     p.set_defaults(func=server.cmd_demo)
 
     accounts = _group(sub, "accounts", help="manage accounts")
@@ -98,8 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("account_sid")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=admin.command(admin.accounts_show))
-    p = accounts.add_parser("set-limits", help="set the account's own limits "
-                            "(default or none: the server's)")
+    p = accounts.add_parser(
+        "set-limits", help="set the account's own limits (default or none: the server's)"
+    )
     p.add_argument("account_sid")
     for limit in LIMITS:
         p.add_argument(admin.option(limit), metavar="N", dest=limit.name)
@@ -168,9 +183,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--account", default="", help="only for this account's calls (default: all)")
     p.add_argument("--ring", type=float, default=1.0, help="seconds of ringing (default 1)")
     p.add_argument("--outcome", default="answer", help="answer, busy, no-answer or failed")
-    p.add_argument("--keys", action="append", default=[], help="keys pressed at an input (repeatable)")
+    p.add_argument(
+        "--keys", action="append", default=[], help="keys pressed at an input (repeatable)"
+    )
     p.add_argument("--hangup-after", type=float, help="hang up this many seconds after answering")
-    p.add_argument("--says", action="append", default=[], help="what it says when recorded (repeatable)")
+    p.add_argument(
+        "--says", action="append", default=[], help="what it says when recorded (repeatable)"
+    )
     p.set_defaults(func=admin.command(admin.sandbox_script))
     p = sandbox.add_parser("clear", help="forget a virtual phone's script")
     p.add_argument("number")

@@ -44,8 +44,11 @@ def cmd_calls_hangup(settings: Settings, args: argparse.Namespace) -> int:
     call = asyncio.run(go())
     reason = f" ({call.reason})" if call.reason else ""
     if not is_terminal(call.status):
-        print(f"call {call.sid}: hangup requested; still {call.status}: the server carrying it "
-              "has not ended it yet (is it running?)", file=sys.stderr)
+        print(
+            f"call {call.sid}: hangup requested; still {call.status}: the server carrying it "
+            "has not ended it yet (is it running?)",
+            file=sys.stderr,
+        )
         return 1
     print(f"call {call.sid}: {call.status}{reason}")
     return 0
@@ -67,8 +70,9 @@ def open_database(settings: Settings, *, create: bool = False) -> None:
     schema.migrate(settings.database_url)
 
 
-def command(action: Callable[[Accounts, argparse.Namespace], Awaitable[Any]], *,
-            create: bool = False) -> Callable[..., int]:
+def command(
+    action: Callable[[Accounts, argparse.Namespace], Awaitable[Any]], *, create: bool = False
+) -> Callable[..., int]:
     """Wrap an async admin action: find (or, with ``create``, make) the database, run, close."""
 
     def command(settings: Settings, args: argparse.Namespace) -> int:
@@ -96,9 +100,15 @@ def command(action: Callable[[Accounts, argparse.Namespace], Awaitable[Any]], *,
 
 def _print_credentials(creds: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"sid": creds.account_sid, "api_key": creds.api_key, "api_token": creds.api_token}))
+        print(
+            json.dumps(
+                {"sid": creds.account_sid, "api_key": creds.api_key, "api_token": creds.api_token}
+            )
+        )
     else:
-        print(f"Account SID: {creds.account_sid}\nAPI key:     {creds.api_key}\nAPI token:   {creds.api_token}")
+        print(
+            f"Account SID: {creds.account_sid}\nAPI key:     {creds.api_key}\nAPI token:   {creds.api_token}"
+        )
         print("The token is shown only now; it is stored hashed.")
 
 
@@ -132,14 +142,24 @@ async def accounts_set_limits(accounts: Accounts, args: argparse.Namespace) -> N
 def _print_limits(account: Any, settings: Settings, as_json: bool) -> None:
     own = {limit.name: getattr(account, limit.column) for limit in LIMITS}
     applied = {
-        limit.name: own[limit.name] if own[limit.name] is not None
+        limit.name: own[limit.name]
+        if own[limit.name] is not None
         else getattr(settings, limit.setting)
         for limit in LIMITS
     }
     if as_json:
-        print(json.dumps({"sid": account.sid, "name": account.name,
-                          "time_zone": account.time_zone, "limits": own,
-                          "effective_limits": applied}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "sid": account.sid,
+                    "name": account.name,
+                    "time_zone": account.time_zone,
+                    "limits": own,
+                    "effective_limits": applied,
+                },
+                indent=2,
+            )
+        )
         return
     print(f"account {account.sid} ({account.name}), time zone {account.time_zone}")
     for limit in LIMITS:
@@ -213,8 +233,7 @@ def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
         return f"{path}: not valid YAML or JSON: {problem}"
     context = getattr(exc, "context", None)
     also = f" ({context})" if context else ""
-    return (f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML or JSON: "
-            f"{problem}{also}")
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML or JSON: {problem}{also}"
 
 
 async def apps_import(accounts: Accounts, args: argparse.Namespace) -> None:
@@ -246,16 +265,34 @@ async def calls_show(accounts: Accounts, args: argparse.Namespace) -> None:
         events = await timeline.steps(session, call.id)
     assert account is not None
     if args.json:
-        print(json.dumps({
-            "sid": call.sid,
-            "account": account.sid,
-            "status": call.status,
-            "reason": call.reason,
-            "legs": [{"leg": leg.leg_no, "number": leg.number, "status": leg.status, "cause": leg.cause} for leg in call.legs],
-            "events": [{"at": e.at.isoformat(), "kind": e.kind, "data": e.data} for e in events],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "sid": call.sid,
+                    "account": account.sid,
+                    "status": call.status,
+                    "reason": call.reason,
+                    "legs": [
+                        {
+                            "leg": leg.leg_no,
+                            "number": leg.number,
+                            "status": leg.status,
+                            "cause": leg.cause,
+                        }
+                        for leg in call.legs
+                    ],
+                    "events": [
+                        {"at": e.at.isoformat(), "kind": e.kind, "data": e.data} for e in events
+                    ],
+                },
+                indent=2,
+            )
+        )
         return
-    print(f"call {call.sid} ({account.sid}, {call.shape}): {call.status}" + (f" - {call.reason}" if call.reason else ""))
+    print(
+        f"call {call.sid} ({account.sid}, {call.shape}): {call.status}"
+        + (f" - {call.reason}" if call.reason else "")
+    )
     for leg in call.legs:
         cause = f" ({leg.cause})" if leg.cause else ""
         print(f"  leg {leg.leg_no} {leg.number}: {leg.status or 'never attempted'}{cause}")

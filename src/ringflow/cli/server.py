@@ -47,18 +47,23 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     listener = _listen(settings.host, settings.port, reuse_port=args.worker)
     if not args.worker:  # the supervisor migrated before starting its workers
         schema.migrate(settings.database_url)
-    limits = ConnectionLimits(settings.max_connections, settings.http_head_timeout,
-                              settings.http_body_timeout)
+    limits = ConnectionLimits(
+        settings.max_connections, settings.http_head_timeout, settings.http_body_timeout
+    )
     check_file_limit(limits, raise_file_limit())
     # uvicorn with ringflow's protocol: head and body deadlines and a connection cap on top of
     # uvicorn's keep-alive timeout (http_connections.py says why this server).
     app = create_app(settings)
     drain = _drain(settings, app.state.services)
     # log_config=None: uvicorn's lines go to the one handler logs.configure made, in its format.
-    config = uvicorn.Config(DrainGate(app, drain), log_level=settings.log_level,
-                            log_config=None, timeout_graceful_shutdown=10,
-                            http=protocol_class(limits),
-                            timeout_keep_alive=settings.http_keep_alive)
+    config = uvicorn.Config(
+        DrainGate(app, drain),
+        log_level=settings.log_level,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        http=protocol_class(limits),
+        timeout_keep_alive=settings.http_keep_alive,
+    )
     tighten(settings)
     server = DrainingServer(config, drain)
     if args.worker:
@@ -93,14 +98,20 @@ def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"port {port} on {host} is in use (another ringflow?): stop what "
-                              "listens there, or choose another port with --port or "
-                              "RINGFLOW_PORT") from None
+            raise ConfigError(
+                f"port {port} on {host} is in use (another ringflow?): stop what "
+                "listens there, or choose another port with --port or "
+                "RINGFLOW_PORT"
+            ) from None
         if exc.errno == errno.EACCES:
-            raise ConfigError(f"port {port} on {host} needs privileges: choose a port above "
-                              "1023 with --port or RINGFLOW_PORT") from None
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror} (--host/--port, "
-                          "RINGFLOW_HOST/RINGFLOW_PORT)") from None
+            raise ConfigError(
+                f"port {port} on {host} needs privileges: choose a port above "
+                "1023 with --port or RINGFLOW_PORT"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror} (--host/--port, "
+            "RINGFLOW_HOST/RINGFLOW_PORT)"
+        ) from None
     return sock
 
 
@@ -110,8 +121,16 @@ def cmd_dial(settings: Settings, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     schema.require_database(settings.database_url)
     schema.migrate(settings.database_url)
-    call = asyncio.run(dial(settings, args.account_sid, args.number, args.app,
-                            caller_id=args.caller_id, time_out=args.timeout))
+    call = asyncio.run(
+        dial(
+            settings,
+            args.account_sid,
+            args.number,
+            args.app,
+            caller_id=args.caller_id,
+            time_out=args.timeout,
+        )
+    )
     return 0 if call.status == "completed" else 1
 
 

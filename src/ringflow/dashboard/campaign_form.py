@@ -76,8 +76,9 @@ def read_form(
         body["max_concurrent"] = whole_number(
             text("max_concurrent"), "Max concurrent calls", low=1, high=MAX_CONCURRENT
         )
-    hours = _calling_hours(text("hours_days"), text("hours_from"), text("hours_until"),
-                           text("hours_json"))
+    hours = _calling_hours(
+        text("hours_days"), text("hours_from"), text("hours_until"), text("hours_json")
+    )
     if hours is not None:
         body["calling_hours"] = hours
     detection = text("machine_detection")
@@ -98,14 +99,16 @@ def _pace(raw: str) -> float:
 
 
 def _retries(fields: Mapping[str, str], on_status: Sequence[str]) -> dict[str, Any]:
-    count = whole_number(fields.get("retries", "0").strip() or "0", "Retries", low=0,
-                         high=MAX_RETRIES)
+    count = whole_number(
+        fields.get("retries", "0").strip() or "0", "Retries", low=0, high=MAX_RETRIES
+    )
     retries: dict[str, Any] = {"number_of_retries": count}
     if count == 0:
         return retries
     interval = fields.get("interval_mins", "").strip() or "30"
-    retries["interval_mins"] = whole_number(interval, "Minutes between attempts", low=1,
-                                            high=MAX_INTERVAL_MINS)
+    retries["interval_mins"] = whole_number(
+        interval, "Minutes between attempts", low=1, high=MAX_INTERVAL_MINS
+    )
     mechanism = fields.get("mechanism", "").strip() or "Linear"
     if mechanism not in MECHANISMS:
         raise InvalidRequest(f"Spacing must be {' or '.join(MECHANISMS)}")
@@ -124,16 +127,18 @@ def _calling_hours(days: str, start: str, end: str, raw_json: str) -> dict[str, 
     """``calling_hours`` from the JSON field if filled in, else from the one daily window."""
     if raw_json:
         if len(raw_json) > MAX_HOURS_JSON:
-            raise InvalidRequest(f"Calling hours (JSON) may be at most {MAX_HOURS_JSON} "
-                                 "characters")
+            raise InvalidRequest(f"Calling hours (JSON) may be at most {MAX_HOURS_JSON} characters")
         try:
             hours = json.loads(raw_json)
         except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"Calling hours (JSON) is not JSON: {exc.msg} at line "
-                                 f"{exc.lineno}, column {exc.colno}") from None
+            raise InvalidRequest(
+                f"Calling hours (JSON) is not JSON: {exc.msg} at line "
+                f"{exc.lineno}, column {exc.colno}"
+            ) from None
         if not isinstance(hours, dict):
-            raise InvalidRequest('Calling hours (JSON) must be an object such as '
-                                 '{"mon-fri": "09:00-18:00"}')
+            raise InvalidRequest(
+                'Calling hours (JSON) must be an object such as {"mon-fri": "09:00-18:00"}'
+            )
         return hours
     if not days:
         if start or end:

@@ -105,8 +105,13 @@ def _reason(campaign: Any) -> str:
 
 
 def _context() -> dict[str, Any]:
-    return {"bars": BARS, "tones": TONES, "reasons": REASONS, "actions_of": actions,
-            "refresh_ms": REFRESH_MS}
+    return {
+        "bars": BARS,
+        "tones": TONES,
+        "reasons": REASONS,
+        "actions_of": actions,
+        "refresh_ms": REFRESH_MS,
+    }
 
 
 def _offset(page: Page) -> int:
@@ -163,9 +168,7 @@ async def new_campaign(site: Dashboard, page: Page) -> Response:
         )
         name, content = await _csv(page)
         list_name = f"{asked.body.get('name') or 'campaign'} {new_sid()[:8]}"
-        upload, contact_list = await site.s.campaigns.upload(
-            page.account, list_name, name, content
-        )
+        upload, contact_list = await site.s.campaigns.upload(page.account, list_name, name, content)
         view = await site.s.campaigns.create(
             page.account, {**asked.body, "lists": [contact_list.sid]}, asked.app_id
         )

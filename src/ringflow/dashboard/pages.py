@@ -84,10 +84,14 @@ async def trunks(site: Dashboard, page: Page) -> Response:
     status = await site.s.carrier.trunk_status(page.account.sid)
     now = time.time()  # registration times are wall-clock seconds
     return site.page_response(
-        page, "trunks.html", carrier=site.s.carrier.name, status=status,
+        page,
+        "trunks.html",
+        carrier=site.s.carrier.name,
+        status=status,
         on_sandbox=site.on_sandbox(page.account.sid),
         registered_for=_seconds_until(status.registered_until, now) if status else None,
-        retry_in=_seconds_until(status.retry_at, now) if status else None)
+        retry_in=_seconds_until(status.retry_at, now) if status else None,
+    )
 
 
 def _seconds_until(at: float | None, now: float) -> int | None:

@@ -65,7 +65,9 @@ async def call_view(session: Session, account_id: int, sid: str) -> CallView:
     events = await timeline.steps(session, call.id)
     callbacks = [
         Callback(message, attempts)
-        for message, attempts in await callback_views.callbacks_of_call(session, account_id, call.id)
+        for message, attempts in await callback_views.callbacks_of_call(
+            session, account_id, call.id
+        )
     ]
     recordings = await recordings_of_call(session, account_id, call.id)
     return CallView(call, events, callbacks, recordings)

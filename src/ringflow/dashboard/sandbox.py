@@ -108,9 +108,7 @@ async def test_call(site: Dashboard, page: Page) -> Response:
     async with site.s.db.session() as db:
         await site.s.accounts.app(db, page.account.id, app_id)  # NotFound for another's app
     try:
-        sid = await place_test_call(
-            site, page, page.field("number") or DEFAULT_TEST_NUMBER, app_id
-        )
+        sid = await place_test_call(site, page, page.field("number") or DEFAULT_TEST_NUMBER, app_id)
     except InvalidRequest as exc:
         return await phones(site, page, str(exc), 400)
     return site.redirect(f"{page.base}/calls/{sid}")

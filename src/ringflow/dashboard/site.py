@@ -149,9 +149,7 @@ class Dashboard:
             ),
             Route(a + "/campaigns/progress", self.page(campaigns.list_progress), methods=get),
             Route(a + "/campaigns/{campaign}", self.page(campaigns.campaign_page), methods=get),
-            Route(
-                a + "/campaigns/{campaign}/progress", self.page(campaigns.progress), methods=get
-            ),
+            Route(a + "/campaigns/{campaign}/progress", self.page(campaigns.progress), methods=get),
             Route(a + "/campaigns/{campaign}/{action}", self.page(campaigns.act), methods=post),
             Mount("/static", StaticFiles(directory=STATIC), name="dashboard-static"),
         ]

@@ -36,7 +36,11 @@ def demo_app(base_url: str) -> dict[str, Any]:
                 "on_200": "thanks",
                 "on_302": "sorry",
             },
-            "thanks": {"applet": "greeting", "text": "Your server said yes. Goodbye.", "next": "bye"},
+            "thanks": {
+                "applet": "greeting",
+                "text": "Your server said yes. Goodbye.",
+                "next": "bye",
+            },
             "sorry": {"applet": "greeting", "text": "Your server said no. Goodbye.", "next": "bye"},
             "bye": {"applet": "hangup"},
         },

@@ -164,9 +164,13 @@ class FlowEngine:
         if isinstance(action, Dial):
             if self.dial is None:
                 return DialResult("failed")
-            await self.record("dial", {"numbers": list(action.numbers), "simultaneous": action.simultaneous})
+            await self.record(
+                "dial", {"numbers": list(action.numbers), "simultaneous": action.simultaneous}
+            )
             result = await self.dial(action)
-            log.info("call %s: dial -> %s %s", self.ctx.call_sid, result.status, result.number or "")
+            log.info(
+                "call %s: dial -> %s %s", self.ctx.call_sid, result.status, result.number or ""
+            )
             end = {"status": result.status, "number": result.number, "duration": result.duration}
             if result.recording_url:
                 end["recording_url"] = result.recording_url
@@ -176,8 +180,9 @@ class FlowEngine:
             return await self._record(action)
         if isinstance(action, StreamAudio):
             if self.streamer is None:
-                await self.record("stream.failed", {"url": action.url,
-                                                    "reason": "streams are not available here"})
+                await self.record(
+                    "stream.failed", {"url": action.url, "reason": "streams are not available here"}
+                )
                 return None
             return await self.streamer.run(action)
         if isinstance(action, HttpGet):

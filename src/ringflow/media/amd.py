@@ -142,7 +142,7 @@ class Detector:
         total = float(power.sum())
         peak = int(power.argmax())
         hz = peak * _BIN_HZ
-        lobe = float(power[max(0, peak - _LOBE):peak + _LOBE + 1].sum())
+        lobe = float(power[max(0, peak - _LOBE) : peak + _LOBE + 1].sum())
         pure = total > 0 and lobe / total >= TONE_PURITY and TONE_LOW_HZ <= hz <= TONE_HIGH_HZ
         if pure and self._tone and abs(hz - self._tone_hz) <= TONE_DRIFT_HZ:
             self._tone += FRAME_MS
@@ -231,7 +231,7 @@ def detect(pcm: bytes, mode: Mode = Mode.ENABLE) -> Decision:
     detector = Detector(mode)
     step = FRAME_SAMPLES * 2
     for start in range(0, len(pcm) - step + 1, step):
-        decision = detector.feed(pcm[start:start + step])
+        decision = detector.feed(pcm[start : start + step])
         if decision is not None:
             return decision
     return detector.finish()

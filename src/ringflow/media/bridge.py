@@ -35,8 +35,9 @@ class Bridgeable(Protocol):
 class Bridge:
     """Audio both ways between ``near`` and ``far``; ``tap(near, far)`` gets both, in step."""
 
-    def __init__(self, near: Bridgeable, far: Bridgeable,
-                 tap: Callable[[bytes, bytes], None] | None = None) -> None:
+    def __init__(
+        self, near: Bridgeable, far: Bridgeable, tap: Callable[[bytes, bytes], None] | None = None
+    ) -> None:
         self.near, self.far, self.tap = near, far, tap
         self._heard_near: collections.deque[bytes] = collections.deque()
         self._heard_far: collections.deque[bytes] = collections.deque()

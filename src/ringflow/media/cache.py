@@ -144,8 +144,7 @@ class PromptCache:
             raise InvalidRequest(too_long(prompt.duration, max_seconds))
         return prompt
 
-    def prune(self, max_age: float, max_bytes: int | None = None, now: float | None = None
-              ) -> int:
+    def prune(self, max_age: float, max_bytes: int | None = None, now: float | None = None) -> int:
         """Delete files unused for ``max_age`` seconds, then the least recently used until the
         rest fit in ``max_bytes``; returns how many. Blocking: housekeeping runs it on a thread
         (unique texts, such as one-time codes, would otherwise fill the disk).

@@ -93,9 +93,11 @@ class ToneDetector:
     _omega = 2 * np.pi * _PROBES / RATE
     _n = np.arange(FRAME_SAMPLES)
     # Columns 0-23 give the real parts, 24-47 the imaginary parts of the 24 probes.
-    _BASIS = np.ascontiguousarray(np.concatenate(
-        [np.cos(np.outer(_n, _omega)), -np.sin(np.outer(_n, _omega))], axis=1
-    ).astype(np.float32))
+    _BASIS = np.ascontiguousarray(
+        np.concatenate(
+            [np.cos(np.outer(_n, _omega)), -np.sin(np.outer(_n, _omega))], axis=1
+        ).astype(np.float32)
+    )
     # A tone of amplitude A gives |X| = A*N/2 at its bin; compare powers against that.
     _MIN_POWER = (32768.0 * 10 ** (MIN_TONE_DBFS / 20) * FRAME_SAMPLES / 2) ** 2
     _MIN_RMS = 32768.0 * 10 ** (MIN_TONE_DBFS / 20)
@@ -120,7 +122,7 @@ class ToneDetector:
         size = 2 * self.BLOCK
         whole = len(data) - len(data) % size
         self._pending = data[whole:]
-        return [data[start:start + size] for start in range(0, whole, size)]
+        return [data[start : start + size] for start in range(0, whole, size)]
 
     @classmethod
     def classify(cls, block: bytes) -> str | None:
@@ -133,8 +135,11 @@ class ToneDetector:
         cost of a block is a few microseconds instead of a dozen numpy calls of its own."""
         # OpenBLAS spreads a matrix product over threads (which spin while they wait) once it
         # exceeds about 260k multiply-adds; the media loop must stay on its one core.
-        return [key for start in range(0, len(blocks), BATCH)
-                for key in cls._classify_batch(blocks[start:start + BATCH])]
+        return [
+            key
+            for start in range(0, len(blocks), BATCH)
+            for key in cls._classify_batch(blocks[start : start + BATCH])
+        ]
 
     @classmethod
     def _classify_batch(cls, blocks: list[bytes]) -> list[str | None]:
@@ -153,10 +158,12 @@ class ToneDetector:
         p_low, p_high = low[:, -1], high[:, -1]
         margin = _db(GROUP_MARGIN_DB)
         ok = (
-            (p_low >= cls._MIN_POWER) & (p_high >= cls._MIN_POWER)
+            (p_low >= cls._MIN_POWER)
+            & (p_high >= cls._MIN_POWER)
             & (p_high <= p_low * _db(MAX_HIGH_OVER_LOW_DB))
             & (p_low <= p_high * _db(MAX_LOW_OVER_HIGH_DB))
-            & (low[:, -2] * margin <= p_low) & (high[:, -2] * margin <= p_high)
+            & (low[:, -2] * margin <= p_low)
+            & (high[:, -2] * margin <= p_high)
             # A tone's energy over the block is 2|X|^2/N; the block's is the sum of squares.
             & (2.0 * (p_low + p_high) / cls.BLOCK >= MIN_TONE_SHARE * energy[loud])
         )
@@ -206,8 +213,7 @@ class ToneBatch:
             return
         blocks, owners = self._blocks, self._owners
         self._blocks, self._owners = [], []
-        for (detector, found), key in zip(owners, ToneDetector.classify_many(blocks),
-                                          strict=True):
+        for (detector, found), key in zip(owners, ToneDetector.classify_many(blocks), strict=True):
             completed = detector.step(key)
             if completed:
                 found(completed)
@@ -258,8 +264,11 @@ class KeyStream:
         """A key from ``source`` ("rtp", "tone", "info") at ``frame``; False if dropped."""
         last_key, last_source, last_frame = self._last
         self._last = (key, source, frame)
-        if (key == last_key and {source, last_source} == {"rtp", "tone"}
-                and frame - last_frame <= self.SAME_PRESS):
+        if (
+            key == last_key
+            and {source, last_source} == {"rtp", "tone"}
+            and frame - last_frame <= self.SAME_PRESS
+        ):
             return False
         for waiter in self._waiters:
             if not waiter.done():
@@ -298,8 +307,9 @@ class KeyStream:
                 waiter.set_exception(error)
 
 
-def event_packets(key: str, duration_ms: int = 160, ptime: int = 20,
-                  volume: int = 10) -> list[TelephoneEvent]:
+def event_packets(
+    key: str, duration_ms: int = 160, ptime: int = 20, volume: int = 10
+) -> list[TelephoneEvent]:
     """The payloads that send one key press: an update per packet, then the end three times."""
     code = event_of(key)
     step = RATE * ptime // 1000
@@ -308,5 +318,14 @@ def event_packets(key: str, duration_ms: int = 160, ptime: int = 20,
     return updates + [TelephoneEvent(code, True, volume, total)] * 3
 
 
-__all__ = ["EventReceiver", "KeyStream", "ToneBatch", "ToneDetector", "event_packets",
-           "frequencies", "key_of", "tone", "tones"]
+__all__ = [
+    "EventReceiver",
+    "KeyStream",
+    "ToneBatch",
+    "ToneDetector",
+    "event_packets",
+    "frequencies",
+    "key_of",
+    "tone",
+    "tones",
+]

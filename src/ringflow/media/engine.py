@@ -43,8 +43,14 @@ DSCP_EF = 46 << 2  # "expedited forwarding", the usual marking for voice packets
 class MediaEngine:
     """One per process: the shared paced sender and the RTP port allocation."""
 
-    def __init__(self, host: str = "127.0.0.1", port_min: int = 16384, port_max: int = 32766,
-                 *, latch: bool = False) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port_min: int = 16384,
+        port_max: int = 32766,
+        *,
+        latch: bool = False,
+    ) -> None:
         if not 0 < port_min <= port_max < 65536:
             raise MediaError(f"bad RTP port range {port_min}-{port_max}")
         self.host = host
@@ -121,8 +127,14 @@ class MediaEngine:
         for session in self._sessions:
             totals.add(session.stats)
         lateness = self.pacer.lateness
-        return EngineStats(len(self._sessions), totals, lateness.percentile(0.5),
-                           lateness.percentile(0.99), self.pacer.ticks, self.pacer.stalls)
+        return EngineStats(
+            len(self._sessions),
+            totals,
+            lateness.percentile(0.5),
+            lateness.percentile(0.99),
+            self.pacer.ticks,
+            self.pacer.stalls,
+        )
 
     def reset_stats(self) -> None:
         """Start counting afresh (a benchmark's warm-up is over)."""

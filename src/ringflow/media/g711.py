@@ -86,7 +86,7 @@ def transcode(payload: bytes, source: G711, target: G711) -> bytes:
 
 def frames(payload: bytes, silence_byte: int, size: int = FRAME_SAMPLES) -> list[bytes]:
     """Split an encoded payload into packets of ``size`` bytes, the last padded with silence."""
-    chunks = [payload[i:i + size] for i in range(0, len(payload), size)]
+    chunks = [payload[i : i + size] for i in range(0, len(payload), size)]
     if chunks and len(chunks[-1]) < size:
         chunks[-1] = chunks[-1].ljust(size, bytes([silence_byte]))
     return chunks

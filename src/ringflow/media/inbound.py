@@ -45,8 +45,16 @@ def host_of(host: str) -> IpAddress | str:
 class InboundStream:
     """Which received packets belong to the party's stream, and what was lost before them."""
 
-    __slots__ = ("_announced_host", "_frame", "_seq", "_stats", "announced", "only_announced",
-                 "source", "ssrc")
+    __slots__ = (
+        "_announced_host",
+        "_frame",
+        "_seq",
+        "_stats",
+        "announced",
+        "only_announced",
+        "source",
+        "ssrc",
+    )
 
     def __init__(self, stats: SessionStats) -> None:
         self._stats = stats
@@ -58,8 +66,9 @@ class InboundStream:
         self._seq: int | None = None
         self._frame = 0
 
-    def reset(self, announced: tuple[str, int] | None = None, *,
-              only_announced: bool = False) -> None:
+    def reset(
+        self, announced: tuple[str, int] | None = None, *, only_announced: bool = False
+    ) -> None:
         """Forget the source and stream: the next valid packet starts a new one. Packets from
         ``announced``'s host (the SDP's address, any port) are taken over any other source; with
         ``only_announced``, they are the only ones taken."""
@@ -121,7 +130,7 @@ class JitterBuffer:
             buf += bytes(lost * len(pcm))
         buf += pcm
         if len(buf) > MAX_BUFFER:
-            del buf[:len(buf) - PREFILL]
+            del buf[: len(buf) - PREFILL]
             self._stats.overflows += 1
 
     def take(self) -> bytes:

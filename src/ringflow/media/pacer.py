@@ -52,8 +52,11 @@ class Ticked(Protocol):
 class Pacer:
     """The shared ticker: call ``add`` for a session to start sending, ``remove`` to stop."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 every_tick: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        every_tick: Callable[[], None] | None = None,
+    ) -> None:
         self._clock = clock
         self._every_tick = every_tick  # work batched over all sessions (in-band DTMF)
         self._phases: list[list[Ticked]] = [[] for _ in range(PHASES)]

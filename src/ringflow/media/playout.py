@@ -154,7 +154,7 @@ class Playout:
                 marks.append(head.name)
                 self._marks -= 1
                 continue
-            piece = head[self._offset:self._offset + need]
+            piece = head[self._offset : self._offset + need]
             parts.append(piece)
             need -= len(piece)
             self._offset += len(piece)

@@ -60,9 +60,9 @@ class RateConverter:
             high = samples
         x = np.concatenate((self._history, high))
         y = np.convolve(x, self._h, mode="valid")
-        self._history = x[len(x) - len(self._history):]
+        self._history = x[len(x) - len(self._history) :]
         if not self._up:
             start = (-self._phase) % self._factor
             self._phase = (self._phase + len(high)) % self._factor
-            y = y[start:: self._factor]
+            y = y[start :: self._factor]
         return np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes()

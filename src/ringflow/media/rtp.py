@@ -72,12 +72,21 @@ class RtpPacket:
             pos += _EXTENSION.size
             if pos + 4 * words > end:
                 raise RtpParseError("RTP header extension runs past the packet")
-            extension = (profile, bytes(data[pos:pos + 4 * words]))
+            extension = (profile, bytes(data[pos : pos + 4 * words]))
             pos += 4 * words
         if pos > end:
             raise RtpParseError("RTP padding runs into the header extension or CSRCs")
-        return cls(second & 0x7F, sequence, timestamp, ssrc, bytes(data[pos:end]),
-                   bool(second & 0x80), csrc, extension, padding)
+        return cls(
+            second & 0x7F,
+            sequence,
+            timestamp,
+            ssrc,
+            bytes(data[pos:end]),
+            bool(second & 0x80),
+            csrc,
+            extension,
+            padding,
+        )
 
     def __bytes__(self) -> bytes:
         first = VERSION << 6 | len(self.csrc)
@@ -85,8 +94,15 @@ class RtpPacket:
             first |= 0x20
         if self.extension is not None:
             first |= 0x10
-        parts = [HEADER.pack(first, self.marker << 7 | self.payload_type, self.sequence,
-                             self.timestamp, self.ssrc)]
+        parts = [
+            HEADER.pack(
+                first,
+                self.marker << 7 | self.payload_type,
+                self.sequence,
+                self.timestamp,
+                self.ssrc,
+            )
+        ]
         parts += [struct.pack(f"!{len(self.csrc)}I", *self.csrc)] if self.csrc else []
         if self.extension is not None:
             profile, data = self.extension

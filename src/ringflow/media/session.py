@@ -97,8 +97,7 @@ def _resolve(future: asyncio.Future[Any], value: Any = None) -> None:
 class RtpSession(asyncio.DatagramProtocol):
     """One leg's RTP stream; created by ``MediaEngine.open_session``."""
 
-    def __init__(self, engine: MediaEngine, local: tuple[str, int], *, latch: bool = False
-                 ) -> None:
+    def __init__(self, engine: MediaEngine, local: tuple[str, int], *, latch: bool = False) -> None:
         self.local = local
         self.latch = latch  # symmetric RTP: hear the first source and send back to it
         self.closed = False
@@ -190,8 +189,9 @@ class RtpSession(asyncio.DatagramProtocol):
             raise ValueError("PCM must be whole 16-bit samples")
         if self.closed or not pcm:
             return
-        item = _Play(pcm, self._law if self._plan else None,
-                     asyncio.get_running_loop().create_future())
+        item = _Play(
+            pcm, self._law if self._plan else None, asyncio.get_running_loop().create_future()
+        )
         self._plays.append(item)
         try:
             await item.done
@@ -210,8 +210,10 @@ class RtpSession(asyncio.DatagramProtocol):
         if self._plan.dtmf_pt is None:
             await self.play(tone(digit, duration_ms / 1000) + SILENCE_PCM * 3)
             return
-        item = _DigitSend(event_packets(digit, duration_ms, g711.FRAME_MS),
-                          asyncio.get_running_loop().create_future())
+        item = _DigitSend(
+            event_packets(digit, duration_ms, g711.FRAME_MS),
+            asyncio.get_running_loop().create_future(),
+        )
         self._digit_sends.append(item)
         try:
             await item.done
@@ -220,8 +222,9 @@ class RtpSession(asyncio.DatagramProtocol):
                 with contextlib.suppress(ValueError):
                     self._digit_sends.remove(item)
 
-    def bridge(self, other: RtpSession,
-               tap: Callable[[bytes, bytes], None] | None = None) -> Callable[[], None]:
+    def bridge(
+        self, other: RtpSession, tap: Callable[[bytes, bytes], None] | None = None
+    ) -> Callable[[], None]:
         """Carry audio both ways between this party and ``other``; returns the undo function."""
         for session in (self, other):
             if session._bridge is not None:
@@ -254,8 +257,9 @@ class RtpSession(asyncio.DatagramProtocol):
 
         return undo
 
-    def play_out(self, playout: Playout,
-                 on_marks: Callable[[list[str]], None]) -> Callable[[], None]:
+    def play_out(
+        self, playout: Playout, on_marks: Callable[[list[str]], None]
+    ) -> Callable[[], None]:
         """Send ``playout``'s frames, one a tick, while nothing louder (keys, a bridge) is sent;
         ``on_marks`` gets the marks each frame completes. Returns the undo function."""
         self._playout, self._on_marks = playout, on_marks
@@ -358,8 +362,9 @@ class RtpSession(asyncio.DatagramProtocol):
         source = self._inbound.source
         gap = self._inbound.accept(addr, ssrc, seq, self._frame)
         if gap is not None and addr != source and self.latch and addr != self._send_to:
-            log.debug("RTP %s: latching to %s (SDP said %s)", self.local, addr,
-                      self._inbound.announced)
+            log.debug(
+                "RTP %s: latching to %s (SDP said %s)", self.local, addr, self._inbound.announced
+            )
             self._send_to = addr
         return gap
 
@@ -400,7 +405,8 @@ class RtpSession(asyncio.DatagramProtocol):
         assert self._transport is not None
         self._transport.sendto(
             HEADER.pack(0x80, marker << 7 | pt, self._seq, timestamp, self._ssrc) + payload,
-            self._send_to)
+            self._send_to,
+        )
         self._seq = (self._seq + 1) & 0xFFFF
         self._marker = False
         self.stats.sent += 1

@@ -66,8 +66,14 @@ Owner = OutgoingCall | Registration | ServerTransaction
 class UserAgent:
     """Every call and transaction of one SIP endpoint, driven by datagrams and ``now``."""
 
-    def __init__(self, endpoint: Endpoint, *, timing: Timing = DEFAULT_TIMING,
-                 ids: IdSource | None = None, sources: Sources | None = None):
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        timing: Timing = DEFAULT_TIMING,
+        ids: IdSource | None = None,
+        sources: Sources | None = None,
+    ):
         self.endpoint = endpoint
         self.timing = timing
         self.ids = ids or IdSource()
@@ -86,22 +92,41 @@ class UserAgent:
         self._learned_ips: frozenset[IpAddress] = frozenset()
         self._unresolved: set[str] = set()  # peer names not in _learned: kept, not searched for
 
-    def dial(self, target: SipUri, from_: NameAddr, offer: SessionDescription, now: float, *,
-             to: NameAddr | None = None, authenticator: Authenticator | None = None,
-             routes: tuple[NameAddr, ...] = (), outbound: Address | None = None,
-             headers: tuple[tuple[str, str], ...] = ()) -> tuple[OutgoingCall, list[AgentOutput]]:
+    def dial(
+        self,
+        target: SipUri,
+        from_: NameAddr,
+        offer: SessionDescription,
+        now: float,
+        *,
+        to: NameAddr | None = None,
+        authenticator: Authenticator | None = None,
+        routes: tuple[NameAddr, ...] = (),
+        outbound: Address | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> tuple[OutgoingCall, list[AgentOutput]]:
         """Place a call to ``target``; returns the call and the INVITE to send."""
-        call = OutgoingCall(endpoint=self.endpoint, target=target, from_=from_,
-                            to=to or NameAddr(target), offer=offer, ids=self.ids,
-                            timing=self.timing, authenticator=authenticator, routes=routes,
-                            outbound=outbound, headers=headers)
+        call = OutgoingCall(
+            endpoint=self.endpoint,
+            target=target,
+            from_=from_,
+            to=to or NameAddr(target),
+            offer=offer,
+            ids=self.ids,
+            timing=self.timing,
+            authenticator=authenticator,
+            routes=routes,
+            outbound=outbound,
+            headers=headers,
+        )
         self.calls[call.call_id] = call
         out: list[AgentOutput] = list(call.start(now))
         self._after(call.call_id)
         return call, out
 
-    def cancel(self, call_id: str, now: float, reason: Ending = Ending.CANCELED
-               ) -> list[AgentOutput]:
+    def cancel(
+        self, call_id: str, now: float, reason: Ending = Ending.CANCELED
+    ) -> list[AgentOutput]:
         """Cancel a call that is not answered yet."""
         call = self.calls.get(call_id)
         return self._after(call_id, call.cancel(now, reason)) if call else []
@@ -111,15 +136,32 @@ class UserAgent:
         call = self.calls.get(call_id)
         return self._after(call_id, call.hangup(now)) if call else []
 
-    def register(self, aor: SipUri, registrar: SipUri | None, authenticator: Authenticator | None,
-                 expires: int, now: float, *, outbound: Address | None = None,
-                 retry_base: float = 30.0, retry_max: float = 300.0
-                 ) -> tuple[Registration, list[AgentOutput]]:
+    def register(
+        self,
+        aor: SipUri,
+        registrar: SipUri | None,
+        authenticator: Authenticator | None,
+        expires: int,
+        now: float,
+        *,
+        outbound: Address | None = None,
+        retry_base: float = 30.0,
+        retry_max: float = 300.0,
+    ) -> tuple[Registration, list[AgentOutput]]:
         """Bind our Contact to ``aor`` at ``registrar`` (default: the AOR's domain) and keep it."""
         registrar = registrar or SipUri(aor.host, port=aor.port, params=aor.params)
-        reg = Registration(endpoint=self.endpoint, aor=aor, registrar=registrar, ids=self.ids,
-                           expires=expires, authenticator=authenticator, timing=self.timing,
-                           outbound=outbound, retry_base=retry_base, retry_max=retry_max)
+        reg = Registration(
+            endpoint=self.endpoint,
+            aor=aor,
+            registrar=registrar,
+            ids=self.ids,
+            expires=expires,
+            authenticator=authenticator,
+            timing=self.timing,
+            outbound=outbound,
+            retry_base=retry_base,
+            retry_max=retry_max,
+        )
         self.registrations[reg.call_id] = reg
         return reg, self._after(reg.call_id, reg.start(now))
 
@@ -205,8 +247,9 @@ class UserAgent:
         480) and AckReceived concern nobody above; only what it sends leaves."""
         return self._after(tx.key, [item for item in out if isinstance(item, Datagram)])
 
-    def _after(self, key: str | tuple[str, str], out: Sequence[AgentOutput] = ()
-               ) -> list[AgentOutput]:
+    def _after(
+        self, key: str | tuple[str, str], out: Sequence[AgentOutput] = ()
+    ) -> list[AgentOutput]:
         """Forget a finished call or transaction, or note when it next needs ``timer``."""
         owner = self._owner(key)
         if isinstance(owner, OutgoingCall | Registration):
@@ -270,19 +313,26 @@ class UserAgent:
         if owner is None:
             return [Discarded(f"stray {response.status} for no call", source)]
         if not self._talks_with(source, owner):
-            return [Discarded(f"{response.status} from a host this call does not talk with",
-                              source)]
+            return [
+                Discarded(f"{response.status} from a host this call does not talk with", source)
+            ]
         return self._after(response.call_id, owner.receive_response(response, now))
 
     def _on_request(self, request: Request, source: Address, now: float) -> list[AgentOutput]:
         request = _stamp_via(request, source)
         reply_to = reply_address(request.via, source)
         call = self.calls.get(request.call_id)
-        if call is not None and request.to.tag == call.from_.tag and (
-                call.dialog is None or request.from_.tag == call.dialog.remote_tag):
+        if (
+            call is not None
+            and request.to.tag == call.from_.tag
+            and (call.dialog is None or request.from_.tag == call.dialog.remote_tag)
+        ):
             if not self._talks_with(source, call):
-                return [Discarded(f"{request.method} in a dialog from a host that is not its "
-                                  "peer", source)]
+                return [
+                    Discarded(
+                        f"{request.method} in a dialog from a host that is not its peer", source
+                    )
+                ]
             return self._after(call.call_id, call.receive_request(request, reply_to, now))
         if self.sources is not None and not self.sources.allows(source[0]):
             return [Discarded(f"{request.method} from a source that is not a trunk", source)]
@@ -301,8 +351,9 @@ class UserAgent:
         if request.to.tag is not None or request.method in ("BYE", "CANCEL"):
             return make_response(request, 481, to_tag=tag)
         if request.method == "OPTIONS":
-            return make_response(request, 200, to_tag=tag,
-                                 headers=(("Allow", ALLOW), ("Accept", ACCEPT)))
+            return make_response(
+                request, 200, to_tag=tag, headers=(("Allow", ALLOW), ("Accept", ACCEPT))
+            )
         if request.method == "INVITE":
             return make_response(request, 480, to_tag=tag)
         return make_response(request, 405, to_tag=tag, headers=(("Allow", ALLOW),))

@@ -108,10 +108,21 @@ _CANCELED = (P.CANCEL_PENDING, P.CANCELING)
 class OutgoingCall:
     """A call we place: INVITE, ringing, answer or rejection, in-dialog requests, BYE."""
 
-    def __init__(self, *, endpoint: Endpoint, target: SipUri, from_: NameAddr, to: NameAddr,
-                 offer: SessionDescription, ids: IdSource, timing: Timing = DEFAULT_TIMING,
-                 authenticator: Authenticator | None = None, routes: tuple[NameAddr, ...] = (),
-                 outbound: Address | None = None, headers: tuple[tuple[str, str], ...] = ()):
+    def __init__(
+        self,
+        *,
+        endpoint: Endpoint,
+        target: SipUri,
+        from_: NameAddr,
+        to: NameAddr,
+        offer: SessionDescription,
+        ids: IdSource,
+        timing: Timing = DEFAULT_TIMING,
+        authenticator: Authenticator | None = None,
+        routes: tuple[NameAddr, ...] = (),
+        outbound: Address | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ):
         self.endpoint, self.target, self.ids, self.timing = endpoint, target, ids, timing
         self.authenticator, self.routes, self.outbound = authenticator, routes, outbound
         self.call_id = ids.call_id()
@@ -241,17 +252,24 @@ class OutgoingCall:
         h = Headers([("Via", str(self.endpoint.via(self.ids.branch()))), ("Max-Forwards", "70")])
         for route in self.routes:
             h.add("Route", str(route))
-        for name, value in [("From", str(self.from_)), ("To", str(self.to)),
-                            ("Call-ID", self.call_id), ("CSeq", f"{self._cseq} INVITE"),
-                            ("Contact", str(self.endpoint.contact)), *self._auth,
-                            *self.extra_headers, ("Allow", ALLOW),
-                            ("User-Agent", self.endpoint.user_agent),
-                            ("Content-Type", "application/sdp")]:
+        for name, value in [
+            ("From", str(self.from_)),
+            ("To", str(self.to)),
+            ("Call-ID", self.call_id),
+            ("CSeq", f"{self._cseq} INVITE"),
+            ("Contact", str(self.endpoint.contact)),
+            *self._auth,
+            *self.extra_headers,
+            ("Allow", ALLOW),
+            ("User-Agent", self.endpoint.user_agent),
+            ("Content-Type", "application/sdp"),
+        ]:
             h.add(name, value)
         return Request(headers=h, body=bytes(self.offer), method="INVITE", uri=self.target)
 
-    def _handle(self, tx: Transaction, role: str, outputs: Sequence[TxOutput], now: float
-                ) -> list[Output]:
+    def _handle(
+        self, tx: Transaction, role: str, outputs: Sequence[TxOutput], now: float
+    ) -> list[Output]:
         out: list[Output] = []
         for item in outputs:
             if isinstance(item, Datagram):
@@ -364,8 +382,9 @@ class OutgoingCall:
             return []
         hop = self.outbound or fork.next_hop()
         ack = fork.ack(self.endpoint, self.ids.branch())
-        bye = ClientTransaction(fork.request("BYE", self.endpoint, self.ids.branch()), hop,
-                                self.timing)
+        bye = ClientTransaction(
+            fork.request("BYE", self.endpoint, self.ids.branch()), hop, self.timing
+        )
         self._txs.append((bye, "fork-bye"))
         return [Datagram(bytes(ack), hop), *bye.send(now)]
 
@@ -399,8 +418,11 @@ class OutgoingCall:
     def _route_ack(self, ack: Request, now: float) -> list[Output]:
         """An ACK for a 2xx has its own branch: find the re-INVITE by CSeq number."""
         for tx, _ in self._txs:
-            if tx.request.method == "INVITE" and isinstance(tx, ServerTransaction) \
-                    and tx.request.cseq.seq == ack.cseq.seq:
+            if (
+                tx.request.method == "INVITE"
+                and isinstance(tx, ServerTransaction)
+                and tx.request.cseq.seq == ack.cseq.seq
+            ):
                 return self._handle(tx, "server", tx.receive(ack, now), now)
         return []
 

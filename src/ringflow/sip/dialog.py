@@ -73,12 +73,22 @@ class Dialog:
         remote_tag = response.to.tag
         if not remote_tag:
             raise SipParseError("To", "no tag in a dialog-creating response")
-        creds = tuple((n, v) for n, v in invite.headers
-                      if n.lower() in ("authorization", "proxy-authorization"))
-        return cls(invite.call_id, invite.headers.get("From") or "",
-                   response.headers.get("To") or "", invite.from_.tag or "", remote_tag,
-                   contacts[0].uri, list(reversed(response.record_route)), invite.cseq.seq,
-                   credentials=creds)
+        creds = tuple(
+            (n, v)
+            for n, v in invite.headers
+            if n.lower() in ("authorization", "proxy-authorization")
+        )
+        return cls(
+            invite.call_id,
+            invite.headers.get("From") or "",
+            response.headers.get("To") or "",
+            invite.from_.tag or "",
+            remote_tag,
+            contacts[0].uri,
+            list(reversed(response.record_route)),
+            invite.cseq.seq,
+            credentials=creds,
+        )
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -89,8 +99,15 @@ class Dialog:
         """Where in-dialog requests go: the first route, else the remote target."""
         return (self.route_set[0].uri if self.route_set else self.remote_target).address
 
-    def request(self, method: str, endpoint: Endpoint, branch: str, *, body: bytes = b"",
-                content_type: str | None = None) -> Request:
+    def request(
+        self,
+        method: str,
+        endpoint: Endpoint,
+        branch: str,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> Request:
         """The next in-dialog request; a new CSeq number except for ACK."""
         if method != "ACK":
             self.local_seq += 1
@@ -146,8 +163,9 @@ class MediaState:
     awaiting_answer: bool = False  # we offered in a 200 to an offerless re-INVITE
 
 
-def respond(dialog: Dialog, request: Request, media: MediaState, endpoint: Endpoint
-            ) -> tuple[Response, list[Dtmf | MediaChanged]]:
+def respond(
+    dialog: Dialog, request: Request, media: MediaState, endpoint: Endpoint
+) -> tuple[Response, list[Dtmf | MediaChanged]]:
     """The response to a request from the far end inside ``dialog``, and what it means."""
     if not dialog.accepts(request):
         return make_response(request, 500, headers=(("Retry-After", "1"),)), []
@@ -174,14 +192,16 @@ def _info(dialog: Dialog, request: Request) -> tuple[Response, list[Dtmf | Media
     return make_response(request, 200), [Dtmf(dialog.call_id, digit, duration)]
 
 
-def _reinvite(dialog: Dialog, request: Request, media: MediaState, endpoint: Endpoint
-              ) -> tuple[Response, list[Dtmf | MediaChanged]]:
+def _reinvite(
+    dialog: Dialog, request: Request, media: MediaState, endpoint: Endpoint
+) -> tuple[Response, list[Dtmf | MediaChanged]]:
     contact = (("Contact", str(endpoint.contact)), ("Allow", ALLOW))
     sdp_type = (("Content-Type", "application/sdp"),)
     if not request.body:
         media.awaiting_answer = True  # the answer comes in the ACK
-        return make_response(request, 200, headers=contact + sdp_type,
-                             body=bytes(media.local_sdp)), []
+        return make_response(
+            request, 200, headers=contact + sdp_type, body=bytes(media.local_sdp)
+        ), []
     try:
         offer = SessionDescription.parse(request.body)
         prefer = media.plan.codec if media.plan else None
@@ -192,8 +212,10 @@ def _reinvite(dialog: Dialog, request: Request, media: MediaState, endpoint: End
     if request.contacts:
         dialog.remote_target = request.contacts[0].uri  # a re-INVITE refreshes the target
     media.local_sdp, media.plan = answer, plan
-    return (make_response(request, 200, headers=contact + sdp_type, body=bytes(answer)),
-            [MediaChanged(dialog.call_id, plan)])
+    return (
+        make_response(request, 200, headers=contact + sdp_type, body=bytes(answer)),
+        [MediaChanged(dialog.call_id, plan)],
+    )
 
 
 def _warning(exc: Exception) -> str:
@@ -214,8 +236,9 @@ def parse_dtmf(content_type: str | None, body: bytes) -> tuple[str, int | None]:
     if "signal" not in fields:
         raise SipParseError("INFO", "no Signal= in application/dtmf-relay")
     duration = fields.get("duration")
-    if duration is not None and not (duration.isascii() and duration.isdigit()
-                                     and len(duration) < 7):
+    if duration is not None and not (
+        duration.isascii() and duration.isdigit() and len(duration) < 7
+    ):
         raise SipParseError("INFO", f"bad Duration {duration[:10]!r}")
     return _digit(fields["signal"]), int(duration) if duration is not None else None
 

@@ -21,8 +21,10 @@ from ringflow.sip.message import Request, Response
 
 HASHES = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}
 MAX_NONCES = 64  # nonce counts remembered per account
-CHALLENGE_HEADERS = {401: ("WWW-Authenticate", "Authorization"),
-                     407: ("Proxy-Authenticate", "Proxy-Authorization")}
+CHALLENGE_HEADERS = {
+    401: ("WWW-Authenticate", "Authorization"),
+    407: ("Proxy-Authenticate", "Proxy-Authorization"),
+}
 
 
 def _parse_params(text: str, what: str) -> tuple[str, dict[str, str]]:
@@ -69,8 +71,15 @@ class Challenge:
         if "realm" not in p or "nonce" not in p:
             raise SipParseError("challenge", "realm and nonce are required")
         qop = tuple(q.strip().lower() for q in p.get("qop", "").split(",") if q.strip())
-        return cls(p["realm"], p["nonce"], p.get("algorithm"), qop, p.get("opaque"),
-                   p.get("stale", "").lower() == "true", p.get("userhash", "").lower() == "true")
+        return cls(
+            p["realm"],
+            p["nonce"],
+            p.get("algorithm"),
+            qop,
+            p.get("opaque"),
+            p.get("stale", "").lower() == "true",
+            p.get("userhash", "").lower() == "true",
+        )
 
     def __str__(self) -> str:
         parts = [f"realm={quote(self.realm)}", f"nonce={quote(self.nonce)}"]
@@ -115,16 +124,30 @@ class Authorization:
             raise SipParseError("credentials", f"unsupported scheme {scheme[:20]!r}")
         try:
             nc = int(p["nc"], 16) if "nc" in p else None
-            return cls(p["username"], p["realm"], p["nonce"], p["uri"], p["response"],
-                       p.get("algorithm"), p.get("cnonce"), p.get("opaque"), p.get("qop"), nc,
-                       p.get("userhash", "").lower() == "true")
+            return cls(
+                p["username"],
+                p["realm"],
+                p["nonce"],
+                p["uri"],
+                p["response"],
+                p.get("algorithm"),
+                p.get("cnonce"),
+                p.get("opaque"),
+                p.get("qop"),
+                nc,
+                p.get("userhash", "").lower() == "true",
+            )
         except (KeyError, ValueError) as exc:
             raise SipParseError("credentials", f"missing or bad {exc}") from exc
 
     def __str__(self) -> str:
-        parts = [f"username={quote(self.username)}", f"realm={quote(self.realm)}",
-                 f"nonce={quote(self.nonce)}", f"uri={quote(self.uri)}",
-                 f"response={quote(self.response)}"]
+        parts = [
+            f"username={quote(self.username)}",
+            f"realm={quote(self.realm)}",
+            f"nonce={quote(self.nonce)}",
+            f"uri={quote(self.uri)}",
+            f"response={quote(self.response)}",
+        ]
         if self.algorithm:
             parts.append(f"algorithm={self.algorithm}")
         if self.cnonce is not None:
@@ -141,8 +164,16 @@ class Authorization:
 
 
 def digest_response(
-    challenge: Challenge, username: str, password: str, method: str, uri: str,
-    *, qop: str | None, cnonce: str | None, nc: int | None, body: bytes = b"",
+    challenge: Challenge,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    *,
+    qop: str | None,
+    cnonce: str | None,
+    nc: int | None,
+    body: bytes = b"",
 ) -> str:
     """The ``response`` value: KD(H(A1), nonce:nc:cnonce:qop:H(A2)) (RFC 7616 3.4.1)."""
     name = challenge.hash_name
@@ -163,8 +194,15 @@ def digest_response(
 
 
 def answer(
-    challenge: Challenge, username: str, password: str, method: str, uri: str,
-    *, cnonce: str, nc: int = 1, body: bytes = b"",
+    challenge: Challenge,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    *,
+    cnonce: str,
+    nc: int = 1,
+    body: bytes = b"",
 ) -> Authorization:
     """Credentials answering one challenge."""
     qop = "auth" if "auth" in challenge.qop else "auth-int" if "auth-int" in challenge.qop else None
@@ -172,18 +210,38 @@ def answer(
     if challenge.userhash and challenge.hash_name:
         raw = f"{username}:{challenge.realm}".encode()
         user = hashlib.new(challenge.hash_name, raw).hexdigest()
-    response = digest_response(challenge, username, password, method, uri, qop=qop,
-                               cnonce=cnonce if qop else None, nc=nc if qop else None, body=body)
-    return Authorization(user, challenge.realm, challenge.nonce, uri, response,
-                         challenge.algorithm, cnonce if qop else None, challenge.opaque, qop,
-                         nc if qop else None, challenge.userhash)
+    response = digest_response(
+        challenge,
+        username,
+        password,
+        method,
+        uri,
+        qop=qop,
+        cnonce=cnonce if qop else None,
+        nc=nc if qop else None,
+        body=body,
+    )
+    return Authorization(
+        user,
+        challenge.realm,
+        challenge.nonce,
+        uri,
+        response,
+        challenge.algorithm,
+        cnonce if qop else None,
+        challenge.opaque,
+        qop,
+        nc if qop else None,
+        challenge.userhash,
+    )
 
 
 class Authenticator:
     """One account's credentials, answering 401/407 challenges for the requests it is shown."""
 
-    def __init__(self, username: str, password: str,
-                 cnonce: Callable[[], str] = lambda: secrets.token_hex(8)):
+    def __init__(
+        self, username: str, password: str, cnonce: Callable[[], str] = lambda: secrets.token_hex(8)
+    ):
         self.username = username
         self._password = password
         self._cnonce = cnonce
@@ -219,8 +277,16 @@ class Authenticator:
             self._counts[challenge.nonce] = nc
             if len(self._counts) > MAX_NONCES:
                 del self._counts[next(iter(self._counts))]  # forget the oldest nonce
-            auth = answer(challenge, self.username, self._password, request.method,
-                          str(request.uri), cnonce=self._cnonce(), nc=nc, body=request.body)
+            auth = answer(
+                challenge,
+                self.username,
+                self._password,
+                request.method,
+                str(request.uri),
+                cnonce=self._cnonce(),
+                nc=nc,
+                body=request.body,
+            )
             lines.append((names[1], str(auth)))
         return lines
 

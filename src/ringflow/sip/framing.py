@@ -15,8 +15,9 @@ import re
 from ringflow.sip.errors import SipParseError
 from ringflow.sip.message import MAX_MESSAGE
 
-_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$",
-                             re.IGNORECASE | re.MULTILINE)
+_CONTENT_LENGTH = re.compile(
+    rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
+)
 
 
 class StreamFramer:

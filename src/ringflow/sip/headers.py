@@ -18,9 +18,21 @@ from ringflow.sip.errors import SipParseError
 from ringflow.sip.uri import Param, SipUri, find_param, format_params, replace_param, split_hostport
 
 COMPACT = {
-    "i": "call-id", "m": "contact", "e": "content-encoding", "l": "content-length",
-    "c": "content-type", "f": "from", "s": "subject", "k": "supported", "t": "to", "v": "via",
-    "o": "event", "r": "refer-to", "b": "referred-by", "u": "allow-events", "x": "session-expires",
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "r": "refer-to",
+    "b": "referred-by",
+    "u": "allow-events",
+    "x": "session-expires",
 }
 TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _PARAM_VALUE = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^\s;,"<>]+)\Z')

@@ -81,10 +81,20 @@ REG_STATES: dict[tuple[RegState, RegStep], RegState] = {
 class Registration:
     """One AOR bound to our Contact at one registrar, refreshed until ``stop``."""
 
-    def __init__(self, *, endpoint: Endpoint, aor: SipUri, registrar: SipUri, ids: IdSource,
-                 expires: int = 3600, authenticator: Authenticator | None = None,
-                 timing: Timing = DEFAULT_TIMING, outbound: Address | None = None,
-                 retry_base: float = 30.0, retry_max: float = 300.0):
+    def __init__(
+        self,
+        *,
+        endpoint: Endpoint,
+        aor: SipUri,
+        registrar: SipUri,
+        ids: IdSource,
+        expires: int = 3600,
+        authenticator: Authenticator | None = None,
+        timing: Timing = DEFAULT_TIMING,
+        outbound: Address | None = None,
+        retry_base: float = 30.0,
+        retry_max: float = 300.0,
+    ):
         self.endpoint, self.aor, self.registrar = endpoint, aor, registrar
         self.ids, self.timing, self.authenticator = ids, timing, authenticator
         self.outbound, self.retry_base, self.retry_max = outbound, retry_base, retry_max
@@ -170,8 +180,7 @@ class Registration:
         self._tries = 0
         return self._send(expires, (), now)
 
-    def _send(self, expires: int, auth: Sequence[tuple[str, str]], now: float
-              ) -> list[Output]:
+    def _send(self, expires: int, auth: Sequence[tuple[str, str]], now: float) -> list[Output]:
         self._purpose, self._sent_at = expires, now
         self._tx = ClientTransaction(self._build(expires, auth), self._first_hop(), self.timing)
         return list(self._tx.send(now))
@@ -184,10 +193,17 @@ class Registration:
         contact = self.endpoint.contact
         contact = NameAddr(contact.uri, params=(("expires", str(expires)),))
         h = Headers([("Via", str(self.endpoint.via(self.ids.branch()))), ("Max-Forwards", "70")])
-        for name, value in [("From", str(self.from_)), ("To", str(NameAddr(self.aor))),
-                            ("Call-ID", self.call_id), ("CSeq", f"{self._cseq} REGISTER"),
-                            ("Contact", str(contact)), ("Expires", str(expires)), *auth,
-                            ("Allow", ALLOW), ("User-Agent", self.endpoint.user_agent)]:
+        for name, value in [
+            ("From", str(self.from_)),
+            ("To", str(NameAddr(self.aor))),
+            ("Call-ID", self.call_id),
+            ("CSeq", f"{self._cseq} REGISTER"),
+            ("Contact", str(contact)),
+            ("Expires", str(expires)),
+            *auth,
+            ("Allow", ALLOW),
+            ("User-Agent", self.endpoint.user_agent),
+        ]:
             h.add(name, value)
         return Request(headers=h, body=b"", method="REGISTER", uri=self.registrar)
 
@@ -245,18 +261,24 @@ class Registration:
     def _granted(self, response: Response) -> int:
         """Our binding's lifetime (10.2.4): our Contact's expires, else Expires, else asked."""
         ours = self.endpoint.contact.uri
-        mine = [c for c in response.contacts if (c.uri.user, c.uri.host.lower(), c.uri.port)
-                == (ours.user, ours.host.lower(), ours.port)]
+        mine = [
+            c
+            for c in response.contacts
+            if (c.uri.user, c.uri.host.lower(), c.uri.port)
+            == (ours.user, ours.host.lower(), ours.port)
+        ]
         for contact in mine or (response.contacts if len(response.contacts) == 1 else []):
-            value = as_whole({n.lower(): v for n, v in contact.params}.get("expires"),
-                             0, MAX_EXPIRES)
+            value = as_whole(
+                {n.lower(): v for n, v in contact.params}.get("expires"), 0, MAX_EXPIRES
+            )
             if value is not None:
                 return value
         value = as_whole(response.headers.get("Expires"), 0, MAX_EXPIRES)
         return self._purpose if value is None else value
 
-    def _on_failure(self, status: int | None, cause: str, retry_after: str | None, now: float
-                    ) -> list[Output]:
+    def _on_failure(
+        self, status: int | None, cause: str, retry_after: str | None, now: float
+    ) -> list[Output]:
         self.status, self.cause = status, cause
         if self.state is R.UNREGISTERING:
             return self._cleared(status, cause)
@@ -277,5 +299,6 @@ class Registration:
         return [self._changed()]
 
     def _changed(self) -> RegistrationChanged:
-        return RegistrationChanged(self.call_id, self.state.value, self.status, self.cause,
-                                   self.expires_at, self.retry_at)
+        return RegistrationChanged(
+            self.call_id, self.state.value, self.status, self.cause, self.expires_at, self.retry_at
+        )

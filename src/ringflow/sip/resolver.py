@@ -33,7 +33,8 @@ async def resolve(host: str, family: int = socket.AF_UNSPEC) -> tuple[str, ...]:
     loop = asyncio.get_running_loop()
     try:
         infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, None, family=family, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT)
+            loop.getaddrinfo(host, None, family=family, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT
+        )
     except TimeoutError as exc:
         raise OSError(f"looking up {host} took over {RESOLVE_TIMEOUT:g} s") from exc
     except UnicodeError as exc:  # a name IDNA cannot encode (an empty or 64-byte label)

@@ -66,8 +66,7 @@ class Origin:
         return cls(sid, ver, parts[5], parts[0], parts[4])
 
     def __str__(self) -> str:
-        return (f"{self.username} {self.session_id} {self.version} IN {self.addrtype} "
-                f"{self.address}")
+        return f"{self.username} {self.session_id} {self.version} IN {self.addrtype} {self.address}"
 
 
 class Direction(enum.StrEnum):
@@ -220,8 +219,13 @@ def _parse_m(value: str) -> Media:
         raise SdpParseError("SDP m=", f"bad media line {value[:60]!r}")
     port_text, _, count = parts[1].partition("/")
     port = _int(port_text, "SDP m=", 65536)
-    return Media(parts[0], port, parts[2], parts[3:],
-                 port_count=_int(count, "SDP m=", 65536) if count else None)
+    return Media(
+        parts[0],
+        port,
+        parts[2],
+        parts[3:],
+        port_count=_int(count, "SDP m=", 65536) if count else None,
+    )
 
 
 def _add_media_line(media: Media, kind: str, value: str) -> None:
@@ -270,22 +274,32 @@ class MediaPlan:
 
 
 def build_sdp(
-    address: str, port: int, *, session_id: int, version: int, codecs: tuple[Codec, ...],
-    dtmf_pt: int | None = 101, ptime: int = 20, direction: Direction = Direction.SENDRECV,
+    address: str,
+    port: int,
+    *,
+    session_id: int,
+    version: int,
+    codecs: tuple[Codec, ...],
+    dtmf_pt: int | None = 101,
+    ptime: int = 20,
+    direction: Direction = Direction.SENDRECV,
 ) -> SessionDescription:
     """Our SDP: one audio stream with ``codecs`` and telephone-event."""
     formats = [str(c.payload_type) for c in codecs]
-    attrs: list[Attribute] = [("rtpmap", f"{c.payload_type} {c.name}/{c.clock_rate}")
-                              for c in codecs]
+    attrs: list[Attribute] = [
+        ("rtpmap", f"{c.payload_type} {c.name}/{c.clock_rate}") for c in codecs
+    ]
     if dtmf_pt is not None:
         formats.append(str(dtmf_pt))
         attrs += [("rtpmap", f"{dtmf_pt} {TELEPHONE_EVENT}/8000"), ("fmtp", f"{dtmf_pt} 0-16")]
     attrs += [("ptime", str(ptime)), (direction.value, None)]
     addrtype = "IP6" if ":" in address else "IP4"
     return SessionDescription(
-        Origin(session_id, version, address, "ringflow", addrtype), "ringflow",
-        Connection(address, addrtype), media=[Media("audio", port, "RTP/AVP", formats,
-                                                    attributes=attrs)])
+        Origin(session_id, version, address, "ringflow", addrtype),
+        "ringflow",
+        Connection(address, addrtype),
+        media=[Media("audio", port, "RTP/AVP", formats, attributes=attrs)],
+    )
 
 
 def accept_answer(offer: SessionDescription, answer: SessionDescription) -> MediaPlan:
@@ -299,7 +313,9 @@ def accept_answer(offer: SessionDescription, answer: SessionDescription) -> Medi
 
 
 def answer_offer(
-    offer: SessionDescription, last_sent: SessionDescription, prefer: Codec | None = None,
+    offer: SessionDescription,
+    last_sent: SessionDescription,
+    prefer: Codec | None = None,
 ) -> tuple[SessionDescription, MediaPlan]:
     """Answer a re-offer with our current SDP, narrowed to what the offer can take.
 
@@ -310,9 +326,16 @@ def answer_offer(
     ours = last_sent.audio()
     conn = ours.connection or last_sent.connection
     address = conn.address if conn else last_sent.origin.address
-    body = build_sdp(address, ours.port, session_id=last_sent.origin.session_id,
-                     version=last_sent.origin.version, codecs=(plan.codec,),
-                     dtmf_pt=plan.dtmf_pt, ptime=ours.ptime or 20, direction=plan.direction)
+    body = build_sdp(
+        address,
+        ours.port,
+        session_id=last_sent.origin.session_id,
+        version=last_sent.origin.version,
+        codecs=(plan.codec,),
+        dtmf_pt=plan.dtmf_pt,
+        ptime=ours.ptime or 20,
+        direction=plan.direction,
+    )
     body.origin = dataclasses.replace(body.origin, username=last_sent.origin.username)
     if str(body) != str(last_sent):
         body.origin = dataclasses.replace(body.origin, version=last_sent.origin.version + 1)
@@ -337,8 +360,17 @@ def _plan(remote: SessionDescription, names: set[str], prefer: Codec | None) -> 
     if not choices:
         raise NegotiationError("no common codec (PCMU or PCMA)")
     codec = next((c for c in choices if prefer and c.name == prefer.name), choices[0])
-    dtmf = sorted(pt for pt, (name, rate) in rtpmap.items()
-                  if name.lower() == TELEPHONE_EVENT and rate == 8000 and str(pt) in media.formats)
+    dtmf = sorted(
+        pt
+        for pt, (name, rate) in rtpmap.items()
+        if name.lower() == TELEPHONE_EVENT and rate == 8000 and str(pt) in media.formats
+    )
     theirs = _direction(media.attributes) or _direction(remote.attributes) or Direction.SENDRECV
-    return MediaPlan((conn.address, media.port), codec, dtmf[0] if dtmf else None,
-                     frozenset(dtmf), media.ptime or 20, theirs.reverse())
+    return MediaPlan(
+        (conn.address, media.port),
+        codec,
+        dtmf[0] if dtmf else None,
+        frozenset(dtmf),
+        media.ptime or 20,
+        theirs.reverse(),
+    )

@@ -37,8 +37,11 @@ def ip_of(host: str) -> IpAddress | None:
 def network_of(text: str) -> IpNetwork:
     """An address (``10.0.0.5``) or network (``10.0.0.0/24``); ValueError for anything else."""
     network = ipaddress.ip_network(text.strip(), strict=False)
-    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen == 128 \
-            and network.network_address.ipv4_mapped is not None:
+    if (
+        isinstance(network, ipaddress.IPv6Network)
+        and network.prefixlen == 128
+        and network.network_address.ipv4_mapped is not None
+    ):
         return ipaddress.ip_network(network.network_address.ipv4_mapped)
     return network
 
@@ -72,7 +75,9 @@ class Sources:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sources) and (self._addresses, set(self._networks)) == (
-            other._addresses, set(other._networks))
+            other._addresses,
+            set(other._networks),
+        )
 
     def __hash__(self) -> int:
         return hash((self._addresses, frozenset(self._networks)))

@@ -146,8 +146,14 @@ class _Connection(asyncio.Protocol):
 class TcpLink:
     """A TCP listening socket plus the connections SIP messages travel on."""
 
-    def __init__(self, deliver: Deliver, admits: Admits | None = None, *,
-                 idle_timeout: float = IDLE_TIMEOUT, max_inbound: int = MAX_INBOUND):
+    def __init__(
+        self,
+        deliver: Deliver,
+        admits: Admits | None = None,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_inbound: int = MAX_INBOUND,
+    ):
         self._deliver = deliver
         self._admits = admits  # None: anyone may connect (a bare link, as in tests)
         self.idle_timeout = idle_timeout
@@ -159,9 +165,16 @@ class TcpLink:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def open(cls, host: str, port: int, deliver: Deliver, admits: Admits | None = None, *,
-                   idle_timeout: float = IDLE_TIMEOUT, max_inbound: int = MAX_INBOUND
-                   ) -> TcpLink:
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        deliver: Deliver,
+        admits: Admits | None = None,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_inbound: int = MAX_INBOUND,
+    ) -> TcpLink:
         """Listen at ``host:port`` (0 picks a free port); ``admits`` says who may connect."""
         self = cls(deliver, admits, idle_timeout=idle_timeout, max_inbound=max_inbound)
         loop = asyncio.get_running_loop()

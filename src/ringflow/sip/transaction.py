@@ -82,10 +82,21 @@ class Timing:
     def duration(self, timer: str) -> float:
         """Initial duration of a timer by its RFC letter."""
         t1, wait = self.t1, (0.0 if self.reliable else None)
-        table = {"A": t1, "B": 64 * t1, "C": self.c, "D": 32.0 if wait is None else wait,
-                 "E": t1, "F": 64 * t1, "G": t1, "H": 64 * t1, "I": self.t4 if wait is None
-                 else wait, "J": 64 * t1 if wait is None else wait, "K": self.t4 if wait is None
-                 else wait, "L": 64 * t1, "M": 64 * t1}
+        table = {
+            "A": t1,
+            "B": 64 * t1,
+            "C": self.c,
+            "D": 32.0 if wait is None else wait,
+            "E": t1,
+            "F": 64 * t1,
+            "G": t1,
+            "H": 64 * t1,
+            "I": self.t4 if wait is None else wait,
+            "J": 64 * t1 if wait is None else wait,
+            "K": self.t4 if wait is None else wait,
+            "L": 64 * t1,
+            "M": 64 * t1,
+        }
         return table[timer]
 
 
@@ -198,11 +209,18 @@ TRANSITIONS: dict[tuple[Kind, State, str], tuple[State, tuple[Act, ...]]] = {
 }
 
 LIVE_TIMERS: dict[tuple[Kind, State], str] = {
-    (IC, S.CALLING): "AB", (IC, S.PROCEEDING): "C", (IC, S.CANCELING): "C",
+    (IC, S.CALLING): "AB",
+    (IC, S.PROCEEDING): "C",
+    (IC, S.CANCELING): "C",
     (IC, S.COMPLETED): "D",
-    (IC, S.ACCEPTED): "M", (NIC, S.TRYING): "EF", (NIC, S.PROCEEDING): "EF",
-    (NIC, S.COMPLETED): "K", (IS, S.COMPLETED): "GH", (IS, S.ACCEPTED): "GL",
-    (IS, S.CONFIRMED): "I", (NIS, S.COMPLETED): "J",
+    (IC, S.ACCEPTED): "M",
+    (NIC, S.TRYING): "EF",
+    (NIC, S.PROCEEDING): "EF",
+    (NIC, S.COMPLETED): "K",
+    (IS, S.COMPLETED): "GH",
+    (IS, S.ACCEPTED): "GL",
+    (IS, S.CONFIRMED): "I",
+    (NIS, S.COMPLETED): "J",
 }
 INITIAL = {IC: S.CALLING, NIC: S.TRYING, IS: S.PROCEEDING, NIS: S.TRYING}
 _RETRANSMIT_TIMERS = "AEG"
@@ -262,8 +280,9 @@ class Transaction:
             out += self._step(name, now)
         return out
 
-    def _step(self, event: str, now: float, message: Request | Response | None = None
-              ) -> list[Output]:
+    def _step(
+        self, event: str, now: float, message: Request | Response | None = None
+    ) -> list[Output]:
         entry = TRANSITIONS.get((self.kind, self.state, event))
         if entry is None:
             return []

@@ -156,12 +156,12 @@ class _UdpLink(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     @classmethod
-    async def open(cls, host: str, port: int, deliver: Callable[[bytes, Address], None]
-                   ) -> _UdpLink:
+    async def open(
+        cls, host: str, port: int, deliver: Callable[[bytes, Address], None]
+    ) -> _UdpLink:
         """Bind ``host:port`` (0 picks a free port)."""
         loop = asyncio.get_running_loop()
-        _, self = await loop.create_datagram_endpoint(lambda: cls(deliver),
-                                                      local_addr=(host, port))
+        _, self = await loop.create_datagram_endpoint(lambda: cls(deliver), local_addr=(host, port))
         return self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -203,9 +203,16 @@ class _UdpLink(asyncio.DatagramProtocol):
 class SipTransport:
     """A ``UserAgent`` on a UDP socket or TCP connections, with its timers on the event loop."""
 
-    def __init__(self, endpoint_user: str = "ringflow", *, timing: Timing = DEFAULT_TIMING,
-                 ids: IdSource | None = None, transport: str = "udp",
-                 sources: Sources | None = None, tcp: TcpBounds | None = None):
+    def __init__(
+        self,
+        endpoint_user: str = "ringflow",
+        *,
+        timing: Timing = DEFAULT_TIMING,
+        ids: IdSource | None = None,
+        transport: str = "udp",
+        sources: Sources | None = None,
+        tcp: TcpBounds | None = None,
+    ):
         if transport.lower() not in TRANSPORTS:
             raise ValueError(f"SIP transport must be one of {TRANSPORTS}, not {transport!r}")
         self.protocol = transport.lower()
@@ -227,21 +234,31 @@ class SipTransport:
         self._failed: dict[str, float] = {}  # name -> loop time its last lookup failed
 
     @classmethod
-    async def open(cls, host: str = "127.0.0.1", port: int = 0, endpoint_user: str = "ringflow",
-                   *, timing: Timing = DEFAULT_TIMING, ids: IdSource | None = None,
-                   transport: str = "udp", sources: Sources | None = None,
-                   tcp: TcpBounds | None = None) -> SipTransport:
+    async def open(
+        cls,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        endpoint_user: str = "ringflow",
+        *,
+        timing: Timing = DEFAULT_TIMING,
+        ids: IdSource | None = None,
+        transport: str = "udp",
+        sources: Sources | None = None,
+        tcp: TcpBounds | None = None,
+    ) -> SipTransport:
         """Listen at ``host:port`` (0 picks a free port); ``transport="tcp"`` for TCP."""
-        self = cls(endpoint_user, timing=timing, ids=ids, transport=transport, sources=sources,
-                   tcp=tcp)
+        self = cls(
+            endpoint_user, timing=timing, ids=ids, transport=transport, sources=sources, tcp=tcp
+        )
         if self.protocol == "tcp":
             self._link = await TcpLink.open(host, port, self._deliver, self._admits, **self._tcp)
         else:
             self._link = await _UdpLink.open(host, port, self._deliver)
         bound_host, bound_port = self._link.local
         self._names = NameCache(socket.AF_INET6 if ":" in bound_host else socket.AF_INET)
-        endpoint = Endpoint(bound_host, bound_port, transport=self.protocol.upper(),
-                            user=self._user)
+        endpoint = Endpoint(
+            bound_host, bound_port, transport=self.protocol.upper(), user=self._user
+        )
         self.ua = UserAgent(endpoint, timing=self._timing, ids=self._ids, sources=self._sources)
         return self
 
@@ -277,18 +294,34 @@ class SipTransport:
         """Whether ``close`` was called (nothing more is sent or received)."""
         return self._link is None or self._link.closing
 
-    async def dial(self, target_uri: str, from_uri: str, offer: SessionDescription, *,
-                   to: NameAddr | None = None, authenticator: Authenticator | None = None,
-                   routes: tuple[NameAddr, ...] = (), outbound: Address | None = None,
-                   headers: tuple[tuple[str, str], ...] = ()) -> OutgoingCallHandle:
+    async def dial(
+        self,
+        target_uri: str,
+        from_uri: str,
+        offer: SessionDescription,
+        *,
+        to: NameAddr | None = None,
+        authenticator: Authenticator | None = None,
+        routes: tuple[NameAddr, ...] = (),
+        outbound: Address | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> OutgoingCallHandle:
         """Place a call; the keywords are ``UserAgent.dial``'s."""
         handle: OutgoingCallHandle | None = None
 
         def start(now: float) -> list[AgentOutput]:
             nonlocal handle
-            call, out = self.agent.dial(SipUri.parse(target_uri), NameAddr.parse(from_uri), offer,
-                                        now, to=to, authenticator=authenticator, routes=routes,
-                                        outbound=outbound, headers=headers)
+            call, out = self.agent.dial(
+                SipUri.parse(target_uri),
+                NameAddr.parse(from_uri),
+                offer,
+                now,
+                to=to,
+                authenticator=authenticator,
+                routes=routes,
+                outbound=outbound,
+                headers=headers,
+            )
             # Register before dispatch so events from this very step find their handle.
             handle = self.handles[call.call_id] = OutgoingCallHandle(self, call.call_id)
             return out
@@ -297,19 +330,32 @@ class SipTransport:
         assert handle is not None
         return handle
 
-    async def register(self, aor: str, registrar: str | None = None, *,
-                       authenticator: Authenticator | None = None, expires: int = 3600,
-                       outbound: Address | None = None, retry_base: float = 30.0,
-                       retry_max: float = 300.0) -> RegistrationHandle:
+    async def register(
+        self,
+        aor: str,
+        registrar: str | None = None,
+        *,
+        authenticator: Authenticator | None = None,
+        expires: int = 3600,
+        outbound: Address | None = None,
+        retry_base: float = 30.0,
+        retry_max: float = 300.0,
+    ) -> RegistrationHandle:
         """Start keeping ``aor`` registered at ``registrar`` (default: the AOR's domain)."""
         handle: RegistrationHandle | None = None
 
         def start(now: float) -> list[AgentOutput]:
             nonlocal handle
             reg, out = self.agent.register(
-                SipUri.parse(aor), SipUri.parse(registrar) if registrar else None,
-                authenticator, expires, now, outbound=outbound, retry_base=retry_base,
-                retry_max=retry_max)
+                SipUri.parse(aor),
+                SipUri.parse(registrar) if registrar else None,
+                authenticator,
+                expires,
+                now,
+                outbound=outbound,
+                retry_base=retry_base,
+                retry_max=retry_max,
+            )
             handle = self.registrations[reg.call_id] = RegistrationHandle(self, reg)
             return out
 
@@ -343,8 +389,7 @@ class SipTransport:
             return None
         return time.time() + (at - asyncio.get_running_loop().time())
 
-    def _run(self, step: Callable[[float], list[AgentOutput]], *, contained: bool = False
-             ) -> None:
+    def _run(self, step: Callable[[float], list[AgentOutput]], *, contained: bool = False) -> None:
         """Call into the agent at loop time, then send, dispatch and re-arm.
 
         ``contained``: the receive path and the timer, where a failing step is logged and
@@ -437,8 +482,9 @@ class SipTransport:
                 self._failed.clear()
             self._failed[name] = asyncio.get_running_loop().time()
             waiting = self._waiting.pop(name, [])
-            log.warning("sip: cannot look up %s (%s); %d message(s) not sent", name, exc,
-                        len(waiting))
+            log.warning(
+                "sip: cannot look up %s (%s); %d message(s) not sent", name, exc, len(waiting)
+            )
             for data, port in waiting:
                 if (answer := transport_error(data, f"cannot look up {name}")) is not None:
                     self._deliver(answer, (name, port))

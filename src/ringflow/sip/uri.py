@@ -23,8 +23,9 @@ _HEADER_PART = re.compile(r"[A-Za-z0-9\-_.!~*'()%\[\]/?:+$]*\Z")
 DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
 
 
-def parse_params(text: str, what: str, *, value_re: re.Pattern[str] = _PARAM_VALUE
-                 ) -> tuple[Param, ...]:
+def parse_params(
+    text: str, what: str, *, value_re: re.Pattern[str] = _PARAM_VALUE
+) -> tuple[Param, ...]:
     """Parse ``;a=1;lr`` (the leading ``;`` already removed) into ordered (name, value) pairs."""
     params: list[Param] = []
     for part in text.split(";"):

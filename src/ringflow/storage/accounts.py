@@ -10,8 +10,12 @@ from ringflow.storage.models import Account, ApiKey
 from ringflow.storage.session import Session
 
 # An account's own limits (None: the server's default applies), in the order they are shown.
-LIMITS = ("max_concurrent_calls", "max_queued_calls", "rate_limit_per_minute",
-          "max_concurrent_streams")
+LIMITS = (
+    "max_concurrent_calls",
+    "max_queued_calls",
+    "rate_limit_per_minute",
+    "max_concurrent_streams",
+)
 _MAX_ID = 2**63 - 1  # ids are BIGINT: a larger one names no row (the driver would overflow)
 
 
@@ -32,8 +36,9 @@ async def sids_starting(session: Session, prefix: str) -> set[str]:
     return set((await session.execute(query)).scalars())
 
 
-async def add_account(session: Session, sid: str, name: str, time_zone: str,
-                      now: dt.datetime) -> Account:
+async def add_account(
+    session: Session, sid: str, name: str, time_zone: str, now: dt.datetime
+) -> Account:
     """Insert an account; its id is set on return."""
     account = Account(sid=sid, name=name, time_zone=time_zone, created_at=now)
     session.add(account)
@@ -41,8 +46,7 @@ async def add_account(session: Session, sid: str, name: str, time_zone: str,
     return account
 
 
-def add_key(session: Session, account_id: int, key: str, token_hash: str,
-            now: dt.datetime) -> None:
+def add_key(session: Session, account_id: int, key: str, token_hash: str, now: dt.datetime) -> None:
     """Insert an API key (its token only hashed)."""
     session.add(ApiKey(account_id=account_id, key=key, token_hash=token_hash, created_at=now))
 
@@ -65,8 +69,9 @@ async def active_keys(session: Session, username: str) -> list[tuple[str, int]]:
     when no key has that id, every key of the account with that SID."""
     rows = (
         await session.execute(
-            select(ApiKey.token_hash, ApiKey.account_id)
-            .where(ApiKey.key == username, ApiKey.revoked_at.is_(None))
+            select(ApiKey.token_hash, ApiKey.account_id).where(
+                ApiKey.key == username, ApiKey.revoked_at.is_(None)
+            )
         )
     ).all()
     if not rows:
@@ -110,6 +115,7 @@ async def set_limits(session: Session, account_id: int, values: dict[str, int | 
 async def set_password_hash(session: Session, account_id: int, password_hash: str) -> None:
     """Store the account's dashboard password hash."""
     await session.execute(
-        update(Account).where(Account.id == account_id)
+        update(Account)
+        .where(Account.id == account_id)
         .values(dashboard_password_hash=password_hash)
     )

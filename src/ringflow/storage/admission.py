@@ -31,8 +31,9 @@ class AccountLines:
         return self.account.max_concurrent_calls
 
 
-async def lock_lines(session: AsyncSession, account_id: int, active: Collection[str],
-                     queued: str) -> AccountLines | None:
+async def lock_lines(
+    session: AsyncSession, account_id: int, active: Collection[str], queued: str
+) -> AccountLines | None:
     """Lock the account's admission for this transaction and count its lines (None: no account).
 
     ``active`` are the statuses that hold a line, ``queued`` the status of a waiting call.
@@ -57,8 +58,9 @@ async def lock_lines(session: AsyncSession, account_id: int, active: Collection[
     )
 
 
-async def oldest_queued(session: AsyncSession, account_id: int, queued: str,
-                        count: int) -> list[Call]:
+async def oldest_queued(
+    session: AsyncSession, account_id: int, queued: str, count: int
+) -> list[Call]:
     """The account's ``count`` oldest waiting calls, locked (the account's lock must be held).
 
     A call locked by someone else is being hung up (live call control): it is skipped.

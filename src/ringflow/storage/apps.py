@@ -37,18 +37,21 @@ async def app_ids_in(session: Session, account_id: int, ids: Iterable[int]) -> s
     return set((await session.execute(query)).scalars())
 
 
-async def add_app(session: Session, account_id: int, name: str, graph: dict[str, Any],
-                  now: dt.datetime) -> App:
+async def add_app(
+    session: Session, account_id: int, name: str, graph: dict[str, Any], now: dt.datetime
+) -> App:
     """Insert version 1 of an app; its id is set on return."""
-    app = App(account_id=account_id, name=name, graph=graph, version=1, created_at=now,
-              updated_at=now)
+    app = App(
+        account_id=account_id, name=name, graph=graph, version=1, created_at=now, updated_at=now
+    )
     session.add(app)
     await session.flush()
     return app
 
 
-async def replace_app(session: Session, app: App, name: str, graph: dict[str, Any],
-                      now: dt.datetime) -> App:
+async def replace_app(
+    session: Session, app: App, name: str, graph: dict[str, Any], now: dt.datetime
+) -> App:
     """Store ``graph`` as the next version of ``app`` (loaded in this session)."""
     app.graph, app.name, app.version, app.updated_at = graph, name, app.version + 1, now
     await session.flush()

@@ -46,8 +46,7 @@ MAX_ENTRIES = 10_000
 class Lookups:
     """Cached lookups of one process (see the module docstring for how they are forgotten)."""
 
-    def __init__(self, clock: Clock, redis_url: str | None = None,
-                 max_entries: int = MAX_ENTRIES):
+    def __init__(self, clock: Clock, redis_url: str | None = None, max_entries: int = MAX_ENTRIES):
         self.clock = clock
         self.redis_url = redis_url
         self.max_entries = max_entries
@@ -59,8 +58,12 @@ class Lookups:
         self._task: asyncio.Task[None] | None = None
         self._publisher: Any = None
 
-    async def get(self, key: Hashable, load: Callable[[], Awaitable[T]],
-                  keep: Callable[[T], bool] = lambda value: True) -> T:
+    async def get(
+        self,
+        key: Hashable,
+        load: Callable[[], Awaitable[T]],
+        keep: Callable[[T], bool] = lambda value: True,
+    ) -> T:
         """The value cached under ``key``, or what ``load()`` reads (cached if ``keep`` says)."""
         entry = self._entries.get(key)
         if entry is not None:
@@ -98,9 +101,14 @@ class Lookups:
                 return
             except (RedisError, OSError) as exc:
                 if attempt == PUBLISH_TRIES - 1:
-                    log.error("cannot tell other processes of a change of accounts, keys, "
-                              "numbers or apps (%s): those cut off from Redis see it within "
-                              "%g s, others within %g s", exc, HEALTH_WINDOW, SHARED_TTL)
+                    log.error(
+                        "cannot tell other processes of a change of accounts, keys, "
+                        "numbers or apps (%s): those cut off from Redis see it within "
+                        "%g s, others within %g s",
+                        exc,
+                        HEALTH_WINDOW,
+                        SHARED_TTL,
+                    )
                     return
                 await asyncio.sleep(0.1 * (attempt + 1))
 
@@ -134,8 +142,9 @@ class Lookups:
 
         assert self.redis_url is not None
         # While it is lost, entries live only LOCAL_TTL.
-        await follow(self.redis_url, CHANNEL, self._heard, what="lookup cache",
-                     ping_every=PING_EVERY)
+        await follow(
+            self.redis_url, CHANNEL, self._heard, what="lookup cache", ping_every=PING_EVERY
+        )
 
     def _heard(self, message: dict[str, Any]) -> None:
         """Forget on every notice (and on subscribing: notices before it may have been

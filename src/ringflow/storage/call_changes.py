@@ -20,8 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ringflow.storage.calls import CALL_CHANGES, leg_row
 from ringflow.storage.models import Call
 
-_LEG_COLUMNS = ("leg_no int, number text, status text, cause text, answered_by text, "
-                "dialed_at timestamp, answered_at timestamp, ended_at timestamp")
+_LEG_COLUMNS = (
+    "leg_no int, number text, status text, cause text, answered_by text, "
+    "dialed_at timestamp, answered_at timestamp, ended_at timestamp"
+)
 
 _ONE_CHANGE = text(f"""
 WITH moved AS (
@@ -69,18 +71,30 @@ SELECT (SELECT count(*) FROM moved) AS moved,
 """)
 
 
-async def write_change_at_once(conn: AsyncConnection, call: Call, *, expected: str,
-                               legs: list[int], new_legs: list[int], steps: list[dict[str, Any]],
-                               callbacks: list[dict[str, Any]]) -> list[int] | None:
+async def write_change_at_once(
+    conn: AsyncConnection,
+    call: Call,
+    *,
+    expected: str,
+    legs: list[int],
+    new_legs: list[int],
+    steps: list[dict[str, Any]],
+    callbacks: list[dict[str, Any]],
+) -> list[int] | None:
     """``calls.write_change`` in one statement (PostgreSQL): the callbacks' ids, or None if the
     call had moved."""
     params: dict[str, Any] = {name: _column(getattr(call, name)) for name in CALL_CHANGES}
     params.update(
-        call_id=call.id, expected=str(expected),
+        call_id=call.id,
+        expected=str(expected),
         legs=_json([leg_row(call, n) for n in legs if n not in new_legs]),
         new_legs=_json([leg_row(call, n) for n in new_legs]),
-        steps=_json([{"n": i, "at": s["at"], "kind": s["kind"], "data": s["data"]}
-                     for i, s in enumerate(steps)]),
+        steps=_json(
+            [
+                {"n": i, "at": s["at"], "kind": s["kind"], "data": s["data"]}
+                for i, s in enumerate(steps)
+            ]
+        ),
         callbacks=_json([{"n": i, **row} for i, row in enumerate(callbacks)]),
     )
     row = (await conn.execute(_ONE_CHANGE, params)).one()

@@ -54,10 +54,12 @@ def _where(f: CallFilter) -> list[ColumnElement[bool]]:
         where.append(Call.sid.in_(f.sids))
     where += [OPS[op](Call.created_at, at) for op, at in f.created]
     if f.to_numbers:
-        where.append(or_(
-            and_(Call.shape == "numbers", Call.to_number.in_(f.to_numbers)),
-            and_(Call.shape != "numbers", Call.caller_id.in_(f.to_numbers)),
-        ))
+        where.append(
+            or_(
+                and_(Call.shape == "numbers", Call.to_number.in_(f.to_numbers)),
+                and_(Call.shape != "numbers", Call.caller_id.in_(f.to_numbers)),
+            )
+        )
     if f.from_numbers:
         where.append(Call.from_number.in_(f.from_numbers))
     if f.caller_ids:
@@ -81,8 +83,9 @@ async def count_calls(session: Session, f: CallFilter) -> int:
     return int((await session.execute(query)).scalar_one())
 
 
-async def calls_page(session: Session, f: CallFilter, cursor: Position | None, size: int,
-                     ascending: bool) -> tuple[list[Call], bool]:
+async def calls_page(
+    session: Session, f: CallFilter, cursor: Position | None, size: int, ascending: bool
+) -> tuple[list[Call], bool]:
     """Up to ``size`` calls matching ``f`` past ``cursor`` in (created_at, id) order, ascending
     or descending, and whether more follow."""
     where = _where(f)
@@ -102,8 +105,13 @@ async def calls_page(session: Session, f: CallFilter, cursor: Position | None, s
 
 async def campaign_calls(session: Session, f: CallFilter, limit: int, offset: int) -> list[Call]:
     """A page of the calls matching ``f`` (a campaign's), oldest first."""
-    query = (select(Call).where(*_where(f)).order_by(Call.created_at.asc(), Call.id.asc())
-             .limit(limit).offset(offset))
+    query = (
+        select(Call)
+        .where(*_where(f))
+        .order_by(Call.created_at.asc(), Call.id.asc())
+        .limit(limit)
+        .offset(offset)
+    )
     return list((await session.execute(query)).scalars())
 
 
@@ -123,8 +131,9 @@ async def call_now(session: Session, call_id: int) -> Call | None:
     return await session.get(Call, call_id, populate_existing=True)
 
 
-async def live_calls(session: Session, account_id: int, statuses: Collection[str],
-                     limit: int = 50) -> list[Call]:
+async def live_calls(
+    session: Session, account_id: int, statuses: Collection[str], limit: int = 50
+) -> list[Call]:
     """The account's calls in one of ``statuses``, newest first."""
     query = (
         select(Call)
@@ -153,8 +162,9 @@ async def call_sids(session: Session, call_ids: Collection[int]) -> dict[int, st
     return {row[0]: row[1] for row in rows.all()}
 
 
-async def accounts_overview(session: Session, since: dt.datetime,
-                            live: Collection[str]) -> list[tuple[Account, int, int]]:
+async def accounts_overview(
+    session: Session, since: dt.datetime, live: Collection[str]
+) -> list[tuple[Account, int, int]]:
     """Every account with its calls since ``since`` and its calls in one of ``live``."""
     query = (
         select(

@@ -34,8 +34,10 @@ async def add_call(session: AsyncSession, call: Call) -> None:
     try:
         await session.flush()
     except IntegrityError as exc:
-        raise Duplicate(f"call {call.sid}: its campaign number has a call for attempt "
-                        f"{call.campaign_attempt} already") from exc
+        raise Duplicate(
+            f"call {call.sid}: its campaign number has a call for attempt "
+            f"{call.campaign_attempt} already"
+        ) from exc
 
 
 async def load_call(session: AsyncSession, sid: str) -> Call:
@@ -52,7 +54,7 @@ async def steps_of_kind(
         query = (
             select(CallEvent.id, Call.sid, CallEvent.data)
             .join(Call, Call.id == CallEvent.call_id)
-            .where(Call.sid.in_(sids[start:start + SIDS_PER_QUERY]))
+            .where(Call.sid.in_(sids[start : start + SIDS_PER_QUERY]))
             .where(CallEvent.kind == kind)
             .order_by(CallEvent.id)
         )
@@ -96,22 +98,39 @@ async def account_time_zone(session: AsyncSession, account_id: int) -> str:
 
 
 # What a status change may alter on a call and on a leg.
-CALL_CHANGES = ("status", "reason", "updated_at", "start_time", "end_time", "duration",
-                "conversation_duration", "price")
+CALL_CHANGES = (
+    "status",
+    "reason",
+    "updated_at",
+    "start_time",
+    "end_time",
+    "duration",
+    "conversation_duration",
+    "price",
+)
 LEG_CHANGES = ("status", "cause", "answered_by", "dialed_at", "answered_at", "ended_at")
 
 
 def leg_row(call: Call, leg_no: int) -> dict[str, Any]:
     """Leg ``leg_no`` of ``call`` (held in memory) as the values a change writes."""
     leg = next(leg for leg in call.legs if leg.leg_no == leg_no)
-    return {"leg_no": leg_no, "number": leg.number,
-            **{name: getattr(leg, name) for name in LEG_CHANGES}}
+    return {
+        "leg_no": leg_no,
+        "number": leg.number,
+        **{name: getattr(leg, name) for name in LEG_CHANGES},
+    }
 
 
-async def write_change(session: AsyncSession, call: Call, *, expected: str,
-                       legs: Collection[int], new_legs: Collection[int],
-                       steps: list[dict[str, Any]], callbacks: list[dict[str, Any]]
-                       ) -> list[int] | None:
+async def write_change(
+    session: AsyncSession,
+    call: Call,
+    *,
+    expected: str,
+    legs: Collection[int],
+    new_legs: Collection[int],
+    steps: list[dict[str, Any]],
+    callbacks: list[dict[str, Any]],
+) -> list[int] | None:
     """Persist a change made to ``call`` in memory, with Core statements and no reads.
 
     The call's row changes only if its status is still ``expected`` (no other writer moved
@@ -121,13 +140,17 @@ async def write_change(session: AsyncSession, call: Call, *, expected: str,
     """
     values = {name: getattr(call, name) for name in CALL_CHANGES}
     moved = await session.execute(
-        update(Call).where(Call.id == call.id, Call.status == expected).values(**values)
-        .execution_options(synchronize_session=False))
+        update(Call)
+        .where(Call.id == call.id, Call.status == expected)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
     if rowcount(moved) != 1:
         return None
     if new_legs:
-        await session.execute(insert(Leg),
-                              [{"call_id": call.id, **leg_row(call, n)} for n in new_legs])
+        await session.execute(
+            insert(Leg), [{"call_id": call.id, **leg_row(call, n)} for n in new_legs]
+        )
     changed = [n for n in legs if n not in new_legs]
     if changed:
         # One statement per leg: rarely more than two change at once.
@@ -135,8 +158,11 @@ async def write_change(session: AsyncSession, call: Call, *, expected: str,
             changes = leg_row(call, n)
             del changes["leg_no"], changes["number"]
             await session.execute(
-                update(Leg).where(Leg.call_id == call.id, Leg.leg_no == n).values(**changes)
-                .execution_options(synchronize_session=False))
+                update(Leg)
+                .where(Leg.call_id == call.id, Leg.leg_no == n)
+                .values(**changes)
+                .execution_options(synchronize_session=False)
+            )
     await add_steps(session, steps)
     if not callbacks:
         return []
@@ -145,17 +171,29 @@ async def write_change(session: AsyncSession, call: Call, *, expected: str,
     return [row[0] for row in ids.all()]
 
 
-async def write_detection(session: AsyncSession, call_id: int, leg_no: int, answered_by: str,
-                          ms: int, steps: list[dict[str, Any]]) -> None:
+async def write_detection(
+    session: AsyncSession,
+    call_id: int,
+    leg_no: int,
+    answered_by: str,
+    ms: int,
+    steps: list[dict[str, Any]],
+) -> None:
     """Who answered leg ``leg_no`` (answering machine detection's verdict), the call's time to
     it, and the timeline steps held. No status changes: the call's carrier is its only writer,
     so there is nothing to check first."""
     await session.execute(
-        update(Leg).where(Leg.call_id == call_id, Leg.leg_no == leg_no)
-        .values(answered_by=answered_by).execution_options(synchronize_session=False))
+        update(Leg)
+        .where(Leg.call_id == call_id, Leg.leg_no == leg_no)
+        .values(answered_by=answered_by)
+        .execution_options(synchronize_session=False)
+    )
     await session.execute(
-        update(Call).where(Call.id == call_id).values(machine_detection_ms=ms)
-        .execution_options(synchronize_session=False))
+        update(Call)
+        .where(Call.id == call_id)
+        .values(machine_detection_ms=ms)
+        .execution_options(synchronize_session=False)
+    )
     await add_steps(session, steps)
 
 

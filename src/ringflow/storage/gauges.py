@@ -22,17 +22,16 @@ async def ping(session: AsyncSession) -> None:
 
 async def queued_by_account(session: AsyncSession, queued: str) -> dict[str, int]:
     """Calls waiting in the queue (status ``queued``), by account SID."""
-    waiting = (select(Call.account_id).where(Call.status == queued).limit(CAP)
-               .subquery())
+    waiting = select(Call.account_id).where(Call.status == queued).limit(CAP).subquery()
     rows = await session.execute(
         select(Account.sid, func.count())
         .select_from(waiting.join(Account, Account.id == waiting.c.account_id))
-        .group_by(Account.sid))
+        .group_by(Account.sid)
+    )
     return {sid: count for sid, count in rows}
 
 
 async def callbacks_pending(session: AsyncSession) -> int:
     """Callbacks not yet delivered and not given up on (due now or later)."""
-    pending = (select(OutboxMessage.id).where(OutboxMessage.state == "pending").limit(CAP)
-               .subquery())
+    pending = select(OutboxMessage.id).where(OutboxMessage.state == "pending").limit(CAP).subquery()
     return int((await session.execute(select(func.count()).select_from(pending))).scalar_one())

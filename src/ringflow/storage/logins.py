@@ -14,13 +14,15 @@ async def operator_hash(session: Session, name: str) -> str | None:
     return row.password_hash if row is not None else None
 
 
-async def set_operator_hash(session: Session, name: str, password_hash: str,
-                            now: dt.datetime) -> None:
+async def set_operator_hash(
+    session: Session, name: str, password_hash: str, now: dt.datetime
+) -> None:
     """Create the operator ``name`` or replace its password hash."""
     row = await session.get(Operator, name)
     if row is None:
-        session.add(Operator(name=name, password_hash=password_hash, created_at=now,
-                             updated_at=now))
+        session.add(
+            Operator(name=name, password_hash=password_hash, created_at=now, updated_at=now)
+        )
     else:
         row.password_hash, row.updated_at = password_hash, now
 

@@ -43,7 +43,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
-        dt.datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON,
+        dt.datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
     }
 
 
@@ -124,8 +126,9 @@ class Call(Base):
         Index("ix_calls_account_created", "account_id", "created_at", "id"),
         Index("ix_calls_status_owner", "status", "owner"),
         # A campaign calls each of its numbers once per attempt, whichever process places it.
-        UniqueConstraint("campaign_number_id", "campaign_attempt",
-                         name="uq_calls_campaign_attempt"),
+        UniqueConstraint(
+            "campaign_number_id", "campaign_attempt", name="uq_calls_campaign_attempt"
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -267,9 +270,7 @@ class OutboxAttempt(Base):
     __tablename__ = "outbox_attempts"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    message_id: Mapped[int] = mapped_column(
-        ForeignKey("outbox.id", ondelete="CASCADE"), index=True
-    )
+    message_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"), index=True)
     at: Mapped[dt.datetime]
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -302,8 +303,10 @@ class Campaign(Base):
     """
 
     __tablename__ = "campaigns"
-    __table_args__ = (Index("ix_campaigns_account_created", "account_id", "created_at", "id"),
-                      Index("ix_campaigns_wake_at", "wake_at"))
+    __table_args__ = (
+        Index("ix_campaigns_account_created", "account_id", "created_at", "id"),
+        Index("ix_campaigns_wake_at", "wake_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     sid: Mapped[str] = mapped_column(String(40), unique=True)
@@ -346,8 +349,10 @@ class CampaignNumber(Base):
     """
 
     __tablename__ = "campaign_numbers"
-    __table_args__ = (UniqueConstraint("campaign_id", "position"),
-                      Index("ix_campaign_numbers_state", "campaign_id", "state"))
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "position"),
+        Index("ix_campaign_numbers_state", "campaign_id", "state"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
@@ -369,8 +374,9 @@ class ContactList(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     sid: Mapped[str] = mapped_column(String(40), unique=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
-                                            index=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(200))
     row_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime]
@@ -396,8 +402,9 @@ class ContactUpload(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     sid: Mapped[str] = mapped_column(String(40), unique=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
-                                            index=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
     list_id: Mapped[int] = mapped_column(ForeignKey("contact_lists.id", ondelete="CASCADE"))
     file_name: Mapped[str] = mapped_column(String(200))
     total: Mapped[int] = mapped_column(Integer)

@@ -86,9 +86,16 @@ def claimed(row: OutboxMessage) -> Claimed:
     """A row born leased (see ``Lease``), as a claim would have returned it."""
     assert row.lease_until is not None, "only a leased row is ours to send"
     return Claimed(
-        id=row.id, account_id=row.account_id, event=row.event, url=row.url,
-        destination=row.destination, content_type=row.content_type, payload=row.payload,
-        idempotency_key=row.idempotency_key, attempts=row.attempts, lease_until=row.lease_until,
+        id=row.id,
+        account_id=row.account_id,
+        event=row.event,
+        url=row.url,
+        destination=row.destination,
+        content_type=row.content_type,
+        payload=row.payload,
+        idempotency_key=row.idempotency_key,
+        attempts=row.attempts,
+        lease_until=row.lease_until,
         created_at=row.created_at,
     )
 
@@ -255,12 +262,14 @@ async def resume(
     session: AsyncSession, destination: str, deferred_until: dt.datetime, now: dt.datetime
 ) -> int:
     """Make ``destination``'s rows deferred until ``deferred_until`` due now."""
-    return await _move_due(session, destination, now, now, M.next_attempt_at > now,
-                           M.next_attempt_at <= deferred_until)
+    return await _move_due(
+        session, destination, now, now, M.next_attempt_at > now, M.next_attempt_at <= deferred_until
+    )
 
 
-async def _move_due(session: AsyncSession, destination: str, now: dt.datetime,
-                    to: dt.datetime, *due: Any) -> int:
+async def _move_due(
+    session: AsyncSession, destination: str, now: dt.datetime, to: dt.datetime, *due: Any
+) -> int:
     """Set the due time of ``destination``'s unleased pending rows whose due time is in ``due``
     to ``to``; returns how many."""
     stmt = (

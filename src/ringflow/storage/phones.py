@@ -30,11 +30,15 @@ async def owns_number(session: Session, account_id: int, number: str) -> bool:
     return (await session.execute(query)).first() is not None
 
 
-async def add_number(session: Session, account_id: int, number: str, friendly_name: str,
-                     now: dt.datetime) -> None:
+async def add_number(
+    session: Session, account_id: int, number: str, friendly_name: str, now: dt.datetime
+) -> None:
     """Give the account an ExoPhone; Duplicate when any account has it already."""
-    session.add(PhoneNumber(account_id=account_id, number=number, friendly_name=friendly_name,
-                            created_at=now))
+    session.add(
+        PhoneNumber(
+            account_id=account_id, number=number, friendly_name=friendly_name, created_at=now
+        )
+    )
     try:
         await session.flush()
     except IntegrityError as exc:
@@ -46,8 +50,9 @@ async def phone_script(session: Session, scope: str, number: str) -> SandboxPhon
     return await session.get(SandboxPhone, (scope, number))
 
 
-async def set_phone_script(session: Session, scope: str, number: str, script: dict[str, Any],
-                           now: dt.datetime) -> None:
+async def set_phone_script(
+    session: Session, scope: str, number: str, script: dict[str, Any], now: dt.datetime
+) -> None:
     """Set (or replace) the script of ``number`` in ``scope``."""
     row = await session.get(SandboxPhone, (scope, number))
     if row is None:
@@ -68,7 +73,9 @@ async def phone_scripts(session: Session, account_sid: str) -> list[SandboxPhone
     query = select(SandboxPhone).where(
         or_(SandboxPhone.scope == account_sid.lower(), SandboxPhone.scope == "")
     )
-    return list((await session.execute(query.order_by(SandboxPhone.number, SandboxPhone.scope))).scalars())
+    return list(
+        (await session.execute(query.order_by(SandboxPhone.number, SandboxPhone.scope))).scalars()
+    )
 
 
 async def scripts_met(session: Session, account_sid: str) -> dict[str, dict[str, Any]]:
@@ -78,7 +85,8 @@ async def scripts_met(session: Session, account_sid: str) -> dict[str, dict[str,
     )
     scripts: dict[str, dict[str, Any]] = {}
     # Every account's first, so that the account's own script overwrites it.
-    for number, _scope, script in sorted((await session.execute(query)).all(),
-                                          key=lambda row: row[1] != ""):
+    for number, _scope, script in sorted(
+        (await session.execute(query)).all(), key=lambda row: row[1] != ""
+    ):
         scripts[number] = script
     return scripts

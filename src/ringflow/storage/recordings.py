@@ -28,12 +28,32 @@ async def recordings_of_call(session: Session, account_id: int, call_id: int) ->
     return list((await session.execute(query)).scalars())
 
 
-async def add_recording(session: Session, *, sid: str, account_id: int, call_id: int, path: str,
-                        fmt: str, channels: str, duration: float, size: int, url: str,
-                        now: dt.datetime) -> None:
+async def add_recording(
+    session: Session,
+    *,
+    sid: str,
+    account_id: int,
+    call_id: int,
+    path: str,
+    fmt: str,
+    channels: str,
+    duration: float,
+    size: int,
+    url: str,
+    now: dt.datetime,
+) -> None:
     """Insert a recording and make ``url`` its call's RecordingUrl."""
     session.add(
-        Recording(sid=sid, account_id=account_id, call_id=call_id, path=path, format=fmt,
-                  channels=channels, duration=duration, size=size, created_at=now)
+        Recording(
+            sid=sid,
+            account_id=account_id,
+            call_id=call_id,
+            path=path,
+            format=fmt,
+            channels=channels,
+            duration=duration,
+            size=size,
+            created_at=now,
+        )
     )
     await session.execute(update(Call).where(Call.id == call_id).values(recording_url=url))

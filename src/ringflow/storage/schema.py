@@ -98,15 +98,21 @@ def explain(url: str, exc: BaseException) -> str:
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         reason = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
         if "does not exist" in reason and "database" in reason:
-            return (f"{reason} on {where} ({SETTING}={shown(url)}): create it "
-                    f"(createdb {parsed.database}) or point {SETTING} at one that exists")
+            return (
+                f"{reason} on {where} ({SETTING}={shown(url)}): create it "
+                f"(createdb {parsed.database}) or point {SETTING} at one that exists"
+            )
         return f"the database {shown(url)} refused: {reason} (set by {SETTING})"
     if isinstance(exc, socket.gaierror):
-        return (f"cannot find the database host {parsed.host!r} ({SETTING}={shown(url)}): "
-                "check the host name")
+        return (
+            f"cannot find the database host {parsed.host!r} ({SETTING}={shown(url)}): "
+            "check the host name"
+        )
     if isinstance(exc, ConnectionRefusedError):
-        return (f"cannot reach the database at {where} ({SETTING}={shown(url)}): connection "
-                "refused; is the database server running, and is that its address?")
+        return (
+            f"cannot reach the database at {where} ({SETTING}={shown(url)}): connection "
+            "refused; is the database server running, and is that its address?"
+        )
     if isinstance(exc, OSError):
         reason = exc.strerror or str(exc)
         return f"cannot open the database {shown(url)} ({SETTING}): {reason}"

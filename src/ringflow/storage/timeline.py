@@ -13,7 +13,9 @@ async def steps(session: Session, call_id: int, *, after: int | None = None) -> 
     order they were recorded, for following a call as it goes."""
     query = select(CallEvent).where(CallEvent.call_id == call_id)
     if after is not None:
-        return list((await session.execute(
-            query.where(CallEvent.id > after).order_by(CallEvent.id))).scalars())
-    return list((await session.execute(
-        query.order_by(CallEvent.at, CallEvent.id))).scalars())
+        return list(
+            (
+                await session.execute(query.where(CallEvent.id > after).order_by(CallEvent.id))
+            ).scalars()
+        )
+    return list((await session.execute(query.order_by(CallEvent.at, CallEvent.id))).scalars())

@@ -75,9 +75,13 @@ class BotConnection(ClientConnection):
         False (nothing written) when the connection is not open, websockets is in the middle
         of a send, or ``backlog`` bytes already wait in the socket: then ``send`` it."""
         transport = self.transport
-        if (self.protocol.state is not State.OPEN or self.send_in_progress is not None
-                or self.protocol.expect_continuation_frame or transport.is_closing()
-                or transport.get_write_buffer_size() >= backlog):
+        if (
+            self.protocol.state is not State.OPEN
+            or self.send_in_progress is not None
+            or self.protocol.expect_continuation_frame
+            or transport.is_closing()
+            or transport.get_write_buffer_size() >= backlog
+        ):
             return False
         # A client masks every frame with a fresh unpredictable key (RFC 6455 5.3); taken from
         # the OS in bulk, since one getrandom per message is a system call ten times a second
@@ -85,7 +89,7 @@ class BotConnection(ClientConnection):
         at = self._mask_at
         if at >= len(self._masks):
             self._masks, at = os.urandom(_MASKS), 0
-        mask = self._masks[at:at + 4]
+        mask = self._masks[at : at + 4]
         self._mask_at = at + 4
         data = text.encode()
         size = len(data)
@@ -188,7 +192,8 @@ async def open_socket(
         except PrivateAddress as exc:
             raise StreamFailed(
                 f"the stream URL points to a private address ({exc.address}); "
-                "set RINGFLOW_ALLOW_PRIVATE_URLS=1 to allow it") from None
+                "set RINGFLOW_ALLOW_PRIVATE_URLS=1 to allow it"
+            ) from None
         except TimeoutError:
             reason = f"no handshake within {handshake_seconds:g}s"
         except websockets.InvalidStatus as exc:
@@ -199,8 +204,9 @@ async def open_socket(
     raise StreamFailed(f"{reason} (after {attempts} attempts)")
 
 
-async def _connect(target: StreamTarget, allow_private: bool, resolver: Resolver,
-                   handshake_seconds: float) -> ClientConnection:
+async def _connect(
+    target: StreamTarget, allow_private: bool, resolver: Resolver, handshake_seconds: float
+) -> ClientConnection:
     parts = urlsplit(target.url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme.lower() == "wss" else 80)

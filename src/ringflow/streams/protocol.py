@@ -94,19 +94,22 @@ class StreamProtocol:
     def start(self) -> str:
         """The stream's facts: who is on the call and the audio format."""
         info = self.info
-        return self._message("start", {
-            "stream_sid": info.stream_sid,
-            "call_sid": info.call_sid,
-            "account_sid": info.account_sid,
-            "from": info.from_number,
-            "to": info.to_number,
-            "custom_parameters": dict(info.custom_parameters),
-            "media_format": {
-                "encoding": "audio/x-raw",
-                "sample_rate": str(info.sample_rate),
-                "bit_rate": "16",
+        return self._message(
+            "start",
+            {
+                "stream_sid": info.stream_sid,
+                "call_sid": info.call_sid,
+                "account_sid": info.account_sid,
+                "from": info.from_number,
+                "to": info.to_number,
+                "custom_parameters": dict(info.custom_parameters),
+                "media_format": {
+                    "encoding": "audio/x-raw",
+                    "sample_rate": str(info.sample_rate),
+                    "bit_rate": "16",
+                },
             },
-        })
+        )
 
     def media(self, pcm: bytes, track: str | None = None) -> str:
         """One chunk of audio (16-bit PCM at the stream's rate); ``track`` only for ``both``."""
@@ -119,9 +122,11 @@ class StreamProtocol:
         # for byte what json.dumps of the same dict gives (the tests hold the two equal).
         payload = binascii.b2a_base64(pcm, newline=False).decode("ascii")
         tail = "" if track is None else f',"track":{json.dumps(track)}'
-        return (f'{{"event":"media","sequence_number":"{self._sequence}",'
-                f'"stream_sid":{self._sid},"media":{{"chunk":"{self._chunks}",'
-                f'"timestamp":"{elapsed}","payload":"{payload}"{tail}}}}}')
+        return (
+            f'{{"event":"media","sequence_number":"{self._sequence}",'
+            f'"stream_sid":{self._sid},"media":{{"chunk":"{self._chunks}",'
+            f'"timestamp":"{elapsed}","payload":"{payload}"{tail}}}}}'
+        )
 
     def dtmf(self, digit: str, duration_ms: int) -> str:
         """A key the caller pressed."""
@@ -134,8 +139,9 @@ class StreamProtocol:
     def stop(self, reason: str) -> str:
         """The last message: ``callended`` or ``stopped``."""
         info = self.info
-        return self._message("stop", {
-            "call_sid": info.call_sid, "account_sid": info.account_sid, "reason": reason})
+        return self._message(
+            "stop", {"call_sid": info.call_sid, "account_sid": info.account_sid, "reason": reason}
+        )
 
 
 def parse_bot_message(frame: str | bytes) -> BotEvent:

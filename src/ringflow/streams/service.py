@@ -52,8 +52,9 @@ class StreamRequest:
 class Streams:
     """Starts streams and keeps track of the running ones."""
 
-    def __init__(self, settings: Settings, clock: Clock, http: OutboundHttp | None,
-                 keep_latencies: int = 0):
+    def __init__(
+        self, settings: Settings, clock: Clock, http: OutboundHttp | None, keep_latencies: int = 0
+    ):
         self.settings = settings
         self.clock = clock
         self.http = http
@@ -77,9 +78,14 @@ class Streams:
             stream.stop(reason)
         return len(streams)
 
-    async def run(self, request: StreamRequest, channel: Channel, record: Record,
-                  started: Callable[[Stream], None] | None = None,
-                  by_request: Callable[[], bool] = lambda: False) -> StreamOutcome:
+    async def run(
+        self,
+        request: StreamRequest,
+        channel: Channel,
+        record: Record,
+        started: Callable[[Stream], None] | None = None,
+        by_request: Callable[[], bool] = lambda: False,
+    ) -> StreamOutcome:
         """Open and carry one stream to its end; the outcome says how it went."""
         stream_sid = new_stream_sid()
         try:
@@ -92,11 +98,20 @@ class Streams:
             return await _failed(stream_sid, target.shown, reason, record)
         stream = Stream(
             target=target,
-            info=StreamInfo(stream_sid, request.call_sid, request.account_sid,
-                            request.from_number, request.to_number,
-                            target.custom_parameters, target.sample_rate),
-            channel=channel, clock=self.clock, record=record,
-            bidirectional=request.bidirectional, track=request.track,
+            info=StreamInfo(
+                stream_sid,
+                request.call_sid,
+                request.account_sid,
+                request.from_number,
+                request.to_number,
+                target.custom_parameters,
+                target.sample_rate,
+            ),
+            channel=channel,
+            clock=self.clock,
+            record=record,
+            bidirectional=request.bidirectional,
+            track=request.track,
             allow_private=self.settings.allow_private_urls,
             keep_latencies=self.keep_latencies,
             by_request=by_request,
@@ -124,8 +139,9 @@ class Streams:
             except InvalidRequest as exc:  # e.g. a private address: this stream fails
                 raise StreamFailed(str(exc)) from exc
         with self.clock.busy():
-            return await resolve_target(request.url, http=self.http, params=request.params,
-                                        allow_private=allow_private)
+            return await resolve_target(
+                request.url, http=self.http, params=request.params, allow_private=allow_private
+            )
 
 
 def _discard(index: dict[str, set[Stream]], key: str, stream: Stream) -> None:

@@ -128,8 +128,7 @@ class Stream:
         self.bidirectional = bidirectional
         self.track = track
         self.max_seconds = max_seconds
-        self._connect = connect or (
-            lambda t: open_socket(t, allow_private=allow_private))
+        self._connect = connect or (lambda t: open_socket(t, allow_private=allow_private))
         self.protocol = StreamProtocol(info)
         self.outcome = StreamOutcome(info.stream_sid, target.shown)
         self.playout = Playout(now=clock.now, keep_latencies=keep_latencies)
@@ -160,11 +159,16 @@ class Stream:
         if socket is None:
             return outcome
         started = self.clock.now()
-        await self.record("stream.start", {
-            "stream_sid": self.info.stream_sid, "url": self.target.shown,
-            "direction": "bidirectional" if self.bidirectional else "unidirectional",
-            "track": None if self.bidirectional else self.track,
-            "sample_rate": self.target.sample_rate})
+        await self.record(
+            "stream.start",
+            {
+                "stream_sid": self.info.stream_sid,
+                "url": self.target.shown,
+                "direction": "bidirectional" if self.bidirectional else "unidirectional",
+                "track": None if self.bidirectional else self.track,
+                "sample_rate": self.target.sample_rate,
+            },
+        )
         try:
             await self._carry(socket)
         finally:
@@ -174,13 +178,25 @@ class Stream:
         if self._steps:  # the stream's own lines go on the timeline before its end
             await asyncio.wait(set(self._steps))
         if self._dropped:
-            outcome.detailed_status += f"; {self._dropped} audio chunks dropped (the bot fell behind)"
-        await self.record("stream.end", {
-            "stream_sid": outcome.stream_sid, "status": outcome.status,
-            "disconnected_by": outcome.disconnected_by, "reason": outcome.detailed_status,
-            "duration": round(outcome.duration, 2), "bytes_to_bot": outcome.bytes_to_bot,
-            "bytes_from_bot": outcome.bytes_from_bot, "marks": outcome.marks,
-            "clears": outcome.clears, "dtmf": outcome.dtmf, "ignored": outcome.ignored})
+            outcome.detailed_status += (
+                f"; {self._dropped} audio chunks dropped (the bot fell behind)"
+            )
+        await self.record(
+            "stream.end",
+            {
+                "stream_sid": outcome.stream_sid,
+                "status": outcome.status,
+                "disconnected_by": outcome.disconnected_by,
+                "reason": outcome.detailed_status,
+                "duration": round(outcome.duration, 2),
+                "bytes_to_bot": outcome.bytes_to_bot,
+                "bytes_from_bot": outcome.bytes_from_bot,
+                "marks": outcome.marks,
+                "clears": outcome.clears,
+                "dtmf": outcome.dtmf,
+                "ignored": outcome.ignored,
+            },
+        )
         return outcome
 
     async def _open(self) -> ClientConnection | None:
@@ -205,8 +221,10 @@ class Stream:
             return opening.result()
         except StreamFailed as exc:
             self.outcome.detailed_status = str(exc)
-            await self.record("stream.failed", {
-                "stream_sid": self.info.stream_sid, "url": self.target.shown, "reason": str(exc)})
+            await self.record(
+                "stream.failed",
+                {"stream_sid": self.info.stream_sid, "url": self.target.shown, "reason": str(exc)},
+            )
             return None
 
     async def _carry(self, socket: ClientConnection) -> None:
@@ -217,8 +235,9 @@ class Stream:
         self._send(self.protocol.connected())
         self._send(self.protocol.start())
         track = "inbound" if self.bidirectional else self.track
-        undo: list[Callable[[], None]] = [self.channel.listen(
-            Listener(self.target.sample_rate, track, self._send_media))]
+        undo: list[Callable[[], None]] = [
+            self.channel.listen(Listener(self.target.sample_rate, track, self._send_media))
+        ]
         tasks = [asyncio.ensure_future(self._sender(socket))]
         receiving = asyncio.ensure_future(self._receiver(socket))
         if self.bidirectional:
@@ -288,8 +307,11 @@ class Stream:
                 outgoing.popleft()
         else:
             transport = socket.transport
-            while outgoing and socket.state is State.OPEN and (
-                    transport.get_write_buffer_size() < WRITE_BACKLOG):
+            while (
+                outgoing
+                and socket.state is State.OPEN
+                and (transport.get_write_buffer_size() < WRITE_BACKLOG)
+            ):
                 websockets.broadcast((socket,), outgoing.popleft())
         if outgoing:
             self._wake.set()  # the sender waits for the socket to drain, as send() does
@@ -326,8 +348,11 @@ class Stream:
         if isinstance(event, Ignored) or not self.bidirectional:
             outcome.ignored += 1
             if outcome.ignored <= MAX_LOGGED_PROBLEMS:
-                reason = event.reason if isinstance(event, Ignored) else (
-                    "a unidirectional stream takes nothing from the bot")
+                reason = (
+                    event.reason
+                    if isinstance(event, Ignored)
+                    else ("a unidirectional stream takes nothing from the bot")
+                )
                 log.info("stream %s: ignored a frame: %s", self.info.stream_sid, reason)
                 self._later(self.record("stream.ignored", {"reason": reason}))
         elif isinstance(event, BotMedia):
@@ -339,8 +364,9 @@ class Stream:
             dropped = self.playout.seconds
             marks = self._from_bot.clear()
             outcome.clears += 1
-            self._later(self.record("stream.clear", {"dropped_ms": round(dropped * 1000),
-                                                     "marks": marks}))
+            self._later(
+                self.record("stream.clear", {"dropped_ms": round(dropped * 1000), "marks": marks})
+            )
             self._marks_played(marks)
 
     def _marks_played(self, marks: list[str]) -> None:

@@ -62,8 +62,9 @@ def parse_target(url: str, *, allow_private: bool, field: str = "StreamUrl") -> 
     if scheme not in ("ws", "wss"):
         raise InvalidRequest(f"{field} must be a ws://, wss:// or http(s):// URL")
     # The address guard reads an http URL; the host rules are the same.
-    http_twin = urlunsplit(("http" if scheme == "ws" else "https", parts.netloc, parts.path,
-                            parts.query, ""))
+    http_twin = urlunsplit(
+        ("http" if scheme == "ws" else "https", parts.netloc, parts.path, parts.query, "")
+    )
     validate_url(http_twin, allow_private=allow_private, field=field)
     custom: dict[str, str] = {}
     rate = RATES[0]
@@ -76,9 +77,11 @@ def parse_target(url: str, *, allow_private: bool, field: str = "StreamUrl") -> 
         raise InvalidRequest(f"{field} may carry at most {MAX_CUSTOM} custom parameters")
     if sum(len(k) + len(v) for k, v in custom.items()) > MAX_CUSTOM_CHARS:
         raise InvalidRequest(
-            f"{field}: custom parameters must be at most {MAX_CUSTOM_CHARS} characters in all")
-    return StreamTarget(url=text, shown=without_credentials(text), custom_parameters=custom,
-                        sample_rate=rate)
+            f"{field}: custom parameters must be at most {MAX_CUSTOM_CHARS} characters in all"
+        )
+    return StreamTarget(
+        url=text, shown=without_credentials(text), custom_parameters=custom, sample_rate=rate
+    )
 
 
 def without_credentials(url: str) -> str:

@@ -185,8 +185,9 @@ class Channel(Protocol):
         """Give ``sink(heard, sent)`` every 20 ms: what the party said and what it was sent,
         each 320 bytes of 8 kHz PCM. Returns the function that stops it."""
 
-    def play_out(self, playout: Playout,
-                 on_marks: Callable[[list[str]], None]) -> Callable[[], None]:
+    def play_out(
+        self, playout: Playout, on_marks: Callable[[list[str]], None]
+    ) -> Callable[[], None]:
         """Play ``playout`` to the party, one 20 ms frame per tick, while nothing else is sent
         to it; ``on_marks`` gets the names of the marks each frame completes. A sandbox phone
         answers a bot: it speaks its ``says`` lines and presses its keys. Returns the undo."""

@@ -227,8 +227,10 @@ class Deliverer:
     def take_claimed(self, claimed: list[Claimed]) -> None:
         """Send rows written with ``birth_lease``, as their writer describes them."""
         now = self._clock.wall()  # rows handed over as they are written: born now
-        self._handed.extend(c if c.created_at is not None else dataclasses.replace(c, created_at=now)
-                            for c in claimed)
+        self._handed.extend(
+            c if c.created_at is not None else dataclasses.replace(c, created_at=now)
+            for c in claimed
+        )
         self._wake.set()
 
     async def deliver_due(self) -> int:
@@ -406,8 +408,7 @@ class Deliverer:
                 looked = self._unquieted
                 async with self._db.session() as session:
                     earliest = await outbox.next_due(session, now, rooms.blocked, rooms.full)
-                    waiters = await outbox.waiting_for_room(session, now, rooms.blocked,
-                                                            rooms.full)
+                    waiters = await outbox.waiting_for_room(session, now, rooms.blocked, rooms.full)
                 if looked == self._unquieted:  # nothing changed meanwhile: this holds
                     self._room_waiters = waiters
                     # Until the earliest due row, the next poll, or a circuit's probe time
@@ -483,7 +484,10 @@ class Deliverer:
             # The status line is the receiver's answer: a body that stalls after a 2xx must not
             # turn an acknowledged callback into a timeout that is sent again.
             result = await self._http.post(
-                message.url, content=body, headers=headers, field="StatusCallback",
+                message.url,
+                content=body,
+                headers=headers,
+                field="StatusCallback",
                 body_wait=ANSWER_BODY_WAIT,
             )
         except InvalidRequest as exc:

@@ -222,7 +222,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         try:
             async with asyncio.timeout(timeout):
                 addresses = await checked_addresses(
-                    self._resolve, host, port, allow_private=self._allow_private)
+                    self._resolve, host, port, allow_private=self._allow_private
+                )
         except (OSError, TimeoutError) as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
         error: Exception | None = None
@@ -322,7 +323,14 @@ class OutboundHttp:
                 # dribbling bytes cannot hold a delivery slot forever.
                 async with asyncio.timeout(limit):
                     return await self._send(
-                        method, url, content, headers, params, limit, follow_redirects, started,
+                        method,
+                        url,
+                        content,
+                        headers,
+                        params,
+                        limit,
+                        follow_redirects,
+                        started,
                         body_wait,
                     )
             except PrivateAddress as exc:

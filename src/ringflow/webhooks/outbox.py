@@ -39,10 +39,18 @@ def outbox_row(
         raise ValueError(f"unsupported callback content type {content_type!r}")
     encode(payload, content_type)  # a payload that cannot be sent fails now, not when sent
     return {
-        "account_id": account_id, "call_id": call_id, "event": event, "url": url,
-        "destination": destination_of(url), "content_type": content_type, "payload": payload,
-        "idempotency_key": idempotency_key, "state": "pending", "attempts": 0,
-        "next_attempt_at": now, "created_at": now,
+        "account_id": account_id,
+        "call_id": call_id,
+        "event": event,
+        "url": url,
+        "destination": destination_of(url),
+        "content_type": content_type,
+        "payload": payload,
+        "idempotency_key": idempotency_key,
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
         "lease_owner": lease.owner if lease is not None else None,
         "lease_until": lease.until if lease is not None else None,
     }

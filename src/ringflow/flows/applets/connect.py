@@ -106,7 +106,11 @@ def parse_answer(result: HttpResult, settings: dict[str, Any]) -> list[str]:
         if isinstance(playback, dict) and playback.get("type") == "text" and playback.get("value"):
             settings["announce"] = str(playback["value"])
         hold = body.get("music_on_hold") or {}
-        if isinstance(hold, dict) and hold.get("type") == "audio_url" and check_url(hold.get("value")) is None:
+        if (
+            isinstance(hold, dict)
+            and hold.get("type") == "audio_url"
+            and check_url(hold.get("value")) is None
+        ):
             settings["music"] = hold["value"]
         return _valid_numbers(numbers if isinstance(numbers, list) else [])
     return _valid_numbers([part.strip() for part in result.text.split(",") if part.strip()])

@@ -20,12 +20,22 @@ from ringflow.flows.model import AppletSpec, Node
 CONSTANT_END_TIME = "1970-01-01 05:30:00"
 DEFAULT_TIMEOUT = 10.0
 # Variables set by earlier applets, passed on under Exotel's names when they are known.
-CARRIED = ("DialCallDuration", "DialWhomNumber", "DialCallStatus", "RecordingUrl",
-           # After a voicebot applet (AgentStream spec, section 4).
-           "Stream[StreamSID]", "Stream[Status]", "Stream[Duration]", "Stream[StreamUrl]",
-           "Stream[DisconnectedBy]", "Stream[DetailedStatus]", "Stream[RecordingUrl]",
-           # A call placed with MachineDetection (a ringflow extension): who answered.
-           "AnsweredBy")
+CARRIED = (
+    "DialCallDuration",
+    "DialWhomNumber",
+    "DialCallStatus",
+    "RecordingUrl",
+    # After a voicebot applet (AgentStream spec, section 4).
+    "Stream[StreamSID]",
+    "Stream[Status]",
+    "Stream[Duration]",
+    "Stream[StreamUrl]",
+    "Stream[DisconnectedBy]",
+    "Stream[DetailedStatus]",
+    "Stream[RecordingUrl]",
+    # A call placed with MachineDetection (a ringflow extension): who answered.
+    "AnsweredBy",
+)
 
 
 def check_url(value: Any) -> str | None:

@@ -26,8 +26,12 @@ def _track(value: Any) -> str | None:
 
 def run(node: Node, ctx: FlowContext) -> Generator[Any, Any, str]:
     """Start the stream beside the flow and go on."""
-    yield StreamAudio(url=node.config["url"].strip(), bidirectional=False,
-                      track=node.config.get("track", "inbound"), wait=False)
+    yield StreamAudio(
+        url=node.config["url"].strip(),
+        bidirectional=False,
+        track=node.config.get("track", "inbound"),
+        wait=False,
+    )
     return "next"
 
 

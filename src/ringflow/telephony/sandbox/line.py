@@ -65,7 +65,7 @@ class Tape:
         for at, pcm in pieces:
             offset = round((at - self.start) * RATE) * SAMPLE_WIDTH
             piece = pcm[: max(0, size - offset)]
-            track[offset:offset + len(piece)] = piece
+            track[offset : offset + len(piece)] = piece
         return bytes(track)
 
 
@@ -82,7 +82,7 @@ def _frame_at(pieces: list[Piece], at: float) -> bytes:
         if offset + FRAME_BYTES <= 0:
             continue  # not begun
         lo, hi = max(0, offset), min(len(pcm), offset + FRAME_BYTES)
-        frame[lo - offset:hi - offset] = pcm[lo:hi]
+        frame[lo - offset : hi - offset] = pcm[lo:hi]
     pieces[:] = keep
     return bytes(frame)
 
@@ -120,8 +120,11 @@ class LiveLine:
         # Kept while they sound even with no listener yet: a stream that opens in the middle
         # of a prompt hears the rest of it, as it would on a real line.
         now = self.clock.now()
-        pieces[:] = [(start, piece) for start, piece in pieces
-                     if start + len(piece) / (RATE * SAMPLE_WIDTH) > now]
+        pieces[:] = [
+            (start, piece)
+            for start, piece in pieces
+            if start + len(piece) / (RATE * SAMPLE_WIDTH) > now
+        ]
         _place(pieces, at, pcm)
 
     def listen(self, sink: Callable[[bytes, bytes], None]) -> Callable[[], None]:
@@ -135,8 +138,9 @@ class LiveLine:
 
         return unsubscribe
 
-    def play_out(self, playout: Playout,
-                 on_marks: Callable[[list[str]], None]) -> Callable[[], None]:
+    def play_out(
+        self, playout: Playout, on_marks: Callable[[list[str]], None]
+    ) -> Callable[[], None]:
         """Play ``playout`` to the phone one frame a tick; returns the undo."""
         self._playout, self._on_marks = playout, on_marks
         self._run()

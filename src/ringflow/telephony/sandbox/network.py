@@ -100,7 +100,6 @@ class SandboxCarrier:
         """None: the sandbox has no trunks."""
         return None
 
-
     async def reserve(self, account_sid: str, call_sid: str) -> bool:
         """Virtual phones have no trunk: always."""
         return True
@@ -110,6 +109,7 @@ class SandboxCarrier:
 
     def listen_for_room(self, listener: Callable[[], None]) -> None:
         """No trunk frees channels."""
+
     async def script_for(self, account_sid: str, number: str) -> PhoneScript:
         """A scripted behaviour wins over the magic numbers, which win over the default."""
         if self.lookup is not None:
@@ -135,7 +135,9 @@ class SandboxAttempt:
             script = await self.carrier.script_for(self.request.account_sid, self.request.number)
         except Exception as exc:  # the phone book is storage: a failure there fails this leg only
             log.exception("sandbox script lookup failed for %s", self.request.number)
-            await self._events.put(Rejected(Outcome.FAILED, f"sandbox: script lookup failed: {exc}"))
+            await self._events.put(
+                Rejected(Outcome.FAILED, f"sandbox: script lookup failed: {exc}")
+            )
             return
         if script.outcome == "failed" and script.ring == 0:
             await self._events.put(Rejected(Outcome.FAILED, "sandbox: number unreachable"))
@@ -149,7 +151,8 @@ class SandboxAttempt:
             await asyncio.Event().wait()  # rings until the caller cancels
         else:
             await self._events.put(
-                Rejected(Outcome(script.outcome), f"sandbox: phone scripted {script.outcome}"))
+                Rejected(Outcome(script.outcome), f"sandbox: phone scripted {script.outcome}")
+            )
 
     async def next_event(self) -> AttemptEvent:
         """Wait for the next progress event."""
@@ -344,7 +347,10 @@ class SandboxChannel:
         started = self.clock.now()
         self._line.heard(started, near)
         self._line.sent(started, far)
-        waits = [asyncio.ensure_future(self.wait_closed()), asyncio.ensure_future(other.wait_closed())]
+        waits = [
+            asyncio.ensure_future(self.wait_closed()),
+            asyncio.ensure_future(other.wait_closed()),
+        ]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -410,8 +416,9 @@ class SandboxChannel:
             return _nothing
         return self._line.listen(sink)
 
-    def play_out(self, playout: Playout,
-                 on_marks: Callable[[list[str]], None]) -> Callable[[], None]:
+    def play_out(
+        self, playout: Playout, on_marks: Callable[[list[str]], None]
+    ) -> Callable[[], None]:
         """Play a bot's audio to the phone, which answers: it speaks its ``says`` lines and
         presses its keys (see ``_converse``)."""
         if self.closed:
@@ -497,7 +504,11 @@ def machine_beep() -> bytes:
 def murmur(seconds: float) -> Prompt:
     """A voice-like sound (a low buzz at syllable rate) standing in for speech without TTS."""
     t = np.arange(round(seconds * RATE)) / RATE
-    tone = np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 280 * t) + 0.25 * np.sin(2 * np.pi * 420 * t)
+    tone = (
+        np.sin(2 * np.pi * 140 * t)
+        + 0.5 * np.sin(2 * np.pi * 280 * t)
+        + 0.25 * np.sin(2 * np.pi * 420 * t)
+    )
     syllables = 0.5 * (1 - np.cos(2 * np.pi * 4 * t))
     return Prompt((tone * syllables * 5000).astype("<i2").tobytes())
 

@@ -10,8 +10,10 @@ from ringflow.errors import InvalidRequest
 OUTCOMES = ("answer", "machine", "busy", "no-answer", "failed")
 ANSWERING = ("answer", "machine")
 # What a voicemail says when its script gives no greeting of its own.
-MACHINE_GREETING = ("Hello, you have reached the voicemail of this number. Nobody is available "
-                    "to take your call. Please leave your message after the tone.")
+MACHINE_GREETING = (
+    "Hello, you have reached the voicemail of this number. Nobody is available "
+    "to take your call. Please leave your message after the tone."
+)
 KEYS = set("0123456789*#")
 MAX_SAYS = 2000  # characters in one utterance
 
@@ -35,7 +37,7 @@ class Utterance:
             value = {"text": value}
         if not isinstance(value, dict) or set(value) - {"text", "then", "at"}:
             raise InvalidRequest(
-                'says entries must be texts or objects '
+                "says entries must be texts or objects "
                 '{"text": "...", "then": "#" or "hangup", "at": seconds}'
             )
         at = value.get("at")
@@ -44,8 +46,10 @@ class Utterance:
         text, then = value.get("text", ""), value.get("then") or ""
         if not isinstance(text, str) or len(text) > MAX_SAYS:
             raise InvalidRequest(f"says: text must be a string of at most {MAX_SAYS} characters")
-        if then != "hangup" and not (isinstance(then, str) and len(then) <= 1 and set(then) <= KEYS):
-            raise InvalidRequest("says: then must be one key (0-9, * or #) or \"hangup\"")
+        if then != "hangup" and not (
+            isinstance(then, str) and len(then) <= 1 and set(then) <= KEYS
+        ):
+            raise InvalidRequest('says: then must be one key (0-9, * or #) or "hangup"')
         return cls(text=text, then=then, at=at)
 
     def to_json(self) -> str | dict[str, Any]:
@@ -113,11 +117,13 @@ class PhoneScript:
         if isinstance(keys, str):
             keys = [keys]
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise InvalidRequest("keys must be a list of strings such as [\"2\", \"1234#\"]")
+            raise InvalidRequest('keys must be a list of strings such as ["2", "1234#"]')
         for entry in keys:
             bad = set(entry) - KEYS
             if bad:
-                raise InvalidRequest(f"keys may hold only 0-9, * and #, not {''.join(sorted(bad))!r}")
+                raise InvalidRequest(
+                    f"keys may hold only 0-9, * and #, not {''.join(sorted(bad))!r}"
+                )
         hangup_after = data.get("hangup_after")
         if hangup_after is not None:
             hangup_after = _number(hangup_after, "hangup_after", 0, 86400)

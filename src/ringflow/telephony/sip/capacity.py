@@ -87,8 +87,9 @@ class TrunkGate:
         return self.in_use
 
     @contextlib.asynccontextmanager
-    async def slot(self, on_wait: OnWait | None = None,
-                   hold: Hold | None = None) -> AsyncIterator[None]:
+    async def slot(
+        self, on_wait: OnWait | None = None, hold: Hold | None = None
+    ) -> AsyncIterator[None]:
         """Hold one of the trunk's channels for the life of a call.
 
         ``on_wait(reason)`` is called once if the call has to wait: for a channel, or for its
@@ -161,9 +162,17 @@ return 0
 class SharedTrunkGate:
     """Admission to one trunk, counted in Redis for every process that dials through it."""
 
-    def __init__(self, trunk: Trunk, clock: Clock, client: redis.asyncio.Redis, *,
-                 prefix: str = PREFIX, lease: float = 30.0, poll: float = 0.05,
-                 on_room: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        trunk: Trunk,
+        clock: Clock,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = PREFIX,
+        lease: float = 30.0,
+        poll: float = 0.05,
+        on_room: Callable[[], None] | None = None,
+    ):
         self.trunk = trunk
         self.clock = clock
         self.on_room = on_room  # a channel this process held was given back
@@ -181,8 +190,9 @@ class SharedTrunkGate:
     async def try_hold(self) -> Hold | None:
         """Take a channel now (across processes) if one is free (None: the trunk is full)."""
         member = uuid.uuid4().hex
-        if not await self._redis(self._take, self._leases, self._lease_ms,
-                                 self.trunk.max_channels, member):
+        if not await self._redis(
+            self._take, self._leases, self._lease_ms, self.trunk.max_channels, member
+        ):
             return None
         self.in_use += 1
         renewing = asyncio.ensure_future(self._keep(member))
@@ -197,8 +207,9 @@ class SharedTrunkGate:
         return Hold(release)
 
     @contextlib.asynccontextmanager
-    async def slot(self, on_wait: OnWait | None = None,
-                   hold: Hold | None = None) -> AsyncIterator[None]:
+    async def slot(
+        self, on_wait: OnWait | None = None, hold: Hold | None = None
+    ) -> AsyncIterator[None]:
         """Hold one of the trunk's channels (across processes) for the life of a call; with
         ``hold``, the channel held already."""
         tell = _once(on_wait)
@@ -215,8 +226,9 @@ class SharedTrunkGate:
             async with self._line:
                 self._in_line.remove(tell)
                 limit = self.trunk.max_channels
-                while not await self._redis(self._take, self._leases, self._lease_ms, limit,
-                                            member):
+                while not await self._redis(
+                    self._take, self._leases, self._lease_ms, limit, member
+                ):
                     # The trunk is full: this call waits, and so does everyone behind it.
                     for waiter in (tell, *self._in_line):
                         waiter(f"all {limit} channels of trunk {self.trunk.name} are busy")
@@ -258,7 +270,8 @@ class SharedTrunkGate:
                 return int(await self._client.zcount(self._leases, self._now_ms(), "+inf"))
         except RedisError as exc:
             raise TrunkUnavailable(
-                f"trunk {self.trunk.name}: shared limits unavailable ({exc})") from exc
+                f"trunk {self.trunk.name}: shared limits unavailable ({exc})"
+            ) from exc
 
     @property
     def _lease_ms(self) -> int:
@@ -273,15 +286,18 @@ class SharedTrunkGate:
                 return int(await script(keys=[key], args=[self._now_ms(), *args]))  # type: ignore
         except RedisError as exc:
             raise TrunkUnavailable(
-                f"trunk {self.trunk.name}: shared limits unavailable ({exc})") from exc
+                f"trunk {self.trunk.name}: shared limits unavailable ({exc})"
+            ) from exc
 
     async def _keep(self, member: str) -> None:
         """Renew the lease at a third of its length while the call is up."""
         while True:
             await self.clock.sleep(self.lease / 3)
             with contextlib.suppress(RedisError), self.clock.busy():
-                await self._renew(keys=[self._leases],
-                                  args=[self._now_ms() + self._lease_ms, member, self._lease_ms])
+                await self._renew(
+                    keys=[self._leases],
+                    args=[self._now_ms() + self._lease_ms, member, self._lease_ms],
+                )
 
     async def _release(self, member: str) -> None:
         with contextlib.suppress(RedisError), self.clock.busy():
@@ -297,6 +313,7 @@ def _once(on_wait: OnWait | None) -> OnWait:
         if on_wait is not None and not told:
             told = True
             on_wait(reason)
+
     return tell
 
 

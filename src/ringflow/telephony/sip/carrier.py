@@ -57,9 +57,17 @@ class SipCarrier:
 
     name = "sip"
 
-    def __init__(self, clock: Clock, trunks: tuple[Trunk, ...], *, sip_host: str = "127.0.0.1",
-                 sip_port: int = 5060, rtp_ports: tuple[int, int] = (16384, 32766),
-                 speech: Speech | None = None, redis_url: str | None = None):
+    def __init__(
+        self,
+        clock: Clock,
+        trunks: tuple[Trunk, ...],
+        *,
+        sip_host: str = "127.0.0.1",
+        sip_port: int = 5060,
+        rtp_ports: tuple[int, int] = (16384, 32766),
+        speech: Speech | None = None,
+        redis_url: str | None = None,
+    ):
         self.clock = clock
         self.trunks = trunks
         self.sip_host, self.sip_port = sip_host, sip_port
@@ -69,7 +77,10 @@ class SipCarrier:
         self._redis = connect(redis_url) if redis_url else None
         self.gates: dict[str, TrunkGate | SharedTrunkGate] = {
             trunk.name: SharedTrunkGate(trunk, clock, self._redis, on_room=self._room)
-            if self._redis else TrunkGate(trunk, clock, on_room=self._room) for trunk in trunks}
+            if self._redis
+            else TrunkGate(trunk, clock, on_room=self._room)
+            for trunk in trunks
+        }
         self.held: dict[str, Hold] = {}  # by call SID: channels taken at admission
         self._room_listeners: list[Callable[[], None]] = []
         # One SIP transport per protocol the trunks use (UDP and TCP share the port number).
@@ -87,15 +98,19 @@ class SipCarrier:
             port = self.sip_port
             if port == 0 and self.transports:  # tests: the same free port for both protocols
                 port = next(iter(self.transports.values())).local[1]
-            self.transports[protocol] = await SipTransport.open(self.sip_host, port,
-                                                                transport=protocol,
-                                                                sources=sources)
+            self.transports[protocol] = await SipTransport.open(
+                self.sip_host, port, transport=protocol, sources=sources
+            )
         self.media = MediaEngine(self.sip_host, *self.rtp_ports)
         for trunk in self.trunks:
             if trunk.register:
                 self.registrations[trunk.name] = await self.transports[trunk.transport].register(
-                    trunk.aor, trunk.registrar, authenticator=_authenticator(trunk),
-                    expires=trunk.register_expires, outbound=trunk.outbound_proxy)
+                    trunk.aor,
+                    trunk.registrar,
+                    authenticator=_authenticator(trunk),
+                    expires=trunk.register_expires,
+                    outbound=trunk.outbound_proxy,
+                )
         for protocol, transport in self.transports.items():
             log.info("sip carrier on %s:%d/%s", *transport.local, protocol)
         log.info("trunks: %s", ", ".join(t.name for t in self.trunks))
@@ -123,11 +138,13 @@ class SipCarrier:
             return None
         registration = self.registrations.get(trunk.name)
         return TrunkStatus(
-            trunk=trunk, active=await self.gates[trunk.name].active(),
+            trunk=trunk,
+            active=await self.gates[trunk.name].active(),
             registration=str(registration.state) if registration else None,
             registration_cause=registration.cause if registration else "",
             registered_until=registration.expires_at if registration else None,
-            retry_at=registration.retry_at if registration else None)
+            retry_at=registration.retry_at if registration else None,
+        )
 
     def over_sip(self, account_sid: str) -> bool:
         """Always: every account's legs go through a trunk (fail when none serves it)."""
@@ -209,7 +226,9 @@ class SipAttempt:
         elif self.handle is not None:
             self.handle.cancel(Ending.CANCELED)
             if not self.rang and self.trunk is not None:
-                return Rejected(Outcome.FAILED, f"sip: trunk {self.trunk.name} never rang the callee")
+                return Rejected(
+                    Outcome.FAILED, f"sip: trunk {self.trunk.name} never rang the callee"
+                )
         else:
             self._task.cancel()  # still waiting for room on the trunk
         return None
@@ -237,8 +256,11 @@ class SipAttempt:
 
         try:
             # A first leg dials with the channel its call was admitted with, if it has one.
-            hold = self.carrier.held.pop(self.request.call_sid, None) \
-                if self.request.leg_no == 1 else None
+            hold = (
+                self.carrier.held.pop(self.request.call_sid, None)
+                if self.request.leg_no == 1
+                else None
+            )
             async with gate.slot(on_wait=waiting, hold=hold):
                 if waited:
                     await self.events.put(Placed())
@@ -262,12 +284,22 @@ class SipAttempt:
         carrier = self.carrier
         assert carrier.media is not None
         self.session = await carrier.media.open_session(latch=trunk.symmetric_rtp)
-        offer = build_sdp(self.session.local[0], self.session.local[1],
-                          session_id=secrets.randbelow(2**62), version=1, codecs=(PCMU, PCMA))
+        offer = build_sdp(
+            self.session.local[0],
+            self.session.local[1],
+            session_id=secrets.randbelow(2**62),
+            version=1,
+            codecs=(PCMU, PCMA),
+        )
         headers = (("X-Ringflow-Call", self.request.call_sid),)
         self.handle = await carrier.transports[trunk.transport].dial(
-            trunk.request_uri(self.request.number), trunk.from_header(self.request.caller_id),
-            offer, authenticator=_authenticator(trunk), outbound=trunk.outbound_proxy, headers=headers)
+            trunk.request_uri(self.request.number),
+            trunk.from_header(self.request.caller_id),
+            offer,
+            authenticator=_authenticator(trunk),
+            outbound=trunk.outbound_proxy,
+            headers=headers,
+        )
         if self._canceled:
             self.handle.cancel(Ending.CANCELED)
         await self._pump(self.handle)
@@ -282,8 +314,13 @@ class SipAttempt:
             elif isinstance(event, sip_events.Answered) and self.channel is None:
                 assert self.session is not None
                 self.session.start(event.plan)
-                self.channel = SipChannel(self.carrier.clock, self.request.number, handle,
-                                          self.session, self.carrier.speech)
+                self.channel = SipChannel(
+                    self.carrier.clock,
+                    self.request.number,
+                    handle,
+                    self.session,
+                    self.carrier.speech,
+                )
                 await self.events.put(Answered(self.channel))
             elif isinstance(event, sip_events.Dtmf) and self.channel is not None:
                 self.channel.on_digit(event.digit)

@@ -46,9 +46,15 @@ def beep_tone() -> bytes:
 class SipChannel:
     """One answered SIP leg."""
 
-    def __init__(self, clock: Clock, number: str, handle: OutgoingCallHandle,
-                 session: RtpSession, speech: Speech | None,
-                 on_close: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        clock: Clock,
+        number: str,
+        handle: OutgoingCallHandle,
+        session: RtpSession,
+        speech: Speech | None,
+        on_close: Callable[[], None] = lambda: None,
+    ):
         self.clock = clock
         self.number = number
         self.handle = handle
@@ -126,14 +132,16 @@ class SipChannel:
         digits = ""
         while len(digits) < max_digits and not self.closed:
             key = await self._until_closed(
-                wait_with_timeout(self.clock, self.session.next_digit(), timeout))
+                wait_with_timeout(self.clock, self.session.next_digit(), timeout)
+            )
             if key is None or key in finish_on:
                 break
             digits += key
         return digits
 
-    async def record(self, max_length: float, finish_on: str, beep: bool,
-                     silence_timeout: float) -> Recording:
+    async def record(
+        self, max_length: float, finish_on: str, beep: bool, silence_timeout: float
+    ) -> Recording:
         if self.closed:
             return Recording(b"", "hangup")
         if beep:
@@ -149,8 +157,9 @@ class SipChannel:
         """Give ``sink(heard, sent)`` every 20 ms, as the RTP session ticks."""
         return self.session.tap(sink)
 
-    def play_out(self, playout: Playout,
-                 on_marks: Callable[[list[str]], None]) -> Callable[[], None]:
+    def play_out(
+        self, playout: Playout, on_marks: Callable[[list[str]], None]
+    ) -> Callable[[], None]:
         """The RTP session sends ``playout``'s frames on its ticks."""
         return self.session.play_out(playout, on_marks)
 
@@ -166,8 +175,10 @@ class SipChannel:
             raise TypeError("a SIP leg can only be bridged with another SIP leg")
         undo = self.session.bridge(other.session, tap.write if tap is not None else None)
         try:
-            waits = [asyncio.ensure_future(self._closed.wait()),
-                     asyncio.ensure_future(other._closed.wait())]
+            waits = [
+                asyncio.ensure_future(self._closed.wait()),
+                asyncio.ensure_future(other._closed.wait()),
+            ]
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -187,8 +198,9 @@ class SipChannel:
 class _Recorder:
     """Collects what the party says until a finish key, silence, the length limit or hangup."""
 
-    def __init__(self, channel: SipChannel, max_length: float, finish_on: str,
-                 silence_timeout: float):
+    def __init__(
+        self, channel: SipChannel, max_length: float, finish_on: str, silence_timeout: float
+    ):
         self.channel = channel
         self.max_bytes = round(max_length * RATE) * SAMPLE_WIDTH
         self.finish_on = finish_on
@@ -220,7 +232,10 @@ class _Recorder:
         unsubscribe = self.channel.session.listen(self._hear)
         key_task = asyncio.ensure_future(self._finish_key()) if self.finish_on else None
         try:
-            waits: set[asyncio.Future] = {self.done, asyncio.ensure_future(self.channel.wait_closed())}
+            waits: set[asyncio.Future] = {
+                self.done,
+                asyncio.ensure_future(self.channel.wait_closed()),
+            }
             if key_task is not None:
                 waits.add(key_task)
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

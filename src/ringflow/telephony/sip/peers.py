@@ -31,8 +31,9 @@ RESOLVE_EVERY = 300.0  # seconds between lookups of the trunks' host names
 class TrunkPeers:
     """The trunks' source addresses, kept fresh; ``on_change`` hears every new ``Sources``."""
 
-    def __init__(self, trunks: tuple[Trunk, ...], clock: Clock,
-                 on_change: Callable[[Sources], None]):
+    def __init__(
+        self, trunks: tuple[Trunk, ...], clock: Clock, on_change: Callable[[Sources], None]
+    ):
         self.trunks = trunks
         self.clock = clock
         self.on_change = on_change
@@ -59,9 +60,12 @@ class TrunkPeers:
         for host, result in zip(hosts, results, strict=True):
             if isinstance(result, BaseException):
                 kept = self._resolved.get(host)
-                log.warning("trunk host %s: lookup failed (%s); %s", host,
-                            result or type(result).__name__,
-                            "keeping its last addresses" if kept else "no address for it yet")
+                log.warning(
+                    "trunk host %s: lookup failed (%s); %s",
+                    host,
+                    result or type(result).__name__,
+                    "keeping its last addresses" if kept else "no address for it yet",
+                )
             else:
                 self._resolved[host] = frozenset(result)
         sources = self._sources()

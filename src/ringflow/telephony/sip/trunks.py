@@ -164,8 +164,9 @@ def parse_trunks(document: Any, where: str = "trunks") -> tuple[Trunk, ...]:
     """Trunks from the parsed document ``{"trunks": [...]}``."""
     if not isinstance(document, Mapping) or not isinstance(document.get("trunks"), list):
         raise ConfigError(f"{where}: expected a mapping with a `trunks` list")
-    trunks = tuple(_trunk(entry, f"{where}: trunks[{i}]")
-                   for i, entry in enumerate(document["trunks"]))
+    trunks = tuple(
+        _trunk(entry, f"{where}: trunks[{i}]") for i, entry in enumerate(document["trunks"])
+    )
     if not trunks:
         raise ConfigError(f"{where}: the `trunks` list is empty")
     names = [t.name for t in trunks]
@@ -179,7 +180,9 @@ def _trunk(entry: Any, where: str) -> Trunk:
         raise ConfigError(f"{where}: expected a mapping")
     unknown = sorted(set(entry) - FIELDS)
     if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(sorted(FIELDS))})")
+        raise ConfigError(
+            f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(sorted(FIELDS))})"
+        )
     for required in ("name", "host"):
         if not isinstance(entry.get(required), str) or not entry[required].strip():
             raise ConfigError(f"{where}.{required}: required, a non-empty string")
@@ -225,7 +228,9 @@ def _trunk(entry: Any, where: str) -> Trunk:
     return Trunk(**values)
 
 
-def _int(values: Mapping[str, Any], name: str, where: str, low: int, high: int, default: int) -> int:
+def _int(
+    values: Mapping[str, Any], name: str, where: str, low: int, high: int, default: int
+) -> int:
     raw = values.get(name, default)
     if isinstance(raw, bool) or not isinstance(raw, int) or not low <= raw <= high:
         raise ConfigError(f"{where}.{name}: a whole number from {low} to {high}, not {raw!r}")
@@ -245,5 +250,6 @@ def _address(raw: Any, where: str) -> tuple[str, int]:
     host, _, port = str(raw).rpartition(":")
     if not host:
         raise ConfigError(f"{where}: host:port, not {raw!r}")
-    return host.strip("[]"), whole_number(port, f"{where}: the port of {raw!r}", low=1,
-                                          high=65535, error=ConfigError)
+    return host.strip("[]"), whole_number(
+        port, f"{where}: the port of {raw!r}", low=1, high=65535, error=ConfigError
+    )

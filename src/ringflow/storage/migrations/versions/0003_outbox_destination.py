@@ -36,9 +36,7 @@ def upgrade() -> None:
     ).all()
     for row_id, url in pending:
         bind.execute(
-            outbox.update()
-            .where(outbox.c.id == row_id)
-            .values(destination=destination_of(url))
+            outbox.update().where(outbox.c.id == row_id).values(destination=destination_of(url))
         )
 
 

@@ -20,15 +20,23 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("machine_detection_ms", sa.Integer(), nullable=True))
     # "machine_end_silence" is longer than the 16 characters "human" needed.
     with op.batch_alter_table("legs", schema=None) as batch_op:
-        batch_op.alter_column("answered_by", existing_type=sa.String(length=16),
-                              type_=sa.String(length=24), existing_nullable=True)
+        batch_op.alter_column(
+            "answered_by",
+            existing_type=sa.String(length=16),
+            type_=sa.String(length=24),
+            existing_nullable=True,
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("legs", schema=None) as batch_op:
-        batch_op.alter_column("answered_by", existing_type=sa.String(length=24),
-                              type_=sa.String(length=16), existing_nullable=True,
-                              postgresql_using="left(answered_by, 16)")
+        batch_op.alter_column(
+            "answered_by",
+            existing_type=sa.String(length=24),
+            type_=sa.String(length=16),
+            existing_nullable=True,
+            postgresql_using="left(answered_by, 16)",
+        )
     with op.batch_alter_table("calls", schema=None) as batch_op:
         batch_op.drop_column("machine_detection_ms")
         batch_op.drop_column("machine_detection")
