@@ -58,7 +58,7 @@ lint: $(STAMP)
 
 # lint first: a finding fails make test before the services start or the suite runs.
 test: lint $(PIPECAT_STAMP) services
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25  # the slowest tests, to keep the suite fast
 
 bench: $(STAMP)
 	$(BIN)/python bench/api_connect.py
