@@ -25,7 +25,9 @@ import os
 import re
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import lameenc
@@ -258,55 +260,41 @@ def tone_mp3() -> bytes:
     return bytes(encoder.encode(pcm.tobytes()) + encoder.flush())
 
 
-async def live_call(reader: Reader) -> None:
-    """A call talking now (a long greeting), as ``$CALL_SID``."""
+async def place(
+    reader: Reader, app: object, until: Callable[[dict[str, Any]], bool], **more: str
+) -> dict[str, Any]:
+    """Place a call of ``app`` and wait until its Call object satisfies ``until``; the call."""
     sid = str(reader.creds["sid"])
     auth = (str(reader.creds["api_key"]), str(reader.creds["api_token"]))
+    calls = f"{reader.base}/v1/Accounts/{sid}/Calls"
     async with httpx.AsyncClient(timeout=10) as http:
-        r = await http.post(
-            f"{reader.base}/v1/Accounts/{sid}/Calls/connect.json",
-            auth=auth,
-            data={
-                "From": "09812345670",
-                "CallerId": "08039591234",
-                "Url": f"http://my.exotel.com/{sid}/exoml/start_voice/{reader.long_app}",
-            },
-        )
+        flow = f"http://my.exotel.com/{sid}/exoml/start_voice/{app}"
+        data = {"From": "09812345678", "CallerId": "08039591234", "Url": flow, **more}
+        r = await http.post(f"{calls}/connect.json", auth=auth, data=data)
         assert r.status_code == 200, r.text
-        call_sid = r.json()["Call"]["Sid"]
-        for _ in range(100):
-            r = await http.get(f"{reader.base}/v1/Accounts/{sid}/Calls/{call_sid}.json", auth=auth)
-            if r.json()["Call"]["Status"] == "in-progress":
-                break
+        call = r.json()["Call"]
+        for _ in range(300):
+            call = (await http.get(f"{calls}/{call['Sid']}.json", auth=auth)).json()["Call"]
+            if until(call):
+                return call
             await asyncio.sleep(0.1)
-    reader.call_sid = call_sid
+    raise AssertionError(f"the call never got there: {call}")
+
+
+async def live_call(reader: Reader) -> None:
+    """A call talking now (a long greeting), as ``$CALL_SID``."""
+    call = await place(reader, reader.long_app, lambda c: c["Status"] == "in-progress")
+    reader.call_sid = call["Sid"]
 
 
 async def first_call(reader: Reader) -> None:
     """A recorded call of the demo app, over, so the examples that read one have one."""
-    sid = str(reader.creds["sid"])
-    auth = (str(reader.creds["api_key"]), str(reader.creds["api_token"]))
-    async with httpx.AsyncClient(timeout=10) as http:
-        r = await http.post(
-            f"{reader.base}/v1/Accounts/{sid}/Calls/connect.json",
-            auth=auth,
-            data={
-                "From": "09812345678",
-                "CallerId": "08039591234",
-                "Url": f"http://my.exotel.com/{sid}/exoml/start_voice/{reader.creds['app_id']}",
-                "Record": "true",
-            },
-        )
-        assert r.status_code == 200, r.text
-        reader.call_sid = r.json()["Call"]["Sid"]
-        for _ in range(300):
-            r = await http.get(
-                f"{reader.base}/v1/Accounts/{sid}/Calls/{reader.call_sid}.json", auth=auth
-            )
-            call = r.json()["Call"]
-            if call["Status"] == "completed" and call.get("RecordingUrl"):
-                reader.recording_url = call["RecordingUrl"]
-                reader.recording_id = call["RecordingUrl"].rsplit("/", 1)[1].split(".")[0]
-                return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"the first call did not complete with a recording: {call}")
+    call = await place(
+        reader,
+        reader.creds["app_id"],
+        lambda c: c["Status"] == "completed" and bool(c.get("RecordingUrl")),
+        Record="true",
+    )
+    reader.call_sid = call["Sid"]
+    reader.recording_url = call["RecordingUrl"]
+    reader.recording_id = reader.recording_url.rsplit("/", 1)[1].split(".")[0]
