@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ringflow.calls.requests import CallRequest, CampaignTag
 from ringflow.calls.status import TERMINAL, Status
-from ringflow.campaigns import states
+from ringflow.campaigns import callbacks, states
 from ringflow.campaigns.hours import CallingHours
 from ringflow.campaigns.spec import Retries
 from ringflow.errors import CapacityExceeded, RingflowError
@@ -37,7 +37,6 @@ from ringflow.storage import campaigns as store
 from ringflow.storage.accounts import account_by_id
 from ringflow.storage.models import Account, Campaign
 from ringflow.storage.session import Duplicate, Session
-from ringflow.webhooks.outbox import JSON, enqueue
 
 if TYPE_CHECKING:
     from ringflow.campaigns.service import Campaigns
@@ -200,23 +199,19 @@ class Driver:
         if not campaign.call_schedule_callback:
             return
         payload = {
-            "campaign_id": campaign.sid,
             "number": number.number,
             "status": number.state,
             "attempts": number.attempts,
             "call_sid": end.call_sid,
-            "date_updated": now.isoformat(),
         }
-        await enqueue(
+        await callbacks.post(
             session,
-            account_id=campaign.account_id,
-            call_id=None,
-            event="campaign-number",
-            url=campaign.call_schedule_callback,
-            content_type=JSON,
-            payload=payload,
-            idempotency_key=f"campaign:{campaign.sid}:number:{number.id}",
-            now=now,
+            campaign,
+            "campaign-number",
+            campaign.call_schedule_callback,
+            payload,
+            f"number:{number.id}",
+            now,
         )
 
     async def _move(self, session: Session, campaign: Campaign, now: Any) -> bool:

@@ -27,12 +27,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ringflow.calls.dispatcher import Dispatcher
-from ringflow.campaigns import states
+from ringflow.campaigns import callbacks, states
 from ringflow.campaigns.driver import Driver
 from ringflow.campaigns.spec import (
     LIVE_FIELDS,
     CampaignSpec,
-    callbacks,
+    callback_urls,
     parse_action,
     parse_changes,
     parse_create,
@@ -47,7 +47,6 @@ from ringflow.storage.db import Database
 from ringflow.storage.models import Account, Campaign, ContactList, ContactUpload
 from ringflow.storage.phones import owns_number
 from ringflow.storage.session import Session
-from ringflow.webhooks.outbox import JSON, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +277,7 @@ class Campaigns:
                     f"campaign {campaign.sid} has started: only action and the "
                     f"callback URLs can change, not {', '.join(sorted(extra))}"
                 )
-            values = dict(callbacks(fields, allow_private=allow_private))
+            values = dict(callback_urls(fields, allow_private=allow_private))
         if fields.get("url"):
             values.update(app_id=app_id, stream_url=None, stream_type=None)
         if "caller_id" in values and not await owns_number(
@@ -390,24 +389,15 @@ class Campaigns:
         counts, attempts = (await store.counts(session, [campaign.id]))[campaign.id]
         view = CampaignView(campaign, counts, attempts)
         payload = {
-            "campaign_id": campaign.sid,
             "name": campaign.name,
             "status": campaign.status,
             "previous_status": previous,
             "reason": reason,
-            "date_updated": now.isoformat(),
             "stats": view.stats,
         }
-        await enqueue(
-            session,
-            account_id=campaign.account_id,
-            call_id=None,
-            event="campaign",
-            url=campaign.status_callback,
-            content_type=JSON,
-            payload=payload,
-            idempotency_key=f"campaign:{campaign.sid}:{uuid.uuid4().hex}",
-            now=now,
+        key = f"status:{uuid.uuid4().hex[:20]}"  # a campaign may pass through a status again
+        await callbacks.post(
+            session, campaign, "campaign", campaign.status_callback, payload, key, now
         )
 
     # -- contact lists ---------------------------------------------------------------------

@@ -236,7 +236,7 @@ def parse_create(body: dict[str, Any], *, allow_private: bool) -> CampaignSpec:
         ),
         custom_field=_custom(body.get("custom_field")),
         machine_detection=_detection(body.get("machine_detection")),
-        callbacks=callbacks(body, allow_private=allow_private),
+        callbacks=callback_urls(body, allow_private=allow_private),
     )
 
 
@@ -287,11 +287,11 @@ def parse_changes(fields: dict[str, Any], *, allow_private: bool) -> dict[str, A
         values["custom_field"] = _custom(fields["custom_field"])
     if "machine_detection" in fields:
         values["machine_detection"] = _detection(fields["machine_detection"])
-    values.update(callbacks(fields, allow_private=allow_private))
+    values.update(callback_urls(fields, allow_private=allow_private))
     return values
 
 
-def callbacks(body: dict[str, Any], *, allow_private: bool) -> dict[str, str | None]:
+def callback_urls(body: dict[str, Any], *, allow_private: bool) -> dict[str, str | None]:
     """The callback URLs given in ``body``, validated (absent ones are left out)."""
     found: dict[str, str | None] = {}
     for name in CALLBACK_FIELDS:
