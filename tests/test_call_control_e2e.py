@@ -202,6 +202,48 @@ async def test_url_redirects_a_live_call_to_another_app(database_url):
         assert said == ["Press a key", "Redirected here"]
 
 
+BRIDGE = {
+    "name": "bridge",
+    "start": "connect",
+    "nodes": {
+        "connect": {"applet": "connect", "numbers": ["09812300001"], "after_conversation": "bye"},
+        "bye": {"applet": "hangup"},
+    },
+}
+
+
+async def test_a_redirect_during_a_connect_hangs_up_the_agent_and_ends_that_leg(database_url):
+    async with running(database_url) as rig:
+        bridge = await rig.services.accounts.save_app(rig.sid, BRIDGE)
+        goodbye = await rig.services.accounts.save_app(rig.sid, GOODBYE)
+        sid = await place(rig, From="09812345678", Url=rig.flow_url(bridge.id))
+
+        async def talking() -> bool:
+            call = await rig.call(sid)
+            return len(call.legs) > 1 and call.legs[1].status == "in-progress"
+
+        await rig.clock.run_until(talking, limit=600)
+        r = await hang_up(rig, sid, Url=rig.flow_url(goodbye.id))
+        assert r.status_code == 200, r.text
+        call = await rig.finish(sid)
+        assert [(leg.leg_no, leg.status) for leg in call.legs] == [
+            (1, "completed"),
+            (2, "completed"),
+        ]
+        steps = await rig.timeline(sid)
+        kinds = [(e["kind"], e["data"]) for e in steps]
+        agent_over = kinds.index(
+            (
+                "status",
+                next(d for k, d in kinds if k == "status" and d["legs"] == {"2": "completed"}),
+            )
+        )
+        second_app = kinds.index(
+            next(s for s in kinds if s[0] == "flow.start" and s[1]["app"] == goodbye.id)
+        )
+        assert agent_over < second_app  # the agent was let go before the new app began
+
+
 async def test_the_dashboard_hang_up_button_ends_a_live_call(database_url):
     from ringflow.dashboard.logins import set_account_password
     from tests.test_dashboard import PASSWORD, browser_like, csrf_of, sign_in

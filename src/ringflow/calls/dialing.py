@@ -159,6 +159,7 @@ class FlowDialer:
         # Record=true on the call tapes all of it already (runner): only the applet's own
         # ``record`` keeps this conversation apart.
         tap = ConversationTap() if action.record else None
+        stopped = False
         try:
             if action.announce:
                 await callee.say(action.announce)
@@ -169,9 +170,14 @@ class FlowDialer:
             else:
                 await bridge
             talked = round(clock.now() - started)
+        except asyncio.CancelledError:
+            stopped = True  # a redirect (or the call's end) stops the app mid-conversation
+            raise
         finally:
             await callee.hangup("conversation ended")
             self.channels.remove(callee)
+            if stopped:  # the agent's leg ends here, and says so before the cancel goes on
+                await self.timeline.change(Change(legs=((leg_no, Event.HANGUP),)))
         url = None
         if tap is not None:
             url = await self.carried.conversation.keep(tap, action.recording_channels)
