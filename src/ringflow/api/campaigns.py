@@ -22,14 +22,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ringflow.api.auth import authenticate
-from ringflow.api.connect import app_id_from_url
+from ringflow.api.connect import app_in_account
 from ringflow.api.errors import INTERNAL, refusal
 from ringflow.api.exotel import count_request
 from ringflow.api.render import call_fields
 from ringflow.campaigns import states
 from ringflow.campaigns.service import CampaignView
 from ringflow.campaigns.spec import unwrap
-from ringflow.errors import InvalidRequest, NotFound, RingflowError
+from ringflow.errors import InvalidRequest, RingflowError
 from ringflow.metrics import ROUTE_KEY
 from ringflow.phone import display
 from ringflow.storage import call_views
@@ -213,13 +213,8 @@ class CampaignsApi:
             return None
         if not isinstance(url, str):
             raise InvalidRequest("url must be a string")
-        app_id = app_id_from_url(url)
         async with self.s.db.session() as session:
-            try:
-                await self.s.accounts.app(session, account.id, app_id)
-            except NotFound:
-                raise InvalidRequest(f"url: there is no app {app_id} in this account") from None
-        return app_id
+            return await app_in_account(session, url, account, self.s, field="url")
 
     def _campaign(self, account: Account, view: CampaignView) -> dict[str, Any]:
         c = view.campaign

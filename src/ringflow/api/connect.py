@@ -28,13 +28,13 @@ STREAM_TYPES = ("bidirectional", "unidirectional")
 MAX_STREAM_NAME = 32
 
 
-def app_id_from_url(url: str) -> int:
-    """The app id at the end of an Exotel flow URL."""
+def app_id_from_url(url: str, field: str = "Url") -> int:
+    """The app id at the end of an Exotel flow URL (``field`` names it in an error)."""
     parts = urlsplit(url.strip())
     match = _APP_URL.search(parts.path)
     if parts.scheme.lower() not in ("http", "https") or match is None:
         raise InvalidRequest(
-            "Url must look like http://my.exotel.com/{sid}/exoml/start_voice/{app_id}"
+            f"{field} must look like http://my.exotel.com/{{sid}}/exoml/start_voice/{{app_id}}"
         )
     return int(match.group(1))
 
@@ -63,7 +63,7 @@ async def parse_connect(params: Params, account: Account, services: Services) ->
         )
     async with services.db.session() as session:
         caller_id = await _exophone(session, caller_raw, account, services)
-        app_id = await _app(session, url, account, services) if url else None
+        app_id = await app_in_account(session, url, account, services) if url else None
     call_type = params.get("CallType")
     if call_type is not None and call_type.lower() != "trans":
         reason = "is no longer supported" if call_type.lower() == "promo" else "must be trans"
@@ -157,10 +157,14 @@ async def _exophone(session: Session, raw: str, account: Account, services: Serv
     return number
 
 
-async def _app(session: Session, url: str, account: Account, services: Services) -> int:
-    app_id = app_id_from_url(url)
+async def app_in_account(
+    session: Session, url: str, account: Account, services: Services, field: str = "Url"
+) -> int:
+    """The id of the account's app that a flow URL names (``Url`` of Calls/connect or of a
+    live call's redirect, ``url`` of a campaign); InvalidRequest naming ``field`` if none."""
+    app_id = app_id_from_url(url, field)
     try:
         await services.accounts.app(session, account.id, app_id)
     except NotFound:
-        raise InvalidRequest(f"Url: there is no app {app_id} in this account") from None
+        raise InvalidRequest(f"{field}: there is no app {app_id} in this account") from None
     return app_id

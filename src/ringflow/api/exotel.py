@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from ringflow.api import call_list
 from ringflow.api.auth import authenticate
-from ringflow.api.connect import app_id_from_url, parse_connect
+from ringflow.api.connect import app_in_account, parse_connect
 from ringflow.api.errors import internal_error, rest_exception
 from ringflow.api.params import Params, read_params
 from ringflow.api.render import call_details, call_fields, error, respond
@@ -267,12 +267,8 @@ class ExotelApi:
                 raise InvalidRequest(f"Status {status} is not supported: only completed (hang up)")
             call = await self.s.control.hang_up(sid, "api", account_id=account.id)
         else:
-            app_id = app_id_from_url(url or "")
             async with self.s.db.session() as session:
-                try:
-                    await self.s.accounts.app(session, account.id, app_id)
-                except NotFound:
-                    raise InvalidRequest(f"Url: there is no app {app_id} in this account") from None
+                app_id = await app_in_account(session, url or "", account, self.s)
             call = await self.s.control.redirect(sid, app_id, "api", account_id=account.id)
         log.info("call %s: %s requested by API", sid, "hangup" if status else "redirect")
         body = {"Call": call_fields(call, account.sid, account.time_zone, json_uri=as_json)}

@@ -103,10 +103,6 @@ async def campaign_in_account(
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def campaign_by_id(session: AsyncSession, campaign_id: int) -> Campaign | None:
-    return await session.get(Campaign, campaign_id)
-
-
 async def campaigns_of(
     session: AsyncSession, account_id: int, status: str | None, limit: int, offset: int
 ) -> tuple[list[Campaign], int]:
@@ -127,18 +123,9 @@ async def campaigns_of(
     return list(rows.scalars()), total
 
 
-async def set_campaign(
-    session: AsyncSession,
-    campaign_id: int,
-    values: dict[str, Any],
-    *,
-    expect: Collection[str] | None = None,
-) -> bool:
-    """Change a campaign's columns (only if its status is one of ``expect``, when given)."""
-    query = update(Campaign).where(Campaign.id == campaign_id).values(**values)
-    if expect is not None:
-        query = query.where(Campaign.status.in_(list(expect)))
-    return bool(rowcount(await session.execute(query)))
+async def set_campaign(session: AsyncSession, campaign_id: int, values: dict[str, Any]) -> None:
+    """Change a campaign's columns."""
+    await session.execute(update(Campaign).where(Campaign.id == campaign_id).values(**values))
 
 
 async def delete_campaign(session: AsyncSession, campaign_id: int) -> None:
