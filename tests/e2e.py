@@ -102,6 +102,15 @@ class Rig:
             )
         return not pending
 
+    async def script_phone(self, number: str, **behaviour: Any) -> None:
+        """Make a sandbox phone of this account behave as told (the admin API)."""
+        r = await self.http.put(
+            f"{self.base}/admin/v1/accounts/{self.sid}/sandbox/phones/{number}",
+            json=behaviour,
+            auth=self.auth,
+        )
+        assert r.status_code == 200, r.text
+
     async def timeline(self, sid: str) -> list[dict[str, Any]]:
         r = await self.http.get(
             f"{self.base}/admin/v1/accounts/{self.sid}/calls/{sid}/events", auth=self.auth

@@ -39,15 +39,6 @@ BRANCHING = {
 }
 
 
-async def script(rig: Rig, number: str, **behaviour: Any) -> None:
-    r = await rig.http.put(
-        f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
-        json=behaviour,
-        auth=rig.auth,
-    )
-    assert r.status_code == 200, r.text
-
-
 async def call(rig: Rig, number: str, **params: Any) -> tuple[str, dict[str, Any]]:
     """Place a call running BRANCHING to ``number``; its SID and details once it ended."""
     saved = await rig.services.accounts.save_app(rig.sid, BRANCHING)
@@ -74,8 +65,8 @@ def said(events: list[dict[str, Any]]) -> list[str]:
 
 async def test_a_person_is_told_from_a_voicemail_and_the_app_branches(database_url):
     async with running(database_url) as rig:
-        await script(rig, PERSON, greeting="Hello?")
-        await script(rig, VOICEMAIL, outcome="machine")
+        await rig.script_phone(PERSON, greeting="Hello?")
+        await rig.script_phone(VOICEMAIL, outcome="machine")
 
         sid, details = await call(rig, PERSON, MachineDetection="Enable")
         events = await rig.timeline(sid)
@@ -108,8 +99,7 @@ async def test_a_person_is_told_from_a_voicemail_and_the_app_branches(database_u
 
 async def test_enable_says_machine_start_and_a_machine_without_beep_ends_in_silence(database_url):
     async with running(database_url) as rig:
-        await script(
-            rig,
+        await rig.script_phone(
             VOICEMAIL,
             outcome="machine",
             beep=False,
@@ -140,7 +130,7 @@ async def test_a_silent_party_is_unknown_and_the_magic_numbers_detect(database_u
 
 async def test_without_detection_an_answer_is_human_as_on_exotel(database_url):
     async with running(database_url) as rig:
-        await script(rig, VOICEMAIL, outcome="machine")
+        await rig.script_phone(VOICEMAIL, outcome="machine")
         sid, details = await call(rig, VOICEMAIL, StatusCallbackEvents="terminal")
         assert details["AnsweredBy"] == "human"
         assert "MachineDetectionDuration" not in details["Details"]

@@ -35,16 +35,6 @@ GOODBYE = {
 }
 
 
-async def script(rig: Rig, number: str, **behaviour: Any) -> None:
-    """Make a sandbox phone of the rig's account behave as told."""
-    r = await rig.http.put(
-        f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
-        json={"ring": 1, "outcome": "answer", **behaviour},
-        auth=rig.auth,
-    )
-    assert r.status_code == 200, r.text
-
-
 async def reach(rig: Rig, sid: str, status: str) -> None:
     """Run the clock until the call has ``status``."""
 
@@ -89,7 +79,7 @@ async def test_hang_up_an_answered_flow_call(database_url):
 
 async def test_hang_up_a_ringing_call_ends_it_failed(database_url):
     async with running(database_url) as rig:
-        await script(rig, "09812345678", ring=50)
+        await rig.script_phone("09812345678", ring=50)
         sid = await place(
             rig,
             From="09812345678",
@@ -181,7 +171,7 @@ async def test_url_redirects_a_live_call_to_another_app(database_url):
     async with running(database_url) as rig:
         waiting = await rig.services.accounts.save_app(rig.sid, WAITING)
         goodbye = await rig.services.accounts.save_app(rig.sid, GOODBYE)
-        await script(rig, "09812345678", ring=5)
+        await rig.script_phone("09812345678", ring=5)
         sid = await place(rig, From="09812345678", Url=rig.flow_url(waiting.id))
         await reach(rig, sid, "ringing")
         r = await hang_up(rig, sid, Url=rig.flow_url(goodbye.id))

@@ -382,6 +382,10 @@ ERRORS = [
         {"from": "09810000001", "url": "http://my.exotel.com/x/exoml/start_voice/999"},
         "there is no app 999",
     ),
+    (
+        {"from": "09810000001", "url": "http://my.exotel.com/x/flows/9"},
+        "url must look like http://my.exotel.com/",
+    ),
     ({"from": "09810000001", "retries": {"number_of_retries": 4}}, "number_of_retries"),
     (
         {"from": "09810000001", "retries": {"number_of_retries": 1, "on_status": ["ok"]}},

@@ -32,15 +32,6 @@ def connect_app(hook: str, **connect: Any) -> dict[str, Any]:
     }
 
 
-async def script(rig: Rig, number: str, **behaviour: Any) -> None:
-    r = await rig.http.put(
-        f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
-        json=behaviour,
-        auth=rig.auth,
-    )
-    assert r.status_code == 200, r.text
-
-
 async def place(rig: Rig, app: dict[str, Any], **params: Any) -> tuple[str, dict[str, Any]]:
     saved = await rig.services.accounts.save_app(rig.sid, app)
     r = await rig.connect(From="09812345678", Url=rig.flow_url(saved.id), **params)
@@ -56,7 +47,7 @@ def said(events: list[dict[str, Any]]) -> list[str]:
 
 async def test_sequential_numbers_until_one_answers(database_url):
     async with running(database_url) as rig:
-        await script(rig, "09812345679", ring=2, hangup_after=10)
+        await rig.script_phone("09812345679", ring=2, hangup_after=10)
         app = connect_app(f"{rig.customer.url}/report", numbers=["09999900001", "09812345679"])
         sid, details = await place(rig, app)
         assert details["Status"] == "completed"
@@ -88,8 +79,8 @@ async def test_nobody_answers_takes_the_no_answer_exit(database_url):
 
 async def test_simultaneous_the_first_to_answer_wins(database_url):
     async with running(database_url) as rig:
-        await script(rig, "09812345670", ring=5)
-        await script(rig, "09812345671", ring=1, hangup_after=3)
+        await rig.script_phone("09812345670", ring=5)
+        await rig.script_phone("09812345671", ring=1, hangup_after=3)
         app = connect_app(
             f"{rig.customer.url}/report",
             numbers=["09812345670", "09812345671"],
@@ -120,7 +111,7 @@ async def test_simultaneous_the_first_to_answer_wins(database_url):
 )
 async def test_numbers_from_the_customers_url(database_url, answer, dialed):
     async with running(database_url) as rig:
-        await script(rig, "09812345679", hangup_after=2)
+        await rig.script_phone("09812345679", hangup_after=2)
         rig.customer.script = [answer]
         sid, _ = await place(
             rig, connect_app(f"{rig.customer.url}/report", url=f"{rig.customer.url}/who")
@@ -143,7 +134,7 @@ async def test_nobody_to_dial(database_url):
 
 async def test_caller_hangs_up_while_the_callee_rings(database_url):
     async with running(database_url) as rig:
-        await script(rig, "09812345678", hangup_after=4)
+        await rig.script_phone("09812345678", hangup_after=4)
         app = connect_app(f"{rig.customer.url}/report", numbers=["09999900002"], ring_timeout=30)
         sid, details = await place(rig, app)
         assert details["Status"] == "completed"
@@ -153,7 +144,7 @@ async def test_caller_hangs_up_while_the_callee_rings(database_url):
 
 async def test_the_connect_example(database_url):
     async with running(database_url) as rig:
-        await script(rig, "09812345679", hangup_after=8)
+        await rig.script_phone("09812345679", hangup_after=8)
         sid, details = await place(rig, example("connect.yaml", rig.customer.url))
         assert details["Status"] == "completed"
         assert [(leg.number, leg.status) for leg in (await rig.call(sid)).legs[1:]] == [
@@ -201,7 +192,7 @@ def tone_wav(seconds: float = 1.0) -> bytes:
 
 async def test_music_while_the_numbers_ring(database_url):
     async with running(database_url) as rig:
-        await script(rig, "09812345679", ring=5, hangup_after=2)
+        await rig.script_phone("09812345679", ring=5, hangup_after=2)
         rig.customer.script = [(200, "audio/wav", tone_wav())]
         app = connect_app(
             f"{rig.customer.url}/report",

@@ -46,15 +46,6 @@ def xml(body: str) -> tuple[int, str, str]:
     return (200, "application/xml", body)
 
 
-async def script(rig: Rig, number: str, **behaviour: Any) -> None:
-    r = await rig.http.put(
-        f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
-        json=behaviour,
-        auth=rig.auth,
-    )
-    assert r.status_code == 200, r.text
-
-
 async def start(
     rig: Rig, keys: list[str] | None = None, timeout: int | None = None, **behaviour: Any
 ) -> str:
@@ -64,7 +55,7 @@ async def start(
     if timeout is not None:
         app["nodes"]["ivr"]["timeout"] = timeout
     saved = await rig.services.accounts.save_app(rig.sid, app)
-    await script(rig, CUSTOMER, **({"keys": keys} if keys is not None else {}), **behaviour)
+    await rig.script_phone(CUSTOMER, **({"keys": keys} if keys is not None else {}), **behaviour)
     r = await rig.connect(
         From=CUSTOMER,
         Url=rig.flow_url(saved.id),
@@ -200,7 +191,7 @@ AFTER_DIAL = """<Response>
 
 async def test_dial_rings_in_turn_and_the_action_hears_how_the_conversation_went(database_url):
     async with running(database_url) as rig:
-        await script(rig, CALLEE, ring=2, hangup_after=10)
+        await rig.script_phone(CALLEE, ring=2, hangup_after=10)
         rig.customer.script = [xml(DIAL), xml(AFTER_DIAL)]
         sid = await start(rig)
         assert (await rig.finish(sid)).status == "completed"

@@ -56,15 +56,6 @@ def voicemail_app(hook: str, **voicemail: Any) -> dict[str, Any]:
     }
 
 
-async def script(rig: Rig, number: str, **behaviour: Any) -> None:
-    r = await rig.http.put(
-        f"{rig.base}/admin/v1/accounts/{rig.sid}/sandbox/phones/{number}",
-        json=behaviour,
-        auth=rig.auth,
-    )
-    assert r.status_code == 200, r.text
-
-
 async def place(rig: Rig, app: dict[str, Any], **params: Any) -> str:
     """Call the customer with ``app``; wait until the call and its callbacks are over."""
     saved = await rig.services.accounts.save_app(rig.sid, app)
@@ -112,7 +103,7 @@ async def test_a_voicemail_is_a_real_recording_only_its_owner_or_a_signed_link_o
     database_url, tmp_path
 ):
     async with running(database_url, data_dir=str(tmp_path)) as rig:
-        await script(rig, CUSTOMER, says=[MESSAGE])
+        await rig.script_phone(CUSTOMER, says=[MESSAGE])
         sid = await place(rig, voicemail_app(f"{rig.customer.url}/report"))
         talk = await spoken(rig, MESSAGE)
 
@@ -238,7 +229,7 @@ async def test_silence_is_no_message(database_url, tmp_path):
 @sqlite_only
 async def test_a_hangup_before_speaking_is_no_message(database_url, tmp_path):
     async with running(database_url, data_dir=str(tmp_path)) as rig:
-        await script(rig, CUSTOMER, says=[MESSAGE], hangup_after=3)  # during the prompt
+        await rig.script_phone(CUSTOMER, says=[MESSAGE], hangup_after=3)  # during the prompt
         sid = await place(rig, voicemail_app(f"{rig.customer.url}/report"))
         events = await rig.timeline(sid)
         assert steps(events, "recording")[0]["ended_by"] == "hangup"
@@ -257,7 +248,7 @@ async def test_a_message_ended_by_a_key_or_a_hangup_is_kept(
     database_url, tmp_path, then, ended_by, digits
 ):
     async with running(database_url, data_dir=str(tmp_path)) as rig:
-        await script(rig, CUSTOMER, says=[{"text": MESSAGE, "then": then}], silence_after=1)
+        await rig.script_phone(CUSTOMER, says=[{"text": MESSAGE, "then": then}], silence_after=1)
         sid = await place(
             rig, voicemail_app(f"{rig.customer.url}/report"), RecordingFormat="mp3-hq"
         )
@@ -300,8 +291,10 @@ CALLEE_SAYS = "Acme support, Ravi speaking."
 @sqlite_only
 async def test_connect_records_the_conversation_mixed(database_url, tmp_path):
     async with running(database_url, data_dir=str(tmp_path)) as rig:
-        await script(rig, CUSTOMER, says=[CALLER_SAYS])
-        await script(rig, CALLEE, says=[{"text": CALLEE_SAYS, "then": "hangup"}], silence_after=8)
+        await rig.script_phone(CUSTOMER, says=[CALLER_SAYS])
+        await rig.script_phone(
+            CALLEE, says=[{"text": CALLEE_SAYS, "then": "hangup"}], silence_after=8
+        )
         sid = await place(rig, connect_app(f"{rig.customer.url}/report", record=True))
         [row] = await recordings_of(rig, sid)
         far, near = await spoken(rig, CALLEE_SAYS), await spoken(rig, CALLER_SAYS)
@@ -328,7 +321,7 @@ async def test_connect_records_the_conversation_mixed(database_url, tmp_path):
 @sqlite_only
 async def test_connect_without_record_keeps_nothing(database_url, tmp_path):
     async with running(database_url, data_dir=str(tmp_path)) as rig:
-        await script(rig, CALLEE, says=[CALLEE_SAYS], hangup_after=5)
+        await rig.script_phone(CALLEE, says=[CALLEE_SAYS], hangup_after=5)
         sid = await place(rig, connect_app(f"{rig.customer.url}/report"))
         assert await recordings_of(rig, sid) == []
         assert "RecordingUrl" not in rig.customer.to("/report")[0].query
@@ -336,8 +329,10 @@ async def test_connect_without_record_keeps_nothing(database_url, tmp_path):
 
 async def test_two_numbers_with_record_dual_keep_a_channel_per_party(database_url, tmp_path):
     async with running(database_url, data_dir=str(tmp_path)) as rig:
-        await script(rig, CUSTOMER, says=[CALLER_SAYS])
-        await script(rig, CALLEE, says=[{"text": CALLEE_SAYS, "then": "hangup"}], silence_after=8)
+        await rig.script_phone(CUSTOMER, says=[CALLER_SAYS])
+        await rig.script_phone(
+            CALLEE, says=[{"text": CALLEE_SAYS, "then": "hangup"}], silence_after=8
+        )
         r = await rig.connect(
             From=CUSTOMER,
             To=CALLEE,
@@ -370,7 +365,7 @@ async def test_two_numbers_with_record_dual_keep_a_channel_per_party(database_ur
 @sqlite_only
 async def test_two_numbers_without_record_keep_nothing(database_url, tmp_path):
     async with running(database_url, data_dir=str(tmp_path)) as rig:
-        await script(rig, CALLEE, says=[CALLEE_SAYS], hangup_after=5)
+        await rig.script_phone(CALLEE, says=[CALLEE_SAYS], hangup_after=5)
         r = await rig.connect(From=CUSTOMER, To=CALLEE)
         sid = r.json()["Call"]["Sid"]
         await rig.finish(sid)
@@ -380,7 +375,7 @@ async def test_two_numbers_without_record_keep_nothing(database_url, tmp_path):
 
 async def test_record_true_on_a_flow_tapes_the_whole_call(database_url, tmp_path):
     async with running(database_url, data_dir=str(tmp_path)) as rig:
-        await script(rig, CUSTOMER, says=[MESSAGE])
+        await rig.script_phone(CUSTOMER, says=[MESSAGE])
         sid = await place(
             rig,
             voicemail_app(f"{rig.customer.url}/report"),
@@ -409,8 +404,8 @@ async def test_recording_format_wav_keeps_pcm_and_other_formats_are_refused(data
     import wave
 
     async with running(database_url, data_dir=str(tmp_path)) as rig:
-        await script(rig, CUSTOMER, says=[CALLER_SAYS])
-        await script(rig, CALLEE, says=[{"text": CALLEE_SAYS, "then": "hangup"}])
+        await rig.script_phone(CUSTOMER, says=[CALLER_SAYS])
+        await rig.script_phone(CALLEE, says=[{"text": CALLEE_SAYS, "then": "hangup"}])
         r = await rig.connect(
             From=CUSTOMER, To=CALLEE, Record="true", RecordingFormat="wav", RecordingChannels="dual"
         )
@@ -433,8 +428,10 @@ async def test_recording_format_wav_keeps_pcm_and_other_formats_are_refused(data
 
 async def test_record_true_on_a_flow_tapes_a_connected_agent_too(database_url, tmp_path):
     async with running(database_url, data_dir=str(tmp_path)) as rig:
-        await script(rig, CUSTOMER, says=[CALLER_SAYS])
-        await script(rig, CALLEE, says=[{"text": CALLEE_SAYS, "then": "hangup"}], silence_after=8)
+        await rig.script_phone(CUSTOMER, says=[CALLER_SAYS])
+        await rig.script_phone(
+            CALLEE, says=[{"text": CALLEE_SAYS, "then": "hangup"}], silence_after=8
+        )
         sid = await place(
             rig, connect_app(f"{rig.customer.url}/report"), Record="true", RecordingChannels="dual"
         )
