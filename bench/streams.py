@@ -83,7 +83,7 @@ from ringflow.config import Settings
 from ringflow.media.cache import PromptCache
 from ringflow.media.playout import FRAME_BYTES
 from ringflow.media.tts import TextToSpeech
-from ringflow.streams.service import StreamRequest, Streams
+from ringflow.streams.service import LocalPlaces, StreamRequest, Streams
 
 SCENARIO = "callee_answer.xml"
 KEEP_LATENCIES = 1_000_000  # per stream: every message of a run
@@ -177,6 +177,7 @@ async def run_level(
         Settings(allow_private_urls=True, stream_limit=100_000),
         clock,
         None,
+        LocalPlaces(),
         keep_latencies=KEEP_LATENCIES,
     )
     url = (bot.url if bot else "") + (

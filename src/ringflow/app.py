@@ -40,7 +40,7 @@ from ringflow.ratelimit import RateLimiter, make_rate_limiter
 from ringflow.recordings import RecordingStore
 from ringflow.storage.cache import Lookups
 from ringflow.storage.db import Database
-from ringflow.streams.service import Streams
+from ringflow.streams.service import SharedPlaces, Streams
 from ringflow.telephony.carrier import Carrier
 from ringflow.telephony.routing import RoutingCarrier
 from ringflow.telephony.sandbox import PhoneScript, SandboxCarrier
@@ -93,7 +93,7 @@ class Services:
         carrier = carrier or _carrier(settings, clock, accounts, tts)
         recordings = RecordingStore(settings, db, clock)
         control = CallControl(db, clock, settings.instance_name, settings.redis_url, deliverer.wake)
-        streams = Streams(settings, clock, http)
+        streams = Streams(settings, clock, http, SharedPlaces(db, settings.instance_name))
         runner = CallRunner(
             db,
             clock,

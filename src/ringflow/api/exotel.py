@@ -331,7 +331,7 @@ class ExotelApi:
         """``GET ActiveStreams``: the account's streams to bots now, and its limit."""
         streams = self.s.streams
         body = {
-            "ActiveStreamCount": streams.active(account.sid),
+            "ActiveStreamCount": await streams.active(account.sid),
             "ThrottleLimit": streams.limit(account.max_concurrent_streams),
         }
         return respond({"ActiveStreams": body} if not as_json else body, as_json=as_json)

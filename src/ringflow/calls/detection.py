@@ -78,3 +78,10 @@ async def detect_machine(
         },
     )
     return decision
+
+
+def detected_answer(call: Call) -> str | None:
+    """Who answered the call's first leg, if answering machine detection ran and decided."""
+    if not call.machine_detection:
+        return None
+    return next((leg.answered_by for leg in call.legs if leg.leg_no == 1), None)

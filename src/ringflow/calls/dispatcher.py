@@ -36,7 +36,7 @@ from ringflow.config import Settings
 from ringflow.errors import CapacityExceeded, Unavailable
 from ringflow.logs import bind_call
 from ringflow.metrics import CALLS_ENDED, CALLS_IN_PROGRESS, CALLS_STARTED, carrier_label
-from ringflow.storage import admission, calls
+from ringflow.storage import admission, calls, streams
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, Call, Leg
 from ringflow.storage.session import Session
@@ -248,7 +248,8 @@ class Dispatcher:
         return start
 
     async def recover(self) -> None:
-        """Finish the calls a previous run of this process was carrying.
+        """Finish the calls a previous run of this process was carrying, and free the places
+        its streams held under the accounts' stream limits.
 
         Queued calls resume in the housekeeper's first round, which runs at start-up.
         """
@@ -257,6 +258,7 @@ class Dispatcher:
             count = await finish_calls_of(
                 session, self.settings.instance_name, reason, self.clock.wall()
             )
+            await streams.forget_owner(session, self.settings.instance_name)
         if count:
             log.warning("finished %d calls interrupted by a restart", count)
             self.on_enqueued()

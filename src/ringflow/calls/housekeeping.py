@@ -1,7 +1,8 @@
 """Periodic care of the call tables, shared by every ringflow process on one database.
 
 Each round: this process's heartbeat; calls carried by a process silent for longer than
-``RINGFLOW_INSTANCE_LEASE`` are finished (so they never hold an account's lines forever);
+``RINGFLOW_INSTANCE_LEASE`` are finished and its streams' places freed (so they never hold an
+account's lines or stream places forever);
 calls queued longer than ``RINGFLOW_QUEUE_MAX_AGE`` fail with a clear reason; accounts with
 queued calls get their free lines filled (a line freed by another process is noticed here at
 the latest).
@@ -25,7 +26,7 @@ from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.media.cache import PromptCache
 from ringflow.metrics import CALLS_ENDED
-from ringflow.storage import admission, instances
+from ringflow.storage import admission, instances, streams
 from ringflow.storage.calls import queued_before
 from ringflow.storage.db import Database
 from ringflow.storage.session import Session
@@ -73,6 +74,7 @@ class Housekeeper:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         async with self.db.session() as session:
+            await streams.forget_owner(session, self.settings.instance_name)
             await instances.forget(session, self.settings.instance_name)
 
     async def _run(self) -> None:
@@ -118,7 +120,13 @@ class Housekeeper:
         for name in await instances.silent_since(session, cutoff, self.settings.instance_name):
             reason = f"ringflow instance {name} stopped while carrying the call"
             finished = await finish_calls_of(session, name, reason, now)
-            log.warning("instance %s is silent: finished %d of its calls", name, finished)
+            freed = await streams.forget_owner(session, name)
+            log.warning(
+                "instance %s is silent: finished %d of its calls, freed %d stream places",
+                name,
+                finished,
+                freed,
+            )
             await instances.forget(session, name)
             count += finished
         return count

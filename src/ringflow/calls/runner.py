@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from ringflow.calls.control import CallControl, LiveCall
 from ringflow.calls.conversation import Conversation
-from ringflow.calls.detection import detect_machine
+from ringflow.calls.detection import detect_machine, detected_answer
 from ringflow.calls.dialing import FlowDialer, FlowGetter
 from ringflow.calls.dispatcher import Line
 from ringflow.calls.legs import LegDialer
@@ -243,15 +243,9 @@ class CallRunner:
             account_sid=carried.account.sid,
             account_limit=carried.account.max_concurrent_streams,
             call_sid=carried.call.sid,
+            answered_by=detected_answer(carried.call),
             from_number=ctx.customer,
             to_number=ctx.exophone,
             params=lambda: query_params(ctx),
             by_request=lambda: live.stopped_by_request,
         )
-
-
-def detected_answer(call: Call) -> str | None:
-    """Who answered the call's first leg, if answering machine detection ran and decided."""
-    if not call.machine_detection:
-        return None
-    return next((leg.answered_by for leg in call.legs if leg.leg_no == 1), None)

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ringflow.calls.detection import detected_answer
 from ringflow.flows.actions import StreamAudio
 from ringflow.phone import display
 from ringflow.storage.models import Call
@@ -45,6 +46,7 @@ class CallStreams:
         account_sid: str,
         account_limit: int | None,
         call_sid: str,
+        answered_by: str | None,
         from_number: str,
         to_number: str,
         params: Callable[[], Mapping[str, str]] = dict,
@@ -60,6 +62,7 @@ class CallStreams:
             from_number=from_number,
             to_number=to_number,
             limit=account_limit,
+            answered_by=answered_by,
         )
         self._params = params
         self._by_request = by_request
@@ -115,6 +118,7 @@ class CallStreams:
             bidirectional=action.bidirectional,
             track=action.track,
             params=dict(self._params()),
+            answered_by=request.answered_by,
         )
 
 
@@ -137,6 +141,7 @@ async def run_stream_call(carried: Carried, streams: Streams | None, channel: Ch
         limit=account.max_concurrent_streams,
         bidirectional=call.stream_type != "unidirectional",
         params=_call_params(call),
+        answered_by=detected_answer(call),
     )
     live = carried.live
     outcome = await streams.run(
@@ -167,4 +172,7 @@ def _call_params(call: Call) -> dict[str, str]:
         params["StreamName"] = call.stream_name
     if call.custom_field:
         params["CustomField"] = call.custom_field
+    answered_by = detected_answer(call)
+    if answered_by is not None:
+        params["AnsweredBy"] = answered_by
     return params

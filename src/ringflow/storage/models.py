@@ -423,3 +423,23 @@ class Instance(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     started_at: Mapped[dt.datetime]
     heartbeat_at: Mapped[dt.datetime]
+
+
+class LiveStream(Base):
+    """A stream to a bot open now, in whichever process carries it (see ``storage/streams.py``).
+
+    The rows are the account's count against its limit on concurrent streams, shared by every
+    process; a row leaves when its stream ends, or when its process is found silent.
+    """
+
+    __tablename__ = "live_streams"
+    __table_args__ = (Index("ix_live_streams_account", "account_id", "started_at"),)
+
+    stream_sid: Mapped[str] = mapped_column(String(34), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    call_sid: Mapped[str] = mapped_column(String(32))
+    owner: Mapped[str] = mapped_column(String(200), index=True)  # the process carrying it
+    url: Mapped[str] = mapped_column(Text)  # without credentials
+    bidirectional: Mapped[bool] = mapped_column(Boolean)
+    track: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[dt.datetime]

@@ -2,7 +2,8 @@
 
 ``StreamProtocol`` numbers every message it builds (``sequence_number`` from 1; the
 ``connected`` greeting carries none), counts media chunks from 1 and stamps each with the
-milliseconds of audio sent on its track so far. Keys are exactly the spec's snake_case ones:
+milliseconds of audio sent on its track so far. ``start`` adds ``answered_by`` (ours) when the
+call asked for answering machine detection. Keys are exactly the spec's snake_case ones:
 pipecat tells Exotel from Twilio by ``start.stream_sid`` versus ``streamSid``, so a camelCase
 twin would make it decode our PCM as mu-law. Every number is sent as a string, as Exotel does.
 
@@ -35,6 +36,7 @@ class StreamInfo:
     to_number: str
     custom_parameters: dict[str, str]
     sample_rate: int
+    answered_by: str | None = None  # answering machine detection's verdict, when it ran
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,22 +96,22 @@ class StreamProtocol:
     def start(self) -> str:
         """The stream's facts: who is on the call and the audio format."""
         info = self.info
-        return self._message(
-            "start",
-            {
-                "stream_sid": info.stream_sid,
-                "call_sid": info.call_sid,
-                "account_sid": info.account_sid,
-                "from": info.from_number,
-                "to": info.to_number,
-                "custom_parameters": dict(info.custom_parameters),
-                "media_format": {
-                    "encoding": "audio/x-raw",
-                    "sample_rate": str(info.sample_rate),
-                    "bit_rate": "16",
-                },
+        start: dict[str, Any] = {
+            "stream_sid": info.stream_sid,
+            "call_sid": info.call_sid,
+            "account_sid": info.account_sid,
+            "from": info.from_number,
+            "to": info.to_number,
+            "custom_parameters": dict(info.custom_parameters),
+            "media_format": {
+                "encoding": "audio/x-raw",
+                "sample_rate": str(info.sample_rate),
+                "bit_rate": "16",
             },
-        )
+        }
+        if info.answered_by is not None:  # ours: only on a call that asked for MachineDetection
+            start["answered_by"] = info.answered_by
+        return self._message("start", start)
 
     def media(self, pcm: bytes, track: str | None = None) -> str:
         """One chunk of audio (16-bit PCM at the stream's rate); ``track`` only for ``both``."""
