@@ -128,3 +128,40 @@ async def test_two_workers_hang_up_each_others_calls(empty_pg: str, tmp_path: Pa
             await srv.terminate()
     finally:
         await db.close()
+
+
+async def test_hanging_up_a_call_whose_server_died_ends_it_at_once(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """The server carrying the call is killed; once it has been silent past its lease, a
+    hang-up (the CLI, another process) ends the call there and then instead of waiting for a
+    process that will never act on it."""
+    path = tmp_path / "ringflow.db"
+    path.write_bytes(sqlite_template.read_bytes())
+    url = f"sqlite+aiosqlite:///{path}"
+    env = server_env(url, f"dead-{uuid.uuid4().hex[:8]}", RINGFLOW_INSTANCE_LEASE="1")
+    creds, app_id = await account_with_app(env, tmp_path, LONG_FLOW, EXOPHONE)
+    db = Database(url)
+    try:
+        async with server(env, tmp_path / "server.log") as srv:
+            await srv.start()
+            async with httpx.AsyncClient(timeout=10) as http:
+                call = await Client(http, srv, creds).connect(
+                    From="09812345678", Url=f"http://my.exotel.com/exoml/start/{app_id}"
+                )
+            sid = call["Sid"]
+
+            async def talking() -> bool:
+                return (await status_of(db, sid)).status == "in-progress"
+
+            await eventually(talking, "the call to be answered", srv)
+            await srv.kill()
+            await asyncio.sleep(1.5)  # real seconds: the dead server's lease runs out
+            code, out, err = await hangup_cli(env, sid)
+            assert code == 0, err
+            # Ended by the request itself (before, it waited 10 s and answered in-progress).
+            assert out.strip().startswith(f"call {sid}: completed (hangup requested (cli);"), out
+            assert "had stopped" in out
+            assert (await status_of(db, sid)).status == "completed"
+    finally:
+        await db.close()

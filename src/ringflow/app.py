@@ -92,7 +92,14 @@ class Services:
         accounts = Accounts(db, clock, tts, Lookups(clock, settings.redis_url))
         carrier = carrier or _carrier(settings, clock, accounts, tts)
         recordings = RecordingStore(settings, db, clock)
-        control = CallControl(db, clock, settings.instance_name, settings.redis_url, deliverer.wake)
+        control = CallControl(
+            db,
+            clock,
+            settings.instance_name,
+            settings.redis_url,
+            deliverer.wake,
+            lease=settings.instance_lease,
+        )
         streams = Streams(settings, clock, http, SharedPlaces(db, settings.instance_name))
         runner = CallRunner(
             db,

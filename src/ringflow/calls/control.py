@@ -12,6 +12,10 @@ A request locks the call's row and decides in that one transaction:
 - it is ringing or talking: a ``control.request`` step is added to its timeline. That row is
   the request itself, so it reaches the process carrying the call whichever that is.
 
+A hang-up of a call whose process has been silent past ``RINGFLOW_INSTANCE_LEASE`` (it died,
+and the housekeeping has not ended its calls yet) ends the call there and then, as the
+housekeeping would: nobody else would act on the request.
+
 The carrying process acts on the request: at once when it is the one that took it; otherwise
 every process looks for requests on its own live calls every ``POLL_EVERY`` seconds, and with
 Redis (``RINGFLOW_REDIS_URL``) a publish on ``ringflow:control:<instance>`` wakes it at once.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,13 +42,15 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from ringflow.calls.status import Event, Status, is_terminal
-from ringflow.calls.transitions import Change, apply
+from ringflow.calls.transitions import Change, apply, interrupted
 from ringflow.clock import Clock
 from ringflow.errors import CallOver, Conflict, NotFound
 from ringflow.metrics import CALLS_ENDED
+from ringflow.storage import instances
 from ringflow.storage.calls import load_call, lock_call, steps_of_kind
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call, CallEvent
+from ringflow.storage.session import Session
 from ringflow.telephony.carrier import Channel, Outcome, Rejected
 
 log = logging.getLogger(__name__)
@@ -160,11 +167,13 @@ class CallControl:
         instance: str,
         redis_url: str | None = None,
         on_enqueued: Callable[[], None] = lambda: None,
+        lease: float = 60.0,
     ):
         self.db = db
         self.clock = clock
         self.instance = instance
         self.redis_url = redis_url
+        self.lease = lease  # a process silent this long is gone (``RINGFLOW_INSTANCE_LEASE``)
         self.on_enqueued = on_enqueued
         self._live: dict[str, LiveCall] = {}
         self._wake = asyncio.Event()
@@ -246,6 +255,12 @@ class CallControl:
                 CALLS_ENDED.labels(call.status, "none").inc()  # never dialled: no carrier
                 log.info("call %s removed from the queue (%s)", call.sid, by)
                 request = None
+            elif op == "hangup" and await self._orphaned(session, call):
+                # Nobody carries it any more: end it as the housekeeping would, at once.
+                reason = f"hangup requested ({by}); ringflow instance {call.owner} had stopped"
+                queued = await apply(session, call, interrupted(call, reason), self.clock.wall())
+                log.info("call %s ended: %s", call.sid, reason)
+                request = None
             else:
                 data: dict[str, Any] = {"op": op, "by": by}
                 if app_id is not None:
@@ -257,6 +272,14 @@ class CallControl:
         if queued:
             self.on_enqueued()
         return call, request
+
+    async def _orphaned(self, session: Session, call: Call) -> bool:
+        """Whether the process carrying ``call`` has been silent past its lease (it died, and
+        the housekeeping has not noticed yet)."""
+        if call.owner is None or call.sid in self._live:
+            return False
+        cutoff = self.clock.wall() - dt.timedelta(seconds=self.lease)
+        return await instances.is_silent(session, call.owner, cutoff)
 
     async def _load(self, sid: str) -> Call:
         async with self.db.session() as session:

@@ -34,7 +34,13 @@ def cmd_calls_hangup(settings: Settings, args: argparse.Namespace) -> int:
 
     async def go() -> Call:
         db = Database(settings.database_url)
-        control = CallControl(db, make_clock(), settings.instance_name, settings.redis_url)
+        control = CallControl(
+            db,
+            make_clock(),
+            settings.instance_name,
+            settings.redis_url,
+            lease=settings.instance_lease,
+        )
         try:
             return await control.hang_up(args.call_sid, "cli")
         finally:

@@ -25,6 +25,13 @@ async def silent_since(session: Session, cutoff: dt.datetime, but: str) -> list[
     return list((await session.execute(query)).scalars())
 
 
+async def is_silent(session: Session, name: str, cutoff: dt.datetime) -> bool:
+    """Whether the process ``name`` is gone: no heartbeat since ``cutoff``, or none at all."""
+    query = select(Instance.heartbeat_at).where(Instance.name == name)
+    last = (await session.execute(query)).scalar_one_or_none()
+    return last is None or last < cutoff
+
+
 async def forget(session: Session, name: str) -> None:
     """Remove the process ``name`` (it stopped, or it was found silent)."""
     await session.execute(delete(Instance).where(Instance.name == name))
