@@ -18,6 +18,7 @@ from ringflow.storage.calls import account_time_zone, carried_by
 from ringflow.storage.models import Call, CallEvent, Leg, OutboxMessage
 from ringflow.storage.outbox import Lease
 from ringflow.storage.session import Session
+from ringflow.streams.target import without_credentials
 from ringflow.webhooks.outbox import enqueue
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ def _finish(call: Call, now: dt.datetime) -> None:
     call.conversation_duration = callbacks.on_call_seconds(talk_leg) if len(call.legs) else 0
     if call.shape == "numbers" and len(call.legs) < 2:
         call.conversation_duration = 0
+    if call.stream_url:  # the bot's credentials are needed no longer: keep what may be shown
+        call.stream_url = without_credentials(call.stream_url)
 
 
 @dataclasses.dataclass(frozen=True)

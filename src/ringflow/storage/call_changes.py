@@ -29,7 +29,7 @@ _ONE_CHANGE = text(f"""
 WITH moved AS (
     UPDATE calls SET status = :status, reason = :reason, updated_at = :updated_at,
         start_time = :start_time, end_time = :end_time, duration = :duration,
-        conversation_duration = :conversation_duration, price = :price
+        conversation_duration = :conversation_duration, price = :price, stream_url = :stream_url
     WHERE id = :call_id AND status = :expected
     RETURNING id
 ), changed_legs AS (

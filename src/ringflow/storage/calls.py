@@ -107,6 +107,7 @@ CALL_CHANGES = (
     "duration",
     "conversation_duration",
     "price",
+    "stream_url",
 )
 LEG_CHANGES = ("status", "cause", "answered_by", "dialed_at", "answered_at", "ended_at")
 
