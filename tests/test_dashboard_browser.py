@@ -19,6 +19,7 @@ from ringflow.dashboard.logins import set_account_password
 from ringflow.storage.models import Recording
 from tests.e2e import Rig, running
 from tests.test_dashboard import CUSTOMER, PASSWORD, call_with_recording
+from tests.wsbot import WsBot
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -219,3 +220,31 @@ async def test_an_account_cannot_open_another_accounts_pages_by_url(
         await expect(intruder.locator("#calls-table")).to_contain_text("0 calls")
         response = await intruder.goto(f"{rig.base}/operator")
         assert response is not None and response.status == 404
+
+
+async def test_the_streams_page_empties_itself_when_the_stream_ends(
+    database_url, browser: Browser, tmp_path: Path
+):
+    async with WsBot() as bot, running(database_url, data_dir=str(tmp_path)) as rig:
+        await set_account_password(rig.services.accounts, rig.sid, PASSWORD)
+        r = await rig.connect(From=CUSTOMER, StreamUrl=bot.url_with(auth=("user", "secret")))
+        sid = r.json()["Call"]["Sid"]
+        await rig.clock.run_until(lambda: "media" in bot.events())
+        stream_sid = bot.last.of("start")[0]["stream_sid"]
+
+        page = await new_page(browser)
+        await sign_in(page, rig, rig.sid)
+        await nav(page, "Streams").click()
+        await expect(page.locator(".streams-open")).to_have_text("1 of 100 streams open")
+        row = page.locator(f'tr[data-stream="{stream_sid}"]')
+        await expect(row).to_contain_text(bot.url)
+        await expect(row.get_by_role("button", name="Hang up")).to_be_visible()
+        assert "secret" not in await page.content()
+
+        # Hung up elsewhere: the page's live refresh shows it gone, without a reload.
+        await rig.http.post(
+            rig.url(f"Calls/{sid}.json"), data={"Status": "completed"}, auth=rig.auth
+        )
+        await rig.finish(sid)
+        await expect(page.locator("#streams .empty")).to_have_text("No streams open.")
+        await expect(page.locator(".streams-open")).to_have_text("0 of 100 streams open")

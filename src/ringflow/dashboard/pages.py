@@ -1,5 +1,5 @@
-"""The account's small pages: overview, ExoPhones, API credentials, trunks; and the operator's
-list of accounts."""
+"""The account's small pages: overview, streams, ExoPhones, API credentials, trunks; and the
+operator's list of accounts."""
 
 from __future__ import annotations
 
@@ -42,6 +42,19 @@ async def overview(site: Dashboard, page: Page) -> Response:
         health=health,
         sids=sids,
         api_base=f"{site.s.settings.base_url}/v1/Accounts/{page.account.sid}",
+    )
+
+
+async def streams(site: Dashboard, page: Page) -> Response:
+    """The account's streams to bots open now, on every process, against its limit."""
+    async with site.s.db.session() as db:
+        rows = await queries.open_streams(db, page.account)
+    return site.page_response(
+        page,
+        "_streams_table.html" if page.fragment else "streams.html",
+        streams=rows,
+        limit=site.s.streams.limit(page.account.max_concurrent_streams),
+        now=site.s.clock.wall(),
     )
 
 

@@ -11,6 +11,7 @@ from ringflow.calls.status import ACTIVE, Status
 from ringflow.errors import NotFound
 from ringflow.storage import accounts as stored_accounts
 from ringflow.storage import call_views, callback_views, timeline
+from ringflow.storage import streams as stored_streams
 from ringflow.storage.models import (
     Account,
     ApiKey,
@@ -22,6 +23,7 @@ from ringflow.storage.models import (
 )
 from ringflow.storage.recordings import recordings_of_call
 from ringflow.storage.session import Session
+from ringflow.storage.streams import StreamPlace
 
 LIVE = (Status.QUEUED.value, *(s.value for s in ACTIVE))
 
@@ -123,6 +125,11 @@ async def find_key(session: Session, account_id: int, key_id: int) -> ApiKey:
     if row is None:
         raise NotFound(f"no API key {key_id} in this account")
     return row
+
+
+async def open_streams(session: Session, account: Account) -> list[StreamPlace]:
+    """The account's streams to bots open now, in every process, the oldest first."""
+    return await stored_streams.open_streams(session, account.sid)
 
 
 async def accounts_overview(session: Session, since: dt.datetime) -> list[tuple[Account, int, int]]:

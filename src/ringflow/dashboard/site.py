@@ -126,6 +126,7 @@ class Dashboard:
             Route(a + "/calls", self.page(calls.call_list), methods=get),
             Route(a + "/calls/{call_sid}", self.page(calls.call_page), methods=get),
             Route(a + "/calls/{call_sid}/hangup", self.page(calls.hang_up), methods=post),
+            Route(a + "/streams", self.page(pages.streams), methods=get),
             Route(a + "/recordings/{recording}", self.page(calls.recording), methods=get),
             Route(a + "/apps", self.page(apps.app_list), methods=get),
             Route(a + "/apps/new", self.page(apps.new_app), methods=["GET", "POST"]),
