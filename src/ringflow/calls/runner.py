@@ -248,4 +248,5 @@ class CallRunner:
             to_number=ctx.exophone,
             params=lambda: query_params(ctx),
             by_request=lambda: live.stopped_by_request,
+            keep=carried.conversation.keep,
         )

@@ -1,7 +1,8 @@
 """A call's streams to bots: the voicebot and stream applets' side, and ``StreamUrl`` calls.
 
 ``CallStreams`` is what the flow engine calls for a ``StreamAudio`` action: a bidirectional
-stream is carried to its end and its outcome returned; a unidirectional one starts beside the
+stream is carried to its end (recorded while it runs when the voicebot asks) and its outcome
+returned; a unidirectional one starts beside the
 flow (at most ``MAX_BESIDE`` at once per call) and is stopped when the flow ends. Each stream
 is opened through the process's ``Streams`` (account limit, lookup by call for the hang-up
 API) with the call's facts in its ``start`` message and the Passthru parameters of the moment
@@ -22,7 +23,7 @@ from ringflow.phone import display
 from ringflow.storage.models import Call
 from ringflow.streams.service import StreamRequest, Streams
 from ringflow.streams.stream import Stream, StreamOutcome
-from ringflow.telephony.carrier import Channel
+from ringflow.telephony.carrier import Channel, ConversationTap
 
 if TYPE_CHECKING:
     from ringflow.calls.runner import Carried
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 MAX_BESIDE = 4  # unidirectional streams running beside one call's flow
 
 Record = Callable[[str, dict[str, Any]], Awaitable[None]]
+# Stores a recorded conversation (channels: single, dual or None for the call's own); its URL.
+Keep = Callable[[ConversationTap, str | None], Awaitable[str | None]]
 
 
 class CallStreams:
@@ -51,10 +54,12 @@ class CallStreams:
         to_number: str,
         params: Callable[[], Mapping[str, str]] = dict,
         by_request: Callable[[], bool] = lambda: False,
+        keep: Keep | None = None,
     ):
         self.streams = streams
         self.channel = channel
         self._record = record
+        self._keep = keep
         self._request = StreamRequest(
             url="",
             account_sid=account_sid,
@@ -72,6 +77,8 @@ class CallStreams:
         """Carry a bidirectional stream to its end; start a unidirectional one beside."""
         request = self._for(action)
         if action.wait:
+            if action.record and self._keep is not None:
+                return await self._recorded(request, action.recording_channels, self._keep)
             return await self.streams.run(
                 request, self.channel, self._record, by_request=self._by_request
             )
@@ -93,6 +100,22 @@ class CallStreams:
         self._beside[task] = None
         task.add_done_callback(lambda done: self._beside.pop(done, None))
         return None
+
+    async def _recorded(
+        self, request: StreamRequest, channels: str | None, keep: Keep
+    ) -> StreamOutcome:
+        """A bidirectional stream with the conversation recorded while it runs."""
+        tap = ConversationTap()
+        stop = self.channel.record_call(tap)
+        try:
+            outcome = await self.streams.run(
+                request, self.channel, self._record, by_request=self._by_request
+            )
+        finally:
+            stop()
+        if outcome.status == "completed":
+            outcome.recording_url = await keep(tap, channels) or ""
+        return outcome
 
     async def stop_all(self) -> None:
         """Stop the streams running beside the flow (``stop`` with ``stopped``) and wait."""

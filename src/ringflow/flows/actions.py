@@ -110,6 +110,8 @@ class StreamAudio:
     bidirectional: bool = True
     track: str = "inbound"  # unidirectional: inbound, outbound or both
     wait: bool = True
+    record: bool = False  # bidirectional: record the caller and the bot while the stream runs
+    recording_channels: str | None = None  # single or dual; None: the call's own
 
 
 @dataclasses.dataclass(frozen=True)

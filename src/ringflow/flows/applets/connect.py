@@ -31,7 +31,13 @@ from typing import Any
 
 from ringflow.errors import InvalidRequest
 from ringflow.flows.actions import Dial, DialResult, HttpGet, HttpResult
-from ringflow.flows.applets.fields import check_text, seconds
+from ringflow.flows.applets.fields import (
+    RECORDING_CHANNELS,
+    check_flag,
+    check_recording_channels,
+    check_text,
+    seconds,
+)
 from ringflow.flows.applets.passthru import check_url, query_params
 from ringflow.flows.context import FlowContext
 from ringflow.flows.model import AppletSpec, Node
@@ -40,7 +46,6 @@ from ringflow.phone import display, normalize
 DEFAULT_RING = 30
 MAX_RING = 60
 FETCH_TIMEOUT = 10.0
-CHANNELS = ("single", "dual")
 
 
 def _numbers(value: Any) -> str | None:
@@ -56,14 +61,6 @@ def _numbers(value: Any) -> str | None:
 
 def _mode(value: Any) -> str | None:
     return None if value in ("sequential", "simultaneous") else "must be sequential or simultaneous"
-
-
-def _flag(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "must be true or false"
-
-
-def _channels(value: Any) -> str | None:
-    return None if value in CHANNELS else "must be single or dual"
 
 
 def _valid_numbers(raw: list[Any]) -> list[str]:
@@ -98,7 +95,7 @@ def parse_answer(result: HttpResult, settings: dict[str, Any]) -> list[str]:
                 settings[dst] = value
         if isinstance(body.get("record"), bool):
             settings["record"] = body["record"]
-        if body.get("recording_channels") in CHANNELS:
+        if body.get("recording_channels") in RECORDING_CHANNELS:
             settings["recording_channels"] = body["recording_channels"]
         if isinstance(body.get("outgoing_phone_number"), str):
             settings["caller_id"] = body["outgoing_phone_number"]
@@ -178,8 +175,8 @@ SPEC = AppletSpec(
         "max_conversation": seconds(1, 14400),
         "announce": check_text,
         "music_on_hold": check_url,
-        "record": _flag,
-        "recording_channels": _channels,
+        "record": check_flag,
+        "recording_channels": check_recording_channels,
     },
     run=run,
     waits=True,

@@ -10,6 +10,7 @@ from ringflow.flows.applets.passthru import check_url
 from ringflow.flows.model import FieldCheck
 
 MAX_TEXT = 4000
+RECORDING_CHANNELS = ("single", "dual")
 
 
 def check_text(value: Any) -> str | None:
@@ -24,6 +25,16 @@ def check_text(value: Any) -> str | None:
 def check_voice(value: Any) -> str | None:
     """A TTS voice name."""
     return None if isinstance(value, str) and value else "must be a voice name such as 'en'"
+
+
+def check_flag(value: Any) -> str | None:
+    """true or false."""
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def check_recording_channels(value: Any) -> str | None:
+    """How a recorded conversation is kept: both parties mixed, or one channel each."""
+    return None if value in RECORDING_CHANNELS else "must be single or dual"
 
 
 def whole_number(low: int, high: int) -> FieldCheck:

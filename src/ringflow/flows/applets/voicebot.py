@@ -6,6 +6,11 @@ example a Connect to a human); a stream that could not be opened (the handshake 
 the account's stream limit, a refused URL) leaves by ``on_error``. The caller hanging up ends
 the call. Passthru requests after it carry the ``Stream[...]`` fields of the stream.
 
+``record: true`` records the conversation with the bot while the stream runs (what the caller
+said and what the bot played; ``recording_channels`` ``single`` or ``dual``, by default the
+call's ``RecordingChannels``): the recording belongs to the call and its URL is
+``Stream[RecordingUrl]`` (and ``RecordingUrl``) for the applets after it.
+
     bot: {applet: voicebot, url: "wss://bot.example.com/agent?lang=en", next: agent, on_error: sorry}
 """
 
@@ -16,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ringflow.flows.actions import StreamAudio
+from ringflow.flows.applets.fields import check_flag, check_recording_channels
 from ringflow.flows.context import FlowContext
 from ringflow.flows.model import AppletSpec, Node
 from ringflow.streams.target import MAX_URL
@@ -38,10 +44,17 @@ def remember(ctx: FlowContext, outcome: Any) -> None:
 
 def run(node: Node, ctx: FlowContext) -> Generator[Any, Any, str]:
     """Stream until the bot or the caller ends it."""
-    outcome = yield StreamAudio(url=node.config["url"].strip(), bidirectional=True)
+    outcome = yield StreamAudio(
+        url=node.config["url"].strip(),
+        bidirectional=True,
+        record=node.config.get("record", False),
+        recording_channels=node.config.get("recording_channels"),
+    )
     if outcome is None:
         return "on_error"
     remember(ctx, outcome)
+    if outcome.recording_url:
+        ctx.vars["RecordingUrl"] = outcome.recording_url
     if outcome.status == "failed":
         ctx.vars["voicebot_error"] = outcome.detailed_status
         return "on_error"
@@ -52,7 +65,7 @@ SPEC = AppletSpec(
     name="voicebot",
     exits=("next", "on_error"),
     required={"url": check_stream_url},
-    optional={},
+    optional={"record": check_flag, "recording_channels": check_recording_channels},
     run=run,
     waits=True,
     quick_exits=("on_error",),
