@@ -1,5 +1,6 @@
 """DTMF: the RFC 4733 receiver against SIPp's recordings, the event schedule we send, the
-in-band detector on every key and on signals that must not trigger it, and the key stream."""
+in-band detector on every key and on signals that must not trigger it, each key's measured
+length, and the key stream (keys at their start and at their release)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from ringflow.media import g711
 from ringflow.media.dtmf import (
     KEYS,
     EventReceiver,
+    Key,
+    KeyNews,
     KeyStream,
     ToneDetector,
     event_packets,
     frequencies,
+    info_duration,
     tone,
     tones,
 )
@@ -47,9 +51,14 @@ def recording(name: str) -> list[RtpPacket]:
     return [RtpPacket.parse(d) for d in udp_payloads(SIPP_SHARE / f"dtmf_2833_{name}.pcap")]
 
 
+def news_of(receiver: EventReceiver, packets: list[RtpPacket]) -> list[KeyNews]:
+    found = (receiver.feed(p.ssrc, p.timestamp, TelephoneEvent.parse(p.payload)) for p in packets)
+    return [n for n in found if n is not None]
+
+
 def heard(receiver: EventReceiver, packets: list[RtpPacket]) -> str:
-    keys = (receiver.feed(p.ssrc, p.timestamp, TelephoneEvent.parse(p.payload)) for p in packets)
-    return "".join(k for k in keys if k)
+    """The keys whose press started in ``packets``."""
+    return "".join(n.key for n in news_of(receiver, packets) if n.started)
 
 
 # -- RFC 4733 in ------------------------------------------------------------------------------
@@ -79,13 +88,34 @@ def test_key_reported_on_first_packet_seen_even_without_end_packets():
     assert heard(EventReceiver(), packets[-1:]) == "5"  # only an end packet got through
 
 
+@needs_recordings
+@pytest.mark.parametrize("name", ["1", "pound"])
+def test_a_recorded_press_ends_once_with_the_length_its_end_packet_gives(name):
+    # SIPp's recordings: updates every 40 ms up to 240 ms, then three end packets at 2240
+    # (280 ms of the 8 kHz event clock).
+    receiver = EventReceiver()
+    news = news_of(receiver, recording(name))
+    assert [(n.started, n.ended) for n in news] == [(True, False)] + [(False, False)] * 6 + [
+        (False, True)
+    ]
+    assert [n.ms for n in news] == [0, 40, 80, 120, 160, 200, 240, 280]
+    assert news_of(receiver, recording(name)) == []  # replayed: neither started nor ended again
+
+
+@needs_recordings
+def test_only_an_end_packet_starts_and_ends_the_press_with_its_length():
+    [news] = news_of(EventReceiver(), recording("5")[-1:])
+    assert news == KeyNews("5", 280, started=True, ended=True)
+
+
 def test_same_key_pressed_again_has_a_new_timestamp():
     receiver = EventReceiver()
     press = TelephoneEvent(7, duration=160)
-    assert receiver.feed(1, 1000, press) == "7"
-    assert receiver.feed(1, 1000, press) is None
-    assert receiver.feed(1, 3000, press) == "7"
-    assert receiver.feed(2, 1000, press) == "7"  # another stream
+    assert receiver.feed(1, 1000, press) == KeyNews("7", 20, started=True)
+    assert receiver.feed(1, 1000, press) == KeyNews("7", 20)  # still held
+    assert receiver.feed(1, 3000, press) == KeyNews("7", 20, started=True)
+    assert receiver.feed(1, 1000, press) is None  # the press before: superseded
+    assert receiver.feed(2, 1000, press) == KeyNews("7", 20, started=True)  # another stream
     assert receiver.feed(1, 5000, TelephoneEvent(16)) is None  # flash: an event, no key
 
 
@@ -129,6 +159,20 @@ def test_a_dialled_sequence_in_odd_chunks():
 
 def test_a_held_key_counts_once():
     assert ToneDetector().feed(tone("7", 2.0)) == "7"
+
+
+@pytest.mark.parametrize("ms", [60, 100, 250, 1000])
+def test_a_tone_ends_with_its_measured_length(ms):
+    detector = ToneDetector()
+    signal = padded(tone("6", ms / 1000)) + padded(tone("9", 0.1))
+    news = [n for i in range(0, len(signal), 94) for n in detector.hear(signal[i : i + 94])]
+    ends = [(n.key, n.ms) for n in news if n.ended]
+    assert [k for k, _ in ends] == ["6", "9"]
+    assert abs(ends[0][1] - ms) <= 20, ends  # blocks are 20 ms
+    starts = [n for n in news if n.started]
+    assert [(n.key, n.ms) for n in starts] == [("6", 40), ("9", 40)]  # two blocks start one
+    held = [n.ms for n in news if n.key == "6" and not n.started and not n.ended]
+    assert held == list(range(60, ends[0][1] + 1, 20))  # growing by a block each time
 
 
 def pcm_of(wave: np.ndarray) -> bytes:
@@ -208,40 +252,113 @@ def test_key_after_speech_still_detected(speech):
 # -- the key stream ---------------------------------------------------------------------------
 
 
+def test_info_duration_is_bounded():
+    assert info_duration(None) == 100 and info_duration(0) == 100
+    assert info_duration(250) == 250
+    assert info_duration(5) == 40 and info_duration(999_999) == 10_000
+
+
 async def test_key_stream_order_and_dedupe():
     keys = KeyStream()
-    assert keys.put("1", "rtp", 10)
-    assert not keys.put("1", "tone", 13)  # the same press, heard in the audio too
-    assert keys.put("1", "info", 14)  # INFO is never a copy of the others
-    assert keys.put("2", "tone", 30)
-    assert not keys.put("2", "rtp", 32)
-    assert keys.put("2", "rtp", 60)  # long after: a new press
+    one, new = keys.press("1", "rtp", 10)
+    assert new
+    assert keys.press("1", "tone", 13) == (one, False)  # the same press, heard in the audio too
+    assert keys.press("1", "info", 14)[1]  # INFO is never a copy of the others
+    two, _ = keys.press("2", "tone", 30)
+    assert keys.press("2", "rtp", 32) == (two, False)
+    assert keys.press("2", "rtp", 60)[1]  # long after: a new press
     assert [await keys.next() for _ in range(4)] == ["1", "1", "2", "2"]
+
+
+async def test_released_keys_come_at_their_end_with_their_length():
+    keys = KeyStream()
+    reader = asyncio.ensure_future(keys.next_released())
+    press, _ = keys.press("5", "rtp", 0)
+    keys.hold(press, 5, 100)
+    await asyncio.sleep(0)
+    assert not reader.done()  # pressed, not yet released
+    keys.release(press, 280)
+    keys.release(press, 300)  # a retransmitted end: ignored
+    assert await asyncio.wait_for(reader, 1) == Key("5", 280)
+    # Read at its start (a menu), a press is gone for the release's reader.
+    first, _ = keys.press("1", "rtp", 100)
+    assert await keys.next() == "1"
+    keys.release(first, 100)
+    keys.press("2", "tone", 110)
+    keys.release(keys.press("3", "info", 111)[0], 250)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(keys.next_released(), 0.05)  # 2 is still held: it goes first
+    keys.expire(110 + KeyStream.HELD_TIMEOUT)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(keys.next_released(), 0.05)
+    keys.expire(111 + KeyStream.HELD_TIMEOUT)  # no word of 2 for HELD_TIMEOUT: released
+    assert await keys.next_released() == Key("2", 0)  # nothing was heard of its length
+    assert await keys.next_released() == Key("3", 250)
+    assert keys.held == []
+
+
+async def test_a_press_whose_end_was_lost_ends_at_the_next_or_after_the_timeout():
+    keys = KeyStream()
+    press, _ = keys.press("7", "rtp", 0, 0)
+    for frame in range(1, 13):
+        keys.hold(press, frame, frame * 20)  # updates, then the end packets are lost
+    keys.expire(12 + KeyStream.HELD_TIMEOUT)
+    assert keys.held == [press]
+    keys.expire(13 + KeyStream.HELD_TIMEOUT)
+    assert await asyncio.wait_for(keys.next_released(), 1) == Key("7", 240)
+    # The next press from the same source ends the one before at once.
+    eight, _ = keys.press("8", "rtp", 100)
+    keys.hold(eight, 104, 80)
+    nine, _ = keys.press("9", "rtp", 105)
+    assert await asyncio.wait_for(keys.next_released(), 1) == Key("8", 80)
+    assert keys.held == [nine]
+
+
+async def test_a_press_heard_as_tones_is_ended_by_its_rtp_events():
+    keys = KeyStream()
+    press, _ = keys.press("4", "tone", 0, 40)
+    assert keys.press("4", "rtp", 1, 20) == (press, False)
+    keys.release(press, 160)  # the end packet; the detector was dropped for the events
+    keys.release(press, 140)
+    assert await asyncio.wait_for(keys.next_released(), 1) == Key("4", 160)
 
 
 async def test_key_stream_waits_and_survives_cancellation():
     keys = KeyStream()
     reader = asyncio.ensure_future(keys.next())
     await asyncio.sleep(0)
-    keys.put("4", "rtp", 0)
+    keys.press("4", "rtp", 0)
     reader.cancel()  # cancelled in the same instant the key was handed over
     with pytest.raises(asyncio.CancelledError):
         await reader
     assert await asyncio.wait_for(keys.next(), 1) == "4"  # not lost
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(keys.next(), 0.05)
+    released = asyncio.ensure_future(keys.next_released())
+    await asyncio.sleep(0)
+    keys.release(keys.press("6", "info", 50)[0], 90)
+    released.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await released
+    assert await asyncio.wait_for(keys.next_released(), 1) == Key("6", 90)  # not lost
 
 
 async def test_key_stream_close_wakes_readers():
     keys = KeyStream()
     reader = asyncio.ensure_future(keys.next())
+    releases = asyncio.ensure_future(keys.next_released())
     await asyncio.sleep(0)
     keys.close(EOFError("closed"))
-    with pytest.raises(EOFError):
-        await reader
+    for waiting in (reader, releases):
+        with pytest.raises(EOFError):
+            await waiting
     queued = KeyStream()
-    queued.put("8", "info", 0)
+    queued.press("8", "info", 0)
+    queued.press("9", "rtp", 1, 60)  # still held at the close
     queued.close(EOFError("closed"))
     assert await queued.next() == "8"  # keys pressed before the close are still read
+    assert await queued.next_released() == Key("9", 60)  # a key held then: released as it was
     with pytest.raises(EOFError):
         await queued.next()
+    with pytest.raises(EOFError):
+        await queued.next_released()

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ringflow.media.dtmf import tones
+from ringflow.media.dtmf import Key, KeyStream, tones
 from ringflow.media.engine import MediaEngine, RtpSession, SessionClosed
 from ringflow.media.rtp import RtpPacket, TelephoneEvent
 from ringflow.sip.sdp import PCMA, PCMU, Codec, Direction, MediaPlan
@@ -184,6 +184,21 @@ async def test_digits_sent_arrive_once_each(engine):
     assert b.stats.digits == 3
 
 
+async def test_keys_released_with_the_length_they_were_sent_with(engine):
+    a, b = await pair(engine)
+    for key, ms in (("1", 240), ("#", 100)):
+        await asyncio.wait_for(a.send_digit(key, duration_ms=ms), 1)
+    got = [await asyncio.wait_for(b.next_key(), 1) for _ in range(2)]
+    assert got == [Key("1", 240), Key("#", 100)]
+
+
+async def test_inband_key_released_with_its_measured_length(engine):
+    a, b = await pair(engine, dtmf=None)
+    await asyncio.wait_for(a.send_digit("4", duration_ms=300), 2)  # sent as a 300 ms tone
+    key = await asyncio.wait_for(b.next_key(), 1)
+    assert key.digit == "4" and abs(key.duration_ms - 300) <= 20, key
+
+
 async def test_digit_on_the_wire(engine):
     a = await engine.open_session()
     with listener() as peer:
@@ -228,6 +243,11 @@ async def test_pushed_digits_join_and_clear(engine):
         await asyncio.wait_for(b.next_digit(), 0.05)
     with pytest.raises(ValueError):
         b.push_digit("x")
+    b.push_digit("5", 250)
+    b.push_digit("6")  # an INFO without Duration
+    b.push_digit("7", 999_999)  # the network's word, bounded
+    got = [await asyncio.wait_for(b.next_key(), 1) for _ in range(3)]
+    assert got == [Key("5", 250), Key("6", 100), Key("7", 10_000)]
 
 
 @pytest.mark.skipif(
@@ -252,6 +272,25 @@ async def test_recorded_presses_over_udp_count_once(engine):
         assert got == ["1", "#", "*"]
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(session.next_digit(), 0.2)
+
+
+@pytest.mark.skipif(
+    not (SIPP_SHARE / "dtmf_2833_5.pcap").exists(),
+    reason="SIPp's recordings are missing (scripts/ensure-services sip-tester)",
+)
+async def test_a_press_whose_end_packets_were_lost_is_released_after_the_timeout(engine):
+    session = await engine.open_session()
+    with listener() as phone:
+        session.start(plan(phone.getsockname()))
+        updates = udp_payloads(SIPP_SHARE / "dtmf_2833_5.pcap")[:-3]  # no end packet arrives
+        for data in updates:
+            phone.sendto(data, session.local)
+            await asyncio.sleep(0.002)
+        sent = time.monotonic()
+        key = await asyncio.wait_for(session.next_key(), 2)
+        waited = time.monotonic() - sent
+    assert key == Key("5", 240)  # the length its last update gave
+    assert 0.8 * KeyStream.HELD_TIMEOUT * 0.02 <= waited <= KeyStream.HELD_TIMEOUT * 0.02 + 0.3
 
 
 async def test_bridge_transcodes_and_taps_both_sides_in_step(engine):

@@ -72,7 +72,7 @@ async def test_stream_url_call_sends_the_spec_messages_and_plays_the_bot(databas
         chunks = [int(m["media"]["chunk"]) for m in media]
         assert chunks == list(range(1, len(chunks) + 1))
         [dtmf] = conn.of("dtmf")
-        assert dtmf["dtmf"]["digit"] == "5"
+        assert dtmf["dtmf"] == {"digit": "5", "duration": "100"}  # a sandbox key is held 100 ms
         [mark] = conn.of("mark")
         assert mark["mark"]["name"] == "greeting-done"
         stop = conn.of("stop")[0]
@@ -103,7 +103,7 @@ async def test_stream_url_call_sends_the_spec_messages_and_plays_the_bot(databas
         assert end["disconnected_by"] == "user" and end["marks"] == 1 and end["dtmf"] == 1
         assert end["bytes_from_bot"] == 16000
         assert steps["stream.mark"] == {"name": "greeting-done"}
-        assert steps["stream.dtmf"] == {"digit": "5"}
+        assert steps["stream.dtmf"] == {"digit": "5", "duration_ms": 100}
 
 
 async def recorded_channels(rig, sid):

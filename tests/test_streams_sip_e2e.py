@@ -1,5 +1,5 @@
-"""Streams to a bot over SIP: SIPp is the phone (RTP echoed back, or RFC 4733 keys), a raw
-WebSocket bot on loopback, ringflow in between on a real clock."""
+"""Streams to a bot over SIP: SIPp is the phone (RTP echoed back, or keys by RFC 4733, SIP INFO
+or in-band tones), a raw WebSocket bot on loopback, ringflow in between on a real clock."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from tests.sipp import SIPP_SHARE, needs_sipp, sipp
-from tests.test_sip_carrier_e2e import call_to_end, place, sip_server, sqlite_db, story  # noqa: F401
+from tests.test_sip_carrier_e2e import (  # noqa: F401
+    call_to_end,
+    dtmf_ulaw,
+    place,
+    sip_server,
+    sqlite_db,
+    story,
+)
 from tests.test_streams_e2e import recorded_channels
 from tests.wsbot import BotConnection, WsBot, pcm_tone, tone_power
 
@@ -92,16 +99,41 @@ async def test_bot_audio_reaches_the_sip_phone_paced_with_marks_and_barge_in(tmp
         assert steps["stream.end"]["disconnected_by"] == "bot"
 
 
-@pytest.mark.usefixtures("sqlite_db")
-async def test_rfc4733_keys_from_the_sip_phone_reach_the_bot(tmp_path: Path):
+def rfc4733_phone(tmp_path: Path):
+    # SIPp's recording of a 1: updates, then end packets saying 2240 units (280 ms at 8 kHz).
     (tmp_path / "keys.pcap").symlink_to(SIPP_SHARE / "dtmf_2833_1.pcap")
+    return sipp(tmp_path, "callee_dtmf_2833.xml", talk_ms=500)
 
+
+def info_phone(tmp_path: Path):
+    # An INFO of application/dtmf-relay with Signal=5 and Duration=160.
+    return sipp(tmp_path, "callee_dtmf_info.xml", variables={"key": "5"}, talk_ms=500)
+
+
+def inband_phone(tmp_path: Path):
+    # A 7 as a 250 ms tone pair in the phone's audio (no RFC 4733 events).
+    (tmp_path / "voice.ulaw").write_bytes(dtmf_ulaw("7", seconds=0.25, pause=1.5))
+    return sipp(tmp_path, "callee_inband.xml")
+
+
+@pytest.mark.parametrize(
+    "phone_of, digit, low, high",
+    [
+        pytest.param(rfc4733_phone, "1", 280, 280, id="rfc4733"),
+        pytest.param(info_phone, "5", 160, 160, id="info"),
+        pytest.param(inband_phone, "7", 230, 270, id="in-band"),  # 20 ms blocks
+    ],
+)
+@pytest.mark.usefixtures("sqlite_db")
+async def test_keys_from_the_sip_phone_reach_the_bot_with_their_length(
+    tmp_path: Path, phone_of, digit: str, low: int, high: int
+):
     async def until_key(conn: BotConnection) -> None:
         await conn.wait_for(event="dtmf", timeout=15)
         await conn.close()
 
     async with (
-        sipp(tmp_path, "callee_dtmf_2833.xml", talk_ms=500) as phone,
+        phone_of(tmp_path) as phone,
         WsBot(until_key) as bot,
         sip_server(tmp_path, phone) as rig,
     ):
@@ -110,4 +142,5 @@ async def test_rfc4733_keys_from_the_sip_phone_reach_the_bot(tmp_path: Path):
         assert call.status == "completed", await story(rig, sid)
         assert await phone.exit_code() == 0
         [dtmf] = bot.last.of("dtmf")
-        assert dtmf["dtmf"]["digit"] == "1"
+        assert dtmf["dtmf"]["digit"] == digit
+        assert low <= int(dtmf["dtmf"]["duration"]) <= high, dtmf

@@ -21,7 +21,9 @@ Audio is decoded on arrival into a jitter buffer that ``tick`` drains one frame 
 Keys (``dtmf.py``) come from RFC 4733 events, from ``push_digit`` (SIP INFO) and from tones in
 the received audio. Tones are looked for (``inband``) until the party's first RFC 4733 event:
 after that, tones would only repeat its events (gateways often send both). The engine batches
-the tone analysis of all its sessions once per tick.
+the tone analysis of all its sessions once per tick. A key is read as soon as it is pressed
+(``next_digit``: menus, gathers) or once it is released, with its length (``next_key``: a
+bot); each tick releases a press whose source has gone quiet (``KeyStream.expire``).
 
 Bridged audio always goes through PCM (decode from one party's law, encode in the other's):
 the tap needs PCM anyway, G.711 re-encoding in the same law is lossless, and it costs well
@@ -45,7 +47,17 @@ from typing import TYPE_CHECKING, Any
 from ringflow.errors import MediaError
 from ringflow.media import g711
 from ringflow.media.bridge import Bridge
-from ringflow.media.dtmf import EventReceiver, KeyStream, ToneDetector, event_packets, tone
+from ringflow.media.dtmf import (
+    EventReceiver,
+    Key,
+    KeyNews,
+    KeyStream,
+    Press,
+    ToneDetector,
+    event_packets,
+    info_duration,
+    tone,
+)
 from ringflow.media.g711 import FRAME_SAMPLES, SILENCE_PCM
 from ringflow.media.inbound import DUPLICATE, InboundStream, JitterBuffer
 from ringflow.media.playout import Playout
@@ -126,6 +138,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self._keys = KeyStream()
         self._events = EventReceiver()
         self._tones: ToneDetector | None = None
+        self._rtp_press: Press | None = None  # the press the RFC 4733 events are about
+        self._tone_press: Press | None = None  # the press the tones are about
         self._taps: list[Callable[[bytes, bytes], None]] = []
         self._taps_sent = False  # a tap uses what was sent: decode it each tick
         self._playout: Playout | None = None  # a bot's audio (a stream), paced by tick
@@ -284,26 +298,44 @@ class RtpSession(asyncio.DatagramProtocol):
 
         return unsubscribe
 
-    def push_digit(self, digit: str) -> None:
-        """A key that arrived another way (SIP INFO) joins the stream of keys."""
+    def push_digit(self, digit: str, duration_ms: int | None = None) -> None:
+        """A key that arrived another way (SIP INFO, with the Duration it gave, if any) joins
+        the stream of keys, pressed and released at once."""
         event_of(digit)
-        self._key(digit.upper(), "info")
+        news = KeyNews(digit.upper(), info_duration(duration_ms), started=True, ended=True)
+        self._heard(news, "info", None)
 
     async def next_digit(self) -> str:
-        """The next key the party pressed; SessionClosed if the session closes first."""
+        """The next key the party pressed, as soon as it starts; SessionClosed if the session
+        closes first."""
         return await self._keys.next()
+
+    async def next_key(self) -> Key:
+        """The next key the party pressed, once released, with its length; SessionClosed if the
+        session closes first."""
+        return await self._keys.next_released()
 
     def clear_digits(self) -> None:
         """Forget keys pressed but not yet read."""
         self._keys.clear()
 
-    def _tone(self, key: str) -> None:
+    def _tone(self, news: KeyNews) -> None:
         if not self.closed:
-            self._key(key, "tone")
+            self._tone_press = self._heard(news, "tone", self._tone_press)
 
-    def _key(self, key: str, source: str) -> None:
-        if self._keys.put(key, source, self._frame):
-            self.stats.digits += 1
+    def _heard(self, news: KeyNews, source: str, press: Press | None) -> Press | None:
+        """Pass what a source heard of a press to the keys; returns the press it is about."""
+        keys, frame = self._keys, self._frame
+        if news.started:
+            press, new = keys.press(news.key, source, frame, news.ms)
+            if new:
+                self.stats.digits += 1
+        if press is not None:
+            if news.ended:
+                keys.release(press, news.ms)
+            else:
+                keys.hold(press, frame, news.ms)
+        return press
 
     # -- the socket's side -----------------------------------------------------------------
 
@@ -350,11 +382,11 @@ class RtpSession(asyncio.DatagramProtocol):
         if event:
             # Events are deduplicated by press, not by sequence number: a replayed or reordered
             # event packet is harmless, and its press may be one not seen yet.
-            key = self._events.feed(ssrc, timestamp, TelephoneEvent.parse(payload))
+            news = self._events.feed(ssrc, timestamp, TelephoneEvent.parse(payload))
             if self.inband is None:
                 self._tones = None
-            if key is not None:
-                self._key(key, "rtp")
+            if news is not None:
+                self._rtp_press = self._heard(news, "rtp", self._rtp_press)
         elif law is not None and gap != DUPLICATE and (self._sinks or self._taps or self._tones):
             self._audio(law.decode(payload), gap)
 
@@ -379,6 +411,8 @@ class RtpSession(asyncio.DatagramProtocol):
     def tick(self, frame: int) -> None:
         """Send this frame's packet and hand the party's frame to sinks (called by the pacer)."""
         self._frame = frame
+        if self._keys.held:
+            self._keys.expire(frame)
         taps = self._taps
         heard = self._hear() if self._sinks or taps else b""
         law, pt = self._law, self._pt

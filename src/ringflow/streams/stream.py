@@ -12,7 +12,7 @@ carries the call until one side ends it:
   the caller hears it paced. ``mark`` is queued behind that audio and sent back when it has
   played; ``clear`` empties the buffer at once and sends back the marks it held;
 - the caller's keys (``Channel.next_key``: RFC 4733, INFO, in-band or a sandbox phone's keys)
-  go to the bot as ``dtmf``.
+  go to the bot as ``dtmf`` when each is released, with how long it was held.
 
 It ends when the bot closes the socket (``disconnected_by`` ``bot``), the caller hangs up
 (``stop`` with ``callended``), ``stop()`` is called or the call is hung up by request (the
@@ -61,7 +61,6 @@ MAX_OUTGOING = 100  # messages waiting for a slow bot (10 s of caller audio) bef
 WRITE_BACKLOG = 32 * 1024  # bytes the socket may hold unsent before messages wait in the queue
 MAX_LOGGED_PROBLEMS = 10  # unusable bot frames put on the timeline; the rest are counted
 MAX_LOGGED_MARKS = 200  # marks put on the timeline; the rest are counted
-KEY_DURATION_MS = 100  # carriers report a key when it starts, not its length
 
 Record = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -387,8 +386,8 @@ class Stream:
     async def _keys(self) -> None:
         while (key := await self.channel.next_key()) is not None:
             self.outcome.dtmf += 1
-            self._send(self.protocol.dtmf(key, KEY_DURATION_MS))
-            await self.record("stream.dtmf", {"digit": key})
+            self._send(self.protocol.dtmf(key.digit, key.duration_ms))
+            await self.record("stream.dtmf", {"digit": key.digit, "duration_ms": key.duration_ms})
 
 
 def _close_reason(socket: ClientConnection) -> str:

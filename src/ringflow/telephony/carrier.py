@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from ringflow.media.dtmf import Key
     from ringflow.media.playout import Playout
     from ringflow.telephony.sip.trunks import Trunk
 
@@ -192,8 +193,11 @@ class Channel(Protocol):
         to it; ``on_marks`` gets the names of the marks each frame completes. A sandbox phone
         answers a bot: it speaks its ``says`` lines and presses its keys. Returns the undo."""
 
-    async def next_key(self) -> str | None:
-        """The next key the party presses, however it was signalled; None once hung up."""
+    async def next_key(self) -> Key | None:
+        """The next key the party presses, however it was signalled, once it is released: its
+        digit and how long it was held (ms; 100 where the carrier cannot know). A key whose end
+        never comes is released after a bounded wait. None once hung up. (Menus and gathers
+        take keys as they start, through ``collect_digits`` and ``record``.)"""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ringflow.clock import Clock, wait_with_timeout
 from ringflow.media.audio import RATE, SAMPLE_WIDTH, Prompt
+from ringflow.media.dtmf import NOMINAL_MS, Key
 from ringflow.media.playout import Playout
 from ringflow.telephony.carrier import (
     Answered,
@@ -56,6 +57,7 @@ Speech = Callable[[str, str | None], Awaitable[Prompt | None]]
 WORDS_PER_SECOND = 175 / 60
 AUDIO_PROMPT_SECONDS = 3.0
 KEY_INTERVAL = 0.3
+KEY_MS = NOMINAL_MS  # how long a phone holds each key it presses to a bot
 BEEP = "(beep)"  # what ``heard`` shows for the beep before a recording
 BEEP_SECONDS = 0.5
 TURN_GAP = 0.5  # seconds between the callee's and the caller's turns in a conversation
@@ -183,7 +185,7 @@ class SandboxChannel:
         self._hangups: set[asyncio.Task[None]] = set()
         self._tape: Tape | None = None  # the whole call, while ``record_call`` runs
         self._line = LiveLine(clock, self._bot_played)  # frames for a stream, while one runs
-        self._pressed: asyncio.Queue[str] = asyncio.Queue()  # keys pressed to a bot
+        self._pressed: asyncio.Queue[Key] = asyncio.Queue()  # keys released to a bot
         self.pressed: list[str] = []  # every key pressed to a bot, for tests
         if script.hangup_after is not None:
             self._hang_up_in(script.hangup_after)
@@ -434,8 +436,9 @@ class SandboxChannel:
 
         return stop
 
-    async def next_key(self) -> str | None:
-        """The next key the phone presses to a bot; None once it hung up."""
+    async def next_key(self) -> Key | None:
+        """The next key the phone presses to a bot, once released (each is held KEY_MS); None
+        once it hung up."""
         if not self._pressed.empty():
             return self._pressed.get_nowait()
         key = None
@@ -451,9 +454,13 @@ class SandboxChannel:
             key = getting.result()
         return key
 
-    def _press(self, key: str) -> None:
+    async def _press(self, key: str) -> bool:
+        """Press ``key`` to a bot and release it KEY_MS later; False if the line closed first."""
         self.pressed.append(key)
-        self._pressed.put_nowait(key)
+        if not await self._hold(KEY_MS / 1000):
+            return False
+        self._pressed.put_nowait(Key(key, KEY_MS))
+        return True
 
     async def _converse(self) -> None:
         """Talk to a bot: each ``says`` line in turn (at its ``at`` seconds from now, or a
@@ -479,14 +486,14 @@ class SandboxChannel:
             if utterance.then:
                 if not await self._hold(self.script.silence_after):
                     return
-                self._press(utterance.then)
+                if not await self._press(utterance.then):
+                    return
         while self._keys:
             entry = self._keys.pop(0)
             if not await self._hold(max(0.0, free_at - self.clock.now())):
                 return
             for key in entry:
-                self._press(key)
-                if not await self._hold(KEY_INTERVAL):
+                if not await self._press(key) or not await self._hold(KEY_INTERVAL - KEY_MS / 1000):
                     return
             free_at = self.clock.now() + BOT_TURN_GAP
 

@@ -323,7 +323,7 @@ class SipAttempt:
                 )
                 await self.events.put(Answered(self.channel))
             elif isinstance(event, sip_events.Dtmf) and self.channel is not None:
-                self.channel.on_digit(event.digit)
+                self.channel.on_digit(event.digit, event.duration_ms)
             elif isinstance(event, sip_events.MediaChanged) and self.channel is not None:
                 self.channel.on_media(event.plan)
             elif isinstance(event, sip_events.Ended):

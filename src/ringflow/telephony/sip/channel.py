@@ -18,6 +18,7 @@ import numpy as np
 from ringflow.clock import Clock, wait_with_timeout
 from ringflow.media import g711
 from ringflow.media.audio import RATE, SAMPLE_WIDTH, Prompt
+from ringflow.media.dtmf import Key
 from ringflow.media.engine import RtpSession
 from ringflow.media.playout import Playout
 from ringflow.media.session import SessionClosed
@@ -70,9 +71,10 @@ class SipChannel:
         """The SIP dialog is over (their BYE, our BYE answered, or a failure)."""
         self._close("remote" if by_remote else "local")
 
-    def on_digit(self, digit: str) -> None:
-        """A digit that came by SIP INFO joins the RTP and in-band ones."""
-        self.session.push_digit(digit)
+    def on_digit(self, digit: str, duration_ms: int | None = None) -> None:
+        """A digit that came by SIP INFO (with its Duration, if it gave one) joins the RTP and
+        in-band ones."""
+        self.session.push_digit(digit, duration_ms)
 
     def on_media(self, plan: MediaPlan) -> None:
         """A re-INVITE moved the media."""
@@ -163,10 +165,11 @@ class SipChannel:
         """The RTP session sends ``playout``'s frames on its ticks."""
         return self.session.play_out(playout, on_marks)
 
-    async def next_key(self) -> str | None:
-        """The next key the party pressed (RTP event, INFO or tone); None once hung up."""
+    async def next_key(self) -> Key | None:
+        """The next key the party pressed (RTP event, INFO or tone), once released, with its
+        length; None once hung up."""
         try:
-            return await self.session.next_digit()
+            return await self.session.next_key()
         except SessionClosed:
             return None
 
