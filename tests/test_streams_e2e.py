@@ -8,6 +8,7 @@ import datetime as dt
 
 import pytest
 
+from ringflow.storage.calls import load_call
 from tests.e2e import running
 from tests.metrics_support import scrape
 from tests.wsbot import BotConnection, WsBot, pcm_tone, tone_power
@@ -304,6 +305,51 @@ async def test_active_streams_counts_the_accounts_streams(database_url):
         ) == 0
 
 
+async def test_a_stream_over_the_accounts_limit_fails_and_an_ended_one_frees_its_place(
+    database_url,
+):
+    async with WsBot() as bot, running(database_url, stream_limit=1) as rig:
+        first = (await rig.connect(From="09812345678", StreamUrl=bot.url)).json()["Call"]["Sid"]
+        await rig.clock.run_until(lambda: "media" in bot.events())
+        second = (await rig.connect(From="09812345679", StreamUrl=bot.url)).json()["Call"]["Sid"]
+        assert (await rig.finish(second)).status == "completed"  # answered, then hung up
+        [failed] = [e["data"] for e in await rig.timeline(second) if e["kind"] == "stream.failed"]
+        assert failed["reason"] == "the account's limit of 1 concurrent streams is reached"
+        assert len(bot.connections) == 1  # the second never reached the bot
+        active = await rig.http.get(rig.url("ActiveStreams.json"), auth=rig.auth)
+        assert active.json() == {"ActiveStreamCount": 1, "ThrottleLimit": 1}
+
+        await rig.http.post(
+            rig.url(f"Calls/{first}.json"), data={"Status": "completed"}, auth=rig.auth
+        )
+        await rig.finish(first)
+        active = await rig.http.get(rig.url("ActiveStreams.json"), auth=rig.auth)
+        assert active.json() == {"ActiveStreamCount": 0, "ThrottleLimit": 1}
+        third = (await rig.connect(From="09812345677", StreamUrl=bot.url)).json()["Call"]["Sid"]
+        await rig.clock.run_until(
+            lambda: len(bot.connections) == 2 and "media" in bot.last.events()
+        )
+        await rig.http.post(
+            rig.url(f"Calls/{third}.json"), data={"Status": "completed"}, auth=rig.auth
+        )
+        await rig.finish(third)
+
+
+async def test_a_call_with_machine_detection_tells_the_bot_who_answered(database_url):
+    async with WsBot() as bot, running(database_url) as rig:
+        await rig.script_phone("09812345670", greeting="Hello?")
+        r = await rig.connect(From="09812345670", StreamUrl=bot.url, MachineDetection="Enable")
+        sid = r.json()["Call"]["Sid"]
+        await rig.clock.run_until(lambda: "start" in bot.events())
+        start = bot.last.of("start")[0]["start"]
+        assert set(start) == SPEC_START_KEYS | {"answered_by"}
+        assert start["answered_by"] == "human"
+        await rig.http.post(
+            rig.url(f"Calls/{sid}.json"), data={"Status": "completed"}, auth=rig.auth
+        )
+        await rig.finish(sid)
+
+
 async def test_stream_url_with_url_or_to_is_refused_naming_both(database_url):
     async with running(database_url) as rig:
         r = await rig.connect(
@@ -312,3 +358,77 @@ async def test_stream_url_with_url_or_to_is_refused_naming_both(database_url):
         assert r.status_code == 400 and "StreamUrl and Url" in r.text
         r = await rig.connect(From="09812345678", StreamUrl="ftp://bot.example.com/")
         assert r.status_code == 400 and "StreamUrl" in r.text
+
+
+async def test_a_stream_url_s_credentials_are_not_kept_once_the_call_is_over(database_url):
+    async with WsBot() as bot, running(database_url) as rig:
+        r = await rig.connect(From="09812345678", StreamUrl=bot.url_with(auth=("bot", "s3cret")))
+        sid = r.json()["Call"]["Sid"]
+        await rig.clock.run_until(lambda: "media" in bot.events())
+        assert bot.last.basic_auth() == ("bot", "s3cret")  # used while the call needed them
+        await rig.http.post(
+            rig.url(f"Calls/{sid}.json"), data={"Status": "completed"}, auth=rig.auth
+        )
+        await rig.finish(sid)
+        async with rig.services.db.session() as session:
+            call = await load_call(session, sid)
+        assert call.stream_url == f"ws://127.0.0.1:{bot.port}/"
+
+
+async def test_a_recorded_voicebot_gives_the_passthru_after_it_the_recording(database_url):
+    async def speak_then_leave(conn: BotConnection) -> None:
+        await conn.wait_for(event="start", timeout=10)
+        await conn.send_media(pcm_tone(660, 1.0))
+        await conn.send_mark("said")
+        await conn.wait_for(event="mark", timeout=10)
+        await conn.close(1000, "done")
+
+    async with WsBot(speak_then_leave) as bot, running(database_url) as rig:
+        flow = voicebot_app(bot.url, f"{rig.customer.url}/passthru")
+        flow["nodes"]["bot"].update(record=True, recording_channels="dual")
+        flow["nodes"]["report"].update(on_200="bye", on_302="bye")
+        del flow["nodes"]["human"]
+        flow["nodes"]["bye"] = {"applet": "hangup"}
+        app = await rig.services.accounts.save_app(rig.sid, flow)
+        r = await rig.connect(From="09812345678", Url=rig.flow_url(app.id), RecordingFormat="wav")
+        sid = r.json()["Call"]["Sid"]
+        assert (await rig.finish(sid)).status == "completed"
+        [hook] = rig.customer.to("/passthru")
+        url = hook.query["Stream[RecordingUrl]"]
+        assert url.endswith(".wav") and hook.query["RecordingUrl"] == url
+        _, heard = await recorded_channels(rig, sid)  # the call's latest recording: this one
+        sounding = heard.nonzero()[0]
+        played = heard[sounding[0] : sounding[-1] + 1]
+        assert 7900 <= len(played) <= 8000, "the recording holds the bot's second of audio"
+        assert tone_power(played.tobytes(), 660, 8000) > 0.9
+        [step] = [e["data"] for e in await rig.timeline(sid) if e["kind"] == "recording"]
+        assert step["url"] == url and step["conversation"] is True
+
+
+async def test_a_voicebot_s_record_option_is_checked(database_url):
+    async with running(database_url) as rig:
+        flow = voicebot_app("wss://bot.example.com/", f"{rig.customer.url}/passthru")
+        flow["nodes"]["bot"]["record"] = "yes"
+        flow["nodes"]["bot"]["recording_channels"] = "stereo"
+        r = await rig.http.post(
+            f"{rig.base}/admin/v1/accounts/{rig.sid}/apps", json=flow, auth=rig.auth
+        )
+        assert r.status_code == 400, r.text
+        message = r.text
+        assert "record" in message and "must be true or false" in message
+        assert "must be single or dual" in message
+
+
+async def test_a_stream_over_the_process_s_own_limit_fails_with_that_reason(database_url):
+    async with WsBot() as bot, running(database_url, streams_per_process=1) as rig:
+        first = (await rig.connect(From="09812345678", StreamUrl=bot.url)).json()["Call"]["Sid"]
+        await rig.clock.run_until(lambda: "media" in bot.events())
+        second = (await rig.connect(From="09812345679", StreamUrl=bot.url)).json()["Call"]["Sid"]
+        await rig.finish(second)
+        [failed] = [e["data"] for e in await rig.timeline(second) if e["kind"] == "stream.failed"]
+        assert failed["reason"].startswith("this server carries its limit of 1 streams")
+        assert len(bot.connections) == 1
+        await rig.http.post(
+            rig.url(f"Calls/{first}.json"), data={"Status": "completed"}, auth=rig.auth
+        )
+        await rig.finish(first)

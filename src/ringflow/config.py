@@ -43,6 +43,9 @@ class Settings:
     max_concurrent_calls: int = 20
     queue_limit: int = 1000
     stream_limit: int = 100  # concurrent streams to bots per account (accounts may set their own)
+    # Streams one process carries at once, of any account (what bench/streams.py holds on 2 vCPU
+    # with its audio on time); 0: no limit.
+    streams_per_process: int = 200
     queue_max_age: float = 600.0
     # Seconds a process may stay silent (no heartbeat) before another one finishes the calls it
     # was carrying and gives their lines to queued calls: a process killed without a goodbye.
@@ -147,6 +150,8 @@ class Settings:
             )
         if self.stream_limit < 0:
             raise ConfigError("RINGFLOW_STREAM_LIMIT must be a whole number, 0 or more")
+        if self.streams_per_process < 0:
+            raise ConfigError("RINGFLOW_STREAMS_PER_PROCESS must be a whole number, 0 or more")
         if self.max_connections < 1:
             raise ConfigError("RINGFLOW_MAX_CONNECTIONS must be at least 1")
         for name in ("http_head_timeout", "http_body_timeout"):

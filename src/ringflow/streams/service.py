@@ -4,7 +4,9 @@
 ``StreamUrl`` call): it asks an http(s) URL endpoint for the WebSocket URL, takes a place under
 the account's limit on concurrent streams (``max_concurrent_streams``, else
 ``RINGFLOW_STREAM_LIMIT``, default 100), runs the ``Stream`` and gives the place back.
-A stream over the limit does not open; it fails with that reason, as Exotel's does.
+A stream over the limit does not open; it fails with that reason, as Exotel's does. So does
+one over the process's own limit (``RINGFLOW_STREAMS_PER_PROCESS``), which keeps a process from
+taking more streams than it can keep on time.
 
 The places are ``SharedPlaces``: rows in the database, taken under the account's row lock, so
 the limit holds exactly and ``ActiveStreams`` counts every process's streams with
@@ -127,6 +129,7 @@ class Streams:
         self.places = places
         self.keep_latencies = keep_latencies
         self._by_call: dict[str, set[Stream]] = collections.defaultdict(set)
+        self._carrying = 0  # streams this process runs or is opening, of every account
         self.finished: list[Stream] = []  # kept only with keep_latencies (the benchmark)
 
     async def active(self, account_sid: str) -> int:
@@ -158,6 +161,31 @@ class Streams:
             target = await self._target(request)
         except StreamFailed as exc:
             return await _failed(stream_sid, without_credentials(request.url), str(exc), record)
+        most = self.settings.streams_per_process
+        if most and self._carrying >= most:
+            reason = (
+                f"this server carries its limit of {most} streams (RINGFLOW_STREAMS_PER_PROCESS)"
+            )
+            return await _failed(stream_sid, target.shown, reason, record)
+        self._carrying += 1
+        try:
+            return await self._open(
+                request, stream_sid, target, channel, record, started, by_request
+            )
+        finally:
+            self._carrying -= 1
+
+    async def _open(
+        self,
+        request: StreamRequest,
+        stream_sid: str,
+        target: StreamTarget,
+        channel: Channel,
+        record: Record,
+        started: Callable[[Stream], None] | None,
+        by_request: Callable[[], bool],
+    ) -> StreamOutcome:
+        """Take a place under the account's limit and carry the stream."""
         limit = self.limit(request.limit)
         place = StreamPlace(
             stream_sid,

@@ -86,6 +86,7 @@ class StreamOutcome:
     clears: int = 0
     dtmf: int = 0
     ignored: int = 0
+    recording_url: str = ""  # the voicebot applet's own recording of the stream, if it made one
 
     def passthru_fields(self) -> dict[str, str]:
         """The ``Stream[...]`` fields of a Passthru after the stream (spec section 4)."""
@@ -96,7 +97,7 @@ class StreamOutcome:
             "Stream[StreamUrl]": self.url,
             "Stream[DisconnectedBy]": self.disconnected_by,
             "Stream[DetailedStatus]": self.detailed_status,
-        }
+        } | ({"Stream[RecordingUrl]": self.recording_url} if self.recording_url else {})
 
 
 class Stream:

@@ -183,7 +183,7 @@ class SandboxChannel:
         self._closed = asyncio.Event()
         self._closed_by = ""
         self._hangups: set[asyncio.Task[None]] = set()
-        self._tape: Tape | None = None  # the whole call, while ``record_call`` runs
+        self._tapes: list[Tape] = []  # while ``record_call`` runs (the call's and a voicebot's)
         self._line = LiveLine(clock, self._bot_played)  # frames for a stream, while one runs
         self._pressed: asyncio.Queue[Key] = asyncio.Queue()  # keys released to a bot
         self.pressed: list[str] = []  # every key pressed to a bot, for tests
@@ -208,8 +208,8 @@ class SandboxChannel:
             speech += gap + machine_beep()
         at = self.clock.now()
         self._line.heard(at, speech)
-        if self._tape is not None:
-            self._tape.heard(at, speech)
+        for taping in self._tapes:
+            taping.heard(at, speech)
 
     def _hang_up_in(self, seconds: float) -> None:
         """Hang up (as the far end) ``seconds`` from now."""
@@ -311,8 +311,8 @@ class SandboxChannel:
         )
         samples = round((self.clock.now() - start) * RATE)
         pcm = speech[: samples * SAMPLE_WIDTH].ljust(samples * SAMPLE_WIDTH, b"\0")
-        if self._tape is not None:
-            self._tape.heard(start, pcm)
+        for taping in self._tapes:
+            taping.heard(start, pcm)
         return Recording(pcm, ended, digits)
 
     async def _speak_into_recorder(
@@ -343,7 +343,7 @@ class SandboxChannel:
 
     async def bridge(self, other: Channel, tap: ConversationTap | None = None) -> None:
         near = far = b""
-        taped = tap is not None or self._tape is not None
+        taped = tap is not None or bool(self._tapes)
         if taped:
             near, far = await self._conversation(other)
         started = self.clock.now()
@@ -364,9 +364,9 @@ class SandboxChannel:
                 near, far = near[:size].ljust(size, b"\0"), far[:size].ljust(size, b"\0")
                 if tap is not None:
                     tap.write(near, far)
-                if self._tape is not None:
-                    self._tape.heard(started, near)
-                    self._tape.sent(started, far)
+                for taping in self._tapes:
+                    taping.heard(started, near)
+                    taping.sent(started, far)
 
     async def _conversation(self, other: Channel) -> tuple[bytes, bytes]:
         """The two sides of a recorded conversation: the callee speaks first, the caller
@@ -387,11 +387,12 @@ class SandboxChannel:
     def record_call(self, tap: ConversationTap) -> Callable[[], None]:
         """Tape the call from now: what the phone says (near) and what it hears (far), written
         into ``tap`` when the returned function is called."""
-        tape = self._tape = Tape(self.clock.now())
+        tape = Tape(self.clock.now())
+        self._tapes.append(tape)
 
         def stop() -> None:
-            if self._tape is tape:
-                self._tape = None
+            if tape in self._tapes:
+                self._tapes.remove(tape)
             tape.write(tap, self.clock.now())
 
         return stop
@@ -402,13 +403,13 @@ class SandboxChannel:
             task.cancel()
 
     def _sent(self, at: float, pcm: bytes) -> None:
-        if self._tape is not None:
-            self._tape.sent(at, pcm)
+        for taping in self._tapes:
+            taping.sent(at, pcm)
         self._line.sent(at, pcm)
 
     def _bot_played(self, at: float, frame: bytes) -> None:
-        if self._tape is not None:
-            self._tape.sent(at, frame)
+        for taping in self._tapes:
+            taping.sent(at, frame)
 
     # -- a stream to a bot ------------------------------------------------------------------
 
@@ -475,8 +476,8 @@ class SandboxChannel:
                 return
             speech = await self.voice(utterance.text)
             self._line.heard(self.clock.now(), speech)
-            if self._tape is not None:
-                self._tape.heard(self.clock.now(), speech)
+            for taping in self._tapes:
+                taping.heard(self.clock.now(), speech)
             if not await self._hold(len(speech) / (RATE * SAMPLE_WIDTH)):
                 return
             free_at = self.clock.now() + BOT_TURN_GAP
