@@ -7,14 +7,16 @@ matters, its own clock), pointed at the same real Redis and trunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
 
-from ringflow.clock import ManualClock
+from ringflow.clock import ManualClock, RealClock
 from ringflow.telephony.sip.capacity import SharedTrunkGate, TrunkUnavailable
+from ringflow.telephony.sip.carrier import SipCarrier
 from ringflow.telephony.sip.trunks import Trunk
 from tests.conftest import REDIS_URL
 
@@ -184,3 +186,44 @@ async def test_a_channel_held_at_admission_is_shared_and_its_release_tells(prefi
     await again.release()
     await again.release()  # once only
     assert await a.active() == 0
+
+
+async def test_a_channel_another_process_gives_back_is_announced_to_every_process() -> None:
+    """A call waiting (queued) in one process for a trunk's channel learns at once that another
+    process freed one: the carrier tells its room listeners, as for its own channels."""
+    trunk = Trunk(f"pbx-{uuid.uuid4().hex[:8]}", "127.0.0.1", max_channels=1, max_cps=100.0)
+    other = Trunk(f"pbx-{uuid.uuid4().hex[:8]}", "127.0.0.1", max_channels=1, max_cps=100.0)
+    here = SipCarrier(RealClock(), (trunk,), sip_port=0, redis_url=REDIS_URL)
+    there = SipCarrier(RealClock(), (trunk, other), sip_port=0, redis_url=REDIS_URL)
+    rooms: list[str] = []
+    heard = asyncio.Event()
+
+    def room() -> None:
+        rooms.append("room")
+        heard.set()
+
+    here.listen_for_room(room)
+    await here.start()
+    await there.start()
+    try:
+        # The subscription starts in the background: free the channel until it is heard.
+        for _ in range(100):
+            hold = await there.gates[trunk.name].try_hold()
+            assert hold is not None
+            await hold.release()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(heard.wait(), 0.05)
+                break
+        assert heard.is_set(), "the other process's freed channel was never announced"
+        # A channel of a trunk this process does not use wakes nobody here: announced before
+        # the next one of ours, it would have been heard first.
+        count, heard = len(rooms), asyncio.Event()
+        for name in (other.name, trunk.name):
+            hold = await there.gates[name].try_hold()
+            assert hold is not None
+            await hold.release()
+        await asyncio.wait_for(heard.wait(), 5)
+        assert len(rooms) == count + 1
+    finally:
+        await there.close()
+        await here.close()

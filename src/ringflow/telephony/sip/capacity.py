@@ -15,6 +15,8 @@ processes dialling through one trunk share its channels and its pace: each call 
 in a sorted set (renewed while the call is up, so a process that dies frees its channels when
 their leases lapse), and the next allowed start is one key that every process advances. Times
 are wall-clock milliseconds, so the processes' clocks must agree (NTP), as for the rate limits.
+A channel given back is also announced on ``ROOM_CHANNEL`` (the trunk's name), so a process
+whose calls wait for that trunk admits one at once, not at its next housekeeping round.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ringflow.errors import Unavailable
 from ringflow.telephony.sip.trunks import Trunk
 
 PREFIX = "ringflow:trunk:"
+ROOM_CHANNEL = "ringflow:trunk-room"  # a channel came free: the trunk's name
 NOTABLE_PACE_WAIT = 1.0  # seconds: a shorter wait for the pace is not reported to ``on_wait``
 
 OnWait = Callable[[str], None]
@@ -300,8 +303,11 @@ class SharedTrunkGate:
                 )
 
     async def _release(self, member: str) -> None:
+        """Give the channel back and tell every process (a lost announcement costs a wait
+        until the next housekeeping round, never the channel)."""
         with contextlib.suppress(RedisError), self.clock.busy():
             await asyncio.shield(self._client.zrem(self._leases, member))
+            await self._client.publish(ROOM_CHANNEL, self.trunk.name)
 
 
 def _once(on_wait: OnWait | None) -> OnWait:

@@ -19,11 +19,12 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 from ringflow.clock import Clock
 from ringflow.errors import MediaError
 from ringflow.media.engine import MediaEngine, RtpSession
-from ringflow.redis_client import connect
+from ringflow.redis_client import connect, follow
 from ringflow.sip import events as sip_events
 from ringflow.sip.digest import Authenticator
 from ringflow.sip.outcome import Ending, Status
@@ -41,7 +42,13 @@ from ringflow.telephony.carrier import (
     TrunkStatus,
     Waiting,
 )
-from ringflow.telephony.sip.capacity import Hold, SharedTrunkGate, TrunkGate, TrunkUnavailable
+from ringflow.telephony.sip.capacity import (
+    ROOM_CHANNEL,
+    Hold,
+    SharedTrunkGate,
+    TrunkGate,
+    TrunkUnavailable,
+)
 from ringflow.telephony.sip.channel import SipChannel, Speech
 from ringflow.telephony.sip.peers import TrunkPeers
 from ringflow.telephony.sip.trunks import Trunk, choose_trunk
@@ -70,11 +77,14 @@ class SipCarrier:
     ):
         self.clock = clock
         self.trunks = trunks
+        self._trunk_names = {trunk.name for trunk in trunks}
         self.sip_host, self.sip_port = sip_host, sip_port
         self.rtp_ports = rtp_ports
         self.speech = speech
         # With Redis, every process dialling through a trunk shares its channels and pace.
+        self._redis_url = redis_url
         self._redis = connect(redis_url) if redis_url else None
+        self._room_news: asyncio.Task[None] | None = None
         self.gates: dict[str, TrunkGate | SharedTrunkGate] = {
             trunk.name: SharedTrunkGate(trunk, clock, self._redis, on_room=self._room)
             if self._redis
@@ -111,6 +121,10 @@ class SipCarrier:
                     expires=trunk.register_expires,
                     outbound=trunk.outbound_proxy,
                 )
+        if self._redis_url:
+            self._room_news = asyncio.ensure_future(
+                follow(self._redis_url, ROOM_CHANNEL, self._room_elsewhere, what="trunk room")
+            )
         for protocol, transport in self.transports.items():
             log.info("sip carrier on %s:%d/%s", *transport.local, protocol)
         log.info("trunks: %s", ", ".join(t.name for t in self.trunks))
@@ -128,6 +142,10 @@ class SipCarrier:
             await self.media.close()
         for transport in self.transports.values():
             transport.close()
+        if self._room_news is not None:
+            self._room_news.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._room_news
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -173,8 +191,17 @@ class SipCarrier:
             await hold.release()
 
     def listen_for_room(self, listener: Callable[[], None]) -> None:
-        """Tell ``listener`` when a channel this process held is given back."""
+        """Tell ``listener`` when a channel is given back (by this process, or with Redis by
+        any process dialling through the same trunks)."""
         self._room_listeners.append(listener)
+
+    def _room_elsewhere(self, message: dict[str, Any]) -> None:
+        if message["type"] != "message":
+            return
+        data = message["data"]
+        name = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+        if name in self._trunk_names:
+            self._room()
 
     def _room(self) -> None:
         for listener in self._room_listeners:
