@@ -5,8 +5,11 @@ server (no Redis: the server finds the request in the database), and the API on
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +19,7 @@ from sqlalchemy import select
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call
 from tests.conftest import REDIS_URL
-from tests.processes import account_with_app, server_env
+from tests.processes import Server, account_with_app, server_env
 from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, Client, eventually, server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -45,38 +48,59 @@ async def status_of(db: Database, sid: str) -> Call:
         return (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
 
 
-async def test_the_cli_hangs_up_a_call_the_server_carries(
-    tmp_path: Path, sqlite_template: Path
-) -> None:
+@dataclasses.dataclass
+class Talking:
+    """One server on its own SQLite database, carrying one answered call."""
+
+    env: dict[str, str]
+    srv: Server
+    api: Client
+    db: Database
+    sid: str
+
+
+@contextlib.asynccontextmanager
+async def one_call_talking(
+    tmp_path: Path, template: Path, name: str, **settings: str
+) -> AsyncIterator[Talking]:
     path = tmp_path / "ringflow.db"
-    path.write_bytes(sqlite_template.read_bytes())
+    path.write_bytes(template.read_bytes())
     url = f"sqlite+aiosqlite:///{path}"
-    env = server_env(url, f"cli-{uuid.uuid4().hex[:8]}")
+    env = server_env(url, f"{name}-{uuid.uuid4().hex[:8]}", **settings)
     creds, app_id = await account_with_app(env, tmp_path, LONG_FLOW, EXOPHONE)
     db = Database(url)
     try:
-        async with server(env, tmp_path / "server.log") as srv:
+        async with (
+            server(env, tmp_path / "server.log") as srv,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
             await srv.start()
-            async with httpx.AsyncClient(timeout=10) as http:
-                api = Client(http, srv, creds)
-                call = await api.connect(
-                    From="09812345678", Url=f"http://my.exotel.com/exoml/start/{app_id}"
-                )
-                sid = call["Sid"]
+            api = Client(http, srv, creds)
+            call = await api.connect(
+                From="09812345678", Url=f"http://my.exotel.com/exoml/start/{app_id}"
+            )
+            sid = call["Sid"]
 
-                async def talking() -> bool:
-                    return (await status_of(db, sid)).status == "in-progress"
+            async def talking() -> bool:
+                return (await status_of(db, sid)).status == "in-progress"
 
-                await eventually(talking, "the call to be answered", srv)
-                code, out, err = await hangup_cli(env, sid)
-                assert code == 0, err
-                assert out.strip() == f"call {sid}: completed (hangup requested (cli))"
-                assert (await api.details(sid))["Status"] == "completed"
-                code, out, err = await hangup_cli(env, sid)
-                assert code == 1 and f"Call {sid} is already over: it ended completed" in err
-            await srv.terminate()
+            await eventually(talking, "the call to be answered", srv)
+            yield Talking(env, srv, api, db, sid)
     finally:
         await db.close()
+
+
+async def test_the_cli_hangs_up_a_call_the_server_carries(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    async with one_call_talking(tmp_path, sqlite_template, "cli") as it:
+        code, out, err = await hangup_cli(it.env, it.sid)
+        assert code == 0, err
+        assert out.strip() == f"call {it.sid}: completed (hangup requested (cli))"
+        assert (await it.api.details(it.sid))["Status"] == "completed"
+        code, out, err = await hangup_cli(it.env, it.sid)
+        assert code == 1 and f"Call {it.sid} is already over: it ended completed" in err
+        await it.srv.terminate()
 
 
 async def test_two_workers_hang_up_each_others_calls(empty_pg: str, tmp_path: Path) -> None:
@@ -136,32 +160,13 @@ async def test_hanging_up_a_call_whose_server_died_ends_it_at_once(
     """The server carrying the call is killed; once it has been silent past its lease, a
     hang-up (the CLI, another process) ends the call there and then instead of waiting for a
     process that will never act on it."""
-    path = tmp_path / "ringflow.db"
-    path.write_bytes(sqlite_template.read_bytes())
-    url = f"sqlite+aiosqlite:///{path}"
-    env = server_env(url, f"dead-{uuid.uuid4().hex[:8]}", RINGFLOW_INSTANCE_LEASE="1")
-    creds, app_id = await account_with_app(env, tmp_path, LONG_FLOW, EXOPHONE)
-    db = Database(url)
-    try:
-        async with server(env, tmp_path / "server.log") as srv:
-            await srv.start()
-            async with httpx.AsyncClient(timeout=10) as http:
-                call = await Client(http, srv, creds).connect(
-                    From="09812345678", Url=f"http://my.exotel.com/exoml/start/{app_id}"
-                )
-            sid = call["Sid"]
-
-            async def talking() -> bool:
-                return (await status_of(db, sid)).status == "in-progress"
-
-            await eventually(talking, "the call to be answered", srv)
-            await srv.kill()
-            await asyncio.sleep(1.5)  # real seconds: the dead server's lease runs out
-            code, out, err = await hangup_cli(env, sid)
-            assert code == 0, err
-            # Ended by the request itself (before, it waited 10 s and answered in-progress).
-            assert out.strip().startswith(f"call {sid}: completed (hangup requested (cli);"), out
-            assert "had stopped" in out
-            assert (await status_of(db, sid)).status == "completed"
-    finally:
-        await db.close()
+    settings = {"RINGFLOW_INSTANCE_LEASE": "1"}
+    async with one_call_talking(tmp_path, sqlite_template, "dead", **settings) as it:
+        await it.srv.kill()
+        await asyncio.sleep(1.5)  # real seconds: the dead server's lease runs out
+        code, out, err = await hangup_cli(it.env, it.sid)
+        assert code == 0, err
+        # Ended by the request itself (before, it waited 10 s and answered in-progress).
+        assert out.strip().startswith(f"call {it.sid}: completed (hangup requested (cli);"), out
+        assert "had stopped" in out
+        assert (await status_of(it.db, it.sid)).status == "completed"
