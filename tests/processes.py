@@ -78,10 +78,20 @@ class Server:
                 if self.proc.returncode is not None:
                     raise AssertionError(f"ringflow serve exited at start-up\n{self.output()}")
                 with contextlib.suppress(httpx.TransportError):
-                    if (await http.get(f"{self.base}/healthz")).status_code == 200:
+                    if (
+                        await http.get(f"{self.base}/healthz")
+                    ).status_code == 200 and self._all_workers_up():
                         return
                 await asyncio.sleep(0.05)
         raise AssertionError(f"ringflow serve did not come up within 30 s\n{self.output()}")
+
+    def _all_workers_up(self) -> bool:
+        """Every worker of this run serves (with ``--workers N``, the first one up answers
+        /healthz while the others still start: calls placed then would all go to it)."""
+        args = list(self.args)
+        workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+        this_run = self.log.read_text().rsplit(f"===== run {self.runs} =====", 1)[-1]
+        return this_run.count("Application startup complete.") >= workers
 
     async def kill(self) -> None:
         """SIGKILL: the process gets no chance to finish anything."""
