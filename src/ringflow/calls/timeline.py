@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ringflow.calls.status import Event, Status, is_terminal
-from ringflow.calls.transitions import Change, advance, apply, callback_content_type, interrupted
+from ringflow.calls.transitions import Change, advance, apply, callback_fields, interrupted
 from ringflow.clock import Clock
 from ringflow.storage.call_changes import write_change_at_once
 from ringflow.storage.calls import (
@@ -178,54 +178,28 @@ class Timeline:
         advanced = advance(call, change, now, self.time_zone)
         steps.append({"call_id": call.id, "at": now, "kind": "status", "data": advanced.step})
         lease = self.callbacks.birth_lease() if self.callbacks is not None else None
-        rows = [
-            outbox_row(
-                account_id=call.account_id,
-                call_id=call.id,
-                event=cb.event,
-                url=call.status_callback or "",
-                content_type=callback_content_type(call),
-                payload=cb.payload,
-                idempotency_key=f"{call.sid}:{cb.key}",
-                now=now,
-                lease=lease,
-            )
-            for cb in advanced.callbacks
-        ]
-        legs = [n for n, _ in change.legs]
-        new_legs = [leg_no] if new_leg is not None else []
+        rows = [outbox_row(**callback_fields(call, cb, now, lease)) for cb in advanced.callbacks]
+        written: dict[str, Any] = {
+            "expected": expected,
+            "legs": [n for n, _ in change.legs],
+            "new_legs": [leg_no] if new_leg is not None else [],
+            "steps": steps,
+            "callbacks": rows,
+        }
         start_next = None
         # The change that ends the call frees its line under the account's lock (exact
         # admission): a transaction of its own. Others are one statement on PostgreSQL.
         if self.db.is_sqlite or advanced.ended:
             async with self.db.session() as session:
-                ids = await write_change(
-                    session,
-                    call,
-                    expected=expected,
-                    legs=legs,
-                    new_legs=new_legs,
-                    steps=steps,
-                    callbacks=rows,
-                )
-                if ids is None:
-                    self._steps = steps[:-1] + self._steps  # kept for the database's turn
-                    raise _Moved
-                start_next = await self._free_line(session, call)
+                ids = await write_change(session, call, **written)
+                if ids is not None:
+                    start_next = await self._free_line(session, call)
         else:
             async with self.db.statement() as conn:
-                ids = await write_change_at_once(
-                    conn,
-                    call,
-                    expected=expected,
-                    legs=legs,
-                    new_legs=new_legs,
-                    steps=steps,
-                    callbacks=rows,
-                )
-            if ids is None:
-                self._steps = steps[:-1] + self._steps
-                raise _Moved
+                ids = await write_change_at_once(conn, call, **written)
+        if ids is None:
+            self._steps = steps[:-1] + self._steps  # kept for the database's turn
+            raise _Moved
         self._sent(rows, ids, lease)
         if start_next is not None:
             start_next()

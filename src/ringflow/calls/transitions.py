@@ -148,23 +148,27 @@ async def apply(
         time_zone = await account_time_zone(session, call.account_id)
     advanced = advance(call, change, now, time_zone or "UTC")
     session.add(CallEvent(call_id=call.id, at=now, kind="status", data=advanced.step))
-    queued: list[OutboxMessage] = []
-    for callback in advanced.callbacks:
-        queued.append(
-            await enqueue(
-                session,
-                account_id=call.account_id,
-                call_id=call.id,
-                event=callback.event,
-                url=call.status_callback or "",
-                content_type=callback_content_type(call),
-                payload=callback.payload,
-                idempotency_key=f"{call.sid}:{callback.key}",
-                now=now,
-                lease=lease,
-            )
-        )
-    return queued
+    return [
+        await enqueue(session, **callback_fields(call, callback, now, lease))
+        for callback in advanced.callbacks
+    ]
+
+
+def callback_fields(
+    call: Call, callback: Callback, now: dt.datetime, lease: Lease | None
+) -> dict[str, Any]:
+    """The outbox fields of one StatusCallback of ``call`` (as ``outbox_row`` takes them)."""
+    return {
+        "account_id": call.account_id,
+        "call_id": call.id,
+        "event": callback.event,
+        "url": call.status_callback or "",
+        "content_type": callback_content_type(call),
+        "payload": callback.payload,
+        "idempotency_key": f"{call.sid}:{callback.key}",
+        "now": now,
+        "lease": lease,
+    }
 
 
 def callback_content_type(call: Call) -> str:
