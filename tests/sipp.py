@@ -95,6 +95,32 @@ class Sipp:
             self.proc.kill()
 
 
+async def start_sipp(
+    workdir: Path,
+    scenario: str,
+    *args: str,
+    port: int,
+    media: int,
+    calls: int = 1,
+    timeout: int = 60,
+    variables: dict[str, str] | None = None,
+) -> asyncio.subprocess.Process:
+    """SIPp on loopback ``port`` (RTP on ``media``) running ``scenario`` (a file in
+    fixtures/sipp, or a ``-sn`` name) for ``calls`` calls, failing after ``timeout`` seconds;
+    ``args`` are more options (``-d``, ``-trace_msg``, ...). Its stderr is piped."""
+    scenario_args = (
+        ["-sf", str(SCENARIOS / scenario)] if scenario.endswith(".xml") else ["-sn", scenario]
+    )
+    for name, value in (variables or {}).items():
+        scenario_args += ["-set", name, value]
+    return await asyncio.create_subprocess_exec(
+        "sipp", *scenario_args, *args,
+        "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1", "-mp", str(media),
+        "-m", str(calls), "-timeout", str(timeout), "-timeout_error", "-nostdin",
+        cwd=workdir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
 @contextlib.asynccontextmanager
 async def sipp(
     workdir: Path,
@@ -106,37 +132,18 @@ async def sipp(
 ) -> AsyncIterator[Sipp]:
     """Run SIPp with ``scenario`` (a file in fixtures/sipp, or ``-sn`` name) for one call."""
     port, media = free_udp_port(), free_media_port()
-    scenario_args = (
-        ["-sf", str(SCENARIOS / scenario)] if scenario.endswith(".xml") else ["-sn", scenario]
-    )
-    for name, value in (variables or {}).items():
-        scenario_args += ["-set", name, value]
-    proc = await asyncio.create_subprocess_exec(
-        "sipp",
-        *scenario_args,
+    proc = await start_sipp(
+        workdir,
+        scenario,
         *args,
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        str(media),
         "-t",
         transport,
-        "-m",
-        "1",
         "-d",
         str(talk_ms),
-        "-timeout",
-        "60",
-        "-timeout_error",
-        "-nostdin",
         "-trace_err",
-        cwd=workdir,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        port=port,
+        media=media,
+        variables=variables,
     )
     phone = Sipp(proc, port, workdir)
     try:

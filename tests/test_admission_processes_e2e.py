@@ -29,7 +29,7 @@ from ringflow.storage.db import Database
 from ringflow.storage.models import Call, CallEvent
 from tests.conftest import REDIS_URL
 from tests.processes import account_with_app, server_env
-from tests.sipp import SCENARIOS, free_media_port, free_udp_port, needs_sipp
+from tests.sipp import free_media_port, free_udp_port, needs_sipp, start_sipp
 from tests.support import recorder
 from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, Client, accepted, eventually, server
 
@@ -123,28 +123,14 @@ async def test_three_workers_hold_the_account_limit_and_start_the_queue_in_order
 ) -> None:
     total = AT_ONCE + BURSTS * BURST
     port, media = free_udp_port(), free_media_port()
-    phone = await asyncio.create_subprocess_exec(
-        "sipp",
-        "-sf",
-        str(SCENARIOS / "callee_answer.xml"),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        str(media),
-        "-m",
-        str(total),
-        "-timeout",
-        "150",
-        "-timeout_error",
-        "-nostdin",
+    phone = await start_sipp(
+        tmp_path,
+        "callee_answer.xml",
         "-trace_msg",
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        port=port,
+        media=media,
+        calls=total,
+        timeout=150,
     )
     trunks = tmp_path / "trunks.yaml"
     trunks.write_text(

@@ -19,7 +19,7 @@ from ringflow.storage.db import Database
 from ringflow.storage.models import Call
 from tests.conftest import REDIS_URL
 from tests.processes import account_with_app, server_env
-from tests.sipp import SCENARIOS, free_media_port, free_udp_port, needs_sipp
+from tests.sipp import free_media_port, free_udp_port, needs_sipp, start_sipp
 from tests.test_restart_e2e import EXOPHONE, LONG_FLOW, RESTARTED, Client, eventually, server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -149,30 +149,15 @@ async def test_two_workers_place_sip_calls_each_from_its_own_socket(
 ) -> None:
     calls = 16  # a connection each: both workers get some but once in 30000 runs
     port, media = free_udp_port(), free_media_port()
-    phone = await asyncio.create_subprocess_exec(
-        "sipp",
-        "-sf",
-        str(SCENARIOS / "callee_answer.xml"),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        str(media),
-        "-m",
-        str(calls),
+    phone = await start_sipp(
+        tmp_path,
+        "callee_answer.xml",
         "-d",
         "1000",
-        "-timeout",
-        "60",
-        "-timeout_error",
-        "-nostdin",
         "-trace_msg",
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        port=port,
+        media=media,
+        calls=calls,
     )
     trunks = tmp_path / "trunks.yaml"
     trunks.write_text(f"trunks:\n  - name: sipp\n    host: 127.0.0.1\n    port: {port}\n")
