@@ -109,13 +109,18 @@ async def test_stream_url_call_sends_the_spec_messages_and_plays_the_bot(databas
 
 async def recorded_channels(rig, sid):
     """The call's dual recording as (what the phone said, what it heard)."""
+    url = (await rig.details(sid))["RecordingUrl"]
+    assert url, "no recording"
+    return await recording_channels(rig, url)
+
+
+async def recording_channels(rig, url):
+    """A dual recording as (what the phone said, what it heard)."""
     import io
     import wave
 
     import numpy as np
 
-    url = (await rig.details(sid))["RecordingUrl"]
-    assert url, "no recording"
     path = url.split("/v1/", 1)[1]
     fetched = await rig.http.get(f"{rig.base}/v1/{path}", auth=rig.auth)
     assert fetched.status_code == 200, fetched.text
@@ -336,18 +341,31 @@ async def test_a_stream_over_the_accounts_limit_fails_and_an_ended_one_frees_its
 
 
 async def test_a_call_with_machine_detection_tells_the_bot_who_answered(database_url):
-    async with WsBot() as bot, running(database_url) as rig:
+    from tests.wsbot import url_endpoint
+
+    async with WsBot() as bot, running(database_url) as rig, url_endpoint(bot.url) as endpoint:
         await rig.script_phone("09812345670", greeting="Hello?")
-        r = await rig.connect(From="09812345670", StreamUrl=bot.url, MachineDetection="Enable")
-        sid = r.json()["Call"]["Sid"]
+        await rig.script_phone("09812345671", greeting="Hello?")
+        direct = (
+            await rig.connect(From="09812345670", StreamUrl=bot.url, MachineDetection="Enable")
+        ).json()["Call"]["Sid"]
         await rig.clock.run_until(lambda: "start" in bot.events())
         start = bot.last.of("start")[0]["start"]
         assert set(start) == SPEC_START_KEYS | {"answered_by"}
         assert start["answered_by"] == "human"
-        await rig.http.post(
-            rig.url(f"Calls/{sid}.json"), data={"Status": "completed"}, auth=rig.auth
-        )
-        await rig.finish(sid)
+        # An http(s) endpoint naming the bot is told too, in its query.
+        asked = (
+            await rig.connect(From="09812345671", StreamUrl=endpoint.url, MachineDetection="Enable")
+        ).json()["Call"]["Sid"]
+        await rig.clock.run_until(lambda: len(bot.connections) == 2)
+        [question] = endpoint.seen
+        assert question.query["AnsweredBy"] == "human"
+        assert bot.last.of("start")[0]["start"]["answered_by"] == "human"
+        for sid in (direct, asked):
+            await rig.http.post(
+                rig.url(f"Calls/{sid}.json"), data={"Status": "completed"}, auth=rig.auth
+            )
+            await rig.finish(sid)
 
 
 async def test_stream_url_with_url_or_to_is_refused_naming_both(database_url):
@@ -375,7 +393,13 @@ async def test_a_stream_url_s_credentials_are_not_kept_once_the_call_is_over(dat
         assert call.stream_url == f"ws://127.0.0.1:{bot.port}/"
 
 
-async def test_a_recorded_voicebot_gives_the_passthru_after_it_the_recording(database_url):
+@pytest.mark.parametrize("whole_call", [False, True], ids=["voicebot", "and-whole-call"])
+async def test_a_recorded_voicebot_gives_the_passthru_after_it_the_recording(
+    database_url, whole_call
+):
+    """The voicebot's own recording holds the bot's audio; with ``Record=true`` the whole
+    call's recording, taped at the same time, holds it too."""
+
     async def speak_then_leave(conn: BotConnection) -> None:
         await conn.wait_for(event="start", timeout=10)
         await conn.send_media(pcm_tone(660, 1.0))
@@ -390,19 +414,24 @@ async def test_a_recorded_voicebot_gives_the_passthru_after_it_the_recording(dat
         del flow["nodes"]["human"]
         flow["nodes"]["bye"] = {"applet": "hangup"}
         app = await rig.services.accounts.save_app(rig.sid, flow)
-        r = await rig.connect(From="09812345678", Url=rig.flow_url(app.id), RecordingFormat="wav")
+        whole = {"Record": "true", "RecordingChannels": "dual"} if whole_call else {}
+        r = await rig.connect(
+            From="09812345678", Url=rig.flow_url(app.id), RecordingFormat="wav", **whole
+        )
         sid = r.json()["Call"]["Sid"]
         assert (await rig.finish(sid)).status == "completed"
         [hook] = rig.customer.to("/passthru")
         url = hook.query["Stream[RecordingUrl]"]
         assert url.endswith(".wav") and hook.query["RecordingUrl"] == url
-        _, heard = await recorded_channels(rig, sid)  # the call's latest recording: this one
-        sounding = heard.nonzero()[0]
-        played = heard[sounding[0] : sounding[-1] + 1]
-        assert 7900 <= len(played) <= 8000, "the recording holds the bot's second of audio"
-        assert tone_power(played.tobytes(), 660, 8000) > 0.9
-        [step] = [e["data"] for e in await rig.timeline(sid) if e["kind"] == "recording"]
-        assert step["url"] == url and step["conversation"] is True
+        steps = [e["data"] for e in await rig.timeline(sid) if e["kind"] == "recording"]
+        assert steps[0]["url"] == url
+        assert len(steps) == (2 if whole_call else 1)
+        for step in steps:
+            _, heard = await recording_channels(rig, step["url"])
+            sounding = heard.nonzero()[0]
+            played = heard[sounding[0] : sounding[-1] + 1]
+            assert 7900 <= len(played) <= 8000, "the recording holds the bot's second of audio"
+            assert tone_power(played.tobytes(), 660, 8000) > 0.9
 
 
 async def test_a_voicebot_s_record_option_is_checked(database_url):

@@ -155,6 +155,7 @@ async def run_stream_call(carried: Carried, streams: Streams | None, channel: Ch
     if streams is None:
         await record("stream.failed", {"reason": "streams are not available here"})
         return
+    answered_by = detected_answer(call)
     request = StreamRequest(
         url=call.stream_url or "",
         account_sid=account.sid,
@@ -163,8 +164,8 @@ async def run_stream_call(carried: Carried, streams: Streams | None, channel: Ch
         to_number=display(call.caller_id),
         limit=account.max_concurrent_streams,
         bidirectional=call.stream_type != "unidirectional",
-        params=_call_params(call),
-        answered_by=detected_answer(call),
+        params=_call_params(call, answered_by),
+        answered_by=answered_by,
     )
     live = carried.live
     outcome = await streams.run(
@@ -179,9 +180,10 @@ async def run_stream_call(carried: Carried, streams: Streams | None, channel: Ch
     )
 
 
-def _call_params(call: Call) -> dict[str, str]:
+def _call_params(call: Call, answered_by: str | None) -> dict[str, str]:
     """What an http(s) stream URL endpoint is told of a ``StreamUrl`` call (no app runs, so
-    the Passthru parameters that describe the call itself)."""
+    the Passthru parameters that describe the call itself, and who answered when answering
+    machine detection ran)."""
     customer, exophone = display(call.from_number), display(call.caller_id)
     params = {
         "CallSid": call.sid,
@@ -195,7 +197,6 @@ def _call_params(call: Call) -> dict[str, str]:
         params["StreamName"] = call.stream_name
     if call.custom_field:
         params["CustomField"] = call.custom_field
-    answered_by = detected_answer(call)
     if answered_by is not None:
         params["AnsweredBy"] = answered_by
     return params
