@@ -18,7 +18,11 @@ from ringflow.storage.db import Database, migrate
 from ringflow.storage.models import Base
 
 PG_ADMIN_URL = os.environ.get("RINGFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("RINGFLOW_TEST_REDIS", "redis://127.0.0.1:6379/15")
+# make test runs the suite in parallel processes (pytest-xdist); each takes a Redis database of
+# its own (gw0: 15, gw1: 14, ...), as it makes its own PostgreSQL database, so that one's trunk
+# channels, rate limits and notices are not another's.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_URL = os.environ.get("RINGFLOW_TEST_REDIS", f"redis://127.0.0.1:6379/{15 - _WORKER % 15}")
 
 
 def free_port() -> int:

@@ -10,22 +10,27 @@ import logging
 import pytest
 import redis.asyncio
 
-from ringflow.redis_client import follow
+from ringflow.redis_client import follow, publish
 from tests.conftest import REDIS_URL
 
 
-async def test_messages_reach_the_follower() -> None:
+async def test_messages_reach_the_follower_of_the_same_database_only() -> None:
+    """Redis hands a publish to every subscriber of the server: a deployment on another
+    database of the same server (here: the next one) must not hear it."""
     heard: list[dict] = []
     task = asyncio.ensure_future(
         follow(REDIS_URL, "ringflow:test:follow", heard.append, what="test")
     )
     client = redis.asyncio.Redis.from_url(REDIS_URL)
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    elsewhere = redis.asyncio.Redis.from_url(REDIS_URL.rsplit("/", 1)[0] + f"/{(db + 1) % 16}")
     try:
         for _ in range(100):
             if any(m["type"] == "subscribe" for m in heard):
                 break
             await asyncio.sleep(0.02)
-        await client.publish("ringflow:test:follow", "hello")
+        await publish(elsewhere, "ringflow:test:follow", "not for us")
+        await publish(client, "ringflow:test:follow", "hello")
         for _ in range(100):
             if any(m["type"] == "message" for m in heard):
                 break
@@ -36,6 +41,7 @@ async def test_messages_reach_the_follower() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await client.aclose()
+        await elsewhere.aclose()
 
 
 async def test_a_redis_that_drops_us_is_retried_slower_and_warned_of_once(

@@ -6,6 +6,10 @@ burst of API requests would get 503s from the rate limiter, and a burst of calls
 reach their trunk's shared gate. Here a command waits up to ``timeout`` for one of
 ``POOL_SIZE`` connections, and every wait is bounded, so a hung Redis fails the request instead
 of hanging every API call.
+
+Redis delivers a publish to every subscriber on the server, whatever database each uses, so
+channels are named within the URL's database (``scoped``): deployments that share one Redis
+server on different databases do not hear each other's notices.
 """
 
 from __future__ import annotations
@@ -37,6 +41,16 @@ def connect(url: str, timeout: float = 2.0) -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_pool(pool)
 
 
+def scoped(client: redis.asyncio.Redis, channel: str) -> str:
+    """``channel`` within the database ``client`` uses (e.g. ``ringflow:lookups@3``)."""
+    return f"{channel}@{client.connection_pool.connection_kwargs.get('db', 0)}"
+
+
+async def publish(client: redis.asyncio.Redis, channel: str, message: str) -> None:
+    """Publish ``message`` on ``channel`` (scoped to ``client``'s database)."""
+    await client.publish(scoped(client, channel), message)
+
+
 async def follow(
     url: str,
     channel: str,
@@ -47,7 +61,7 @@ async def follow(
     retry: float = 0.2,
     retry_cap: float = 5.0,
 ) -> None:
-    """Subscribe to ``channel`` for good; ``on_message`` gets everything the subscription
+    """Subscribe to ``channel`` (scoped to the URL's database) for good; ``on_message`` gets everything the subscription
     answers (its ``subscribe`` confirmation, each ``message``, and the ``pong`` of a ping sent
     every ``ping_every`` seconds, when given).
 
@@ -59,7 +73,7 @@ async def follow(
         client = connect(url)
         pubsub = client.pubsub()
         try:
-            await pubsub.subscribe(channel)
+            await pubsub.subscribe(scoped(client, channel))
             next_ping = 0.0
             while True:
                 now = time.monotonic()

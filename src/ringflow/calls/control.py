@@ -46,6 +46,7 @@ from ringflow.calls.transitions import Change, apply, interrupted
 from ringflow.clock import Clock
 from ringflow.errors import CallOver, Conflict, NotFound
 from ringflow.metrics import CALLS_ENDED
+from ringflow.redis_client import publish
 from ringflow.storage import instances
 from ringflow.storage.calls import load_call, lock_call, steps_of_kind
 from ringflow.storage.db import Database
@@ -300,7 +301,7 @@ class CallControl:
         if not self.redis_url or not owner:
             return
         try:
-            await self._client().publish(CHANNEL_PREFIX + owner, "request")
+            await publish(self._client(), CHANNEL_PREFIX + owner, "request")
         except (RedisError, OSError) as exc:  # the request is in the database: the poll finds it
             log.warning("cannot wake %s through Redis: %s", owner, exc)
 

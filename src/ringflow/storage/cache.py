@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from ringflow.clock import Clock
+from ringflow.redis_client import publish
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class Lookups:
             return
         for attempt in range(PUBLISH_TRIES):
             try:
-                await self._client().publish(CHANNEL, "changed")
+                await publish(self._client(), CHANNEL, "changed")
                 return
             except (RedisError, OSError) as exc:
                 if attempt == PUBLISH_TRIES - 1:

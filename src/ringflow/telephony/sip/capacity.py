@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from ringflow.clock import Clock
 from ringflow.errors import Unavailable
+from ringflow.redis_client import publish
 from ringflow.telephony.sip.trunks import Trunk
 
 PREFIX = "ringflow:trunk:"
@@ -307,7 +308,7 @@ class SharedTrunkGate:
         until the next housekeeping round, never the channel)."""
         with contextlib.suppress(RedisError), self.clock.busy():
             await asyncio.shield(self._client.zrem(self._leases, member))
-            await self._client.publish(ROOM_CHANNEL, self.trunk.name)
+            await publish(self._client, ROOM_CHANNEL, self.trunk.name)
 
 
 def _once(on_wait: OnWait | None) -> OnWait:
