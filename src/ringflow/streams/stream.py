@@ -136,6 +136,7 @@ class Stream:
         self._wake = asyncio.Event()
         self._socket: ClientConnection | None = None
         self._flush_due = False
+        self._loop: asyncio.AbstractEventLoop  # the running loop, set by run()
         self._steps: set[asyncio.Task[None]] = set()  # timeline writes under way
         self._stopping: asyncio.Future[str] | None = None
         self._stop_asked: str | None = None  # a stop asked for before run() began
@@ -151,7 +152,10 @@ class Stream:
 
     async def run(self) -> StreamOutcome:
         """Open the stream and carry it to its end; never raises for the bot's faults."""
-        self._stopping = asyncio.get_running_loop().create_future()
+        # Kept: asyncio.get_running_loop() costs a getpid() system call when its cache misses,
+        # which it does on nearly every one of the ten sends a second of each stream.
+        self._loop = asyncio.get_running_loop()
+        self._stopping = self._loop.create_future()
         if self._stop_asked is not None:
             self._stopping.set_result(self._stop_asked)
         outcome = self.outcome
@@ -294,7 +298,7 @@ class Stream:
             # Written once the current callback (usually the pacer's tick) is done, so a tick
             # never waits on the socket and a stream's messages of one tick go out together.
             self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Write what is queued while the socket takes it; a backlog goes to the sender."""
