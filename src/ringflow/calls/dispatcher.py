@@ -30,7 +30,7 @@ from typing import Any
 from ringflow.calls.requests import CallRequest
 from ringflow.calls.sids import new_call_sid
 from ringflow.calls.status import ACTIVE, Event, Status, is_terminal
-from ringflow.calls.transitions import Change, apply, finish_calls_of
+from ringflow.calls.transitions import Change, advance, apply, callback_fields, finish_calls_of
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import CapacityExceeded, Unavailable
@@ -41,8 +41,12 @@ from ringflow.storage.db import Database
 from ringflow.storage.models import Account, Call, Leg
 from ringflow.storage.session import Session
 from ringflow.telephony.carrier import Carrier
+from ringflow.webhooks.outbox import outbox_row
 
 log = logging.getLogger(__name__)
+
+
+_DIAL = Change(call=Event.DIAL, legs=((1, Event.DIAL),))  # admitted: the first leg rings
 
 
 def _nothing() -> None:
@@ -113,42 +117,47 @@ class Dispatcher:
                 "this server is shutting down and takes no new calls; place the "
                 "call again in a few seconds (another server will take it)"
             )
-        async with self._locks[request.account_id], self.db.session() as session:
-            lines = await self._lines(session, request.account_id)
-            assert lines is not None, f"account {request.account_id} does not exist"
-            queue_limit = lines.account.max_queued_calls
-            if queue_limit is None:
-                queue_limit = self.settings.queue_limit
-            if lines.queued >= queue_limit:
-                waiting = "1 call is" if lines.queued == 1 else f"{lines.queued} calls are"
-                raise CapacityExceeded(
-                    f"{waiting} already waiting for this account; try again later"
-                )
-            # Stamped under the account's lock, so creation order is the order of admission.
-            now = self.clock.wall()
-            call = _new_call(request, now)
-            await calls.add_call(session, call)
-            if with_call is not None:
-                await with_call(session, call)
-            limit = self._limit(lines)
-            # Never ahead of calls already waiting: room can exist while they wait (the limit
-            # was raised, or a call just ended and its release has not run yet).
-            started = lines.active < limit and lines.queued == 0
-            room_behind_queue = not started and lines.active < limit
-            woke = False
-            if started and not await self._reserve(lines.account, call):
-                started = False
-                log.info("call %s queued: its trunk has no free channel", call.sid)
-            elif started:
-                woke = await self._admit(session, call)
-            else:
-                log.info(
-                    "call %s queued: %d of %d lines busy, %d waiting",
-                    call.sid,
-                    lines.active,
-                    limit,
-                    lines.queued,
-                )
+        reserved: Call | None = None  # a trunk channel is held for this call
+        try:
+            async with self._locks[request.account_id], self.db.session() as session:
+                lines = await self._lines(session, request.account_id)
+                assert lines is not None, f"account {request.account_id} does not exist"
+                queue_limit = lines.account.max_queued_calls
+                if queue_limit is None:
+                    queue_limit = self.settings.queue_limit
+                if lines.queued >= queue_limit:
+                    waiting = "1 call is" if lines.queued == 1 else f"{lines.queued} calls are"
+                    raise CapacityExceeded(
+                        f"{waiting} already waiting for this account; try again later"
+                    )
+                # Stamped under the account's lock, so creation order is the order of
+                # admission.
+                call = _new_call(request, self.clock.wall())
+                limit = self._limit(lines)
+                # Never ahead of calls already waiting: room can exist while they wait (the
+                # limit was raised, or a call just ended and its release has not run yet).
+                started = lines.active < limit and lines.queued == 0
+                room_behind_queue = not started and lines.active < limit
+                if started and not await self._reserve(lines.account, call):
+                    started = False
+                    log.info("call %s queued: its trunk has no free channel", call.sid)
+                elif started:
+                    reserved = call
+                else:
+                    log.info(
+                        "call %s queued: %d of %d lines busy, %d waiting",
+                        call.sid,
+                        lines.active,
+                        limit,
+                        lines.queued,
+                    )
+                woke = await self._insert(session, call, lines.account, started)
+                if with_call is not None:
+                    await with_call(session, call)
+        except BaseException:
+            if reserved is not None and self.carrier is not None:  # the call never was
+                await self.carrier.unreserve(reserved.sid)
+            raise
         if started:
             self._start(call, lines.account)
         if woke:
@@ -165,11 +174,29 @@ class Dispatcher:
             return lines.max_concurrent_calls
         return self.settings.max_concurrent_calls
 
-    async def _admit(self, session: Any, call: Call) -> bool:
-        """Start dialing; True if that queued a callback (a ``ringing`` event)."""
+    async def _insert(self, session: Session, call: Call, account: Account, started: bool) -> bool:
+        """Insert a new call built in memory: queued, or (``started``) already dialing its
+        first leg, with that change's timeline step and callbacks. True if it queued a
+        callback (a ``ringing`` event)."""
+        if not started:
+            await calls.insert_call(session, call)
+            return False
         call.owner = self.settings.instance_name
-        change = Change(call=Event.DIAL, legs=((1, Event.DIAL),))
-        return bool(await apply(session, call, change, self.clock.wall()))
+        now = call.created_at
+        advanced = advance(call, _DIAL, now, account.time_zone)
+        await calls.insert_call(session, call)
+        await calls.add_steps(
+            session, [{"call_id": call.id, "at": now, "kind": "status", "data": advanced.step}]
+        )
+        rows = [outbox_row(**callback_fields(call, cb, now, None)) for cb in advanced.callbacks]
+        await calls.add_callbacks(session, rows)
+        return bool(rows)
+
+    async def _admit(self, session: Any, call: Call) -> bool:
+        """Start dialing a queued call (loaded in ``session``); True if that queued a callback
+        (a ``ringing`` event)."""
+        call.owner = self.settings.instance_name
+        return bool(await apply(session, call, _DIAL, self.clock.wall()))
 
     def _start(self, call: Call, account: Account) -> None:
         # Admitted and committed: the call has left the queue and dials its first leg.

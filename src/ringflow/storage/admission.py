@@ -38,13 +38,17 @@ async def lock_lines(
 
     ``active`` are the statuses that hold a line, ``queued`` the status of a waiting call.
     """
-    account = (
+    row = (
         await session.execute(
-            select(Account).where(Account.id == account_id).with_for_update(key_share=True)
+            select(*_ACCOUNT_COLUMNS)
+            .where(Account.id == account_id)
+            .with_for_update(key_share=True)
         )
-    ).scalar_one_or_none()
-    if account is None:
+    ).one_or_none()
+    if row is None:
         return None
+    # Read with Core and held as an object of this process (no session tracks it).
+    account = Account(**{column.key: value for column, value in zip(_ACCOUNT_COLUMNS, row)})
     rows = await session.execute(
         select(Call.status, func.count())
         .where(Call.account_id == account_id, Call.status.in_([*active, queued]))
@@ -56,6 +60,9 @@ async def lock_lines(
         active=sum(counts.get(status, 0) for status in active),
         queued=counts.get(queued, 0),
     )
+
+
+_ACCOUNT_COLUMNS = list(Account.__table__.columns)
 
 
 async def oldest_queued(

@@ -28,16 +28,27 @@ async def lock_call(session: AsyncSession, sid: str, account_id: int | None = No
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def add_call(session: AsyncSession, call: Call) -> None:
-    """Insert a new call (with its legs); Duplicate if its campaign attempt has a call already."""
-    session.add(call)
+async def insert_call(session: AsyncSession, call: Call) -> None:
+    """Insert a new call built in memory, and its legs, with Core statements; sets ``call.id``.
+
+    ``call`` stays an object of this process (the session does not track it): its carrier
+    writes its changes (``write_change``). Duplicate if its campaign attempt has a call already.
+    """
+    values = {column.key: getattr(call, column.key) for column in _CALL_COLUMNS}
     try:
-        await session.flush()
+        inserted = await session.execute(insert(Call).values(**values).returning(Call.id))
     except IntegrityError as exc:
         raise Duplicate(
             f"call {call.sid}: its campaign number has a call for attempt "
             f"{call.campaign_attempt} already"
         ) from exc
+    call.id = inserted.scalar_one()
+    await session.execute(
+        insert(Leg), [{"call_id": call.id, **leg_row(call, leg.leg_no)} for leg in call.legs]
+    )
+
+
+_CALL_COLUMNS = [column for column in Call.__table__.columns if column.key != "id"]
 
 
 async def load_call(session: AsyncSession, sid: str) -> Call:
@@ -165,6 +176,11 @@ async def write_change(
                 .execution_options(synchronize_session=False)
             )
     await add_steps(session, steps)
+    return await add_callbacks(session, callbacks)
+
+
+async def add_callbacks(session: AsyncSession, callbacks: list[dict[str, Any]]) -> list[int]:
+    """Insert outbox rows (``webhooks.outbox.outbox_row``); their ids, in order."""
     if not callbacks:
         return []
     inserted = insert(OutboxMessage).returning(OutboxMessage.id, sort_by_parameter_order=True)
