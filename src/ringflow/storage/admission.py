@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.storage.models import Account, Call
@@ -31,6 +31,24 @@ class AccountLines:
         return self.account.max_concurrent_calls
 
 
+# Built once, with parameters: admission runs for every call (see storage/calls.py).
+_accounts, _calls = Account.__table__, Call.__table__
+_ACCOUNT_COLUMNS = list(_accounts.columns)
+_LOCK_ACCOUNT = (
+    select(*_ACCOUNT_COLUMNS)
+    .where(_accounts.c.id == bindparam("account_id"))
+    .with_for_update(key_share=True)
+)
+_COUNT_LINES = (
+    select(_calls.c.status, func.count())
+    .where(
+        _calls.c.account_id == bindparam("account_id"),
+        _calls.c.status.in_(bindparam("statuses", expanding=True)),
+    )
+    .group_by(_calls.c.status)
+)
+
+
 async def lock_lines(
     session: AsyncSession, account_id: int, active: Collection[str], queued: str
 ) -> AccountLines | None:
@@ -38,21 +56,13 @@ async def lock_lines(
 
     ``active`` are the statuses that hold a line, ``queued`` the status of a waiting call.
     """
-    row = (
-        await session.execute(
-            select(*_ACCOUNT_COLUMNS)
-            .where(Account.id == account_id)
-            .with_for_update(key_share=True)
-        )
-    ).one_or_none()
+    row = (await session.execute(_LOCK_ACCOUNT, {"account_id": account_id})).one_or_none()
     if row is None:
         return None
     # Read with Core and held as an object of this process (no session tracks it).
     account = Account(**{column.key: value for column, value in zip(_ACCOUNT_COLUMNS, row)})
     rows = await session.execute(
-        select(Call.status, func.count())
-        .where(Call.account_id == account_id, Call.status.in_([*active, queued]))
-        .group_by(Call.status)
+        _COUNT_LINES, {"account_id": account_id, "statuses": [*active, queued]}
     )
     counts = {status: count for status, count in rows.all()}
     return AccountLines(
@@ -60,9 +70,6 @@ async def lock_lines(
         active=sum(counts.get(status, 0) for status in active),
         queued=counts.get(queued, 0),
     )
-
-
-_ACCOUNT_COLUMNS = list(Account.__table__.columns)
 
 
 async def oldest_queued(

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,7 +36,7 @@ async def insert_call(session: AsyncSession, call: Call) -> None:
     """
     values = {column.key: getattr(call, column.key) for column in _CALL_COLUMNS}
     try:
-        inserted = await session.execute(insert(Call).values(**values).returning(Call.id))
+        inserted = await session.execute(_INSERT_CALL, values)
     except IntegrityError as exc:
         raise Duplicate(
             f"call {call.sid}: its campaign number has a call for attempt "
@@ -44,11 +44,8 @@ async def insert_call(session: AsyncSession, call: Call) -> None:
         ) from exc
     call.id = inserted.scalar_one()
     await session.execute(
-        insert(Leg), [{"call_id": call.id, **leg_row(call, leg.leg_no)} for leg in call.legs]
+        _INSERT_LEGS, [{"call_id": call.id, **leg_row(call, leg.leg_no)} for leg in call.legs]
     )
-
-
-_CALL_COLUMNS = [column for column in Call.__table__.columns if column.key != "id"]
 
 
 async def load_call(session: AsyncSession, sid: str) -> Call:
@@ -122,6 +119,27 @@ CALL_CHANGES = (
 )
 LEG_CHANGES = ("status", "cause", "answered_by", "dialed_at", "answered_at", "ended_at")
 
+# The statements of every call, built once: a statement built per call costs SQLAlchemy a
+# cache key over each of its values (a few hundred microseconds), where these pass values as
+# parameters of one cached, compiled statement. On tables, not entities: no ORM bulk logic.
+_calls, _legs = cast(Table, Call.__table__), cast(Table, Leg.__table__)
+_outbox = cast(Table, OutboxMessage.__table__)
+_CALL_COLUMNS = [column for column in _calls.columns if column.key != "id"]
+_INSERT_CALL = insert(_calls).returning(_calls.c.id)
+_INSERT_LEGS = insert(_legs)
+_INSERT_STEPS = insert(cast(Table, CallEvent.__table__))
+_INSERT_CALLBACKS = insert(_outbox).returning(_outbox.c.id, sort_by_parameter_order=True)
+_MOVE_CALL = (
+    update(_calls)
+    .where(_calls.c.id == bindparam("b_id"), _calls.c.status == bindparam("b_expected"))
+    .values({name: bindparam(name) for name in CALL_CHANGES})
+)
+_CHANGE_LEG = (
+    update(_legs)
+    .where(_legs.c.call_id == bindparam("b_call"), _legs.c.leg_no == bindparam("b_leg"))
+    .values({name: bindparam(name) for name in LEG_CHANGES})
+)
+
 
 def leg_row(call: Call, leg_no: int) -> dict[str, Any]:
     """Leg ``leg_no`` of ``call`` (held in memory) as the values a change writes."""
@@ -151,30 +169,18 @@ async def write_change(
     outbox rows to insert. Returns the callbacks' ids.
     """
     values = {name: getattr(call, name) for name in CALL_CHANGES}
-    moved = await session.execute(
-        update(Call)
-        .where(Call.id == call.id, Call.status == expected)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    moved = await session.execute(_MOVE_CALL, {"b_id": call.id, "b_expected": expected, **values})
     if rowcount(moved) != 1:
         return None
     if new_legs:
         await session.execute(
-            insert(Leg), [{"call_id": call.id, **leg_row(call, n)} for n in new_legs]
+            _INSERT_LEGS, [{"call_id": call.id, **leg_row(call, n)} for n in new_legs]
         )
-    changed = [n for n in legs if n not in new_legs]
-    if changed:
-        # One statement per leg: rarely more than two change at once.
-        for n in changed:
+    for n in legs:  # one statement per leg: rarely more than two change at once
+        if n not in new_legs:
             changes = leg_row(call, n)
             del changes["leg_no"], changes["number"]
-            await session.execute(
-                update(Leg)
-                .where(Leg.call_id == call.id, Leg.leg_no == n)
-                .values(**changes)
-                .execution_options(synchronize_session=False)
-            )
+            await session.execute(_CHANGE_LEG, {"b_call": call.id, "b_leg": n, **changes})
     await add_steps(session, steps)
     return await add_callbacks(session, callbacks)
 
@@ -183,8 +189,7 @@ async def add_callbacks(session: AsyncSession, callbacks: list[dict[str, Any]]) 
     """Insert outbox rows (``webhooks.outbox.outbox_row``); their ids, in order."""
     if not callbacks:
         return []
-    inserted = insert(OutboxMessage).returning(OutboxMessage.id, sort_by_parameter_order=True)
-    ids = await session.execute(inserted, callbacks)
+    ids = await session.execute(_INSERT_CALLBACKS, callbacks)
     return [row[0] for row in ids.all()]
 
 
@@ -217,7 +222,7 @@ async def write_detection(
 async def add_steps(session: AsyncSession, steps: list[dict[str, Any]]) -> None:
     """Insert timeline steps (rows of call_events, as dicts)."""
     if steps:
-        await session.execute(insert(CallEvent), steps)
+        await session.execute(_INSERT_STEPS, steps)
 
 
 def copy_into(source: Call, target: Call) -> None:
