@@ -4,9 +4,9 @@ Steps (an applet entered, a request made, a mark returned) are kept in memory an
 the call's next status change, or once ``STEPS_PER_WRITE`` have gathered, so a flow does not
 cost a transaction per applet. A status change is one transaction: the steps, the change, its
 callbacks (born leased to this process's deliverer) and, for the change that ends the call,
-its account line freed (admitting the next queued calls). On PostgreSQL a change that does not
-end the call is one statement, one round trip (``storage/call_changes.py``); the end takes the
-account's lock to admit exactly, so it is a transaction of a few statements.
+its account line freed (admitting the next queued calls). On PostgreSQL a change is one
+statement (``storage/call_changes.py``): one round trip, except the end, whose transaction goes
+on to take the account's lock and admit exactly.
 
 The process carrying a call is the only writer of its status, so the timeline holds the call's
 rows in memory, applies a change there (``transitions.advance``, changes serialised per call:
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from ringflow.calls.status import Event, Status, is_terminal
 from ringflow.calls.transitions import Change, advance, apply, callback_fields, interrupted
 from ringflow.clock import Clock
-from ringflow.storage.call_changes import write_change_at_once
+from ringflow.storage.call_changes import write_change_at_once, write_change_in
 from ringflow.storage.calls import (
     add_leg,
     add_steps,
@@ -191,7 +191,10 @@ class Timeline:
         # admission): a transaction of its own. Others are one statement on PostgreSQL.
         if self.db.is_sqlite or advanced.ended:
             async with self.db.session() as session:
-                ids = await write_change(session, call, **written)
+                if self.db.is_sqlite:
+                    ids = await write_change(session, call, **written)
+                else:  # one statement, then the line freed in the same transaction
+                    ids = await write_change_in(session, call, **written)
                 if ids is not None:
                     start_next = await self._free_line(session, call)
         else:

@@ -3,9 +3,10 @@ our own (the statement commits by itself).
 
 The call's row moves only if its status is still the one its carrier held; the legs, the
 timeline steps and the callbacks are written in the same statement only then (PostgreSQL runs
-every data-modifying part of a WITH to completion, read or not). SQLite has no data-modifying
-WITH: there, and for the change that ends a call (which admits the next queued calls under the
-account's lock), a change is the statements of ``calls.write_change`` in one transaction.
+every data-modifying part of a WITH to completion, read or not). The change that ends a call is
+the same statement inside a transaction (``write_change_in``), which then admits the next queued
+calls under the account's lock. SQLite has no data-modifying WITH: there a change is the
+statements of ``calls.write_change`` in one transaction.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ringflow.storage.calls import CALL_CHANGES, leg_row
 from ringflow.storage.models import Call
@@ -101,6 +102,29 @@ async def write_change_at_once(
     if row.moved != 1:
         return None
     return list(row.callback_ids)
+
+
+async def write_change_in(
+    session: AsyncSession,
+    call: Call,
+    *,
+    expected: str,
+    legs: list[int],
+    new_legs: list[int],
+    steps: list[dict[str, Any]],
+    callbacks: list[dict[str, Any]],
+) -> list[int] | None:
+    """``write_change_at_once`` as one statement of ``session``'s transaction (the end of a
+    call, whose transaction goes on to free its account line)."""
+    return await write_change_at_once(
+        await session.connection(),
+        call,
+        expected=expected,
+        legs=legs,
+        new_legs=new_legs,
+        steps=steps,
+        callbacks=callbacks,
+    )
 
 
 def _column(value: Any) -> Any:
