@@ -91,8 +91,10 @@ def _truncate(async_url: str) -> None:
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
+async def db(database_url: str, clock: ManualClock) -> AsyncIterator[Database]:
+    # With the test's clock, as the server wires it: run_until does not jump the clock while a
+    # statement is under way (a loaded machine can take longer than a few loop rounds).
+    database = Database(database_url, clock)
     yield database
     await database.close()
 
