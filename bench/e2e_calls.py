@@ -13,7 +13,7 @@ no calls is subtracted, so heartbeats and polls do not count: the figure is tran
 completed call (the call accepted, answered, ended, its callback acknowledged).
 
     .venv/bin/python bench/e2e_calls.py [--calls 300] [--concurrency 16] [--db sqlite|postgresql]
-                                        [--redis redis://127.0.0.1:6379/0]
+                                        [--redis redis://127.0.0.1:6379/0] [--workers N]
 
 ``--db postgresql`` creates a database on ``RINGFLOW_BENCH_PG`` (default
 postgresql://postgres@127.0.0.1:5432/test) and drops it afterwards.
@@ -104,13 +104,17 @@ async def commits(url: str) -> int:
 
 
 class Server:
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], workers: int = 1):
         self.env = env
+        self.workers = workers
         self.base = f"http://127.0.0.1:{env['RINGFLOW_PORT']}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([*RINGFLOW, "serve"], env=self.env, stdout=subprocess.DEVNULL)
+        more = ["--workers", str(self.workers)] if self.workers > 1 else []
+        self.proc = subprocess.Popen(
+            [*RINGFLOW, "serve", *more], env=self.env, stdout=subprocess.DEVNULL
+        )
         wait_healthy(self.base)
 
     def stop(self) -> None:
@@ -168,7 +172,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--redis", help="RINGFLOW_REDIS_URL, as production runs (default: none)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes (ringflow serve --workers)"
+    )
     args = parser.parse_args()
+    if args.workers > 1 and args.db != "postgresql":
+        parser.error("--workers needs --db postgresql (SQLite serves one process)")
 
     with fresh_server(args.db) as (url, env, workdir):
         if args.redis:
@@ -189,7 +198,7 @@ def bench_account(env: dict[str, str], workdir: Path) -> dict[str, str]:
 
 def bench(args: argparse.Namespace, url: str, env: dict[str, str], workdir: Path) -> None:
     creds = bench_account(env, workdir)
-    server = Server(env)
+    server = Server(env, args.workers)
     server.start()  # warm-up: prompts rendered, code paths hot
     asyncio.run(run_calls(server, creds, min(20, args.calls), 4, 0))
     server.stop()
@@ -199,6 +208,7 @@ def bench(args: argparse.Namespace, url: str, env: dict[str, str], workdir: Path
     elapsed = asyncio.run(run_calls(server, creds, args.calls, args.concurrency, 1000))
     server.stop()
     shared = " and Redis" if args.redis else ""
+    shared += f", {args.workers} workers" if args.workers > 1 else ""
     print(
         f"ringflow on {args.db}{shared}: {args.calls} flow calls, {args.concurrency} clients: "
         f"{args.calls / elapsed:.1f} calls/s ({elapsed:.1f} s to the last callback)"
