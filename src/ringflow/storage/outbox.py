@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.storage.db import rowcount
@@ -224,31 +224,49 @@ async def record_attempt(
 ) -> None:
     """Write one attempt's outcome: ``delivered``, ``failed``, or ``pending`` again at
     ``next_attempt_at``; the lease is given up either way."""
-    where = [M.id == message.id, M.state == "pending"]
-    values: dict[str, Any] = {"attempts": M.attempts + 1, "lease_until": None, "lease_owner": None}
     if state == "delivered":
-        values.update(state="delivered", delivered_at=now, last_error=None)
+        # A success counts whoever reports it, since the receiver has it either way.
+        await session.execute(_DELIVERED, {"b_id": message.id, "b_now": now})
     else:
-        # Only the lease holder may reschedule or fail a row; a success counts whoever
-        # reports it, since the receiver has it either way.
-        where.append(M.lease_until == message.lease_until)
-        values["last_error"] = error or f"HTTP {status_code}"
+        # Only the lease holder may reschedule or fail a row.
+        params = {
+            "b_id": message.id,
+            "b_lease": message.lease_until,
+            "b_error": error or f"HTTP {status_code}",
+        }
         if state == "failed":
-            values["state"] = "failed"
+            await session.execute(_FAILED, params)
         else:
-            values["next_attempt_at"] = next_attempt_at
+            await session.execute(_RETRY, {**params, "b_next": next_attempt_at})
     await session.execute(
-        update(M).where(*where).values(**values).execution_options(synchronize_session=False)
+        _INSERT_ATTEMPT,
+        {
+            "message_id": message.id,
+            "at": now,
+            "status_code": status_code,
+            "error": error,
+            "latency_ms": latency_ms,
+        },
     )
-    session.add(
-        OutboxAttempt(
-            message_id=message.id,
-            at=now,
-            status_code=status_code,
-            error=error,
-            latency_ms=latency_ms,
-        )
-    )
+
+
+# An attempt's statements, built once with parameters: one runs for every callback sent.
+_outbox = cast(Table, M.__table__)
+_PENDING = update(_outbox).where(_outbox.c.id == bindparam("b_id"), _outbox.c.state == "pending")
+_GIVE_UP_LEASE = {
+    "attempts": _outbox.c.attempts + 1,
+    "lease_until": None,
+    "lease_owner": None,
+}
+_DELIVERED = _PENDING.values(
+    **_GIVE_UP_LEASE, state="delivered", delivered_at=bindparam("b_now"), last_error=None
+)
+_HELD = _PENDING.where(_outbox.c.lease_until == bindparam("b_lease"))
+_FAILED = _HELD.values(**_GIVE_UP_LEASE, last_error=bindparam("b_error"), state="failed")
+_RETRY = _HELD.values(
+    **_GIVE_UP_LEASE, last_error=bindparam("b_error"), next_attempt_at=bindparam("b_next")
+)
+_INSERT_ATTEMPT = insert(cast(Table, OutboxAttempt.__table__))
 
 
 async def defer(
