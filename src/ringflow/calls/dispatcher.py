@@ -22,6 +22,7 @@ transaction of its own for the queue.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,7 @@ from typing import Any
 from ringflow.calls.requests import CallRequest
 from ringflow.calls.sids import new_call_sid
 from ringflow.calls.status import ACTIVE, Event, Status, is_terminal
-from ringflow.calls.transitions import Change, advance, apply, callback_fields, finish_calls_of
+from ringflow.calls.transitions import Change, advance, callback_fields, finish_calls_of
 from ringflow.clock import Clock
 from ringflow.config import Settings
 from ringflow.errors import CapacityExceeded, Unavailable
@@ -181,22 +182,33 @@ class Dispatcher:
         if not started:
             await calls.insert_call(session, call)
             return False
-        call.owner = self.settings.instance_name
-        now = call.created_at
-        advanced = advance(call, _DIAL, now, account.time_zone)
+        steps, rows = self._dial(call, account, call.created_at)
         await calls.insert_call(session, call)
-        await calls.add_steps(
-            session, [{"call_id": call.id, "at": now, "kind": "status", "data": advanced.step}]
-        )
-        rows = [outbox_row(**callback_fields(call, cb, now, None)) for cb in advanced.callbacks]
+        for row in (*steps, *rows):
+            row["call_id"] = call.id
+        await calls.add_steps(session, steps)
         await calls.add_callbacks(session, rows)
         return bool(rows)
 
-    async def _admit(self, session: Any, call: Call) -> bool:
-        """Start dialing a queued call (loaded in ``session``); True if that queued a callback
-        (a ``ringing`` event)."""
+    async def _admit(self, session: Session, call: Call, account: Account) -> bool:
+        """Start dialing a queued call (``admission.oldest_queued``); True if that queued a
+        callback (a ``ringing`` event)."""
+        steps, rows = self._dial(call, account, self.clock.wall())
+        await admission.admit_queued(
+            session, call, queued=Status.QUEUED, steps=steps, callbacks=rows
+        )
+        return bool(rows)
+
+    def _dial(
+        self, call: Call, account: Account, now: dt.datetime
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Admit ``call`` in memory (this process carries it; its first leg dials): the
+        timeline step and the callback rows to write."""
         call.owner = self.settings.instance_name
-        return bool(await apply(session, call, _DIAL, self.clock.wall()))
+        advanced = advance(call, _DIAL, now, account.time_zone)
+        step = {"call_id": call.id, "at": now, "kind": "status", "data": advanced.step}
+        rows = [outbox_row(**callback_fields(call, cb, now, None)) for cb in advanced.callbacks]
+        return [step], rows
 
     def _start(self, call: Call, account: Account) -> None:
         # Admitted and committed: the call has left the queue and dials its first leg.
@@ -262,7 +274,7 @@ class Dispatcher:
         for call in await admission.oldest_queued(session, account_id, Status.QUEUED, room):
             if not await self._reserve(lines.account, call):
                 break  # the rest wait behind it, in order
-            woke = await self._admit(session, call) or woke
+            woke = await self._admit(session, call, lines.account) or woke
             admitted.append(call)
 
         def start() -> None:

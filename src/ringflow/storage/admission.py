@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection
+from typing import Any, cast
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ringflow.storage.models import Account, Call
+from ringflow.storage.calls import write_change
+from ringflow.storage.models import Account, Call, Leg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +34,24 @@ class AccountLines:
 
 
 # Built once, with parameters: admission runs for every call (see storage/calls.py).
-_accounts, _calls = Account.__table__, Call.__table__
+_accounts, _calls = Account.__table__, cast(Table, Call.__table__)
+_legs = cast(Table, Leg.__table__)
 _ACCOUNT_COLUMNS = list(_accounts.columns)
+_CALL_COLUMNS = list(_calls.columns)
+_LEG_COLUMNS = list(_legs.columns)
+_OLDEST_QUEUED = (
+    select(*_CALL_COLUMNS)
+    .where(_calls.c.account_id == bindparam("account_id"), _calls.c.status == bindparam("queued"))
+    .order_by(_calls.c.created_at, _calls.c.id)
+    .limit(bindparam("count"))
+    .with_for_update(skip_locked=True)
+)
+_LEGS_OF = (
+    select(*_LEG_COLUMNS)
+    .where(_legs.c.call_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_legs.c.call_id, _legs.c.leg_no)
+)
+_SET_OWNER = update(_calls).where(_calls.c.id == bindparam("b_id")).values(owner=bindparam("owner"))
 _LOCK_ACCOUNT = (
     select(*_ACCOUNT_COLUMNS)
     .where(_accounts.c.id == bindparam("account_id"))
@@ -75,21 +93,41 @@ async def lock_lines(
 async def oldest_queued(
     session: AsyncSession, account_id: int, queued: str, count: int
 ) -> list[Call]:
-    """The account's ``count`` oldest waiting calls, locked (the account's lock must be held).
+    """The account's ``count`` oldest waiting calls, locked (the account's lock must be held),
+    read with Core and held as objects of this process, legs and all.
 
     A call locked by someone else is being hung up (live call control): it is skipped.
     """
-    return list(
-        (
-            await session.execute(
-                select(Call)
-                .where(Call.account_id == account_id, Call.status == queued)
-                .order_by(Call.created_at, Call.id)
-                .limit(count)
-                .with_for_update(skip_locked=True)
-            )
-        ).scalars()
+    params = {"account_id": account_id, "queued": queued, "count": count}
+    rows = (await session.execute(_OLDEST_QUEUED, params)).all()
+    if not rows:
+        return []
+    found = [Call(**{c.key: value for c, value in zip(_CALL_COLUMNS, row)}) for row in rows]
+    legs: dict[int, list[Leg]] = {call.id: [] for call in found}
+    for leg_row in (await session.execute(_LEGS_OF, {"ids": list(legs)})).all():
+        leg = Leg(**{c.key: value for c, value in zip(_LEG_COLUMNS, leg_row)})
+        legs[leg.call_id].append(leg)
+    for call in found:
+        call.legs = legs[call.id]
+    return found
+
+
+async def admit_queued(
+    session: AsyncSession,
+    call: Call,
+    *,
+    queued: str,
+    steps: list[dict[str, Any]],
+    callbacks: list[dict[str, Any]],
+) -> list[int]:
+    """Write the admission of a queued call (``oldest_queued``, moved to dialing in memory):
+    its new status and owner, its first leg, the step and the callbacks; their ids."""
+    ids = await write_change(
+        session, call, expected=queued, legs=[1], new_legs=[], steps=steps, callbacks=callbacks
     )
+    assert ids is not None, f"call {call.sid} moved while locked"
+    await session.execute(_SET_OWNER, {"b_id": call.id, "owner": call.owner})
+    return ids
 
 
 async def accounts_waiting(session: AsyncSession, queued: str) -> list[int]:
