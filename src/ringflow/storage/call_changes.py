@@ -104,27 +104,10 @@ async def write_change_at_once(
     return list(row.callback_ids)
 
 
-async def write_change_in(
-    session: AsyncSession,
-    call: Call,
-    *,
-    expected: str,
-    legs: list[int],
-    new_legs: list[int],
-    steps: list[dict[str, Any]],
-    callbacks: list[dict[str, Any]],
-) -> list[int] | None:
-    """``write_change_at_once`` as one statement of ``session``'s transaction (the end of a
-    call, whose transaction goes on to free its account line)."""
-    return await write_change_at_once(
-        await session.connection(),
-        call,
-        expected=expected,
-        legs=legs,
-        new_legs=new_legs,
-        steps=steps,
-        callbacks=callbacks,
-    )
+async def write_change_in(session: AsyncSession, call: Call, **written: Any) -> list[int] | None:
+    """``write_change_at_once`` (same arguments) as one statement of ``session``'s transaction:
+    the end of a call, whose transaction goes on to free its account line."""
+    return await write_change_at_once(await session.connection(), call, **written)
 
 
 def _column(value: Any) -> Any:
