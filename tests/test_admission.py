@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+from ringflow.calls.requests import CallRequest, CampaignTag
 from ringflow.calls.status import is_terminal
 from ringflow.storage.models import Account, Call, CallEvent
+from ringflow.storage.session import Duplicate
 from tests.e2e import Rig, running
 
 OTHER_EXOPHONE = "08039595678"
@@ -294,3 +296,40 @@ async def test_a_new_call_never_overtakes_waiting_ones(database_url):
         calls = await finish_all(rig, [first, *waiting, newcomer])
         assert [c.status for c in calls] == ["completed"] * 4
         assert await admission_order(rig) == [first, *waiting, newcomer]
+
+
+@pytest.mark.parametrize("limit", [1, 0], ids=["admitted", "queued"])
+async def test_a_campaign_attempt_placed_twice_is_refused_and_leaves_one_call(database_url, limit):
+    """The calls table allows one call per campaign number and attempt: the second submit is a
+    Duplicate (a 409 at the API), whether the call would have dialled at once or waited, and
+    nothing of it is written (on PostgreSQL an admitted call is written in one statement)."""
+    async with running(database_url, max_concurrent_calls=max(limit, 1)) as rig:
+        # With no line free, both attempts would wait.
+        first = (await place(rig, 1, 20))[0] if limit == 0 else None
+        async with rig.services.db.session() as session:
+            account_id = await session.scalar(select(Account.id).where(Account.sid == rig.sid))
+        request = CallRequest(
+            account_id=account_id,
+            shape="numbers",
+            from_number="+919812340077",
+            to_number="+919812350077",
+            caller_id="08039591234",
+            time_limit=20,
+            campaign=CampaignTag(campaign_id=7, number_id=70, attempt=1),
+        )
+        call, started = await rig.services.dispatcher.submit(request)
+        assert started is (limit == 1)
+        with pytest.raises(Duplicate):
+            await rig.services.dispatcher.submit(request)
+        async with rig.services.db.session() as session:
+            rows = (
+                await session.execute(
+                    select(Call.sid, func.count(CallEvent.id))
+                    .outerjoin(CallEvent, CallEvent.call_id == Call.id)
+                    .where(Call.campaign_number_id == 70)
+                    .group_by(Call.sid)
+                )
+            ).all()
+        assert [sid for sid, _ in rows] == [call.sid]
+        ended = await finish_all(rig, [call.sid] + ([first] if first else []))
+        assert [c.status for c in ended] == ["completed"] * len(ended)

@@ -38,6 +38,7 @@ from ringflow.errors import CapacityExceeded, Unavailable
 from ringflow.logs import bind_call
 from ringflow.metrics import CALLS_ENDED, CALLS_IN_PROGRESS, CALLS_STARTED, carrier_label
 from ringflow.storage import admission, calls, streams
+from ringflow.storage.call_changes import insert_call_at_once
 from ringflow.storage.db import Database
 from ringflow.storage.models import Account, Call, Leg
 from ringflow.storage.session import Session
@@ -183,6 +184,9 @@ class Dispatcher:
             await calls.insert_call(session, call)
             return False
         steps, rows = self._dial(call, account, call.created_at)
+        if not self.db.is_sqlite:  # one statement (a data-modifying WITH)
+            await insert_call_at_once(session, call, steps=steps, callbacks=rows)
+            return bool(rows)
         await calls.insert_call(session, call)
         for row in (*steps, *rows):
             row["call_id"] = call.id

@@ -1,5 +1,6 @@
 """A status change written in one statement on PostgreSQL: one round trip, no transaction of
-our own (the statement commits by itself).
+our own (the statement commits by itself). Also a new call admitted at once, with its legs,
+step and callbacks (``insert_call_at_once``), in the transaction that admitted it.
 
 The call's row moves only if its status is still the one its carrier held; the legs, the
 timeline steps and the callbacks are written in the same statement only then (PostgreSQL runs
@@ -15,10 +16,11 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from ringflow.storage.calls import CALL_CHANGES, leg_row
+from ringflow.storage.calls import CALL_CHANGES, duplicate_attempt, leg_row
 from ringflow.storage.models import Call
 
 _LEG_COLUMNS = (
@@ -26,6 +28,44 @@ _LEG_COLUMNS = (
     "dialed_at timestamp, answered_at timestamp, ended_at timestamp"
 )
 
+
+# The rows a change adds, read from JSON record sets, for ``call_id`` (an SQL expression) when
+# ``guard`` (an SQL condition) holds; each a data-modifying part of a WITH.
+def _added_legs(call_id: str, records: str, guard: str) -> str:
+    return f"""INSERT INTO legs (call_id, leg_no, number, status, cause, answered_by, dialed_at,
+                      answered_at, ended_at)
+    SELECT {call_id}, v.leg_no, v.number, v.status, v.cause, v.answered_by, v.dialed_at,
+           v.answered_at, v.ended_at
+    FROM jsonb_to_recordset(CAST({records} AS jsonb)) AS v({_LEG_COLUMNS})
+    WHERE {guard}"""
+
+
+def _steps(call_id: str, guard: str) -> str:
+    return f"""INSERT INTO call_events (call_id, at, kind, data)
+    SELECT {call_id}, v.at, v.kind, v.data
+    FROM jsonb_to_recordset(CAST(:steps AS jsonb)) AS v(n int, at timestamp, kind text, data json)
+    WHERE {guard}
+    ORDER BY v.n"""
+
+
+def _callbacks(call_id: str, guard: str) -> str:
+    return f"""INSERT INTO outbox (account_id, call_id, event, url, destination, content_type, payload,
+                        idempotency_key, state, attempts, next_attempt_at, created_at,
+                        lease_owner, lease_until)
+    SELECT v.account_id, {call_id}, v.event, v.url, v.destination, v.content_type, v.payload,
+           v.idempotency_key, v.state, v.attempts, v.next_attempt_at, v.created_at,
+           v.lease_owner, v.lease_until
+    FROM jsonb_to_recordset(CAST(:callbacks AS jsonb)) AS v(
+        n int, account_id bigint, event text, url text, destination text,
+        content_type text, payload json, idempotency_key text, state text, attempts int,
+        next_attempt_at timestamp, created_at timestamp, lease_owner text,
+        lease_until timestamp)
+    WHERE {guard}
+    ORDER BY v.n
+    RETURNING id"""
+
+
+_MOVED = "EXISTS (SELECT 1 FROM moved)"
 _ONE_CHANGE = text(f"""
 WITH moved AS (
     UPDATE calls SET status = :status, reason = :reason, updated_at = :updated_at,
@@ -37,39 +77,63 @@ WITH moved AS (
     UPDATE legs SET status = v.status, cause = v.cause, answered_by = v.answered_by,
         dialed_at = v.dialed_at, answered_at = v.answered_at, ended_at = v.ended_at
     FROM jsonb_to_recordset(CAST(:legs AS jsonb)) AS v({_LEG_COLUMNS})
-    WHERE legs.call_id = :call_id AND legs.leg_no = v.leg_no AND EXISTS (SELECT 1 FROM moved)
+    WHERE legs.call_id = :call_id AND legs.leg_no = v.leg_no AND {_MOVED}
 ), added_legs AS (
-    INSERT INTO legs (call_id, leg_no, number, status, cause, answered_by, dialed_at,
-                      answered_at, ended_at)
-    SELECT :call_id, v.leg_no, v.number, v.status, v.cause, v.answered_by, v.dialed_at,
-           v.answered_at, v.ended_at
-    FROM jsonb_to_recordset(CAST(:new_legs AS jsonb)) AS v({_LEG_COLUMNS})
-    WHERE EXISTS (SELECT 1 FROM moved)
+    {_added_legs(":call_id", ":new_legs", _MOVED)}
 ), steps AS (
-    INSERT INTO call_events (call_id, at, kind, data)
-    SELECT :call_id, v.at, v.kind, v.data
-    FROM jsonb_to_recordset(CAST(:steps AS jsonb)) AS v(n int, at timestamp, kind text, data json)
-    WHERE EXISTS (SELECT 1 FROM moved)
-    ORDER BY v.n
+    {_steps(":call_id", _MOVED)}
 ), sent AS (
-    INSERT INTO outbox (account_id, call_id, event, url, destination, content_type, payload,
-                        idempotency_key, state, attempts, next_attempt_at, created_at,
-                        lease_owner, lease_until)
-    SELECT v.account_id, v.call_id, v.event, v.url, v.destination, v.content_type, v.payload,
-           v.idempotency_key, v.state, v.attempts, v.next_attempt_at, v.created_at,
-           v.lease_owner, v.lease_until
-    FROM jsonb_to_recordset(CAST(:callbacks AS jsonb)) AS v(
-        n int, account_id bigint, call_id bigint, event text, url text, destination text,
-        content_type text, payload json, idempotency_key text, state text, attempts int,
-        next_attempt_at timestamp, created_at timestamp, lease_owner text,
-        lease_until timestamp)
-    WHERE EXISTS (SELECT 1 FROM moved)
-    ORDER BY v.n
-    RETURNING id
+    {_callbacks(":call_id", _MOVED)}
 )
 SELECT (SELECT count(*) FROM moved) AS moved,
        ARRAY(SELECT id FROM sent ORDER BY id) AS callback_ids
 """)
+
+# A new call admitted at once, in one statement: the call, its legs, its first step and the
+# callbacks that step causes. Its values are bound with the columns' types.
+_CALL_INSERTED = [column for column in Call.__table__.columns if column.key != "id"]
+_NEW_ID = "(SELECT id FROM new_call)"
+_ACCEPT = text(f"""
+WITH new_call AS (
+    INSERT INTO calls ({", ".join(column.name for column in _CALL_INSERTED)})
+    VALUES ({", ".join(":" + column.key for column in _CALL_INSERTED)})
+    RETURNING id
+), added_legs AS (
+    {_added_legs(_NEW_ID, ":legs", "TRUE")}
+), steps AS (
+    {_steps(_NEW_ID, "TRUE")}
+), sent AS (
+    {_callbacks(_NEW_ID, "TRUE")}
+)
+SELECT {_NEW_ID} AS call_id, ARRAY(SELECT id FROM sent ORDER BY id) AS callback_ids
+""").bindparams(*(bindparam(column.key, type_=column.type) for column in _CALL_INSERTED))
+
+
+async def insert_call_at_once(
+    session: AsyncSession,
+    call: Call,
+    *,
+    steps: list[dict[str, Any]],
+    callbacks: list[dict[str, Any]],
+) -> list[int]:
+    """``calls.insert_call`` of a call admitted at once, with its steps and callbacks, as one
+    statement of ``session``'s transaction (PostgreSQL); sets ``call.id``; the callbacks' ids.
+    Duplicate if its campaign attempt has a call already."""
+    params: dict[str, Any] = {
+        column.key: _plain(getattr(call, column.key)) for column in _CALL_INSERTED
+    }
+    params.update(
+        legs=_json([leg_row(call, leg.leg_no) for leg in call.legs]),
+        steps=_step_records(steps),
+        callbacks=_json([{"n": i, **row} for i, row in enumerate(callbacks)]),
+    )
+    conn = await session.connection()
+    try:
+        row = (await conn.execute(_ACCEPT, params)).one()
+    except IntegrityError as exc:
+        raise duplicate_attempt(call) from exc
+    call.id = row.call_id
+    return list(row.callback_ids)
 
 
 async def write_change_at_once(
@@ -90,12 +154,7 @@ async def write_change_at_once(
         expected=str(expected),
         legs=_json([leg_row(call, n) for n in legs if n not in new_legs]),
         new_legs=_json([leg_row(call, n) for n in new_legs]),
-        steps=_json(
-            [
-                {"n": i, "at": s["at"], "kind": s["kind"], "data": s["data"]}
-                for i, s in enumerate(steps)
-            ]
-        ),
+        steps=_step_records(steps),
         callbacks=_json([{"n": i, **row} for i, row in enumerate(callbacks)]),
     )
     row = (await conn.execute(_ONE_CHANGE, params)).one()
@@ -108,6 +167,17 @@ async def write_change_in(session: AsyncSession, call: Call, **written: Any) -> 
     """``write_change_at_once`` (same arguments) as one statement of ``session``'s transaction:
     the end of a call, whose transaction goes on to free its account line."""
     return await write_change_at_once(await session.connection(), call, **written)
+
+
+def _step_records(steps: list[dict[str, Any]]) -> str:
+    return _json(
+        [{"n": i, "at": s["at"], "kind": s["kind"], "data": s["data"]} for i, s in enumerate(steps)]
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A status enum member as the plain text it stands for (the column's type does the rest)."""
+    return str(value) if isinstance(value, str) else value
 
 
 def _column(value: Any) -> Any:

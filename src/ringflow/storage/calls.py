@@ -38,13 +38,18 @@ async def insert_call(session: AsyncSession, call: Call) -> None:
     try:
         inserted = await session.execute(_INSERT_CALL, values)
     except IntegrityError as exc:
-        raise Duplicate(
-            f"call {call.sid}: its campaign number has a call for attempt "
-            f"{call.campaign_attempt} already"
-        ) from exc
+        raise duplicate_attempt(call) from exc
     call.id = inserted.scalar_one()
     await session.execute(
         _INSERT_LEGS, [{"call_id": call.id, **leg_row(call, leg.leg_no)} for leg in call.legs]
+    )
+
+
+def duplicate_attempt(call: Call) -> Duplicate:
+    """The error of a call whose campaign attempt has a call already (a unique index)."""
+    return Duplicate(
+        f"call {call.sid}: its campaign number has a call for attempt "
+        f"{call.campaign_attempt} already"
     )
 
 
