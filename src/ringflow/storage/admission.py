@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +32,8 @@ class AccountLines:
     def max_concurrent_calls(self) -> int | None:
         return self.account.max_concurrent_calls
 
+
+_Row = TypeVar("_Row", Account, Call, Leg)
 
 # Built once, with parameters: admission runs for every call (see storage/calls.py).
 _accounts, _calls = Account.__table__, cast(Table, Call.__table__)
@@ -77,8 +79,7 @@ async def lock_lines(
     row = (await session.execute(_LOCK_ACCOUNT, {"account_id": account_id})).one_or_none()
     if row is None:
         return None
-    # Read with Core and held as an object of this process (no session tracks it).
-    account = Account(**{column.key: value for column, value in zip(_ACCOUNT_COLUMNS, row)})
+    account = _held(Account, _ACCOUNT_COLUMNS, row)
     rows = await session.execute(
         _COUNT_LINES, {"account_id": account_id, "statuses": [*active, queued]}
     )
@@ -102,10 +103,10 @@ async def oldest_queued(
     rows = (await session.execute(_OLDEST_QUEUED, params)).all()
     if not rows:
         return []
-    found = [Call(**{c.key: value for c, value in zip(_CALL_COLUMNS, row)}) for row in rows]
+    found = [_held(Call, _CALL_COLUMNS, row) for row in rows]
     legs: dict[int, list[Leg]] = {call.id: [] for call in found}
     for leg_row in (await session.execute(_LEGS_OF, {"ids": list(legs)})).all():
-        leg = Leg(**{c.key: value for c, value in zip(_LEG_COLUMNS, leg_row)})
+        leg = _held(Leg, _LEG_COLUMNS, leg_row)
         legs[leg.call_id].append(leg)
     for call in found:
         call.legs = legs[call.id]
@@ -128,6 +129,11 @@ async def admit_queued(
     assert ids is not None, f"call {call.sid} moved while locked"
     await session.execute(_SET_OWNER, {"b_id": call.id, "owner": call.owner})
     return ids
+
+
+def _held(model: type[_Row], columns: list[Any], row: Any) -> _Row:
+    """A row read with Core as an object of ``model`` that no session tracks."""
+    return model(**{column.key: value for column, value in zip(columns, row)})
 
 
 async def accounts_waiting(session: AsyncSession, queued: str) -> list[int]:

@@ -20,7 +20,13 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from ringflow.storage.calls import CALL_CHANGES, duplicate_attempt, leg_row
+from ringflow.storage.calls import (
+    CALL_CHANGES,
+    INSERTED_COLUMNS,
+    call_values,
+    duplicate_attempt,
+    leg_row,
+)
 from ringflow.storage.models import Call
 
 _LEG_COLUMNS = (
@@ -91,12 +97,11 @@ SELECT (SELECT count(*) FROM moved) AS moved,
 
 # A new call admitted at once, in one statement: the call, its legs, its first step and the
 # callbacks that step causes. Its values are bound with the columns' types.
-_CALL_INSERTED = [column for column in Call.__table__.columns if column.key != "id"]
 _NEW_ID = "(SELECT id FROM new_call)"
 _ACCEPT = text(f"""
 WITH new_call AS (
-    INSERT INTO calls ({", ".join(column.name for column in _CALL_INSERTED)})
-    VALUES ({", ".join(":" + column.key for column in _CALL_INSERTED)})
+    INSERT INTO calls ({", ".join(column.name for column in INSERTED_COLUMNS)})
+    VALUES ({", ".join(":" + column.key for column in INSERTED_COLUMNS)})
     RETURNING id
 ), added_legs AS (
     {_added_legs(_NEW_ID, ":legs", "TRUE")}
@@ -106,7 +111,7 @@ WITH new_call AS (
     {_callbacks(_NEW_ID, "TRUE")}
 )
 SELECT {_NEW_ID} AS call_id, ARRAY(SELECT id FROM sent ORDER BY id) AS callback_ids
-""").bindparams(*(bindparam(column.key, type_=column.type) for column in _CALL_INSERTED))
+""").bindparams(*(bindparam(column.key, type_=column.type) for column in INSERTED_COLUMNS))
 
 
 async def insert_call_at_once(
@@ -119,9 +124,7 @@ async def insert_call_at_once(
     """``calls.insert_call`` of a call admitted at once, with its steps and callbacks, as one
     statement of ``session``'s transaction (PostgreSQL); sets ``call.id``; the callbacks' ids.
     Duplicate if its campaign attempt has a call already."""
-    params: dict[str, Any] = {
-        column.key: _plain(getattr(call, column.key)) for column in _CALL_INSERTED
-    }
+    params = {key: _plain(value) for key, value in call_values(call).items()}
     params.update(
         legs=_json([leg_row(call, leg.leg_no) for leg in call.legs]),
         steps=_step_records(steps),

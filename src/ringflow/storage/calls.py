@@ -34,9 +34,8 @@ async def insert_call(session: AsyncSession, call: Call) -> None:
     ``call`` stays an object of this process (the session does not track it): its carrier
     writes its changes (``write_change``). Duplicate if its campaign attempt has a call already.
     """
-    values = {column.key: getattr(call, column.key) for column in _CALL_COLUMNS}
     try:
-        inserted = await session.execute(_INSERT_CALL, values)
+        inserted = await session.execute(_INSERT_CALL, call_values(call))
     except IntegrityError as exc:
         raise duplicate_attempt(call) from exc
     call.id = inserted.scalar_one()
@@ -51,6 +50,11 @@ def duplicate_attempt(call: Call) -> Duplicate:
         f"call {call.sid}: its campaign number has a call for attempt "
         f"{call.campaign_attempt} already"
     )
+
+
+def call_values(call: Call) -> dict[str, Any]:
+    """What a new call's row holds (every column but its id), from the call in memory."""
+    return {column.key: getattr(call, column.key) for column in INSERTED_COLUMNS}
 
 
 async def load_call(session: AsyncSession, sid: str) -> Call:
@@ -129,7 +133,7 @@ LEG_CHANGES = ("status", "cause", "answered_by", "dialed_at", "answered_at", "en
 # parameters of one cached, compiled statement. On tables, not entities: no ORM bulk logic.
 _calls, _legs = cast(Table, Call.__table__), cast(Table, Leg.__table__)
 _outbox = cast(Table, OutboxMessage.__table__)
-_CALL_COLUMNS = [column for column in _calls.columns if column.key != "id"]
+INSERTED_COLUMNS = [column for column in _calls.columns if column.key != "id"]
 _INSERT_CALL = insert(_calls).returning(_calls.c.id)
 _INSERT_LEGS = insert(_legs)
 _INSERT_STEPS = insert(cast(Table, CallEvent.__table__))
