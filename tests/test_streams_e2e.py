@@ -358,7 +358,7 @@ async def test_a_call_with_machine_detection_tells_the_bot_who_answered(database
             await rig.connect(From="09812345671", StreamUrl=endpoint.url, MachineDetection="Enable")
         ).json()["Call"]["Sid"]
         # The second connection exists before its start message has arrived: wait for both.
-        await rig.clock.run_until(lambda: len(bot.connections) == 2 and bot.last.of("start"))
+        await rig.clock.run_until(lambda: len(bot.connections) == 2 and bool(bot.last.of("start")))
         [question] = endpoint.seen
         assert question.query["AnsweredBy"] == "human"
         assert bot.last.of("start")[0]["start"]["answered_by"] == "human"
