@@ -31,6 +31,7 @@ from ringflow.campaigns.service import Campaigns
 from ringflow.clock import Clock, make_clock
 from ringflow.config import Settings
 from ringflow.dashboard.site import Dashboard
+from ringflow.drain import stop_in_turn
 from ringflow.errors import InvalidRequest
 from ringflow.health import Readiness
 from ringflow.media.audio import Prompt
@@ -161,18 +162,25 @@ class Services:
         self.campaigns.hand_over()
 
     async def stop(self) -> None:
-        """End running calls, flush callbacks, close connections."""
-        await self.campaigns.stop()
-        await self.housekeeper.stop()
-        await self.dispatcher.stop()
-        await self.control.close()
-        await self.carrier.close()
-        await self.deliverer.stop()
-        await self.http.aclose()
-        await self.audio.http.aclose()
-        await self.rate_limiter.close()
-        await self.accounts.close()
-        await self.readiness.close()
+        """End running calls, flush callbacks, close connections: in turn, each step bounded
+        (``stop_in_turn``), so one part that hangs cannot keep the others from stopping."""
+        await stop_in_turn(
+            self.clock,
+            (
+                ("campaigns", self.campaigns.stop, 10),
+                ("housekeeping", self.housekeeper.stop, 10),
+                ("calls", self.dispatcher.stop, 30),
+                ("call control", self.control.close, 10),
+                ("carrier", self.carrier.close, 15),
+                # The deliverer bounds its own flush by the callback timeout: this is a backstop.
+                ("callbacks", self.deliverer.stop, 2 * self.settings.callback_timeout + 10),
+                ("outbound HTTP", self.http.aclose, 5),
+                ("audio HTTP", self.audio.http.aclose, 5),
+                ("rate limiter", self.rate_limiter.close, 5),
+                ("lookups", self.accounts.close, 5),
+                ("readiness", self.readiness.close, 5),
+            ),
+        )
         self.tts.close()
         await self.db.close()
 

@@ -21,7 +21,7 @@ import logging
 import re
 import signal
 import time
-from collections.abc import Sized
+from collections.abc import Awaitable, Callable, Iterable, Sized
 from types import FrameType
 from typing import Any
 
@@ -30,6 +30,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ringflow.api.render import error
+from ringflow.clock import Clock, wait_with_timeout
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +127,28 @@ class DrainingServer(uvicorn.Server):
             # As if the SIGTERM came now: uvicorn stops and raises it again on its way out.
             super().handle_exit(signal.SIGTERM, None)
         return await super().on_tick(counter)
+
+
+Step = tuple[str, Callable[[], Awaitable[object]], float]
+
+
+async def stop_in_turn(clock: Clock, steps: Iterable[Step]) -> None:
+    """Run a shutdown's steps (name, step, seconds) one after the other, each bounded by its
+    seconds of ``clock`` time: a step that hangs (a row lock never granted, a peer that never
+    answers) or fails is logged by name and left behind, and the steps after it still run, so
+    the callbacks are flushed and the connections closed whatever one part does."""
+    for name, step, seconds in steps:
+        finished = False
+
+        async def run(step: Callable[[], Awaitable[object]] = step) -> None:
+            nonlocal finished
+            await step()
+            finished = True
+
+        try:
+            await wait_with_timeout(clock, run(), seconds)
+        except Exception:
+            log.exception("shutdown: stopping %s failed; going on", name)
+            continue
+        if not finished:
+            log.error("shutdown: %s did not stop within %g s; going on without it", name, seconds)

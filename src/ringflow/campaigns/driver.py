@@ -31,6 +31,7 @@ from ringflow.calls.status import TERMINAL, Status
 from ringflow.campaigns import callbacks, states
 from ringflow.campaigns.hours import CallingHours
 from ringflow.campaigns.spec import Retries
+from ringflow.clock import wait_with_timeout
 from ringflow.errors import CapacityExceeded, RingflowError
 from ringflow.logs import bind_account
 from ringflow.storage import campaigns as store
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK = 0.5  # seconds between lease renewals, status reads and settling ended calls
+LET_GO_WAIT = 5.0  # seconds a stopping driver tries to give its lease up
 FULL_QUEUE_PAUSE = 1.0  # seconds to wait after the account's queue refused a call
 IDLE_AFTER = 10.0  # seconds with nothing to do (retries not due yet) after which a driver
 # gives its campaign up until then
@@ -114,12 +116,28 @@ class Driver:
         return self.campaign
 
     async def _let_go(self) -> None:
-        """Give the lease up (a stop, or a failure): another process may take it at once."""
-        try:
+        """Give the lease up (a stop, or a failure): another process may take it at once. At
+        most ``LET_GO_WAIT`` seconds: the campaign's row may be locked by a transaction that
+        will never end (one the stop cut short, whose connection is not closed yet), and the
+        lease runs out by itself, so a stop must not wait for it."""
+
+        async def let_go() -> bool:
             async with self.db.session() as session:
                 await store.let_go(session, self.campaign_id, self.owner.me)
-        except Exception:  # noqa: BLE001 - the lease runs out by itself
-            log.warning("campaign %d: could not give up its lease", self.campaign_id)
+            return True
+
+        try:
+            if await wait_with_timeout(self.clock, let_go(), LET_GO_WAIT):
+                return
+            why = f"no answer in {LET_GO_WAIT:g} s"
+        except Exception as error:  # noqa: BLE001 - the lease runs out by itself
+            why = type(error).__name__
+        log.warning(
+            "campaign %d: could not give up its lease (%s); it runs out within %g s",
+            self.campaign_id,
+            why,
+            self.owner.lease.total_seconds(),
+        )
 
     async def _idle(self, session: Session, until: Any) -> bool:
         """Nothing to do before ``until`` (None: before a request changes the campaign): give
