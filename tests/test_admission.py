@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from ringflow.calls.requests import CallRequest, CampaignTag
 from ringflow.calls.status import is_terminal
@@ -328,3 +328,57 @@ async def test_a_campaign_attempt_placed_twice_is_refused_and_leaves_one_call(da
         assert sids == [call.sid]
         ended = await finish_all(rig, [call.sid] + ([first] if first else []))
         assert [c.status for c in ended] == ["completed"] * len(ended)
+
+
+async def test_calls_submitted_at_once_are_admitted_together_in_order_and_within_the_limits(
+    database_url,
+):
+    """Ten calls of one account submitted in the same moment: one admission transaction (one
+    account lock, one count) takes them all, in the order they came; the limit and the queue
+    limit hold exactly within it, and the calls refused for a full queue leave no trace."""
+    async with running(database_url, max_concurrent_calls=3, queue_limit=5) as rig:
+        async with rig.services.db.session() as session:
+            account_id = await session.scalar(select(Account.id).where(Account.sid == rig.sid))
+        commits = 0
+
+        def committed(_conn: Any) -> None:
+            nonlocal commits
+            commits += 1
+
+        engine = rig.services.db.engine.sync_engine
+        event.listen(engine, "commit", committed)
+        try:
+            outcomes = await asyncio.gather(
+                *(
+                    rig.services.dispatcher.submit(
+                        CallRequest(
+                            account_id=account_id,
+                            shape="numbers",
+                            from_number=f"+9198123400{n:02d}",
+                            to_number=f"+9198123500{n:02d}",
+                            caller_id="08039591234",
+                            time_limit=20,
+                        )
+                    )
+                    for n in range(10)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            event.remove(engine, "commit", committed)
+        assert commits == 1
+        accepted = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, BaseException)]
+        assert [started for _, started in accepted] == [True] * 3 + [False] * 5
+        assert [type(e).__name__ for e in refused] == ["CapacityExceeded"] * 2
+        assert all("5 calls are already waiting" in str(e) for e in refused)
+        # Created in the order submitted (the first ten numbers, the last two refused).
+        assert [c.from_number for c, _ in accepted] == [f"+9198123400{n:02d}" for n in range(8)]
+        async with rig.services.db.session() as session:
+            rows = (
+                await session.execute(select(Call.sid).order_by(Call.created_at, Call.id))
+            ).all()
+        assert [sid for (sid,) in rows] == [c.sid for c, _ in accepted]
+        ended = await finish_all(rig, [c.sid for c, _ in accepted])
+        assert [c.status for c in ended] == ["completed"] * 8
+        assert await admission_order(rig) == [c.sid for c, _ in accepted]

@@ -22,6 +22,7 @@ transaction of its own for the queue.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 from collections import defaultdict
@@ -78,6 +79,27 @@ RunCall = Callable[[Call, Account, Line], Awaitable[None]]
 WithCall = Callable[[Session, Call], Awaitable[None]]
 
 
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    """A new call waiting for admission, and what became of it."""
+
+    request: CallRequest
+    with_call: WithCall | None
+    outcome: asyncio.Future[tuple[Call, bool]]  # what its submitter is told
+    call: Call | None = None
+    started: bool = False
+    error: Exception | None = None  # refused (the account's queue is full)
+
+
+@dataclasses.dataclass
+class _Accepted:
+    """What one admission transaction leaves to do once it has committed."""
+
+    account: Account
+    woke: bool = False  # it queued a callback: wake the deliverer
+    room_behind_queue: bool = False  # room was left behind calls already waiting: release them
+
+
 class Dispatcher:
     """Creates, admits and tracks the calls of this process."""
 
@@ -97,6 +119,8 @@ class Dispatcher:
         self.on_enqueued = on_enqueued
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._open: dict[int, list[_Pending]] = {}  # account id -> new calls not yet admitted
+        self._admitting: set[asyncio.Task[None]] = set()
         self._closing = False
         self.carrier = carrier  # reserves trunk channels at admission (None: no trunks)
         self._trunk_waiting: set[int] = set()  # accounts with calls queued for a trunk channel
@@ -113,60 +137,129 @@ class Dispatcher:
         campaign marks its number called there); what it raises undoes the call.
         Unavailable once the process has stopped admitting (a drain): whoever asks, the API,
         the dashboard or a campaign, another process takes the call.
+
+        Calls of one account submitted while its admission is busy are admitted together, in
+        the order they came, in one transaction (``_Batch``): one account lock and one count
+        for all of them, so an account's calls per second are not bounded by the round trips
+        of one admission. A call with ``with_call``, or a campaign's attempt, is admitted alone:
+        what it raises undoes that call only.
         """
         if self._closing:
             raise Unavailable(
                 "this server is shutting down and takes no new calls; place the "
                 "call again in a few seconds (another server will take it)"
             )
-        reserved: Call | None = None  # a trunk channel is held for this call
+        pending = _Pending(request, with_call, asyncio.get_running_loop().create_future())
+        # A campaign's attempt may be a Duplicate, which undoes its transaction: alone too.
+        alone = with_call is not None or request.campaign is not None
+        batch = None if alone else self._open.get(request.account_id)
+        if batch is not None:
+            batch.append(pending)
+        else:
+            batch = [pending]
+            if not alone:
+                self._open[request.account_id] = batch  # later calls join it until it runs
+            task = asyncio.ensure_future(self._admit_batch(request.account_id, batch))
+            self._admitting.add(task)
+            task.add_done_callback(self._admitting.discard)
+        return await pending.outcome
+
+    async def _admit_batch(self, account_id: int, batch: list[_Pending]) -> None:
+        """Admit ``batch`` (new calls of one account, in the order they came), then start what
+        was admitted and tell each submitter its call. Runs as a task of its own, so a
+        submitter that goes away (its client hung up) cannot strand the others."""
         try:
-            async with self._locks[request.account_id], self.db.session() as session:
-                lines = await self._lines(session, request.account_id)
-                assert lines is not None, f"account {request.account_id} does not exist"
+            async with self._locks[account_id]:
+                if self._open.get(account_id) is batch:
+                    del self._open[account_id]  # closed: from now on new calls wait for the next
+                admitted = await self._accept(account_id, batch)
+        except BaseException as error:
+            for pending in batch:
+                if pending.outcome.done():
+                    continue
+                if isinstance(error, Exception):
+                    pending.outcome.set_exception(error)
+                else:
+                    pending.outcome.cancel()
+            if not isinstance(error, Exception):
+                raise
+            return
+        account = admitted.account
+        for pending in batch:
+            if pending.call is not None and pending.started:
+                self._start(pending.call, account)
+        if admitted.woke:
+            self.on_enqueued()
+        for pending in batch:
+            if pending.outcome.done():  # its submitter was cancelled: the call goes on
+                continue
+            if pending.error is not None:
+                pending.outcome.set_exception(pending.error)
+            else:
+                assert pending.call is not None
+                pending.outcome.set_result((pending.call, pending.started))
+        if admitted.room_behind_queue:
+            await self.release(account_id)
+
+    async def _accept(self, account_id: int, batch: list[_Pending]) -> _Accepted:
+        """In one transaction under the account's row lock: each new call of ``batch``, in
+        order, queued or admitted (its trunk channel reserved), or refused when the account's
+        queue is full (``_Pending.error``). A failure of the transaction fails them all and
+        gives back the channels reserved for them."""
+        reserved: list[Call] = []  # a trunk channel is held for each
+        try:
+            async with self.db.session() as session:
+                lines = await self._lines(session, account_id)
+                assert lines is not None, f"account {account_id} does not exist"
+                accepted = _Accepted(lines.account)
                 queue_limit = lines.account.max_queued_calls
                 if queue_limit is None:
                     queue_limit = self.settings.queue_limit
-                if lines.queued >= queue_limit:
-                    waiting = "1 call is" if lines.queued == 1 else f"{lines.queued} calls are"
-                    raise CapacityExceeded(
-                        f"{waiting} already waiting for this account; try again later"
-                    )
-                # Stamped under the account's lock, so creation order is the order of
-                # admission.
-                call = _new_call(request, self.clock.wall())
                 limit = self._limit(lines)
-                # Never ahead of calls already waiting: room can exist while they wait (the
-                # limit was raised, or a call just ended and its release has not run yet).
-                started = lines.active < limit and lines.queued == 0
-                room_behind_queue = not started and lines.active < limit
-                if started and not await self._reserve(lines.account, call):
-                    started = False
-                    log.info("call %s queued: its trunk has no free channel", call.sid)
-                elif started:
-                    reserved = call
-                else:
-                    log.info(
-                        "call %s queued: %d of %d lines busy, %d waiting",
-                        call.sid,
-                        lines.active,
-                        limit,
-                        lines.queued,
-                    )
-                woke = await self._insert(session, call, lines.account, started)
-                if with_call is not None:
-                    await with_call(session, call)
+                active, queued = lines.active, lines.queued
+                for pending in batch:
+                    if queued >= queue_limit:
+                        waiting = "1 call is" if queued == 1 else f"{queued} calls are"
+                        pending.error = CapacityExceeded(
+                            f"{waiting} already waiting for this account; try again later"
+                        )
+                        continue
+                    # Stamped under the account's lock, so creation order is the order of
+                    # admission.
+                    call = _new_call(pending.request, self.clock.wall())
+                    # Never ahead of calls already waiting: room can exist while they wait (the
+                    # limit was raised, or a call just ended and its release has not run yet).
+                    started = active < limit and queued == 0
+                    if not started and active < limit:
+                        accepted.room_behind_queue = True
+                    if started and not await self._reserve(lines.account, call):
+                        started = False
+                        log.info("call %s queued: its trunk has no free channel", call.sid)
+                    elif started:
+                        reserved.append(call)
+                    else:
+                        log.info(
+                            "call %s queued: %d of %d lines busy, %d waiting",
+                            call.sid,
+                            active,
+                            limit,
+                            queued,
+                        )
+                    if await self._insert(session, call, lines.account, started):
+                        accepted.woke = True
+                    if pending.with_call is not None:
+                        await pending.with_call(session, call)
+                    pending.call, pending.started = call, started
+                    if started:
+                        active += 1
+                    else:
+                        queued += 1
         except BaseException:
-            if reserved is not None and self.carrier is not None:  # the call never was
-                await self.carrier.unreserve(reserved.sid)
+            if self.carrier is not None:  # those calls never were
+                for call in reserved:
+                    await self.carrier.unreserve(call.sid)
             raise
-        if started:
-            self._start(call, lines.account)
-        if woke:
-            self.on_enqueued()
-        if room_behind_queue:
-            await self.release(request.account_id)
-        return call, started
+        return accepted
 
     async def _lines(self, session: Any, account_id: int) -> admission.AccountLines | None:
         return await admission.lock_lines(session, account_id, ACTIVE, Status.QUEUED)
@@ -312,8 +405,13 @@ class Dispatcher:
         self._closing = True
 
     async def stop(self) -> None:
-        """Cancel running calls (each runner finishes its call as it unwinds)."""
+        """Cancel admissions under way (their calls are not created) and running calls (each
+        runner finishes its call as it unwinds)."""
         self._closing = True
+        admitting = list(self._admitting)
+        for admission_task in admitting:
+            admission_task.cancel()
+        await asyncio.gather(*admitting, return_exceptions=True)
         tasks = list(self.tasks.values())
         for task in tasks:
             task.cancel()
