@@ -207,3 +207,20 @@ async def test_sigterm_lets_calls_finish_then_ends_the_rest_with_their_callbacks
             )
         finally:
             await db.close()
+
+
+async def test_ctrl_c_stops_the_server_gracefully_with_no_traceback(tmp_path: Path):
+    """SIGINT, as Ctrl-C in the terminal of ``make serve`` sends it: the same graceful stop as
+    a SIGTERM, then exit status 130 (128 + SIGINT), and no traceback in the output."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/rf.db"
+    env = server_env(url, f"ctrl-c-{uuid.uuid4().hex[:6]}")
+    await cli(env, "migrate")
+    async with server(env, tmp_path / "server.log") as srv:
+        await srv.start()
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(srv.proc.wait(), 30)
+        output = srv.output()
+    assert code == 130, output
+    assert "Application shutdown complete" in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output

@@ -70,7 +70,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         from ringflow.workers import stop_when_orphaned
 
         stop_when_orphaned(server)
-    server.run(sockets=[listener])
+    try:
+        server.run(sockets=[listener])
+    except KeyboardInterrupt:
+        # Ctrl-C (SIGINT): uvicorn has shut down gracefully and raised the signal again for
+        # whoever started it. Say so by the exit status (128 + SIGINT), not by a traceback.
+        return 130
     return 0
 
 
