@@ -17,6 +17,7 @@ are not here: ``api/observability.py`` reads them at scrape time.
 from __future__ import annotations
 
 import atexit
+import functools
 import glob
 import os
 import re
@@ -162,10 +163,17 @@ def count_sip(data: bytes, direction: str) -> None:
         return  # a keep-alive (CRLF), not a message
     if head.startswith(b"SIP/2.0 "):
         match = _RESPONSE.match(head)
-        SIP_RESPONSES.labels(direction, match[1].decode() if match else "other").inc()
+        _sip_counter(SIP_RESPONSES, direction, match[1].decode() if match else "other").inc()
         return
     method = head.split(b" ", 1)[0].decode("ascii", "replace")
-    SIP_REQUESTS.labels(direction, method if method in SIP_METHODS else "other").inc()
+    _sip_counter(SIP_REQUESTS, direction, method if method in SIP_METHODS else "other").inc()
+
+
+@functools.cache
+def _sip_counter(family: Counter, direction: str, kind: str) -> Counter:
+    """``family.labels(direction, kind)``, looked up once (a few hundred label pairs at most:
+    the standard methods and the response codes); ``labels`` costs more than the count."""
+    return family.labels(direction, kind)
 
 
 def carrier_label(carrier: object | None, account_sid: str) -> str:
