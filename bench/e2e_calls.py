@@ -1,10 +1,26 @@
 #!/usr/bin/env python3
-"""Whole flow calls per second, and database transactions per call, on the sandbox.
+"""Whole flow calls per second through the HTTP API, on the sandbox or over SIP to SIPp.
 
-Starts ``ringflow serve`` on a fresh database, submits ``--calls`` flow calls (a short greeting,
-then hang up) with ``--concurrency`` clients, and waits until every call's StatusCallback has
-reached a receiver in this script. Prints the calls per second from the first request to the
-last callback.
+Starts ``ringflow serve`` on a fresh database and places flow calls (a short greeting, then hang
+up) through ``POST Calls/connect``, each with a StatusCallback (JSON) to a receiver in this
+script, and waits until every call's terminal callback has come. With ``--carrier sip`` every
+call goes over SIP to a SIPp UAS on loopback (it answers, echoes the RTP it gets, and takes our
+BYE) through a trunk whose limits the load never reaches; with ``--carrier sandbox`` (the
+default) to the sandbox's virtual phones.
+
+Two ways to load it:
+
+- ``--calls N`` (the default, 300): N calls from ``--concurrency`` clients, each placing its
+  next call as soon as the last was accepted. Prints calls per second from the first request
+  to the last callback.
+- ``--rate R [R ...]``: for each rate, calls placed at R a second (on a fixed grid, whatever the
+  answers' latency) for ``--seconds`` (30). Prints per rate the rate achieved, failed calls (a
+  refused request, or a terminal status other than ``completed``), callbacks missing or
+  received twice, and p50/p99 from the API request to its call's terminal callback. A rate
+  is sustained when nothing failed, every callback came exactly once, and the p99 stayed under
+  ``--max-p99`` (5 s; the flow itself takes about 1.6 s, so a server falling behind, its calls
+  waiting ever longer in the queue, shows as a p99 of tens of seconds); the figure is the
+  highest rate sustained.
 
 On PostgreSQL it also counts the transactions the server committed, with PostgreSQL's own
 counter (``pg_stat_database.xact_commit``), read before the server starts and after it has
@@ -14,6 +30,7 @@ completed call (the call accepted, answered, ended, its callback acknowledged).
 
     .venv/bin/python bench/e2e_calls.py [--calls 300] [--concurrency 16] [--db sqlite|postgresql]
                                         [--redis redis://127.0.0.1:6379/0] [--workers N]
+                                        [--carrier sandbox|sip] [--rate 50 100 150 [--seconds 30]]
 
 ``--db postgresql`` creates a database on ``RINGFLOW_BENCH_PG`` (default
 postgresql://postgres@127.0.0.1:5432/test) and drops it afterwards.
@@ -28,6 +45,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,20 +53,26 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 from api_connect import APP, RINGFLOW, cli, free_port, wait_healthy
+from sip_calls import Sipp, machine_busy
+
+from tests.sipp import free_udp_port
 
 PG_ADMIN = os.environ.get("RINGFLOW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 class Receiver:
-    """A StatusCallback receiver: answers 200 and counts callbacks by Idempotency-Key."""
+    """A StatusCallback receiver: answers 200, counts callbacks by Idempotency-Key, and keeps
+    each call's terminal status and the moment it came, by CallSid (JSON bodies)."""
 
     def __init__(self) -> None:
         self.keys: set[str] = set()
         self.duplicates = 0
+        self.ended: dict[str, tuple[str, float]] = {}  # CallSid -> (Status, perf_counter)
         self.changed = asyncio.Event()
         self.server: asyncio.Server | None = None
         self.url = ""
@@ -68,11 +92,15 @@ class Receiver:
                     if ":" in line
                 )
                 headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
-                await reader.readexactly(int(headers.get("content-length", "0")))
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                at = time.perf_counter()
                 key = headers.get("idempotency-key", "")
                 if key in self.keys:
                     self.duplicates += 1
                 self.keys.add(key)
+                if headers.get("content-type", "").startswith("application/json"):
+                    payload = json.loads(body)
+                    self.ended.setdefault(payload["CallSid"], (payload["Status"], at))
                 self.changed.set()
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
                 await writer.drain()
@@ -81,11 +109,21 @@ class Receiver:
         finally:
             writer.close()
 
-    async def wait_for(self, count: int, timeout: float) -> None:
+    async def wait_for(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` callbacks have come; False if ``timeout`` ran out first."""
         deadline = time.monotonic() + timeout
         while len(self.keys) < count:
             self.changed.clear()
-            await asyncio.wait_for(self.changed.wait(), max(0.01, deadline - time.monotonic()))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
+        return True
+
+    def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
 
 
 def plain(url: str) -> str:
@@ -101,6 +139,30 @@ async def commits(url: str) -> int:
         )
     finally:
         await conn.close()
+
+
+async def phases(url: str, sids: list[str]) -> str:
+    """Where the calls' time went, from their records (PostgreSQL): p50/p99 of created (the
+    call written, admitted) to ended, and ended to the callback's acknowledgement; the rest of
+    request to callback is the API's answer."""
+    conn = await asyncpg.connect(plain(url))
+    try:
+        rows = await conn.fetch(
+            "SELECT c.created_at, c.end_time, o.delivered_at FROM calls c "
+            "JOIN outbox o ON o.call_id = c.id WHERE c.sid = ANY($1::text[])",
+            sids,
+        )
+    finally:
+        await conn.close()
+    spans = {"created to ended": (0, 1), "ended to callback": (1, 2)}
+    parts = []
+    for name, (a, b) in spans.items():
+        values = [(r[b] - r[a]).total_seconds() for r in rows if r[a] and r[b]]
+        parts.append(
+            f"{name} p50 {percentile(values, 0.5) * 1000:.0f} / p99 "
+            f"{percentile(values, 0.99) * 1000:.0f} ms"
+        )
+    return "; ".join(parts)
 
 
 class Server:
@@ -126,42 +188,122 @@ class Server:
             self.proc.kill()
 
 
+def connect_form(creds: dict[str, str], n: int, receiver: Receiver) -> dict[str, str]:
+    return {
+        "From": f"0981{n:07d}",
+        "CallerId": "08039591234",
+        "Url": f"http://my.exotel.com/{creds['sid']}/exoml/start_voice/{creds['app_id']}",
+        "StatusCallback": receiver.url,
+        "StatusCallbackContentType": "application/json",
+    }
+
+
+def client_for(server: Server, connections: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=server.base, limits=limits, timeout=60)
+
+
 async def run_calls(
     server: Server, creds: dict[str, str], calls: int, concurrency: int, first: int
 ) -> float:
     """Submit ``calls`` calls and wait for every callback; the seconds it took."""
     receiver = Receiver()
     await receiver.start()
-    url = f"http://my.exotel.com/{creds['sid']}/exoml/start_voice/{creds['app_id']}"
     auth = (creds["api_key"], creds["api_token"])
     pending = iter(range(first, first + calls))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=server.base, limits=limits, timeout=60) as client:
+    async with client_for(server, concurrency) as client:
 
         async def worker() -> None:
             for n in pending:
                 response = await client.post(
                     f"/v1/Accounts/{creds['sid']}/Calls/connect",
                     auth=auth,
-                    data={
-                        "From": f"0981{n:07d}",
-                        "CallerId": "08039591234",
-                        "Url": url,
-                        "StatusCallback": receiver.url,
-                    },
+                    data=connect_form(creds, n, receiver),
                 )
                 if response.status_code != 200:
                     raise SystemExit(f"connect failed: {response.status_code} {response.text}")
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        await receiver.wait_for(calls, 600)
+        if not await receiver.wait_for(calls, 600):
+            raise SystemExit(f"only {len(receiver.keys)} of {calls} callbacks came in 600 s")
     elapsed = time.perf_counter() - started
     if receiver.duplicates:
         print(f"  {receiver.duplicates} callbacks came twice")
-    assert receiver.server is not None
-    receiver.server.close()
+    receiver.close()
     return elapsed
+
+
+async def run_paced(
+    server: Server, creds: dict[str, str], rate: float, seconds: float, first: int
+) -> dict[str, Any]:
+    """Place calls at ``rate`` a second for ``seconds`` and wait for their terminal callbacks;
+    what happened to them."""
+    receiver = Receiver()
+    await receiver.start()
+    auth = (creds["api_key"], creds["api_token"])
+    count = round(rate * seconds)
+    sent: dict[str, float] = {}  # CallSid -> when its request was sent
+    refused: list[str] = []
+    async with client_for(server, 512) as client:
+
+        async def place(i: int) -> None:
+            at = time.perf_counter()
+            try:
+                response = await client.post(
+                    f"/v1/Accounts/{creds['sid']}/Calls/connect.json",
+                    auth=auth,
+                    data=connect_form(creds, first + i, receiver),
+                )
+            except httpx.HTTPError as error:
+                refused.append(f"{type(error).__name__}: {error}")
+                return
+            if response.status_code == 200:
+                sent[response.json()["Call"]["Sid"]] = at
+            else:
+                refused.append(f"{response.status_code} {response.text[:200]}")
+
+        started = time.perf_counter()
+        tasks = await paced(rate, count, place)
+        placed = time.perf_counter() - started
+        await asyncio.gather(*tasks)
+        await receiver.wait_for(len(sent), 120)
+    receiver.close()
+    ended = {sid: receiver.ended[sid] for sid in sent if sid in receiver.ended}
+    latencies = [at - sent[sid] for sid, (_status, at) in ended.items()]
+    not_completed = sum(1 for status, _at in ended.values() if status != "completed")
+    return {
+        "sids": list(sent),
+        "rate": rate,
+        "calls": count,
+        "achieved": count / placed if placed else float("nan"),
+        "refused": refused,
+        "not_completed": not_completed,
+        "missing": len(sent) - len(ended),
+        "duplicates": receiver.duplicates,
+        "p50": percentile(latencies, 0.50),
+        "p99": percentile(latencies, 0.99),
+    }
+
+
+async def paced(rate: float, count: int, start: Any) -> list[asyncio.Task[None]]:
+    """Call ``start(i)`` ``count`` times, ``1/rate`` apart on absolute deadlines (a late loop
+    catches up rather than drifting); returns the tasks."""
+    loop = asyncio.get_running_loop()
+    t0, tasks = loop.time(), []
+    for i in range(count):
+        delay = t0 + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(start(i)))
+    return tasks
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def main() -> int:
@@ -170,20 +312,120 @@ def main() -> int:
     )
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--rate", type=float, nargs="+", help="place calls at these rates instead of --calls"
+    )
+    parser.add_argument("--seconds", type=float, default=30, help="how long each --rate lasts")
+    parser.add_argument(
+        "--max-p99", type=float, default=5.0, help="seconds, request to callback, to sustain a rate"
+    )
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--redis", help="RINGFLOW_REDIS_URL, as production runs (default: none)")
     parser.add_argument(
         "--workers", type=int, default=1, help="server processes (ringflow serve --workers)"
     )
+    parser.add_argument("--carrier", choices=("sandbox", "sip"), default="sandbox")
     args = parser.parse_args()
     if args.workers > 1 and args.db != "postgresql":
         parser.error("--workers needs --db postgresql (SQLite serves one process)")
 
-    with fresh_server(args.db) as (url, env, workdir):
+    with fresh_server(args.db) as (url, env, workdir), carrier(args, env, workdir) as sipp:
         if args.redis:
             env["RINGFLOW_REDIS_URL"] = args.redis
-        bench(args, url, env, workdir)
+        creds = bench_account(env, workdir)
+        server = Server(env, args.workers)
+        if args.rate:
+            bench_rates(args, url, server, creds, sipp)
+        else:
+            bench_calls(args, url, server, creds)
     return 0
+
+
+@contextlib.contextmanager
+def carrier(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> Iterator[Sipp | None]:
+    """With ``--carrier sip``: a SIPp UAS, and the server's environment sending every call to
+    it through a trunk with limits the load never reaches."""
+    if args.carrier != "sip":
+        yield None
+        return
+    sipp = Sipp("uas", workdir)
+    try:
+        (workdir / "trunks.yaml").write_text(
+            "trunks:\n"
+            f"  - {{name: sipp, host: 127.0.0.1, port: {sipp.port}, "
+            "max_channels: 100000, max_cps: 10000}\n"
+        )
+        env["RINGFLOW_CARRIER"] = "sip"
+        env["RINGFLOW_SIP_TRUNKS"] = str(workdir / "trunks.yaml")
+        env["RINGFLOW_SIP_HOST"] = "127.0.0.1"
+        env["RINGFLOW_SIP_PORT"] = str(free_udp_ports(args.workers))
+        yield sipp
+    finally:
+        sipp.stop()
+
+
+def free_udp_ports(count: int) -> int:
+    """The first of ``count`` consecutive free UDP ports (one SIP port per worker)."""
+    for _ in range(100):
+        first = free_udp_port()
+        if all(udp_port_free(first + i) for i in range(1, count)):
+            return first
+    raise SystemExit(f"no {count} consecutive free UDP ports")
+
+
+def udp_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by each process on this machine, with the part it belongs to:
+    ringflow's processes, SIPp, PostgreSQL, Redis, this script (the load and the callback
+    receiver), or the rest."""
+    me = os.getpid()
+    seen: dict[int, tuple[str, float]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid = int(stat.parent.name)
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if pid == me:
+            part = "load"
+        elif b"ringflow.cli" in cmdline:
+            part = "ringflow"
+        elif cmdline.startswith(b"sipp"):
+            part = "sipp"
+        elif cmdline.startswith(b"postgres"):
+            part = "postgres"
+        elif cmdline.startswith(b"redis"):
+            part = "redis"
+        else:
+            part = "other"
+        seen[pid] = part, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seen
+
+
+def cores_by_part(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], wall: float
+) -> str:
+    """The cores each part used between two readings (a process that ended between them is
+    not counted: none of the measured parts should end)."""
+    used: dict[str, float] = {}
+    for pid, (part, seconds) in after.items():
+        used[part] = used.get(part, 0.0) + seconds - before.get(pid, (part, 0.0))[1]
+    names = ("ringflow", "sipp", "postgres", "redis", "load", "other")
+    return ", ".join(f"{name} {used[name] / wall:.2f}" for name in names if name in used)
+
+
+def sipp_failed(sipp: Sipp | None) -> int:
+    """Calls SIPp has counted as failed so far (an unexpected or missing message)."""
+    return int(sipp.stats().get("FailedCall(C)", 0) or 0) if sipp else 0
 
 
 def bench_account(env: dict[str, str], workdir: Path) -> dict[str, str]:
@@ -196,9 +438,14 @@ def bench_account(env: dict[str, str], workdir: Path) -> dict[str, str]:
     return creds
 
 
-def bench(args: argparse.Namespace, url: str, env: dict[str, str], workdir: Path) -> None:
-    creds = bench_account(env, workdir)
-    server = Server(env, args.workers)
+def described(args: argparse.Namespace) -> str:
+    shared = f"ringflow on {args.db}"
+    shared += " and Redis" if args.redis else ""
+    shared += f", {args.workers} workers" if args.workers > 1 else ""
+    return shared + (", over SIP to SIPp" if args.carrier == "sip" else ", on the sandbox")
+
+
+def bench_calls(args: argparse.Namespace, url: str, server: Server, creds: dict[str, str]) -> None:
     server.start()  # warm-up: prompts rendered, code paths hot
     asyncio.run(run_calls(server, creds, min(20, args.calls), 4, 0))
     server.stop()
@@ -207,10 +454,8 @@ def bench(args: argparse.Namespace, url: str, env: dict[str, str], workdir: Path
     server.start()
     elapsed = asyncio.run(run_calls(server, creds, args.calls, args.concurrency, 1000))
     server.stop()
-    shared = " and Redis" if args.redis else ""
-    shared += f", {args.workers} workers" if args.workers > 1 else ""
     print(
-        f"ringflow on {args.db}{shared}: {args.calls} flow calls, {args.concurrency} clients: "
+        f"{described(args)}: {args.calls} flow calls, {args.concurrency} clients: "
         f"{args.calls / elapsed:.1f} calls/s ({elapsed:.1f} s to the last callback)"
     )
     if counted:
@@ -224,6 +469,53 @@ def bench(args: argparse.Namespace, url: str, env: dict[str, str], workdir: Path
             f"transactions: {loaded} with calls, {idle} idle for as long: "
             f"{(loaded - idle) / args.calls:.2f} per call"
         )
+
+
+def bench_rates(
+    args: argparse.Namespace,
+    url: str,
+    server: Server,
+    creds: dict[str, str],
+    sipp: Sipp | None,
+) -> None:
+    server.start()
+    try:
+        asyncio.run(run_calls(server, creds, 20, 4, 0))  # warm-up: prompts rendered
+        print(f"{described(args)}: calls placed at a fixed rate for {args.seconds:g} s each")
+        best = 0.0
+        for step, rate in enumerate(args.rate, start=1):
+            busy0, wall0, sipp0 = machine_busy(), time.monotonic(), sipp_failed(sipp)
+            parts0 = cpu_by_process()
+            r = asyncio.run(run_paced(server, creds, rate, args.seconds, step * 1_000_000))
+            wall = time.monotonic() - wall0
+            busy = (machine_busy() - busy0) / wall
+            cores = cores_by_part(parts0, cpu_by_process(), wall)
+            if sipp:
+                time.sleep(1.5)  # SIPp writes its statistics file once a second
+            failed_in_sipp = sipp_failed(sipp) - sipp0
+            ok = not r["refused"] and not r["not_completed"] and not r["missing"]
+            ok = ok and not r["duplicates"] and not failed_in_sipp and r["p99"] <= args.max_p99
+            best = max(best, rate) if ok else best
+            print(
+                f"  rate {rate:g}/s: {r['calls']} calls at {r['achieved']:.1f}/s, "
+                f"refused {len(r['refused'])}, not completed {r['not_completed']}, "
+                f"callbacks missing {r['missing']}, twice {r['duplicates']}"
+                + (f", SIPp failed {failed_in_sipp}" if sipp else "")
+                + f"; request to callback p50 {r['p50'] * 1000:.0f} ms, "
+                f"p99 {r['p99'] * 1000:.0f} ms; machine {busy:.2f} cores busy  "
+                + ("sustained" if ok else "NOT sustained")
+            )
+            for reason in r["refused"][:3]:
+                print(f"    refused: {reason}")
+            print(f"    cores: {cores}")
+            if args.db == "postgresql":
+                print(f"    {asyncio.run(phases(url, r['sids']))}")
+        print(
+            f"highest rate sustained (every call completed and called back once, p99 under "
+            f"{args.max_p99:g} s): {best:g} calls/s"
+        )
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager
@@ -248,6 +540,9 @@ def fresh_server(db: str) -> Iterator[tuple[str, dict[str, str], Path]]:
         "RINGFLOW_MAX_CONCURRENT_CALLS": "100000",
         "RINGFLOW_QUEUE_LIMIT": "100000",
         "RINGFLOW_LOG_LEVEL": "warning",
+        # Longer than the clients' own 5 s: an idle pooled connection is closed by the client,
+        # never by the server as a request goes out on it (a ReadError, counted as a failure).
+        "RINGFLOW_HTTP_KEEP_ALIVE": "60",
     }
     try:
         yield url, env, workdir
