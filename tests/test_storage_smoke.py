@@ -1,6 +1,7 @@
 import datetime as dt
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 
 from ringflow.storage.models import Account
 
@@ -15,3 +16,13 @@ async def test_datetimes_come_back_aware_utc(db):
         acc = (await s.execute(select(Account))).scalar_one()
     assert acc.created_at == at
     assert acc.created_at.tzinfo is not None
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_postgresql_ends_a_session_left_idle_in_a_transaction(db):
+    """A transaction a cancelled task left open, its connection never given back to the pool,
+    must not keep its row locks for the life of the process: every connection of ringflow's
+    carries PostgreSQL's idle-in-transaction timeout."""
+    async with db.engine.connect() as conn:
+        setting = await conn.scalar(text("SHOW idle_in_transaction_session_timeout"))
+    assert setting == "1min"

@@ -24,6 +24,11 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from ringflow.clock import Clock
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# A transaction left open by a task cancelled in the middle of it, whose connection the pool
+# never got back, would keep its row locks (an account's, a campaign's) until the process
+# exits. PostgreSQL ends a session idle inside a transaction for this long; no transaction of
+# ringflow's waits between its statements for more than a moment.
+IDLE_IN_TRANSACTION_MS = 60_000
 
 
 class Database:
@@ -43,7 +48,9 @@ class Database:
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_async_engine(url, pool_size=10, max_overflow=20)
+            self.engine = create_async_engine(
+                url, pool_size=10, max_overflow=20, connect_args=_postgresql_settings(url)
+            )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @contextlib.asynccontextmanager
@@ -73,6 +80,14 @@ def rowcount(result: Result[Any]) -> int:
     ``Result`` whatever it runs; for these statements it is a ``CursorResult``, the one kind that
     has the count."""
     return cast(CursorResult[Any], result).rowcount
+
+
+def _postgresql_settings(url: str) -> dict[str, Any]:
+    """The connect arguments of a PostgreSQL engine: with asyncpg, the session settings."""
+    if "+asyncpg" not in url.split("://", 1)[0]:
+        return {}
+    timeout = str(IDLE_IN_TRANSACTION_MS)
+    return {"server_settings": {"idle_in_transaction_session_timeout": timeout}}
 
 
 def _ensure_sqlite_dir(url: str) -> None:
