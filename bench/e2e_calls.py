@@ -397,7 +397,7 @@ def cpu_by_process() -> dict[int, tuple[str, float]]:
             continue  # gone meanwhile
         if pid == me:
             part = "load"
-        elif b"ringflow.cli" in cmdline:
+        elif b"\0ringflow.cli\0" in cmdline or b"\0ringflow\0serve\0" in cmdline:
             part = "ringflow"
         elif cmdline.startswith(b"sipp"):
             part = "sipp"

@@ -21,12 +21,14 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from ringflow.calls.requests import CallRequest, CampaignTag
 from ringflow.calls.status import is_terminal
 from ringflow.clock import RealClock
 from ringflow.media.audio import RATE, load_audio, voiced_seconds
 from ringflow.media.cache import PromptCache
 from ringflow.media.tts import TextToSpeech
 from ringflow.storage.models import Call, Recording
+from ringflow.storage.session import Duplicate
 from ringflow.telephony.carrier import Answered, DialRequest
 from ringflow.telephony.sip.carrier import SipCarrier
 from ringflow.telephony.sip.trunks import Trunk
@@ -262,6 +264,47 @@ async def test_a_call_waits_queued_for_a_full_trunk_and_its_ring_timeout_starts_
         dialled = next(e for e in steps if e["kind"] == "status" and e["data"]["call"] == "ringing")
         assert dialled["at"] >= first_over
         assert await first.exit_code() == 0 and await second.exit_code() == 0
+
+
+@pytest.mark.usefixtures("sqlite_db")
+async def test_a_channel_reserved_for_a_call_that_is_never_written_is_given_back(
+    tmp_path: Path,
+) -> None:
+    """A campaign's attempt placed twice: the second is admitted (a trunk channel reserved for
+    it) and then refused by the database as a Duplicate. Its channel must come back: the next
+    call dials at once instead of waiting for a channel nobody holds."""
+    long_greeting = {
+        "hello": {"applet": "greeting", "text": "Hello from ringflow. " * 3, "next": "bye"},
+        "bye": {"applet": "hangup"},
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with (
+        sipp(tmp_path / "a", "callee_answer.xml") as phone,
+        sipp(tmp_path / "b", "callee_answer.xml") as other,
+        sip_server(tmp_path, phone, {"max_channels": 2}) as rig,
+    ):
+        app_id = await app(rig, long_greeting, "hello")
+        async with rig.services.db.session() as session:
+            account = await rig.services.accounts.get(session, rig.sid)
+        attempt = CallRequest(
+            account_id=account.id,
+            shape="flow",
+            from_number=phone.uri,
+            caller_id="+918039591234",  # the rig's ExoPhone, as the API stores it
+            app_id=app_id,
+            time_limit=60,
+            campaign=CampaignTag(campaign_id=7, number_id=70, attempt=1),
+        )
+        first, started = await rig.services.dispatcher.submit(attempt)
+        assert started
+        with pytest.raises(Duplicate):
+            await rig.services.dispatcher.submit(attempt)
+        later = await place(rig, other, app_id)
+        assert (await rig.call(later)).status in ("ringing", "in-progress")
+        assert (await call_to_end(rig, first.sid)).status == "completed"
+        assert (await call_to_end(rig, later)).status == "completed", await story(rig, later)
+        assert await phone.exit_code() == 0 and await other.exit_code() == 0
 
 
 @pytest.mark.usefixtures("sqlite_db")
