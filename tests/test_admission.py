@@ -382,3 +382,32 @@ async def test_calls_submitted_at_once_are_admitted_together_in_order_and_within
         ended = await finish_all(rig, [c.sid for c, _ in accepted])
         assert [c.status for c in ended] == ["completed"] * 8
         assert await admission_order(rig) == [c.sid for c, _ in accepted]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_call_that_ends_with_nobody_waiting_takes_no_account_lock(database_url):
+    """On PostgreSQL the end of a call is one statement and a look at the queue; the account's
+    lock is taken only when calls wait. A call's whole life, with nobody waiting, locks its
+    account once (its admission); with a call waiting behind it, the end admits that call."""
+    async with running(database_url, max_concurrent_calls=1) as rig:
+        locks: list[str] = []
+
+        def executed(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if "FOR NO KEY UPDATE" in statement:
+                locks.append(statement)
+
+        engine = rig.services.db.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", executed)
+        try:
+            alone, _ = await place(rig, 1, 5)
+            await finish_all(rig, [alone])
+            assert len(locks) == 1
+            first, _ = await place(rig, 2, 5)
+            behind, status = await place(rig, 3, 5)
+            assert status == "queued"
+            ended = await finish_all(rig, [first, behind])
+        finally:
+            event.remove(engine, "before_cursor_execute", executed)
+        assert [c.status for c in ended] == ["completed"] * 2
+        # The waiting call left the queue the moment the first one ended (1 s ringing, 5 s).
+        assert await started_at(rig, behind) - await started_at(rig, first) == 6

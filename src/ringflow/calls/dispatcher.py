@@ -72,6 +72,20 @@ class Line:
         self.freed = True
         return await self._dispatcher.admit_waiting(session, self.account_id)
 
+    async def free_after(self, waiting: bool) -> None:
+        """The call's end was written by itself, not under the account's lock (PostgreSQL):
+        the line is free. ``waiting``: the account had queued calls when read after that end
+        had committed; then admit what the room allows, under the lock.
+
+        No queued call is left waiting for a line that is free: a call queued by an admission
+        that still counted this call as running is either seen here (it committed before this
+        read), or its admission, having committed after this end, counts again and sees the
+        room itself (``_Accepted.recount``).
+        """
+        self.freed = True
+        if waiting:
+            await self._dispatcher.release(self.account_id)
+
 
 # Runs one admitted call to its end: (call, its account, the line it holds).
 RunCall = Callable[[Call, Account, Line], Awaitable[None]]
@@ -97,7 +111,9 @@ class _Accepted:
 
     account: Account
     woke: bool = False  # it queued a callback: wake the deliverer
-    room_behind_queue: bool = False  # room was left behind calls already waiting: release them
+    # Room was left behind calls already waiting, or (PostgreSQL) a call was queued for want of
+    # a line while a call's end may have been committing without the lock: count again.
+    recount: bool = False
 
 
 class Dispatcher:
@@ -198,7 +214,7 @@ class Dispatcher:
             else:
                 assert pending.call is not None
                 pending.outcome.set_result((pending.call, pending.started))
-        if admitted.room_behind_queue:
+        if admitted.recount:
             await self.release(account_id)
 
     async def _accept(self, account_id: int, batch: list[_Pending]) -> _Accepted:
@@ -230,8 +246,8 @@ class Dispatcher:
                     # Never ahead of calls already waiting: room can exist while they wait (the
                     # limit was raised, or a call just ended and its release has not run yet).
                     started = active < limit and queued == 0
-                    if not started and active < limit:
-                        accepted.room_behind_queue = True
+                    if not started and (active < limit or not self.db.is_sqlite):
+                        accepted.recount = True
                     if started and not await self._reserve(lines.account, call):
                         started = False
                         log.info("call %s queued: its trunk has no free channel", call.sid)

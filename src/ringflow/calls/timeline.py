@@ -25,7 +25,8 @@ from typing import Any, Protocol
 from ringflow.calls.status import Event, Status, is_terminal
 from ringflow.calls.transitions import Change, advance, apply, callback_fields, interrupted
 from ringflow.clock import Clock
-from ringflow.storage.call_changes import write_change_at_once, write_change_in
+from ringflow.storage.admission import has_queued
+from ringflow.storage.call_changes import write_change_at_once
 from ringflow.storage.calls import (
     add_leg,
     add_steps,
@@ -53,6 +54,8 @@ class Line(Protocol):
     freed: bool
 
     async def free(self, session: Session) -> Callable[[], None]: ...
+
+    async def free_after(self, waiting: bool) -> None: ...
 
 
 class Callbacks(Protocol):
@@ -187,25 +190,28 @@ class Timeline:
             "callbacks": rows,
         }
         start_next = None
-        # The change that ends the call frees its line under the account's lock (exact
-        # admission): a transaction of its own. Others are one statement on PostgreSQL.
-        if self.db.is_sqlite or advanced.ended:
+        waiting: bool | None = None  # PostgreSQL, the call's end: whether calls wait
+        if self.db.is_sqlite:
+            # The change that ends the call frees its line under the account's lock (exact
+            # admission), in the same transaction.
             async with self.db.session() as session:
-                if self.db.is_sqlite:
-                    ids = await write_change(session, call, **written)
-                else:  # one statement, then the line freed in the same transaction
-                    ids = await write_change_in(session, call, **written)
+                ids = await write_change(session, call, **written)
                 if ids is not None:
                     start_next = await self._free_line(session, call)
-        else:
+        else:  # one statement, committed by itself; the end then looks for waiting calls
             async with self.db.statement() as conn:
                 ids = await write_change_at_once(conn, call, **written)
+                if ids is not None and self._holds_line(call):
+                    waiting = await has_queued(conn, call.account_id, Status.QUEUED)
         if ids is None:
             self._steps = steps[:-1] + self._steps  # kept for the database's turn
             raise _Moved
         self._sent(rows, ids, lease)
         if start_next is not None:
             start_next()
+        if waiting is not None:
+            assert self.line is not None
+            await self.line.free_after(waiting)
         return leg_no
 
     async def _from_database(
@@ -241,10 +247,15 @@ class Timeline:
             start_next()
         return leg_no
 
-    async def _free_line(self, session: Session, call: Call) -> Callable[[], None] | None:
+    def _holds_line(self, call: Call) -> bool:
+        """Whether this change ended the call whose line is still held."""
         line = self.line
-        if line is not None and not line.freed and is_terminal(call.status):
-            return await line.free(session)
+        return line is not None and not line.freed and is_terminal(call.status)
+
+    async def _free_line(self, session: Session, call: Call) -> Callable[[], None] | None:
+        if self._holds_line(call):
+            assert self.line is not None
+            return await self.line.free(session)
         return None
 
     def _sent(self, rows: list[dict[str, Any]], ids: list[int], lease: Lease | None) -> None:

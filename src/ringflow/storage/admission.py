@@ -14,7 +14,7 @@ from collections.abc import Collection
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ringflow.storage.calls import write_change
 from ringflow.storage.models import Account, Call, Leg
@@ -134,6 +134,19 @@ async def admit_queued(
 def _held(model: type[_Row], columns: list[Any], row: Any) -> _Row:
     """A row read with Core as an object of ``model`` that no session tracks."""
     return model(**{column.key: value for column, value in zip(columns, row)})
+
+
+_HAS_QUEUED = select(
+    select(_calls.c.id)
+    .where(_calls.c.account_id == bindparam("account_id"), _calls.c.status == bindparam("queued"))
+    .exists()
+)
+
+
+async def has_queued(conn: AsyncConnection, account_id: int, queued: str) -> bool:
+    """Whether the account has calls waiting (read without its lock: a hint that admission,
+    under the lock, should run; see ``Line.free_after``)."""
+    return bool(await conn.scalar(_HAS_QUEUED, {"account_id": account_id, "queued": queued}))
 
 
 async def accounts_waiting(session: AsyncSession, queued: str) -> list[int]:

@@ -5,9 +5,9 @@ step and callbacks (``insert_call_at_once``), in the transaction that admitted i
 The call's row moves only if its status is still the one its carrier held; the legs, the
 timeline steps and the callbacks are written in the same statement only then (PostgreSQL runs
 every data-modifying part of a WITH to completion, read or not). The change that ends a call is
-the same statement inside a transaction (``write_change_in``), which then admits the next queued
-calls under the account's lock. SQLite has no data-modifying WITH: there a change is the
-statements of ``calls.write_change`` in one transaction.
+the same statement; the account's queue is then looked at, and admitted under the account's
+lock only if calls wait (``Line.free_after``). SQLite has no data-modifying WITH: there a change
+is the statements of ``calls.write_change`` in one transaction, the end's with its line freed.
 """
 
 from __future__ import annotations
@@ -164,12 +164,6 @@ async def write_change_at_once(
     if row.moved != 1:
         return None
     return list(row.callback_ids)
-
-
-async def write_change_in(session: AsyncSession, call: Call, **written: Any) -> list[int] | None:
-    """``write_change_at_once`` (same arguments) as one statement of ``session``'s transaction:
-    the end of a call, whose transaction goes on to free its account line."""
-    return await write_change_at_once(await session.connection(), call, **written)
 
 
 def _step_records(steps: list[dict[str, Any]]) -> str:
