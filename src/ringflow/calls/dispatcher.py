@@ -73,14 +73,16 @@ class Line:
         return await self._dispatcher.admit_waiting(session, self.account_id)
 
     async def free_after(self, waiting: bool) -> None:
-        """The call's end was written by itself, not under the account's lock (PostgreSQL):
-        the line is free. ``waiting``: the account had queued calls when read after that end
-        had committed; then admit what the room allows, under the lock.
+        """The call's end was written in one statement, not under the account's lock
+        (PostgreSQL): the line is free. ``waiting``: that statement saw queued calls of the
+        account; then admit what the room allows, under the lock.
 
-        No queued call is left waiting for a line that is free: a call queued by an admission
-        that still counted this call as running is either seen here (it committed before this
-        read), or its admission, having committed after this end, counts again and sees the
-        room itself (``_Accepted.recount``).
+        No call is left queued behind a line that is free: an admission that counted this call
+        as running and queued a call for want of a line either committed before the end's
+        statement began (which then saw that call waiting), or after; it then counts again
+        once committed (``_Accepted.recount``), waiting for any change being written to the
+        account's calls (``lock_lines(settled=True)``), so it sees this call ended. The
+        housekeeper's rounds are the last resort (an end still waiting for its row then).
         """
         self.freed = True
         if waiting:
@@ -215,7 +217,7 @@ class Dispatcher:
                 assert pending.call is not None
                 pending.outcome.set_result((pending.call, pending.started))
         if admitted.recount:
-            await self.release(account_id)
+            await self.release(account_id, settled=True)
 
     async def _accept(self, account_id: int, batch: list[_Pending]) -> _Accepted:
         """In one transaction under the account's row lock: each new call of ``batch``, in
@@ -277,8 +279,12 @@ class Dispatcher:
             raise
         return accepted
 
-    async def _lines(self, session: Any, account_id: int) -> admission.AccountLines | None:
-        return await admission.lock_lines(session, account_id, ACTIVE, Status.QUEUED)
+    async def _lines(
+        self, session: Any, account_id: int, settled: bool = False
+    ) -> admission.AccountLines | None:
+        return await admission.lock_lines(
+            session, account_id, ACTIVE, Status.QUEUED, settled=settled
+        )
 
     def _limit(self, lines: admission.AccountLines) -> int:
         if lines.max_concurrent_calls is not None:
@@ -361,13 +367,16 @@ class Dispatcher:
             if not self._closing and not line.freed:
                 await self.release(account.id)
 
-    async def release(self, account_id: int) -> None:
-        """Start the account's oldest queued calls, as many as it has room for."""
+    async def release(self, account_id: int, settled: bool = False) -> None:
+        """Start the account's oldest queued calls, as many as it has room for (``settled``:
+        see ``admission.lock_lines``)."""
         async with self._locks[account_id], self.db.session() as session:
-            start = await self.admit_waiting(session, account_id)
+            start = await self.admit_waiting(session, account_id, settled)
         start()
 
-    async def admit_waiting(self, session: Any, account_id: int) -> Callable[[], None]:
+    async def admit_waiting(
+        self, session: Any, account_id: int, settled: bool = False
+    ) -> Callable[[], None]:
         """Admit, in ``session``, the account's oldest queued calls it has room for.
 
         Returns what starts them, to call once the transaction has committed. Takes no lock of
@@ -376,7 +385,7 @@ class Dispatcher:
         """
         if self._closing:  # shutting down: what waits stays queued for the next start
             return _nothing
-        lines = await self._lines(session, account_id)
+        lines = await self._lines(session, account_id, settled)
         if lines is None or lines.queued == 0:
             return _nothing
         room = self._limit(lines) - lines.active

@@ -25,8 +25,7 @@ from typing import Any, Protocol
 from ringflow.calls.status import Event, Status, is_terminal
 from ringflow.calls.transitions import Change, advance, apply, callback_fields, interrupted
 from ringflow.clock import Clock
-from ringflow.storage.admission import has_queued
-from ringflow.storage.call_changes import write_change_at_once
+from ringflow.storage.call_changes import write_change_at_once, write_end_at_once
 from ringflow.storage.calls import (
     add_leg,
     add_steps,
@@ -198,18 +197,19 @@ class Timeline:
                 ids = await write_change(session, call, **written)
                 if ids is not None:
                     start_next = await self._free_line(session, call)
-        else:  # one statement, committed by itself; the end then looks for waiting calls
+        elif self._holds_line(call):  # the end: one statement, which also sees the queue
+            async with self.db.statement() as conn:
+                ids, waiting = await write_end_at_once(conn, call, queued=Status.QUEUED, **written)
+        else:  # one statement, committed by itself
             async with self.db.statement() as conn:
                 ids = await write_change_at_once(conn, call, **written)
-                if ids is not None and self._holds_line(call):
-                    waiting = await has_queued(conn, call.account_id, Status.QUEUED)
         if ids is None:
             self._steps = steps[:-1] + self._steps  # kept for the database's turn
             raise _Moved
         self._sent(rows, ids, lease)
         if start_next is not None:
             start_next()
-        if waiting is not None:
+        if ids is not None and waiting is not None:
             assert self.line is not None
             await self.line.free_after(waiting)
         return leg_no

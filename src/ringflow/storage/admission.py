@@ -14,7 +14,7 @@ from collections.abc import Collection
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.storage.calls import write_change
 from ringflow.storage.models import Account, Call, Leg
@@ -69,21 +69,43 @@ _COUNT_LINES = (
 )
 
 
+# The same count, row by row, each row locked: a call whose change is being written waits
+# for that write, then is counted with its new status.
+_SETTLED_LINES = (
+    select(_calls.c.status)
+    .where(
+        _calls.c.account_id == bindparam("account_id"),
+        _calls.c.status.in_(bindparam("statuses", expanding=True)),
+    )
+    .with_for_update()
+)
+
+
 async def lock_lines(
-    session: AsyncSession, account_id: int, active: Collection[str], queued: str
+    session: AsyncSession,
+    account_id: int,
+    active: Collection[str],
+    queued: str,
+    settled: bool = False,
 ) -> AccountLines | None:
     """Lock the account's admission for this transaction and count its lines (None: no account).
 
     ``active`` are the statuses that hold a line, ``queued`` the status of a waiting call.
+    ``settled``: count only once the changes being written to the account's calls have been
+    (each counted row locked, on PostgreSQL): a call ending at this moment is not counted as
+    holding its line.
     """
     row = (await session.execute(_LOCK_ACCOUNT, {"account_id": account_id})).one_or_none()
     if row is None:
         return None
     account = _held(Account, _ACCOUNT_COLUMNS, row)
-    rows = await session.execute(
-        _COUNT_LINES, {"account_id": account_id, "statuses": [*active, queued]}
-    )
-    counts = {status: count for status, count in rows.all()}
+    params = {"account_id": account_id, "statuses": [*active, queued]}
+    if settled:
+        counts: dict[str, int] = {}
+        for (status,) in (await session.execute(_SETTLED_LINES, params)).all():
+            counts[status] = counts.get(status, 0) + 1
+    else:
+        counts = {status: count for status, count in (await session.execute(_COUNT_LINES, params))}
     return AccountLines(
         account=account,
         active=sum(counts.get(status, 0) for status in active),
@@ -134,19 +156,6 @@ async def admit_queued(
 def _held(model: type[_Row], columns: list[Any], row: Any) -> _Row:
     """A row read with Core as an object of ``model`` that no session tracks."""
     return model(**{column.key: value for column, value in zip(columns, row)})
-
-
-_HAS_QUEUED = select(
-    select(_calls.c.id)
-    .where(_calls.c.account_id == bindparam("account_id"), _calls.c.status == bindparam("queued"))
-    .exists()
-)
-
-
-async def has_queued(conn: AsyncConnection, account_id: int, queued: str) -> bool:
-    """Whether the account has calls waiting (read without its lock: a hint that admission,
-    under the lock, should run; see ``Line.free_after``)."""
-    return bool(await conn.scalar(_HAS_QUEUED, {"account_id": account_id, "queued": queued}))
 
 
 async def accounts_waiting(session: AsyncSession, queued: str) -> list[int]:

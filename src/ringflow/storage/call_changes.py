@@ -72,7 +72,7 @@ def _callbacks(call_id: str, guard: str) -> str:
 
 
 _MOVED = "EXISTS (SELECT 1 FROM moved)"
-_ONE_CHANGE = text(f"""
+_CHANGE = f"""
 WITH moved AS (
     UPDATE calls SET status = :status, reason = :reason, updated_at = :updated_at,
         start_time = :start_time, end_time = :end_time, duration = :duration,
@@ -92,8 +92,17 @@ WITH moved AS (
     {_callbacks(":call_id", _MOVED)}
 )
 SELECT (SELECT count(*) FROM moved) AS moved,
-       ARRAY(SELECT id FROM sent ORDER BY id) AS callback_ids
-""")
+       ARRAY(SELECT id FROM sent ORDER BY id) AS callback_ids"""
+_ONE_CHANGE = text(_CHANGE)
+# The change that ends a call also says whether the account has calls waiting (as of the
+# statement's start: see ``Line.free_after`` for why that is enough).
+_LAST_CHANGE = text(
+    _CHANGE
+    + """,
+       EXISTS (SELECT 1 FROM calls WHERE account_id = :account_id AND status = :queued)
+           AS waiting"""
+)
+
 
 # A new call admitted at once, in one statement: the call, its legs, its first step and the
 # callbacks that step causes. Its values are bound with the columns' types.
@@ -151,6 +160,38 @@ async def write_change_at_once(
 ) -> list[int] | None:
     """``calls.write_change`` in one statement (PostgreSQL): the callbacks' ids, or None if the
     call had moved."""
+    params = _change_params(
+        call, expected=expected, legs=legs, new_legs=new_legs, steps=steps, callbacks=callbacks
+    )
+    row = (await conn.execute(_ONE_CHANGE, params)).one()
+    if row.moved != 1:
+        return None
+    return list(row.callback_ids)
+
+
+async def write_end_at_once(
+    conn: AsyncConnection, call: Call, *, queued: str, **written: Any
+) -> tuple[list[int] | None, bool]:
+    """``write_change_at_once`` (same arguments) of the change that ends ``call``, which also
+    reads whether its account has calls in status ``queued``: (callback ids or None if the call
+    had moved, whether calls wait)."""
+    params = _change_params(call, **written)
+    params.update(account_id=call.account_id, queued=queued)
+    row = (await conn.execute(_LAST_CHANGE, params)).one()
+    if row.moved != 1:
+        return None, False
+    return list(row.callback_ids), bool(row.waiting)
+
+
+def _change_params(
+    call: Call,
+    *,
+    expected: str,
+    legs: list[int],
+    new_legs: list[int],
+    steps: list[dict[str, Any]],
+    callbacks: list[dict[str, Any]],
+) -> dict[str, Any]:
     params: dict[str, Any] = {name: _column(getattr(call, name)) for name in CALL_CHANGES}
     params.update(
         call_id=call.id,
@@ -160,10 +201,7 @@ async def write_change_at_once(
         steps=_step_records(steps),
         callbacks=_json([{"n": i, **row} for i, row in enumerate(callbacks)]),
     )
-    row = (await conn.execute(_ONE_CHANGE, params)).one()
-    if row.moved != 1:
-        return None
-    return list(row.callback_ids)
+    return params
 
 
 def _step_records(steps: list[dict[str, Any]]) -> str:
