@@ -58,7 +58,7 @@ from typing import Any
 import asyncpg
 import httpx
 from api_connect import APP, RINGFLOW, cli, free_port, wait_healthy
-from sip_calls import Sipp, machine_busy
+from sip_calls import Sipp, machine_busy, paced, percentile
 
 from tests.sipp import free_udp_port
 
@@ -284,26 +284,6 @@ async def run_paced(
         "p50": percentile(latencies, 0.50),
         "p99": percentile(latencies, 0.99),
     }
-
-
-async def paced(rate: float, count: int, start: Any) -> list[asyncio.Task[None]]:
-    """Call ``start(i)`` ``count`` times, ``1/rate`` apart on absolute deadlines (a late loop
-    catches up rather than drifting); returns the tasks."""
-    loop = asyncio.get_running_loop()
-    t0, tasks = loop.time(), []
-    for i in range(count):
-        delay = t0 + i / rate - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(start(i)))
-    return tasks
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def main() -> int:

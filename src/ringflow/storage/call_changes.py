@@ -149,21 +149,12 @@ async def insert_call_at_once(
 
 
 async def write_change_at_once(
-    conn: AsyncConnection,
-    call: Call,
-    *,
-    expected: str,
-    legs: list[int],
-    new_legs: list[int],
-    steps: list[dict[str, Any]],
-    callbacks: list[dict[str, Any]],
+    conn: AsyncConnection, call: Call, **written: Any
 ) -> list[int] | None:
-    """``calls.write_change`` in one statement (PostgreSQL): the callbacks' ids, or None if the
-    call had moved."""
-    params = _change_params(
-        call, expected=expected, legs=legs, new_legs=new_legs, steps=steps, callbacks=callbacks
-    )
-    row = (await conn.execute(_ONE_CHANGE, params)).one()
+    """``calls.write_change`` in one statement (PostgreSQL), with its arguments (``expected``,
+    ``legs``, ``new_legs``, ``steps``, ``callbacks``): the callbacks' ids, or None if the call
+    had moved."""
+    row = (await conn.execute(_ONE_CHANGE, _change_params(call, **written))).one()
     if row.moved != 1:
         return None
     return list(row.callback_ids)
