@@ -6,17 +6,19 @@ this process left behind (calls it was carrying when it died are finished, queue
 
 Admission is exact across processes: each decision (a new call, or the next queued ones) is
 taken under the account's row lock in the database (``storage/admission.py``), so the count of
-calls in progress cannot change under it, and a queued call is claimed by one process only.
-The asyncio lock per account only spares this process's own submissions a wait in the
-database.
+calls in progress cannot grow under it (an end may lower it: see ``Line.free_after``), and a
+queued call is claimed by one process only. The asyncio lock per account spares this process's
+own submissions a wait in the database; the new calls that arrive while it is held are
+admitted together, in one transaction, once it frees (``submit``).
 
 A call of an account whose calls go over a SIP trunk is admitted only with a channel of that
 trunk reserved for its first leg (``Carrier.reserve``): a call waiting for the trunk stays
 ``queued``, not ``ringing``, and the queue moves when the carrier says a channel came free.
 
-A running call holds a ``Line``; the call's last status change frees it in the same
-transaction, admitting the account's next waiting calls there, so a call's end costs no
-transaction of its own for the queue.
+A running call holds a ``Line``; the call's last status change frees it. On SQLite that
+change's transaction admits the account's next waiting calls; on PostgreSQL the change is one
+statement that also says whether calls wait, and only then are they admitted, under the lock
+(``Line.free_after``), so a call's end with nobody waiting takes no lock at all.
 """
 
 from __future__ import annotations
