@@ -159,7 +159,7 @@ class Dispatcher:
         the dashboard or a campaign, another process takes the call.
 
         Calls of one account submitted while its admission is busy are admitted together, in
-        the order they came, in one transaction (``_Batch``): one account lock and one count
+        the order they came, in one transaction (``_accept``): one account lock and one count
         for all of them, so an account's calls per second are not bounded by the round trips
         of one admission. A call with ``with_call``, or a campaign's attempt, is admitted alone:
         what it raises undoes that call only.
@@ -432,8 +432,8 @@ class Dispatcher:
         self._closing = True
 
     async def stop(self) -> None:
-        """Cancel admissions under way (their calls are not created) and running calls (each
-        runner finishes its call as it unwinds)."""
+        """Cancel admissions under way (one cut short in its transaction creates no call) and
+        running calls (each runner finishes its call as it unwinds)."""
         self._closing = True
         admitting = list(self._admitting)
         for admission_task in admitting:

@@ -209,7 +209,7 @@ class Timeline:
         self._sent(rows, ids, lease)
         if start_next is not None:
             start_next()
-        if ids is not None and waiting is not None:
+        if waiting is not None:
             assert self.line is not None
             await self.line.free_after(waiting)
         return leg_no
