@@ -70,14 +70,16 @@ _COUNT_LINES = (
 
 
 # The same count, row by row, each row locked: a call whose change is being written waits
-# for that write, then is counted with its new status.
+# for that write, then is counted with its new status. ``FOR NO KEY UPDATE``, the lock an
+# UPDATE of the row takes: enough to wait for one, and rows that merely reference these calls
+# (another change's timeline steps and callbacks) are not held up.
 _SETTLED_LINES = (
     select(_calls.c.status)
     .where(
         _calls.c.account_id == bindparam("account_id"),
         _calls.c.status.in_(bindparam("statuses", expanding=True)),
     )
-    .with_for_update()
+    .with_for_update(key_share=True)
 )
 
 
