@@ -1,8 +1,12 @@
+import asyncio
 import datetime as dt
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
+from ringflow.config import Settings
+from ringflow.errors import ConfigError
+from ringflow.storage.db import Database
 from ringflow.storage.models import Account
 
 UTC = dt.UTC
@@ -26,3 +30,35 @@ async def test_postgresql_ends_a_session_left_idle_in_a_transaction(db):
     async with db.engine.connect() as conn:
         setting = await conn.scalar(text("SHOW idle_in_transaction_session_timeout"))
     assert setting == "1min"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_busy_postgresql_pool_waits_for_a_connection_and_opens_no_extra_one(database_url):
+    """Under load every connection may be busy; a transaction then waits for one rather than
+    opening a connection that is closed again once used (a new backend, a TLS attempt and every
+    statement prepared again, over and over)."""
+    db = Database(database_url, pool_size=3)
+    opened = 0
+
+    def count(*_args):
+        nonlocal opened
+        opened += 1
+
+    event.listen(db.engine.sync_engine, "connect", count)
+    try:
+
+        async def hold() -> int:
+            async with db.session() as s:
+                return await s.scalar(text("SELECT 1 FROM pg_sleep(0.05)"))
+
+        results = await asyncio.gather(*(hold() for _ in range(12)))
+    finally:
+        await db.close()
+    assert results == [1] * 12
+    assert opened == 3
+
+
+def test_the_database_pool_setting_is_read_and_checked():
+    assert Settings.from_env({"RINGFLOW_DATABASE_POOL": "25"}).database_pool == 25
+    with pytest.raises(ConfigError, match="RINGFLOW_DATABASE_POOL must be at least 1"):
+        Settings.from_env({"RINGFLOW_DATABASE_POOL": "0"})

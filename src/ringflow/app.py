@@ -82,7 +82,7 @@ class Services:
     ) -> Services:
         """Construct (but do not start) every part."""
         clock = clock or make_clock(settings.clock_scale)
-        db = Database(settings.database_url, clock)
+        db = Database(settings.database_url, clock, pool_size=settings.database_pool)
         http = OutboundHttp(settings, clock)
         deliverer = Deliverer(db, clock, http, settings)
         prompts = PromptCache(Path(settings.data_dir) / "media")

@@ -23,6 +23,8 @@ class Settings:
     """Deployment configuration. Every field maps to one ``RINGFLOW_<NAME>`` variable."""
 
     database_url: str = DEFAULT_DATABASE_URL
+    # PostgreSQL connections each process keeps open (SQLite always uses one).
+    database_pool: int = 10
     redis_url: str | None = None
     data_dir: str = "data"
     public_url: str = ""
@@ -117,6 +119,8 @@ class Settings:
             raise ConfigError(
                 "RINGFLOW_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
             )
+        if self.database_pool < 1:
+            raise ConfigError("RINGFLOW_DATABASE_POOL must be at least 1")
         if self.rate_limit_per_minute < 1:
             raise ConfigError("RINGFLOW_RATE_LIMIT_PER_MINUTE must be at least 1")
         if self.auth_failures_per_client < 1 or self.auth_failures_per_key < 1:

@@ -29,12 +29,17 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # exits. PostgreSQL ends a session idle inside a transaction for this long; no transaction of
 # ringflow's waits between its statements for more than a moment.
 IDLE_IN_TRANSACTION_MS = 60_000
+# PostgreSQL connections a process keeps open. A transaction that finds them all busy waits
+# for one: none is opened beyond them, since under load such extra connections are opened and
+# closed over and over (each a new backend, a TLS attempt, type lookups and every statement
+# prepared again), which cost a busy server a third of its calls (bench/README.md).
+POOL_SIZE = 10
 
 
 class Database:
     """One engine and session factory per process."""
 
-    def __init__(self, url: str, clock: Clock | None = None):
+    def __init__(self, url: str, clock: Clock | None = None, pool_size: int = POOL_SIZE):
         self.url = url
         # Database work is a wait on the outside world: a test clock must not jump over it.
         self._busy = clock.busy if clock is not None else contextlib.nullcontext
@@ -49,7 +54,10 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_async_engine(
-                url, pool_size=10, max_overflow=20, connect_args=_postgresql_settings(url)
+                url,
+                pool_size=pool_size,
+                max_overflow=0,
+                connect_args=_postgresql_settings(url),
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
