@@ -95,3 +95,26 @@ def test_lateness_percentiles():
     assert histogram.percentile(1.0) == pytest.approx(0.1001)  # "100 ms or later"
     histogram.clear()
     assert histogram.total == 0
+
+
+async def test_work_batched_over_sessions_runs_once_a_frame_before_its_first_phase():
+    """In-band DTMF is classified for every session at once: once per 20 ms frame, so each
+    batch holds a whole frame of everyone's audio (not a quarter of it four times over)."""
+    order: list[str] = []
+
+    class Phase(Recorder):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def tick(self, frame: int) -> None:
+            order.append(self.name)
+
+    pacer = Pacer(every_frame=lambda: order.append("batch"))
+    for p in range(PHASES):
+        pacer.add(Phase(str(p)))
+    await asyncio.sleep(0.2)
+    pacer.stop()
+    start = order.index("batch")
+    frames = order[start : start + 5 * (PHASES + 1)]
+    assert frames == ["batch", "0", "1", "2", "3"] * 5

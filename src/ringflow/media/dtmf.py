@@ -240,12 +240,13 @@ class ToneDetector:
 
 
 class ToneBatch:
-    """In-band detection for every session of an engine, classified together once per tick.
+    """In-band detection for every session of an engine, classified together once per frame.
 
-    A session submits the audio it received; ``flush`` (the pacer calls it every 5 ms) runs
+    A session submits the audio it received; ``flush`` (the pacer calls it every 20 ms) runs
     one ``classify_many`` over all blocks waiting and hands each session's results to its
     detector in order. Per block, that is several times cheaper than classifying each on
-    arrival, and it delays a key by at most one tick.
+    arrival (a batch's fixed cost is most of a small one's), and it delays a key by at most
+    one frame, next to the two blocks (40 ms) a press needs to be heard at all.
     """
 
     def __init__(self) -> None:

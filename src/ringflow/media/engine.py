@@ -60,7 +60,7 @@ class MediaEngine:
             raise MediaError(f"RTP port range {port_min}-{port_max} holds no even port")
         self.latch = latch  # sessions' default: hear and answer the first source, not the SDP's
         self.tones = ToneBatch()  # in-band DTMF of every session, classified once per tick
-        self.pacer = Pacer(every_tick=self.tones.flush)
+        self.pacer = Pacer(every_frame=self.tones.flush)
         self._sessions: set[RtpSession] = set()
         self._totals = SessionStats()  # of sessions already closed
         self._next = self.port_min

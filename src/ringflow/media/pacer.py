@@ -55,10 +55,12 @@ class Pacer:
     def __init__(
         self,
         clock: Callable[[], float] = time.monotonic,
-        every_tick: Callable[[], None] | None = None,
+        every_frame: Callable[[], None] | None = None,
     ) -> None:
         self._clock = clock
-        self._every_tick = every_tick  # work batched over all sessions (in-band DTMF)
+        # Work batched over all sessions (in-band DTMF), once per 20 ms frame: the batch then
+        # holds a frame's blocks of every session, and its fixed cost is paid 50 times a second.
+        self._every_frame = every_frame
         self._phases: list[list[Ticked]] = [[] for _ in range(PHASES)]
         self._where: dict[Ticked, int] = {}
         self._handle: asyncio.TimerHandle | None = None
@@ -118,9 +120,9 @@ class Pacer:
         phase, frame = self._n % PHASES, self._n // PHASES
         self._n += 1
         self.ticks += 1
-        if self._every_tick is not None:
+        if phase == 0 and self._every_frame is not None:
             try:
-                self._every_tick()
+                self._every_frame()
             except Exception:
                 log.exception("per-tick media work failed")
         self._run(self._phases[phase], frame, deadline)
