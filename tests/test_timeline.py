@@ -5,12 +5,13 @@ another writer read back instead of overwritten."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 
 from ringflow.calls.status import Event
 from ringflow.calls.timeline import Timeline
 from ringflow.calls.transitions import Change
 from ringflow.storage.models import Call, CallEvent, OutboxMessage
+from tests.statements import Statements, settled
 from tests.test_housekeeping import request, setup
 
 
@@ -107,17 +108,10 @@ async def test_a_change_that_does_not_end_the_call_is_one_statement_on_postgresq
         db, clock, call, "Asia/Kolkata", line=None, callbacks=None, on_enqueued=lambda: None
     )
     await timeline.record("note", {})
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
-        seen.append(statement)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
-    try:
+    with Statements(db) as seen:
         await timeline.change(Change(call=Event.ANSWER, legs=((1, Event.ANSWER),)))
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
-    assert len(seen) == 1 and seen[0].lstrip().startswith("WITH moved AS"), seen
+        await settled()
+    assert len(seen) == 1 and seen[0].startswith("WITH moved AS"), seen
     stored, steps, outbox = await rows(db, call.sid)
     assert stored.status == "in-progress"
     assert [s.kind for s in steps][-2:] == ["note", "status"]

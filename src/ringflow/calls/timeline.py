@@ -198,11 +198,13 @@ class Timeline:
                 if ids is not None:
                     start_next = await self._free_line(session, call)
         elif self._holds_line(call):  # the end: one statement, which also sees the queue
-            async with self.db.statement() as conn:
-                ids, waiting = await write_end_at_once(conn, call, queued=Status.QUEUED, **written)
+            async with self.db.driver() as driver:
+                ids, waiting = await write_end_at_once(
+                    driver, call, queued=Status.QUEUED, **written
+                )
         else:  # one statement, committed by itself
-            async with self.db.statement() as conn:
-                ids = await write_change_at_once(conn, call, **written)
+            async with self.db.driver() as driver:
+                ids = await write_change_at_once(driver, call, **written)
         if ids is None:
             self._steps = steps[:-1] + self._steps  # kept for the database's turn
             raise _Moved

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.storage.calls import (
     CALL_CHANGES,
@@ -27,6 +27,7 @@ from ringflow.storage.calls import (
     duplicate_attempt,
     leg_row,
 )
+from ringflow.storage.db import Prepared, stored
 from ringflow.storage.models import Call
 
 _LEG_COLUMNS = (
@@ -93,14 +94,16 @@ WITH moved AS (
 )
 SELECT (SELECT count(*) FROM moved) AS moved,
        ARRAY(SELECT id FROM sent ORDER BY id) AS callback_ids"""
-_ONE_CHANGE = text(_CHANGE)
+_ONE_CHANGE = Prepared(text(_CHANGE))
 # The change that ends a call also says whether the account has calls waiting (as of the
 # statement's start: see ``Line.free_after`` for why that is enough).
-_LAST_CHANGE = text(
-    _CHANGE
-    + """,
+_LAST_CHANGE = Prepared(
+    text(
+        _CHANGE
+        + """,
        EXISTS (SELECT 1 FROM calls WHERE account_id = :account_id AND status = :queued)
            AS waiting"""
+    )
 )
 
 
@@ -148,30 +151,28 @@ async def insert_call_at_once(
     return list(row.callback_ids)
 
 
-async def write_change_at_once(
-    conn: AsyncConnection, call: Call, **written: Any
-) -> list[int] | None:
-    """``calls.write_change`` in one statement (PostgreSQL), with its arguments (``expected``,
-    ``legs``, ``new_legs``, ``steps``, ``callbacks``): the callbacks' ids, or None if the call
-    had moved."""
-    row = (await conn.execute(_ONE_CHANGE, _change_params(call, **written))).one()
-    if row.moved != 1:
+async def write_change_at_once(driver: Any, call: Call, **written: Any) -> list[int] | None:
+    """``calls.write_change`` in one statement (PostgreSQL, on ``Database.driver``), with its
+    arguments (``expected``, ``legs``, ``new_legs``, ``steps``, ``callbacks``): the callbacks'
+    ids, or None if the call had moved."""
+    row = await _ONE_CHANGE.row(driver, _change_params(call, **written))
+    if row["moved"] != 1:
         return None
-    return list(row.callback_ids)
+    return list(row["callback_ids"])
 
 
 async def write_end_at_once(
-    conn: AsyncConnection, call: Call, *, queued: str, **written: Any
+    driver: Any, call: Call, *, queued: str, **written: Any
 ) -> tuple[list[int] | None, bool]:
     """``write_change_at_once`` (same arguments) of the change that ends ``call``, which also
     reads whether its account has calls in status ``queued``: (callback ids or None if the call
     had moved, whether calls wait)."""
     params = _change_params(call, **written)
-    params.update(account_id=call.account_id, queued=queued)
-    row = (await conn.execute(_LAST_CHANGE, params)).one()
-    if row.moved != 1:
+    params.update(account_id=call.account_id, queued=str(queued))
+    row = await _LAST_CHANGE.row(driver, params)
+    if row["moved"] != 1:
         return None, False
-    return list(row.callback_ids), bool(row.waiting)
+    return list(row["callback_ids"]), bool(row["waiting"])
 
 
 def _change_params(
@@ -209,7 +210,7 @@ def _plain(value: Any) -> Any:
 def _column(value: Any) -> Any:
     """A value as its column keeps it (this statement is text: no column types convert it)."""
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).replace(tzinfo=None)
+        return stored(value)
     if isinstance(value, str):
         return str(value)  # a status enum member as the plain text it stands for
     return value

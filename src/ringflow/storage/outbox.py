@@ -13,10 +13,10 @@ import dataclasses
 import datetime as dt
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ringflow.storage.db import rowcount
+from ringflow.storage.db import Prepared, rowcount, stored
 from ringflow.storage.models import OutboxAttempt, OutboxMessage
 
 
@@ -250,6 +250,32 @@ async def record_attempt(
     )
 
 
+async def record_attempt_at_once(
+    driver: Any,
+    message: Claimed,
+    *,
+    now: dt.datetime,
+    status_code: int | None,
+    error: str | None,
+    latency_ms: int,
+    state: str,
+    next_attempt_at: dt.datetime | None = None,
+) -> None:
+    """``record_attempt`` as one statement (PostgreSQL, on ``Database.driver``)."""
+    params = {
+        "id": message.id,
+        "at": stored(now),
+        "status_code": status_code,
+        "error": error,
+        "latency_ms": latency_ms,
+    }
+    if state != "delivered":
+        params.update(lease=stored(message.lease_until), last_error=error or f"HTTP {status_code}")
+    if state == "pending":
+        params["next"] = stored(next_attempt_at)
+    await _RECORDED[state].row(driver, params)
+
+
 # An attempt's statements, built once with parameters: one runs for every callback sent.
 _outbox = cast(Table, M.__table__)
 _PENDING = update(_outbox).where(_outbox.c.id == bindparam("b_id"), _outbox.c.state == "pending")
@@ -267,6 +293,31 @@ _RETRY = _HELD.values(
     **_GIVE_UP_LEASE, last_error=bindparam("b_error"), next_attempt_at=bindparam("b_next")
 )
 _INSERT_ATTEMPT = insert(cast(Table, OutboxAttempt.__table__))
+
+# The same on PostgreSQL, each outcome one statement with the attempt's row.
+_ATTEMPT_ROW = """INSERT INTO outbox_attempts (message_id, at, status_code, error, latency_ms)
+VALUES (:id, :at, :status_code, :error, :latency_ms)"""
+_LEASE_GIVEN_UP = "attempts = attempts + 1, lease_until = NULL, lease_owner = NULL"
+_HELD_BY_US = "id = :id AND state = 'pending' AND lease_until = :lease"
+
+
+def _recorded(change: str, where: str) -> Prepared:
+    return Prepared(
+        text(
+            f"WITH moved AS (UPDATE outbox SET {_LEASE_GIVEN_UP}, {change} WHERE {where}) "
+            + _ATTEMPT_ROW
+        )
+    )
+
+
+_RECORDED = {
+    "delivered": _recorded(
+        "state = 'delivered', delivered_at = :at, last_error = NULL",
+        "id = :id AND state = 'pending'",
+    ),
+    "failed": _recorded("state = 'failed', last_error = :last_error", _HELD_BY_US),
+    "pending": _recorded("last_error = :last_error, next_attempt_at = :next", _HELD_BY_US),
+}
 
 
 async def defer(

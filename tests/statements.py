@@ -1,0 +1,54 @@
+"""Every SQL statement the database runs while counting: those SQLAlchemy executes and those
+run on a pooled connection's own asyncpg connection (``Database.driver``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import event
+
+from ringflow.storage.db import Database
+
+
+class Statements:
+    """``with Statements(db) as seen:``; ``await settled()`` before reading ``seen`` (asyncpg
+    reports its statements on the loop's next turn). Connections checked out before the block
+    began are not watched for the driver's statements."""
+
+    def __init__(self, db: Database) -> None:
+        self.seen: list[str] = []
+        self._engine = db.engine.sync_engine
+        self._pool = db.engine.sync_engine.pool
+
+    def _executed(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        self.seen.append(" ".join(statement.split()))
+
+    def _logged(self, record: Any) -> None:
+        self.seen.append(" ".join(record.query.split()))
+
+    def _out(self, dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.driver_connection.add_query_logger(self._logged)
+
+    def _back(self, dbapi_connection: Any, *_: Any) -> None:
+        if dbapi_connection is not None:
+            dbapi_connection.driver_connection.remove_query_logger(self._logged)
+
+    def __enter__(self) -> list[str]:
+        event.listen(self._engine, "before_cursor_execute", self._executed)
+        if self._engine.dialect.name != "sqlite":
+            event.listen(self._pool, "checkout", self._out)
+            event.listen(self._pool, "checkin", self._back)
+        return self.seen
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._executed)
+        if self._engine.dialect.name != "sqlite":
+            event.remove(self._pool, "checkout", self._out)
+            event.remove(self._pool, "checkin", self._back)
+
+
+async def settled() -> None:
+    """Let asyncpg's query loggers (called soon after each statement) run."""
+    for _ in range(3):
+        await asyncio.sleep(0)
