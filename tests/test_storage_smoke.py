@@ -62,3 +62,42 @@ def test_the_database_pool_setting_is_read_and_checked():
     assert Settings.from_env({"RINGFLOW_DATABASE_POOL": "25"}).database_pool == 25
     with pytest.raises(ConfigError, match="RINGFLOW_DATABASE_POOL must be at least 1"):
         Settings.from_env({"RINGFLOW_DATABASE_POOL": "0"})
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_driver_connection_that_died_or_was_cancelled_is_not_handed_out_again(
+    database_url,
+):
+    """``Database.driver`` bypasses SQLAlchemy's execution, which is what notices a dead
+    connection: it must drop such a connection itself, and one whose statement a cancellation
+    left in flight, so the next user of the pool's only connection gets a working one."""
+    db = Database(database_url, pool_size=1)
+    try:
+        async with db.driver() as driver:
+            victim = await driver.fetchval("SELECT pg_backend_pid()")
+        async with db.session() as s:  # the pool's one connection, through SQLAlchemy
+            assert await s.scalar(text("SELECT pg_backend_pid()")) == victim
+        killer = Database(database_url, pool_size=1)
+        async with killer.driver() as other:
+            assert await other.fetchval("SELECT pg_terminate_backend($1)", victim)
+        await killer.close()
+        with pytest.raises(Exception):  # noqa: B017 (asyncpg says so in its own words)
+            async with db.driver() as driver:
+                await driver.fetchval("SELECT 1")
+        async with db.driver() as driver:
+            fresh = await driver.fetchval("SELECT pg_backend_pid()")
+        assert fresh != victim
+
+        async def slow() -> None:
+            async with db.driver() as driver:
+                await driver.fetchval("SELECT 1 FROM pg_sleep(5)")
+
+        task = asyncio.create_task(slow())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with db.driver() as driver:
+            assert await driver.fetchval("SELECT 2") == 2
+    finally:
+        await db.close()

@@ -14,7 +14,6 @@ from sqlalchemy import TextClause, event
 from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -72,14 +71,6 @@ class Database:
         with self._busy():
             async with self.sessions() as session, session.begin():
                 yield session
-
-    @contextlib.asynccontextmanager
-    async def statement(self) -> AsyncIterator[AsyncConnection]:
-        """A connection without a transaction of ours: each statement commits by itself (one
-        round trip for a statement that does all its work at once)."""
-        with self._busy():
-            async with self.engine.connect() as conn:
-                yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.asynccontextmanager
     async def driver(self) -> AsyncIterator[Any]:
