@@ -20,6 +20,16 @@ class Statements:
         self.seen: list[str] = []
         self._engine = db.engine.sync_engine
         self._pool = db.engine.sync_engine.pool
+        self._sqlite_commits = 0
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed: on PostgreSQL each is a COMMIT the driver ran (SQLAlchemy's
+        transactions too go through it), on SQLite SQLAlchemy's commits."""
+        return self._sqlite_commits + sum(s.rstrip(";") == "COMMIT" for s in self.seen)
+
+    def _committed(self, _conn: Any) -> None:
+        self._sqlite_commits += 1
 
     def _executed(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         self.seen.append(" ".join(statement.split()))
@@ -36,14 +46,18 @@ class Statements:
 
     def __enter__(self) -> list[str]:
         event.listen(self._engine, "before_cursor_execute", self._executed)
-        if self._engine.dialect.name != "sqlite":
+        if self._engine.dialect.name == "sqlite":
+            event.listen(self._engine, "commit", self._committed)
+        else:
             event.listen(self._pool, "checkout", self._out)
             event.listen(self._pool, "checkin", self._back)
         return self.seen
 
     def __exit__(self, *exc: object) -> None:
         event.remove(self._engine, "before_cursor_execute", self._executed)
-        if self._engine.dialect.name != "sqlite":
+        if self._engine.dialect.name == "sqlite":
+            event.remove(self._engine, "commit", self._committed)
+        else:
             event.remove(self._pool, "checkout", self._out)
             event.remove(self._pool, "checkin", self._back)
 

@@ -13,13 +13,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import func, select, update
 
 from ringflow.calls.requests import CallRequest, CampaignTag
 from ringflow.calls.status import is_terminal
 from ringflow.storage.models import Account, Call, CallEvent
 from ringflow.storage.session import Duplicate
 from tests.e2e import Rig, running
+from tests.statements import Statements, settled
 
 OTHER_EXOPHONE = "08039595678"
 
@@ -339,15 +340,8 @@ async def test_calls_submitted_at_once_are_admitted_together_in_order_and_within
     async with running(database_url, max_concurrent_calls=3, queue_limit=5) as rig:
         async with rig.services.db.session() as session:
             account_id = await session.scalar(select(Account.id).where(Account.sid == rig.sid))
-        commits = 0
-
-        def committed(_conn: Any) -> None:
-            nonlocal commits
-            commits += 1
-
-        engine = rig.services.db.engine.sync_engine
-        event.listen(engine, "commit", committed)
-        try:
+        statements = Statements(rig.services.db)
+        with statements:
             outcomes = await asyncio.gather(
                 *(
                     rig.services.dispatcher.submit(
@@ -364,9 +358,8 @@ async def test_calls_submitted_at_once_are_admitted_together_in_order_and_within
                 ),
                 return_exceptions=True,
             )
-        finally:
-            event.remove(engine, "commit", committed)
-        assert commits == 1
+            await settled()
+        assert statements.commits == 1
         accepted = [o for o in outcomes if not isinstance(o, BaseException)]
         refused = [o for o in outcomes if isinstance(o, BaseException)]
         assert [started for _, started in accepted] == [True] * 3 + [False] * 5
@@ -390,24 +383,19 @@ async def test_a_call_that_ends_with_nobody_waiting_takes_no_account_lock(databa
     lock is taken only when calls wait. A call's whole life, with nobody waiting, locks its
     account once (its admission); with a call waiting behind it, the end admits that call."""
     async with running(database_url, max_concurrent_calls=1) as rig:
-        locks: list[str] = []
 
-        def executed(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-            if "FOR NO KEY UPDATE" in statement:
-                locks.append(statement)
+        def locks() -> int:
+            return sum("FOR NO KEY UPDATE" in s for s in seen)
 
-        engine = rig.services.db.engine.sync_engine
-        event.listen(engine, "before_cursor_execute", executed)
-        try:
+        with Statements(rig.services.db) as seen:
             alone, _ = await place(rig, 1, 5)
             await finish_all(rig, [alone])
-            assert len(locks) == 1
+            await settled()
+            assert locks() == 1
             first, _ = await place(rig, 2, 5)
             behind, status = await place(rig, 3, 5)
             assert status == "queued"
             ended = await finish_all(rig, [first, behind])
-        finally:
-            event.remove(engine, "before_cursor_execute", executed)
         assert [c.status for c in ended] == ["completed"] * 2
         # The waiting call left the queue the moment the first one ended (1 s ringing, 5 s).
         assert await started_at(rig, behind) - await started_at(rig, first) == 6

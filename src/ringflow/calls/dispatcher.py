@@ -42,7 +42,7 @@ from ringflow.logs import bind_call
 from ringflow.metrics import CALLS_ENDED, CALLS_IN_PROGRESS, CALLS_STARTED, carrier_label
 from ringflow.storage import admission, calls, streams
 from ringflow.storage.call_changes import insert_call_at_once
-from ringflow.storage.db import Database
+from ringflow.storage.db import Database, driver_of
 from ringflow.storage.models import Account, Call, Leg
 from ringflow.storage.session import Session
 from ringflow.telephony.carrier import Carrier
@@ -225,60 +225,84 @@ class Dispatcher:
         """In one transaction under the account's row lock: each new call of ``batch``, in
         order, queued or admitted (its trunk channel reserved), or refused when the account's
         queue is full (``_Pending.error``). A failure of the transaction fails them all and
-        gives back the channels reserved for them."""
+        gives back the channels reserved for them.
+
+        On PostgreSQL a batch of the API's calls is admitted on the driver's own connection
+        (``Database.driver``): the lock, the count and one statement a call. A call with work
+        of its own in the transaction (``with_call``, always alone) needs a session."""
         reserved: list[Call] = []  # a trunk channel is held for each
         try:
-            async with self.db.session() as session:
-                lines = await self._lines(session, account_id)
+            if self.db.is_sqlite or any(p.with_call is not None for p in batch):
+                async with self.db.session() as session:
+                    lines = await self._lines(session, account_id)
+                    assert lines is not None, f"account {account_id} does not exist"
+                    driver = None if self.db.is_sqlite else await driver_of(session)
+                    return await self._take(batch, lines, reserved, driver, session)
+            async with self.db.driver() as driver, driver.transaction():
+                lines = await admission.lock_lines_at_once(
+                    driver, account_id, ACTIVE, Status.QUEUED
+                )
                 assert lines is not None, f"account {account_id} does not exist"
-                accepted = _Accepted(lines.account)
-                queue_limit = lines.account.max_queued_calls
-                if queue_limit is None:
-                    queue_limit = self.settings.queue_limit
-                limit = self._limit(lines)
-                active, queued = lines.active, lines.queued
-                for pending in batch:
-                    if queued >= queue_limit:
-                        waiting = "1 call is" if queued == 1 else f"{queued} calls are"
-                        pending.error = CapacityExceeded(
-                            f"{waiting} already waiting for this account; try again later"
-                        )
-                        continue
-                    # Stamped under the account's lock, so creation order is the order of
-                    # admission.
-                    call = _new_call(pending.request, self.clock.wall())
-                    # Never ahead of calls already waiting: room can exist while they wait (the
-                    # limit was raised, or a call just ended and its release has not run yet).
-                    started = active < limit and queued == 0
-                    if not started and (active < limit or not self.db.is_sqlite):
-                        accepted.recount = True
-                    if started and not await self._reserve(lines.account, call):
-                        started = False
-                        log.info("call %s queued: its trunk has no free channel", call.sid)
-                    elif started:
-                        reserved.append(call)
-                    else:
-                        log.info(
-                            "call %s queued: %d of %d lines busy, %d waiting",
-                            call.sid,
-                            active,
-                            limit,
-                            queued,
-                        )
-                    if await self._insert(session, call, lines.account, started):
-                        accepted.woke = True
-                    if pending.with_call is not None:
-                        await pending.with_call(session, call)
-                    pending.call, pending.started = call, started
-                    if started:
-                        active += 1
-                    else:
-                        queued += 1
+                return await self._take(batch, lines, reserved, driver, None)
         except BaseException:
             if self.carrier is not None:  # those calls never were
                 for call in reserved:
                     await self.carrier.unreserve(call.sid)
             raise
+
+    async def _take(
+        self,
+        batch: list[_Pending],
+        lines: admission.AccountLines,
+        reserved: list[Call],
+        driver: Any,
+        session: Session | None,
+    ) -> _Accepted:
+        """``_accept``'s work once the account is locked and its lines counted: writes on
+        ``driver`` (PostgreSQL) or in ``session`` (SQLite; a ``with_call`` always)."""
+        accepted = _Accepted(lines.account)
+        queue_limit = lines.account.max_queued_calls
+        if queue_limit is None:
+            queue_limit = self.settings.queue_limit
+        limit = self._limit(lines)
+        active, queued = lines.active, lines.queued
+        for pending in batch:
+            if queued >= queue_limit:
+                waiting = "1 call is" if queued == 1 else f"{queued} calls are"
+                pending.error = CapacityExceeded(
+                    f"{waiting} already waiting for this account; try again later"
+                )
+                continue
+            # Stamped under the account's lock, so creation order is the order of admission.
+            call = _new_call(pending.request, self.clock.wall())
+            # Never ahead of calls already waiting: room can exist while they wait (the limit
+            # was raised, or a call just ended and its release has not run yet).
+            started = active < limit and queued == 0
+            if not started and (active < limit or not self.db.is_sqlite):
+                accepted.recount = True
+            if started and not await self._reserve(lines.account, call):
+                started = False
+                log.info("call %s queued: its trunk has no free channel", call.sid)
+            elif started:
+                reserved.append(call)
+            else:
+                log.info(
+                    "call %s queued: %d of %d lines busy, %d waiting",
+                    call.sid,
+                    active,
+                    limit,
+                    queued,
+                )
+            if await self._insert(driver, session, call, lines.account, started):
+                accepted.woke = True
+            if pending.with_call is not None:
+                assert session is not None
+                await pending.with_call(session, call)
+            pending.call, pending.started = call, started
+            if started:
+                active += 1
+            else:
+                queued += 1
         return accepted
 
     async def _lines(
@@ -293,18 +317,21 @@ class Dispatcher:
             return lines.max_concurrent_calls
         return self.settings.max_concurrent_calls
 
-    async def _insert(self, session: Session, call: Call, account: Account, started: bool) -> bool:
+    async def _insert(
+        self, driver: Any, session: Session | None, call: Call, account: Account, started: bool
+    ) -> bool:
         """Insert a new call built in memory: queued, or (``started``) already dialing its
-        first leg, with that change's timeline step and callbacks. True if it queued a
-        callback (a ``ringing`` event)."""
-        if not started:
-            await calls.insert_call(session, call)
-            return False
-        steps, rows = self._dial(call, account, call.created_at)
-        if not self.db.is_sqlite:  # one statement (a data-modifying WITH)
-            await insert_call_at_once(session, call, steps=steps, callbacks=rows)
+        first leg, with that change's timeline step and callbacks; in one statement on
+        ``driver`` (PostgreSQL), else in ``session``. True if it queued a callback (a
+        ``ringing`` event)."""
+        steps, rows = self._dial(call, account, call.created_at) if started else ([], [])
+        if driver is not None:  # one statement (a data-modifying WITH)
+            await insert_call_at_once(driver, call, steps=steps, callbacks=rows)
             return bool(rows)
+        assert session is not None
         await calls.insert_call(session, call)
+        if not started:
+            return False
         for row in (*steps, *rows):
             row["call_id"] = call.id
         await calls.add_steps(session, steps)

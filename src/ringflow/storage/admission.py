@@ -13,10 +13,11 @@ import dataclasses
 from collections.abc import Collection
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.storage.calls import write_change
+from ringflow.storage.db import Prepared, read_back
 from ringflow.storage.models import Account, Call, Leg
 
 
@@ -108,6 +109,39 @@ async def lock_lines(
             counts[status] = counts.get(status, 0) + 1
     else:
         counts = {status: count for status, count in (await session.execute(_COUNT_LINES, params))}
+    return AccountLines(
+        account=account,
+        active=sum(counts.get(status, 0) for status in active),
+        queued=counts.get(queued, 0),
+    )
+
+
+# The lock and the count on PostgreSQL's driver (``Database.driver``, in a transaction of its
+# own): what admits a batch of new calls runs for every call.
+_LOCK_ACCOUNT_NOW = Prepared(
+    text(
+        f"SELECT {', '.join(c.name for c in _ACCOUNT_COLUMNS)} FROM accounts "
+        "WHERE id = :account_id FOR NO KEY UPDATE"
+    )
+)
+_COUNT_LINES_NOW = Prepared(
+    text(
+        "SELECT status, count(*) FROM calls WHERE account_id = :account_id "
+        "AND status = ANY(CAST(:statuses AS text[])) GROUP BY status"
+    )
+)
+
+
+async def lock_lines_at_once(
+    driver: Any, account_id: int, active: Collection[str], queued: str
+) -> AccountLines | None:
+    """``lock_lines`` (not ``settled``) on ``driver``, inside its transaction."""
+    row = await _LOCK_ACCOUNT_NOW.row(driver, {"account_id": account_id})
+    if row is None:
+        return None
+    account = _held(Account, _ACCOUNT_COLUMNS, [read_back(value) for value in row])
+    params = {"account_id": account_id, "statuses": [str(s) for s in (*active, queued)]}
+    counts = {status: count for status, count in await _COUNT_LINES_NOW.rows(driver, params)}
     return AccountLines(
         account=account,
         active=sum(counts.get(status, 0) for status in active),

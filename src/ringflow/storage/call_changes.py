@@ -16,9 +16,8 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import bindparam, text
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from asyncpg.exceptions import UniqueViolationError
+from sqlalchemy import JSON, text
 
 from ringflow.storage.calls import (
     CALL_CHANGES,
@@ -123,32 +122,37 @@ WITH new_call AS (
     {_callbacks(_NEW_ID, "TRUE")}
 )
 SELECT {_NEW_ID} AS call_id, ARRAY(SELECT id FROM sent ORDER BY id) AS callback_ids
-""").bindparams(*(bindparam(column.key, type_=column.type) for column in INSERTED_COLUMNS))
+""")
+_ACCEPT_NOW = Prepared(_ACCEPT)
+_JSON_COLUMNS = frozenset(c.key for c in INSERTED_COLUMNS if isinstance(c.type, JSON))
 
 
 async def insert_call_at_once(
-    session: AsyncSession,
+    driver: Any,
     call: Call,
     *,
     steps: list[dict[str, Any]],
     callbacks: list[dict[str, Any]],
 ) -> list[int]:
-    """``calls.insert_call`` of a call admitted at once, with its steps and callbacks, as one
-    statement of ``session``'s transaction (PostgreSQL); sets ``call.id``; the callbacks' ids.
+    """``calls.insert_call`` of a new call, with its steps and callbacks (none for a queued
+    call), as one statement on ``driver`` inside the admission's transaction (PostgreSQL:
+    ``Database.driver``, or ``driver_of`` a session); sets ``call.id``; the callbacks' ids.
     Duplicate if its campaign attempt has a call already."""
-    params = {key: _plain(value) for key, value in call_values(call).items()}
+    params = {
+        key: json.dumps(value) if key in _JSON_COLUMNS else _column(value)
+        for key, value in call_values(call).items()
+    }
     params.update(
         legs=_json([leg_row(call, leg.leg_no) for leg in call.legs]),
         steps=_step_records(steps),
         callbacks=_json([{"n": i, **row} for i, row in enumerate(callbacks)]),
     )
-    conn = await session.connection()
     try:
-        row = (await conn.execute(_ACCEPT, params)).one()
-    except IntegrityError as exc:
+        row = await _ACCEPT_NOW.row(driver, params)
+    except UniqueViolationError as exc:
         raise duplicate_attempt(call) from exc
-    call.id = row.call_id
-    return list(row.callback_ids)
+    call.id = row["call_id"]
+    return list(row["callback_ids"])
 
 
 async def write_change_at_once(driver: Any, call: Call, **written: Any) -> list[int] | None:
@@ -200,11 +204,6 @@ def _step_records(steps: list[dict[str, Any]]) -> str:
     return _json(
         [{"n": i, "at": s["at"], "kind": s["kind"], "data": s["data"]} for i, s in enumerate(steps)]
     )
-
-
-def _plain(value: Any) -> Any:
-    """A status enum member as the plain text it stands for (the column's type does the rest)."""
-    return str(value) if isinstance(value, str) else value
 
 
 def _column(value: Any) -> Any:

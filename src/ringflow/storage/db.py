@@ -119,8 +119,28 @@ class Prepared:
         self.names = tuple(compiled.positiontup or ())
 
     async def row(self, driver: Any, params: dict[str, Any]) -> Any:
-        """Run it on ``driver`` (``Database.driver``) with ``params`` by name; its one row."""
+        """Run it on ``driver`` (``Database.driver``) with ``params`` by name; its first row
+        (None: none)."""
         return await driver.fetchrow(self.sql, *[params[name] for name in self.names])
+
+    async def rows(self, driver: Any, params: dict[str, Any]) -> list[Any]:
+        """Run it on ``driver`` with ``params`` by name; every row."""
+        return list(await driver.fetch(self.sql, *[params[name] for name in self.names]))
+
+
+async def driver_of(session: AsyncSession) -> Any:
+    """The asyncpg connection under ``session`` (PostgreSQL), to run ``Prepared`` statements in
+    its transaction. A statement must have run in the session first: SQLAlchemy begins the
+    transaction with its first statement, and one run here before would commit by itself."""
+    conn = await session.connection()
+    return (await conn.get_raw_connection()).driver_connection
+
+
+def read_back(value: Any) -> Any:
+    """A value read by the driver as SQLAlchemy's column types give it: times aware UTC."""
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
 
 
 def stored(value: dt.datetime | None) -> dt.datetime | None:
