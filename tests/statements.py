@@ -44,22 +44,22 @@ class Statements:
         if dbapi_connection is not None:
             dbapi_connection.driver_connection.remove_query_logger(self._logged)
 
-    def __enter__(self) -> list[str]:
-        event.listen(self._engine, "before_cursor_execute", self._executed)
+    def _listeners(self) -> list[tuple[Any, str, Any]]:
+        watched: list[tuple[Any, str, Any]] = [
+            (self._engine, "before_cursor_execute", self._executed)
+        ]
         if self._engine.dialect.name == "sqlite":
-            event.listen(self._engine, "commit", self._committed)
-        else:
-            event.listen(self._pool, "checkout", self._out)
-            event.listen(self._pool, "checkin", self._back)
+            return [*watched, (self._engine, "commit", self._committed)]
+        return [*watched, (self._pool, "checkout", self._out), (self._pool, "checkin", self._back)]
+
+    def __enter__(self) -> list[str]:
+        for target, name, listener in self._listeners():
+            event.listen(target, name, listener)
         return self.seen
 
     def __exit__(self, *exc: object) -> None:
-        event.remove(self._engine, "before_cursor_execute", self._executed)
-        if self._engine.dialect.name == "sqlite":
-            event.remove(self._engine, "commit", self._committed)
-        else:
-            event.remove(self._pool, "checkout", self._out)
-            event.remove(self._pool, "checkin", self._back)
+        for target, name, listener in self._listeners():
+            event.remove(target, name, listener)
 
 
 async def settled() -> None:

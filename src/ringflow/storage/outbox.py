@@ -211,69 +211,56 @@ def _room(key: Any, limited: dict[Any, int], default: int) -> Any:
     return case(partial, value=key, else_=default) if partial else default
 
 
-async def record_attempt(
-    session: AsyncSession,
-    message: Claimed,
-    *,
-    now: dt.datetime,
-    status_code: int | None,
-    error: str | None,
-    latency_ms: int,
-    state: str,
-    next_attempt_at: dt.datetime | None = None,
-) -> None:
-    """Write one attempt's outcome: ``delivered``, ``failed``, or ``pending`` again at
-    ``next_attempt_at``; the lease is given up either way."""
-    if state == "delivered":
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One attempt's outcome: ``delivered``, ``failed``, or ``pending`` again at
+    ``next_attempt_at``."""
+
+    at: dt.datetime
+    status_code: int | None
+    error: str | None
+    latency_ms: int
+    state: str
+    next_attempt_at: dt.datetime | None = None
+
+    @property
+    def last_error(self) -> str:
+        """What the row keeps of a failed attempt."""
+        return self.error or f"HTTP {self.status_code}"
+
+
+async def record_attempt(session: AsyncSession, message: Claimed, attempt: Attempt) -> None:
+    """Write one attempt's outcome and its row; the lease is given up either way."""
+    if attempt.state == "delivered":
         # A success counts whoever reports it, since the receiver has it either way.
-        await session.execute(_DELIVERED, {"b_id": message.id, "b_now": now})
+        await session.execute(_DELIVERED, {"b_id": message.id, "b_now": attempt.at})
     else:
         # Only the lease holder may reschedule or fail a row.
-        params = {
-            "b_id": message.id,
-            "b_lease": message.lease_until,
-            "b_error": error or f"HTTP {status_code}",
-        }
-        if state == "failed":
+        params = {"b_id": message.id, "b_lease": message.lease_until, "b_error": attempt.last_error}
+        if attempt.state == "failed":
             await session.execute(_FAILED, params)
         else:
-            await session.execute(_RETRY, {**params, "b_next": next_attempt_at})
-    await session.execute(
-        _INSERT_ATTEMPT,
-        {
-            "message_id": message.id,
-            "at": now,
-            "status_code": status_code,
-            "error": error,
-            "latency_ms": latency_ms,
-        },
-    )
+            await session.execute(_RETRY, {**params, "b_next": attempt.next_attempt_at})
+    await session.execute(_INSERT_ATTEMPT, {"message_id": message.id, **_attempt_row(attempt)})
 
 
-async def record_attempt_at_once(
-    driver: Any,
-    message: Claimed,
-    *,
-    now: dt.datetime,
-    status_code: int | None,
-    error: str | None,
-    latency_ms: int,
-    state: str,
-    next_attempt_at: dt.datetime | None = None,
-) -> None:
+async def record_attempt_at_once(driver: Any, message: Claimed, attempt: Attempt) -> None:
     """``record_attempt`` as one statement (PostgreSQL, on ``Database.driver``)."""
-    params = {
-        "id": message.id,
-        "at": stored(now),
-        "status_code": status_code,
-        "error": error,
-        "latency_ms": latency_ms,
+    params = {"id": message.id, **_attempt_row(attempt), "at": stored(attempt.at)}
+    if attempt.state != "delivered":
+        params.update(lease=stored(message.lease_until), last_error=attempt.last_error)
+    if attempt.state == "pending":
+        params["next"] = stored(attempt.next_attempt_at)
+    await _RECORDED[attempt.state].row(driver, params)
+
+
+def _attempt_row(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "at": attempt.at,
+        "status_code": attempt.status_code,
+        "error": attempt.error,
+        "latency_ms": attempt.latency_ms,
     }
-    if state != "delivered":
-        params.update(lease=stored(message.lease_until), last_error=error or f"HTTP {status_code}")
-    if state == "pending":
-        params["next"] = stored(next_attempt_at)
-    await _RECORDED[state].row(driver, params)
 
 
 # An attempt's statements, built once with parameters: one runs for every callback sent.

@@ -43,7 +43,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable
-from typing import Any
 
 from ringflow.clock import Clock
 from ringflow.config import Settings
@@ -531,20 +530,20 @@ class Deliverer:
             if reopen_at is not None and reopen_at > next_attempt_at:
                 next_attempt_at = reopen_at
             self._unquiet()  # the table holds a row due again, maybe sooner than a look said
-        attempt: dict[str, Any] = {
-            "now": now,
-            "status_code": outcome.status_code,
-            "error": outcome.error,
-            "latency_ms": outcome.latency_ms,
-            "state": state,
-            "next_attempt_at": next_attempt_at,
-        }
+        attempt = outbox.Attempt(
+            at=now,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            latency_ms=outcome.latency_ms,
+            state=state,
+            next_attempt_at=next_attempt_at,
+        )
         if self._db.is_sqlite:
             async with self._db.session() as session:
-                await outbox.record_attempt(session, message, **attempt)
+                await outbox.record_attempt(session, message, attempt)
         else:  # one statement, committed by itself
             async with self._db.driver() as driver:
-                await outbox.record_attempt_at_once(driver, message, **attempt)
+                await outbox.record_attempt_at_once(driver, message, attempt)
         if not outcome.ok:
             log.warning(
                 "outbox message %s (%s) attempt %d failed: %s",
