@@ -2,11 +2,11 @@ import asyncio
 import datetime as dt
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import bindparam, event, select, text
 
 from ringflow.config import Settings
 from ringflow.errors import ConfigError
-from ringflow.storage.db import Database
+from ringflow.storage.db import Database, Prepared
 from ringflow.storage.models import Account
 
 UTC = dt.UTC
@@ -65,12 +65,13 @@ def test_the_database_pool_setting_is_read_and_checked():
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-async def test_a_driver_connection_that_died_or_was_cancelled_is_not_handed_out_again(
+async def test_the_pool_stays_usable_after_a_driver_connection_dies_or_is_cancelled(
     database_url,
 ):
     """``Database.driver`` bypasses SQLAlchemy's execution, which is what notices a dead
-    connection: it must drop such a connection itself, and one whose statement a cancellation
-    left in flight, so the next user of the pool's only connection gets a working one."""
+    connection: it must drop such a connection itself, so the next user of the pool's only
+    connection gets a working one. A statement cancelled in flight leaves a connection that
+    works for the next user too."""
     db = Database(database_url, pool_size=1)
     try:
         async with db.driver() as driver:
@@ -101,3 +102,13 @@ async def test_a_driver_connection_that_died_or_was_cancelled_is_not_handed_out_
             assert await driver.fetchval("SELECT 2") == 2
     finally:
         await db.close()
+
+
+def test_a_prepared_statement_refuses_parameters_that_would_need_converting():
+    """``Prepared`` runs SQL on the driver with nothing converting its values: a parameter whose
+    column type converts it (aware times to naive UTC, JSON to text) must be refused when the
+    statement is built, not written wrong; plain ones (an id) pass."""
+    lock = Prepared(select(Account.id).where(Account.id == bindparam("account_id")))
+    assert lock.names == ("account_id",) and "$1" in lock.sql
+    with pytest.raises(AssertionError, match="created_at"):
+        Prepared(select(Account.id).where(Account.created_at < bindparam("created_at")))

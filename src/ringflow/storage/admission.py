@@ -101,7 +101,6 @@ async def lock_lines(
     row = (await session.execute(_LOCK_ACCOUNT, {"account_id": account_id})).one_or_none()
     if row is None:
         return None
-    account = _held(Account, _ACCOUNT_COLUMNS, row)
     params = {"account_id": account_id, "statuses": [*active, queued]}
     if settled:
         counts: dict[str, int] = {}
@@ -109,21 +108,13 @@ async def lock_lines(
             counts[status] = counts.get(status, 0) + 1
     else:
         counts = {status: count for status, count in (await session.execute(_COUNT_LINES, params))}
-    return AccountLines(
-        account=account,
-        active=sum(counts.get(status, 0) for status in active),
-        queued=counts.get(queued, 0),
-    )
+    return _lines(_held(Account, _ACCOUNT_COLUMNS, row), counts, active, queued)
 
 
 # The lock and the count on PostgreSQL's driver (``Database.driver``, in a transaction of its
-# own): what admits a batch of new calls runs for every call.
-_LOCK_ACCOUNT_NOW = Prepared(
-    text(
-        f"SELECT {', '.join(c.name for c in _ACCOUNT_COLUMNS)} FROM accounts "
-        "WHERE id = :account_id FOR NO KEY UPDATE"
-    )
-)
+# own): what admits a batch of new calls runs for every call. (The count's IN list of
+# ``_COUNT_LINES`` expands per execution, so it cannot be compiled once: an array instead.)
+_LOCK_ACCOUNT_NOW = Prepared(_LOCK_ACCOUNT)
 _COUNT_LINES_NOW = Prepared(
     text(
         "SELECT status, count(*) FROM calls WHERE account_id = :account_id "
@@ -142,6 +133,13 @@ async def lock_lines_at_once(
     account = _held(Account, _ACCOUNT_COLUMNS, [read_back(value) for value in row])
     params = {"account_id": account_id, "statuses": [str(s) for s in (*active, queued)]}
     counts = {status: count for status, count in await _COUNT_LINES_NOW.rows(driver, params)}
+    return _lines(account, counts, active, queued)
+
+
+def _lines(
+    account: Account, counts: dict[str, int], active: Collection[str], queued: str
+) -> AccountLines:
+    """The account's lines from its calls counted by status."""
     return AccountLines(
         account=account,
         active=sum(counts.get(status, 0) for status in active),

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import TextClause, event
+from sqlalchemy import ClauseElement, event
 from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.types import NullType
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from ringflow.clock import Clock
 
@@ -79,8 +79,9 @@ class Database:
         (``Prepared``). Executing through SQLAlchemy costs two and a half times what asyncpg
         itself does, and choosing autocommit as much again.
 
-        A connection that asyncpg found closed, or whose statement was cancelled in flight, is
-        dropped from the pool rather than handed out again.
+        A connection that asyncpg found closed is dropped from the pool rather than handed out
+        again (SQLAlchemy's execution, which would notice, is not in the way). One whose
+        statement was cancelled in flight asyncpg makes ready again itself.
         """
         assert not self.is_sqlite, "the driver's own connection is PostgreSQL's"
         with self._busy():
@@ -93,9 +94,6 @@ class Database:
                     if driver.is_closed():
                         await conn.invalidate()
                     raise
-                except BaseException:  # cancelled: the connection may be mid-statement
-                    await conn.invalidate()
-                    raise
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -105,16 +103,19 @@ _ASYNCPG = make_url("postgresql+asyncpg://").get_dialect()()
 
 
 class Prepared:
-    """A text statement compiled once for asyncpg: its SQL with ``$n`` placeholders and the
-    order its named parameters go in. Its parameters must be untyped (nothing converts them on
-    the way), so values are given as the columns keep them (times naive UTC, JSON as text)."""
+    """A statement compiled once for asyncpg: its SQL with ``$n`` placeholders and the order its
+    named parameters go in. None of its parameters may need converting (SQLAlchemy would do it
+    on the way; here nothing does), so values are given as the columns keep them (times naive
+    UTC, JSON as text)."""
 
-    def __init__(self, statement: TextClause) -> None:
-        compiled = statement.compile(dialect=_ASYNCPG)
-        typed = [
-            name for name, bind in compiled.binds.items() if not isinstance(bind.type, NullType)
+    def __init__(self, statement: ClauseElement) -> None:
+        compiled = cast(SQLCompiler, statement.compile(dialect=_ASYNCPG))
+        converted = [
+            name
+            for name, bind in compiled.binds.items()
+            if bind.type.dialect_impl(_ASYNCPG).bind_processor(_ASYNCPG) is not None
         ]
-        assert not typed, f"parameters with types would not be converted: {typed}"
+        assert not converted, f"parameters that would not be converted: {converted}"
         self.sql = compiled.string
         self.names = tuple(compiled.positiontup or ())
 
