@@ -249,12 +249,16 @@ class Accounts:
         """The account's ExoPhones, oldest first."""
         return await stored_phones.numbers(session, account_id)
 
-    async def owns_number(self, session: Session, account_id: int, number: str) -> bool:
-        """Whether ``number`` (E.164) is an ExoPhone of the account."""
-        return await self.lookups.get(
-            ("owns", account_id, number),
-            lambda: stored_phones.owns_number(session, account_id, number),
-        )
+    async def owns_number(self, session: Session | None, account_id: int, number: str) -> bool:
+        """Whether ``number`` (E.164) is an ExoPhone of the account (read, when not cached, in
+        ``session`` or without one in a transaction of its own)."""
+
+        async def load() -> bool:
+            if session is None:
+                return bool(await self._read(stored_phones.owns_number, account_id, number))
+            return await stored_phones.owns_number(session, account_id, number)
+
+        return await self.lookups.get(("owns", account_id, number), load)
 
     async def script_phone(
         self, scope: str, number: str, script: Any
@@ -354,8 +358,9 @@ class Accounts:
         if problems:
             raise AppInvalid(problems)
 
-    async def app(self, session: Session, account_id: int, app_id: int) -> App:
-        """One of the account's apps, or NotFound (another account's app is not found either)."""
+    async def app(self, session: Session | None, account_id: int, app_id: int) -> App:
+        """One of the account's apps, or NotFound (another account's app is not found either);
+        read, when not cached, in ``session`` or without one in a transaction of its own."""
         app = await self._cached(
             ("app", account_id, app_id),
             session,

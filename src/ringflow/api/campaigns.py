@@ -213,8 +213,7 @@ class CampaignsApi:
             return None
         if not isinstance(url, str):
             raise InvalidRequest("url must be a string")
-        async with self.s.db.session() as session:
-            return await app_in_account(session, url, account, self.s, field="url")
+        return await app_in_account(url, account, self.s, field="url")
 
     def _campaign(self, account: Account, view: CampaignView) -> dict[str, Any]:
         c = view.campaign

@@ -13,7 +13,6 @@ from ringflow.logs import bind_account
 from ringflow.media.amd import parse_mode
 from ringflow.phone import display, normalize
 from ringflow.storage.models import Account
-from ringflow.storage.session import Session
 from ringflow.streams.target import check_stream_url
 from ringflow.webhooks.http import validate_url
 
@@ -61,9 +60,9 @@ async def parse_connect(params: Params, account: Account, services: Services) ->
             "Url and To cannot be used together: Url runs an app on the call, "
             "To connects From to that number; give one of them"
         )
-    async with services.db.session() as session:
-        caller_id = await _exophone(session, caller_raw, account, services)
-        app_id = await app_in_account(session, url, account, services) if url else None
+    # Both are cached: the database is read only when they are not.
+    caller_id = await _exophone(caller_raw, account, services)
+    app_id = await app_in_account(url, account, services) if url else None
     call_type = params.get("CallType")
     if call_type is not None and call_type.lower() != "trans":
         reason = "is no longer supported" if call_type.lower() == "promo" else "must be trans"
@@ -150,21 +149,19 @@ def _stream(params: Params, allow_private: bool) -> tuple[str, str, str | None] 
     return url, kind, stream_name
 
 
-async def _exophone(session: Session, raw: str, account: Account, services: Services) -> str:
+async def _exophone(raw: str, account: Account, services: Services) -> str:
     number = normalize(raw, field="CallerId")
-    if not await services.accounts.owns_number(session, account.id, number):
+    if not await services.accounts.owns_number(None, account.id, number):
         raise InvalidRequest(f"CallerId {display(number)} is not an ExoPhone of this account")
     return number
 
 
-async def app_in_account(
-    session: Session, url: str, account: Account, services: Services, field: str = "Url"
-) -> int:
+async def app_in_account(url: str, account: Account, services: Services, field: str = "Url") -> int:
     """The id of the account's app that a flow URL names (``Url`` of Calls/connect or of a
     live call's redirect, ``url`` of a campaign); InvalidRequest naming ``field`` if none."""
     app_id = app_id_from_url(url, field)
     try:
-        await services.accounts.app(session, account.id, app_id)
+        await services.accounts.app(None, account.id, app_id)
     except NotFound:
         raise InvalidRequest(f"{field}: there is no app {app_id} in this account") from None
     return app_id

@@ -267,8 +267,7 @@ class ExotelApi:
                 raise InvalidRequest(f"Status {status} is not supported: only completed (hang up)")
             call = await self.s.control.hang_up(sid, "api", account_id=account.id)
         else:
-            async with self.s.db.session() as session:
-                app_id = await app_in_account(session, url or "", account, self.s)
+            app_id = await app_in_account(url or "", account, self.s)
             call = await self.s.control.redirect(sid, app_id, "api", account_id=account.id)
         log.info("call %s: %s requested by API", sid, "hangup" if status else "redirect")
         body = {"Call": call_fields(call, account.sid, account.time_zone, json_uri=as_json)}
