@@ -79,6 +79,21 @@ def test_message_names_the_field_and_value() -> None:
     assert str(info.value).startswith("CallerId '12ab' is not a valid phone number")
 
 
+def test_remembered_results_keep_to_their_input_and_field() -> None:
+    """Numbers are remembered, with what they gave; a rejected one is rejected every time,
+    naming the field of each request, and a remembered number is not given for a field or
+    region it was not read for."""
+    for field in ("From", "CallerId", "From"):
+        with pytest.raises(InvalidRequest, match=f"^{field} '98123' "):
+            normalize("98123", field=field)
+    assert normalize("09812345678", field="To") == "+919812345678"
+    assert normalize("09812345678", field="To") == "+919812345678"
+    assert display("+919812345678") == "09812345678"
+    assert display("+919812345678", "US") == "+919812345678"
+    with pytest.raises(ValueError):
+        display("919812345678")
+
+
 def test_region_changes_what_bare_numbers_mean() -> None:
     assert normalize("(415) 555-2671", "US") == "+14155552671"
     assert normalize("+919052161119", "US") == "+919052161119"

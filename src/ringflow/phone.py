@@ -14,6 +14,7 @@ Validity rule (a decision, checked against phonenumbers 9.x metadata):
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -23,6 +24,11 @@ from ringflow.errors import InvalidRequest
 
 # Longer input is not a phone number; also keeps error messages short.
 _MAX_RAW = 64
+# Numbers recently read or echoed, with their results: parsing and formatting through
+# phonenumbers' metadata is the dearest step of a request, and a call's numbers come back again
+# and again (its ExoPhone on every call, each number in the response, the flow's context and
+# every callback). Errors are not kept.
+_REMEMBERED = 8192
 # What may remain after removing the separators people type: ASCII digits only, so that
 # phonenumbers' letter-to-digit (1-800-FLOWERS) and non-ASCII digit conversions never apply.
 _DIGITS = re.compile(r"\+?[0-9]+")
@@ -38,6 +44,7 @@ _LENGTH_PROBLEMS = {
 }
 
 
+@functools.lru_cache(maxsize=_REMEMBERED)
 def normalize(raw: str, region: str = "IN", *, field: str = "From") -> str:
     """Return ``raw`` as E.164 (or a ``sip:`` URI); raise InvalidRequest naming ``field``."""
     text = raw.strip()
@@ -65,6 +72,7 @@ def normalize(raw: str, region: str = "IN", *, field: str = "From") -> str:
     return phonenumbers.format_number(number, PhoneNumberFormat.E164)
 
 
+@functools.lru_cache(maxsize=_REMEMBERED)
 def display(e164: str, region: str = "IN") -> str:
     """Return a stored number as echoed on the wire: national digits at home, else E.164."""
     if e164[:4].lower() == "sip:":
