@@ -8,7 +8,10 @@ drives it with a fixed number of concurrent HTTP clients for a fixed time: first
 the Call XML). Every accepted call really runs on the sandbox while the load goes on.
 
 Prints one line per endpoint and the comparable figure: connect throughput as a share of the
-baseline's, measured in the same run.
+baseline's, measured in the same run. Each line also gives the server's CPU time per request
+and the share of a core the load itself took: on a small machine the baseline is bounded by
+the client (httpx) long before the server, so the CPU per request says what a connect costs
+the server against a request that does nothing.
 
     .venv/bin/python bench/api_connect.py [--seconds 20] [--concurrency 16] [--database-url URL]
 """
@@ -65,45 +68,71 @@ def cli(env: dict[str, str], *args: str) -> str:
     ).stdout
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Run:
+    """One endpoint's results: latencies of the answered requests, errors, and the CPU the
+    server and the load took meanwhile."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.server_cpu = 0.0
+        self.client_cpu = 0.0
+
+
 async def drive(
-    client: httpx.AsyncClient, request: dict, seconds: float, concurrency: int
-) -> tuple[list[float], int]:
-    latencies: list[float] = []
-    errors = 0
+    client: httpx.AsyncClient, request: dict, seconds: float, concurrency: int, server: int
+) -> Run:
+    run = Run()
+    latencies = run.latencies
     stop_at = time.perf_counter() + seconds
 
     async def worker() -> None:
-        nonlocal errors
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
             response = await client.request(**request)
             if response.status_code == 200:
                 latencies.append(time.perf_counter() - started)
             else:
-                errors += 1
-                if errors <= 3:
+                run.errors += 1
+                if run.errors <= 3:
                     print(f"  error {response.status_code}: {response.text[:200]}", file=sys.stderr)
 
+    server_before, client_before = cpu_seconds(server), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors
+    run.server_cpu = cpu_seconds(server) - server_before
+    run.client_cpu = time.process_time() - client_before
+    return run
 
 
-def report(name: str, latencies: list[float], errors: int, seconds: float) -> float:
-    rate = len(latencies) / seconds
-    cuts = statistics.quantiles(latencies, n=100)
+def report(name: str, run: Run, seconds: float) -> tuple[float, float]:
+    """Print one endpoint's line; its requests a second and server CPU ms a request."""
+    rate = len(run.latencies) / seconds
+    cuts = statistics.quantiles(run.latencies, n=100)
+    per_request = run.server_cpu * 1000 / max(1, len(run.latencies))
     print(
         f"{name:<18} {rate:8.1f} req/s   p50 {cuts[49] * 1000:6.1f} ms   "
-        f"p99 {cuts[98] * 1000:6.1f} ms   errors {errors}"
+        f"p99 {cuts[98] * 1000:6.1f} ms   errors {run.errors}   "
+        f"server {per_request:5.2f} ms CPU/request ({run.server_cpu / seconds:.2f} core)   "
+        f"load {run.client_cpu / seconds:.2f} core"
     )
-    return rate
+    return rate, per_request
 
 
-async def bench(base: str, creds: dict[str, str], seconds: float, concurrency: int) -> None:
+async def bench(
+    base: str, creds: dict[str, str], seconds: float, concurrency: int, server: int
+) -> None:
     auth = (creds["api_key"], creds["api_token"])
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
-        await drive(client, {"method": "GET", "url": "/healthz"}, 2, concurrency)  # warm-up
-        health = await drive(client, {"method": "GET", "url": "/healthz"}, seconds, concurrency)
+        health_request = {"method": "GET", "url": "/healthz"}
+        await drive(client, health_request, 2, concurrency, server)  # warm-up
+        health = await drive(client, health_request, seconds, concurrency, server)
         connect_request = {
             "method": "POST",
             "url": f"/v1/Accounts/{creds['sid']}/Calls/connect",
@@ -115,10 +144,11 @@ async def bench(base: str, creds: dict[str, str], seconds: float, concurrency: i
                 "CallType": "trans",
             },
         }
-        connect = await drive(client, connect_request, seconds, concurrency)
-    base_rate = report("GET /healthz", *health, seconds)
-    rate = report("POST Calls/connect", *connect, seconds)
+        connect = await drive(client, connect_request, seconds, concurrency, server)
+    base_rate, base_cpu = report("GET /healthz", health, seconds)
+    rate, cpu = report("POST Calls/connect", connect, seconds)
     print(f"connect/healthz throughput ratio: {rate / base_rate:.3f}")
+    print(f"connect/healthz server CPU per request: {cpu / base_cpu:.1f}x")
 
 
 def main() -> int:
@@ -155,7 +185,7 @@ def main() -> int:
         print(
             f"ringflow on {env['RINGFLOW_DATABASE_URL'].split(':')[0]}, {args.concurrency} clients, {args.seconds:g} s each"
         )
-        asyncio.run(bench(base, creds, args.seconds, args.concurrency))
+        asyncio.run(bench(base, creds, args.seconds, args.concurrency, server.pid))
     finally:
         server.send_signal(signal.SIGINT)
         try:
