@@ -41,7 +41,7 @@ from ringflow.errors import CapacityExceeded, Unavailable
 from ringflow.logs import bind_call
 from ringflow.metrics import CALLS_ENDED, CALLS_IN_PROGRESS, CALLS_STARTED, carrier_label
 from ringflow.storage import admission, calls, streams
-from ringflow.storage.call_changes import insert_call_at_once
+from ringflow.storage.call_changes import NewCall, insert_calls_at_once
 from ringflow.storage.db import Database, driver_of
 from ringflow.storage.models import Account, Call, Leg
 from ringflow.storage.session import Session
@@ -266,6 +266,7 @@ class Dispatcher:
             queue_limit = self.settings.queue_limit
         limit = self._limit(lines)
         active, queued = lines.active, lines.queued
+        together: list[NewCall] = []  # on the driver: the batch's calls, in one statement
         for pending in batch:
             if queued >= queue_limit:
                 waiting = "1 call is" if queued == 1 else f"{queued} calls are"
@@ -293,8 +294,14 @@ class Dispatcher:
                     limit,
                     queued,
                 )
-            if await self._insert(driver, session, call, lines.account, started):
+            steps, rows = self._dial(call, lines.account, call.created_at) if started else ([], [])
+            if rows:  # a ringing callback: the deliverer has work
                 accepted.woke = True
+            new = NewCall(call, steps, rows)
+            if driver is not None and pending.with_call is None:
+                together.append(new)
+            else:  # what the call's own work needs first is its id
+                await self._insert(driver, session, new)
             if pending.with_call is not None:
                 assert session is not None
                 await pending.with_call(session, call)
@@ -303,6 +310,8 @@ class Dispatcher:
                 active += 1
             else:
                 queued += 1
+        if together:
+            await insert_calls_at_once(driver, together)
         return accepted
 
     async def _lines(
@@ -317,26 +326,20 @@ class Dispatcher:
             return lines.max_concurrent_calls
         return self.settings.max_concurrent_calls
 
-    async def _insert(
-        self, driver: Any, session: Session | None, call: Call, account: Account, started: bool
-    ) -> bool:
-        """Insert a new call built in memory: queued, or (``started``) already dialing its
-        first leg, with that change's timeline step and callbacks; in one statement on
-        ``driver`` (PostgreSQL), else in ``session``. True if it queued a callback (a
-        ``ringing`` event)."""
-        steps, rows = self._dial(call, account, call.created_at) if started else ([], [])
+    async def _insert(self, driver: Any, session: Session | None, new: NewCall) -> None:
+        """Insert a new call built in memory (queued, or already dialing its first leg), with
+        its timeline step and callbacks: in one statement on ``driver`` (PostgreSQL), else in
+        ``session``."""
         if driver is not None:  # one statement (a data-modifying WITH)
-            await insert_call_at_once(driver, call, steps=steps, callbacks=rows)
-            return bool(rows)
+            await insert_calls_at_once(driver, [new])
+            return
         assert session is not None
+        call = new.call
         await calls.insert_call(session, call)
-        if not started:
-            return False
-        for row in (*steps, *rows):
+        for row in (*new.steps, *new.callbacks):
             row["call_id"] = call.id
-        await calls.add_steps(session, steps)
-        await calls.add_callbacks(session, rows)
-        return bool(rows)
+        await calls.add_steps(session, new.steps)
+        await calls.add_callbacks(session, new.callbacks)
 
     async def _admit(self, session: Session, call: Call, account: Account) -> bool:
         """Start dialing a queued call (``admission.oldest_queued``); True if that queued a

@@ -12,12 +12,15 @@ is the statements of ``calls.write_change`` in one transaction, the end's with i
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from asyncpg.exceptions import UniqueViolationError
-from sqlalchemy import JSON, text
+from sqlalchemy import text
+from sqlalchemy.dialects import postgresql
 
 from ringflow.storage.calls import (
     CALL_CHANGES,
@@ -35,40 +38,52 @@ _LEG_COLUMNS = (
 )
 
 
-# The rows a change adds, read from JSON record sets, for ``call_id`` (an SQL expression) when
-# ``guard`` (an SQL condition) holds; each a data-modifying part of a WITH.
-def _added_legs(call_id: str, records: str, guard: str) -> str:
+# The rows a change adds, read from JSON record sets, when ``guard`` (an SQL condition) holds;
+# each a data-modifying part of a WITH. Their call is ``call_id`` (an SQL expression), or with
+# ``by_sid`` the new call (``new_calls``) whose SID each record names.
+def _call_of(call_id: str, by_sid: bool) -> tuple[str, str, str]:
+    """(the call's id, the records' leading columns, the join that finds the new call)."""
+    if by_sid:
+        return "c.id", "sid text, ", " JOIN new_calls AS c ON c.sid = v.sid"
+    return call_id, "", ""
+
+
+def _added_legs(call_id: str, records: str, guard: str, by_sid: bool = False) -> str:
+    call, keyed, join = _call_of(call_id, by_sid)
     return f"""INSERT INTO legs (call_id, leg_no, number, status, cause, answered_by, dialed_at,
                       answered_at, ended_at)
-    SELECT {call_id}, v.leg_no, v.number, v.status, v.cause, v.answered_by, v.dialed_at,
+    SELECT {call}, v.leg_no, v.number, v.status, v.cause, v.answered_by, v.dialed_at,
            v.answered_at, v.ended_at
-    FROM jsonb_to_recordset(CAST({records} AS jsonb)) AS v({_LEG_COLUMNS})
+    FROM jsonb_to_recordset(CAST({records} AS jsonb)) AS v({keyed}{_LEG_COLUMNS}){join}
     WHERE {guard}"""
 
 
-def _steps(call_id: str, guard: str) -> str:
+def _steps(call_id: str, guard: str, by_sid: bool = False) -> str:
+    call, keyed, join = _call_of(call_id, by_sid)
     return f"""INSERT INTO call_events (call_id, at, kind, data)
-    SELECT {call_id}, v.at, v.kind, v.data
-    FROM jsonb_to_recordset(CAST(:steps AS jsonb)) AS v(n int, at timestamp, kind text, data json)
+    SELECT {call}, v.at, v.kind, v.data
+    FROM jsonb_to_recordset(CAST(:steps AS jsonb))
+        AS v({keyed}n int, at timestamp, kind text, data json){join}
     WHERE {guard}
     ORDER BY v.n"""
 
 
-def _callbacks(call_id: str, guard: str) -> str:
+def _callbacks(call_id: str, guard: str, by_sid: bool = False) -> str:
+    call, keyed, join = _call_of(call_id, by_sid)
     return f"""INSERT INTO outbox (account_id, call_id, event, url, destination, content_type, payload,
                         idempotency_key, state, attempts, next_attempt_at, created_at,
                         lease_owner, lease_until)
-    SELECT v.account_id, {call_id}, v.event, v.url, v.destination, v.content_type, v.payload,
+    SELECT v.account_id, {call}, v.event, v.url, v.destination, v.content_type, v.payload,
            v.idempotency_key, v.state, v.attempts, v.next_attempt_at, v.created_at,
            v.lease_owner, v.lease_until
-    FROM jsonb_to_recordset(CAST(:callbacks AS jsonb)) AS v(
+    FROM jsonb_to_recordset(CAST(:callbacks AS jsonb)) AS v({keyed}
         n int, account_id bigint, event text, url text, destination text,
         content_type text, payload json, idempotency_key text, state text, attempts int,
         next_attempt_at timestamp, created_at timestamp, lease_owner text,
-        lease_until timestamp)
+        lease_until timestamp){join}
     WHERE {guard}
     ORDER BY v.n
-    RETURNING id"""
+    RETURNING id, call_id"""
 
 
 _MOVED = "EXISTS (SELECT 1 FROM moved)"
@@ -106,53 +121,77 @@ _LAST_CHANGE = Prepared(
 )
 
 
-# A new call admitted at once, in one statement: the call, its legs, its first step and the
-# callbacks that step causes. Its values are bound with the columns' types.
-_NEW_ID = "(SELECT id FROM new_call)"
-_ACCEPT = text(f"""
-WITH new_call AS (
-    INSERT INTO calls ({", ".join(column.name for column in INSERTED_COLUMNS)})
-    VALUES ({", ".join(":" + column.key for column in INSERTED_COLUMNS)})
-    RETURNING id
-), added_legs AS (
-    {_added_legs(_NEW_ID, ":legs", "TRUE")}
-), steps AS (
-    {_steps(_NEW_ID, "TRUE")}
-), sent AS (
-    {_callbacks(_NEW_ID, "TRUE")}
+# New calls admitted at once, in one statement: the calls, in the order given (so their ids
+# follow the order of admission), their legs, their first steps and the callbacks those cause.
+# Each record carries every column of its call, typed as the column is.
+_CALL_RECORD = ", ".join(
+    f"{column.name} {column.type.compile(dialect=postgresql.dialect())}"
+    for column in INSERTED_COLUMNS
 )
-SELECT {_NEW_ID} AS call_id, ARRAY(SELECT id FROM sent ORDER BY id) AS callback_ids
+_CALL_NAMES = ", ".join(column.name for column in INSERTED_COLUMNS)
+_ACCEPT = Prepared(
+    text(f"""
+WITH new_calls AS (
+    INSERT INTO calls ({_CALL_NAMES})
+    SELECT {", ".join("v." + column.name for column in INSERTED_COLUMNS)}
+    FROM jsonb_to_recordset(CAST(:calls AS jsonb)) AS v(n int, {_CALL_RECORD})
+    ORDER BY v.n
+    RETURNING id, sid
+), added_legs AS (
+    {_added_legs("", ":legs", "TRUE", by_sid=True)}
+), steps AS (
+    {_steps("", "TRUE", by_sid=True)}
+), sent AS (
+    {_callbacks("", "TRUE", by_sid=True)}
+)
+SELECT c.sid, c.id AS call_id,
+       ARRAY(SELECT s.id FROM sent AS s WHERE s.call_id = c.id ORDER BY s.id) AS callback_ids
+FROM new_calls AS c
 """)
-_ACCEPT_NOW = Prepared(_ACCEPT)
-_JSON_COLUMNS = frozenset(c.key for c in INSERTED_COLUMNS if isinstance(c.type, JSON))
+)
 
 
-async def insert_call_at_once(
-    driver: Any,
-    call: Call,
-    *,
-    steps: list[dict[str, Any]],
-    callbacks: list[dict[str, Any]],
-) -> list[int]:
-    """``calls.insert_call`` of a new call, with its steps and callbacks (none for a queued
-    call), as one statement on ``driver`` inside the admission's transaction (PostgreSQL:
-    ``Database.driver``, or ``driver_of`` a session); sets ``call.id``; the callbacks' ids.
-    Duplicate if its campaign attempt has a call already."""
+@dataclasses.dataclass
+class NewCall:
+    """A call built in memory to be inserted: its first timeline steps and the callbacks they
+    cause (none for a queued call)."""
+
+    call: Call
+    steps: list[dict[str, Any]]
+    callbacks: list[dict[str, Any]]
+
+
+async def insert_calls_at_once(driver: Any, new: Sequence[NewCall]) -> dict[str, list[int]]:
+    """``calls.insert_call`` of new calls, with their steps and callbacks, as one statement on
+    ``driver`` inside the admission's transaction (PostgreSQL: ``Database.driver``, or
+    ``driver_of`` a session); sets each ``call.id``. The callbacks' ids by call SID. Duplicate
+    if a campaign attempt has a call already (such a call is admitted alone)."""
     params = {
-        key: json.dumps(value) if key in _JSON_COLUMNS else _column(value)
-        for key, value in call_values(call).items()
+        "calls": _json([{"n": i, **call_values(n.call)} for i, n in enumerate(new)]),
+        "legs": _json(
+            [{"sid": n.call.sid, **leg_row(n.call, leg.leg_no)} for n in new for leg in n.call.legs]
+        ),
+        "steps": _json(
+            [
+                {"n": i, "sid": n.call.sid, "at": s["at"], "kind": s["kind"], "data": s["data"]}
+                for i, (n, s) in enumerate((n, s) for n in new for s in n.steps)
+            ]
+        ),
+        "callbacks": _json(
+            [
+                {"n": i, "sid": n.call.sid, **row}
+                for i, (n, row) in enumerate((n, row) for n in new for row in n.callbacks)
+            ]
+        ),
     }
-    params.update(
-        legs=_json([leg_row(call, leg.leg_no) for leg in call.legs]),
-        steps=_step_records(steps),
-        callbacks=_json([{"n": i, **row} for i, row in enumerate(callbacks)]),
-    )
     try:
-        row = await _ACCEPT_NOW.row(driver, params)
+        rows = await _ACCEPT.rows(driver, params)
     except UniqueViolationError as exc:
-        raise duplicate_attempt(call) from exc
-    call.id = row["call_id"]
-    return list(row["callback_ids"])
+        raise duplicate_attempt(new[0].call) from exc
+    ids = {row["sid"]: row for row in rows}
+    for n in new:
+        n.call.id = ids[n.call.sid]["call_id"]
+    return {sid: list(row["callback_ids"]) for sid, row in ids.items()}
 
 
 async def write_change_at_once(driver: Any, call: Call, **written: Any) -> list[int] | None:
