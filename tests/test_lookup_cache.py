@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -173,3 +173,77 @@ async def test_the_cache_is_bounded(clock: ManualClock):
     for key in range(10):
         await lookups.get(key, value)
     assert len(lookups._entries) == 3
+
+
+async def test_requests_that_miss_at_the_same_moment_share_one_read(clock: ManualClock):
+    """Under load an expired entry is missed by every request in flight: a shared lookup is
+    read once for all of them; a caller that gives up leaves the read to the others; a
+    request that comes after a change reads again rather than joining the older read; a
+    failed read fails those waiting for it and is not kept."""
+    lookups = Lookups(clock)
+    reads: list[str] = []
+    release = asyncio.Event()
+
+    def reader(value: str) -> Callable[[], Awaitable[str]]:
+        async def read() -> str:
+            reads.append(value)
+            await release.wait()
+            if value == "broken":
+                raise OSError("connection lost")
+            return value
+
+        return read
+
+    waiting = [
+        asyncio.ensure_future(lookups.get("k", reader("v1"), shared=True)) for _ in range(20)
+    ]
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # its client went away
+    await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*waiting[1:]) == ["v1"] * 19
+    assert reads == ["v1"]
+    assert await lookups.get("k", reader("unused"), shared=True) == "v1"  # kept
+
+    release.clear()
+    await clock.advance(LOCAL_TTL + 0.01)
+    before = asyncio.ensure_future(lookups.get("k", reader("old"), shared=True))
+    await asyncio.sleep(0)
+    await lookups.changed()
+    after = asyncio.ensure_future(lookups.get("k", reader("new"), shared=True))
+    await asyncio.sleep(0)
+    release.set()
+    assert (await before, await after) == ("old", "new")
+    assert reads == ["v1", "old", "new"]
+    assert await lookups.get("k", reader("unused"), shared=True) == "new"
+
+    release.clear()
+    lookups.forget()
+    failing = [
+        asyncio.ensure_future(lookups.get("k", reader("broken"), shared=True)) for _ in range(3)
+    ]
+    await asyncio.sleep(0)
+    release.set()
+    outcomes = await asyncio.gather(*failing, return_exceptions=True)
+    assert [type(o) for o in outcomes] == [OSError] * 3
+    assert reads == ["v1", "old", "new", "broken"]
+    assert await lookups.get("k", reader("again"), shared=True) == "again"
+
+
+async def test_lookups_in_a_callers_transaction_are_not_shared(clock: ManualClock):
+    """A read that runs in its caller's transaction is that caller's own: never joined."""
+    lookups = Lookups(clock)
+    reads = 0
+    release = asyncio.Event()
+
+    async def read() -> int:
+        nonlocal reads
+        reads += 1
+        await release.wait()
+        return reads
+
+    both = [asyncio.ensure_future(lookups.get("k", read)) for _ in range(2)]
+    await asyncio.sleep(0)
+    release.set()
+    assert sorted(await asyncio.gather(*both)) == [2, 2]
+    assert reads == 2

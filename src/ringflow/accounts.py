@@ -173,7 +173,10 @@ class Accounts:
         # Names that open nothing are not kept: guesses must not crowd out the real keys.
         rows: list[tuple[str, int | None]] = [
             *await self.lookups.get(
-                ("keys", username), lambda: self._read(stored.active_keys, username), keep=bool
+                ("keys", username),
+                lambda: self._read(stored.active_keys, username),
+                keep=bool,
+                shared=True,
             )
         ]
         given = hash_token(password)
@@ -212,7 +215,9 @@ class Accounts:
                     return await self._detached(own, query, *args)
             return await self._detached(session, query, *args)
 
-        return await self.lookups.get(key, load, keep=(lambda _: True) if keep_none else _found)
+        return await self.lookups.get(
+            key, load, keep=(lambda _: True) if keep_none else _found, shared=session is None
+        )
 
     @staticmethod
     async def _detached(session: Session, query: Any, *args: Any) -> Any:
@@ -258,7 +263,7 @@ class Accounts:
                 return bool(await self._read(stored_phones.owns_number, account_id, number))
             return await stored_phones.owns_number(session, account_id, number)
 
-        return await self.lookups.get(("owns", account_id, number), load)
+        return await self.lookups.get(("owns", account_id, number), load, shared=session is None)
 
     async def script_phone(
         self, scope: str, number: str, script: Any
@@ -290,7 +295,9 @@ class Accounts:
             async with self.db.session() as session:
                 return await stored_phones.scripts_met(session, account_sid)
 
-        scripts: dict[str, dict[str, Any]] = await self.lookups.get(("scripts", account_sid), load)
+        scripts: dict[str, dict[str, Any]] = await self.lookups.get(
+            ("scripts", account_sid), load, shared=True
+        )
         return scripts.get(number)
 
     async def phone(self, session: Session, account_sid: str, number: str) -> SandboxPhone | None:

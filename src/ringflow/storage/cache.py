@@ -15,12 +15,18 @@ A change made here is forgotten here at once. Other processes learn of it in one
 Changes are rare (an operator revoking a key, a new app version), so a change forgets everything
 rather than tracking what depended on what. A lookup that was reading the database while a change
 was announced does not store what it read, which may predate the change.
+
+A lookup that runs in a transaction of its own (``shared``) is read once however many requests
+miss it at the same moment: when an entry expires under load, every request in flight would
+otherwise read the same row. A request that arrives after a change does not join a read begun
+before it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -53,6 +59,8 @@ class Lookups:
         self.max_entries = max_entries
         self.generation = 0  # how many times this cache was forgotten
         self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        # key -> (generation it began in, the read): reads under way that others may join
+        self._loading: dict[Hashable, tuple[int, asyncio.Future[Any]]] = {}
         # Monotonic real time until which the subscription counts as alive: it is a matter of
         # the network, not of the clock that call timers run on.
         self._alive_until = float("-inf")
@@ -64,8 +72,14 @@ class Lookups:
         key: Hashable,
         load: Callable[[], Awaitable[T]],
         keep: Callable[[T], bool] = lambda value: True,
+        *,
+        shared: bool = False,
     ) -> T:
-        """The value cached under ``key``, or what ``load()`` reads (cached if ``keep`` says)."""
+        """The value cached under ``key``, or what ``load()`` reads (cached if ``keep`` says).
+
+        ``shared``: ``load`` needs nothing of its caller's (it opens its own transaction), so
+        callers that miss ``key`` while it is being read wait for that read instead of reading
+        again; one that gives up leaves the read to the others."""
         entry = self._entries.get(key)
         if entry is not None:
             if self.clock.now() - entry[0] <= self._ttl():
@@ -74,7 +88,33 @@ class Lookups:
                 return entry[1]  # type: ignore[no-any-return]
             del self._entries[key]
         generation = self.generation
-        value = await load()
+        if not shared:
+            return self._kept(key, generation, await load(), keep)
+        loading = self._loading.get(key)
+        read: asyncio.Future[T]
+        if loading is None or loading[0] != generation:
+            read = asyncio.ensure_future(self._read(key, generation, load, keep))
+            self._loading[key] = (generation, read)
+            read.add_done_callback(functools.partial(self._read_done, key))
+        else:
+            read = loading[1]  # every key's reads share one dict; this key's load gives a T
+        return await asyncio.shield(read)
+
+    async def _read(
+        self, key: Hashable, generation: int, load: Callable[[], Awaitable[T]], keep: Any
+    ) -> T:
+        return self._kept(key, generation, await load(), keep)
+
+    def _read_done(self, key: Hashable, read: asyncio.Future[Any]) -> None:
+        loading = self._loading.get(key)
+        if loading is not None and loading[1] is read:
+            del self._loading[key]
+        if not read.cancelled():
+            read.exception()  # retrieved: an error whose callers all gave up is not "lost"
+
+    def _kept(self, key: Hashable, generation: int, value: T, keep: Callable[[T], bool]) -> T:
+        """``value``, stored under ``key`` if ``keep`` says and no change came since
+        ``generation``."""
         if keep(value) and generation == self.generation:
             self._entries[key] = (self.clock.now(), value)
             while len(self._entries) > self.max_entries:
