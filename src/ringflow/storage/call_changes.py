@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from asyncpg.exceptions import UniqueViolationError
-from sqlalchemy import text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import String, text
 
 from ringflow.storage.calls import (
     CALL_CHANGES,
@@ -29,7 +28,7 @@ from ringflow.storage.calls import (
     duplicate_attempt,
     leg_row,
 )
-from ringflow.storage.db import Prepared, stored
+from ringflow.storage.db import Prepared, postgresql_type, stored
 from ringflow.storage.models import Call
 
 _LEG_COLUMNS = (
@@ -123,9 +122,10 @@ _LAST_CHANGE = Prepared(
 
 # New calls admitted at once, in one statement: the calls, in the order given (so their ids
 # follow the order of admission), their legs, their first steps and the callbacks those cause.
-# Each record carries every column of its call, typed as the column is.
+# Each record carries every column of its call, typed as the column is (strings as text: the
+# insert itself refuses one too long for its column, where a record's type could cut it).
 _CALL_RECORD = ", ".join(
-    f"{column.name} {column.type.compile(dialect=postgresql.dialect())}"
+    f"{column.name} {'text' if isinstance(column.type, String) else postgresql_type(column)}"
     for column in INSERTED_COLUMNS
 )
 _CALL_NAMES = ", ".join(column.name for column in INSERTED_COLUMNS)

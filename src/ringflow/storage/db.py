@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import ClauseElement, event
+from sqlalchemy import ClauseElement, ColumnElement, event
 from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
@@ -100,6 +100,11 @@ class Database:
 
 
 _ASYNCPG = make_url("postgresql+asyncpg://").get_dialect()()
+
+
+def postgresql_type(column: ColumnElement[Any]) -> str:
+    """How PostgreSQL spells the type of ``column`` (for a record read from JSON)."""
+    return column.type.compile(dialect=_ASYNCPG)
 
 
 class Prepared:
