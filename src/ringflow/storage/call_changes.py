@@ -1,6 +1,7 @@
 """A status change written in one statement on PostgreSQL: one round trip, no transaction of
-our own (the statement commits by itself). Also a new call admitted at once, with its legs,
-step and callbacks (``insert_call_at_once``), in the transaction that admitted it.
+our own (the statement commits by itself). Also the new calls of one admission at once, with
+their legs, steps and callbacks (``insert_calls_at_once``), in the transaction that admitted
+them.
 
 The call's row moves only if its status is still the one its carrier held; the legs, the
 timeline steps and the callbacks are written in the same statement only then (PostgreSQL runs

@@ -204,7 +204,7 @@ def private_address_error(field: str, exc: Exception) -> InvalidRequest:
 
 
 class PrivateAddress(Exception):
-    """Raised inside the transport; OutboundHttp turns it into InvalidRequest with the field."""
+    """Raised by the resolver; OutboundHttp turns it into InvalidRequest with the field."""
 
     def __init__(self, address: str):
         super().__init__(address)
