@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from ringflow.clock import Clock
 from ringflow.errors import Unavailable
-from ringflow.redis_client import publish
+from ringflow.redis_client import scoped
 from ringflow.telephony.sip.trunks import Trunk
 
 PREFIX = "ringflow:trunk:"
@@ -304,11 +304,16 @@ class SharedTrunkGate:
                 )
 
     async def _release(self, member: str) -> None:
-        """Give the channel back and tell every process (a lost announcement costs a wait
-        until the next housekeeping round, never the channel)."""
+        """Give the channel back and tell every process, in one round trip (a lost
+        announcement costs a wait until the next housekeeping round, never the channel)."""
         with contextlib.suppress(RedisError), self.clock.busy():
-            await asyncio.shield(self._client.zrem(self._leases, member))
-            await publish(self._client, ROOM_CHANNEL, self.trunk.name)
+            await asyncio.shield(self._give_back(member))
+
+    async def _give_back(self, member: str) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zrem(self._leases, member)
+        pipe.publish(scoped(self._client, ROOM_CHANNEL), self.trunk.name)
+        await pipe.execute()
 
 
 def _once(on_wait: OnWait | None) -> OnWait:
