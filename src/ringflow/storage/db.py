@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from ringflow.clock import Clock
@@ -79,21 +81,30 @@ class Database:
         (``Prepared``). Executing through SQLAlchemy costs two and a half times what asyncpg
         itself does, and choosing autocommit as much again.
 
-        A connection that asyncpg found closed is dropped from the pool rather than handed out
-        again (SQLAlchemy's execution, which would notice, is not in the way). One whose
-        statement was cancelled in flight asyncpg makes ready again itself.
+        The connection is taken from the pool itself, without SQLAlchemy's Connection around
+        it (a third less CPU a checkout). A connection that asyncpg found closed is
+        dropped from the pool rather than handed out again (SQLAlchemy's execution, which would
+        notice, is not in the way). One whose statement was cancelled in flight asyncpg makes
+        ready again itself.
         """
         assert not self.is_sqlite, "the driver's own connection is PostgreSQL's"
         with self._busy():
-            async with self.engine.connect() as conn:
-                fairy = await conn.get_raw_connection()
-                driver: Any = fairy.driver_connection
+            pooled = await self.engine.raw_connection()
+            give_back = pooled.close
+            try:
+                driver: Any = pooled.driver_connection
                 try:
                     yield driver
                 except Exception:
                     if driver.is_closed():
-                        await conn.invalidate()
+                        give_back = pooled.invalidate  # which gives it back too
                     raise
+            finally:
+                # In SQLAlchemy's greenlet, as the pool expects. Giving back a connection that
+                # SQLAlchemy began no transaction on awaits nothing, so no cancellation can cut
+                # it short; dropping a dead one closes it, which awaits: that is shielded.
+                back = greenlet_spawn(give_back)
+                await (asyncio.shield(back) if give_back is not pooled.close else back)
 
     async def close(self) -> None:
         await self.engine.dispose()
