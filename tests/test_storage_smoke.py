@@ -6,7 +6,7 @@ from sqlalchemy import bindparam, event, select, text
 
 from ringflow.config import Settings
 from ringflow.errors import ConfigError
-from ringflow.storage.db import Database, Prepared
+from ringflow.storage.db import Database, Prepared, stored
 from ringflow.storage.models import Account
 
 UTC = dt.UTC
@@ -112,3 +112,13 @@ def test_a_prepared_statement_refuses_parameters_that_would_need_converting():
     assert lock.names == ("account_id",) and "$1" in lock.sql
     with pytest.raises(AssertionError, match="created_at"):
         Prepared(select(Account.id).where(Account.created_at < bindparam("created_at")))
+
+
+def test_times_are_stored_as_naive_utc_from_any_zone():
+    """``stored`` (every time the driver's statements write, and their JSON) gives naive UTC
+    whether the time came in UTC, as the clocks give it, or in another zone."""
+    ist = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    noon_utc = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    assert stored(noon_utc) == dt.datetime(2026, 1, 1, 12, 0)
+    assert stored(noon_utc.astimezone(ist)) == dt.datetime(2026, 1, 1, 12, 0)
+    assert stored(None) is None

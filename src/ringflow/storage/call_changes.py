@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from asyncpg.exceptions import UniqueViolationError
@@ -124,7 +124,7 @@ _LAST_CHANGE = Prepared(
 # New calls admitted at once, in one statement: the calls, in the order given (so their ids
 # follow the order of admission), their legs, their first steps and the callbacks those cause.
 # Each record carries every column of its call, typed as the column is (strings as text: the
-# insert itself refuses one too long for its column, where a record's type could cut it).
+# insert checks their length against the column).
 _CALL_RECORD = ", ".join(
     f"{column.name} {'text' if isinstance(column.type, String) else postgresql_type(column)}"
     for column in INSERTED_COLUMNS
@@ -145,9 +145,7 @@ WITH new_calls AS (
 ), sent AS (
     {_callbacks("", "TRUE", by_sid=True)}
 )
-SELECT c.sid, c.id AS call_id,
-       ARRAY(SELECT s.id FROM sent AS s WHERE s.call_id = c.id ORDER BY s.id) AS callback_ids
-FROM new_calls AS c
+SELECT sid, id AS call_id FROM new_calls
 """)
 )
 
@@ -162,37 +160,26 @@ class NewCall:
     callbacks: list[dict[str, Any]]
 
 
-async def insert_calls_at_once(driver: Any, new: Sequence[NewCall]) -> dict[str, list[int]]:
+async def insert_calls_at_once(driver: Any, new: Sequence[NewCall]) -> None:
     """``calls.insert_call`` of new calls, with their steps and callbacks, as one statement on
     ``driver`` inside the admission's transaction (PostgreSQL: ``Database.driver``, or
-    ``driver_of`` a session); sets each ``call.id``. The callbacks' ids by call SID. Duplicate
-    if a campaign attempt has a call already (such a call is admitted alone)."""
+    ``driver_of`` a session); sets each ``call.id``. Duplicate if a campaign attempt has a call
+    already (such a call is admitted alone)."""
     params = {
-        "calls": _json([{"n": i, **call_values(n.call)} for i, n in enumerate(new)]),
+        "calls": _records(call_values(n.call) for n in new),
         "legs": _json(
             [{"sid": n.call.sid, **leg_row(n.call, leg.leg_no)} for n in new for leg in n.call.legs]
         ),
-        "steps": _json(
-            [
-                {"n": i, "sid": n.call.sid, "at": s["at"], "kind": s["kind"], "data": s["data"]}
-                for i, (n, s) in enumerate((n, s) for n in new for s in n.steps)
-            ]
-        ),
-        "callbacks": _json(
-            [
-                {"n": i, "sid": n.call.sid, **row}
-                for i, (n, row) in enumerate((n, row) for n in new for row in n.callbacks)
-            ]
-        ),
+        "steps": _records({**step, "sid": n.call.sid} for n in new for step in n.steps),
+        "callbacks": _records({**row, "sid": n.call.sid} for n in new for row in n.callbacks),
     }
     try:
         rows = await _ACCEPT.rows(driver, params)
     except UniqueViolationError as exc:
         raise duplicate_attempt(new[0].call) from exc
-    ids = {row["sid"]: row for row in rows}
+    ids = {row["sid"]: row["call_id"] for row in rows}
     for n in new:
-        n.call.id = ids[n.call.sid]["call_id"]
-    return {sid: list(row["callback_ids"]) for sid, row in ids.items()}
+        n.call.id = ids[n.call.sid]
 
 
 async def write_change_at_once(driver: Any, call: Call, **written: Any) -> list[int] | None:
@@ -234,16 +221,16 @@ def _change_params(
         expected=str(expected),
         legs=_json([leg_row(call, n) for n in legs if n not in new_legs]),
         new_legs=_json([leg_row(call, n) for n in new_legs]),
-        steps=_step_records(steps),
-        callbacks=_json([{"n": i, **row} for i, row in enumerate(callbacks)]),
+        steps=_records(steps),
+        callbacks=_records(callbacks),
     )
     return params
 
 
-def _step_records(steps: list[dict[str, Any]]) -> str:
-    return _json(
-        [{"n": i, "at": s["at"], "kind": s["kind"], "data": s["data"]} for i, s in enumerate(steps)]
-    )
+def _records(rows: Iterable[dict[str, Any]]) -> str:
+    """``rows`` as a JSON record set, each numbered ``n`` in order (the statements insert them
+    in that order, so their ids follow it)."""
+    return _json([{"n": n, **row} for n, row in enumerate(rows)])
 
 
 def _column(value: Any) -> Any:
@@ -262,9 +249,7 @@ def _json(rows: list[dict[str, Any]]) -> str:
 def _utc_naive(value: object) -> str:
     """Times as the columns keep them: naive UTC (see models.UTCDateTime)."""
     if isinstance(value, dt.datetime):
-        if value.tzinfo is not dt.UTC:  # the clocks' own times are UTC already
-            value = value.astimezone(dt.UTC)
-        return value.replace(tzinfo=None).isoformat()
+        return stored(value).isoformat()
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 

@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, cast, overload
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -90,21 +90,22 @@ class Database:
         assert not self.is_sqlite, "the driver's own connection is PostgreSQL's"
         with self._busy():
             pooled = await self.engine.raw_connection()
-            give_back = pooled.close
+            dead = False
             try:
                 driver: Any = pooled.driver_connection
                 try:
                     yield driver
                 except Exception:
-                    if driver.is_closed():
-                        give_back = pooled.invalidate  # which gives it back too
+                    dead = driver.is_closed()
                     raise
             finally:
-                # In SQLAlchemy's greenlet, as the pool expects. Giving back a connection that
+                # Both in SQLAlchemy's greenlet, as the pool expects. Giving back a connection
                 # SQLAlchemy began no transaction on awaits nothing, so no cancellation can cut
                 # it short; dropping a dead one closes it, which awaits: that is shielded.
-                back = greenlet_spawn(give_back)
-                await (asyncio.shield(back) if give_back is not pooled.close else back)
+                if dead:
+                    await asyncio.shield(greenlet_spawn(pooled.invalidate))
+                else:
+                    await greenlet_spawn(pooled.close)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -160,10 +161,18 @@ def read_back(value: Any) -> Any:
     return value
 
 
+@overload
+def stored(value: dt.datetime) -> dt.datetime: ...
+@overload
+def stored(value: None) -> None: ...
 def stored(value: dt.datetime | None) -> dt.datetime | None:
     """A time as the columns keep it (naive UTC, see ``models.UTCDateTime``), for statements
     whose parameters nothing converts (``Prepared``)."""
-    return None if value is None else value.astimezone(dt.UTC).replace(tzinfo=None)
+    if value is None:
+        return None
+    if value.tzinfo is not dt.UTC:  # the clocks' own times are UTC already
+        value = value.astimezone(dt.UTC)
+    return value.replace(tzinfo=None)
 
 
 def rowcount(result: Result[Any]) -> int:
