@@ -10,6 +10,10 @@ from sqlalchemy import event
 
 from ringflow.storage.db import Database
 
+# What asyncpg runs the first time a connection meets a type (an array of ids, say): JIT off,
+# the type's lookup, JIT back.
+_INTROSPECTION = ("typeinfo_tree", "set_config('jit'")
+
 
 class Statements:
     """``with Statements(db) as seen:``; ``await settled()`` before reading ``seen`` (asyncpg
@@ -35,6 +39,8 @@ class Statements:
         self.seen.append(" ".join(statement.split()))
 
     def _logged(self, record: Any) -> None:
+        if any(mark in record.query for mark in _INTROSPECTION):
+            return  # asyncpg learning a type, once per connection: not the code's statement
         self.seen.append(" ".join(record.query.split()))
 
     def _out(self, dbapi_connection: Any, *_: Any) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 
 from ringflow.calls.requests import CallRequest, CampaignTag
 from ringflow.calls.status import is_terminal
-from ringflow.storage.models import Account, Call, CallEvent
+from ringflow.storage.models import Account, Call, CallEvent, OutboxMessage
 from ringflow.storage.session import Duplicate
 from tests.e2e import Rig, running
 from tests.statements import Statements, settled
@@ -378,6 +378,50 @@ async def test_calls_submitted_at_once_are_admitted_together_in_order_and_within
         ended = await finish_all(rig, [c.sid for c, _ in accepted])
         assert [c.status for c in ended] == ["completed"] * 8
         assert await admission_order(rig) == [c.sid for c, _ in accepted]
+
+
+async def test_each_call_of_a_batch_gets_its_own_step_and_callback(database_url):
+    """Calls admitted together (on PostgreSQL in one statement, their rows joined to them by
+    SID) each get their own first step and their own ringing callback, in the order they
+    came."""
+    async with running(database_url, max_concurrent_calls=10) as rig:
+        async with rig.services.db.session() as session:
+            account_id = await session.scalar(select(Account.id).where(Account.sid == rig.sid))
+        outcomes = await asyncio.gather(
+            *(
+                rig.services.dispatcher.submit(
+                    CallRequest(
+                        account_id=account_id,
+                        shape="numbers",
+                        from_number=f"+9198123400{n:02d}",
+                        to_number=f"+9198123500{n:02d}",
+                        caller_id="+918039591234",
+                        time_limit=20,
+                        status_callback=f"{rig.customer.url}/status",
+                        callback_events=("ringing",),
+                        callback_json=True,
+                    )
+                )
+                for n in range(6)
+            )
+        )
+        sids = [call.sid for call, started in outcomes if started]
+        assert len(sids) == 6
+        async with rig.services.db.session() as session:
+            callbacks = (
+                await session.execute(
+                    select(Call.sid, OutboxMessage.payload)
+                    .join(Call, Call.id == OutboxMessage.call_id)
+                    .where(OutboxMessage.event == "ringing")
+                    .order_by(OutboxMessage.id)
+                )
+            ).all()
+        assert [(sid, payload["CallSid"]) for sid, payload in callbacks] == [
+            (sid, sid) for sid in sids
+        ]
+        assert await admission_order(rig) == sids
+        ended = await finish_all(rig, sids)
+        assert [c.status for c in ended] == ["completed"] * 6
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -134,3 +134,15 @@ async def test_a_literal_private_address_is_refused_without_connecting(serve) ->
             with pytest.raises(InvalidRequest, match="private address"):
                 await http.get(url, field="url")
     assert server.heads == []
+
+
+def test_the_host_is_checked_as_the_client_reads_it() -> None:
+    """A literal address is connected to without resolving it, so the client's own reading of
+    the URL is checked too, beside ``validate_url``'s (two URL parsers may disagree)."""
+    http = client(allow_private=False)
+    for url in ("http://127.0.0.1/x", "http://[::ffff:10.0.0.1]/x", "http://[2002:7f00:1::]/x"):
+        with pytest.raises(InvalidRequest, match="private address"):
+            http._target(url, None, "url")
+    assert str(http._target("http://93.184.216.34/x?a=1", {"b": "2"}, "url")) == (
+        "http://93.184.216.34/x?a=1&b=2"
+    )

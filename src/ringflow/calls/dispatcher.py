@@ -228,8 +228,9 @@ class Dispatcher:
         gives back the channels reserved for them.
 
         On PostgreSQL a batch of the API's calls is admitted on the driver's own connection
-        (``Database.driver``): the lock, the count and one statement a call. A call with work
-        of its own in the transaction (``with_call``, always alone) needs a session."""
+        (``Database.driver``): the lock, the count, and one statement for all its calls. A call
+        with work of its own in the transaction (``with_call``, always alone) needs a
+        session."""
         reserved: list[Call] = []  # a trunk channel is held for each
         try:
             if self.db.is_sqlite or any(p.with_call is not None for p in batch):
