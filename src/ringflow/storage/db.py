@@ -82,7 +82,7 @@ class Database:
         itself does, and choosing autocommit as much again.
 
         The connection is taken from the pool itself, without SQLAlchemy's Connection around
-        it (a third less CPU a checkout). A connection that asyncpg found closed is
+        it (half the CPU a checkout). A connection that asyncpg found closed is
         dropped from the pool rather than handed out again (SQLAlchemy's execution, which would
         notice, is not in the way). One whose statement was cancelled in flight asyncpg makes
         ready again itself.
