@@ -56,19 +56,48 @@ async def statuses(rig: Rig, sids: list[str]) -> list[str]:
     return out
 
 
+async def account_id_of(rig: Rig) -> int:
+    async with rig.services.db.session() as session:
+        found = await session.scalar(select(Account.id).where(Account.sid == rig.sid))
+    assert found is not None
+    return found
+
+
+async def submit_at_once(
+    rig: Rig, account_id: int, count: int, *, return_exceptions: bool = False, **fields: Any
+) -> list[Any]:
+    """``count`` two-number calls of the account submitted in the same moment (the n-th from
+    +9198123400nn), with ``fields`` of CallRequest; their outcomes in order."""
+    return await asyncio.gather(
+        *(
+            rig.services.dispatcher.submit(
+                CallRequest(
+                    account_id=account_id,
+                    shape="numbers",
+                    from_number=f"+9198123400{n:02d}",
+                    to_number=f"+9198123500{n:02d}",
+                    caller_id="+918039591234",
+                    time_limit=20,
+                    **fields,
+                )
+            )
+            for n in range(count)
+        ),
+        return_exceptions=return_exceptions,
+    )
+
+
+async def by_call(rig: Rig, table: Any, value: Any, where: Any) -> list[tuple[str, Any]]:
+    """(call SID, ``value``) of the rows of ``table`` that ``where`` picks, in insertion order."""
+    async with rig.services.db.session() as session:
+        query = select(Call.sid, value).join(table, table.call_id == Call.id).where(where)
+        return [tuple(row) for row in await session.execute(query.order_by(table.id))]
+
+
 async def admission_order(rig: Rig) -> list[str]:
     """Call SIDs in the order they left the queue (their first ``ringing`` status entry)."""
-    async with rig.services.db.session() as session:
-        rows = (
-            await session.execute(
-                select(Call.sid, CallEvent.data)
-                .join(CallEvent, CallEvent.call_id == Call.id)
-                .where(CallEvent.kind == "status")
-                .order_by(CallEvent.id)
-            )
-        ).all()
     order: list[str] = []
-    for sid, data in rows:
+    for sid, data in await by_call(rig, CallEvent, CallEvent.data, CallEvent.kind == "status"):
         if data["call"] == "ringing" and sid not in order:
             order.append(sid)
     return order
@@ -339,26 +368,10 @@ async def test_calls_submitted_at_once_are_admitted_together_in_order_and_within
     limit hold exactly within it, and the calls refused for a full queue leave no trace. On
     PostgreSQL the calls admitted, started and queued alike, are written by one statement."""
     async with running(database_url, max_concurrent_calls=3, queue_limit=5) as rig:
-        async with rig.services.db.session() as session:
-            account_id = await session.scalar(select(Account.id).where(Account.sid == rig.sid))
+        account_id = await account_id_of(rig)
         statements = Statements(rig.services.db)
         with statements:
-            outcomes = await asyncio.gather(
-                *(
-                    rig.services.dispatcher.submit(
-                        CallRequest(
-                            account_id=account_id,
-                            shape="numbers",
-                            from_number=f"+9198123400{n:02d}",
-                            to_number=f"+9198123500{n:02d}",
-                            caller_id="08039591234",
-                            time_limit=20,
-                        )
-                    )
-                    for n in range(10)
-                ),
-                return_exceptions=True,
-            )
+            outcomes = await submit_at_once(rig, account_id, 10, return_exceptions=True)
             await settled()
         assert statements.commits == 1
         if database_url.startswith("postgresql"):
@@ -385,37 +398,19 @@ async def test_each_call_of_a_batch_gets_its_own_step_and_callback(database_url)
     SID) each get their own first step and their own ringing callback, in the order they
     came."""
     async with running(database_url, max_concurrent_calls=10) as rig:
-        async with rig.services.db.session() as session:
-            account_id = await session.scalar(select(Account.id).where(Account.sid == rig.sid))
-        outcomes = await asyncio.gather(
-            *(
-                rig.services.dispatcher.submit(
-                    CallRequest(
-                        account_id=account_id,
-                        shape="numbers",
-                        from_number=f"+9198123400{n:02d}",
-                        to_number=f"+9198123500{n:02d}",
-                        caller_id="+918039591234",
-                        time_limit=20,
-                        status_callback=f"{rig.customer.url}/status",
-                        callback_events=("ringing",),
-                        callback_json=True,
-                    )
-                )
-                for n in range(6)
-            )
+        outcomes = await submit_at_once(
+            rig,
+            await account_id_of(rig),
+            6,
+            status_callback=f"{rig.customer.url}/status",
+            callback_events=("ringing",),
+            callback_json=True,
         )
         sids = [call.sid for call, started in outcomes if started]
         assert len(sids) == 6
-        async with rig.services.db.session() as session:
-            callbacks = (
-                await session.execute(
-                    select(Call.sid, OutboxMessage.payload)
-                    .join(Call, Call.id == OutboxMessage.call_id)
-                    .where(OutboxMessage.event == "ringing")
-                    .order_by(OutboxMessage.id)
-                )
-            ).all()
+        callbacks = await by_call(
+            rig, OutboxMessage, OutboxMessage.payload, OutboxMessage.event == "ringing"
+        )
         assert [(sid, payload["CallSid"]) for sid, payload in callbacks] == [
             (sid, sid) for sid in sids
         ]
