@@ -116,10 +116,32 @@ def test_failures_open_the_circuit_and_a_probe_decides() -> None:
 
 def test_an_answer_resets_the_count_of_failures() -> None:
     d = Destinations(per_destination=4, failures=2, cooldown=10, cooldown_cap=600)
-    for reached in (False, True, False):
+    for reached in (False, True, False, True):
         d.started("a", at(0))
         assert d.finished("a", reached=reached, now=at(1)) is None
-    assert d.room("a", at(1)) == 4
+    assert d.room("a", at(1)) == 4 and d.circuits == {}
+
+
+def test_after_a_failure_a_destination_gets_one_request_at_a_time_until_it_answers() -> None:
+    """Four requests out to a receiver that stopped answering: as each times out, no new one
+    takes its place, so the circuit opens on the first wave alone, however the timeouts spread."""
+    d = Destinations(per_destination=4, failures=3, cooldown=10, cooldown_cap=600)
+    for _ in range(4):
+        d.started("a", at(0))
+    assert d.finished("a", reached=False, now=at(1)) is None
+    assert d.room("a", at(1)) == 0 and d.limited(at(1)) == {"a": 0}
+    assert d.finished("a", reached=True, now=at(1)) is None  # an answer: room again
+    assert d.room("a", at(1)) == 2
+    d.started("a", at(1))
+    assert d.finished("a", reached=False, now=at(2)) is None
+    assert d.finished("a", reached=False, now=at(2)) is None
+    assert d.room("a", at(2)) == 0  # one still out
+    assert d.finished("a", reached=False, now=at(2)) == (Change.OPENED, at(12))
+    # With nothing out and the circuit closed, the one request may go.
+    e = Destinations(per_destination=4, failures=3, cooldown=10, cooldown_cap=600)
+    e.started("b", at(0))
+    e.finished("b", reached=False, now=at(1))
+    assert e.room("b", at(1)) == 1 and e.limited(at(1)) == {"b": 1}
 
 
 # Over real sockets

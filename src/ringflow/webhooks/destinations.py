@@ -7,8 +7,10 @@ account can name any number of destinations (one tarpit on many ports or host na
 are also capped at ``per_account`` for each account, whatever servers they go to: an account's
 slow receivers hold that account's slots, never all of them.
 
-Each destination has a circuit. ``failures`` consecutive transport failures (timeouts, refused or
-broken connections) open it: its rows are deferred until ``reopen_at`` and its in-flight requests
+Each destination has a circuit. After a transport failure (a timeout, a refused or broken
+connection) a destination gets one request at a time until it answers again, so a receiver that
+has stopped answering is not sent a new request each time one of those in flight fails.
+``failures`` consecutive transport failures open the circuit: its rows are deferred until ``reopen_at`` and its in-flight requests
 run out. Then one probe is sent; any HTTP answer (even a 500: the server is there) closes the
 circuit and its deferred rows are due again at once; another transport failure reopens it with
 twice the cooldown, up to ``cooldown_cap``. Deferred rows are not attempted, so a receiver's
@@ -100,8 +102,10 @@ class Destinations:
         """How many more requests may go to ``destination`` now."""
         busy = self.in_flight.get(destination, 0)
         circuit = self.circuits.get(destination)
-        if circuit is None or not circuit.is_open:
+        if circuit is None:
             return max(0, self.per_destination - busy)
+        if not circuit.is_open:  # it failed lately: one at a time until it answers
+            return 1 if busy == 0 else 0
         assert circuit.reopen_at is not None
         if now < circuit.reopen_at or circuit.probing:
             return 0
@@ -109,7 +113,7 @@ class Destinations:
 
     def limited(self, now: dt.datetime) -> dict[str, int]:
         """The room of every destination whose room is not the full ``per_destination``."""
-        names = set(self.in_flight) | {d for d, c in self.circuits.items() if c.is_open}
+        names = set(self.in_flight) | set(self.circuits)
         return {d: self.room(d, now) for d in names if self.room(d, now) < self.per_destination}
 
     def limited_accounts(self) -> dict[int, int]:
