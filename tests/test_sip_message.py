@@ -242,6 +242,18 @@ def _with(name: str, old: bytes, new: bytes) -> bytes:
             "Contact",
         ),
         (_with("bye_sipp_uas.sip", b"Subject: Performance Test", b"Subject: a\rb"), "message"),
+        # A header of one value given twice: the second To was never checked, and answering
+        # the BYE (which copies every To line) failed on it.
+        (
+            _with(
+                "bye_sipp_uas.sip",
+                b"Call-ID: a84b",
+                b"To: <sip:+\xc2\xb2918040000000@127.0.0.1>;tag=1928301774\r\nCall-ID: a84b",
+            ),
+            "To",
+        ),
+        (_with("bye_sipp_uas.sip", b"CSeq: 2 BYE", b"CSeq: 2 BYE\r\ncseq: 3 BYE"), "CSeq"),
+        (_with("bye_sipp_uas.sip", b"Call-ID: a84b", b"i: other\r\nCall-ID: a84b"), "Call-ID"),
     ],
 )
 def test_malformed_headers_name_the_header(data: bytes, what: str) -> None:

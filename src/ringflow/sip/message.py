@@ -146,10 +146,12 @@ class Message:
         return value.split(";", 1)[0].strip().lower() if value else None
 
     def _one(self, name: str) -> str:
-        value = self.headers.get(name)
-        if value is None or not value.strip():
+        values = self.headers.get_all(name)
+        if not values or not values[0].strip():
             raise SipParseError(name, "missing")
-        return value
+        if len(values) > 1:  # RFC 3261 7.3.1: only a list header may come on several lines
+            raise SipParseError(name, f"given {len(values)} times")
+        return values[0]
 
     def _validate(self) -> None:
         if not self.headers.values("Via"):
