@@ -14,6 +14,7 @@ the client (httpx) long before the server, so the CPU per request says what a co
 the server against a request that does nothing.
 
     .venv/bin/python bench/api_connect.py [--seconds 20] [--concurrency 16] [--database-url URL]
+        [--history N]
 """
 
 from __future__ import annotations
@@ -66,6 +67,58 @@ def cli(env: dict[str, str], *args: str) -> str:
     return subprocess.run(
         [*RINGFLOW, *args], env=env, check=True, capture_output=True, text=True
     ).stdout
+
+
+# Finished calls inserted straight into the table (``--history``): what an account that has run
+# for a while has, and what its admission must not read.
+_HISTORY = """INSERT INTO calls (sid, account_id, shape, from_number, to_number, caller_id, status,
+    direction, time_limit, time_out, callback_events, callback_json, record, recording_channels,
+    recording_format, created_at, updated_at)
+    SELECT {sid}, id, 'flow', '+919812345678', '', '+918039591234', 'completed', 'outbound-api',
+        14400, 30, '[]', false, false, 'single', 'mp3', {at}, {at}
+    FROM accounts, {numbers} WHERE accounts.sid = {account}"""
+
+
+def add_history(url: str, account_sid: str, count: int) -> None:
+    """Give the account ``count`` finished calls, then refresh the planner's statistics."""
+    started = time.perf_counter()
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(url.split("///", 1)[1]) as conn:
+            conn.execute(
+                _HISTORY.format(
+                    sid="'CH' || n.value",
+                    at="datetime('now', '-1 day')",
+                    numbers="(WITH RECURSIVE c(value) AS (SELECT 1 UNION ALL SELECT value + 1 "
+                    "FROM c WHERE value < ?) SELECT value FROM c) AS n",
+                    account="?",
+                ),
+                (count, account_sid),
+            )
+            conn.execute("ANALYZE")
+    else:
+        import asyncpg
+
+        async def insert() -> None:
+            conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+            try:
+                await conn.execute(
+                    _HISTORY.format(
+                        sid="'CH' || n",
+                        at="now() - interval '1 day'",
+                        numbers="generate_series(1, $1::int) AS n",
+                        account="$2",
+                    ),
+                    count,
+                    account_sid,
+                )
+                await conn.execute("ANALYZE calls")
+            finally:
+                await conn.close()
+
+        asyncio.run(insert())
+    print(f"{count} finished calls added in {time.perf_counter() - started:.1f} s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -158,6 +211,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--database-url", help="default: a fresh SQLite file")
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="finished calls the account has before the load (as an account that has run a while)",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="ringflow-bench-"))
@@ -178,6 +237,8 @@ def main() -> int:
     cli(env, "numbers", "add", creds["sid"], "08039591234")
     (workdir / "app.yaml").write_text(APP)
     creds["app_id"] = cli(env, "apps", "import", creds["sid"], str(workdir / "app.yaml")).split()[1]
+    if args.history:
+        add_history(env["RINGFLOW_DATABASE_URL"], creds["sid"], args.history)
     server = subprocess.Popen([*RINGFLOW, "serve"], env=env, stdout=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"

@@ -1,8 +1,9 @@
-"""Admission reads an account's own live calls only: the count of its lines and its oldest
-waiting call come from ``ix_calls_account_status``, not from a scan of its history (a busy
-account ends thousands of calls an hour) nor of every account's live calls. On PostgreSQL, the
-statements as the server runs them, under EXPLAIN ANALYZE, on an account with 3000 finished
-calls beside ten others with 30 up or waiting each."""
+"""Admission reads an account's own live calls only: the count of its lines, its oldest waiting
+call and, at a call's end, whether any waits come from ``ix_calls_account_status``, not from a
+scan of its history (a busy account ends thousands of calls an hour) nor of every account's
+live calls. On PostgreSQL, the statements as the server runs them, under EXPLAIN ANALYZE and
+planned for any values of their parameters (as PostgreSQL plans a statement the driver has run
+a few times), on an account with 3000 finished calls beside other accounts' live calls."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ from typing import Any
 import pytest
 
 from ringflow.calls.status import ACTIVE, Status
-from ringflow.storage import admission
-from ringflow.storage.db import Database, Prepared
+from ringflow.storage import admission, call_changes
+from ringflow.storage.db import Database, Prepared, quoted
+from ringflow.storage.models import Call
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 FINISHED, LIVE, QUEUED = 3000, 3, 2
-OTHERS, LIVE_EACH = 10, 30
+# Beside it, other accounts (how many, and calls up or waiting each): one busy neighbour (a
+# deployment with one main account), or ten small ones.
+TENANCIES = {"one busy neighbour": (1, 300), "ten neighbours": (10, 30)}
 
 
 async def insert_calls(driver: Any, account_id: int, prefix: str, statuses: list[str]) -> None:
@@ -36,14 +40,14 @@ async def insert_calls(driver: Any, account_id: int, prefix: str, statuses: list
     )
 
 
-async def account_with_history(db: Database) -> int:
+async def account_with_history(db: Database, others: int, live_each: int) -> int:
     """An account with FINISHED completed calls, LIVE in progress and QUEUED waiting, among
-    OTHERS accounts each with a few hundred calls finished and LIVE_EACH up or waiting."""
+    ``others`` accounts each with 300 calls finished and ``live_each`` up or waiting."""
     async with db.driver() as driver:
         live = ["in-progress", "ringing", "queued"]
-        for n in range(OTHERS):
+        for n in range(others):
             other = await new_account(driver, f"other-{n}")
-            statuses = ["completed"] * 300 + [live[k % 3] for k in range(LIVE_EACH)]
+            statuses = ["completed"] * 300 + [live[k % 3] for k in range(live_each)]
             await insert_calls(driver, other, f"CO{n}x", statuses)
         account_id = await new_account(driver, "reads")
         mine = ["completed"] * FINISHED + ["in-progress"] * LIVE + ["queued"] * QUEUED
@@ -73,12 +77,25 @@ def rows_read(plan: dict[str, Any]) -> int:
     return read
 
 
+def sql_value(value: Any) -> str:
+    """A parameter's value written as SQL (EXECUTE takes values, not parameters)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool | int):
+        return str(value).lower()
+    return quoted(str(value))
+
+
 async def explained(db: Database, statement: Prepared, params: dict[str, Any]) -> dict[str, Any]:
+    """The plan of ``statement`` as run, with PostgreSQL planning it for any values of its
+    parameters: as it may once the driver has run it a few times."""
+    values = [params[name] for name in statement.names]
     async with db.driver() as driver, driver.transaction():
-        text = await driver.fetchval(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + statement.sql,
-            *[params[name] for name in statement.names],
-        )
+        await driver.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await driver.execute(f"PREPARE probe AS {statement.sql}")
+        args = ", ".join(map(sql_value, values))
+        text = await driver.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probe({args})")
+        await driver.execute("DEALLOCATE probe")
     plans = json.loads(text) if isinstance(text, str) else text  # the driver may decode JSON
     return plans[0]["Plan"]
 
@@ -88,20 +105,31 @@ async def explained(db: Database, statement: Prepared, params: dict[str, Any]) -
     [
         (
             "count of lines",
-            admission._COUNT_LINES_NOW,
-            {"statuses": [str(s) for s in (*ACTIVE, Status.QUEUED)]},
+            admission._count_lines_now(admission._statuses(ACTIVE, Status.QUEUED)),
+            {},
         ),
+        ("oldest queued", Prepared(admission._oldest_queued(Status.QUEUED)), {"count": 10}),
+        # A call's end, which asks whether the account has calls waiting: here a change that
+        # finds its call moved (none has id 0), so only the question is answered.
         (
-            "oldest queued",
-            Prepared(admission._OLDEST_QUEUED),
-            {"queued": str(Status.QUEUED), "count": 10},
+            "a call's end",
+            call_changes._last_change(Status.QUEUED),
+            call_changes._change_params(
+                Call(id=0, status=Status.COMPLETED, legs=[]),
+                expected=Status.IN_PROGRESS,
+                legs=[],
+                new_legs=[],
+                steps=[],
+                callbacks=[],
+            ),
         ),
     ],
 )
+@pytest.mark.parametrize("tenancy", list(TENANCIES))
 async def test_admission_reads_only_the_accounts_live_calls(
-    db: Database, name: str, statement: Prepared, params: dict[str, Any]
+    db: Database, tenancy: str, name: str, statement: Prepared, params: dict[str, Any]
 ) -> None:
-    account_id = await account_with_history(db)
+    account_id = await account_with_history(db, *TENANCIES[tenancy])
     plan = await explained(db, statement, {**params, "account_id": account_id})
     read = rows_read(plan)
     assert read <= LIVE + QUEUED, f"{name}: {read} rows read for {LIVE + QUEUED} live calls"

@@ -10,14 +10,15 @@ processes. SQLite has a single writer and ignores the lock: one process serves i
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Collection
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, func, select, text, update
+from sqlalchemy import Select, Table, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.storage.calls import write_change
-from ringflow.storage.db import Prepared, read_back
+from ringflow.storage.db import Prepared, constant, constants, read_back
 from ringflow.storage.models import Account, Call, Leg
 
 
@@ -42,13 +43,6 @@ _legs = cast(Table, Leg.__table__)
 _ACCOUNT_COLUMNS = list(_accounts.columns)
 _CALL_COLUMNS = list(_calls.columns)
 _LEG_COLUMNS = list(_legs.columns)
-_OLDEST_QUEUED = (
-    select(*_CALL_COLUMNS)
-    .where(_calls.c.account_id == bindparam("account_id"), _calls.c.status == bindparam("queued"))
-    .order_by(_calls.c.created_at, _calls.c.id)
-    .limit(bindparam("count"))
-    .with_for_update(skip_locked=True)
-)
 _LEGS_OF = (
     select(*_LEG_COLUMNS)
     .where(_legs.c.call_id.in_(bindparam("ids", expanding=True)))
@@ -60,28 +54,59 @@ _LOCK_ACCOUNT = (
     .where(_accounts.c.id == bindparam("account_id"))
     .with_for_update(key_share=True)
 )
-_COUNT_LINES = (
-    select(_calls.c.status, func.count())
-    .where(
-        _calls.c.account_id == bindparam("account_id"),
-        _calls.c.status.in_(bindparam("statuses", expanding=True)),
+
+
+# The statements that pick an account's live calls out of its history are built once for
+# each set of statuses, which they name as constants, never as parameters (``db.constant``).
+
+
+@functools.cache
+def _oldest_queued(queued: str) -> Select[Any]:
+    return (
+        select(*_CALL_COLUMNS)
+        .where(_calls.c.account_id == bindparam("account_id"), _calls.c.status == constant(queued))
+        .order_by(_calls.c.created_at, _calls.c.id)
+        .limit(bindparam("count"))
+        .with_for_update(skip_locked=True)
     )
-    .group_by(_calls.c.status)
-)
+
+
+@functools.cache
+def _count_lines(statuses: tuple[str, ...]) -> Select[Any]:
+    return (
+        select(_calls.c.status, func.count())
+        .where(
+            _calls.c.account_id == bindparam("account_id"),
+            _calls.c.status.in_(constants(statuses)),
+        )
+        .group_by(_calls.c.status)
+    )
+
+
+@functools.cache
+def _count_lines_now(statuses: tuple[str, ...]) -> Prepared:
+    return Prepared(_count_lines(statuses))
 
 
 # The same count, row by row, each row locked: a call whose change is being written waits
 # for that write, then is counted with its new status. ``FOR NO KEY UPDATE``, the lock an
 # UPDATE of the row takes: enough to wait for one, and rows that merely reference these calls
 # (another change's timeline steps and callbacks) are not held up.
-_SETTLED_LINES = (
-    select(_calls.c.status)
-    .where(
-        _calls.c.account_id == bindparam("account_id"),
-        _calls.c.status.in_(bindparam("statuses", expanding=True)),
+@functools.cache
+def _settled_lines(statuses: tuple[str, ...]) -> Select[Any]:
+    return (
+        select(_calls.c.status)
+        .where(
+            _calls.c.account_id == bindparam("account_id"),
+            _calls.c.status.in_(constants(statuses)),
+        )
+        .with_for_update(key_share=True)
     )
-    .with_for_update(key_share=True)
-)
+
+
+def _statuses(active: Collection[str], queued: str) -> tuple[str, ...]:
+    """The statuses that count, in one order (each set builds its statements once)."""
+    return (*sorted(str(status) for status in active), str(queued))
 
 
 async def lock_lines(
@@ -101,26 +126,21 @@ async def lock_lines(
     row = (await session.execute(_LOCK_ACCOUNT, {"account_id": account_id})).one_or_none()
     if row is None:
         return None
-    params = {"account_id": account_id, "statuses": [*active, queued]}
+    params = {"account_id": account_id}
+    statuses = _statuses(active, queued)
     if settled:
         counts: dict[str, int] = {}
-        for (status,) in (await session.execute(_SETTLED_LINES, params)).all():
+        for (status,) in (await session.execute(_settled_lines(statuses), params)).all():
             counts[status] = counts.get(status, 0) + 1
     else:
-        counts = {status: count for status, count in (await session.execute(_COUNT_LINES, params))}
+        count = _count_lines(statuses)
+        counts = {status: n for status, n in (await session.execute(count, params))}
     return _lines(_held(Account, _ACCOUNT_COLUMNS, row), counts, active, queued)
 
 
 # The lock and the count on PostgreSQL's driver (``Database.driver``, in a transaction of its
-# own): what admits a batch of new calls runs for every call. (The count's IN list of
-# ``_COUNT_LINES`` expands per execution, so it cannot be compiled once: an array instead.)
+# own): what admits a batch of new calls runs for every call.
 _LOCK_ACCOUNT_NOW = Prepared(_LOCK_ACCOUNT)
-_COUNT_LINES_NOW = Prepared(
-    text(
-        "SELECT status, count(*) FROM calls WHERE account_id = :account_id "
-        "AND status = ANY(CAST(:statuses AS text[])) GROUP BY status"
-    )
-)
 
 
 async def lock_lines_at_once(
@@ -131,8 +151,8 @@ async def lock_lines_at_once(
     if row is None:
         return None
     account = _held(Account, _ACCOUNT_COLUMNS, [read_back(value) for value in row])
-    params = {"account_id": account_id, "statuses": [str(s) for s in (*active, queued)]}
-    counts = {status: count for status, count in await _COUNT_LINES_NOW.rows(driver, params)}
+    count = _count_lines_now(_statuses(active, queued))
+    counts = {status: n for status, n in await count.rows(driver, {"account_id": account_id})}
     return _lines(account, counts, active, queued)
 
 
@@ -155,8 +175,8 @@ async def oldest_queued(
 
     A call locked by someone else is being hung up (live call control): it is skipped.
     """
-    params = {"account_id": account_id, "queued": queued, "count": count}
-    rows = (await session.execute(_OLDEST_QUEUED, params)).all()
+    params = {"account_id": account_id, "count": count}
+    rows = (await session.execute(_oldest_queued(str(queued)), params)).all()
     if not rows:
         return []
     found = [_held(Call, _CALL_COLUMNS, row) for row in rows]
@@ -194,5 +214,5 @@ def _held(model: type[_Row], columns: list[Any], row: Any) -> _Row:
 
 async def accounts_waiting(session: AsyncSession, queued: str) -> list[int]:
     """The accounts that have calls waiting."""
-    query = select(Call.account_id).where(Call.status == queued).distinct()
+    query = select(Call.account_id).where(Call.status == constant(queued)).distinct()
     return list((await session.execute(query)).scalars())

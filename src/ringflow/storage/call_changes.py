@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from ringflow.storage.calls import (
     duplicate_attempt,
     leg_row,
 )
-from ringflow.storage.db import Prepared, postgresql_type, stored
+from ringflow.storage.db import Prepared, postgresql_type, quoted, stored
 from ringflow.storage.models import Call
 
 _LEG_COLUMNS = (
@@ -109,16 +110,21 @@ WITH moved AS (
 SELECT (SELECT count(*) FROM moved) AS moved,
        ARRAY(SELECT id FROM sent ORDER BY id) AS callback_ids"""
 _ONE_CHANGE = Prepared(text(_CHANGE))
-# The change that ends a call also says whether the account has calls waiting (as of the
-# statement's start: see ``Line.free_after`` for why that is enough).
-_LAST_CHANGE = Prepared(
-    text(
-        _CHANGE
-        + """,
-       EXISTS (SELECT 1 FROM calls WHERE account_id = :account_id AND status = :queued)
+
+
+@functools.cache
+def _last_change(queued: str) -> Prepared:
+    """The change that ends a call, which also says whether the account has calls in status
+    ``queued`` (as of the statement's start: see ``Line.free_after`` for why that is enough),
+    that status written in (``db.constant``)."""
+    return Prepared(
+        text(
+            _CHANGE
+            + f""",
+       EXISTS (SELECT 1 FROM calls WHERE account_id = :account_id AND status = {quoted(queued)})
            AS waiting"""
+        )
     )
-)
 
 
 # New calls admitted at once, in one statement: the calls, in the order given (so their ids
@@ -199,8 +205,8 @@ async def write_end_at_once(
     reads whether its account has calls in status ``queued``: (callback ids or None if the call
     had moved, whether calls wait)."""
     params = _change_params(call, **written)
-    params.update(account_id=call.account_id, queued=str(queued))
-    row = await _LAST_CHANGE.row(driver, params)
+    params["account_id"] = call.account_id
+    row = await _last_change(str(queued)).row(driver, params)
     if row["moved"] != 1:
         return None, False
     return list(row["callback_ids"]), bool(row["waiting"])

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Numeric, and_, cast, func, literal, or_, select, tuple_
 
+from ringflow.storage.db import constants
 from ringflow.storage.models import Account, Call
 from ringflow.storage.session import Session
 
@@ -137,7 +138,7 @@ async def live_calls(
     """The account's calls in one of ``statuses``, newest first."""
     query = (
         select(Call)
-        .where(Call.account_id == account_id, Call.status.in_(statuses))
+        .where(Call.account_id == account_id, Call.status.in_(constants(statuses)))
         .order_by(Call.created_at.desc(), Call.id.desc())
         .limit(limit)
     )

@@ -13,7 +13,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ringflow.storage.db import rowcount
+from ringflow.storage.db import constant, constants, rowcount
 from ringflow.storage.models import Account, Call, CallEvent, Leg, OutboxMessage
 from ringflow.storage.session import Duplicate
 
@@ -84,7 +84,7 @@ async def carried_by(session: AsyncSession, owner: str, live: Collection[str]) -
     elsewhere are being ended already: skipped)."""
     query = (
         select(Call)
-        .where(Call.owner == owner, Call.status.in_(list(live)))
+        .where(Call.owner == owner, Call.status.in_(constants(live)))
         .with_for_update(skip_locked=True)
     )
     return list((await session.execute(query)).scalars())
@@ -94,7 +94,7 @@ async def queued_before(session: AsyncSession, queued: str, cutoff: dt.datetime)
     """Calls waiting since before ``cutoff``, locked (those locked elsewhere are skipped)."""
     query = (
         select(Call)
-        .where(Call.status == queued, Call.created_at < cutoff)
+        .where(Call.status == constant(queued), Call.created_at < cutoff)
         .with_for_update(skip_locked=True)
     )
     return list((await session.execute(query)).scalars())

@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.errors import Conflict
-from ringflow.storage.db import rowcount
+from ringflow.storage.db import constants, rowcount
 from ringflow.storage.models import (
     Call,
     Campaign,
@@ -298,7 +298,7 @@ async def ended_calls(
         .where(
             CampaignNumber.campaign_id == campaign_id,
             CampaignNumber.state == in_progress,
-            Call.status.in_(list(terminal)),
+            Call.status.in_(constants(terminal)),
         )
     )
     return [Ended(*row) for row in rows.all()]

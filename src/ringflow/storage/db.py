@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, cast, overload
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import ClauseElement, ColumnElement, event
+from sqlalchemy import ClauseElement, ColumnElement, String, event, literal_column
 from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
@@ -112,6 +112,29 @@ class Database:
 
 
 _ASYNCPG = make_url("postgresql+asyncpg://").get_dialect()()
+
+
+def quoted(value: str) -> str:
+    """``value`` as an SQL string constant (its quotes doubled), the same on every backend."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def constant(value: str) -> ColumnElement[str]:
+    """``value`` written into a statement's SQL rather than sent as a parameter: for values
+    ringflow itself names (statuses), never for input.
+
+    For the values that pick out a few rows of many, such as the statuses of live calls: once
+    the driver has run a prepared statement five times, PostgreSQL may plan it for any value
+    of its parameters, and for "calls of this account in status $2" that plan reads every
+    call (a call's end did, 23 ms on an account with 200,000 finished calls). With the value
+    written in, every plan knows how few rows have it.
+    """
+    return literal_column(quoted(value), String)
+
+
+def constants(values: Iterable[str]) -> list[ColumnElement[str]]:
+    """Each of ``values`` as a ``constant``, in one order (for ``column.in_``)."""
+    return [constant(value) for value in sorted(str(value) for value in values)]
 
 
 def postgresql_type(column: ColumnElement[Any]) -> str:

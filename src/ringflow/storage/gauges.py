@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ringflow.storage.db import constant
 from ringflow.storage.models import Account, Call, OutboxMessage
 
 CAP = 100_000  # rows counted at most per family and scrape
@@ -22,7 +23,7 @@ async def ping(session: AsyncSession) -> None:
 
 async def queued_by_account(session: AsyncSession, queued: str) -> dict[str, int]:
     """Calls waiting in the queue (status ``queued``), by account SID."""
-    waiting = select(Call.account_id).where(Call.status == queued).limit(CAP).subquery()
+    waiting = select(Call.account_id).where(Call.status == constant(queued)).limit(CAP).subquery()
     rows = await session.execute(
         select(Account.sid, func.count())
         .select_from(waiting.join(Account, Account.id == waiting.c.account_id))

@@ -126,7 +126,7 @@ class Call(Base):
         Index("ix_calls_account_created", "account_id", "created_at", "id"),
         # Admission's count of an account's live calls, whether any wait and which first:
         # read without the account's finished calls, however many it has.
-        Index("ix_calls_account_status", "account_id", "status"),
+        Index("ix_calls_account_status", "account_id", "status", "created_at", "id"),
         Index("ix_calls_status_owner", "status", "owner"),
         # A campaign calls each of its numbers once per attempt, whichever process places it.
         UniqueConstraint(

@@ -15,7 +15,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_calls_account_status", "calls", ["account_id", "status"])
+    op.create_index(
+        "ix_calls_account_status", "calls", ["account_id", "status", "created_at", "id"]
+    )
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
             "CREATE STATISTICS st_calls_account_status (mcv) ON account_id, status FROM calls"
