@@ -7,15 +7,15 @@ a few times), on an account with 3000 finished calls beside other accounts' live
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
 from ringflow.calls.status import ACTIVE, Status
 from ringflow.storage import admission, call_changes
-from ringflow.storage.db import Database, Prepared, quoted
+from ringflow.storage.db import Database, Prepared
 from ringflow.storage.models import Call
+from tests.plans import explained, rows_read
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -66,40 +66,6 @@ async def new_account(driver: Any, sid: str) -> int:
     )
 
 
-def rows_read(plan: dict[str, Any]) -> int:
-    """Rows every scan of ``plan`` read from the table: those it returned and those its filter
-    dropped (a bitmap's index scan only finds the rows its heap scan reads)."""
-    read = 0
-    if "Scan" in plan["Node Type"] and plan["Node Type"] != "Bitmap Index Scan":
-        read += plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)
-    for child in plan.get("Plans", ()):
-        read += rows_read(child)
-    return read
-
-
-def sql_value(value: Any) -> str:
-    """A parameter's value written as SQL (EXECUTE takes values, not parameters)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool | int):
-        return str(value).lower()
-    return quoted(str(value))
-
-
-async def explained(db: Database, statement: Prepared, params: dict[str, Any]) -> dict[str, Any]:
-    """The plan of ``statement`` as run, with PostgreSQL planning it for any values of its
-    parameters: as it may once the driver has run it a few times."""
-    values = [params[name] for name in statement.names]
-    async with db.driver() as driver, driver.transaction():
-        await driver.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        await driver.execute(f"PREPARE probe AS {statement.sql}")
-        args = ", ".join(map(sql_value, values))
-        text = await driver.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probe({args})")
-        await driver.execute("DEALLOCATE probe")
-    plans = json.loads(text) if isinstance(text, str) else text  # the driver may decode JSON
-    return plans[0]["Plan"]
-
-
 @pytest.mark.parametrize(
     ("name", "statement", "params"),
     [
@@ -130,6 +96,7 @@ async def test_admission_reads_only_the_accounts_live_calls(
     db: Database, tenancy: str, name: str, statement: Prepared, params: dict[str, Any]
 ) -> None:
     account_id = await account_with_history(db, *TENANCIES[tenancy])
-    plan = await explained(db, statement, {**params, "account_id": account_id})
+    values = {**params, "account_id": account_id}
+    plan = await explained(db, statement.sql, [values[name] for name in statement.names])
     read = rows_read(plan)
     assert read <= LIVE + QUEUED, f"{name}: {read} rows read for {LIVE + QUEUED} live calls"

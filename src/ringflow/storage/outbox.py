@@ -16,7 +16,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ringflow.storage.db import Prepared, rowcount, stored
+from ringflow.storage.db import Prepared, constant, rowcount, stored
 from ringflow.storage.models import OutboxAttempt, OutboxMessage
 
 
@@ -57,6 +57,9 @@ async def add_message(session: AsyncSession, row: dict[str, Any]) -> OutboxMessa
 
 
 M = OutboxMessage
+# The state of the rows still to send, few among every callback ever delivered: written into
+# the statements, so that no plan of theirs reads the delivered ones (``db.constant``).
+PENDING = constant("pending")
 
 
 # A claim ranks only this many times ``limit`` of the oldest due rows: enough to find rows of
@@ -104,7 +107,7 @@ async def release_rows(session: AsyncSession, owner: str, ids: list[int]) -> Non
     """Give up ``owner``'s leases of the rows ``ids`` (still pending) so any deliverer may send them."""
     await session.execute(
         update(M)
-        .where(M.id.in_(ids), M.state == "pending", M.lease_owner == owner)
+        .where(M.id.in_(ids), M.state == PENDING, M.lease_owner == owner)
         .values(lease_until=None, lease_owner=None)
         .execution_options(synchronize_session=False)
     )
@@ -146,7 +149,7 @@ def claim_statement(
     *, owner: str, now: dt.datetime, lease_until: dt.datetime, limit: int, rooms: Rooms
 ) -> Any:
     """The UPDATE ... RETURNING that ``claim`` runs."""
-    due = and_(M.state == "pending", M.next_attempt_at <= now, _lease_free(now))
+    due = and_(M.state == PENDING, M.next_attempt_at <= now, _lease_free(now))
     if rooms.blocked:
         due = and_(due, M.destination.not_in(rooms.blocked))
     if rooms.full:
@@ -265,7 +268,7 @@ def _attempt_row(attempt: Attempt) -> dict[str, Any]:
 
 # An attempt's statements, built once with parameters: one runs for every callback sent.
 _outbox = cast(Table, M.__table__)
-_PENDING = update(_outbox).where(_outbox.c.id == bindparam("b_id"), _outbox.c.state == "pending")
+_PENDING = update(_outbox).where(_outbox.c.id == bindparam("b_id"), _outbox.c.state == PENDING)
 _GIVE_UP_LEASE = {
     "attempts": _outbox.c.attempts + 1,
     "lease_until": None,
@@ -330,7 +333,7 @@ async def _move_due(
     to ``to``; returns how many."""
     stmt = (
         update(M)
-        .where(M.destination == destination, M.state == "pending", _lease_free(now), *due)
+        .where(M.destination == destination, M.state == PENDING, _lease_free(now), *due)
         .values(next_attempt_at=to)
         .execution_options(synchronize_session=False)
     )
@@ -341,7 +344,7 @@ async def release_leases(session: AsyncSession, owner: str) -> None:
     """Free the pending rows ``owner`` holds (left behind when it died mid-delivery)."""
     await session.execute(
         update(M)
-        .where(M.state == "pending", M.lease_owner == owner)
+        .where(M.state == PENDING, M.lease_owner == owner)
         .values(lease_until=None, lease_owner=None)
         .execution_options(synchronize_session=False)
     )
@@ -352,14 +355,19 @@ async def next_due(
 ) -> dt.datetime | None:
     """When the earliest pending row outside ``blocked`` destinations and ``full`` accounts is
     due (or its lease runs out, if another deliverer holds it and never reports back)."""
+    # SQLAlchemy types min() of a CASE as Any; both branches are UTCDateTime columns.
+    return await session.scalar(next_due_statement(now, blocked, full))  # type: ignore[no-any-return]
+
+
+def next_due_statement(now: dt.datetime, blocked: list[str], full: list[int] | None) -> Any:
+    """The SELECT that ``next_due`` runs."""
     due_at = case((_lease_free(now), M.next_attempt_at), else_=M.lease_until)
-    stmt = select(func.min(due_at)).where(M.state == "pending")
+    stmt = select(func.min(due_at)).where(M.state == PENDING)
     if blocked:
         stmt = stmt.where(M.destination.not_in(blocked))
     if full:
         stmt = stmt.where(M.account_id.not_in(full))
-    # SQLAlchemy types min() of a CASE as Any; both branches are UTCDateTime columns.
-    return await session.scalar(stmt)  # type: ignore[no-any-return]
+    return stmt
 
 
 async def waiting_for_room(
@@ -369,9 +377,13 @@ async def waiting_for_room(
     a ``full`` account: ``next_due`` leaves those out, so their due times are unknown."""
     if not blocked and not full:
         return False
+    return (await session.scalar(waiting_statement(now, blocked, full))) is not None
+
+
+def waiting_statement(now: dt.datetime, blocked: list[str], full: list[int]) -> Any:
+    """The SELECT that ``waiting_for_room`` runs."""
     waiting = or_(M.destination.in_(blocked), M.account_id.in_(full))
-    stmt = select(M.id).where(M.state == "pending", _lease_free(now), waiting).limit(1)
-    return (await session.scalar(stmt)) is not None
+    return select(M.id).where(M.state == PENDING, _lease_free(now), waiting).limit(1)
 
 
 def _lease_free(now: dt.datetime) -> Any:

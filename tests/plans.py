@@ -1,0 +1,55 @@
+"""Query plans as PostgreSQL runs a statement it has prepared: for tests that a statement
+reads only the few rows it is after, whatever else the table holds."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import ClauseElement
+from sqlalchemy.dialects.postgresql import asyncpg
+
+from ringflow.storage.db import Database, quoted
+
+
+def compiled(statement: ClauseElement) -> tuple[str, list[Any]]:
+    """A SQLAlchemy statement built with its values, as the driver gets it: SQL with ``$n``
+    parameters and their values in order."""
+    done = statement.compile(dialect=asyncpg.dialect(), compile_kwargs={"render_postcompile": True})
+    return done.string, [done.params[name] for name in done.positiontup or ()]
+
+
+def rows_read(plan: dict[str, Any]) -> int:
+    """Rows every scan of ``plan`` read from a table: those it returned and those its filter
+    dropped, over all its loops (a bitmap's index scan only finds the rows its heap scan
+    reads; a subquery's scan reads no table)."""
+    read = 0
+    kind = plan["Node Type"]
+    if "Relation Name" in plan and "Scan" in kind and kind != "Bitmap Index Scan":
+        per_loop = plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)
+        read += per_loop * plan.get("Actual Loops", 1)
+    for child in plan.get("Plans", ()):
+        read += rows_read(child)
+    return read
+
+
+def sql_value(value: Any) -> str:
+    """A parameter's value written as SQL (EXECUTE takes values, not parameters)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool | int):
+        return str(value).lower()
+    return quoted(str(value))
+
+
+async def explained(db: Database, sql: str, values: list[Any]) -> dict[str, Any]:
+    """The plan of ``sql`` (with ``$n`` parameters) run with ``values``, PostgreSQL planning it
+    for any values of its parameters: as it may once the driver has run it a few times."""
+    async with db.driver() as driver, driver.transaction():
+        await driver.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await driver.execute(f"PREPARE probe AS {sql}")
+        args = ", ".join(map(sql_value, values))
+        text = await driver.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probe({args})")
+        await driver.execute("DEALLOCATE probe")
+    plans = json.loads(text) if isinstance(text, str) else text  # the driver may decode JSON
+    return plans[0]["Plan"]
