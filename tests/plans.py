@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import ClauseElement
 from sqlalchemy.dialects.postgresql import asyncpg
 
-from ringflow.storage.db import Database, quoted
+from ringflow.storage.db import Database
 
 
 def compiled(statement: ClauseElement) -> tuple[str, list[Any]]:
@@ -39,7 +39,7 @@ def sql_value(value: Any) -> str:
         return "NULL"
     if isinstance(value, bool | int):
         return str(value).lower()
-    return quoted(str(value))
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 async def explained(db: Database, sql: str, values: list[Any]) -> dict[str, Any]:

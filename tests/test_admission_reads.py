@@ -74,6 +74,8 @@ async def new_account(driver: Any, sid: str) -> int:
             admission._count_lines_now(admission._statuses(ACTIVE, Status.QUEUED)),
             {},
         ),
+        # The queue in order: read by the index alone (without it, the account's calls by
+        # creation time, history and all).
         ("oldest queued", Prepared(admission._oldest_queued(Status.QUEUED)), {"count": 10}),
         # A call's end, which asks whether the account has calls waiting: here a change that
         # finds its call moved (none has id 0), so only the question is answered.

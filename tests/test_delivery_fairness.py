@@ -142,6 +142,9 @@ def test_after_a_failure_a_destination_gets_one_request_at_a_time_until_it_answe
     e.started("b", at(0))
     e.finished("b", reached=False, now=at(1))
     assert e.room("b", at(1)) == 1 and e.limited(at(1)) == {"b": 1}
+    # Sent nothing for the longest cooldown after its failure, it is forgotten: full room.
+    assert e.limited(at(600)) == {"b": 1} and "b" in e.circuits
+    assert e.limited(at(601)) == {} and e.circuits == {} and e.room("b", at(601)) == 4
 
 
 # Over real sockets

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ringflow.storage import outbox
+from ringflow.storage import gauges, outbox
 from ringflow.storage.db import Database
 from tests.plans import compiled, explained, rows_read
 
@@ -54,6 +54,7 @@ STATEMENTS = {
     "next due": lambda account: outbox.next_due_statement(NOW, [], None),
     "next due, a receiver blocked": lambda account: outbox.next_due_statement(NOW, [BUSY], None),
     "waiting for room": lambda account: outbox.waiting_statement(NOW, [BUSY], [account + 1]),
+    "pending callbacks (metrics)": lambda account: gauges._PENDING_CALLBACKS,
     "claim": lambda account: outbox.claim_statement(
         owner="me",
         now=NOW,

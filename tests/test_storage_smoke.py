@@ -6,7 +6,7 @@ from sqlalchemy import bindparam, event, select, text
 
 from ringflow.config import Settings
 from ringflow.errors import ConfigError
-from ringflow.storage.db import Database, Prepared, stored
+from ringflow.storage.db import Database, Prepared, quoted, stored
 from ringflow.storage.models import Account
 
 UTC = dt.UTC
@@ -122,3 +122,12 @@ def test_times_are_stored_as_naive_utc_from_any_zone():
     assert stored(noon_utc) == dt.datetime(2026, 1, 1, 12, 0)
     assert stored(noon_utc.astimezone(ist)) == dt.datetime(2026, 1, 1, 12, 0)
     assert stored(None) is None
+
+
+def test_only_ringflow_s_own_words_are_written_into_sql():
+    """``quoted`` (what ``constant`` writes into a statement) takes a status or a state and
+    nothing that could change the statement: a quote, a ``:name`` text() would bind, a space."""
+    assert quoted("in-progress") == "'in-progress'" and quoted("no_answer") == "'no_answer'"
+    for bad in ("it's", "queued' OR '1'='1", ":account_id", "in progress", "", "Queued"):
+        with pytest.raises(ValueError, match="not a word"):
+            quoted(bad)

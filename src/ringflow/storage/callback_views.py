@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from ringflow.storage.models import OutboxAttempt, OutboxMessage
+from ringflow.storage.outbox import PENDING
 from ringflow.storage.session import Session
 
 
@@ -41,7 +42,7 @@ async def pending_count(session: Session, account_id: int) -> int:
     query = (
         select(func.count())
         .select_from(OutboxMessage)
-        .where(OutboxMessage.account_id == account_id, OutboxMessage.state == "pending")
+        .where(OutboxMessage.account_id == account_id, OutboxMessage.state == PENDING)
     )
     return int((await session.execute(query)).scalar_one())
 
@@ -52,7 +53,7 @@ async def retrying(session: Session, account_id: int, limit: int) -> list[Outbox
         select(OutboxMessage)
         .where(
             OutboxMessage.account_id == account_id,
-            OutboxMessage.state == "pending",
+            OutboxMessage.state == PENDING,
             OutboxMessage.attempts > 0,
         )
         .order_by(OutboxMessage.next_attempt_at)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import re
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, cast, overload
@@ -114,9 +115,16 @@ class Database:
 _ASYNCPG = make_url("postgresql+asyncpg://").get_dialect()()
 
 
+_WORD = re.compile(r"[a-z0-9_-]+")
+
+
 def quoted(value: str) -> str:
-    """``value`` as an SQL string constant (its quotes doubled), the same on every backend."""
-    return "'" + value.replace("'", "''") + "'"
+    """``value``, one of ringflow's own words (a status, a state), as an SQL string constant,
+    the same on every backend. Anything else is refused: a quote or a ``:name`` in it would
+    change the statement it is written into."""
+    if not _WORD.fullmatch(value):
+        raise ValueError(f"not a word to write into SQL: {value!r}")
+    return f"'{value}'"
 
 
 def constant(value: str) -> ColumnElement[str]:

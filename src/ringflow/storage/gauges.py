@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.storage.db import constant
 from ringflow.storage.models import Account, Call, OutboxMessage
+from ringflow.storage.outbox import PENDING
 
 CAP = 100_000  # rows counted at most per family and scrape
 
@@ -32,7 +33,11 @@ async def queued_by_account(session: AsyncSession, queued: str) -> dict[str, int
     return {sid: count for sid, count in rows}
 
 
+_PENDING_CALLBACKS = select(func.count()).select_from(
+    select(OutboxMessage.id).where(OutboxMessage.state == PENDING).limit(CAP).subquery()
+)
+
+
 async def callbacks_pending(session: AsyncSession) -> int:
     """Callbacks not yet delivered and not given up on (due now or later)."""
-    pending = select(OutboxMessage.id).where(OutboxMessage.state == "pending").limit(CAP).subquery()
-    return int((await session.execute(select(func.count()).select_from(pending))).scalar_one())
+    return int((await session.execute(_PENDING_CALLBACKS)).scalar_one())

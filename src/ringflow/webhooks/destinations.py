@@ -9,12 +9,13 @@ slow receivers hold that account's slots, never all of them.
 
 Each destination has a circuit. After a transport failure (a timeout, a refused or broken
 connection) a destination gets one request at a time until it answers again, so a receiver that
-has stopped answering is not sent a new request each time one of those in flight fails.
-``failures`` consecutive transport failures open the circuit: its rows are deferred until ``reopen_at`` and its in-flight requests
-run out. Then one probe is sent; any HTTP answer (even a 500: the server is there) closes the
-circuit and its deferred rows are due again at once; another transport failure reopens it with
-twice the cooldown, up to ``cooldown_cap``. Deferred rows are not attempted, so a receiver's
-outage does not spend its callbacks' attempts.
+has stopped answering is not sent a new request each time one of those in flight fails; one
+that is sent nothing for ``cooldown_cap`` after such a failure is forgotten. ``failures``
+consecutive transport failures open the circuit: its rows are deferred until ``reopen_at`` and
+its in-flight requests run out. Then one probe is sent; any HTTP answer (even a 500: the server
+is there) closes the circuit and its deferred rows are due again at once; another transport
+failure reopens it with twice the cooldown, up to ``cooldown_cap``. Deferred rows are not
+attempted, so a receiver's outage does not spend its callbacks' attempts.
 
 Pure bookkeeping: time is passed in, nothing here does I/O.
 """
@@ -63,6 +64,7 @@ class Circuit:
     """One destination's health, as seen by this process."""
 
     failures: int = 0  # consecutive transport failures
+    failed_at: dt.datetime | None = None  # the last of them
     reopen_at: dt.datetime | None = None  # open until then (None: closed)
     cooldown: float = 0.0  # seconds the circuit was last opened for
     probing: bool = False  # the one request of a half-open circuit is in flight
@@ -113,6 +115,7 @@ class Destinations:
 
     def limited(self, now: dt.datetime) -> dict[str, int]:
         """The room of every destination whose room is not the full ``per_destination``."""
+        self._forget_quiet(now)
         names = set(self.in_flight) | set(self.circuits)
         return {d: self.room(d, now) for d in names if self.room(d, now) < self.per_destination}
 
@@ -178,12 +181,23 @@ class Destinations:
         if reached:
             return self._close(destination, circuit)
         circuit.failures += 1
+        circuit.failed_at = now
         if circuit.probing:
             circuit.probing = False
             return self._open(circuit, now, min(self._cooldown_cap, 2 * circuit.cooldown))
         if not circuit.is_open and circuit.failures >= self._failures:
             return self._open(circuit, now, self._cooldown)
         return None
+
+    def _forget_quiet(self, now: dt.datetime) -> None:
+        """Forget the closed circuits of destinations that failed, then were sent nothing for
+        ``cooldown_cap``: the table keeps only destinations that matter now."""
+        quiet = now - dt.timedelta(seconds=self._cooldown_cap)
+        for destination, circuit in list(self.circuits.items()):
+            if circuit.is_open or self.in_flight.get(destination, 0):
+                continue
+            if circuit.failed_at is not None and circuit.failed_at <= quiet:
+                del self.circuits[destination]
 
     def _open(
         self, circuit: Circuit, now: dt.datetime, cooldown: float
