@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections import Counter
 
 from ringflow.numeric import as_whole
 from ringflow.sip.errors import SipParseError
-from ringflow.sip.headers import TOKEN, CSeq, Headers, NameAddr, Via
+from ringflow.sip.headers import TOKEN, CSeq, Headers, NameAddr, Via, canonical
 from ringflow.sip.uri import SipUri
 
 VERSION = "SIP/2.0"
+# The headers of one value that the user agent reads, by canonical name.
+_SINGLE = {"to": "To", "from": "From", "call-id": "Call-ID", "cseq": "CSeq"}
 MAX_MESSAGE = 65535
 REASONS = {
     100: "Trying",
@@ -146,16 +149,20 @@ class Message:
         return value.split(";", 1)[0].strip().lower() if value else None
 
     def _one(self, name: str) -> str:
-        values = self.headers.get_all(name)
-        if not values or not values[0].strip():
+        value = self.headers.get(name)
+        if value is None or not value.strip():
             raise SipParseError(name, "missing")
-        if len(values) > 1:  # RFC 3261 7.3.1: only a list header may come on several lines
-            raise SipParseError(name, f"given {len(values)} times")
-        return values[0]
+        return value
 
     def _validate(self) -> None:
         if not self.headers.values("Via"):
             raise SipParseError("Via", "missing")
+        # RFC 3261 7.3.1: only a list header may come on several lines. A second To, unread
+        # here, would be copied into the response (and read) later.
+        lines = Counter(canonical(name) for name, _ in self.headers)
+        for key, name in _SINGLE.items():
+            if lines[key] > 1:
+                raise SipParseError(name, f"given {lines[key]} times")
         # Parse each header the user agent reads, so that reading it later cannot fail.
         _ = (self.vias, self.from_, self.to, self.call_id, self.cseq)
         _ = (self.contacts, self.record_route, self.route, self.max_forwards)
