@@ -42,11 +42,16 @@ def sql_value(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-async def explained(db: Database, sql: str, values: list[Any]) -> dict[str, Any]:
+async def explained(
+    db: Database, sql: str, values: list[Any], *, generic: bool = True
+) -> dict[str, Any]:
     """The plan of ``sql`` (with ``$n`` parameters) run with ``values``, PostgreSQL planning it
-    for any values of its parameters: as it may once the driver has run it a few times."""
+    for any values of its parameters, as it may once the driver has run it a few times (a plan
+    it expects to be cheaper than those for the values given: one that stops at a first row).
+    ``generic=False``: planned for these values (what a statement costlier that way gets)."""
+    mode = "force_generic_plan" if generic else "force_custom_plan"
     async with db.driver() as driver, driver.transaction():
-        await driver.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await driver.execute(f"SET LOCAL plan_cache_mode = {mode}")
         await driver.execute(f"PREPARE probe AS {sql}")
         args = ", ".join(map(sql_value, values))
         text = await driver.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probe({args})")

@@ -167,17 +167,14 @@ async def accounts_overview(
     session: Session, since: dt.datetime, live: Collection[str]
 ) -> list[tuple[Account, int, int]]:
     """Every account with its calls since ``since`` and its calls in one of ``live``."""
-    query = (
-        select(
-            Account,
-            func.count(Call.id).filter(Call.created_at >= since),
-            func.count(Call.id).filter(Call.status.in_(live)),
-        )
-        .outerjoin(Call, Call.account_id == Account.id)
-        .group_by(Account.id)
-        .order_by(Account.sid)
-    )
-    return [
-        (account, today or 0, active or 0)
-        for account, today, active in (await session.execute(query)).all()
-    ]
+    rows = (await session.execute(accounts_overview_statement(since, live))).all()
+    return [(account, today, active) for account, today, active in rows]
+
+
+def accounts_overview_statement(since: dt.datetime, live: Collection[str]) -> Any:
+    """The SELECT of ``accounts_overview``: each count reads only the calls it counts (by
+    ``ix_calls_account_created`` and ``ix_calls_account_status``), not every call ever made."""
+    mine = Call.account_id == Account.id
+    today = select(func.count()).where(mine, Call.created_at >= since).scalar_subquery()
+    active = select(func.count()).where(mine, Call.status.in_(constants(live))).scalar_subquery()
+    return select(Account, today, active).order_by(Account.sid)
