@@ -8,8 +8,8 @@ drives it with a fixed number of concurrent HTTP clients for a fixed time: first
 the Call XML). Every accepted call really runs on the sandbox while the load goes on.
 
 Prints one line per endpoint and the comparable figure: connect throughput as a share of the
-baseline's, measured in the same run. Each line also gives the server's CPU time per request
-and the share of a core the load itself took: on a small machine the baseline is bounded by
+baseline's, measured in the same run. Each line also gives the server's CPU time per request,
+the share of a core the load itself took (and on PostgreSQL its processes' CPU per request): on a small machine the baseline is bounded by
 the client (httpx) long before the server, so the CPU per request says what a connect costs
 the server against a request that does nothing.
 
@@ -127,6 +127,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_seconds() -> float:
+    """CPU time of every PostgreSQL process on this machine so far (its backends, writers and
+    autovacuum: what the load costs the database); 0 where none runs."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            if "(postgres)" in text:
+                total += cpu_seconds(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue  # ended meanwhile
+    return total
+
+
 class Run:
     """One endpoint's results: latencies of the answered requests, errors, and the CPU the
     server and the load took meanwhile."""
@@ -136,10 +150,16 @@ class Run:
         self.errors = 0
         self.server_cpu = 0.0
         self.client_cpu = 0.0
+        self.database_cpu = 0.0
 
 
 async def drive(
-    client: httpx.AsyncClient, request: dict, seconds: float, concurrency: int, server: int
+    client: httpx.AsyncClient,
+    request: dict,
+    seconds: float,
+    concurrency: int,
+    server: int,
+    postgres: bool = False,
 ) -> Run:
     run = Run()
     latencies = run.latencies
@@ -157,8 +177,10 @@ async def drive(
                     print(f"  error {response.status_code}: {response.text[:200]}", file=sys.stderr)
 
     server_before, client_before = cpu_seconds(server), time.process_time()
+    database_before = postgres_seconds() if postgres else 0.0
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     run.server_cpu = cpu_seconds(server) - server_before
+    run.database_cpu = postgres_seconds() - database_before if postgres else 0.0
     run.client_cpu = time.process_time() - client_before
     return run
 
@@ -173,19 +195,29 @@ def report(name: str, run: Run, seconds: float) -> tuple[float, float]:
         f"p99 {cuts[98] * 1000:6.1f} ms   errors {run.errors}   "
         f"server {per_request:5.2f} ms CPU/request ({run.server_cpu / seconds:.2f} core)   "
         f"load {run.client_cpu / seconds:.2f} core"
+        + (
+            f"   PostgreSQL {run.database_cpu * 1000 / max(1, len(run.latencies)):.2f} ms CPU/request"
+            if run.database_cpu
+            else ""
+        )
     )
     return rate, per_request
 
 
 async def bench(
-    base: str, creds: dict[str, str], seconds: float, concurrency: int, server: int
+    base: str,
+    creds: dict[str, str],
+    seconds: float,
+    concurrency: int,
+    server: int,
+    postgres: bool,
 ) -> None:
     auth = (creds["api_key"], creds["api_token"])
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
         health_request = {"method": "GET", "url": "/healthz"}
         await drive(client, health_request, 2, concurrency, server)  # warm-up
-        health = await drive(client, health_request, seconds, concurrency, server)
+        health = await drive(client, health_request, seconds, concurrency, server, postgres)
         connect_request = {
             "method": "POST",
             "url": f"/v1/Accounts/{creds['sid']}/Calls/connect",
@@ -197,7 +229,7 @@ async def bench(
                 "CallType": "trans",
             },
         }
-        connect = await drive(client, connect_request, seconds, concurrency, server)
+        connect = await drive(client, connect_request, seconds, concurrency, server, postgres)
     base_rate, base_cpu = report("GET /healthz", health, seconds)
     rate, cpu = report("POST Calls/connect", connect, seconds)
     print(f"connect/healthz throughput ratio: {rate / base_rate:.3f}")
@@ -246,7 +278,8 @@ def main() -> int:
         print(
             f"ringflow on {env['RINGFLOW_DATABASE_URL'].split(':')[0]}, {args.concurrency} clients, {args.seconds:g} s each"
         )
-        asyncio.run(bench(base, creds, args.seconds, args.concurrency, server.pid))
+        postgres = env["RINGFLOW_DATABASE_URL"].startswith("postgresql")
+        asyncio.run(bench(base, creds, args.seconds, args.concurrency, server.pid, postgres))
     finally:
         server.send_signal(signal.SIGINT)
         try:
