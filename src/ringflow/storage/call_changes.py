@@ -84,7 +84,7 @@ def _callbacks(call_id: str, guard: str, by_sid: bool = False) -> str:
         lease_until timestamp){join}
     WHERE {guard}
     ORDER BY v.n
-    RETURNING id, call_id"""
+    RETURNING id"""
 
 
 _MOVED = "EXISTS (SELECT 1 FROM moved)"
