@@ -1,5 +1,6 @@
-"""Every SQL statement the database runs while counting: those SQLAlchemy executes and those
-run on a pooled connection's own asyncpg connection (``Database.driver``)."""
+"""Every SQL statement the database runs while counting, on the connections checked out of
+the pool: on PostgreSQL as asyncpg runs them (SQLAlchemy's and those of ``Database.driver``),
+on SQLite as sqlite3 runs them (SQLAlchemy's and those of ``Database.sqlite``)."""
 
 from __future__ import annotations
 
@@ -18,45 +19,55 @@ _INTROSPECTION = ("typeinfo_tree", "set_config('jit'")
 class Statements:
     """``with Statements(db) as seen:``; ``await settled()`` before reading ``seen`` (asyncpg
     reports its statements on the loop's next turn). Connections checked out before the block
-    began are not watched for the driver's statements."""
+    began are not watched."""
 
     def __init__(self, db: Database) -> None:
-        self.seen: list[str] = []
+        self.seen: list[str] = []  # on SQLite BEGIN, COMMIT and ROLLBACK too
         self._engine = db.engine.sync_engine
         self._pool = db.engine.sync_engine.pool
-        self._sqlite_commits = 0
+        # Each committed transaction's statements, and each connection's since its last commit.
+        self.committed: list[list[str]] = []
+        self._open: dict[int, list[str]] = {}
+        self._loggers: dict[int, Any] = {}
 
     @property
     def commits(self) -> int:
-        """Transactions committed: on PostgreSQL each is a COMMIT the driver ran (SQLAlchemy's
-        transactions too go through it), on SQLite SQLAlchemy's commits."""
-        return self._sqlite_commits + sum(s.rstrip(";") == "COMMIT" for s in self.seen)
+        """Transactions committed: each a COMMIT the driver ran."""
+        return len(self.committed)
 
-    def _committed(self, _conn: Any) -> None:
-        self._sqlite_commits += 1
-
-    def _executed(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+    def _run(self, key: int, statement: str) -> None:
+        """A statement run on connection ``key`` (on SQLite in the connection's thread)."""
         self.seen.append(" ".join(statement.split()))
+        if self.seen[-1].rstrip(";") == "COMMIT":
+            self.committed.append(self._open.pop(key, []))
+        else:
+            self._open.setdefault(key, []).append(self.seen[-1])
 
-    def _logged(self, record: Any) -> None:
+    def _logged(self, key: int, record: Any) -> None:
         if any(mark in record.query for mark in _INTROSPECTION):
             return  # asyncpg learning a type, once per connection: not the code's statement
-        self.seen.append(" ".join(record.query.split()))
+        self._run(key, record.query)
 
     def _out(self, dbapi_connection: Any, *_: Any) -> None:
-        dbapi_connection.driver_connection.add_query_logger(self._logged)
+        key = id(dbapi_connection)
+        driver = dbapi_connection.driver_connection
+        if self._engine.dialect.name == "sqlite":  # every statement, SQLAlchemy's or not
+            driver.set_trace_callback(lambda statement: self._run(key, statement))
+            return
+        self._loggers[key] = lambda record: self._logged(key, record)
+        driver.add_query_logger(self._loggers[key])
 
     def _back(self, dbapi_connection: Any, *_: Any) -> None:
-        if dbapi_connection is not None:
-            dbapi_connection.driver_connection.remove_query_logger(self._logged)
+        if dbapi_connection is None:
+            return
+        driver = dbapi_connection.driver_connection
+        if self._engine.dialect.name == "sqlite":
+            driver.set_trace_callback(None)
+        elif id(dbapi_connection) in self._loggers:
+            driver.remove_query_logger(self._loggers.pop(id(dbapi_connection)))
 
     def _listeners(self) -> list[tuple[Any, str, Any]]:
-        watched: list[tuple[Any, str, Any]] = [
-            (self._engine, "before_cursor_execute", self._executed)
-        ]
-        if self._engine.dialect.name == "sqlite":
-            return [*watched, (self._engine, "commit", self._committed)]
-        return [*watched, (self._pool, "checkout", self._out), (self._pool, "checkin", self._back)]
+        return [(self._pool, "checkout", self._out), (self._pool, "checkin", self._back)]
 
     def __enter__(self) -> list[str]:
         for target, name, listener in self._listeners():

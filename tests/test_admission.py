@@ -373,9 +373,11 @@ async def test_calls_submitted_at_once_are_admitted_together_in_order_and_within
         with statements:
             outcomes = await submit_at_once(rig, account_id, 10, return_exceptions=True)
             await settled()
-        assert statements.commits == 1
+        # The started calls go on meanwhile (a sandbox phone looked up, say): their own.
+        written = [t for t in statements.committed if any("INSERT INTO calls" in s for s in t)]
+        assert len(written) == 1, statements.committed
         if database_url.startswith("postgresql"):
-            assert sum("INSERT INTO calls" in s for s in statements.seen) == 1
+            assert sum("INSERT INTO calls" in s for s in written[0]) == 1
         accepted = [o for o in outcomes if not isinstance(o, BaseException)]
         refused = [o for o in outcomes if isinstance(o, BaseException)]
         assert [started for _, started in accepted] == [True] * 3 + [False] * 5

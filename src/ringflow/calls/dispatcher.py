@@ -41,7 +41,7 @@ from ringflow.errors import CapacityExceeded, Unavailable
 from ringflow.logs import bind_call
 from ringflow.metrics import CALLS_ENDED, CALLS_IN_PROGRESS, CALLS_STARTED, carrier_label
 from ringflow.storage import admission, calls, streams
-from ringflow.storage.call_changes import NewCall, insert_calls_at_once
+from ringflow.storage.call_changes import NewCall, insert_calls_at_once, insert_calls_in_thread
 from ringflow.storage.db import Database, driver_of
 from ringflow.storage.models import Account, Call, Leg
 from ringflow.storage.session import Session
@@ -75,14 +75,16 @@ class Line:
         return await self._dispatcher.admit_waiting(session, self.account_id)
 
     async def free_after(self, waiting: bool) -> None:
-        """The call's end was written in one statement, not under the account's lock
-        (PostgreSQL): the line is free. ``waiting``: that statement saw queued calls of the
-        account; then admit what the room allows, under the lock.
+        """The call's end was written on its own, not under the account's lock (in one
+        statement on PostgreSQL, one transaction on SQLite): the line is free. ``waiting``:
+        that write saw queued calls of the account; then admit what the room allows, under
+        the lock.
 
         No call is left queued behind a line that is free: an admission that counted this call
         as running and queued a call for want of a line either committed before the end's
-        statement began (which then saw that call waiting), or after; it then counts again
-        once committed (``_Accepted.recount``), waiting for any change being written to the
+        statement began (which then saw that call waiting), or after. On SQLite, whose writes
+        are one at a time, there is no after. On PostgreSQL it then counts again once
+        committed (``_Accepted.recount``), waiting for any change being written to the
         account's calls (``lock_lines(settled=True)``), so it sees this call ended. The
         housekeeper's rounds are the last resort (an end still waiting for its row then).
         """
@@ -228,17 +230,25 @@ class Dispatcher:
         gives back the channels reserved for them.
 
         On PostgreSQL a batch of the API's calls is admitted on the driver's own connection
-        (``Database.driver``): the lock, the count, and one statement for all its calls. A call
-        with work of its own in the transaction (``with_call``, always alone) needs a
-        session."""
+        (``Database.driver``): the lock, the count, and one statement for all its calls. On
+        SQLite, in two trips to the connection's thread (``Database.sqlite``): the lock and the
+        count, then every call and the commit. A call with work of its own in the transaction
+        (``with_call``, always alone) needs a session."""
         reserved: list[Call] = []  # a trunk channel is held for each
         try:
-            if self.db.is_sqlite or any(p.with_call is not None for p in batch):
+            if any(p.with_call is not None for p in batch):
                 async with self.db.session() as session:
                     lines = await self._lines(session, account_id)
                     assert lines is not None, f"account {account_id} does not exist"
                     driver = None if self.db.is_sqlite else await driver_of(session)
                     return await self._take(batch, lines, reserved, driver, session)
+            if self.db.is_sqlite:
+                async with self.db.sqlite() as connection:
+                    lines = await admission.lock_lines_in_thread(
+                        connection, account_id, ACTIVE, Status.QUEUED
+                    )
+                    assert lines is not None, f"account {account_id} does not exist"
+                    return await self._take(batch, lines, reserved, connection, None)
             async with self.db.driver() as driver, driver.transaction():
                 lines = await admission.lock_lines_at_once(
                     driver, account_id, ACTIVE, Status.QUEUED
@@ -260,7 +270,8 @@ class Dispatcher:
         session: Session | None,
     ) -> _Accepted:
         """``_accept``'s work once the account is locked and its lines counted: writes on
-        ``driver`` (PostgreSQL) or in ``session`` (SQLite; a ``with_call`` always)."""
+        ``driver`` (PostgreSQL's, or SQLite's connection, which this commits) or in ``session``
+        (SQLite with a ``with_call``)."""
         accepted = _Accepted(lines.account)
         queue_limit = lines.account.max_queued_calls
         if queue_limit is None:
@@ -311,7 +322,9 @@ class Dispatcher:
                 active += 1
             else:
                 queued += 1
-        if together:
+        if session is None and self.db.is_sqlite:
+            await insert_calls_in_thread(driver, together)  # and commit, whatever was refused
+        elif together:
             await insert_calls_at_once(driver, together)
         return accepted
 

@@ -25,15 +25,12 @@ from typing import Any, Protocol
 from ringflow.calls.status import Event, Status, is_terminal
 from ringflow.calls.transitions import Change, advance, apply, callback_fields, interrupted
 from ringflow.clock import Clock
-from ringflow.storage.call_changes import write_change_at_once, write_end_at_once
-from ringflow.storage.calls import (
-    add_leg,
-    add_steps,
-    copy_into,
-    lock_call,
-    write_change,
-    write_detection,
+from ringflow.storage.call_changes import (
+    write_change_at_once,
+    write_change_in_thread,
+    write_end_at_once,
 )
+from ringflow.storage.calls import add_leg, add_steps, copy_into, lock_call, write_detection
 from ringflow.storage.db import Database
 from ringflow.storage.models import Call, Leg, OutboxMessage
 from ringflow.storage.outbox import Claimed, Lease
@@ -188,15 +185,12 @@ class Timeline:
             "steps": steps,
             "callbacks": rows,
         }
-        start_next = None
-        waiting: bool | None = None  # PostgreSQL, the call's end: whether calls wait
-        if self.db.is_sqlite:
-            # The change that ends the call frees its line under the account's lock (exact
-            # admission), in the same transaction.
-            async with self.db.session() as session:
-                ids = await write_change(session, call, **written)
-                if ids is not None:
-                    start_next = await self._free_line(session, call)
+        waiting: bool | None = None  # the call's end: whether calls wait
+        if self.db.is_sqlite:  # one trip to SQLite's thread; the end's also sees the queue
+            queued = Status.QUEUED if self._holds_line(call) else None
+            async with self.db.sqlite() as connection:
+                ids, seen = await write_change_in_thread(connection, call, queued=queued, **written)
+            waiting = seen if queued is not None else None
         elif self._holds_line(call):  # the end: one statement, which also sees the queue
             async with self.db.driver() as driver:
                 ids, waiting = await write_end_at_once(
@@ -209,8 +203,6 @@ class Timeline:
             self._steps = steps[:-1] + self._steps  # kept for the database's turn
             raise _Moved
         self._sent(rows, ids, lease)
-        if start_next is not None:
-            start_next()
         if waiting is not None:
             assert self.line is not None
             await self.line.free_after(waiting)

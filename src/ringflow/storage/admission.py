@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sqlite3
 from collections.abc import Collection
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Select, Table, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ringflow.storage import sqlite
 from ringflow.storage.calls import write_change
 from ringflow.storage.db import Prepared, constant, constants, read_back
 from ringflow.storage.models import Account, Call, Leg
@@ -154,6 +156,38 @@ async def lock_lines_at_once(
     count = _count_lines_now(_statuses(active, queued))
     counts = {status: n for status, n in await count.rows(driver, {"account_id": account_id})}
     return _lines(account, counts, active, queued)
+
+
+# The same on SQLite, in its thread (``Database.sqlite``): the transaction begun (SQLite's write
+# lock, the one that counts there), the account read, its lines counted, in one trip.
+_LOCK_ACCOUNT_SQLITE = sqlite.Statement(_LOCK_ACCOUNT)
+
+
+@functools.cache
+def _count_lines_sqlite(statuses: tuple[str, ...]) -> sqlite.Statement:
+    return sqlite.Statement(_count_lines(statuses))
+
+
+def _lock_and_count(
+    connection: sqlite3.Connection, account_id: int, count: sqlite.Statement
+) -> tuple[Any, list[Any]]:
+    sqlite.begin(connection)
+    params = {"account_id": account_id}
+    rows = _LOCK_ACCOUNT_SQLITE.rows(connection, params)
+    return (rows[0] if rows else None), count.rows(connection, params)
+
+
+async def lock_lines_in_thread(
+    connection: sqlite.Connection, account_id: int, active: Collection[str], queued: str
+) -> AccountLines | None:
+    """``lock_lines`` (not ``settled``) on SQLite, beginning a transaction on ``connection``
+    that the caller ends (``Connection.transact``)."""
+    count = _count_lines_sqlite(_statuses(active, queued))
+    row, counted = await connection.run(_lock_and_count, account_id, count)
+    if row is None:
+        return None
+    account = _held(Account, _ACCOUNT_COLUMNS, row)
+    return _lines(account, dict(counted), active, queued)
 
 
 def _lines(

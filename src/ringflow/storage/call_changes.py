@@ -8,7 +8,8 @@ timeline steps and the callbacks are written in the same statement only then (Po
 every data-modifying part of a WITH to completion, read or not). The change that ends a call is
 the same statement; the account's queue is then looked at, and admitted under the account's
 lock only if calls wait (``Line.free_after``). SQLite has no data-modifying WITH: there a change
-is the statements of ``calls.write_change`` in one transaction, the end's with its line freed.
+is the statements of ``calls.write_change``, run in one trip to the connection's thread
+(``sqlite.Connection.transact``), and so are new calls.
 """
 
 from __future__ import annotations
@@ -17,22 +18,31 @@ import dataclasses
 import datetime as dt
 import functools
 import json
+import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from asyncpg.exceptions import UniqueViolationError
-from sqlalchemy import String, text
+from sqlalchemy import String, Table, bindparam, exists, select, text
 
+from ringflow.storage import sqlite
 from ringflow.storage.calls import (
     CALL_CHANGES,
     INSERTED_COLUMNS,
+    ChangeRows,
+    add_now,
     call_values,
+    change_rows,
     duplicate_attempt,
+    insert_now,
     leg_row,
+    write_change_now,
 )
-from ringflow.storage.db import Prepared, postgresql_type, quoted, stored
-from ringflow.storage.models import Call
+from ringflow.storage.db import Prepared, constant, postgresql_type, quoted, stored
+from ringflow.storage.models import Call, CallEvent, Leg, OutboxMessage
 
+_calls, _legs = cast(Table, Call.__table__), cast(Table, Leg.__table__)
+_events, _outbox = cast(Table, CallEvent.__table__), cast(Table, OutboxMessage.__table__)
 _LEG_COLUMNS = (
     "leg_no int, number text, status text, cause text, answered_by text, "
     "dialed_at timestamp, answered_at timestamp, ended_at timestamp"
@@ -210,6 +220,85 @@ async def write_end_at_once(
     if row["moved"] != 1:
         return None, False
     return list(row["callback_ids"]), bool(row["waiting"])
+
+
+# -- SQLite: the same work, each in one trip to the connection's thread ----------------------
+
+
+@functools.cache
+def _waiting_now(queued: str) -> sqlite.Statement:
+    """Whether an account has calls in status ``queued`` (written in), for SQLite's thread."""
+    calls = Call.__table__.c
+    return sqlite.Statement(
+        select(
+            exists().where(
+                calls.account_id == bindparam("account_id"), calls.status == constant(queued)
+            )
+        )
+    )
+
+
+def _change(
+    connection: sqlite3.Connection,
+    rows: ChangeRows,
+    waiting: sqlite.Statement | None,
+    account_id: int,
+) -> tuple[list[int] | None, bool]:
+    ids = write_change_now(connection, rows)
+    if ids is None or waiting is None:
+        return ids, False
+    return ids, bool(waiting.rows(connection, {"account_id": account_id})[0][0])
+
+
+async def write_change_in_thread(
+    connection: sqlite.Connection, call: Call, *, queued: str | None = None, **written: Any
+) -> tuple[list[int] | None, bool]:
+    """``write_change_at_once`` on SQLite (``Database.sqlite``): the change in a transaction of
+    its own, in one trip. With ``queued`` (the change that ends the call, as
+    ``write_end_at_once``), it also reads whether the account has calls in that status.
+    (Callback ids or None if the call had moved, whether calls wait.)"""
+    rows = change_rows(call, **written)  # read from the call here, not in the thread
+    waiting = None if queued is None else _waiting_now(str(queued))
+    written_: tuple[list[int] | None, bool] = await connection.transact(
+        _change, rows, waiting, call.account_id
+    )
+    return written_
+
+
+# A new call's rows: the call's, its legs', its steps' and its callbacks'.
+_Rows = list[dict[str, Any]]
+_NewRows = tuple[dict[str, Any], _Rows, _Rows, _Rows]
+
+
+def _insert_calls(connection: sqlite3.Connection, new: list[_NewRows]) -> list[int]:
+    ids = []
+    for values, legs, steps, callbacks in new:
+        [call_id] = insert_now(connection, _calls, [values])
+        add_now(connection, _legs, [{**row, "call_id": call_id} for row in legs])
+        add_now(connection, _events, [{**row, "call_id": call_id} for row in steps])
+        insert_now(connection, _outbox, [{**row, "call_id": call_id} for row in callbacks])
+        ids.append(call_id)
+    return ids
+
+
+async def insert_calls_in_thread(connection: sqlite.Connection, new: Sequence[NewCall]) -> None:
+    """``insert_calls_at_once`` on SQLite (``Database.sqlite``), in one trip that also commits
+    the admission's transaction (begun by ``admission.lock_lines_in_thread``)."""
+    rows: list[_NewRows] = [
+        (
+            call_values(n.call),
+            [leg_row(n.call, leg.leg_no) for leg in n.call.legs],
+            n.steps,
+            n.callbacks,
+        )
+        for n in new
+    ]
+    try:
+        ids: list[int] = await connection.transact(_insert_calls, rows)
+    except sqlite3.IntegrityError as exc:
+        raise duplicate_attempt(new[0].call) from exc
+    for n, call_id in zip(new, ids, strict=True):
+        n.call.id = call_id
 
 
 def _change_params(

@@ -5,7 +5,10 @@ control. (What the API, dashboard and CLI read is in ``call_views``; admission i
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
+import sqlite3
 from collections.abc import Collection, Sequence
 from typing import Any, cast
 
@@ -13,6 +16,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ringflow.storage import sqlite
 from ringflow.storage.db import constant, constants, rowcount
 from ringflow.storage.models import Account, Call, CallEvent, Leg, OutboxMessage
 from ringflow.storage.session import Duplicate
@@ -132,11 +136,12 @@ LEG_CHANGES = ("status", "cause", "answered_by", "dialed_at", "answered_at", "en
 # cache key over each of its values (a few hundred microseconds), where these pass values as
 # parameters of one cached, compiled statement. On tables, not entities: no ORM bulk logic.
 _calls, _legs = cast(Table, Call.__table__), cast(Table, Leg.__table__)
+_events = cast(Table, CallEvent.__table__)
 _outbox = cast(Table, OutboxMessage.__table__)
 INSERTED_COLUMNS = [column for column in _calls.columns if column.key != "id"]
 _INSERT_CALL = insert(_calls).returning(_calls.c.id)
 _INSERT_LEGS = insert(_legs)
-_INSERT_STEPS = insert(cast(Table, CallEvent.__table__))
+_INSERT_STEPS = insert(_events)
 _INSERT_CALLBACKS = insert(_outbox).returning(_outbox.c.id, sort_by_parameter_order=True)
 _MOVE_CALL = (
     update(_calls)
@@ -177,21 +182,99 @@ async def write_change(
     row changed, ``new_legs`` those to insert; ``steps`` are timeline rows and ``callbacks``
     outbox rows to insert. Returns the callbacks' ids.
     """
-    values = {name: getattr(call, name) for name in CALL_CHANGES}
-    moved = await session.execute(_MOVE_CALL, {"b_id": call.id, "b_expected": expected, **values})
-    if rowcount(moved) != 1:
+    rows = change_rows(
+        call, expected=expected, legs=legs, new_legs=new_legs, steps=steps, callbacks=callbacks
+    )
+    if rowcount(await session.execute(_MOVE_CALL, rows.move)) != 1:
         return None
-    if new_legs:
-        await session.execute(
-            _INSERT_LEGS, [{"call_id": call.id, **leg_row(call, n)} for n in new_legs]
-        )
-    for n in legs:  # one statement per leg: rarely more than two change at once
+    if rows.new_legs:
+        await session.execute(_INSERT_LEGS, rows.new_legs)
+    for leg in rows.changed_legs:  # one statement per leg: rarely more than two change at once
+        await session.execute(_CHANGE_LEG, leg)
+    await add_steps(session, steps)
+    return await add_callbacks(session, callbacks)
+
+
+@dataclasses.dataclass
+class ChangeRows:
+    """The parameters of the statements that write a change (``write_change``)."""
+
+    move: dict[str, Any]  # the call's row, if its status is still the one expected
+    new_legs: list[dict[str, Any]]
+    changed_legs: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+    callbacks: list[dict[str, Any]]
+
+
+def change_rows(
+    call: Call,
+    *,
+    expected: str,
+    legs: Collection[int],
+    new_legs: Collection[int],
+    steps: list[dict[str, Any]],
+    callbacks: list[dict[str, Any]],
+) -> ChangeRows:
+    """What ``write_change`` writes, read from ``call`` (held in memory) now."""
+    changed = []
+    for n in legs:
         if n not in new_legs:
             changes = leg_row(call, n)
             del changes["leg_no"], changes["number"]
-            await session.execute(_CHANGE_LEG, {"b_call": call.id, "b_leg": n, **changes})
-    await add_steps(session, steps)
-    return await add_callbacks(session, callbacks)
+            changed.append({"b_call": call.id, "b_leg": n, **changes})
+    return ChangeRows(
+        move={
+            "b_id": call.id,
+            "b_expected": expected,
+            **{name: getattr(call, name) for name in CALL_CHANGES},
+        },
+        new_legs=[{"call_id": call.id, **leg_row(call, n)} for n in new_legs],
+        changed_legs=changed,
+        steps=steps,
+        callbacks=callbacks,
+    )
+
+
+# The same statements run in SQLite's thread (``sqlite.Connection.run``), one trip a change.
+_MOVE_CALL_NOW = sqlite.Statement(_MOVE_CALL)
+_CHANGE_LEG_NOW = sqlite.Statement(_CHANGE_LEG)
+
+
+@functools.cache
+def _insert_now(table: Table, keys: tuple[str, ...], ids: bool) -> sqlite.Statement:
+    """An INSERT into ``table`` of rows with ``keys`` (``ids``: returning the row's id), for
+    SQLite's thread."""
+    statement = insert(table)
+    return sqlite.Statement(statement.returning(table.c.id) if ids else statement, keys)
+
+
+def insert_now(
+    connection: sqlite3.Connection, table: Table, rows: Sequence[dict[str, Any]]
+) -> list[int]:
+    """In SQLite's thread: insert ``rows`` (dicts with the same keys) into ``table``; their
+    ids, in order."""
+    if not rows:
+        return []
+    statement = _insert_now(table, tuple(rows[0]), True)
+    return [statement.rows(connection, row)[0][0] for row in rows]
+
+
+def add_now(connection: sqlite3.Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """``insert_now`` of rows whose ids nobody needs (legs, steps): one statement for all."""
+    if rows:
+        _insert_now(table, tuple(rows[0]), False).executemany(connection, rows)
+
+
+def write_change_now(connection: sqlite3.Connection, rows: ChangeRows) -> list[int] | None:
+    """``write_change`` in SQLite's thread, inside a transaction begun there: the callbacks'
+    ids, or None (nothing written) if the call had moved."""
+    if _MOVE_CALL_NOW.execute(connection, rows.move) != 1:
+        return None
+    add_now(connection, _legs, rows.new_legs)
+    for leg in rows.changed_legs:
+        _CHANGE_LEG_NOW.execute(connection, leg)
+    add_now(connection, _events, rows.steps)
+    return insert_now(connection, _outbox, rows.callbacks)
 
 
 async def add_callbacks(session: AsyncSession, callbacks: list[dict[str, Any]]) -> list[int]:

@@ -26,6 +26,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
 from ringflow.clock import Clock
+from ringflow.storage import sqlite
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # A transaction left open by a task cancelled in the middle of it, whose connection the pool
@@ -53,7 +54,11 @@ class Database:
             # SQLite has one writer: one pooled connection queues transactions in asyncio
             # instead of leaving them to SQLite's sleeping busy handler (up to 100 ms a retry).
             self.engine: AsyncEngine = create_async_engine(
-                url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=60
+                url,
+                async_creator=sqlite.creator(url, timeout=30),
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=60,
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
@@ -107,6 +112,21 @@ class Database:
                     await asyncio.shield(greenlet_spawn(pooled.invalidate))
                 else:
                     await greenlet_spawn(pooled.close)
+
+    @contextlib.asynccontextmanager
+    async def sqlite(self) -> AsyncIterator[sqlite.Connection]:
+        """SQLite: the pooled connection itself, for work run in its thread, a transaction in
+        one trip (``sqlite.Connection.transact``) rather than a trip a statement through
+        SQLAlchemy, for the few transactions every call runs. A transaction left open (work
+        that raised between two trips) is rolled back as the connection goes back to the
+        pool."""
+        assert self.is_sqlite, "the pooled connection's own thread is SQLite's"
+        with self._busy():
+            pooled = await self.engine.raw_connection()
+            try:
+                yield cast(sqlite.Connection, pooled.driver_connection)
+            finally:
+                await greenlet_spawn(pooled.close)
 
     async def close(self) -> None:
         await self.engine.dispose()
