@@ -52,7 +52,7 @@ class Statements:
         key = id(dbapi_connection)
         driver = dbapi_connection.driver_connection
         if self._engine.dialect.name == "sqlite":  # every statement, SQLAlchemy's or not
-            driver.set_trace_callback(lambda statement: self._run(key, statement))
+            driver.trace(lambda statement: self._run(key, statement))
             return
         self._loggers[key] = lambda record: self._logged(key, record)
         driver.add_query_logger(self._loggers[key])
@@ -62,7 +62,7 @@ class Statements:
             return
         driver = dbapi_connection.driver_connection
         if self._engine.dialect.name == "sqlite":
-            driver.set_trace_callback(None)
+            driver.trace(None)
         elif id(dbapi_connection) in self._loggers:
             driver.remove_query_logger(self._loggers.pop(id(dbapi_connection)))
 

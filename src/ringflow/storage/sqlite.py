@@ -197,9 +197,10 @@ class Connection(aiosqlite.Connection):
         began), committed in the same trip, or rolled back there if ``work`` raises."""
         return await self._execute(_transaction, self._conn, work, args)
 
-    def set_trace_callback(self, callback: Callable[[str], object] | None) -> None:
-        """sqlite3's: ``callback`` gets each statement run from now on, in the connection's
-        thread (None: no more)."""
+    def trace(self, callback: Callable[[str], object] | None) -> None:
+        """From now on ``callback`` gets each statement the connection runs, in its thread
+        (None: no more). At once, unlike aiosqlite's ``set_trace_callback``, which waits for
+        a trip: for a pool's events, which cannot wait."""
         self._conn.set_trace_callback(callback)
 
     def cursor(self) -> Cursor:  # type: ignore[override]
