@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import sqlite3
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ringflow.storage import sqlite
 from ringflow.storage.db import Prepared, constant, rowcount, stored
 from ringflow.storage.models import OutboxAttempt, OutboxMessage
 
@@ -232,23 +234,37 @@ class Attempt:
         return self.error or f"HTTP {self.status_code}"
 
 
-async def record_attempt(session: AsyncSession, message: Claimed, attempt: Attempt) -> None:
-    """Write one attempt's outcome and its row; the lease is given up either way."""
+def _attempt_params(message: Claimed, attempt: Attempt) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parameters of an attempt's two statements: its row's move, the attempt's row. The
+    lease is given up whatever the outcome."""
     if attempt.state == "delivered":
         # A success counts whoever reports it, since the receiver has it either way.
-        await session.execute(_DELIVERED, {"b_id": message.id, "b_now": attempt.at})
+        moved: dict[str, Any] = {"b_id": message.id, "b_now": attempt.at}
     else:
         # Only the lease holder may reschedule or fail a row.
-        params = {"b_id": message.id, "b_lease": message.lease_until, "b_error": attempt.last_error}
-        if attempt.state == "failed":
-            await session.execute(_FAILED, params)
-        else:
-            await session.execute(_RETRY, {**params, "b_next": attempt.next_attempt_at})
-    await session.execute(_INSERT_ATTEMPT, {"message_id": message.id, **_attempt_row(attempt)})
+        moved = {"b_id": message.id, "b_lease": message.lease_until, "b_error": attempt.last_error}
+        if attempt.state == "pending":
+            moved["b_next"] = attempt.next_attempt_at
+    return moved, {"message_id": message.id, **_attempt_row(attempt)}
+
+
+def _record(
+    connection: sqlite3.Connection, state: str, moved: dict[str, Any], row: dict[str, Any]
+) -> None:
+    _RECORD_NOW[state].execute(connection, moved)
+    _INSERT_ATTEMPT_NOW.execute(connection, row)
+
+
+async def record_attempt_in_thread(
+    connection: sqlite.Connection, message: Claimed, attempt: Attempt
+) -> None:
+    """Write one attempt's outcome and its row on SQLite (``Database.sqlite``), in one trip to
+    its thread."""
+    await connection.transact(_record, attempt.state, *_attempt_params(message, attempt))
 
 
 async def record_attempt_at_once(driver: Any, message: Claimed, attempt: Attempt) -> None:
-    """``record_attempt`` as one statement (PostgreSQL, on ``Database.driver``)."""
+    """``record_attempt_in_thread`` on PostgreSQL (``Database.driver``), as one statement."""
     params = {"id": message.id, **_attempt_row(attempt), "at": stored(attempt.at)}
     if attempt.state != "delivered":
         params.update(lease=stored(message.lease_until), last_error=attempt.last_error)
@@ -283,6 +299,16 @@ _RETRY = _HELD.values(
     **_GIVE_UP_LEASE, last_error=bindparam("b_error"), next_attempt_at=bindparam("b_next")
 )
 _INSERT_ATTEMPT = insert(cast(Table, OutboxAttempt.__table__))
+
+# Run in SQLite's thread (``record_attempt_in_thread``), by the attempt's state.
+_RECORD_NOW = {
+    "delivered": sqlite.Statement(_DELIVERED),
+    "failed": sqlite.Statement(_FAILED),
+    "pending": sqlite.Statement(_RETRY),
+}
+_INSERT_ATTEMPT_NOW = sqlite.Statement(
+    _INSERT_ATTEMPT, ["message_id", "at", "status_code", "error", "latency_ms"]
+)
 
 # The same on PostgreSQL, each outcome one statement with the attempt's row.
 _ATTEMPT_ROW = """INSERT INTO outbox_attempts (message_id, at, status_code, error, latency_ms)

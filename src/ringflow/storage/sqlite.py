@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.sql.compiler import SQLCompiler
 
 _SQLITE = make_url("sqlite+aiosqlite://").get_dialect()()
+_MISSING = object()
 
 
 class Statement:
@@ -38,8 +39,14 @@ class Statement:
         )
         self.sql = compiled.string
         binds = compiled.binds
+        # (name, how its value is converted, the value the statement itself gives it: what
+        # ``.values(state="delivered")`` or ``attempts + 1`` write in)
         self._params = [
-            (name, binds[name].type.dialect_impl(_SQLITE).bind_processor(_SQLITE))
+            (
+                name,
+                binds[name].type.dialect_impl(_SQLITE).bind_processor(_SQLITE),
+                _MISSING if binds[name].required else binds[name].effective_value,
+            )
             for name in compiled.positiontup or ()
         ]
         self._columns = [
@@ -48,10 +55,13 @@ class Statement:
         ]
 
     def _values(self, params: Mapping[str, Any]) -> list[Any]:
-        return [
-            params[name] if convert is None else convert(params[name])
-            for name, convert in self._params
-        ]
+        values = []
+        for name, convert, given in self._params:
+            value = params.get(name, given)
+            if value is _MISSING:
+                raise KeyError(f"no value for the parameter {name!r} of {self.sql!r}")
+            values.append(value if convert is None else convert(value))
+        return values
 
     def _read(self, row: Sequence[Any]) -> tuple[Any, ...]:
         return tuple(

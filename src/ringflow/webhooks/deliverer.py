@@ -538,9 +538,9 @@ class Deliverer:
             state=state,
             next_attempt_at=next_attempt_at,
         )
-        if self._db.is_sqlite:
-            async with self._db.session() as session:
-                await outbox.record_attempt(session, message, attempt)
+        if self._db.is_sqlite:  # one trip to SQLite's thread
+            async with self._db.sqlite() as connection:
+                await outbox.record_attempt_in_thread(connection, message, attempt)
         else:  # one statement, committed by itself
             async with self._db.driver() as driver:
                 await outbox.record_attempt_at_once(driver, message, attempt)
