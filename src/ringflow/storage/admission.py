@@ -19,7 +19,7 @@ from sqlalchemy import Select, Table, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.storage import sqlite
-from ringflow.storage.calls import write_change
+from ringflow.storage.calls import change_rows, write_change
 from ringflow.storage.db import Prepared, constant, constants, read_back
 from ringflow.storage.models import Account, Call, Leg
 
@@ -233,9 +233,10 @@ async def admit_queued(
 ) -> list[int]:
     """Write the admission of a queued call (``oldest_queued``, moved to dialing in memory):
     its new status and owner, its first leg, the step and the callbacks; their ids."""
-    ids = await write_change(
-        session, call, expected=queued, legs=[1], new_legs=[], steps=steps, callbacks=callbacks
+    rows = change_rows(
+        call, expected=queued, legs=[1], new_legs=[], steps=steps, callbacks=callbacks
     )
+    ids = await write_change(session, rows)
     assert ids is not None, f"call {call.sid} moved while locked"
     await session.execute(_SET_OWNER, {"b_id": call.id, "owner": call.owner})
     return ids

@@ -165,34 +165,17 @@ def leg_row(call: Call, leg_no: int) -> dict[str, Any]:
     }
 
 
-async def write_change(
-    session: AsyncSession,
-    call: Call,
-    *,
-    expected: str,
-    legs: Collection[int],
-    new_legs: Collection[int],
-    steps: list[dict[str, Any]],
-    callbacks: list[dict[str, Any]],
-) -> list[int] | None:
-    """Persist a change made to ``call`` in memory, with Core statements and no reads.
-
-    The call's row changes only if its status is still ``expected`` (no other writer moved
-    it): otherwise nothing is written and None returned. ``legs`` are the leg numbers whose
-    row changed, ``new_legs`` those to insert; ``steps`` are timeline rows and ``callbacks``
-    outbox rows to insert. Returns the callbacks' ids.
-    """
-    rows = change_rows(
-        call, expected=expected, legs=legs, new_legs=new_legs, steps=steps, callbacks=callbacks
-    )
+async def write_change(session: AsyncSession, rows: ChangeRows) -> list[int] | None:
+    """Persist a change made to a call in memory (``change_rows``), with Core statements and
+    no reads: the callbacks' ids, or None (nothing written) if the call had moved."""
     if rowcount(await session.execute(_MOVE_CALL, rows.move)) != 1:
         return None
     if rows.new_legs:
         await session.execute(_INSERT_LEGS, rows.new_legs)
     for leg in rows.changed_legs:  # one statement per leg: rarely more than two change at once
         await session.execute(_CHANGE_LEG, leg)
-    await add_steps(session, steps)
-    return await add_callbacks(session, callbacks)
+    await add_steps(session, rows.steps)
+    return await add_callbacks(session, rows.callbacks)
 
 
 @dataclasses.dataclass
@@ -215,7 +198,13 @@ def change_rows(
     steps: list[dict[str, Any]],
     callbacks: list[dict[str, Any]],
 ) -> ChangeRows:
-    """What ``write_change`` writes, read from ``call`` (held in memory) now."""
+    """What writes a change made to ``call`` in memory, read from it now.
+
+    The call's row changes only if its status is still ``expected`` (no other writer moved
+    it); otherwise nothing is written. ``legs`` are the leg numbers whose row changed,
+    ``new_legs`` those to insert; ``steps`` are timeline rows and ``callbacks`` outbox rows
+    to insert.
+    """
     changed = []
     for n in legs:
         if n not in new_legs:
