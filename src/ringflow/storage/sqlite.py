@@ -49,9 +49,10 @@ class Statement:
             )
             for name in compiled.positiontup or ()
         ]
+        # The columns it reads: a SELECT's, or an INSERT's or UPDATE's RETURNING.
         self._columns = [
             column.type.dialect_impl(_SQLITE).result_processor(_SQLITE, None)
-            for column in compiled._result_columns
+            for column in getattr(statement, "exported_columns", ())
         ]
 
     def _values(self, params: Mapping[str, Any]) -> list[Any]:
