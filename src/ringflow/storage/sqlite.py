@@ -1,14 +1,19 @@
-"""SQLite's connection: aiosqlite's, with a statement run in one trip to its thread.
+"""SQLite's connection: aiosqlite's, with a statement run in one trip to its thread, and the
+transactions every call runs in one trip each.
 
 aiosqlite runs each call on the sqlite3 connection in a thread of its own and hands the result
 back to the event loop. SQLAlchemy's adapter makes four such calls a statement: open a cursor,
 execute, fetch the rows, close the cursor. Each one waits for the loop to come round, and on
-SQLite (one writer, one pooled connection) every other transaction waits with it: under load
-those trips, not SQLite, bound how many calls a second a process takes. Here the cursor opens,
-executes, fetches and closes in the one trip of ``execute``; the rest answers from what it
-brought back. Commit and rollback make no trip when no transaction is open: the pool rolls
-back every connection given back, after a commit too, and SQLite begins no transaction for a
-session that only read.
+SQLite (one writer, one pooled connection) every other transaction waits with it. Here the
+cursor opens, executes, fetches and closes in the one trip of ``execute``; the rest answers
+from what it brought back. Commit and rollback make no trip when no transaction is open: the
+pool rolls back every connection given back, after a commit too, and SQLite begins no
+transaction for a session that only read.
+
+The transactions of a call's admission, its status changes and its callbacks' attempts go
+further (``Database.sqlite``): each is a function run in the thread (``Connection.transact``)
+on ``Statement``s, Core statements compiled once, without SQLAlchemy's execution around them,
+which was half of what those transactions cost.
 """
 
 from __future__ import annotations
@@ -29,8 +34,7 @@ _MISSING = object()
 class Statement:
     """A Core statement compiled once for SQLite, for work run in the connection's thread
     (``Connection.run``): its parameters converted by the columns' own types (times, JSON,
-    flags) and its rows' columns read back by them, as SQLAlchemy itself would, without
-    SQLAlchemy's execution around each statement (half of what a call's statements cost)."""
+    flags) and its rows' columns read back by them, as SQLAlchemy itself would."""
 
     def __init__(self, statement: ClauseElement, keys: Sequence[str] | None = None) -> None:
         """``keys``: an INSERT's columns (its parameters' names), when it names no values."""
