@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import os
 import shutil
@@ -20,6 +21,11 @@ from ringflow.config import Settings
 from ringflow.errors import ConfigError
 from ringflow.private_files import tighten
 from ringflow.storage import schema
+
+# The collector's thresholds (``gc.set_threshold``): allocations less frees between two passes
+# over the youngest objects, then passes of each generation between two of the next. Python's
+# defaults are 700, 10, 10.
+COLLECTOR_THRESHOLDS = (20_000, 20, 20)
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -70,6 +76,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         from ringflow.workers import stop_when_orphaned
 
         stop_when_orphaned(server)
+    _settle_heap()
     try:
         server.run(sockets=[listener])
     except KeyboardInterrupt:
@@ -77,6 +84,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         # whoever started it. Say so by the exit status (128 + SIGINT), not by a traceback.
         return 130
     return 0
+
+
+def _settle_heap() -> None:
+    """Keep what was built to serve (modules, tables, compiled statements, the app) out of the
+    cyclic garbage collector's passes, and let the youngest objects pile up longer before a
+    pass: a request's objects are mostly gone by then, so fewer of them are carried into the
+    older generations, whose passes cost most. The collector took a seventh of a busy
+    server's CPU; these settings took 3-4% off a connect's and a fifth off its p99
+    (``bench/README.md``)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
 def _drain(settings: Settings, services: Any) -> Any:
