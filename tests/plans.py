@@ -58,3 +58,34 @@ async def explained(
         await driver.execute("DEALLOCATE probe")
     plans = json.loads(text) if isinstance(text, str) else text  # the driver may decode JSON
     return plans[0]["Plan"]
+
+
+# Rows to plan over, inserted straight into the tables.
+
+
+async def insert_calls(driver: Any, account_id: int, prefix: str, statuses: list[str]) -> None:
+    """Calls of ``account_id`` with ``statuses``, in that order, their SIDs ``prefix`` and a
+    number (``Database.driver``)."""
+    await driver.execute(
+        """INSERT INTO calls (sid, account_id, shape, from_number, to_number, caller_id,
+               status, direction, time_limit, time_out, callback_events, callback_json,
+               record, recording_channels, recording_format, created_at, updated_at)
+           SELECT $2 || s.n, $1, 'numbers', '+919812345678', '+919812345679', '+918039591234',
+               s.status, 'outbound-api', 60, 30, '[]', false, false, 'single', 'mp3',
+               now() + s.n * interval '1 ms', now()
+           FROM unnest($3::text[]) WITH ORDINALITY AS s(status, n)""",
+        account_id,
+        prefix,
+        statuses,
+    )
+
+
+async def new_account(driver: Any, sid: str) -> int:
+    """A new account named ``sid``; its id."""
+    return int(
+        await driver.fetchval(
+            "INSERT INTO accounts (sid, name, time_zone, created_at) "
+            "VALUES ($1, $1, 'Asia/Kolkata', now()) RETURNING id",
+            sid,
+        )
+    )

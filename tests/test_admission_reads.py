@@ -17,7 +17,7 @@ from ringflow.calls.status import ACTIVE, Status
 from ringflow.storage import admission, call_changes, call_views
 from ringflow.storage.db import Database, Prepared
 from ringflow.storage.models import Call
-from tests.plans import compiled, explained, rows_read
+from tests.plans import compiled, explained, insert_calls, new_account, rows_read
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -25,21 +25,6 @@ FINISHED, LIVE, QUEUED = 3000, 3, 2
 # Beside it, other accounts (how many, and calls up or waiting each): one busy neighbour (a
 # deployment with one main account), or ten small ones.
 TENANCIES = {"one busy neighbour": (1, 300), "ten neighbours": (10, 30)}
-
-
-async def insert_calls(driver: Any, account_id: int, prefix: str, statuses: list[str]) -> None:
-    await driver.execute(
-        """INSERT INTO calls (sid, account_id, shape, from_number, to_number, caller_id,
-               status, direction, time_limit, time_out, callback_events, callback_json,
-               record, recording_channels, recording_format, created_at, updated_at)
-           SELECT $2 || s.n, $1, 'numbers', '+919812345678', '+919812345679', '+918039591234',
-               s.status, 'outbound-api', 60, 30, '[]', false, false, 'single', 'mp3',
-               now() + s.n * interval '1 ms', now()
-           FROM unnest($3::text[]) WITH ORDINALITY AS s(status, n)""",
-        account_id,
-        prefix,
-        statuses,
-    )
 
 
 async def account_with_history(db: Database, others: int, live_each: int) -> int:
@@ -56,16 +41,6 @@ async def account_with_history(db: Database, others: int, live_each: int) -> int
         await insert_calls(driver, account_id, "CA", mine)
         await driver.execute("ANALYZE calls")
     return account_id
-
-
-async def new_account(driver: Any, sid: str) -> int:
-    return int(
-        await driver.fetchval(
-            "INSERT INTO accounts (sid, name, time_zone, created_at) "
-            "VALUES ($1, $1, 'Asia/Kolkata', now()) RETURNING id",
-            sid,
-        )
-    )
 
 
 @pytest.mark.parametrize(

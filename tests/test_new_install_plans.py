@@ -17,8 +17,7 @@ from ringflow.storage import call_changes
 from ringflow.storage.db import Database, migrate
 from ringflow.storage.models import Call
 from tests.conftest import PG_ADMIN_URL, _pg_execute
-from tests.plans import explained, rows_read
-from tests.test_admission_reads import insert_calls, new_account
+from tests.plans import explained, insert_calls, new_account, rows_read
 
 
 @pytest.fixture

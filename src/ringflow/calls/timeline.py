@@ -189,8 +189,9 @@ class Timeline:
         if self.db.is_sqlite:  # one trip to SQLite's thread; the end's also sees the queue
             queued = Status.QUEUED if self._holds_line(call) else None
             async with self.db.sqlite() as connection:
-                ids, seen = await write_change_in_thread(connection, call, queued=queued, **written)
-            waiting = seen if queued is not None else None
+                ids, waiting = await write_change_in_thread(
+                    connection, call, queued=queued, **written
+                )
         elif self._holds_line(call):  # the end: one statement, which also sees the queue
             async with self.db.driver() as driver:
                 ids, waiting = await write_end_at_once(

@@ -243,26 +243,28 @@ def _change(
     rows: ChangeRows,
     waiting: sqlite.Statement | None,
     account_id: int,
-) -> tuple[list[int] | None, bool]:
+) -> tuple[list[int] | None, bool | None]:
     ids = write_change_now(connection, rows)
-    if ids is None or waiting is None:
-        return ids, False
+    if waiting is None:
+        return ids, None
+    if ids is None:
+        return None, False
     return ids, bool(waiting.rows(connection, {"account_id": account_id})[0][0])
 
 
 async def write_change_in_thread(
     connection: sqlite.Connection, call: Call, *, queued: str | None = None, **written: Any
-) -> tuple[list[int] | None, bool]:
+) -> tuple[list[int] | None, bool | None]:
     """``write_change_at_once`` on SQLite (``Database.sqlite``): the change in a transaction of
     its own, in one trip. With ``queued`` (the change that ends the call, as
     ``write_end_at_once``), it also reads whether the account has calls in that status.
-    (Callback ids or None if the call had moved, whether calls wait.)"""
+    (Callback ids or None if the call had moved; whether calls wait, None if not asked.)"""
     rows = change_rows(call, **written)  # read from the call here, not in the thread
     waiting = None if queued is None else _waiting_now(str(queued))
-    written_: tuple[list[int] | None, bool] = await connection.transact(
+    outcome: tuple[list[int] | None, bool | None] = await connection.transact(
         _change, rows, waiting, call.account_id
     )
-    return written_
+    return outcome
 
 
 # A new call's rows: the call's, its legs', its steps' and its callbacks'.

@@ -112,7 +112,9 @@ def _transaction(connection: sqlite3.Connection, work: Callable[..., Any], args:
 _Outcome = tuple[list[Any], Any, int, int | None]
 
 
-def _run(connection: sqlite3.Connection, sql: str, parameters: Any, many: bool) -> _Outcome:
+def _one_statement(
+    connection: sqlite3.Connection, sql: str, parameters: Any, many: bool
+) -> _Outcome:
     """In the connection's thread: one statement from cursor to closed cursor."""
     cursor = connection.cursor()
     try:
@@ -151,7 +153,7 @@ class Cursor:
         return None
 
     async def _run(self, sql: str, parameters: Any, many: bool) -> Cursor:
-        outcome = await self._connection.run(_run, sql, parameters, many)
+        outcome = await self._connection.run(_one_statement, sql, parameters, many)
         self._rows, self.description, self.rowcount, self.lastrowid = outcome
         return self
 
