@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import random
 
@@ -12,6 +13,7 @@ import pytest
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
+from ringflow.media import g711
 from ringflow.media.playout import FRAME_BYTES, Playout
 from ringflow.streams.client import BotConnection
 from ringflow.streams.protocol import StreamInfo, StreamProtocol
@@ -51,6 +53,45 @@ def test_the_fast_take_matches_the_general_one(seed):
         assert len(fast) == len(full) and fast.seconds == full.seconds
     assert taken > 100  # the sequence did exercise taking
     assert fast.stats == full.stats
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_payload_taken_is_the_frame_taken_encoded(seed):
+    # Frames cut from a piece's one encoding equal each frame encoded on its own, through
+    # marks, clears, short pieces, frames across pieces and a change of law halfway.
+    rng = random.Random(seed)
+    coded, plain = Playout(), InFull()
+    for step in range(600):
+        roll = rng.random()
+        if roll < 0.25:
+            size = rng.choice([2, FRAME_BYTES, 1600, rng.randrange(2, 4000, 2)])
+            pcm = bytes(rng.randrange(256) for _ in range(size))
+            coded.push(pcm)
+            plain.push(pcm)
+        elif roll < 0.29:
+            coded.mark(f"m{step}")
+            plain.mark(f"m{step}")
+        elif roll < 0.31:
+            assert coded.clear() == plain.clear()
+        else:
+            law = g711.PCMU if step < 300 else g711.PCMA
+            payload, marks = coded.take_payload(law)
+            frame, expected_marks = plain.take()
+            assert marks == expected_marks
+            assert payload == (None if frame is None else law.encode(frame))
+    assert coded.stats == plain.stats
+
+
+def test_a_piece_is_encoded_once_for_all_its_frames():
+    encoded: list[int] = []
+    law = dataclasses.replace(
+        g711.PCMU, encode=lambda pcm: encoded.append(len(pcm)) or g711.PCMU.encode(pcm)
+    )
+    playout = Playout()
+    playout.push(bytes(range(256)) * 10)  # 2560 bytes: 8 frames in one piece
+    payloads = [playout.take_payload(law)[0] for _ in range(8)]
+    assert encoded == [2560]
+    assert b"".join(p or b"" for p in payloads) == g711.PCMU.encode(bytes(range(256)) * 10)
 
 
 def test_the_fast_take_is_the_one_taken_for_plain_audio():
@@ -180,3 +221,101 @@ def test_empty_takes_count_only_after_the_first_frame():
     playout.push(b"\1\0" * 10)  # a short piece is held one tick (silence goes out), then padded
     assert playout.take()[0] is None and playout.take()[0] is not None
     assert playout.stats.empty_takes == 3
+
+
+async def test_frames_are_cut_here_once_messages_are_handed_over():
+    # websockets' parser must be found waiting for a frame, or every frame would still go
+    # through it (correct, but slower): a websockets upgrade that changes it fails here.
+    async def bot(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send('{"n":1}')
+        await ws.wait_closed()
+
+    async with serve(bot, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        handed: list[str] = []
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/", create_connection=BotConnection
+        ) as socket:
+            assert isinstance(socket, BotConnection)
+            socket.hand_over(handed.append)
+            assert socket._cutting
+            await socket.send("ready")
+            for _ in range(500):
+                if handed:
+                    break
+                await asyncio.sleep(0.01)
+    assert handed == ['{"n":1}']
+
+
+def _server_frame(first: int, payload: bytes) -> bytes:
+    """A frame as a server sends it (unmasked)."""
+    size = len(payload)
+    if size < 126:
+        return bytes([first, size]) + payload
+    if size < 65536:
+        return bytes([first, 126]) + size.to_bytes(2, "big") + payload
+    return bytes([first, 127]) + size.to_bytes(8, "big") + payload
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 100, 1 << 20])
+async def test_frames_cut_from_any_reads_come_out_whole_and_in_order(piece):
+    # The bytes a bot's frames arrive as, split into reads of every size: whole text messages
+    # are handed over, a ping is answered by websockets, a binary message and what follows it
+    # queue for recv until it is read, and the cutting carries on across all of it.
+    pongs: list[bytes] = []  # what the client wrote
+
+    async def bot(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    stream = b"".join(
+        [
+            _server_frame(0x81, b'{"n":1}'),
+            _server_frame(0x81, b"x" * 200),
+            _server_frame(0x89, b"ping!"),
+            _server_frame(0x81, "é".encode() * 40000),
+            _server_frame(0x82, b"\x00binary"),
+            _server_frame(0x81, b'{"n":2}'),
+        ]
+    )
+    async with serve(bot, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        handed: list[str] = []
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/", create_connection=BotConnection, max_size=1 << 20
+        ) as socket:
+            assert isinstance(socket, BotConnection)
+            socket.hand_over(handed.append)
+            written = socket.transport.write
+            socket.transport.write = lambda data: (pongs.append(data), written(data))  # type: ignore[method-assign]
+            for at in range(0, len(stream), piece):
+                socket.data_received(stream[at : at + piece])
+            assert socket._cutting
+            received = [await asyncio.wait_for(socket.recv(), 5) for _ in range(2)]
+            socket.data_received(_server_frame(0x81, b'{"n":3}'))
+    assert handed == ['{"n":1}', "x" * 200, "é" * 40000, '{"n":3}']
+    assert received == [b"\x00binary", '{"n":2}']
+    assert [data[0] for data in pongs if data[0] == 0x8A] == [0x8A]  # the ping was answered
+
+
+async def test_an_unusual_frame_stops_the_cutting_and_websockets_judges_it():
+    # A masked frame from a server breaks the protocol: websockets closes the connection with
+    # 1002, as it did before frames were cut here; the message before it was handed over.
+    async def bot(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async with serve(bot, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        handed: list[str] = []
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/", create_connection=BotConnection
+        ) as socket:
+            assert isinstance(socket, BotConnection)
+            socket.hand_over(handed.append)
+            masked = bytes([0x81, 0x80 | 2]) + b"\0\0\0\0" + b"hi"
+            socket.data_received(_server_frame(0x81, b"first") + masked)
+            assert not socket._cutting
+            await asyncio.wait_for(socket.wait_closed(), 5)
+            assert socket.protocol.close_sent is not None
+            assert socket.protocol.close_sent.code == 1002
+    assert handed == ["first"]

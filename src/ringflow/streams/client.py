@@ -58,10 +58,17 @@ class BotConnection(ClientConnection):
     """A client connection that can hand each whole text message over as soon as it is read.
 
     websockets queues every message for ``recv`` and wakes the reading task for it; a stream
-    takes ten a second, and handling them where they are parsed saves that round trip. Only
+    takes ten a second, and handling them where they are read saves that round trip. Only
     single-frame text messages go this way, and only while nothing waits in ``recv``'s queue
     (binary, fragmented or non-UTF-8 messages, or any that came before ``hand_over``): until
     those have been read, later ones queue behind them, so nothing overtakes.
+
+    Once messages are handed over, frames are also cut out of the byte stream here
+    (``data_received``): a whole single-frame text message, the usual frame, goes over without
+    websockets' frame parser, and every other frame goes to websockets whole, so its parser
+    always starts on a frame. Anything unusual (a fragment, a masked frame or reserved bits from
+    the server, a frame over the size limit) stops the cutting: from there on websockets parses
+    everything, and judges it, as before.
     """
 
     _on_text: Callable[[str], None] | None = None
@@ -69,6 +76,8 @@ class BotConnection(ClientConnection):
     _queued = 0  # whole messages waiting for recv
     _masks = b""  # random masking keys, fetched a few hundred at a time
     _mask_at = 0
+    _cutting = False  # frames are cut out of the stream here
+    _partial = b""  # the start of a frame not yet whole (while cutting)
 
     def write_text(self, text: str, backlog: int) -> bool:
         """Write one text message to the socket now, as websockets' ``send`` would frame it;
@@ -107,6 +116,82 @@ class BotConnection(ClientConnection):
         queued have been read with ``recv``); None puts every message back on ``recv``."""
         self._on_text = on_text
         self._direct = on_text is not None and not self._queued
+        if on_text is not None and not self._cutting:
+            self._cutting = self._at_frame_start()
+
+    def data_received(self, data: bytes) -> None:
+        """Cut whole frames out of what the socket read: text messages go straight to
+        ``on_text`` while they may, every other frame goes to websockets whole."""
+        if not self._cutting:
+            super().data_received(data)
+            if self._on_text is not None:
+                self._cutting = self._at_frame_start()
+            return
+        if self._partial:
+            data = self._partial + data
+        at, end = 0, len(data)
+        while end - at >= 2:
+            first, size = data[at], data[at + 1]
+            head = 2
+            if size == 126:
+                if end - at < 4:
+                    break
+                size, head = data[at + 2] << 8 | data[at + 3], 4
+            elif size == 127:
+                if end - at < 10:
+                    break
+                size, head = _LENGTH_64.unpack_from(data, at + 2)[0], 10
+            elif size > 127:  # masked: a server must not (websockets says so and closes)
+                first = 0
+            if first not in _WHOLE or size > MAX_MESSAGE:
+                self._stop_cutting(data[at:])
+                return
+            stop = at + head + size
+            if stop > end:
+                break
+            if first == _TEXT and self._direct:
+                try:
+                    text = str(memoryview(data)[at + head : stop], "utf-8")
+                except UnicodeDecodeError:  # websockets closes the connection for it
+                    super().data_received(data[at:stop])
+                else:
+                    assert self._on_text is not None
+                    self._on_text(text)
+            else:
+                super().data_received(data[at:stop])
+                if self.protocol.state is not State.OPEN:  # closing: websockets discards the rest
+                    self._stop_cutting(data[stop:])
+                    return
+            at = stop
+        self._partial = data[at:] if at else data
+
+    def eof_received(self) -> None:
+        """The end of the stream: a partial frame goes to websockets first, to be judged."""
+        self._stop_cutting(self._partial)
+        super().eof_received()
+
+    def _stop_cutting(self, rest: bytes) -> None:
+        self._cutting, self._partial = False, b""
+        if rest:
+            super().data_received(rest)
+
+    def _at_frame_start(self) -> bool:
+        """Whether websockets' parser waits for the first byte of a frame, nothing buffered.
+
+        Read from websockets' own state (its parser is a chain of generators, the innermost
+        waiting in the reader's ``at_eof`` between frames); if that ever reads differently,
+        frames are not cut here and websockets parses them all."""
+        protocol = self.protocol
+        if (
+            protocol.state is not State.OPEN
+            or protocol.reader.buffer
+            or protocol.current_size is not None
+        ):
+            return False
+        waiting = protocol.parser  # the innermost generator it waits in
+        while (inner := getattr(waiting, "gi_yieldfrom", None)) is not None:
+            waiting = inner
+        return getattr(getattr(waiting, "gi_code", None), "co_name", "") == "at_eof"
 
     def process_event(self, event: Event) -> None:
         """Hand a whole text message over when it may be; anything else to websockets."""
@@ -135,6 +220,11 @@ class BotConnection(ClientConnection):
 
 
 _DATA = frozenset((Opcode.TEXT, Opcode.BINARY, Opcode.CONT))
+_TEXT = 0x81  # FIN and text, no reserved bits: a whole text message in one frame
+# First bytes of the frames cut out whole: a single-frame text or binary message, close, ping
+# and pong. Fragments and reserved bits are left to websockets.
+_WHOLE = frozenset((_TEXT, 0x82, 0x88, 0x89, 0x8A))
+_LENGTH_64 = struct.Struct("!Q")
 _MASKS = 4 * 256
 _HEAD = struct.Struct("!BB")
 _HEAD_16 = struct.Struct("!BBH")
