@@ -455,10 +455,10 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def _playout_frame(self, law: g711.G711) -> bytes:
         assert self._playout is not None
-        frame, marks = self._playout.take()
+        payload, marks = self._playout.take_payload(law)
         if marks:
             self._on_marks(marks)
-        return law.encode(frame) if frame is not None else b""
+        return payload or b""
 
     def _play_frame(self) -> bytes:
         plays = self._plays
