@@ -14,11 +14,12 @@ that sends garbage is logged and the call goes on.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import json
 from typing import Any
+
+import pybase64
 
 TRACKS = ("inbound", "outbound", "both")
 DTMF_KEYS = frozenset("0123456789*#")
@@ -122,7 +123,7 @@ class StreamProtocol:
         self._sequence += 1
         # Ten of these a second per stream: written out rather than through json.dumps, byte
         # for byte what json.dumps of the same dict gives (the tests hold the two equal).
-        payload = binascii.b2a_base64(pcm, newline=False).decode("ascii")
+        payload = pybase64.b64encode(pcm).decode("ascii")
         tail = "" if track is None else f',"track":{json.dumps(track)}'
         return (
             f'{{"event":"media","sequence_number":"{self._sequence}",'
@@ -176,7 +177,7 @@ def _media(media: Any) -> BotEvent:
     if not isinstance(payload, str):
         return Ignored("media without a payload")
     try:
-        pcm = base64.b64decode(payload, validate=True)
+        pcm = pybase64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         return Ignored("media payload is not base64")
     if len(pcm) % 2:
