@@ -15,7 +15,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from ringflow.media import g711
 from ringflow.media.playout import FRAME_BYTES, Playout
-from ringflow.streams.client import BotConnection
+from ringflow.streams.client import MAX_MESSAGE, BotConnection
 from ringflow.streams.protocol import StreamInfo, StreamProtocol
 
 
@@ -298,9 +298,19 @@ async def test_frames_cut_from_any_reads_come_out_whole_and_in_order(piece):
     assert [data[0] for data in pongs if data[0] == 0x8A] == [0x8A]  # the ping was answered
 
 
-async def test_an_unusual_frame_stops_the_cutting_and_websockets_judges_it():
-    # A masked frame from a server breaks the protocol: websockets closes the connection with
-    # 1002, as it did before frames were cut here; the message before it was handed over.
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        # A masked frame from a server breaks the protocol.
+        (bytes([0x81, 0x80 | 2]) + b"\0\0\0\0" + b"hi", 1002),
+        # A frame over the size limit is refused on its header, before its payload is kept.
+        (bytes([0x81, 127]) + (MAX_MESSAGE + 1).to_bytes(8, "big") + b"x" * 100, 1009),
+    ],
+    ids=["masked", "too-big"],
+)
+async def test_an_unusual_frame_stops_the_cutting_and_websockets_judges_it(frame, code):
+    # websockets closes the connection for it as it did before frames were cut here; the
+    # message before it was handed over.
     async def bot(ws: ServerConnection) -> None:
         await ws.wait_closed()
 
@@ -308,14 +318,13 @@ async def test_an_unusual_frame_stops_the_cutting_and_websockets_judges_it():
         port = next(iter(server.sockets)).getsockname()[1]
         handed: list[str] = []
         async with websockets.connect(
-            f"ws://127.0.0.1:{port}/", create_connection=BotConnection
+            f"ws://127.0.0.1:{port}/", create_connection=BotConnection, max_size=MAX_MESSAGE
         ) as socket:
             assert isinstance(socket, BotConnection)
             socket.hand_over(handed.append)
-            masked = bytes([0x81, 0x80 | 2]) + b"\0\0\0\0" + b"hi"
-            socket.data_received(_server_frame(0x81, b"first") + masked)
-            assert not socket._cutting
+            socket.data_received(_server_frame(0x81, b"first") + frame)
+            assert not socket._cutting and not socket._partial
             await asyncio.wait_for(socket.wait_closed(), 5)
             assert socket.protocol.close_sent is not None
-            assert socket.protocol.close_sent.code == 1002
+            assert socket.protocol.close_sent.code == code
     assert handed == ["first"]

@@ -77,7 +77,7 @@ class BotConnection(ClientConnection):
     _masks = b""  # random masking keys, fetched a few hundred at a time
     _mask_at = 0
     _cutting = False  # frames are cut out of the stream here
-    _partial = b""  # the start of a frame not yet whole (while cutting)
+    _partial: bytearray  # the start of a frame not yet whole, while cutting
 
     def write_text(self, text: str, backlog: int) -> bool:
         """Write one text message to the socket now, as websockets' ``send`` would frame it;
@@ -111,6 +111,11 @@ class BotConnection(ClientConnection):
         transport.write(head + mask + apply_mask(data, mask))
         return True
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The socket is open (asyncio calls this)."""
+        self._partial = bytearray()
+        super().connection_made(transport)
+
     def hand_over(self, on_text: Callable[[str], None] | None) -> None:
         """Give whole text messages to ``on_text`` as they are read (after those already
         queued have been read with ``recv``); None puts every message back on ``recv``."""
@@ -127,51 +132,58 @@ class BotConnection(ClientConnection):
             if self._on_text is not None:
                 self._cutting = self._at_frame_start()
             return
-        if self._partial:
-            data = self._partial + data
-        at, end = 0, len(data)
-        while end - at >= 2:
-            first, size = data[at], data[at + 1]
-            head = 2
-            if size == 126:
-                if end - at < 4:
+        partial = self._partial
+        source: bytes | bytearray = data
+        if partial:  # a frame's start waits: the read joins it (amortized, however it trickles)
+            partial += data
+            source = partial
+        at, end = 0, len(source)
+        usual = True  # only frames cut here so far
+        with memoryview(source) as view:
+            while usual and end - at >= 2:
+                first, size = source[at], source[at + 1]
+                head = 2
+                if size == 126:
+                    if end - at < 4:
+                        break
+                    size, head = source[at + 2] << 8 | source[at + 3], 4
+                elif size == 127:
+                    if end - at < 10:
+                        break
+                    size, head = _LENGTH_64.unpack_from(source, at + 2)[0], 10
+                elif size > 127:  # masked: a server must not (websockets says so and closes)
+                    first = 0
+                if first not in _WHOLE or size > MAX_MESSAGE:
+                    usual = False
                     break
-                size, head = data[at + 2] << 8 | data[at + 3], 4
-            elif size == 127:
-                if end - at < 10:
+                stop = at + head + size
+                if stop > end:
                     break
-                size, head = _LENGTH_64.unpack_from(data, at + 2)[0], 10
-            elif size > 127:  # masked: a server must not (websockets says so and closes)
-                first = 0
-            if first not in _WHOLE or size > MAX_MESSAGE:
-                self._stop_cutting(data[at:])
-                return
-            stop = at + head + size
-            if stop > end:
-                break
-            if first == _TEXT and self._direct:
-                try:
-                    text = str(memoryview(data)[at + head : stop], "utf-8")
-                except UnicodeDecodeError:  # websockets closes the connection for it
-                    super().data_received(data[at:stop])
+                if first == _TEXT and self._direct:
+                    try:
+                        text = str(view[at + head : stop], "utf-8")
+                    except UnicodeDecodeError:  # websockets closes the connection for it
+                        super().data_received(bytes(view[at:stop]))
+                    else:
+                        assert self._on_text is not None
+                        self._on_text(text)
                 else:
-                    assert self._on_text is not None
-                    self._on_text(text)
-            else:
-                super().data_received(data[at:stop])
-                if self.protocol.state is not State.OPEN:  # closing: websockets discards the rest
-                    self._stop_cutting(data[stop:])
-                    return
-            at = stop
-        self._partial = data[at:] if at else data
+                    super().data_received(bytes(view[at:stop]))
+                    # Closing: websockets takes (and discards) whatever follows.
+                    usual = self.protocol.state is State.OPEN
+                at = stop
+        if source is partial:
+            del partial[:at]
+        elif at < end:
+            partial += source[at:]
+        if not usual:
+            self._stop_cutting()
 
-    def eof_received(self) -> None:
-        """The end of the stream: a partial frame goes to websockets first, to be judged."""
-        self._stop_cutting(self._partial)
-        super().eof_received()
-
-    def _stop_cutting(self, rest: bytes) -> None:
-        self._cutting, self._partial = False, b""
+    def _stop_cutting(self) -> None:
+        """From here on websockets parses everything, starting with what waits here."""
+        self._cutting = False
+        rest = bytes(self._partial)
+        self._partial.clear()
         if rest:
             super().data_received(rest)
 
