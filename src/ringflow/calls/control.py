@@ -17,7 +17,8 @@ and the housekeeping has not ended its calls yet) ends the call there and then, 
 housekeeping would: nobody else would act on the request.
 
 The carrying process acts on the request: at once when it is the one that took it; otherwise
-every process looks for requests on its own live calls every ``POLL_EVERY`` seconds, and with
+every process looks for requests on its own live calls every ``POLL_EVERY`` seconds (reading
+the requests by an index of their own, not the calls' timelines), and with
 Redis (``RINGFLOW_REDIS_URL``) a publish on ``ringflow:control:<instance>`` wakes it at once.
 The database stays the one source of requests: a publish lost while a process restarts costs the
 poll's delay, never the request. The requester then waits, bounded, for the call to end, so its
@@ -48,15 +49,15 @@ from ringflow.errors import CallOver, Conflict, NotFound
 from ringflow.metrics import CALLS_ENDED
 from ringflow.redis_client import publish
 from ringflow.storage import instances
-from ringflow.storage.calls import load_call, lock_call, steps_of_kind
+from ringflow.storage.calls import control_requests, load_call, lock_call
 from ringflow.storage.db import Database
-from ringflow.storage.models import Call, CallEvent
+from ringflow.storage.models import CONTROL_REQUEST, Call, CallEvent
 from ringflow.storage.session import Session
 from ringflow.telephony.carrier import Channel, Outcome, Rejected
 
 log = logging.getLogger(__name__)
 
-REQUEST_KIND = "control.request"
+REQUEST_KIND = CONTROL_REQUEST  # the timeline step that is a request
 CANCELED_BY_REQUEST = "canceled by request"
 CHANNEL_PREFIX = "ringflow:control:"
 # Real seconds, not the call clock: these wait on another process, like any I/O.
@@ -346,7 +347,7 @@ class CallControl:
         """Act on the requests written for this process's calls; how many there were."""
         sids = list(self._live)
         async with self.db.session() as session:
-            rows = await steps_of_kind(session, sids, REQUEST_KIND)
+            rows = await control_requests(session, sids)
         acted = 0
         for row_id, sid, data in rows:
             live = self._live.get(sid)

@@ -12,13 +12,20 @@ import sqlite3
 from collections.abc import Collection, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Select, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ringflow.storage import sqlite
 from ringflow.storage.db import constant, constants, rowcount
-from ringflow.storage.models import Account, Call, CallEvent, Leg, OutboxMessage
+from ringflow.storage.models import (
+    CONTROL_REQUEST,
+    Account,
+    Call,
+    CallEvent,
+    Leg,
+    OutboxMessage,
+)
 from ringflow.storage.session import Duplicate
 
 SIDS_PER_QUERY = 500  # SQL parameters per IN list, well under every backend's limit
@@ -66,21 +73,29 @@ async def load_call(session: AsyncSession, sid: str) -> Call:
     return (await session.execute(select(Call).where(Call.sid == sid))).scalar_one()
 
 
-async def steps_of_kind(
-    session: AsyncSession, sids: Sequence[str], kind: str
+async def control_requests(
+    session: AsyncSession, sids: Sequence[str]
 ) -> list[tuple[int, str, dict[str, Any]]]:
-    """Timeline steps of ``kind`` of the calls ``sids``, oldest first: (step id, call SID, data)."""
+    """The live call control requests on the calls ``sids``, oldest first: (step id, call SID,
+    data)."""
     rows: list[tuple[int, str, dict[str, Any]]] = []
     for start in range(0, len(sids), SIDS_PER_QUERY):
-        query = (
-            select(CallEvent.id, Call.sid, CallEvent.data)
-            .join(Call, Call.id == CallEvent.call_id)
-            .where(Call.sid.in_(sids[start : start + SIDS_PER_QUERY]))
-            .where(CallEvent.kind == kind)
-            .order_by(CallEvent.id)
-        )
+        query = control_requests_statement(sids[start : start + SIDS_PER_QUERY])
         rows += [(row[0], row[1], row[2]) for row in (await session.execute(query)).all()]
     return rows
+
+
+def control_requests_statement(sids: Sequence[str]) -> Select[tuple[int, str, dict[str, Any]]]:
+    """``control_requests``' query for one batch of SIDs. The kind is written into the SQL, so
+    that every plan may read the requests by their own index (``ix_call_events_control_
+    requests``) rather than the calls' whole timelines."""
+    return (
+        select(CallEvent.id, Call.sid, CallEvent.data)
+        .join(Call, Call.id == CallEvent.call_id)
+        .where(Call.sid.in_(sids))
+        .where(CallEvent.kind == constant(CONTROL_REQUEST))
+        .order_by(CallEvent.id)
+    )
 
 
 async def carried_by(session: AsyncSession, owner: str, live: Collection[str]) -> list[Call]:

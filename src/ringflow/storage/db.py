@@ -135,7 +135,7 @@ class Database:
 _ASYNCPG = make_url("postgresql+asyncpg://").get_dialect()()
 
 
-_WORD = re.compile(r"[a-z0-9_-]+")
+_WORD = re.compile(r"[a-z0-9_.-]+")
 
 
 def quoted(value: str) -> str:
