@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import websockets
@@ -19,6 +22,20 @@ from ringflow.streams.client import MAX_MESSAGE, BotConnection
 from ringflow.streams.protocol import StreamInfo, StreamProtocol
 
 
+@contextlib.asynccontextmanager
+async def connected_to(
+    bot: Callable[[ServerConnection], Awaitable[None]], **options: Any
+) -> AsyncIterator[BotConnection]:
+    """A ``BotConnection`` to a websockets server on loopback that runs ``bot``."""
+    async with serve(bot, "127.0.0.1", 0, max_size=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/", create_connection=BotConnection, **options
+        ) as socket:
+            assert isinstance(socket, BotConnection)
+            yield socket
+
+
 class InFull(Playout):
     """The playout buffer with its fast path off: every take goes the general way."""
 
@@ -26,60 +43,78 @@ class InFull(Playout):
         return self._take_in_full()
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_the_fast_take_matches_the_general_one(seed):
+def playout_steps(seed: int, count: int = 600) -> list[tuple[str, Any]]:
+    """A random run of a playout buffer's life: pushes of every size (whole frames, pieces
+    across frames, odd short ones), marks, clears and takes."""
     rng = random.Random(seed)
-    clock = [0.0]
-    fast = Playout(now=lambda: clock[0], keep_latencies=1000)
-    full = InFull(now=lambda: clock[0], keep_latencies=1000)
-    taken = 0
-    for step in range(600):
+    steps: list[tuple[str, Any]] = []
+    for step in range(count):
         roll = rng.random()
         if roll < 0.25:
             size = rng.choice([2, 160, FRAME_BYTES, 1000, 1600, 3200, rng.randrange(2, 4000, 2)])
-            pcm = bytes(rng.randrange(256) for _ in range(size))
-            fast.push(pcm)
-            full.push(pcm)
+            steps.append(("push", bytes(rng.randrange(256) for _ in range(size))))
         elif roll < 0.30:
-            fast.mark(f"m{step}")
-            full.mark(f"m{step}")
+            steps.append(("mark", f"m{step}"))
         elif roll < 0.32:
+            steps.append(("clear", None))
+        else:
+            steps.append(("take", step))
+    return steps
+
+
+Taken = tuple[bytes | None, list[str]]
+
+
+def run_beside(
+    steps: list[tuple[str, Any]],
+    fast: Playout,
+    full: Playout,
+    take: Callable[[Playout, Playout, int], tuple[Taken, Taken]],
+) -> int:
+    """Run ``steps`` on both buffers, each take by ``take(fast, full, step)`` (what ``fast``
+    gave, what it should have); how many frames were taken."""
+    taken = 0
+    for kind, value in steps:
+        if kind == "push":
+            fast.push(value)
+            full.push(value)
+        elif kind == "mark":
+            fast.mark(value)
+            full.mark(value)
+        elif kind == "clear":
             assert fast.clear() == full.clear()
         else:
-            clock[0] += 0.02
-            got = fast.take()
-            assert got == full.take()
+            got, expected = take(fast, full, value)
+            assert got == expected
             taken += got[0] is not None
         assert len(fast) == len(full) and fast.seconds == full.seconds
-    assert taken > 100  # the sequence did exercise taking
     assert fast.stats == full.stats
+    return taken
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_fast_take_matches_the_general_one(seed):
+    clock = [0.0]
+
+    def take(fast: Playout, full: Playout, step: int) -> tuple[Taken, Taken]:
+        clock[0] += 0.02
+        return fast.take(), full.take()
+
+    fast = Playout(now=lambda: clock[0], keep_latencies=1000)
+    full = InFull(now=lambda: clock[0], keep_latencies=1000)
+    assert run_beside(playout_steps(seed), fast, full, take) > 100  # taking was exercised
 
 
 @pytest.mark.parametrize("seed", range(10))
 def test_a_payload_taken_is_the_frame_taken_encoded(seed):
     # Frames cut from a piece's one encoding equal each frame encoded on its own, through
     # marks, clears, short pieces, frames across pieces and a change of law halfway.
-    rng = random.Random(seed)
-    coded, plain = Playout(), InFull()
-    for step in range(600):
-        roll = rng.random()
-        if roll < 0.25:
-            size = rng.choice([2, FRAME_BYTES, 1600, rng.randrange(2, 4000, 2)])
-            pcm = bytes(rng.randrange(256) for _ in range(size))
-            coded.push(pcm)
-            plain.push(pcm)
-        elif roll < 0.29:
-            coded.mark(f"m{step}")
-            plain.mark(f"m{step}")
-        elif roll < 0.31:
-            assert coded.clear() == plain.clear()
-        else:
-            law = g711.PCMU if step < 300 else g711.PCMA
-            payload, marks = coded.take_payload(law)
-            frame, expected_marks = plain.take()
-            assert marks == expected_marks
-            assert payload == (None if frame is None else law.encode(frame))
-    assert coded.stats == plain.stats
+    def take(fast: Playout, full: Playout, step: int) -> tuple[Taken, Taken]:
+        law = g711.PCMU if step < 300 else g711.PCMA
+        frame, marks = full.take()
+        return fast.take_payload(law), (None if frame is None else law.encode(frame), marks)
+
+    assert run_beside(playout_steps(seed), Playout(), InFull(), take) > 100
 
 
 def test_a_piece_is_encoded_once_for_all_its_frames():
@@ -134,25 +169,20 @@ async def test_whole_text_messages_are_handed_over_and_the_rest_keep_their_order
         await ws.send('{"n":5}')  # the queue was read: handed over again
         await ws.wait_closed()
 
-    async with serve(bot, "127.0.0.1", 0) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        handed: list[str] = []
-        async with websockets.connect(
-            f"ws://127.0.0.1:{port}/", create_connection=BotConnection
-        ) as socket:
-            assert isinstance(socket, BotConnection)
-            while not socket._queued:  # the first message has been read off the wire
-                await asyncio.sleep(0.01)
-            socket.hand_over(handed.append)
-            await socket.send("ready")
-            received = [await asyncio.wait_for(socket.recv(), 5) for _ in range(4)]
-            assert handed == ['{"n":1}', '{"n":2}']
-            go.set()
-            for _ in range(500):
-                if len(handed) == 3:
-                    break
-                await asyncio.sleep(0.01)
-            socket.hand_over(None)
+    handed: list[str] = []
+    async with connected_to(bot) as socket:
+        while not socket._queued:  # the first message has been read off the wire
+            await asyncio.sleep(0.01)
+        socket.hand_over(handed.append)
+        await socket.send("ready")
+        received = [await asyncio.wait_for(socket.recv(), 5) for _ in range(4)]
+        assert handed == ['{"n":1}', '{"n":2}']
+        go.set()
+        for _ in range(500):
+            if len(handed) == 3:
+                break
+            await asyncio.sleep(0.01)
+        socket.hand_over(None)
     assert received == ['{"n":0}', b"\x00binary", '{"n":3}', '{"n":4}']
     assert handed == ['{"n":1}', '{"n":2}', '{"n":5}']
 
@@ -191,24 +221,19 @@ async def test_messages_written_straight_to_the_socket_arrive_whole_and_in_order
                 done.set()
 
     texts = ["a", "é" * 70, "x" * 200, "y" * 70000] + [f"m{i}" for i in range(300)] + ["last"]
-    async with serve(bot, "127.0.0.1", 0, max_size=None) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        async with websockets.connect(
-            f"ws://127.0.0.1:{port}/", create_connection=BotConnection
-        ) as socket:
-            assert isinstance(socket, BotConnection)
-            for text in texts[:4]:  # each size of WebSocket length field
-                assert socket.write_text(text, 1 << 20)
-                await asyncio.sleep(0)
-            assert not socket.write_text("held back", 0)  # the backlog limit is respected
-            await socket.send("via send")
-            for text in texts[4:]:  # past the first batch of masking keys
-                assert socket.write_text(text, 1 << 20)
-            await asyncio.wait_for(done.wait(), 5)
-            socket.transport.close()  # the socket is going before websockets knows it
-            assert not socket.write_text("too late", 1 << 20)
-            await socket.close()
-            assert not socket.write_text("too late", 1 << 20)
+    async with connected_to(bot) as socket:
+        for text in texts[:4]:  # each size of WebSocket length field
+            assert socket.write_text(text, 1 << 20)
+            await asyncio.sleep(0)
+        assert not socket.write_text("held back", 0)  # the backlog limit is respected
+        await socket.send("via send")
+        for text in texts[4:]:  # past the first batch of masking keys
+            assert socket.write_text(text, 1 << 20)
+        await asyncio.wait_for(done.wait(), 5)
+        socket.transport.close()  # the socket is going before websockets knows it
+        assert not socket.write_text("too late", 1 << 20)
+        await socket.close()
+        assert not socket.write_text("too late", 1 << 20)
     assert got == texts[:4] + ["via send"] + texts[4:]
 
 
@@ -231,20 +256,15 @@ async def test_frames_are_cut_here_once_messages_are_handed_over():
         await ws.send('{"n":1}')
         await ws.wait_closed()
 
-    async with serve(bot, "127.0.0.1", 0) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        handed: list[str] = []
-        async with websockets.connect(
-            f"ws://127.0.0.1:{port}/", create_connection=BotConnection
-        ) as socket:
-            assert isinstance(socket, BotConnection)
-            socket.hand_over(handed.append)
-            assert socket._cutting
-            await socket.send("ready")
-            for _ in range(500):
-                if handed:
-                    break
-                await asyncio.sleep(0.01)
+    handed: list[str] = []
+    async with connected_to(bot) as socket:
+        socket.hand_over(handed.append)
+        assert socket._cutting
+        await socket.send("ready")
+        for _ in range(500):
+            if handed:
+                break
+            await asyncio.sleep(0.01)
     assert handed == ['{"n":1}']
 
 
@@ -278,21 +298,16 @@ async def test_frames_cut_from_any_reads_come_out_whole_and_in_order(piece):
             _server_frame(0x81, b'{"n":2}'),
         ]
     )
-    async with serve(bot, "127.0.0.1", 0) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        handed: list[str] = []
-        async with websockets.connect(
-            f"ws://127.0.0.1:{port}/", create_connection=BotConnection, max_size=1 << 20
-        ) as socket:
-            assert isinstance(socket, BotConnection)
-            socket.hand_over(handed.append)
-            written = socket.transport.write
-            socket.transport.write = lambda data: (pongs.append(data), written(data))  # type: ignore[method-assign]
-            for at in range(0, len(stream), piece):
-                socket.data_received(stream[at : at + piece])
-            assert socket._cutting
-            received = [await asyncio.wait_for(socket.recv(), 5) for _ in range(2)]
-            socket.data_received(_server_frame(0x81, b'{"n":3}'))
+    handed: list[str] = []
+    async with connected_to(bot, max_size=1 << 20) as socket:
+        socket.hand_over(handed.append)
+        written = socket.transport.write
+        socket.transport.write = lambda data: (pongs.append(data), written(data))  # type: ignore[method-assign]
+        for at in range(0, len(stream), piece):
+            socket.data_received(stream[at : at + piece])
+        assert socket._cutting
+        received = [await asyncio.wait_for(socket.recv(), 5) for _ in range(2)]
+        socket.data_received(_server_frame(0x81, b'{"n":3}'))
     assert handed == ['{"n":1}', "x" * 200, "é" * 40000, '{"n":3}']
     assert received == [b"\x00binary", '{"n":2}']
     assert [data[0] for data in pongs if data[0] == 0x8A] == [0x8A]  # the ping was answered
@@ -314,17 +329,12 @@ async def test_an_unusual_frame_stops_the_cutting_and_websockets_judges_it(frame
     async def bot(ws: ServerConnection) -> None:
         await ws.wait_closed()
 
-    async with serve(bot, "127.0.0.1", 0) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        handed: list[str] = []
-        async with websockets.connect(
-            f"ws://127.0.0.1:{port}/", create_connection=BotConnection, max_size=MAX_MESSAGE
-        ) as socket:
-            assert isinstance(socket, BotConnection)
-            socket.hand_over(handed.append)
-            socket.data_received(_server_frame(0x81, b"first") + frame)
-            assert not socket._cutting and not socket._partial
-            await asyncio.wait_for(socket.wait_closed(), 5)
-            assert socket.protocol.close_sent is not None
-            assert socket.protocol.close_sent.code == code
+    handed: list[str] = []
+    async with connected_to(bot, max_size=MAX_MESSAGE) as socket:
+        socket.hand_over(handed.append)
+        socket.data_received(_server_frame(0x81, b"first") + frame)
+        assert not socket._cutting and not socket._partial
+        await asyncio.wait_for(socket.wait_closed(), 5)
+        assert socket.protocol.close_sent is not None
+        assert socket.protocol.close_sent.code == code
     assert handed == ["first"]

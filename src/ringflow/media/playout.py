@@ -110,39 +110,29 @@ class Playout:
 
     def take(self) -> tuple[bytes | None, list[str]]:
         """The next frame (None when nothing is queued) and the marks now fully played."""
-        if not self._marks and self._queued >= FRAME_BYTES:
-            # Taken every tick of every stream: with no mark queued and a whole frame in the
-            # first piece, the frame is a slice of it and nothing else is to be done.
-            head = typing.cast(bytes, self._items[0])  # no mark queued: all audio
-            start = self._offset
-            end = start + FRAME_BYTES
-            size = len(head)
-            if end <= size:
-                frame = head if size == FRAME_BYTES else head[start:end]
-                if end == size:
-                    self._items.popleft()
-                    self._offset = 0
-                else:
-                    self._offset = end
-                self._queued -= FRAME_BYTES
-                self._held = False
-                self._note_played(FRAME_BYTES)
-                return frame, []
-        return self._take_in_full()
+        return self._take(None)
 
     def take_payload(self, law: G711) -> tuple[bytes | None, list[str]]:
         """``take``, the frame encoded in ``law``: the same bytes as ``law.encode`` of it."""
+        return self._take(law)
+
+    def _take(self, law: G711 | None) -> tuple[bytes | None, list[str]]:
         if not self._marks and self._queued >= FRAME_BYTES:
-            # take's fast path, slicing the piece's encoding (made once per piece and law).
+            # Taken every tick of every stream: with no mark queued and a whole frame in the
+            # first piece, the frame is a slice of it (or of its encoding, made once per piece
+            # and law) and nothing else is to be done.
             head = typing.cast(bytes, self._items[0])  # no mark queued: all audio
             start = self._offset
             end = start + FRAME_BYTES
             size = len(head)
             if end <= size:
-                coded = self._coded
-                if coded is None or coded[0] is not head or coded[1] is not law:
-                    coded = self._coded = (head, law, law.encode(head))
-                payload = coded[2][start >> 1 : end >> 1]
+                if law is None:
+                    frame = head if size == FRAME_BYTES else head[start:end]
+                else:
+                    coded = self._coded
+                    if coded is None or coded[0] is not head or coded[1] is not law:
+                        coded = self._coded = (head, law, law.encode(head))
+                    frame = coded[2][start >> 1 : end >> 1]
                 if end == size:
                     self._items.popleft()
                     self._offset = 0
@@ -152,9 +142,11 @@ class Playout:
                 self._queued -= FRAME_BYTES
                 self._held = False
                 self._note_played(FRAME_BYTES)
-                return payload, []
-        frame, marks = self._take_in_full()
-        return (None if frame is None else law.encode(frame)), marks
+                return frame, []
+        taken, marks = self._take_in_full()
+        if law is not None and taken is not None:
+            taken = law.encode(taken)
+        return taken, marks
 
     def _take_in_full(self) -> tuple[bytes | None, list[str]]:
         """``take`` for every case: marks, short pieces, frames across pieces, holding."""
