@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import itertools
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,7 +15,10 @@ from typing import Any
 
 import pytest
 import websockets
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.protocol import State
 
 from ringflow.media import g711
 from ringflow.media.playout import FRAME_BYTES, Playout
@@ -24,15 +28,17 @@ from ringflow.streams.protocol import StreamInfo, StreamProtocol
 
 @contextlib.asynccontextmanager
 async def connected_to(
-    bot: Callable[[ServerConnection], Awaitable[None]], **options: Any
+    bot: Callable[[ServerConnection], Awaitable[None]],
+    kind: type[BotConnection] = BotConnection,
+    **options: Any,
 ) -> AsyncIterator[BotConnection]:
-    """A ``BotConnection`` to a websockets server on loopback that runs ``bot``."""
+    """A ``kind`` of connection to a websockets server on loopback that runs ``bot``."""
     async with serve(bot, "127.0.0.1", 0, max_size=None) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         async with websockets.connect(
-            f"ws://127.0.0.1:{port}/", create_connection=BotConnection, **options
+            f"ws://127.0.0.1:{port}/", create_connection=kind, **options
         ) as socket:
-            assert isinstance(socket, BotConnection)
+            assert isinstance(socket, kind)
             yield socket
 
 
@@ -338,3 +344,77 @@ async def test_an_unusual_frame_stops_the_cutting_and_websockets_judges_it(frame
         assert socket.protocol.close_sent is not None
         assert socket.protocol.close_sent.code == code
     assert handed == ["first"]
+
+
+class Parsed(BotConnection):
+    """The connection with frames never cut: websockets parses every byte, as before."""
+
+    def _at_frame_start(self) -> bool:
+        return False
+
+
+def _frames() -> st.SearchStrategy[bytes]:
+    """One frame (or a fragmented message) a bot might send, most of them usual."""
+    text = st.text(max_size=300).map(lambda t: _server_frame(0x81, t.encode()))
+    long = st.integers(126, 70_000).map(lambda n: _server_frame(0x81, b"x" * n))
+    binary = st.binary(max_size=50).map(lambda b: _server_frame(0x82, b))
+    ping = st.binary(max_size=20).map(lambda b: _server_frame(0x89, b))
+    pong = st.binary(max_size=20).map(lambda b: _server_frame(0x8A, b))
+    fragmented = st.tuples(st.text(max_size=20), st.text(max_size=20)).map(
+        lambda p: _server_frame(0x01, p[0].encode()) + _server_frame(0x80, p[1].encode())
+    )
+    not_utf8 = st.just(_server_frame(0x81, b"\xff\xfe"))
+    return st.one_of(text, text, text, long, binary, ping, pong, fragmented, not_utf8)
+
+
+_ENDINGS = [
+    b"",  # nothing more
+    _server_frame(0x88, (1000).to_bytes(2, "big") + b"bye"),  # the bot closes
+    bytes([0x81, 0x80 | 2]) + b"\0\0\0\0hi",  # masked: a protocol error
+    bytes([0xC1, 2]) + b"hi",  # a reserved bit: a protocol error
+    bytes([0x81, 127]) + (MAX_MESSAGE + 1).to_bytes(8, "big"),  # too big
+]
+
+
+async def _outcome(kind: type[BotConnection], data: bytes, cuts: list[int]) -> tuple:
+    """What a connection of ``kind`` makes of ``data`` read in pieces cut at ``cuts``: the
+    messages handed over, those left for recv, the close code it sent."""
+
+    async def bot(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    handed: list[str] = []
+    received: list[str | bytes] = []
+    async with connected_to(bot, kind, max_size=MAX_MESSAGE) as socket:
+        socket.hand_over(handed.append)
+        edges = [0, *sorted(set(cuts)), len(data)]
+        for start, end in itertools.pairwise(edges):
+            if start < end and socket.protocol.state is State.OPEN:
+                socket.data_received(data[start:end])
+        with contextlib.suppress(websockets.ConnectionClosed, TimeoutError):
+            while True:
+                received.append(await asyncio.wait_for(socket.recv(), 0.05))
+        sent = socket.protocol.close_sent
+    return handed, received, None if sent is None else sent.code
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    frames=st.lists(_frames(), max_size=8),
+    ending=st.sampled_from(_ENDINGS),
+    after=st.lists(_frames(), max_size=2),
+    cuts=st.lists(st.integers(0, 200_000), max_size=6),
+)
+# A message right behind the bot's close, or behind a frame that breaks the protocol, in the
+# same read: never handed over.
+@example(frames=[], ending=_ENDINGS[1], after=[_server_frame(0x81, b"late")], cuts=[])
+@example(frames=[], ending=_ENDINGS[2], after=[_server_frame(0x81, b"late")], cuts=[])
+def test_cutting_frames_changes_nothing_a_bot_can_see(frames, ending, after, cuts):
+    # Whatever a bot sends, however the reads split it: the same messages are handed over, the
+    # same are left for recv, and the connection closes with the same code as when websockets
+    # parses every byte itself.
+    data = b"".join(frames) + ending + b"".join(after)  # after a close or an error: ignored
+    cuts = [cut % (len(data) + 1) for cut in cuts]
+    cut = asyncio.run(_outcome(BotConnection, data, cuts))
+    parsed = asyncio.run(_outcome(Parsed, data, cuts))
+    assert cut == parsed
