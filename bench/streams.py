@@ -53,6 +53,7 @@ import asyncio
 import contextlib
 import cProfile
 import io
+import json
 import pstats
 import resource
 import subprocess
@@ -68,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 import ringflow.streams.stream as stream_module
 from bench.sip_calls import (
     PROMPT,
+    RTP_PORTS,
     Sipp,
     answered,
     carrier_for,
@@ -170,7 +172,9 @@ async def run_level(
 ) -> dict:
     """N plain calls or N streams; what was measured over the hold."""
     sipp = Sipp(SCENARIO, workdir)
-    carrier = carrier_for(sipp, speech=lambda words, voice: tts.speak(words, voice))
+    carrier = carrier_for(
+        sipp, speech=lambda words, voice: tts.speak(words, voice), rtp_ports=args.rtp_ports
+    )
     await carrier.start()
     clock = RealClock()
     streams = Streams(
@@ -250,6 +254,9 @@ async def run_level(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(all_up.wait(), args.answer_timeout + 10)
             await asyncio.sleep(2.0)  # warm-up: every leg sending, every stream flowing
+            if args.sync:  # --together: the window opens when both runs are up
+                print("ready", flush=True)
+                await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
             assert carrier.media is not None
             snapshot = {
                 sid: (
@@ -399,7 +406,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     prompt = await tts.speak(PROMPT)  # rendered once, before anything is measured
     prompt_file = workdir / "prompt.pcm"
     prompt_file.write_bytes(prompt.pcm)
-    bot = Bot(prompt_file)
+    bot = Bot(prompt_file)  # (a plain-only run starts it too: the same processes either way)
     print(
         f"prompt {prompt.duration:.1f} s; streams at {args.sample_rate} Hz to {bot.url}; "
         f"{args.hold:g} s held per run, ramp {args.ramp_cps:g} cps",
@@ -415,11 +422,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
                 line, plain_ok = judged(plain)
                 print(line, flush=True)
                 if args.only == "plain":
+                    if args.sync:
+                        print("result " + json.dumps(summary(plain, line, plain_ok)), flush=True)
                     continue
                 await asyncio.sleep(1.0)
             streamed = await run_level("streams", calls, args, workdir, tts, bot)
             line, ok = judged(streamed)
             print(line, flush=True)
+            if args.sync:
+                print("result " + json.dumps(summary(streamed, line, ok)), flush=True)
             if plain is None:
                 if not ok and not args.keep_going:
                     break
@@ -457,6 +468,87 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     )
 
 
+def summary(r: dict, line: str, ok: bool) -> dict:
+    """What a run of ``--together`` reports to the parent: its line and CPU per call."""
+    return {
+        "line": line,
+        "ok": ok,
+        "per_call": r["cpu"] / r["wall"] / max(1, r["up"]),
+        "total": r["total"],
+        "playout": r["playout"],
+    }
+
+
+def together(args: argparse.Namespace) -> None:
+    """For each level, the plain calls and the streams at once, each in a process of its own
+    (its own SIPp and RTP ports, the bot beside the streams), measured over the same window:
+    whatever else the machine does then weighs on both, so the ratio is steadier than that of
+    two runs a minute apart."""
+    base = [sys.executable, str(Path(__file__).resolve()), "--sync", "--hold", str(args.hold)]
+    base += ["--ramp-cps", str(args.ramp_cps), "--answer-timeout", str(args.answer_timeout)]
+    base += ["--sample-rate", str(args.sample_rate)] + (["--loop", args.loop] if args.loop else [])
+    ports = {"plain": ["12000", "21998"], "streams": ["22000", "31998"]}
+    best = None
+    for calls in args.levels:
+        children = {
+            kind: subprocess.Popen(
+                [*base, "--only", kind, "--levels", str(calls), "--rtp-ports", *ports[kind]],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for kind in ("plain", "streams")
+        }
+        try:
+            for kind, child in children.items():
+                _read_until(child, kind, "ready")
+            for child in children.values():
+                assert child.stdin is not None
+                child.stdin.write("go\n")
+                child.stdin.flush()
+            results = {
+                kind: json.loads(_read_until(child, kind, "result ")[len("result ") :])
+                for kind, child in children.items()
+            }
+        finally:
+            for child in children.values():
+                child.wait(timeout=60)
+        plain, streamed = results["plain"], results["streams"]
+        print(plain["line"], flush=True)
+        print(streamed["line"], flush=True)
+        ratio = streamed["per_call"] / plain["per_call"]
+        ok = plain["ok"] and streamed["ok"]
+        print(
+            f"   level {calls}, together: stream/plain CPU {ratio:.2f} "
+            f"({streamed['per_call'] * 1e3:.2f} / {plain['per_call'] * 1e3:.2f} ms per "
+            f"call-second){'' if streamed['ok'] else '  streams FAIL'}"
+            f"{'' if plain['ok'] else '  plain FAIL'}",
+            flush=True,
+        )
+        if ok:
+            best = (calls, ratio, streamed)
+        elif not args.keep_going:
+            break
+    if best is None:
+        print("streams, together: no level held", flush=True)
+        return
+    calls, ratio, r = best
+    print(
+        f"streams, together: {calls} held; ratio {ratio:.2f} (goal <= 1.5); bot->caller "
+        f"p50/p99 {ms(r['total'], 0.5)}/{ms(r['total'], 0.99)} ms (goal p99 < 40)",
+        flush=True,
+    )
+
+
+def _read_until(child: subprocess.Popen, kind: str, prefix: str) -> str:
+    """The child's next line starting with ``prefix`` (those before it are its own chatter)."""
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.startswith(prefix):
+            return line.rstrip("\n")
+    raise RuntimeError(f"the {kind} run ended without {prefix.strip()!r} (exit {child.wait()})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -486,9 +578,25 @@ def main() -> None:
         "--profile-lines", type=int, default=30, help="functions listed per profile"
     )
     parser.add_argument("--workdir", type=Path, help="keep SIPp's logs here")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="run the plain calls and the streams at once, in two processes, measured over "
+        "the same window",
+    )
+    # Internal, for --together's children: wait for "go" on stdin after the warm-up, report a
+    # "result" line; the carrier's RTP port range.
+    parser.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--rtp-ports", type=int, nargs=2, default=list(RTP_PORTS), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
+    args.rtp_ports = tuple(args.rtp_ports)
     if args.quick:
         args.levels, args.hold = [10, 50], 4.0
+    if args.together:
+        together(args)
+        return
     run_bench(run, args, "streams-")
 
 
