@@ -118,7 +118,8 @@ class BotConnection(ClientConnection):
 
     def hand_over(self, on_text: Callable[[str], None] | None) -> None:
         """Give whole text messages to ``on_text`` as they are read (after those already
-        queued have been read with ``recv``); None puts every message back on ``recv``."""
+        queued have been read with ``recv``); None puts every message back on ``recv``.
+        ``on_text`` runs inside the socket's reading and must not raise."""
         self._on_text = on_text
         self._direct = on_text is not None and not self._queued
         if on_text is not None and not self._cutting:
