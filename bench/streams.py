@@ -40,9 +40,11 @@ plain call's at that level (the ratio), and the bot-to-caller latency p50/p99 th
 
     .venv/bin/python bench/streams.py [--levels 10 25 50 100 150 200 300 400] [--hold 10]
         [--ramp-cps 100] [--sample-rate 8000] [--loop asyncio|uvloop] [--keep-going] [--quick]
-        [--profile] [--profile-lines N] [--only plain|streams] [--workdir DIR]
+        [--profile] [--profile-lines N] [--only plain|streams] [--together] [--workdir DIR]
 
-``--quick``: levels 10 and 50, 4 s held. The loop is uvloop when installed (here and in the
+``--together``: each level's plain calls and streams at the same time, in two processes of
+their own (the same measures, over the same window), for a ratio that what else the machine
+does moves less. ``--quick``: levels 10 and 50, 4 s held. The loop is uvloop when installed (here and in the
 bot). Stepping stops after the first level that fails unless ``--keep-going``.
 """
 
