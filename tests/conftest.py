@@ -9,6 +9,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -52,17 +53,18 @@ def pg_url() -> Iterator[str]:
     _pg_execute(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _pg_execute(url: str, sql: str) -> None:
-    """Run one statement outside any event loop (fixtures here are synchronous)."""
+def _pg_execute(url: str, sql: str) -> Any:
+    """Run one statement outside any event loop (fixtures here are synchronous); the first
+    value it returns, if any."""
 
-    async def run() -> None:
+    async def run() -> Any:
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
         try:
-            await conn.execute(sql)
+            return await conn.fetchval(sql)
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    return asyncio.run(run())
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

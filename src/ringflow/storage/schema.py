@@ -95,6 +95,8 @@ def explain(url: str, exc: BaseException) -> str:
     """One line for a failure to open ``url``: what went wrong and what to change."""
     parsed = make_url(url)
     where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+    if not parsed.host and isinstance(folder := parsed.query.get("host"), str):
+        where = f"{folder.rstrip('/')}/.s.PGSQL.{parsed.port or 5432}"  # a Unix socket
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         reason = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
         if "does not exist" in reason and "database" in reason:
