@@ -477,7 +477,6 @@ def summary(r: dict, line: str, ok: bool) -> dict:
         "ok": ok,
         "per_call": r["cpu"] / r["wall"] / max(1, r["up"]),
         "total": r["total"],
-        "playout": r["playout"],
     }
 
 

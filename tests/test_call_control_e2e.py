@@ -7,7 +7,7 @@ import asyncio
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from ringflow.calls.control import REQUEST_KIND
+from ringflow.storage.models import CONTROL_REQUEST
 from tests.e2e import Rig, running
 
 WAITING = {
@@ -71,7 +71,7 @@ async def test_hang_up_an_answered_flow_call(database_url):
         assert status.fields()["Status"] == "completed"
         timeline = await rig.timeline(sid)
         assert {"op": "hangup", "by": "api"} in [
-            e["data"] for e in timeline if e["kind"] == REQUEST_KIND
+            e["data"] for e in timeline if e["kind"] == CONTROL_REQUEST
         ]
         # The gather's 60 s were never waited for.
         assert (await rig.details(sid))["Duration"] < 30

@@ -110,14 +110,13 @@ def test_a_database_that_does_not_answer_is_named_with_its_variable(tmp_path: Pa
 def test_a_postgresql_database_that_does_not_exist_is_one_line(tmp_path: Path, over: str):
     name = f"ringflow_missing_{uuid.uuid4().hex[:8]}"
     url = PG_ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0]
-    where = "127.0.0.1:5432"
+    where, query = "127.0.0.1:5432", ""
     if over == "unix socket":  # the server's own socket folder, the same server
         folder = _pg_execute(PG_ADMIN_URL, "SHOW unix_socket_directories").split(",")[0]
         url, where = "postgresql+asyncpg://postgres@", f"{folder}/.s.PGSQL.5432"
-        name += f"?host={folder}"
-    env = env_for(tmp_path, RINGFLOW_DATABASE_URL=f"{url}/{name}")
+        query = f"?host={folder}"
+    env = env_for(tmp_path, RINGFLOW_DATABASE_URL=f"{url}/{name}{query}")
     message = one_error_line(ringflow(env, "migrate"))
-    name = name.split("?")[0]
     assert message.startswith(
         f'database "{name}" does not exist on {where} (RINGFLOW_DATABASE_URL='
     )

@@ -161,6 +161,8 @@ def test_bot_messages_are_read_with_or_without_a_stream_sid(frame, expected):
         "[1,2]",
         '{"event":"media","media":{"payload":"%%%"}}',
         '{"event":"media","media":{"payload":"AAAA"}}',
+        # Padding after whole groups: base64.b64decode reads it as 6 bytes; refused here.
+        '{"event":"media","media":{"payload":"AAAAAAAA===="}}',
         '{"event":"mark","mark":{}}',
         '{"event":"dance"}',
         '{"media":{}}',

@@ -57,7 +57,6 @@ from ringflow.telephony.carrier import Channel, Outcome, Rejected
 
 log = logging.getLogger(__name__)
 
-REQUEST_KIND = CONTROL_REQUEST  # the timeline step that is a request
 CANCELED_BY_REQUEST = "canceled by request"
 CHANNEL_PREFIX = "ringflow:control:"
 # Real seconds, not the call clock: these wait on another process, like any I/O.
@@ -267,7 +266,9 @@ class CallControl:
                 data: dict[str, Any] = {"op": op, "by": by}
                 if app_id is not None:
                     data["app"] = app_id
-                row = CallEvent(call_id=call.id, at=self.clock.wall(), kind=REQUEST_KIND, data=data)
+                row = CallEvent(
+                    call_id=call.id, at=self.clock.wall(), kind=CONTROL_REQUEST, data=data
+                )
                 session.add(row)
                 await session.flush()
                 request, queued = row.id, []

@@ -25,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 UTC = dt.UTC
 # The kind of timeline step that asks for a live call's hang-up or redirect (calls/control.py).
 CONTROL_REQUEST = "control.request"
+_CONTROL_REQUESTS = text(f"kind = '{CONTROL_REQUEST}'")  # the rows that are requests
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -216,8 +217,8 @@ class CallEvent(Base):
         Index(
             "ix_call_events_control_requests",
             "call_id",
-            postgresql_where=text(f"kind = '{CONTROL_REQUEST}'"),
-            sqlite_where=text(f"kind = '{CONTROL_REQUEST}'"),
+            postgresql_where=_CONTROL_REQUESTS,
+            sqlite_where=_CONTROL_REQUESTS,
         ),
     )
 
