@@ -35,12 +35,12 @@ async def listen_for_verdict(channel: Channel, mode: Mode, clock: Clock) -> Deci
     detector = Detector(mode)
     verdict: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
 
-    def hear(heard: bytes, sent: bytes) -> None:
+    def hear(heard: bytes) -> None:
         if not verdict.done() and (decision := detector.feed(heard)) is not None:
             verdict.set_result(decision)
 
     limit = (ANALYSIS_TIME if mode is Mode.ENABLE else MESSAGE_TIME) / 1000 + SLACK_SECONDS
-    stop = channel.listen(hear)
+    stop = channel.hear(hear)
     closed = asyncio.ensure_future(channel.wait_closed())
     either: set[asyncio.Future[Any]] = {verdict, closed}
     try:

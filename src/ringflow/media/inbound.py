@@ -20,6 +20,9 @@ restarts.
 little late or early against our tick still land in time; when it runs dry it pads with silence
 and refills; past 200 ms queued it drops the oldest audio, because a listener wants the party
 now, not a growing delay. Lost packets are replaced by silence so later audio stays on time.
+A session whose listeners take the audio several frames at a time takes them from the buffer
+only when a group is complete (``take_frames``); meanwhile the buffer may hold that many frames
+more (``slack``) before it counts as too deep.
 """
 
 from __future__ import annotations
@@ -113,12 +116,13 @@ class InboundStream:
 class JitterBuffer:
     """Decoded audio from arrival to play-out, one frame per tick."""
 
-    __slots__ = ("_pcm", "_primed", "_stats")
+    __slots__ = ("_pcm", "_primed", "_stats", "slack")
 
     def __init__(self, stats: SessionStats) -> None:
         self._stats = stats
         self._pcm = bytearray()
         self._primed = False
+        self.slack = 0  # bytes of audio owed to listeners that take it later, not yet taken
 
     def __len__(self) -> int:
         return len(self._pcm)
@@ -129,8 +133,8 @@ class JitterBuffer:
         if 0 < lost <= MAX_FILL_LOSS:
             buf += bytes(lost * len(pcm))
         buf += pcm
-        if len(buf) > MAX_BUFFER:
-            del buf[: len(buf) - PREFILL]
+        if len(buf) > MAX_BUFFER + self.slack:
+            del buf[: len(buf) - PREFILL - self.slack]
             self._stats.overflows += 1
 
     def take(self) -> bytes:
@@ -149,6 +153,16 @@ class JitterBuffer:
         self._primed = False
         self._stats.underruns += 1
         return frame
+
+    def take_frames(self, count: int) -> bytes:
+        """``count`` frames at once: what ``count`` calls of ``take`` would give now, joined."""
+        buf = self._pcm
+        size = count * FRAME_BYTES
+        if self._primed and len(buf) >= size:
+            frames = bytes(buf[:size])
+            del buf[:size]
+            return frames
+        return b"".join([self.take() for _ in range(count)])
 
     def clear(self) -> None:
         """Drop everything queued (nobody listens any more)."""

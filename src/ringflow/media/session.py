@@ -16,7 +16,11 @@ after ``start()`` fixes the source address and we send there too: a peer behind 
 address it cannot be reached at, then sends from the one it can. Packets from the host the SDP
 announced always win over a source latched first.
 Audio is decoded on arrival into a jitter buffer that ``tick`` drains one frame at a time for
-``listen`` sinks and bridges.
+``listen`` sinks and bridges. A listener of several frames at a time (a stream to a bot takes
+100 ms chunks) is served lazily while only such listeners listen: each tick counts its frame,
+and the tick that completes a group takes the group's frames from the jitter buffer at once.
+The listener gets the same audio at the same tick; the call's tick does nothing more for it in
+between (with a hundred calls, each tick would find that listener's state out of the cache).
 
 Keys (``dtmf.py``) come from RFC 4733 events, from ``push_digit`` (SIP INFO) and from tones in
 the received audio. Tones are looked for (``inband``) until the party's first RFC 4733 event:
@@ -58,7 +62,7 @@ from ringflow.media.dtmf import (
     info_duration,
     tone,
 )
-from ringflow.media.g711 import FRAME_SAMPLES, SILENCE_PCM
+from ringflow.media.g711 import FRAME_BYTES, FRAME_SAMPLES, SILENCE_PCM
 from ringflow.media.inbound import DUPLICATE, InboundStream, JitterBuffer
 from ringflow.media.playout import Playout
 from ringflow.media.rtp import HEADER, RtpPacket, RtpParseError, TelephoneEvent, event_of
@@ -101,6 +105,22 @@ def _no_marks(marks: list[str]) -> None:
     """Where marks go while no stream plays out."""
 
 
+class _Group:
+    """A listener of the party's audio ``frames`` 20 ms frames at a time, and what it has of
+    the group under way."""
+
+    __slots__ = ("frames", "pending", "sink", "size")
+
+    def __init__(self, sink: Callable[[bytes], None], frames: int) -> None:
+        self.sink, self.frames, self.size = sink, frames, frames * FRAME_BYTES
+        self.pending = bytearray()
+
+    @property
+    def missing(self) -> int:
+        """Frames this group still needs."""
+        return self.frames - len(self.pending) // FRAME_BYTES
+
+
 def _resolve(future: asyncio.Future[Any], value: Any = None) -> None:
     if not future.done():
         future.set_result(value)
@@ -131,6 +151,9 @@ class RtpSession(asyncio.DatagramProtocol):
         self._plays: collections.deque[_Play] = collections.deque()
         self._digit_sends: collections.deque[_DigitSend] = collections.deque()
         self._sinks: dict[object, Callable[[bytes], None]] = {}
+        self._groups: dict[object, _Group] = {}  # listeners of several frames at a time
+        self._unheard = 0  # ticks whose frame the groups are owed, still in the jitter buffer
+        self._group_due = 0  # owed frames that complete the nearest group
         self._rx = JitterBuffer(self.stats)
         self._inbound = InboundStream(self.stats)
         self._bridge: Bridge | None = None
@@ -141,7 +164,6 @@ class RtpSession(asyncio.DatagramProtocol):
         self._rtp_press: Press | None = None  # the press the RFC 4733 events are about
         self._tone_press: Press | None = None  # the press the tones are about
         self._taps: list[Callable[[bytes, bytes], None]] = []
-        self._taps_sent = False  # a tap uses what was sent: decode it each tick
         self._playout: Playout | None = None  # a bot's audio (a stream), paced by tick
         self._on_marks: Callable[[list[str]], None] = _no_marks
 
@@ -194,6 +216,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._digit_sends.clear()
         self._keys.close(SessionClosed("the RTP session closed"))
         self._sinks.clear()
+        self._groups.clear()
 
     # -- what we send ----------------------------------------------------------------------
 
@@ -254,20 +277,16 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def tap(self, write: Callable[[bytes, bytes], None]) -> Callable[[], None]:
         """Give ``write(heard, sent)`` every 20 ms: the party's audio and what we sent it
-        (prompts, a bridged party, silence), as PCM; returns the undo function.
-
-        A ``write`` whose ``wants_sent`` attribute is False (a stream of the caller's audio
-        only) may be given ``b""`` for ``sent``: while no other tap wants it, nothing sent is
-        decoded."""
+        (prompts, a bridged party, silence), as PCM; returns the undo function. (Who wants
+        only the party's audio listens: ``listen``.)"""
+        self._catch_up()
         self._taps.append(write)
-        self._taps_sent = self._taps_sent or getattr(write, "wants_sent", True)
+        self._listeners_changed()
 
         def undo() -> None:
             with contextlib.suppress(ValueError):
                 self._taps.remove(write)
-            self._taps_sent = any(getattr(w, "wants_sent", True) for w in self._taps)
-            if not self._sinks and not self._taps:
-                self._rx.clear()
+            self._listeners_changed()
 
         return undo
 
@@ -286,17 +305,44 @@ class RtpSession(asyncio.DatagramProtocol):
 
     # -- what we hear ----------------------------------------------------------------------
 
-    def listen(self, sink: Callable[[bytes], None]) -> Callable[[], None]:
-        """Give ``sink`` the party's audio, one 20 ms frame per tick; returns the unsubscribe."""
+    def listen(self, sink: Callable[[bytes], None], frames: int = 1) -> Callable[[], None]:
+        """Give ``sink`` the party's audio ``frames`` 20 ms frames at a time (one per tick by
+        default), on the tick that completes them; returns the unsubscribe."""
+        if frames < 1:
+            raise ValueError("a listener takes at least one frame at a time")
+        self._catch_up()
         token = object()
-        self._sinks[token] = sink
+        if frames == 1:
+            self._sinks[token] = sink
+        else:
+            self._groups[token] = _Group(sink, frames)
+        self._listeners_changed()
 
         def unsubscribe() -> None:
             self._sinks.pop(token, None)
-            if not self._sinks and not self._taps:
-                self._rx.clear()
+            self._groups.pop(token, None)
+            self._listeners_changed()
 
         return unsubscribe
+
+    def _listeners_changed(self) -> None:
+        """After a listener came or went: what the groups are owed, and the jitter buffer."""
+        groups, eager = self._groups, bool(self._sinks or self._taps)
+        if not groups and not eager:
+            self._rx.clear()
+        if groups:
+            self._group_due = min(group.missing for group in groups.values())
+        else:
+            self._unheard = 0
+        # Served lazily, the groups' frames wait in the jitter buffer until one is complete.
+        lazy = groups and not eager
+        self._rx.slack = max(g.size for g in groups.values()) if lazy else 0
+
+    def _catch_up(self) -> None:
+        """Give the groups the frames they are owed (before a listener joins: they are not its)."""
+        if self._unheard:
+            count, self._unheard = self._unheard, 0
+            self._feed_groups(self._rx.take_frames(count))
 
     def push_digit(self, digit: str, duration_ms: int | None = None) -> None:
         """A key that arrived another way (SIP INFO, with the Duration it gave, if any) joins
@@ -387,7 +433,11 @@ class RtpSession(asyncio.DatagramProtocol):
                 self._tones = None
             if news is not None:
                 self._rtp_press = self._heard(news, "rtp", self._rtp_press)
-        elif law is not None and gap != DUPLICATE and (self._sinks or self._taps or self._tones):
+        elif (
+            law is not None
+            and gap != DUPLICATE
+            and (self._sinks or self._taps or self._groups or self._tones)
+        ):
             self._audio(law.decode(payload), gap)
 
     def _accept(self, addr: tuple[str, int], ssrc: int, seq: int) -> int | None:
@@ -403,7 +453,7 @@ class RtpSession(asyncio.DatagramProtocol):
     def _audio(self, pcm: bytes, gap: int) -> None:
         if self._tones is not None:
             self._engine.tones.submit(self._tones, pcm, self._tone)
-        if self._sinks or self._taps:
+        if self._sinks or self._taps or self._groups:
             self._rx.put(pcm, gap)
 
     # -- the pacer's side ------------------------------------------------------------------
@@ -414,7 +464,14 @@ class RtpSession(asyncio.DatagramProtocol):
         if self._keys.held:
             self._keys.expire(frame)
         taps = self._taps
-        heard = self._hear() if self._sinks or taps else b""
+        if self._sinks or taps:
+            heard = self._hear()
+        else:
+            heard = b""
+            if self._groups:
+                self._unheard += 1
+                if self._unheard >= self._group_due:
+                    self._catch_up()
         law, pt = self._law, self._pt
         timestamp = (self._ts_base + frame * FRAME_SAMPLES) & 0xFFFFFFFF
         marker = self._marker
@@ -429,9 +486,7 @@ class RtpSession(asyncio.DatagramProtocol):
         else:
             payload = law.silence
         if taps:
-            sent = b""
-            if self._taps_sent:
-                sent = law.decode(payload if pt == law.payload_type else law.silence)
+            sent = law.decode(payload if pt == law.payload_type else law.silence)
             for write in taps:
                 write(heard, sent)
         if not self._sending:
@@ -491,6 +546,8 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def _hear(self) -> bytes:
         frame = self._rx.take()
+        if self._groups:
+            self._feed_groups(frame)
         if not self._sinks:
             return frame
         for token, sink in tuple(self._sinks.items()):
@@ -500,3 +557,27 @@ class RtpSession(asyncio.DatagramProtocol):
                 log.exception("an RTP listener failed; unsubscribing it")
                 self._sinks.pop(token, None)
         return frame
+
+    def _feed_groups(self, pcm: bytes) -> None:
+        """Add the party's next frames to every group; a group that is complete goes out."""
+        groups = self._groups
+        for token, group in tuple(groups.items()):
+            pending = group.pending
+            if not pending and len(pcm) == group.size:
+                chunks = [pcm]  # the usual, served lazily: the owed frames are one group
+            else:
+                pending += pcm
+                chunks = []
+                while len(pending) >= group.size:
+                    chunks.append(bytes(pending[: group.size]))
+                    del pending[: group.size]
+            try:
+                for chunk in chunks:
+                    group.sink(chunk)
+            except Exception:
+                log.exception("an RTP listener failed; unsubscribing it")
+                groups.pop(token, None)
+        if groups:
+            self._group_due = min(group.missing for group in groups.values())
+        else:
+            self._listeners_changed()

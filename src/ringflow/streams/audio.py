@@ -1,19 +1,23 @@
 """A stream's audio on its way between the call and the bot, at the stream's rate.
 
-``Listener`` is the channel's tap for one stream: every 20 ms tick it gets what the caller said
-(and what the caller was sent) and cuts the streamed track into equal 100 ms chunks, converted
-from 8 kHz a whole chunk at a time. ``BotAudio`` takes the bot's audio the other way: converted
-to 8 kHz and pushed into the ``Playout`` in whole 20 ms frames.
+``Listener`` is one stream's ear on the call: it gets the streamed track in equal 100 ms
+chunks, converted from 8 kHz a whole chunk at a time. ``BotAudio`` takes the bot's audio the
+other way: converted to 8 kHz and pushed into the ``Playout`` in whole 20 ms frames.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ringflow.media.playout import FRAME_BYTES, Playout
 from ringflow.media.rates import RateConverter
 
-CHUNK_SECONDS = 0.1
+if TYPE_CHECKING:
+    from ringflow.telephony.carrier import Channel
+
+CHUNK_FRAMES = 5  # 20 ms frames in a chunk
+CHUNK_SECONDS = CHUNK_FRAMES * 0.02
 
 
 class BotAudio:
@@ -57,7 +61,7 @@ class Chunker:
 
     def __init__(self, rate: int):
         self._resample = RateConverter(8000, rate) if rate != 8000 else None
-        self._size = round(8000 * CHUNK_SECONDS) * 2  # bytes of 8 kHz audio per chunk
+        self._size = CHUNK_FRAMES * FRAME_BYTES  # bytes of 8 kHz audio per chunk
         self._buffer = bytearray()
 
     def feed(self, frame: bytes) -> Sequence[bytes]:
@@ -76,26 +80,34 @@ class Chunker:
 
 
 class Listener:
-    """The channel's tap for one stream: the track it streams, cut into chunks for the bot.
+    """One stream's ear on the call: the track it streams, in chunks for the bot.
 
-    ``wants_sent`` tells the RTP session whether to decode what it sent the caller each tick;
-    a stream of the caller's audio alone (every bidirectional one) does not need it.
+    The caller's audio alone (``inbound``, every bidirectional stream) is heard a whole chunk
+    at a time (``Channel.hear``): between chunks the call's tick does nothing for the stream.
+    What the caller was sent (``outbound``, ``both``) comes 20 ms at a time with what it said
+    (``Channel.listen``) and is cut into chunks here.
     """
 
     def __init__(self, rate: int, track: str, send: Callable[[bytes, str | None], None]):
-        self.wants_sent = track != "inbound"
         self._track = track
         self._send = send
+        self._resample = RateConverter(8000, rate) if rate != 8000 else None
         self._heard = Chunker(rate)
         self._sent = Chunker(rate)
+
+    def attach(self, channel: Channel) -> Callable[[], None]:
+        """Start listening to ``channel``; returns the function that stops it."""
+        if self._track == "inbound":
+            return channel.hear(self._caller_chunk, CHUNK_FRAMES)
+        return channel.listen(self)
+
+    def _caller_chunk(self, pcm: bytes) -> None:
+        self._send(pcm if self._resample is None else self._resample(pcm), None)
 
     def __call__(self, heard: bytes, sent: bytes) -> None:
         """One 20 ms tick of the call: what the caller said and what it was sent."""
         track = self._track
-        if track == "inbound":
-            for chunk in self._heard.feed(heard):
-                self._send(chunk, None)
-        elif track == "outbound":
+        if track == "outbound":
             for chunk in self._sent.feed(sent):
                 self._send(chunk, None)
         else:

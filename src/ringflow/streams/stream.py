@@ -240,7 +240,7 @@ class Stream:
         self._send(self.protocol.start())
         track = "inbound" if self.bidirectional else self.track
         undo: list[Callable[[], None]] = [
-            self.channel.listen(Listener(self.target.sample_rate, track, self._send_media))
+            Listener(self.target.sample_rate, track, self._send_media).attach(self.channel)
         ]
         tasks = [asyncio.ensure_future(self._sender(socket))]
         receiving = asyncio.ensure_future(self._receiver(socket))

@@ -186,6 +186,11 @@ class Channel(Protocol):
         """Give ``sink(heard, sent)`` every 20 ms: what the party said and what it was sent,
         each 320 bytes of 8 kHz PCM. Returns the function that stops it."""
 
+    def hear(self, sink: Callable[[bytes], None], frames: int = 1) -> Callable[[], None]:
+        """Give ``sink`` what the party said, ``frames`` 20 ms frames at a time (320 bytes of
+        8 kHz PCM each), on the tick that completes them: the audio ``listen`` would give as
+        ``heard``, without decoding what was sent. Returns the function that stops it."""
+
     def play_out(
         self, playout: Playout, on_marks: Callable[[list[str]], None]
     ) -> Callable[[], None]:

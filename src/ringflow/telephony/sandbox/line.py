@@ -87,6 +87,24 @@ def _frame_at(pieces: list[Piece], at: float) -> bytes:
     return bytes(frame)
 
 
+class InGroups:
+    """A listener of the line's heard audio ``frames`` frames at a time, as a ``listen`` sink."""
+
+    def __init__(self, sink: Callable[[bytes], None], frames: int):
+        if frames < 1:
+            raise ValueError("a listener takes at least one frame at a time")
+        self._sink, self._size = sink, frames * FRAME_BYTES
+        self._pending = bytearray()
+
+    def __call__(self, heard: bytes, sent: bytes) -> None:
+        pending = self._pending
+        pending += heard
+        if len(pending) >= self._size:
+            group = bytes(pending[: self._size])
+            del pending[: self._size]
+            self._sink(group)
+
+
 class LiveLine:
     """Frames of a sandbox line as they happen, for listeners and a bot's playout buffer.
 

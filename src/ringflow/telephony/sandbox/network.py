@@ -37,7 +37,7 @@ from ringflow.telephony.carrier import (
     Ringing,
     TrunkStatus,
 )
-from ringflow.telephony.sandbox.line import LiveLine, Tape
+from ringflow.telephony.sandbox.line import InGroups, LiveLine, Tape
 from ringflow.telephony.sandbox.phones import (
     ANSWERING,
     DEFAULT_SCRIPT,
@@ -418,6 +418,12 @@ class SandboxChannel:
         if self.closed:
             return _nothing
         return self._line.listen(sink)
+
+    def hear(self, sink: Callable[[bytes], None], frames: int = 1) -> Callable[[], None]:
+        """Give ``sink`` what the phone says, ``frames`` 20 ms of clock time at a time."""
+        if self.closed:
+            return _nothing
+        return self._line.listen(InGroups(sink, frames))
 
     def play_out(
         self, playout: Playout, on_marks: Callable[[list[str]], None]

@@ -159,6 +159,10 @@ class SipChannel:
         """Give ``sink(heard, sent)`` every 20 ms, as the RTP session ticks."""
         return self.session.tap(sink)
 
+    def hear(self, sink: Callable[[bytes], None], frames: int = 1) -> Callable[[], None]:
+        """Give ``sink`` the party's audio ``frames`` frames at a time, as the session ticks."""
+        return self.session.listen(sink, frames)
+
     def play_out(
         self, playout: Playout, on_marks: Callable[[list[str]], None]
     ) -> Callable[[], None]:
