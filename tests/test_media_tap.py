@@ -69,9 +69,11 @@ class _Ear:
         self.session = session
         self.got: list[tuple[str, int, bytes]] = []
         self.stops: dict[str, object] = {}
+        self.frames: dict[str, int] = {}
         self.tick = 0
 
     def group(self, name: str, frames: int) -> None:
+        self.frames[name] = frames
         self.stops[name] = self.session.listen(
             lambda pcm: self.got.append((name, self.tick, pcm)), frames
         )
@@ -135,29 +137,53 @@ def test_listeners_served_lazily_get_what_eager_service_gives(steps):
             for ear in (lazy, eager):
                 ear.stop(name)
         assert lazy.got == eager.got
+    # Groups of several frames end on the grid of their size, whenever they started.
+    sizes = lazy.frames
+    assert all(tick % sizes[name] == sizes[name] - 1 for name, tick, _ in lazy.got if name in sizes)
     for ear in (lazy, eager):
         assert ear.session.stats.overflows == ear.session.stats.underruns == 0
 
 
 def test_between_chunks_a_lone_listener_costs_the_tick_no_read():
     # Served lazily, the frames of a chunk stay in the jitter buffer until the tick that
-    # completes it takes them at once; the ticks before it do not read the buffer.
+    # completes it takes them at once; the ticks before it do not read the buffer. (The first
+    # tick takes its frame: it places the listener's chunks on the grid.)
     session = RtpSession(MediaEngine("127.0.0.1", 40000, 40100), ("127.0.0.1", 0))
-    chunks: list[bytes] = []
-    session.listen(chunks.append, 5)
+    chunks: list[tuple[int, bytes]] = []
+    tick = 0
+    session.listen(lambda pcm: chunks.append((tick, pcm)), 5)
     for n in range(3):
         session._rx.put(_frame(n))
     depth = []
-    for tick in range(1, 11):
-        session._rx.put(_frame(tick + 2))
+    for tick in range(5, 15):
+        session._rx.put(_frame(tick - 2))
         session.tick(tick)
         depth.append(len(session._rx) // FRAME_BYTES)
-    assert depth == [4, 5, 6, 7, 3, 4, 5, 6, 7, 3]
+    assert depth == [3, 4, 5, 6, 3, 4, 5, 6, 7, 3]
     assert chunks == [
-        b"".join(_frame(n) for n in range(5)),
-        b"".join(_frame(n) for n in range(5, 10)),
+        (9, b"".join(_frame(n) for n in range(5))),
+        (14, b"".join(_frame(n) for n in range(5, 10))),
     ]
     assert session.stats.overflows == 0
+
+
+@pytest.mark.parametrize("first", [5, 6, 7, 8, 9, 10])
+def test_chunks_end_on_the_grid_the_first_padded_with_silence(first):
+    # Whenever a listener starts, its chunks end on frames 4 modulo 5, as every other call's:
+    # its first chunk is made whole with silence in front of what it heard.
+    session = RtpSession(MediaEngine("127.0.0.1", 40000, 40100), ("127.0.0.1", 0))
+    chunks: list[tuple[int, bytes]] = []
+    tick = 0
+    session.listen(lambda pcm: chunks.append((tick, pcm)), 5)
+    session._rx.put(_frame(100))
+    session._rx.put(_frame(101))
+    for tick in range(first, first + 10):
+        session._rx.put(_frame(tick))
+        session.tick(tick)
+    assert [at % 5 for at, _ in chunks] == [4, 4] and chunks[0][0] < first + 5
+    heard = (4 - first) % 5 + 1  # frames of the first chunk that were heard
+    audio = b"".join(_frame(n) for n in (100, 101, *range(first, first + 3)))
+    assert chunks[0][1] == bytes((5 - heard) * FRAME_BYTES) + audio[: heard * FRAME_BYTES]
 
 
 def test_a_late_packet_lands_in_its_chunk_when_served_lazily():
@@ -167,8 +193,10 @@ def test_a_late_packet_lands_in_its_chunk_when_served_lazily():
     session.listen(chunks.append, 5)
     session._rx.put(_frame(0))
     session._rx.put(_frame(1))
-    arrivals = {1: [2], 2: [], 3: [], 4: [3, 4, 5, 6], 5: [7]}  # 3 ticks late, then a burst
-    for tick in range(1, 6):
+    session._rx.put(_frame(2))
+    session.tick(5)  # places the chunks: frame 0 is the first of the chunk ending on frame 9
+    arrivals = {6: [3], 7: [], 8: [], 9: [4, 5, 6, 7]}  # 3 ticks late, then a burst
+    for tick in range(6, 10):
         for n in arrivals[tick]:
             session._rx.put(_frame(n))
         session.tick(tick)
@@ -180,17 +208,18 @@ def test_a_listener_that_comes_after_the_last_one_left_hears_only_what_follows()
     session = RtpSession(MediaEngine("127.0.0.1", 40000, 40100), ("127.0.0.1", 0))
     first: list[bytes] = []
     stop = session.listen(first.append, 5)
-    for n in range(2):
+    for n in range(3):
         session._audio(_frame(n), 0)
-    for tick in range(1, 4):
-        session._audio(_frame(n + tick), 0)
+    for tick in range(5, 8):
+        session._audio(_frame(tick - 2), 0)
         session.tick(tick)
     stop()  # three frames into its chunk
     assert first == [] and len(session._rx) == 0
     later: list[bytes] = []
     session.listen(later.append, 5)
-    session._audio(_frame(100), 0)
-    for tick in range(4, 9):
-        session._audio(_frame(97 + tick), 0)
+    for n in range(100, 103):
+        session._audio(_frame(n), 0)
+    for tick in range(10, 15):
+        session._audio(_frame(tick + 93), 0)
         session.tick(tick)
     assert later == [b"".join(_frame(n) for n in range(100, 105))]

@@ -17,10 +17,13 @@ address it cannot be reached at, then sends from the one it can. Packets from th
 announced always win over a source latched first.
 Audio is decoded on arrival into a jitter buffer that ``tick`` drains one frame at a time for
 ``listen`` sinks and bridges. A listener of several frames at a time (a stream to a bot takes
-100 ms chunks) is served lazily while only such listeners listen: each tick counts its frame,
-and the tick that completes a group takes the group's frames from the jitter buffer at once.
-The listener gets the same audio at the same tick; the call's tick does nothing more for it in
-between (with a hundred calls, each tick would find that listener's state out of the cache).
+100 ms chunks) gets groups that end on the same frames in every session: frame numbers that are
+``frames - 1`` modulo ``frames`` (its first group is made whole with silence in front). So every
+call's chunks leave in the same ticks, and a bot's prompt answers arrive together: the event
+loop wakes for them a few times per chunk rather than on every tick. While only such listeners
+listen they are served lazily: each tick counts its frame, and the tick that completes a group
+takes the group's frames from the jitter buffer at once. A listener gets the same audio on the
+same tick either way.
 
 Keys (``dtmf.py``) come from RFC 4733 events, from ``push_digit`` (SIP INFO) and from tones in
 the received audio. Tones are looked for (``inband``) until the party's first RFC 4733 event:
@@ -109,16 +112,24 @@ class _Group:
     """A listener of the party's audio ``frames`` 20 ms frames at a time, and what it has of
     the group under way."""
 
-    __slots__ = ("frames", "pending", "sink", "size")
+    __slots__ = ("aligned", "frames", "pending", "sink", "size")
 
     def __init__(self, sink: Callable[[bytes], None], frames: int) -> None:
         self.sink, self.frames, self.size = sink, frames, frames * FRAME_BYTES
         self.pending = bytearray()
+        self.aligned = False  # its first frame, which places it on the grid, is still to come
 
     @property
     def missing(self) -> int:
-        """Frames this group still needs."""
-        return self.frames - len(self.pending) // FRAME_BYTES
+        """Frames this group still needs (its first frame: 1, it places the group)."""
+        return self.frames - len(self.pending) // FRAME_BYTES if self.aligned else 1
+
+    def align(self, frame: int, count: int) -> None:
+        """Place the group on the grid with its first ``count`` frames, which end at ``frame``:
+        silence before them makes its groups end on frames ``frames - 1`` modulo ``frames``."""
+        self.aligned = True
+        ahead = (self.frames - 1 - frame) % self.frames  # frames after this one in its group
+        self.pending += bytes(max(0, self.frames - ahead - count) * FRAME_BYTES)
 
 
 def _resolve(future: asyncio.Future[Any], value: Any = None) -> None:
@@ -307,7 +318,9 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def listen(self, sink: Callable[[bytes], None], frames: int = 1) -> Callable[[], None]:
         """Give ``sink`` the party's audio ``frames`` 20 ms frames at a time (one per tick by
-        default), on the tick that completes them; returns the unsubscribe."""
+        default), on the tick that completes them; returns the unsubscribe. Groups of several
+        frames end on frames ``frames - 1`` modulo ``frames``; the first is padded in front
+        with silence to get there."""
         if frames < 1:
             raise ValueError("a listener takes at least one frame at a time")
         self._catch_up()
@@ -342,7 +355,7 @@ class RtpSession(asyncio.DatagramProtocol):
         """Give the groups the frames they are owed (before a listener joins: they are not its)."""
         if self._unheard:
             count, self._unheard = self._unheard, 0
-            self._feed_groups(self._rx.take_frames(count))
+            self._feed_groups(self._rx.take_frames(count), count)
 
     def push_digit(self, digit: str, duration_ms: int | None = None) -> None:
         """A key that arrived another way (SIP INFO, with the Duration it gave, if any) joins
@@ -547,7 +560,7 @@ class RtpSession(asyncio.DatagramProtocol):
     def _hear(self) -> bytes:
         frame = self._rx.take()
         if self._groups:
-            self._feed_groups(frame)
+            self._feed_groups(frame, 1)
         if not self._sinks:
             return frame
         for token, sink in tuple(self._sinks.items()):
@@ -558,10 +571,13 @@ class RtpSession(asyncio.DatagramProtocol):
                 self._sinks.pop(token, None)
         return frame
 
-    def _feed_groups(self, pcm: bytes) -> None:
-        """Add the party's next frames to every group; a group that is complete goes out."""
+    def _feed_groups(self, pcm: bytes, count: int) -> None:
+        """Add the party's next ``count`` frames, up to this tick's, to every group; a group
+        that is complete goes out."""
         groups = self._groups
         for token, group in tuple(groups.items()):
+            if not group.aligned:
+                group.align(self._frame, count)
             pending = group.pending
             if not pending and len(pcm) == group.size:
                 chunks = [pcm]  # the usual, served lazily: the owed frames are one group

@@ -189,7 +189,9 @@ class Channel(Protocol):
     def hear(self, sink: Callable[[bytes], None], frames: int = 1) -> Callable[[], None]:
         """Give ``sink`` what the party said, ``frames`` 20 ms frames at a time (320 bytes of
         8 kHz PCM each), on the tick that completes them: the audio ``listen`` would give as
-        ``heard``, without decoding what was sent. Returns the function that stops it."""
+        ``heard``, without decoding what was sent. A carrier may pad the first group in front
+        with silence, to end every call's groups on the same ticks. Returns the function that
+        stops it."""
 
     def play_out(
         self, playout: Playout, on_marks: Callable[[list[str]], None]
