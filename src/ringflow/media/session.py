@@ -121,7 +121,7 @@ class _Group:
 
     @property
     def missing(self) -> int:
-        """Frames this group still needs (its first frame: 1, it places the group)."""
+        """Frames this group still needs: 1 before its first, which places it on the grid."""
         return self.frames - len(self.pending) // FRAME_BYTES if self.aligned else 1
 
     def align(self, frame: int, count: int) -> None:
