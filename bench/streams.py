@@ -185,7 +185,7 @@ async def run_level(
     await carrier.start()
     clock = RealClock()
     streams = Streams(
-        Settings(allow_private_urls=True, stream_limit=100_000),
+        Settings(allow_private_urls=True, stream_limit=100_000, streams_per_process=0),
         clock,
         None,
         LocalPlaces(),
