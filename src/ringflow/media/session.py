@@ -67,6 +67,7 @@ from ringflow.media.dtmf import (
 )
 from ringflow.media.g711 import FRAME_BYTES, FRAME_SAMPLES, SILENCE_PCM
 from ringflow.media.inbound import DUPLICATE, InboundStream, JitterBuffer
+from ringflow.media.pieces import Cutter
 from ringflow.media.playout import Playout
 from ringflow.media.rtp import HEADER, RtpPacket, RtpParseError, TelephoneEvent, event_of
 from ringflow.media.stats import SessionStats
@@ -112,24 +113,23 @@ class _Group:
     """A listener of the party's audio ``frames`` 20 ms frames at a time, and what it has of
     the group under way."""
 
-    __slots__ = ("aligned", "frames", "pending", "sink", "size")
+    __slots__ = ("aligned", "cut", "frames", "sink")
 
     def __init__(self, sink: Callable[[bytes], None], frames: int) -> None:
-        self.sink, self.frames, self.size = sink, frames, frames * FRAME_BYTES
-        self.pending = bytearray()
+        self.sink, self.frames, self.cut = sink, frames, Cutter(frames * FRAME_BYTES)
         self.aligned = False  # its first frame, which places it on the grid, is still to come
 
     @property
     def missing(self) -> int:
         """Frames this group still needs: 1 before its first, which places it on the grid."""
-        return self.frames - len(self.pending) // FRAME_BYTES if self.aligned else 1
+        return self.frames - len(self.cut) // FRAME_BYTES if self.aligned else 1
 
     def align(self, frame: int, count: int) -> None:
         """Place the group on the grid with its first ``count`` frames, which end at ``frame``:
         silence before them makes its groups end on frames ``frames - 1`` modulo ``frames``."""
         self.aligned = True
         ahead = (self.frames - 1 - frame) % self.frames  # frames after this one in its group
-        self.pending += bytes(max(0, self.frames - ahead - count) * FRAME_BYTES)
+        self.cut.pad(max(0, self.frames - ahead - count) * FRAME_BYTES)
 
 
 def _resolve(future: asyncio.Future[Any], value: Any = None) -> None:
@@ -349,7 +349,7 @@ class RtpSession(asyncio.DatagramProtocol):
             self._unheard = 0
         # Served lazily, the groups' frames wait in the jitter buffer until one is complete.
         lazy = groups and not eager
-        self._rx.slack = max(g.size for g in groups.values()) if lazy else 0
+        self._rx.slack = max(g.cut.size for g in groups.values()) if lazy else 0
 
     def _catch_up(self) -> None:
         """Give the groups the frames they are owed (before a listener joins: they are not its)."""
@@ -578,17 +578,8 @@ class RtpSession(asyncio.DatagramProtocol):
         for token, group in tuple(groups.items()):
             if not group.aligned:
                 group.align(self._frame, count)
-            pending = group.pending
-            if not pending and len(pcm) == group.size:
-                chunks = [pcm]  # the usual, served lazily: the owed frames are one group
-            else:
-                pending += pcm
-                chunks = []
-                while len(pending) >= group.size:
-                    chunks.append(bytes(pending[: group.size]))
-                    del pending[: group.size]
             try:
-                for chunk in chunks:
+                for chunk in group.cut.feed(pcm):  # served lazily: the owed frames, one group
                     group.sink(chunk)
             except Exception:
                 log.exception("an RTP listener failed; unsubscribing it")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ringflow.media.pieces import Cutter
 from ringflow.media.playout import FRAME_BYTES, Playout
 from ringflow.media.rates import RateConverter
 
@@ -61,22 +62,14 @@ class Chunker:
 
     def __init__(self, rate: int):
         self._resample = RateConverter(8000, rate) if rate != 8000 else None
-        self._size = CHUNK_FRAMES * FRAME_BYTES  # bytes of 8 kHz audio per chunk
-        self._buffer = bytearray()
+        self._cut = Cutter(CHUNK_FRAMES * FRAME_BYTES)  # a chunk of 8 kHz audio
 
     def feed(self, frame: bytes) -> Sequence[bytes]:
         """The chunks this frame completes (usually none: fed every tick)."""
-        buffer = self._buffer
-        buffer += frame
-        size = self._size
-        if len(buffer) < size:
-            return ()
-        chunks = []
-        while len(buffer) >= size:
-            chunk = bytes(buffer[:size])
-            del buffer[:size]
-            chunks.append(chunk if self._resample is None else self._resample(chunk))
-        return chunks
+        chunks = self._cut.feed(frame)
+        if self._resample is None or not chunks:
+            return chunks
+        return [self._resample(chunk) for chunk in chunks]
 
 
 class Listener:

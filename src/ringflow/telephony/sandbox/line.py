@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from ringflow.clock import Clock
 from ringflow.media.audio import RATE, SAMPLE_WIDTH
+from ringflow.media.pieces import Cutter
 from ringflow.media.playout import FRAME_BYTES, Playout
 from ringflow.telephony.carrier import ConversationTap
 
@@ -93,15 +94,10 @@ class InGroups:
     def __init__(self, sink: Callable[[bytes], None], frames: int):
         if frames < 1:
             raise ValueError("a listener takes at least one frame at a time")
-        self._sink, self._size = sink, frames * FRAME_BYTES
-        self._pending = bytearray()
+        self._sink, self._cut = sink, Cutter(frames * FRAME_BYTES)
 
     def __call__(self, heard: bytes, sent: bytes) -> None:
-        pending = self._pending
-        pending += heard
-        if len(pending) >= self._size:
-            group = bytes(pending[: self._size])
-            del pending[: self._size]
+        for group in self._cut.feed(heard):
             self._sink(group)
 
 
