@@ -223,3 +223,24 @@ def test_a_listener_that_comes_after_the_last_one_left_hears_only_what_follows()
         session._audio(_frame(tick + 93), 0)
         session.tick(tick)
     assert later == [b"".join(_frame(n) for n in range(100, 105))]
+
+
+def test_a_listener_that_fails_is_dropped_and_the_others_go_on():
+    session = RtpSession(MediaEngine("127.0.0.1", 40000, 40100), ("127.0.0.1", 0))
+    good: list[bytes] = []
+
+    def broken(pcm: bytes) -> None:
+        raise RuntimeError("a listener's bug")
+
+    session.listen(broken, 5)
+    stop_good = session.listen(good.append, 5)
+    for tick in range(5, 15):
+        session._audio(_frame(tick), 0)
+        session.tick(tick)
+    assert len(good) == 2 and len(session._groups) == 1  # broken went, good heard on
+    stop_good()
+    session.listen(broken, 5)
+    for tick in range(15, 20):
+        session._audio(_frame(tick), 0)
+        session.tick(tick)
+    assert not session._groups and len(session._rx) == 0  # nobody left: nothing kept

@@ -584,7 +584,4 @@ class RtpSession(asyncio.DatagramProtocol):
             except Exception:
                 log.exception("an RTP listener failed; unsubscribing it")
                 groups.pop(token, None)
-        if groups:
-            self._group_due = min(group.missing for group in groups.values())
-        else:
-            self._listeners_changed()
+        self._listeners_changed()

@@ -84,7 +84,6 @@ class Listener:
     def __init__(self, rate: int, track: str, send: Callable[[bytes, str | None], None]):
         self._track = track
         self._send = send
-        self._resample = RateConverter(8000, rate) if rate != 8000 else None
         self._heard = Chunker(rate)
         self._sent = Chunker(rate)
 
@@ -95,7 +94,8 @@ class Listener:
         return channel.listen(self)
 
     def _caller_chunk(self, pcm: bytes) -> None:
-        self._send(pcm if self._resample is None else self._resample(pcm), None)
+        for chunk in self._heard.feed(pcm):  # a whole chunk: converted, not copied
+            self._send(chunk, None)
 
     def __call__(self, heard: bytes, sent: bytes) -> None:
         """One 20 ms tick of the call: what the caller said and what it was sent."""
