@@ -157,7 +157,7 @@ def test_a_media_message_is_what_json_dumps_writes(sid, track):
     if track is not None:
         media["track"] = track
     expected = {"event": "media", "sequence_number": "2", "stream_sid": sid, "media": media}
-    assert text == json.dumps(expected, separators=(",", ":"))
+    assert text == json.dumps(expected, separators=(",", ":")).encode()
 
 
 async def test_whole_text_messages_are_handed_over_and_the_rest_keep_their_order():
@@ -229,17 +229,17 @@ async def test_messages_written_straight_to_the_socket_arrive_whole_and_in_order
     texts = ["a", "é" * 70, "x" * 200, "y" * 70000] + [f"m{i}" for i in range(300)] + ["last"]
     async with connected_to(bot) as socket:
         for text in texts[:4]:  # each size of WebSocket length field
-            assert socket.write_text(text, 1 << 20)
+            assert socket.write_text(text.encode(), 1 << 20)
             await asyncio.sleep(0)
-        assert not socket.write_text("held back", 0)  # the backlog limit is respected
+        assert not socket.write_text(b"held back", 0)  # the backlog limit is respected
         await socket.send("via send")
         for text in texts[4:]:  # past the first batch of masking keys
-            assert socket.write_text(text, 1 << 20)
+            assert socket.write_text(text.encode(), 1 << 20)
         await asyncio.wait_for(done.wait(), 5)
         socket.transport.close()  # the socket is going before websockets knows it
-        assert not socket.write_text("too late", 1 << 20)
+        assert not socket.write_text(b"too late", 1 << 20)
         await socket.close()
-        assert not socket.write_text("too late", 1 << 20)
+        assert not socket.write_text(b"too late", 1 << 20)
     assert got == texts[:4] + ["via send"] + texts[4:]
 
 

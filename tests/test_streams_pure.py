@@ -166,6 +166,10 @@ def test_bot_messages_are_read_with_or_without_a_stream_sid(frame, expected):
         '{"event":"mark","mark":{}}',
         '{"event":"dance"}',
         '{"media":{}}',
+        # JSON that a lax reader takes (or, nested deep enough, raises RecursionError for)
+        '{"event":"media","media":{"payload":NaN}}',
+        '{"event":"mark","mark":{"name":"\\ud800"}}',
+        '{"event":"media","media":' + "[" * 100_000 + "]" * 100_000 + "}",
     ],
 )
 def test_unusable_bot_frames_are_ignored_with_a_reason(frame):

@@ -79,10 +79,11 @@ class BotConnection(ClientConnection):
     _cutting = False  # frames are cut out of the stream here
     _partial: bytearray  # the start of a frame not yet whole, while cutting
 
-    def write_text(self, text: str, backlog: int) -> bool:
-        """Write one text message to the socket now, as websockets' ``send`` would frame it;
-        False (nothing written) when the connection is not open, websockets is in the middle
-        of a send, or ``backlog`` bytes already wait in the socket: then ``send`` it."""
+    def write_text(self, data: bytes, backlog: int) -> bool:
+        """Write one text message (its UTF-8 bytes) to the socket now, as websockets' ``send``
+        would frame it; False (nothing written) when the connection is not open, websockets is
+        in the middle of a send, or ``backlog`` bytes already wait in the socket: then
+        ``send`` it."""
         transport = self.transport
         if (
             self.protocol.state is not State.OPEN
@@ -100,7 +101,6 @@ class BotConnection(ClientConnection):
             self._masks, at = os.urandom(_MASKS), 0
         mask = self._masks[at : at + 4]
         self._mask_at = at + 4
-        data = text.encode()
         size = len(data)
         if size < 126:
             head = _HEAD.pack(0x81, 0x80 | size)

@@ -7,9 +7,16 @@ call asked for answering machine detection. Keys are exactly the spec's snake_ca
 pipecat tells Exotel from Twilio by ``start.stream_sid`` versus ``streamSid``, so a camelCase
 twin would make it decode our PCM as mu-law. Every number is sent as a string, as Exotel does.
 
+Each message is built as the UTF-8 bytes of its JSON text, ready for a text frame: a stream
+sends ten media messages a second, and building them as bytes spares a copy of each chunk's
+base64 into a str and back.
+
 ``parse_bot_message`` turns one frame from the bot into a ``BotMedia``, ``BotMark``,
 ``BotClear`` or ``Ignored`` (with the reason, for the call's timeline). It never raises: a bot
-that sends garbage is logged and the call goes on.
+that sends garbage is logged and the call goes on. The JSON is read by orjson, which reads a
+100 ms media message in about a third of ``json.loads``'s time (bench/streams.py). It is
+stricter: ``NaN``, infinities, lone surrogates or nesting over 1024 deep make a frame
+``Ignored`` (``json.loads`` raised ``RecursionError`` for deep nesting).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import dataclasses
 import json
 from typing import Any
 
+import orjson
 import pybase64
 
 TRACKS = ("inbound", "outbound", "both")
@@ -77,9 +85,9 @@ class StreamProtocol:
         self._sequence = 0
         self._chunks = 0
         self._track_ms: dict[str, int] = {}
-        self._sid = json.dumps(info.stream_sid)  # quoted and escaped once
+        self._sid = json.dumps(info.stream_sid).encode()  # quoted and escaped once
 
-    def _message(self, event: str, body: dict[str, Any] | None = None) -> str:
+    def _message(self, event: str, body: dict[str, Any] | None = None) -> bytes:
         self._sequence += 1
         message: dict[str, Any] = {
             "event": event,
@@ -88,13 +96,13 @@ class StreamProtocol:
         }
         if body is not None:
             message[event] = body
-        return json.dumps(message, separators=(",", ":"))
+        return json.dumps(message, separators=(",", ":")).encode()
 
-    def connected(self) -> str:
+    def connected(self) -> bytes:
         """The first message, before ``start``."""
-        return json.dumps({"event": "connected"})
+        return json.dumps({"event": "connected"}).encode()
 
-    def start(self) -> str:
+    def start(self) -> bytes:
         """The stream's facts: who is on the call and the audio format."""
         info = self.info
         start: dict[str, Any] = {
@@ -114,7 +122,7 @@ class StreamProtocol:
             start["answered_by"] = info.answered_by
         return self._message("start", start)
 
-    def media(self, pcm: bytes, track: str | None = None) -> str:
+    def media(self, pcm: bytes, track: str | None = None) -> bytes:
         """One chunk of audio (16-bit PCM at the stream's rate); ``track`` only for ``both``."""
         self._chunks += 1
         key = track or "inbound"
@@ -123,23 +131,25 @@ class StreamProtocol:
         self._sequence += 1
         # Ten of these a second per stream: written out rather than through json.dumps, byte
         # for byte what json.dumps of the same dict gives (the tests hold the two equal).
-        payload = pybase64.b64encode(pcm).decode("ascii")
-        tail = "" if track is None else f',"track":{json.dumps(track)}'
-        return (
-            f'{{"event":"media","sequence_number":"{self._sequence}",'
-            f'"stream_sid":{self._sid},"media":{{"chunk":"{self._chunks}",'
-            f'"timestamp":"{elapsed}","payload":"{payload}"{tail}}}}}'
+        tail = b"" if track is None else b',"track":%b' % json.dumps(track).encode()
+        return _MEDIA % (
+            self._sequence,
+            self._sid,
+            self._chunks,
+            elapsed,
+            pybase64.b64encode(pcm),
+            tail,
         )
 
-    def dtmf(self, digit: str, duration_ms: int) -> str:
+    def dtmf(self, digit: str, duration_ms: int) -> bytes:
         """A key the caller pressed."""
         return self._message("dtmf", {"digit": digit, "duration": str(duration_ms)})
 
-    def mark(self, name: str) -> str:
+    def mark(self, name: str) -> bytes:
         """A mark whose audio has played (or was cleared)."""
         return self._message("mark", {"name": name})
 
-    def stop(self, reason: str) -> str:
+    def stop(self, reason: str) -> bytes:
         """The last message: ``callended`` or ``stopped``."""
         info = self.info
         return self._message(
@@ -147,12 +157,19 @@ class StreamProtocol:
         )
 
 
+_MEDIA = (
+    b'{"event":"media","sequence_number":"%d","stream_sid":%b,'
+    b'"media":{"chunk":"%d","timestamp":"%d","payload":"%b"%b}}'
+)
+
+
 def parse_bot_message(frame: str | bytes) -> BotEvent:
-    """Read one frame from the bot; anything unusable comes back as ``Ignored``."""
+    """Read one frame from the bot (a text frame's str, a binary frame's bytes); anything
+    unusable comes back as ``Ignored``."""
     if isinstance(frame, bytes):
         return Ignored(f"binary frame of {len(frame)} bytes")
     try:
-        message = json.loads(frame)
+        message = orjson.loads(frame)
     except ValueError:
         return Ignored(f"not JSON: {frame[:60]!r}")
     if not isinstance(message, dict):

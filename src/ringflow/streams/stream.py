@@ -132,7 +132,7 @@ class Stream:
         self.protocol = StreamProtocol(info)
         self.outcome = StreamOutcome(info.stream_sid, target.shown)
         self.playout = Playout(now=clock.now, keep_latencies=keep_latencies)
-        self._outgoing: collections.deque[str] = collections.deque()
+        self._outgoing: collections.deque[bytes] = collections.deque()  # UTF-8 JSON texts
         self._wake = asyncio.Event()
         self._socket: ClientConnection | None = None
         self._flush_due = False
@@ -289,10 +289,10 @@ class Stream:
         with contextlib.suppress(Exception), self.clock.busy():
             async with asyncio.timeout(2.0):
                 while self._outgoing:
-                    await socket.send(self._outgoing.popleft())
+                    await socket.send(self._outgoing.popleft(), text=True)
                 await socket.close()
 
-    def _send(self, message: str) -> None:
+    def _send(self, message: bytes) -> None:
         self._outgoing.append(message)
         if not self._flush_due:
             # Written once the current callback (usually the pacer's tick) is done, so a tick
@@ -316,7 +316,7 @@ class Stream:
                 and socket.state is State.OPEN
                 and (transport.get_write_buffer_size() < WRITE_BACKLOG)
             ):
-                websockets.broadcast((socket,), outgoing.popleft())
+                websockets.broadcast((socket,), outgoing.popleft().decode())
         if outgoing:
             self._wake.set()  # the sender waits for the socket to drain, as send() does
 
@@ -332,7 +332,7 @@ class Stream:
             await self._wake.wait()
             self._wake.clear()
             while self._outgoing:
-                await socket.send(self._outgoing.popleft())
+                await socket.send(self._outgoing.popleft(), text=True)
 
     async def _receiver(self, socket: ClientConnection) -> None:
         """Read the bot's frames until it closes the socket (those ``_arrived`` did not take)."""
