@@ -81,6 +81,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))  # the SIPp helpers the end-to-end tests use
 
+from ringflow.cli.server import settle_heap
 from ringflow.clock import RealClock
 from ringflow.media.cache import PromptCache
 from ringflow.media.stats import LatencyHistogram
@@ -906,13 +907,16 @@ def main() -> None:
 
 def run_bench(run: Any, args: argparse.Namespace, prefix: str, note: str = "") -> None:
     """Run ``run(args, workdir)`` on the chosen loop: errors only in the log, as many open
-    files as allowed, the machine said first, SIPp's files kept in ``--workdir`` if given."""
+    files as allowed, the garbage collector set as ``ringflow serve`` sets it (without, a full
+    pass over the imported modules' objects stalls every call's RTP now and then), the machine
+    said first, SIPp's files kept in ``--workdir`` if given."""
     logging.basicConfig(level=logging.ERROR)
     factory, loop_name = loop_factory(args.loop)
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+    settle_heap()
     print(
         f"loop {loop_name}, Python {sys.version.split()[0]}, {os.cpu_count()} cores, "
-        f"load average {os.getloadavg()[0]:.2f}{note}",
+        f"load average {os.getloadavg()[0]:.2f}, collector as ringflow serve sets it{note}",
         flush=True,
     )
     with contextlib.ExitStack() as stack:

@@ -76,7 +76,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         from ringflow.workers import stop_when_orphaned
 
         stop_when_orphaned(server)
-    _settle_heap()
+    settle_heap()
     try:
         server.run(sockets=[listener])
     except KeyboardInterrupt:
@@ -86,13 +86,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _settle_heap() -> None:
+def settle_heap() -> None:
     """Keep what was built to serve (modules, tables, compiled statements, the app) out of the
     cyclic garbage collector's passes, and let the youngest objects pile up longer before a
     pass: a request's objects are mostly gone by then, so fewer of them are carried into the
     older generations, whose passes cost most. The collector took a seventh of a busy
     server's CPU; these settings took 3-4% off a connect's and a fifth off its p99
-    (``bench/README.md``)."""
+    (``bench/README.md``). They also spare the media: a full pass over an unfrozen heap with
+    100 streams up took 60-140 ms, a stall of every call's RTP (``bench/streams.py``, which
+    runs its calls under these settings, as ``bench/sip_calls.py`` does)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*COLLECTOR_THRESHOLDS)
