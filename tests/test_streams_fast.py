@@ -364,7 +364,10 @@ def _frames() -> st.SearchStrategy[bytes]:
         lambda p: _server_frame(0x01, p[0].encode()) + _server_frame(0x80, p[1].encode())
     )
     not_utf8 = st.just(_server_frame(0x81, b"\xff\xfe"))
-    return st.one_of(text, text, text, long, binary, ping, pong, fragmented, not_utf8)
+    long_not_utf8 = st.just(_server_frame(0x81, b"x" * 200 + b"\xff"))
+    return st.one_of(
+        text, text, text, long, binary, ping, pong, fragmented, not_utf8, long_not_utf8
+    )
 
 
 _ENDINGS = [
@@ -404,16 +407,37 @@ async def _outcome(kind: type[BotConnection], data: bytes, cuts: list[int]) -> t
     ending=st.sampled_from(_ENDINGS),
     after=st.lists(_frames(), max_size=2),
     cuts=st.lists(st.integers(0, 200_000), max_size=6),
+    one_a_read=st.booleans(),
 )
 # A message right behind the bot's close, or behind a frame that breaks the protocol, in the
 # same read: never handed over.
-@example(frames=[], ending=_ENDINGS[1], after=[_server_frame(0x81, b"late")], cuts=[])
-@example(frames=[], ending=_ENDINGS[2], after=[_server_frame(0x81, b"late")], cuts=[])
-def test_cutting_frames_changes_nothing_a_bot_can_see(frames, ending, after, cuts):
-    # Whatever a bot sends, however the reads split it: the same messages are handed over, the
-    # same are left for recv, and the connection closes with the same code as when websockets
-    # parses every byte itself.
+@example(
+    frames=[], ending=_ENDINGS[1], after=[_server_frame(0x81, b"late")], cuts=[], one_a_read=False
+)
+@example(
+    frames=[], ending=_ENDINGS[2], after=[_server_frame(0x81, b"late")], cuts=[], one_a_read=False
+)
+# One message a read, as usual, behind a binary message waiting for recv, and one not UTF-8.
+@example(
+    frames=[
+        _server_frame(0x81, b"x" * 200),
+        _server_frame(0x82, b"\x00"),
+        _server_frame(0x81, b"y" * 200),
+        _server_frame(0x81, b"z" * 200 + b"\xff"),
+    ],
+    ending=b"",
+    after=[],
+    cuts=[],
+    one_a_read=True,
+)
+def test_cutting_frames_changes_nothing_a_bot_can_see(frames, ending, after, cuts, one_a_read):
+    # Whatever a bot sends, however the reads split it (at random, or one frame a read as a
+    # bot's messages usually arrive): the same messages are handed over, the same are left for
+    # recv, and the connection closes with the same code as when websockets parses every byte
+    # itself.
     data = b"".join(frames) + ending + b"".join(after)  # after a close or an error: ignored
+    if one_a_read:
+        cuts = list(itertools.accumulate(len(frame) for frame in [*frames, ending, *after]))
     cuts = [cut % (len(data) + 1) for cut in cuts]
     cut = asyncio.run(_outcome(BotConnection, data, cuts))
     parsed = asyncio.run(_outcome(Parsed, data, cuts))
