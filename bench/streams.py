@@ -43,6 +43,9 @@ plain call's at that level (the ratio), and the bot-to-caller latency p50/p99 th
         [--ramp-cps 100] [--sample-rate 8000] [--loop asyncio|uvloop] [--keep-going] [--quick]
         [--profile] [--profile-lines N] [--only plain|streams] [--together] [--workdir DIR]
 
+Every process of the bench sets the garbage collector as ``ringflow serve`` does
+(``run_bench``).
+
 ``--together``: each level's plain calls and streams at the same time, in two processes of
 their own (the same measures, over the same window), for a ratio that what else the machine
 does moves less. ``--quick``: levels 10 and 50, 4 s held. The loop is uvloop when installed (here and in the
