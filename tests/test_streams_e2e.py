@@ -3,8 +3,11 @@ loopback, a virtual phone that talks to it (AgentStream spec, docs/../agentstrea
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
+import itertools
+from pathlib import Path
 
 import pytest
 
@@ -462,3 +465,52 @@ async def test_a_stream_over_the_process_s_own_limit_fails_with_that_reason(data
             rig.url(f"Calls/{first}.json"), data={"Status": "completed"}, auth=rig.auth
         )
         await rig.finish(first)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # not about storage
+async def test_a_bot_that_stops_reading_gets_the_newest_audio_as_text_when_it_reads_again(
+    database_url,
+):
+    # The bot stops reading its socket: the caller's audio fills the socket's buffers, then
+    # waits in the stream's bounded queue, whose oldest chunks go once it is full. When the bot
+    # reads again it gets what was kept, in order and all of it as text messages, and the
+    # stream's end says how much was dropped.
+    reading = asyncio.Event()
+
+    async def stall(conn: BotConnection) -> None:
+        await conn.wait_for(event="start", timeout=10)
+        conn.ws.transport.pause_reading()
+        await reading.wait()
+        conn.ws.transport.resume_reading()
+
+    # Loopback takes megabytes first: the sender's socket buffer grows up to tcp_wmem's most
+    # (4 MB by default). At 24 kHz a message is 6.5 KB, ten a second: stall long enough for
+    # that, the 100 messages of the queue and 20 s more.
+    wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    stalled = wmem_max / 65_000 + 10 + 20
+    async with WsBot(stall, receive_buffer=65536) as bot, running(database_url) as rig:
+        await script_phone(rig, "09812345678", {"hangup_after": round(stalled) + 10})
+        r = await rig.connect(
+            From="09812345678", StreamUrl=bot.url_with(params={"sample-rate": "24000"})
+        )
+        assert r.status_code == 200, r.text
+        sid = r.json()["Call"]["Sid"]
+        await rig.clock.run_until(lambda: bool(bot.connections) and "start" in bot.events())
+        begun = rig.clock.now()
+        await rig.clock.run_until(lambda: rig.clock.now() - begun >= stalled)
+        assert len(bot.last.messages) == 2, "the bot read nothing after start"
+        reading.set()
+        done = await rig.finish(sid)
+        assert done.status == "completed"
+        conn = await bot.wait_closed(10)
+        assert conn.binary() == []
+        assert conn.events()[-1] == "stop"
+        chunks = [int(m["media"]["chunk"]) for m in conn.of("media")]
+        assert chunks == sorted(chunks) and len(set(chunks)) == len(chunks)
+        skipped = [b - a - 1 for a, b in itertools.pairwise(chunks) if b - a > 1]
+        assert len(skipped) == 1, "one run of the oldest waiting chunks was dropped"
+        sequence = [int(m["sequence_number"]) for m in conn.of("media")]
+        assert sequence == sorted(sequence)
+        [end] = [e["data"] for e in await rig.timeline(sid) if e["kind"] == "stream.end"]
+        assert f"{skipped[0]} audio chunks dropped (the bot fell behind)" in end["reason"]
+        assert end["bytes_to_bot"] == 4800 * chunks[-1]  # each chunk counted once it was made

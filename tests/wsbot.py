@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from http import HTTPStatus
@@ -245,6 +246,7 @@ class WsBot:
         sample_rate: int | None = None,
         handshakes: Iterable[Handshake] = (),
         ping_interval: float | None = None,
+        receive_buffer: int | None = None,
     ):
         self.handler = handler
         self.path = path
@@ -253,6 +255,9 @@ class WsBot:
             self.params["sample-rate"] = str(sample_rate)
         self.handshakes: list[Handshake] = list(handshakes)  # then "accept" for every attempt
         self.ping_interval = ping_interval
+        # SO_RCVBUF of every connection (set on the listening socket, which they inherit it
+        # from): a small one keeps loopback from taking megabytes a bot does not read.
+        self.receive_buffer = receive_buffer
         self.attempts: list[Attempt] = []
         self.connections: list[BotConnection] = []
         self.handler_errors: list[BaseException] = []
@@ -288,7 +293,10 @@ class WsBot:
             ping_interval=self.ping_interval,
             open_timeout=None,  # a stalled handshake is the test's to time out, not the bot's
         )
-        self.port = next(iter(self._server.sockets)).getsockname()[1]
+        listening = next(iter(self._server.sockets))
+        if self.receive_buffer is not None:
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
+        self.port = listening.getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
