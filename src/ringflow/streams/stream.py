@@ -316,6 +316,7 @@ class Stream:
                 and socket.state is State.OPEN
                 and (transport.get_write_buffer_size() < WRITE_BACKLOG)
             ):
+                # As a str, so it goes as a text frame (broadcast takes text= from 16.1 only).
                 websockets.broadcast((socket,), outgoing.popleft().decode())
         if outgoing:
             self._wake.set()  # the sender waits for the socket to drain, as send() does
