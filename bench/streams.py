@@ -29,8 +29,9 @@ cost a stream about 3% of its CPU, which the plain calls do not pay):
   that frame's G.711 encoding and ``sendto`` (microseconds);
 - **way in**: from the bot building the message (its ``"t"``, ``time.monotonic()``, the same
   clock in every process) to ringflow's parse of it returning: the bot's send, loopback TCP,
-  this loop getting to the socket, websockets' framing and its queue, the stream's receive task
-  waking, ``json.loads`` and base64 decoding. Taken by wrapping ``parse_bot_message`` here;
+  this loop getting to the socket, the frame cut out of what it read, the JSON and base64
+  decoding (the stream takes each message where the socket reads it). Taken by wrapping
+  ``parse_bot_message`` here;
 - **bot to caller**: their sum per message, from the bot's send to the tick sending its first
   frame.
 

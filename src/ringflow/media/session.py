@@ -574,7 +574,7 @@ class RtpSession(asyncio.DatagramProtocol):
     def _feed_groups(self, pcm: bytes, count: int) -> None:
         """Add the party's next ``count`` frames, up to this tick's, to every group; a group
         that is complete goes out."""
-        groups = self._groups
+        groups, dropped = self._groups, False
         for token, group in tuple(groups.items()):
             if not group.aligned:
                 group.align(self._frame, count)
@@ -584,4 +584,7 @@ class RtpSession(asyncio.DatagramProtocol):
             except Exception:
                 log.exception("an RTP listener failed; unsubscribing it")
                 groups.pop(token, None)
-        self._listeners_changed()
+                dropped = True
+        # Served every tick (beside a tap or sink), nothing is owed: only a drop changes that.
+        if dropped or not (self._sinks or self._taps):
+            self._listeners_changed()

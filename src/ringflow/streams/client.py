@@ -303,7 +303,7 @@ async def open_socket(
     resolver: Resolver = _getaddrinfo,
     handshake_seconds: float = HANDSHAKE_SECONDS,
     attempts: int = ATTEMPTS,
-) -> ClientConnection:
+) -> BotConnection:
     """Connect and complete the handshake, retrying once; StreamFailed says why not."""
     reason = ""
     for attempt in range(attempts):
@@ -328,7 +328,7 @@ async def open_socket(
 
 async def _connect(
     target: StreamTarget, allow_private: bool, resolver: Resolver, handshake_seconds: float
-) -> ClientConnection:
+) -> BotConnection:
     parts = urlsplit(target.url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme.lower() == "wss" else 80)
@@ -339,7 +339,7 @@ async def _connect(
             try:
                 # websockets sends the URL's credentials as Basic auth; the request line has
                 # only the path and query.
-                return await websockets.connect(
+                connection = await websockets.connect(
                     target.url,
                     host=address,
                     port=port,
@@ -356,5 +356,8 @@ async def _connect(
                 )
             except OSError as exc:
                 error = exc
+            else:
+                assert isinstance(connection, BotConnection)  # create_connection says so
+                return connection
         assert error is not None
         raise error

@@ -35,8 +35,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.protocol import State
 
 from ringflow.clock import Clock
 from ringflow.media.playout import Playout
@@ -115,7 +113,7 @@ class Stream:
         track: str = "inbound",
         allow_private: bool = False,
         max_seconds: float = MAX_SECONDS,
-        connect: Callable[[StreamTarget], Awaitable[ClientConnection]] | None = None,
+        connect: Callable[[StreamTarget], Awaitable[BotConnection]] | None = None,
         keep_latencies: int = 0,
         by_request: Callable[[], bool] = lambda: False,
     ):
@@ -134,7 +132,7 @@ class Stream:
         self.playout = Playout(now=clock.now, keep_latencies=keep_latencies)
         self._outgoing: collections.deque[bytes] = collections.deque()  # UTF-8 JSON texts
         self._wake = asyncio.Event()
-        self._socket: ClientConnection | None = None
+        self._socket: BotConnection | None = None
         self._flush_due = False
         self._loop: asyncio.AbstractEventLoop  # the running loop, set by run()
         self._steps: set[asyncio.Task[None]] = set()  # timeline writes under way
@@ -203,7 +201,7 @@ class Stream:
         )
         return outcome
 
-    async def _open(self) -> ClientConnection | None:
+    async def _open(self) -> BotConnection | None:
         opening = asyncio.ensure_future(self._connect(self.target))
         closed = asyncio.ensure_future(self.channel.wait_closed())
         assert self._stopping is not None
@@ -231,11 +229,10 @@ class Stream:
             )
             return None
 
-    async def _carry(self, socket: ClientConnection) -> None:
+    async def _carry(self, socket: BotConnection) -> None:
         outcome = self.outcome
         self._socket = socket
-        if isinstance(socket, BotConnection):
-            socket.hand_over(self._arrived)
+        socket.hand_over(self._arrived)
         self._send(self.protocol.connected())
         self._send(self.protocol.start())
         track = "inbound" if self.bidirectional else self.track
@@ -273,8 +270,7 @@ class Stream:
                 outcome.status, outcome.disconnected_by = "completed", "user"
                 await self._finish(socket, reason)
         finally:
-            if isinstance(socket, BotConnection):
-                socket.hand_over(None)
+            socket.hand_over(None)
             for fn in undo:
                 fn()
             for task in (*tasks, receiving, closed, limit):
@@ -283,7 +279,7 @@ class Stream:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _finish(self, socket: ClientConnection, reason: str) -> None:
+    async def _finish(self, socket: BotConnection, reason: str) -> None:
         """Send what is queued and ``stop``, then close; bounded, the bot may be gone."""
         self._send(self.protocol.stop("callended" if reason == "callended" else "stopped"))
         with contextlib.suppress(Exception), self.clock.busy():
@@ -306,18 +302,8 @@ class Stream:
         socket, outgoing = self._socket, self._outgoing
         if socket is None:
             return
-        if isinstance(socket, BotConnection):
-            while outgoing and socket.write_text(outgoing[0], WRITE_BACKLOG):
-                outgoing.popleft()
-        else:
-            transport = socket.transport
-            while (
-                outgoing
-                and socket.state is State.OPEN
-                and (transport.get_write_buffer_size() < WRITE_BACKLOG)
-            ):
-                # As a str, so it goes as a text frame (broadcast takes text= from 16.1 only).
-                websockets.broadcast((socket,), outgoing.popleft().decode())
+        while outgoing and socket.write_text(outgoing[0], WRITE_BACKLOG):
+            outgoing.popleft()
         if outgoing:
             self._wake.set()  # the sender waits for the socket to drain, as send() does
 
@@ -328,14 +314,14 @@ class Stream:
         self.outcome.bytes_to_bot += len(chunk)
         self._send(self.protocol.media(chunk, track))
 
-    async def _sender(self, socket: ClientConnection) -> None:
+    async def _sender(self, socket: BotConnection) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._outgoing:
                 await socket.send(self._outgoing.popleft(), text=True)
 
-    async def _receiver(self, socket: ClientConnection) -> None:
+    async def _receiver(self, socket: BotConnection) -> None:
         """Read the bot's frames until it closes the socket (those ``_arrived`` did not take)."""
         with contextlib.suppress(websockets.ConnectionClosed):
             async for frame in socket:
@@ -396,7 +382,7 @@ class Stream:
             await self.record("stream.dtmf", {"digit": key.digit, "duration_ms": key.duration_ms})
 
 
-def _close_reason(socket: ClientConnection) -> str:
+def _close_reason(socket: BotConnection) -> str:
     code, reason = socket.close_code, socket.close_reason
     if code is None:
         return "the bot closed the connection"
